@@ -1,0 +1,204 @@
+"""dataset.toml: what a dataset says about itself (scale, arms, schedule, marker units).
+
+Keeping these facts in metadata rather than in code is what lets the same models run on
+MADRS, HAM-D or BDI trials with other visit schedules.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .errors import DatasetError, Problem
+
+META_FILE = "dataset.toml"
+
+# Known rating scales: name -> (min, max). Used only to give helpful defaults and messages.
+KNOWN_SCALES = {"madrs": (0, 60), "hamd": (0, 52), "hamd17": (0, 52), "bdi": (0, 63), "bdi2": (0, 63)}
+
+
+@dataclass(frozen=True)
+class DatasetMeta:
+    """Validated contents of dataset.toml."""
+
+    outcome: str = "madrs"
+    outcome_label: str = "MADRS"
+    score_min: float = 0
+    score_max: float = 60
+    integer_scores: bool = True
+    control_arm: str = "placebo"
+    treatment_arm: str = "nac"
+    weeks: tuple[int, ...] = (0, 2, 4, 6, 8, 12, 16)
+    treatment_end: int = 12
+    biomarker_weeks: tuple[int, ...] = (0, 12)
+    marker_units: dict[str, str] = field(default_factory=dict)
+    detection_limits: dict[str, float] = field(default_factory=dict)
+    title: str = ""
+
+    @property
+    def followup_weeks(self) -> tuple[int, ...]:
+        return tuple(w for w in self.weeks if w > self.treatment_end)
+
+    @property
+    def last_week(self) -> int:
+        return max(self.weeks)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["weeks"] = list(self.weeks)
+        d["biomarker_weeks"] = list(self.biomarker_weeks)
+        return d
+
+    def to_toml(self) -> str:
+        """Serialise back to dataset.toml text (used by the synthetic generator and round-trip tests)."""
+
+        def q(s):
+            return '"' + str(s).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+        lines = []
+        if self.title:
+            lines.append(f"title = {q(self.title)}")
+        lines += [
+            "",
+            "[outcome]",
+            f"name = {q(self.outcome)}",
+            f"label = {q(self.outcome_label)}",
+            f"min = {_num(self.score_min)}",
+            f"max = {_num(self.score_max)}",
+            f"integer = {'true' if self.integer_scores else 'false'}",
+            "",
+            "[arms]",
+            f"control = {q(self.control_arm)}",
+            f"treatment = {q(self.treatment_arm)}",
+            "",
+            "[schedule]",
+            f"weeks = [{', '.join(str(w) for w in self.weeks)}]",
+            f"treatment_end = {self.treatment_end}",
+        ]
+        if self.marker_units:
+            lines += ["", "[biomarkers]", f"weeks = [{', '.join(str(w) for w in self.biomarker_weeks)}]"]
+            lines += ["", "[biomarkers.units]"]
+            lines += [f"{k} = {q(v)}" for k, v in self.marker_units.items()]
+            if self.detection_limits:
+                lines += ["", "[biomarkers.detection_limit]"]
+                lines += [f"{k} = {_num(v)}" for k, v in self.detection_limits.items()]
+        return "\n".join(lines).lstrip() + "\n"
+
+
+def _num(x) -> str:
+    return str(int(x)) if float(x).is_integer() else repr(float(x))
+
+
+def _bad(rule: str, key: str | None = None, fix: str | None = None) -> DatasetError:
+    col = f"[{key}]" if key else None
+    return DatasetError([Problem(META_FILE, rule, col, (), fix)])
+
+
+def _int_list(value, key) -> tuple[int, ...]:
+    if not isinstance(value, list) or not value or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        raise _bad(f"'{key}' must be a non-empty list of whole weeks, got {value!r}.", key, "e.g. weeks = [0, 2, 4, 8, 12]")
+    if sorted(set(value)) != list(value):
+        raise _bad(f"'{key}' must be strictly increasing with no repeats, got {value!r}.", key)
+    if value[0] < 0:
+        raise _bad(f"'{key}' cannot contain negative weeks, got {value!r}.", key)
+    return tuple(value)
+
+
+def parse_meta(text: str) -> DatasetMeta:
+    """Parse and validate dataset.toml text."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise _bad(f"is not valid TOML ({exc}).", fix="check quotes, brackets and '=' signs") from None
+    known = {"title", "outcome", "arms", "schedule", "biomarkers"}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise _bad(f"unknown section(s) {unknown}; allowed: {sorted(known)}.", fix="remove or rename them")
+
+    out = raw.get("outcome", {})
+    if not isinstance(out, dict):
+        raise _bad("[outcome] must be a table.", "outcome")
+    name = str(out.get("name", "madrs"))
+    if not name.isidentifier():
+        raise _bad(f"outcome name {name!r} must be a simple column name (letters, digits, underscore).", "outcome")
+    default_range = KNOWN_SCALES.get(name.lower())
+    if ("min" not in out or "max" not in out) and default_range is None:
+        raise _bad(
+            f"outcome '{name}' is not a known scale {sorted(KNOWN_SCALES)}, so its valid range must be given.",
+            "outcome",
+            "add min = ... and max = ... under [outcome]",
+        )
+    lo = out.get("min", default_range[0] if default_range else None)
+    hi = out.get("max", default_range[1] if default_range else None)
+    for key, val in (("min", lo), ("max", hi)):
+        if not isinstance(val, (int, float)) or isinstance(val, bool):
+            raise _bad(f"outcome {key} must be a number, got {val!r}.", "outcome")
+    if not lo < hi:
+        raise _bad(f"outcome min ({lo}) must be below max ({hi}).", "outcome")
+    integer = out.get("integer", True)
+    if not isinstance(integer, bool):
+        raise _bad(f"outcome 'integer' must be true or false, got {integer!r}.", "outcome")
+
+    arms = raw.get("arms", {})
+    control = str(arms.get("control", "placebo"))
+    treatment = str(arms.get("treatment", "nac"))
+    if control == treatment:
+        raise _bad(f"control and treatment arm labels are both {control!r}.", "arms")
+
+    sched = raw.get("schedule", {})
+    weeks = _int_list(sched.get("weeks", [0, 2, 4, 6, 8, 12, 16]), "schedule.weeks")
+    if weeks[0] != 0:
+        raise _bad(f"schedule.weeks must start with the baseline week 0, got {list(weeks)}.", "schedule")
+    if len(weeks) < 2:
+        raise _bad("schedule.weeks needs at least one visit after baseline.", "schedule")
+    tend = sched.get("treatment_end", max(weeks))
+    if not isinstance(tend, int) or isinstance(tend, bool) or tend not in weeks or tend == 0:
+        raise _bad(
+            f"schedule.treatment_end must be one of the scheduled weeks after 0, got {tend!r}.",
+            "schedule",
+            f"choose from {list(weeks[1:])}",
+        )
+
+    bio = raw.get("biomarkers", {})
+    bweeks = _int_list(bio.get("weeks", [0, tend]), "biomarkers.weeks") if bio else (0, tend)
+    units = bio.get("units", {}) if bio else {}
+    if not isinstance(units, dict) or not all(isinstance(v, str) for v in units.values()):
+        raise _bad("[biomarkers.units] must map each marker name to a unit string.", "biomarkers.units")
+    lods = bio.get("detection_limit", {}) if bio else {}
+    if not isinstance(lods, dict):
+        raise _bad("[biomarkers.detection_limit] must map marker names to numbers.", "biomarkers.detection_limit")
+    for k, v in lods.items():
+        if k not in units:
+            raise _bad(f"detection limit given for marker '{k}' that has no unit in [biomarkers.units].", "biomarkers.detection_limit")
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or v <= 0:
+            raise _bad(f"detection limit of '{k}' must be a positive number, got {v!r}.", "biomarkers.detection_limit")
+    if bio and 0 not in bweeks:
+        raise _bad(f"biomarkers.weeks must include baseline week 0, got {list(bweeks)}.", "biomarkers")
+
+    return DatasetMeta(
+        outcome=name,
+        outcome_label=str(out.get("label", name.upper())),
+        score_min=lo,
+        score_max=hi,
+        integer_scores=integer,
+        control_arm=control,
+        treatment_arm=treatment,
+        weeks=weeks,
+        treatment_end=tend,
+        biomarker_weeks=bweeks,
+        marker_units=dict(units),
+        detection_limits={k: float(v) for k, v in lods.items()},
+        title=str(raw.get("title", "")),
+    )
+
+
+def read_meta(folder: Path) -> DatasetMeta:
+    path = Path(folder) / META_FILE
+    if not path.is_file():
+        raise _bad(f"is missing from {folder}.", fix="every dataset folder needs a dataset.toml (see README, 'Data interface')")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise _bad(f"is not UTF-8 text ({exc.reason} at byte {exc.start}).", fix="save it as UTF-8") from None
+    return parse_meta(text)

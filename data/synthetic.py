@@ -1,0 +1,300 @@
+"""Synthetic trials calibrated to the published NAC trial (Berk et al. 2014; Hasebe et al. 2017).
+
+The generator writes a dataset folder in exactly the documented schema plus `truth.json`,
+the parameter values it used, so every model can be checked against a known truth. Every
+figure below is an overridable parameter; values marked 'assumed' have no published source.
+
+Generative model (weeks w; E = end of treatment; F = last follow-up week):
+    t1 = min(w, E) / E                      treatment-phase time (0 at baseline, 1 at E)
+    t2 = max(w - E, 0) / (F - E)            follow-up time (0 until E, 1 at F)
+    z_i  = standardised baseline log biomarkers of participant i
+    y_iw = a_i + site_s + prognostic.z_i
+           + (placebo_change_e + nac_effect_e * T_i + moderation.z_i + b_i) * g(t1)
+           + (placebo_change_f + (nac_effect_f - nac_effect_e) * T_i) * t2 + e_iw
+with (a_i, b_i) correlated participant effects, e_iw ~ N(0, residual_sd), g the time course
+(linear, or concave with `curvature` > 0). Scores are rounded and clipped to the scale.
+Only participants with a baseline score >= `entry_min` are enrolled (screening).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .atomic import atomic_folder
+from .meta import DatasetMeta
+
+MARKERS = ("il6", "crp", "bdnf")
+
+
+@dataclass(frozen=True)
+class TrialParameters:
+    """Every figure of the synthetic trial; defaults follow the published trial (see DOMAIN notes)."""
+
+    seed: int = 20140628
+    n_participants: int = 252  # analysed participants (Berk 2014)
+    treatment_fraction: float = 0.5  # 1:1 randomisation
+    sites: tuple[str, ...] = ("barwon", "melbourne", "sydney", "brisbane")  # assumed site labels
+    site_weights: tuple[float, ...] = (0.35, 0.30, 0.20, 0.15)  # assumed
+    site_sd: float = 1.5  # assumed SD of site offsets, MADRS points
+    weeks: tuple[int, ...] = (0, 2, 4, 6, 8, 12, 16)  # assumed visit schedule
+    treatment_end: int = 12
+    entry_min: float = 18.0  # MADRS >= 18 at entry
+    baseline_mean: float = 27.0  # latent mean before screening: screened mean ~ 28
+    baseline_sd: float = 6.8  # latent SD before screening: screened SD ~ 5.8
+    residual_sd: float = 3.0  # visit-to-visit noise (assumed)
+    slope_sd: float = 6.0  # SD of individual change by week 12 (assumed)
+    intercept_slope_corr: float = -0.2  # higher baseline, larger drop (assumed)
+    placebo_change_e: float = -11.0  # placebo change by end of treatment (assumed 10-12)
+    placebo_change_f: float = -0.5  # further placebo change, end of treatment -> last follow-up
+    nac_effect_e: float = -1.5  # NAC - placebo at week 12 (Berk 2014: ~1-1.5, ns)
+    nac_effect_f: float = -3.0  # NAC - placebo at week 16
+    curvature: float = 0.0  # 0 = linear in the treatment phase; > 0 concave (early response)
+    # Biomarkers (log scale): medians in natural units, SDs of the log, correlations
+    marker_units: tuple[tuple[str, str], ...] = (("il6", "pg/mL"), ("crp", "mg/L"), ("bdnf", "ng/mL"))
+    marker_median: tuple[float, ...] = (2.0, 2.0, 25.0)  # assumed typical serum values
+    marker_log_sd: tuple[float, ...] = (0.7, 1.0, 0.3)  # assumed
+    marker_corr: tuple[tuple[float, ...], ...] = ((1.0, 0.4, -0.1), (0.4, 1.0, -0.1), (-0.1, -0.1, 1.0))
+    marker_stability: float = 0.6  # baseline-week 12 correlation on the log scale (0.5-0.7)
+    nac_marker_log_ratio: tuple[float, ...] = (0.0, 0.0, 0.0)  # NAC effect on week-12 log marker
+    prognostic: tuple[float, ...] = (0.0, 0.0, 0.0)  # baseline MADRS points per SD of log marker
+    moderation: tuple[float, ...] = (-1.5, 0.0, 0.0)  # change by week 12 per SD of log marker (IL-6: larger drop)
+    nac_moderation: tuple[float, ...] = (0.0, 0.0, 0.0)  # extra NAC effect by week 12 per SD of log marker
+    mediation: tuple[float, ...] = (0.0, 0.0, 0.0)  # MADRS points at E and after per unit change in log marker
+    serum_fraction: float = 0.6  # share of participants in the biomarker sub-study (assumed)
+    week12_sample_missing: float = 0.1  # extra missed week-12 samples among completers (assumed)
+    detection_limits: tuple[tuple[str, float], ...] = (("il6", 0.7),)  # IL-6 assay limit (assumed)
+    dropout_by_last_week: float = 0.25  # monotone dropout by the last visit (20-30%)
+    dropout_score_effect: float = 0.3  # log-odds of dropping out per 5 points of last score (MAR)
+    intermittent_missing: float = 0.03  # missed single visits among those still in the trial
+    outcome: str = "madrs"
+    outcome_label: str = "MADRS"
+    score_min: float = 0.0
+    score_max: float = 60.0
+    control_arm: str = "placebo"
+    treatment_arm: str = "nac"
+
+    def with_(self, **changes) -> "TrialParameters":
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return json.loads(json.dumps(asdict(self)))
+
+    @property
+    def markers(self) -> tuple[str, ...]:
+        return tuple(m for m, _ in self.marker_units)
+
+    def nac_effect_at(self, week: float) -> float:
+        """True NAC - placebo mean difference at a scheduled week (at the mean biomarker level)."""
+        e, f = self.treatment_end, max(self.weeks)
+        t1 = self._g(min(week, e) / e)
+        t2 = max(week - e, 0) / (f - e) if f > e else 0.0
+        return self.nac_effect_e * t1 + (self.nac_effect_f - self.nac_effect_e) * t2
+
+    def _g(self, t):
+        c = self.curvature
+        t = np.asarray(t, dtype=float)
+        return t if c == 0 else (1 - np.exp(-c * t)) / (1 - np.exp(-c))
+
+    def meta(self) -> DatasetMeta:
+        return DatasetMeta(
+            outcome=self.outcome,
+            outcome_label=self.outcome_label,
+            score_min=self.score_min,
+            score_max=self.score_max,
+            integer_scores=True,
+            control_arm=self.control_arm,
+            treatment_arm=self.treatment_arm,
+            weeks=tuple(self.weeks),
+            treatment_end=self.treatment_end,
+            biomarker_weeks=(0, self.treatment_end),
+            marker_units=dict(self.marker_units),
+            detection_limits=dict(self.detection_limits),
+            title=f"Synthetic NAC trial (seed {self.seed})",
+        )
+
+
+@dataclass
+class SyntheticTrial:
+    """A simulated trial as the three CSV tables plus its truth."""
+
+    participants: pd.DataFrame
+    visits: pd.DataFrame
+    biomarkers: pd.DataFrame
+    params: TrialParameters
+    truth: dict = field(default_factory=dict)
+
+    def write(self, folder: str | Path, overwrite: bool = False) -> Path:
+        """Write the dataset folder atomically (a temporary folder renamed into place)."""
+        with atomic_folder(folder, overwrite=overwrite) as tmp:
+            (tmp / "dataset.toml").write_text(self.params.meta().to_toml(), encoding="utf-8")
+            self.participants.to_csv(tmp / "participants.csv", index=False, lineterminator="\n")
+            self.visits.to_csv(tmp / "visits.csv", index=False, lineterminator="\n")
+            if len(self.biomarkers):
+                self.biomarkers.to_csv(tmp / "biomarkers.csv", index=False, lineterminator="\n", float_format="%.4g")
+            (tmp / "truth.json").write_text(json.dumps(self.truth, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        return Path(folder)
+
+
+def _dropout_intercept(p: TrialParameters) -> float:
+    """Per-visit dropout log-odds giving `dropout_by_last_week` overall at the average score."""
+    k = len(p.weeks) - 1
+    per_visit = 1 - (1 - p.dropout_by_last_week) ** (1 / k)
+    return float(np.log(per_visit / (1 - per_visit)))
+
+
+def simulate_trial(params: TrialParameters | None = None, **overrides) -> SyntheticTrial:
+    """Simulate one trial. Deterministic given params.seed."""
+    p = (params or TrialParameters()).with_(**overrides) if overrides else (params or TrialParameters())
+    rng = np.random.default_rng(p.seed)
+    n = p.n_participants
+    weeks = np.asarray(p.weeks, dtype=float)
+    e, f = float(p.treatment_end), float(weeks.max())
+    t1 = p._g(np.minimum(weeks, e) / e)
+    t2 = np.maximum(weeks - e, 0) / (f - e) if f > e else np.zeros_like(weeks)
+    markers = p.markers
+    nm = len(markers)
+    log_med = np.log(np.asarray(p.marker_median))
+    log_sd = np.asarray(p.marker_log_sd)
+    corr = np.asarray(p.marker_corr)
+
+    # Screening: draw candidates until n meet the entry criterion on their (noisy) baseline score.
+    site_offsets = rng.normal(0, p.site_sd, size=len(p.sites))
+    site_offsets -= site_offsets.mean()
+    rows = []
+    n_screened = 0
+    while sum(len(r[0]) for r in rows) < n:
+        m = 4 * n
+        n_screened += m
+        z = rng.multivariate_normal(np.zeros(nm), corr, size=m)
+        cov_ab = np.array(
+            [
+                [p.baseline_sd**2 - p.residual_sd**2, p.intercept_slope_corr * np.sqrt(p.baseline_sd**2 - p.residual_sd**2) * p.slope_sd],
+                [p.intercept_slope_corr * np.sqrt(p.baseline_sd**2 - p.residual_sd**2) * p.slope_sd, p.slope_sd**2],
+            ]
+        )
+        ab = rng.multivariate_normal(np.zeros(2), cov_ab, size=m)
+        site = rng.choice(len(p.sites), size=m, p=np.asarray(p.site_weights) / np.sum(p.site_weights))
+        noise = rng.normal(0, p.residual_sd, size=(m, len(weeks)))
+        latent = p.baseline_mean + ab[:, 0] + site_offsets[site] + z @ np.asarray(p.prognostic)
+        keep = latent + noise[:, 0] >= p.entry_min
+        rows.append((z[keep], ab[keep], site[keep], noise[keep]))
+    z = np.concatenate([r[0] for r in rows])[:n]
+    ab = np.concatenate([r[1] for r in rows])[:n]
+    site = np.concatenate([r[2] for r in rows])[:n]
+    noise = np.concatenate([r[3] for r in rows])[:n]
+    treated = np.zeros(n, dtype=int)
+    treated[rng.permutation(n)[: int(round(p.treatment_fraction * n))]] = 1
+
+    # Biomarkers: baseline log values, week-12 values correlated with baseline, NAC effect optional.
+    log0 = log_med + z * log_sd
+    stab = p.marker_stability
+    z12 = stab * z + np.sqrt(1 - stab**2) * rng.multivariate_normal(np.zeros(nm), corr, size=n)
+    log12 = log_med + z12 * log_sd + treated[:, None] * np.asarray(p.nac_marker_log_ratio)
+    change = log12 - log0
+
+    slope_e = (
+        p.placebo_change_e
+        + treated * (p.nac_effect_e + z @ np.asarray(p.nac_moderation))
+        + z @ np.asarray(p.moderation)
+        + ab[:, 1]
+        + change @ np.asarray(p.mediation)
+    )
+    slope_f = p.placebo_change_f + treated * (p.nac_effect_f - p.nac_effect_e)
+    mean = (
+        p.baseline_mean + ab[:, 0] + site_offsets[site] + z @ np.asarray(p.prognostic)
+    )[:, None] + slope_e[:, None] * t1[None, :] + slope_f[:, None] * t2[None, :]
+    y = np.clip(np.round(mean + noise), p.score_min, p.score_max)
+
+    # Monotone MAR dropout after baseline, driven by the last observed score; rare intermittent misses.
+    a = _dropout_intercept(p)
+    observed = np.ones_like(y, dtype=bool)
+    active = np.ones(n, dtype=bool)
+    for j in range(1, len(weeks)):
+        logit = a + p.dropout_score_effect * (y[:, j - 1] - y[:, j - 1].mean()) / 5
+        drop = active & (rng.random(n) < 1 / (1 + np.exp(-logit)))
+        active &= ~drop
+        observed[:, j] = active
+    intermittent = (rng.random(y.shape) < p.intermittent_missing) & observed
+    intermittent[:, 0] = False
+    intermittent[:, -1] = False  # a final visit, when attended, is recorded
+    observed &= ~intermittent
+    last_seen = np.array([weeks[np.flatnonzero(o)[-1]] for o in observed])
+
+    ids = np.array([f"P{i + 1:04d}" for i in range(n)])
+    participants = pd.DataFrame(
+        {
+            "participant_id": ids,
+            "arm": np.where(treated == 1, p.treatment_arm, p.control_arm),
+            "site": np.asarray(p.sites)[site],
+            "age": np.clip(np.round(rng.normal(48, 12, n)), 18, 80).astype(int),
+            "sex": np.where(rng.random(n) < 0.8, "F", "M"),
+        }
+    )
+    ii, jj = np.nonzero(observed)
+    visits = pd.DataFrame({"participant_id": ids[ii], "week": weeks[jj].astype(int), p.outcome: y[ii, jj].astype(int)})
+
+    # Serum sub-study: a subset at baseline; week 12 only if still in the trial at week 12.
+    serum = rng.random(n) < p.serum_fraction
+    at12 = serum & (last_seen >= e) & (rng.random(n) >= p.week12_sample_missing)
+    lods = dict(p.detection_limits)
+    bio_rows = []
+    for week, take, logv in ((0, serum, log0), (p.treatment_end, at12, log12)):
+        for k, mk in enumerate(markers):
+            values = np.exp(logv[take, k])
+            lod = lods.get(mk)
+            below = values < lod if lod else np.zeros(len(values), dtype=bool)
+            bio_rows.append(
+                pd.DataFrame(
+                    {
+                        "participant_id": ids[take],
+                        "week": week,
+                        "marker": mk,
+                        "value": np.where(below, lod if lod else 0.0, values),
+                        "below_lod": below.astype(int),
+                    }
+                )
+            )
+    biomarkers = pd.concat(bio_rows, ignore_index=True).sort_values(["participant_id", "week", "marker"], kind="stable")
+
+    truth = {
+        "params": p.to_dict(),
+        "nac_effect_by_week": {str(int(w)): p.nac_effect_at(w) for w in weeks},
+        "site_offsets": dict(zip(p.sites, site_offsets.round(6).tolist())),
+        "marker_log_mean": dict(zip(markers, log_med.tolist())),
+        "marker_log_sd": dict(zip(markers, log_sd.tolist())),
+        "n_screened": int(n_screened),
+        "n_enrolled": int(n),
+        "dropout_by_last_week": float(1 - observed[:, -1].mean()),
+        "n_below_lod": int(sum(int(b["below_lod"].sum()) for b in bio_rows)),
+        "generator": "data.synthetic.simulate_trial",
+    }
+    return SyntheticTrial(participants, visits, biomarkers.reset_index(drop=True), p, truth)
+
+
+def main(argv=None) -> int:
+    """Write a synthetic dataset folder: python -m data.synthetic OUT [--seed S] [--n N]."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=main.__doc__)
+    ap.add_argument("out", type=Path)
+    ap.add_argument("--seed", type=int, default=TrialParameters.seed)
+    ap.add_argument("--n", type=int, default=TrialParameters.n_participants, help="participants")
+    ap.add_argument("--force", action="store_true", help="replace an existing folder")
+    args = ap.parse_args(argv)
+    trial = simulate_trial(TrialParameters(seed=args.seed, n_participants=args.n))
+    try:
+        trial.write(args.out, overwrite=args.force)
+    except FileExistsError as exc:
+        print(f"error: {exc}")
+        return 2
+    print(f"wrote {args.out} ({len(trial.participants)} participants, {len(trial.visits)} visits)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,213 @@
+#!/usr/bin/env python
+"""Fit the trial's models and write InferenceData, tables and a convergence verdict.
+
+    python fit.py                                  # headline model on the bundled default trial
+    python fit.py --data my_trial --model headline --out results/my_trial
+    python fit.py --list-models
+
+Exit codes: 0 success; 1 convergence verdict failed under --strict; 2 bad input or arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import warnings
+from pathlib import Path
+
+warnings.filterwarnings("ignore", category=FutureWarning, module="arviz")
+
+from data import DEFAULT_DATASET, DatasetError, load_dataset  # noqa: E402
+from data.atomic import atomic_folder  # noqa: E402
+
+DEFAULT_MODELS = ("headline",)
+
+
+def parse_args(argv):
+    from models.registry import REGISTRY
+    from models.sampling import SAMPLERS, SamplerSettings
+
+    d = SamplerSettings()
+    ap = argparse.ArgumentParser(prog="fit.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, default=DEFAULT_DATASET, help="dataset folder (default: the bundled synthetic trial)")
+    ap.add_argument("--model", nargs="+", default=list(DEFAULT_MODELS), metavar="NAME", help=f"model(s) to fit; registered: {', '.join(REGISTRY)}")
+    ap.add_argument("--likelihood", default="normal", choices=("normal", "student", "censored"), help="outcome likelihood")
+    ap.add_argument("--draws", type=int, default=d.draws, help="posterior draws per chain")
+    ap.add_argument("--tune", type=int, default=d.tune, help="tuning steps per chain")
+    ap.add_argument("--chains", type=int, default=d.chains)
+    ap.add_argument("--cores", type=int, default=d.cores)
+    ap.add_argument("--target-accept", type=float, default=d.target_accept)
+    ap.add_argument("--prior-draws", type=int, default=d.prior_draws, help="prior predictive draws")
+    ap.add_argument("--seed", type=int, default=d.seed)
+    ap.add_argument("--sampler", default=d.sampler, choices=SAMPLERS)
+    ap.add_argument("--mcid", type=float, default=2.0, help="minimal clinically important difference, outcome points")
+    ap.add_argument("--out", type=Path, default=Path("results"), help="output folder")
+    ap.add_argument("--force", action="store_true", help="replace an existing output folder")
+    ap.add_argument("--strict", action="store_true", help="exit 1 if the convergence verdict fails")
+    ap.add_argument("--quiet", action="store_true")
+    ap.add_argument("--list-models", action="store_true", help="print the registered models and exit")
+    args = ap.parse_args(argv)
+    for name in ("draws", "tune", "chains", "cores", "prior_draws"):
+        if getattr(args, name) < 1:
+            ap.error(f"--{name.replace('_', '-')} must be at least 1")
+    if not 0.5 <= args.target_accept < 1:
+        ap.error("--target-accept must be in [0.5, 1)")
+    return args
+
+
+def main(argv=None) -> int:
+    try:
+        args = parse_args(argv)
+    except SystemExit as exc:  # argparse: usage errors exit 2, --help exits 0
+        return int(exc.code or 0)
+    from models.registry import REGISTRY
+
+    if args.list_models:
+        width = max(len(n) for n in REGISTRY)
+        for name, spec in REGISTRY.items():
+            print(f"{name:<{width}}  {spec.description}")
+        return 0
+
+    from models import ModelDataError, build_design, get
+    from models.sampling import SamplerSettings
+
+    def fail(msg: str) -> int:
+        print(f"error: {msg}", file=sys.stderr)
+        return 2
+
+    try:
+        specs = [get(n) for n in dict.fromkeys(args.model)]
+    except KeyError as exc:
+        return fail(exc.args[0])
+    for spec in specs:
+        if args.likelihood not in spec.likelihoods:
+            return fail(f"model '{spec.name}' supports likelihoods {spec.likelihoods}, not '{args.likelihood}'")
+    if args.out.exists() and not args.force:
+        return fail(f"output folder {args.out} already exists; choose another --out or pass --force to replace it")
+    try:
+        ds = load_dataset(args.data)
+    except DatasetError as exc:
+        return fail(str(exc))
+    design = build_design(ds)
+    built = []
+    for spec in specs:
+        try:
+            built.append((spec, spec.build(design, likelihood=args.likelihood)))
+        except ModelDataError as exc:
+            return fail(str(exc))
+
+    settings = SamplerSettings(
+        sampler=args.sampler,
+        draws=args.draws,
+        tune=args.tune,
+        chains=args.chains,
+        cores=args.cores,
+        target_accept=args.target_accept,
+        prior_draws=args.prior_draws,
+        seed=args.seed,
+    )
+    try:
+        with atomic_folder(args.out, overwrite=args.force) as tmp:
+            all_ok = run_models(built, design, ds, settings, args, tmp)
+    except FileExistsError as exc:
+        return fail(str(exc))
+    print(f"\nwrote {args.out}/")
+    if args.strict and not all_ok:
+        print("strict: convergence verdict failed", file=sys.stderr)
+        return 1
+    return 0
+
+
+def run_models(built, design, ds, settings, args, out: Path) -> bool:
+    from diagnostics.convergence import verdict
+    from models.estimates import estimates_table, format_estimates
+    from models.idata_io import save_idata, stamp, versions
+    from models.priors import to_json
+    from models.sampling import sample_all
+
+    all_ok = True
+    run = {"data": str(args.data), "checksum": design.checksum, "models": {}, "settings": settings.__dict__, "versions": versions()}
+    info = data_summary(design)
+    if not args.quiet:
+        print(info_text(info), file=sys.stderr)
+    for spec, model in built:
+        t0 = time.perf_counter()
+        if not args.quiet:
+            print(f"\n== {spec.name}: {spec.description}", file=sys.stderr)
+        idata, timings = sample_all(model, settings, quiet=args.quiet)
+        priors = getattr(model, "priors_used", None)
+        stamp(
+            idata,
+            model=spec.name,
+            likelihood=args.likelihood,
+            priors=to_json(priors) if priors else "{}",
+            seed=settings.seed,
+            data_checksum=design.checksum,
+            data_source=str(args.data),
+            settings=settings.__dict__,
+            data_summary=info,
+        )
+        check = verdict(idata)
+        table = estimates_table(idata, design.meta, mcid=args.mcid)
+        folder = out / spec.name
+        folder.mkdir()
+        save_idata(idata, folder / "idata.nc")
+        check.table.to_csv(folder / "convergence.csv")
+        summary_table(idata).to_csv(folder / "summary.csv")
+        table.to_csv(folder / "estimates.csv", index=False)
+        (folder / "convergence.txt").write_text(check.text() + "\n")
+        timings["wall_s"] = time.perf_counter() - t0
+        run["models"][spec.name] = {"converged": check.ok, "timings": timings, "divergences": check.divergences}
+        all_ok &= check.ok
+        print(f"\n{spec.name}: estimates ({design.meta.outcome_label}; lower is better)")
+        print(format_estimates(table))
+        print(check.text())
+        print(f"({timings['wall_s']:.1f} s: compile {timings.get('compile_s', 0):.1f}, sampling {timings['sample_s']:.1f})")
+    (out / "run.json").write_text(json.dumps(run, indent=2, default=str) + "\n")
+    return all_ok
+
+
+def summary_table(idata):
+    import arviz as az
+
+    names = [v for v in idata.posterior.data_vars if v not in ("participant_raw", "participant_effects") and not v.startswith("marker_missing") and not v.startswith("marker_censored")]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return az.summary(idata, var_names=names, hdi_prob=0.94)
+
+
+def data_summary(design) -> dict:
+    import numpy as np
+
+    treated = design.treated.astype(bool)
+    info = {
+        "participants": int(design.n_participants),
+        "by_arm": {design.meta.treatment_arm: int(treated.sum()), design.meta.control_arm: int((~treated).sum())},
+        "sites": len(design.sites),
+        "visits_observed": int(len(design.y)),
+        "observed_by_week": {int(w): int((design.obs_week == w).sum()) for w in design.weeks},
+    }
+    if design.baseline is not None:
+        b = design.baseline
+        info["baseline_markers_imputed"] = int(b.n_missing)
+        info["baseline_markers_below_lod"] = int(b.n_censored)
+        info["baseline_markers_observed"] = int(np.sum(~b.missing & ~b.censored))
+    return info
+
+
+def info_text(info: dict) -> str:
+    arms = ", ".join(f"{k} {v}" for k, v in info["by_arm"].items())
+    weeks = ", ".join(f"w{w}: {n}" for w, n in info["observed_by_week"].items())
+    text = f"data: {info['participants']} participants ({arms}), {info['sites']} sites, {info['visits_observed']} visits ({weeks})"
+    if "baseline_markers_imputed" in info:
+        text += (
+            f"\nbaseline biomarker values: {info['baseline_markers_observed']} observed, "
+            f"{info['baseline_markers_imputed']} missing (imputed in the model), {info['baseline_markers_below_lod']} below detection limit (censored)"
+        )
+    return text
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,71 @@
+"""All InferenceData I/O: one netCDF per fit, stamped with provenance, written atomically."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import tempfile
+from importlib import metadata
+from pathlib import Path
+
+import arviz as az
+
+PACKAGES = ("pymc", "pytensor", "arviz", "nutpie", "numpy", "pandas", "xarray", "numba")
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def stamp(idata: az.InferenceData, **attrs) -> az.InferenceData:
+    """Record provenance on every group (netCDF keeps per-group attrs)."""
+    base = {
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "versions": json.dumps(versions(), sort_keys=True),
+    }
+    base.update({k: (v if isinstance(v, (str, int, float)) else json.dumps(v, sort_keys=True, default=str)) for k, v in attrs.items()})
+    for group in idata.groups():
+        idata[group].attrs.update(base)
+    return idata
+
+
+def save_idata(idata: az.InferenceData, path: str | Path) -> Path:
+    """Write netCDF to a temporary file beside the target, then rename: never a partial file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        idata.to_netcdf(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_idata(path: str | Path) -> az.InferenceData:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no saved fit at {path}")
+    return az.from_netcdf(path)
+
+
+def provenance(idata: az.InferenceData) -> dict:
+    """The provenance attrs of a saved fit, JSON fields decoded."""
+    attrs = dict(idata.posterior.attrs)
+    for key in ("versions", "priors", "settings"):
+        if key in attrs and isinstance(attrs[key], str):
+            try:
+                attrs[key] = json.loads(attrs[key])
+            except json.JSONDecodeError:
+                pass
+    return attrs

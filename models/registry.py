@@ -1,0 +1,39 @@
+"""Registry of models by name: what `fit.py --model NAME` and `--list-models` see.
+
+Each entry holds the builder (design, priors, **options) -> pm.Model, a one-line description,
+and the likelihoods it supports. Later models register here; nothing else needs to change.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+from . import headline
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    build: Callable
+    description: str
+    likelihoods: tuple[str, ...] = ("normal", "student", "censored")
+    needs_biomarkers: bool = False
+    options: dict = field(default_factory=dict)
+
+
+REGISTRY: dict[str, ModelSpec] = {}
+
+
+def register(spec: ModelSpec) -> ModelSpec:
+    REGISTRY[spec.name] = spec
+    return spec
+
+
+def get(name: str) -> ModelSpec:
+    if name not in REGISTRY:
+        raise KeyError(f"unknown model '{name}'; registered: {', '.join(REGISTRY)} (see fit.py --list-models)")
+    return REGISTRY[name]
+
+
+register(ModelSpec(headline.NAME, headline.build_headline, headline.DESCRIPTION, needs_biomarkers=True))

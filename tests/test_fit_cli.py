@@ -1,0 +1,72 @@
+"""fit.py end to end on tiny draws: outputs, groups, provenance, refusals and exit codes."""
+
+from __future__ import annotations
+
+import json
+
+import arviz as az
+import pandas as pd
+import pytest
+
+import fit
+
+REQUIRED_GROUPS = {"posterior", "sample_stats", "prior", "prior_predictive", "posterior_predictive", "log_likelihood", "observed_data", "constant_data"}
+
+
+@pytest.fixture(scope="module")
+def fitted(small_trial_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("fit") / "out"
+    code = fit.main(["--data", str(small_trial_dir), "--draws", "60", "--tune", "80", "--chains", "2", "--prior-draws", "20", "--seed", "3", "--out", str(out), "--quiet"])
+    return code, out
+
+
+@pytest.mark.smoke
+def test_fit_writes_every_group_with_provenance(fitted, small_trial):
+    code, out = fitted
+    assert code == 0
+    idata = az.from_netcdf(out / "headline" / "idata.nc")
+    assert REQUIRED_GROUPS <= set(idata.groups())
+    attrs = idata.posterior.attrs
+    assert attrs["model"] == "headline"
+    assert attrs["data_checksum"] == small_trial.attrs["checksum"]
+    assert int(attrs["seed"]) == 3
+    assert "pymc" in json.loads(attrs["versions"])
+    priors = json.loads(attrs["priors"])
+    assert priors["nac_change"]["params"]["sigma"] == pytest.approx(6.0)
+    assert idata.log_likelihood["y"].sizes["obs"] == idata.observed_data["y"].sizes["obs"]
+    est = pd.read_csv(out / "headline" / "estimates.csv")
+    assert {"mean", "p_below_0", "p_below_-2"} <= set(est.columns)
+    assert est["quantity"].str.contains("week 16").any()
+    assert (out / "run.json").exists() and (out / "headline" / "summary.csv").exists()
+
+
+@pytest.mark.smoke
+def test_existing_output_is_not_overwritten(fitted, small_trial_dir, capsys):
+    _, out = fitted
+    before = (out / "headline" / "idata.nc").stat().st_mtime_ns
+    code = fit.main(["--data", str(small_trial_dir), "--out", str(out), "--draws", "10"])
+    assert code == 2
+    assert "already exists" in capsys.readouterr().err
+    assert (out / "headline" / "idata.nc").stat().st_mtime_ns == before
+
+
+@pytest.mark.unit
+def test_bad_data_exits_2_and_writes_nothing(tmp_path, capsys):
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "dataset.toml").write_text("[outcome]\nname = \"madrs\"\n")
+    (tmp_path / "bad" / "participants.csv").write_text("participant_id,arm,site\nA,placebo,s\nB,nac,s\nC,placebo,s\nD,nac,s\n")
+    (tmp_path / "bad" / "visits.csv").write_text("participant_id,week,madrs\nA,0,20\nB,0,75\nC,0,30\nD,0,31\n")
+    code = fit.main(["--data", str(tmp_path / "bad"), "--out", str(tmp_path / "out")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "visits.csv" in err and "line 3" in err and "outside its valid range" in err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.unit
+def test_list_models_and_unknown_model(capsys, tmp_path):
+    assert fit.main(["--list-models"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].split()[0] == "headline" and len(lines[0].split()) > 3
+    assert fit.main(["--model", "nope", "--out", str(tmp_path / "o")]) == 2
+    assert "unknown model 'nope'" in capsys.readouterr().err

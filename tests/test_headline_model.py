@@ -1,0 +1,87 @@
+"""Headline model structure (no sampling) and a short fit that must cover the true NAC effect."""
+
+from __future__ import annotations
+
+import numpy as np
+import pymc as pm
+import pytest
+
+from data import TrialParameters, load_dataset, simulate_trial
+from models import ModelDataError, build_design, get
+from models.sampling import SamplerSettings, sample_all
+
+
+@pytest.fixture(scope="module")
+def design(small_trial):
+    return build_design(small_trial)
+
+
+@pytest.mark.unit
+def test_dims_and_finite_logp(design):
+    model = get("headline").build(design)
+    dims = model.named_vars_to_dims
+    assert dims["nac_effect"] == ("week",)
+    assert dims["y"] == ("obs",)
+    assert dims["participant_raw"] == ("participant", "participant_effect")
+    assert dims["marker_moderation"] == ("marker",)
+    assert dims["site_effect"] == ("site",)
+    assert list(model.coords["week"]) == [0, 2, 4, 6, 8, 12, 16]
+    logp = model.point_logps()
+    assert all(np.isfinite(v) for v in logp.values()), logp
+    # every free RV and deterministic carries named dims or is scalar
+    for var in model.free_RVs + model.deterministics:
+        if var.ndim and var.name != "participant_chol":  # packed LKJ Cholesky factor has no natural dims
+            assert var.name in dims, var.name
+
+
+@pytest.mark.unit
+def test_missing_and_censored_markers_are_latent(design):
+    b = design.baseline
+    assert b.n_missing > 0 and b.n_censored >= 0
+    model = get("headline").build(design)
+    assert model["marker_missing_std"].eval().shape[0] == b.n_missing if b.n_missing else True
+    n_obs = sum(int(model[f"marker_{m}"].eval().size) for m in b.names)
+    assert n_obs == int((~b.missing & ~b.censored).sum())
+
+
+@pytest.mark.unit
+def test_prior_predictive_stays_on_scale(design):
+    model = get("headline").build(design)
+    with model:
+        prior = pm.sample_prior_predictive(draws=300, random_seed=1)
+    y = prior.prior_predictive["y"].values.ravel()
+    inside = np.mean((y >= -10) & (y <= 70))
+    assert inside > 0.9, f"only {inside:.0%} of prior predictive scores near the 0-60 range"
+    base = prior.prior["intercept"].values.ravel()
+    assert 0.85 < np.mean((base > 0) & (base < 60))
+
+
+@pytest.mark.unit
+def test_headline_needs_biomarkers(tmp_path):
+    trial = simulate_trial(TrialParameters(n_participants=30, seed=2))
+    trial.biomarkers = trial.biomarkers.iloc[0:0]
+    trial.write(tmp_path / "nobio")
+    design = build_design(load_dataset(tmp_path / "nobio"))
+    with pytest.raises(ModelDataError, match="needs baseline biomarkers"):
+        get("headline").build(design)
+
+
+@pytest.mark.smoke
+def test_short_fit_covers_true_nac_effect(tmp_path):
+    """A short fit of a simulated trial covers the true week-16 NAC effect (a larger one, so the
+    test also fails if the arm coding were swapped) and the IL-6 moderation."""
+    params = TrialParameters(n_participants=200, seed=31, nac_effect_e=-3.0, nac_effect_f=-5.0)
+    simulate_trial(params).write(tmp_path / "t")
+    design = build_design(load_dataset(tmp_path / "t"))
+    model = get("headline").build(design)
+    idata, _ = sample_all(model, SamplerSettings(draws=300, tune=400, chains=2, seed=4, prior_draws=50), quiet=True)
+    import arviz as az
+
+    eff = idata.posterior["nac_effect"].sel(week=16).values.ravel()
+    lo, hi = az.hdi(eff, hdi_prob=0.94)
+    assert lo < -5.0 < hi, (lo, hi)
+    assert hi < 0, "a 5-point effect with n=200 must be clearly negative"
+    mod = idata.posterior["marker_moderation"].sel(marker="il6").values.ravel()
+    lo, hi = az.hdi(mod, hdi_prob=0.94)
+    assert lo < -1.5 < hi
+    assert int(idata.sample_stats["diverging"].sum()) == 0

@@ -1,0 +1,179 @@
+"""The data interface: good datasets load; each kind of bad dataset gets its specific message."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from data import DEFAULT_DATASET, DatasetError, load_dataset, parse_meta
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.fixture
+def trial_copy(tmp_path):
+    dst = tmp_path / "trial"
+    shutil.copytree(DEFAULT_DATASET, dst)
+    return dst
+
+
+def edit_csv(folder, name, fn):
+    path = folder / name
+    df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    df = fn(df)
+    df.to_csv(path, index=False)
+
+
+def expect_error(folder, *fragments):
+    with pytest.raises(DatasetError) as info:
+        load_dataset(folder)
+    text = str(info.value)
+    for frag in fragments:
+        assert frag in text, f"{frag!r} not in error:\n{text}"
+    return text
+
+
+def test_default_dataset_loads_with_named_dims():
+    ds = load_dataset(DEFAULT_DATASET)
+    assert set(ds.sizes) == {"participant", "week", "marker", "biomarker_week"}
+    assert ds.sizes["participant"] == 252
+    assert list(ds["week"].values) == [0, 2, 4, 6, 8, 12, 16]
+    assert list(ds["marker"].values) == ["il6", "crp", "bdnf"]
+    assert not np.isnan(ds["score"].sel(week=0)).any(), "every participant has a baseline"
+    assert ds["below_lod"].sum() > 0
+    visits = pd.read_csv(DEFAULT_DATASET / "visits.csv")
+    assert int((~np.isnan(ds["score"].values)).sum()) == len(visits), "no visit row is lost"
+    assert len(ds.attrs["checksum"]) == 64
+
+
+def test_unknown_arm(trial_copy):
+    edit_csv(trial_copy, "participants.csv", lambda d: d.assign(arm=d["arm"].where(d.index != 4, "NAC")))
+    expect_error(trial_copy, "participants.csv", "column 'arm'", "line 6", "unknown arm ['NAC']")
+
+
+def test_duplicate_participant_week(trial_copy):
+    edit_csv(trial_copy, "visits.csv", lambda d: pd.concat([d, d.iloc[[3]]], ignore_index=True))
+    text = expect_error(trial_copy, "visits.csv", "more than one row for the same participant and week")
+    assert f"line {3 + 2}" in text or "lines 5" in text
+
+
+def test_score_out_of_range(trial_copy):
+    edit_csv(trial_copy, "visits.csv", lambda d: d.assign(madrs=d["madrs"].where(d.index != 10, "61")))
+    expect_error(trial_copy, "visits.csv", "column 'madrs'", "line 12", "outside its valid range 0-60")
+
+
+def test_non_integer_score(trial_copy):
+    edit_csv(trial_copy, "visits.csv", lambda d: d.assign(madrs=d["madrs"].where(d.index != 2, "20.5")))
+    expect_error(trial_copy, "visits.csv", "line 4", "integer scale")
+
+
+def test_non_numeric_biomarker(trial_copy):
+    edit_csv(trial_copy, "biomarkers.csv", lambda d: d.assign(value=d["value"].where(d.index != 0, "1,5")))
+    expect_error(trial_copy, "biomarkers.csv", "column 'value'", "line 2", "not a number")
+
+
+def test_non_positive_biomarker(trial_copy):
+    edit_csv(trial_copy, "biomarkers.csv", lambda d: d.assign(value=d["value"].where(d.index != 7, "0")))
+    expect_error(trial_copy, "biomarkers.csv", "line 9", "must be positive")
+
+
+def test_visit_for_unknown_participant(trial_copy):
+    def add(d):
+        row = d.iloc[[0]].assign(participant_id="X999")
+        return pd.concat([d, row], ignore_index=True)
+
+    edit_csv(trial_copy, "visits.csv", add)
+    expect_error(trial_copy, "visits.csv", "participant_id not in participants.csv", "X999")
+
+
+def test_no_baseline(trial_copy):
+    edit_csv(trial_copy, "visits.csv", lambda d: d[~((d["participant_id"] == "P0003") & (d["week"] == "0"))])
+    expect_error(trial_copy, "visits.csv", "no baseline (week 0) score", "P0003")
+
+
+def test_unscheduled_week(trial_copy):
+    edit_csv(trial_copy, "visits.csv", lambda d: d.assign(week=d["week"].where(d.index != 1, "3")))
+    expect_error(trial_copy, "visits.csv", "column 'week'", "line 3", "week [3] is not one of the scheduled visit weeks")
+
+
+def test_missing_column_and_semicolon_hint(trial_copy):
+    text = (trial_copy / "participants.csv").read_text().replace(",", ";")
+    (trial_copy / "participants.csv").write_text(text)
+    expect_error(trial_copy, "participants.csv", "missing required column", "separated by ';'")
+
+
+def test_missing_file(trial_copy):
+    (trial_copy / "visits.csv").unlink()
+    expect_error(trial_copy, "visits.csv: is missing")
+
+
+def test_duplicate_participant(trial_copy):
+    edit_csv(trial_copy, "participants.csv", lambda d: pd.concat([d, d.iloc[[0]]], ignore_index=True))
+    expect_error(trial_copy, "participant_id must be unique", "P0001")
+
+
+def test_unknown_marker_and_unit_mismatch(trial_copy):
+    edit_csv(trial_copy, "biomarkers.csv", lambda d: d.assign(marker=d["marker"].where(d.index != 0, "tnf")))
+    expect_error(trial_copy, "unknown marker ['tnf']")
+
+
+def test_unit_disagreeing_with_metadata(trial_copy):
+    edit_csv(trial_copy, "biomarkers.csv", lambda d: d.assign(unit=d["marker"].map({"il6": "pg/mL", "crp": "mg/dL", "bdnf": "ng/mL"})))
+    expect_error(trial_copy, "column 'unit'", "('crp', 'mg/dL')")
+
+
+def test_malformed_toml(trial_copy):
+    (trial_copy / "dataset.toml").write_text("[outcome\nname = madrs\n")
+    expect_error(trial_copy, "dataset.toml", "not valid TOML")
+
+
+def test_errors_are_collected_not_first_only(trial_copy):
+    def two(d):
+        d = d.assign(madrs=d["madrs"].where(d.index != 10, "99"))
+        return d.assign(week=d["week"].where(d.index != 20, "5"))
+
+    edit_csv(trial_copy, "visits.csv", two)
+    text = expect_error(trial_copy, "2 problems")
+    assert "valid range" in text and "scheduled visit weeks" in text
+
+
+def test_no_biomarkers_file_is_allowed(trial_copy):
+    (trial_copy / "biomarkers.csv").unlink()
+    ds = load_dataset(trial_copy)
+    assert "marker_value" not in ds and ds.attrs["has_biomarkers"] == 0
+
+
+def test_below_lod_blank_value_takes_declared_limit(trial_copy):
+    def censor(d):
+        i = d.index[d["marker"] == "il6"][0]
+        d.loc[i, "value"] = ""
+        d.loc[i, "below_lod"] = "1"
+        return d
+
+    edit_csv(trial_copy, "biomarkers.csv", censor)
+    ds = load_dataset(trial_copy)
+    assert np.nanmin(ds["marker_value"].sel(marker="il6").where(ds["below_lod"].sel(marker="il6")).values) == pytest.approx(0.7)
+
+
+@pytest.mark.parametrize("scale,lo,hi", [("hamd", 0, 52), ("bdi", 0, 63)])
+def test_other_scales(tmp_path, scale, lo, hi):
+    from data import TrialParameters, simulate_trial
+
+    p = TrialParameters(outcome=scale, outcome_label=scale.upper(), score_max=hi, n_participants=40, seed=3, weeks=(0, 1, 2, 4, 6, 8), treatment_end=8)
+    simulate_trial(p).write(tmp_path / scale)
+    ds = load_dataset(tmp_path / scale)
+    assert ds.attrs["outcome"] == scale
+    assert list(ds["week"].values) == [0, 1, 2, 4, 6, 8]
+    assert np.nanmax(ds["score"].values) <= hi
+
+
+def test_meta_rejects_bad_schedule():
+    with pytest.raises(DatasetError, match="must start with the baseline week 0"):
+        parse_meta("[schedule]\nweeks = [2, 4]\ntreatment_end = 4\n")
+    with pytest.raises(DatasetError, match="treatment_end must be one of the scheduled weeks"):
+        parse_meta("[schedule]\nweeks = [0, 4, 8]\ntreatment_end = 6\n")
+    with pytest.raises(DatasetError, match="valid range must be given"):
+        parse_meta('[outcome]\nname = "qids"\n')
