@@ -151,6 +151,10 @@ def run_models(built, design, ds, settings, args, out: Path) -> bool:
         )
         check = verdict(idata)
         table = estimates_table(idata, design.meta, mcid=args.mcid)
+        if spec.extra_estimates is not None:
+            import pandas as pd
+
+            table = pd.concat([table, spec.extra_estimates(idata, design, args.mcid)], ignore_index=True)
         folder = out / spec.name
         folder.mkdir()
         save_idata(idata, folder / "idata.nc")

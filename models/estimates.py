@@ -18,7 +18,7 @@ HDI_PROB = 0.94
 DEFAULT_MCID = 2.0  # MADRS points: common minimal clinically important drug-placebo difference
 
 
-def _row(quantity, draws: np.ndarray, mcid: float | None, **labels) -> dict:
+def effect_row(quantity, draws: np.ndarray, mcid: float | None, **labels) -> dict:
     draws = np.asarray(draws).reshape(draws.shape[0], -1) if draws.ndim > 1 else draws[None, :]
     flat = draws.ravel()
     lo, hi = az.hdi(flat, hdi_prob=HDI_PROB)
@@ -46,7 +46,7 @@ def estimates_table(idata: az.InferenceData, meta: DatasetMeta, mcid: float = DE
         weeks = [meta.treatment_end] + ([meta.last_week] if meta.last_week > meta.treatment_end else [])
         for w in weeks:
             rows.append(
-                _row(
+                effect_row(
                     f"{meta.treatment_arm} - {meta.control_arm} mean {label} at week {w}",
                     post["nac_effect"].sel(week=w).values,
                     mcid,
@@ -57,7 +57,7 @@ def estimates_table(idata: az.InferenceData, meta: DatasetMeta, mcid: float = DE
             )
     if "placebo_change" in post:
         w = meta.treatment_end
-        rows.append(_row(f"{meta.control_arm} change from baseline at week {w}", post["placebo_change"].sel(week=w).values, None, week=w, marker="", unit=f"{label} points"))
+        rows.append(effect_row(f"{meta.control_arm} change from baseline at week {w}", post["placebo_change"].sel(week=w).values, None, week=w, marker="", unit=f"{label} points"))
     units = meta.marker_units
     for var, text in (
         ("moderation_per_doubling", f"change in {label} by week {meta.treatment_end} per doubling of baseline"),
@@ -66,7 +66,7 @@ def estimates_table(idata: az.InferenceData, meta: DatasetMeta, mcid: float = DE
         if var in post:
             for mk in post[var]["marker"].values:
                 rows.append(
-                    _row(f"{text} {mk}", post[var].sel(marker=mk).values, None, week=meta.treatment_end if var.startswith("mod") else 0,
+                    effecteffect_row(f"{text} {mk}", post[var].sel(marker=mk).values, None, week=meta.treatment_end if var.startswith("mod") else 0,
                          marker=str(mk), unit=f"{label} points per doubling ({units.get(str(mk), '')})")
                 )
     table = pd.DataFrame(rows)

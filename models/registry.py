@@ -20,6 +20,8 @@ class ModelSpec:
     likelihoods: tuple[str, ...] = ("normal", "student", "censored")
     needs_biomarkers: bool = False
     options: dict = field(default_factory=dict)
+    # (idata, design, mcid) -> DataFrame of extra estimate rows (use models.estimates.effect_row)
+    extra_estimates: Callable | None = None
 
 
 REGISTRY: dict[str, ModelSpec] = {}
