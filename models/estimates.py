@@ -66,7 +66,7 @@ def estimates_table(idata: az.InferenceData, meta: DatasetMeta, mcid: float = DE
         if var in post:
             for mk in post[var]["marker"].values:
                 rows.append(
-                    effecteffect_row(f"{text} {mk}", post[var].sel(marker=mk).values, None, week=meta.treatment_end if var.startswith("mod") else 0,
+                    effect_row(f"{text} {mk}", post[var].sel(marker=mk).values, None, week=meta.treatment_end if var.startswith("mod") else 0,
                          marker=str(mk), unit=f"{label} points per doubling ({units.get(str(mk), '')})")
                 )
     table = pd.DataFrame(rows)
