@@ -4,7 +4,7 @@ from pathlib import Path
 
 from .errors import DatasetError, Problem
 from .meta import DatasetMeta, parse_meta, read_meta
-from .schema import load_dataset, meta_of
+from .schema import changes_of, load_dataset, meta_of
 from .synthetic import SyntheticTrial, TrialParameters, simulate_trial
 
 DEFAULT_DATASET = Path(__file__).resolve().parent / "default"
@@ -16,6 +16,7 @@ __all__ = [
     "Problem",
     "SyntheticTrial",
     "TrialParameters",
+    "changes_of",
     "load_dataset",
     "meta_of",
     "parse_meta",

@@ -70,3 +70,31 @@ class ProblemList:
     def raise_if_any(self) -> None:
         if self.items:
             raise DatasetError(list(self.items))
+
+
+@dataclass(frozen=True)
+class Change:
+    """Something the loader accepted but altered (a row dropped, a week remapped): always reported.
+
+    Changes travel with the loaded Dataset (`ds.attrs["changes"]`, JSON), are printed by fit.py
+    and saved in run.json, so no data are altered silently.
+    """
+
+    file: str
+    action: str  # short kind: dropped_duplicate, missed_visit, withdrew_consent, mapped_week, ...
+    detail: str  # one sentence for people
+    column: str | None = None
+    lines: tuple[int, ...] = ()
+    count: int = 0
+
+    def __str__(self) -> str:
+        where = self.file
+        if self.column:
+            where += f", column '{self.column}'"
+        if self.lines:
+            where += f", {format_lines(self.lines)}"
+        return f"{where}: {self.detail}"
+
+    def to_dict(self) -> dict:
+        return {"file": self.file, "action": self.action, "detail": self.detail, "column": self.column,
+                "lines": list(self.lines), "count": int(self.count), "text": str(self)}

@@ -6,6 +6,7 @@ MADRS, HAM-D or BDI trials with other visit schedules.
 
 from __future__ import annotations
 
+import os
 import tomllib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -13,6 +14,88 @@ from pathlib import Path
 from .errors import DatasetError, Problem
 
 META_FILE = "dataset.toml"
+
+# Size guard: a trial export is a few hundred kB; a file far larger is almost surely the wrong file
+# (a database dump, an imaging table) and would otherwise exhaust memory before any check runs.
+MAX_FILE_BYTES = 200 * 1024**2
+MAX_FILE_ENV = "DEPTRIAL_MAX_FILE_BYTES"
+
+# How visits off the schedule are treated: "none" rejects them, "nearest" maps a visit within
+# `window` weeks of a scheduled week to that week (each mapping is listed in the load's changes).
+MAP_UNSCHEDULED = ("none", "nearest")
+
+# Allowed keys of each dataset.toml table: anything else is a typo that would otherwise be ignored.
+ALLOWED_KEYS = {
+    "": {"title", "outcome", "arms", "schedule", "biomarkers"},
+    "outcome": {"name", "label", "min", "max", "integer"},
+    "arms": {"control", "treatment"},
+    "schedule": {"weeks", "treatment_end", "map_unscheduled", "window"},
+    "biomarkers": {"weeks", "units", "detection_limit"},
+}
+
+
+def max_file_bytes(override: int | None = None) -> int:
+    """The size limit in force: an explicit override, else $DEPTRIAL_MAX_FILE_BYTES, else MAX_FILE_BYTES."""
+    if override is not None:
+        return int(override)
+    env = os.environ.get(MAX_FILE_ENV, "").strip()
+    return int(env) if env.isdigit() else MAX_FILE_BYTES
+
+
+def _size_text(n: int) -> str:
+    return f"{n / 1024**2:.1f} MB" if n >= 1024**2 else f"{n} bytes"
+
+
+def read_text_file(path: Path, limit: int | None = None) -> str:
+    """A dataset file's text: exists, is a file, within the size guard, UTF-8 (a BOM is accepted).
+
+    Raises DatasetError naming the file with the fix for each failure (missing, folder, too big,
+    Excel workbook, UTF-16, Latin-1/Windows-1252).
+    """
+    path = Path(path)
+    name = path.name
+    if not path.exists():
+        raise DatasetError([Problem(name, f"is missing from {path.parent}.", fix="see README, 'Data interface' for the files a dataset folder needs")])
+    if not path.is_file():
+        raise DatasetError([Problem(name, f"in {path.parent} is not a regular file.", fix=f"{name} must be a text file")])
+    limit = max_file_bytes(limit)
+    size = path.stat().st_size
+    if size > limit:
+        raise DatasetError(
+            [
+                Problem(
+                    name,
+                    f"is {_size_text(size)}, above the loader's size limit of {_size_text(limit)}.",
+                    fix=f"check it is the right file (a trial export is usually well under 1 MB); "
+                    f"to load it anyway raise the limit with the environment variable {MAX_FILE_ENV}",
+                )
+            ]
+        )
+    raw = path.read_bytes()
+    if raw[:4] == b"PK\x03\x04":
+        raise DatasetError([Problem(name, "is a zip archive (an Excel .xlsx workbook?), not a text file.", fix="save it from the spreadsheet as 'CSV UTF-8 (comma delimited)'")])
+    if raw[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        raise DatasetError([Problem(name, "is UTF-16 text (an Excel 'Unicode text' export).", fix="save it as UTF-8 ('CSV UTF-8 (comma delimited)')")])
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise DatasetError(
+            [
+                Problem(
+                    name,
+                    f"is not UTF-8 text (byte 0x{raw[exc.start]:02x} at position {exc.start} cannot be decoded; "
+                    "Latin-1 or Windows-1252 exports do this with accented letters).",
+                    lines=(line,),
+                    fix="re-export the file as UTF-8 (e.g. 'CSV UTF-8' in a spreadsheet, or iconv -f latin1 -t utf-8)",
+                )
+            ]
+        ) from None
+    if "\x00" in text:
+        line = text[: text.index("\x00")].count("\n") + 1
+        raise DatasetError([Problem(name, "contains NUL bytes: it is a binary file, not text.", lines=(line,), fix="export the data as a UTF-8 text file")])
+    return text
+
 
 # Known rating scales: name -> (min, max). Used only to give helpful defaults and messages.
 KNOWN_SCALES = {"madrs": (0, 60), "hamd": (0, 52), "hamd17": (0, 52), "bdi": (0, 63), "bdi2": (0, 63)}
@@ -31,6 +114,8 @@ class DatasetMeta:
     treatment_arm: str = "nac"
     weeks: tuple[int, ...] = (0, 2, 4, 6, 8, 12, 16)
     treatment_end: int = 12
+    map_unscheduled: str = "none"  # or "nearest": visits within `unscheduled_window` weeks move to the scheduled week
+    unscheduled_window: float = 0.0
     biomarker_weeks: tuple[int, ...] = (0, 12)
     marker_units: dict[str, str] = field(default_factory=dict)
     detection_limits: dict[str, float] = field(default_factory=dict)
@@ -76,6 +161,8 @@ class DatasetMeta:
             f"weeks = [{', '.join(str(w) for w in self.weeks)}]",
             f"treatment_end = {self.treatment_end}",
         ]
+        if self.map_unscheduled != "none":
+            lines += [f"map_unscheduled = {q(self.map_unscheduled)}", f"window = {_num(self.unscheduled_window)}"]
         if self.marker_units:
             lines += ["", "[biomarkers]", f"weeks = [{', '.join(str(w) for w in self.biomarker_weeks)}]"]
             lines += ["", "[biomarkers.units]"]
@@ -111,10 +198,18 @@ def parse_meta(text: str) -> DatasetMeta:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise _bad(f"is not valid TOML ({exc}).", fix="check quotes, brackets and '=' signs") from None
-    known = {"title", "outcome", "arms", "schedule", "biomarkers"}
+    known = ALLOWED_KEYS[""]
     unknown = sorted(set(raw) - known)
     if unknown:
         raise _bad(f"unknown section(s) {unknown}; allowed: {sorted(known)}.", fix="remove or rename them")
+    for section, keys in ALLOWED_KEYS.items():
+        if not section or section not in raw:
+            continue
+        if not isinstance(raw[section], dict):
+            raise _bad(f"[{section}] must be a table (a [{section}] header followed by key = value lines), got {raw[section]!r}.", section)
+        extra = sorted(set(raw[section]) - keys)
+        if extra:
+            raise _bad(f"unknown key(s) {extra} in [{section}]; allowed: {sorted(keys)}.", section, "fix the spelling or remove them")
 
     out = raw.get("outcome", {})
     if not isinstance(out, dict):
@@ -160,6 +255,18 @@ def parse_meta(text: str) -> DatasetMeta:
             f"choose from {list(weeks[1:])}",
         )
 
+    mapping = sched.get("map_unscheduled", "none")
+    if mapping not in MAP_UNSCHEDULED:
+        raise _bad(f"schedule.map_unscheduled must be one of {list(MAP_UNSCHEDULED)}, got {mapping!r}.", "schedule")
+    window = sched.get("window", 1 if mapping == "nearest" else 0)
+    if not isinstance(window, (int, float)) or isinstance(window, bool) or window < 0:
+        raise _bad(f"schedule.window must be a non-negative number of weeks, got {window!r}.", "schedule")
+    if mapping == "nearest" and window <= 0:
+        raise _bad("schedule.map_unscheduled = \"nearest\" needs a window > 0 (weeks).", "schedule", "e.g. window = 1")
+    if "window" in sched and mapping == "none":
+        raise _bad("schedule.window is set but map_unscheduled is \"none\", so it would be ignored.", "schedule",
+                   "add map_unscheduled = \"nearest\" or remove window")
+
     bio = raw.get("biomarkers", {})
     bweeks = _int_list(bio.get("weeks", [0, tend]), "biomarkers.weeks") if bio else (0, tend)
     units = bio.get("units", {}) if bio else {}
@@ -186,6 +293,8 @@ def parse_meta(text: str) -> DatasetMeta:
         treatment_arm=treatment,
         weeks=weeks,
         treatment_end=tend,
+        map_unscheduled=mapping,
+        unscheduled_window=float(window),
         biomarker_weeks=bweeks,
         marker_units=dict(units),
         detection_limits={k: float(v) for k, v in lods.items()},
@@ -193,12 +302,5 @@ def parse_meta(text: str) -> DatasetMeta:
     )
 
 
-def read_meta(folder: Path) -> DatasetMeta:
-    path = Path(folder) / META_FILE
-    if not path.is_file():
-        raise _bad(f"is missing from {folder}.", fix="every dataset folder needs a dataset.toml (see README, 'Data interface')")
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise _bad(f"is not UTF-8 text ({exc.reason} at byte {exc.start}).", fix="save it as UTF-8") from None
-    return parse_meta(text)
+def read_meta(folder: Path, limit: int | None = None) -> DatasetMeta:
+    return parse_meta(read_text_file(Path(folder) / META_FILE, limit))

@@ -13,16 +13,20 @@ Layout of a dataset folder (see README, 'Data interface'):
 
 from __future__ import annotations
 
+import csv
+import difflib
 import hashlib
+import io
 import json
+import re
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import xarray as xr
 
-from .errors import DatasetError, Problem, ProblemList
-from .meta import META_FILE, DatasetMeta, read_meta
+from .errors import Change, DatasetError, Problem, ProblemList
+from .meta import META_FILE, DatasetMeta, read_meta, read_text_file
 
 PARTICIPANTS_FILE = "participants.csv"
 VISITS_FILE = "visits.csv"
@@ -30,70 +34,154 @@ BIOMARKERS_FILE = "biomarkers.csv"
 
 TRUE_WORDS = {"1", "true", "yes", "y", "t"}
 FALSE_WORDS = {"0", "false", "no", "n", "f", ""}
+NA_WORDS = {"na", "n/a", "nan", "null", "none", "missing", ".", "-", "#n/a"}
+CONSENT_COLUMN = "withdrew_consent"  # optional participants.csv flag: 1 drops the participant's data
+DECIMAL_COMMA = re.compile(r"^[-+]?\d+,\d+$")
 
 
-def _lines(mask) -> list[int]:
-    """CSV line numbers of the rows selected by a boolean mask (header is line 1)."""
-    return [int(i) + 2 for i in np.flatnonzero(np.asarray(mask))]
+def _lines(df: pd.DataFrame, mask) -> list[int]:
+    """CSV line numbers of the rows selected by a boolean mask (the frame's index holds them)."""
+    return [int(i) for i in df.index[np.asarray(mask, dtype=bool)]]
 
 
-def read_csv_strict(path: Path, required: list[str]) -> pd.DataFrame:
-    """Read a CSV as text, stripping whitespace, with schema-level errors for the common failures."""
-    name = path.name
-    if not path.is_file():
-        raise DatasetError([Problem(name, f"is missing from {path.parent}.", fix="see README, 'Data interface'")])
-    raw = path.read_bytes()
+def _closest(name: str, options) -> str:
+    low = {o.lower().replace(" ", "_"): o for o in options}
+    key = name.lower().replace(" ", "_")
+    if key in low:
+        return low[key]
+    hit = difflib.get_close_matches(key, list(low), n=1, cutoff=0.6)
+    return low[hit[0]] if hit else ""
+
+
+def _records(text: str, name: str) -> tuple[list[str], list[list[str]], list[int], ProblemList]:
+    """Split CSV text into header, records and each record's first line number (csv module, any newline)."""
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    rows, starts = [], []
+    prev = 0
     try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
+        for row in reader:
+            rows.append(row)
+            starts.append(prev + 1)
+            prev = reader.line_num
+    except csv.Error as exc:
         raise DatasetError(
-            [Problem(name, f"is not UTF-8 text (byte {exc.start} cannot be decoded).", fix="re-export the file as UTF-8")]
+            [Problem(name, f"could not be parsed as CSV ({exc}).", lines=(prev + 1,), fix="check for a stray or unbalanced quote character")]
         ) from None
+    # blank lines carry nothing; skip them (line numbers of the others stay true)
+    keep = [i for i, r in enumerate(rows) if r and not (len(r) == 1 and not r[0].strip())]
+    rows = [rows[i] for i in keep]
+    starts = [starts[i] for i in keep]
+    return rows[0] if rows else [], rows[1:], starts[1:], ProblemList()
+
+
+def read_csv_strict(path: Path, required: list[str], limit: int | None = None, changes: list | None = None) -> pd.DataFrame:
+    """Read a CSV as stripped text; the frame's index is each row's CSV line number (header = line 1).
+
+    Accepts a UTF-8 byte-order mark and Windows/old-Mac line endings (they load identically);
+    rejects, with the fix, semicolon/tab exports, rows with the wrong number of fields (e.g. an
+    unquoted decimal comma), missing or misnamed columns, empty files. Rows whose cells are all
+    empty (spreadsheet residue such as ',,,') are dropped and listed in `changes`.
+    """
+    name = path.name
+    text = read_text_file(path, limit)
     if not text.strip():
         raise DatasetError([Problem(name, "is empty.", fix=f"it needs a header row with {required} and data rows")])
-    import io
-
-    try:
-        df = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, skipinitialspace=True)
-    except pd.errors.ParserError as exc:
-        raise DatasetError([Problem(name, f"could not be parsed as CSV ({exc}).", fix="check for stray commas or quotes")]) from None
-    df.columns = [str(c).strip() for c in df.columns]
-    missing = [c for c in required if c not in df.columns]
-    if missing:
-        hint = ""
-        if len(df.columns) == 1 and (";" in df.columns[0] or "\t" in df.columns[0]):
-            hint = " The header looks separated by ';' or tabs: files must be comma-separated."
+    header_line = text.lstrip("\r\n").splitlines()[0]
+    if "," not in header_line and (";" in header_line or "\t" in header_line):
+        sep = "';'" if ";" in header_line else "tabs"
         raise DatasetError(
             [
                 Problem(
                     name,
-                    f"is missing required column(s) {missing}; found {list(df.columns)}.{hint}",
-                    fix=f"the header must contain {required}",
+                    f"is separated by {sep}, not commas (a spreadsheet export in a locale that uses decimal commas?); "
+                    f"header: {header_line[:80]!r}.",
+                    lines=(1,),
+                    fix="re-export as 'CSV UTF-8 (comma delimited)' with '.' as the decimal mark, "
+                    "or convert: decimal ',' -> '.', then ';' -> ','",
                 )
             ]
         )
-    dup_cols = [c for c in set(df.columns) if list(df.columns).count(c) > 1]
+    header, rows, starts, p = _records(text, name)
+    header = [h.strip() for h in header]
+    n = len(header)
+    unnamed = [i + 1 for i, h in enumerate(header) if not h]
+    if unnamed:
+        raise DatasetError([Problem(name, f"header column(s) {unnamed} have no name.", lines=(1,), fix="name every column or delete the empty ones")])
+    dup_cols = sorted(c for c in set(header) if header.count(c) > 1)
     if dup_cols:
-        raise DatasetError([Problem(name, f"has duplicated column name(s) {sorted(dup_cols)}.")])
+        raise DatasetError([Problem(name, f"has duplicated column name(s) {dup_cols}.", lines=(1,), fix="each column name must appear once")])
+    missing = [c for c in required if c not in header]
+    if missing:
+        guesses = {c: _closest(c, [h for h in header if h not in required]) for c in missing}
+        hint = "; ".join(f"'{g}' should be named '{c}'" for c, g in guesses.items() if g)
+        raise DatasetError(
+            [
+                Problem(
+                    name,
+                    f"is missing required column(s) {missing}; found {header}." + (f" Probably {hint}." if hint else ""),
+                    lines=(1,),
+                    fix=f"the header must contain {required} (names are case-sensitive)",
+                )
+            ]
+        )
+    long = [s for r, s in zip(rows, starts) if len(r) > n]
+    short = [s for r, s in zip(rows, starts) if len(r) < n and any(c.strip() for c in r)]
+    if long:
+        comma = any(DECIMAL_COMMA.match(f"{a.strip()},{b.strip()}") for r in rows if len(r) > n for a, b in zip(r, r[1:]))
+        p.add(
+            name,
+            f"row has more fields than the {n} header columns.",
+            lines=long,
+            fix="a decimal comma (e.g. 1,5) splits a number in two: use '.' as the decimal mark"
+            if comma
+            else "quote cells that contain commas, or remove the extra commas",
+        )
+    if short:
+        p.add(name, f"row has fewer fields than the {n} header columns.", lines=short,
+              fix="every row needs a cell (possibly empty) for each column")
+    p.raise_if_any()
+    empty = [s for r, s in zip(rows, starts) if not any(c.strip() for c in r)]
+    body = [(r, s) for r, s in zip(rows, starts) if any(c.strip() for c in r)]
+    if empty and changes is not None:
+        changes.append(Change(name, "dropped_empty_row", f"{len(empty)} row(s) with every cell empty ignored.", lines=tuple(empty), count=len(empty)))
+    if not body:
+        raise DatasetError([Problem(name, "has a header but no data rows.", fix="add the data rows below the header")])
+    df = pd.DataFrame([r for r, _ in body], columns=header, index=pd.Index([s for _, s in body], name="line"), dtype=str)
     for c in df.columns:
-        df[c] = df[c].astype(str).str.strip()
-    if len(df) == 0:
-        raise DatasetError([Problem(name, "has a header but no data rows.")])
+        df[c] = df[c].str.strip()
     return df
 
 
 def _parse_numbers(series: pd.Series) -> tuple[pd.Series, np.ndarray]:
-    """Numbers from text; returns (values with NaN for blanks, mask of non-blank text that is not a number)."""
+    """Numbers from text; returns (values with NaN for blanks, mask of non-blank cells that are not finite numbers)."""
     blank = series.eq("")
-    values = pd.to_numeric(series.where(~blank, None), errors="coerce")
-    bad = (~blank) & values.isna()
-    return values.astype(float), bad.to_numpy()
+    values = pd.to_numeric(series.where(~blank, None), errors="coerce").astype(float)
+    bad = ((~blank) & ~np.isfinite(values)).to_numpy()
+    return values.where(~pd.Series(bad, index=series.index)), bad
+
+
+def _number_fix(cells: pd.Series) -> str:
+    """The most useful fix for cells that are not numbers."""
+    text = cells.str.lower()
+    if cells.str.match(DECIMAL_COMMA.pattern).any():
+        return "it looks like a decimal comma: use '.' as the decimal mark (e.g. 1.5, not 1,5)"
+    if text.isin(NA_WORDS).any():
+        return "leave the cell empty for a missing value instead of writing NA"
+    if cells.str.contains(r"\d", regex=True).any():
+        return "write only the number, with '.' as the decimal mark and no units or symbols"
+    return "write a number with '.' as the decimal mark"
+
+
+def _not_number(df, file, column, mask, problems, what) -> None:
+    if mask.any():
+        seen = sorted(set(df.loc[mask, column]))[:4]
+        problems.add(file, f"{what} is not a number (e.g. {seen}).", column, _lines(df, mask), _number_fix(df.loc[mask, column]))
 
 
 def _check_ids(df: pd.DataFrame, file: str, known: set[str], problems: ProblemList) -> None:
     empty = df["participant_id"].eq("")
     if empty.any():
-        problems.add(file, "participant_id is empty.", "participant_id", _lines(empty))
+        problems.add(file, "participant_id is empty.", "participant_id", _lines(df, empty), "give every row its participant's id")
     unknown = ~df["participant_id"].isin(known) & ~empty
     if unknown.any():
         ids = sorted(df.loc[unknown, "participant_id"].unique())[:5]
@@ -101,45 +189,139 @@ def _check_ids(df: pd.DataFrame, file: str, known: set[str], problems: ProblemLi
             file,
             f"participant_id not in {PARTICIPANTS_FILE} (e.g. {ids}).",
             "participant_id",
-            _lines(unknown),
-            f"add them to {PARTICIPANTS_FILE} or remove their rows",
+            _lines(df, unknown),
+            f"add them to {PARTICIPANTS_FILE} or remove their rows (ids are case-sensitive)",
         )
 
 
-def _parse_weeks(df: pd.DataFrame, file: str, allowed: tuple[int, ...], problems: ProblemList, what: str) -> pd.Series:
+def _drop_withdrawn(df: pd.DataFrame, file: str, withdrawn: set[str], changes: list) -> pd.DataFrame:
+    gone = df["participant_id"].isin(withdrawn)
+    if gone.any():
+        changes.append(
+            Change(file, "withdrew_consent", f"{int(gone.sum())} row(s) of participants who withdrew consent dropped.",
+                   "participant_id", tuple(_lines(df, gone)), int(gone.sum()))
+        )
+    return df[~gone]
+
+
+def _parse_weeks(df, file, allowed, problems, what, meta: DatasetMeta, changes: list) -> tuple[pd.Series, pd.Series]:
+    """Weeks as numbers; with map_unscheduled = "nearest", off-schedule weeks within the window are moved
+    to the nearest scheduled week (ties to the earlier week). Returns (week, distance moved)."""
     weeks, nonnum = _parse_numbers(df["week"])
     blank = df["week"].eq("").to_numpy()
     if blank.any():
-        problems.add(file, "week is empty.", "week", _lines(blank))
-    if nonnum.any():
-        problems.add(file, "week is not a number.", "week", _lines(nonnum))
-    frac = weeks.notna().to_numpy() & (weeks.to_numpy() % 1 != 0)
-    if frac.any():
-        problems.add(file, "week must be a whole number of weeks.", "week", _lines(frac))
-    off = weeks.notna().to_numpy() & ~frac & ~weeks.isin(allowed).to_numpy()
-    if off.any():
-        seen = sorted(set(weeks[off].astype(int)))[:6]
-        problems.add(
-            file,
-            f"week {seen} is not one of the {what} {list(allowed)} in {META_FILE}.",
-            "week",
-            _lines(off),
-            f"add the week to {META_FILE} or map the visit to its scheduled week",
-        )
-    return weeks
+        problems.add(file, "week is empty.", "week", _lines(df, blank), "give every row its visit week")
+    _not_number(df, file, "week", nonnum, problems, "week")
+    ok = weeks.notna().to_numpy()
+    allowed_arr = np.asarray(allowed, dtype=float)
+    off = ok & ~weeks.isin(allowed_arr).to_numpy()
+    dist = pd.Series(0.0, index=df.index)
+    mapped = weeks.copy()
+    if meta.map_unscheduled == "nearest" and off.any():
+        w = weeks[off].to_numpy()
+        gap = np.abs(w[:, None] - allowed_arr[None, :])
+        j = gap.argmin(axis=1)  # argmin takes the first (earlier) week on ties
+        near = allowed_arr[j]
+        d = gap[np.arange(len(w)), j]
+        inside = d <= meta.unscheduled_window
+        idx = df.index[off]
+        mapped.loc[idx[inside]] = near[inside]
+        dist.loc[idx[inside]] = d[inside]
+        pairs = sorted({(_num(a), int(b)) for a, b in zip(w[inside], near[inside])})
+        if inside.any():
+            changes.append(
+                Change(file, "mapped_week",
+                       f"{int(inside.sum())} visit(s) at unscheduled weeks moved to the nearest {what[:-1] if what.endswith('s') else what} "
+                       f"within {meta.unscheduled_window:g} week(s) (from -> to: {pairs[:6]}{' ...' if len(pairs) > 6 else ''}).",
+                       "week", tuple(int(i) for i in idx[inside]), int(inside.sum()))
+            )
+        still = np.zeros(len(df), dtype=bool)
+        still[np.flatnonzero(off)[~inside]] = True
+        if still.any():
+            seen = sorted({_num(x) for x in weeks[still]})[:6]
+            problems.add(
+                file,
+                f"week {seen} is more than {meta.unscheduled_window:g} week(s) from every {what[:-1] if what.endswith('s') else what} "
+                f"{list(allowed)} in {META_FILE}.",
+                "week",
+                _lines(df, still),
+                f"correct the week, add it to {META_FILE}, or widen [schedule] window",
+            )
+    elif off.any():
+        frac = off & (weeks.to_numpy() % 1 != 0)
+        whole = off & ~frac
+        if frac.any():
+            problems.add(file, "week must be a whole number of weeks.", "week", _lines(df, frac),
+                         f"round to the scheduled week, or set [schedule] map_unscheduled = \"nearest\" in {META_FILE}")
+        if whole.any():
+            seen = sorted({int(x) for x in weeks[whole]})[:6]
+            problems.add(
+                file,
+                f"week {seen} is not one of the {what} {list(allowed)} in {META_FILE}.",
+                "week",
+                _lines(df, whole),
+                f"add the week to {META_FILE}, correct it, or set [schedule] map_unscheduled = \"nearest\" "
+                "(with a window in weeks) to move visits to the nearest scheduled week",
+            )
+    return mapped, dist
 
 
-def _load_participants(folder: Path, meta: DatasetMeta) -> pd.DataFrame:
+def _num(x) -> float | int:
+    return int(x) if float(x).is_integer() else float(x)
+
+
+def _dedupe(df: pd.DataFrame, file: str, keys: list[str], dist: pd.Series, problems: ProblemList, changes: list) -> pd.DataFrame:
+    """Exact duplicate rows are removed (reported); rows sharing `keys` keep the on-schedule (or nearest) visit,
+    the farther mapped ones are dropped (reported); genuinely conflicting rows are an error."""
+    raw_cols = [c for c in df.columns if c not in ("_dist",)]
+    exact = df.duplicated(raw_cols, keep="first")
+    if exact.any():
+        changes.append(Change(file, "dropped_duplicate", f"{int(exact.sum())} exact duplicate row(s) removed (identical to an earlier row).",
+                              lines=tuple(_lines(df, exact)), count=int(exact.sum())))
+        df, dist = df[~exact], dist[~exact]
+    if not df.duplicated(keys, keep=False).any():
+        return df
+    d = dist.loc[df.index]
+    best = d.groupby([df[k] for k in keys]).transform("min")
+    farther = (d > best).to_numpy()
+    if farther.any():
+        changes.append(Change(file, "dropped_unscheduled",
+                              f"{int(farther.sum())} unscheduled visit(s) dropped: the participant has a visit closer to that scheduled week.",
+                              "week", tuple(_lines(df, farther)), int(farther.sum())))
+        df = df[~farther]
+    clash = df.duplicated(keys, keep=False)
+    if clash.any():
+        problems.add(file, f"more than one row for the same {', '.join(k.replace('participant_id', 'participant') for k in keys)} "
+                     "with different values.", ", ".join(keys), _lines(df, clash),
+                     "keep one row per " + ", ".join(k.replace("participant_id", "participant") for k in keys))
+    return df
+
+
+def _flag(df, file, column, problems) -> np.ndarray:
+    text = df[column].str.lower()
+    bad = ~text.isin(TRUE_WORDS | FALSE_WORDS)
+    if bad.any():
+        problems.add(file, f"{column} must be 0/1 (or true/false), got {sorted(set(df.loc[bad, column]))[:4]}.", column, _lines(df, bad))
+    return text.isin(TRUE_WORDS).to_numpy()
+
+
+def _load_participants(folder: Path, meta: DatasetMeta, limit, changes: list) -> tuple[pd.DataFrame, set[str]]:
     file = PARTICIPANTS_FILE
-    df = read_csv_strict(folder / file, ["participant_id", "arm", "site"])
+    df = read_csv_strict(folder / file, ["participant_id", "arm", "site"], limit, changes)
     p = ProblemList()
+    exact = df.duplicated(keep="first")
+    if exact.any():
+        changes.append(Change(file, "dropped_duplicate", f"{int(exact.sum())} exact duplicate row(s) removed.",
+                              lines=tuple(_lines(df, exact)), count=int(exact.sum())))
+        df = df[~exact]
     empty = df["participant_id"].eq("")
     if empty.any():
-        p.add(file, "participant_id is empty.", "participant_id", _lines(empty))
+        p.add(file, "participant_id is empty.", "participant_id", _lines(df, empty), "give every participant an id")
     dup = df["participant_id"].duplicated(keep=False) & ~empty
     if dup.any():
         ids = sorted(df.loc[dup, "participant_id"].unique())[:5]
-        p.add(file, f"participant_id must be unique; repeated: {ids}.", "participant_id", _lines(dup))
+        p.add(file, f"participant_id must be unique; repeated with different values: {ids}.", "participant_id", _lines(df, dup),
+              "keep one row per participant")
     arms = {meta.control_arm, meta.treatment_arm}
     bad_arm = ~df["arm"].isin(arms)
     if bad_arm.any():
@@ -148,56 +330,78 @@ def _load_participants(folder: Path, meta: DatasetMeta) -> pd.DataFrame:
             file,
             f"unknown arm {seen}; {META_FILE} declares control '{meta.control_arm}' and treatment '{meta.treatment_arm}'.",
             "arm",
-            _lines(bad_arm),
+            _lines(df, bad_arm),
             "use the arm labels of dataset.toml [arms] (labels are case-sensitive)",
         )
     bad_site = df["site"].eq("")
     if bad_site.any():
-        p.add(file, "site is empty.", "site", _lines(bad_site), "give every participant a site (one label if single-site)")
+        p.add(file, "site is empty.", "site", _lines(df, bad_site), "give every participant a site (one label if single-site)")
+    withdrawn_mask = _flag(df, file, CONSENT_COLUMN, p) if CONSENT_COLUMN in df.columns else np.zeros(len(df), bool)
     p.raise_if_any()
+    withdrawn = set(df.loc[withdrawn_mask, "participant_id"])
+    if withdrawn:
+        ids = sorted(withdrawn)
+        changes.append(Change(file, "withdrew_consent",
+                              f"{len(ids)} participant(s) who withdrew consent dropped with all their data: {ids[:8]}{' ...' if len(ids) > 8 else ''}.",
+                              CONSENT_COLUMN, tuple(_lines(df, withdrawn_mask)), len(ids)))
+        df = df[~withdrawn_mask]
+    if CONSENT_COLUMN in df.columns:
+        df = df.drop(columns=CONSENT_COLUMN)
     counts = df["arm"].value_counts()
     for arm in (meta.control_arm, meta.treatment_arm):
         if counts.get(arm, 0) < 2:
             p.add(
                 file,
-                f"arm '{arm}' has {counts.get(arm, 0)} participant(s); a two-arm comparison needs at least 2 per arm.",
+                f"arm '{arm}' has {counts.get(arm, 0)} participant(s){' after consent withdrawals' if withdrawn else ''}; "
+                "a two-arm comparison needs at least 2 per arm.",
                 "arm",
+                _lines(df, df["arm"].eq(arm)),
+                "check the arm labels, or analyse a dataset with both arms",
             )
     p.raise_if_any()
-    return df
+    return df, withdrawn
 
 
-def _load_visits(folder: Path, meta: DatasetMeta, ids: set[str]) -> pd.DataFrame:
+def _extra_columns(df, file, expected, changes) -> None:
+    extra = [c for c in df.columns if c not in expected]
+    if extra:
+        changes.append(Change(file, "ignored_columns", f"column(s) {extra} are not used and were ignored.", count=len(extra)))
+
+
+def _load_visits(folder: Path, meta: DatasetMeta, ids: set[str], withdrawn: set[str], limit, changes: list) -> pd.DataFrame:
     file = VISITS_FILE
     out = meta.outcome
-    df = read_csv_strict(folder / file, ["participant_id", "week", out])
+    df = read_csv_strict(folder / file, ["participant_id", "week", out], limit, changes)
+    _extra_columns(df, file, ["participant_id", "week", out], changes)
+    df = _drop_withdrawn(df, file, withdrawn, changes)
     p = ProblemList()
     _check_ids(df, file, ids, p)
-    weeks = _parse_weeks(df, file, meta.weeks, p, "scheduled visit weeks")
+    weeks, dist = _parse_weeks(df, file, meta.weeks, p, "scheduled visit weeks", meta, changes)
     score, nonnum = _parse_numbers(df[out])
-    if nonnum.any():
-        p.add(file, f"{meta.outcome_label} score is not a number.", out, _lines(nonnum), "use '.' as the decimal mark")
+    _not_number(df, file, out, nonnum, p, f"{meta.outcome_label} score")
     rng = score.notna().to_numpy() & ((score < meta.score_min) | (score > meta.score_max)).to_numpy()
     if rng.any():
         p.add(
             file,
-            f"{meta.outcome_label} score outside its valid range {meta.score_min:g}-{meta.score_max:g}.",
+            f"{meta.outcome_label} score outside its valid range {meta.score_min:g}-{meta.score_max:g} (e.g. {sorted(set(score[rng]))[:4]}).",
             out,
-            _lines(rng),
+            _lines(df, rng),
+            f"correct the scores, or fix [outcome] min/max in {META_FILE} if the scale differs",
         )
     if meta.integer_scores:
         frac = score.notna().to_numpy() & (score.to_numpy() % 1 != 0)
         if frac.any():
-            p.add(file, f"{meta.outcome_label} is an integer scale but the score has a fraction.", out, _lines(frac),
+            p.add(file, f"{meta.outcome_label} is an integer scale but the score has a fraction.", out, _lines(df, frac),
                   "set integer = false under [outcome] if fractional scores are intended")
     p.raise_if_any()
     df = df.assign(week=weeks.astype(int), score=score)
-    dup = df.duplicated(["participant_id", "week"], keep=False)
-    if dup.any():
-        p.add(file, "more than one row for the same participant and week.", "participant_id, week", _lines(dup),
-              "keep one row per participant and visit")
+    df = _dedupe(df, file, ["participant_id", "week"], dist, p, changes)
     p.raise_if_any()
-    df = df[df["score"].notna()]
+    blank = df["score"].isna()
+    if blank.any():
+        changes.append(Change(file, "missed_visit", f"{int(blank.sum())} row(s) with an empty {meta.outcome_label} score treated as missed visits.",
+                              out, tuple(_lines(df, blank)), int(blank.sum())))
+    df = df[~blank]
     has_base = set(df.loc[df["week"] == 0, "participant_id"])
     no_base = sorted(ids - has_base)
     if no_base:
@@ -211,61 +415,58 @@ def _load_visits(folder: Path, meta: DatasetMeta, ids: set[str]) -> pd.DataFrame
     return df[["participant_id", "week", "score"]]
 
 
-def _load_biomarkers(folder: Path, meta: DatasetMeta, ids: set[str]) -> pd.DataFrame | None:
+def _load_biomarkers(folder: Path, meta: DatasetMeta, ids: set[str], withdrawn: set[str], limit, changes: list) -> pd.DataFrame | None:
     file = BIOMARKERS_FILE
     if not (folder / file).exists():
         return None
     if not meta.marker_units:
         raise DatasetError(
-            [Problem(META_FILE, f"{file} is present but [biomarkers.units] is missing.", fix="declare each marker's unit, e.g. il6 = \"pg/mL\"")]
+            [Problem(META_FILE, f"{file} is present but [biomarkers.units] is missing.", "biomarkers.units",
+                     fix="declare each marker's unit, e.g. il6 = \"pg/mL\"")]
         )
-    df = read_csv_strict(folder / file, ["participant_id", "week", "marker", "value"])
+    df = read_csv_strict(folder / file, ["participant_id", "week", "marker", "value"], limit, changes)
+    _extra_columns(df, file, ["participant_id", "week", "marker", "value", "below_lod", "unit"], changes)
+    df = _drop_withdrawn(df, file, withdrawn, changes)
     p = ProblemList()
     _check_ids(df, file, ids, p)
-    weeks = _parse_weeks(df, file, meta.biomarker_weeks, p, "biomarker weeks")
+    weeks, dist = _parse_weeks(df, file, meta.biomarker_weeks, p, "biomarker weeks", meta, changes)
     bad_marker = ~df["marker"].isin(meta.marker_units)
     if bad_marker.any():
         seen = sorted(df.loc[bad_marker, "marker"].unique())[:5]
         p.add(file, f"unknown marker {seen}; {META_FILE} declares {sorted(meta.marker_units)}.", "marker",
-              _lines(bad_marker), "add the marker and its unit to [biomarkers.units]")
+              _lines(df, bad_marker), "add the marker and its unit to [biomarkers.units] (names are case-sensitive)")
     if "unit" in df.columns:
         expected = df["marker"].map(meta.marker_units)
         wrong = expected.notna() & (df["unit"] != "") & (df["unit"] != expected)
         if wrong.any():
             pairs = sorted({(m, u) for m, u in zip(df.loc[wrong, "marker"], df.loc[wrong, "unit"])})[:4]
             p.add(file, f"unit disagrees with {META_FILE} [biomarkers.units] for (marker, unit) {pairs}.", "unit",
-                  _lines(wrong), "convert the values to the declared unit, or correct the metadata")
-    if "below_lod" in df.columns:
-        flag_text = df["below_lod"].str.lower()
-        bad_flag = ~flag_text.isin(TRUE_WORDS | FALSE_WORDS)
-        if bad_flag.any():
-            p.add(file, "below_lod must be 0/1 (or true/false).", "below_lod", _lines(bad_flag))
-        below = flag_text.isin(TRUE_WORDS).to_numpy()
-    else:
-        below = np.zeros(len(df), dtype=bool)
+                  _lines(df, wrong), "convert the values to the declared unit, or correct the metadata")
+    below = _flag(df, file, "below_lod", p) if "below_lod" in df.columns else np.zeros(len(df), dtype=bool)
     value, nonnum = _parse_numbers(df["value"])
-    if nonnum.any():
-        p.add(file, "value is not a number.", "value", _lines(nonnum), "use '.' as the decimal mark, no units in the cell")
+    _not_number(df, file, "value", nonnum, p, "value")
     # Values below the detection limit: take the declared limit when the cell is blank.
     lod = df["marker"].map(meta.detection_limits).astype(float)
-    fill = below & value.isna().to_numpy() & lod.notna().to_numpy()
+    fill = below & value.isna().to_numpy() & lod.notna().to_numpy() & ~nonnum
     value = value.where(~fill, lod)
-    no_limit = below & value.isna().to_numpy()
+    if fill.any():
+        changes.append(Change(file, "filled_detection_limit",
+                              f"{int(fill.sum())} below-detection-limit value(s) left empty set to the limit declared in {META_FILE}.",
+                              "value", tuple(_lines(df, fill)), int(fill.sum())))
+    no_limit = below & value.isna().to_numpy() & ~nonnum
     if no_limit.any():
         p.add(file, "below_lod is set but neither the value nor a detection limit in dataset.toml gives the limit.",
-              "value", _lines(no_limit), "add [biomarkers.detection_limit] for the marker")
+              "value", _lines(df, no_limit), "add [biomarkers.detection_limit] for the marker")
     blank = value.isna().to_numpy() & ~nonnum & ~no_limit
     if blank.any():
-        p.add(file, "value is empty.", "value", _lines(blank), "drop rows of samples not taken; mark censored ones with below_lod = 1")
+        p.add(file, "value is empty.", "value", _lines(df, blank), "drop rows of samples not taken; mark censored ones with below_lod = 1")
     nonpos = value.notna().to_numpy() & (value.to_numpy() <= 0)
     if nonpos.any():
-        p.add(file, "biomarker value must be positive (it is analysed on the log scale).", "value", _lines(nonpos),
-              "mark results under the assay's detection limit with below_lod = 1 instead of 0")
+        p.add(file, f"biomarker value must be positive (it is analysed on the log scale), got {sorted(set(value[nonpos]))[:4]}.",
+              "value", _lines(df, nonpos), "mark results under the assay's detection limit with below_lod = 1 instead of 0")
     p.raise_if_any()
     df = df.assign(week=weeks.astype(int), value=value.astype(float), below_lod=below)
-    dup = df.duplicated(["participant_id", "week", "marker"], keep=False)
-    if dup.any():
-        p.add(file, "more than one row for the same participant, week and marker.", "participant_id, week, marker", _lines(dup))
+    df = _dedupe(df, file, ["participant_id", "week", "marker"], dist, p, changes)
     p.raise_if_any()
     return df[["participant_id", "week", "marker", "value", "below_lod"]]
 
@@ -292,20 +493,27 @@ def _covariates(df: pd.DataFrame) -> dict[str, np.ndarray]:
     return out
 
 
-def load_dataset(folder: str | Path) -> xr.Dataset:
+def load_dataset(folder: str | Path, max_file_bytes: int | None = None) -> xr.Dataset:
     """Validate a dataset folder and return it as one xarray Dataset.
 
     Dims: participant, week (the scheduled visit weeks), and when biomarkers are present,
-    marker and biomarker_week. Raises DatasetError listing every broken rule.
+    marker and biomarker_week. Raises DatasetError listing every broken rule. What the loader
+    accepts but alters (duplicates removed, consent withdrawals, missed visits, remapped weeks)
+    is listed in `ds.attrs["changes"]` (JSON; read it with `changes_of(ds)`).
+    `max_file_bytes` overrides the size guard (default: $DEPTRIAL_MAX_FILE_BYTES or 200 MB).
     """
     folder = Path(folder)
+    if not folder.exists():
+        raise DatasetError([Problem(str(folder), "does not exist.", fix="--data takes a dataset folder (see README, 'Data interface')")])
     if not folder.is_dir():
-        raise DatasetError([Problem(str(folder), "is not a folder.", fix="--data takes a dataset folder (see README)")])
-    meta = read_meta(folder)
-    parts = _load_participants(folder, meta)
+        raise DatasetError([Problem(str(folder), "is not a folder.", fix="--data takes a dataset folder (see README, 'Data interface')")])
+    limit = max_file_bytes
+    meta = read_meta(folder, limit)
+    changes: list[Change] = []
+    parts, withdrawn = _load_participants(folder, meta, limit, changes)
     ids = set(parts["participant_id"])
-    visits = _load_visits(folder, meta, ids)
-    bio = _load_biomarkers(folder, meta, ids)
+    visits = _load_visits(folder, meta, ids, withdrawn, limit, changes)
+    bio = _load_biomarkers(folder, meta, ids, withdrawn, limit, changes)
 
     pid = parts["participant_id"].to_numpy(dtype=str)
     index = {p: i for i, p in enumerate(pid)}
@@ -344,8 +552,14 @@ def load_dataset(folder: str | Path) -> xr.Dataset:
         source=str(folder.resolve()),
         checksum=dataset_checksum(folder),
         has_biomarkers=int(bio is not None),
+        changes=json.dumps([c.to_dict() for c in changes]),
     )
     return ds
+
+
+def changes_of(ds: xr.Dataset) -> list[dict]:
+    """What the loader accepted but altered, one dict per change (file, action, detail, lines, count, text)."""
+    return json.loads(ds.attrs.get("changes", "[]"))
 
 
 def meta_of(ds: xr.Dataset) -> DatasetMeta:

@@ -55,8 +55,9 @@ def test_unknown_arm(trial_copy):
 
 
 def test_duplicate_participant_week(trial_copy):
-    edit_csv(trial_copy, "visits.csv", lambda d: pd.concat([d, d.iloc[[3]]], ignore_index=True))
-    text = expect_error(trial_copy, "visits.csv", "more than one row for the same participant and week")
+    # an exact duplicate is removed and reported (tests/test_corpus.py); a conflicting one is an error
+    edit_csv(trial_copy, "visits.csv", lambda d: pd.concat([d, d.iloc[[3]].assign(madrs="59")], ignore_index=True))
+    text = expect_error(trial_copy, "visits.csv", "more than one row for the same participant, week")
     assert f"line {3 + 2}" in text or "lines 5" in text
 
 
@@ -102,7 +103,7 @@ def test_unscheduled_week(trial_copy):
 def test_missing_column_and_semicolon_hint(trial_copy):
     text = (trial_copy / "participants.csv").read_text().replace(",", ";")
     (trial_copy / "participants.csv").write_text(text)
-    expect_error(trial_copy, "participants.csv", "missing required column", "separated by ';'")
+    expect_error(trial_copy, "participants.csv", "line 1", "separated by ';'", "decimal mark")
 
 
 def test_missing_file(trial_copy):
@@ -111,7 +112,7 @@ def test_missing_file(trial_copy):
 
 
 def test_duplicate_participant(trial_copy):
-    edit_csv(trial_copy, "participants.csv", lambda d: pd.concat([d, d.iloc[[0]]], ignore_index=True))
+    edit_csv(trial_copy, "participants.csv", lambda d: pd.concat([d, d.iloc[[0]].assign(site="other")], ignore_index=True))
     expect_error(trial_copy, "participant_id must be unique", "P0001")
 
 
