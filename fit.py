@@ -5,7 +5,8 @@
     python fit.py --data my_trial --model headline --out results/my_trial
     python fit.py --list-models
 
-Exit codes: 0 success; 1 convergence verdict failed under --strict; 2 bad input or arguments.
+Exit codes: 0 success; 1 convergence verdict failed under --strict; 2 bad input or arguments
+(or the output folder exists / is being written by another run); 3 the sampler failed.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from pathlib import Path
 warnings.filterwarnings("ignore", category=FutureWarning, module="arviz")
 
 from data import DEFAULT_DATASET, DatasetError, load_dataset  # noqa: E402
-from data.atomic import atomic_folder  # noqa: E402
+from data.atomic import OutputBusy, locked_output  # noqa: E402
+from data.schema import changes_of  # noqa: E402
 
 DEFAULT_MODELS = ("headline",)
 
@@ -90,6 +92,11 @@ def main(argv=None) -> int:
         ds = load_dataset(args.data)
     except DatasetError as exc:
         return fail(str(exc))
+    changes = changes_of(ds)
+    if changes:  # what the loader accepted but altered is never silent
+        print(f"data: the loader changed {len(changes)} thing(s) (saved in run.json):", file=sys.stderr)
+        for change in changes:
+            print(f"  - {change['text']}", file=sys.stderr)
     design = build_design(ds)
     built = []
     for spec in specs:
@@ -109,10 +116,13 @@ def main(argv=None) -> int:
         seed=args.seed,
     )
     try:
-        with atomic_folder(args.out, overwrite=args.force) as tmp:
+        with locked_output(args.out, overwrite=args.force) as tmp:
             all_ok = run_models(built, design, ds, settings, args, tmp)
-    except FileExistsError as exc:
+    except (FileExistsError, OutputBusy) as exc:
         return fail(str(exc))
+    except SamplingFailed as exc:
+        print(f"error: {exc}\nnothing was written to {args.out}", file=sys.stderr)
+        return 3
     print(f"\nwrote {args.out}/")
     if args.strict and not all_ok:
         print("strict: convergence verdict failed", file=sys.stderr)
@@ -128,7 +138,7 @@ def run_models(built, design, ds, settings, args, out: Path) -> bool:
     from models.sampling import sample_all
 
     all_ok = True
-    run = {"data": str(args.data), "checksum": design.checksum, "models": {}, "settings": settings.__dict__, "versions": versions()}
+    run = {"data": str(args.data), "checksum": design.checksum, "data_changes": changes_of(ds), "models": {}, "settings": settings.__dict__, "versions": versions()}
     info = data_summary(design)
     if not args.quiet:
         print(info_text(info), file=sys.stderr)
@@ -136,7 +146,10 @@ def run_models(built, design, ds, settings, args, out: Path) -> bool:
         t0 = time.perf_counter()
         if not args.quiet:
             print(f"\n== {spec.name}: {spec.description}", file=sys.stderr)
-        idata, timings = sample_all(model, settings, quiet=args.quiet)
+        try:
+            idata, timings = sample_all(model, settings, quiet=args.quiet)
+        except Exception as exc:  # the sampler's failure becomes advice, not a traceback
+            raise SamplingFailed(spec.name, exc) from exc
         priors = getattr(model, "priors_used", None)
         stamp(
             idata,
@@ -148,6 +161,7 @@ def run_models(built, design, ds, settings, args, out: Path) -> bool:
             data_source=str(args.data),
             settings=settings.__dict__,
             data_summary=info,
+            data_changes=changes_of(ds),
         )
         check = verdict(idata)
         table = estimates_table(idata, design.meta, mcid=args.mcid)
@@ -171,6 +185,26 @@ def run_models(built, design, ds, settings, args, out: Path) -> bool:
         print(f"({timings['wall_s']:.1f} s: compile {timings.get('compile_s', 0):.1f}, sampling {timings['sample_s']:.1f})")
     (out / "run.json").write_text(json.dumps(run, indent=2, default=str) + "\n")
     return all_ok
+
+
+class SamplingFailed(RuntimeError):
+    """A model's sampling raised (e.g. no chain could initialise): reported with advice, exit code 3."""
+
+    def __init__(self, model: str, exc: BaseException):
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        cause = " ".join(line.strip() for line in str(exc).splitlines()[1:4] if line.strip() and "backtrace" not in line.lower())
+        text = f"sampling model '{model}' failed: {type(exc).__name__}: {first}" + (f" ({cause})" if cause else "")
+        if "init" in str(exc).lower():
+            advice = (
+                "no chain could start: the log-density is not finite at the starting points. Check the data for "
+                "extreme values, try the robust model (--likelihood student), another --seed, or --sampler pymc"
+            )
+        else:
+            advice = (
+                "try more tuning (--tune), a higher --target-accept (e.g. 0.95), the robust model "
+                "(--likelihood student), or --sampler pymc to cross-check"
+            )
+        super().__init__(f"{text}\nadvice: {advice}")
 
 
 def summary_table(idata):
