@@ -39,3 +39,20 @@ def get(name: str) -> ModelSpec:
 
 
 register(ModelSpec(headline.NAME, headline.build_headline, headline.DESCRIPTION, needs_biomarkers=True))
+
+# trajectory family and the Bayesian MMRM (each module documents its maths)
+from . import mmrm, moderation, null, treatment  # noqa: E402
+
+register(ModelSpec(null.NAME, null.build_null, null.DESCRIPTION))
+register(ModelSpec(treatment.NAME, treatment.build_treatment, treatment.DESCRIPTION))
+register(ModelSpec(treatment.NAME_CURVED, treatment.build_treatment_curved, treatment.DESCRIPTION_CURVED, options={"curved": True}))
+register(
+    ModelSpec(
+        moderation.NAME,
+        moderation.build_moderation,
+        moderation.DESCRIPTION,
+        needs_biomarkers=True,
+        extra_estimates=moderation.extra_estimates,
+    )
+)
+register(ModelSpec(mmrm.NAME, mmrm.build_mmrm, mmrm.DESCRIPTION, likelihoods=mmrm.LIKELIHOODS))

@@ -1,0 +1,214 @@
+"""A Bayesian MMRM: the trial statistician's primary analysis, as a Bayesian model.
+
+Change from baseline of participant i at post-baseline visit v (weeks after week 0):
+
+    c_iv = y_iv - y_i0
+    c_i  ~ MvNormal(mu_i, Sigma) over the visits participant i attended (marginal: MAR-valid)
+    mu_iv = a_v + site_s(i) + d_v T_i + b_v (y_i0 - ybar_0)
+    Sigma = diag(s) Omega diag(s), unstructured: Omega ~ LKJ(eta), s_v ~ HalfNormal
+
+- a_v ('visit_mean'): placebo mean change at visit v for the average baseline (and average site);
+- d_v ('nac_visit_effect'): the NAC - placebo difference at visit v (treatment x visit);
+- b_v ('baseline_slope'): baseline x visit (regression to the mean differs by visit);
+- site offsets sum to zero (site as a fixed factor, as in the frequentist MMRM).
+'nac_effect' and 'placebo_change' (dims week, 0 at week 0) feed the generic estimates table.
+
+Participants with no post-baseline visit carry no information in a change-from-baseline model and
+are left out, as in the frequentist analysis. Missing visits are integrated out: each participant
+contributes the multivariate normal density of the visits they attended. Participants are grouped
+by missingness pattern; a monotone (drop-out) pattern uses the leading block of Sigma's Cholesky
+factor, other patterns the Cholesky factor of their own sub-matrix. The density is stored per
+observation as the sequential conditional log density of a visit given the participant's earlier
+attended visits (the standardised innovation of the triangular solve), so the values of one
+participant sum to its marginal log density: pointwise LOO predicts a visit from the earlier ones,
+and summing per participant ('obs_participant' in constant_data) gives leave-one-participant-out.
+Normal likelihood only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pymc as pm
+import pytensor.tensor as pt
+from pytensor.tensor.slinalg import cholesky, solve_triangular
+
+from .design import ModelDataError, TrialDesign
+from .priors import Prior, resolve, rv
+
+NAME = "mmrm"
+DESCRIPTION = "Bayesian MMRM: change from baseline by visit, treatment x visit, baseline x visit, unstructured covariance (LKJ); no biomarkers needed"
+LIKELIHOODS = ("normal",)
+_LOG_2PI = float(np.log(2 * np.pi))
+
+
+def default_priors(design: TrialDesign) -> dict[str, Prior]:
+    r = design.score_range
+    return {
+        "visit_mean": Prior("Normal", {"mu": 0.0, "sigma": 0.25 * r}, "placebo mean change at each visit: changes of half the scale are plausible a priori"),
+        "nac_visit_effect": Prior("Normal", {"mu": 0.0, "sigma": 0.1 * r}, "NAC-placebo difference at each visit: 6 MADRS points = 1 SD; published effects are ~2-3"),
+        "baseline_slope": Prior("Normal", {"mu": 0.0, "sigma": 0.5}, "change per point of baseline score: regression to the mean gives about -0.2 to -0.5"),
+        "site": Prior("ZeroSumNormal", {"sigma": 0.1 * r}, "site offsets (fixed factor) sum to zero; wide enough to act as fixed effects"),
+        "visit_sd": Prior("HalfNormal", {"sigma": 0.15 * r}, "SD of the change at each visit (9 MADRS points); observed SDs are ~6-9"),
+        "visit_corr": Prior("LKJ", {"eta": 1.0}, "unstructured correlation across visits; eta = 1 is uniform over correlation matrices"),
+    }
+
+
+@dataclass
+class MMRMData:
+    """Change from baseline in wide and long (pattern-sorted) form."""
+
+    visits: np.ndarray  # post-baseline weeks
+    rows: np.ndarray  # index into design.participants of each included participant
+    baseline: np.ndarray  # week-0 score per included participant
+    baseline_center: float
+    change: np.ndarray  # included participant x visit, NaN where not attended
+    obs_row: np.ndarray  # long: included-participant index of each observation
+    obs_visit: np.ndarray  # long: visit index
+    obs_change: np.ndarray  # long: the change from baseline
+    patterns: list  # (visit indices, start in long arrays, participants, is_prefix)
+    n_excluded: int  # participants with no post-baseline visit
+
+
+def mmrm_data(design: TrialDesign) -> MMRMData:
+    weeks = design.weeks
+    if len(weeks) < 2:
+        raise ModelDataError("the MMRM needs at least one post-baseline visit in the schedule")
+    n, nw = design.n_participants, len(weeks)
+    wide = np.full((n, nw), np.nan)
+    col = np.searchsorted(weeks, design.obs_week.astype(int))
+    wide[design.obs_participant, col] = design.y
+    if weeks[0] != 0 or np.isnan(wide[:, 0]).any():
+        raise ModelDataError("the MMRM needs every participant's week-0 score (change from baseline)")
+    change_all = wide[:, 1:] - wide[:, [0]]
+    keep = ~np.isnan(change_all).all(axis=1)
+    if keep.sum() < 4 or len(np.unique(design.treated[keep])) < 2:
+        raise ModelDataError("the MMRM needs post-baseline visits from at least 4 participants in both arms")
+    rows = np.flatnonzero(keep)
+    change = change_all[keep]
+    observed = ~np.isnan(change)
+    keys = [tuple(np.flatnonzero(o)) for o in observed]
+    order = sorted(set(keys), key=lambda k: (-len(k), k))
+    obs_row, obs_visit, obs_change, patterns = [], [], [], []
+    start = 0
+    for key in order:
+        members = np.array([i for i, k in enumerate(keys) if k == key])
+        vis = np.array(key, dtype=int)
+        rr = np.repeat(members, len(vis))
+        vv = np.tile(vis, len(members))
+        obs_row.append(rr)
+        obs_visit.append(vv)
+        obs_change.append(change[rr, vv])
+        patterns.append((vis, start, len(members), bool(np.array_equal(vis, np.arange(len(vis))))))
+        start += len(rr)
+    base = wide[keep, 0]
+    return MMRMData(
+        visits=weeks[1:],
+        rows=rows,
+        baseline=base,
+        baseline_center=float(base.mean()),
+        change=change,
+        obs_row=np.concatenate(obs_row),
+        obs_visit=np.concatenate(obs_visit),
+        obs_change=np.concatenate(obs_change),
+        patterns=patterns,
+        n_excluded=int(n - keep.sum()),
+    )
+
+
+def _conditional_logp(patterns):
+    """Per-observation sequential conditional normal log density, one block per missingness pattern."""
+
+    def logp(value, mu, chol):
+        chol = chol[(0,) * (chol.ndim - 2)]  # PyMC adds a length-1 batch dim to the core (v, v) parameter
+        resid = value - mu
+        cov = None
+        parts = []
+        for vis, start, n_p, prefix in patterns:
+            k = len(vis)
+            r = resid[start : start + n_p * k].reshape((n_p, k))
+            if prefix:
+                lower = chol[:k, :k]
+            else:
+                cov = pt.dot(chol, chol.T) if cov is None else cov
+                lower = cholesky(cov[vis][:, vis])
+            e = solve_triangular(lower, r.T, lower=True)  # (k, n_p) standardised innovations
+            lp = -0.5 * e**2 - pt.log(pt.diag(lower))[:, None] - 0.5 * _LOG_2PI
+            parts.append(lp.T.reshape((n_p * k,)))
+        return pt.concatenate(parts) if len(parts) > 1 else parts[0]
+
+    return logp
+
+
+def _random(n_rows: int, obs_row: np.ndarray, obs_visit: np.ndarray):
+    """Draws of every attended visit from the joint normal of each participant."""
+
+    def random(mu, chol, rng=None, size=None):
+        rng = rng if rng is not None else np.random.default_rng()
+        chol = np.asarray(chol)
+        chol = chol.reshape(chol.shape[-2:])
+        eps = rng.standard_normal((n_rows, chol.shape[-1])) @ chol.T
+        return np.asarray(mu) + eps[obs_row, obs_visit]
+
+    return random
+
+
+def build_mmrm(design: TrialDesign, priors: dict | None = None, likelihood: str = "normal") -> pm.Model:
+    if likelihood not in LIKELIHOODS:
+        raise ValueError(f"the MMRM supports likelihoods {LIKELIHOODS}, not '{likelihood}'")
+    d = mmrm_data(design)
+    pri = resolve(default_priors(design), priors)
+    nv = len(d.visits)
+    treated = design.treated[d.rows]
+    site_idx = design.site_idx[d.rows]
+    coords = {
+        "participant": design.participants[d.rows],
+        "site": design.sites,
+        "week": design.weeks,
+        "visit": d.visits,
+        "visit2": d.visits,
+        "obs": np.arange(len(d.obs_change)),
+    }
+    with pm.Model(coords=coords) as model:
+        pid = pm.Data("obs_participant", d.obs_row, dims="obs")
+        vid = pm.Data("obs_visit", d.obs_visit, dims="obs")
+        pm.Data("obs_week", d.visits[d.obs_visit], dims="obs")
+        t = pm.Data("treated", treated, dims="participant")
+        base = pm.Data("baseline_centered", d.baseline - d.baseline_center, dims="participant")
+
+        visit_mean = rv("visit_mean", pri["visit_mean"], dims="visit")
+        nac = rv("nac_visit_effect", pri["nac_visit_effect"], dims="visit")
+        slope = rv("baseline_slope", pri["baseline_slope"], dims="visit")
+        mu = visit_mean[vid] + nac[vid] * t[pid] + slope[vid] * base[pid]
+        if len(design.sites) > 1:
+            site = rv("site_effect", pri["site"], dims="site")
+            mu = mu + site[site_idx][pid]
+        sd_prior = pri["visit_sd"]
+        chol, corr, sds = pm.LKJCholeskyCov(
+            "visit_chol",
+            n=nv,
+            eta=pri["visit_corr"].params["eta"],
+            sd_dist=getattr(pm, sd_prior.dist).dist(**sd_prior.params, shape=nv),
+            compute_corr=True,
+            store_in_trace=False,
+        )
+        pm.Deterministic("visit_sd", sds, dims="visit")
+        pm.Deterministic("visit_corr", corr, dims=("visit", "visit2"))
+        pm.CustomDist(
+            "change",
+            mu,
+            chol,
+            logp=_conditional_logp(d.patterns),
+            random=_random(len(d.rows), d.obs_row, d.obs_visit),
+            signature="(),(v,v)->()",
+            observed=d.obs_change,
+            dims="obs",
+        )
+        zero = pt.zeros(1)
+        pm.Deterministic("nac_effect", pt.concatenate([zero, nac]), dims="week")
+        pm.Deterministic("placebo_change", pt.concatenate([zero, visit_mean]), dims="week")
+    model.outcome_vars = ["change"]
+    model.priors_used = pri if len(design.sites) > 1 else {k: v for k, v in pri.items() if k != "site"}
+    model.mmrm_excluded = d.n_excluded
+    return model
