@@ -136,6 +136,7 @@ def run_models(built, design, ds, settings, args, out: Path) -> bool:
     from models.idata_io import save_idata, stamp, versions
     from models.priors import to_json
     from models.sampling import sample_all
+    from planning.params import design_constants
 
     all_ok = True
     run = {"data": str(args.data), "checksum": design.checksum, "data_changes": changes_of(ds), "models": {}, "settings": settings.__dict__, "versions": versions()}
@@ -162,6 +163,7 @@ def run_models(built, design, ds, settings, args, out: Path) -> bool:
             settings=settings.__dict__,
             data_summary=info,
             data_changes=changes_of(ds),
+            design_constants=design_constants(design),  # time coding and marker scaling, for plan.py
         )
         check = verdict(idata)
         table = estimates_table(idata, design.meta, mcid=args.mcid)

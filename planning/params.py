@@ -1,0 +1,361 @@
+"""Parameter sets for simulating future trials: draws from a saved posterior, or a stated design prior.
+
+A `ParameterSet` holds D draws of every parameter the headline model's data-generating process needs,
+on the model's own time coding (t1 = min(w, E)/E, t2 = (w - E)^+/(F - E)):
+
+    y_iw = intercept + b0_i + prognostic.z_i
+           + (time_change_1 + nac_change_1 T_i + moderation.z_i + T_i nac_moderation.z_i + b1_i) t1_w
+           + (time_curvature + nac_curvature T_i) q_w + (time_change_2 + nac_change_2 T_i) t2_w + e_iw
+
+with (b0_i, b1_i) ~ N(0, [[tau0^2, rho tau0 tau1], [., tau1^2]]), e_iw ~ N(0, residual_sd) and the
+standardised baseline log biomarkers z_i ~ MvNormal(marker_mean, marker_chol marker_chol^T) (the fitted
+marker block, a sequence of regressions, rewritten as a multivariate normal). `nac_moderation` (NAC x
+marker on the treatment-phase change) is zero unless the saved posterior has a variable of that name:
+the headline model's `marker_moderation` acts in both arms, so it shifts both arms alike.
+
+Future trials are run at new sites: the fitted site offsets are not carried over (they sum to zero).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+NAC_MODERATION_VARS = ("nac_marker_moderation", "nac_moderation")  # the moderation model's name first
+
+
+class PlanningError(ValueError):
+    """Bad planning input (saved posterior, design prior or design), with what to fix."""
+
+
+@dataclass(frozen=True)
+class Scale:
+    """Time coding and outcome scale of the fitted trial."""
+
+    treatment_end: float
+    last_week: float
+    weeks: tuple[int, ...]
+    score_min: float | None = None
+    score_max: float | None = None
+    integer_scores: bool = False
+    outcome_label: str = "outcome"
+
+    def t_codes(self, week: float) -> tuple[float, float]:
+        e, f = float(self.treatment_end), float(self.last_week)
+        t1 = min(week, e) / e
+        t2 = max(week - e, 0.0) / (f - e) if f > e else 0.0
+        return t1, t2
+
+    @property
+    def score_range(self) -> float:
+        if self.score_min is None or self.score_max is None:
+            return 60.0
+        return float(self.score_max - self.score_min)
+
+
+@dataclass
+class ParameterSet:
+    """D draws (first axis) of every generative parameter; K markers."""
+
+    intercept: np.ndarray  # (D,)
+    time_change: np.ndarray  # (D, 2) placebo change: treatment phase, follow-up
+    nac_change: np.ndarray  # (D, 2) NAC - placebo accumulated per phase
+    participant_sd: np.ndarray  # (D, 2) SD of participant baseline, of participant change
+    participant_corr: np.ndarray  # (D,)
+    residual_sd: np.ndarray  # (D,)
+    marker_mean: np.ndarray  # (D, K) standardised log marker means
+    marker_chol: np.ndarray  # (D, K, K) lower Cholesky factor of their covariance
+    prognostic: np.ndarray  # (D, K)
+    moderation: np.ndarray  # (D, K) both arms
+    nac_moderation: np.ndarray  # (D, K) NAC arm only
+    time_curvature: np.ndarray  # (D,) departure from a straight line half-way through treatment
+    nac_curvature: np.ndarray  # (D,)
+    marker_names: tuple[str, ...]
+    marker_units: tuple[str, ...]
+    log_center: np.ndarray  # (K,) natural log value = log_center + log_scale * z
+    log_scale: np.ndarray  # (K,)
+    scale: Scale
+    source: dict = field(default_factory=dict)
+    effect_prior: tuple[float, float] | None = None  # design prior Normal(mean, sd) on the primary-week effect
+
+    @property
+    def n_draws(self) -> int:
+        return len(self.intercept)
+
+    def marker_index(self, name: str) -> int:
+        if name not in self.marker_names:
+            known = ", ".join(self.marker_names) or "none"
+            raise PlanningError(f"unknown biomarker '{name}' for enrichment; the parameter set has: {known}")
+        return self.marker_names.index(name)
+
+    def z_threshold(self, name: str, threshold: float) -> float:
+        """A threshold in natural units (e.g. 3 mg/L) on the standardised log scale."""
+        if not threshold > 0:
+            raise PlanningError(f"enrichment threshold for '{name}' must be positive in natural units, got {threshold}")
+        k = self.marker_index(name)
+        return float((np.log(threshold) - self.log_center[k]) / self.log_scale[k])
+
+    def with_effect_prior(self, mean: float, sd: float) -> "ParameterSet":
+        if not np.isfinite(mean) or not (np.isfinite(sd) and sd >= 0):
+            raise PlanningError(f"design prior Normal({mean}, {sd}): mean must be finite and sd >= 0")
+        return replace(self, effect_prior=(float(mean), float(sd)), source={**self.source, "effect_prior": f"Normal({mean:g}, {sd:g})"})
+
+    def to_dict(self) -> dict:
+        """Plain JSON-able summary (means of each parameter), for the run record."""
+        out = {"n_draws": self.n_draws, "markers": list(self.marker_names), "source": self.source}
+        for name in PER_DRAW:
+            if name == "marker_chol":
+                continue
+            out[f"mean_{name}"] = np.round(np.mean(getattr(self, name), axis=0), 4).tolist()
+        return out
+
+
+PER_DRAW = (
+    "intercept", "time_change", "nac_change", "participant_sd", "participant_corr", "residual_sd", "marker_mean", "marker_chol",
+    "prognostic", "moderation", "nac_moderation", "time_curvature", "nac_curvature",
+)
+
+
+def sequential_to_mvn(mean: np.ndarray, sd: np.ndarray, links: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """Marker block z_k = a_k + sum_{j<k} B_kj z_j + s_k e_k  ->  (mean vector, lower Cholesky), per draw.
+
+    z = (I - B)^-1 (a + S e), so mean = (I - B)^-1 a and chol = (I - B)^-1 S (lower triangular).
+    `links` are ordered as in marker_block: for k, for j < k.
+    """
+    d, k = mean.shape
+    b = np.zeros((d, k, k))
+    pos = 0
+    for i in range(k):
+        for j in range(i):
+            b[:, i, j] = links[:, pos]
+            pos += 1
+    inv = np.linalg.inv(np.eye(k)[None] - b)
+    mu = np.einsum("dij,dj->di", inv, mean)
+    chol = inv * sd[:, None, :]
+    return mu, chol
+
+
+def _stack(post, name: str, d: int, width: int | None = None, default: float | None = None) -> np.ndarray:
+    if name not in post:
+        if default is None:
+            raise PlanningError(f"the saved posterior has no '{name}'; plan from a fit of the headline model (python fit.py) or give --design-prior")
+        return np.full((d, width) if width else (d,), default, dtype=float)
+    da = post[name]
+    arr = da.stack(sample=("chain", "draw")).transpose("sample", ...).values.astype(float)
+    return arr
+
+
+def _design_constants(idata) -> dict:
+    """Time coding, scale and marker standardisation of the fitted trial.
+
+    Read from the fit's `design_constants` attr when present; otherwise rebuilt from the dataset the fit
+    names (`data_source`), whose checksum must match the fit's.
+    """
+    attrs = dict(idata.posterior.attrs)
+    raw = attrs.get("design_constants")
+    if raw:
+        return json.loads(raw) if isinstance(raw, str) else dict(raw)
+    source, checksum = attrs.get("data_source"), attrs.get("data_checksum")
+    if not source or not Path(source).is_dir():
+        raise PlanningError(
+            "the saved fit records neither its design constants nor a readable dataset folder "
+            f"(data_source = {source!r}); refit with the current fit.py, or plan from --design-prior"
+        )
+    from data import load_dataset
+    from models.design import build_design
+
+    design = build_design(load_dataset(source))
+    if checksum and design.checksum and design.checksum != checksum:
+        raise PlanningError(f"the dataset at {source} has changed since the fit (checksum differs); refit it or plan from --design-prior")
+    return design_constants(design)
+
+
+def design_constants(design) -> dict:
+    """What planning needs to know of a fitted trial besides the posterior (JSON-able)."""
+    meta = design.meta
+    out = {
+        "treatment_end": float(meta.treatment_end),
+        "last_week": float(meta.last_week),
+        "weeks": [int(w) for w in design.weeks],
+        "score_min": float(meta.score_min),
+        "score_max": float(meta.score_max),
+        "integer_scores": bool(meta.integer_scores),
+        "outcome_label": str(meta.outcome_label),
+        "participants": int(design.n_participants),
+        "dropout_by_week": {int(w): float(1 - (design.obs_week == w).sum() / max(design.n_participants, 1)) for w in design.weeks},
+    }
+    if design.baseline is not None:
+        b = design.baseline
+        out["markers"] = list(b.names)
+        out["marker_units"] = list(b.units)
+        out["log_center"] = [float(v) for v in b.log_center]
+        out["log_scale"] = [float(v) for v in b.log_scale]
+    return out
+
+
+def from_posterior(path_or_idata, max_draws: int | None = None, seed: int = 0) -> ParameterSet:
+    """Parameter draws of a saved fit (idata.nc of the headline model, or any model with its variables)."""
+    import arviz as az
+
+    if isinstance(path_or_idata, (str, Path)):
+        path = Path(path_or_idata)
+        if not path.is_file():
+            raise PlanningError(f"no saved fit at {path}; run `python fit.py` first (it writes results/headline/idata.nc)")
+        try:
+            idata = az.from_netcdf(path)
+        except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's input problem
+            raise PlanningError(f"cannot read {path} as an InferenceData netCDF file: {exc}") from exc
+        label = str(path)
+    else:
+        idata, label = path_or_idata, "in-memory InferenceData"
+    if "posterior" not in idata.groups():
+        raise PlanningError(f"{label} has no posterior group")
+    post = idata.posterior
+    const = _design_constants(idata)
+    d = post.sizes["chain"] * post.sizes["draw"]
+    markers = tuple(str(m) for m in post["marker"].values) if "marker" in post.coords else ()
+    k = len(markers)
+
+    time_change = _stack(post, "time_change", d)
+    nac_change = _stack(post, "nac_change", d)
+    time_change = time_change.reshape(d, -1)
+    nac_change = nac_change.reshape(d, -1)
+    if time_change.shape[1] == 1:  # no follow-up phase
+        time_change = np.column_stack([time_change, np.zeros(d)])
+        nac_change = np.column_stack([nac_change, np.zeros(d)])
+    psd = _stack(post, "participant_sd", d)
+    if k:
+        mmean, msd = _stack(post, "marker_mean", d), _stack(post, "marker_sd", d)
+        links = _stack(post, "marker_regression", d) if "marker_regression" in post else np.zeros((d, 0))
+        mu, chol = sequential_to_mvn(mmean.reshape(d, k), msd.reshape(d, k), links.reshape(d, -1))
+        prognostic = _stack(post, "marker_prognostic", d, k, 0.0).reshape(d, k)
+        moderation = _stack(post, "marker_moderation", d, k, 0.0).reshape(d, k)
+        nac_mod = np.zeros((d, k))
+        for name in NAC_MODERATION_VARS:
+            if name in post:
+                nac_mod = _stack(post, name, d).reshape(d, k)
+                break
+        centre, spread = np.asarray(const["log_center"], float), np.asarray(const["log_scale"], float)
+        units = tuple(const.get("marker_units", [""] * k))
+    else:
+        mu, chol = np.zeros((d, 0)), np.zeros((d, 0, 0))
+        prognostic = moderation = nac_mod = np.zeros((d, 0))
+        centre = spread = np.zeros(0)
+        units = ()
+    params = ParameterSet(
+        intercept=_stack(post, "intercept", d),
+        time_change=time_change,
+        nac_change=nac_change,
+        participant_sd=psd.reshape(d, 2),
+        participant_corr=_stack(post, "participant_corr", d),
+        residual_sd=_stack(post, "residual_sd", d),
+        marker_mean=mu,
+        marker_chol=chol,
+        prognostic=prognostic,
+        moderation=moderation,
+        nac_moderation=nac_mod,
+        time_curvature=_stack(post, "time_curvature", d, default=0.0),
+        nac_curvature=_stack(post, "nac_curvature", d, default=0.0),
+        marker_names=markers,
+        marker_units=units,
+        log_center=centre,
+        log_scale=spread,
+        scale=_scale_from(const),
+        source={
+            "kind": "posterior",
+            "path": label,
+            "model": str(post.attrs.get("model", "")),
+            "data_checksum": str(post.attrs.get("data_checksum", "")),
+            "dropout_by_week": const.get("dropout_by_week", {}),
+        },
+    )
+    if max_draws is not None and max_draws < d:
+        params = subset(params, np.sort(np.random.default_rng(seed).choice(d, size=max_draws, replace=False)))
+    return params
+
+
+def _scale_from(const: dict) -> Scale:
+    return Scale(
+        treatment_end=float(const["treatment_end"]),
+        last_week=float(const["last_week"]),
+        weeks=tuple(int(w) for w in const["weeks"]),
+        score_min=const.get("score_min"),
+        score_max=const.get("score_max"),
+        integer_scores=bool(const.get("integer_scores", False)),
+        outcome_label=str(const.get("outcome_label", "outcome")),
+    )
+
+
+def subset(params: ParameterSet, idx: np.ndarray) -> ParameterSet:
+    return replace(params, **{name: getattr(params, name)[idx] for name in PER_DRAW})
+
+
+def fixed_parameters(
+    *,
+    intercept: float = 28.0,
+    placebo_change: tuple[float, float] = (-11.0, -0.5),
+    nac_change: tuple[float, float] = (-1.5, -1.5),
+    participant_sd: tuple[float, float] = (4.9, 6.0),
+    participant_corr: float = -0.2,
+    residual_sd: float = 3.0,
+    markers: tuple[str, ...] = ("il6", "crp", "bdnf"),
+    marker_units: tuple[str, ...] = ("pg/mL", "mg/L", "ng/mL"),
+    marker_median: tuple[float, ...] = (2.0, 2.0, 25.0),
+    marker_log_sd: tuple[float, ...] = (0.7, 1.0, 0.3),
+    marker_corr=((1.0, 0.4, -0.1), (0.4, 1.0, -0.1), (-0.1, -0.1, 1.0)),
+    prognostic: tuple[float, ...] = (0.0, 0.0, 0.0),
+    moderation: tuple[float, ...] = (-1.5, 0.0, 0.0),
+    nac_moderation: tuple[float, ...] = (0.0, 0.0, 0.0),
+    scale: Scale | None = None,
+) -> ParameterSet:
+    """One fixed parameter set (a point design prior on the nuisance parameters).
+
+    Defaults are the published-trial calibration of the bundled synthetic trial (data.TrialParameters):
+    screened baseline mean 28 with SD 5.8 (= sqrt(4.9^2 + 3^2)), placebo change -11 by week 12, NAC effect
+    -1.5 at week 12, IL-6 predicting a larger drop in both arms, log-normal markers. Markers are
+    standardised by their true log mean and SD, so marker_mean = 0 and the covariance is the correlation.
+    """
+    k = len(markers)
+    corr = np.asarray(marker_corr, float)[:k, :k]
+    chol = np.linalg.cholesky(corr) if k else np.zeros((0, 0))
+    one = lambda v: np.asarray([v], float)  # noqa: E731
+    row = lambda v: np.asarray(v, float)[None, :k] if k else np.zeros((1, 0))  # noqa: E731
+    return ParameterSet(
+        intercept=one(intercept),
+        time_change=np.asarray(placebo_change, float)[None],
+        nac_change=np.asarray(nac_change, float)[None],
+        participant_sd=np.asarray(participant_sd, float)[None],
+        participant_corr=one(participant_corr),
+        residual_sd=one(residual_sd),
+        marker_mean=np.zeros((1, k)),
+        marker_chol=chol[None],
+        prognostic=row(prognostic),
+        moderation=row(moderation),
+        nac_moderation=row(nac_moderation),
+        time_curvature=np.zeros(1),
+        nac_curvature=np.zeros(1),
+        marker_names=tuple(markers),
+        marker_units=tuple(marker_units[:k]),
+        log_center=np.log(np.asarray(marker_median, float)[:k]),
+        log_scale=np.asarray(marker_log_sd, float)[:k],
+        scale=scale or Scale(treatment_end=12, last_week=16, weeks=(0, 2, 4, 6, 8, 12, 16), score_min=0, score_max=60, integer_scores=True, outcome_label="MADRS"),
+        source={"kind": "fixed", "note": "published-trial calibration (data.TrialParameters defaults)"},
+    )
+
+
+_PRIOR_RE = re.compile(r"^\s*normal\s*\(\s*([-+0-9.eE]+)\s*,\s*([-+0-9.eE]+)\s*\)\s*$", re.IGNORECASE)
+
+
+def parse_design_prior(text: str) -> tuple[float, float]:
+    """'Normal(mean, sd)' on the NAC - placebo effect at the primary week (sd 0 = a fixed effect)."""
+    m = _PRIOR_RE.match(text or "")
+    if not m:
+        raise PlanningError(f"design prior '{text}' not understood; write Normal(MEAN, SD), e.g. Normal(-2, 1.5) (outcome points; negative = NAC better)")
+    mean, sd = float(m.group(1)), float(m.group(2))
+    if sd < 0:
+        raise PlanningError(f"design prior '{text}': the SD must be >= 0")
+    return mean, sd
