@@ -57,7 +57,7 @@ def read_text_file(path: Path, limit: int | None = None) -> str:
     if not path.exists():
         raise DatasetError([Problem(name, f"is missing from {path.parent}.", fix="see README, 'Data interface' for the files a dataset folder needs")])
     if not path.is_file():
-        raise DatasetError([Problem(name, f"in {path.parent} is not a regular file.", fix=f"{name} must be a text file")])
+        raise DatasetError([Problem(name, f"is not a regular file (in {path.parent}).", fix=f"{name} must be a text file")])
     limit = max_file_bytes(limit)
     size = path.stat().st_size
     if size > limit:
@@ -186,9 +186,9 @@ def _int_list(value, key) -> tuple[int, ...]:
     if not isinstance(value, list) or not value or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
         raise _bad(f"'{key}' must be a non-empty list of whole weeks, got {value!r}.", key, "e.g. weeks = [0, 2, 4, 8, 12]")
     if sorted(set(value)) != list(value):
-        raise _bad(f"'{key}' must be strictly increasing with no repeats, got {value!r}.", key)
+        raise _bad(f"'{key}' must be strictly increasing with no repeats, got {value!r}.", key, "list each week once, in increasing order")
     if value[0] < 0:
-        raise _bad(f"'{key}' cannot contain negative weeks, got {value!r}.", key)
+        raise _bad(f"'{key}' cannot contain negative weeks, got {value!r}.", key, "count weeks from randomisation (baseline = 0)")
     return tuple(value)
 
 
@@ -206,17 +206,17 @@ def parse_meta(text: str) -> DatasetMeta:
         if not section or section not in raw:
             continue
         if not isinstance(raw[section], dict):
-            raise _bad(f"[{section}] must be a table (a [{section}] header followed by key = value lines), got {raw[section]!r}.", section)
+            raise _bad(f"[{section}] must be a table (a [{section}] header followed by key = value lines), got {raw[section]!r}.", section, f"write [{section}] on its own line, then its keys")
         extra = sorted(set(raw[section]) - keys)
         if extra:
             raise _bad(f"unknown key(s) {extra} in [{section}]; allowed: {sorted(keys)}.", section, "fix the spelling or remove them")
 
     out = raw.get("outcome", {})
     if not isinstance(out, dict):
-        raise _bad("[outcome] must be a table.", "outcome")
+        raise _bad("[outcome] must be a table.", "outcome", "write [outcome] on its own line, then name = ..., min = ..., max = ...")
     name = str(out.get("name", "madrs"))
     if not name.isidentifier():
-        raise _bad(f"outcome name {name!r} must be a simple column name (letters, digits, underscore).", "outcome")
+        raise _bad(f"outcome name {name!r} must be a simple column name (letters, digits, underscore).", "outcome", "use the score column's header in visits.csv, e.g. name = \"madrs\"")
     default_range = KNOWN_SCALES.get(name.lower())
     if ("min" not in out or "max" not in out) and default_range is None:
         raise _bad(
@@ -228,25 +228,25 @@ def parse_meta(text: str) -> DatasetMeta:
     hi = out.get("max", default_range[1] if default_range else None)
     for key, val in (("min", lo), ("max", hi)):
         if not isinstance(val, (int, float)) or isinstance(val, bool):
-            raise _bad(f"outcome {key} must be a number, got {val!r}.", "outcome")
+            raise _bad(f"outcome {key} must be a number, got {val!r}.", "outcome", f"write e.g. {key} = 0 without quotes")
     if not lo < hi:
-        raise _bad(f"outcome min ({lo}) must be below max ({hi}).", "outcome")
+        raise _bad(f"outcome min ({lo}) must be below max ({hi}).", "outcome", "swap or correct min and max under [outcome]")
     integer = out.get("integer", True)
     if not isinstance(integer, bool):
-        raise _bad(f"outcome 'integer' must be true or false, got {integer!r}.", "outcome")
+        raise _bad(f"outcome 'integer' must be true or false, got {integer!r}.", "outcome", "write integer = true or integer = false (no quotes)")
 
     arms = raw.get("arms", {})
     control = str(arms.get("control", "placebo"))
     treatment = str(arms.get("treatment", "nac"))
     if control == treatment:
-        raise _bad(f"control and treatment arm labels are both {control!r}.", "arms")
+        raise _bad(f"control and treatment arm labels are both {control!r}.", "arms", "give the two arms different labels, as in participants.csv")
 
     sched = raw.get("schedule", {})
     weeks = _int_list(sched.get("weeks", [0, 2, 4, 6, 8, 12, 16]), "schedule.weeks")
     if weeks[0] != 0:
-        raise _bad(f"schedule.weeks must start with the baseline week 0, got {list(weeks)}.", "schedule")
+        raise _bad(f"schedule.weeks must start with the baseline week 0, got {list(weeks)}.", "schedule", "add week 0 (the baseline visit) first")
     if len(weeks) < 2:
-        raise _bad("schedule.weeks needs at least one visit after baseline.", "schedule")
+        raise _bad("schedule.weeks needs at least one visit after baseline.", "schedule", "list the post-baseline visit weeks too")
     tend = sched.get("treatment_end", max(weeks))
     if not isinstance(tend, int) or isinstance(tend, bool) or tend not in weeks or tend == 0:
         raise _bad(
@@ -257,10 +257,10 @@ def parse_meta(text: str) -> DatasetMeta:
 
     mapping = sched.get("map_unscheduled", "none")
     if mapping not in MAP_UNSCHEDULED:
-        raise _bad(f"schedule.map_unscheduled must be one of {list(MAP_UNSCHEDULED)}, got {mapping!r}.", "schedule")
+        raise _bad(f"schedule.map_unscheduled must be one of {list(MAP_UNSCHEDULED)}, got {mapping!r}.", "schedule", "write map_unscheduled = \"nearest\" (with window = weeks) or remove it")
     window = sched.get("window", 1 if mapping == "nearest" else 0)
     if not isinstance(window, (int, float)) or isinstance(window, bool) or window < 0:
-        raise _bad(f"schedule.window must be a non-negative number of weeks, got {window!r}.", "schedule")
+        raise _bad(f"schedule.window must be a non-negative number of weeks, got {window!r}.", "schedule", "e.g. window = 1")
     if mapping == "nearest" and window <= 0:
         raise _bad("schedule.map_unscheduled = \"nearest\" needs a window > 0 (weeks).", "schedule", "e.g. window = 1")
     if "window" in sched and mapping == "none":
@@ -271,17 +271,17 @@ def parse_meta(text: str) -> DatasetMeta:
     bweeks = _int_list(bio.get("weeks", [0, tend]), "biomarkers.weeks") if bio else (0, tend)
     units = bio.get("units", {}) if bio else {}
     if not isinstance(units, dict) or not all(isinstance(v, str) for v in units.values()):
-        raise _bad("[biomarkers.units] must map each marker name to a unit string.", "biomarkers.units")
+        raise _bad("[biomarkers.units] must map each marker name to a unit string.", "biomarkers.units", "e.g. il6 = \"pg/mL\"")
     lods = bio.get("detection_limit", {}) if bio else {}
     if not isinstance(lods, dict):
-        raise _bad("[biomarkers.detection_limit] must map marker names to numbers.", "biomarkers.detection_limit")
+        raise _bad("[biomarkers.detection_limit] must map marker names to numbers.", "biomarkers.detection_limit", "e.g. il6 = 0.7")
     for k, v in lods.items():
         if k not in units:
-            raise _bad(f"detection limit given for marker '{k}' that has no unit in [biomarkers.units].", "biomarkers.detection_limit")
+            raise _bad(f"detection limit given for marker '{k}' that has no unit in [biomarkers.units].", "biomarkers.detection_limit", "declare the marker's unit or remove its limit")
         if not isinstance(v, (int, float)) or isinstance(v, bool) or v <= 0:
-            raise _bad(f"detection limit of '{k}' must be a positive number, got {v!r}.", "biomarkers.detection_limit")
+            raise _bad(f"detection limit of '{k}' must be a positive number, got {v!r}.", "biomarkers.detection_limit", "write the assay's limit in the marker's unit, e.g. il6 = 0.7")
     if bio and 0 not in bweeks:
-        raise _bad(f"biomarkers.weeks must include baseline week 0, got {list(bweeks)}.", "biomarkers")
+        raise _bad(f"biomarkers.weeks must include baseline week 0, got {list(bweeks)}.", "biomarkers", "add 0 to [biomarkers] weeks")
 
     return DatasetMeta(
         outcome=name,
@@ -303,4 +303,5 @@ def parse_meta(text: str) -> DatasetMeta:
 
 
 def read_meta(folder: Path, limit: int | None = None) -> DatasetMeta:
-    return parse_meta(read_text_file(Path(folder) / META_FILE, limit))
+    text = read_text_file(Path(folder) / META_FILE, limit)
+    return parse_meta(text.replace("\r\n", "\n").replace("\r", "\n"))  # any line ending, as for the CSVs

@@ -301,7 +301,8 @@ def _flag(df, file, column, problems) -> np.ndarray:
     text = df[column].str.lower()
     bad = ~text.isin(TRUE_WORDS | FALSE_WORDS)
     if bad.any():
-        problems.add(file, f"{column} must be 0/1 (or true/false), got {sorted(set(df.loc[bad, column]))[:4]}.", column, _lines(df, bad))
+        problems.add(file, f"{column} must be 0/1 (or true/false), got {sorted(set(df.loc[bad, column]))[:4]}.", column, _lines(df, bad),
+                     "write 1 (or true) when the flag applies, 0 (or false) otherwise")
     return text.isin(TRUE_WORDS).to_numpy()
 
 
@@ -443,6 +444,10 @@ def _load_biomarkers(folder: Path, meta: DatasetMeta, ids: set[str], withdrawn: 
             p.add(file, f"unit disagrees with {META_FILE} [biomarkers.units] for (marker, unit) {pairs}.", "unit",
                   _lines(df, wrong), "convert the values to the declared unit, or correct the metadata")
     below = _flag(df, file, "below_lod", p) if "below_lod" in df.columns else np.zeros(len(df), dtype=bool)
+    if "below_lod" in df.columns and df["below_lod"].eq("").any():
+        empty = df["below_lod"].eq("")
+        changes.append(Change(file, "empty_flag", f"{int(empty.sum())} empty below_lod cell(s) read as 0 (value above the detection limit).",
+                              "below_lod", tuple(_lines(df, empty)), int(empty.sum())))
     value, nonnum = _parse_numbers(df["value"])
     _not_number(df, file, "value", nonnum, p, "value")
     # Values below the detection limit: take the declared limit when the cell is blank.
