@@ -152,6 +152,9 @@ def run_models(built, design, ds, settings, args, out: Path) -> bool:
         except Exception as exc:  # the sampler's failure becomes advice, not a traceback
             raise SamplingFailed(spec.name, exc) from exc
         priors = getattr(model, "priors_used", None)
+        notes = getattr(model, "data_notes", None) or {}  # model-specific data use, e.g. biomarker values imputed / censored
+        if notes.get("text") and not args.quiet:
+            print(f"  {notes['text']}", file=sys.stderr)
         stamp(
             idata,
             model=spec.name,
@@ -162,6 +165,7 @@ def run_models(built, design, ds, settings, args, out: Path) -> bool:
             data_source=str(args.data),
             settings=settings.__dict__,
             data_summary=info,
+            data_notes=notes,
             data_changes=changes_of(ds),
             design_constants=design_constants(design),  # time coding and marker scaling, for plan.py
         )
@@ -180,6 +184,8 @@ def run_models(built, design, ds, settings, args, out: Path) -> bool:
         (folder / "convergence.txt").write_text(check.text() + "\n")
         timings["wall_s"] = time.perf_counter() - t0
         run["models"][spec.name] = {"converged": check.ok, "timings": timings, "divergences": check.divergences}
+        if notes:
+            run["models"][spec.name]["data_notes"] = notes
         all_ok &= check.ok
         print(f"\n{spec.name}: estimates ({design.meta.outcome_label}; lower is better)")
         print(format_estimates(table))

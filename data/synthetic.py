@@ -9,9 +9,11 @@ Generative model (weeks w; E = end of treatment; F = last follow-up week):
     t2 = max(w - E, 0) / (F - E)            follow-up time (0 until E, 1 at F)
     z_i  = standardised baseline log biomarkers of participant i
     y_iw = a_i + site_s + prognostic.z_i
-           + (placebo_change_e + nac_effect_e * T_i + moderation.z_i + b_i) * g(t1)
+           + (placebo_change_e + nac_effect_e * T_i + moderation.z_i + b_i + mediation.d_i) * g(t1)
            + (placebo_change_f + (nac_effect_f - nac_effect_e) * T_i) * t2 + e_iw
-with (a_i, b_i) correlated participant effects, e_iw ~ N(0, residual_sd), g the time course
+with d_i = log marker at week E - log marker at baseline (natural logs; NAC shifts the week-E
+log marker by nac_marker_log_ratio, so the indirect effect is nac_marker_log_ratio.mediation),
+(a_i, b_i) correlated participant effects, e_iw ~ N(0, residual_sd), g the time course
 (linear, or concave with `curvature` > 0). Scores are rounded and clipped to the scale.
 Only participants with a baseline score >= `entry_min` are enrolled (screening).
 """
@@ -64,7 +66,7 @@ class TrialParameters:
     prognostic: tuple[float, ...] = (0.0, 0.0, 0.0)  # baseline MADRS points per SD of log marker
     moderation: tuple[float, ...] = (-1.5, 0.0, 0.0)  # change by week 12 per SD of log marker (IL-6: larger drop)
     nac_moderation: tuple[float, ...] = (0.0, 0.0, 0.0)  # extra NAC effect by week 12 per SD of log marker
-    mediation: tuple[float, ...] = (0.0, 0.0, 0.0)  # MADRS points at E and after per unit change in log marker
+    mediation: tuple[float, ...] = (0.0, 0.0, 0.0)  # MADRS points at E and after per unit change in log marker (baseline -> week 12)
     serum_fraction: float = 0.6  # share of participants in the biomarker sub-study (assumed)
     week12_sample_missing: float = 0.1  # extra missed week-12 samples among completers (assumed)
     detection_limits: tuple[tuple[str, float], ...] = (("il6", 0.7),)  # IL-6 assay limit (assumed)
@@ -88,12 +90,23 @@ class TrialParameters:
     def markers(self) -> tuple[str, ...]:
         return tuple(m for m, _ in self.marker_units)
 
+    def nac_indirect_effects(self) -> tuple[float, ...]:
+        """True natural indirect effect of NAC through each marker at the end of treatment (outcome points):
+        the NAC shift of the week-12 log marker times the outcome change per unit change of the log marker."""
+        return tuple(float(a * b) for a, b in zip(self.nac_marker_log_ratio, self.mediation))
+
     def nac_effect_at(self, week: float) -> float:
-        """True NAC - placebo mean difference at a scheduled week (at the mean biomarker level)."""
+        """True NAC - placebo mean difference at a scheduled week (at the mean biomarker level).
+
+        This is the total effect: the direct part (nac_effect_e, nac_effect_f) plus the part carried
+        by the biomarkers (nac_indirect_effects), which, like the direct part, builds up over the
+        treatment phase and persists into follow-up."""
         e, f = self.treatment_end, max(self.weeks)
         t1 = self._g(min(week, e) / e)
         t2 = max(week - e, 0) / (f - e) if f > e else 0.0
-        return self.nac_effect_e * t1 + (self.nac_effect_f - self.nac_effect_e) * t2
+        effect = self.nac_effect_e * t1 + (self.nac_effect_f - self.nac_effect_e) * t2
+        indirect = sum(self.nac_indirect_effects())
+        return effect + indirect * t1 if indirect else effect
 
     def _g(self, t):
         c = self.curvature

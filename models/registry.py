@@ -56,3 +56,37 @@ register(
     )
 )
 register(ModelSpec(mmrm.NAME, mmrm.build_mmrm, mmrm.DESCRIPTION, likelihoods=mmrm.LIKELIHOODS))
+
+# biomarker change and mediation (each module documents its maths)
+from . import biomarker_change, biomarker_change_median, mediation  # noqa: E402
+
+register(
+    ModelSpec(
+        biomarker_change.NAME,
+        biomarker_change.build_biomarker_change,
+        biomarker_change.DESCRIPTION,
+        likelihoods=("normal",),
+        needs_biomarkers=True,
+        extra_estimates=biomarker_change.extra_estimates,
+    )
+)
+register(
+    ModelSpec(
+        biomarker_change_median.NAME,
+        biomarker_change_median.build_biomarker_change_median,
+        biomarker_change_median.DESCRIPTION,
+        likelihoods=("normal",),  # its own asymmetric-Laplace likelihood; 'normal' is the CLI default
+        needs_biomarkers=True,
+        extra_estimates=biomarker_change_median.extra_estimates,
+    )
+)
+register(
+    ModelSpec(
+        mediation.NAME,
+        mediation.build_mediation,
+        mediation.DESCRIPTION,
+        likelihoods=("normal", "student"),
+        needs_biomarkers=True,
+        extra_estimates=mediation.extra_estimates,
+    )
+)

@@ -1,0 +1,183 @@
+"""Do the biomarkers carry NAC's effect? Arm -> change in log biomarker -> MADRS change.
+
+A joint model of the mediators (the three markers' log change, baseline to end of treatment
+E) and of the outcome (MADRS change from baseline at E). With T_i the arm, z0_i / z1_i the
+standardised log markers at baseline / E (standardised by the baseline SD of each log
+marker) and d_i = z1_i - z0_i their change:
+    z0_i ~ MvNormal(m, Sigma_0)
+    z1_i ~ MvNormal(a + B z0_i + theta T_i, Sigma_1)               mediator model (LKJ residuals)
+    dY_i ~ Normal(c0 + c' T_i + sum_k beta_k d_ik
+                  + g (Y0_i - mean Y0) + sum_k h_k z0_ik, sigma)   outcome model [or Student-t]
+Given z0, the change d_k shifts with the arm by theta_k (baseline SDs). With no arm x
+mediator interaction, the natural effects at E, in outcome points, are
+    indirect via marker k   NIE_k = theta_k beta_k        (parallel mediators)
+    indirect, all markers   NIE   = sum_k theta_k beta_k
+    direct                  NDE   = c'
+    total                   TE    = c' + NIE,   proportion mediated NIE_k / TE.
+They are causal effects under the usual sequential ignorability: randomisation covers the arm;
+for the marker -> MADRS path it assumes no unmeasured confounding beyond baseline MADRS and
+baseline markers (which are adjusted for, and which drive both in the trial: baseline IL-6
+predicts MADRS change).
+
+Who enters and missing data:
+- participants with any biomarker value or an observed MADRS at E; those with neither would
+  add only latent values and are excluded, with a count;
+- missing and below-limit markers (baseline or E) are latent in the marker block (imputed
+  from the other markers, the arm and, through the outcome model, MADRS change);
+- a missing MADRS at E enters no likelihood term (the outcome is the last node of the graph,
+  so imputing it would add nothing): valid if missing at random given arm, baseline MADRS and
+  markers. Dropout driven by intermediate visits is not captured here; the trajectory models
+  use every visit for the total effect.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pymc as pm
+import pytensor.tensor as pt
+
+from .biomarker_change import ratio_rows
+from .design import ModelDataError, TrialDesign
+from .estimates import effect_row
+from .marker_change_block import add_change_regression, add_latent_block, add_residual_chol, block_coords, change_data, change_priors, end_week, with_text
+from .priors import Prior, resolve, rv
+
+NAME = "mediation"
+DESCRIPTION = "arm -> change in log IL-6/CRP/BDNF -> MADRS change at end of treatment: natural indirect, direct and total effects"
+
+
+def default_priors(design: TrialDesign) -> dict[str, Prior]:
+    r = design.score_range
+    pri = change_priors()
+    pri.update(
+        {
+            "outcome_intercept": Prior("Normal", {"mu": 0.0, "sigma": 0.25 * r}, "placebo change by end of treatment at mean covariates: half the scale is plausible"),
+            "direct_effect": Prior("Normal", {"mu": 0.0, "sigma": 0.1 * r}, "NAC - placebo change not through the markers: 6 MADRS points = 1 SD, like nac_change"),
+            "mediator_effect": Prior("Normal", {"mu": 0.0, "sigma": 0.05 * r}, "outcome change per baseline-SD change of the log marker: 3 MADRS points = 1 SD"),
+            "baseline_score_slope": Prior("Normal", {"mu": 0.0, "sigma": 0.5}, "change per point of baseline score (regression to the mean is about -0.3)"),
+            "outcome_marker_baseline": Prior("Normal", {"mu": 0.0, "sigma": 0.05 * r}, "outcome change per SD of baseline log marker (like marker_moderation)"),
+            "outcome_sd": Prior("HalfNormal", {"sigma": 0.15 * r}, "SD of individual change by end of treatment (~6-9 MADRS points)"),
+            "student_nu": Prior("Gamma", {"alpha": 2.0, "beta": 0.1}, "Student-t degrees of freedom (robust likelihood): mean 20"),
+        }
+    )
+    return pri
+
+
+def _scores_at(design: TrialDesign, week: int) -> np.ndarray:
+    out = np.full(design.n_participants, np.nan)
+    sel = design.obs_week == week
+    out[design.obs_participant[sel]] = design.y[sel]
+    return out
+
+
+def outcome_week(design: TrialDesign) -> int:
+    w = end_week(design, NAME)
+    if w not in set(int(x) for x in design.weeks):
+        raise ModelDataError(f"model '{NAME}' needs outcome visits at the biomarker week {w}; the visit schedule is {list(design.weeks)}")
+    return w
+
+
+def build_mediation(design: TrialDesign, priors: dict | None = None, likelihood: str = "normal") -> pm.Model:
+    if likelihood not in ("normal", "student"):
+        raise ValueError(f"model '{NAME}' supports the normal and student likelihoods, not '{likelihood}'")
+    design.require_markers(NAME)
+    week = outcome_week(design)
+    y0_all = _scores_at(design, 0)
+    y1_all = _scores_at(design, week)
+    has_outcome = ~np.isnan(y1_all) & ~np.isnan(y0_all)
+    cd = change_data(design, NAME, also_keep=has_outcome, reason=f"no biomarker value and no {design.meta.outcome_label} at week {week}")
+    pri = resolve(default_priors(design), priors)
+    y0 = y0_all[cd.rows]
+    y1 = y1_all[cd.rows]
+    with_y = np.flatnonzero(~np.isnan(y1) & ~np.isnan(y0))
+    if len(with_y) < 4:
+        raise ModelDataError(f"model '{NAME}' needs {design.meta.outcome_label} at weeks 0 and {week} for at least 4 participants; visits.csv has {len(with_y)}")
+    y0_centre = float(np.nanmean(y0_all))
+    change_name = f"{design.meta.outcome}_change"
+    coords = {**block_coords(cd), "outcome_participant": cd.participants[with_y]}
+    with pm.Model(coords=coords) as model:
+        treated = pm.Data("treated", design.treated[cd.rows], dims="participant")
+        base_score = pm.Data("baseline_score", y0[with_y] - y0_centre, dims="outcome_participant")
+        z0, mu, nac = add_change_regression(cd, pri, treated)
+        chol = add_residual_chol("residual", cd.names, pri["residual_sd"], pri["residual_corr"].params["eta"])
+        z1 = add_latent_block(f"week{week}", cd.later, cd.participants, mu, chol)
+        dz = z1 - z0
+
+        intercept = rv("outcome_intercept", pri["outcome_intercept"])
+        direct = rv("direct_effect", pri["direct_effect"])
+        beta = rv("mediator_effect", pri["mediator_effect"], dims="marker")
+        g = rv("baseline_score_slope", pri["baseline_score_slope"])
+        h = rv("outcome_marker_baseline", pri["outcome_marker_baseline"], dims="marker")
+        sigma = rv("outcome_sd", pri["outcome_sd"])
+        t = treated[with_y]
+        mean = intercept + direct * t + pt.dot(dz[with_y], beta) + g * base_score + pt.dot(z0[with_y], h)
+        if likelihood == "normal":
+            pm.Normal(change_name, mu=mean, sigma=sigma, observed=y1[with_y] - y0[with_y], dims="outcome_participant")
+        else:
+            nu = rv("student_nu", pri["student_nu"])
+            pm.StudentT(change_name, nu=nu, mu=mean, sigma=sigma, observed=y1[with_y] - y0[with_y], dims="outcome_participant")
+
+        scale = cd.baseline.log_scale
+        log_ratio = pm.Deterministic("nac_log_ratio", nac * scale, dims="marker")
+        pm.Deterministic("nac_ratio", pt.exp(log_ratio), dims="marker")
+        pm.Deterministic("mediator_per_log_unit", beta / scale, dims="marker")
+        indirect = pm.Deterministic("indirect_effect", nac * beta, dims="marker")
+        indirect_total = pm.Deterministic("indirect_effect_total", indirect.sum())
+        total = pm.Deterministic("total_effect", direct + indirect_total)
+        pm.Deterministic("proportion_mediated", indirect / total, dims="marker")
+        pm.Deterministic("proportion_mediated_total", indirect_total / total)
+    model.outcome_vars = [change_name]
+    model.priors_used = pri
+    notes = cd.notes()
+    notes["outcome_observed"] = int(len(with_y))
+    notes["outcome_missing_no_likelihood"] = int(cd.n - len(with_y))
+    model.data_notes = with_text(notes)
+    return model
+
+
+def _near_zero(draws: np.ndarray) -> bool:
+    p = float((np.asarray(draws) < 0).mean())
+    return 0.03 < p < 0.97  # the 94% interval of the total effect includes 0
+
+
+def extra_estimates(idata, design: TrialDesign, mcid=None) -> pd.DataFrame:
+    post = idata.posterior
+    meta = design.meta
+    week = end_week(design, NAME)
+    label = meta.outcome_label
+    unit = f"{label} points"
+    arms = f"{meta.treatment_arm} - {meta.control_arm}"
+    rows = []
+    total = post["total_effect"].values
+    caveat = (
+        "unstable: total effect near 0 (94% HDI includes 0); read the indirect effect"
+        if _near_zero(total)
+        else ""
+    )
+    rows.append(effect_row(f"{arms} total effect on {label} change at week {week}", total, mcid, week=week, marker="", unit=unit))
+    rows.append(effect_row(f"{arms} direct effect (not through the markers) at week {week}", post["direct_effect"].values, mcid, week=week, marker="", unit=unit))
+    rows.append(effect_row(f"{arms} indirect effect through all markers at week {week}", post["indirect_effect_total"].values, None, week=week, marker="", unit=unit))
+    for mk in post["marker"].values:
+        mk = str(mk)
+        rows.append(effect_row(f"{arms} indirect effect through {mk} at week {week}", post["indirect_effect"].sel(marker=mk).values, None, week=week, marker=mk, unit=unit))
+        rows.append(
+            effect_row(
+                f"{label} change per unit change in log {mk} (x e) at week {week}",
+                post["mediator_per_log_unit"].sel(marker=mk).values,
+                None,
+                week=week,
+                marker=mk,
+                unit=f"{unit} per log unit",
+            )
+        )
+    proportions = [("all markers", post["proportion_mediated_total"].values, "")] + [
+        (str(mk), post["proportion_mediated"].sel(marker=mk).values, str(mk)) for mk in post["marker"].values
+    ]
+    for what, draws, mk in proportions:
+        row = effect_row(f"proportion of the total effect mediated by {what} at week {week}", draws, None, week=week, marker=mk, unit="fraction")
+        row["median"] = float(np.median(draws))
+        row["note"] = caveat
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    return pd.concat([table, ratio_rows(idata, design)], ignore_index=True)
