@@ -54,7 +54,9 @@ def add_site_effects(design: TrialDesign, priors: dict[str, Prior]):
     if len(design.sites) < 2:
         return pt.zeros(design.n_participants)
     site = rv("site_effect", priors["site"], dims="site")
-    return site[design.site_idx]
+    # pm.Data so a compiled model can be refitted to another trial's site assignment (validation/)
+    site_idx = pm.Data("site_idx", design.site_idx, dims="participant")
+    return site[site_idx]
 
 
 def add_likelihood(mu, design: TrialDesign, priors: dict[str, Prior], likelihood: str):

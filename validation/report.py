@@ -1,0 +1,120 @@
+"""Build validation/RESULTS.md from the saved check summaries (JSON + CSV under the results folder)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+
+def _load(out: Path, name: str) -> dict | None:
+    p = out / f"{name}.json"
+    return json.loads(p.read_text(encoding="utf-8")) if p.exists() else None
+
+
+def _table(df: pd.DataFrame, floatfmt: str = "{:.3g}") -> str:
+    cols = list(df.columns)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for _, row in df.iterrows():
+        cells = []
+        for c in cols:
+            v = row[c]
+            cells.append(floatfmt.format(v) if isinstance(v, float) else str(v))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _count(done: int, target: int | None, noun: str) -> str:
+    if target is None or done >= target:
+        return f"{done} {noun}"
+    return f"{done} {noun} (**incomplete: {done} of the {target} planned finished before the run was stopped**)"
+
+
+def _minutes(s: float) -> str:
+    return f"{s / 60:.1f} min" if s >= 60 else f"{s:.0f} s"
+
+
+def sbc_section(out: Path) -> list[str]:
+    lines = ["## Simulation-based calibration", ""]
+    found = False
+    for path in sorted(out.glob("sbc_*.json")):
+        s = json.loads(path.read_text(encoding="utf-8"))
+        found = True
+        uni = pd.read_csv(out / f"sbc_{s['model']}_uniformity.csv")
+        lines += [
+            f"### {s['model']}",
+            "",
+            f"{_count(s['n_reps'], s.get('target_reps'), 'replicates')} on a {s['participants']}-participant design ({s['observations']} visits); "
+            f"each replicate draws parameters and data from the prior predictive and fits {s['chains']} chains x "
+            f"{s['draws']} draws ({s['tune']} tuning), ranks among {s['n_rank_draws']} thinned draws. "
+            f"Compile {_minutes(s['compile_s'])} (once), whole check {_minutes(s['seconds'])}. "
+            f"Replicates with any divergence: {s['divergent_replicates']}.",
+            "",
+            _table(uni[["parameter", "replicates", "bins", "chi2", "p_value", "mean_z", "sd_z", "extreme_rank_share", "min_ess_bulk"]]),
+            "",
+            f"Flagged (p < 0.01): {', '.join(s['flagged']) or 'none'}. Rank histograms: `results/sbc_{s['model']}_ranks.png`.",
+            "",
+        ]
+    if not found:
+        lines += ["(not run yet)", ""]
+    return lines
+
+
+def coverage_section(out: Path) -> list[str]:
+    lines = ["## Coverage at fixed true values", ""]
+    info = _load(out, "coverage")
+    if info is None:
+        return lines + ["(not run yet)", ""]
+    summ = pd.read_csv(out / "coverage_summary.csv")
+    lines += [
+        f"{_count(info['n_trials'], info.get('target_trials'), 'trials')} of {info['participants']} participants simulated by `data.synthetic` at its default true values "
+        f"(seeds from {info['seed']}), each fitted by the `{info['model']}` model ({info['chains']} chains x {info['draws']} draws, "
+        f"{info['tune']} tuning; compiled once in {_minutes(info['compile_s'])}). Whole check {_minutes(info['seconds'])}. "
+        f"Intervals are equal-tailed {info['interval_prob']:.0%} posterior intervals of the NAC - placebo difference; "
+        "`coverage_mcse` is the binomial Monte Carlo SE of the coverage at its nominal value.",
+        "",
+        _table(summ),
+        "",
+    ]
+    return lines
+
+
+def agreement_section(out: Path) -> list[str]:
+    lines = ["## Agreement with the REML linear mixed model", ""]
+    info = _load(out, "agreement")
+    if info is None:
+        return lines + ["(not run yet)", ""]
+    tab = pd.read_csv(out / "agreement.csv")
+    n_sim = info["n_datasets"] - 1
+    lines += [
+        f"The `{info['model']}` model with the NAC and time priors widened {info['prior_widening']:g}x versus "
+        f"{info['comparator']}, on the default dataset and {n_sim} simulated trials ({info['chains']} chains x {info['draws']} draws). "
+        f"Tolerance: |posterior mean - REML estimate| <= {info['tolerance_se']} SE and posterior SD / SE within "
+        f"{info['sd_ratio_range'][0]}-{info['sd_ratio_range'][1]}. All agree: {'yes' if info['all_agree'] else 'NO'}; "
+        f"largest difference {info['max_abs_diff_se']:.3f} SE. Whole check {_minutes(info['seconds'])} "
+        f"(compile {_minutes(info['compile_s'])}).",
+        "",
+    ]
+    by_week = tab.groupby("week").agg(datasets=("dataset", "size"), max_abs_diff_se=("diff_in_se", lambda x: float(x.abs().max())),
+                                      mean_diff_se=("diff_in_se", "mean"), mean_sd_ratio=("sd_ratio", "mean"),
+                                      agree_share=("agrees", "mean")).reset_index()
+    lines += [_table(by_week), "", "Default dataset:", "",
+              _table(tab[tab["dataset"] == "default"][["week", "reml_estimate", "reml_se", "post_mean", "post_sd", "mcse", "diff_in_se", "sd_ratio"]]), ""]
+    return lines
+
+
+def build_report(out: Path) -> str:
+    lines = [
+        "# Statistical validation results",
+        "",
+        "Regenerate with `python -m validation.run --all` (see README, section 'Statistical validation').",
+        "Figures below are read from `validation/results/`; each section states its replicate counts and run time.",
+        "",
+    ]
+    lines += sbc_section(out)
+    for section in ("coverage_section", "agreement_section", "reference_section"):
+        fn = globals().get(section)
+        if fn:
+            lines += fn(out)
+    return "\n".join(lines).rstrip() + "\n"

@@ -1,0 +1,185 @@
+"""Run the statistical validation and write validation/RESULTS.md with its CSVs and plots.
+
+    python -m validation.run --all                 # everything (about an hour on 2 busy cores)
+    python -m validation.run --sbc headline        # one check; RESULTS.md is rebuilt from all saved results
+    python -m validation.run --sbc-reps 20 --coverage-reps 40 --all --out /tmp/val   # a quick look
+
+Every check saves a JSON summary and CSVs under --out (default validation/results); RESULTS.md is
+rebuilt from whatever summaries exist there, so checks can be rerun one at a time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_OUT = HERE / "results"
+RESULTS_MD = HERE / "RESULTS.md"
+COVERAGE_DRAWS, COVERAGE_TUNE = 300, 300  # per chain, 2 chains
+SBC_DRAWS, SBC_TUNE = 600, 400  # per chain, 2 chains: 1200 draws thinned to 99 for ranks
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def save_json(path: Path, obj: dict) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=float) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+def save_csv(df, path: Path) -> None:
+    tmp = path.with_suffix(".csv.tmp")
+    df.to_csv(tmp, index=False, float_format="%.6g", lineterminator="\n")
+    tmp.replace(path)
+
+
+SBC_PARAMETERS = {
+    "headline": ["nac_change", "time_change", "residual_sd", "participant_sd", "participant_corr", "intercept", "marker_moderation"],
+    "treatment": ["nac_change", "time_change", "residual_sd", "participant_sd", "participant_corr", "intercept"],
+    # visit_corr: the lower triangle (SBC drops the constant diagonal and the mirrored upper triangle)
+    "mmrm": ["nac_visit_effect", "visit_mean", "baseline_slope", "visit_sd", "visit_corr"],
+}
+
+
+def sbc_spec(name: str):
+    """(builder(design, priors) -> model, parameters ranked) for the models SBC covers."""
+    from models import registry
+
+    if name not in SBC_PARAMETERS:
+        raise KeyError(f"no SBC set-up for model '{name}'; choose from {sorted(SBC_PARAMETERS)}")
+    spec = registry.get(name)
+    return (lambda design, priors=None: spec.build(design, priors=priors)), SBC_PARAMETERS[name]
+
+
+def check_sbc(name: str, reps: int, seed: int, out: Path, cores: int, report: Path | None = None) -> dict:
+    from .designs import SBC_PARTICIPANTS, sbc_design
+    from .sbc import rank_plot, run_sbc
+
+    build, params = sbc_spec(name)
+    design = sbc_design()
+    model = build(design)
+    n_obs = int(len(design.y))
+    log(f"SBC {name}: {reps} replicates, {SBC_PARTICIPANTS} participants, compiling once")
+
+    def save(res, final=False):
+        n_done = res.settings["n_reps"]
+        if not final and n_done % 5:
+            return
+        save_csv(res.ranks, out / f"sbc_{name}_ranks.csv")
+        save_csv(res.uniformity, out / f"sbc_{name}_uniformity.csv")
+        rank_plot(res, out / f"sbc_{name}_ranks.png")
+        summary = {
+            "check": f"sbc_{name}", "model": name, "participants": SBC_PARTICIPANTS, "observations": n_obs,
+            **res.settings, "complete": n_done == reps, "compile_s": res.compile_s, "seconds": res.seconds,
+            "divergent_replicates": int(res.ranks.groupby("replicate")["divergences"].first().gt(0).sum()),
+            "flagged": [p for p, f in zip(res.uniformity["parameter"], res.uniformity["flagged"]) if f],
+        }
+        save_json(out / f"sbc_{name}.json", summary)
+        if report:
+            write_report(out, report)
+        return summary
+
+    res = run_sbc(name, model, model, params, n_reps=reps, seed=seed, draws=SBC_DRAWS, tune=SBC_TUNE, cores=cores, log=log,
+                  progress=save)
+    summary = save(res, final=True)
+    log(f"SBC {name} done in {res.seconds:.0f} s")
+    return summary
+
+
+def check_coverage(reps: int, seed: int, out: Path, cores: int, report: Path | None = None) -> dict:
+    from .coverage import run_coverage, summarise
+
+    log(f"coverage: {reps} trials of the default design, model 'treatment'")
+
+    def save(table, info, final=False):
+        if not final and info["n_trials"] % 5:
+            return
+        save_csv(table, out / "coverage_trials.csv")
+        save_csv(summarise(table), out / "coverage_summary.csv")
+        info.update(check="coverage", complete=info["n_trials"] == reps)
+        save_json(out / "coverage.json", info)
+        if report:
+            write_report(out, report)
+
+    table, info = run_coverage(reps, seed, draws=COVERAGE_DRAWS, tune=COVERAGE_TUNE, cores=cores, log=log, progress=save)
+    save(table, info, final=True)
+    log(f"coverage done in {info['seconds']:.0f} s")
+    return info
+
+
+def check_agreement(reps: int, seed: int, out: Path, cores: int) -> dict:
+    from data import TrialParameters, load_dataset
+    from models.design import build_design
+
+    from .agreement import run_agreement
+    from .coverage import simulate_designs
+
+    default = build_design(load_dataset(HERE.parent / "data" / "default"))
+    designs = [("default", default)] + [(f"simulated seed {s}", d) for s, d, _ in simulate_designs(reps, seed + 7, TrialParameters())]
+    log(f"agreement: default dataset + {reps} simulated trials")
+    table, info = run_agreement(designs, seed, cores=cores, log=log)
+    save_csv(table, out / "agreement.csv")
+    info["check"] = "agreement"
+    info["all_agree"] = bool(table["agrees"].all())
+    info["max_abs_diff_se"] = float(table["diff_in_se"].abs().max())
+    save_json(out / "agreement.json", info)
+    log(f"agreement done in {info['seconds']:.0f} s")
+    return info
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description="Statistical validation: SBC, coverage, frequentist agreement, reference posteriors")
+    ap.add_argument("--all", action="store_true", help="run every check")
+    ap.add_argument("--sbc", nargs="*", default=None, metavar="MODEL", help="SBC for these models (headline, mmrm, treatment)")
+    ap.add_argument("--coverage", action="store_true", help="coverage of the 90%% interval of the week-16 NAC effect")
+    ap.add_argument("--agreement", action="store_true", help="agreement with the REML linear mixed model (statsmodels)")
+    ap.add_argument("--reference", nargs="*", default=None, metavar="MODEL", help="(re)generate reference posteriors")
+    ap.add_argument("--report-only", action="store_true", help="only rebuild RESULTS.md from saved results")
+    ap.add_argument("--sbc-reps", type=int, default=100)
+    ap.add_argument("--coverage-reps", type=int, default=200)
+    ap.add_argument("--agreement-reps", type=int, default=20)
+    ap.add_argument("--seed", type=int, default=2026)
+    ap.add_argument("--cores", type=int, default=2)
+    ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    args = ap.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.report_only:
+        write_report(args.out, RESULTS_MD if args.out == DEFAULT_OUT else args.out / "RESULTS.md")
+        return 0
+    sbc_models = args.sbc if args.sbc is not None else (available_sbc_models() if args.all else [])
+    report = RESULTS_MD if args.out == DEFAULT_OUT else args.out / "RESULTS.md"
+    if args.coverage or args.all:
+        check_coverage(args.coverage_reps, args.seed, args.out, args.cores, report)
+    if args.agreement or args.all:
+        check_agreement(args.agreement_reps, args.seed, args.out, args.cores)
+        write_report(args.out, report)
+    for name in sbc_models or []:
+        check_sbc(name, args.sbc_reps, args.seed, args.out, args.cores, report)
+    return 0
+
+
+def available_sbc_models() -> list[str]:
+    from models import registry
+
+    names = ["headline"]
+    names.append("mmrm" if "mmrm" in registry.REGISTRY else "treatment")
+    return names
+
+
+def write_report(out: Path, path: Path) -> None:
+    from .report import build_report
+
+    text = build_report(out)
+    tmp = path.with_suffix(".md.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
