@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Fit the trial's models and write InferenceData, tables and a convergence verdict.
 
-    python fit.py                                  # headline model on the bundled default trial
+    python fit.py                                  # null, treatment and headline models on the bundled trial, compared
     python fit.py --data my_trial --model headline --out results/my_trial
     python fit.py --list-models
 
@@ -24,17 +24,19 @@ from data import DEFAULT_DATASET, DatasetError, load_dataset  # noqa: E402
 from data.atomic import OutputBusy, locked_output  # noqa: E402
 from data.schema import changes_of  # noqa: E402
 
-DEFAULT_MODELS = ("headline",)
+DEFAULT_MODELS = ("null", "treatment", "headline")  # the main job's comparison; only those registered are used
 
 
 def parse_args(argv):
     from models.registry import REGISTRY
+    from diagnostics.loo import KFOLD_K
+    from diagnostics.ppc import REMISSION_CUTOFF
     from models.sampling import SAMPLERS, SamplerSettings
 
     d = SamplerSettings()
     ap = argparse.ArgumentParser(prog="fit.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=DEFAULT_DATASET, help="dataset folder (default: the bundled synthetic trial)")
-    ap.add_argument("--model", nargs="+", default=list(DEFAULT_MODELS), metavar="NAME", help=f"model(s) to fit; registered: {', '.join(REGISTRY)}")
+    ap.add_argument("--model", nargs="+", default=[m for m in DEFAULT_MODELS if m in REGISTRY], metavar="NAME", help=f"model(s) to fit; registered: {', '.join(REGISTRY)}")
     ap.add_argument("--likelihood", default="normal", choices=("normal", "student", "censored"), help="outcome likelihood")
     ap.add_argument("--draws", type=int, default=d.draws, help="posterior draws per chain")
     ap.add_argument("--tune", type=int, default=d.tune, help="tuning steps per chain")
@@ -45,12 +47,16 @@ def parse_args(argv):
     ap.add_argument("--seed", type=int, default=d.seed)
     ap.add_argument("--sampler", default=d.sampler, choices=SAMPLERS)
     ap.add_argument("--mcid", type=float, default=2.0, help="minimal clinically important difference, outcome points")
+    ap.add_argument("--remission-cutoff", type=float, default=REMISSION_CUTOFF, help="remission: score at or below this (posterior predictive checks)")
+    ap.add_argument("--kfold", type=int, default=KFOLD_K, help="folds for grouped K-fold LOO when Pareto k is too high (0: no refits, such elpd marked unreliable)")
     ap.add_argument("--out", type=Path, default=Path("results"), help="output folder")
     ap.add_argument("--force", action="store_true", help="replace an existing output folder")
     ap.add_argument("--strict", action="store_true", help="exit 1 if the convergence verdict fails")
     ap.add_argument("--quiet", action="store_true")
     ap.add_argument("--list-models", action="store_true", help="print the registered models and exit")
     args = ap.parse_args(argv)
+    if args.kfold < 0 or args.kfold == 1:
+        ap.error("--kfold must be 0 (no refits) or at least 2")
     for name in ("draws", "tune", "chains", "cores", "prior_draws"):
         if getattr(args, name) < 1:
             ap.error(f"--{name.replace('_', '-')} must be at least 1")
@@ -139,6 +145,7 @@ def run_models(built, design, ds, settings, args, out: Path) -> bool:
     from planning.params import design_constants
 
     all_ok = True
+    fitted = {}  # name -> (idata, estimates, spec), for the comparison and report
     run = {"data": str(args.data), "checksum": design.checksum, "data_changes": changes_of(ds), "models": {}, "settings": settings.__dict__, "versions": versions()}
     info = data_summary(design)
     if not args.quiet:
@@ -186,13 +193,50 @@ def run_models(built, design, ds, settings, args, out: Path) -> bool:
         run["models"][spec.name] = {"converged": check.ok, "timings": timings, "divergences": check.divergences}
         if notes:
             run["models"][spec.name]["data_notes"] = notes
+        fitted[spec.name] = (idata, table, spec)
         all_ok &= check.ok
         print(f"\n{spec.name}: estimates ({design.meta.outcome_label}; lower is better)")
         print(format_estimates(table))
         print(check.text())
         print(f"({timings['wall_s']:.1f} s: compile {timings.get('compile_s', 0):.1f}, sampling {timings['sample_s']:.1f})")
+    run["diagnostics"] = diagnose_and_report(fitted, design, settings, args, out)
     (out / "run.json").write_text(json.dumps(run, indent=2, default=str) + "\n")
     return all_ok
+
+
+def diagnose_and_report(fitted: dict, design, settings, args, out: Path) -> dict:
+    """PPC, LOO (with refits where Pareto k is high), the model comparison and report.html, into `out`."""
+    from diagnostics.run import diagnose_run, write_outputs
+
+    t0 = time.perf_counter()
+    builders = {name: (lambda d, spec=spec: spec.build(d, likelihood=args.likelihood)) for name, (_, _, spec) in fitted.items()}
+    diag = diagnose_run(
+        {name: f[0] for name, f in fitted.items()},
+        {name: f[1] for name, f in fitted.items()},
+        design=design,
+        builders=builders,
+        settings=settings,
+        kfold=args.kfold,
+        remission_cutoff=args.remission_cutoff,
+        labels=(design.meta.control_arm, design.meta.treatment_arm),
+        descriptions={name: f[2].description for name, f in fitted.items()},
+        title=design.meta.title or str(args.data),
+        log=(lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True)),
+    )
+    report = write_outputs(diag, out)
+    print()
+    for level, sentence in diag.plain_language.items():
+        print(f"comparison ({level} level): {sentence}")
+    for note in diag.comparison_notes:
+        print(f"note: {note}")
+    print(f"report: {args.out / report.name}  ({time.perf_counter() - t0:.1f} s for diagnostics, comparison and report)")
+    return {
+        "comparison": {level: table.reset_index().to_dict(orient="records") for level, table in diag.comparisons.items()},
+        "plain_language": diag.plain_language,
+        "notes": diag.comparison_notes,
+        "ppc_flags": {name: m.ppc.flags() for name, m in diag.models.items()},
+        "wall_s": time.perf_counter() - t0,
+    }
 
 
 class SamplingFailed(RuntimeError):
@@ -231,6 +275,7 @@ def data_summary(design) -> dict:
     info = {
         "participants": int(design.n_participants),
         "by_arm": {design.meta.treatment_arm: int(treated.sum()), design.meta.control_arm: int((~treated).sum())},
+        "arms": {"control": design.meta.control_arm, "treatment": design.meta.treatment_arm},
         "sites": len(design.sites),
         "visits_observed": int(len(design.y)),
         "observed_by_week": {int(w): int((design.obs_week == w).sum()) for w in design.weeks},

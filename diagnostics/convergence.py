@@ -6,7 +6,7 @@ The thresholds are named constants used by the code, the tests and the README al
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import arviz as az
 import numpy as np
@@ -16,6 +16,15 @@ RHAT_MAX = 1.01  # split-R-hat (rank-normalised) at most this
 ESS_BULK_MIN = 400  # bulk effective sample size at least this
 ESS_TAIL_MIN = 400  # tail effective sample size at least this
 DIVERGENCES_MAX = 0  # any divergence fails the verdict
+MCSE_SD_RATIO_MAX = 0.1  # Monte Carlo SE of the mean at most this fraction of the posterior SD
+TREEDEPTH_SATURATED_MAX = 0.01  # at most this fraction of draws may hit the sampler's maximum tree depth
+EBFMI_MIN = 0.3  # energy Bayesian fraction of missing information per chain at least this
+DEFAULT_MAX_TREEDEPTH = 10  # PyMC's and nutpie's default maximum tree depth (used when the fit does not record it)
+
+# sample_stats names differ between samplers: (PyMC, nutpie) spellings of the same statistic
+DEPTH_NAMES = ("tree_depth", "depth")
+SATURATION_NAMES = ("reached_max_treedepth", "maxdepth_reached")
+FLAGS = ("rhat", "ess", "mcse", "divergences", "treedepth", "ebfmi")  # what a verdict can flag
 
 
 @dataclass
@@ -25,15 +34,22 @@ class Verdict:
     divergences: int
     draws: int
     messages: list[str]
+    flags: set[str] = field(default_factory=set)  # subset of FLAGS that failed
+    treedepth_saturated: float = float("nan")  # fraction of draws at the maximum tree depth
+    ebfmi: list[float] = field(default_factory=list)  # per chain
+    max_mcse_ratio: float = float("nan")  # largest mcse_mean / sd over parameters
 
     def text(self) -> str:
         head = "PASS" if self.ok else "FAIL"
         lines = [
-            f"convergence: {head}  (R-hat <= {RHAT_MAX}, bulk and tail ESS >= {ESS_BULK_MIN}, divergences = {DIVERGENCES_MAX})",
+            f"convergence: {head}  (R-hat <= {RHAT_MAX}, bulk and tail ESS >= {ESS_BULK_MIN}, divergences = {DIVERGENCES_MAX}, "
+            f"MCSE/SD <= {MCSE_SD_RATIO_MAX}, max-tree-depth draws <= {TREEDEPTH_SATURATED_MAX:.0%}, E-BFMI >= {EBFMI_MIN})",
             f"  worst R-hat {self.table['r_hat'].max():.3f} ({self.table['r_hat'].idxmax()}), "
             f"min bulk ESS {self.table['ess_bulk'].min():.0f} ({self.table['ess_bulk'].idxmin()}), "
             f"min tail ESS {self.table['ess_tail'].min():.0f} ({self.table['ess_tail'].idxmin()}), "
             f"divergences {self.divergences} of {self.draws} draws",
+            f"  max MCSE/SD {self.max_mcse_ratio:.3f}, draws at max tree depth {self.treedepth_saturated:.1%}, "
+            f"E-BFMI per chain {', '.join(f'{b:.2f}' for b in self.ebfmi) or 'n/a (no energy recorded)'}",
         ]
         lines += [f"  - {m}" for m in self.messages]
         return "\n".join(lines)
@@ -50,7 +66,47 @@ def convergence_table(idata: az.InferenceData, var_names: list[str] | None = Non
         warnings.simplefilter("ignore", RuntimeWarning)
         summ = az.summary(idata, var_names=var_names, kind="diagnostics")
     # constants (e.g. the effect at baseline, fixed at 0) have no meaningful diagnostics
-    return summ.dropna(subset=["r_hat"])
+    summ = summ.dropna(subset=["r_hat"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        sd = az.summary(idata, var_names=var_names, kind="stats")["sd"].reindex(summ.index)
+    summ["mcse_sd_ratio"] = summ["mcse_mean"] / sd.where(sd > 0)
+    return summ
+
+
+def _stat(stats, names):
+    for name in names:
+        if name in stats:
+            return stats[name]
+    return None
+
+
+def treedepth_saturation(idata: az.InferenceData, max_treedepth: int | None = None) -> float:
+    """Fraction of draws whose trajectory stopped at the maximum tree depth (NaN if not recorded).
+
+    Uses the sampler's own flag (PyMC `reached_max_treedepth`, nutpie `maxdepth_reached`) when
+    present, else compares the depth (`tree_depth` / `depth`) with `max_treedepth`.
+    """
+    stats = idata.sample_stats
+    flag = _stat(stats, SATURATION_NAMES)
+    if flag is not None:
+        return float(np.asarray(flag).astype(bool).mean())
+    depth = _stat(stats, DEPTH_NAMES)
+    if depth is None:
+        return float("nan")
+    limit = max_treedepth or int(stats.attrs.get("max_treedepth", DEFAULT_MAX_TREEDEPTH))
+    return float((np.asarray(depth) >= limit).mean())
+
+
+def ebfmi(idata: az.InferenceData) -> np.ndarray:
+    """E-BFMI per chain from the Hamiltonian energy (both samplers call it `energy`); empty if absent."""
+    stats = idata.sample_stats
+    if "energy" not in stats:
+        return np.array([])
+    energy = np.asarray(stats["energy"].transpose("chain", "draw"), dtype=float)
+    if energy.shape[1] < 3:
+        return np.array([])
+    return np.square(np.diff(energy, axis=1)).mean(axis=1) / energy.var(axis=1)
 
 
 def verdict(idata: az.InferenceData, var_names: list[str] | None = None) -> Verdict:
@@ -68,6 +124,39 @@ def verdict(idata: az.InferenceData, var_names: list[str] | None = None) -> Verd
         msgs.append(
             f"ESS below {ESS_BULK_MIN} for {len(set(low_bulk) | set(low_tail))} parameter(s), e.g. {list((list(low_bulk) + list(low_tail))[:3])}: increase --draws"
         )
+    flags = set()
+    if len(bad_rhat):
+        flags.add("rhat")
+    if len(low_bulk) or len(low_tail):
+        flags.add("ess")
     if div > DIVERGENCES_MAX:
-        msgs.append(f"{div} divergent transitions: the posterior has regions the sampler cannot explore; raise --target-accept or try the robust likelihood")
-    return Verdict(ok=not msgs, table=table, divergences=div, draws=draws, messages=msgs)
+        msgs.append(f"{div} divergent transitions: the posterior has regions the sampler cannot explore; raise --target-accept (e.g. 0.95, 0.99), tune longer (--tune), or try the robust model (--likelihood student)")
+        flags.add("divergences")
+    ratio = table["mcse_sd_ratio"]
+    bad_mcse = table.index[ratio > MCSE_SD_RATIO_MAX]
+    if len(bad_mcse):
+        msgs.append(f"Monte Carlo SE above {MCSE_SD_RATIO_MAX} posterior SD for {len(bad_mcse)} parameter(s), e.g. {list(bad_mcse[:3])}: increase --draws")
+        flags.add("mcse")
+    saturated = treedepth_saturation(idata)
+    if saturated > TREEDEPTH_SATURATED_MAX:
+        msgs.append(
+            f"{saturated:.1%} of draws hit the maximum tree depth (more than {TREEDEPTH_SATURATED_MAX:.0%}): "
+            "trajectories are cut short; the posterior is badly scaled or strongly correlated (reparameterise)"
+        )
+        flags.add("treedepth")
+    bfmi = ebfmi(idata)
+    low = [int(c) for c in np.nonzero(bfmi < EBFMI_MIN)[0]]
+    if low:
+        msgs.append(f"E-BFMI below {EBFMI_MIN} in chain(s) {low}: the sampler cannot follow the energy distribution (heavy tails or a funnel); reparameterise")
+        flags.add("ebfmi")
+    return Verdict(
+        ok=not msgs,
+        table=table,
+        divergences=div,
+        draws=draws,
+        messages=msgs,
+        flags=flags,
+        treedepth_saturated=saturated,
+        ebfmi=[float(b) for b in bfmi],
+        max_mcse_ratio=float(ratio.max()) if len(ratio) else float("nan"),
+    )

@@ -1,0 +1,119 @@
+#!/usr/bin/env python
+"""Re-run the diagnostics, model comparison and report on a saved results folder, without refitting.
+
+    python diagnose.py results                        # PPC, LOO, comparison, report.html from the saved fits
+    python diagnose.py results --remission-cutoff 10  # another remission definition
+    python diagnose.py results --kfold 5              # also run the refits for high Pareto k (needs the data)
+
+Everything is recomputed from each <model>/idata.nc and written back into the folder (each file
+atomically): convergence, PPC and LOO tables, figures, comparison_*.csv, comparison.txt, report.html.
+With --kfold K, units with Pareto k above the threshold are recomputed by refitting (exact leave-out
+or grouped K-fold), which needs the dataset the fits were made from, unchanged (checked by checksum).
+
+Exit codes: 0 success; 1 a convergence verdict failed under --strict; 2 bad arguments or folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from pathlib import Path
+
+warnings.filterwarnings("ignore", category=FutureWarning, module="arviz")
+
+
+def parse_args(argv):
+    from diagnostics.ppc import REMISSION_CUTOFF
+
+    ap = argparse.ArgumentParser(prog="diagnose.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("results", type=Path, help="a results folder written by fit.py")
+    ap.add_argument("--remission-cutoff", type=float, default=REMISSION_CUTOFF, help="remission: score at or below this")
+    ap.add_argument("--kfold", type=int, default=0, help="refit units with high Pareto k (K folds when many); 0: no refits (default)")
+    ap.add_argument("--seed", type=int, default=None, help="seed for refits (default: the fits' seed)")
+    ap.add_argument("--strict", action="store_true", help="exit 1 if any convergence verdict fails")
+    ap.add_argument("--quiet", action="store_true")
+    args = ap.parse_args(argv)
+    if args.kfold < 0 or args.kfold == 1:
+        ap.error("--kfold must be 0 (no refits) or at least 2")
+    return args
+
+
+def refit_context(idatas: dict, args):
+    """(design, builders, settings) to refit the saved models, from the data they were fitted to."""
+    import dataclasses
+
+    from data import DatasetError, load_dataset
+    from models import build_design, get
+    from models.idata_io import provenance
+    from models.sampling import SamplerSettings
+
+    prov = provenance(next(iter(idatas.values())))
+    source = prov.get("data_source")
+    if not source or not Path(source).is_dir():
+        raise ValueError(f"cannot refit: the dataset the fits were made from ({source}) is not available")
+    try:
+        ds = load_dataset(source)
+    except DatasetError as exc:
+        raise ValueError(f"cannot refit: {exc}") from exc
+    design = build_design(ds)
+    if design.checksum != prov.get("data_checksum"):
+        raise ValueError(f"cannot refit: the dataset at {source} changed since the fit (checksum differs)")
+    builders = {}
+    for name, idata in idatas.items():
+        p = provenance(idata)
+        try:
+            spec = get(str(p.get("model", name)))
+        except KeyError as exc:
+            raise ValueError(f"cannot refit '{name}': {exc.args[0]}") from exc
+        builders[name] = lambda d, spec=spec, lik=str(p.get("likelihood", "normal")): spec.build(d, likelihood=lik)
+    saved = prov.get("settings") or {}
+    fields = {f.name for f in dataclasses.fields(SamplerSettings)}
+    settings = SamplerSettings(**{k: v for k, v in saved.items() if k in fields})
+    if args.seed is not None:
+        settings = dataclasses.replace(settings, seed=args.seed)
+    return design, builders, settings
+
+
+def main(argv=None) -> int:
+    try:
+        args = parse_args(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    from diagnostics.run import diagnose_run, load_run, write_outputs
+
+    def fail(msg: str) -> int:
+        print(f"error: {msg}", file=sys.stderr)
+        return 2
+
+    try:
+        idatas, estimates = load_run(args.results)
+    except (FileNotFoundError, OSError, ValueError) as exc:
+        return fail(str(exc))
+    design = builders = settings = None
+    if args.kfold:
+        try:
+            design, builders, settings = refit_context(idatas, args)
+        except ValueError as exc:
+            return fail(str(exc))
+    log = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    try:
+        run = diagnose_run(idatas, estimates, design=design, builders=builders, settings=settings, kfold=args.kfold, remission_cutoff=args.remission_cutoff, log=log)
+    except ValueError as exc:
+        return fail(str(exc))
+    report = write_outputs(run, args.results)
+    for name, m in run.models.items():
+        print(f"{name}: convergence {'PASS' if m.verdict.ok else 'FAIL'}; {m.ppc.text()}")
+    for level, sentence in run.plain_language.items():
+        print(f"comparison ({level} level): {sentence}")
+    for note in run.comparison_notes:
+        print(f"note: {note}")
+    print(f"report: {report}")
+    if args.strict and not all(m.verdict.ok for m in run.models.values()):
+        print("strict: convergence verdict failed", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,138 @@
+"""Figures for the diagnostics (matplotlib, Agg backend): each function returns PNG bytes.
+
+Plotting is a separate layer from the tables in convergence, ppc and loo: every figure here
+draws a table those modules computed (or the InferenceData directly for rank, energy and LOO-PIT).
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import arviz as az  # noqa: E402
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from .loo import PARETO_K_MAX, LooResult  # noqa: E402
+from .ppc import INTERVAL_PROB, ObsIndex, replicated  # noqa: E402
+
+SKIP_PREFIXES = ("participant_raw", "participant_effects", "marker_missing", "marker_censored", "marker_latent")
+MAX_RANK_VARS = 6
+
+
+def to_png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def population_vars(idata: az.InferenceData, limit: int = MAX_RANK_VARS) -> list[str]:
+    """Population-level parameters worth a rank plot: small, not per participant or per observation."""
+    out = []
+    for name, var in idata.posterior.data_vars.items():
+        extra = [d for d in var.dims if d not in ("chain", "draw")]
+        if name.startswith(SKIP_PREFIXES) or any(d in ("participant", "obs") for d in extra):
+            continue
+        if int(np.prod([var.sizes[d] for d in extra])) > 4 or float(var.std()) == 0:
+            continue
+        out.append(name)
+    return out[:limit]
+
+
+def rank_plot(idata: az.InferenceData, var_names: list[str] | None = None) -> bytes:
+    names = var_names or population_vars(idata)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        axes = az.plot_rank(idata, var_names=names, kind="bars")
+    fig = np.asarray(axes).ravel()[0].figure
+    fig.suptitle("Rank plots (uniform across chains when chains mix)", y=1.01)
+    return to_png(fig)
+
+
+def energy_plot(idata: az.InferenceData) -> bytes | None:
+    if "energy" not in idata.sample_stats:
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ax = az.plot_energy(idata, figsize=(6, 3.5))
+    ax.set_title("Energy: marginal vs transition (similar widths when E-BFMI is healthy)")
+    return to_png(ax.figure)
+
+
+def trajectory_plot(table: pd.DataFrame, outcome: str = "score") -> bytes:
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for i, (arm, sub) in enumerate(table.groupby("arm", sort=False)):
+        color = f"C{i}"
+        ax.fill_between(sub["week"], sub["rep_lo"], sub["rep_hi"], color=color, alpha=0.25, label=f"{arm}: replicated {INTERVAL_PROB:.0%}")
+        ax.plot(sub["week"], sub["replicated_mean"], color=color, ls="--")
+        ax.plot(sub["week"], sub["observed"], "o-", color=color, label=f"{arm}: observed")
+    ax.set(xlabel="week", ylabel=f"mean {outcome}", title="Observed vs replicated mean trajectory by arm")
+    ax.legend(fontsize=8)
+    return to_png(fig)
+
+
+def visit_distribution_plot(idata: az.InferenceData, index: ObsIndex, n_rep: int = 40, seed: int = 0, outcome: str = "score") -> bytes:
+    rep = replicated(idata)
+    rng = np.random.default_rng(seed)
+    pick = rng.choice(rep.shape[0], size=min(n_rep, rep.shape[0]), replace=False)
+    weeks = index.weeks
+    ncol = min(4, len(weeks))
+    nrow = int(np.ceil(len(weeks) / ncol))
+    fig, axes = plt.subplots(nrow, ncol, figsize=(3.2 * ncol, 2.4 * nrow), squeeze=False)
+    lo, hi = np.nanmin(index.y), np.nanmax(index.y)
+    bins = np.linspace(lo - 0.5 * (hi - lo) / 10, hi + 0.5 * (hi - lo) / 10, 25)
+    for ax, w in zip(axes.ravel(), weeks):
+        sel = index.week == w
+        for s in pick:
+            h, _ = np.histogram(rep[s, sel], bins=bins, density=True)
+            ax.step(bins[:-1], h, where="post", color="C0", alpha=0.12, lw=0.8)
+        h, _ = np.histogram(index.y[sel], bins=bins, density=True)
+        ax.step(bins[:-1], h, where="post", color="k", lw=1.6)
+        ax.set_title(f"week {int(w)} (n={int(sel.sum())})", fontsize=9)
+        ax.set_yticks([])
+    for ax in axes.ravel()[len(weeks):]:
+        ax.axis("off")
+    fig.suptitle(f"{outcome} at each visit: observed (black) vs {len(pick)} replicated data sets (blue)", fontsize=10)
+    fig.tight_layout()
+    return to_png(fig)
+
+
+def rates_plot(table: pd.DataFrame) -> bytes:
+    stats = list(dict.fromkeys(table["statistic"]))
+    fig, axes = plt.subplots(1, len(stats), figsize=(5 * len(stats), 3.6), squeeze=False)
+    for ax, stat in zip(axes.ravel(), stats):
+        sub = table[table["statistic"] == stat]
+        for i, (arm, s) in enumerate(sub.groupby("arm", sort=False)):
+            x = s["week"] + (i - 0.5) * 0.35
+            ax.errorbar(x, s["replicated_mean"], yerr=[(s["replicated_mean"] - s["rep_lo"]).clip(lower=0), (s["rep_hi"] - s["replicated_mean"]).clip(lower=0)], fmt="s", color=f"C{i}", alpha=0.5, label=f"{arm}: replicated")
+            ax.plot(x, s["observed"], "o", color=f"C{i}", mec="k", label=f"{arm}: observed")
+        ax.set(xlabel="week", ylabel="rate", title=f"{stat} rate by arm")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return to_png(fig)
+
+
+def loo_pit_plot(idata: az.InferenceData) -> bytes:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ax = az.plot_loo_pit(idata, y="y", ecdf=True, figsize=(5.5, 3.5))
+    ax.set_title("LOO-PIT ECDF difference (inside the band when calibrated)")
+    return to_png(ax.figure)
+
+
+def pareto_k_plot(results: dict[str, LooResult]) -> bytes:
+    fig, ax = plt.subplots(figsize=(6.5, 3.2))
+    for i, (name, r) in enumerate(results.items()):
+        k = r.pareto_k
+        ax.plot(np.arange(len(k)), k, ".", ms=3, color=f"C{i}", label=name)
+    ax.axhline(PARETO_K_MAX, color="r", ls="--", lw=1, label=f"k = {PARETO_K_MAX}")
+    level = next(iter(results.values())).level if results else ""
+    ax.set(xlabel=level, ylabel="Pareto k", title=f"PSIS Pareto k per {level}")
+    ax.legend(fontsize=7)
+    return to_png(fig)

@@ -1,0 +1,211 @@
+"""Posterior predictive checks: pure functions of InferenceData returning tables.
+
+Every check compares a statistic T of the observed scores with its distribution over the
+replicated scores (`posterior_predictive['y']`), mapped to participants, arms and weeks through
+`constant_data` (`obs_participant`, `obs_week`, `treated`). The posterior predictive p-value is
+P(T_rep > T_obs) + P(T_rep = T_obs) / 2; a check is flagged when it falls outside [PPC_TAIL, 1 - PPC_TAIL], i.e. the
+observed statistic lies outside the central 1 - 2 PPC_TAIL of the replicated ones.
+
+Response is a reduction of at least RESPONSE_REDUCTION (50%) from the participant's own baseline;
+remission a score at or below the cut-off (MADRS <= 7 by default, a parameter). Both are computed
+in each replicated data set from its own baseline and visit, among participants observed at both.
+
+LOO-PIT: the leave-one-out probability integral transform of each observation, uniform when the
+predictive distribution is calibrated; flagged when a Kolmogorov-Smirnov test of uniformity gives
+p < LOO_PIT_P_MIN (a U shape means predictions too narrow, a hump too wide).
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import dataclass
+
+import arviz as az
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+PPC_TAIL = 0.005  # flag when P(T_rep >= T_obs) < PPC_TAIL or > 1 - PPC_TAIL (outside the central 99%)
+INTERVAL_PROB = 0.94  # width of the replicated intervals shown in tables and figures
+RESPONSE_REDUCTION = 0.5  # response: at least this fractional reduction from baseline
+REMISSION_CUTOFF = 7.0  # remission: score at or below this (MADRS <= 7 as in the NAC trial; others use 10 or 12)
+LOO_PIT_P_MIN = 0.01  # flag LOO-PIT when the KS test of uniformity gives p below this
+QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)  # replicated score distribution at each visit
+
+
+@dataclass
+class ObsIndex:
+    """Which participant, week and arm each observed score belongs to."""
+
+    y: np.ndarray  # observed scores (n_obs)
+    participant: np.ndarray  # participant index per observation
+    week: np.ndarray  # week per observation
+    treated: np.ndarray  # 0/1 per observation
+    weeks: np.ndarray  # sorted distinct weeks
+    arm_labels: tuple[str, str]  # (control, treatment)
+
+    def arm(self) -> np.ndarray:
+        return np.where(self.treated > 0.5, self.arm_labels[1], self.arm_labels[0])
+
+
+def arm_labels(idata: az.InferenceData) -> tuple[str, str]:
+    """(control, treatment) labels from the fit's data summary, else generic names."""
+    raw = idata.posterior.attrs.get("data_summary")
+    try:
+        info = json.loads(raw) if isinstance(raw, str) else (raw or {})
+        arms = info.get("arms", {})
+        if arms.get("control") and arms.get("treatment"):
+            return str(arms["control"]), str(arms["treatment"])
+    except (json.JSONDecodeError, AttributeError):
+        pass
+    return "control", "treatment"
+
+
+def obs_index(idata: az.InferenceData, treated: np.ndarray | None = None, labels: tuple[str, str] | None = None) -> ObsIndex:
+    """Map observations to participants, weeks and arms; `treated` (per participant) overrides constant_data."""
+    if "constant_data" not in idata.groups() or "obs_participant" not in idata.constant_data or "obs_week" not in idata.constant_data:
+        raise ValueError("the fit has no constant_data with obs_participant and obs_week: cannot map observations to participants and weeks")
+    const = idata.constant_data
+    pid = np.asarray(const["obs_participant"].values, dtype=int)
+    week = np.asarray(const["obs_week"].values, dtype=float)
+    if treated is None:
+        if "treated" not in const:
+            raise ValueError("the fit's constant_data has no 'treated' per participant; pass treated= explicitly")
+        treated = np.asarray(const["treated"].values, dtype=float)
+    y = np.asarray(idata.observed_data["y"].values, dtype=float)
+    return ObsIndex(y=y, participant=pid, week=week, treated=np.asarray(treated, dtype=float)[pid], weeks=np.unique(week), arm_labels=labels or arm_labels(idata))
+
+
+def replicated(idata: az.InferenceData) -> np.ndarray:
+    """Replicated scores as (draws, n_obs)."""
+    if "posterior_predictive" not in idata.groups() or "y" not in idata.posterior_predictive:
+        raise ValueError("the fit has no posterior_predictive['y']")
+    rep = idata.posterior_predictive["y"]
+    return np.asarray(rep.stack(sample=("chain", "draw")).transpose("sample", ...).values, dtype=float)
+
+
+def _summarise(obs: float, rep: np.ndarray, prob: float = INTERVAL_PROB) -> dict:
+    lo, hi = np.quantile(rep, [(1 - prob) / 2, 1 - (1 - prob) / 2])
+    # mid-p: ties (common for rates, e.g. no remission at week 2 in data and replications) count half
+    p = float(np.mean(rep > obs) + 0.5 * np.mean(rep == obs))
+    return {"observed": obs, "replicated_mean": float(rep.mean()), "rep_lo": float(lo), "rep_hi": float(hi), "ppp": p, "flag": bool(p < PPC_TAIL or p > 1 - PPC_TAIL)}
+
+
+def trajectory_check(idata: az.InferenceData, index: ObsIndex | None = None, rep: np.ndarray | None = None) -> pd.DataFrame:
+    """Observed vs replicated mean score by arm and week (intervals over replications)."""
+    ix = index or obs_index(idata)
+    rep = replicated(idata) if rep is None else rep
+    rows = []
+    for a, label in enumerate(ix.arm_labels):
+        for w in ix.weeks:
+            sel = (ix.treated == a) & (ix.week == w)
+            if not sel.any():
+                continue
+            rows.append({"arm": label, "week": int(w), "n_obs": int(sel.sum()), "statistic": "mean", **_summarise(float(ix.y[sel].mean()), rep[:, sel].mean(axis=1))})
+    return pd.DataFrame(rows)
+
+
+def visit_distribution(idata: az.InferenceData, index: ObsIndex | None = None, rep: np.ndarray | None = None) -> pd.DataFrame:
+    """Observed vs replicated score distribution at each visit: SD (checked) and quantiles (shown)."""
+    ix = index or obs_index(idata)
+    rep = replicated(idata) if rep is None else rep
+    rows = []
+    for w in ix.weeks:
+        sel = ix.week == w
+        row = {"week": int(w), "n_obs": int(sel.sum()), "statistic": "sd", **_summarise(float(ix.y[sel].std(ddof=1)), rep[:, sel].std(axis=1, ddof=1))}
+        for q in QUANTILES:
+            row[f"observed_q{q:g}"] = float(np.quantile(ix.y[sel], q))
+            row[f"replicated_q{q:g}"] = float(np.quantile(rep[:, sel], q))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def rate_check(idata: az.InferenceData, index: ObsIndex | None = None, remission_cutoff: float = REMISSION_CUTOFF, rep: np.ndarray | None = None) -> pd.DataFrame:
+    """Observed vs replicated response and remission rates by arm at each post-baseline week.
+
+    Among participants observed at baseline (the first week) and at the week: response when the
+    score is at most (1 - RESPONSE_REDUCTION) x baseline; remission when at most the cut-off.
+    """
+    ix = index or obs_index(idata)
+    rep = replicated(idata) if rep is None else rep
+    base_week = ix.weeks[0]
+    base_row = {int(p): i for i, p in enumerate(ix.participant) if ix.week[i] == base_week}
+    rows = []
+    for w in ix.weeks[1:]:
+        visit = [i for i in np.nonzero(ix.week == w)[0] if int(ix.participant[i]) in base_row]
+        visit = np.asarray(visit, dtype=int)
+        if not len(visit):
+            continue
+        base = np.asarray([base_row[int(ix.participant[i])] for i in visit], dtype=int)
+        arm = ix.treated[visit]
+        for a, label in enumerate(ix.arm_labels):
+            sel = arm == a
+            if not sel.any():
+                continue
+            v, b = visit[sel], base[sel]
+            for name, obs_hit, rep_hit in (
+                ("response", ix.y[v] <= (1 - RESPONSE_REDUCTION) * ix.y[b], rep[:, v] <= (1 - RESPONSE_REDUCTION) * rep[:, b]),
+                (f"remission (<= {remission_cutoff:g})", ix.y[v] <= remission_cutoff, rep[:, v] <= remission_cutoff),
+            ):
+                rows.append({"arm": label, "week": int(w), "n_obs": int(sel.sum()), "statistic": name, **_summarise(float(obs_hit.mean()), rep_hit.mean(axis=1))})
+    return pd.DataFrame(rows)
+
+
+def loo_pit_values(idata: az.InferenceData) -> np.ndarray:
+    """LOO-PIT of every observation (PSIS-weighted fraction of replications at or below it)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return np.asarray(az.loo_pit(idata, y="y"), dtype=float).ravel()
+
+
+def loo_pit_check(idata: az.InferenceData) -> dict:
+    """Uniformity of the LOO-PIT values: KS statistic and p-value, share in the outer 5% tails, flag."""
+    pit = loo_pit_values(idata)
+    ks = stats.kstest(pit, "uniform")
+    return {
+        "n_obs": int(pit.size),
+        "ks_statistic": float(ks.statistic),
+        "ks_p": float(ks.pvalue),
+        "share_outer_10pct": float(np.mean((pit < 0.05) | (pit > 0.95))),  # 0.10 when calibrated
+        "pit_sd": float(pit.std()),  # 0.289 when uniform; larger: predictions too narrow, smaller: too wide
+        "flag": bool(ks.pvalue < LOO_PIT_P_MIN),
+    }
+
+
+@dataclass
+class PPCResult:
+    trajectory: pd.DataFrame
+    visits: pd.DataFrame
+    rates: pd.DataFrame
+    loo_pit: dict
+
+    def flags(self) -> list[str]:
+        """Plain-language list of every flagged check (empty: the model reproduces these features)."""
+        out = []
+        for _, r in self.trajectory[self.trajectory["flag"]].iterrows():
+            out.append(f"mean score, {r['arm']} week {r['week']}: observed {r['observed']:.2f}, replicated {r['rep_lo']:.2f} to {r['rep_hi']:.2f} (ppp {r['ppp']:.3f})")
+        for _, r in self.visits[self.visits["flag"]].iterrows():
+            out.append(f"score SD at week {r['week']}: observed {r['observed']:.2f}, replicated {r['rep_lo']:.2f} to {r['rep_hi']:.2f} (ppp {r['ppp']:.3f})")
+        for _, r in self.rates[self.rates["flag"]].iterrows() if len(self.rates) else []:
+            out.append(f"{r['statistic']} rate, {r['arm']} week {r['week']}: observed {r['observed']:.1%}, replicated {r['rep_lo']:.1%} to {r['rep_hi']:.1%} (ppp {r['ppp']:.3f})")
+        if self.loo_pit["flag"]:
+            shape = "too narrow (U-shaped)" if self.loo_pit["pit_sd"] > 0.289 else "too wide or shifted"
+            out.append(f"LOO-PIT not uniform (KS p = {self.loo_pit['ks_p']:.2g}): predictive distributions {shape}")
+        return out
+
+    def text(self) -> str:
+        flags = self.flags()
+        head = "posterior predictive checks: " + ("no check flagged" if not flags else f"{len(flags)} flagged")
+        return "\n".join([head] + [f"  - {f}" for f in flags])
+
+
+def run_ppc(idata: az.InferenceData, treated: np.ndarray | None = None, labels: tuple[str, str] | None = None, remission_cutoff: float = REMISSION_CUTOFF) -> PPCResult:
+    ix = obs_index(idata, treated, labels)
+    rep = replicated(idata)
+    return PPCResult(
+        trajectory=trajectory_check(idata, ix, rep),
+        visits=visit_distribution(idata, ix, rep),
+        rates=rate_check(idata, ix, remission_cutoff, rep),
+        loo_pit=loo_pit_check(idata),
+    )

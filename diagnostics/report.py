@@ -1,0 +1,207 @@
+"""One self-contained HTML report per run: no external file, script or font; images are base64 PNGs.
+
+`render_report(run)` takes a `RunDiagnostics` (diagnostics.run) and returns the HTML text; it
+computes nothing itself. Sections: data summary, model comparison, then per model the effect
+estimates with probability statements, convergence, posterior predictive checks and priors.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+
+import numpy as np
+import pandas as pd
+
+from .compare import CLEAR_DIFF_SE
+from .convergence import EBFMI_MIN, ESS_BULK_MIN, ESS_TAIL_MIN, MCSE_SD_RATIO_MAX, RHAT_MAX, TREEDEPTH_SATURATED_MAX
+from .loo import PARETO_K_MAX
+from .ppc import PPC_TAIL
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222;line-height:1.4}
+h1{border-bottom:2px solid #446}h2{border-bottom:1px solid #aab;margin-top:2em}h3{margin-top:1.5em}
+table{border-collapse:collapse;margin:.6em 0;font-size:.86em}td,th{border:1px solid #ccd;padding:.2em .5em;text-align:right}
+th{background:#eef}td:first-child,th:first-child{text-align:left}
+.pass{color:#161;font-weight:bold}.fail{color:#a11;font-weight:bold}.note{background:#f6f6fb;border-left:4px solid #88a;padding:.5em 1em}
+.warn{background:#fff4e5;border-left:4px solid #e90;padding:.5em 1em}img{max-width:100%;height:auto;border:1px solid #ddd;margin:.4em 0}
+code,pre{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:.85em}pre{background:#f6f6f6;padding:.6em;overflow-x:auto}
+"""
+
+
+def esc(x) -> str:
+    return html.escape(str(x))
+
+
+def img(png: bytes | None, alt: str) -> str:
+    if not png:
+        return ""
+    return f'<img alt="{esc(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">'
+
+
+def table_html(df: pd.DataFrame, index: bool = False, floatfmt: str = "{:.3g}") -> str:
+    if df is None or len(df) == 0:
+        return "<p>(empty)</p>"
+
+    def fmt(v):
+        if isinstance(v, (bool, np.bool_)):
+            return "yes" if v else "no"
+        if isinstance(v, (float, np.floating)):
+            return "" if np.isnan(v) else floatfmt.format(v)
+        return esc(v)
+
+    d = df.reset_index() if index else df
+    head = "".join(f"<th>{esc(c)}</th>" for c in d.columns)
+    body = "".join("<tr>" + "".join(f"<td>{fmt(v)}</td>" for v in row) + "</tr>" for row in d.itertuples(index=False))
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def data_section(info: dict, labels: tuple[str, str]) -> str:
+    if not info:
+        return "<h2>Data</h2><p>(no data summary recorded)</p>"
+    n = info.get("participants", 0)
+    by_arm = info.get("by_arm", {})
+    arms = ", ".join(f"{esc(k)}: {v}" for k, v in by_arm.items())
+    weeks = info.get("observed_by_week", {})
+    rows = []
+    for w, k in weeks.items():
+        rows.append({"week": int(w), "visits observed": int(k), "missing": n - int(k), "dropout (% of participants)": 100 * (n - int(k)) / n if n else float("nan")})
+    out = [
+        "<h2>Data</h2>",
+        f"<p>{n} participants ({arms}), {info.get('sites', '?')} sites, {info.get('visits_observed', '?')} observed visits. "
+        f"Control arm: <b>{esc(labels[0])}</b>, treatment arm: <b>{esc(labels[1])}</b>.</p>",
+        "<h3>Visits observed and dropout by week</h3>",
+        table_html(pd.DataFrame(rows), floatfmt="{:.1f}"),
+    ]
+    if "baseline_markers_observed" in info:
+        out.append(
+            "<h3>Biomarker availability (baseline participant x marker values)</h3>"
+            + table_html(
+                pd.DataFrame(
+                    [
+                        {"status": "observed", "values": info["baseline_markers_observed"]},
+                        {"status": "missing (imputed in the model)", "values": info.get("baseline_markers_imputed", 0)},
+                        {"status": "below detection limit (censored)", "values": info.get("baseline_markers_below_lod", 0)},
+                    ]
+                )
+            )
+        )
+    else:
+        out.append("<p>No biomarkers in this dataset.</p>")
+    return "\n".join(out)
+
+
+def probability_statements(est: pd.DataFrame) -> str:
+    items = []
+    mcid_cols = [c for c in est.columns if c.startswith("p_below_-")]
+    for _, r in est.iterrows():
+        q = str(r["quantity"])
+        hdi = [c for c in est.columns if c.startswith("hdi_")]
+        text = f"<b>{esc(q)}</b>: mean {r['mean']:.2f} ({esc(r.get('unit', ''))})"
+        if len(hdi) == 2:
+            text += f", 94% HDI {r[hdi[0]]:.2f} to {r[hdi[1]]:.2f}"
+        if " - " in q and "p_below_0" in r and pd.notna(r["p_below_0"]):
+            text += f"; posterior probability that the treatment arm is better (difference &lt; 0): {r['p_below_0']:.2f}"
+            for c in mcid_cols:
+                if pd.notna(r.get(c)):
+                    text += f"; that the benefit exceeds {esc(c.removeprefix('p_below_-'))} points: {r[c]:.2f}"
+        elif "p_below_0" in r and pd.notna(r["p_below_0"]):
+            text += f"; P(&lt; 0) = {r['p_below_0']:.2f}"
+        items.append(f"<li>{text}</li>")
+    return "<ul>" + "".join(items) + "</ul>"
+
+
+def priors_table(priors: dict) -> pd.DataFrame:
+    rows = []
+    for name, p in (priors or {}).items():
+        if isinstance(p, dict):
+            params = ", ".join(f"{k}={v:g}" if isinstance(v, (int, float)) else f"{k}={v}" for k, v in (p.get("params") or {}).items())
+            rows.append({"parameter": name, "prior": f"{p.get('dist', '?')}({params})", "reason": p.get("reason", "")})
+        else:
+            rows.append({"parameter": name, "prior": str(p), "reason": ""})
+    return pd.DataFrame(rows)
+
+
+def model_section(m) -> str:
+    v = m.verdict
+    status = '<span class="pass">PASS</span>' if v.ok else '<span class="fail">FAIL</span>'
+    out = [f'<h2 id="model-{esc(m.name)}">Model: {esc(m.name)}</h2>', f"<p>{esc(m.description)}</p>" if m.description else ""]
+    out.append(f"<p>Likelihood: {esc(m.likelihood)}; fitted {esc(m.created)}; sampler settings: <code>{esc(json.dumps(m.settings))}</code></p>")
+    out.append("<h3>Effect estimates</h3>")
+    if m.estimates is not None and len(m.estimates):
+        out.append(probability_statements(m.estimates))
+        out.append(table_html(m.estimates.drop(columns=["mcse_mean"], errors="ignore"), floatfmt="{:.2f}"))
+    else:
+        out.append("<p>(no effect summaries in this model)</p>")
+    out.append(f"<h3>Convergence: {status}</h3>")
+    out.append(
+        f'<p class="note">Thresholds: R-hat &le; {RHAT_MAX}, bulk ESS &ge; {ESS_BULK_MIN}, tail ESS &ge; {ESS_TAIL_MIN}, no divergences, '
+        f"MCSE &le; {MCSE_SD_RATIO_MAX} posterior SD, at most {TREEDEPTH_SATURATED_MAX:.0%} of draws at the maximum tree depth, E-BFMI &ge; {EBFMI_MIN} in every chain.</p>"
+    )
+    out.append(f"<pre>{esc(v.text())}</pre>")
+    out.append("<p>Population-level parameters (participant-level and latent biomarker values are included in the verdict but not listed):</p>")
+    out.append(table_html(m.convergence_rows, index=True))
+    out.append(img(m.figures.get("rank"), "rank plot") + img(m.figures.get("energy"), "energy plot"))
+    out.append("<h3>Posterior predictive checks</h3>")
+    flags = m.ppc.flags()
+    if flags:
+        out.append('<div class="warn"><b>Flagged checks</b> (observed statistic outside the central ' f"{1 - 2 * PPC_TAIL:.0%} of replications):<ul>" + "".join(f"<li>{esc(f)}</li>" for f in flags) + "</ul></div>")
+    else:
+        out.append(f'<p class="note">No check flagged: every observed statistic lies within the central {1 - 2 * PPC_TAIL:.0%} of its replications and the LOO-PIT is consistent with uniform.</p>')
+    out.append(img(m.figures.get("trajectory"), "observed vs replicated mean trajectory by arm"))
+    out.append(table_html(m.ppc.trajectory.drop(columns=["statistic"]), floatfmt="{:.3g}"))
+    out.append(img(m.figures.get("visits"), "replicated score distribution at each visit"))
+    cols = [c for c in m.ppc.visits.columns if not c.startswith(("observed_q", "replicated_q"))]
+    out.append("<p>Score SD at each visit, observed vs replicated:</p>" + table_html(m.ppc.visits[cols]))
+    out.append(img(m.figures.get("rates"), "response and remission rates by arm"))
+    out.append(table_html(m.ppc.rates))
+    p = m.ppc.loo_pit
+    out.append(
+        f"<p>LOO-PIT over {p['n_obs']} observations: KS statistic {p['ks_statistic']:.3f} (p = {p['ks_p']:.3g}), "
+        f"share in the outer 10%: {p['share_outer_10pct']:.3f} (0.10 when calibrated), SD {p['pit_sd']:.3f} (0.289 when uniform).</p>"
+    )
+    out.append(img(m.figures.get("loo_pit"), "LOO-PIT calibration"))
+    out.append("<h3>Leave-one-out</h3>")
+    out.append("<pre>" + esc("\n".join(r.text() for r in m.loo.values())) + "</pre>")
+    out.append("<h3>Priors used</h3>")
+    out.append(table_html(priors_table(m.priors)) if m.priors else "<p>(no priors recorded)</p>")
+    return "\n".join(out)
+
+
+def comparison_section(run) -> str:
+    out = ["<h2>Model comparison (leave-one-out)</h2>"]
+    out.append(
+        f'<p class="note">elpd: expected log predictive density (higher is better); dse: SE of the difference to the best model; '
+        f"weight: stacking weight. A difference is called clear beyond {CLEAR_DIFF_SE:g} dse. PSIS estimates with Pareto k &gt; {PARETO_K_MAX} "
+        "are replaced by refits (exact leave-one-out, or grouped K-fold by participant) where the run could refit; otherwise marked unreliable.</p>"
+    )
+    for msg in run.comparison_notes:
+        out.append(f'<p class="warn">{esc(msg)}</p>')
+    for level, table in run.comparisons.items():
+        title = {"participant": "New participants: leave-one-participant-out", "visit": "New visits of known participants: pointwise LOO"}.get(level, level)
+        out.append(f"<h3>{esc(title)}</h3>")
+        out.append(f"<p><b>{esc(run.plain_language.get(level, ''))}</b></p>")
+        out.append(table_html(table, index=True, floatfmt="{:.2f}"))
+    out.append(img(run.figures.get("pareto_k"), "Pareto k per participant"))
+    return "\n".join(out)
+
+
+def render_report(run) -> str:
+    title = f"Trial analysis report: {run.title}"
+    toc = "".join(f'<li><a href="#model-{esc(m.name)}">{esc(m.name)}</a>: convergence {"PASS" if m.verdict.ok else "FAIL"}, ' f"{len(m.ppc.flags())} PPC flag(s)</li>" for m in run.models.values())
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>{esc(title)}</title><style>{CSS}</style></head><body>",
+        f"<h1>{esc(title)}</h1>",
+        f"<p>Data: <code>{esc(run.data_source)}</code> (checksum <code>{esc(run.checksum[:16])}</code>); report generated {esc(run.generated)}.</p>",
+        f"<ul>{toc}</ul>",
+        data_section(run.data_summary, run.labels),
+        comparison_section(run),
+        *[model_section(m) for m in run.models.values()],
+        f"<h2>Software</h2><p><code>{esc(json.dumps(run.versions, sort_keys=True))}</code></p>",
+        "</body></html>",
+    ]
+    return "\n".join(p for p in parts if p)

@@ -1,0 +1,289 @@
+"""Diagnostics of a whole run: every model's convergence, PPC and LOO, the comparison, the report.
+
+Used by fit.py at the end of a run (in-memory fits, refits possible through the model builders)
+and by diagnose.py on a saved results folder (fits loaded from disk; refits if the dataset the
+fits were made from is still there with the same checksum).
+
+Files written into the run folder (each atomically):
+    <model>/ppc_trajectory.csv, ppc_visits.csv, ppc_rates.csv, loo_visit.csv, loo_participant.csv,
+    <model>/diagnostics.txt, <model>/convergence.csv, <model>/convergence.txt, <model>/figures/*.png,
+    comparison_participant.csv, comparison_visit.csv, comparison.txt, report.html
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import arviz as az
+import numpy as np
+import pandas as pd
+
+from data.atomic import atomic_write_bytes
+
+from . import plots
+from .compare import ComparisonError, comparable_groups, compare, plain_language
+from .convergence import Verdict, verdict
+from .loo import KFOLD_K, REFIT_MAX, LooResult, grouped_kfold, loo_participants, loo_visits, remedy
+from .ppc import REMISSION_CUTOFF, PPCResult, arm_labels, obs_index, run_ppc
+from .report import render_report
+
+REFIT_DRAWS = 1000  # posterior draws per chain in each leave-out refit
+REFIT_TUNE = 500
+REFIT_CHAINS = 2
+LEVELS = ("participant", "visit")  # the participant level (new patients) leads the comparison
+
+
+@dataclass
+class ModelDiagnostics:
+    name: str
+    verdict: Verdict
+    ppc: PPCResult
+    loo: dict[str, LooResult]
+    estimates: pd.DataFrame | None
+    figures: dict[str, bytes]
+    convergence_rows: pd.DataFrame
+    description: str = ""
+    likelihood: str = ""
+    created: str = ""
+    settings: dict = field(default_factory=dict)
+    priors: dict = field(default_factory=dict)
+
+
+@dataclass
+class RunDiagnostics:
+    title: str
+    data_source: str
+    checksum: str
+    generated: str
+    data_summary: dict
+    labels: tuple[str, str]
+    models: dict[str, ModelDiagnostics]
+    comparisons: dict[str, pd.DataFrame]
+    plain_language: dict[str, str]
+    comparison_notes: list[str]
+    figures: dict[str, bytes]
+    versions: dict
+
+    def comparison_text(self) -> str:
+        lines = []
+        for level, table in self.comparisons.items():
+            lines.append(f"[{level} level] {self.plain_language[level]}")
+            with pd.option_context("display.width", 200, "display.float_format", "{:.2f}".format):
+                lines.append(table.to_string())
+        lines += [f"note: {n}" for n in self.comparison_notes]
+        return "\n".join(lines)
+
+
+def _attr(idata, key, default=None):
+    value = idata.posterior.attrs.get(key, default)
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:
+            return value
+    return value
+
+
+def population_rows(table: pd.DataFrame) -> pd.DataFrame:
+    keep = [i for i in table.index if not str(i).startswith(plots.SKIP_PREFIXES)]
+    return table.loc[keep]
+
+
+def diagnose_model(name: str, idata: az.InferenceData, estimates=None, treated=None, labels=None, remission_cutoff: float = REMISSION_CUTOFF, description: str = "") -> ModelDiagnostics:
+    """Convergence, PPC, both LOO levels and the figures of one fitted model (no refits)."""
+    check = verdict(idata)
+    ppc = run_ppc(idata, treated=treated, labels=labels, remission_cutoff=remission_cutoff)
+    loo = {"participant": loo_participants(idata), "visit": loo_visits(idata)}
+    ix = obs_index(idata, treated, labels)
+    figures = {
+        "rank": plots.rank_plot(idata),
+        "energy": plots.energy_plot(idata),
+        "trajectory": plots.trajectory_plot(ppc.trajectory),
+        "visits": plots.visit_distribution_plot(idata, ix),
+        "rates": plots.rates_plot(ppc.rates) if len(ppc.rates) else None,
+        "loo_pit": plots.loo_pit_plot(idata),
+    }
+    priors = _attr(idata, "priors", {}) or {}
+    return ModelDiagnostics(
+        name=name,
+        verdict=check,
+        ppc=ppc,
+        loo=loo,
+        estimates=estimates,
+        figures={k: v for k, v in figures.items() if v},
+        convergence_rows=population_rows(check.table),
+        description=description,
+        likelihood=str(_attr(idata, "likelihood", "")),
+        created=str(idata.posterior.attrs.get("created", "")),
+        settings=_attr(idata, "settings", {}) or {},
+        priors=priors if isinstance(priors, dict) else {},
+    )
+
+
+def refit_settings(settings):
+    """Sampler settings for leave-out refits: fewer draws and chains than the main fit, same sampler and seed."""
+    return dataclasses.replace(settings, draws=min(settings.draws, REFIT_DRAWS), tune=min(settings.tune, REFIT_TUNE), chains=min(settings.chains, REFIT_CHAINS))
+
+
+def apply_remedies(group: list[str], models: dict[str, ModelDiagnostics], design, builders: dict[str, Callable], settings, level: str, kfold: int, log=print) -> list[str]:
+    """Replace unreliable PSIS estimates at `level` by refits, the same way for every model of the group."""
+    notes = []
+    bad = {n: int(models[n].loo[level].bad.sum()) for n in group}
+    if not any(bad.values()):
+        return notes
+    missing = [n for n in group if bad[n] and n not in builders]
+    if missing or design is None or settings is None or kfold < 1:
+        notes.append(
+            f"{level} level: {', '.join(f'{n} ({bad[n]})' for n in group if bad[n])} unit(s) with Pareto k above the threshold were not refitted "
+            "(refits disabled or the data/model are unavailable): those elpd values are unreliable"
+        )
+        return notes
+    rs = refit_settings(settings)
+    if max(bad.values()) > REFIT_MAX:
+        # grouped K-fold for every model, with the same folds, so differences are paired
+        for n in group:
+            log(f"  {n}: {bad[n]} {level}(s) with Pareto k > threshold: grouped {kfold}-fold cross-validation by participant ({kfold} refits)")
+            kf = grouped_kfold(design, builders[n], rs, k=kfold, level=level)
+            old = models[n].loo[level]
+            models[n].loo[level] = dataclasses.replace(
+                kf, pareto_k=old.pareto_k, p_loo=old.p_loo, notes=old.notes + kf.notes + [f"{bad[n]} {level}(s) had Pareto k above the threshold; PSIS elpd was {old.elpd:.1f}"]
+            )
+        notes.append(f"{level} level: grouped {kfold}-fold cross-validation by participant replaced PSIS for every model (some had more than {REFIT_MAX} units with high Pareto k)")
+    else:
+        for n in group:
+            if bad[n]:
+                log(f"  {n}: refitting {bad[n]} {level}(s) with Pareto k > threshold (exact leave-out)")
+                models[n].loo[level] = remedy(models[n].loo[level], design, builders[n], rs, refit_max=REFIT_MAX, k=kfold)
+        notes.append(f"{level} level: units with high Pareto k were refitted without their data (exact leave-one-out)")
+    return notes
+
+
+def diagnose_run(
+    idatas: dict[str, az.InferenceData],
+    estimates: dict[str, pd.DataFrame] | None = None,
+    design=None,
+    builders: dict[str, Callable] | None = None,
+    settings=None,
+    kfold: int = KFOLD_K,
+    remedy_levels: tuple[str, ...] = ("participant",),
+    remission_cutoff: float = REMISSION_CUTOFF,
+    treated=None,
+    labels=None,
+    descriptions: dict[str, str] | None = None,
+    title: str = "",
+    log=print,
+) -> RunDiagnostics:
+    """Everything the report needs; refits (for units with high Pareto k) only where builders are given."""
+    if not idatas:
+        raise ValueError("no fitted models to diagnose")
+    estimates, builders, descriptions = estimates or {}, builders or {}, descriptions or {}
+    first = next(iter(idatas.values()))
+    if treated is None and design is not None:
+        treated = design.treated
+    if treated is None:  # a model without an arm term (e.g. null) borrows the arms from a model that has one
+        for idata in idatas.values():
+            if "constant_data" in idata.groups() and "treated" in idata.constant_data:
+                treated = np.asarray(idata.constant_data["treated"].values)
+                break
+    labels = labels or arm_labels(first)
+    models = {}
+    for name, idata in idatas.items():
+        log(f"diagnostics: {name}")
+        models[name] = diagnose_model(name, idata, estimates.get(name), treated, labels, remission_cutoff, descriptions.get(name, ""))
+
+    groups = comparable_groups(idatas)
+    notes: list[str] = []
+    main = max(groups, key=len) if groups else []
+    if len(groups) > 1:
+        for g in groups:
+            if g is not main:
+                notes.append(
+                    f"not compared with {', '.join(main)}: {', '.join(g)} fitted to different observations "
+                    "(other outcome values, e.g. change scores or biomarkers, or other data): elpd values are only comparable on the same data"
+                )
+    for level in remedy_levels:
+        notes += apply_remedies(main, models, design, builders, settings, level, kfold, log=log)
+    comparisons, sentences = {}, {}
+    for level in LEVELS:
+        try:
+            table = compare({n: models[n].loo[level] for n in main})
+        except ComparisonError as exc:
+            notes.append(str(exc))
+            continue
+        comparisons[level] = table
+        sentences[level] = plain_language(table, level)
+    figures = {}
+    if main:
+        figures["pareto_k"] = plots.pareto_k_plot({n: models[n].loo["participant"] for n in main})
+    info = _attr(first, "data_summary", {}) or {}
+    return RunDiagnostics(
+        title=title or str(_attr(first, "data_source", "")),
+        data_source=str(_attr(first, "data_source", "")),
+        checksum=str(first.posterior.attrs.get("data_checksum", "")),
+        generated=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        data_summary=info if isinstance(info, dict) else {},
+        labels=tuple(labels),
+        models=models,
+        comparisons=comparisons,
+        plain_language=sentences,
+        comparison_notes=notes,
+        figures=figures,
+        versions=_attr(first, "versions", {}) or {},
+    )
+
+
+def _csv(df: pd.DataFrame, path: Path, index: bool = False) -> None:
+    atomic_write_bytes(path, df.to_csv(index=index).encode())
+
+
+def write_outputs(run: RunDiagnostics, folder: str | Path) -> Path:
+    """Write every table, figure and the report into the run folder; returns the report path."""
+    folder = Path(folder)
+    for name, m in run.models.items():
+        mf = folder / name
+        (mf / "figures").mkdir(parents=True, exist_ok=True)
+        _csv(m.ppc.trajectory, mf / "ppc_trajectory.csv")
+        _csv(m.ppc.visits, mf / "ppc_visits.csv")
+        _csv(m.ppc.rates, mf / "ppc_rates.csv")
+        for level, r in m.loo.items():
+            _csv(r.table(), mf / f"loo_{level}.csv")
+        _csv(m.verdict.table, mf / "convergence.csv", index=True)
+        atomic_write_bytes(mf / "convergence.txt", (m.verdict.text() + "\n").encode())
+        text = "\n".join([m.verdict.text(), m.ppc.text(), json.dumps({"loo_pit": m.ppc.loo_pit}), *[r.text() for r in m.loo.values()]])
+        atomic_write_bytes(mf / "diagnostics.txt", (text + "\n").encode())
+        for key, png in m.figures.items():
+            atomic_write_bytes(mf / "figures" / f"{key}.png", png)
+    for level, table in run.comparisons.items():
+        _csv(table, folder / f"comparison_{level}.csv", index=True)
+    atomic_write_bytes(folder / "comparison.txt", (run.comparison_text() + "\n").encode())
+    report = folder / "report.html"
+    atomic_write_bytes(report, render_report(run).encode("utf-8"))
+    return report
+
+
+def load_run(folder: str | Path) -> tuple[dict[str, az.InferenceData], dict[str, pd.DataFrame]]:
+    """The fits (and estimates tables) saved in a results folder, in run.json's order when present."""
+    from models.idata_io import load_idata
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"no results folder at {folder}")
+    names = sorted(p.parent.name for p in folder.glob("*/idata.nc"))
+    run_json = folder / "run.json"
+    if run_json.is_file():
+        order = list(json.loads(run_json.read_text()).get("models", {}))
+        names = [n for n in order if n in names] + [n for n in names if n not in order]
+    if not names:
+        raise FileNotFoundError(f"{folder} holds no fitted model (no <model>/idata.nc): run fit.py first")
+    idatas, estimates = {}, {}
+    for n in names:
+        idatas[n] = load_idata(folder / n / "idata.nc")
+        est = folder / n / "estimates.csv"
+        if est.is_file():
+            estimates[n] = pd.read_csv(est)
+    return idatas, estimates
