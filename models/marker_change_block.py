@@ -211,7 +211,9 @@ def change_priors() -> dict[str, Prior]:
         "marker_sd": Prior("HalfNormal", {"sigma": 1.0}, "baseline standardised log marker SD (1 by construction)"),
         "marker_corr": Prior("LKJ", {"eta": 2.0}, "correlation between markers, mildly shrunk towards 0"),
         "end_intercept": Prior("Normal", {"mu": 0.0, "sigma": 1.0}, "end-of-treatment standardised log marker in the control arm at baseline 0"),
-        "baseline_slope": Prior("Normal", {"mu": 0.0, "sigma": 1.0}, "end-of-treatment log marker per SD of each baseline log marker (own-marker stability ~0.5-0.7)"),
+        "baseline_slope": Prior(
+            "Normal", {"mu": 0.0, "sigma": 0.5}, "end-of-treatment log marker per SD of each baseline log marker: correlation-sized (own-marker stability ~0.5-0.7)"
+        ),
         "nac_marker_effect": Prior(
             "Normal", {"mu": 0.0, "sigma": 0.5}, "NAC shift of the end-of-treatment log marker in baseline SDs: half an SD is already a large effect"
         ),

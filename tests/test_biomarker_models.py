@@ -1,0 +1,327 @@
+"""Biomarker-change (mean and median) and mediation models: structure, priors, and recovery of known truths.
+
+The default run fits one simulated trial in which NAC raises week-12 log IL-6 by 0.4 (ratio
+1.49) and the IL-6 change carries -5 MADRS points per log unit (a true indirect effect of
+-2 points), with no NAC effect on CRP or BDNF: so one fit checks an effect where one is
+simulated and none where none is. Larger and null scenarios are marked slow.
+"""
+
+from __future__ import annotations
+
+import arviz as az
+import numpy as np
+import pandas as pd
+import pymc as pm
+import pytest
+
+from data import TrialParameters, load_dataset, simulate_trial
+from models import ModelDataError, build_design, get
+from models.sampling import SamplerSettings, sample_all, sample_posterior
+
+MODELS = ("biomarker_change", "biomarker_change_median", "mediation")
+FIT = SamplerSettings(draws=400, tune=400, chains=2, seed=11, prior_draws=50)
+
+
+def _design(folder, **overrides):
+    simulate_trial(TrialParameters(**overrides)).write(folder)
+    return build_design(load_dataset(folder))
+
+
+def hdi(draws, prob=0.99):
+    # one trial: a 94% interval misses 6% of the time, so single-trial checks use 99%
+    return az.hdi(np.asarray(draws).ravel(), hdi_prob=prob)
+
+
+def covers(draws, value, prob=0.99) -> bool:
+    lo, hi = hdi(draws, prob)
+    return lo < value < hi
+
+
+# ---------------------------------------------------------------- structure (no sampling)
+
+
+@pytest.fixture(scope="module")
+def design(small_trial):
+    return build_design(small_trial)
+
+
+@pytest.fixture(scope="module")
+def built(design):
+    return {name: get(name).build(design) for name in MODELS}
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("name", MODELS)
+def test_builds_with_named_dims_and_finite_logp(built, design, name):
+    model = built[name]
+    dims = model.named_vars_to_dims
+    assert dims["nac_ratio"] == ("marker",) and dims["nac_marker_effect"] == ("marker",)
+    assert dims["baseline_slope"] == ("marker", "baseline_marker")
+    assert list(model.coords["marker"]) == design.baseline.names
+    for var in model.free_RVs + model.deterministics + model.observed_RVs:
+        if var.ndim and not var.name.endswith("_chol"):  # packed LKJ Cholesky factors have no natural dims
+            assert var.name in dims, var.name
+    logp = model.point_logps()
+    assert all(np.isfinite(v) for v in logp.values()), logp
+    assert model.priors_used and all(hasattr(p, "reason") for p in model.priors_used.values())
+    assert model.outcome_vars and all(v in model.named_vars for v in model.outcome_vars)
+    if name == "mediation":
+        assert model.outcome_vars == ["madrs_change"]
+        for v in ("indirect_effect", "proportion_mediated", "mediator_per_log_unit"):
+            assert dims[v] == ("marker",)
+    else:
+        assert model.outcome_vars == [f"week12_{m}" for m in design.baseline.names]  # per marker, for LOO
+
+
+@pytest.mark.unit
+def test_who_enters_and_what_is_imputed_or_censored(design, built, small_trial_dir):
+    bio = pd.read_csv(small_trial_dir / "biomarkers.csv")
+    with_serum = bio["participant_id"].nunique()
+    notes = built["biomarker_change"].data_notes
+    assert notes["participants_included"] == with_serum
+    assert notes["participants_excluded"] == design.n_participants - with_serum
+    at12 = bio[bio["week"] == 12]
+    n_below12 = int(at12["below_lod"].sum())
+    assert notes["week12_censored"] == n_below12
+    assert notes["week12_observed"] == len(at12) - n_below12
+    assert notes["week12_imputed"] == 3 * with_serum - len(at12)
+    assert notes["baseline_censored"] == int(bio.loc[bio["week"] == 0, "below_lod"].sum())
+    assert "imputed" in notes["text"] and "censored" in notes["text"]
+    model = built["biomarker_change"]
+    assert model["marker_missing_week12"].eval().size == notes["week12_imputed"]
+    if notes["week12_censored"]:
+        assert model["marker_censored_week12"].eval().size == notes["week12_censored"]
+    # the median model gives missing week-12 values no likelihood term instead of imputing them
+    med = built["biomarker_change_median"].data_notes
+    assert med["week12_imputed"] == 0 and med["week12_missing_no_likelihood"] == notes["week12_imputed"]
+    assert "marker_missing_week12" not in built["biomarker_change_median"].named_vars
+    # mediation keeps participants without serum who have a week-12 MADRS (their markers are latent)
+    visits = pd.read_csv(small_trial_dir / "visits.csv")
+    with_y12 = set(visits.loc[visits["week"] == 12, "participant_id"])
+    med_notes = built["mediation"].data_notes
+    assert med_notes["participants_included"] == len(with_y12 | set(bio["participant_id"]))
+    assert med_notes["outcome_observed"] == len(with_y12)
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("name", MODELS)
+def test_prior_predictive_is_plausible(built, name):
+    model = built[name]
+    with model:
+        prior = pm.sample_prior_predictive(draws=300, random_seed=3)
+    if name == "mediation":
+        y = prior.prior_predictive["madrs_change"].values.ravel()
+        assert np.mean(np.abs(y) <= 60) > 0.9, "MADRS change beyond the 0-60 scale's range in most prior draws"
+        assert np.mean(np.abs(y) <= 20) > 0.4
+    elif name == "biomarker_change_median":
+        for var in model.outcome_vars:
+            z = prior.prior_predictive[var].values.ravel()
+            assert np.mean(np.abs(z) <= 6) > 0.9, f"{var}: standardised log marker beyond 6 SD in most prior draws"
+    else:
+        # The observed RVs are the markers' conditionals given the previous markers' *observed* residuals, which
+        # a prior residual SD near 0 inflates; the check that matters is the joint prior predictive: simulate
+        # baseline and week-12 markers from each prior draw.
+        z1 = _joint_prior_predictive(prior.prior, built[name].coords["marker"], np.random.default_rng(4))
+        assert np.mean(np.abs(z1) <= 6) > 0.9, "week-12 standardised log markers beyond 6 SD in most prior draws"
+        z = prior.prior_predictive[model.outcome_vars[0]].values.ravel()  # the first marker is marginal
+        assert np.mean(np.abs(z) <= 6) > 0.9
+    ratio = prior.prior["nac_ratio"].values
+    assert np.mean((ratio > 0.25) & (ratio < 4)) > 0.95, "prior NAC / placebo ratios beyond 4-fold"
+
+
+def _joint_prior_predictive(prior, markers, rng, n=50):
+    """Week-12 standardised log markers of n new participants per prior draw (half per arm)."""
+    p = prior.stack(sample=("chain", "draw"))
+    out = []
+    treated = np.arange(n) % 2
+    for s in range(p.sizes["sample"]):
+        d = p.isel(sample=s)
+
+        def cov(name):
+            sd = d[f"{name}_sd"].values
+            return d[f"{name}_corr"].values * np.outer(sd, sd)
+
+        z0 = rng.multivariate_normal(d["baseline_mean"].values, cov("baseline"), size=n)
+        mu = d["end_intercept"].values + z0 @ d["baseline_slope"].values.T + treated[:, None] * d["nac_marker_effect"].values
+        out.append(mu + rng.multivariate_normal(np.zeros(len(markers)), cov("residual"), size=n))
+    return np.concatenate(out)
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("name", MODELS)
+def test_needs_biomarkers(tmp_path, name):
+    trial = simulate_trial(TrialParameters(n_participants=30, seed=2))
+    full = trial.biomarkers
+    trial.biomarkers = full.iloc[0:0]
+    trial.write(tmp_path / "nobio")
+    with pytest.raises(ModelDataError, match="needs baseline biomarkers"):
+        get(name).build(build_design(load_dataset(tmp_path / "nobio")))
+    trial.biomarkers = full[full["week"] == 0]
+    trial.write(tmp_path / "baseline_only")
+    with pytest.raises(ModelDataError, match="week-12"):
+        get(name).build(build_design(load_dataset(tmp_path / "baseline_only")))
+
+
+@pytest.mark.unit
+def test_generator_truth_includes_the_mediated_effect():
+    p = TrialParameters(nac_marker_log_ratio=(0.4, 0.0, 0.0), mediation=(-5.0, 0.0, 0.0))
+    assert p.nac_indirect_effects() == pytest.approx((-2.0, 0.0, 0.0))
+    assert p.nac_effect_at(12) == pytest.approx(p.nac_effect_e - 2.0)
+    assert p.nac_effect_at(16) == pytest.approx(p.nac_effect_f - 2.0)
+    assert TrialParameters().nac_effect_at(12) == TrialParameters().nac_effect_e
+    # and the simulated trial carries it: complete-case NAC - placebo change at week 12
+    big = simulate_trial(p.with_(n_participants=4000, seed=9))
+    wide = big.visits.pivot(index="participant_id", columns="week", values="madrs")
+    arm = big.participants.set_index("participant_id")["arm"].reindex(wide.index)
+    change = (wide[12] - wide[0]).dropna()
+    diff = change[arm == "nac"].mean() - change[arm == "placebo"].mean()
+    assert diff == pytest.approx(p.nac_effect_at(12), abs=0.8)
+
+
+# ---------------------------------------------------------------- recovery (short fits)
+
+EFFECT = dict(n_participants=300, seed=41, serum_fraction=0.8, nac_marker_log_ratio=(0.4, 0.0, 0.0), mediation=(-5.0, 0.0, 0.0))
+
+
+@pytest.fixture(scope="module")
+def effect_design(tmp_path_factory):
+    return _design(tmp_path_factory.mktemp("bio") / "effect", **EFFECT)
+
+
+@pytest.fixture(scope="module")
+def mean_fit(effect_design):
+    idata, _ = sample_posterior(get("biomarker_change").build(effect_design), FIT, quiet=True)
+    return idata
+
+
+def _complete_case(design, estimator):
+    """NAC coefficient of the end-week log marker on arm and baseline log markers, complete cases, per marker."""
+    b, w = design.baseline, design.later[12]
+    out = {}
+    for k, mk in enumerate(b.names):
+        ok = ~np.isnan(b.z).any(axis=1) & ~np.isnan(w.z[:, k])
+        x = np.column_stack([np.ones(ok.sum()), design.treated[ok], b.z[ok]])
+        out[mk] = estimator(w.z[ok, k], x) * b.log_scale[k]
+    return out
+
+
+@pytest.mark.smoke
+def test_biomarker_change_recovers_nac_effect_and_its_absence(mean_fit, effect_design):
+    post = mean_fit.posterior
+    assert int(mean_fit.sample_stats["diverging"].sum()) == 0
+    log_ratio = post["nac_log_ratio"]
+    assert covers(log_ratio.sel(marker="il6"), 0.4)
+    assert hdi(log_ratio.sel(marker="il6"))[0] > 0, "a log ratio of 0.4 with ~240 participants must be clearly positive"
+    assert (post["nac_ratio"].sel(marker="il6").values > 1).mean() > 0.97
+    for mk in ("crp", "bdnf"):
+        assert covers(log_ratio.sel(marker=mk), 0.0), mk
+    # independent method: least squares on complete cases (no censoring in CRP, BDNF; identical regressors, so
+    # the joint model's mean equals equation-by-equation OLS up to the prior)
+    ols = _complete_case(effect_design, lambda y, x: np.linalg.lstsq(x, y, rcond=None)[0][1])
+    for mk in ("crp", "bdnf"):
+        d = log_ratio.sel(marker=mk).values
+        assert abs(d.mean() - ols[mk]) < 0.3 * d.std(), (mk, d.mean(), ols[mk])
+    rows = get("biomarker_change").extra_estimates(mean_fit, effect_design, 2.0)
+    il6 = rows.set_index("marker").loc["il6"]
+    assert il6["p_above_1"] > 0.97 and il6["hdi_3%"] > 1.0 and "geometric means" in il6["quantity"]
+
+
+@pytest.mark.smoke
+def test_median_regression_agrees_with_mean_model(mean_fit, effect_design):
+    """Log-normal data: the ratio of medians equals the ratio of geometric means, so the two models agree."""
+    idata, _ = sample_posterior(get("biomarker_change_median").build(effect_design), FIT, quiet=True)
+    assert int(idata.sample_stats["diverging"].sum()) == 0
+    med = idata.posterior["nac_log_ratio"]
+    mean = mean_fit.posterior["nac_log_ratio"]
+    for mk in ("il6", "crp", "bdnf"):
+        assert covers(med.sel(marker=mk), float(mean.sel(marker=mk).mean())), mk
+        assert covers(mean.sel(marker=mk), float(med.sel(marker=mk).mean())), mk
+    assert covers(med.sel(marker="il6"), 0.4) and hdi(med.sel(marker="il6"))[0] > 0
+    # independent method: frequentist median regression on complete cases (CRP, BDNF: no censoring)
+    from statsmodels.regression.quantile_regression import QuantReg
+
+    qr = _complete_case(effect_design, lambda y, x: QuantReg(y, x).fit(q=0.5).params[1])
+    for mk in ("crp", "bdnf"):
+        d = med.sel(marker=mk).values
+        assert abs(d.mean() - qr[mk]) < 0.6 * d.std(), (mk, d.mean(), qr[mk])
+
+
+@pytest.mark.smoke
+def test_mediation_recovers_indirect_effect_and_its_absence(effect_design):
+    model = get("mediation").build(effect_design)
+    idata, _ = sample_all(model, FIT, quiet=True)
+    assert int(idata.sample_stats["diverging"].sum()) == 0
+    assert idata.log_likelihood["madrs_change"].dims[-1] == "outcome_participant"
+    post = idata.posterior
+    p = TrialParameters(**EFFECT)
+    truth = dict(zip(p.markers, p.nac_indirect_effects()))  # il6: -2, others 0
+    ind = post["indirect_effect"]
+    assert covers(ind.sel(marker="il6"), truth["il6"])
+    assert (ind.sel(marker="il6").values < 0).mean() > 0.95, "a -2 point indirect effect must be clearly negative"
+    for mk in ("crp", "bdnf"):
+        assert covers(ind.sel(marker=mk), 0.0), mk
+    assert covers(post["mediator_per_log_unit"].sel(marker="il6"), -5.0)
+    assert covers(post["direct_effect"], p.nac_effect_e)
+    assert covers(post["total_effect"], p.nac_effect_at(12))
+    table = get("mediation").extra_estimates(idata, effect_design, 2.0)
+    prop = table[table["quantity"].str.startswith("proportion") & (table["marker"] == "")]
+    assert len(prop) == 1 and "median" in prop.columns
+
+
+# ---------------------------------------------------------------- slow: bigger trials, null scenarios
+
+
+@pytest.mark.slow
+def test_null_trial_no_effect_on_markers_and_no_indirect_effect(tmp_path):
+    design = _design(tmp_path / "null", n_participants=500, seed=77, serum_fraction=0.8)
+    settings = SamplerSettings(draws=1000, tune=800, chains=2, seed=5)
+    mean, _ = sample_posterior(get("biomarker_change").build(design), settings, quiet=True)
+    med, _ = sample_posterior(get("biomarker_change_median").build(design), settings, quiet=True)
+    med_fit, _ = sample_posterior(get("mediation").build(design), settings, quiet=True)
+    for idata in (mean, med, med_fit):
+        assert int(idata.sample_stats["diverging"].sum()) == 0
+        for mk in ("il6", "crp", "bdnf"):
+            assert covers(idata.posterior["nac_log_ratio"].sel(marker=mk), 0.0), mk
+    for mk in ("il6", "crp", "bdnf"):
+        ind = med_fit.posterior["indirect_effect"].sel(marker=mk).values
+        assert covers(ind, 0.0) and abs(ind.mean()) < 0.5, mk
+    assert covers(med_fit.posterior["direct_effect"], -1.5)
+    # a null total effect makes the proportion mediated unstable: the table says so
+    table = get("mediation").extra_estimates(med_fit, design, 2.0)
+    notes = table.loc[table["quantity"].str.startswith("proportion"), "note"]
+    total = med_fit.posterior["total_effect"].values
+    if 0.03 < (total < 0).mean() < 0.97:
+        assert notes.str.contains("unstable").all()
+
+
+@pytest.mark.slow
+def test_mediation_through_crp_in_a_larger_trial(tmp_path):
+    params = dict(n_participants=600, seed=123, serum_fraction=0.8, nac_marker_log_ratio=(0.0, -0.5, 0.0), mediation=(0.0, 3.0, 0.0))
+    design = _design(tmp_path / "crp", **params)
+    idata, _ = sample_posterior(get("mediation").build(design), SamplerSettings(draws=1000, tune=800, chains=2, seed=6), quiet=True)
+    assert int(idata.sample_stats["diverging"].sum()) == 0
+    post = idata.posterior
+    assert covers(post["indirect_effect"].sel(marker="crp"), -1.5, prob=0.94)
+    assert (post["indirect_effect"].sel(marker="crp").values < 0).mean() > 0.97
+    assert covers(post["nac_log_ratio"].sel(marker="crp"), -0.5, prob=0.94)
+    for mk in ("il6", "bdnf"):
+        assert covers(post["indirect_effect"].sel(marker=mk), 0.0, prob=0.94), mk
+    prop = post["proportion_mediated"].sel(marker="crp").values
+    true_prop = -1.5 / (-1.5 - 1.5)
+    assert covers(prop, true_prop)
+
+
+@pytest.mark.slow
+def test_median_and_mean_agree_in_a_larger_trial(tmp_path):
+    design = _design(tmp_path / "agree", n_participants=800, seed=202, serum_fraction=0.9, nac_marker_log_ratio=(0.3, -0.3, 0.1))
+    settings = SamplerSettings(draws=1000, tune=800, chains=2, seed=8)
+    mean, _ = sample_posterior(get("biomarker_change").build(design), settings, quiet=True)
+    med, _ = sample_posterior(get("biomarker_change_median").build(design), settings, quiet=True)
+    for k, mk in enumerate(("il6", "crp", "bdnf")):
+        a = mean.posterior["nac_log_ratio"].sel(marker=mk).values
+        b = med.posterior["nac_log_ratio"].sel(marker=mk).values
+        true = (0.3, -0.3, 0.1)[k]
+        assert covers(a, true, 0.94) or covers(b, true, 0.94), mk
+        assert abs(a.mean() - b.mean()) < 2 * np.hypot(a.std(), b.std()), mk
+        # the median estimator is the less efficient one on normal residuals (asymptotic efficiency 2/pi)
+        assert b.std() > 0.9 * a.std(), mk
