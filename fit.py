@@ -206,7 +206,7 @@ def run_models(built, design, ds, settings, args, out: Path) -> bool:
 
 def diagnose_and_report(fitted: dict, design, settings, args, out: Path) -> dict:
     """PPC, LOO (with refits where Pareto k is high), the model comparison and report.html, into `out`."""
-    from diagnostics.run import diagnose_run, write_outputs
+    from diagnostics.run import REFIT_MIN_DRAWS, diagnose_run, write_outputs
 
     t0 = time.perf_counter()
     builders = {name: (lambda d, spec=spec: spec.build(d, likelihood=args.likelihood)) for name, (_, _, spec) in fitted.items()}
@@ -222,6 +222,7 @@ def diagnose_and_report(fitted: dict, design, settings, args, out: Path) -> dict
         descriptions={name: f[2].description for name, f in fitted.items()},
         title=design.meta.title or str(args.data),
         log=(lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True)),
+        refit_min_draws=REFIT_MIN_DRAWS,
     )
     report = write_outputs(diag, out)
     print()

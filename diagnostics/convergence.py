@@ -106,7 +106,8 @@ def ebfmi(idata: az.InferenceData) -> np.ndarray:
     energy = np.asarray(stats["energy"].transpose("chain", "draw"), dtype=float)
     if energy.shape[1] < 3:
         return np.array([])
-    return np.square(np.diff(energy, axis=1)).mean(axis=1) / energy.var(axis=1)
+    # Stan's definition: sum_n (E_n - E_{n-1})^2 / sum_n (E_n - mean E)^2
+    return np.square(np.diff(energy, axis=1)).sum(axis=1) / np.square(energy - energy.mean(axis=1, keepdims=True)).sum(axis=1)
 
 
 def verdict(idata: az.InferenceData, var_names: list[str] | None = None) -> Verdict:

@@ -35,6 +35,7 @@ from .report import render_report
 REFIT_DRAWS = 1000  # posterior draws per chain in each leave-out refit
 REFIT_TUNE = 500
 REFIT_CHAINS = 2
+REFIT_MIN_DRAWS = 1000  # fit.py refits only when the main fit has at least this many draws (chains x draws): smoke runs skip them
 LEVELS = ("participant", "visit")  # the participant level (new patients) leads the comparison
 
 
@@ -130,11 +131,17 @@ def refit_settings(settings):
     return dataclasses.replace(settings, draws=min(settings.draws, REFIT_DRAWS), tune=min(settings.tune, REFIT_TUNE), chains=min(settings.chains, REFIT_CHAINS))
 
 
-def apply_remedies(group: list[str], models: dict[str, ModelDiagnostics], design, builders: dict[str, Callable], settings, level: str, kfold: int, log=print) -> list[str]:
+def apply_remedies(group: list[str], models: dict[str, ModelDiagnostics], design, builders: dict[str, Callable], settings, level: str, kfold: int, log=print, min_draws: int = 0) -> list[str]:
     """Replace unreliable PSIS estimates at `level` by refits, the same way for every model of the group."""
     notes = []
     bad = {n: int(models[n].loo[level].bad.sum()) for n in group}
     if not any(bad.values()):
+        return notes
+    if settings is not None and settings.chains * settings.draws < min_draws:
+        notes.append(
+            f"{level} level: {', '.join(f'{n} ({bad[n]})' for n in group if bad[n])} unit(s) with Pareto k above the threshold were not refitted: "
+            f"the fit has fewer than {min_draws} draws (a smoke run); refit with more draws, or run diagnose.py --kfold K. Those elpd values are unreliable"
+        )
         return notes
     missing = [n for n in group if bad[n] and n not in builders]
     if missing or design is None or settings is None or kfold < 1:
@@ -177,6 +184,7 @@ def diagnose_run(
     descriptions: dict[str, str] | None = None,
     title: str = "",
     log=print,
+    refit_min_draws: int = 0,
 ) -> RunDiagnostics:
     """Everything the report needs; refits (for units with high Pareto k) only where builders are given."""
     if not idatas:
@@ -207,7 +215,7 @@ def diagnose_run(
                     "(other outcome values, e.g. change scores or biomarkers, or other data): elpd values are only comparable on the same data"
                 )
     for level in remedy_levels:
-        notes += apply_remedies(main, models, design, builders, settings, level, kfold, log=log)
+        notes += apply_remedies(main, models, design, builders, settings, level, kfold, log=log, min_draws=refit_min_draws)
     comparisons, sentences = {}, {}
     for level in LEVELS:
         try:

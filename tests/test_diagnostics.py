@@ -1,0 +1,336 @@
+"""Diagnostics on InferenceData built by hand with known properties: each flags exactly what it should.
+
+Convergence: healthy draws pass; a stuck chain flags R-hat; divergences, max-tree-depth hits (under
+PyMC's and nutpie's names) and a random-walk energy (low E-BFMI) flag only themselves.
+PPC: a predictive from the data-generating distribution flags nothing; a too-narrow predictive
+flags the LOO-PIT and the score SD at every visit but not the means; a shifted predictive flags
+the mean of exactly the shifted arm and week. LOO: the participant-level log-likelihood equals an
+independent multivariate-normal computation; the comparison ranks the true model first and agrees
+with az.compare; models fitted to different observations are refused.
+"""
+
+from __future__ import annotations
+
+import json
+
+import arviz as az
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+from scipy import stats
+
+from diagnostics import convergence as cv
+from diagnostics import loo as dl
+from diagnostics.compare import CLEAR_DIFF_SE, ComparisonError, check_comparable, comparable_groups, compare, plain_language
+from diagnostics.ppc import LOO_PIT_P_MIN, PPC_TAIL, obs_index, rate_check, run_ppc
+
+pytestmark = pytest.mark.unit
+
+CHAINS, DRAWS = 4, 500
+
+
+def sampler_stats(rng, chains=CHAINS, draws=DRAWS, names="nutpie", diverging_frac=0.0, maxdepth_frac=0.0, energy="iid"):
+    """sample_stats with the sampler's own names; energy iid (E-BFMI ~ 2) or a random walk (E-BFMI ~ 0)."""
+    shape = (chains, draws)
+    e = rng.normal(size=shape) if energy == "iid" else np.cumsum(rng.normal(size=shape), axis=1)
+    hit = rng.random(shape) < maxdepth_frac
+    depth = np.where(hit, 10, 3)
+    out = {"energy": e, "diverging": rng.random(shape) < diverging_frac}
+    if names == "nutpie":
+        out.update(depth=depth, maxdepth_reached=hit)
+    else:
+        out.update(tree_depth=depth, reached_max_treedepth=hit)
+    return out
+
+
+def healthy_posterior(rng, chains=CHAINS, draws=DRAWS):
+    return {"alpha": rng.normal(size=(chains, draws)), "beta": rng.normal(2.0, 0.5, size=(chains, draws, 2))}
+
+
+def make(posterior, stats_):
+    return az.from_dict(posterior=posterior, sample_stats=stats_)
+
+
+def test_healthy_fit_passes_with_no_flag():
+    rng = np.random.default_rng(1)
+    v = cv.verdict(make(healthy_posterior(rng), sampler_stats(rng)))
+    assert v.ok and v.flags == set() and v.messages == []
+    assert v.treedepth_saturated == 0 and min(v.ebfmi) > cv.EBFMI_MIN
+    assert v.max_mcse_ratio < cv.MCSE_SD_RATIO_MAX
+    assert "mcse_sd_ratio" in v.table.columns and "mcse_mean" in v.table.columns
+
+
+def test_stuck_chain_flags_rhat_only_among_sampler_checks():
+    rng = np.random.default_rng(2)
+    post = healthy_posterior(rng)
+    post["alpha"][3] = 2.5 + 0.01 * rng.normal(size=DRAWS)  # one chain stuck far from the others
+    v = cv.verdict(make(post, sampler_stats(rng)))
+    assert not v.ok and "rhat" in v.flags
+    assert v.table.loc["alpha", "r_hat"] > cv.RHAT_MAX
+    assert not v.flags & {"divergences", "treedepth", "ebfmi"}
+    assert all(v.table.loc[f"beta[{i}]", "r_hat"] <= cv.RHAT_MAX for i in range(2))
+
+
+def test_divergent_fit_flags_divergences_exactly():
+    rng = np.random.default_rng(3)
+    v = cv.verdict(make(healthy_posterior(rng), sampler_stats(rng, diverging_frac=0.05)))
+    assert v.flags == {"divergences"} and v.divergences > cv.DIVERGENCES_MAX
+
+
+@pytest.mark.parametrize("names", ["nutpie", "pymc"])
+def test_tree_depth_saturation_flagged_under_both_samplers_names(names):
+    rng = np.random.default_rng(4)
+    v = cv.verdict(make(healthy_posterior(rng), sampler_stats(rng, names=names, maxdepth_frac=0.05)))
+    assert v.flags == {"treedepth"}
+    assert v.treedepth_saturated == pytest.approx(0.05, abs=0.015)
+
+
+def test_tree_depth_from_depth_alone_uses_default_limit():
+    rng = np.random.default_rng(5)
+    s = sampler_stats(rng, maxdepth_frac=0.1)
+    del s["maxdepth_reached"]
+    idata = make(healthy_posterior(rng), s)
+    assert cv.treedepth_saturation(idata) == pytest.approx(float((s["depth"] >= cv.DEFAULT_MAX_TREEDEPTH).mean()))
+
+
+def test_random_walk_energy_flags_ebfmi_exactly():
+    rng = np.random.default_rng(6)
+    idata = make(healthy_posterior(rng), sampler_stats(rng, energy="walk"))
+    v = cv.verdict(idata)
+    assert v.flags == {"ebfmi"} and max(v.ebfmi) < cv.EBFMI_MIN
+    np.testing.assert_allclose(v.ebfmi, az.bfmi(idata), rtol=1e-10)  # same as ArviZ's definition
+
+
+def test_autocorrelated_chains_flag_ess_and_mcse():
+    rng = np.random.default_rng(7)
+    x = np.zeros((CHAINS, DRAWS))
+    for t in range(1, DRAWS):
+        x[:, t] = 0.995 * x[:, t - 1] + rng.normal(size=CHAINS) * 0.1
+    v = cv.verdict(make({"alpha": x}, sampler_stats(rng)))
+    assert {"ess", "mcse"} <= v.flags and not v.flags & {"divergences", "treedepth", "ebfmi"}
+
+
+# ---------------------------------------------------------------- a hand-built trial fit
+
+WEEKS = np.array([0, 4, 8])
+
+
+def trial_idata(seed=0, n=120, sd=4.0, pred_sd=None, shift=None, chains=2, draws=400, checksum="abc", y=None):
+    """Scores y = 26 - 1.2 week - 1 week/8 (treatment) + N(0, sd) for n participants at weeks 0, 4, 8 with
+    10% later visits missing; posterior draws of (a, b, sd) near the truth; a predictive with SD `pred_sd`
+    (default: sd) and an optional mean shift {(treated, week): points}. log_likelihood matches the predictive."""
+    rng = np.random.default_rng(seed)
+    treated = (np.arange(n) % 2).astype(float)
+    pid = np.repeat(np.arange(n), len(WEEKS))
+    week = np.tile(WEEKS, n).astype(float)
+    keep = (week == 0) | (np.random.default_rng(n).random(len(week)) > 0.1)  # same visits whatever the seed
+    pid, week = pid[keep], week[keep]
+    mu_true = 26 - 1.2 * week - treated[pid] * week / 8
+    if y is None:
+        y = np.round(mu_true + rng.normal(0, sd, size=len(week)))
+    s = chains * draws
+    a = 26 + rng.normal(0, 0.3, size=s)
+    psd = (pred_sd or sd) * np.exp(rng.normal(0, 0.03, size=s))
+    mu = a[:, None] - 26 + mu_true[None, :]
+    if shift:
+        for (arm, w), d in shift.items():
+            mu[:, (treated[pid] == arm) & (week == w)] += d
+    rep = rng.normal(mu, psd[:, None])
+    ll = stats.norm.logpdf(y[None, :], mu, psd[:, None])
+    shape = (chains, draws)
+    participants = np.array([f"P{i:03d}" for i in range(n)])
+    idata = az.InferenceData(
+        posterior=xr.Dataset({"intercept": (("chain", "draw"), a.reshape(shape)), "residual_sd": (("chain", "draw"), psd.reshape(shape))}),
+        posterior_predictive=xr.Dataset({"y": (("chain", "draw", "obs"), rep.reshape(*shape, -1))}),
+        log_likelihood=xr.Dataset({"y": (("chain", "draw", "obs"), ll.reshape(*shape, -1))}),
+        observed_data=xr.Dataset({"y": ("obs", y)}),
+        constant_data=xr.Dataset(
+            {"obs_participant": ("obs", pid), "obs_week": ("obs", week), "treated": ("participant", treated)},
+            coords={"participant": participants},
+        ),
+        sample_stats=xr.Dataset({k: (("chain", "draw"), v) for k, v in sampler_stats(rng, chains, draws).items()}),
+    )
+    info = {"participants": n, "by_arm": {"nac": int(treated.sum()), "placebo": int(n - treated.sum())}, "arms": {"control": "placebo", "treatment": "nac"},
+            "sites": 1, "visits_observed": int(len(y)), "observed_by_week": {int(w): int((week == w).sum()) for w in WEEKS}}
+    priors = {"intercept": {"dist": "Normal", "params": {"mu": 30.0, "sigma": 15.0}, "reason": "mid-scale"}}
+    for g in idata.groups():
+        idata[g].attrs.update(data_checksum=checksum, data_summary=json.dumps(info), priors=json.dumps(priors), model="hand", likelihood="normal", data_source="hand-built")
+    return idata
+
+
+def test_calibrated_predictive_flags_nothing():
+    res = run_ppc(trial_idata(seed=11))
+    assert res.flags() == [], res.flags()
+    assert res.loo_pit["ks_p"] > LOO_PIT_P_MIN
+    assert set(res.trajectory["arm"]) == {"placebo", "nac"}  # labels from the fit's data summary
+
+
+def test_too_narrow_predictive_flags_pit_and_sd_not_means():
+    res = run_ppc(trial_idata(seed=12, pred_sd=2.0))
+    assert res.loo_pit["flag"] and res.loo_pit["pit_sd"] > 0.3  # U-shaped
+    assert res.visits["flag"].all()  # replicated SD too small at every visit
+    assert not res.trajectory["flag"].any()
+    assert any("LOO-PIT" in f for f in res.flags())
+
+
+def test_shifted_mean_flags_exactly_that_arm_and_week():
+    res = run_ppc(trial_idata(seed=13, shift={(1.0, 8.0): 3.0}))
+    flagged = res.trajectory[res.trajectory["flag"]]
+    assert list(zip(flagged["arm"], flagged["week"])) == [("nac", 8)]
+    assert flagged["ppp"].iloc[0] > 1 - PPC_TAIL  # replications above the observed mean
+
+
+def test_rates_match_an_independent_count():
+    idata = trial_idata(seed=14)
+    table = rate_check(idata, remission_cutoff=10)
+    c = idata.constant_data
+    df = pd.DataFrame({"p": c["obs_participant"].values, "w": c["obs_week"].values, "y": idata.observed_data["y"].values})
+    wide = df.pivot(index="p", columns="w", values="y")
+    arm = np.where(c["treated"].values[wide.index] > 0.5, "nac", "placebo")
+    for w in (4.0, 8.0):
+        sub = wide[[0.0, w]].dropna()
+        a = arm[np.isin(wide.index, sub.index)]
+        for label in ("placebo", "nac"):
+            s = sub[a == label]
+            resp = table[(table["arm"] == label) & (table["week"] == w) & (table["statistic"] == "response")]["observed"].item()
+            remi = table[(table["arm"] == label) & (table["week"] == w) & (table["statistic"] == "remission (<= 10)")]["observed"].item()
+            assert resp == pytest.approx(np.mean(s[w] <= 0.5 * s[0.0]))
+            assert remi == pytest.approx(np.mean(s[w] <= 10))
+
+
+def test_obs_index_requires_mapping():
+    idata = trial_idata(seed=15)
+    del idata.constant_data["obs_week"]
+    with pytest.raises(ValueError, match="obs_week"):
+        obs_index(idata)
+
+
+# ---------------------------------------------------------------- LOO
+
+
+def test_participant_log_likelihood_equals_independent_joint_density():
+    idata = trial_idata(seed=21, n=40)
+    ll = dl.participant_log_likelihood(idata)
+    post = idata.posterior.stack(sample=("chain", "draw"))
+    y = idata.observed_data["y"].values
+    pid = idata.constant_data["obs_participant"].values
+    week = idata.constant_data["obs_week"].values
+    treated = idata.constant_data["treated"].values
+    mu_base = 26 - 1.2 * week - treated[pid] * week / 8
+    for p in (0, 7, 39):
+        rows = pid == p
+        expected = [
+            stats.multivariate_normal.logpdf(y[rows], mean=a - 26 + mu_base[rows], cov=np.eye(rows.sum()) * s**2)
+            for a, s in zip(post["intercept"].values, post["residual_sd"].values)
+        ]
+        got = ll.sel(participant=f"P{p:03d}").stack(sample=("chain", "draw")).values
+        np.testing.assert_allclose(got, expected, rtol=1e-9)
+
+
+def test_grouped_loo_is_psis_on_the_participant_sums():
+    idata = trial_idata(seed=22, n=60)
+    res = dl.loo_participants(idata)
+    manual = az.InferenceData(posterior=idata.posterior, log_likelihood=xr.Dataset({"y": dl.participant_log_likelihood(idata)}))
+    ref = az.loo(manual, pointwise=True)
+    np.testing.assert_allclose(res.elpd_i, ref.loo_i.values)
+    assert res.elpd == pytest.approx(ref.elpd_loo) and res.se == pytest.approx(ref.se)
+    # the posterior is tight, so each participant's elpd is close to its log density at the posterior mean
+    post = idata.posterior.mean(("chain", "draw"))
+    y, pid = idata.observed_data["y"].values, idata.constant_data["obs_participant"].values
+    week, treated = idata.constant_data["obs_week"].values, idata.constant_data["treated"].values
+    mu = float(post["intercept"]) - 26 + 26 - 1.2 * week - treated[pid] * week / 8
+    point = pd.Series(stats.norm.logpdf(y, mu, float(post["residual_sd"]))).groupby(pid).sum().values
+    np.testing.assert_allclose(res.elpd_i, point, atol=0.25)
+    assert res.level == "participant" and len(res.elpd_i) == 60 and res.reliable
+
+
+def test_high_pareto_k_is_never_silent():
+    idata = trial_idata(seed=23, n=30)
+    res = dl.loo_participants(idata)
+    res.pareto_k[:3] = 0.9
+    assert not res.reliable and "unreliable" in res.text()
+    table = compare({"a": res, "b": dl.loo_participants(trial_idata(seed=23, n=30, pred_sd=5))})
+    assert not table.loc["a", "reliable"]
+    assert "Caution" in plain_language(table)
+
+
+def test_remedy_chooses_refits_or_kfold(monkeypatch):
+    idata = trial_idata(seed=24, n=30)
+    base = dl.loo_participants(idata)
+
+    class Design:
+        participants = np.array([f"P{i:03d}" for i in range(30)])
+        obs_participant = idata.constant_data["obs_participant"].values
+        treated = idata.constant_data["treated"].values
+        y = idata.observed_data["y"].values
+        n_participants = 30
+
+    calls = {}
+    monkeypatch.setattr(dl, "heldout_elpd", lambda design, build, groups, settings, quiet=True: calls.setdefault("groups", groups) and np.full(len(groups), -9.0))
+    few = dl.LooResult(**{**base.__dict__, "pareto_k": np.where(np.arange(30) < 2, 0.9, 0.1)})
+    fixed = dl.remedy(few, Design, None, None)
+    assert fixed.reliable and list(fixed.method[:2]) == ["refit", "refit"] and (fixed.elpd_i[:2] == -9).all()
+    assert [sorted(set(Design.obs_participant[g])) for g in calls["groups"]] == [[0], [1]]  # each participant's own rows
+    monkeypatch.setattr(dl, "grouped_kfold", lambda design, build, settings, k, level, quiet=True: dl.LooResult(level, base.units, base.elpd_i - 1, np.full(30, np.nan), np.array(["kfold"] * 30, dtype=object)))
+    many = dl.LooResult(**{**base.__dict__, "pareto_k": np.full(30, 0.9)})
+    kf = dl.remedy(many, Design, None, None)
+    assert kf.reliable and set(kf.method) == {"kfold"} and kf.elpd == pytest.approx(base.elpd - 30)
+
+
+def test_kfold_groups_are_a_stratified_partition():
+    class Design:
+        treated = np.array([0, 1] * 25, dtype=float)
+        n_participants = 50
+
+    folds = dl.kfold_groups(Design, 5, seed=3)
+    allp = np.concatenate(folds)
+    assert sorted(allp) == list(range(50)) and len(folds) == 5
+    assert all(abs(Design.treated[f].sum() - len(f) / 2) <= 1 for f in folds)
+    assert [list(f) for f in folds] == [list(f) for f in dl.kfold_groups(Design, 5, seed=3)]
+
+
+# ---------------------------------------------------------------- comparison
+
+
+def test_comparison_ranks_true_model_first_and_agrees_with_arviz():
+    truth = trial_idata(seed=31, n=150)
+    y = truth.observed_data["y"].values
+    wide = trial_idata(seed=32, n=150, pred_sd=6.5, y=y)  # same observations, wrong (too wide) predictive
+    shifted = trial_idata(seed=33, n=150, shift={(1.0, 8.0): 2.5, (0.0, 8.0): 2.5}, y=y)
+    fits = {"wide": wide, "truth": truth, "shifted": shifted}
+    check_comparable(fits)
+    for level, fn in (("participant", dl.loo_participants), ("visit", dl.loo_visits)):
+        table = compare({n: fn(i) for n, i in fits.items()})
+        assert table.index[0] == "truth" and table.attrs["level"] == level
+        assert table["elpd_diff"].iloc[1] > CLEAR_DIFF_SE * table["dse"].iloc[1]  # a clear case
+        assert "'truth' is clearly preferred" in plain_language(table)
+        if level == "visit":
+            ref = az.compare(fits, method="stacking")
+            for n in fits:
+                assert table.loc[n, "elpd"] == pytest.approx(ref.loc[n, "elpd_loo"], rel=1e-9)
+                assert table.loc[n, "se"] == pytest.approx(ref.loc[n, "se"], rel=1e-9)
+                assert table.loc[n, "dse"] == pytest.approx(ref.loc[n, "dse"], rel=1e-6, abs=1e-9)
+                assert table.loc[n, "weight"] == pytest.approx(ref.loc[n, "weight"], abs=0.02)
+
+
+def test_close_models_are_not_called_different():
+    y = trial_idata(seed=41).observed_data["y"].values
+    a, b = trial_idata(seed=41), trial_idata(seed=42, y=y, pred_sd=4.05)
+    table = compare({"a": dl.loo_visits(a), "b": dl.loo_visits(b)})
+    assert table["elpd_diff"].iloc[1] < CLEAR_DIFF_SE * table["dse"].iloc[1]
+    assert "do not separate them" in plain_language(table)
+
+
+def test_models_on_different_observations_are_refused():
+    a = trial_idata(seed=51)
+    change = trial_idata(seed=51)
+    change.observed_data["y"] = change.observed_data["y"] - 26  # e.g. change scores
+    other = trial_idata(seed=51, checksum="different-data")
+    with pytest.raises(ComparisonError, match="different observed outcome values"):
+        check_comparable({"a": a, "change": change})
+    with pytest.raises(ComparisonError, match="checksums differ"):
+        check_comparable({"a": a, "other": other})
+    assert comparable_groups({"a": a, "b": trial_idata(seed=51), "change": change, "other": other}) == [["a", "b"], ["change"], ["other"]]
+    with pytest.raises(ComparisonError, match="different participants"):
+        compare({"a": dl.loo_participants(a), "small": dl.loo_participants(trial_idata(seed=52, n=50))})

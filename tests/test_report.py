@@ -1,0 +1,139 @@
+"""The HTML report and diagnose.py: content, self-containment, rendering in headless Chromium.
+
+The run is built from hand-made fits (tests/test_diagnostics.py `trial_idata`), so no sampling is needed.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+import shutil
+import subprocess
+
+import pandas as pd
+import pytest
+
+import diagnose
+from diagnostics.convergence import RHAT_MAX
+from diagnostics.run import diagnose_run, write_outputs
+from models.idata_io import save_idata
+from test_diagnostics import trial_idata
+
+pytestmark = pytest.mark.unit
+
+ESTIMATES = pd.DataFrame(
+    [
+        {"quantity": "nac - placebo mean MADRS at week 8", "week": 8, "marker": "", "unit": "MADRS points", "mean": -1.2, "sd": 0.8,
+         "hdi_3%": -2.7, "hdi_97%": 0.3, "p_below_0": 0.93, "mcse_mean": 0.01, "p_below_-2": 0.16},
+    ]
+)
+
+
+@pytest.fixture(scope="module")
+def fits():
+    truth = trial_idata(seed=61, n=100)
+    wide = trial_idata(seed=62, n=100, pred_sd=7.0, y=truth.observed_data["y"].values)
+    return {"truth": truth, "wide": wide}
+
+
+@pytest.fixture(scope="module")
+def rendered(fits, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("run")
+    run = diagnose_run(fits, {"truth": ESTIMATES}, title="Hand-built trial", log=lambda m: None)
+    path = write_outputs(run, folder)
+    return run, folder, path, path.read_text(encoding="utf-8")
+
+
+def test_report_has_every_section_and_is_self_contained(rendered):
+    run, folder, path, text = rendered
+    assert text.startswith("<!DOCTYPE html>") and text.rstrip().endswith("</html>")
+    # data summary: participants by arm, visits and dropout by week, biomarker availability
+    assert "100 participants (nac: 50, placebo: 50)" in text
+    assert "Visits observed and dropout by week" in text and "No biomarkers in this dataset." in text
+    # convergence table and verdict with the named thresholds
+    assert f"R-hat &le; {RHAT_MAX}" in text and 'class="pass">PASS' in text
+    # effect estimates with probability statements
+    assert "posterior probability that the treatment arm is better (difference &lt; 0): 0.93" in text
+    assert "that the benefit exceeds 2 points: 0.16" in text
+    # PPC: the miscalibrated model's flags are listed, the calibrated one has none
+    assert "LOO-PIT not uniform" in text and "No check flagged" in text
+    # LOO comparison with its plain-language line; priors
+    assert html.escape(run.plain_language["participant"]) in text and "&#x27;truth&#x27; is clearly preferred" in text
+    assert "Normal(mu=30, sigma=15)" in text and "mid-scale" in text
+    # images embedded, nothing fetched from anywhere
+    n_img = len(re.findall(r'<img alt="[^"]*" src="data:image/png;base64,[A-Za-z0-9+/=]+">', text))
+    assert n_img == sum(len(m.figures) for m in run.models.values()) + len(run.figures) and n_img >= 10
+    assert not re.search(r'(src|href)="(https?:|//|file:)', text) and "<script" not in text and "<link" not in text
+    for name in ("comparison_participant.csv", "comparison_visit.csv", "comparison.txt", "truth/ppc_trajectory.csv", "wide/loo_participant.csv", "wide/figures/loo_pit.png"):
+        assert (folder / name).is_file(), name
+    table = pd.read_csv(folder / "comparison_participant.csv", index_col=0)
+    assert table.index[0] == "truth" and table["weight"].sum() == pytest.approx(1.0)
+
+
+def chromium() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
+        if path := shutil.which(name):
+            return path
+    return None
+
+
+CHECKER = """<script>
+window.__errors = [];
+window.addEventListener('error', function (e) { window.__errors.push(String(e.message || e.type)); }, true);
+window.addEventListener('load', function () {
+  var imgs = document.images, ok = 0;
+  for (var i = 0; i < imgs.length; i++) { if (imgs[i].complete && imgs[i].naturalWidth > 0) ok++; }
+  var d = document.createElement('div'); d.id = 'render-check';
+  d.textContent = 'images ' + ok + '/' + imgs.length + ' errors ' + window.__errors.length;
+  document.body.appendChild(d);
+});
+</script>"""
+
+
+def test_report_renders_in_headless_chromium(rendered, tmp_path):
+    exe = chromium()
+    if exe is None:
+        pytest.skip("chromium is not installed (apt-get install chromium; .ci/run installs it when run as root)")
+    _, _, path, text = rendered
+    probe = tmp_path / "probe.html"  # the shipped report has no script: a copy gets the checker
+    probe.write_text(text.replace("<head>", "<head>" + CHECKER, 1), encoding="utf-8")
+    profile = tmp_path / "profile"
+    cmd = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync",
+           "--no-first-run", f"--user-data-dir={profile}", "--virtual-time-budget=10000", "--dump-dom", probe.as_uri()]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    n = text.count("<img ")
+    assert f'<div id="render-check">images {n}/{n} errors 0</div>' in res.stdout, res.stdout[-500:]
+    assert "Model comparison (leave-one-out)" in res.stdout and "Posterior predictive checks" in res.stdout
+    shot = tmp_path / "shot.png"  # and the unmodified report paints
+    res = subprocess.run([*cmd[:-2], "--window-size=1200,2000", f"--screenshot={shot}", path.as_uri()], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert res.returncode == 0 and shot.is_file() and shot.stat().st_size > 20_000
+
+
+def saved_results(fits, folder):
+    for name, idata in fits.items():
+        save_idata(idata, folder / name / "idata.nc")
+    ESTIMATES.to_csv(folder / "truth" / "estimates.csv", index=False)
+    return folder
+
+
+def test_diagnose_cli_reruns_on_saved_results(fits, tmp_path, capsys):
+    folder = saved_results(fits, tmp_path / "results")
+    assert diagnose.main([str(folder), "--remission-cutoff", "10", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "comparison (participant level): For predicting new participants" in out and "'truth' is clearly preferred" in out
+    text = (folder / "report.html").read_text()
+    assert "remission (&lt;= 10)" in text
+    assert pd.read_csv(folder / "truth" / "ppc_rates.csv")["statistic"].str.contains("remission").any()
+
+
+def test_diagnose_cli_bad_input_exits_2(fits, tmp_path, capsys):
+    assert diagnose.main([str(tmp_path / "nowhere")]) == 2
+    assert "no results folder" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert diagnose.main([str(tmp_path / "empty")]) == 2
+    assert "no fitted model" in capsys.readouterr().err
+    folder = saved_results(fits, tmp_path / "results")
+    assert diagnose.main([str(folder), "--kfold", "2"]) == 2  # refits need the original dataset
+    assert "cannot refit" in capsys.readouterr().err
+    assert diagnose.main([str(folder), "--kfold", "1"]) == 2
