@@ -104,6 +104,32 @@ def agreement_section(out: Path) -> list[str]:
     return lines
 
 
+def reference_section(out: Path) -> list[str]:
+    from .reference import REFERENCE_DIR, TOLERANCE_MCSE
+
+    lines = ["## Reference posteriors", ""]
+    files = sorted(REFERENCE_DIR.glob("*.json"))
+    if not files:
+        return lines + ["(none generated yet)", ""]
+    rows = []
+    for f in files:
+        ref = json.loads(f.read_text(encoding="utf-8"))
+        st = ref["settings"]
+        pars = ref["parameters"]
+        rows.append({"file": f"reference/{f.name}", "parameters": len(pars), "chains x draws": f"{st['chains']} x {st['draws']}",
+                     "divergences": ref["divergences"], "min ess_bulk": float(min(p["ess_bulk"] for p in pars.values())),
+                     "max r_hat": float(max(p["r_hat"] for p in pars.values())), "fit time": _minutes(ref["seconds"])})
+    lines += [
+        "Posterior mean, SD and MCSE of every population-level parameter of each registered model on the default dataset "
+        "(`python -m validation.run --reference`); the slow test `tests/test_validation_reference.py` refits with another seed "
+        f"and requires each mean within {TOLERANCE_MCSE:g} combined MCSE of the reference.",
+        "",
+        _table(pd.DataFrame(rows)),
+        "",
+    ]
+    return lines
+
+
 def build_report(out: Path) -> str:
     lines = [
         "# Statistical validation results",

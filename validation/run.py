@@ -133,6 +133,23 @@ def check_agreement(reps: int, seed: int, out: Path, cores: int) -> dict:
     return info
 
 
+def check_reference(models: list[str], report: Path | None, out: Path) -> None:
+    from models import registry
+
+    from .reference import generate_reference
+
+    for name in models or list(registry.REGISTRY):
+        log(f"reference posterior: {name}")
+        try:
+            ref = generate_reference(name)
+        except Exception as exc:  # one model failing must not lose the others; the report lists what exists
+            log(f"reference posterior for {name} failed: {type(exc).__name__}: {exc}")
+            continue
+        log(f"  {len(ref['parameters'])} parameters, {ref['divergences']} divergences, {ref['seconds']:.0f} s")
+        if report:
+            write_report(out, report)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description="Statistical validation: SBC, coverage, frequentist agreement, reference posteriors")
     ap.add_argument("--all", action="store_true", help="run every check")
@@ -159,6 +176,8 @@ def main(argv=None) -> int:
     if args.agreement or args.all:
         check_agreement(args.agreement_reps, args.seed, args.out, args.cores)
         write_report(args.out, report)
+    if args.reference is not None or args.all:
+        check_reference(args.reference or [], report, args.out)
     for name in sbc_models or []:
         check_sbc(name, args.sbc_reps, args.seed, args.out, args.cores, report)
     return 0

@@ -1,0 +1,132 @@
+"""Reference posteriors, posteriordb style: `reference/{data}-{model}.json` per registered model.
+
+Each file holds the posterior mean, SD, MCSE of the mean, bulk ESS and R-hat of every
+population-level parameter (variables with at most MAX_ELEMENTS elements per draw: participant-level
+and per-observation latent values are left out), with the sampler settings and package versions
+that made it. `check_reference` refits with another seed and compares each mean with the reference
+within TOLERANCE_MCSE combined Monte Carlo standard errors, so a silent change in a model is caught.
+
+    python -m validation.run --reference            # regenerate every registered model's reference
+    python -m validation.run --reference mmrm null  # only these
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from importlib.metadata import version
+from pathlib import Path
+
+import arviz as az
+import numpy as np
+
+from models.sampling import SamplerSettings, sample_posterior
+
+HERE = Path(__file__).resolve().parent
+REFERENCE_DIR = HERE / "reference"
+DEFAULT_DATA = HERE.parent / "data" / "default"
+MAX_ELEMENTS = 40  # variables with more elements per draw (participant- or visit-level) are not summarised
+TOLERANCE_MCSE = 5.0  # |new mean - reference mean| <= this x sqrt(MCSE_ref^2 + MCSE_new^2)
+REFERENCE_SETTINGS = SamplerSettings(draws=1000, tune=1000, chains=2, cores=2, seed=20260101)
+CHECK_SEED = 7  # the check refits with a different seed: agreement is statistical, not a replay
+
+
+def reference_path(model: str, data: str = "default", folder: Path = REFERENCE_DIR) -> Path:
+    return folder / f"{data}-{model}.json"
+
+
+def versions() -> dict:
+    return {"python": platform.python_version(), **{p: version(p) for p in ("pymc", "pytensor", "nutpie", "arviz", "numpy")}}
+
+
+def summarise_posterior(posterior) -> dict[str, dict]:
+    """{'var[coord,...]': {mean, sd, mcse_mean, ess_bulk, r_hat}} for the small variables of a posterior."""
+    out = {}
+    for var in posterior.data_vars:
+        da = posterior[var]
+        if da.size / (da.sizes["chain"] * da.sizes["draw"]) > MAX_ELEMENTS:
+            continue
+        extra = [d for d in da.dims if d not in ("chain", "draw")]
+        stacked = da.stack(_element=extra) if extra else da.expand_dims("_element", axis=-1)
+        for i in range(stacked.sizes["_element"]):
+            x = stacked.values[..., i]
+            if not np.all(np.isfinite(x)) or np.ptp(x) == 0:
+                continue  # constants (e.g. a correlation matrix's diagonal) have no Monte Carlo error
+            if extra:
+                key = stacked["_element"].values[i]
+                key = key if isinstance(key, tuple) else (key,)
+                name = f"{var}[{','.join(str(k) for k in key)}]"
+            else:
+                name = var
+            out[name] = {
+                "mean": float(x.mean()), "sd": float(x.std(ddof=1)), "mcse_mean": float(az.mcse(x, method="mean")),
+                "ess_bulk": float(az.ess(x)), "r_hat": float(az.rhat(x)),
+            }
+    return out
+
+
+def fit_model(model_name: str, data_dir: Path, settings: SamplerSettings):
+    from data import load_dataset
+    from models import registry
+    from models.design import build_design
+
+    spec = registry.get(model_name)
+    design = build_design(load_dataset(data_dir))
+    model = spec.build(design)
+    idata, timings = sample_posterior(model, settings, quiet=True)
+    return idata, timings
+
+
+def generate_reference(model_name: str, data_dir: Path = DEFAULT_DATA, data_label: str = "default",
+                       settings: SamplerSettings = REFERENCE_SETTINGS, folder: Path = REFERENCE_DIR) -> dict:
+    t0 = time.perf_counter()
+    idata, timings = fit_model(model_name, data_dir, settings)
+    ref = {
+        "data": data_label,
+        "model": model_name,
+        "likelihood": "normal",
+        "settings": settings.__dict__,
+        "versions": versions(),
+        "divergences": int(idata.sample_stats["diverging"].sum()),
+        "seconds": time.perf_counter() - t0,
+        "compile_s": timings.get("compile_s"),
+        "parameters": summarise_posterior(idata.posterior),
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    path = reference_path(model_name, data_label, folder)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(ref, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    tmp.replace(path)
+    return ref
+
+
+def load_reference(path: Path) -> dict:
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def compare_to_reference(ref: dict, new: dict[str, dict], tolerance: float = TOLERANCE_MCSE) -> list[str]:
+    """Problems found: parameters missing on either side or means further apart than `tolerance` combined MCSE."""
+    problems = []
+    old = ref["parameters"]
+    for name in sorted(set(old) | set(new)):
+        if name not in new:
+            problems.append(f"{name}: in the reference but not in the new fit")
+            continue
+        if name not in old:
+            problems.append(f"{name}: in the new fit but not in the reference")
+            continue
+        se = np.hypot(old[name]["mcse_mean"], new[name]["mcse_mean"])
+        diff = new[name]["mean"] - old[name]["mean"]
+        if abs(diff) > tolerance * se:
+            problems.append(f"{name}: mean {new[name]['mean']:.4g} vs reference {old[name]['mean']:.4g} "
+                            f"({abs(diff) / se:.1f} combined MCSE > {tolerance})")
+    return problems
+
+
+def check_reference(path: Path, data_dir: Path = DEFAULT_DATA, seed: int = CHECK_SEED) -> tuple[list[str], dict]:
+    ref = load_reference(path)
+    settings = SamplerSettings(**{**ref["settings"], "seed": seed})
+    idata, _ = fit_model(ref["model"], data_dir, settings)
+    new = summarise_posterior(idata.posterior)
+    return compare_to_reference(ref, new), new
