@@ -24,6 +24,7 @@ warnings.filterwarnings("ignore", category=FutureWarning, module="arviz")
 
 DEFAULT_GRID = (40, 60, 80, 100, 130, 160, 200)
 DEFAULT_EFFECTS = (-2.0, -3.0)
+AUTO_PARALLEL_WORK = 4e7  # simulated participants: ~20 s on one core, where 2 processes start paying off
 
 
 def _allocation(text: str) -> float:
@@ -79,7 +80,9 @@ def parse_args(argv):
     run.add_argument("--sims", type=int, default=1000, help="simulated trials per design and scenario")
     run.add_argument("--chunk-size", type=int, default=250, help="simulated trials per task (fixed: results do not depend on workers)")
     run.add_argument("--seed", type=int, default=1)
-    run.add_argument("--workers", type=int, default=2, help="local worker processes (a Dask LocalCluster); 1 = run in this process")
+    run.add_argument("--workers", type=int, default=None,
+                     help="local worker processes (a Dask LocalCluster); 1 = run in this process; default: one per core when the run is "
+                     f"big enough to repay the cluster's start-up (over {AUTO_PARALLEL_WORK:.0e} simulated participants), else 1")
     run.add_argument("--scheduler", default=None, metavar="ADDRESS", help="run on the Dask cluster at this scheduler address instead")
     run.add_argument("--mcmc-check", type=int, default=0, metavar="K", help="also analyse K simulated trials by MCMC and report the decision agreement")
     run.add_argument("--out", type=Path, default=Path("results/plan"), help="output folder")
@@ -91,7 +94,7 @@ def parse_args(argv):
     if any(n < 2 for n in args.n_per_arm):
         ap.error("--n-per-arm values must be at least 2")
     for name in ("sims", "chunk_size", "workers"):
-        if getattr(args, name) < 1:
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             ap.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.max_draws is not None and args.max_draws < 1:
         ap.error("--max-draws must be at least 1")
@@ -160,6 +163,11 @@ def main(argv=None) -> int:
         params, spec = build(args)
     except PlanningError as exc:
         return fail(str(exc))
+    if args.workers is None:
+        import os
+
+        work = spec.sims * len(spec.scenarios) * sum(d.n_total for d in spec.designs)
+        args.workers = (os.cpu_count() or 1) if work > AUTO_PARALLEL_WORK else 1
     log = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
     d0 = spec.designs[0]
     log(
