@@ -7,6 +7,7 @@ MADRS, HAM-D or BDI trials with other visit schedules.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -96,6 +97,9 @@ def read_text_file(path: Path, limit: int | None = None) -> str:
         raise DatasetError([Problem(name, "contains NUL bytes: it is a binary file, not text.", lines=(line,), fix="export the data as a UTF-8 text file")])
     return text
 
+
+# What a unit string may contain (e.g. pg/mL, mg/L, 10^9/L, µmol/L, %): catches stray separators and blanks.
+UNIT_TEXT = re.compile(r"^[A-Za-z0-9µμ%/.^*·() -]*[A-Za-zµμ%]+[A-Za-z0-9µμ%/.^*·() -]*$")
 
 # Known rating scales: name -> (min, max). Used only to give helpful defaults and messages.
 KNOWN_SCALES = {"madrs": (0, 60), "hamd": (0, 52), "hamd17": (0, 52), "bdi": (0, 63), "bdi2": (0, 63)}
@@ -272,6 +276,10 @@ def parse_meta(text: str) -> DatasetMeta:
     units = bio.get("units", {}) if bio else {}
     if not isinstance(units, dict) or not all(isinstance(v, str) for v in units.values()):
         raise _bad("[biomarkers.units] must map each marker name to a unit string.", "biomarkers.units", "e.g. il6 = \"pg/mL\"")
+    for k, v in units.items():
+        if not UNIT_TEXT.match(v):
+            raise _bad(f"unit of '{k}' is {v!r}, which is not a unit (letters, digits, µ, /, %, ., ^, spaces).", "biomarkers.units",
+                       'write the unit as the lab reports it, e.g. "pg/mL", "mg/L", "ng/mL"')
     lods = bio.get("detection_limit", {}) if bio else {}
     if not isinstance(lods, dict):
         raise _bad("[biomarkers.detection_limit] must map marker names to numbers.", "biomarkers.detection_limit", "e.g. il6 = 0.7")

@@ -232,6 +232,7 @@ ERRORS = [
     Case("toml_bad_mapping", toml_edit("treatment_end = 12", 'treatment_end = 12\nmap_unscheduled = "closest"'), ("map_unscheduled must be one of ['none', 'nearest']",)),
     Case("toml_window_without_mapping", toml_edit("treatment_end = 12", "treatment_end = 12\nwindow = 1"), ("window is set but map_unscheduled",)),
     Case("toml_negative_lod", toml_edit("il6 = 0.7", "il6 = -0.7"), ("detection limit of 'il6' must be a positive number",)),
+    Case("toml_bad_unit", toml_edit('crp = "mg/L"', 'crp = "mg,L"'), ("unit of 'crp' is 'mg,L', which is not a unit",)),
     Case("toml_lod_unknown_marker", toml_edit("il6 = 0.7", "il6 = 0.7\ntnf = 1.0"), ("detection limit given for marker 'tnf'",)),
 ]
 
