@@ -1,0 +1,72 @@
+"""Leave-out refits on a real (tiny) fit: exact leave-one-participant-out agrees with PSIS where PSIS is
+reliable, and grouped K-fold runs end to end. A cheap pooled model keeps each refit to seconds."""
+
+from __future__ import annotations
+
+import numpy as np
+import pymc as pm
+import pytest
+import xarray as xr
+
+from diagnostics import loo as dl
+from models import build_design
+from models.sampling import SamplerSettings, sample_posterior
+
+SETTINGS = SamplerSettings(sampler="pymc", draws=600, tune=300, chains=2, cores=1, seed=11)
+
+
+def pooled(design) -> pm.Model:
+    """y ~ Normal(a + b t1 + c t2, s): no participant effects, so each participant has little influence."""
+    with pm.Model(coords={"obs": np.arange(len(design.y))}) as model:
+        t1 = pm.Data("t1", design.t1, dims="obs")
+        t2 = pm.Data("t2", design.t2, dims="obs")
+        pm.Data("obs_participant", design.obs_participant, dims="obs")
+        a = pm.Normal("a", 28, 10)
+        b = pm.Normal("b", -10, 10)
+        c = pm.Normal("c", 0, 10)
+        s = pm.HalfNormal("s", 10)
+        pm.Normal("y", a + b * t1 + c * t2, s, observed=design.y, dims="obs")
+    return model
+
+
+@pytest.fixture(scope="module")
+def design(small_trial):
+    return build_design(small_trial)
+
+
+@pytest.fixture(scope="module")
+def full_fit(design):
+    idata, _ = sample_posterior(pooled(design), SETTINGS, quiet=True)
+    with pooled(design):
+        pm.compute_log_likelihood(idata, extend_inferencedata=True, progressbar=False)
+    idata.add_groups(constant_data=xr.Dataset({"obs_participant": ("obs", design.obs_participant)}, coords={"participant": design.participants}))
+    return idata
+
+
+@pytest.mark.smoke
+def test_exact_refit_agrees_with_psis_when_k_is_small(design, full_fit):
+    psis = dl.loo_participants(full_fit)
+    assert psis.reliable and np.nanmax(psis.pareto_k) < dl.PARETO_K_MAX
+    worst = int(np.argmin(psis.elpd_i))  # the worst-predicted participant: the most influential one
+    exact = dl.heldout_elpd(design, pooled, [np.nonzero(design.obs_participant == worst)[0]], SETTINGS)
+    assert exact[0] == pytest.approx(psis.elpd_i[worst], abs=0.3)  # Monte Carlo error of both estimates
+    assert exact[0] < np.median(psis.elpd_i) - 1  # far from a typical participant, as PSIS says
+
+
+@pytest.mark.slow
+def test_exact_refits_for_several_participants(design, full_fit):
+    psis = dl.loo_participants(full_fit)
+    picks = [int(np.argmax(psis.elpd_i)), 5, 17]
+    exact = dl.heldout_elpd(design, pooled, [np.nonzero(design.obs_participant == p)[0] for p in picks], SETTINGS)
+    np.testing.assert_allclose(exact, psis.elpd_i[picks], atol=0.3)
+
+
+@pytest.mark.slow
+def test_grouped_kfold_close_to_psis_for_a_pooled_model(design, full_fit):
+    psis = dl.loo_participants(full_fit)
+    kf = dl.grouped_kfold(design, pooled, SETTINGS, k=4)
+    assert set(kf.method) == {"kfold"} and np.isfinite(kf.elpd_i).all()
+    assert list(kf.units) == list(psis.units)
+    # each refit sees 3/4 of the participants; for a pooled model with 60 participants that barely matters
+    assert abs(kf.elpd - psis.elpd) < 0.01 * abs(psis.elpd)
+    assert np.corrcoef(kf.elpd_i, psis.elpd_i)[0, 1] > 0.99 and np.abs(kf.elpd_i - psis.elpd_i).max() < 3
