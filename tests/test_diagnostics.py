@@ -293,6 +293,7 @@ def test_kfold_groups_are_a_stratified_partition():
 # ---------------------------------------------------------------- comparison
 
 
+@pytest.mark.filterwarnings("ignore:The inplace keyword in DataFrame.sort_values")  # inside az.compare
 def test_comparison_ranks_true_model_first_and_agrees_with_arviz():
     truth = trial_idata(seed=31, n=150)
     y = truth.observed_data["y"].values
