@@ -16,12 +16,13 @@ Change from baseline of participant i at post-baseline visit v (weeks after week
 Participants with no post-baseline visit carry no information in a change-from-baseline model and
 are left out, as in the frequentist analysis. Missing visits are integrated out: each participant
 contributes the multivariate normal density of the visits they attended. Participants are grouped
-by missingness pattern; a monotone (drop-out) pattern uses the leading block of Sigma's Cholesky
-factor, other patterns the Cholesky factor of their own sub-matrix. The density is stored per
-observation as the sequential conditional log density of a visit given the participant's earlier
-attended visits (the standardised innovation of the triangular solve), so the values of one
-participant sum to its marginal log density: pointwise LOO predicts a visit from the earlier ones,
-and summing per participant ('obs_participant' in constant_data) gives leave-one-participant-out.
+by missingness pattern: all drop-out (monotone) patterns share one triangular solve with Sigma's
+Cholesky factor (forward substitution only looks back); a pattern with an intermittent gap uses
+the Cholesky factor of its own block of Sigma. The density is stored per observation as the
+sequential conditional log density of a visit given the participant's earlier attended visits
+(the standardised innovation of the triangular solve), so the values of one participant sum to
+its marginal log density: pointwise LOO predicts a visit from the earlier ones, and summing per
+participant ('obs_participant' in constant_data) gives leave-one-participant-out.
 Normal likelihood only.
 """
 
@@ -117,26 +118,41 @@ def mmrm_data(design: TrialDesign) -> MMRMData:
     )
 
 
-def _conditional_logp(patterns):
-    """Per-observation sequential conditional normal log density, one block per missingness pattern."""
+def _conditional_logp(patterns, n_visits: int):
+    """Per-observation sequential conditional normal log density over each participant's attended visits.
+
+    Forward substitution only looks back, so for drop-out (prefix) patterns one triangular solve with
+    Sigma's Cholesky factor L, on residuals padded with zeros after drop-out, gives every participant's
+    innovations at once. A pattern with an intermittent gap uses the Cholesky factor of its own
+    observed block of Sigma.
+    """
+    prefix = [(vis, start, n_p) for vis, start, n_p, is_prefix in patterns if is_prefix]
+    gaps = [(vis, start, n_p) for vis, start, n_p, is_prefix in patterns if not is_prefix]
+    # the prefix patterns, laid out as one (participant, visit) matrix padded with zeros
+    n_pre = sum(n_p for _, _, n_p in prefix)
+    pre_src = np.concatenate([np.arange(start, start + n_p * len(vis)) for vis, start, n_p in prefix]) if prefix else np.zeros(0, int)
+    pre_row = np.concatenate([np.repeat(np.arange(n_p), len(vis)) + sum(q[2] for q in prefix[:i]) for i, (vis, _, n_p) in enumerate(prefix)]) if prefix else pre_src
+    pre_col = np.concatenate([np.tile(vis, n_p) for vis, _, n_p in prefix]) if prefix else pre_src
+
+    def innovations(lower, r):
+        e = solve_triangular(lower, r.T, lower=True)  # (visit, participant)
+        return -0.5 * e.T**2 - pt.log(pt.diag(lower))[None, :] - 0.5 * _LOG_2PI
 
     def logp(value, mu, chol):
         chol = chol[(0,) * (chol.ndim - 2)]  # PyMC adds a length-1 batch dim to the core (v, v) parameter
         resid = value - mu
-        cov = None
-        parts = []
-        for vis, start, n_p, prefix in patterns:
-            k = len(vis)
-            r = resid[start : start + n_p * k].reshape((n_p, k))
-            if prefix:
-                lower = chol[:k, :k]
-            else:
-                cov = pt.dot(chol, chol.T) if cov is None else cov
-                lower = cholesky(cov[vis][:, vis])
-            e = solve_triangular(lower, r.T, lower=True)  # (k, n_p) standardised innovations
-            lp = -0.5 * e**2 - pt.log(pt.diag(lower))[:, None] - 0.5 * _LOG_2PI
-            parts.append(lp.T.reshape((n_p * k,)))
-        return pt.concatenate(parts) if len(parts) > 1 else parts[0]
+        out = pt.zeros_like(resid)
+        if prefix:
+            wide = pt.zeros((n_pre, n_visits))[pre_row, pre_col].set(resid[pre_src])
+            out = out[pre_src].set(innovations(chol, wide)[pre_row, pre_col])
+        if gaps:
+            cov = pt.dot(chol, chol.T)
+            for vis, start, n_p in gaps:
+                k = len(vis)
+                r = resid[start : start + n_p * k].reshape((n_p, k))
+                lp = innovations(cholesky(cov[vis][:, vis]), r)
+                out = out[start : start + n_p * k].set(lp.reshape((n_p * k,)))
+        return out
 
     return logp
 
@@ -199,7 +215,7 @@ def build_mmrm(design: TrialDesign, priors: dict | None = None, likelihood: str 
             "change",
             mu,
             chol,
-            logp=_conditional_logp(d.patterns),
+            logp=_conditional_logp(d.patterns, nv),
             random=_random(len(d.rows), d.obs_row, d.obs_visit),
             signature="(),(v,v)->()",
             observed=d.obs_change,

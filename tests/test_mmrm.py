@@ -1,0 +1,230 @@
+"""Bayesian MMRM: data layout, exact marginal likelihood, priors, and agreement with a REML MMRM."""
+
+from __future__ import annotations
+
+import arviz as az
+import numpy as np
+import pymc as pm
+import pytest
+from scipy import optimize
+from scipy.stats import multivariate_normal
+
+import fit
+from data import DEFAULT_DATASET, TrialParameters, load_dataset, simulate_trial
+from models import build_design, get
+from models.mmrm import mmrm_data
+from models.sampling import SamplerSettings, sample_all
+
+
+@pytest.fixture(scope="module")
+def design(small_trial):
+    return build_design(small_trial)
+
+
+@pytest.fixture(scope="module")
+def design_nobio(tmp_path_factory):
+    trial = simulate_trial(TrialParameters(n_participants=40, seed=12, dropout_by_last_week=0.4, intermittent_missing=0.1))
+    trial.biomarkers = trial.biomarkers.iloc[0:0]
+    folder = tmp_path_factory.mktemp("nobio_mmrm") / "t"
+    trial.write(folder)
+    return build_design(load_dataset(folder))
+
+
+# --- an independent REML MMRM (unstructured covariance, GLS for the mean), straight from the Dataset
+
+
+def reml_mmrm(ds):
+    """REML fit of change ~ visit + visit:arm + visit:baseline + site, unstructured covariance.
+
+    Returns (beta, covariance of beta, names). Written from the loaded Dataset, sharing no code with
+    the Bayesian model, as an independent reference.
+    """
+    score = ds["score"].values
+    change = score[:, 1:] - score[:, [0]]
+    keep = ~np.isnan(change).all(axis=1)
+    change, base = change[keep], score[keep, 0]
+    treated = ds["treated"].values[keep].astype(float)
+    sites, site_idx = np.unique(ds["site"].values[keep], return_inverse=True)
+    n, nv = change.shape
+    eye = np.eye(nv)
+    blocks = [eye[None].repeat(n, 0), eye[None] * treated[:, None, None], eye[None] * (base - base.mean())[:, None, None]]
+    dummies = np.zeros((n, nv, len(sites) - 1))
+    for s in range(1, len(sites)):
+        dummies[site_idx == s, :, s - 1] = 1.0
+    X = np.concatenate(blocks + [dummies], axis=2)  # participant x visit x column
+    names = [f"{k}_{w}" for k in ("visit", "nac", "baseline") for w in ds["week"].values[1:]] + [f"site_{s}" for s in sites[1:]]
+    observed = ~np.isnan(change)
+    groups = {}
+    for i, o in enumerate(observed):
+        groups.setdefault(tuple(np.flatnonzero(o)), []).append(i)
+    groups = [(np.array(k), np.array(v)) for k, v in groups.items()]
+    tril = np.tril_indices(nv)
+
+    def pieces(theta):
+        L = np.zeros((nv, nv))
+        L[tril] = theta
+        L[np.diag_indices(nv)] = np.exp(np.diag(L))
+        S = L @ L.T
+        p = X.shape[2]
+        xtvx, xtvy, yvy, logdet = np.zeros((p, p)), np.zeros(p), 0.0, 0.0
+        for o, members in groups:
+            Vinv = np.linalg.inv(S[np.ix_(o, o)])
+            Xo = X[members][:, o, :]
+            yo = change[members][:, o]
+            xtvx += np.einsum("nkp,kl,nlq->pq", Xo, Vinv, Xo)
+            xtvy += np.einsum("nkp,kl,nl->p", Xo, Vinv, yo)
+            yvy += np.einsum("nk,kl,nl->", yo, Vinv, yo)
+            logdet += len(members) * np.linalg.slogdet(S[np.ix_(o, o)])[1]
+        return xtvx, xtvy, yvy, logdet
+
+    def objective(theta):
+        xtvx, xtvy, yvy, logdet = pieces(theta)
+        beta = np.linalg.solve(xtvx, xtvy)
+        return logdet + (yvy - beta @ xtvy) + np.linalg.slogdet(xtvx)[1]
+
+    cov0 = np.ma.cov(np.ma.masked_invalid(change), rowvar=False).filled(0) + 1e-6 * eye
+    L0 = np.linalg.cholesky(cov0 + 0.1 * np.diag(np.diag(cov0)))
+    L0[np.diag_indices(nv)] = np.log(np.diag(L0))
+    res = optimize.minimize(objective, L0[tril], method="BFGS", options={"gtol": 1e-6, "maxiter": 2000})
+    xtvx, xtvy, _, _ = pieces(res.x)
+    return np.linalg.solve(xtvx, xtvy), np.linalg.inv(xtvx), names
+
+
+# --- structure
+
+
+@pytest.mark.unit
+def test_mmrm_data_layout(design_nobio):
+    d = mmrm_data(design_nobio)
+    n = design_nobio.n_participants
+    wide = np.full((n, len(design_nobio.weeks)), np.nan)
+    wide[design_nobio.obs_participant, np.searchsorted(design_nobio.weeks, design_nobio.obs_week)] = design_nobio.y
+    no_post = np.isnan(wide[:, 1:]).all(axis=1)
+    assert d.n_excluded == int(no_post.sum())
+    np.testing.assert_array_equal(d.rows, np.flatnonzero(~no_post))
+    np.testing.assert_allclose(d.change, wide[~no_post, 1:] - wide[~no_post, :1])
+    np.testing.assert_allclose(d.obs_change, d.change[d.obs_row, d.obs_visit])
+    assert len(d.obs_change) == int((~np.isnan(d.change)).sum())
+    assert any(not prefix for *_, prefix in d.patterns), "the fixture must have intermittent (non-monotone) gaps"
+    for vis, start, n_p, prefix in d.patterns:  # each pattern block is contiguous, one participant after another
+        rows = d.obs_row[start : start + n_p * len(vis)].reshape(n_p, len(vis))
+        assert (rows == rows[:, :1]).all()
+        np.testing.assert_array_equal(d.obs_visit[start : start + n_p * len(vis)].reshape(n_p, len(vis)), np.tile(vis, (n_p, 1)))
+
+
+@pytest.mark.unit
+def test_log_likelihood_is_the_marginal_normal_of_attended_visits(design_nobio):
+    """Sum over a participant's observations = scipy's multivariate normal over their attended visits."""
+    model = get("mmrm").build(design_nobio)
+    d = mmrm_data(design_nobio)
+    rng = np.random.default_rng(1)
+    point = {k: v + rng.normal(0, 0.4, size=np.shape(v)) for k, v in model.initial_point().items()}
+    per_obs = model.compile_fn(model.logp(vars=[model["change"]], sum=False)[0], inputs=model.value_vars, on_unused_input="ignore")(point)
+    names = ["visit_sd", "visit_corr", "visit_mean", "nac_visit_effect", "baseline_slope", "site_effect"]
+    sd, corr, vm, nac, slope, site = model.compile_fn(model.replace_rvs_by_values([model[v] for v in names]), inputs=model.value_vars, on_unused_input="ignore")(point)
+    cov = np.outer(sd, sd) * corr
+    base = d.baseline - d.baseline.mean()
+    for i in range(len(d.rows)):
+        o = ~np.isnan(d.change[i])
+        r = d.rows[i]
+        mu = vm + nac * design_nobio.treated[r] + slope * base[i] + site[design_nobio.site_idx[r]]
+        expected = multivariate_normal(mu[o], cov[np.ix_(o, o)]).logpdf(d.change[i][o])
+        assert per_obs[d.obs_row == i].sum() == pytest.approx(expected, rel=1e-9, abs=1e-9)
+
+
+@pytest.mark.unit
+def test_dims_priors_and_prior_predictive(design_nobio, design):
+    for des in (design_nobio, design):  # no biomarkers needed; biomarkers present are ignored
+        model = get("mmrm").build(des)
+        assert np.isfinite(model.point_logps()["change"])
+    dims = model.named_vars_to_dims
+    assert dims["nac_effect"] == ("week",) and dims["change"] == ("obs",)
+    assert dims["nac_visit_effect"] == ("visit",) and dims["visit_corr"] == ("visit", "visit2")
+    assert model.outcome_vars == ["change"]
+    assert set(model.priors_used) == {"visit_mean", "nac_visit_effect", "baseline_slope", "site", "visit_sd", "visit_corr"}
+    with model:
+        prior = pm.sample_prior_predictive(draws=200, random_seed=2)
+    d = mmrm_data(design)
+    score = d.baseline[d.obs_row] + prior.prior_predictive["change"].values.reshape(-1, len(d.obs_row))
+    inside = np.mean((score >= -10) & (score <= 70))
+    assert inside > 0.9, f"only {inside:.0%} of prior predictive scores near the 0-60 range"
+    assert (prior.prior["nac_effect"].sel(week=0).values == 0).all()
+
+
+@pytest.mark.unit
+def test_normal_likelihood_only(design_nobio, tmp_path, capsys):
+    assert get("mmrm").likelihoods == ("normal",)
+    with pytest.raises(ValueError, match="supports likelihoods"):
+        get("mmrm").build(design_nobio, likelihood="student")
+    assert fit.main(["--model", "mmrm", "--likelihood", "student", "--out", str(tmp_path / "o")]) == 2
+    assert "supports likelihoods" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+# --- fit on the bundled trial: agreement with REML, truth, every InferenceData group
+
+
+@pytest.fixture(scope="module")
+def default_fit():
+    ds = load_dataset(DEFAULT_DATASET)
+    design = build_design(ds)
+    model = get("mmrm").build(design)
+    settings = SamplerSettings(draws=400, tune=400, chains=2, seed=11, prior_draws=20)
+    idata, _ = sample_all(model, settings, quiet=True)
+    return ds, design, idata
+
+
+@pytest.mark.smoke
+def test_bayesian_mmrm_agrees_with_reml(default_fit):
+    """Posterior means of the NAC - placebo difference within 0.25 SE of REML at every visit; SDs
+    within 20% of the REML standard errors (weak priors, n = 252)."""
+    ds, design, idata = default_fit
+    beta, cov, names = reml_mmrm(ds)
+    post = idata.posterior["nac_effect"]
+    for w in design.weeks[1:]:
+        j = names.index(f"nac_{w}")
+        se = np.sqrt(cov[j, j])
+        draws = post.sel(week=w).values.ravel()
+        assert abs(draws.mean() - beta[j]) < 0.25 * se, (w, draws.mean(), beta[j], se)
+        assert 0.8 < draws.std() / se < 1.2, (w, draws.std(), se)
+    for w in design.weeks[1:]:  # baseline x visit too
+        j = names.index(f"baseline_{w}")
+        se = np.sqrt(cov[j, j])
+        assert abs(idata.posterior["baseline_slope"].sel(visit=w).values.mean() - beta[j]) < 0.25 * se
+
+
+@pytest.mark.smoke
+def test_bayesian_mmrm_covers_truth_and_stores_groups(default_fit):
+    ds, design, idata = default_fit
+    truth = {12: -1.5, 16: -3.0}  # data/default/truth.json
+    for w, t in truth.items():
+        lo, hi = az.hdi(idata.posterior["nac_effect"].sel(week=w).values.ravel(), hdi_prob=0.99)
+        assert lo < t < hi, (w, lo, hi)
+    assert int(idata.sample_stats["diverging"].sum()) == 0
+    n_obs = idata.observed_data["change"].sizes["obs"]
+    assert idata.log_likelihood["change"].sizes["obs"] == n_obs
+    assert idata.posterior_predictive["change"].sizes["obs"] == n_obs
+    assert np.isfinite(idata.log_likelihood["change"].values).all()
+    # posterior predictive change at week 12 resembles the observed one (mean and SD)
+    wk = idata.constant_data["obs_week"].values
+    pp = idata.posterior_predictive["change"].values[..., wk == 12]
+    obs = idata.observed_data["change"].values[wk == 12]
+    assert abs(pp.mean() - obs.mean()) < 1.0 and 0.8 < pp.std() / obs.std() < 1.25
+    loo = az.loo(idata, var_name="change")
+    assert np.isfinite(loo.elpd_loo)
+
+
+@pytest.mark.slow
+def test_bayesian_mmrm_zero_effect_covers_zero(tmp_path):
+    params = TrialParameters(n_participants=252, seed=81, nac_effect_e=0.0, nac_effect_f=0.0, serum_fraction=0.0)
+    simulate_trial(params).write(tmp_path / "t")
+    ds = load_dataset(tmp_path / "t")
+    design = build_design(ds)
+    idata, _ = sample_all(get("mmrm").build(design), SamplerSettings(draws=800, tune=600, chains=2, seed=5, prior_draws=20), quiet=True)
+    beta, cov, names = reml_mmrm(ds)
+    for w in (12, 16):
+        draws = idata.posterior["nac_effect"].sel(week=w).values.ravel()
+        lo, hi = az.hdi(draws, hdi_prob=0.94)
+        assert lo < 0.0 < hi, (w, lo, hi)
+        j = names.index(f"nac_{w}")
+        assert abs(draws.mean() - beta[j]) < 0.25 * np.sqrt(cov[j, j])
