@@ -4,6 +4,7 @@
     python diagnose.py results                        # PPC, LOO, comparison, report.html from the saved fits
     python diagnose.py results --remission-cutoff 10  # another remission definition
     python diagnose.py results --kfold 5              # also run the refits for high Pareto k (needs the data)
+    python diagnose.py results --kfold 5 --refit-levels participant visit
 
 Everything is recomputed from each <model>/idata.nc and written back into the folder (each file
 atomically): convergence, PPC and LOO tables, figures, comparison_*.csv, comparison.txt, report.html.
@@ -30,6 +31,7 @@ def parse_args(argv):
     ap.add_argument("results", type=Path, help="a results folder written by fit.py")
     ap.add_argument("--remission-cutoff", type=float, default=REMISSION_CUTOFF, help="remission: score at or below this")
     ap.add_argument("--kfold", type=int, default=0, help="refit units with high Pareto k (K folds when many); 0: no refits (default)")
+    ap.add_argument("--refit-levels", nargs="+", default=["participant"], choices=("participant", "visit"), help="LOO levels whose high-k units are refitted (with --kfold)")
     ap.add_argument("--seed", type=int, default=None, help="seed for refits (default: the fits' seed)")
     ap.add_argument("--strict", action="store_true", help="exit 1 if any convergence verdict fails")
     ap.add_argument("--quiet", action="store_true")
@@ -98,7 +100,7 @@ def main(argv=None) -> int:
             return fail(str(exc))
     log = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     try:
-        run = diagnose_run(idatas, estimates, design=design, builders=builders, settings=settings, kfold=args.kfold, remission_cutoff=args.remission_cutoff, log=log)
+        run = diagnose_run(idatas, estimates, design=design, builders=builders, settings=settings, kfold=args.kfold, remedy_levels=tuple(args.refit_levels), remission_cutoff=args.remission_cutoff, log=log)
     except ValueError as exc:
         return fail(str(exc))
     report = write_outputs(run, args.results)

@@ -7,7 +7,7 @@
 PSIS is unreliable where the Pareto shape k exceeds PARETO_K_MAX. Those units are never reported
 silently: `remedy` recomputes them by refitting. With at most REFIT_MAX problem units each is left
 out in turn and refitted (exact LOO); with more, every unit is estimated by grouped K-fold
-cross-validation (KFOLD_K folds of participants, stratified by arm). A held-out unit's predictive
+cross-validation (KFOLD_K folds of participants, stratified by arm; at the visit level, folds of visits). A held-out unit's predictive
 density is log mean_s p(y_held | theta_s), where the refit saw none of its scores: its participant
 effects are then draws from the population distribution given its covariates, as for a new patient.
 Refits go through a builder callback `build(design) -> pm.Model` (any registered model, or a cheap
@@ -183,22 +183,31 @@ def kfold_groups(design, k: int, seed: int) -> list[np.ndarray]:
 
 
 def grouped_kfold(design, build: Callable, settings, k: int = KFOLD_K, level: str = "participant", quiet: bool = True) -> LooResult:
-    """Grouped K-fold by participant: elpd of every participant (or, level='visit', every visit) from K refits.
+    """K-fold cross-validation: elpd of every participant (grouped by participant) or every visit, from K refits.
 
-    Each fold's participants are held out together; the fold's elpd is split back to participants by
-    scoring each held-out participant separately against the same refit.
+    level='participant': each fold's participants are held out together (all their visits); the fold's
+    elpd is split back to participants by scoring each held-out participant against the same refit.
+    level='visit': folds are random sets of visits (a participant's other visits stay in), each
+    held-out visit scored on its own, the K-fold counterpart of pointwise LOO.
     """
     import pymc as pm
 
     from models.sampling import sample_posterior
 
-    folds = kfold_groups(design, min(k, design.n_participants), settings.seed)
-    seeds = [int(s.generate_state(1)[0]) for s in np.random.SeedSequence(settings.seed + 1).spawn(len(folds))]
-    observed = np.unique(design.obs_participant)
-    units = np.arange(len(design.y)) if level == "visit" else observed
+    n_obs = len(design.y)
+    if level == "visit":
+        order = np.random.default_rng(settings.seed).permutation(n_obs)
+        masks = [np.isin(np.arange(n_obs), order[f::k]) for f in range(min(k, n_obs))]
+        units = np.arange(n_obs)
+        note = f"{len(masks)}-fold cross-validation by visit ({len(masks)} refits)"
+    else:
+        folds = kfold_groups(design, min(k, design.n_participants), settings.seed)
+        masks = [np.isin(design.obs_participant, members) for members in folds]
+        units = np.unique(design.obs_participant)
+        note = f"grouped {len(masks)}-fold cross-validation by participant ({len(masks)} refits)"
+    seeds = [int(s.generate_state(1)[0]) for s in np.random.SeedSequence(settings.seed + 1).spawn(len(masks))]
     elpd = np.full(len(units), np.nan)
-    for f, members in enumerate(folds):
-        held = np.isin(design.obs_participant, members)
+    for f, held in enumerate(masks):
         if not held.any():
             continue
         train = build(subset_observations(design, ~held))
@@ -216,8 +225,7 @@ def grouped_kfold(design, build: Callable, settings, k: int = KFOLD_K, level: st
             for p in np.unique(pid):
                 elpd[np.searchsorted(units, p)] = float(logsumexp(arr[pid == p].sum(axis=0)) - np.log(arr.shape[1]))
     labels = units if level == "visit" else np.asarray(design.participants)[units]
-    return LooResult(level=level, units=np.asarray(labels), elpd_i=elpd, pareto_k=np.full(len(units), np.nan), method=np.array(["kfold"] * len(units), dtype=object),
-                     notes=[f"grouped {len(folds)}-fold cross-validation by participant ({len(folds)} refits)"])
+    return LooResult(level=level, units=np.asarray(labels), elpd_i=elpd, pareto_k=np.full(len(units), np.nan), method=np.array(["kfold"] * len(units), dtype=object), notes=[note])
 
 
 def remedy(result: LooResult, design, build: Callable, settings, refit_max: int = REFIT_MAX, k: int = KFOLD_K, quiet: bool = True) -> LooResult:

@@ -152,15 +152,16 @@ def apply_remedies(group: list[str], models: dict[str, ModelDiagnostics], design
         return notes
     rs = refit_settings(settings)
     if max(bad.values()) > REFIT_MAX:
-        # grouped K-fold for every model, with the same folds, so differences are paired
+        # K-fold for every model, with the same folds, so differences are paired
+        how = "grouped K-fold cross-validation by participant" if level == "participant" else "K-fold cross-validation by visit"
         for n in group:
-            log(f"  {n}: {bad[n]} {level}(s) with Pareto k > threshold: grouped {kfold}-fold cross-validation by participant ({kfold} refits)")
+            log(f"  {n}: {bad[n]} {level}(s) with Pareto k > threshold: {how.replace('K-fold', f'{kfold}-fold')} ({kfold} refits)")
             kf = grouped_kfold(design, builders[n], rs, k=kfold, level=level)
             old = models[n].loo[level]
             models[n].loo[level] = dataclasses.replace(
                 kf, pareto_k=old.pareto_k, p_loo=old.p_loo, notes=old.notes + kf.notes + [f"{bad[n]} {level}(s) had Pareto k above the threshold; PSIS elpd was {old.elpd:.1f}"]
             )
-        notes.append(f"{level} level: grouped {kfold}-fold cross-validation by participant replaced PSIS for every model (some had more than {REFIT_MAX} units with high Pareto k)")
+        notes.append(f"{level} level: {how.replace('K-fold', f'{kfold}-fold')} replaced PSIS for every model (some had more than {REFIT_MAX} units with high Pareto k)")
     else:
         for n in group:
             if bad[n]:

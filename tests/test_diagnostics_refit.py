@@ -4,6 +4,7 @@ reliable, and grouped K-fold runs end to end. A cheap pooled model keeps each re
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pymc as pm
 import pytest
 import xarray as xr
@@ -70,3 +71,26 @@ def test_grouped_kfold_close_to_psis_for_a_pooled_model(design, full_fit):
     # each refit sees 3/4 of the participants; for a pooled model with 60 participants that barely matters
     assert abs(kf.elpd - psis.elpd) < 0.01 * abs(psis.elpd)
     assert np.corrcoef(kf.elpd_i, psis.elpd_i)[0, 1] > 0.99 and np.abs(kf.elpd_i - psis.elpd_i).max() < 3
+
+
+@pytest.mark.slow
+def test_visit_level_kfold_holds_out_visits_not_participants(design, full_fit):
+    psis = dl.loo_visits(full_fit)
+    kf = dl.grouped_kfold(design, pooled, SETTINGS, k=3, level="visit")
+    assert kf.level == "visit" and len(kf.elpd_i) == len(design.y) and np.isfinite(kf.elpd_i).all()
+    assert abs(kf.elpd - psis.elpd) < 0.01 * abs(psis.elpd)
+
+
+@pytest.mark.slow
+def test_diagnose_cli_refits_saved_fits(small_trial_dir, tmp_path, capsys):
+    import diagnose
+    import fit
+
+    out = tmp_path / "out"
+    assert fit.main(["--data", str(small_trial_dir), "--model", "treatment", "--draws", "300", "--tune", "300", "--chains", "2", "--prior-draws", "10", "--kfold", "0", "--out", str(out), "--quiet"]) == 0
+    assert "not refitted" in (out / "comparison.txt").read_text()
+    capsys.readouterr()
+    assert diagnose.main([str(out), "--kfold", "2", "--quiet"]) == 0
+    table = pd.read_csv(out / "treatment" / "loo_participant.csv")
+    assert set(table["method"]) == {"kfold"} and np.isfinite(table["elpd_i"]).all()
+    assert pd.read_csv(out / "comparison_participant.csv")["reliable"].all()
