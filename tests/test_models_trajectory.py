@@ -1,0 +1,235 @@
+"""Trajectory model family (null, treatment, treatment_curved, moderation): structure, priors, recovery."""
+
+from __future__ import annotations
+
+import arviz as az
+import numpy as np
+import pandas as pd
+import pymc as pm
+import pytest
+
+import fit
+from data import TrialParameters, load_dataset, simulate_trial
+from models import ModelDataError, build_design, get
+from models.moderation import CLINICAL_LEVELS, marker_levels, nac_effect_at_levels
+from models.sampling import SamplerSettings, sample_posterior
+from models.trajectory import curve_basis
+
+FAMILY = ("null", "treatment", "treatment_curved", "moderation")
+NO_BIOMARKERS = ("null", "treatment", "treatment_curved")
+
+
+@pytest.fixture(scope="module")
+def design(small_trial):
+    return build_design(small_trial)
+
+
+@pytest.fixture(scope="module")
+def design_nobio(tmp_path_factory):
+    trial = simulate_trial(TrialParameters(n_participants=30, seed=2))
+    trial.biomarkers = trial.biomarkers.iloc[0:0]
+    folder = tmp_path_factory.mktemp("nobio") / "t"
+    trial.write(folder)
+    return build_design(load_dataset(folder))
+
+
+def _short_fit(model, seed, draws=300, tune=400):
+    idata, _ = sample_posterior(model, SamplerSettings(draws=draws, tune=tune, chains=2, seed=seed), quiet=True)
+    return idata
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("name", FAMILY)
+def test_dims_and_finite_logp_every_likelihood(design, name):
+    spec = get(name)
+    assert set(spec.likelihoods) == {"normal", "student", "censored"}
+    for likelihood in spec.likelihoods:
+        model = spec.build(design, likelihood=likelihood)
+        dims = model.named_vars_to_dims
+        assert dims["y"] == ("obs",)
+        assert dims["time_change"] == ("phase",)
+        assert dims["placebo_change"] == ("week",)
+        assert dims["participant_raw"] == ("participant", "participant_effect")
+        logp = model.point_logps()
+        assert all(np.isfinite(v) for v in logp.values()), (name, likelihood, logp)
+        for var in model.free_RVs + model.deterministics:
+            if var.ndim and var.name != "participant_chol":
+                assert var.name in dims, (name, var.name)
+        assert model.priors_used["time_change"].params["sigma"] == pytest.approx(15.0)
+    if name == "null":
+        assert "nac_change" not in model.named_vars and "nac_effect" not in model.named_vars
+        assert "nac_change" not in model.priors_used
+    else:
+        assert dims["nac_effect"] == ("week",) and dims["nac_change"] == ("phase",)
+    assert ("time_curvature" in model.named_vars) == name.endswith("curved")
+    if name == "moderation":
+        assert dims["nac_marker_moderation"] == ("marker",)
+        assert dims["nac_moderation_per_doubling"] == ("marker",)
+        assert "nac_marker_moderation" in model.priors_used
+    else:
+        assert "marker" not in model.coords and "marker_mean" not in model.priors_used
+
+
+@pytest.mark.unit
+def test_models_without_biomarkers(design_nobio):
+    for name in NO_BIOMARKERS:
+        model = get(name).build(design_nobio)
+        assert np.isfinite(model.point_logps()["y"])
+    for name in ("moderation", "headline"):
+        with pytest.raises(ModelDataError, match="needs baseline biomarkers"):
+            get(name).build(design_nobio)
+
+
+@pytest.mark.unit
+def test_unknown_likelihood_is_refused(design_nobio):
+    with pytest.raises(ValueError, match="unknown likelihood"):
+        get("treatment").build(design_nobio, likelihood="poisson")
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("name", FAMILY)
+def test_prior_predictive_stays_on_scale(design, name):
+    with get(name).build(design) as model:
+        prior = pm.sample_prior_predictive(draws=200, random_seed=5)
+    y = prior.prior_predictive["y"].values.ravel()
+    # a few extreme prior draws of the marker block put a censored latent marker at -inf (shared with headline)
+    assert np.mean(~np.isfinite(y)) < 0.01
+    y = y[np.isfinite(y)]
+    inside = np.mean((y >= -10) & (y <= 70))
+    # weakly informative priors: the bulk (85%; the moderation model's extra terms widen the tails) stays near the scale
+    assert inside > 0.85, f"{name}: only {inside:.0%} of prior predictive scores near the 0-60 range"
+    if name != "null":
+        nac16 = prior.prior["nac_effect"].sel(week=16).values.ravel()
+        assert 0.8 < np.mean(np.abs(nac16) < 20), "prior NAC effects should mostly be below a third of the scale"
+    assert 0 < np.median(y) < 60
+
+
+@pytest.mark.unit
+def test_curve_basis_keeps_phase_meaning_and_nests_straight_model(design):
+    q = curve_basis([0, 0.5, 1.0, 1 / 3])
+    np.testing.assert_allclose(q, [0, 1, 0, 8 / 9])
+    straight = get("treatment").build(design)
+    curved = get("treatment_curved").build(design)
+    point = curved.initial_point()
+    point["time_curvature"] = np.array(0.0)
+    point["nac_curvature"] = np.array(0.0)
+    lp_c = curved.compile_logp(vars=[curved["y"]])(point)
+    lp_s = straight.compile_logp(vars=[straight["y"]])({k: v for k, v in point.items() if k in straight.initial_point()})
+    assert lp_c == pytest.approx(lp_s), "with zero curvature the curved model must equal the straight one"
+    point["time_curvature"] = np.array(-3.0)
+    assert curved.compile_logp(vars=[curved["y"]])(point) != pytest.approx(lp_s)
+
+
+@pytest.mark.unit
+def test_marker_levels_in_natural_units(design, small_trial_dir):
+    levels = marker_levels(design.baseline)
+    assert [v for _, v in levels["crp"]] == list(CLINICAL_LEVELS["crp"][1])
+    raw = pd.read_csv(small_trial_dir / "biomarkers.csv")
+    il6 = raw[(raw.marker == "il6") & (raw.week == 0)]["value"].to_numpy()
+    assert (raw[(raw.marker == "il6") & (raw.week == 0)]["below_lod"]).mean() < 0.25
+    np.testing.assert_allclose([v for _, v in levels["il6"]], np.quantile(il6, [0.25, 0.5, 0.75]), rtol=2e-3)
+    custom = marker_levels(design.baseline, {"bdnf": [20, 30]})
+    assert [v for _, v in custom["bdnf"]] == [20.0, 30.0]
+
+
+@pytest.mark.unit
+def test_nac_effect_at_levels_formula(design):
+    """Rows equal nac_effect + eta_k (ln x - m_k) / s_k by construction of known draws."""
+    rng = np.random.default_rng(0)
+    md = design.baseline
+    nac = rng.normal(-2, 1, size=(2, 50, len(design.weeks)))
+    eta = rng.normal(-1, 0.3, size=(2, 50, len(md.names)))
+    idata = az.from_dict(
+        posterior={"nac_effect": nac, "nac_marker_moderation": eta, "nac_moderation_per_doubling": eta * np.log(2) / md.log_scale},
+        coords={"week": design.weeks, "marker": md.names},
+        dims={"nac_effect": ["week"], "nac_marker_moderation": ["marker"], "nac_moderation_per_doubling": ["marker"]},
+    )
+    table = nac_effect_at_levels(idata, design, mcid=2.0)
+    k = md.names.index("crp")
+    z3 = (np.log(3.0) - md.log_center[k]) / md.log_scale[k]
+    row = table[table["quantity"].str.contains("week 16, baseline crp 3 mg/L")].iloc[0]
+    assert row["mean"] == pytest.approx((nac[..., -1] + eta[..., k] * z3).mean())
+    assert table["quantity"].str.contains("week 12, baseline il6").sum() == 3
+    assert table["quantity"].str.contains("per doubling of baseline bdnf").sum() == 1
+
+
+@pytest.mark.unit
+def test_list_models_shows_family(capsys):
+    assert fit.main(["--list-models"]) == 0
+    names = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
+    assert set(FAMILY) | {"mmrm", "headline"} <= set(names)
+
+
+@pytest.mark.smoke
+def test_treatment_model_recovers_nac_effect(tmp_path):
+    """Short fit, 150 participants: covers the true week-12 and week-16 effects and sees the benefit."""
+    params = TrialParameters(n_participants=150, seed=41, nac_effect_e=-3.0, nac_effect_f=-5.0, serum_fraction=0.0)
+    simulate_trial(params).write(tmp_path / "t")
+    design = build_design(load_dataset(tmp_path / "t"))
+    assert design.baseline is None  # no biomarkers at all: the treatment model does not need them
+    idata = _short_fit(get("treatment").build(design), seed=3)
+    for week, truth in ((12, -3.0), (16, -5.0)):
+        eff = idata.posterior["nac_effect"].sel(week=week).values.ravel()
+        lo, hi = az.hdi(eff, hdi_prob=0.99)
+        assert lo < truth < hi, (week, lo, hi)
+    assert (idata.posterior["nac_effect"].sel(week=16).values < 0).mean() > 0.95
+    assert int(idata.sample_stats["diverging"].sum()) == 0
+
+
+@pytest.mark.smoke
+def test_moderation_model_recovers_il6_interaction(tmp_path):
+    """NAC helps more with higher baseline IL-6 (-3 points per SD of log IL-6); CRP and BDNF: none."""
+    params = TrialParameters(n_participants=160, seed=52, serum_fraction=0.9, nac_moderation=(-3.0, 0.0, 0.0))
+    simulate_trial(params).write(tmp_path / "t")
+    design = build_design(load_dataset(tmp_path / "t"))
+    idata = _short_fit(get("moderation").build(design), seed=6)
+    eta = idata.posterior["nac_marker_moderation"]
+    # the design standardises by the sample SD of observed log values, the generator by the true SD
+    k = design.baseline.names.index("il6")
+    truth_il6 = -3.0 * design.baseline.log_scale[k] / params.marker_log_sd[k]
+    lo, hi = az.hdi(eta.sel(marker="il6").values.ravel(), hdi_prob=0.99)
+    assert lo < truth_il6 < hi, (lo, hi, truth_il6)
+    assert (eta.sel(marker="il6").values < 0).mean() > 0.95
+    for mk in ("crp", "bdnf"):
+        lo, hi = az.hdi(eta.sel(marker=mk).values.ravel(), hdi_prob=0.99)
+        assert lo < 0.0 < hi, (mk, lo, hi)
+    table = nac_effect_at_levels(idata, design)
+    il6 = table[table["quantity"].str.contains("week 12, baseline il6")]["mean"].to_numpy()
+    assert il6[0] > il6[1] > il6[2], "the NAC effect must grow (more negative) with baseline IL-6"
+    assert int(idata.sample_stats["diverging"].sum()) == 0
+
+
+@pytest.mark.slow
+def test_treatment_model_zero_effect_covers_zero(tmp_path):
+    params = TrialParameters(n_participants=252, seed=61, nac_effect_e=0.0, nac_effect_f=0.0, serum_fraction=0.0)
+    simulate_trial(params).write(tmp_path / "t")
+    design = build_design(load_dataset(tmp_path / "t"))
+    idata = _short_fit(get("treatment").build(design), seed=8, draws=600, tune=600)
+    for week in (12, 16):
+        lo, hi = az.hdi(idata.posterior["nac_effect"].sel(week=week).values.ravel(), hdi_prob=0.94)
+        assert lo < 0.0 < hi, (week, lo, hi)
+
+
+@pytest.mark.slow
+def test_curved_course_recovered_and_preferred_by_loo(tmp_path):
+    """With a concave (early response) course, the curved model tracks the true placebo course at
+    weeks 2-8, where the straight line cannot, and LOO prefers it."""
+    params = TrialParameters(n_participants=252, seed=71, curvature=3.0, serum_fraction=0.0)
+    simulate_trial(params).write(tmp_path / "t")
+    design = build_design(load_dataset(tmp_path / "t"))
+    fits = {}
+    for name in ("treatment", "treatment_curved"):
+        model = get(name).build(design)
+        idata = _short_fit(model, seed=9, draws=500, tune=600)
+        with model:
+            pm.compute_log_likelihood(idata, var_names=["y"], progressbar=False)
+        fits[name] = idata
+    truth_w4 = params.placebo_change_e * float(params._g(4 / 12))
+    curved = fits["treatment_curved"].posterior["placebo_change"].sel(week=4).values.ravel()
+    lo, hi = az.hdi(curved, hdi_prob=0.99)
+    assert lo < truth_w4 < hi, (lo, hi, truth_w4)
+    straight = fits["treatment"].posterior["placebo_change"].sel(week=4).values.ravel()
+    assert abs(straight.mean() - truth_w4) > abs(curved.mean() - truth_w4)
+    cmp = az.compare({k: v for k, v in fits.items()})
+    assert cmp.index[0] == "treatment_curved"
+    assert cmp.loc["treatment", "elpd_diff"] > 2 * cmp.loc["treatment", "dse"]
