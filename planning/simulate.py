@@ -140,12 +140,12 @@ def _markers(params: ParameterSet, idx: np.ndarray, n: int, trial: PlannedTrial,
     sd_j = lo[:, 0, 0]
     a = (c - mu[:, j]) / sd_j  # standardised threshold per draw
     upper_tail = special.ndtr(-a)  # P(eligible)
-    if np.any(upper_tail < 1e-6):
+    if upper_tail.mean() < 1e-6:
         raise PlanningError(
             f"enrichment threshold {trial.enrich_threshold:g} for {trial.enrich_marker} leaves fewer than 1 in a million people eligible; lower it"
         )
     u = rng.uniform(size=(s, n))
-    e[:, :, 0] = -special.ndtri(u * upper_tail[:, None])  # e_0 > a, stable in the upper tail
+    e[:, :, 0] = -special.ndtri(u * np.maximum(upper_tail, 1e-300)[:, None])  # e_0 > a, stable in the upper tail
     z_perm = mu[:, order][:, None, :] + e @ lo.transpose(0, 2, 1)
     z = np.empty_like(z_perm)
     z[:, :, order] = z_perm
@@ -216,7 +216,8 @@ def ancova(sim: SimulatedTrials) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per trial: ANCOVA estimate of the NAC - placebo difference in change, its SE and residual df.
 
     change = a + effect * T + b * (baseline - mean baseline) + e, fitted by least squares among completers.
-    Trials with fewer than 2 completers in an arm get se = inf (no information; the decision fails).
+    Trials with fewer than 2 completers in an arm, or a singular design (all baselines equal, say),
+    get se = inf: no information, the decision fails.
     """
     w = sim.completed.astype(float)
     s, n = w.shape
@@ -230,6 +231,9 @@ def ancova(sim: SimulatedTrials) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     xty = (xw.transpose(0, 2, 1) @ y[:, :, None])[:, :, 0]
     per_arm_t = (w * t).sum(axis=1)
     ok = (per_arm_t >= 2) & (n_obs - per_arm_t >= 2) & (n_obs >= 5)
+    # singular designs (e.g. every baseline clipped to the same score, or baseline collinear with arm)
+    diag = np.einsum("sjj->sj", xtx)
+    ok &= np.linalg.det(xtx) > 1e-10 * np.prod(np.maximum(diag, 1e-300), axis=1)
     xtx[~ok] = np.eye(3)
     xtx_inv = np.linalg.inv(xtx)
     beta = np.einsum("sjk,sk->sj", xtx_inv, xty)

@@ -1,4 +1,4 @@
-"""plan.py end to end on a tiny saved fit of the headline model: outputs, reproducibility, Dask scheduler, refusals."""
+"""plan.py end to end on a saved headline-model fit: outputs, reproducibility, Dask scheduler, refusals."""
 
 from __future__ import annotations
 
@@ -15,12 +15,32 @@ from models.design import build_design
 from planning import PlanningError, from_posterior
 
 
+def save_prior_as_fit(data_dir, path, draws=100, seed=5):
+    """A saved 'fit' of the headline model whose posterior group holds prior draws: every variable, dim and
+    provenance attr plan.py reads, without a sampler compile (the real fit is exercised by the slow test)."""
+    import warnings
+
+    import pymc as pm
+
+    from data import load_dataset
+    from models.headline import build_headline
+    from models.idata_io import save_idata, stamp
+    from planning import design_constants
+
+    design = build_design(load_dataset(data_dir))
+    model = build_headline(design)
+    with model, warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # Potentials are ignored by prior sampling
+        prior = pm.sample_prior_predictive(draws=draws, random_seed=seed)
+    idata = az.InferenceData(posterior=prior.prior)
+    stamp(idata, model="headline", data_checksum=design.checksum, data_source=str(data_dir), design_constants=design_constants(design))
+    save_idata(idata, path)
+    return path
+
+
 @pytest.fixture(scope="module")
 def posterior(small_trial_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("planfit") / "fit"
-    code = fit.main(["--data", str(small_trial_dir), "--model", "headline", "--draws", "50", "--tune", "80", "--chains", "2", "--prior-draws", "10", "--seed", "5", "--out", str(out), "--quiet"])
-    assert code == 0
-    return out / "headline" / "idata.nc"
+    return save_prior_as_fit(small_trial_dir, tmp_path_factory.mktemp("planfit") / "idata.nc")
 
 
 BASE = ["--n-per-arm", "20", "40", "--sims", "120", "--chunk-size", "50", "--workers", "1", "--seed", "4", "--quiet"]
@@ -32,6 +52,7 @@ def test_posterior_parameters_and_design_constants(posterior, small_trial, tmp_p
     design = build_design(small_trial)
     idata = az.from_netcdf(posterior)
     assert params.n_draws == 100
+    assert params.participant_sd.shape == (100, 2) and np.all(params.participant_sd > 0) and np.all(np.abs(params.participant_corr) < 1)
     np.testing.assert_allclose(params.nac_change[:, 0], idata.posterior["nac_change"].isel(phase=0).values.ravel())
     assert params.marker_names == tuple(design.baseline.names)
     np.testing.assert_allclose(params.log_center, design.baseline.log_center)
@@ -110,3 +131,15 @@ def test_plan_cli_refusals_exit_2_and_write_nothing(tmp_path, capsys):
     assert "already exists" in capsys.readouterr().err
     assert plan.main(["--design-prior", "Normal(-2, 1)", "--n-per-arm", "30", "--sims", "50", "--workers", "1", "--quiet", "--out", str(out), "--force"]) == 0
     assert (out / "plan.csv").exists()
+
+
+@pytest.mark.slow
+def test_plan_from_a_real_fit(small_trial_dir, tmp_path):
+    out = tmp_path / "fit"
+    assert fit.main(["--data", str(small_trial_dir), "--model", "headline", "--draws", "200", "--tune", "300", "--chains", "2", "--prior-draws", "10", "--seed", "5", "--out", str(out), "--quiet"]) == 0
+    idata = az.from_netcdf(out / "headline" / "idata.nc")
+    assert json.loads(idata.posterior.attrs["design_constants"])["treatment_end"] == 12
+    assert plan.main(["--posterior", str(out / "headline" / "idata.nc"), *BASE, "--enrich", "crp:3", "--mcmc-check", "5", "--out", str(tmp_path / "plan")]) == 0
+    rec = json.loads((tmp_path / "plan" / "plan.json").read_text())
+    assert rec["parameters"]["n_draws"] == 400 and rec["mcmc_agreement"]["trials"] == 5
+    assert (tmp_path / "plan" / "mcmc_agreement.csv").exists()
