@@ -28,7 +28,7 @@ def _table(df: pd.DataFrame, floatfmt: str = "{:.3g}") -> str:
 def _count(done: int, target: int | None, noun: str) -> str:
     if target is None or done >= target:
         return f"{done} {noun}"
-    return f"{done} {noun} (**incomplete: {done} of the {target} planned finished before the run was stopped**)"
+    return f"{done} {noun} (**incomplete: only {done} of the {target} planned were run**)"
 
 
 def _minutes(s: float) -> str:
@@ -130,6 +130,38 @@ def reference_section(out: Path) -> list[str]:
     return lines
 
 
+def overview(out: Path) -> list[str]:
+    """One line per check: size, headline figure, run time."""
+    rows = []
+    for path in sorted(out.glob("sbc_*.json")):
+        s = json.loads(path.read_text(encoding="utf-8"))
+        uni = pd.read_csv(out / f"sbc_{s['model']}_uniformity.csv")
+        rows.append({"check": f"SBC {s['model']}", "size": f"{s['n_reps']} of {s.get('target_reps', s['n_reps'])} replicates",
+                     "result": f"{len(s['flagged'])} of {len(uni)} parameters flagged at p < 0.01 (min p {uni['p_value'].min():.3f}; "
+                               f"{0.01 * len(uni):.1f} expected by chance)",
+                     "time": _minutes(s["seconds"])})
+    info = _load(out, "coverage")
+    if info:
+        summ = pd.read_csv(out / "coverage_summary.csv")
+        res = "; ".join(f"week {int(r.week)}: coverage {r.coverage:.3f}, bias {r.bias:+.2f}, RMSE {r.rmse:.2f}" for r in summ.itertuples())
+        rows.append({"check": "coverage (90% intervals)", "size": f"{info['n_trials']} of {info.get('target_trials', info['n_trials'])} trials",
+                     "result": res, "time": _minutes(info["seconds"])})
+    info = _load(out, "agreement")
+    if info:
+        rows.append({"check": "agreement with REML", "size": f"default + {info['n_datasets'] - 1} simulated",
+                     "result": f"largest |difference| {info['max_abs_diff_se']:.3f} SE (tolerance {info['tolerance_se']}); all agree: "
+                               f"{'yes' if info['all_agree'] else 'NO'}", "time": _minutes(info["seconds"])})
+    from .reference import REFERENCE_DIR
+
+    refs = sorted(REFERENCE_DIR.glob("*.json"))
+    if refs:
+        total = sum(json.loads(f.read_text(encoding="utf-8"))["seconds"] for f in refs)
+        rows.append({"check": "reference posteriors", "size": f"{len(refs)} models", "result": "stored (see below)", "time": _minutes(total)})
+    if not rows:
+        return []
+    return ["## Overview", "", _table(pd.DataFrame(rows)), "", "Times are wall-clock on 2 shared CPU cores and include compilation.", ""]
+
+
 def build_report(out: Path) -> str:
     lines = [
         "# Statistical validation results",
@@ -138,6 +170,7 @@ def build_report(out: Path) -> str:
         "Figures below are read from `validation/results/`; each section states its replicate counts and run time.",
         "",
     ]
+    lines += overview(out)
     lines += sbc_section(out)
     for section in ("coverage_section", "agreement_section", "reference_section"):
         fn = globals().get(section)

@@ -1,0 +1,58 @@
+"""Agreement of the Bayesian `treatment` model with statsmodels' REML linear mixed model (the frequentist
+standard), on the default dataset and a simulated trial; and the REML comparator's own recovery of the truth."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from data import TrialParameters, load_dataset
+from models.design import build_design
+from validation.agreement import SD_RATIO_RANGE, TOLERANCE_SE, compare, reml_nac_effect, run_agreement
+from validation.designs import design_of
+
+DEFAULT = Path(__file__).resolve().parent.parent / "data" / "default"
+
+
+@pytest.fixture(scope="module")
+def default_design():
+    return build_design(load_dataset(DEFAULT))
+
+
+@pytest.fixture(scope="module")
+def simulated():
+    return design_of(TrialParameters(seed=4242))
+
+
+@pytest.mark.unit
+def test_reml_recovers_the_simulated_nac_effect(simulated):
+    design, truth = simulated
+    reml = reml_nac_effect(design).set_index("week")
+    for w in (12, 16):
+        z = (reml.loc[w, "reml_estimate"] - truth["nac_effect_by_week"][str(w)]) / reml.loc[w, "reml_se"]
+        assert abs(z) < 3.3, (w, reml)
+        assert 0.5 < reml.loc[w, "reml_se"] < 2.0  # a 252-participant trial: SE about 1 MADRS point
+
+
+@pytest.mark.unit
+def test_compare_flags_a_posterior_off_by_half_a_standard_error():
+    import arviz as az
+
+    rng = np.random.default_rng(1)
+    reml = pd.DataFrame({"week": [16], "reml_estimate": [-3.0], "reml_se": [1.0]})
+    for shift, ok in ((0.0, True), (0.5, False)):
+        draws = rng.normal(-3.0 + shift, 1.0, size=(2, 2000))
+        idata = az.from_dict(posterior={"nac_effect": draws[..., None]}, coords={"week": [16]}, dims={"nac_effect": ["week"]})
+        assert bool(compare(idata, reml)["agrees"].iloc[0]) is ok
+
+
+@pytest.mark.smoke
+def test_posterior_mean_agrees_with_reml_under_weak_priors(default_design, simulated):
+    table, info = run_agreement([("default", default_design), ("simulated", simulated[0])], seed=5, draws=600, tune=400, cores=1)
+    assert len(table) == 4  # two datasets x weeks 12 and 16
+    assert (table["divergences"] == 0).all()
+    assert (table["diff_in_se"].abs() <= TOLERANCE_SE).all(), table
+    assert table["sd_ratio"].between(*SD_RATIO_RANGE).all(), table
