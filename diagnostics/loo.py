@@ -141,31 +141,43 @@ def subset_observations(design, keep: np.ndarray):
     return dataclasses.replace(design, **changes)
 
 
-def heldout_elpd(design, build: Callable, row_groups: list[np.ndarray], settings, outcome: str = "y", quiet: bool = True) -> np.ndarray:
-    """log p(y_group | y_rest) for each group of observation rows: refit without the group, score it.
-
-    `build(design) -> pm.Model`; `settings` a models.sampling.SamplerSettings (its seed is split
-    into one stream per refit, so the same seed gives the same numbers).
-    """
+def refit_heldout(design, build: Callable, held: np.ndarray, settings, outcome: str = "y", quiet: bool = True) -> tuple[np.ndarray, int]:
+    """Refit without the `held` observation rows; return their log-likelihood (n_held, draws) and the refit's divergences."""
     import pymc as pm
 
     from models.sampling import sample_posterior
 
+    held = np.asarray(held, dtype=bool)
+    if held.all() or not held.any():
+        raise ValueError("a held-out set must contain some observations, not all")
+    post, _ = sample_posterior(build(subset_observations(design, ~held)), settings, quiet=quiet)
+    divergences = int(post.sample_stats["diverging"].sum()) if "diverging" in post.sample_stats else 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ll = pm.compute_log_likelihood(post, model=build(subset_observations(design, held)), var_names=[outcome], extend_inferencedata=False, progressbar=False)
+    return np.asarray(ll[outcome].stack(sample=("chain", "draw")).transpose(..., "sample").values), divergences
+
+
+def _logmeanexp(x: np.ndarray, axis=-1):
+    return logsumexp(x, axis=axis) - np.log(x.shape[axis])
+
+
+def heldout_elpd(design, build: Callable, row_groups: list[np.ndarray], settings, outcome: str = "y", quiet: bool = True) -> np.ndarray:
+    """log p(y_group | y_rest) for each group of observation rows: refit without the group, score it.
+
+    `build(design) -> pm.Model`; `settings` a models.sampling.SamplerSettings (its seed is split
+    into one stream per refit, so the same seed gives the same numbers). Returns one value per group;
+    `heldout_elpd.divergences` holds the refits' divergent transitions of the last call.
+    """
     seeds = [int(s.generate_state(1)[0]) for s in np.random.SeedSequence(settings.seed).spawn(len(row_groups))]
     out = np.empty(len(row_groups))
+    heldout_elpd.divergences = 0
     for g, rows in enumerate(row_groups):
         held = np.zeros(len(design.y), dtype=bool)
         held[np.asarray(rows, dtype=int)] = True
-        if held.all():
-            raise ValueError("a held-out group cannot contain every observation")
-        train = build(subset_observations(design, ~held))
-        post, _ = sample_posterior(train, dataclasses.replace(settings, seed=seeds[g]), quiet=quiet)
-        test = build(subset_observations(design, held))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            ll = pm.compute_log_likelihood(post, model=test, var_names=[outcome], extend_inferencedata=False, progressbar=False)
-        total = ll[outcome].stack(sample=("chain", "draw")).sum([d for d in ll[outcome].dims if d not in ("chain", "draw")]).values
-        out[g] = float(logsumexp(total) - np.log(total.size))
+        arr, div = refit_heldout(design, build, held, dataclasses.replace(settings, seed=seeds[g]), outcome, quiet)
+        heldout_elpd.divergences += div
+        out[g] = float(_logmeanexp(arr.sum(axis=0)))
     return out
 
 
@@ -190,10 +202,6 @@ def grouped_kfold(design, build: Callable, settings, k: int = KFOLD_K, level: st
     level='visit': folds are random sets of visits (a participant's other visits stay in), each
     held-out visit scored on its own, the K-fold counterpart of pointwise LOO.
     """
-    import pymc as pm
-
-    from models.sampling import sample_posterior
-
     n_obs = len(design.y)
     if level == "visit":
         order = np.random.default_rng(settings.seed).permutation(n_obs)
@@ -207,25 +215,22 @@ def grouped_kfold(design, build: Callable, settings, k: int = KFOLD_K, level: st
         note = f"grouped {len(masks)}-fold cross-validation by participant ({len(masks)} refits)"
     seeds = [int(s.generate_state(1)[0]) for s in np.random.SeedSequence(settings.seed + 1).spawn(len(masks))]
     elpd = np.full(len(units), np.nan)
+    divergences = 0
     for f, held in enumerate(masks):
         if not held.any():
             continue
-        train = build(subset_observations(design, ~held))
-        post, _ = sample_posterior(train, dataclasses.replace(settings, seed=seeds[f]), quiet=quiet)
-        test = build(subset_observations(design, held))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            ll = pm.compute_log_likelihood(post, model=test, var_names=["y"], extend_inferencedata=False, progressbar=False)
-        arr = np.asarray(ll["y"].stack(sample=("chain", "draw")).transpose(..., "sample").values)  # (n_held_obs, S)
+        arr, div = refit_heldout(design, build, held, dataclasses.replace(settings, seed=seeds[f]), quiet=quiet)  # (n_held_obs, draws)
+        divergences += div
         rows = np.nonzero(held)[0]
         if level == "visit":
-            elpd[rows] = logsumexp(arr, axis=1) - np.log(arr.shape[1])
+            elpd[rows] = _logmeanexp(arr, axis=1)
         else:
             pid = design.obs_participant[rows]
             for p in np.unique(pid):
-                elpd[np.searchsorted(units, p)] = float(logsumexp(arr[pid == p].sum(axis=0)) - np.log(arr.shape[1]))
+                elpd[np.searchsorted(units, p)] = float(_logmeanexp(arr[pid == p].sum(axis=0)))
     labels = units if level == "visit" else np.asarray(design.participants)[units]
-    return LooResult(level=level, units=np.asarray(labels), elpd_i=elpd, pareto_k=np.full(len(units), np.nan), method=np.array(["kfold"] * len(units), dtype=object), notes=[note])
+    return LooResult(level=level, units=np.asarray(labels), elpd_i=elpd, pareto_k=np.full(len(units), np.nan), method=np.array(["kfold"] * len(units), dtype=object),
+                     notes=[note + (f"; WARNING: {divergences} divergent transitions across the refits" if divergences else "; no divergences in the refits")])
 
 
 def remedy(result: LooResult, design, build: Callable, settings, refit_max: int = REFIT_MAX, k: int = KFOLD_K, quiet: bool = True) -> LooResult:
@@ -240,11 +245,12 @@ def remedy(result: LooResult, design, build: Callable, settings, refit_max: int 
         else:
             groups = [np.array([int(result.units[i])]) for i in bad]
         exact = heldout_elpd(design, build, groups, settings, quiet=quiet)
+        div = getattr(heldout_elpd, "divergences", 0)
         elpd_i, method = result.elpd_i.copy(), result.method.copy()
         elpd_i[bad], method[bad] = exact, "refit"
         note = f"{len(bad)} {result.level}(s) with Pareto k > {PARETO_K_MAX} refitted without their data (exact LOO): " + ", ".join(
             f"{result.units[i]} {result.elpd_i[i]:.2f} -> {e:.2f}" for i, e in zip(bad, exact)
-        )
+        ) + (f"; WARNING: {div} divergent transitions in the refits" if div else "; no divergences in the refits")
         return dataclasses.replace(result, elpd_i=elpd_i, method=method, notes=result.notes + [note])
     kf = grouped_kfold(design, build, settings, k=k, level=result.level, quiet=quiet)
     note = f"{len(bad)} {result.level}s with Pareto k > {PARETO_K_MAX} (more than {refit_max}): every {result.level} estimated by grouped K-fold instead (PSIS elpd was {result.elpd:.1f})"

@@ -37,7 +37,7 @@ def population_vars(idata: az.InferenceData, limit: int = MAX_RANK_VARS) -> list
     out = []
     for name, var in idata.posterior.data_vars.items():
         extra = [d for d in var.dims if d not in ("chain", "draw")]
-        if name.startswith(SKIP_PREFIXES) or any(d in ("participant", "obs") for d in extra):
+        if name.startswith(SKIP_PREFIXES) or name.endswith("__") or any(d in ("participant", "obs") for d in extra):
             continue
         if int(np.prod([var.sizes[d] for d in extra])) > 4 or float(var.std()) == 0:
             continue

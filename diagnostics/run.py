@@ -91,7 +91,8 @@ def _attr(idata, key, default=None):
 
 
 def population_rows(table: pd.DataFrame) -> pd.DataFrame:
-    keep = [i for i in table.index if not str(i).startswith(plots.SKIP_PREFIXES)]
+    # sampler-space (transformed) variables, named '..._log__' etc., are judged but not listed
+    keep = [i for i in table.index if not str(i).startswith(plots.SKIP_PREFIXES) and not str(i).split("[")[0].endswith("__")]
     return table.loc[keep]
 
 
