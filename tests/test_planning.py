@@ -216,3 +216,63 @@ def test_power_matches_closed_form_over_a_grid():
     z = np.array(z)
     print(f"power vs formula over {len(z)} cells: max abs z {np.abs(z).max():.2f}, mean z {z.mean():.2f}")
     assert np.abs(z).max() < 4 and abs(z.mean()) < 3 / np.sqrt(len(z)) * 1.5
+
+
+def _fake_fit(with_markers: bool, nac_moderation: bool):
+    """A two-chain InferenceData with the variables of the treatment / moderation models, fixed values."""
+    import json
+
+    import arviz as az
+
+    rng = np.random.default_rng(0)
+    c, d = 2, 5
+    post = {
+        "intercept": np.full((c, d), 28.0),
+        "time_change": np.tile([-11.0, -0.5], (c, d, 1)),
+        "nac_change": np.tile([-1.5, -1.5], (c, d, 1)),
+        "participant_sd": np.tile([5.0, 6.0], (c, d, 1)),
+        "participant_corr": np.full((c, d), -0.2),
+        "residual_sd": np.full((c, d), 3.0),
+    }
+    dims = {"time_change": ["phase"], "nac_change": ["phase"], "participant_sd": ["participant_effect"]}
+    coords = {"phase": ["treatment", "followup"], "participant_effect": ["intercept", "change"]}
+    const = {"treatment_end": 12.0, "last_week": 16.0, "weeks": [0, 2, 4, 6, 8, 12, 16], "score_min": 0.0, "score_max": 60.0, "integer_scores": True}
+    if with_markers:
+        post.update(
+            marker_mean=rng.normal(size=(c, d, 2)) * 0.1,
+            marker_sd=np.ones((c, d, 2)),
+            marker_regression=np.full((c, d, 1), 0.5),
+            marker_prognostic=np.zeros((c, d, 2)),
+            marker_moderation=np.tile([-1.5, 0.0], (c, d, 1)),
+        )
+        dims.update(marker_mean=["marker"], marker_sd=["marker"], marker_regression=["marker_link"], marker_prognostic=["marker"], marker_moderation=["marker"])
+        coords.update(marker=["il6", "crp"], marker_link=["crp~il6"])
+        const.update(markers=["il6", "crp"], marker_units=["pg/mL", "mg/L"], log_center=[0.7, 0.6], log_scale=[0.7, 1.0])
+        if nac_moderation:
+            post["nac_marker_moderation"] = np.tile([0.0, -2.0], (c, d, 1))
+            dims["nac_marker_moderation"] = ["marker"]
+    idata = az.from_dict(posterior=post, dims=dims, coords=coords)
+    idata.posterior.attrs["design_constants"] = json.dumps(const)
+    return idata
+
+
+@pytest.mark.unit
+def test_parameters_of_other_model_fits():
+    from planning import from_posterior
+
+    plain = from_posterior(_fake_fit(False, False))  # the treatment model: no biomarkers
+    assert plain.n_draws == 10 and plain.marker_names == () and plain.marker_chol.shape == (10, 0, 0)
+    table, _ = plan(plain, PlanSpec([PlannedTrial(40)], [Scenario("assurance")], sims=50))
+    assert table.mean_true_effect.iloc[0] == pytest.approx(-1.5)
+    with pytest.raises(PlanningError, match="unknown biomarker"):
+        PlannedTrial(40, enrich_marker="crp", enrich_threshold=3.0).validate(plain)
+
+    moderated = from_posterior(_fake_fit(True, True))  # the moderation model's NAC x marker term is used
+    np.testing.assert_allclose(moderated.nac_moderation, np.tile([0.0, -2.0], (10, 1)))
+    cov = moderated.marker_chol[0] @ moderated.marker_chol[0].T
+    np.testing.assert_allclose(cov, [[1.0, 0.5], [0.5, 1.25]])
+    enriched = PlannedTrial(40, enrich_marker="crp", enrich_threshold=3.0)
+    table, _ = plan(moderated, PlanSpec([PlannedTrial(40), enriched], [Scenario("assurance")], sims=400))
+    assert table.mean_true_effect.iloc[1] < table.mean_true_effect.iloc[0] - 1.0
+    headline = from_posterior(_fake_fit(True, False))
+    assert np.all(headline.nac_moderation == 0)
