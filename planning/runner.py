@@ -83,7 +83,7 @@ def run_chunk(params: ParameterSet, spec: PlanSpec, chunk: Chunk) -> dict:
         "p_benefit_sum": float(res["p_benefit"].sum()),
         "true_effect_sum": float(res["true_effect"].sum()),
         "completers_sum": float(res["completers"].sum()),
-        "eligible_sum": float(res["eligible"].sum()),
+        "screened_per_enrolled_sum": float((1.0 / res["eligible"]).sum()),
     }
 
 
@@ -136,7 +136,7 @@ def summarise(spec: PlanSpec, results: list[dict]) -> pd.DataFrame:
                 "n_per_arm": design.n_control,
                 "n_treatment": design.n_treatment,
                 "n_total": design.n_total,
-                "expected_screened": design.n_total / (tot("eligible_sum") / n),
+                "expected_screened": design.n_total * tot("screened_per_enrolled_sum") / n,  # n / P(eligible), averaged over draws
                 "primary_week": design.primary_week,
                 "dropout": design.dropout,
                 "scenario": scen.label,
