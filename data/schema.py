@@ -337,6 +337,12 @@ def _load_participants(folder: Path, meta: DatasetMeta, limit, changes: list) ->
     bad_site = df["site"].eq("")
     if bad_site.any():
         p.add(file, "site is empty.", "site", _lines(df, bad_site), "give every participant a site (one label if single-site)")
+    folded = df["site"].str.casefold()
+    clash = folded.map(df.groupby(folded)["site"].nunique()) > 1
+    if clash.any():
+        variants = sorted(set(df.loc[clash, "site"]))[:6]
+        p.add(file, f"site labels differ only in upper/lower case {variants}: they would be analysed as different sites.", "site",
+              _lines(df, clash), "spell each site the same way everywhere")
     withdrawn_mask = _flag(df, file, CONSENT_COLUMN, p) if CONSENT_COLUMN in df.columns else np.zeros(len(df), bool)
     p.raise_if_any()
     withdrawn = set(df.loc[withdrawn_mask, "participant_id"])

@@ -176,6 +176,7 @@ ERRORS = [
          ("participants.csv, column 'participant_id', lines 2, 254: participant_id must be unique", "P0001")),
     Case("empty_participant_id", cell("participants.csv", "participant_id", 2, ""), ("participants.csv, column 'participant_id', line 4: participant_id is empty",)),
     Case("empty_site", cell("participants.csv", "site", 3, ""), ("participants.csv, column 'site', line 5: site is empty",)),
+    Case("site_case_variants", cell("participants.csv", "site", 0, "Sydney"), ("column 'site', lines 2,", "differ only in upper/lower case ['Sydney', 'sydney']")),
     Case("bad_consent_flag", csv_edit("participants.csv", lambda d: d.assign(withdrew_consent=["maybe"] + ["0"] * (len(d) - 1))),
          ("column 'withdrew_consent', line 2", "must be 0/1")),
     # visits

@@ -50,7 +50,8 @@ def valid_trials(draw):
     control, treatment = draw(st.lists(LABEL, min_size=2, max_size=2, unique=True))
     ids = draw(st.lists(LABEL, min_size=4, max_size=9, unique=True))
     arms = [control, treatment, control, treatment] + draw(st.lists(st.sampled_from([control, treatment]), min_size=len(ids) - 4, max_size=len(ids) - 4))
-    sites = draw(st.lists(LABEL, min_size=len(ids), max_size=len(ids)))
+    pool = draw(st.lists(LABEL, min_size=1, max_size=4, unique_by=str.casefold))  # 'A' and 'a' would be an error
+    sites = draw(st.lists(st.sampled_from(pool), min_size=len(ids), max_size=len(ids)))
     score_value = st.integers(0, hi).map(float) if integer else st.floats(0, hi, allow_nan=False, width=64)
     visits = []
     for pid in ids:
