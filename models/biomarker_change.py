@@ -52,9 +52,8 @@ def build_biomarker_change(design: TrialDesign, priors: dict | None = None, like
     return model
 
 
-def ratio_rows(idata, design: TrialDesign, var: str = "nac_ratio", what: str = "geometric means") -> pd.DataFrame:
-    """One row per marker: NAC / placebo ratio at the end of treatment, 94% HDI, P(ratio > 1)."""
-    post = idata.posterior
+def ratio_rows(post, design: TrialDesign, var: str = "nac_ratio", what: str = "geometric means") -> pd.DataFrame:
+    """One row per marker from the posterior Dataset: NAC / placebo ratio at the end of treatment, 94% HDI, P(ratio > 1)."""
     meta = design.meta
     week = end_week(design, NAME)
     rows = []
@@ -75,4 +74,4 @@ def ratio_rows(idata, design: TrialDesign, var: str = "nac_ratio", what: str = "
 
 
 def extra_estimates(idata, design: TrialDesign, mcid=None) -> pd.DataFrame:
-    return ratio_rows(idata, design)
+    return ratio_rows(idata.posterior, design)

@@ -180,4 +180,4 @@ def extra_estimates(idata, design: TrialDesign, mcid=None) -> pd.DataFrame:
         row["note"] = caveat
         rows.append(row)
     table = pd.DataFrame(rows)
-    return pd.concat([table, ratio_rows(idata, design)], ignore_index=True)
+    return pd.concat([table, ratio_rows(idata.posterior, design)], ignore_index=True)

@@ -259,6 +259,12 @@ def test_median_regression_agrees_with_mean_model(mean_fit, effect_design):
     for mk in ("crp", "bdnf"):
         d = med.sel(marker=mk).values
         assert abs(d.mean() - qr[mk]) < 0.6 * d.std(), (mk, d.mean(), qr[mk])
+    # the working-likelihood adjustment widens the intervals by about sqrt(pi/2) = 1.25 on normal residuals
+    table = get("biomarker_change_median").extra_estimates(idata, effect_design, 2.0).set_index("marker")
+    for mk in ("il6", "crp", "bdnf"):
+        assert 1.0 < table.loc[mk, "interval_scale"] < 1.7, (mk, table.loc[mk, "interval_scale"])
+        raw_lo, raw_hi = np.exp(az.hdi(med.sel(marker=mk).values.ravel(), hdi_prob=0.94))
+        assert table.loc[mk, "hdi_3%"] < raw_lo and table.loc[mk, "hdi_97%"] > raw_hi, mk
 
 
 @pytest.mark.smoke
@@ -337,3 +343,6 @@ def test_median_and_mean_agree_in_a_larger_trial(tmp_path):
         true = (0.3, -0.3, 0.1)[k]
         assert covers(a, true, 0.94) or covers(b, true, 0.94), mk
         assert abs(a.mean() - b.mean()) < 2 * np.hypot(a.std(), b.std()), mk
+    scale = get("biomarker_change_median").extra_estimates(med, design, 2.0).set_index("marker")["interval_scale"]
+    for mk in ("crp", "bdnf"):  # uncensored, normal residuals on the log scale: sqrt(pi / 2) = 1.25 expected
+        assert 1.1 < scale[mk] < 1.45, (mk, scale[mk])
