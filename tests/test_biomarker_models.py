@@ -144,6 +144,16 @@ def test_log_likelihood_is_stored_per_outcome_value(built, name):
         assert np.isfinite(ll[var].values).all(), var
 
 
+@pytest.mark.unit
+def test_likelihood_options(design):
+    robust = get("mediation").build(design, likelihood="student")
+    assert "student_nu" in robust.named_vars and np.isfinite(robust.point_logps()["madrs_change"])
+    for name in ("biomarker_change", "biomarker_change_median"):
+        assert get(name).likelihoods == ("normal",)
+        with pytest.raises(ValueError, match="likelihood"):
+            get(name).build(design, likelihood="student")
+
+
 def _joint_prior_predictive(prior, markers, rng, n=50):
     """Week-12 standardised log markers of n new participants per prior draw (half per arm)."""
     p = prior.stack(sample=("chain", "draw"))
