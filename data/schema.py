@@ -273,8 +273,7 @@ def _num(x) -> float | int:
 def _dedupe(df: pd.DataFrame, file: str, keys: list[str], dist: pd.Series, problems: ProblemList, changes: list) -> pd.DataFrame:
     """Exact duplicate rows are removed (reported); rows sharing `keys` keep the on-schedule (or nearest) visit,
     the farther mapped ones are dropped (reported); genuinely conflicting rows are an error."""
-    raw_cols = [c for c in df.columns if c not in ("_dist",)]
-    exact = df.duplicated(raw_cols, keep="first")
+    exact = df.duplicated(keep="first")
     if exact.any():
         changes.append(Change(file, "dropped_duplicate", f"{int(exact.sum())} exact duplicate row(s) removed (identical to an earlier row).",
                               lines=tuple(_lines(df, exact)), count=int(exact.sum())))
@@ -401,7 +400,7 @@ def _load_visits(folder: Path, meta: DatasetMeta, ids: set[str], withdrawn: set[
             p.add(file, f"{meta.outcome_label} is an integer scale but the score has a fraction.", out, _lines(df, frac),
                   "set integer = false under [outcome] if fractional scores are intended")
     p.raise_if_any()
-    df = df.assign(week=weeks.astype(int), score=score)
+    df = df.assign(raw_week=df["week"], week=weeks.astype(int), score=score)  # raw_week: exact duplicates are judged on the text
     df = _dedupe(df, file, ["participant_id", "week"], dist, p, changes)
     p.raise_if_any()
     blank = df["score"].isna()
@@ -476,7 +475,7 @@ def _load_biomarkers(folder: Path, meta: DatasetMeta, ids: set[str], withdrawn: 
         p.add(file, f"biomarker value must be positive (it is analysed on the log scale), got {sorted(set(value[nonpos]))[:4]}.",
               "value", _lines(df, nonpos), "mark results under the assay's detection limit with below_lod = 1 instead of 0")
     p.raise_if_any()
-    df = df.assign(week=weeks.astype(int), value=value.astype(float), below_lod=below)
+    df = df.assign(raw_week=df["week"], week=weeks.astype(int), value=value.astype(float), below_lod=below)
     df = _dedupe(df, file, ["participant_id", "week", "marker"], dist, p, changes)
     p.raise_if_any()
     return df[["participant_id", "week", "marker", "value", "below_lod"]]

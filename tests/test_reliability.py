@@ -130,13 +130,25 @@ def test_force_is_needed_to_replace_and_replaces_whole(tmp_path, small_trial_dir
 # ---------------------------------------------------------------- killed runs (real fits, tiny draws)
 @pytest.fixture(scope="module")
 def complete_run(small_trial_dir, tmp_path_factory):
-    """One complete fit.py run in its own process, and its posterior draws."""
-    out = tmp_path_factory.mktemp("complete") / "results"
-    proc = fit_process(small_trial_dir, out)
-    _, err = proc.communicate(timeout=900)
-    assert proc.returncode == 0, err
+    """One complete fit.py run in its own process on the small trial plus one exact duplicate visit row
+    (removed by the loader, so the analysis is the small trial's); returns its posterior draws and
+    checks the removal is printed and recorded in run.json."""
+    import shutil
+
     import arviz as az
 
+    root = tmp_path_factory.mktemp("complete")
+    data = root / "data"
+    shutil.copytree(small_trial_dir, data)
+    visits = (data / "visits.csv").read_text()
+    (data / "visits.csv").write_text(visits + visits.splitlines()[3] + "\n")
+    out = root / "results"
+    proc = fit_process(data, out)
+    _, err = proc.communicate(timeout=900)
+    assert proc.returncode == 0, err
+    assert "the loader changed 1 thing(s)" in err and "exact duplicate" in err
+    run = json.loads((out / "run.json").read_text())
+    assert [c["action"] for c in run["data_changes"]] == ["dropped_duplicate"]
     return posterior_draws(az.from_netcdf(out / "headline" / "idata.nc"))
 
 
