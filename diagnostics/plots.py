@@ -85,13 +85,15 @@ def visit_distribution_plot(idata: az.InferenceData, index: ObsIndex, n_rep: int
     ncol = min(4, len(weeks))
     nrow = int(np.ceil(len(weeks) / ncol))
     fig, axes = plt.subplots(nrow, ncol, figsize=(3.2 * ncol, 2.4 * nrow), squeeze=False)
-    lo, hi = np.nanmin(index.y), np.nanmax(index.y)
-    bins = np.linspace(lo - 0.5 * (hi - lo) / 10, hi + 0.5 * (hi - lo) / 10, 25)
+    q_lo, q_hi = np.quantile(rep[pick], [0.005, 0.995])
+    lo, hi = min(np.nanmin(index.y), q_lo), max(np.nanmax(index.y), q_hi)
+    bins = np.linspace(lo - (hi - lo) / 20, hi + (hi - lo) / 20, 25)
     for ax, w in zip(axes.ravel(), weeks):
         sel = index.week == w
         for s in pick:
-            h, _ = np.histogram(rep[s, sel], bins=bins, density=True)
-            ax.step(bins[:-1], h, where="post", color="C0", alpha=0.12, lw=0.8)
+            counts, _ = np.histogram(rep[s, sel], bins=bins)
+            if counts.sum():
+                ax.step(bins[:-1], counts / counts.sum() / np.diff(bins), where="post", color="C0", alpha=0.12, lw=0.8)
         h, _ = np.histogram(index.y[sel], bins=bins, density=True)
         ax.step(bins[:-1], h, where="post", color="k", lw=1.6)
         ax.set_title(f"week {int(w)} (n={int(sel.sum())})", fontsize=9)

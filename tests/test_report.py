@@ -39,7 +39,9 @@ def fits():
 @pytest.fixture(scope="module")
 def rendered(fits, tmp_path_factory):
     folder = tmp_path_factory.mktemp("run")
-    run = diagnose_run(fits, {"truth": ESTIMATES}, title="Hand-built trial", log=lambda m: None)
+    change = trial_idata(seed=63, n=100)
+    change.observed_data["y"] = change.observed_data["y"] - 26  # e.g. a change-score model: other observations
+    run = diagnose_run({**fits, "change": change}, {"truth": ESTIMATES}, title="Hand-built trial", log=lambda m: None)
     path = write_outputs(run, folder)
     return run, folder, path, path.read_text(encoding="utf-8")
 
@@ -60,6 +62,9 @@ def test_report_has_every_section_and_is_self_contained(rendered):
     # LOO comparison with its plain-language line; priors
     assert html.escape(run.plain_language["participant"]) in text and "&#x27;truth&#x27; is clearly preferred" in text
     assert "Normal(mu=30, sigma=15)" in text and "mid-scale" in text
+    # a model fitted to other observations is reported but kept out of the comparison, with the reason
+    assert "not compared with truth, wide: change fitted to different observations" in text
+    assert list(run.comparisons["participant"].index) == ["truth", "wide"] and 'id="model-change"' in text
     # images embedded, nothing fetched from anywhere
     n_img = len(re.findall(r'<img alt="[^"]*" src="data:image/png;base64,[A-Za-z0-9+/=]+">', text))
     assert n_img == sum(len(m.figures) for m in run.models.values()) + len(run.figures) and n_img >= 10
