@@ -46,6 +46,7 @@ def parse_args(argv):
     ap.add_argument("--prior-draws", type=int, default=d.prior_draws, help="prior predictive draws")
     ap.add_argument("--seed", type=int, default=d.seed)
     ap.add_argument("--sampler", default=d.sampler, choices=SAMPLERS)
+    ap.add_argument("--plain", action="store_true", help="sample the plain model even where an exact fast variant exists (for comparison)")
     ap.add_argument("--mcid", type=float, default=2.0, help="minimal clinically important difference, outcome points")
     ap.add_argument("--remission-cutoff", type=float, default=REMISSION_CUTOFF, help="remission: score at or below this (posterior predictive checks)")
     ap.add_argument("--kfold", type=int, default=KFOLD_K, help="folds for grouped K-fold LOO when Pareto k is too high (0: no refits, such elpd marked unreliable)")
@@ -120,6 +121,7 @@ def main(argv=None) -> int:
         target_accept=args.target_accept,
         prior_draws=args.prior_draws,
         seed=args.seed,
+        fast=not args.plain,
     )
     try:
         with locked_output(args.out, overwrite=args.force) as tmp:

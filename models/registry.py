@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
-from . import headline
+from . import headline, marginal
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,8 @@ def get(name: str) -> ModelSpec:
     return REGISTRY[name]
 
 
-register(ModelSpec(headline.NAME, headline.build_headline, headline.DESCRIPTION, needs_biomarkers=True))
+# the plain headline model carrying its exact fast variant (participant effects integrated out, normal likelihood)
+register(ModelSpec(headline.NAME, marginal.build_headline_auto, headline.DESCRIPTION, needs_biomarkers=True))
 
 # trajectory family and the Bayesian MMRM (each module documents its maths)
 from . import mmrm, moderation, null, treatment  # noqa: E402

@@ -1,16 +1,35 @@
 """Sampling a built model into one InferenceData with every group a later step needs.
 
 One seed drives everything: it is split (numpy SeedSequence) into independent streams for
-the prior draws, the posterior sampler and the posterior predictive, so the same seed gives
-the same numbers and changing the number of prior draws does not change the posterior.
+the prior draws, the posterior sampler and the posterior predictive (the fourth stream draws
+the participant effects on the fast path), so the same seed gives the same numbers and
+changing the number of prior draws does not change the posterior.
+
+Fast path: a model may carry `fast_variant` (a zero-argument builder of an exactly equivalent
+model that samples faster, e.g. the headline model with its Gaussian participant effects
+integrated out, models/marginal.py). `sample_all` then samples that variant and completes the
+fit (participant effects, log-likelihood, predictions) so the InferenceData has the same
+variables as the plain path; `SamplerSettings(fast=False)` (`fit.py --plain`) keeps the plain path.
+
+Compiled-model cache: nutpie's compile is mostly numba JIT of the log-density wrapper, which
+nutpie cannot cache on disk. `compile_nutpie` rebuilds that wrapper without closures and keys
+numba's on-disk cache by PyTensor's hash of the log-density graph plus the shapes of the data
+it reads, so a second fit of the same model in a new process loads machine code instead of
+recompiling. The cache lives in $DEPTRIAL_CACHE (default ~/.cache/deptrial); DEPTRIAL_CACHE=off
+disables it.
 """
 
 from __future__ import annotations
 
+import hashlib
+import math
+import os
 import sys
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import arviz as az
 import numpy as np
@@ -29,6 +48,7 @@ class SamplerSettings:
     target_accept: float = 0.9
     prior_draws: int = 500
     seed: int = 1
+    fast: bool = True  # sample a model's exact fast variant when it has one (models/marginal.py)
 
     def as_attrs(self) -> dict:
         return {f"sampler_{k}": v for k, v in self.__dict__.items()}
@@ -44,6 +64,299 @@ def _log(msg: str, quiet: bool) -> None:
         print(msg, file=sys.stderr, flush=True)
 
 
+# ---------------------------------------------------------------- compiled-model cache
+
+_LOGP_SRC = """
+def deptrial_logp(dim, x_, out_, logp_, user_data_):
+    if dim != N_DIM:
+        return -1
+    try:
+        x = numba.carray(x_, (N_DIM,))
+        out = numba.carray(out_, (N_DIM,))
+        logp = numba.carray(logp_, ())
+        logp_val, grad = extract(x, user_data_)
+        logp[()] = logp_val
+        out[...] = grad
+        if not np.all(np.isfinite(out)):
+            return 3
+        if not np.isfinite(logp_val):
+            return 4
+    except Exception:
+        return 1
+    return 0
+"""
+
+_EXPAND_SRC = """
+def deptrial_expand(dim, expanded, x_, out_, user_data_):
+    if dim != N_DIM:
+        return -1
+    if expanded != N_EXPANDED:
+        return -1
+    try:
+        x = numba.carray(x_, (N_DIM,))
+        out = numba.carray(out_, (N_EXPANDED,))
+        (values,) = extract(x, user_data_)
+        out[...] = values
+    except Exception:
+        return -2
+    return 0
+"""
+
+_CACHE_KEYS = None  # WeakKeyDictionary: wrapper function -> cache key (filled lazily)
+_CACHE_FOLDER: Path | None = None  # where the wrappers compiled now go (set by compile_nutpie)
+
+
+def cache_dir() -> Path | None:
+    """Folder of the on-disk compiled-model cache, or None when DEPTRIAL_CACHE=off."""
+    value = os.environ.get("DEPTRIAL_CACHE", "")
+    if value.lower() in ("off", "0", "none", "false"):
+        return None
+    return Path(value).expanduser() if value else Path.home() / ".cache" / "deptrial"
+
+
+_ACKLAM_A = (-3.969683028665376e01, 2.209460984245205e02, -2.759285104469687e02, 1.383577518672690e02, -3.066479806614716e01, 2.506628277459239e00)
+_ACKLAM_B = (-5.447609879822406e01, 1.615858368580409e02, -1.556989798598866e02, 6.680131188771972e01, -1.328068155288572e01)
+_ACKLAM_C = (-7.784894002430293e-03, -3.223964580411365e-01, -2.400758277161838e00, -2.549732539343734e00, 4.374664141464968e00, 2.938163982698783e00)
+_ACKLAM_D = (7.784695709041462e-03, 3.224671290700398e-01, 2.445134137142996e00, 3.754408661907416e00)
+
+
+def erfcinv_native(y: float) -> float:
+    """erfcinv in plain arithmetic (numba-compilable, so cacheable): -ndtri(y / 2) / sqrt(2).
+
+    ndtri on the lower half by Acklam's rational approximation (relative error < 1.2e-9) and one
+    Halley step on Phi(x) = erfc(-x / sqrt 2) / 2, which brings it to double precision; the upper
+    half by symmetry, erfcinv(y) = -erfcinv(2 - y) (2 - y is exact for y in [1, 2]).
+    scipy's erfcinv (what PyTensor calls) is a Cython function pointer that numba cannot cache.
+    """
+    if not y == y:
+        return y
+    if y <= 0.0:
+        return math.inf
+    if y >= 2.0:
+        return -math.inf
+    sign = 1.0
+    if y > 1.0:
+        y = 2.0 - y
+        sign = -1.0
+    p = 0.5 * y  # in (0, 0.5]
+    a, b, c, d = _ACKLAM_A, _ACKLAM_B, _ACKLAM_C, _ACKLAM_D
+    if p < 0.02425:
+        q = math.sqrt(-2.0 * math.log(p))
+        x = (((((c[0] * q + c[1]) * q + c[2]) * q + c[3]) * q + c[4]) * q + c[5]) / ((((d[0] * q + d[1]) * q + d[2]) * q + d[3]) * q + 1.0)
+    else:
+        q = p - 0.5
+        r = q * q
+        x = (((((a[0] * r + a[1]) * r + a[2]) * r + a[3]) * r + a[4]) * r + a[5]) * q / (((((b[0] * r + b[1]) * r + b[2]) * r + b[3]) * r + b[4]) * r + 1.0)
+    e = 0.5 * math.erfc(-x / math.sqrt(2.0)) - p
+    u = e * math.sqrt(2.0 * math.pi) * math.exp(0.5 * x * x)
+    x = x - u / (1.0 + 0.5 * x * u)
+    return -sign * x / math.sqrt(2.0)
+
+
+def _sigmoid_native(x: float) -> float:
+    if x >= 0.0:
+        return 1.0 / (1.0 + math.exp(-x))
+    e = math.exp(x)
+    return e / (1.0 + e)
+
+
+def _erfc_native(x: float) -> float:
+    return math.erfc(x)
+
+
+def _erf_native(x: float) -> float:
+    return math.erf(x)
+
+
+def _gammaln_native(x: float) -> float:
+    return math.lgamma(x)
+
+
+def _register_native_scalars() -> None:
+    """PyTensor's numba backend: scipy.special scalars (Cython function pointers, which numba cannot
+    cache) computed in plain arithmetic instead, so whole log-density functions can be cached."""
+    from pytensor.link.numba.dispatch.basic import numba_njit, register_funcify_and_cache_key
+    from pytensor.scalar import math as psm
+
+    natives = {psm.Erfcinv: erfcinv_native, psm.Erfc: _erfc_native, psm.Erf: _erf_native, psm.Sigmoid: _sigmoid_native, psm.GammaLn: _gammaln_native}
+    for op_type, func in natives.items():
+        jitted = numba_njit(func, fastmath=False)
+
+        def funcify(op, node=None, _jitted=jitted, _name=op_type.__name__, **kwargs):
+            if any(inp.type.dtype != "float64" for inp in node.inputs):  # other dtypes: PyTensor's own path
+                from pytensor.link.numba.dispatch.scalar import numba_funcify_ScalarOp
+
+                return numba_funcify_ScalarOp(op, node, **kwargs)
+            return _jitted, f"deptrial-{_name}-native-v1"
+
+        register_funcify_and_cache_key(op_type)(funcify)
+
+
+def _install_locator(folder: Path) -> None:
+    """Register a numba cache locator that sends our wrappers to `folder`, keyed by graph hash."""
+    global _CACHE_KEYS, _CACHE_FOLDER
+    _CACHE_FOLDER = folder
+    if _CACHE_KEYS is not None:
+        return
+    from weakref import WeakKeyDictionary
+
+    from numba.core.caching import CacheImpl, _CacheLocator
+
+    keys: WeakKeyDictionary = WeakKeyDictionary()
+
+    class DeptrialCacheLocator(_CacheLocator):
+        def __init__(self, py_func, py_file, key):
+            self._py_func, self._py_file, self._key = py_func, py_file, key
+
+        def ensure_cache_path(self):
+            _CACHE_FOLDER.mkdir(parents=True, exist_ok=True)
+
+        def get_cache_path(self):
+            return str(_CACHE_FOLDER)
+
+        def get_source_stamp(self):
+            return 0
+
+        def get_disambiguator(self):
+            return self._key
+
+        @classmethod
+        def from_function(cls, py_func, py_file):
+            key = keys.get(py_func)
+            return None if key is None else cls(py_func, py_file, key)
+
+    CacheImpl._locator_classes.insert(0, DeptrialCacheLocator)
+    _register_native_scalars()
+    _CACHE_KEYS = keys
+
+
+def _wrapper_key(tag: str, inner, n_dim: int, n_expanded: int, shared_names, shared_data) -> str | None:
+    """Hash of PyTensor's graph key of the inner function, sizes and the shapes/dtypes of shared data."""
+    import numba
+    import nutpie
+    from pytensor.link.numba.cache import CACHED_SRC_FUNCTIONS
+
+    graph_key = CACHED_SRC_FUNCTIONS.get(getattr(inner, "py_func", None))
+    if graph_key is None:
+        return None
+    parts = [tag, "v2", graph_key, str(n_dim), str(n_expanded), nutpie.__version__, numba.__version__]
+    parts += [f"{name}:{shared_data[name].shape}:{shared_data[name].dtype}" for name in shared_names]
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:40]
+
+
+def _closure_free(src: str, name: str, original, **env):
+    """Recompile nutpie's wrapper from source with its closure as globals (numba can then cache it)."""
+    import inspect
+
+    import numba
+
+    closure = inspect.getclosurevars(original).nonlocals
+    # __name__: numba rebuilds a cached function's environment by importing its module
+    glb = {"__name__": __name__, "numba": numba, "np": np, "extract": closure["extract"], **env}
+    loc: dict = {}
+    exec(compile(src, f"<deptrial {name}>", "exec"), glb, loc)
+    return loc[name]
+
+
+@contextmanager
+def _cacheable_wrappers(folder: Path):
+    """Within the block, nutpie builds closure-free, disk-cacheable logp/expand wrappers."""
+    import nutpie.compile_pymc as cp
+
+    _install_locator(folder)
+    orig_logp, orig_expand = cp._make_c_logp_func, cp._make_c_expand_func
+
+    def make_logp(n_dim, logp_fn, user_data, shared_logp, shared_data):
+        func, sig = orig_logp(n_dim, logp_fn, user_data, shared_logp, shared_data)
+        key = _wrapper_key("logp", logp_fn, n_dim, 0, shared_logp, shared_data)
+        if key is None:
+            return func, sig
+        new = _closure_free(_LOGP_SRC, "deptrial_logp", func, N_DIM=inspect_nonlocal(func, "n_dim"))
+        _CACHE_KEYS[new] = key
+        return new, sig
+
+    def make_expand(n_dim, n_expanded, expand_fn, user_data, shared_vars, shared_data):
+        func, sig = orig_expand(n_dim, n_expanded, expand_fn, user_data, shared_vars, shared_data)
+        key = _wrapper_key("expand", expand_fn, n_dim, n_expanded, shared_vars, shared_data)
+        if key is None:
+            return func, sig
+        new = _closure_free(
+            _EXPAND_SRC, "deptrial_expand", func, N_DIM=inspect_nonlocal(func, "n_dim"), N_EXPANDED=inspect_nonlocal(func, "n_expanded")
+        )
+        _CACHE_KEYS[new] = key
+        return new, sig
+
+    import numba
+
+    orig_cfunc = numba.cfunc
+
+    def cfunc(sig, **kwargs):  # cache exactly the wrappers we could key
+        def decorate(func):
+            return orig_cfunc(sig, **kwargs, cache=func in _CACHE_KEYS)(func)
+
+        return decorate
+
+    from numba.core.base import BaseContext
+
+    orig_constant = BaseContext.make_constant_array
+
+    def make_constant_array(self, builder, typ, ary):
+        # numba embeds small contiguous constant arrays in the machine code, but refers to
+        # non-contiguous ones (e.g. a column view) by their address in this process, which
+        # makes the whole function uncacheable: embed a contiguous copy instead.
+        if typ.layout not in "FC" and ary.nbytes <= 10**6:
+            had = "allow_dynamic_globals" in self.__dict__
+            saved = self.__dict__.get("allow_dynamic_globals")
+            self.allow_dynamic_globals = False
+            try:
+                return orig_constant(self, builder, typ, np.ascontiguousarray(ary))
+            finally:
+                if had:
+                    self.allow_dynamic_globals = saved
+                else:
+                    del self.allow_dynamic_globals
+        return orig_constant(self, builder, typ, ary)
+
+    cp._make_c_logp_func, cp._make_c_expand_func, numba.cfunc = make_logp, make_expand, cfunc
+    BaseContext.make_constant_array = make_constant_array
+    try:
+        yield
+    finally:
+        cp._make_c_logp_func, cp._make_c_expand_func, numba.cfunc = orig_logp, orig_expand, orig_cfunc
+        BaseContext.make_constant_array = orig_constant
+
+
+def inspect_nonlocal(func, name: str):
+    import inspect
+
+    return inspect.getclosurevars(func).nonlocals[name]
+
+
+def _cache_entries(folder: Path | None) -> set[str]:
+    return {p.name for p in folder.glob("*.nbi")} if folder is not None and folder.is_dir() else set()
+
+
+def compile_nutpie(model: pm.Model):
+    """nutpie.compile_pymc_model with the on-disk cache of the numba wrappers; returns (compiled, was_cached).
+
+    was_cached is True when the compile added no new cache entry (it loaded machine code instead).
+    """
+    import nutpie
+
+    folder = cache_dir()
+    if folder is None:
+        return nutpie.compile_pymc_model(model, backend="numba"), False
+    before = _cache_entries(folder)
+    try:
+        with _cacheable_wrappers(folder), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Cannot cache compiled function")
+            compiled = nutpie.compile_pymc_model(model, backend="numba")
+    except Exception as exc:  # noqa: BLE001 - a damaged or incompatible cache must never stop a fit
+        warnings.warn(f"compiled-model cache in {folder} unusable ({type(exc).__name__}: {exc}); compiling without it", RuntimeWarning, stacklevel=2)
+        return nutpie.compile_pymc_model(model, backend="numba"), False
+    return compiled, bool(before) and _cache_entries(folder) <= before
+
+
 def sample_posterior(model: pm.Model, settings: SamplerSettings, quiet: bool = False) -> tuple[az.InferenceData, dict]:
     """Posterior draws with the chosen sampler; returns (idata, timings in seconds)."""
     _, post_seed, _, _ = seed_streams(settings.seed)
@@ -52,8 +365,9 @@ def sample_posterior(model: pm.Model, settings: SamplerSettings, quiet: bool = F
         import nutpie
 
         t0 = time.perf_counter()
-        compiled = nutpie.compile_pymc_model(model, backend="numba")
+        compiled, cached = compile_nutpie(model)
         timings["compile_s"] = time.perf_counter() - t0
+        timings["compile_cached"] = float(cached)
         _log(f"  compiled in {timings['compile_s']:.1f} s; sampling {settings.chains} chains x {settings.draws} draws", quiet)
         t0 = time.perf_counter()
         idata = nutpie.sample(
@@ -104,23 +418,37 @@ def outcome_vars(model: pm.Model) -> list[str]:
 
 
 def sample_all(model: pm.Model, settings: SamplerSettings, quiet: bool = False) -> tuple[az.InferenceData, dict]:
-    """Prior, prior predictive, posterior, posterior predictive, log-likelihood, observed and constant data."""
-    prior_seed, _, pred_seed, _ = seed_streams(settings.seed)
+    """Prior, prior predictive, posterior, posterior predictive, log-likelihood, observed and constant data.
+
+    Samples the model's exact fast variant when it has one and settings.fast (see the module doc);
+    the prior, prior predictive, observed and constant data always come from `model` itself.
+    """
+    prior_seed, _, pred_seed, spare_seed = seed_streams(settings.seed)
     t_start = time.perf_counter()
     _log("  sampling prior predictive", quiet)
     with model, warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         prior = pm.sample_prior_predictive(draws=settings.prior_draws, random_seed=prior_seed)
-    idata, timings = sample_posterior(model, settings, quiet)
-    t0 = time.perf_counter()
-    with model:
-        pm.compute_log_likelihood(idata, var_names=outcome_vars(model), extend_inferencedata=True, progressbar=False)
-        timings["log_likelihood_s"] = time.perf_counter() - t0
+    variant = getattr(model, "fast_variant", None) if settings.fast else None
+    if variant is not None:
+        from .marginal import finish_marginal_fit
+
+        fast_model = variant()
+        _log("  fast path: participant effects integrated out analytically, recovered after sampling", quiet)
+        idata, timings = sample_posterior(fast_model, settings, quiet)
+        timings.update(finish_marginal_fit(idata, fast_model.marginal_design, spare_seed, pred_seed))
+    else:
+        idata, timings = sample_posterior(model, settings, quiet)
         t0 = time.perf_counter()
-        pm.sample_posterior_predictive(
-            idata, var_names=outcome_vars(model), random_seed=pred_seed, extend_inferencedata=True, progressbar=False
-        )
-        timings["posterior_predictive_s"] = time.perf_counter() - t0
+        with model:
+            pm.compute_log_likelihood(idata, var_names=outcome_vars(model), extend_inferencedata=True, progressbar=False)
+            timings["log_likelihood_s"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            pm.sample_posterior_predictive(
+                idata, var_names=outcome_vars(model), random_seed=pred_seed, extend_inferencedata=True, progressbar=False
+            )
+            timings["posterior_predictive_s"] = time.perf_counter() - t0
+        idata.posterior.attrs["fit_path"] = "plain"
     for group in ("prior", "prior_predictive"):
         if group in prior.groups():
             idata.add_groups({group: prior[group]})

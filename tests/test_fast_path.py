@@ -1,0 +1,193 @@
+"""The fast path (participant effects integrated out) against independent computations and the plain path."""
+
+from __future__ import annotations
+
+import arviz as az
+import numpy as np
+import pytensor.tensor as pt
+import pytest
+import scipy.special
+import xarray as xr
+from scipy.stats import multivariate_normal
+
+from data import DEFAULT_DATASET, load_dataset
+from models import build_design
+from models.headline import build_headline
+from models.marginal import (
+    FIXED_VAR,
+    build_headline_auto,
+    build_headline_marginal,
+    marginal_loglik,
+    recover_participant_effects,
+    visit_stats,
+)
+from models.sampling import SamplerSettings, compile_nutpie, erfcinv_native, sample_all
+
+KEY = ["nac_effect", "moderation_per_doubling", "prognostic_per_doubling", "residual_sd", "participant_sd", "participant_corr", "placebo_change"]
+
+
+@pytest.fixture(scope="module")
+def design(small_trial):
+    return build_design(small_trial)
+
+
+def _participant_blocks(design, i):
+    m = design.obs_participant == i
+    x = np.column_stack([np.ones(m.sum()), design.t1[m], design.t2[m]])
+    return x, design.y[m]
+
+
+@pytest.mark.unit
+def test_marginal_loglik_equals_dense_mvnormal(design):
+    """Woodbury / determinant-lemma closed form == dense MvNormal(X c, Z S Z' + s^2 I) per participant."""
+    rng = np.random.default_rng(0)
+    c = rng.normal([25.0, -10.0, -2.0], 3.0, size=(design.n_participants, 3))
+    chol = np.array([[5.0, 0.0], [-2.0, 4.0]])
+    sigma = 3.2
+    got = marginal_loglik(visit_stats(design), pt.as_tensor_variable(c), pt.as_tensor_variable(chol), pt.as_tensor_variable(sigma)).eval()
+    cov_b = chol @ chol.T
+    want = []
+    for i in range(design.n_participants):
+        x, y = _participant_blocks(design, i)
+        z = x[:, :2]
+        want.append(multivariate_normal(x @ c[i], z @ cov_b @ z.T + sigma**2 * np.eye(len(y))).logpdf(y))
+    np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-9)
+
+
+@pytest.mark.unit
+def test_recovered_effects_follow_exact_conditional_posterior(design):
+    """b_i | y, theta drawn by the recovery has the dense-algebra conditional mean and covariance."""
+    n_draw, n_p = 4000, design.n_participants
+    rng = np.random.default_rng(1)
+    c = rng.normal([25.0, -10.0, -2.0], 3.0, size=(n_p, 3))
+    sd, rho, sigma = np.array([5.0, 4.0]), -0.3, 3.0
+    post = xr.Dataset(
+        {
+            FIXED_VAR: (("chain", "draw", "participant", "participant_term"), np.broadcast_to(c, (1, n_draw, n_p, 3)).copy()),
+            "participant_sd": (("chain", "draw", "participant_effect"), np.broadcast_to(sd, (1, n_draw, 2)).copy()),
+            "participant_corr": (("chain", "draw"), np.full((1, n_draw), rho)),
+            "residual_sd": (("chain", "draw"), np.full((1, n_draw), sigma)),
+        },
+        coords={"chain": [0], "draw": np.arange(n_draw), "participant": design.participants},
+    )
+    idata = az.InferenceData(posterior=post)
+    recover_participant_effects(idata, design, seed=3)
+    b = idata.posterior["participant_effects"].values[0]
+    cov_b = np.diag(sd) @ np.array([[1, rho], [rho, 1]]) @ np.diag(sd)
+    for i in range(n_p):
+        x, y = _participant_blocks(design, i)
+        z = x[:, :2]
+        cond_cov = np.linalg.inv(np.linalg.inv(cov_b) + z.T @ z / sigma**2)
+        cond_mean = cond_cov @ z.T @ (y - x @ c[i]) / sigma**2
+        se = np.sqrt(np.diag(cond_cov) / n_draw)
+        assert np.all(np.abs(b[:, i].mean(0) - cond_mean) < 4.5 * se), i
+        np.testing.assert_allclose(np.cov(b[:, i].T), cond_cov, rtol=0.15, atol=0.05 * cond_cov.max())
+
+
+@pytest.mark.unit
+def test_native_erfcinv_matches_scipy():
+    ys = np.concatenate([np.logspace(-300, -1e-9, 400), np.linspace(0.01, 1.99, 399), 2 - np.logspace(-15, -1, 100)])
+    got = np.array([erfcinv_native(y) for y in ys])
+    np.testing.assert_allclose(got, scipy.special.erfcinv(ys), rtol=1e-12, atol=1e-14)
+    assert erfcinv_native(0.0) == np.inf and erfcinv_native(2.0) == -np.inf and np.isnan(erfcinv_native(np.nan))
+
+
+@pytest.mark.unit
+def test_fast_variant_only_where_exact(design):
+    assert callable(getattr(build_headline_auto(design), "fast_variant", None))
+    for likelihood in ("student", "censored"):
+        assert not hasattr(build_headline_auto(design, likelihood=likelihood), "fast_variant")
+    plain, fast = build_headline(design), build_headline_marginal(design)
+    # every user-facing variable of the plain model exists with the same dims (participant effects come after sampling)
+    recovered = {"participant_raw", "participant_effects", "y"}
+    for name, dims in plain.named_vars_to_dims.items():
+        if name not in recovered:
+            assert fast.named_vars_to_dims.get(name) == dims, name
+    assert {v.name for v in fast.free_RVs} == {v.name for v in plain.free_RVs} - {"participant_raw"}
+
+
+@pytest.fixture(scope="module")
+def both_paths(design, tmp_path_factory):
+    settings = SamplerSettings(draws=400, tune=400, chains=2, seed=5, prior_draws=20)
+    model = build_headline_auto(design)
+    fast, t_fast = sample_all(model, settings, quiet=True)
+    plain, t_plain = sample_all(model, SamplerSettings(**{**settings.__dict__, "fast": False}), quiet=True)
+    return fast, plain, t_fast, t_plain
+
+
+def _agree(fast, plain, names, k=4.0):
+    sf = az.summary(fast, var_names=names, kind="all")
+    sp = az.summary(plain, var_names=names, kind="all")
+    varying = (sf["sd"] > 0) & (sp["sd"] > 0)  # the effects at baseline are 0 by construction
+    sf, sp = sf[varying], sp[varying]
+    z = (sf["mean"] - sp["mean"]) / np.sqrt(sf["mcse_mean"] ** 2 + sp["mcse_mean"] ** 2)
+    # posterior SDs agree too (a wrong marginal likelihood changes widths, not only locations)
+    ratio = sf["sd"] / sp["sd"]
+    return z, ratio
+
+
+@pytest.mark.smoke
+def test_fast_path_same_groups_and_names(both_paths, design):
+    fast, plain, t_fast, _ = both_paths
+    assert fast.posterior.attrs["fit_path"] == "marginal" and plain.posterior.attrs["fit_path"] == "plain"
+    for group in ("posterior", "sample_stats", "prior", "prior_predictive", "posterior_predictive", "log_likelihood", "observed_data", "constant_data"):
+        assert group in fast.groups(), group
+    assert set(plain.posterior.data_vars) == set(fast.posterior.data_vars)
+    for name in fast.posterior.data_vars:
+        assert fast.posterior[name].dims == plain.posterior[name].dims, name
+    assert fast.log_likelihood["y"].dims == plain.log_likelihood["y"].dims == ("chain", "draw", "obs")
+    assert fast.posterior_predictive["y"].shape == plain.posterior_predictive["y"].shape
+    np.testing.assert_array_equal(fast.constant_data["obs_participant"], design.obs_participant)
+    assert int(fast.sample_stats["diverging"].sum()) == 0
+    assert {"recover_s", "log_likelihood_s", "posterior_predictive_s"} <= set(t_fast)
+
+
+@pytest.mark.smoke
+def test_fast_and_plain_posteriors_agree(both_paths):
+    """Key effects: means within Monte Carlo error, posterior SDs within 25% (small run)."""
+    fast, plain, _, _ = both_paths
+    z, ratio = _agree(fast, plain, KEY)
+    assert np.all(np.abs(z) < 4.0), z[np.abs(z) >= 4.0]
+    assert np.all((ratio > 0.75) & (ratio < 1.33)), ratio
+    # recovered participant effects: same posterior means as the plain path's sampled ones
+    bf = fast.posterior["participant_effects"].mean(("chain", "draw")).values
+    bp = plain.posterior["participant_effects"].mean(("chain", "draw")).values
+    for k in range(2):
+        assert np.corrcoef(bf[:, k], bp[:, k])[0, 1] > 0.97
+    # pointwise log-likelihood (conditional on b) and predictions on the same scale as the plain path
+    lf = fast.log_likelihood["y"].sum("obs")
+    lp = plain.log_likelihood["y"].sum("obs")
+    assert abs(float(lf.mean() - lp.mean())) < 4 * float(np.hypot(lf.std(), lp.std())) / np.sqrt(200)
+    yf = fast.posterior_predictive["y"].mean(("chain", "draw")).values
+    yp = plain.posterior_predictive["y"].mean(("chain", "draw")).values
+    assert np.corrcoef(yf, yp)[0, 1] > 0.98
+
+
+@pytest.mark.smoke
+def test_seed_reproducible_and_cache_reused(design, both_paths, tmp_path, monkeypatch):
+    """Same seed, same numbers; a second compile of the same model loads the cached wrappers."""
+    fast, _, _, _ = both_paths
+    monkeypatch.setenv("DEPTRIAL_CACHE", str(tmp_path / "cache"))
+    model = build_headline_marginal(design)
+    _, first = compile_nutpie(model)
+    _, second = compile_nutpie(build_headline_marginal(design))
+    assert not first and second
+    assert len(list((tmp_path / "cache").glob("*.nbi"))) == 2  # logp and expand wrappers
+    again, _ = sample_all(build_headline_auto(design), SamplerSettings(draws=400, tune=400, chains=2, seed=5, prior_draws=20), quiet=True)
+    for name in ("nac_effect", "participant_effects"):
+        np.testing.assert_array_equal(again.posterior[name].values, fast.posterior[name].values)
+    np.testing.assert_array_equal(again.log_likelihood["y"].values, fast.log_likelihood["y"].values)
+
+
+@pytest.mark.slow
+def test_fast_and_plain_agree_on_default_data():
+    """Default trial at default-like settings: key effects agree within MC error, SDs within 10%."""
+    design = build_design(load_dataset(DEFAULT_DATASET))
+    settings = SamplerSettings(draws=1000, tune=1000, chains=4, seed=2, prior_draws=20)
+    model = build_headline_auto(design)
+    fast, _ = sample_all(model, settings, quiet=True)
+    plain, _ = sample_all(model, SamplerSettings(**{**settings.__dict__, "fast": False}), quiet=True)
+    z, ratio = _agree(fast, plain, KEY)
+    assert np.all(np.abs(z) < 4.0), z[np.abs(z) >= 4.0]
+    assert np.all((ratio > 0.9) & (ratio < 1.1)), ratio
+    assert int(fast.sample_stats["diverging"].sum()) == 0
