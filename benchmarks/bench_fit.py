@@ -287,6 +287,11 @@ def fit_stan(design, args) -> dict:
 
     from models.sampling import seed_streams
 
+    import aiohttp.client
+
+    # pystan talks to its compile server with aiohttp's default 5-minute timeout, which a C++
+    # compile on a busy 2-core machine can exceed
+    aiohttp.client.DEFAULT_TIMEOUT = aiohttp.ClientTimeout(total=None)
     t0 = time.perf_counter()
     tc = time.perf_counter()
     posterior = stan.build(STAN_PROGRAM, data=stan_data(design), random_seed=seed_streams(args.seed)[1] % (2**31))
