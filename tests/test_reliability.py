@@ -149,7 +149,7 @@ def complete_run(small_trial_dir, tmp_path_factory):
     assert "the loader changed 1 thing(s)" in err and "exact duplicate" in err
     run = json.loads((out / "run.json").read_text())
     assert [c["action"] for c in run["data_changes"]] == ["dropped_duplicate"]
-    return posterior_draws(az.from_netcdf(out / "headline" / "idata.nc"))
+    return data, posterior_draws(az.from_netcdf(out / "headline" / "idata.nc"))
 
 
 def kill_when(proc: subprocess.Popen, ready, timeout: float = 600) -> float:
@@ -252,17 +252,21 @@ def test_same_seed_gives_bit_identical_draws_small_model(monkeypatch):
 
 
 @pytest.mark.slow
-def test_same_seed_gives_bit_identical_draws_headline_across_processes(complete_run, small_trial, monkeypatch):
-    import nutpie
+def test_same_seed_gives_bit_identical_draws_headline_across_processes(complete_run, tmp_path):
+    """fit.py end to end (whatever sampling path it uses): the complete run, a run in another process
+    with --cores 1, and an in-process run give bit-identical headline posterior draws."""
+    import arviz as az
 
-    from models import build_design
-    from models.headline import build_headline
-
-    model = build_headline(build_design(small_trial))
-    runs = sampler_runs(model, nutpie.compile_pymc_model(model, backend="numba"), monkeypatch, VARIANTS)
-    check_determinism(runs)
-    for name, draws in runs["a"].items():  # complete_run: fit.py in another process
-        assert np.array_equal(draws, complete_run[name], equal_nan=True), f"{name}: fit.py in another process differs"
+    data, first = complete_run
+    proc = fit_process(data, tmp_path / "one_core", "--cores", "1")
+    _, err = proc.communicate(timeout=900)
+    assert proc.returncode == 0, err
+    assert fit.main(["--data", str(data), "--out", str(tmp_path / "in_process"), *TINY]) == 0
+    for other in ("one_core", "in_process"):
+        draws = posterior_draws(az.from_netcdf(tmp_path / other / "headline" / "idata.nc"))
+        assert set(draws) == set(first)
+        for name, values in first.items():
+            assert np.array_equal(values, draws[name], equal_nan=True), f"{name}: {other} differs from the first run"
 
 
 # ---------------------------------------------------------------- sampler trouble
