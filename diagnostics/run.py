@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -247,8 +248,20 @@ def diagnose_run(
     )
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _write(path: Path, payload: bytes) -> None:
+    """Atomic write, then the usual permissions (temporary files are created private)."""
+    atomic_write_bytes(path, payload)
+    os.chmod(path, 0o666 & ~_umask())
+
+
 def _csv(df: pd.DataFrame, path: Path, index: bool = False) -> None:
-    atomic_write_bytes(path, df.to_csv(index=index).encode())
+    _write(path, df.to_csv(index=index).encode())
 
 
 def write_outputs(run: RunDiagnostics, folder: str | Path) -> Path:
@@ -263,16 +276,16 @@ def write_outputs(run: RunDiagnostics, folder: str | Path) -> Path:
         for level, r in m.loo.items():
             _csv(r.table(), mf / f"loo_{level}.csv")
         _csv(m.verdict.table, mf / "convergence.csv", index=True)
-        atomic_write_bytes(mf / "convergence.txt", (m.verdict.text() + "\n").encode())
+        _write(mf / "convergence.txt", (m.verdict.text() + "\n").encode())
         text = "\n".join([m.verdict.text(), m.ppc.text(), json.dumps({"loo_pit": m.ppc.loo_pit}), *[r.text() for r in m.loo.values()]])
-        atomic_write_bytes(mf / "diagnostics.txt", (text + "\n").encode())
+        _write(mf / "diagnostics.txt", (text + "\n").encode())
         for key, png in m.figures.items():
-            atomic_write_bytes(mf / "figures" / f"{key}.png", png)
+            _write(mf / "figures" / f"{key}.png", png)
     for level, table in run.comparisons.items():
         _csv(table, folder / f"comparison_{level}.csv", index=True)
-    atomic_write_bytes(folder / "comparison.txt", (run.comparison_text() + "\n").encode())
+    _write(folder / "comparison.txt", (run.comparison_text() + "\n").encode())
     report = folder / "report.html"
-    atomic_write_bytes(report, render_report(run).encode("utf-8"))
+    _write(report, render_report(run).encode("utf-8"))
     return report
 
 
