@@ -403,7 +403,9 @@ def fmt(v, nd=1):
     if v is None:
         return "-"
     if isinstance(v, float):
-        return f"{v:.{nd}f}" if v == v else "nan"
+        if v != v:
+            return "nan"
+        return f"{v:.{nd}f}" if abs(v) >= 1 or v == 0 else f"{v:.3g}"
     return str(v)
 
 
