@@ -124,12 +124,30 @@ def _loo_times(idata, design) -> dict:
     return out
 
 
+def _register_jax_erfcinv() -> None:
+    """PyTensor's JAX backend has erfcinv only through tensorflow-probability: use jax's ndtri."""
+    from pytensor.link.jax.dispatch import jax_funcify
+    from pytensor.scalar.math import Erfcinv
+
+    @jax_funcify.register(Erfcinv)
+    def _jax_erfcinv(op, **kwargs):
+        import jax.numpy as jnp
+        from jax.scipy.special import ndtri
+
+        def erfcinv(x):
+            return -ndtri(x / 2.0) / jnp.sqrt(2.0)
+
+        return erfcinv
+
+
 def fit_pymc(design, args, sampler: str) -> dict:
     import pymc as pm
 
     from models.headline import build_headline
     from models.sampling import seed_streams
 
+    if sampler == "numpyro":
+        _register_jax_erfcinv()
     t0 = time.perf_counter()
     model = build_headline(design)
     compile_s = None
