@@ -36,6 +36,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -507,6 +508,7 @@ def main(argv=None) -> int:
     (args.out / "results.json").write_text(json.dumps({"settings": meta, "results": results}, indent=2, default=float) + "\n")
     (args.out / "results.md").write_text(text + "\n")
     print(f"wrote {args.out}/results.json and results.md", file=sys.stderr)
+    shutil.rmtree(work, ignore_errors=True)  # simulated trials and the per-path compile caches
     return 0
 
 
