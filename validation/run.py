@@ -160,13 +160,14 @@ def main(argv=None) -> int:
     ap.add_argument("--report-only", action="store_true", help="only rebuild RESULTS.md from saved results")
     ap.add_argument("--sbc-reps", type=int, default=100)
     ap.add_argument("--coverage-reps", type=int, default=200)
-    ap.add_argument("--agreement-reps", type=int, default=20)
+    ap.add_argument("--agreement-reps", type=int, default=10)
     ap.add_argument("--seed", type=int, default=2026)
     ap.add_argument("--cores", type=int, default=2)
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = ap.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     if args.report_only:
+        refresh_sbc(args.out)
         write_report(args.out, RESULTS_MD if args.out == DEFAULT_OUT else args.out / "RESULTS.md")
         return 0
     sbc_models = args.sbc if args.sbc is not None else (available_sbc_models() if args.all else [])
@@ -181,6 +182,25 @@ def main(argv=None) -> int:
     for name in sbc_models or []:
         check_sbc(name, args.sbc_reps, args.seed, args.out, args.cores, report)
     return 0
+
+
+def refresh_sbc(out: Path) -> None:
+    """Recompute the SBC uniformity tables and plots from the saved ranks (after a change to the tests)."""
+    import pandas as pd
+
+    from .sbc import SBCResult, rank_plot, uniformity
+
+    for path in sorted(out.glob("sbc_*.json")):
+        s = json.loads(path.read_text(encoding="utf-8"))
+        ranks = pd.read_csv(out / f"sbc_{s['model']}_ranks.csv")
+        uni = uniformity(ranks, s["n_rank_draws"])
+        save_csv(uni, out / f"sbc_{s['model']}_uniformity.csv")
+        rank_plot(SBCResult(s["model"], ranks, s["n_rank_draws"], s, s["compile_s"], s["seconds"], uni), out / f"sbc_{s['model']}_ranks.png")
+        s["n_reps"] = int(ranks["replicate"].nunique())
+        s["complete"] = s["n_reps"] >= s.get("target_reps", s["n_reps"])
+        s["divergent_replicates"] = int(ranks.groupby("replicate")["divergences"].first().gt(0).sum())
+        s["flagged"] = [p for p, f in zip(uni["parameter"], uni["flagged"]) if f]
+        save_json(path, s)
 
 
 def available_sbc_models() -> list[str]:

@@ -4,7 +4,10 @@ a fit per replicate, the rank of each true value among thinned posterior draws.
 If the fitted model is the model that generated the data and the sampler is right, each rank is
 uniform on 0..L. Ranks piled at both ends mean posteriors too narrow (or a prior too narrow for the
 simulation), a hump means posteriors too wide, a slope means bias. Uniformity is tested per
-parameter with a chi-square test on equal-width rank bins.
+parameter with a chi-square test on equal-width rank bins and, because coarse bins have little
+power against true values falling outside the posterior altogether, a binomial test of the number
+of extreme ranks (0 or L; probability 2 / (L + 1) each when calibrated). A parameter is flagged
+when either p-value is below P_FLAG.
 
 The prior predictive is the model's generative model only when the model has no Potentials:
 PyMC ignores Potentials when sampling the prior predictive, and the headline model adds one for
@@ -159,10 +162,13 @@ def uniformity(ranks: pd.DataFrame, n_rank_draws: int = N_RANK_DRAWS, bins: int 
         counts = bin_counts(g["rank"].to_numpy(), n_rank_draws, b)
         chi2, p = stats.chisquare(counts)
         z = (g["post_mean"] - g["true"]) / g["post_sd"]
-        frac_extreme = float(np.mean((g["rank"] == 0) | (g["rank"] == n_rank_draws)))
+        n_extreme = int(np.sum((g["rank"] == 0) | (g["rank"] == n_rank_draws)))
+        frac_extreme = n_extreme / len(g)
+        # truth outside every posterior draw: probability 2 / (L + 1) per replicate when calibrated
+        p_extreme = float(stats.binom.sf(n_extreme - 1, len(g), 2 / (n_rank_draws + 1)))
         rows.append({
             "parameter": name, "replicates": len(g), "bins": b, "chi2": float(chi2), "p_value": float(p),
-            "flagged": bool(p < P_FLAG), "mean_rank_frac": float(g["rank"].mean() / n_rank_draws),
+            "p_extreme": p_extreme, "flagged": bool(p < P_FLAG or p_extreme < P_FLAG), "mean_rank_frac": float(g["rank"].mean() / n_rank_draws),
             "extreme_rank_share": frac_extreme, "mean_z": float(z.mean()), "sd_z": float(z.std(ddof=1)),
             "min_ess_bulk": float(g["ess_bulk"].min()), "divergent_replicates": int((g["divergences"] > 0).sum()),
         })
