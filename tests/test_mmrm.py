@@ -161,45 +161,43 @@ def test_normal_likelihood_only(design_nobio, tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
-# --- fit on the bundled trial: agreement with REML, truth, every InferenceData group
+# --- fits: a small simulated trial in the default run, the bundled trial (n = 252) in the slow run
+
+
+def _fit(ds, draws, tune, seed):
+    design = build_design(ds)
+    settings = SamplerSettings(draws=draws, tune=tune, chains=2, seed=seed, prior_draws=20)
+    idata, _ = sample_all(get("mmrm").build(design), settings, quiet=True)
+    return ds, design, idata
+
+
+@pytest.fixture(scope="module")
+def small_fit(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("mmrm_small") / "t"
+    simulate_trial(TrialParameters(n_participants=100, seed=23, nac_effect_e=-3.0, nac_effect_f=-5.0, serum_fraction=0.0)).write(folder)
+    return _fit(load_dataset(folder), draws=300, tune=300, seed=11)
 
 
 @pytest.fixture(scope="module")
 def default_fit():
-    ds = load_dataset(DEFAULT_DATASET)
-    design = build_design(ds)
-    model = get("mmrm").build(design)
-    settings = SamplerSettings(draws=400, tune=400, chains=2, seed=11, prior_draws=20)
-    idata, _ = sample_all(model, settings, quiet=True)
-    return ds, design, idata
+    return _fit(load_dataset(DEFAULT_DATASET), draws=600, tune=500, seed=11)
 
 
-@pytest.mark.smoke
-def test_bayesian_mmrm_agrees_with_reml(default_fit):
-    """Posterior means of the NAC - placebo difference within 0.25 SE of REML at every visit; SDs
-    within 20% of the REML standard errors (weak priors, n = 252)."""
-    ds, design, idata = default_fit
+def _check_agreement(design, idata, ds, tol, weeks):
     beta, cov, names = reml_mmrm(ds)
     post = idata.posterior["nac_effect"]
-    for w in design.weeks[1:]:
+    for w in weeks:
         j = names.index(f"nac_{w}")
         se = np.sqrt(cov[j, j])
         draws = post.sel(week=w).values.ravel()
-        assert abs(draws.mean() - beta[j]) < 0.25 * se, (w, draws.mean(), beta[j], se)
-        assert 0.8 < draws.std() / se < 1.2, (w, draws.std(), se)
-    for w in design.weeks[1:]:  # baseline x visit too
-        j = names.index(f"baseline_{w}")
+        assert abs(draws.mean() - beta[j]) < tol * se, (w, draws.mean(), beta[j], se)
+        assert 0.75 < draws.std() / se < 1.25, (w, draws.std(), se)
+        j = names.index(f"baseline_{w}")  # baseline x visit too
         se = np.sqrt(cov[j, j])
-        assert abs(idata.posterior["baseline_slope"].sel(visit=w).values.mean() - beta[j]) < 0.25 * se
+        assert abs(idata.posterior["baseline_slope"].sel(visit=w).values.mean() - beta[j]) < tol * se
 
 
-@pytest.mark.smoke
-def test_bayesian_mmrm_covers_truth_and_stores_groups(default_fit):
-    ds, design, idata = default_fit
-    truth = {12: -1.5, 16: -3.0}  # data/default/truth.json
-    for w, t in truth.items():
-        lo, hi = az.hdi(idata.posterior["nac_effect"].sel(week=w).values.ravel(), hdi_prob=0.99)
-        assert lo < t < hi, (w, lo, hi)
+def _check_groups(idata):
     assert int(idata.sample_stats["diverging"].sum()) == 0
     n_obs = idata.observed_data["change"].sizes["obs"]
     assert idata.log_likelihood["change"].sizes["obs"] == n_obs
@@ -209,9 +207,32 @@ def test_bayesian_mmrm_covers_truth_and_stores_groups(default_fit):
     wk = idata.constant_data["obs_week"].values
     pp = idata.posterior_predictive["change"].values[..., wk == 12]
     obs = idata.observed_data["change"].values[wk == 12]
-    assert abs(pp.mean() - obs.mean()) < 1.0 and 0.8 < pp.std() / obs.std() < 1.25
-    loo = az.loo(idata, var_name="change")
-    assert np.isfinite(loo.elpd_loo)
+    assert abs(pp.mean() - obs.mean()) < 1.5 and 0.75 < pp.std() / obs.std() < 1.3
+    assert np.isfinite(az.loo(idata, var_name="change").elpd_loo)
+
+
+@pytest.mark.smoke
+def test_small_bayesian_mmrm_agrees_with_reml_and_covers_truth(small_fit):
+    """n = 100: posterior means of the NAC - placebo difference at weeks 12 and 16 within 0.3 REML
+    standard errors of the REML estimate (the N(0, 6) prior shrinks a little more than at n = 252),
+    SDs within 25% of the SEs, the true effects (-3, -5) inside the 99% interval."""
+    ds, design, idata = small_fit
+    _check_agreement(design, idata, ds, tol=0.3, weeks=(12, 16))
+    for w, t in {12: -3.0, 16: -5.0}.items():
+        lo, hi = az.hdi(idata.posterior["nac_effect"].sel(week=w).values.ravel(), hdi_prob=0.99)
+        assert lo < t < hi, (w, lo, hi)
+    _check_groups(idata)
+
+
+@pytest.mark.slow
+def test_bayesian_mmrm_agrees_with_reml_on_bundled_trial(default_fit):
+    """n = 252: within 0.25 SE of REML at every visit; the truth (-1.5, -3) inside the 99% interval."""
+    ds, design, idata = default_fit
+    _check_agreement(design, idata, ds, tol=0.25, weeks=design.weeks[1:])
+    for w, t in {12: -1.5, 16: -3.0}.items():  # data/default/truth.json
+        lo, hi = az.hdi(idata.posterior["nac_effect"].sel(week=w).values.ravel(), hdi_prob=0.99)
+        assert lo < t < hi, (w, lo, hi)
+    _check_groups(idata)
 
 
 @pytest.mark.slow
