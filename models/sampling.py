@@ -153,43 +153,26 @@ def erfcinv_native(y: float) -> float:
     return -sign * x / math.sqrt(2.0)
 
 
-def _sigmoid_native(x: float) -> float:
-    if x >= 0.0:
-        return 1.0 / (1.0 + math.exp(-x))
-    e = math.exp(x)
-    return e / (1.0 + e)
-
-
-def _erfc_native(x: float) -> float:
-    return math.erfc(x)
-
-
-def _erf_native(x: float) -> float:
-    return math.erf(x)
-
-
-def _gammaln_native(x: float) -> float:
-    return math.lgamma(x)
-
-
-def _register_native_scalars() -> None:
-    """PyTensor's numba backend: scipy.special scalars (Cython function pointers, which numba cannot
-    cache) computed in plain arithmetic instead, so whole log-density functions can be cached."""
+def _use_native_erfcinv(on: bool) -> None:
+    """PyTensor's numba backend computes Erfcinv by calling scipy's Cython function through a
+    process-local pointer, which numba cannot cache. While compiling with the cache (on=True) it is
+    computed by erfcinv_native instead; afterwards PyTensor's own implementation is restored, so
+    nothing else in the process changes."""
     from pytensor.link.numba.dispatch.basic import numba_njit, register_funcify_and_cache_key
-    from pytensor.scalar import math as psm
+    from pytensor.link.numba.dispatch.scalar import numba_funcify_ScalarOp
+    from pytensor.scalar.math import Erfcinv
 
-    natives = {psm.Erfcinv: erfcinv_native, psm.Erfc: _erfc_native, psm.Erf: _erf_native, psm.Sigmoid: _sigmoid_native, psm.GammaLn: _gammaln_native}
-    for op_type, func in natives.items():
-        jitted = numba_njit(func, fastmath=False)
+    if not on:
+        register_funcify_and_cache_key(Erfcinv)(numba_funcify_ScalarOp)
+        return
+    jitted = numba_njit(erfcinv_native, fastmath=False)
 
-        def funcify(op, node=None, _jitted=jitted, _name=op_type.__name__, **kwargs):
-            if any(inp.type.dtype != "float64" for inp in node.inputs):  # other dtypes: PyTensor's own path
-                from pytensor.link.numba.dispatch.scalar import numba_funcify_ScalarOp
+    def funcify(op, node=None, **kwargs):
+        if any(inp.type.dtype != "float64" for inp in node.inputs):  # other dtypes: PyTensor's own path
+            return numba_funcify_ScalarOp(op, node, **kwargs)
+        return jitted, "deptrial-erfcinv-native-v1"
 
-                return numba_funcify_ScalarOp(op, node, **kwargs)
-            return _jitted, f"deptrial-{_name}-native-v1"
-
-        register_funcify_and_cache_key(op_type)(funcify)
+    register_funcify_and_cache_key(Erfcinv)(funcify)
 
 
 def _install_locator(folder: Path) -> None:
@@ -226,7 +209,6 @@ def _install_locator(folder: Path) -> None:
             return None if key is None else cls(py_func, py_file, key)
 
     CacheImpl._locator_classes.insert(0, DeptrialCacheLocator)
-    _register_native_scalars()
     _CACHE_KEYS = keys
 
 
@@ -239,7 +221,7 @@ def _wrapper_key(tag: str, inner, n_dim: int, n_expanded: int, shared_names, sha
     graph_key = CACHED_SRC_FUNCTIONS.get(getattr(inner, "py_func", None))
     if graph_key is None:
         return None
-    parts = [tag, "v2", graph_key, str(n_dim), str(n_expanded), nutpie.__version__, numba.__version__]
+    parts = [tag, "v3", graph_key, str(n_dim), str(n_expanded), nutpie.__version__, numba.__version__]
     parts += [f"{name}:{shared_data[name].shape}:{shared_data[name].dtype}" for name in shared_names]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:40]
 
@@ -319,11 +301,13 @@ def _cacheable_wrappers(folder: Path):
 
     cp._make_c_logp_func, cp._make_c_expand_func, numba.cfunc = make_logp, make_expand, cfunc
     BaseContext.make_constant_array = make_constant_array
+    _use_native_erfcinv(True)
     try:
         yield
     finally:
         cp._make_c_logp_func, cp._make_c_expand_func, numba.cfunc = orig_logp, orig_expand, orig_cfunc
         BaseContext.make_constant_array = orig_constant
+        _use_native_erfcinv(False)
 
 
 def inspect_nonlocal(func, name: str):
