@@ -1,6 +1,6 @@
 """Run the statistical validation and write validation/RESULTS.md with its CSVs and plots.
 
-    python -m validation.run --all                 # everything (about an hour on 2 busy cores)
+    python -m validation.run --all                 # everything (hours on 2 busy cores)
     python -m validation.run --sbc headline        # one check; RESULTS.md is rebuilt from all saved results
     python -m validation.run --sbc-reps 20 --coverage-reps 40 --all --out /tmp/val   # a quick look
 
