@@ -49,7 +49,13 @@ def parse_args(argv):
     ap.add_argument("--plain", action="store_true", help="sample the plain model even where an exact fast variant exists (for comparison)")
     ap.add_argument("--mcid", type=float, default=2.0, help="minimal clinically important difference, outcome points")
     ap.add_argument("--remission-cutoff", type=float, default=REMISSION_CUTOFF, help="remission: score at or below this (posterior predictive checks)")
-    ap.add_argument("--kfold", type=int, default=KFOLD_K, help="folds for grouped K-fold LOO when Pareto k is too high (0: no refits, such elpd marked unreliable)")
+    ap.add_argument(
+        "--kfold",
+        type=int,
+        default=0,
+        help=f"refit units with Pareto k too high: grouped K-fold by participant (e.g. {KFOLD_K}; K x models extra fits). "
+        "Default 0: no refits, such elpd values are marked unreliable and diagnose.py --kfold K runs them later on the saved fits",
+    )
     ap.add_argument("--out", type=Path, default=Path("results"), help="output folder")
     ap.add_argument("--force", action="store_true", help="replace an existing output folder")
     ap.add_argument("--strict", action="store_true", help="exit 1 if the convergence verdict fails")

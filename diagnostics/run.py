@@ -149,7 +149,8 @@ def apply_remedies(group: list[str], models: dict[str, ModelDiagnostics], design
     if missing or design is None or settings is None or kfold < 1:
         notes.append(
             f"{level} level: {', '.join(f'{n} ({bad[n]})' for n in group if bad[n])} unit(s) with Pareto k above the threshold were not refitted "
-            "(refits disabled or the data/model are unavailable): those elpd values are unreliable"
+            "(refits disabled or the data/model are unavailable): those elpd values are unreliable; "
+            "the remedy is grouped K-fold by participant: python diagnose.py RESULTS --kfold 5"
         )
         return notes
     rs = refit_settings(settings)
