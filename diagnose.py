@@ -103,7 +103,13 @@ def main(argv=None) -> int:
         run = diagnose_run(idatas, estimates, design=design, builders=builders, settings=settings, kfold=args.kfold, remedy_levels=tuple(args.refit_levels), remission_cutoff=args.remission_cutoff, log=log)
     except ValueError as exc:
         return fail(str(exc))
-    report = write_outputs(run, args.results)
+    from data.atomic import OutputBusy, output_lock
+
+    try:
+        with output_lock(args.results):  # never interleave with a fit.py --force replacing this folder
+            report = write_outputs(run, args.results)
+    except OutputBusy as exc:
+        return fail(str(exc))
     for name, m in run.models.items():
         print(f"{name}: convergence {'PASS' if m.verdict.ok else 'FAIL'}; {m.ppc.text()}")
     for level, sentence in run.plain_language.items():

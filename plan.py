@@ -148,7 +148,7 @@ def main(argv=None) -> int:
         args = parse_args(argv)
     except SystemExit as exc:
         return int(exc.code or 0)
-    from data.atomic import atomic_folder
+    from data.atomic import OutputBusy, locked_output
     from planning import PlanningError, plan, smallest_n
     from planning.report import plot_plan
 
@@ -198,7 +198,7 @@ def main(argv=None) -> int:
         "mcmc_agreement": agreement,
     }
     try:
-        with atomic_folder(args.out, overwrite=args.force) as tmp:
+        with locked_output(args.out, overwrite=args.force) as tmp:
             table.to_csv(tmp / "plan.csv", index=False, float_format="%.6g")
             best.to_csv(tmp / "smallest_n.csv", index=False)
             plot_plan(table, tmp / "plan.png", args.target_assurance, title=f"{params.scale.outcome_label}: success if P(effect<0) > {spec.analysis.threshold:g}"
@@ -207,7 +207,7 @@ def main(argv=None) -> int:
                 agree_table.to_csv(tmp / "mcmc_agreement.csv", index=False, float_format="%.6g")
             record["timings"]["total_s"] = time.perf_counter() - t_start
             (tmp / "plan.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
-    except FileExistsError as exc:
+    except (FileExistsError, OutputBusy) as exc:
         return fail(str(exc))
     if not args.quiet:
         print(format_table(table))
