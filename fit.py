@@ -203,7 +203,7 @@ def run_models(built, design, ds, settings, args, out: Path) -> bool:
             run["models"][spec.name]["data_notes"] = notes
         fitted[spec.name] = (idata, table, spec)
         all_ok &= check.ok
-        print(f"\n{spec.name}: estimates ({design.meta.outcome_label}; lower is better)")
+        print(f"\n{spec.name}: estimates ({design.meta.outcome_label} points unless a row says otherwise; lower scores are better)")
         print(format_estimates(table))
         print(check.text())
         print(f"({timings['wall_s']:.1f} s: compile {timings.get('compile_s', 0):.1f}, sampling {timings['sample_s']:.1f})")
