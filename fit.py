@@ -209,11 +209,16 @@ def run_models(built, design, ds, settings, args, out: Path) -> bool:
         print(f"({timings['wall_s']:.1f} s: compile {timings.get('compile_s', 0):.1f}, sampling {timings['sample_s']:.1f})")
     # the report's checks (trajectory PPC, visit/participant LOO) need visit-score outcomes; models of other
     # outcomes (biomarker change, mediation) keep their convergence.txt and estimates.csv and are listed here
-    visit_fits = {n: f for n, f in fitted.items() if "constant_data" in f[0].groups() and "obs_week" in f[0].constant_data}
+    # (the MMRM models change from baseline, 'change', not the scores 'y': its checks are its own estimates and verdict)
+    visit_fits = {
+        n: f
+        for n, f in fitted.items()
+        if "constant_data" in f[0].groups() and "obs_week" in f[0].constant_data and "y" in f[0].observed_data
+    }
     skipped = [n for n in fitted if n not in visit_fits]
     if skipped:
         run["not_in_report"] = skipped
-        print(f"note: {', '.join(skipped)}: outcomes are not visit scores, so no trajectory checks or comparison in the report")
+        print(f"note: {', '.join(skipped)}: outcome is not the visit scores (y), so no trajectory checks or LOO comparison in the report")
     if visit_fits:
         run["diagnostics"] = diagnose_and_report(visit_fits, design, settings, args, out)
     (out / "run.json").write_text(json.dumps(run, indent=2, default=str) + "\n")

@@ -70,3 +70,15 @@ def test_list_models_and_unknown_model(capsys, tmp_path):
     assert lines[0].split()[0] == "headline" and len(lines[0].split()) > 3
     assert fit.main(["--model", "nope", "--out", str(tmp_path / "o")]) == 2
     assert "unknown model 'nope'" in capsys.readouterr().err
+
+
+@pytest.mark.smoke
+def test_mmrm_through_fit_cli(small_trial_dir, tmp_path, capsys):
+    """The MMRM's outcome is change from baseline, not the scores: fit.py must fit and tabulate it, not crash in the report."""
+    out = tmp_path / "mmrm"
+    code = fit.main(["--data", str(small_trial_dir), "--model", "mmrm", "--draws", "40", "--tune", "60", "--chains", "2", "--prior-draws", "10", "--out", str(out), "--quiet"])
+    assert code == 0
+    assert (out / "mmrm" / "idata.nc").exists()
+    est = pd.read_csv(out / "mmrm" / "estimates.csv")
+    assert est["quantity"].str.contains("week 16").any()
+    assert "outcome is not the visit scores" in capsys.readouterr().out
