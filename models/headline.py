@@ -72,6 +72,18 @@ def add_likelihood(mu, design: TrialDesign, priors: dict[str, Prior], likelihood
     raise ValueError(f"unknown likelihood '{likelihood}'; choose normal, student or censored")
 
 
+def add_population_terms(design: TrialDesign, md, pri: dict[str, Prior]):
+    """The headline's population-level terms, shared by the plain and the marginalised (fast) builds."""
+    z = add_marker_block(md, pri)
+    intercept = rv("intercept", pri["intercept"])
+    time_change = rv("time_change", pri["time_change"], dims="phase")
+    nac_change = rv("nac_change", pri["nac_change"], dims="phase")
+    prognostic = rv("marker_prognostic", pri["marker_prognostic"], dims="marker")
+    moderation = rv("marker_moderation", pri["marker_moderation"], dims="marker")
+    site = add_site_effects(design, pri)
+    return z, intercept, time_change, nac_change, prognostic, moderation, site
+
+
 def build_headline(design: TrialDesign, priors: dict | None = None, likelihood: str = "normal") -> pm.Model:
     md = design.require_markers(NAME)
     pri = resolve(default_priors(design), priors)
@@ -82,13 +94,7 @@ def build_headline(design: TrialDesign, priors: dict | None = None, likelihood: 
         t2 = pm.Data("t2", design.t2, dims="obs")
         pm.Data("obs_week", design.obs_week, dims="obs")
 
-        z = add_marker_block(md, pri)
-        intercept = rv("intercept", pri["intercept"])
-        time_change = rv("time_change", pri["time_change"], dims="phase")
-        nac_change = rv("nac_change", pri["nac_change"], dims="phase")
-        prognostic = rv("marker_prognostic", pri["marker_prognostic"], dims="marker")
-        moderation = rv("marker_moderation", pri["marker_moderation"], dims="marker")
-        site = add_site_effects(design, pri)
+        z, intercept, time_change, nac_change, prognostic, moderation, site = add_population_terms(design, md, pri)
         effects = add_participant_effects(design, pri)
 
         level = intercept + site + effects[:, 0] + pt.dot(z, prognostic)

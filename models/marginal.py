@@ -46,8 +46,7 @@ import pytensor.tensor as pt
 import xarray as xr
 
 from .design import TrialDesign
-from .headline import NAME, add_effect_summaries, add_site_effects, build_headline, default_priors
-from .marker_block import add_marker_block
+from .headline import NAME, add_effect_summaries, add_population_terms, build_headline, default_priors
 from .priors import dist, resolve, rv
 
 FIXED_TERMS = ["level", "change", "followup_change"]
@@ -117,13 +116,7 @@ def build_headline_marginal(design: TrialDesign, priors: dict | None = None) -> 
         pm.Data("t2", design.t2, dims="obs")
         pm.Data("obs_week", design.obs_week, dims="obs")
 
-        z = add_marker_block(md, pri)
-        intercept = rv("intercept", pri["intercept"])
-        time_change = rv("time_change", pri["time_change"], dims="phase")
-        nac_change = rv("nac_change", pri["nac_change"], dims="phase")
-        prognostic = rv("marker_prognostic", pri["marker_prognostic"], dims="marker")
-        moderation = rv("marker_moderation", pri["marker_moderation"], dims="marker")
-        site = add_site_effects(design, pri)
+        z, intercept, time_change, nac_change, prognostic, moderation, site = add_population_terms(design, md, pri)
         chol, _, _ = pm.LKJCholeskyCov(
             "participant_chol",
             n=2,
