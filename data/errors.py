@@ -20,6 +20,16 @@ def format_lines(lines, limit: int = 8) -> str:
     return f"{word} {shown}{more}"
 
 
+def location(file: str, column: str | None, lines) -> str:
+    """'file, column 'c', lines 3, 7': where a problem or a reported change sits."""
+    where = file
+    if column:
+        where += f", column '{column}'"
+    if lines:
+        where += f", {format_lines(lines)}"
+    return where
+
+
 @dataclass(frozen=True)
 class Problem:
     """One broken rule in one place of a dataset."""
@@ -31,12 +41,7 @@ class Problem:
     fix: str | None = None
 
     def __str__(self) -> str:
-        where = self.file
-        if self.column:
-            where += f", column '{self.column}'"
-        if self.lines:
-            where += f", {format_lines(self.lines)}"
-        text = f"{where}: {self.rule}"
+        text = f"{location(self.file, self.column, self.lines)}: {self.rule}"
         if self.fix:
             text += f" Fix: {self.fix}"
         return text
@@ -88,12 +93,7 @@ class Change:
     count: int = 0
 
     def __str__(self) -> str:
-        where = self.file
-        if self.column:
-            where += f", column '{self.column}'"
-        if self.lines:
-            where += f", {format_lines(self.lines)}"
-        return f"{where}: {self.detail}"
+        return f"{location(self.file, self.column, self.lines)}: {self.detail}"
 
     def to_dict(self) -> dict:
         return {"file": self.file, "action": self.action, "detail": self.detail, "column": self.column,

@@ -31,8 +31,11 @@ def default_priors(design: TrialDesign) -> dict[str, Prior]:
     return scaled_defaults(design.meta.score_min, design.meta.score_max)
 
 
-def add_participant_effects(design: TrialDesign, priors: dict[str, Prior]):
-    """Correlated random intercept and treatment-phase change, non-centred (Cholesky)."""
+def add_participant_covariance(priors: dict[str, Prior]):
+    """LKJ Cholesky factor of the (intercept, change) covariance, with its SDs and correlation as Deterministics.
+
+    Shared by the plain build (effects sampled) and the marginalised build (effects integrated out).
+    """
     chol, _, _ = pm.LKJCholeskyCov(
         "participant_chol",
         n=2,
@@ -41,13 +44,18 @@ def add_participant_effects(design: TrialDesign, priors: dict[str, Prior]):
         compute_corr=True,
         store_in_trace=False,
     )
-    raw = pm.Normal("participant_raw", 0.0, 1.0, dims=("participant", "participant_effect"))
-    effects = pm.Deterministic("participant_effects", pt.dot(raw, chol.T), dims=("participant", "participant_effect"))
-    corr = pt.dot(chol, chol.T)
-    sds = pt.sqrt(pt.diag(corr))
+    cov = pt.dot(chol, chol.T)
+    sds = pt.sqrt(pt.diag(cov))
     pm.Deterministic("participant_sd", sds, dims="participant_effect")
-    pm.Deterministic("participant_corr", corr[0, 1] / (sds[0] * sds[1]))
-    return effects
+    pm.Deterministic("participant_corr", cov[0, 1] / (sds[0] * sds[1]))
+    return chol
+
+
+def add_participant_effects(design: TrialDesign, priors: dict[str, Prior]):
+    """Correlated random intercept and treatment-phase change, non-centred (Cholesky)."""
+    chol = add_participant_covariance(priors)
+    raw = pm.Normal("participant_raw", 0.0, 1.0, dims=("participant", "participant_effect"))
+    return pm.Deterministic("participant_effects", pt.dot(raw, chol.T), dims=("participant", "participant_effect"))
 
 
 def add_site_effects(design: TrialDesign, priors: dict[str, Prior]):

@@ -46,8 +46,8 @@ import pytensor.tensor as pt
 import xarray as xr
 
 from .design import TrialDesign
-from .headline import NAME, add_effect_summaries, add_population_terms, build_headline, default_priors
-from .priors import dist, resolve, rv
+from .headline import NAME, add_effect_summaries, add_participant_covariance, add_population_terms, build_headline, default_priors
+from .priors import resolve, rv
 
 FIXED_TERMS = ["level", "change", "followup_change"]
 FIXED_VAR = "participant_fixed"  # per-draw fixed-part coefficients c_i; used for recovery, then dropped
@@ -117,18 +117,7 @@ def build_headline_marginal(design: TrialDesign, priors: dict | None = None) -> 
         pm.Data("obs_week", design.obs_week, dims="obs")
 
         z, intercept, time_change, nac_change, prognostic, moderation, site = add_population_terms(design, md, pri)
-        chol, _, _ = pm.LKJCholeskyCov(
-            "participant_chol",
-            n=2,
-            eta=pri["participant_corr"].params["eta"],
-            sd_dist=dist(pri["participant_sd"]),
-            compute_corr=True,
-            store_in_trace=False,
-        )
-        cov = pt.dot(chol, chol.T)
-        sds = pt.sqrt(pt.diag(cov))
-        pm.Deterministic("participant_sd", sds, dims="participant_effect")
-        pm.Deterministic("participant_corr", cov[0, 1] / (sds[0] * sds[1]))
+        chol = add_participant_covariance(pri)
 
         level = intercept + site + pt.dot(z, prognostic)
         change1 = time_change[0] + nac_change[0] * treated + pt.dot(z, moderation)
