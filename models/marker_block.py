@@ -25,12 +25,32 @@ from .design import MarkerData
 from .priors import Prior, rv
 
 
-def _std_normal_icdf(p):
-    return -pt.sqrt(2.0) * pt.erfcinv(2.0 * p)
+SQRT2 = float(np.sqrt(2.0))  # a float64 constant: pt.sqrt(2.0) would be computed in float32
+LOGCDF_SWITCH = -20.0  # below this log Phi uses its asymptotic series (erfc underflows near -38)
 
 
-def _std_normal_logcdf(x):
-    return pt.log(0.5 * pt.erfc(-x / pt.sqrt(2.0)))
+def std_normal_icdf(p):
+    """Phi^-1(p), with p kept inside (1e-300, 1 - 1e-16) so an underflowed probability stays finite."""
+    p = pt.clip(p, 1e-300, 1.0 - 1e-16)
+    return -SQRT2 * pt.erfcinv(2.0 * p)
+
+
+def std_normal_logcdf(x):
+    """log Phi(x), finite for every finite x.
+
+    log(erfc(-x / sqrt 2) / 2) is exact to double precision down to x = -38, where erfc underflows
+    to 0 and the log to -inf (prior draws with a tiny marker SD put a detection limit that far
+    below the mean). Below LOGCDF_SWITCH the asymptotic series
+    log Phi(x) = -x^2/2 - log(-x) - log(2 pi)/2 + log(1 - 1/x^2 + 3/x^4 - 15/x^6 + 105/x^8)
+    takes over (truncation error < 1e-10 there). Each branch gets inputs clipped to its own range,
+    so the branch not taken cannot put a NaN into the gradient.
+    """
+    hi = pt.maximum(x, LOGCDF_SWITCH)
+    lo = pt.minimum(x, LOGCDF_SWITCH)
+    exact = pt.log(0.5 * pt.erfc(-hi / SQRT2))
+    r = 1.0 / pt.sqr(lo)
+    series = -0.5 * pt.sqr(lo) - pt.log(-lo) - 0.5 * np.log(2.0 * np.pi) + pt.log1p(r * (-1.0 + r * (3.0 + r * (-15.0 + 105.0 * r))))
+    return pt.switch(x >= LOGCDF_SWITCH, exact, series)
 
 
 def add_marker_block(md: MarkerData, priors: dict[str, Prior], prefix: str = "marker") -> pt.TensorVariable:
@@ -71,8 +91,8 @@ def add_marker_block(md: MarkerData, priors: dict[str, Prior], prefix: str = "ma
         if len(rows_c):
             idx = cens_i[rows_c]
             c = (md.z_upper[idx, k] - mu_k[idx]) / sd[k]
-            log_below = _std_normal_logcdf(c)
-            col = pt.set_subtensor(col[idx], mu_k[idx] + sd[k] * _std_normal_icdf(u[rows_c] * pt.exp(log_below)))
+            log_below = std_normal_logcdf(c)
+            col = pt.set_subtensor(col[idx], mu_k[idx] + sd[k] * std_normal_icdf(u[rows_c] * pt.exp(log_below)))
             pm.Potential(f"{prefix}_censored_{md.names[k]}", log_below.sum())
         obs_rows = np.flatnonzero(obs_mask[:, k])
         if len(obs_rows):

@@ -29,15 +29,8 @@ import pymc as pm
 import pytensor.tensor as pt
 
 from .design import MarkerData, ModelDataError, TrialDesign
+from .marker_block import std_normal_icdf, std_normal_logcdf
 from .priors import Prior, dist, rv
-
-
-def _std_normal_icdf(p):
-    return -pt.sqrt(2.0) * pt.erfcinv(2.0 * p)
-
-
-def _std_normal_logcdf(x):
-    return pt.log(0.5 * pt.erfc(-x / pt.sqrt(2.0)))
 
 
 @dataclass
@@ -189,9 +182,8 @@ def add_latent_block(block: str, md: MarkerData, participants, mu, chol, observe
         if len(rows_c):
             idx = cens_i[rows_c]
             c = (md.z_upper[idx, k] - cond[idx]) / s
-            log_below = _std_normal_logcdf(c)
-            p = pt.clip(u[rows_c] * pt.exp(log_below), 1e-300, 1.0 - 1e-16)
-            e = _std_normal_icdf(p)
+            log_below = std_normal_logcdf(c)
+            e = std_normal_icdf(u[rows_c] * pt.exp(log_below))
             eps = pt.set_subtensor(eps[idx], e)
             col = pt.set_subtensor(col[idx], cond[idx] + s * e)
             pm.Potential(f"{block}_censored_{md.names[k]}", log_below.sum())

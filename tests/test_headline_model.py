@@ -57,6 +57,42 @@ def test_prior_predictive_stays_on_scale(design):
 
 
 @pytest.mark.unit
+def test_prior_predictive_has_no_nan_with_censored_markers():
+    # a detection limit far below the prior mean (tiny marker SD) once underflowed log Phi to -inf
+    from data import DEFAULT_DATASET
+
+    design = build_design(load_dataset(DEFAULT_DATASET))
+    assert design.baseline.n_censored > 0
+    with get("headline").build(design):
+        prior = pm.sample_prior_predictive(draws=400, random_seed=4)
+    for group in (prior.prior, prior.prior_predictive):
+        for name, da in group.data_vars.items():
+            assert np.isfinite(da.values).all(), f"non-finite prior draws of {name}"
+
+
+@pytest.mark.unit
+def test_std_normal_logcdf_is_stable_in_the_far_tail():
+    import pytensor
+    import pytensor.tensor as pt
+    from scipy.special import log_ndtr
+
+    from models.marker_block import std_normal_icdf, std_normal_logcdf
+
+    x = pt.dvector("x")
+    out = std_normal_logcdf(x)
+    f = pytensor.function([x], [out, pytensor.grad(out.sum(), x)])
+    grid = np.concatenate([-np.logspace(3, -3, 200), np.linspace(0, 8, 50)])
+    value, grad = f(grid)
+    np.testing.assert_allclose(value, log_ndtr(grid), rtol=1e-9, atol=1e-15)
+    assert np.isfinite(grad).all()
+    # d/dx log Phi(x) = phi(x) / Phi(x), which tends to -x in the lower tail
+    np.testing.assert_allclose(grad[:20], -grid[:20], rtol=1e-3)
+    p = pt.dvector("p")
+    icdf = pytensor.function([p], std_normal_icdf(p))(np.array([0.0, 1e-320, 0.5, 1.0]))
+    assert np.isfinite(icdf).all() and icdf[2] == 0.0
+
+
+@pytest.mark.unit
 def test_headline_needs_biomarkers(tmp_path):
     trial = simulate_trial(TrialParameters(n_participants=30, seed=2))
     trial.biomarkers = trial.biomarkers.iloc[0:0]

@@ -49,7 +49,8 @@ def test_uniformity_accepts_uniform_and_rejects_u_shaped_ranks():
 @pytest.mark.unit
 def test_identifiable_drops_constant_and_mirrored_elements():
     a = np.array([0.1, 0.5, -0.2])
-    kept = identifiable({"corr[1,1]": np.ones(3), "corr[1,2]": a, "corr[2,1]": a.copy(), "sd": a + 1})
+    diag = np.array([1.0, 1.0 - 2.2e-16, 1.0 + 4.4e-16])  # an LKJ diagonal off a Cholesky product
+    kept = identifiable({"corr[1,1]": diag, "corr[1,2]": a, "corr[2,1]": a + 1e-17, "sd": a + 1})
     assert list(kept) == ["corr[1,2]", "sd"]
 
 

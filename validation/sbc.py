@@ -64,7 +64,8 @@ def identifiable(values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     out = {}
     for name, v in values.items():
         flat = np.asarray(v).reshape(-1)
-        if np.ptp(flat) == 0 or any(np.array_equal(flat, np.asarray(w).reshape(-1)) for w in out.values()):
+        # tolerances: an LKJ diagonal comes out of a Cholesky product as 1 +- 1e-16, not exactly 1
+        if np.ptp(flat) < 1e-9 or any(np.allclose(flat, np.asarray(w).reshape(-1), rtol=0, atol=1e-9) for w in out.values()):
             continue
         out[name] = v
     return out
