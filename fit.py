@@ -46,6 +46,13 @@ def parse_args(argv):
     ap.add_argument("--prior-draws", type=int, default=d.prior_draws, help="prior predictive draws")
     ap.add_argument("--seed", type=int, default=d.seed)
     ap.add_argument("--sampler", default=d.sampler, choices=SAMPLERS)
+    ap.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        help="models fitted at once, each in its own process (default: one per model, at most one per CPU core; "
+        "1 fits them one after another). The numbers do not depend on it",
+    )
     ap.add_argument("--plain", action="store_true", help="sample the plain model even where an exact fast variant exists (for comparison)")
     ap.add_argument("--mcid", type=float, default=2.0, help="minimal clinically important difference, outcome points")
     ap.add_argument("--remission-cutoff", type=float, default=REMISSION_CUTOFF, help="remission: score at or below this (posterior predictive checks)")
@@ -62,6 +69,8 @@ def parse_args(argv):
     ap.add_argument("--quiet", action="store_true")
     ap.add_argument("--list-models", action="store_true", help="print the registered models and exit")
     args = ap.parse_args(argv)
+    if args.jobs is not None and args.jobs < 1:
+        ap.error("--jobs must be at least 1")
     if args.kfold < 0 or args.kfold == 1:
         ap.error("--kfold must be 0 (no refits) or at least 2")
     for name in ("draws", "tune", "chains", "cores", "prior_draws"):
@@ -158,14 +167,28 @@ def run_models(built, design, ds, settings, args, out: Path) -> bool:
     info = data_summary(design)
     if not args.quiet:
         print(info_text(info), file=sys.stderr)
-    for spec, model in built:
-        t0 = time.perf_counter()
+    from models.jobs import WorkerFailed, default_jobs, fit_models
+
+    models = {spec.name: model for spec, model in built}
+    specs = {spec.name: spec for spec, _ in built}
+    jobs = args.jobs if args.jobs is not None else default_jobs(len(built))
+    if not args.quiet and jobs > 1 and len(built) > 1:
+        print(f"\nfitting {len(built)} models, {jobs} at a time (one process each; --jobs 1 fits them in turn)", file=sys.stderr)
+    def in_process(name):
         if not args.quiet:
-            print(f"\n== {spec.name}: {spec.description}", file=sys.stderr)
+            print(f"\n== {name}: {specs[name].description}", file=sys.stderr)
+        return sample_all(models[name], settings, quiet=args.quiet)
+
+    fits = fit_models(list(models), args.data, args.likelihood, settings, jobs, quiet=args.quiet, in_process=in_process)
+    while True:
+        t0 = time.perf_counter()
         try:
-            idata, timings = sample_all(model, settings, quiet=args.quiet)
-        except Exception as exc:  # the sampler's failure becomes advice, not a traceback
-            raise SamplingFailed(spec.name, exc) from exc
+            name, idata, timings = next(fits)
+        except StopIteration:
+            break
+        except WorkerFailed as exc:  # the sampler's failure becomes advice, not a traceback
+            raise SamplingFailed(exc.model, exc.cause) from exc
+        spec, model = specs[name], models[name]
         priors = getattr(model, "priors_used", None)
         notes = getattr(model, "data_notes", None) or {}  # model-specific data use, e.g. biomarker values imputed / censored
         if notes.get("text") and not args.quiet:
@@ -197,7 +220,7 @@ def run_models(built, design, ds, settings, args, out: Path) -> bool:
         summary_table(idata).to_csv(folder / "summary.csv")
         table.to_csv(folder / "estimates.csv", index=False)
         (folder / "convergence.txt").write_text(check.text() + "\n")
-        timings["wall_s"] = time.perf_counter() - t0
+        timings["wall_s"] = timings.get("worker_wall_s", time.perf_counter() - t0)
         run["models"][spec.name] = {"converged": check.ok, "timings": timings, "divergences": check.divergences}
         if notes:
             run["models"][spec.name]["data_notes"] = notes

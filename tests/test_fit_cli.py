@@ -82,3 +82,25 @@ def test_mmrm_through_fit_cli(small_trial_dir, tmp_path, capsys):
     est = pd.read_csv(out / "mmrm" / "estimates.csv")
     assert est["quantity"].str.contains("week 16").any()
     assert "outcome is not the visit scores" in capsys.readouterr().out
+
+
+@pytest.mark.smoke
+def test_parallel_fits_give_the_same_draws_as_fits_in_turn(small_trial_dir, tmp_path, capsys):
+    common = ["--data", str(small_trial_dir), "--model", "null", "treatment", "--draws", "50", "--tune", "60", "--chains", "2",
+              "--prior-draws", "10", "--seed", "11", "--quiet"]
+    assert fit.main([*common, "--jobs", "2", "--out", str(tmp_path / "parallel")]) == 0
+    assert fit.main([*common, "--jobs", "1", "--out", str(tmp_path / "serial")]) == 0
+    for name in ("null", "treatment"):
+        a = az.from_netcdf(tmp_path / "parallel" / name / "idata.nc")
+        b = az.from_netcdf(tmp_path / "serial" / name / "idata.nc")
+        for group in ("posterior", "posterior_predictive", "log_likelihood", "prior"):
+            for var in a[group].data_vars:
+                assert (a[group][var].values == b[group][var].values).all(), (name, group, var)
+    run = json.loads((tmp_path / "parallel" / "run.json").read_text())
+    assert set(run["models"]) == {"null", "treatment"}
+
+
+@pytest.mark.unit
+def test_jobs_must_be_positive(capsys, tmp_path):
+    assert fit.main(["--jobs", "0", "--out", str(tmp_path / "o")]) == 2
+    assert "--jobs must be at least 1" in capsys.readouterr().err

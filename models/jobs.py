@@ -1,0 +1,135 @@
+"""Fit several models side by side, one worker process per model, with the same numbers as one by one.
+
+Most of a cold fit is compiling the log-density (numba, one core), and a main job fits three models.
+Fitting them in parallel worker processes keeps both cores busy through the compiles, so the
+main job takes about as long as its slowest model instead of the sum of all of them.
+
+Each worker rebuilds its model from the dataset folder, the registry name and the likelihood
+(a pm.Model does not pickle reliably) and samples it with the same SamplerSettings, so its draws
+are bit-identical to an in-process fit: every random stream comes from settings.seed, and nutpie's
+chains do not depend on thread scheduling. Workers start with 'spawn' (no fork of a process that
+already holds compiled code and threads) and their progress lines go to stderr prefixed by the
+model name. A worker's exception is re-raised in the caller as `WorkerFailed`.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Callable, Iterator
+
+from .sampling import SamplerSettings
+
+
+class WorkerFailed(RuntimeError):
+    """A model's fit raised inside its worker process; `cause` is the original exception."""
+
+    def __init__(self, model: str, cause: BaseException):
+        super().__init__(str(cause))
+        self.model, self.cause = model, cause
+
+
+class _Prefixed:
+    """stderr wrapper that starts every line with the model's name (workers share one terminal)."""
+
+    def __init__(self, stream, prefix: str):
+        self._stream, self._prefix, self._at_start = stream, prefix, True
+
+    def write(self, text: str) -> int:
+        out = []
+        for piece in text.splitlines(keepends=True):
+            if self._at_start and piece.strip():
+                out.append(self._prefix)
+            out.append(piece)
+            self._at_start = piece.endswith("\n")
+        self._stream.write("".join(out))
+        return len(text)
+
+    def flush(self) -> None:
+        self._stream.flush()
+
+    def isatty(self) -> bool:
+        return False  # no progress bars from several processes at once
+
+
+def _die_with_parent() -> None:
+    """Worker initializer: on Linux, ask the kernel to kill this worker if the parent process dies
+    (a killed fit.py must not leave orphans compiling and sampling)."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):
+        pass
+
+
+def _fit_in_worker(name: str, data_dir: str, likelihood: str, settings: SamplerSettings, quiet: bool):
+    """Worker side: load, build and sample one model; returns (idata, timings)."""
+    import time
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    sys.stderr = _Prefixed(sys.__stderr__, f"[{name}] ")
+    from data import load_dataset
+
+    from .design import build_design
+    from .registry import get
+    from .sampling import sample_all
+
+    t0 = time.perf_counter()
+    design = build_design(load_dataset(Path(data_dir)))
+    model = get(name).build(design, likelihood=likelihood)
+    idata, timings = sample_all(model, settings, quiet=quiet)
+    timings["worker_wall_s"] = time.perf_counter() - t0
+    return idata, timings
+
+
+def default_jobs(n_models: int) -> int:
+    """Parallel fits by default: one per model, at most one per CPU core."""
+    return max(1, min(n_models, os.cpu_count() or 1))
+
+
+def fit_models(
+    names: list[str],
+    data_dir: Path,
+    likelihood: str,
+    settings: SamplerSettings,
+    jobs: int,
+    quiet: bool = False,
+    in_process: Callable[[str], tuple] | None = None,
+) -> Iterator[tuple[str, object, dict]]:
+    """Yield (name, idata, timings) in the order of `names`, fitting up to `jobs` models at once.
+
+    jobs <= 1 (or a single model) fits in this process with `in_process(name)` when given, which
+    lets the caller reuse the models it has already built. Raises WorkerFailed for the first model
+    (in `names` order) whose fit raised; the remaining workers are cancelled.
+    """
+    if jobs <= 1 or len(names) <= 1:
+        for name in names:
+            try:
+                if in_process is not None:
+                    idata, timings = in_process(name)
+                else:
+                    idata, timings = _fit_in_worker(name, str(data_dir), likelihood, settings, quiet)
+            except Exception as exc:
+                raise WorkerFailed(name, exc) from exc
+            yield name, idata, timings
+        return
+    # each worker's sampler keeps settings.cores threads; the workers share the machine's cores
+    pool = ProcessPoolExecutor(
+        max_workers=min(jobs, len(names)), mp_context=multiprocessing.get_context("spawn"), initializer=_die_with_parent
+    )
+    try:
+        futures = {name: pool.submit(_fit_in_worker, name, str(data_dir), likelihood, settings, quiet) for name in names}
+        for name in names:
+            try:
+                idata, timings = futures[name].result()
+            except Exception as exc:
+                raise WorkerFailed(name, exc) from exc
+            yield name, idata, timings
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
