@@ -433,7 +433,8 @@ def table(results: list[dict]) -> str:
         ("path", "path"), ("scale", "scale"), ("run", "run"), ("wall_s", "wall s"), ("compile_s", "compile s"), ("sample_s", "sample s"),
         ("key_min_bulk_ess", "key bulk ESS"), ("key_min_tail_ess", "key tail ESS"), ("all_min_bulk_ess", "all bulk ESS"),
         ("all_min_tail_ess", "all tail ESS"), ("ess_per_s_sampling", "ESS/s sampling"), ("ess_per_s_wall", "ESS/s wall"),
-        ("vs_bambi", "x bambi"), ("vs_pymc", "x pymc"), ("divergences", "div"), ("peak_rss_mb", "peak MB"),
+        ("vs_bambi", "x bambi"), ("vs_pymc", "x pymc"), ("vs_numpyro", "x numpyro"), ("vs_stan", "x stan"),
+        ("divergences", "div"), ("peak_rss_mb", "peak MB"),
     ]
     lines = ["| " + " | ".join(c[1] for c in cols) + " |", "|" + "---|" * len(cols)]
     for r in results:
@@ -444,10 +445,30 @@ def table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+RATIO_BASES = (("bambi", "vs_bambi"), ("pymc", "vs_pymc"), ("numpyro", "vs_numpyro"), ("stan", "vs_stan"))
+
+
+def scaling_table(results: list[dict]) -> str:
+    """Per path and run: wall and sampling time at each scale relative to scale 1, and peak memory."""
+    lines = ["| path | run | scale | wall s | x wall at scale 1 | sample s | x sample at scale 1 | peak MB |", "|---|---|---|---|---|---|---|---|"]
+    ok = [r for r in results if "error" not in r]
+    for r in ok:
+        if r["scale"] == 1:
+            continue
+        base = next((b for b in ok if b["path"] == r["path"] and b["run"] == r["run"] and b["scale"] == 1), None)
+        if base is None:
+            continue
+        lines.append(
+            f"| {r['path']} | {r['run']} | {r['scale']} | {fmt(r['wall_s'])} | {fmt(r['wall_s'] / base['wall_s'])} | "
+            f"{fmt(r['sample_s'])} | {fmt(r['sample_s'] / base['sample_s'])} | {fmt(r.get('peak_rss_mb'))} |"
+        )
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
 def add_ratios(results: list[dict]) -> None:
-    """ESS/s (key effects, sampling time) relative to bambi and PyMC default, same scale and run."""
+    """ESS/s (key effects, sampling time) relative to bambi, PyMC default, numpyro and Stan, same scale and run."""
     for r in results:
-        for ref, col in (("bambi", "vs_bambi"), ("pymc", "vs_pymc")):
+        for ref, col in RATIO_BASES:
             base = next((b for b in results if b.get("path") == ref and b.get("scale") == r.get("scale") and b.get("run") == r.get("run") and "error" not in b), None)
             if base and "error" not in r and base["ess_per_s_sampling"] > 0:
                 r[col] = r["ess_per_s_sampling"] / base["ess_per_s_sampling"]
@@ -464,6 +485,13 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--tiny", action="store_true", help="smoke test: 40 participants per scale unit, 2 chains x 60 draws")
     ap.add_argument("--timeout", type=float, default=3600.0, help="seconds per fit")
+    ap.add_argument("--runs", default="cold,warm", help="which runs per path (cold, warm or both)")
+    ap.add_argument(
+        "--runs-above-1",
+        default=None,
+        help="runs at scales above 1 for paths other than ours (default: as --runs); e.g. 'cold' keeps the 10x comparison "
+        "to one fit per tool",
+    )
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="folder for results.json and results.md")
     # worker mode (internal)
     ap.add_argument("--worker", help=argparse.SUPPRESS)
@@ -481,9 +509,28 @@ def main(argv=None) -> int:
     if unknown:
         ap.error(f"unknown paths {sorted(unknown)}; choose from {PATHS}")
     scales = [int(s) for s in args.scales.split(",") if s]
+    runs = [r for r in args.runs.split(",") if r]
+    if set(runs) - {"cold", "warm"}:
+        ap.error("--runs takes cold, warm or cold,warm")
+    runs_above = [r for r in (args.runs_above_1 or args.runs).split(",") if r]
     results = []
     work = Path(tempfile.mkdtemp(prefix="deptrial-bench-"))
+    args.out.mkdir(parents=True, exist_ok=True)
+    meta = {"draws": args.draws, "tune": args.tune, "chains": args.chains, "cores": args.cores, "seed": args.seed, "tiny": args.tiny, "cpus": os.cpu_count()}
     print(f"benchmark: paths {paths}, scales {scales}, {args.chains} chains x {args.draws} draws after {args.tune}; scratch {work}", file=sys.stderr)
+
+    def write_results() -> str:  # after every fit, so an interrupted run keeps what it measured
+        add_ratios(results)
+        text = table(results)
+        scaling = scaling_table(results)
+        if scaling:
+            text += "\n\nScaling (time at this scale over time at scale 1):\n\n" + scaling
+        tmp = args.out / "results.json.tmp"
+        tmp.write_text(json.dumps({"settings": meta, "results": results}, indent=2, default=float) + "\n")
+        tmp.replace(args.out / "results.json")
+        (args.out / "results.md").write_text(text + "\n")
+        return text
+
     for scale in scales:
         data = make_data(scale, args.tiny, work)
         for path in paths:
@@ -494,19 +541,18 @@ def main(argv=None) -> int:
             caches = work / f"cache_{path}_{scale}"
             env = {**os.environ, "DEPTRIAL_CACHE": str(caches / "deptrial"), "XDG_CACHE_HOME": str(caches / "xdg"), "PYTHONWARNINGS": "ignore"}
             env["PYTENSOR_FLAGS"] = f"base_compiledir={caches / 'pytensor'}"
-            for run in ("cold", "warm"):
+            path_runs = runs if (scale == 1 or path == "ours") else runs_above
+            if path_runs == ["warm"]:
+                path_runs = ["cold", "warm"]  # a warm run needs the cold one before it
+            for run in path_runs:
                 print(f"  {path} x{scale} {run} ...", file=sys.stderr, flush=True)
                 res = run_worker(path, data, args, env, args.timeout)
                 res.update(scale=scale, run=run)
                 results.append(res)
                 print(f"    {fmt(res.get('wall_s'))} s wall" if "error" not in res else f"    {res['error']}", file=sys.stderr, flush=True)
-    add_ratios(results)
-    text = table(results)
+                write_results()
+    text = write_results()
     print(text)
-    args.out.mkdir(parents=True, exist_ok=True)
-    meta = {"draws": args.draws, "tune": args.tune, "chains": args.chains, "cores": args.cores, "seed": args.seed, "tiny": args.tiny, "cpus": os.cpu_count()}
-    (args.out / "results.json").write_text(json.dumps({"settings": meta, "results": results}, indent=2, default=float) + "\n")
-    (args.out / "results.md").write_text(text + "\n")
     print(f"wrote {args.out}/results.json and results.md", file=sys.stderr)
     shutil.rmtree(work, ignore_errors=True)  # simulated trials and the per-path compile caches
     return 0
