@@ -162,7 +162,7 @@ def run_models(built, design, ds, settings, args, out: Path) -> bool:
     from planning.params import design_constants
 
     all_ok = True
-    fitted = {}  # name -> (idata, estimates, spec), for the comparison and report
+    fitted = {}  # name -> (idata, estimates, spec, convergence verdict), for the comparison and report
     run = {"data": str(args.data), "checksum": design.checksum, "data_changes": changes_of(ds), "models": {}, "settings": settings.__dict__, "versions": versions()}
     info = data_summary(design)
     if not args.quiet:
@@ -179,7 +179,9 @@ def run_models(built, design, ds, settings, args, out: Path) -> bool:
             print(f"\n== {name}: {specs[name].description}", file=sys.stderr)
         return sample_all(models[name], settings, quiet=args.quiet)
 
-    fits = fit_models(list(models), args.data, args.likelihood, settings, jobs, quiet=args.quiet, in_process=in_process)
+    # the biggest models first, so the longest compile starts at once and the small ones fill the other core
+    by_size = sorted(models, key=lambda n: -(len(models[n].free_RVs) + len(models[n].potentials) + len(models[n].deterministics)))
+    fits = fit_models(list(models), args.data, args.likelihood, settings, jobs, quiet=args.quiet, in_process=in_process, submit_order=by_size)
     while True:
         t0 = time.perf_counter()
         try:
@@ -224,7 +226,7 @@ def run_models(built, design, ds, settings, args, out: Path) -> bool:
         run["models"][spec.name] = {"converged": check.ok, "timings": timings, "divergences": check.divergences}
         if notes:
             run["models"][spec.name]["data_notes"] = notes
-        fitted[spec.name] = (idata, table, spec)
+        fitted[spec.name] = (idata, table, spec, check)
         all_ok &= check.ok
         print(f"\n{spec.name}: estimates ({design.meta.outcome_label} points unless a row says otherwise; lower scores are better)")
         print(format_estimates(table))
@@ -253,7 +255,7 @@ def diagnose_and_report(fitted: dict, design, settings, args, out: Path) -> dict
     from diagnostics.run import REFIT_MIN_DRAWS, diagnose_run, write_outputs
 
     t0 = time.perf_counter()
-    builders = {name: (lambda d, spec=spec: spec.build(d, likelihood=args.likelihood)) for name, (_, _, spec) in fitted.items()}
+    builders = {name: (lambda d, spec=spec: spec.build(d, likelihood=args.likelihood)) for name, (_, _, spec, _) in fitted.items()}
     diag = diagnose_run(
         {name: f[0] for name, f in fitted.items()},
         {name: f[1] for name, f in fitted.items()},
@@ -267,6 +269,7 @@ def diagnose_and_report(fitted: dict, design, settings, args, out: Path) -> dict
         title=design.meta.title or str(args.data),
         log=(lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True)),
         refit_min_draws=REFIT_MIN_DRAWS,
+        verdicts={name: f[3] for name, f in fitted.items()},  # computed once, after each fit
     )
     report = write_outputs(diag, out)
     print()

@@ -123,7 +123,9 @@ def rates_plot(table: pd.DataFrame) -> bytes:
 def loo_pit_plot(idata: az.InferenceData) -> bytes:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        ax = az.plot_loo_pit(idata, y="y", ecdf=True, figsize=(5.5, 3.5))
+        from .ppc import loo_pit_log_weights
+
+        ax = az.plot_loo_pit(idata, y="y", log_weights=loo_pit_log_weights(idata), ecdf=True, figsize=(5.5, 3.5))
     ax.set_title("LOO-PIT ECDF difference (inside the band when calibrated)")
     return to_png(ax.figure)
 

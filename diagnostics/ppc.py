@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import warnings
+import weakref
 from dataclasses import dataclass
 
 import arviz as az
@@ -152,11 +153,33 @@ def rate_check(idata: az.InferenceData, index: ObsIndex | None = None, remission
     return pd.DataFrame(rows)
 
 
+_LOG_WEIGHTS: dict[int, tuple] = {}  # id(idata) -> (weak reference, weights); InferenceData is not hashable
+
+
+def loo_pit_log_weights(idata: az.InferenceData) -> np.ndarray:
+    """PSIS log weights of `y` exactly as az.loo_pit computes them (relative efficiency from the mean
+    ESS of every posterior variable), computed once per InferenceData: the LOO-PIT check and its
+    plot both need them, and the ESS of a posterior with participant-level variables is not cheap."""
+    cached = _LOG_WEIGHTS.get(id(idata))
+    if cached is not None and cached[0]() is idata:
+        return cached[1]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        log_lik = idata.log_likelihood["y"].stack(__sample__=("chain", "draw"))
+        n_chains, n_samples = idata.posterior.sizes["chain"], log_lik.sizes["__sample__"]
+        ess_p = az.ess(idata.posterior, method="mean")
+        reff = np.hstack([ess_p[v].values.ravel() for v in ess_p.data_vars]).mean() / n_samples if n_chains > 1 else 1.0
+        weights = az.psislw(-log_lik, reff=reff)[0].values
+    key = id(idata)
+    _LOG_WEIGHTS[key] = (weakref.ref(idata, lambda _ref: _LOG_WEIGHTS.pop(key, None)), weights)
+    return weights
+
+
 def loo_pit_values(idata: az.InferenceData) -> np.ndarray:
     """LOO-PIT of every observation (PSIS-weighted fraction of replications at or below it)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return np.asarray(az.loo_pit(idata, y="y"), dtype=float).ravel()
+        return np.asarray(az.loo_pit(idata, y="y", log_weights=loo_pit_log_weights(idata)), dtype=float).ravel()
 
 
 def loo_pit_check(idata: az.InferenceData) -> dict:

@@ -97,9 +97,12 @@ def population_rows(table: pd.DataFrame) -> pd.DataFrame:
     return table.loc[keep]
 
 
-def diagnose_model(name: str, idata: az.InferenceData, estimates=None, treated=None, labels=None, remission_cutoff: float = REMISSION_CUTOFF, description: str = "") -> ModelDiagnostics:
-    """Convergence, PPC, both LOO levels and the figures of one fitted model (no refits)."""
-    check = verdict(idata)
+def diagnose_model(
+    name: str, idata: az.InferenceData, estimates=None, treated=None, labels=None, remission_cutoff: float = REMISSION_CUTOFF,
+    description: str = "", check=None,
+) -> ModelDiagnostics:
+    """Convergence (unless its verdict `check` is given), PPC, both LOO levels and the figures of one fitted model (no refits)."""
+    check = check if check is not None else verdict(idata)
     ppc = run_ppc(idata, treated=treated, labels=labels, remission_cutoff=remission_cutoff)
     loo = {"participant": loo_participants(idata), "visit": loo_visits(idata)}
     ix = obs_index(idata, treated, labels)
@@ -189,6 +192,7 @@ def diagnose_run(
     title: str = "",
     log=print,
     refit_min_draws: int = 0,
+    verdicts: dict | None = None,
 ) -> RunDiagnostics:
     """Everything the report needs; refits (for units with high Pareto k) only where builders are given."""
     if not idatas:
@@ -206,7 +210,9 @@ def diagnose_run(
     models = {}
     for name, idata in idatas.items():
         log(f"diagnostics: {name}")
-        models[name] = diagnose_model(name, idata, estimates.get(name), treated, labels, remission_cutoff, descriptions.get(name, ""))
+        models[name] = diagnose_model(
+            name, idata, estimates.get(name), treated, labels, remission_cutoff, descriptions.get(name, ""), check=(verdicts or {}).get(name)
+        )
 
     groups = comparable_groups(idatas)
     notes: list[str] = []

@@ -101,11 +101,13 @@ def fit_models(
     jobs: int,
     quiet: bool = False,
     in_process: Callable[[str], tuple] | None = None,
+    submit_order: list[str] | None = None,
 ) -> Iterator[tuple[str, object, dict]]:
     """Yield (name, idata, timings) in the order of `names`, fitting up to `jobs` models at once.
 
     jobs <= 1 (or a single model) fits in this process with `in_process(name)` when given, which
-    lets the caller reuse the models it has already built. Raises WorkerFailed for the first model
+    lets the caller reuse the models it has already built. `submit_order` (the slowest first) only
+    changes which model a free worker starts next, not the results or the order they are yielded in. Raises WorkerFailed for the first model
     (in `names` order) whose fit raised; the remaining workers are cancelled.
     """
     if jobs <= 1 or len(names) <= 1:
@@ -124,7 +126,8 @@ def fit_models(
         max_workers=min(jobs, len(names)), mp_context=multiprocessing.get_context("spawn"), initializer=_die_with_parent
     )
     try:
-        futures = {name: pool.submit(_fit_in_worker, name, str(data_dir), likelihood, settings, quiet) for name in names}
+        order = [n for n in (submit_order or []) if n in names] + [n for n in names if n not in (submit_order or [])]
+        futures = {name: pool.submit(_fit_in_worker, name, str(data_dir), likelihood, settings, quiet) for name in order}
         for name in names:
             try:
                 idata, timings = futures[name].result()

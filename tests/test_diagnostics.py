@@ -335,3 +335,14 @@ def test_models_on_different_observations_are_refused():
     assert comparable_groups({"a": a, "b": trial_idata(seed=51), "change": change, "other": other}) == [["a", "b"], ["change"], ["other"]]
     with pytest.raises(ComparisonError, match="different participants"):
         compare({"a": dl.loo_participants(a), "small": dl.loo_participants(trial_idata(seed=52, n=50))})
+
+
+def test_loo_pit_weights_computed_once_match_arviz():
+    from diagnostics.ppc import loo_pit_log_weights, loo_pit_values
+
+    idata = trial_idata(seed=13)
+    expected = np.asarray(az.loo_pit(idata, y="y"), dtype=float).ravel()
+    np.testing.assert_array_equal(loo_pit_values(idata), expected)
+    assert loo_pit_log_weights(idata) is loo_pit_log_weights(idata)  # cached for the plot
+    other = trial_idata(seed=14)
+    assert loo_pit_log_weights(other) is not loo_pit_log_weights(idata)
