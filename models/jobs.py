@@ -68,12 +68,18 @@ def _die_with_parent() -> None:
 
 
 def _fit_in_worker(name: str, data_dir: str, likelihood: str, settings: SamplerSettings, quiet: bool):
-    """Worker side: load, build and sample one model; returns (idata, timings)."""
-    import time
+    """Worker process entry: progress lines prefixed with the model's name, then `_fit_model`."""
     import warnings
 
     warnings.filterwarnings("ignore", category=FutureWarning)
     sys.stderr = _Prefixed(sys.__stderr__, f"[{name}] ")
+    return _fit_model(name, data_dir, likelihood, settings, quiet)
+
+
+def _fit_model(name: str, data_dir: str, likelihood: str, settings: SamplerSettings, quiet: bool):
+    """Load, build and sample one model; returns (idata, timings)."""
+    import time
+
     from data import load_dataset
 
     from .design import build_design
@@ -107,8 +113,9 @@ def fit_models(
 
     jobs <= 1 (or a single model) fits in this process with `in_process(name)` when given, which
     lets the caller reuse the models it has already built. `submit_order` (the slowest first) only
-    changes which model a free worker starts next, not the results or the order they are yielded in. Raises WorkerFailed for the first model
-    (in `names` order) whose fit raised; the remaining workers are cancelled.
+    changes which model a free worker starts next, not the results or the order they are yielded in.
+    Raises WorkerFailed for the first model (in `names` order) whose fit raised; the other workers are
+    then stopped.
     """
     if jobs <= 1 or len(names) <= 1:
         for name in names:
@@ -116,12 +123,13 @@ def fit_models(
                 if in_process is not None:
                     idata, timings = in_process(name)
                 else:
-                    idata, timings = _fit_in_worker(name, str(data_dir), likelihood, settings, quiet)
+                    idata, timings = _fit_model(name, str(data_dir), likelihood, settings, quiet)
             except Exception as exc:
                 raise WorkerFailed(name, exc) from exc
             yield name, idata, timings
         return
     # each worker's sampler keeps settings.cores threads; the workers share the machine's cores
+    finished = False
     pool = ProcessPoolExecutor(
         max_workers=min(jobs, len(names)), mp_context=multiprocessing.get_context("spawn"), initializer=_die_with_parent
     )
@@ -134,5 +142,9 @@ def fit_models(
             except Exception as exc:
                 raise WorkerFailed(name, exc) from exc
             yield name, idata, timings
+        finished = True
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        if not finished:  # a failure or an abandoned loop: stop the other fits now rather than wait for them
+            for proc in list((getattr(pool, "_processes", None) or {}).values()):
+                proc.terminate()
+        pool.shutdown(wait=finished, cancel_futures=True)

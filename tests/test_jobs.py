@@ -1,0 +1,36 @@
+"""Parallel model fits (models/jobs.py): worker failures surface with the model's name; log prefixes."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+
+from models.jobs import WorkerFailed, _Prefixed, default_jobs, fit_models
+from models.sampling import SamplerSettings
+
+
+@pytest.mark.unit
+def test_prefixed_stream_marks_every_line_once():
+    buf = io.StringIO()
+    out = _Prefixed(buf, "[headline] ")
+    out.write("compiling")
+    out.write(" done\nsampling\n\n")
+    out.write("x")
+    assert buf.getvalue() == "[headline] compiling done\n[headline] sampling\n\n[headline] x"
+    assert not out.isatty()
+
+
+@pytest.mark.unit
+def test_default_jobs_is_bounded_by_models_and_cores():
+    assert default_jobs(1) == 1
+    assert 1 <= default_jobs(3) <= 3
+
+
+@pytest.mark.smoke
+def test_a_failing_worker_names_its_model(small_trial_dir):
+    settings = SamplerSettings(draws=10, tune=10, chains=1, cores=1, prior_draws=5)
+    fits = fit_models(["no_such_model", "null"], small_trial_dir, "normal", settings, jobs=2, quiet=True)
+    with pytest.raises(WorkerFailed) as info:
+        next(fits)
+    assert info.value.model == "no_such_model" and isinstance(info.value.cause, KeyError)
