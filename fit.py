@@ -181,11 +181,14 @@ def run_models(built, design, ds, settings, args, out: Path) -> bool:
 
     # the biggest models first, so the longest compile starts at once and the small ones fill the other core
     by_size = sorted(models, key=lambda n: -(len(models[n].free_RVs) + len(models[n].potentials) + len(models[n].deterministics)))
-    fits = fit_models(list(models), args.data, args.likelihood, settings, jobs, quiet=args.quiet, in_process=in_process, submit_order=by_size)
+    fits = fit_models(
+        list(models), args.data, args.likelihood, settings, jobs, quiet=args.quiet, in_process=in_process, submit_order=by_size,
+        after=verdict,  # the convergence verdict, computed in each worker beside the other fits
+    )
     while True:
         t0 = time.perf_counter()
         try:
-            name, idata, timings = next(fits)
+            name, idata, timings, check = next(fits)
         except StopIteration:
             break
         except WorkerFailed as exc:  # the sampler's failure becomes advice, not a traceback
@@ -209,7 +212,6 @@ def run_models(built, design, ds, settings, args, out: Path) -> bool:
             data_changes=changes_of(ds),
             design_constants=design_constants(design),  # time coding and marker scaling, for plan.py
         )
-        check = verdict(idata)
         table = estimates_table(idata, design.meta, mcid=args.mcid)
         if spec.extra_estimates is not None:
             import pandas as pd

@@ -188,6 +188,13 @@ def locked_output(target: str | Path, overwrite: bool = False):
             yield tmp
 
 
+def usual_permissions(path: str | Path) -> None:
+    """Give a file the mode a plain open() would have (0666 less the umask): mkstemp files start private."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
+
+
 def atomic_write_bytes(path: str | Path, payload: bytes) -> None:
     """Write one file atomically: a temporary sibling, flushed, renamed over `path`."""
     path = Path(path)

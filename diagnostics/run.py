@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -24,7 +23,7 @@ import arviz as az
 import numpy as np
 import pandas as pd
 
-from data.atomic import atomic_write_bytes
+from data.atomic import atomic_write_bytes, usual_permissions
 
 from . import plots
 from .compare import ComparisonError, comparable_groups, compare, plain_language
@@ -255,16 +254,10 @@ def diagnose_run(
     )
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def _write(path: Path, payload: bytes) -> None:
     """Atomic write, then the usual permissions (temporary files are created private)."""
     atomic_write_bytes(path, payload)
-    os.chmod(path, 0o666 & ~_umask())
+    usual_permissions(path)
 
 
 def _csv(df: pd.DataFrame, path: Path, index: bool = False) -> None:

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import arviz as az
 
+from data.atomic import usual_permissions
+
 PACKAGES = ("pymc", "pytensor", "arviz", "nutpie", "numpy", "pandas", "xarray", "numba")
 
 
@@ -45,6 +47,7 @@ def save_idata(idata: az.InferenceData, path: str | Path) -> Path:
     os.close(fd)
     try:
         idata.to_netcdf(tmp)
+        usual_permissions(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

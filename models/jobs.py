@@ -67,13 +67,14 @@ def _die_with_parent() -> None:
         pass
 
 
-def _fit_in_worker(name: str, data_dir: str, likelihood: str, settings: SamplerSettings, quiet: bool):
-    """Worker process entry: progress lines prefixed with the model's name, then `_fit_model`."""
+def _fit_in_worker(name: str, data_dir: str, likelihood: str, settings: SamplerSettings, quiet: bool, after=None):
+    """Worker process entry: progress lines prefixed with the model's name, then `_fit_model` and `after`."""
     import warnings
 
     warnings.filterwarnings("ignore", category=FutureWarning)
     sys.stderr = _Prefixed(sys.__stderr__, f"[{name}] ")
-    return _fit_model(name, data_dir, likelihood, settings, quiet)
+    idata, timings = _fit_model(name, data_dir, likelihood, settings, quiet)
+    return idata, timings, after(idata) if after is not None else None
 
 
 def _fit_model(name: str, data_dir: str, likelihood: str, settings: SamplerSettings, quiet: bool):
@@ -108,8 +109,12 @@ def fit_models(
     quiet: bool = False,
     in_process: Callable[[str], tuple] | None = None,
     submit_order: list[str] | None = None,
-) -> Iterator[tuple[str, object, dict]]:
-    """Yield (name, idata, timings) in the order of `names`, fitting up to `jobs` models at once.
+    after: Callable | None = None,
+) -> Iterator[tuple[str, object, dict, object]]:
+    """Yield (name, idata, timings, after(idata)) in the order of `names`, fitting up to `jobs` models at once.
+
+    `after` (a module-level function, so it pickles; e.g. the convergence verdict) runs in the
+    worker right after the fit, in parallel with the other fits; None gives None.
 
     jobs <= 1 (or a single model) fits in this process with `in_process(name)` when given, which
     lets the caller reuse the models it has already built. `submit_order` (the slowest first) only
@@ -124,9 +129,10 @@ def fit_models(
                     idata, timings = in_process(name)
                 else:
                     idata, timings = _fit_model(name, str(data_dir), likelihood, settings, quiet)
+                extra = after(idata) if after is not None else None
             except Exception as exc:
                 raise WorkerFailed(name, exc) from exc
-            yield name, idata, timings
+            yield name, idata, timings, extra
         return
     # each worker's sampler keeps settings.cores threads; the workers share the machine's cores
     finished = False
@@ -135,13 +141,13 @@ def fit_models(
     )
     try:
         order = [n for n in (submit_order or []) if n in names] + [n for n in names if n not in (submit_order or [])]
-        futures = {name: pool.submit(_fit_in_worker, name, str(data_dir), likelihood, settings, quiet) for name in order}
+        futures = {name: pool.submit(_fit_in_worker, name, str(data_dir), likelihood, settings, quiet, after) for name in order}
         for name in names:
             try:
-                idata, timings = futures[name].result()
+                idata, timings, extra = futures[name].result()
             except Exception as exc:
                 raise WorkerFailed(name, exc) from exc
-            yield name, idata, timings
+            yield name, idata, timings, extra
         finished = True
     finally:
         if not finished:  # a failure or an abandoned loop: stop the other fits now rather than wait for them

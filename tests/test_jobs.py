@@ -34,3 +34,4 @@ def test_a_failing_worker_names_its_model(small_trial_dir):
     with pytest.raises(WorkerFailed) as info:
         next(fits)
     assert info.value.model == "no_such_model" and isinstance(info.value.cause, KeyError)
+

@@ -334,3 +334,20 @@ def test_convergence_advice_names_the_remedies():
     assert not check.ok and check.divergences == 5
     for advice in ("--tune", "--target-accept", "--likelihood student", "--draws"):
         assert advice in text, f"{advice} missing from:\n{text}"
+
+
+@pytest.mark.unit
+def test_saved_fits_get_the_usual_permissions(tmp_path):
+    import os
+
+    import arviz as az
+    import numpy as np
+
+    from models.idata_io import save_idata
+
+    mask = os.umask(0o022)
+    try:
+        path = save_idata(az.from_dict(posterior={"a": np.zeros((1, 5))}), tmp_path / "idata.nc")
+    finally:
+        os.umask(mask)
+    assert (path.stat().st_mode & 0o777) == 0o644  # not mkstemp's private 0600
