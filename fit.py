@@ -162,7 +162,11 @@ def run_models(built, design, ds, settings, args, out: Path) -> bool:
     from planning.params import design_constants
 
     all_ok = True
+    from diagnostics.run import diagnose_model
+
     fitted = {}  # name -> (idata, estimates, spec, convergence verdict), for the comparison and report
+    diagnosed, diagnose_s = {}, 0.0  # per-model diagnostics of the visit-score fits, computed as each fit arrives
+    labels = (design.meta.control_arm, design.meta.treatment_arm)
     run = {"data": str(args.data), "checksum": design.checksum, "data_changes": changes_of(ds), "models": {}, "settings": settings.__dict__, "versions": versions()}
     info = data_summary(design)
     if not args.quiet:
@@ -234,26 +238,36 @@ def run_models(built, design, ds, settings, args, out: Path) -> bool:
         print(format_estimates(table))
         print(check.text())
         print(f"({timings['wall_s']:.1f} s: compile {timings.get('compile_s', 0):.1f}, sampling {timings['sample_s']:.1f})")
+        if is_visit_fit(idata):  # its PPC, LOO and figures now, while the other models are still being fitted
+            t_diag = time.perf_counter()
+            diagnosed[spec.name] = diagnose_model(
+                spec.name, idata, table, design.treated, labels, args.remission_cutoff, spec.description, check=check
+            )
+            diagnose_s += time.perf_counter() - t_diag
     # the report's checks (trajectory PPC, visit/participant LOO) need visit-score outcomes; models of other
     # outcomes (biomarker change, mediation) keep their convergence.txt and estimates.csv and are listed here
     # (the MMRM models change from baseline, 'change', not the scores 'y': its checks are its own estimates and verdict)
-    visit_fits = {
-        n: f
-        for n, f in fitted.items()
-        if "constant_data" in f[0].groups() and "obs_week" in f[0].constant_data and "y" in f[0].observed_data
-    }
+    visit_fits = {n: f for n, f in fitted.items() if n in diagnosed}
     skipped = [n for n in fitted if n not in visit_fits]
     if skipped:
         run["not_in_report"] = skipped
         print(f"note: {', '.join(skipped)}: outcome is not the visit scores (y), so no trajectory checks or LOO comparison in the report")
     if visit_fits:
-        run["diagnostics"] = diagnose_and_report(visit_fits, design, settings, args, out)
+        run["diagnostics"] = diagnose_and_report(visit_fits, design, settings, args, out, diagnosed)
+        run["diagnostics"]["per_model_s"] = diagnose_s
     (out / "run.json").write_text(json.dumps(run, indent=2, default=str) + "\n")
     return all_ok
 
 
-def diagnose_and_report(fitted: dict, design, settings, args, out: Path) -> dict:
-    """PPC, LOO (with refits where Pareto k is high), the model comparison and report.html, into `out`."""
+def is_visit_fit(idata) -> bool:
+    """Whether a fit models the visit scores `y` (the report's trajectory checks and LOO need them)."""
+    return "constant_data" in idata.groups() and "obs_week" in idata.constant_data and "y" in idata.observed_data
+
+
+def diagnose_and_report(fitted: dict, design, settings, args, out: Path, diagnosed: dict | None = None) -> dict:
+    """PPC, LOO (with refits where Pareto k is high), the model comparison and report.html, into `out`.
+
+    `diagnosed`: per-model diagnostics already computed (diagnostics.run.diagnose_model), reused as they are."""
     from diagnostics.run import REFIT_MIN_DRAWS, diagnose_run, write_outputs
 
     t0 = time.perf_counter()
@@ -272,6 +286,7 @@ def diagnose_and_report(fitted: dict, design, settings, args, out: Path) -> dict
         log=(lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True)),
         refit_min_draws=REFIT_MIN_DRAWS,
         verdicts={name: f[3] for name, f in fitted.items()},  # computed once, after each fit
+        precomputed=diagnosed,
     )
     report = write_outputs(diag, out)
     print()

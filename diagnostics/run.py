@@ -192,6 +192,7 @@ def diagnose_run(
     log=print,
     refit_min_draws: int = 0,
     verdicts: dict | None = None,
+    precomputed: dict | None = None,
 ) -> RunDiagnostics:
     """Everything the report needs; refits (for units with high Pareto k) only where builders are given."""
     if not idatas:
@@ -208,6 +209,9 @@ def diagnose_run(
     labels = labels or arm_labels(first)
     models = {}
     for name, idata in idatas.items():
+        if precomputed and name in precomputed:  # e.g. computed by fit.py while other models were still sampling
+            models[name] = precomputed[name]
+            continue
         log(f"diagnostics: {name}")
         models[name] = diagnose_model(
             name, idata, estimates.get(name), treated, labels, remission_cutoff, descriptions.get(name, ""), check=(verdicts or {}).get(name)
