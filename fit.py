@@ -153,97 +153,118 @@ def main(argv=None) -> int:
     return 0
 
 
-def run_models(built, design, ds, settings, args, out: Path) -> bool:
+def finish_fit(name: str, idata, model, design, *, out: str, data_source: str, likelihood: str, settings, info: dict,
+               changes: list, mcid: float, remission_cutoff: float) -> dict:
+    """Everything one model's fit needs before the comparison, run in its worker process beside the
+    other fits (or in this process with --jobs 1): the provenance stamp, the convergence verdict, the
+    estimates, the files in out/<name>/, and for visit-score models the PPC, LOO and figures."""
     from diagnostics.convergence import verdict
-    from models.estimates import estimates_table, format_estimates
-    from models.idata_io import save_idata, stamp, versions
+    from diagnostics.run import diagnose_model
+    from models import get
+    from models.estimates import estimates_table
+    from models.idata_io import save_idata, stamp
     from models.priors import to_json
-    from models.sampling import sample_all
     from planning.params import design_constants
 
-    all_ok = True
-    from diagnostics.run import diagnose_model
+    t0 = time.perf_counter()
+    spec = get(name)
+    priors = getattr(model, "priors_used", None)
+    notes = getattr(model, "data_notes", None) or {}  # model-specific data use, e.g. biomarker values imputed / censored
+    stamp(
+        idata,
+        model=name,
+        likelihood=likelihood,
+        priors=to_json(priors) if priors else "{}",
+        seed=settings.seed,
+        data_checksum=design.checksum,
+        data_source=data_source,
+        settings=settings.__dict__,
+        data_summary=info,
+        data_notes=notes,
+        data_changes=changes,
+        design_constants=design_constants(design),  # time coding and marker scaling, for plan.py
+    )
+    check = verdict(idata)
+    table = estimates_table(idata, design.meta, mcid=mcid)
+    if spec.extra_estimates is not None:
+        import pandas as pd
 
+        table = pd.concat([table, spec.extra_estimates(idata, design, mcid)], ignore_index=True)
+    folder = Path(out) / name
+    folder.mkdir()
+    save_idata(idata, folder / "idata.nc")
+    check.table.to_csv(folder / "convergence.csv")
+    summary_table(idata).to_csv(folder / "summary.csv")
+    table.to_csv(folder / "estimates.csv", index=False)
+    (folder / "convergence.txt").write_text(check.text() + "\n")
+    t1 = time.perf_counter()
+    diagnosed = None
+    if is_visit_fit(idata):  # its PPC, LOO and figures, for the report
+        labels = (design.meta.control_arm, design.meta.treatment_arm)
+        diagnosed = diagnose_model(name, idata, table, design.treated, labels, remission_cutoff, spec.description, check=check)
+    return {"check": check, "table": table, "notes": notes, "diagnostics": diagnosed, "finish_s": t1 - t0, "diagnose_s": time.perf_counter() - t1}
+
+
+def run_models(built, design, ds, settings, args, out: Path) -> bool:
+    from functools import partial
+
+    from models.estimates import format_estimates
+    from models.idata_io import versions
+    from models.jobs import WorkerFailed, default_jobs, fit_models
+    from models.sampling import sample_all
+
+    all_ok = True
     fitted = {}  # name -> (idata, estimates, spec, convergence verdict), for the comparison and report
-    diagnosed, diagnose_s = {}, 0.0  # per-model diagnostics of the visit-score fits, computed as each fit arrives
-    labels = (design.meta.control_arm, design.meta.treatment_arm)
+    diagnosed, diagnose_s = {}, 0.0  # per-model diagnostics of the visit-score fits
     run = {"data": str(args.data), "checksum": design.checksum, "data_changes": changes_of(ds), "models": {}, "settings": settings.__dict__, "versions": versions()}
     info = data_summary(design)
     if not args.quiet:
         print(info_text(info), file=sys.stderr)
-    from models.jobs import WorkerFailed, default_jobs, fit_models
-
     models = {spec.name: model for spec, model in built}
     specs = {spec.name: spec for spec, _ in built}
     jobs = args.jobs if args.jobs is not None else default_jobs(len(built))
     if not args.quiet and jobs > 1 and len(built) > 1:
         print(f"\nfitting {len(built)} models, {jobs} at a time (one process each; --jobs 1 fits them in turn)", file=sys.stderr)
+
     def in_process(name):
         if not args.quiet:
             print(f"\n== {name}: {specs[name].description}", file=sys.stderr)
-        return sample_all(models[name], settings, quiet=args.quiet)
+        return (*sample_all(models[name], settings, quiet=args.quiet), models[name], design)
 
+    finish = partial(
+        finish_fit, out=str(out), data_source=str(args.data), likelihood=args.likelihood, settings=settings, info=info,
+        changes=changes_of(ds), mcid=args.mcid, remission_cutoff=args.remission_cutoff,
+    )
     # the biggest models first, so the longest compile starts at once and the small ones fill the other core
     by_size = sorted(models, key=lambda n: -(len(models[n].free_RVs) + len(models[n].potentials) + len(models[n].deterministics)))
     fits = fit_models(
         list(models), args.data, args.likelihood, settings, jobs, quiet=args.quiet, in_process=in_process, submit_order=by_size,
-        after=verdict,  # the convergence verdict, computed in each worker beside the other fits
+        after=finish,  # stamp, verdict, estimates, files and diagnostics, in each worker beside the other fits
     )
     while True:
-        t0 = time.perf_counter()
         try:
-            name, idata, timings, check = next(fits)
+            name, idata, timings, done = next(fits)
         except StopIteration:
             break
         except WorkerFailed as exc:  # the sampler's failure becomes advice, not a traceback
             raise SamplingFailed(exc.model, exc.cause) from exc
-        spec, model = specs[name], models[name]
-        priors = getattr(model, "priors_used", None)
-        notes = getattr(model, "data_notes", None) or {}  # model-specific data use, e.g. biomarker values imputed / censored
+        spec, check, table, notes = specs[name], done["check"], done["table"], done["notes"]
         if notes.get("text") and not args.quiet:
             print(f"  {notes['text']}", file=sys.stderr)
-        stamp(
-            idata,
-            model=spec.name,
-            likelihood=args.likelihood,
-            priors=to_json(priors) if priors else "{}",
-            seed=settings.seed,
-            data_checksum=design.checksum,
-            data_source=str(args.data),
-            settings=settings.__dict__,
-            data_summary=info,
-            data_notes=notes,
-            data_changes=changes_of(ds),
-            design_constants=design_constants(design),  # time coding and marker scaling, for plan.py
-        )
-        table = estimates_table(idata, design.meta, mcid=args.mcid)
-        if spec.extra_estimates is not None:
-            import pandas as pd
-
-            table = pd.concat([table, spec.extra_estimates(idata, design, args.mcid)], ignore_index=True)
-        folder = out / spec.name
-        folder.mkdir()
-        save_idata(idata, folder / "idata.nc")
-        check.table.to_csv(folder / "convergence.csv")
-        summary_table(idata).to_csv(folder / "summary.csv")
-        table.to_csv(folder / "estimates.csv", index=False)
-        (folder / "convergence.txt").write_text(check.text() + "\n")
-        timings["wall_s"] = timings.get("worker_wall_s", time.perf_counter() - t0)
+        wall = timings.get("worker_wall_s", timings.get("total_s", 0.0))  # fit only; finishing is timed apart
+        timings.update(wall_s=wall, finish_s=done["finish_s"], diagnose_s=done["diagnose_s"])
         run["models"][spec.name] = {"converged": check.ok, "timings": timings, "divergences": check.divergences}
         if notes:
             run["models"][spec.name]["data_notes"] = notes
         fitted[spec.name] = (idata, table, spec, check)
+        if done["diagnostics"] is not None:
+            diagnosed[spec.name] = done["diagnostics"]
+            diagnose_s += done["diagnose_s"]
         all_ok &= check.ok
         print(f"\n{spec.name}: estimates ({design.meta.outcome_label} points unless a row says otherwise; lower scores are better)")
         print(format_estimates(table))
         print(check.text())
         print(f"({timings['wall_s']:.1f} s: compile {timings.get('compile_s', 0):.1f}, sampling {timings['sample_s']:.1f})")
-        if is_visit_fit(idata):  # its PPC, LOO and figures now, while the other models are still being fitted
-            t_diag = time.perf_counter()
-            diagnosed[spec.name] = diagnose_model(
-                spec.name, idata, table, design.treated, labels, args.remission_cutoff, spec.description, check=check
-            )
-            diagnose_s += time.perf_counter() - t_diag
     # the report's checks (trajectory PPC, visit/participant LOO) need visit-score outcomes; models of other
     # outcomes (biomarker change, mediation) keep their convergence.txt and estimates.csv and are listed here
     # (the MMRM models change from baseline, 'change', not the scores 'y': its checks are its own estimates and verdict)

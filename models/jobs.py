@@ -73,12 +73,12 @@ def _fit_in_worker(name: str, data_dir: str, likelihood: str, settings: SamplerS
 
     warnings.filterwarnings("ignore", category=FutureWarning)
     sys.stderr = _Prefixed(sys.__stderr__, f"[{name}] ")
-    idata, timings = _fit_model(name, data_dir, likelihood, settings, quiet)
-    return idata, timings, after(idata) if after is not None else None
+    idata, timings, model, design = _fit_model(name, data_dir, likelihood, settings, quiet)
+    return idata, timings, after(name, idata, model, design) if after is not None else None
 
 
 def _fit_model(name: str, data_dir: str, likelihood: str, settings: SamplerSettings, quiet: bool):
-    """Load, build and sample one model; returns (idata, timings)."""
+    """Load, build and sample one model; returns (idata, timings, model, design)."""
     import time
 
     from data import load_dataset
@@ -92,7 +92,7 @@ def _fit_model(name: str, data_dir: str, likelihood: str, settings: SamplerSetti
     model = get(name).build(design, likelihood=likelihood)
     idata, timings = sample_all(model, settings, quiet=quiet)
     timings["worker_wall_s"] = time.perf_counter() - t0
-    return idata, timings
+    return idata, timings, model, design
 
 
 def default_jobs(n_models: int) -> int:
@@ -111,13 +111,15 @@ def fit_models(
     submit_order: list[str] | None = None,
     after: Callable | None = None,
 ) -> Iterator[tuple[str, object, dict, object]]:
-    """Yield (name, idata, timings, after(idata)) in the order of `names`, fitting up to `jobs` models at once.
+    """Yield (name, idata, timings, after(name, idata, model, design)) in the order of `names`, fitting up to
+    `jobs` models at once.
 
-    `after` (a module-level function, so it pickles; e.g. the convergence verdict) runs in the
-    worker right after the fit, in parallel with the other fits; None gives None.
+    `after` (a module-level function or a partial of one, so it pickles) runs in the worker right
+    after the fit, in parallel with the other fits: fit.py stamps, checks, tabulates, saves and
+    diagnoses the fit there. Without it the fourth element is None.
 
-    jobs <= 1 (or a single model) fits in this process with `in_process(name)` when given, which
-    lets the caller reuse the models it has already built. `submit_order` (the slowest first) only
+    jobs <= 1 (or a single model) fits in this process with `in_process(name)` -> (idata, timings,
+    model, design) when given, which lets the caller reuse the models it has already built. `submit_order` (the slowest first) only
     changes which model a free worker starts next, not the results or the order they are yielded in.
     Raises WorkerFailed for the first model (in `names` order) whose fit raised; the other workers are
     then stopped.
@@ -126,10 +128,10 @@ def fit_models(
         for name in names:
             try:
                 if in_process is not None:
-                    idata, timings = in_process(name)
+                    idata, timings, model, design = in_process(name)
                 else:
-                    idata, timings = _fit_model(name, str(data_dir), likelihood, settings, quiet)
-                extra = after(idata) if after is not None else None
+                    idata, timings, model, design = _fit_model(name, str(data_dir), likelihood, settings, quiet)
+                extra = after(name, idata, model, design) if after is not None else None
             except Exception as exc:
                 raise WorkerFailed(name, exc) from exc
             yield name, idata, timings, extra
