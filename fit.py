@@ -6,7 +6,8 @@
     python fit.py --list-models
 
 Exit codes: 0 success; 1 convergence verdict failed under --strict; 2 bad input or arguments
-(or the output folder exists / is being written by another run); 3 the sampler failed.
+(or the output folder exists / is being written by another run); 3 the sampler failed, or a
+model's results could not be written or checked.
 """
 
 from __future__ import annotations
@@ -143,7 +144,7 @@ def main(argv=None) -> int:
             all_ok = run_models(built, design, ds, settings, args, tmp)
     except (FileExistsError, OutputBusy) as exc:
         return fail(str(exc))
-    except SamplingFailed as exc:
+    except (SamplingFailed, FinishingFailed) as exc:
         print(f"error: {exc}\nnothing was written to {args.out}", file=sys.stderr)
         return 3
     print(f"\nwrote {args.out}/")
@@ -247,6 +248,8 @@ def run_models(built, design, ds, settings, args, out: Path) -> bool:
         except StopIteration:
             break
         except WorkerFailed as exc:  # the sampler's failure becomes advice, not a traceback
+            if exc.stage == "after":
+                raise FinishingFailed(f"saving or checking the fit of model '{exc.model}' failed: {exc.cause}") from exc
             raise SamplingFailed(exc.model, exc.cause) from exc
         spec, check, table, notes = specs[name], done["check"], done["table"], done["notes"]
         if notes.get("text") and not args.quiet:
@@ -323,6 +326,10 @@ def diagnose_and_report(fitted: dict, design, settings, args, out: Path, diagnos
         "ppc_flags": {name: m.ppc.flags() for name, m in diag.models.items()},
         "wall_s": time.perf_counter() - t0,
     }
+
+
+class FinishingFailed(RuntimeError):
+    """A model sampled but writing or checking its results failed (e.g. a full disk): exit code 3, no sampler advice."""
 
 
 class SamplingFailed(RuntimeError):

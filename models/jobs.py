@@ -25,11 +25,15 @@ from .sampling import SamplerSettings
 
 
 class WorkerFailed(RuntimeError):
-    """A model's fit raised inside its worker process; `cause` is the original exception."""
+    """A model's fit (stage 'fit') or the work after it (stage 'after') raised; `cause` is the original exception."""
 
-    def __init__(self, model: str, cause: BaseException):
+    def __init__(self, model: str, cause: BaseException, stage: str = "fit"):
         super().__init__(str(cause))
-        self.model, self.cause = model, cause
+        self.model, self.cause, self.stage = model, cause, stage
+
+
+class AfterFitError(RuntimeError):
+    """Raised in a worker when `after` fails, so the caller can tell it from a failed fit (pickles by message)."""
 
 
 class _Prefixed:
@@ -74,7 +78,10 @@ def _fit_in_worker(name: str, data_dir: str, likelihood: str, settings: SamplerS
     warnings.filterwarnings("ignore", category=FutureWarning)
     sys.stderr = _Prefixed(sys.__stderr__, f"[{name}] ")
     idata, timings, model, design = _fit_model(name, data_dir, likelihood, settings, quiet)
-    return idata, timings, after(name, idata, model, design) if after is not None else None
+    try:
+        return idata, timings, after(name, idata, model, design) if after is not None else None
+    except Exception as exc:
+        raise AfterFitError(f"{type(exc).__name__}: {exc}") from exc
 
 
 def _fit_model(name: str, data_dir: str, likelihood: str, settings: SamplerSettings, quiet: bool):
@@ -131,9 +138,12 @@ def fit_models(
                     idata, timings, model, design = in_process(name)
                 else:
                     idata, timings, model, design = _fit_model(name, str(data_dir), likelihood, settings, quiet)
-                extra = after(name, idata, model, design) if after is not None else None
             except Exception as exc:
                 raise WorkerFailed(name, exc) from exc
+            try:
+                extra = after(name, idata, model, design) if after is not None else None
+            except Exception as exc:
+                raise WorkerFailed(name, exc, stage="after") from exc
             yield name, idata, timings, extra
         return
     # each worker's sampler keeps settings.cores threads; the workers share the machine's cores
@@ -147,6 +157,8 @@ def fit_models(
         for name in names:
             try:
                 idata, timings, extra = futures[name].result()
+            except AfterFitError as exc:
+                raise WorkerFailed(name, exc, stage="after") from exc
             except Exception as exc:
                 raise WorkerFailed(name, exc) from exc
             yield name, idata, timings, extra

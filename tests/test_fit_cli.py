@@ -104,3 +104,17 @@ def test_parallel_fits_give_the_same_draws_as_fits_in_turn(small_trial_dir, tmp_
 def test_jobs_must_be_positive(capsys, tmp_path):
     assert fit.main(["--jobs", "0", "--out", str(tmp_path / "o")]) == 2
     assert "--jobs must be at least 1" in capsys.readouterr().err
+
+
+@pytest.mark.smoke
+def test_a_failure_writing_results_exits_3_and_writes_nothing(small_trial_dir, tmp_path, capsys, monkeypatch):
+    def full_disk(*args, **kwargs):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(fit, "finish_fit", full_disk)
+    out = tmp_path / "out"
+    code = fit.main(["--data", str(small_trial_dir), "--model", "null", "--jobs", "1", "--draws", "20", "--tune", "20", "--chains", "1",
+                     "--prior-draws", "5", "--out", str(out), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 3 and "saving or checking the fit of model 'null' failed" in err and "No space left" in err
+    assert "advice" not in err and not out.exists()

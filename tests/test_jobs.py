@@ -35,3 +35,24 @@ def test_a_failing_worker_names_its_model(small_trial_dir):
         next(fits)
     assert info.value.model == "no_such_model" and isinstance(info.value.cause, KeyError)
 
+
+
+def _explode(name, idata, model, design):
+    raise OSError("No space left on device")
+
+
+@pytest.mark.unit
+def test_a_failure_after_the_fit_is_told_apart_from_a_failed_fit():
+    settings = SamplerSettings(draws=10, tune=10, chains=1, cores=1, prior_draws=5)
+    ok = lambda name: ("idata", {}, "model", "design")  # noqa: E731 - a stand-in for a fit that worked
+    fits = fit_models(["null"], ".", "normal", settings, jobs=1, in_process=ok, after=_explode)
+    with pytest.raises(WorkerFailed) as info:
+        next(fits)
+    assert info.value.stage == "after" and "No space left" in str(info.value.cause)
+
+    def broken(name):
+        raise ValueError("no chain could initialise")
+
+    with pytest.raises(WorkerFailed) as info:
+        next(fit_models(["null"], ".", "normal", settings, jobs=1, in_process=broken, after=_explode))
+    assert info.value.stage == "fit"
