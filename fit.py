@@ -215,7 +215,7 @@ def run_models(built, design, ds, settings, args, out: Path) -> bool:
     from models.sampling import sample_all
 
     all_ok = True
-    fitted = {}  # name -> (idata, estimates, spec, convergence verdict), for the comparison and report
+    fitted = {}  # name -> (idata, estimates, spec), for the comparison and report
     diagnosed, diagnose_s = {}, 0.0  # per-model diagnostics of the visit-score fits
     run = {"data": str(args.data), "checksum": design.checksum, "data_changes": changes_of(ds), "models": {}, "settings": settings.__dict__, "versions": versions()}
     info = data_summary(design)
@@ -259,7 +259,7 @@ def run_models(built, design, ds, settings, args, out: Path) -> bool:
         run["models"][spec.name] = {"converged": check.ok, "timings": timings, "divergences": check.divergences}
         if notes:
             run["models"][spec.name]["data_notes"] = notes
-        fitted[spec.name] = (idata, table, spec, check)
+        fitted[spec.name] = (idata, table, spec)
         if done["diagnostics"] is not None:
             diagnosed[spec.name] = done["diagnostics"]
             diagnose_s += done["diagnose_s"]
@@ -295,7 +295,7 @@ def diagnose_and_report(fitted: dict, design, settings, args, out: Path, diagnos
     from diagnostics.run import REFIT_MIN_DRAWS, diagnose_run, write_outputs
 
     t0 = time.perf_counter()
-    builders = {name: (lambda d, spec=spec: spec.build(d, likelihood=args.likelihood)) for name, (_, _, spec, _) in fitted.items()}
+    builders = {name: (lambda d, spec=spec: spec.build(d, likelihood=args.likelihood)) for name, (_, _, spec) in fitted.items()}
     diag = diagnose_run(
         {name: f[0] for name, f in fitted.items()},
         {name: f[1] for name, f in fitted.items()},
@@ -309,7 +309,6 @@ def diagnose_and_report(fitted: dict, design, settings, args, out: Path, diagnos
         title=design.meta.title or str(args.data),
         log=(lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True)),
         refit_min_draws=REFIT_MIN_DRAWS,
-        verdicts={name: f[3] for name, f in fitted.items()},  # computed once, after each fit
         precomputed=diagnosed,
     )
     report = write_outputs(diag, out)

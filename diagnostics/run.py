@@ -191,7 +191,6 @@ def diagnose_run(
     title: str = "",
     log=print,
     refit_min_draws: int = 0,
-    verdicts: dict | None = None,
     precomputed: dict | None = None,
 ) -> RunDiagnostics:
     """Everything the report needs; refits (for units with high Pareto k) only where builders are given."""
@@ -209,12 +208,12 @@ def diagnose_run(
     labels = labels or arm_labels(first)
     models = {}
     for name, idata in idatas.items():
-        if precomputed and name in precomputed:  # e.g. computed by fit.py while other models were still sampling
+        if precomputed and name in precomputed:  # e.g. computed in fit.py's worker processes, beside the other fits
             models[name] = precomputed[name]
             continue
         log(f"diagnostics: {name}")
         models[name] = diagnose_model(
-            name, idata, estimates.get(name), treated, labels, remission_cutoff, descriptions.get(name, ""), check=(verdicts or {}).get(name)
+            name, idata, estimates.get(name), treated, labels, remission_cutoff, descriptions.get(name, "")
         )
 
     groups = comparable_groups(idatas)
