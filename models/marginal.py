@@ -46,7 +46,7 @@ import pytensor.tensor as pt
 import xarray as xr
 
 from .design import TrialDesign
-from .headline import NAME, add_effect_summaries, add_participant_covariance, add_population_terms, build_headline, default_priors
+from .headline import NAME, add_effect_summaries, add_participant_covariance, add_population_terms, add_site_effects, build_headline, default_priors
 from .priors import resolve, rv
 
 FIXED_TERMS = ["level", "change", "followup_change"]
@@ -132,6 +132,60 @@ def build_headline_marginal(design: TrialDesign, priors: dict | None = None) -> 
         pm.Deterministic("prognostic_per_doubling", prognostic * per_doubling, dims="marker")
     model.priors_used = pri
     model.marginal_design = design
+    model.fused_layout = partial(_fused_layout_or_none, model, design, pri)
+    return model
+
+
+def _fused_layout_or_none(model: pm.Model, design: TrialDesign, priors: dict):
+    """The fused log density's layout for this model (models/fused.py), or None where it does not apply."""
+    from .fused import Unsupported, fused_layout
+
+    try:
+        return fused_layout(model, design, priors)
+    except Unsupported:
+        return None
+
+
+def build_trajectory_marginal(design: TrialDesign, name: str, priors: dict | None = None, arm: bool = True) -> pm.Model:
+    """The null (arm=False) or treatment (arm=True) trajectory model, Gaussian, participant effects integrated out.
+
+    Same variables, names and dims as models/trajectory.build_trajectory with markers=False and a
+    straight treatment phase (the only members whose fixed part is linear in (1, t1, t2)).
+    """
+    from .trajectory import _add_summaries, trajectory_priors
+
+    pri = resolve(trajectory_priors(design), priors)
+    stats = visit_stats(design)
+    coords = design.coords()
+    coords.pop("marker", None)
+    coords["participant_term"] = FIXED_TERMS
+    with pm.Model(coords=coords) as model:
+        pm.Data("obs_participant", design.obs_participant, dims="obs")
+        pm.Data("t1", design.t1, dims="obs")
+        pm.Data("t2", design.t2, dims="obs")
+        pm.Data("obs_week", design.obs_week, dims="obs")
+        treated = pm.Data("treated", design.treated, dims="participant") if arm else None
+
+        intercept = rv("intercept", pri["intercept"])
+        time_change = rv("time_change", pri["time_change"], dims="phase")
+        nac_change = rv("nac_change", pri["nac_change"], dims="phase") if arm else None
+        site = add_site_effects(design, pri)
+        chol = add_participant_covariance(pri)
+
+        zeros = pt.zeros(design.n_participants)
+        level = intercept + site + zeros
+        change1 = time_change[0] + (nac_change[0] * treated if arm else zeros)
+        if design.has_followup:
+            change2 = time_change[1] + (nac_change[1] * treated if arm else zeros)
+        else:
+            change2 = zeros
+        fixed = pm.Deterministic(FIXED_VAR, pt.stack([level, change1, change2], axis=1), dims=("participant", "participant_term"))
+        sigma = rv("residual_sd", pri["residual_sd"])
+        pm.Potential("y_marginal", marginal_loglik(stats, fixed, chol, sigma).sum())
+        _add_summaries(design, time_change, nac_change, None, None)
+    model.priors_used = pri
+    model.marginal_design = design
+    model.fused_layout = partial(_fused_layout_or_none, model, design, pri)
     return model
 
 

@@ -58,7 +58,10 @@ def resolve(defaults: dict[str, Prior], overrides: dict | None) -> dict[str, Pri
             raise KeyError(f"unknown prior '{key}'; known: {sorted(out)}")
         if isinstance(value, dict):
             base = out[key]
-            value = Prior(value.get("dist", base.dist), {**base.params, **value.get("params", {})}, value.get("reason", "user override"))
+            dist_name = value.get("dist", base.dist)
+            # the default's parameters are kept for the same family only (HalfNormal's sigma means nothing to Exponential)
+            params = {**base.params, **value.get("params", {})} if dist_name == base.dist else dict(value.get("params", {}))
+            value = Prior(dist_name, params, value.get("reason", "user override"))
         out[key] = value
     return out
 

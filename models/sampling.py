@@ -49,6 +49,7 @@ class SamplerSettings:
     prior_draws: int = 500
     seed: int = 1
     fast: bool = True  # sample a model's exact fast variant when it has one (models/marginal.py)
+    fused: bool = True  # on the fast path, nutpie calls the hand-fused log density (models/fused.py)
 
     def as_attrs(self) -> dict:
         return {f"sampler_{k}": v for k, v in self.__dict__.items()}
@@ -212,6 +213,12 @@ def _install_locator(folder: Path) -> None:
     _CACHE_KEYS = keys
 
 
+def register_cached(func, folder: Path, key: str) -> None:
+    """Send numba's on-disk cache of `func` (compiled with cache=True) to `folder`, under `key`."""
+    _install_locator(Path(folder))
+    _CACHE_KEYS[func] = key
+
+
 def _wrapper_key(tag: str, inner, n_dim: int, n_expanded: int, shared_names, shared_data) -> str | None:
     """Hash of PyTensor's graph key of the inner function, sizes and the shapes/dtypes of shared data."""
     import numba
@@ -320,14 +327,24 @@ def _cache_entries(folder: Path | None) -> set[str]:
     return {p.name for p in folder.glob("*.nbi")} if folder is not None and folder.is_dir() else set()
 
 
-def compile_nutpie(model: pm.Model):
+def compile_nutpie(model: pm.Model, fused: bool = True):
     """nutpie.compile_pymc_model with the on-disk cache of the numba wrappers; returns (compiled, was_cached).
 
+    A model carrying `fused_layout` (the marginal headline model, models/fused.py) is given its
+    hand-fused log density instead of the compiled graph, unless fused=False.
     was_cached is True when the compile added no new cache entry (it loaded machine code instead).
     """
     import nutpie
 
     folder = cache_dir()
+    make_layout = getattr(model, "fused_layout", None) if fused else None
+    layout = make_layout() if make_layout is not None else None  # None: priors the fused function lacks
+    if layout is not None:
+        from .fused import compile_fused
+
+        before = _cache_entries(folder)
+        compiled = compile_fused(model, layout, folder)
+        return compiled, bool(before) and _cache_entries(folder) <= before
     if folder is None:
         return nutpie.compile_pymc_model(model, backend="numba"), False
     before = _cache_entries(folder)
@@ -349,7 +366,7 @@ def sample_posterior(model: pm.Model, settings: SamplerSettings, quiet: bool = F
         import nutpie
 
         t0 = time.perf_counter()
-        compiled, cached = compile_nutpie(model)
+        compiled, cached = compile_nutpie(model, fused=settings.fused)
         timings["compile_s"] = time.perf_counter() - t0
         timings["compile_cached"] = float(cached)
         _log(f"  compiled in {timings['compile_s']:.1f} s; sampling {settings.chains} chains x {settings.draws} draws", quiet)

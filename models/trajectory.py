@@ -22,6 +22,8 @@ and likelihoods are the headline model's (imported from models.headline).
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 import pymc as pm
 import pytensor.tensor as pt
@@ -142,6 +144,11 @@ def build_trajectory(
             model.priors_used.pop(key, None)
     if likelihood != "student":
         model.priors_used.pop("student_nu", None)
+    if likelihood == "normal" and not (markers or curved or nac_moderation):
+        # exact fast variant: participant effects integrated out (models/marginal.py)
+        from .marginal import build_trajectory_marginal
+
+        model.fast_variant = partial(build_trajectory_marginal, design, name, priors, arm)
     return model
 
 

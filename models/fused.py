@@ -1,0 +1,808 @@
+"""The marginal headline model's log density and gradient as one compiled function.
+
+Why: nutpie compiles a PyMC model by generating one numba function per node of the
+log-density-plus-gradient graph (about 450 for the marginal headline model, models/marginal.py).
+On a machine that has never compiled them that takes over a minute, and every gradient then pays
+a per-node overhead. The marginal model has a fixed form, so its log density and gradient are
+written out here in one pass over participants (reverse mode by hand), compiled by numba once per
+machine whatever the dataset: every size, datum and prior parameter is read at run time from one
+float64 context array, so the machine code does not depend on the trial.
+
+What is computed is exactly PyMC's log density of the marginal model on its unconstrained space
+(transforms, Jacobians and normalising constants included): the latent biomarker block (observed,
+missing and censored entries, models/marker_block.py), the priors, the LKJ Cholesky covariance,
+the sum-to-zero site offsets and the closed-form marginal likelihood. tests/test_fused.py checks
+value and gradient against PyTensor's own at random points on several designs and priors.
+
+The PyMC model still supplies the variable names, dims, transforms, initial points and the prior
+predictive: only the two functions nutpie calls (log density with gradient, and the expansion of a
+draw into the stored variables) change. Priors outside the supported families (locations: Normal;
+scales: HalfNormal, Exponential, Gamma, HalfCauchy) or a model this module does not recognise make
+`fused_layout` return None, and the compiled graph is used instead.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numba
+import numpy as np
+
+HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
+LOG2PI = math.log(2.0 * math.pi)
+SQRT2 = math.sqrt(2.0)
+LOGCDF_SWITCH = -20.0  # as models/marker_block.py
+
+# prior families
+NORMAL, HALFNORMAL, EXPONENTIAL, GAMMA, HALFCAUCHY, ZEROSUM, LKJ = 1, 2, 3, 4, 5, 6, 7
+# prior slots (3 numbers each: family, p1, p2)
+P_INTERCEPT, P_TIME, P_NAC, P_PROG, P_MOD, P_SITE, P_PSD, P_CORR, P_RESID, P_MMEAN, P_MSD, P_MREG = range(12)
+N_PRIORS = 12
+# blocks of the unconstrained vector (value variables of the PyMC model)
+X_BLOCKS = (
+    "marker_mean",
+    "marker_sd_log__",
+    "marker_regression",
+    "marker_missing_std",
+    "marker_censored_u_interval__",
+    "intercept",
+    "time_change",
+    "nac_change",
+    "marker_prognostic",
+    "marker_moderation",
+    "site_effect_zerosum__",
+    "participant_chol_cholesky-cov-packed__",
+    "residual_sd_log__",
+)
+(X_MMEAN, X_MSD, X_MREG, X_MISS, X_CENS, X_ICPT, X_TIME, X_NAC, X_PROG, X_MOD, X_SITE, X_CHOL, X_RESID) = range(len(X_BLOCKS))
+# blocks of the expanded draw after the unconstrained vector (the model's other stored variables)
+E_BLOCKS = (
+    "marker_sd",
+    "marker_censored_u",
+    "site_effect",
+    "participant_chol",
+    "residual_sd",
+    "participant_sd",
+    "participant_corr",
+    "participant_fixed",
+    "nac_effect",
+    "placebo_change",
+    "moderation_per_doubling",
+    "prognostic_per_doubling",
+)
+(E_MSD, E_CENS, E_SITE, E_CHOL, E_RESID, E_PSD, E_CORR, E_FIXED, E_NAC, E_PLACEBO, E_MODD, E_PROGD) = range(len(E_BLOCKS))
+# fields of the context array
+(F_SIZES, F_XOFF, F_EOFF, F_PRIORS, F_TREATED, F_SITE_IDX, F_XX, F_XY, F_YY, F_NVIS, F_ZDATA, F_ZSTATUS, F_ZINDEX, F_ZUPPER,
+ F_PER_DOUBLING, F_WEEK_T1, F_WEEK_T2) = range(17)
+N_FIELDS = 17
+# marker entry status
+OBSERVED, MISSING, CENSORED = 0, 1, 2
+
+
+# ---------------------------------------------------------------- scalar pieces (numba)
+
+# error_model="numpy": a division by zero gives inf/nan (caught by the caller's finiteness check)
+# instead of raising, which a C callback could not report
+_jit = numba.njit(error_model="numpy")
+
+
+@_jit
+def _field(ctx, k):
+    off = int(ctx[2 + 2 * k])
+    return ctx[off : off + int(ctx[3 + 2 * k])]
+
+
+@_jit
+def _normal_prior(pri, slot, x):
+    """log density and its derivative of a location prior (Normal(mu, sigma))."""
+    mu, sigma = pri[3 * slot + 1], pri[3 * slot + 2]
+    z = (x - mu) / sigma
+    return -0.5 * z * z - math.log(sigma) - HALF_LOG_2PI, -z / sigma
+
+
+@_jit
+def _scale_prior(pri, slot, s):
+    """log density and its derivative at s > 0 of a scale prior (before the log transform)."""
+    fam, p1, p2 = int(pri[3 * slot]), pri[3 * slot + 1], pri[3 * slot + 2]
+    if fam == HALFNORMAL:
+        return 0.5 * math.log(2.0 / math.pi) - math.log(p1) - 0.5 * (s / p1) ** 2, -s / (p1 * p1)
+    if fam == EXPONENTIAL:
+        return math.log(p1) - p1 * s, -p1
+    if fam == GAMMA:
+        return p1 * math.log(p2) - math.lgamma(p1) + (p1 - 1.0) * math.log(s) - p2 * s, (p1 - 1.0) / s - p2
+    # HALFCAUCHY
+    r = s / p1
+    return math.log(2.0 / math.pi) - math.log(p1) - math.log1p(r * r), -2.0 * s / (p1 * p1 + s * s)
+
+
+@_jit
+def _log_ndtr(x):
+    """log Phi(x) and its derivative, the same branches as models/marker_block.std_normal_logcdf."""
+    if x >= LOGCDF_SWITCH:
+        phi_cdf = 0.5 * math.erfc(-x / SQRT2)
+        return math.log(phi_cdf), math.exp(-0.5 * x * x - HALF_LOG_2PI) / phi_cdf
+    r = 1.0 / (x * x)
+    poly = r * (-1.0 + r * (3.0 + r * (-15.0 + 105.0 * r)))
+    dpoly = -1.0 + r * (6.0 + r * (-45.0 + 420.0 * r))
+    value = -0.5 * x * x - math.log(-x) - HALF_LOG_2PI + math.log1p(poly)
+    return value, -x - 1.0 / x + dpoly * (-2.0 * r / x) / (1.0 + poly)
+
+
+_ACKLAM_A = (-3.969683028665376e01, 2.209460984245205e02, -2.759285104469687e02, 1.383577518672690e02, -3.066479806614716e01, 2.506628277459239e00)
+_ACKLAM_B = (-5.447609879822406e01, 1.615858368580409e02, -1.556989798598866e02, 6.680131188771972e01, -1.328068155288572e01)
+_ACKLAM_C = (-7.784894002430293e-03, -3.223964580411365e-01, -2.400758277161838e00, -2.549732539343734e00, 4.374664141464968e00, 2.938163982698783e00)
+_ACKLAM_D = (7.784695709041462e-03, 3.224671290700398e-01, 2.445134137142996e00, 3.754408661907416e00)
+
+
+@_jit
+def _ndtri(p):
+    """Phi^-1(p) for p in (0, 1): Acklam's rational approximation and one Halley step (double precision)."""
+    a, b, c, d = _ACKLAM_A, _ACKLAM_B, _ACKLAM_C, _ACKLAM_D
+    q = min(p, 1.0 - p)
+    if q < 0.02425:
+        t = math.sqrt(-2.0 * math.log(q))
+        x = (((((c[0] * t + c[1]) * t + c[2]) * t + c[3]) * t + c[4]) * t + c[5]) / ((((d[0] * t + d[1]) * t + d[2]) * t + d[3]) * t + 1.0)
+    else:
+        t = q - 0.5
+        r = t * t
+        x = (((((a[0] * r + a[1]) * r + a[2]) * r + a[3]) * r + a[4]) * r + a[5]) * t / (((((b[0] * r + b[1]) * r + b[2]) * r + b[3]) * r + b[4]) * r + 1.0)
+    e = 0.5 * math.erfc(-x / SQRT2) - q
+    u = e * math.sqrt(2.0 * math.pi) * math.exp(0.5 * x * x)
+    x = x - u / (1.0 + 0.5 * x * u)
+    return x if p <= 0.5 else -x
+
+
+@_jit
+def _sigmoid(v):
+    if v >= 0.0:
+        return 1.0 / (1.0 + math.exp(-v))
+    e = math.exp(v)
+    return e / (1.0 + e)
+
+
+@_jit
+def _softplus(v):
+    return max(v, 0.0) + math.log1p(math.exp(-abs(v)))
+
+
+# ---------------------------------------------------------------- the marker block (numba)
+
+
+@_jit
+def _complete_markers(x, ctx, with_density):
+    """Completed standardised markers z (participant x marker) and, if asked, their log density.
+
+    Also returns what the backward pass needs per entry: for censored entries q = Phi^-1(p), the
+    standardised limit c, d log Phi(c)/dc, and dq/dc, dq/du.
+    """
+    sizes = _field(ctx, F_SIZES)
+    n_p, m = int(sizes[0]), int(sizes[1])
+    xo = _field(ctx, F_XOFF)
+    pri = _field(ctx, F_PRIORS)
+    zdata, zstatus, zindex, zupper = _field(ctx, F_ZDATA), _field(ctx, F_ZSTATUS), _field(ctx, F_ZINDEX), _field(ctx, F_ZUPPER)
+    o_mean, o_sd, o_reg, o_miss, o_cens = int(xo[X_MMEAN]), int(xo[X_MSD]), int(xo[X_MREG]), int(xo[X_MISS]), int(xo[X_CENS])
+    z = np.empty((n_p, m))
+    aux = np.zeros((n_p, m, 5))
+    lp = 0.0
+    for k in range(m):
+        sd = math.exp(x[o_sd + k])
+        base = k * (k - 1) // 2
+        for i in range(n_p):
+            mu = x[o_mean + k]
+            for j in range(k):
+                mu += x[o_reg + base + j] * z[i, j]
+            e = i * m + k
+            status = int(zstatus[e])
+            if status == OBSERVED:
+                z[i, k] = zdata[e]
+                if with_density:
+                    r = (zdata[e] - mu) / sd
+                    lp += -0.5 * r * r - math.log(sd) - HALF_LOG_2PI
+            elif status == MISSING:
+                eta = x[o_miss + int(zindex[e])]
+                z[i, k] = mu + sd * eta
+                if with_density:
+                    lp += -0.5 * eta * eta - HALF_LOG_2PI
+            else:
+                v = x[o_cens + int(zindex[e])]
+                u = _sigmoid(v)
+                c = (zupper[e] - mu) / sd
+                log_below, dlog_below = _log_ndtr(c)
+                p = u * math.exp(log_below)
+                clipped = p < 1e-300 or p > 1.0 - 1e-16
+                p = min(max(p, 1e-300), 1.0 - 1e-16)
+                q = _ndtri(p)
+                z[i, k] = mu + sd * q
+                if with_density:
+                    lp += log_below - 2.0 * _softplus(-v) - v  # probability below the limit; U(0, 1) and its logit Jacobian
+                    inv_pdf_q = math.exp(0.5 * q * q + HALF_LOG_2PI)  # dq/dp
+                    aux[i, k, 0] = q
+                    aux[i, k, 1] = c
+                    aux[i, k, 2] = dlog_below
+                    if not clipped:  # PyTensor's clip passes no gradient outside its range
+                        aux[i, k, 3] = p * dlog_below * inv_pdf_q  # dq/dc
+                        aux[i, k, 4] = math.exp(log_below) * inv_pdf_q  # dq/du
+    if with_density:
+        for k in range(m):
+            w = x[o_sd + k]
+            f, _ = _scale_prior(pri, P_MSD, math.exp(w))
+            g, _ = _normal_prior(pri, P_MMEAN, x[o_mean + k])
+            lp += f + w + g
+        for l in range(m * (m - 1) // 2):
+            g, _ = _normal_prior(pri, P_MREG, x[o_reg + l])
+            lp += g
+    return z, aux, lp
+
+
+@_jit
+def _markers_backward(x, ctx, z, aux, adj, grad):
+    """Add d(log density)/dx of the marker block to grad, given adj = d(rest)/dz (overwritten)."""
+    sizes = _field(ctx, F_SIZES)
+    n_p, m = int(sizes[0]), int(sizes[1])
+    xo = _field(ctx, F_XOFF)
+    pri = _field(ctx, F_PRIORS)
+    zdata, zstatus, zindex = _field(ctx, F_ZDATA), _field(ctx, F_ZSTATUS), _field(ctx, F_ZINDEX)
+    o_mean, o_sd, o_reg, o_miss, o_cens = int(xo[X_MMEAN]), int(xo[X_MSD]), int(xo[X_MREG]), int(xo[X_MISS]), int(xo[X_CENS])
+    for k in range(m - 1, -1, -1):
+        sd = math.exp(x[o_sd + k])
+        base = k * (k - 1) // 2
+        d_sd = 0.0
+        d_mean = 0.0
+        for i in range(n_p):
+            e = i * m + k
+            status = int(zstatus[e])
+            a = adj[i, k]
+            if status == OBSERVED:
+                mu = x[o_mean + k]
+                for j in range(k):
+                    mu += x[o_reg + base + j] * z[i, j]
+                r = (zdata[e] - mu) / sd
+                d_mu = r / sd
+                d_sd += (r * r - 1.0) / sd
+            elif status == MISSING:
+                idx = o_miss + int(zindex[e])
+                eta = x[idx]
+                d_mu = a
+                d_sd += a * eta
+                grad[idx] += a * sd - eta
+            else:
+                idx = o_cens + int(zindex[e])
+                v = x[idx]
+                u = _sigmoid(v)
+                q, c, dlog_below, dq_dc, dq_du = aux[i, k, 0], aux[i, k, 1], aux[i, k, 2], aux[i, k, 3], aux[i, k, 4]
+                # z = mu + sd q(c, u), c = (limit - mu) / sd; plus log Phi(c)
+                d_mu = a * (1.0 - dq_dc) - dlog_below / sd
+                d_sd += a * (q - c * dq_dc) - dlog_below * c / sd
+                grad[idx] += a * sd * dq_du * u * (1.0 - u) + 1.0 - 2.0 * u
+            d_mean += d_mu
+            for j in range(k):
+                grad[o_reg + base + j] += d_mu * z[i, j]
+                adj[i, j] += d_mu * x[o_reg + base + j]
+        s = sd
+        _, df = _scale_prior(pri, P_MSD, s)
+        grad[o_sd + k] += (d_sd + df) * s + 1.0
+        _, dg = _normal_prior(pri, P_MMEAN, x[o_mean + k])
+        grad[o_mean + k] += d_mean + dg
+    for l in range(m * (m - 1) // 2):
+        _, dg = _normal_prior(pri, P_MREG, x[o_reg + l])
+        grad[o_reg + l] += dg
+
+
+# ---------------------------------------------------------------- the rest of the model (numba)
+
+
+@_jit
+def _site_values(x, ctx):
+    """Sum-to-zero site offsets (PyMC's ZeroSumTransform backward) from the unconstrained block."""
+    sizes = _field(ctx, F_SIZES)
+    n_s = int(sizes[4])
+    o = int(_field(ctx, F_XOFF)[X_SITE])
+    s = np.zeros(max(n_s, 1))
+    if o < 0:
+        return s
+    rn = math.sqrt(n_s)
+    total = 0.0
+    for j in range(n_s - 1):
+        total += x[o + j]
+    norm = total / (rn + n_s)
+    for j in range(n_s - 1):
+        s[j] = x[o + j] - norm
+    s[n_s - 1] = -total / rn
+    return s
+
+
+@_jit
+def _fixed_part(x, ctx, z, site):
+    """Per-participant (level, change by end of treatment, follow-up change): participant x 3."""
+    sizes = _field(ctx, F_SIZES)
+    n_p, m, followup = int(sizes[0]), int(sizes[1]), int(sizes[5])
+    xo = _field(ctx, F_XOFF)
+    treated, site_idx = _field(ctx, F_TREATED), _field(ctx, F_SITE_IDX)
+    o_prog, o_mod, o_time, o_nac = int(xo[X_PROG]), int(xo[X_MOD]), int(xo[X_TIME]), int(xo[X_NAC])
+    icpt = x[int(xo[X_ICPT])]
+    fixed = np.empty((n_p, 3))
+    for i in range(n_p):
+        level = icpt + site[int(site_idx[i])]
+        ch1 = x[o_time]
+        if o_nac >= 0:  # the null model has no arm
+            ch1 += x[o_nac] * treated[i]
+        for k in range(m):
+            level += z[i, k] * x[o_prog + k]
+            ch1 += z[i, k] * x[o_mod + k]
+        fixed[i, 0] = level
+        fixed[i, 1] = ch1
+        fixed[i, 2] = 0.0
+        if followup:
+            fixed[i, 2] = x[o_time + 1]
+            if o_nac >= 0:
+                fixed[i, 2] += x[o_nac + 1] * treated[i]
+    return fixed
+
+
+@_jit
+def logp_grad(x, ctx, grad):
+    """Log density of the marginal headline model at unconstrained x; its gradient into grad."""
+    sizes = _field(ctx, F_SIZES)
+    n_p, m, n_s, followup = int(sizes[0]), int(sizes[1]), int(sizes[4]), int(sizes[5])
+    xo = _field(ctx, F_XOFF)
+    pri = _field(ctx, F_PRIORS)
+    treated, site_idx = _field(ctx, F_TREATED), _field(ctx, F_SITE_IDX)
+    xx, xy, yy, nvis = _field(ctx, F_XX), _field(ctx, F_XY), _field(ctx, F_YY), _field(ctx, F_NVIS)
+    for j in range(grad.shape[0]):
+        grad[j] = 0.0
+
+    z, aux, lp = _complete_markers(x, ctx, True)
+    site = _site_values(x, ctx)
+    fixed = _fixed_part(x, ctx, z, site)
+
+    o_chol, o_resid = int(xo[X_CHOL]), int(xo[X_RESID])
+    l00, l10, l11 = math.exp(x[o_chol]), x[o_chol + 1], math.exp(x[o_chol + 2])
+    sigma = math.exp(x[o_resid])
+    s2 = sigma * sigma
+    s4 = s2 * s2
+    s6 = s4 * s2
+
+    g00 = g10 = g11 = d_s2 = 0.0
+    d_icpt = d_t0 = d_t1 = d_n0 = d_n1 = 0.0
+    d_site = np.zeros(max(n_s, 1))
+    adj = np.zeros((n_p, m))
+    o_prog, o_mod = int(xo[X_PROG]), int(xo[X_MOD])
+    d_prog = np.zeros(m)
+    d_mod = np.zeros(m)
+    for i in range(n_p):
+        a00, a01, a02, a11, a12, a22 = xx[6 * i], xx[6 * i + 1], xx[6 * i + 2], xx[6 * i + 3], xx[6 * i + 4], xx[6 * i + 5]
+        c0, c1, c2 = fixed[i, 0], fixed[i, 1], fixed[i, 2]
+        gc0 = a00 * c0 + a01 * c1 + a02 * c2
+        gc1 = a01 * c0 + a11 * c1 + a12 * c2
+        gc2 = a02 * c0 + a12 * c1 + a22 * c2
+        r0, r1, r2 = xy[3 * i] - gc0, xy[3 * i + 1] - gc1, xy[3 * i + 2] - gc2  # X'r
+        rr = yy[i] - 2.0 * (c0 * xy[3 * i] + c1 * xy[3 * i + 1] + c2 * xy[3 * i + 2]) + c0 * gc0 + c1 * gc1 + c2 * gc2
+        n = nvis[i]
+        # M = I + L' B L / s2, B = Z'Z = [[a00, a01], [a01, a11]]
+        bl00, bl01, bl10, bl11 = a00 * l00 + a01 * l10, a01 * l11, a01 * l00 + a11 * l10, a11 * l11
+        m00 = 1.0 + (l00 * bl00 + l10 * bl10) / s2
+        m01 = l11 * bl10 / s2
+        m11 = 1.0 + l11 * bl11 / s2
+        det = m00 * m11 - m01 * m01
+        w0, w1 = l00 * r0 + l10 * r1, l11 * r1
+        k0, k1 = (m11 * w0 - m01 * w1) / det, (m00 * w1 - m01 * w0) / det  # K w, K = M^-1
+        wkw = w0 * k0 + w1 * k1
+        lp += -0.5 * (n * LOG2PI + n * math.log(s2) + math.log(det) + rr / s2 - wkw / s4)
+        # d/dc = X'r / s2 - A[:, :2] h, h = L K w / s4
+        h0, h1 = l00 * k0 / s4, (l10 * k0 + l11 * k1) / s4
+        dc0 = r0 / s2 - (a00 * h0 + a01 * h1)
+        dc1 = r1 / s2 - (a01 * h0 + a11 * h1)
+        dc2 = r2 / s2 - (a02 * h0 + a12 * h1)
+        # d/dL = -B L K / s2 + Z'r (Kw)' / s4 - B L (Kw)(Kw)' / s6
+        ki00, ki01, ki11 = m11 / det, -m01 / det, m00 / det
+        v0, v1 = bl00 * k0 + bl01 * k1, bl10 * k0 + bl11 * k1
+        g00 += -(bl00 * ki00 + bl01 * ki01) / s2 + r0 * k0 / s4 - v0 * k0 / s6
+        g10 += -(bl10 * ki00 + bl11 * ki01) / s2 + r1 * k0 / s4 - v1 * k0 / s6
+        g11 += -(bl10 * ki01 + bl11 * ki11) / s2 + r1 * k1 / s4 - v1 * k1 / s6
+        d_s2 += -0.5 * ((n - 2.0 + ki00 + ki11) / s2 - rr / s4 + (wkw + k0 * k0 + k1 * k1) / s6)
+        # back to the population terms
+        d_icpt += dc0
+        d_site[int(site_idx[i])] += dc0
+        d_t0 += dc1
+        d_n0 += dc1 * treated[i]
+        d_t1 += dc2
+        d_n1 += dc2 * treated[i]
+        for k in range(m):
+            d_prog[k] += dc0 * z[i, k]
+            d_mod[k] += dc1 * z[i, k]
+            adj[i, k] = dc0 * x[o_prog + k] + dc1 * x[o_mod + k]
+
+    # residual SD (log transform)
+    f, df = _scale_prior(pri, P_RESID, sigma)
+    lp += f + x[o_resid]
+    grad[o_resid] += (2.0 * sigma * d_s2 + df) * sigma + 1.0
+
+    # LKJ Cholesky covariance (n = 2, packed [L00, L10, L11], log-transformed diagonal)
+    eta = pri[3 * P_CORR + 1]
+    sd0, sd1sq = l00, l10 * l10 + l11 * l11
+    sd1 = math.sqrt(sd1sq)
+    f0, df0 = _scale_prior(pri, P_PSD, sd0)
+    f1, df1 = _scale_prior(pri, P_PSD, sd1)
+    log_sd1 = math.log(sd1)
+    lp += pri[3 * P_CORR + 2] + (2.0 * eta - 1.0) * (x[o_chol + 2] - log_sd1) - log_sd1 + f0 + f1 + x[o_chol] + x[o_chol + 2]
+    gb, gc = l10 / sd1sq, l11 * l11 / sd1sq
+    grad[o_chol] += g00 * l00 + df0 * sd0 + 1.0
+    grad[o_chol + 1] += g10 - 2.0 * eta * gb + df1 * l10 / sd1
+    grad[o_chol + 2] += g11 * l11 + 2.0 * eta * (1.0 - gc) + df1 * l11 * l11 / sd1
+
+    # location priors and their gradients
+    o = int(xo[X_ICPT])
+    g, dg = _normal_prior(pri, P_INTERCEPT, x[o])
+    lp += g
+    grad[o] += d_icpt + dg
+    o = int(xo[X_TIME])
+    g, dg = _normal_prior(pri, P_TIME, x[o])
+    lp += g
+    grad[o] += d_t0 + dg
+    o_nac = int(xo[X_NAC])
+    if o_nac >= 0:
+        g, dg = _normal_prior(pri, P_NAC, x[o_nac])
+        lp += g
+        grad[o_nac] += d_n0 + dg
+    if followup:
+        o = int(xo[X_TIME]) + 1
+        g, dg = _normal_prior(pri, P_TIME, x[o])
+        lp += g
+        grad[o] += d_t1 + dg
+        if o_nac >= 0:
+            g, dg = _normal_prior(pri, P_NAC, x[o_nac + 1])
+            lp += g
+            grad[o_nac + 1] += d_n1 + dg
+    for k in range(m):
+        g, dg = _normal_prior(pri, P_PROG, x[o_prog + k])
+        lp += g
+        grad[o_prog + k] += d_prog[k] + dg
+        g, dg = _normal_prior(pri, P_MOD, x[o_mod + k])
+        lp += g
+        grad[o_mod + k] += d_mod[k] + dg
+
+    # sum-to-zero site offsets: Normal(0, sigma) on the n_s values, n_s - 1 degrees of freedom
+    o = int(xo[X_SITE])
+    if o >= 0:
+        zs = pri[3 * P_SITE + 1]
+        rn = math.sqrt(n_s)
+        for j in range(n_s):
+            lp += -0.5 * (site[j] / zs) ** 2
+            d_site[j] += -site[j] / (zs * zs)
+        lp -= (n_s - 1) * (HALF_LOG_2PI + math.log(zs))
+        head = 0.0
+        for j in range(n_s - 1):
+            head += d_site[j]
+        for j in range(n_s - 1):
+            grad[o + j] += d_site[j] - head / (rn + n_s) - d_site[n_s - 1] / rn
+
+    _markers_backward(x, ctx, z, aux, adj, grad)
+    return lp
+
+
+@_jit
+def expand(x, ctx, out):
+    """Write the draw's stored variables: x itself, then each block at its offset in ctx."""
+    sizes = _field(ctx, F_SIZES)
+    n_p, m, n_s, followup, n_dim, n_week = int(sizes[0]), int(sizes[1]), int(sizes[4]), int(sizes[5]), int(sizes[6]), int(sizes[8])
+    xo, eo = _field(ctx, F_XOFF), _field(ctx, F_EOFF)
+    for j in range(n_dim):
+        out[j] = x[j]
+    z, aux, lp = _complete_markers(x, ctx, False)
+    site = _site_values(x, ctx)
+    fixed = _fixed_part(x, ctx, z, site)
+    sizes_cens = int(sizes[3])
+    if eo[E_MSD] >= 0:
+        for k in range(m):
+            out[int(eo[E_MSD]) + k] = math.exp(x[int(xo[X_MSD]) + k])
+    if eo[E_CENS] >= 0:
+        for j in range(sizes_cens):
+            out[int(eo[E_CENS]) + j] = _sigmoid(x[int(xo[X_CENS]) + j])
+    if eo[E_SITE] >= 0:
+        for j in range(n_s):
+            out[int(eo[E_SITE]) + j] = site[j]
+    o_chol = int(xo[X_CHOL])
+    l00, l10, l11 = math.exp(x[o_chol]), x[o_chol + 1], math.exp(x[o_chol + 2])
+    sd1 = math.sqrt(l10 * l10 + l11 * l11)
+    if eo[E_CHOL] >= 0:
+        out[int(eo[E_CHOL])] = l00
+        out[int(eo[E_CHOL]) + 1] = l10
+        out[int(eo[E_CHOL]) + 2] = l11
+    if eo[E_RESID] >= 0:
+        out[int(eo[E_RESID])] = math.exp(x[int(xo[X_RESID])])
+    if eo[E_PSD] >= 0:
+        out[int(eo[E_PSD])] = l00
+        out[int(eo[E_PSD]) + 1] = sd1
+    if eo[E_CORR] >= 0:
+        out[int(eo[E_CORR])] = l00 * l10 / (l00 * sd1)
+    if eo[E_FIXED] >= 0:
+        o = int(eo[E_FIXED])
+        for i in range(n_p):
+            for t in range(3):
+                out[o + 3 * i + t] = fixed[i, t]
+    wt1, wt2 = _field(ctx, F_WEEK_T1), _field(ctx, F_WEEK_T2)
+    o_time, o_nac = int(xo[X_TIME]), int(xo[X_NAC])
+    for w in range(n_week):
+        placebo = x[o_time] * wt1[w]
+        if followup:
+            placebo += x[o_time + 1] * wt2[w]
+        if eo[E_PLACEBO] >= 0:
+            out[int(eo[E_PLACEBO]) + w] = placebo
+        if eo[E_NAC] >= 0 and o_nac >= 0:
+            nac = x[o_nac] * wt1[w]
+            if followup:
+                nac += x[o_nac + 1] * wt2[w]
+            out[int(eo[E_NAC]) + w] = nac
+    per_doubling = _field(ctx, F_PER_DOUBLING)
+    for k in range(m):
+        if eo[E_MODD] >= 0:
+            out[int(eo[E_MODD]) + k] = x[int(xo[X_MOD]) + k] * per_doubling[k]
+        if eo[E_PROGD] >= 0:
+            out[int(eo[E_PROGD]) + k] = x[int(xo[X_PROG]) + k] * per_doubling[k]
+
+
+# ---------------------------------------------------------------- the context (Python)
+
+
+class Unsupported(ValueError):
+    """The model or its priors are outside what the fused function computes (the graph is used)."""
+
+
+def _scalar(params: dict, key: str, default=None) -> float:
+    value = params.get(key, default)
+    if value is None or np.ndim(value) != 0:
+        raise Unsupported(f"prior parameter {key}={value!r} is not a scalar")
+    return float(value)
+
+
+def _prior_triple(prior, kind: str) -> tuple[float, float, float]:
+    """(family, p1, p2) of a Prior, in the parameterisation the numba code uses."""
+    p = dict(prior.params)
+    name = prior.dist
+    if kind == "location" and name == "Normal" and set(p) <= {"mu", "sigma", "tau"}:
+        sigma = 1.0 / math.sqrt(_scalar(p, "tau")) if "tau" in p else _scalar(p, "sigma", 1.0)
+        return NORMAL, _scalar(p, "mu", 0.0), sigma
+    if kind == "scale":
+        if name == "HalfNormal" and set(p) <= {"sigma", "tau"}:
+            return HALFNORMAL, 1.0 / math.sqrt(_scalar(p, "tau")) if "tau" in p else _scalar(p, "sigma", 1.0), 0.0
+        if name == "Exponential" and set(p) <= {"lam", "scale"} and len(p) == 1:
+            return EXPONENTIAL, 1.0 / _scalar(p, "scale") if "scale" in p else _scalar(p, "lam"), 0.0
+        if name == "Gamma" and set(p) in ({"alpha", "beta"}, {"mu", "sigma"}):
+            if "alpha" in p:
+                return GAMMA, _scalar(p, "alpha"), _scalar(p, "beta")
+            mu, sd = _scalar(p, "mu"), _scalar(p, "sigma")
+            return GAMMA, mu * mu / (sd * sd), mu / (sd * sd)
+        if name == "HalfCauchy" and set(p) <= {"beta"}:
+            return HALFCAUCHY, _scalar(p, "beta", 1.0), 0.0
+    if kind == "zerosum" and name == "ZeroSumNormal" and set(p) <= {"sigma"}:
+        return ZEROSUM, _scalar(p, "sigma", 1.0), 0.0
+    if kind == "lkj" and name == "LKJ" and set(p) <= {"eta"}:
+        eta = _scalar(p, "eta")
+        # PyMC's normalising constant of the LKJ density for n = 2 (any eta > 0)
+        return LKJ, eta, -math.lgamma(eta + 0.5) + 0.5 * math.log(math.pi) + math.lgamma(eta)
+    raise Unsupported(f"prior {prior.describe()} ({kind}) is not one the fused function computes")
+
+
+PRIOR_SLOTS = {
+    P_INTERCEPT: ("intercept", "location"),
+    P_TIME: ("time_change", "location"),
+    P_NAC: ("nac_change", "location"),
+    P_PROG: ("marker_prognostic", "location"),
+    P_MOD: ("marker_moderation", "location"),
+    P_SITE: ("site", "zerosum"),
+    P_PSD: ("participant_sd", "scale"),
+    P_CORR: ("participant_corr", "lkj"),
+    P_RESID: ("residual_sd", "scale"),
+    P_MMEAN: ("marker_mean", "location"),
+    P_MSD: ("marker_sd", "scale"),
+    P_MREG: ("marker_regression", "location"),
+}
+
+
+def _pack(fields: list[np.ndarray]) -> np.ndarray:
+    """One float64 array: [total length, number of fields, (offset, length) per field, the fields]."""
+    head = 2 + 2 * len(fields)
+    offsets, pos = [], head
+    for f in fields:
+        offsets += [pos, f.size]
+        pos += f.size
+    return np.ascontiguousarray(np.concatenate([np.array([pos, len(fields)] + offsets, dtype=float)] + [np.ravel(f).astype(float) for f in fields]))
+
+
+@dataclass(frozen=True)
+class FusedLayout:
+    """The context array and nutpie's variable layout for one marginal headline model."""
+
+    ctx: np.ndarray
+    n_dim: int
+    n_expanded: int
+    shape_info: tuple  # (names, slices, shapes), as nutpie's own compile produces
+
+
+def fused_layout(model, design, priors) -> FusedLayout:
+    """Layout and data of a marginal trajectory `model` (models/marginal.py) built from `design` with `priors`.
+
+    Covers the headline model (arm and baseline markers), the treatment model (arm, no markers)
+    and the null model (neither). Raises Unsupported when the model is not one this module
+    computes exactly.
+    """
+    from nutpie.compile_pymc import _compute_shapes
+
+    from .marginal import visit_stats
+
+    joined = [model.rvs_to_values[rv].name for rv in model.free_RVs]
+    unknown = [n for n in joined if n not in X_BLOCKS]
+    if unknown:
+        raise Unsupported(f"unknown free variables {unknown}")
+    remaining = [v.name for v in model.unobserved_value_vars if v.name not in joined]
+    unknown = [n for n in remaining if n not in E_BLOCKS]
+    if unknown:
+        raise Unsupported(f"unknown stored variables {unknown}")
+    with_markers, with_arm = "marker_mean" in joined, "nac_change" in joined
+    md = design.baseline if with_markers else None
+    if with_markers and md is None:
+        raise Unsupported("marker variables without baseline markers")
+    n_p, m = design.n_participants, (md.z.shape[1] if md is not None else 0)
+    pri = np.zeros(3 * N_PRIORS)
+    for slot, (key, kind) in PRIOR_SLOTS.items():
+        if slot in (P_MMEAN, P_MSD, P_MREG, P_PROG, P_MOD) and not with_markers or slot == P_NAC and not with_arm:
+            continue
+        pri[3 * slot : 3 * slot + 3] = _prior_triple(priors[key], kind)
+
+    shapes = _compute_shapes(model)
+    names, slices, shape_list = [], [], []
+    xoff, eoff = -np.ones(len(X_BLOCKS)), -np.ones(len(E_BLOCKS))
+    pos = 0
+    for group, blocks, offsets in ((joined, X_BLOCKS, xoff), (remaining, E_BLOCKS, eoff)):
+        for name in group:
+            shape = tuple(int(s) for s in shapes[name])
+            size = int(np.prod(shape))
+            offsets[blocks.index(name)] = pos
+            names.append(name)
+            slices.append(slice(pos, pos + size))
+            shape_list.append(shape)
+            pos += size
+        if group is joined:
+            n_dim = pos
+    n_sites, n_phases = len(design.sites), len(design.phases())
+    expected = {"intercept": 1, "time_change": n_phases, "participant_chol_cholesky-cov-packed__": 3, "residual_sd_log__": 1}
+    if n_sites >= 2:
+        expected["site_effect_zerosum__"] = n_sites - 1
+    if with_arm:
+        expected["nac_change"] = n_phases
+    if with_markers:
+        expected.update({
+            "marker_mean": m, "marker_sd_log__": m, "marker_prognostic": m, "marker_moderation": m,
+            **({"marker_regression": m * (m - 1) // 2} if m > 1 else {}),
+            **({"marker_missing_std": md.n_missing} if md.n_missing else {}),
+            **({"marker_censored_u_interval__": md.n_censored} if md.n_censored else {}),
+        })
+    sizes_found = {name: sl.stop - sl.start for name, sl in zip(names[: len(joined)], slices)}
+    if sizes_found != expected:
+        raise Unsupported(f"free variables {sizes_found} are not the expected {expected}")
+
+    stats = visit_stats(design)
+    xx = stats.xx[:, [0, 0, 0, 1, 1, 2], [0, 1, 2, 1, 2, 2]]
+    status = np.zeros((n_p, m))
+    index = np.zeros((n_p, m))
+    zdata, zupper, per_doubling = np.zeros((n_p, m)), np.zeros((n_p, m)), np.zeros(m)
+    if md is not None:
+        status = np.where(md.missing, MISSING, np.where(md.censored, CENSORED, OBSERVED))
+        mi, mk = np.nonzero(md.missing)
+        index[mi, mk] = np.arange(len(mi))
+        ci, ck = np.nonzero(md.censored)
+        index[ci, ck] = np.arange(len(ci))
+        zdata = np.where(status == OBSERVED, np.nan_to_num(md.z), 0.0)
+        zupper = np.nan_to_num(md.z_upper)
+        per_doubling = np.log(2.0) / md.log_scale
+    n_miss = md.n_missing if md is not None else 0
+    n_cens = md.n_censored if md is not None else 0
+    sizes = np.array([n_p, m, n_miss, n_cens, n_sites if n_sites >= 2 else 0, int(design.has_followup), n_dim, pos, len(design.weeks)])
+    fields = [
+        sizes, xoff, eoff, pri,
+        design.treated, design.site_idx if n_sites >= 2 else np.zeros(n_p), xx, stats.xy, stats.yy, stats.n,
+        zdata, status, index, zupper, per_doubling, design.week_t1, design.week_t2,
+    ]
+    assert len(fields) == N_FIELDS
+    return FusedLayout(ctx=_pack(fields), n_dim=n_dim, n_expanded=pos, shape_info=(names, slices, shape_list))
+
+
+# ---------------------------------------------------------------- nutpie (Python)
+
+
+def _logp_c(dim, x_, out_, logp_, ctx_):
+    head = numba.carray(ctx_, (2,), np.float64)
+    ctx = numba.carray(ctx_, (int(head[0]),), np.float64)
+    n = int(dim)
+    if n != int(_field(ctx, F_SIZES)[6]):
+        return -1
+    x = numba.carray(x_, (n,))
+    out = numba.carray(out_, (n,))
+    logp = numba.carray(logp_, (1,))
+    try:
+        value = logp_grad(x, ctx, out)
+    except Exception:  # noqa: BLE001 - reported to the sampler as a failed evaluation
+        return 1
+    logp[0] = value
+    if not np.all(np.isfinite(out)):
+        return 3
+    if not np.isfinite(value):
+        return 4
+    return 0
+
+
+def _expand_c(dim, expanded, x_, out_, ctx_):
+    head = numba.carray(ctx_, (2,), np.float64)
+    ctx = numba.carray(ctx_, (int(head[0]),), np.float64)
+    sizes = _field(ctx, F_SIZES)
+    if int(dim) != int(sizes[6]) or int(expanded) != int(sizes[7]):
+        return -1
+    x = numba.carray(x_, (int(dim),))
+    out = numba.carray(out_, (int(expanded),))
+    try:
+        expand(x, ctx, out)
+    except Exception:  # noqa: BLE001
+        return -2
+    return 0
+
+
+_COMPILED: dict = {}
+
+
+def compiled_functions(cache_folder=None):
+    """(logp cfunc, expand cfunc), compiled once per process; from numba's disk cache in cache_folder if given."""
+    key = str(cache_folder)
+    if key in _COMPILED:
+        return _COMPILED[key]
+    from numba import types
+
+    logp_sig = types.int64(types.uint64, types.CPointer(types.double), types.CPointer(types.double), types.CPointer(types.double), types.voidptr)
+    expand_sig = types.int64(types.uint64, types.uint64, types.CPointer(types.double), types.CPointer(types.double), types.voidptr)
+    cache = cache_folder is not None
+    if cache:
+        from . import sampling
+
+        sampling.register_cached(_logp_c, cache_folder, "fused-logp-" + _source_key())
+        sampling.register_cached(_expand_c, cache_folder, "fused-expand-" + _source_key())
+    funcs = (numba.cfunc(logp_sig, cache=cache)(_logp_c), numba.cfunc(expand_sig, cache=cache)(_expand_c))
+    _COMPILED[key] = funcs
+    return funcs
+
+
+def _source_key() -> str:
+    import hashlib
+    from pathlib import Path
+
+    return hashlib.sha256(Path(__file__).read_bytes() + numba.__version__.encode()).hexdigest()[:24]
+
+
+def compile_fused(model, layout: FusedLayout, cache_folder=None):
+    """A nutpie compiled model that calls the fused functions; names, dims and initial points from `model`."""
+    from nutpie.compile_pymc import CompiledPyMCModel, _prepare_dims_and_coords, _rv_dict_to_flat_array_wrapper, _wrap_with_lock
+    from pymc.initial_point import make_initial_point_fn
+
+    logp_c, expand_c = compiled_functions(cache_folder)
+    names, slices, shapes = layout.shape_info
+    n_joined = len(model.free_RVs)
+    point_fn = make_initial_point_fn(
+        model=model, default_strategy="support_point", jitter_rvs=set(model.free_RVs), return_transformed=True
+    )
+    # the chains ask for initial points from several threads; PyTensor functions are not thread-safe
+    initial = _rv_dict_to_flat_array_wrapper(_wrap_with_lock(point_fn), names=names[:n_joined], shapes=shapes[:n_joined])
+    dims, coords = _prepare_dims_and_coords(model, layout.shape_info)
+    return CompiledPyMCModel(
+        _n_dim=layout.n_dim,
+        dims=dims,
+        _coords=coords,
+        _shapes={name: tuple(shape) for name, shape in zip(names, shapes)},
+        compiled_logp_func=logp_c,
+        compiled_expand_func=expand_c,
+        initial_point_func=initial,
+        shared_data={},
+        user_data=layout.ctx,
+        n_expanded=layout.n_expanded,
+        shape_info=layout.shape_info,
+        logp_func=None,
+        expand_func=None,
+    )

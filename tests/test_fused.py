@@ -1,0 +1,191 @@
+"""The fused log density (models/fused.py) against PyTensor's own log density, gradient and deterministics."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytensor
+import pytest
+
+from data import DEFAULT_DATASET, load_dataset
+from models import build_design
+from models.fused import Unsupported, expand, fused_layout, logp_grad
+from models.marginal import build_headline_marginal, build_trajectory_marginal
+from models.null import build_null
+from models.treatment import build_treatment
+from models.sampling import SamplerSettings, compile_nutpie, sample_posterior
+from tests.conftest import write_trial
+
+ONE_MARKER = dict(
+    marker_units=(("il6", "pg/mL"),), marker_median=(2.0,), marker_log_sd=(0.7,), marker_corr=((1.0,),), prognostic=(1.0,),
+    moderation=(-1.5,), nac_moderation=(0.0,), mediation=(0.0,), nac_marker_log_ratio=(0.0,), detection_limits=(("il6", 1.2),),
+)
+OTHER_PRIORS = {
+    "participant_sd": {"dist": "Exponential", "params": {"lam": 0.2}},
+    "residual_sd": {"dist": "Gamma", "params": {"alpha": 3.0, "beta": 0.8}},
+    "marker_sd": {"dist": "HalfCauchy", "params": {"beta": 1.5}},
+    "participant_corr": {"params": {"eta": 1.0}},
+    "intercept": {"params": {"mu": 25.0, "sigma": 9.0}},
+    "site": {"params": {"sigma": 2.5}},
+}
+
+
+@pytest.fixture(scope="module")
+def small_design(small_trial):
+    return build_design(small_trial)
+
+
+@pytest.fixture(scope="module")
+def lean_design(tmp_path_factory):
+    """No follow-up phase, one site, one marker (with censoring): the shapes the default trial lacks."""
+    folder = tmp_path_factory.mktemp("trials") / "lean"
+    write_trial(folder, n_participants=40, seed=3, weeks=(0, 2, 4, 8, 12), sites=("only",), site_weights=(1.0,), **ONE_MARKER)
+    design = build_design(load_dataset(folder))
+    assert not design.has_followup and len(design.sites) == 1 and len(design.baseline.names) == 1
+    assert design.baseline.n_censored > 0 and design.baseline.n_missing > 0
+    return design
+
+
+def _reference(model):
+    """PyTensor's log density and gradient, and the stored variables, as functions of the value variables."""
+    values = [model.rvs_to_values[rv] for rv in model.free_RVs]
+    logp = model.logp()
+    grads = pytensor.grad(logp, values)
+    density = pytensor.function(values, [logp, *grads], mode="FAST_COMPILE")
+    joined = {v.name for v in values}
+    stored = [v for v in model.unobserved_value_vars if v.name not in joined]
+    stored_fn = pytensor.function(values, stored, mode="FAST_COMPILE", on_unused_input="ignore")
+    return values, density, stored, stored_fn
+
+
+def _split(x, layout, n):
+    names, slices, shapes = layout.shape_info
+    return [x[s].reshape(sh) for s, sh in zip(slices[:n], shapes[:n])]
+
+
+def _check_against_pytensor(design, priors=None, points=4, seed=0, shift=None, build=build_headline_marginal):
+    model = build(design, priors)
+    layout = fused_layout(model, design, model.priors_used)
+    values, density, stored, stored_fn = _reference(model)
+    rng = np.random.default_rng(seed)
+    lps, refs = [], []
+    for _ in range(points):
+        x = rng.normal(size=layout.n_dim) * 0.7
+        if shift is not None:
+            x = shift(x, layout)
+        out = density(*_split(x, layout, len(values)))
+        ref_grad = np.concatenate([np.ravel(g) for g in out[1:]])
+        grad = np.full(layout.n_dim, np.nan)
+        lp = logp_grad(x, layout.ctx, grad)
+        assert np.all(np.isfinite(grad)) and np.isfinite(lp)
+        np.testing.assert_allclose(grad, ref_grad, rtol=1e-8, atol=1e-9 * np.abs(ref_grad).max())
+        lps.append(lp)
+        refs.append(float(out[0]))
+        # every stored variable: x itself, constrained values and deterministics
+        full = np.full(layout.n_expanded, np.nan)
+        expand(x, layout.ctx, full)
+        np.testing.assert_array_equal(full[: layout.n_dim], x)
+        names, slices, shapes = layout.shape_info
+        for var, value in zip(stored, stored_fn(*_split(x, layout, len(values)))):
+            got = full[slices[names.index(var.name)]].reshape(np.shape(value))
+            np.testing.assert_allclose(got, value, rtol=1e-10, atol=1e-10, err_msg=var.name)
+    lps, refs = np.array(lps), np.array(refs)
+    # differences between points exact; the level differs only by PyMC computing log(sigma) of
+    # float32-representable constant prior scales in float32 (a constant, invisible to the sampler)
+    np.testing.assert_allclose(np.diff(lps), np.diff(refs), rtol=1e-10, atol=1e-8)
+    assert np.abs(lps - refs).max() < 1e-5
+    return model, layout
+
+
+@pytest.mark.unit
+def test_fused_density_equals_pytensor(small_design):
+    _check_against_pytensor(small_design)
+
+
+@pytest.mark.unit
+def test_fused_density_other_priors_and_lean_design(small_design, lean_design):
+    _check_against_pytensor(small_design, OTHER_PRIORS, points=3, seed=1)
+    _check_against_pytensor(lean_design, points=3, seed=2)
+    _check_against_pytensor(lean_design, OTHER_PRIORS, points=3, seed=3)
+
+
+def _null(design, priors):
+    return build_trajectory_marginal(design, "null", priors, arm=False)
+
+
+def _treatment(design, priors):
+    return build_trajectory_marginal(design, "treatment", priors, arm=True)
+
+
+@pytest.mark.unit
+def test_fused_density_null_and_treatment_models(small_design, lean_design):
+    """The models without biomarkers (no marker block; the null model has no arm either)."""
+    for build in (_null, _treatment):
+        _check_against_pytensor(small_design, points=2, seed=5, build=build)
+        _check_against_pytensor(lean_design, OTHER_PRIORS, points=2, seed=6, build=build)
+
+
+@pytest.mark.unit
+def test_null_and_treatment_fast_variants_match_their_plain_models(small_design):
+    for plain, fast in ((build_null(small_design), _null(small_design, None)), (build_treatment(small_design), _treatment(small_design, None))):
+        assert callable(plain.fast_variant)
+        recovered = {"participant_raw", "participant_effects", "y"}
+        for name, dims in plain.named_vars_to_dims.items():
+            if name not in recovered:
+                assert fast.named_vars_to_dims.get(name) == dims, name
+        assert {v.name for v in fast.free_RVs} == {v.name for v in plain.free_RVs} - {"participant_raw"}
+    assert not hasattr(build_treatment(small_design, likelihood="student"), "fast_variant")
+    assert not hasattr(build_treatment(small_design, curved=True), "fast_variant")
+
+
+@pytest.mark.unit
+def test_fused_density_far_below_detection_limit(small_design):
+    """Marker means far above the limit put censored entries in log Phi's asymptotic branch (c < -20)."""
+
+    def shift(x, layout):
+        names, slices, _ = layout.shape_info
+        x[slices[names.index("marker_mean")]] = 12.0
+        x[slices[names.index("marker_sd_log__")]] = np.log(0.3)
+        return x
+
+    _check_against_pytensor(small_design, points=2, seed=4, shift=shift)
+
+
+@pytest.mark.unit
+def test_unsupported_priors_use_the_graph(small_design):
+    odd = {"residual_sd": {"dist": "HalfStudentT", "params": {"nu": 3.0, "sigma": 5.0}}}
+    model = build_headline_marginal(small_design, odd)
+    with pytest.raises(Unsupported, match="HalfStudentT"):
+        fused_layout(model, small_design, model.priors_used)
+    assert model.fused_layout() is None  # compile_nutpie then compiles the graph
+    assert build_headline_marginal(small_design).fused_layout() is not None
+
+
+@pytest.mark.smoke
+def test_fused_sampling_reproducible_and_cached(small_design, tmp_path, monkeypatch):
+    """Same seed, same draws; the fused functions are cached on disk and loaded by a new compile."""
+    monkeypatch.setenv("DEPTRIAL_CACHE", str(tmp_path / "cache"))
+    settings = SamplerSettings(draws=200, tune=200, chains=2, seed=11)
+    first, timings = sample_posterior(build_headline_marginal(small_design), settings, quiet=True)
+    again, _ = sample_posterior(build_headline_marginal(small_design), settings, quiet=True)
+    for name in ("nac_effect", "participant_fixed", "residual_sd", "site_effect"):
+        np.testing.assert_array_equal(first.posterior[name].values, again.posterior[name].values)
+    assert int(first.sample_stats["diverging"].sum()) == 0
+    _, cached = compile_nutpie(build_headline_marginal(small_design))
+    assert cached
+
+
+@pytest.mark.slow
+def test_fused_and_graph_draws_agree_on_default_data():
+    """The same model through the fused function and through nutpie's compiled graph: same posterior.
+
+    With the same seed the two runs start from the same points and their gradients agree to ~1e-13,
+    so the draws agree to far below Monte Carlo error.
+    """
+    design = build_design(load_dataset(DEFAULT_DATASET))
+    settings = SamplerSettings(draws=500, tune=500, chains=2, seed=3)
+    fused, _ = sample_posterior(build_headline_marginal(design), settings, quiet=True)
+    graph, _ = sample_posterior(build_headline_marginal(design), SamplerSettings(**{**settings.__dict__, "fused": False}), quiet=True)
+    for name in ("nac_effect", "marker_moderation", "residual_sd", "participant_sd", "participant_fixed"):
+        a, b = fused.posterior[name].values, graph.posterior[name].values
+        sd = max(float(b.std()), 1e-12)
+        assert abs(float(a.mean() - b.mean())) < 0.05 * sd, name
