@@ -7,7 +7,10 @@
 
 Paths (each fit runs in its own subprocess, twice: cold then warm):
   ours      the default fit: nutpie on the marginal model (participant effects integrated out,
-            recovered afterwards), compiled-model cache (models/sampling.py)
+            recovered afterwards) through its fused log density (models/fused.py), with the
+            compiled-model cache (models/sampling.py)
+  graph     the same marginal model through nutpie's own compile of the PyTensor graph
+            (SamplerSettings(fused=False)): what the fused function replaces
   plain     nutpie on the plain headline model (participant effects sampled)
   pymc      PyMC's default NUTS (pm.sample) on the plain headline model
   numpyro   PyMC's model sampled by numpyro (pm.sample(nuts_sampler="numpyro"); needs jax)
@@ -48,7 +51,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 warnings.filterwarnings("ignore")
 
-PATHS = ("ours", "plain", "pymc", "numpyro", "bambi", "stan")
+PATHS = ("ours", "graph", "plain", "pymc", "numpyro", "bambi", "stan")
 KEY_EFFECTS = ("nac_w12", "nac_w16", "moderation_il6", "moderation_crp", "moderation_bdnf", "residual_sd", "participant_sd_intercept", "participant_sd_change")
 
 
@@ -85,12 +88,12 @@ def _key_from_ours(post, design) -> dict:
     return {k: np.asarray(v.values) for k, v in out.items()}
 
 
-def fit_ours(design, args, plain: bool) -> dict:
+def fit_ours(design, args, plain: bool, fused: bool = True) -> dict:
     from models.marginal import build_headline_marginal, finish_marginal_fit
     from models.sampling import SamplerSettings, sample_posterior, seed_streams
     from models.headline import build_headline
 
-    settings = SamplerSettings(draws=args.draws, tune=args.tune, chains=args.chains, cores=args.cores, seed=args.seed)
+    settings = SamplerSettings(draws=args.draws, tune=args.tune, chains=args.chains, cores=args.cores, seed=args.seed, fused=fused)
     t0 = time.perf_counter()
     model = build_headline(design) if plain else build_headline_marginal(design)
     idata, timings = sample_posterior(model, settings, quiet=True)
@@ -337,8 +340,8 @@ def worker(args) -> dict:
 
     t_proc = time.perf_counter()
     design = build_design(load_dataset(args.data))
-    if args.worker in ("ours", "plain"):
-        res = fit_ours(design, args, plain=args.worker == "plain")
+    if args.worker in ("ours", "plain", "graph"):
+        res = fit_ours(design, args, plain=args.worker == "plain", fused=args.worker != "graph")
     elif args.worker in ("pymc", "numpyro"):
         res = fit_pymc(design, args, args.worker)
     elif args.worker == "bambi":
