@@ -183,10 +183,12 @@ def _complete_markers(x, ctx, with_density):
     zdata, zstatus, zindex, zupper = _field(ctx, F_ZDATA), _field(ctx, F_ZSTATUS), _field(ctx, F_ZINDEX), _field(ctx, F_ZUPPER)
     o_mean, o_sd, o_reg, o_miss, o_cens = int(xo[X_MMEAN]), int(xo[X_MSD]), int(xo[X_MREG]), int(xo[X_MISS]), int(xo[X_CENS])
     z = np.empty((n_p, m))
-    aux = np.zeros((n_p, m, 5))
+    aux = np.empty((n_p, m, 5))  # only the slots the backward pass reads are written
     lp = 0.0
     for k in range(m):
         sd = math.exp(x[o_sd + k])
+        inv_sd = 1.0 / sd
+        n_observed = 0
         base = k * (k - 1) // 2
         for i in range(n_p):
             mu = x[o_mean + k]
@@ -197,8 +199,10 @@ def _complete_markers(x, ctx, with_density):
             if status == OBSERVED:
                 z[i, k] = zdata[e]
                 if with_density:
-                    r = (zdata[e] - mu) / sd
-                    lp += -0.5 * r * r - math.log(sd) - HALF_LOG_2PI
+                    r = (zdata[e] - mu) * inv_sd
+                    lp += -0.5 * r * r
+                    aux[i, k, 0] = r
+                    n_observed += 1
             elif status == MISSING:
                 eta = x[o_miss + int(zindex[e])]
                 z[i, k] = mu + sd * eta
@@ -220,9 +224,13 @@ def _complete_markers(x, ctx, with_density):
                     aux[i, k, 0] = q
                     aux[i, k, 1] = c
                     aux[i, k, 2] = dlog_below
-                    if not clipped:  # PyTensor's clip passes no gradient outside its range
+                    aux[i, k, 3] = 0.0  # PyTensor's clip passes no gradient outside its range
+                    aux[i, k, 4] = 0.0
+                    if not clipped:
                         aux[i, k, 3] = p * dlog_below * inv_pdf_q  # dq/dc
                         aux[i, k, 4] = math.exp(log_below) * inv_pdf_q  # dq/du
+        if with_density:
+            lp -= n_observed * (x[o_sd + k] + HALF_LOG_2PI)  # log sd = x, the unconstrained value
     if with_density:
         for k in range(m):
             w = x[o_sd + k]
@@ -254,10 +262,7 @@ def _markers_backward(x, ctx, z, aux, adj, grad):
             status = int(zstatus[e])
             a = adj[i, k]
             if status == OBSERVED:
-                mu = x[o_mean + k]
-                for j in range(k):
-                    mu += x[o_reg + base + j] * z[i, j]
-                r = (zdata[e] - mu) / sd
+                r = aux[i, k, 0]
                 d_mu = r / sd
                 d_sd += (r * r - 1.0) / sd
             elif status == MISSING:
@@ -360,13 +365,18 @@ def logp_grad(x, ctx, grad):
     l00, l10, l11 = math.exp(x[o_chol]), x[o_chol + 1], math.exp(x[o_chol + 2])
     sigma = math.exp(x[o_resid])
     s2 = sigma * sigma
-    s4 = s2 * s2
-    s6 = s4 * s2
+    inv_s2 = 1.0 / s2
+    inv_s4 = inv_s2 * inv_s2
+    inv_s6 = inv_s4 * inv_s2
+    log_s2 = 2.0 * x[o_resid]
+    det_product = 1.0  # log det M summed as the log of running products (one log per many participants)
+    log_det_sum = 0.0
+    n_total = 0.0
 
     g00 = g10 = g11 = d_s2 = 0.0
     d_icpt = d_t0 = d_t1 = d_n0 = d_n1 = 0.0
     d_site = np.zeros(max(n_s, 1))
-    adj = np.zeros((n_p, m))
+    adj = np.empty((n_p, m))  # every entry is set in the participant loop below
     o_prog, o_mod = int(xo[X_PROG]), int(xo[X_MOD])
     d_prog = np.zeros(m)
     d_mod = np.zeros(m)
@@ -381,26 +391,35 @@ def logp_grad(x, ctx, grad):
         n = nvis[i]
         # M = I + L' B L / s2, B = Z'Z = [[a00, a01], [a01, a11]]
         bl00, bl01, bl10, bl11 = a00 * l00 + a01 * l10, a01 * l11, a01 * l00 + a11 * l10, a11 * l11
-        m00 = 1.0 + (l00 * bl00 + l10 * bl10) / s2
-        m01 = l11 * bl10 / s2
-        m11 = 1.0 + l11 * bl11 / s2
-        det = m00 * m11 - m01 * m01
+        m00 = 1.0 + (l00 * bl00 + l10 * bl10) * inv_s2
+        m01 = l11 * bl10 * inv_s2
+        m11 = 1.0 + l11 * bl11 * inv_s2
+        det = m00 * m11 - m01 * m01  # >= 1: M is the identity plus a positive semi-definite matrix
+        if det > 1e100:
+            log_det_sum += math.log(det)
+        else:
+            if det_product > 1e200:
+                log_det_sum += math.log(det_product)
+                det_product = 1.0
+            det_product *= det
+        inv_det = 1.0 / det
+        ki00, ki01, ki11 = m11 * inv_det, -m01 * inv_det, m00 * inv_det  # K = M^-1
         w0, w1 = l00 * r0 + l10 * r1, l11 * r1
-        k0, k1 = (m11 * w0 - m01 * w1) / det, (m00 * w1 - m01 * w0) / det  # K w, K = M^-1
+        k0, k1 = ki00 * w0 + ki01 * w1, ki01 * w0 + ki11 * w1  # K w
         wkw = w0 * k0 + w1 * k1
-        lp += -0.5 * (n * LOG2PI + n * math.log(s2) + math.log(det) + rr / s2 - wkw / s4)
+        n_total += n
+        lp += -0.5 * (rr * inv_s2 - wkw * inv_s4)
         # d/dc = X'r / s2 - A[:, :2] h, h = L K w / s4
-        h0, h1 = l00 * k0 / s4, (l10 * k0 + l11 * k1) / s4
-        dc0 = r0 / s2 - (a00 * h0 + a01 * h1)
-        dc1 = r1 / s2 - (a01 * h0 + a11 * h1)
-        dc2 = r2 / s2 - (a02 * h0 + a12 * h1)
+        h0, h1 = l00 * k0 * inv_s4, (l10 * k0 + l11 * k1) * inv_s4
+        dc0 = r0 * inv_s2 - (a00 * h0 + a01 * h1)
+        dc1 = r1 * inv_s2 - (a01 * h0 + a11 * h1)
+        dc2 = r2 * inv_s2 - (a02 * h0 + a12 * h1)
         # d/dL = -B L K / s2 + Z'r (Kw)' / s4 - B L (Kw)(Kw)' / s6
-        ki00, ki01, ki11 = m11 / det, -m01 / det, m00 / det
         v0, v1 = bl00 * k0 + bl01 * k1, bl10 * k0 + bl11 * k1
-        g00 += -(bl00 * ki00 + bl01 * ki01) / s2 + r0 * k0 / s4 - v0 * k0 / s6
-        g10 += -(bl10 * ki00 + bl11 * ki01) / s2 + r1 * k0 / s4 - v1 * k0 / s6
-        g11 += -(bl10 * ki01 + bl11 * ki11) / s2 + r1 * k1 / s4 - v1 * k1 / s6
-        d_s2 += -0.5 * ((n - 2.0 + ki00 + ki11) / s2 - rr / s4 + (wkw + k0 * k0 + k1 * k1) / s6)
+        g00 += -(bl00 * ki00 + bl01 * ki01) * inv_s2 + r0 * k0 * inv_s4 - v0 * k0 * inv_s6
+        g10 += -(bl10 * ki00 + bl11 * ki01) * inv_s2 + r1 * k0 * inv_s4 - v1 * k0 * inv_s6
+        g11 += -(bl10 * ki01 + bl11 * ki11) * inv_s2 + r1 * k1 * inv_s4 - v1 * k1 * inv_s6
+        d_s2 += -0.5 * ((n - 2.0 + ki00 + ki11) * inv_s2 - rr * inv_s4 + (wkw + k0 * k0 + k1 * k1) * inv_s6)
         # back to the population terms
         d_icpt += dc0
         d_site[int(site_idx[i])] += dc0
@@ -412,6 +431,8 @@ def logp_grad(x, ctx, grad):
             d_prog[k] += dc0 * z[i, k]
             d_mod[k] += dc1 * z[i, k]
             adj[i, k] = dc0 * x[o_prog + k] + dc1 * x[o_mod + k]
+
+    lp += -0.5 * (n_total * (LOG2PI + log_s2) + log_det_sum + math.log(det_product))
 
     # residual SD (log transform)
     f, df = _scale_prior(pri, P_RESID, sigma)
