@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numba
 import numpy as np
@@ -136,7 +137,7 @@ _ACKLAM_D = (7.784695709041462e-03, 3.224671290700398e-01, 2.445134137142996e00,
 
 
 @_jit
-def _ndtri(p):
+def ndtri(p):
     """Phi^-1(p) for p in (0, 1): Acklam's rational approximation and one Halley step (double precision)."""
     a, b, c, d = _ACKLAM_A, _ACKLAM_B, _ACKLAM_C, _ACKLAM_D
     q = min(p, 1.0 - p)
@@ -216,7 +217,7 @@ def _complete_markers(x, ctx, with_density):
                 p = u * math.exp(log_below)
                 clipped = p < 1e-300 or p > 1.0 - 1e-16
                 p = min(max(p, 1e-300), 1.0 - 1e-16)
-                q = _ndtri(p)
+                q = ndtri(p)
                 z[i, k] = mu + sd * q
                 if with_density:
                     lp += log_below - 2.0 * _softplus(-v) - v  # probability below the limit; U(0, 1) and its logit Jacobian
@@ -784,14 +785,16 @@ def compiled_functions(cache_folder=None):
     if cache:
         from . import sampling
 
-        sampling.register_cached(_logp_c, cache_folder, "fused-logp-" + _source_key())
-        sampling.register_cached(_expand_c, cache_folder, "fused-expand-" + _source_key())
+        sampling.register_cached(_logp_c, cache_folder, "fused-logp-" + source_key())
+        sampling.register_cached(_expand_c, cache_folder, "fused-expand-" + source_key())
     funcs = (numba.cfunc(logp_sig, cache=cache)(_logp_c), numba.cfunc(expand_sig, cache=cache)(_expand_c))
     _COMPILED[key] = funcs
     return funcs
 
 
-def _source_key() -> str:
+@lru_cache(maxsize=1)
+def source_key() -> str:
+    """Hash of this file and the numba version: the compiled functions' cache key."""
     import hashlib
     from pathlib import Path
 

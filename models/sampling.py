@@ -35,6 +35,8 @@ import arviz as az
 import numpy as np
 import pymc as pm
 
+from .fused import ndtri, source_key
+
 SAMPLERS = ("nutpie", "pymc")
 
 
@@ -115,19 +117,12 @@ def cache_dir() -> Path | None:
     return Path(value).expanduser() if value else Path.home() / ".cache" / "deptrial"
 
 
-_ACKLAM_A = (-3.969683028665376e01, 2.209460984245205e02, -2.759285104469687e02, 1.383577518672690e02, -3.066479806614716e01, 2.506628277459239e00)
-_ACKLAM_B = (-5.447609879822406e01, 1.615858368580409e02, -1.556989798598866e02, 6.680131188771972e01, -1.328068155288572e01)
-_ACKLAM_C = (-7.784894002430293e-03, -3.223964580411365e-01, -2.400758277161838e00, -2.549732539343734e00, 4.374664141464968e00, 2.938163982698783e00)
-_ACKLAM_D = (7.784695709041462e-03, 3.224671290700398e-01, 2.445134137142996e00, 3.754408661907416e00)
-
-
 def erfcinv_native(y: float) -> float:
     """erfcinv in plain arithmetic (numba-compilable, so cacheable): -ndtri(y / 2) / sqrt(2).
 
-    ndtri on the lower half by Acklam's rational approximation (relative error < 1.2e-9) and one
-    Halley step on Phi(x) = erfc(-x / sqrt 2) / 2, which brings it to double precision; the upper
-    half by symmetry, erfcinv(y) = -erfcinv(2 - y) (2 - y is exact for y in [1, 2]).
-    scipy's erfcinv (what PyTensor calls) is a Cython function pointer that numba cannot cache.
+    ndtri is models/fused.ndtri (Acklam's rational approximation and one Halley step: double
+    precision). scipy's erfcinv (what PyTensor calls) is a Cython function pointer that numba
+    cannot cache.
     """
     if not y == y:
         return y
@@ -135,23 +130,7 @@ def erfcinv_native(y: float) -> float:
         return math.inf
     if y >= 2.0:
         return -math.inf
-    sign = 1.0
-    if y > 1.0:
-        y = 2.0 - y
-        sign = -1.0
-    p = 0.5 * y  # in (0, 0.5]
-    a, b, c, d = _ACKLAM_A, _ACKLAM_B, _ACKLAM_C, _ACKLAM_D
-    if p < 0.02425:
-        q = math.sqrt(-2.0 * math.log(p))
-        x = (((((c[0] * q + c[1]) * q + c[2]) * q + c[3]) * q + c[4]) * q + c[5]) / ((((d[0] * q + d[1]) * q + d[2]) * q + d[3]) * q + 1.0)
-    else:
-        q = p - 0.5
-        r = q * q
-        x = (((((a[0] * r + a[1]) * r + a[2]) * r + a[3]) * r + a[4]) * r + a[5]) * q / (((((b[0] * r + b[1]) * r + b[2]) * r + b[3]) * r + b[4]) * r + 1.0)
-    e = 0.5 * math.erfc(-x / math.sqrt(2.0)) - p
-    u = e * math.sqrt(2.0 * math.pi) * math.exp(0.5 * x * x)
-    x = x - u / (1.0 + 0.5 * x * u)
-    return -sign * x / math.sqrt(2.0)
+    return -ndtri(0.5 * y) / math.sqrt(2.0)
 
 
 def _use_native_erfcinv(on: bool) -> None:
@@ -171,7 +150,7 @@ def _use_native_erfcinv(on: bool) -> None:
     def funcify(op, node=None, **kwargs):
         if any(inp.type.dtype != "float64" for inp in node.inputs):  # other dtypes: PyTensor's own path
             return numba_funcify_ScalarOp(op, node, **kwargs)
-        return jitted, "deptrial-erfcinv-native-v1"
+        return jitted, "deptrial-erfcinv-native-" + source_key()
 
     register_funcify_and_cache_key(Erfcinv)(funcify)
 
