@@ -152,7 +152,7 @@ def build_trajectory_marginal(design: TrialDesign, name: str, priors: dict | Non
     Same variables, names and dims as models/trajectory.build_trajectory with markers=False and a
     straight treatment phase (the only members whose fixed part is linear in (1, t1, t2)).
     """
-    from .trajectory import _add_summaries, trajectory_priors
+    from .trajectory import _add_summaries, add_visit_data, trajectory_priors
 
     pri = resolve(trajectory_priors(design), priors)
     stats = visit_stats(design)
@@ -160,11 +160,7 @@ def build_trajectory_marginal(design: TrialDesign, name: str, priors: dict | Non
     coords.pop("marker", None)
     coords["participant_term"] = FIXED_TERMS
     with pm.Model(coords=coords) as model:
-        pm.Data("obs_participant", design.obs_participant, dims="obs")
-        pm.Data("t1", design.t1, dims="obs")
-        pm.Data("t2", design.t2, dims="obs")
-        pm.Data("obs_week", design.obs_week, dims="obs")
-        treated = pm.Data("treated", design.treated, dims="participant") if arm else None
+        _, _, _, treated = add_visit_data(design, arm)
 
         intercept = rv("intercept", pri["intercept"])
         time_change = rv("time_change", pri["time_change"], dims="phase")

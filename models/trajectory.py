@@ -61,6 +61,16 @@ def trajectory_priors(design: TrialDesign) -> dict[str, Prior]:
     return pri
 
 
+def add_visit_data(design: TrialDesign, arm: bool):
+    """The visit data every trajectory model stores (constant_data) and the arm; shared with the fast path."""
+    pid = pm.Data("obs_participant", design.obs_participant, dims="obs")
+    t1 = pm.Data("t1", design.t1, dims="obs")
+    t2 = pm.Data("t2", design.t2, dims="obs")
+    pm.Data("obs_week", design.obs_week, dims="obs")
+    treated = pm.Data("treated", design.treated, dims="participant") if arm else None
+    return pid, t1, t2, treated
+
+
 def build_trajectory(
     design: TrialDesign,
     *,
@@ -84,11 +94,7 @@ def build_trajectory(
     if not markers:
         coords.pop("marker", None)  # a model without biomarkers has no marker dim
     with pm.Model(coords=coords) as model:
-        pid = pm.Data("obs_participant", design.obs_participant, dims="obs")
-        t1 = pm.Data("t1", design.t1, dims="obs")
-        t2 = pm.Data("t2", design.t2, dims="obs")
-        pm.Data("obs_week", design.obs_week, dims="obs")
-        treated = pm.Data("treated", design.treated, dims="participant") if arm else None
+        pid, t1, t2, treated = add_visit_data(design, arm)
 
         intercept = rv("intercept", pri["intercept"])
         time_change = rv("time_change", pri["time_change"], dims="phase")
