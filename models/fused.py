@@ -1,4 +1,4 @@
-"""The marginal headline model's log density and gradient as one compiled function.
+"""The marginal models' log density and gradient as one compiled function (headline, treatment, null).
 
 Why: nutpie compiles a PyMC model by generating one numba function per node of the
 log-density-plus-gradient graph (about 450 for the marginal headline model, models/marginal.py).
@@ -12,13 +12,17 @@ What is computed is exactly PyMC's log density of the marginal model on its unco
 (transforms, Jacobians and normalising constants included): the latent biomarker block (observed,
 missing and censored entries, models/marker_block.py), the priors, the LKJ Cholesky covariance,
 the sum-to-zero site offsets and the closed-form marginal likelihood. tests/test_fused.py checks
-value and gradient against PyTensor's own at random points on several designs and priors.
+value, gradient and stored variables against PyTensor's own at random points on several designs
+and priors (constants agree to float32 rounding of PyMC's log prior scales; gradients to ~1e-13).
+The models without biomarkers or without an arm (treatment, null) are the same function with those
+blocks absent.
 
 The PyMC model still supplies the variable names, dims, transforms, initial points and the prior
 predictive: only the two functions nutpie calls (log density with gradient, and the expansion of a
 draw into the stored variables) change. Priors outside the supported families (locations: Normal;
 scales: HalfNormal, Exponential, Gamma, HalfCauchy) or a model this module does not recognise make
-`fused_layout` return None, and the compiled graph is used instead.
+`fused_layout` raise Unsupported (models/marginal.py then returns no layout), and the compiled
+graph is used instead.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""The fast path: the headline model with the participant effects integrated out analytically.
+"""The fast path: the headline model (and the treatment and null models, `build_trajectory_marginal`)
+with the participant effects integrated out analytically.
 
 With a Gaussian likelihood the participant effects b_i = (b0_i, b1_i) ~ N(0, S), S = L L',
 enter the mean linearly through Z_i = [1, t1] (the participant's observed visits), so

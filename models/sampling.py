@@ -309,8 +309,8 @@ def _cache_entries(folder: Path | None) -> set[str]:
 def compile_nutpie(model: pm.Model, fused: bool = True):
     """nutpie.compile_pymc_model with the on-disk cache of the numba wrappers; returns (compiled, was_cached).
 
-    A model carrying `fused_layout` (the marginal headline model, models/fused.py) is given its
-    hand-fused log density instead of the compiled graph, unless fused=False.
+    A model carrying `fused_layout` (the marginal headline, treatment and null models, models/fused.py)
+    is given its hand-fused log density instead of the compiled graph, unless fused=False.
     was_cached is True when the compile added no new cache entry (it loaded machine code instead).
     """
     import nutpie
