@@ -255,7 +255,7 @@ def _markers_backward(x, ctx, z, aux, adj, grad):
     n_p, m = int(sizes[0]), int(sizes[1])
     xo = _field(ctx, F_XOFF)
     pri = _field(ctx, F_PRIORS)
-    zdata, zstatus, zindex = _field(ctx, F_ZDATA), _field(ctx, F_ZSTATUS), _field(ctx, F_ZINDEX)
+    zstatus, zindex = _field(ctx, F_ZSTATUS), _field(ctx, F_ZINDEX)
     o_mean, o_sd, o_reg, o_miss, o_cens = int(xo[X_MMEAN]), int(xo[X_MSD]), int(xo[X_MREG]), int(xo[X_MISS]), int(xo[X_CENS])
     for k in range(m - 1, -1, -1):
         sd = math.exp(x[o_sd + k])
@@ -515,7 +515,7 @@ def expand(x, ctx, out):
     xo, eo = _field(ctx, F_XOFF), _field(ctx, F_EOFF)
     for j in range(n_dim):
         out[j] = x[j]
-    z, aux, lp = _complete_markers(x, ctx, False)
+    z, _, _ = _complete_markers(x, ctx, False)
     site = _site_values(x, ctx)
     fixed = _fixed_part(x, ctx, z, site)
     sizes_cens = int(sizes[3])

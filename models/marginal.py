@@ -47,7 +47,7 @@ import pytensor.tensor as pt
 import xarray as xr
 
 from .design import TrialDesign
-from .headline import NAME, add_effect_summaries, add_participant_covariance, add_population_terms, add_site_effects, build_headline, default_priors
+from .headline import NAME, add_effect_summaries, add_participant_covariance, add_population_terms, build_headline, default_priors
 from .priors import resolve, rv
 
 FIXED_TERMS = ["level", "change", "followup_change"]
@@ -153,7 +153,7 @@ def build_trajectory_marginal(design: TrialDesign, name: str, priors: dict | Non
     Same variables, names and dims as models/trajectory.build_trajectory with markers=False and a
     straight treatment phase (the only members whose fixed part is linear in (1, t1, t2)).
     """
-    from .trajectory import _add_summaries, add_visit_data, trajectory_priors
+    from .trajectory import _add_summaries, add_time_terms, add_visit_data, trajectory_priors
 
     pri = resolve(trajectory_priors(design), priors)
     stats = visit_stats(design)
@@ -163,10 +163,7 @@ def build_trajectory_marginal(design: TrialDesign, name: str, priors: dict | Non
     with pm.Model(coords=coords) as model:
         _, _, _, treated = add_visit_data(design, arm)
 
-        intercept = rv("intercept", pri["intercept"])
-        time_change = rv("time_change", pri["time_change"], dims="phase")
-        nac_change = rv("nac_change", pri["nac_change"], dims="phase") if arm else None
-        site = add_site_effects(design, pri)
+        intercept, time_change, nac_change, site = add_time_terms(design, pri, arm)
         chol = add_participant_covariance(pri)
 
         zeros = pt.zeros(design.n_participants)

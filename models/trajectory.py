@@ -71,6 +71,14 @@ def add_visit_data(design: TrialDesign, arm: bool):
     return pid, t1, t2, treated
 
 
+def add_time_terms(design: TrialDesign, pri: dict[str, Prior], arm: bool):
+    """Intercept, placebo change per phase, NAC - placebo per phase (with the arm) and site offsets."""
+    intercept = rv("intercept", pri["intercept"])
+    time_change = rv("time_change", pri["time_change"], dims="phase")
+    nac_change = rv("nac_change", pri["nac_change"], dims="phase") if arm else None
+    return intercept, time_change, nac_change, add_site_effects(design, pri)
+
+
 def build_trajectory(
     design: TrialDesign,
     *,
@@ -96,10 +104,7 @@ def build_trajectory(
     with pm.Model(coords=coords) as model:
         pid, t1, t2, treated = add_visit_data(design, arm)
 
-        intercept = rv("intercept", pri["intercept"])
-        time_change = rv("time_change", pri["time_change"], dims="phase")
-        nac_change = rv("nac_change", pri["nac_change"], dims="phase") if arm else None
-        site = add_site_effects(design, pri)
+        intercept, time_change, nac_change, site = add_time_terms(design, pri, arm)
         effects = add_participant_effects(design, pri)
 
         level = intercept + site + effects[:, 0]
