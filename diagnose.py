@@ -41,75 +41,20 @@ def parse_args(argv):
     return args
 
 
-def refit_context(idatas: dict, args):
-    """(design, builders, settings) to refit the saved models, from the data they were fitted to."""
-    import dataclasses
-
-    from data import DatasetError, load_dataset
-    from models import build_design, get
-    from models.idata_io import provenance
-    from models.sampling import SamplerSettings
-
-    prov = provenance(next(iter(idatas.values())))
-    source = prov.get("data_source")
-    if not source or not Path(source).is_dir():
-        raise ValueError(f"cannot refit: the dataset the fits were made from ({source}) is not available")
-    try:
-        ds = load_dataset(source)
-    except DatasetError as exc:
-        raise ValueError(f"cannot refit: {exc}") from exc
-    design = build_design(ds)
-    if design.checksum != prov.get("data_checksum"):
-        raise ValueError(f"cannot refit: the dataset at {source} changed since the fit (checksum differs)")
-    builders = {}
-    for name, idata in idatas.items():
-        p = provenance(idata)
-        try:
-            spec = get(str(p.get("model", name)))
-        except KeyError as exc:
-            raise ValueError(f"cannot refit '{name}': {exc.args[0]}") from exc
-        builders[name] = lambda d, spec=spec, lik=str(p.get("likelihood", "normal")): spec.build(d, likelihood=lik)
-    saved = prov.get("settings") or {}
-    fields = {f.name for f in dataclasses.fields(SamplerSettings)}
-    settings = SamplerSettings(**{k: v for k, v in saved.items() if k in fields})
-    if args.seed is not None:
-        settings = dataclasses.replace(settings, seed=args.seed)
-    return design, builders, settings
-
-
 def main(argv=None) -> int:
     try:
         args = parse_args(argv)
     except SystemExit as exc:
         return int(exc.code or 0)
-    from diagnostics.run import diagnose_run, load_run, write_outputs
+    from data.atomic import OutputBusy
+    from deptrial.api import rediagnose
 
-    def fail(msg: str) -> int:
-        print(f"error: {msg}", file=sys.stderr)
+    try:
+        run, report = rediagnose(args.results, kfold=args.kfold, refit_levels=args.refit_levels, seed=args.seed,
+                                 remission_cutoff=args.remission_cutoff, quiet=args.quiet)
+    except (FileNotFoundError, OSError, ValueError, OutputBusy) as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
-
-    try:
-        idatas, estimates = load_run(args.results)
-    except (FileNotFoundError, OSError, ValueError) as exc:
-        return fail(str(exc))
-    design = builders = settings = None
-    if args.kfold:
-        try:
-            design, builders, settings = refit_context(idatas, args)
-        except ValueError as exc:
-            return fail(str(exc))
-    log = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
-    try:
-        run = diagnose_run(idatas, estimates, design=design, builders=builders, settings=settings, kfold=args.kfold, remedy_levels=tuple(args.refit_levels), remission_cutoff=args.remission_cutoff, log=log)
-    except ValueError as exc:
-        return fail(str(exc))
-    from data.atomic import OutputBusy, output_lock
-
-    try:
-        with output_lock(args.results):  # never interleave with a fit.py --force replacing this folder
-            report = write_outputs(run, args.results)
-    except OutputBusy as exc:
-        return fail(str(exc))
     for name, m in run.models.items():
         print(f"{name}: convergence {'PASS' if m.verdict.ok else 'FAIL'}; {m.ppc.text()}")
     for level, sentence in run.plain_language.items():

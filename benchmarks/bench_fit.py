@@ -89,14 +89,14 @@ def _key_from_ours(post, design) -> dict:
 
 
 def fit_ours(design, args, plain: bool, fused: bool = True) -> dict:
-    from models.marginal import build_headline_marginal, finish_marginal_fit
-    from models.sampling import SamplerSettings, sample_posterior, seed_streams
-    from models.headline import build_headline
+    from inference.marginal import finish_marginal_fit
+    from inference.sampling import SamplerSettings, sample_posterior, seed_streams
+    from models import get
 
     settings = SamplerSettings(draws=args.draws, tune=args.tune, chains=args.chains, cores=args.cores, seed=args.seed, fused=fused)
     t0 = time.perf_counter()
-    model = build_headline(design) if plain else build_headline_marginal(design)
-    idata, timings = sample_posterior(model, settings, quiet=True)
+    built = get("headline").build(design)
+    idata, timings = sample_posterior(built if plain else built.fast_variant(), settings, quiet=True)
     extra = {}
     if not plain:
         _, _, pred_seed, spare_seed = seed_streams(settings.seed)
@@ -147,13 +147,13 @@ def _register_jax_erfcinv() -> None:
 def fit_pymc(design, args, sampler: str) -> dict:
     import pymc as pm
 
-    from models.headline import build_headline
-    from models.sampling import seed_streams
+    from inference.sampling import seed_streams
+    from models import get
 
     if sampler == "numpyro":
         _register_jax_erfcinv()
     t0 = time.perf_counter()
-    model = build_headline(design)
+    model = get("headline").build(design).model
     compile_s = None
     if sampler == "pymc":  # PyMC compiles logp and gradient inside pm.sample; time that step on its own
     # (pm.sample then reuses PyTensor's compile cache)
@@ -196,7 +196,7 @@ def fit_bambi(design, args) -> dict:
     import bambi as bmb
     import numpy as np
 
-    from models.sampling import seed_streams
+    from inference.sampling import seed_streams
 
     t0 = time.perf_counter()
     df = _flat_frame(design)
@@ -281,9 +281,9 @@ generated quantities {
 def stan_data(design) -> dict:
     import numpy as np
 
-    from models.headline import default_priors
+    from models import get
 
-    pri = default_priors(design)
+    pri = get("headline").build(design).priors
     md = design.baseline
     miss_i, miss_k = np.nonzero(md.missing)
     cens_i, cens_k = np.nonzero(md.censored)
@@ -307,7 +307,7 @@ def fit_stan(design, args) -> dict:
     import numpy as np
     import stan
 
-    from models.sampling import seed_streams
+    from inference.sampling import seed_streams
 
     import aiohttp.client
 

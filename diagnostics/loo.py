@@ -10,7 +10,7 @@ out in turn and refitted (exact LOO); with more, every unit is estimated by grou
 cross-validation (KFOLD_K folds of participants, stratified by arm; at the visit level, folds of visits). A held-out unit's predictive
 density is log mean_s p(y_held | theta_s), where the refit saw none of its scores: its participant
 effects are then draws from the population distribution given its covariates, as for a new patient.
-Refits go through a builder callback `build(design) -> pm.Model` (any registered model, or a cheap
+Refits go through a builder callback `build(design) -> BuiltModel` (any registered model, or a cheap
 one in tests) and a `SamplerSettings`.
 """
 
@@ -145,7 +145,7 @@ def refit_heldout(design, build: Callable, held: np.ndarray, settings, outcome: 
     """Refit without the `held` observation rows; return their log-likelihood (n_held, draws) and the refit's divergences."""
     import pymc as pm
 
-    from models.sampling import sample_posterior
+    from inference.sampling import sample_posterior
 
     held = np.asarray(held, dtype=bool)
     if held.all() or not held.any():
@@ -154,7 +154,7 @@ def refit_heldout(design, build: Callable, held: np.ndarray, settings, outcome: 
     divergences = int(post.sample_stats["diverging"].sum()) if "diverging" in post.sample_stats else 0
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        ll = pm.compute_log_likelihood(post, model=build(subset_observations(design, held)), var_names=[outcome], extend_inferencedata=False, progressbar=False)
+        ll = pm.compute_log_likelihood(post, model=build(subset_observations(design, held)).model, var_names=[outcome], extend_inferencedata=False, progressbar=False)
     return np.asarray(ll[outcome].stack(sample=("chain", "draw")).transpose(..., "sample").values), divergences
 
 
@@ -165,7 +165,7 @@ def _logmeanexp(x: np.ndarray, axis=-1):
 def heldout_elpd(design, build: Callable, row_groups: list[np.ndarray], settings, outcome: str = "y", quiet: bool = True) -> np.ndarray:
     """log p(y_group | y_rest) for each group of observation rows: refit without the group, score it.
 
-    `build(design) -> pm.Model`; `settings` a models.sampling.SamplerSettings (its seed is split
+    `build(design) -> BuiltModel`; `settings` an inference.sampling.SamplerSettings (its seed is split
     into one stream per refit, so the same seed gives the same numbers). Returns one value per group;
     `heldout_elpd.divergences` holds the refits' divergent transitions of the last call.
     """

@@ -294,7 +294,7 @@ def write_outputs(run: RunDiagnostics, folder: str | Path) -> Path:
 
 def load_run(folder: str | Path) -> tuple[dict[str, az.InferenceData], dict[str, pd.DataFrame]]:
     """The fits (and estimates tables) saved in a results folder, in run.json's order when present."""
-    from models.idata_io import load_idata
+    from inference.idata_io import load_idata
 
     folder = Path(folder)
     if not folder.is_dir():

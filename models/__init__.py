@@ -1,6 +1,10 @@
-"""Models of the trial: builders returning pm.Model, registered by name."""
+"""Model declarations: builders returning a BuiltModel around a pm.Model, registered by name.
 
+Nothing here samples: the sampling engine is inference/.
+"""
+
+from .contract import BuiltModel
 from .design import ModelDataError, TrialDesign, build_design
 from .registry import REGISTRY, ModelSpec, get, register
 
-__all__ = ["REGISTRY", "ModelDataError", "ModelSpec", "TrialDesign", "build_design", "get", "register"]
+__all__ = ["REGISTRY", "BuiltModel", "ModelDataError", "ModelSpec", "TrialDesign", "build_design", "get", "register"]

@@ -21,8 +21,9 @@ import pandas as pd
 import pymc as pm
 import pytensor.tensor as pt
 
+from .contract import MARKER_VALUES, BuiltModel
 from .design import TrialDesign
-from .estimates import effect_row
+from .effects import effect_row
 from .marker_change_block import add_change_regression, add_latent_block, add_residual_chol, block_coords, change_data, change_priors, end_week, with_text
 from .priors import resolve
 
@@ -34,7 +35,7 @@ def default_priors(design: TrialDesign) -> dict:
     return change_priors()
 
 
-def build_biomarker_change(design: TrialDesign, priors: dict | None = None, likelihood: str = "normal") -> pm.Model:
+def build_biomarker_change(design: TrialDesign, priors: dict | None = None, likelihood: str = "normal") -> BuiltModel:
     if likelihood != "normal":
         raise ValueError(f"model '{NAME}' has a normal likelihood on the log scale only, not '{likelihood}'")
     cd = change_data(design, NAME)
@@ -46,10 +47,8 @@ def build_biomarker_change(design: TrialDesign, priors: dict | None = None, like
         add_latent_block(f"week{cd.week}", cd.later, cd.participants, mu, chol)
         log_ratio = pm.Deterministic("nac_log_ratio", nac * cd.baseline.log_scale, dims="marker")
         pm.Deterministic("nac_ratio", pt.exp(log_ratio), dims="marker")
-    model.outcome_vars = [v.name for v in model.observed_RVs if v.name.startswith(f"week{cd.week}_")]
-    model.priors_used = pri
-    model.data_notes = with_text(cd.notes())
-    return model
+    outcome = tuple(v.name for v in model.observed_RVs if v.name.startswith(f"week{cd.week}_"))
+    return BuiltModel(NAME, model, design, pri, outcome, MARKER_VALUES, notes=with_text(cd.notes()))
 
 
 def ratio_rows(post, design: TrialDesign, var: str = "nac_ratio", what: str = "geometric means") -> pd.DataFrame:

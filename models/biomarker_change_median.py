@@ -32,6 +32,7 @@ import pymc as pm
 import pytensor.tensor as pt
 
 from .biomarker_change import ratio_rows
+from .contract import MARKER_VALUES, BuiltModel
 from .design import TrialDesign
 from .marker_change_block import add_change_regression, block_coords, change_data, change_priors, with_text
 from .priors import Prior, resolve, rv
@@ -50,7 +51,7 @@ def default_priors(design: TrialDesign) -> dict[str, Prior]:
     return pri
 
 
-def build_biomarker_change_median(design: TrialDesign, priors: dict | None = None, likelihood: str = "normal") -> pm.Model:
+def build_biomarker_change_median(design: TrialDesign, priors: dict | None = None, likelihood: str = "normal") -> BuiltModel:
     if likelihood != "normal":
         raise ValueError(f"model '{NAME}' has its own (asymmetric Laplace, q = 0.5) likelihood; --likelihood {likelihood} does not apply")
     cd = change_data(design, NAME)
@@ -82,8 +83,6 @@ def build_biomarker_change_median(design: TrialDesign, priors: dict | None = Non
             outcome_vars.append(name)
         log_ratio = pm.Deterministic("nac_log_ratio", nac * cd.baseline.log_scale, dims="marker")
         pm.Deterministic("nac_ratio", pt.exp(log_ratio), dims="marker")
-    model.outcome_vars = outcome_vars
-    model.priors_used = pri
     notes = cd.notes()
     w = cd.week
     notes[f"week{w}_missing_no_likelihood"] = notes[f"week{w}_imputed"]  # not imputed here: no likelihood term
@@ -91,8 +90,7 @@ def build_biomarker_change_median(design: TrialDesign, priors: dict | None = Non
     for per in notes["by_marker"].values():
         per[f"week{w}_missing_no_likelihood"] = per.pop(f"week{w}_imputed")
     notes["quantile"] = QUANTILE
-    model.data_notes = with_text(notes)
-    return model
+    return BuiltModel(NAME, model, design, pri, tuple(outcome_vars), MARKER_VALUES, notes=with_text(notes))
 
 
 def interval_scale(idata, design: TrialDesign) -> dict[str, float]:

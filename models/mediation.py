@@ -38,8 +38,9 @@ import pymc as pm
 import pytensor.tensor as pt
 
 from .biomarker_change import ratio_rows
+from .contract import MARKER_VALUES, BuiltModel
 from .design import ModelDataError, TrialDesign
-from .estimates import effect_row
+from .effects import effect_row
 from .marker_change_block import add_change_regression, add_latent_block, add_residual_chol, block_coords, change_data, change_priors, end_week, with_text
 from .priors import Prior, resolve, rv
 
@@ -78,21 +79,27 @@ def outcome_week(design: TrialDesign) -> int:
     return w
 
 
-def build_mediation(design: TrialDesign, priors: dict | None = None, likelihood: str = "normal") -> pm.Model:
-    if likelihood not in ("normal", "student"):
-        raise ValueError(f"model '{NAME}' supports the normal and student likelihoods, not '{likelihood}'")
+def mediation_data(design: TrialDesign):
+    """(week, change data, baseline scores, outcome-week scores, rows with both scores); ModelDataError when lacking."""
     design.require_markers(NAME)
     week = outcome_week(design)
     y0_all = _scores_at(design, 0)
     y1_all = _scores_at(design, week)
     has_outcome = ~np.isnan(y1_all) & ~np.isnan(y0_all)
     cd = change_data(design, NAME, also_keep=has_outcome, reason=f"no biomarker value and no {design.meta.outcome_label} at week {week}")
+    with_y = np.flatnonzero(~np.isnan(y1_all[cd.rows]) & ~np.isnan(y0_all[cd.rows]))
+    if len(with_y) < 4:
+        raise ModelDataError(f"model '{NAME}' needs {design.meta.outcome_label} at weeks 0 and {week} for at least 4 participants; visits.csv has {len(with_y)}")
+    return week, cd, y0_all, y1_all, with_y
+
+
+def build_mediation(design: TrialDesign, priors: dict | None = None, likelihood: str = "normal") -> BuiltModel:
+    if likelihood not in ("normal", "student"):
+        raise ValueError(f"model '{NAME}' supports the normal and student likelihoods, not '{likelihood}'")
+    week, cd, y0_all, y1_all, with_y = mediation_data(design)
     pri = resolve(default_priors(design), priors)
     y0 = y0_all[cd.rows]
     y1 = y1_all[cd.rows]
-    with_y = np.flatnonzero(~np.isnan(y1) & ~np.isnan(y0))
-    if len(with_y) < 4:
-        raise ModelDataError(f"model '{NAME}' needs {design.meta.outcome_label} at weeks 0 and {week} for at least 4 participants; visits.csv has {len(with_y)}")
     y0_centre = float(np.nanmean(y0_all))
     change_name = f"{design.meta.outcome}_change"
     coords = {**block_coords(cd), "outcome_participant": cd.participants[with_y]}
@@ -127,13 +134,10 @@ def build_mediation(design: TrialDesign, priors: dict | None = None, likelihood:
         total = pm.Deterministic("total_effect", direct + indirect_total)
         pm.Deterministic("proportion_mediated", indirect / total, dims="marker")
         pm.Deterministic("proportion_mediated_total", indirect_total / total)
-    model.outcome_vars = [change_name]
-    model.priors_used = pri
     notes = cd.notes()
     notes["outcome_observed"] = int(len(with_y))
     notes["outcome_missing_no_likelihood"] = int(cd.n - len(with_y))
-    model.data_notes = with_text(notes)
-    return model
+    return BuiltModel(NAME, model, design, pri, (change_name,), MARKER_VALUES, notes=with_text(notes))
 
 
 def _near_zero(draws: np.ndarray) -> bool:

@@ -35,6 +35,7 @@ import pymc as pm
 import pytensor.tensor as pt
 from pytensor.tensor.slinalg import cholesky, solve_triangular
 
+from .contract import VISIT_CHANGES, BuiltModel
 from .design import ModelDataError, TrialDesign
 from .priors import Prior, resolve, rv
 
@@ -170,7 +171,7 @@ def _random(n_rows: int, obs_row: np.ndarray, obs_visit: np.ndarray):
     return random
 
 
-def build_mmrm(design: TrialDesign, priors: dict | None = None, likelihood: str = "normal") -> pm.Model:
+def build_mmrm(design: TrialDesign, priors: dict | None = None, likelihood: str = "normal") -> BuiltModel:
     if likelihood not in LIKELIHOODS:
         raise ValueError(f"the MMRM supports likelihoods {LIKELIHOODS}, not '{likelihood}'")
     d = mmrm_data(design)
@@ -224,7 +225,5 @@ def build_mmrm(design: TrialDesign, priors: dict | None = None, likelihood: str 
         zero = pt.zeros(1)
         pm.Deterministic("nac_effect", pt.concatenate([zero, nac]), dims="week")
         pm.Deterministic("placebo_change", pt.concatenate([zero, visit_mean]), dims="week")
-    model.outcome_vars = ["change"]
-    model.priors_used = pri if len(design.sites) > 1 else {k: v for k, v in pri.items() if k != "site"}
-    model.mmrm_excluded = d.n_excluded
-    return model
+    used = pri if len(design.sites) > 1 else {k: v for k, v in pri.items() if k != "site"}
+    return BuiltModel(NAME, model, design, used, ("change",), VISIT_CHANGES)

@@ -1,6 +1,6 @@
-"""The moderation model: does the NAC effect depend on baseline inflammation (IL-6, CRP) or BDNF?
+"""The moderation model's estimates: does the NAC effect depend on baseline inflammation (IL-6, CRP) or BDNF?
 
-The headline model plus a biomarker x arm x time interaction:
+The model (models/trajectory.py, member 'moderation') is the headline model plus a biomarker x arm x time interaction:
 
     y_iw = alpha + site_s(i) + b0_i + sum_k pi_k z_ik
            + (beta_1 + delta_1 T_i + sum_k gamma_k z_ik + sum_k eta_k z_ik T_i + b1_i) t1_w
@@ -25,28 +25,13 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import pymc as pm
 
 from .design import MarkerData, TrialDesign
-from .estimates import effect_row
-from .trajectory import build_trajectory, trajectory_priors
-
-NAME = "moderation"
-DESCRIPTION = "headline + biomarker x arm x time: the NAC effect as a function of baseline IL-6/CRP/BDNF, reported at chosen marker levels"
+from .effects import effect_row
 
 # Clinical cut points in natural units, used instead of quartiles when the marker's unit matches.
 CLINICAL_LEVELS = {"crp": ("mg/L", (1.0, 3.0, 10.0))}
 QUARTILES = (0.25, 0.5, 0.75)
-
-
-def default_priors(design: TrialDesign):
-    return trajectory_priors(design)
-
-
-def build_moderation(design: TrialDesign, priors: dict | None = None, likelihood: str = "normal", curved: bool = False) -> pm.Model:
-    return build_trajectory(
-        design, name=NAME, priors=priors, likelihood=likelihood, arm=True, markers=True, nac_moderation=True, curved=curved
-    )
 
 
 def baseline_values(md: MarkerData, k: int) -> np.ndarray:

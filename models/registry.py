@@ -1,27 +1,52 @@
-"""Registry of models by name: what `fit.py --model NAME` and `--list-models` see.
+"""Registry of models by name: what `fit.py --model NAME`, `--list-models` and `deptrial.fit_trial` see.
 
-Each entry holds the builder (design, priors, **options) -> pm.Model, a one-line description,
-and the likelihoods it supports. Later models register here; nothing else needs to change.
+A `ModelSpec` says what a model is; building it for a trial gives a `BuiltModel`
+(models/contract.py). To add a model: write its builder (design, priors=None, likelihood="normal")
+-> BuiltModel and its default priors, and register a spec here.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import partial
 from typing import Callable
 
-from . import headline, marginal
+from . import biomarker_change, biomarker_change_median, mediation, mmrm, moderation, trajectory
+from .contract import BuiltModel
+from .design import TrialDesign
+from .marker_change_block import change_data
+from .priors import Prior
 
 
 @dataclass(frozen=True)
 class ModelSpec:
+    """What a model is.
+
+    build            (design, priors=None, likelihood="normal") -> BuiltModel
+    default_priors   design -> {name: Prior}: the priors a user may override, with their reasons
+    likelihoods      the outcome likelihoods it supports (the first is its default)
+    needs            what the data must hold beyond visit scores, in words ('' when nothing)
+    check_data       design -> None, raising models.ModelDataError when the data lack what the
+                     model needs; cheap, so a run refuses bad input before any fit
+    comparable       its outcome is the visit scores 'y', so it is compared by LOO with the other
+                     such models and gets the trajectory checks of the report
+    extra_estimates  (idata, design, mcid) -> DataFrame of extra estimate rows (models.effects.effect_row), or None
+    """
+
     name: str
-    build: Callable
     description: str
+    build: Callable[..., BuiltModel]
+    default_priors: Callable[[TrialDesign], dict[str, Prior]]
     likelihoods: tuple[str, ...] = ("normal", "student", "censored")
-    needs_biomarkers: bool = False
-    options: dict = field(default_factory=dict)
-    # (idata, design, mcid) -> DataFrame of extra estimate rows (use models.estimates.effect_row)
+    needs: str = ""
+    check_data: Callable[[TrialDesign], object] | None = None
+    comparable: bool = True
     extra_estimates: Callable | None = None
+
+    def require(self, design: TrialDesign) -> None:
+        """Raise ModelDataError when `design` lacks what this model needs."""
+        if self.check_data is not None:
+            self.check_data(design)
 
 
 REGISTRY: dict[str, ModelSpec] = {}
@@ -38,56 +63,77 @@ def get(name: str) -> ModelSpec:
     return REGISTRY[name]
 
 
-# the plain headline model carrying its exact fast variant (participant effects integrated out, normal likelihood)
-register(ModelSpec(headline.NAME, marginal.build_headline_auto, headline.DESCRIPTION, needs_biomarkers=True))
+def _needs_markers(name: str):
+    return lambda design: design.require_markers(name)
 
-# trajectory family and the Bayesian MMRM (each module documents its maths)
-from . import mmrm, moderation, null, treatment  # noqa: E402
 
-register(ModelSpec(null.NAME, null.build_null, null.DESCRIPTION))
-register(ModelSpec(treatment.NAME, treatment.build_treatment, treatment.DESCRIPTION))
-register(ModelSpec(treatment.NAME_CURVED, treatment.build_treatment_curved, treatment.DESCRIPTION_CURVED, options={"curved": True}))
+def _needs_change(name: str):
+    return lambda design: change_data(design, name)
+
+
+# the trajectory family: one builder with switches (models/trajectory.py)
+for _name, (_description, _switches) in trajectory.FAMILY.items():
+    _markers = _switches.get("markers", False)
+    register(
+        ModelSpec(
+            _name,
+            _description,
+            partial(trajectory.build_trajectory, name=_name, **_switches),
+            trajectory.trajectory_priors,
+            likelihoods=trajectory.LIKELIHOODS,
+            needs="baseline biomarkers" if _markers else "",
+            check_data=_needs_markers(_name) if _markers else None,
+            extra_estimates=moderation.extra_estimates if _switches.get("nac_moderation") else None,
+        )
+    )
+
 register(
     ModelSpec(
-        moderation.NAME,
-        moderation.build_moderation,
-        moderation.DESCRIPTION,
-        needs_biomarkers=True,
-        extra_estimates=moderation.extra_estimates,
+        mmrm.NAME,
+        mmrm.DESCRIPTION,
+        mmrm.build_mmrm,
+        mmrm.default_priors,
+        likelihoods=mmrm.LIKELIHOODS,
+        check_data=mmrm.mmrm_data,
+        comparable=False,  # change from baseline, not the visit scores
     )
 )
-register(ModelSpec(mmrm.NAME, mmrm.build_mmrm, mmrm.DESCRIPTION, likelihoods=mmrm.LIKELIHOODS))
-
-# biomarker change and mediation (each module documents its maths)
-from . import biomarker_change, biomarker_change_median, mediation  # noqa: E402
-
 register(
     ModelSpec(
         biomarker_change.NAME,
-        biomarker_change.build_biomarker_change,
         biomarker_change.DESCRIPTION,
+        biomarker_change.build_biomarker_change,
+        biomarker_change.default_priors,
         likelihoods=("normal",),
-        needs_biomarkers=True,
+        needs="biomarkers at baseline and a later week",
+        check_data=_needs_change(biomarker_change.NAME),
+        comparable=False,
         extra_estimates=biomarker_change.extra_estimates,
     )
 )
 register(
     ModelSpec(
         biomarker_change_median.NAME,
-        biomarker_change_median.build_biomarker_change_median,
         biomarker_change_median.DESCRIPTION,
-        likelihoods=("normal",),  # its own asymmetric-Laplace likelihood; 'normal' is the CLI default
-        needs_biomarkers=True,
+        biomarker_change_median.build_biomarker_change_median,
+        biomarker_change_median.default_priors,
+        likelihoods=("normal",),  # its own asymmetric-Laplace likelihood; 'normal' is the command line's default
+        needs="biomarkers at baseline and a later week",
+        check_data=_needs_change(biomarker_change_median.NAME),
+        comparable=False,
         extra_estimates=biomarker_change_median.extra_estimates,
     )
 )
 register(
     ModelSpec(
         mediation.NAME,
-        mediation.build_mediation,
         mediation.DESCRIPTION,
+        mediation.build_mediation,
+        mediation.default_priors,
         likelihoods=("normal", "student"),
-        needs_biomarkers=True,
+        needs="biomarkers at baseline and a later week, scores at that week",
+        check_data=mediation.mediation_data,
+        comparable=False,
         extra_estimates=mediation.extra_estimates,
     )
 )

@@ -1,4 +1,4 @@
-"""Shared core of the trajectory model family (null, treatment, moderation; straight or curved).
+"""The trajectory model family: null, treatment, treatment_curved, headline and moderation, one builder.
 
 For participant i at week w (T_i = 1 in the treatment arm, t1/t2 the phase times of design.py):
 
@@ -8,16 +8,31 @@ For participant i at week w (T_i = 1 in the treatment arm, t1/t2 the phase times
             + [(kappa_0 + kappa_1 T_i) q_w]                                   (curved time course)
             + (beta_2 + [delta_2 T_i]) t2_w
 
-Terms in brackets are switched on by the model: the arm (`arm`), the baseline log biomarkers as
-prognostic effects and slope moderators (`markers`), the biomarker x arm x time interaction
-(`nac_moderation`), and the curvature of the treatment phase (`curved`), with the basis
+Terms in brackets are switched on by the family member (FAMILY below): the arm (`arm`), the
+baseline log biomarkers as prognostic effects and slope moderators (`markers`), the
+biomarker x arm x time interaction (`nac_moderation`), and the curvature of the treatment phase
+(`curved`), with the basis
 
     q_w = 4 t1_w (1 - t1_w)             0 at baseline and at the end of treatment, 1 half-way
 
 so beta_1 and delta_1 keep their meaning (change by the end of treatment) and kappa is the
-departure from the straight line half-way through treatment, in outcome points (kappa < 0 on a
-scale where lower is better: early response, then a plateau). Participant effects, site effects
-and likelihoods are the headline model's (imported from models.headline).
+departure from the straight line half-way through treatment, in outcome points.
+
+- z_ik: standardised baseline log biomarkers, imputed where missing and censored below the
+  detection limit (models/marker_block.py).
+- (b0_i, b1_i): correlated participant effects, non-centred with an LKJ prior on their covariance.
+- site offsets sum to zero with a fixed scale (a site SD estimated from 3-4 sites creates a funnel
+  and adds nothing).
+- The arm has no main effect: randomisation makes baseline means equal (constrained longitudinal
+  analysis).
+
+NAC - placebo at week w is 'nac_effect' (dims week): delta_1 t1_w [+ kappa_1 q_w] + delta_2 t2_w;
+'placebo_change' is the control arm's change from baseline.
+
+With the Gaussian likelihood and a fixed part linear in (1, t1, t2) (no curvature, no
+biomarker x arm term) the participant effects can be integrated out exactly: `build_trajectory`
+then offers `build_trajectory_marginal` as the model's fast variant (models/marginal.py has the
+maths).
 """
 
 from __future__ import annotations
@@ -28,12 +43,35 @@ import numpy as np
 import pymc as pm
 import pytensor.tensor as pt
 
+from .contract import VISIT_SCORES, BuiltModel
 from .design import TrialDesign
-from .headline import add_likelihood, add_participant_effects, add_site_effects
+from .marginal import FIXED_TERMS, FIXED_VAR, marginal_loglik, visit_stats
 from .marker_block import add_marker_block
-from .priors import Prior, resolve, rv, scaled_defaults
+from .priors import Prior, dist, resolve, rv, scaled_defaults
 
 LIKELIHOODS = ("normal", "student", "censored")
+
+# The registered members: name -> (description, switches)
+FAMILY = {
+    "null": (
+        "time only (treatment phase, follow-up), no arm effect: the reference for comparison; no biomarkers needed",
+        {"arm": False},
+    ),
+    "treatment": ("arm x time (treatment phase, follow-up), no biomarkers: the NAC effect by week", {"arm": True}),
+    "treatment_curved": (
+        "arm x time with a curved treatment phase (straight line + 4 t1 (1 - t1) bend, per arm), no biomarkers",
+        {"arm": True, "curved": True},
+    ),
+    "headline": (
+        "arm x time (treatment phase, follow-up) + baseline log IL-6/CRP/BDNF as prognostic effects and slope moderators",
+        {"arm": True, "markers": True},
+    ),
+    "moderation": (
+        "headline + biomarker x arm x time: the NAC effect as a function of baseline IL-6/CRP/BDNF, reported at chosen marker levels",
+        {"arm": True, "markers": True, "nac_moderation": True},
+    ),
+}
+MARKER_PRIORS = ("marker_prognostic", "marker_moderation", "marker_mean", "marker_sd", "marker_regression")
 
 
 def curve_basis(t1) -> np.ndarray:
@@ -43,7 +81,7 @@ def curve_basis(t1) -> np.ndarray:
 
 
 def trajectory_priors(design: TrialDesign) -> dict[str, Prior]:
-    """The headline defaults plus the terms only some family members use (scaled to the outcome range)."""
+    """Default priors of every family member (scaled to the outcome range); each member uses its own subset."""
     r = design.score_range
     pri = scaled_defaults(design.meta.score_min, design.meta.score_max)
     pri["time_curvature"] = Prior(
@@ -61,8 +99,27 @@ def trajectory_priors(design: TrialDesign) -> dict[str, Prior]:
     return pri
 
 
+def priors_used(pri: dict[str, Prior], *, arm: bool, markers: bool, nac_moderation: bool, curved: bool, likelihood: str) -> dict[str, Prior]:
+    """The subset of the family's priors that one member uses (recorded in the saved fit's provenance)."""
+    drop = set()
+    if not arm:
+        drop |= {"nac_change", "nac_curvature"}
+    if not markers:
+        drop |= set(MARKER_PRIORS)
+    if not nac_moderation:
+        drop.add("nac_marker_moderation")
+    if not curved:
+        drop |= {"time_curvature", "nac_curvature"}
+    if likelihood != "student":
+        drop.add("student_nu")
+    return {k: v for k, v in pri.items() if k not in drop}
+
+
+# ---------------------------------------------------------------- building blocks
+
+
 def add_visit_data(design: TrialDesign, arm: bool):
-    """The visit data every trajectory model stores (constant_data) and the arm; shared with the fast path."""
+    """The visit data every family member stores (constant_data) and the arm."""
     pid = pm.Data("obs_participant", design.obs_participant, dims="obs")
     t1 = pm.Data("t1", design.t1, dims="obs")
     t2 = pm.Data("t2", design.t2, dims="obs")
@@ -71,56 +128,147 @@ def add_visit_data(design: TrialDesign, arm: bool):
     return pid, t1, t2, treated
 
 
-def add_time_terms(design: TrialDesign, pri: dict[str, Prior], arm: bool):
-    """Intercept, placebo change per phase, NAC - placebo per phase (with the arm) and site offsets."""
+def add_site_effects(design: TrialDesign, priors: dict[str, Prior]):
+    if len(design.sites) < 2:
+        return pt.zeros(design.n_participants)
+    site = rv("site_effect", priors["site"], dims="site")
+    # pm.Data so a compiled model can be refitted to another trial's site assignment (validation/)
+    site_idx = pm.Data("site_idx", design.site_idx, dims="participant")
+    return site[site_idx]
+
+
+def add_population_terms(design: TrialDesign, pri: dict[str, Prior], arm: bool, markers: bool, nac_moderation: bool):
+    """Population-level terms in a fixed order (the order of the sampler's parameter vector).
+
+    Returns (z, intercept, time_change, nac_change, prognostic, moderation, nac_mod, site); absent terms are None.
+    """
+    z = add_marker_block(design.baseline, pri) if markers else None
     intercept = rv("intercept", pri["intercept"])
     time_change = rv("time_change", pri["time_change"], dims="phase")
     nac_change = rv("nac_change", pri["nac_change"], dims="phase") if arm else None
-    return intercept, time_change, nac_change, add_site_effects(design, pri)
+    prognostic = rv("marker_prognostic", pri["marker_prognostic"], dims="marker") if markers else None
+    moderation = rv("marker_moderation", pri["marker_moderation"], dims="marker") if markers else None
+    nac_mod = rv("nac_marker_moderation", pri["nac_marker_moderation"], dims="marker") if nac_moderation else None
+    site = add_site_effects(design, pri)
+    return z, intercept, time_change, nac_change, prognostic, moderation, nac_mod, site
+
+
+def participant_coefficients(design: TrialDesign, terms, treated):
+    """The fixed part of each participant's level, treatment-phase change and follow-up change."""
+    z, intercept, time_change, nac_change, prognostic, moderation, nac_mod, site = terms
+    zeros = pt.zeros(design.n_participants)
+    level = intercept + site + zeros
+    change1 = time_change[0] + zeros
+    change2 = time_change[1] + zeros if design.has_followup else zeros
+    if nac_change is not None:
+        change1 = change1 + nac_change[0] * treated
+        if design.has_followup:
+            change2 = change2 + nac_change[1] * treated
+    if z is not None:
+        level = level + pt.dot(z, prognostic)
+        change1 = change1 + pt.dot(z, moderation)
+    if nac_mod is not None:
+        change1 = change1 + pt.dot(z, nac_mod) * treated
+    return level, change1, change2
+
+
+def add_participant_covariance(priors: dict[str, Prior]):
+    """LKJ Cholesky factor of the (intercept, change) covariance, with its SDs and correlation as Deterministics."""
+    chol, _, _ = pm.LKJCholeskyCov(
+        "participant_chol",
+        n=2,
+        eta=priors["participant_corr"].params["eta"],
+        sd_dist=dist(priors["participant_sd"]),
+        compute_corr=True,
+        store_in_trace=False,
+    )
+    cov = pt.dot(chol, chol.T)
+    sds = pt.sqrt(pt.diag(cov))
+    pm.Deterministic("participant_sd", sds, dims="participant_effect")
+    pm.Deterministic("participant_corr", cov[0, 1] / (sds[0] * sds[1]))
+    return chol
+
+
+def add_participant_effects(priors: dict[str, Prior]):
+    """Correlated random intercept and treatment-phase change, non-centred (Cholesky)."""
+    chol = add_participant_covariance(priors)
+    raw = pm.Normal("participant_raw", 0.0, 1.0, dims=("participant", "participant_effect"))
+    return pm.Deterministic("participant_effects", pt.dot(raw, chol.T), dims=("participant", "participant_effect"))
+
+
+def add_likelihood(mu, design: TrialDesign, priors: dict[str, Prior], likelihood: str):
+    sigma = rv("residual_sd", priors["residual_sd"])
+    if likelihood == "normal":
+        return pm.Normal("y", mu=mu, sigma=sigma, observed=design.y, dims="obs")
+    if likelihood == "student":
+        nu = rv("student_nu", priors["student_nu"])
+        return pm.StudentT("y", nu=nu, mu=mu, sigma=sigma, observed=design.y, dims="obs")
+    if likelihood == "censored":
+        lo, hi = design.meta.score_min, design.meta.score_max
+        return pm.Censored("y", pm.Normal.dist(mu=mu, sigma=sigma), lower=lo, upper=hi, observed=design.y, dims="obs")
+    raise ValueError(f"unknown likelihood '{likelihood}'; choose {', '.join(LIKELIHOODS)}")
+
+
+def add_effect_summaries(design: TrialDesign, terms, curvature=None, nac_curvature=None) -> None:
+    """'nac_effect' (NAC - placebo, with the arm) and 'placebo_change' per scheduled week, dims week; per-doubling marker effects."""
+    z, _, time_change, nac_change, prognostic, moderation, nac_mod, _ = terms
+    w1, w2, wq = design.week_t1, design.week_t2, curve_basis(design.week_t1)
+    if nac_change is not None:
+        nac = nac_change[0] * w1
+        if nac_curvature is not None:
+            nac = nac + nac_curvature * wq
+        if design.has_followup:
+            nac = nac + nac_change[1] * w2
+        pm.Deterministic("nac_effect", nac, dims="week")
+    placebo = time_change[0] * w1
+    if curvature is not None:
+        placebo = placebo + curvature * wq
+    if design.has_followup:
+        placebo = placebo + time_change[1] * w2
+    pm.Deterministic("placebo_change", placebo, dims="week")
+    if z is not None:
+        per_doubling = np.log(2.0) / design.baseline.log_scale
+        pm.Deterministic("moderation_per_doubling", moderation * per_doubling, dims="marker")
+        pm.Deterministic("prognostic_per_doubling", prognostic * per_doubling, dims="marker")
+        if nac_mod is not None:
+            pm.Deterministic("nac_moderation_per_doubling", nac_mod * per_doubling, dims="marker")
+
+
+def _coords(design: TrialDesign, markers: bool) -> dict:
+    coords = design.coords()
+    if not markers:
+        coords.pop("marker", None)  # a model without biomarkers has no marker dim
+    return coords
+
+
+# ---------------------------------------------------------------- the builders
 
 
 def build_trajectory(
     design: TrialDesign,
-    *,
-    name: str,
     priors: dict | None = None,
     likelihood: str = "normal",
+    *,
+    name: str,
     arm: bool = True,
     markers: bool = False,
     nac_moderation: bool = False,
     curved: bool = False,
-) -> pm.Model:
-    """Build one member of the trajectory family; see the module docstring for the maths."""
+) -> BuiltModel:
+    """Build one member of the family (see the module docstring for the maths)."""
     if likelihood not in LIKELIHOODS:
         raise ValueError(f"unknown likelihood '{likelihood}'; choose {', '.join(LIKELIHOODS)}")
     if nac_moderation and not (arm and markers):
         raise ValueError("nac_moderation needs both the arm and the biomarker terms")
-    md = design.require_markers(name) if markers else None
-    defaults = trajectory_priors(design)
-    pri = resolve(defaults, priors)
-    coords = design.coords()
-    if not markers:
-        coords.pop("marker", None)  # a model without biomarkers has no marker dim
-    with pm.Model(coords=coords) as model:
+    if markers:
+        design.require_markers(name)
+    pri = resolve(trajectory_priors(design), priors)
+    with pm.Model(coords=_coords(design, markers)) as model:
         pid, t1, t2, treated = add_visit_data(design, arm)
-
-        intercept, time_change, nac_change, site = add_time_terms(design, pri, arm)
-        effects = add_participant_effects(design, pri)
-
-        level = intercept + site + effects[:, 0]
-        change1 = time_change[0] + effects[:, 1]
-        if arm:
-            change1 = change1 + nac_change[0] * treated
-        if markers:
-            z = add_marker_block(md, pri)
-            prognostic = rv("marker_prognostic", pri["marker_prognostic"], dims="marker")
-            moderation = rv("marker_moderation", pri["marker_moderation"], dims="marker")
-            level = level + pt.dot(z, prognostic)
-            change1 = change1 + pt.dot(z, moderation)
-            if nac_moderation:
-                nac_mod = rv("nac_marker_moderation", pri["nac_marker_moderation"], dims="marker")
-                change1 = change1 + pt.dot(z, nac_mod) * treated
-        mu = level[pid] + change1[pid] * t1
+        terms = add_population_terms(design, pri, arm, markers, nac_moderation)
+        effects = add_participant_effects(pri)
+        level, change1, change2 = participant_coefficients(design, terms, treated)
+        mu = (level + effects[:, 0])[pid] + (change1 + effects[:, 1])[pid] * t1
         curvature = nac_curvature = None
         if curved:
             q = pm.Data("t1_curve", curve_basis(design.t1), dims="obs")
@@ -131,52 +279,53 @@ def build_trajectory(
                 bend = bend + nac_curvature * treated
             mu = mu + bend[pid] * q
         if design.has_followup:
-            change2 = time_change[1] + pt.zeros(design.n_participants)
-            if arm:
-                change2 = change2 + nac_change[1] * treated
             mu = mu + change2[pid] * t2
         add_likelihood(mu, design, pri, likelihood)
-
-        _add_summaries(design, time_change, nac_change, curvature, nac_curvature)
-        if markers:
-            per_doubling = np.log(2.0) / md.log_scale
-            pm.Deterministic("moderation_per_doubling", moderation * per_doubling, dims="marker")
-            pm.Deterministic("prognostic_per_doubling", prognostic * per_doubling, dims="marker")
-            if nac_moderation:
-                pm.Deterministic("nac_moderation_per_doubling", nac_mod * per_doubling, dims="marker")
-    # record only the priors this model uses (the saved fit's provenance)
-    used = set(model.named_vars)
-    extra = {"time_curvature", "nac_curvature", "nac_marker_moderation"}
-    model.priors_used = {k: v for k, v in pri.items() if k not in extra or k in used}
-    if not arm:
-        model.priors_used.pop("nac_change", None)
-    if not markers:
-        for key in ("marker_prognostic", "marker_moderation", "marker_mean", "marker_sd", "marker_regression"):
-            model.priors_used.pop(key, None)
-    if likelihood != "student":
-        model.priors_used.pop("student_nu", None)
-    if likelihood == "normal" and not (markers or curved or nac_moderation):
-        # exact fast variant: participant effects integrated out (models/marginal.py)
-        from .marginal import build_trajectory_marginal
-
-        model.fast_variant = partial(build_trajectory_marginal, design, name, priors, arm)
-    return model
+        add_effect_summaries(design, terms, curvature, nac_curvature)
+    fast = None
+    if likelihood == "normal" and not (curved or nac_moderation):
+        fast = partial(build_trajectory_marginal, design, priors, name=name, arm=arm, markers=markers)
+    switches = {"arm": arm, "markers": markers, "nac_moderation": nac_moderation, "curved": curved}
+    return BuiltModel(
+        name=name,
+        model=model,
+        design=design,
+        priors=priors_used(pri, **switches, likelihood=likelihood),
+        outcome_vars=("y",),
+        observations=VISIT_SCORES,
+        fast_variant=fast,
+    )
 
 
-def _add_summaries(design: TrialDesign, time_change, nac_change, curvature, nac_curvature) -> None:
-    """nac_effect (NAC - placebo) and placebo_change per scheduled week, dims week."""
-    w1, w2, wq = design.week_t1, design.week_t2, curve_basis(design.week_t1)
-    placebo = time_change[0] * w1
-    if curvature is not None:
-        placebo = placebo + curvature * wq
-    if design.has_followup:
-        placebo = placebo + time_change[1] * w2
-    pm.Deterministic("placebo_change", placebo, dims="week")
-    if nac_change is None:
-        return
-    nac = nac_change[0] * w1
-    if nac_curvature is not None:
-        nac = nac + nac_curvature * wq
-    if design.has_followup:
-        nac = nac + nac_change[1] * w2
-    pm.Deterministic("nac_effect", nac, dims="week")
+def build_trajectory_marginal(
+    design: TrialDesign, priors: dict | None = None, *, name: str, arm: bool = True, markers: bool = False
+) -> BuiltModel:
+    """The straight-phase member (Gaussian likelihood) with the participant effects integrated out.
+
+    Same population variables, names and dims as `build_trajectory`; the participant effects and
+    the pointwise log-likelihood of 'y' are added after sampling (inference/marginal.py).
+    """
+    if markers:
+        design.require_markers(name)
+    pri = resolve(trajectory_priors(design), priors)
+    stats = visit_stats(design)
+    coords = _coords(design, markers)
+    coords["participant_term"] = FIXED_TERMS
+    with pm.Model(coords=coords) as model:
+        _, _, _, treated = add_visit_data(design, arm)
+        terms = add_population_terms(design, pri, arm, markers, False)
+        chol = add_participant_covariance(pri)
+        level, change1, change2 = participant_coefficients(design, terms, treated)
+        fixed = pm.Deterministic(FIXED_VAR, pt.stack([level, change1, change2], axis=1), dims=("participant", "participant_term"))
+        sigma = rv("residual_sd", pri["residual_sd"])
+        pm.Potential("y_marginal", marginal_loglik(stats, fixed, chol, sigma).sum())
+        add_effect_summaries(design, terms)
+    return BuiltModel(
+        name=name,
+        model=model,
+        design=design,
+        priors=priors_used(pri, arm=arm, markers=markers, nac_moderation=False, curved=False, likelihood="normal"),
+        outcome_vars=("y",),
+        observations=VISIT_SCORES,
+        marginal=True,
+    )

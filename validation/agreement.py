@@ -103,7 +103,7 @@ def run_agreement(designs, seed: int, draws: int = 1000, tune: int = 500, chains
     for (label, design), s in zip(designs, seeds):
         if sw is None:
             template = design
-            sw = SwappableModel.build(registry.get("treatment").build(design, priors=weak_priors(design)))
+            sw = SwappableModel.build(registry.get("treatment").build(design, priors=weak_priors(design)).model)
         t0 = time.perf_counter()
         idata = sw.fit(trial_data(design, template, sw), seed=s, draws=draws, tune=tune, chains=chains, cores=cores)
         reml = reml_nac_effect(design)

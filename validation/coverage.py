@@ -44,7 +44,7 @@ def run_coverage(n_trials: int, seed: int, model_name: str = "treatment", draws:
     for r, (trial_seed, design, truth) in enumerate(designs):
         if sw is None:
             template = design
-            sw = SwappableModel.build(registry.get(model_name).build(design))
+            sw = SwappableModel.build(registry.get(model_name).build(design).model)
         t0 = time.perf_counter()
         idata = sw.fit(trial_data(design, template, sw), seed=fit_seeds[r], draws=draws, tune=tune, chains=chains, cores=cores)
         div = int(idata.sample_stats["diverging"].sum())

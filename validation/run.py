@@ -53,7 +53,7 @@ def sbc_spec(name: str):
     if name not in SBC_PARAMETERS:
         raise KeyError(f"no SBC set-up for model '{name}'; choose from {sorted(SBC_PARAMETERS)}")
     spec = registry.get(name)
-    return (lambda design, priors=None: spec.build(design, priors=priors)), SBC_PARAMETERS[name]
+    return (lambda design, priors=None: spec.build(design, priors=priors).model), SBC_PARAMETERS[name]
 
 
 def check_sbc(name: str, reps: int, seed: int, out: Path, cores: int, report: Path | None = None) -> dict:

@@ -4,9 +4,9 @@ Most of a cold fit is compiling the log-density (numba, one core), and a main jo
 Fitting them in parallel worker processes keeps both cores busy through the compiles, so the
 main job takes about as long as its slowest model instead of the sum of all of them.
 
-Each worker rebuilds its model from the dataset folder, the registry name and the likelihood
-(a pm.Model does not pickle reliably) and samples it with the same SamplerSettings, so its draws
-are bit-identical to an in-process fit: every random stream comes from settings.seed, and nutpie's
+Each worker builds its model from the loaded dataset (an xarray Dataset, pickled to it), the
+registry name and the likelihood (a pm.Model does not pickle reliably) and samples it with the
+same SamplerSettings, so its draws are bit-identical to an in-process fit: every random stream comes from settings.seed, and nutpie's
 chains do not depend on thread scheduling. Workers start with 'spawn' (no fork of a process that
 already holds compiled code and threads) and their progress lines go to stderr prefixed by the
 model name. A worker's exception is re-raised in the caller as `WorkerFailed`.
@@ -18,10 +18,13 @@ import multiprocessing
 import os
 import sys
 from concurrent.futures import ProcessPoolExecutor
-from pathlib import Path
 from typing import Callable, Iterator
 
-from .sampling import SamplerSettings
+import xarray as xr
+
+from models import build_design, get
+
+from .sampling import SamplerSettings, sample_all
 
 
 class WorkerFailed(RuntimeError):
@@ -71,35 +74,28 @@ def _die_with_parent() -> None:
         pass
 
 
-def _fit_in_worker(name: str, data_dir: str, likelihood: str, settings: SamplerSettings, quiet: bool, after=None):
+def _fit_in_worker(name: str, dataset: xr.Dataset, likelihood: str, settings: SamplerSettings, quiet: bool, after=None):
     """Worker process entry: progress lines prefixed with the model's name, then `_fit_model` and `after`."""
     import warnings
 
     warnings.filterwarnings("ignore", category=FutureWarning)
     sys.stderr = _Prefixed(sys.__stderr__, f"[{name}] ")
-    idata, timings, model, design = _fit_model(name, data_dir, likelihood, settings, quiet)
+    idata, timings, built = _fit_model(name, dataset, likelihood, settings, quiet)
     try:
-        return idata, timings, after(name, idata, model, design) if after is not None else None
+        return idata, timings, after(name, idata, built) if after is not None else None
     except Exception as exc:
         raise AfterFitError(f"{type(exc).__name__}: {exc}") from exc
 
 
-def _fit_model(name: str, data_dir: str, likelihood: str, settings: SamplerSettings, quiet: bool):
-    """Load, build and sample one model; returns (idata, timings, model, design)."""
+def _fit_model(name: str, dataset: xr.Dataset, likelihood: str, settings: SamplerSettings, quiet: bool):
+    """Build and sample one model; returns (idata, timings, built)."""
     import time
 
-    from data import load_dataset
-
-    from .design import build_design
-    from .registry import get
-    from .sampling import sample_all
-
     t0 = time.perf_counter()
-    design = build_design(load_dataset(Path(data_dir)))
-    model = get(name).build(design, likelihood=likelihood)
-    idata, timings = sample_all(model, settings, quiet=quiet)
+    built = get(name).build(build_design(dataset), likelihood=likelihood)
+    idata, timings = sample_all(built, settings, quiet=quiet)
     timings["worker_wall_s"] = time.perf_counter() - t0
-    return idata, timings, model, design
+    return idata, timings, built
 
 
 def default_jobs(n_models: int) -> int:
@@ -109,39 +105,38 @@ def default_jobs(n_models: int) -> int:
 
 def fit_models(
     names: list[str],
-    data_dir: Path,
+    dataset: xr.Dataset,
     likelihood: str,
     settings: SamplerSettings,
     jobs: int,
     quiet: bool = False,
-    in_process: Callable[[str], tuple] | None = None,
     submit_order: list[str] | None = None,
     after: Callable | None = None,
+    announce: Callable[[str], None] | None = None,
 ) -> Iterator[tuple[str, object, dict, object]]:
-    """Yield (name, idata, timings, after(name, idata, model, design)) in the order of `names`, fitting up to
+    """Yield (name, idata, timings, after(name, idata, built)) in the order of `names`, fitting up to
     `jobs` models at once.
 
     `after` (a module-level function or a partial of one, so it pickles) runs in the worker right
-    after the fit, in parallel with the other fits: fit.py stamps, checks, tabulates, saves and
+    after the fit, in parallel with the other fits: deptrial.api stamps, checks, tabulates, saves and
     diagnoses the fit there. Without it the fourth element is None.
 
-    jobs <= 1 (or a single model) fits in this process with `in_process(name)` -> (idata, timings,
-    model, design) when given, which lets the caller reuse the models it has already built. `submit_order` (the slowest first) only
-    changes which model a free worker starts next, not the results or the order they are yielded in.
+    jobs <= 1 (or a single model) fits in this process, one model after another, calling
+    `announce(name)` before each. `submit_order` (the slowest first) only changes which model a free
+    worker starts next, not the results or the order they are yielded in.
     Raises WorkerFailed for the first model (in `names` order) whose fit raised; the other workers are
     then stopped.
     """
     if jobs <= 1 or len(names) <= 1:
         for name in names:
+            if announce is not None:
+                announce(name)
             try:
-                if in_process is not None:
-                    idata, timings, model, design = in_process(name)
-                else:
-                    idata, timings, model, design = _fit_model(name, str(data_dir), likelihood, settings, quiet)
+                idata, timings, built = _fit_model(name, dataset, likelihood, settings, quiet)
             except Exception as exc:
                 raise WorkerFailed(name, exc) from exc
             try:
-                extra = after(name, idata, model, design) if after is not None else None
+                extra = after(name, idata, built) if after is not None else None
             except Exception as exc:
                 raise WorkerFailed(name, exc, stage="after") from exc
             yield name, idata, timings, extra
@@ -153,7 +148,7 @@ def fit_models(
     )
     try:
         order = [n for n in (submit_order or []) if n in names] + [n for n in names if n not in (submit_order or [])]
-        futures = {name: pool.submit(_fit_in_worker, name, str(data_dir), likelihood, settings, quiet, after) for name in order}
+        futures = {name: pool.submit(_fit_in_worker, name, dataset, likelihood, settings, quiet, after) for name in order}
         for name in names:
             try:
                 idata, timings, extra = futures[name].result()

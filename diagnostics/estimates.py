@@ -1,42 +1,18 @@
 """The estimates table: the trial's questions answered in outcome points, from any fitted model.
 
-Lower scores are better on the depression scales handled here, so 'NAC better' is
-P(NAC - placebo < 0) and 'benefit > MCID' is P(NAC - placebo < -MCID).
 Rows are produced for whichever effect summaries a model defines (see each model's
-Deterministics), so new models get a table without new code here.
+Deterministics), so new models get a table without new code here; a model's own extra rows
+(ModelSpec.extra_estimates) are appended by `model_estimates`. Each row is a
+models.effects.effect_row (lower scores are better: 'p_below_0' is P(NAC - placebo < 0)).
 """
 
 from __future__ import annotations
 
 import arviz as az
-import numpy as np
 import pandas as pd
 
 from data.meta import DatasetMeta
-
-HDI_PROB = 0.94
-DEFAULT_MCID = 2.0  # MADRS points: common minimal clinically important drug-placebo difference
-
-
-def effect_row(quantity, draws: np.ndarray, mcid: float | None, **labels) -> dict:
-    draws = np.asarray(draws).reshape(draws.shape[0], -1) if draws.ndim > 1 else draws[None, :]
-    flat = draws.ravel()
-    lo, hi = az.hdi(flat, hdi_prob=HDI_PROB)
-    ess = float(az.ess(draws)) if draws.shape[0] > 1 else float("nan")
-    row = {
-        "quantity": quantity,
-        **labels,
-        "mean": flat.mean(),
-        "sd": flat.std(ddof=1),
-        f"hdi_{(1 - HDI_PROB) / 2:.0%}": lo,
-        f"hdi_{1 - (1 - HDI_PROB) / 2:.0%}": hi,
-        "p_below_0": (flat < 0).mean(),
-        "mcse_mean": flat.std(ddof=1) / np.sqrt(ess) if ess == ess and ess > 0 else float("nan"),
-    }
-    if mcid is not None:
-        row[f"p_below_-{mcid:g}"] = (flat < -mcid).mean()
-    return row
-
+from models.effects import DEFAULT_MCID, effect_row
 
 def estimates_table(idata: az.InferenceData, meta: DatasetMeta, mcid: float = DEFAULT_MCID) -> pd.DataFrame:
     post = idata.posterior
@@ -70,6 +46,14 @@ def estimates_table(idata: az.InferenceData, meta: DatasetMeta, mcid: float = DE
                          marker=str(mk), unit=f"{label} points per doubling ({units.get(str(mk), '')})")
                 )
     table = pd.DataFrame(rows)
+    return table
+
+
+def model_estimates(idata: az.InferenceData, spec, design, mcid: float = DEFAULT_MCID) -> pd.DataFrame:
+    """The generic rows plus the model's own (spec: a models.registry.ModelSpec)."""
+    table = estimates_table(idata, design.meta, mcid=mcid)
+    if spec.extra_estimates is not None:
+        table = pd.concat([table, spec.extra_estimates(idata, design, mcid)], ignore_index=True)
     return table
 
 

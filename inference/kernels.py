@@ -1,4 +1,4 @@
-"""The marginal models' log density and gradient as one compiled function (headline, treatment, null).
+"""The fused log density: the marginal trajectory models' log density and gradient as one numba function.
 
 Why: nutpie compiles a PyMC model by generating one numba function per node of the
 log-density-plus-gradient graph (about 450 for the marginal headline model, models/marginal.py).
@@ -21,8 +21,9 @@ The PyMC model still supplies the variable names, dims, transforms, initial poin
 predictive: only the two functions nutpie calls (log density with gradient, and the expansion of a
 draw into the stored variables) change. Priors outside the supported families (locations: Normal;
 scales: HalfNormal, Exponential, Gamma, HalfCauchy) or a model this module does not recognise make
-`fused_layout` raise Unsupported (models/marginal.py then returns no layout), and the compiled
-graph is used instead.
+`fused_layout` raise Unsupported, and inference/compile.py compiles the graph instead. The C
+callbacks (`_logp_c`, `_expand_c`) are turned into numba cfuncs, cached on disk, and handed to
+nutpie by inference/compile.py.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ from functools import lru_cache
 
 import numba
 import numpy as np
+
+from models.marginal import visit_stats
 
 HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 LOG2PI = math.log(2.0 * math.pi)
@@ -646,17 +649,14 @@ class FusedLayout:
     shape_info: tuple  # (names, slices, shapes), as nutpie's own compile produces
 
 
-def fused_layout(model, design, priors) -> FusedLayout:
-    """Layout and data of a marginal trajectory `model` (models/marginal.py) built from `design` with `priors`.
+def fused_layout(model, design, priors, shapes: dict) -> FusedLayout:
+    """Layout and data of a marginal trajectory `model` (models/trajectory.build_trajectory_marginal) built from
+    `design` with `priors`; `shapes` maps each stored variable to its shape (as nutpie computes them).
 
     Covers the headline model (arm and baseline markers), the treatment model (arm, no markers)
     and the null model (neither). Raises Unsupported when the model is not one this module
     computes exactly.
     """
-    from nutpie.compile_pymc import _compute_shapes
-
-    from .marginal import visit_stats
-
     joined = [model.rvs_to_values[rv].name for rv in model.free_RVs]
     unknown = [n for n in joined if n not in X_BLOCKS]
     if unknown:
@@ -676,7 +676,6 @@ def fused_layout(model, design, priors) -> FusedLayout:
             continue
         pri[3 * slot : 3 * slot + 3] = _prior_triple(priors[key], kind)
 
-    shapes = _compute_shapes(model)
     names, slices, shape_list = [], [], []
     xoff, eoff = -np.ones(len(X_BLOCKS)), -np.ones(len(E_BLOCKS))
     pos = 0
@@ -773,29 +772,6 @@ def _expand_c(dim, expanded, x_, out_, ctx_):
     return 0
 
 
-_COMPILED: dict = {}
-
-
-def compiled_functions(cache_folder=None):
-    """(logp cfunc, expand cfunc), compiled once per process; from numba's disk cache in cache_folder if given."""
-    key = str(cache_folder)
-    if key in _COMPILED:
-        return _COMPILED[key]
-    from numba import types
-
-    logp_sig = types.int64(types.uint64, types.CPointer(types.double), types.CPointer(types.double), types.CPointer(types.double), types.voidptr)
-    expand_sig = types.int64(types.uint64, types.uint64, types.CPointer(types.double), types.CPointer(types.double), types.voidptr)
-    cache = cache_folder is not None
-    if cache:
-        from . import sampling
-
-        sampling.register_cached(_logp_c, cache_folder, "fused-logp-" + source_key())
-        sampling.register_cached(_expand_c, cache_folder, "fused-expand-" + source_key())
-    funcs = (numba.cfunc(logp_sig, cache=cache)(_logp_c), numba.cfunc(expand_sig, cache=cache)(_expand_c))
-    _COMPILED[key] = funcs
-    return funcs
-
-
 @lru_cache(maxsize=1)
 def source_key() -> str:
     """Hash of this file and the numba version: the compiled functions' cache key."""
@@ -803,34 +779,3 @@ def source_key() -> str:
     from pathlib import Path
 
     return hashlib.sha256(Path(__file__).read_bytes() + numba.__version__.encode()).hexdigest()[:24]
-
-
-def compile_fused(model, layout: FusedLayout, cache_folder=None):
-    """A nutpie compiled model that calls the fused functions; names, dims and initial points from `model`."""
-    from nutpie.compile_pymc import CompiledPyMCModel, _prepare_dims_and_coords, _rv_dict_to_flat_array_wrapper, _wrap_with_lock
-    from pymc.initial_point import make_initial_point_fn
-
-    logp_c, expand_c = compiled_functions(cache_folder)
-    names, slices, shapes = layout.shape_info
-    n_joined = len(model.free_RVs)
-    point_fn = make_initial_point_fn(
-        model=model, default_strategy="support_point", jitter_rvs=set(model.free_RVs), return_transformed=True
-    )
-    # the chains ask for initial points from several threads; PyTensor functions are not thread-safe
-    initial = _rv_dict_to_flat_array_wrapper(_wrap_with_lock(point_fn), names=names[:n_joined], shapes=shapes[:n_joined])
-    dims, coords = _prepare_dims_and_coords(model, layout.shape_info)
-    return CompiledPyMCModel(
-        _n_dim=layout.n_dim,
-        dims=dims,
-        _coords=coords,
-        _shapes={name: tuple(shape) for name, shape in zip(names, shapes)},
-        compiled_logp_func=logp_c,
-        compiled_expand_func=expand_c,
-        initial_point_func=initial,
-        shared_data={},
-        user_data=layout.ctx,
-        n_expanded=layout.n_expanded,
-        shape_info=layout.shape_info,
-        logp_func=None,
-        expand_func=None,
-    )

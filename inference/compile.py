@@ -1,15 +1,5 @@
-"""Sampling a built model into one InferenceData with every group a later step needs.
-
-One seed drives everything: it is split (numpy SeedSequence) into independent streams for
-the prior draws, the posterior sampler and the posterior predictive (the fourth stream draws
-the participant effects on the fast path), so the same seed gives the same numbers and
-changing the number of prior draws does not change the posterior.
-
-Fast path: a model may carry `fast_variant` (a zero-argument builder of an exactly equivalent
-model that samples faster, e.g. the headline model with its Gaussian participant effects
-integrated out, models/marginal.py). `sample_all` then samples that variant and completes the
-fit (participant effects, log-likelihood, predictions) so the InferenceData has the same
-variables as the plain path; `SamplerSettings(fast=False)` (`fit.py --plain`) keeps the plain path.
+"""Compiling a model for nutpie: the compiled-model cache, the fused log density, and every use of
+another library's internals, in this one module.
 
 Compiled-model cache: nutpie's compile is mostly numba JIT of the log-density wrapper, which
 nutpie cannot cache on disk. `compile_nutpie` rebuilds that wrapper without closures and keys
@@ -17,6 +7,16 @@ numba's on-disk cache by PyTensor's hash of the log-density graph plus the shape
 it reads, so a second fit of the same model in a new process loads machine code instead of
 recompiling. The cache lives in $DEPTRIAL_CACHE (default ~/.cache/deptrial); DEPTRIAL_CACHE=off
 disables it.
+
+Fused log density: a marginal trajectory model is given the hand-written log density and gradient
+of inference/kernels.py as two C callbacks, compiled once per machine and cached the same way.
+
+Internals used (each checked against TESTED_VERSIONS before use):
+- numba: a cache locator class (numba.core.caching), BaseContext.make_constant_array, numba.cfunc;
+- nutpie: compile_pymc's _make_c_logp_func/_make_c_expand_func, _compute_shapes,
+  CompiledPyMCModel, _prepare_dims_and_coords, _rv_dict_to_flat_array_wrapper, _wrap_with_lock;
+- PyTensor: the numba dispatch of Erfcinv and the cache of compiled source functions.
+Every patch is undone when its block ends, so nothing else in the process changes.
 """
 
 from __future__ import annotations
@@ -24,50 +24,55 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-import sys
-import time
 import warnings
 from contextlib import contextmanager
-from dataclasses import dataclass
+from functools import lru_cache
+from importlib import metadata
 from pathlib import Path
 
-import arviz as az
+import numba
 import numpy as np
-import pymc as pm
 
-from .fused import ndtri, source_key
+from models.contract import BuiltModel
 
-SAMPLERS = ("nutpie", "pymc")
+from . import kernels
 
-
-@dataclass(frozen=True)
-class SamplerSettings:
-    sampler: str = "nutpie"
-    draws: int = 1500
-    tune: int = 1000
-    chains: int = 4
-    cores: int = 2
-    target_accept: float = 0.9
-    prior_draws: int = 500
-    seed: int = 1
-    fast: bool = True  # sample a model's exact fast variant when it has one (models/marginal.py)
-    fused: bool = True  # on the fast path, nutpie calls the hand-fused log density (models/fused.py)
-
-    def as_attrs(self) -> dict:
-        return {f"sampler_{k}": v for k, v in self.__dict__.items()}
+# the versions whose internals this module was written against: (lowest, first excluded) per package
+TESTED_VERSIONS = {"nutpie": ((0, 16), (0, 17)), "numba": ((0, 61), (0, 66)), "pytensor": ((2, 31), (2, 39))}
 
 
-def seed_streams(seed: int, n: int = 4) -> list[int]:
-    """Independent 32-bit seeds for prior, posterior, predictive and spare streams."""
-    return [int(s.generate_state(1)[0]) for s in np.random.SeedSequence(seed).spawn(n)]
+def _version_tuple(text: str) -> tuple[int, ...]:
+    parts = []
+    for piece in text.split(".")[:3]:
+        digits = "".join(ch for ch in piece if ch.isdigit())
+        if not digits:
+            break
+        parts.append(int(digits))
+    return tuple(parts)
 
 
-def _log(msg: str, quiet: bool) -> None:
-    if not quiet:
-        print(msg, file=sys.stderr, flush=True)
+@lru_cache(maxsize=1)
+def internals_supported() -> bool:
+    """Whether the installed nutpie, numba and PyTensor are versions whose internals this module knows."""
+    outside = []
+    for package, (low, high) in TESTED_VERSIONS.items():
+        try:
+            found = _version_tuple(metadata.version(package))
+        except metadata.PackageNotFoundError:
+            outside.append(f"{package} not installed")
+            continue
+        if not low <= found[: len(low)] < high:
+            outside.append(f"{package} {metadata.version(package)}")
+    if outside:
+        warnings.warn(
+            f"{', '.join(outside)}: outside the versions the compiled-model cache and the fused log density were "
+            "written for; compiling with nutpie's own path (slower, same results)",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return False
+    return True
 
-
-# ---------------------------------------------------------------- compiled-model cache
 
 _LOGP_SRC = """
 def deptrial_logp(dim, x_, out_, logp_, user_data_):
@@ -120,7 +125,7 @@ def cache_dir() -> Path | None:
 def erfcinv_native(y: float) -> float:
     """erfcinv in plain arithmetic (numba-compilable, so cacheable): -ndtri(y / 2) / sqrt(2).
 
-    ndtri is models/fused.ndtri (Acklam's rational approximation and one Halley step: double
+    ndtri is inference/kernels.ndtri (Acklam's rational approximation and one Halley step: double
     precision). scipy's erfcinv (what PyTensor calls) is a Cython function pointer that numba
     cannot cache.
     """
@@ -130,7 +135,7 @@ def erfcinv_native(y: float) -> float:
         return math.inf
     if y >= 2.0:
         return -math.inf
-    return -ndtri(0.5 * y) / math.sqrt(2.0)
+    return -kernels.ndtri(0.5 * y) / math.sqrt(2.0)
 
 
 def _use_native_erfcinv(on: bool) -> None:
@@ -150,7 +155,7 @@ def _use_native_erfcinv(on: bool) -> None:
     def funcify(op, node=None, **kwargs):
         if any(inp.type.dtype != "float64" for inp in node.inputs):  # other dtypes: PyTensor's own path
             return numba_funcify_ScalarOp(op, node, **kwargs)
-        return jitted, "deptrial-erfcinv-native-" + source_key()
+        return jitted, "deptrial-erfcinv-native-" + kernels.source_key()
 
     register_funcify_and_cache_key(Erfcinv)(funcify)
 
@@ -207,7 +212,7 @@ def _wrapper_key(tag: str, inner, n_dim: int, n_expanded: int, shared_names, sha
     graph_key = CACHED_SRC_FUNCTIONS.get(getattr(inner, "py_func", None))
     if graph_key is None:
         return None
-    parts = [tag, "v3", graph_key, str(n_dim), str(n_expanded), nutpie.__version__, numba.__version__]
+    parts = [tag, "v4", graph_key, str(n_dim), str(n_expanded), nutpie.__version__, numba.__version__]
     parts += [f"{name}:{shared_data[name].shape}:{shared_data[name].dtype}" for name in shared_names]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:40]
 
@@ -306,21 +311,36 @@ def _cache_entries(folder: Path | None) -> set[str]:
     return {p.name for p in folder.glob("*.nbi")} if folder is not None and folder.is_dir() else set()
 
 
-def compile_nutpie(model: pm.Model, fused: bool = True):
-    """nutpie.compile_pymc_model with the on-disk cache of the numba wrappers; returns (compiled, was_cached).
+def fused_layout(built: BuiltModel) -> kernels.FusedLayout | None:
+    """The fused log density's layout for a marginal model, or None where it does not apply (the graph is compiled)."""
+    if not built.marginal:
+        return None
+    from nutpie.compile_pymc import _compute_shapes
 
-    A model carrying `fused_layout` (the marginal headline, treatment and null models, models/fused.py)
-    is given its hand-fused log density instead of the compiled graph, unless fused=False.
-    was_cached is True when the compile added no new cache entry (it loaded machine code instead).
+    try:
+        return kernels.fused_layout(built.model, built.design, built.priors, _compute_shapes(built.model))
+    except kernels.Unsupported:
+        return None
+
+
+def compile_nutpie(built: BuiltModel, fused: bool = True):
+    """nutpie's compiled model of `built` with the on-disk cache of the numba functions; returns (compiled, was_cached).
+
+    A marginal trajectory model (BuiltModel.marginal) gets the fused log density (inference/kernels.py)
+    instead of the compiled graph, unless fused=False or its priors are outside what the fused
+    function computes. was_cached is True when the compile added no new cache entry (it loaded
+    machine code instead). Where the installed nutpie, numba or PyTensor is not a version these
+    patches were written for (TESTED_VERSIONS), the plain nutpie compile is used, without cache or
+    fused function, and a warning says so.
     """
     import nutpie
 
+    model = built.model
+    if not internals_supported():
+        return nutpie.compile_pymc_model(model, backend="numba"), False
     folder = cache_dir()
-    make_layout = getattr(model, "fused_layout", None) if fused else None
-    layout = make_layout() if make_layout is not None else None  # None: priors the fused function lacks
+    layout = fused_layout(built) if fused else None
     if layout is not None:
-        from .fused import compile_fused
-
         before = _cache_entries(folder)
         compiled = compile_fused(model, layout, folder)
         return compiled, bool(before) and _cache_entries(folder) <= before
@@ -337,123 +357,56 @@ def compile_nutpie(model: pm.Model, fused: bool = True):
     return compiled, bool(before) and _cache_entries(folder) <= before
 
 
-def sample_posterior(model: pm.Model, settings: SamplerSettings, quiet: bool = False) -> tuple[az.InferenceData, dict]:
-    """Posterior draws with the chosen sampler; returns (idata, timings in seconds)."""
-    _, post_seed, _, _ = seed_streams(settings.seed)
-    timings = {}
-    if settings.sampler == "nutpie":
-        import nutpie
+# ---------------------------------------------------------------- the fused log density
 
-        t0 = time.perf_counter()
-        compiled, cached = compile_nutpie(model, fused=settings.fused)
-        timings["compile_s"] = time.perf_counter() - t0
-        timings["compile_cached"] = float(cached)
-        _log(f"  compiled in {timings['compile_s']:.1f} s; sampling {settings.chains} chains x {settings.draws} draws", quiet)
-        t0 = time.perf_counter()
-        idata = nutpie.sample(
-            compiled,
-            draws=settings.draws,
-            tune=settings.tune,
-            chains=settings.chains,
-            cores=settings.cores,
-            seed=post_seed,
-            target_accept=settings.target_accept,
-            progress_bar=not quiet and sys.stderr.isatty(),
-            save_warmup=False,
-        )
-        timings["sample_s"] = time.perf_counter() - t0
-    elif settings.sampler == "pymc":
-        t0 = time.perf_counter()
-        with model:
-            idata = pm.sample(
-                draws=settings.draws,
-                tune=settings.tune,
-                chains=settings.chains,
-                cores=settings.cores,
-                random_seed=post_seed,
-                target_accept=settings.target_accept,
-                progressbar=not quiet and sys.stderr.isatty(),
-                compute_convergence_checks=False,
-            )
-        timings["sample_s"] = time.perf_counter() - t0
-    else:
-        raise ValueError(f"unknown sampler '{settings.sampler}'; choose from {SAMPLERS}")
-    # Posterior-only keeps ordering identical across samplers; groups are added below.
-    for group in ("observed_data", "constant_data", "warmup_posterior", "warmup_sample_stats"):
-        if group in idata.groups():
-            del idata[group]
-    return idata, timings
+_COMPILED: dict = {}
 
 
-def outcome_vars(model: pm.Model) -> list[str]:
-    """The observed outcome variables (log-likelihood and predictions); auxiliary blocks excluded.
+def fused_functions(cache_folder=None):
+    """(logp cfunc, expand cfunc), compiled once per process; from numba's disk cache in cache_folder if given."""
+    key = str(cache_folder)
+    if key in _COMPILED:
+        return _COMPILED[key]
+    from numba import types
 
-    A model may declare `model.outcome_vars`; otherwise 'y' when present, else every observed RV.
-    """
-    declared = getattr(model, "outcome_vars", None)
-    if declared:
-        return list(declared)
-    names = [v.name for v in model.observed_RVs]
-    return ["y"] if "y" in names else names
-
-
-def sample_all(model: pm.Model, settings: SamplerSettings, quiet: bool = False) -> tuple[az.InferenceData, dict]:
-    """Prior, prior predictive, posterior, posterior predictive, log-likelihood, observed and constant data.
-
-    Samples the model's exact fast variant when it has one and settings.fast (see the module doc);
-    the prior, prior predictive, observed and constant data always come from `model` itself.
-    """
-    prior_seed, _, pred_seed, spare_seed = seed_streams(settings.seed)
-    t_start = time.perf_counter()
-    _log("  sampling prior predictive", quiet)
-    with model, warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        prior = pm.sample_prior_predictive(draws=settings.prior_draws, random_seed=prior_seed)
-    variant = getattr(model, "fast_variant", None) if settings.fast else None
-    if variant is not None:
-        from .marginal import finish_marginal_fit
-
-        fast_model = variant()
-        _log("  fast path: participant effects integrated out analytically, recovered after sampling", quiet)
-        idata, timings = sample_posterior(fast_model, settings, quiet)
-        timings.update(finish_marginal_fit(idata, fast_model.marginal_design, spare_seed, pred_seed))
-    else:
-        idata, timings = sample_posterior(model, settings, quiet)
-        t0 = time.perf_counter()
-        with model:
-            pm.compute_log_likelihood(idata, var_names=outcome_vars(model), extend_inferencedata=True, progressbar=False)
-            timings["log_likelihood_s"] = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            pm.sample_posterior_predictive(
-                idata, var_names=outcome_vars(model), random_seed=pred_seed, extend_inferencedata=True, progressbar=False
-            )
-            timings["posterior_predictive_s"] = time.perf_counter() - t0
-        idata.posterior.attrs["fit_path"] = "plain"
-    for group in ("prior", "prior_predictive"):
-        if group in prior.groups():
-            idata.add_groups({group: prior[group]})
-    # observed/constant data from the model itself, identical whichever sampler ran
-    _add_data_groups(idata, model)
-    timings["total_s"] = time.perf_counter() - t_start
-    return idata, timings
+    logp_sig = types.int64(types.uint64, types.CPointer(types.double), types.CPointer(types.double), types.CPointer(types.double), types.voidptr)
+    expand_sig = types.int64(types.uint64, types.uint64, types.CPointer(types.double), types.CPointer(types.double), types.voidptr)
+    cache = cache_folder is not None
+    if cache:
+        register_cached(kernels._logp_c, cache_folder, "fused-logp-" + kernels.source_key())
+        register_cached(kernels._expand_c, cache_folder, "fused-expand-" + kernels.source_key())
+    funcs = (numba.cfunc(logp_sig, cache=cache)(kernels._logp_c), numba.cfunc(expand_sig, cache=cache)(kernels._expand_c))
+    _COMPILED[key] = funcs
+    return funcs
 
 
-def _add_data_groups(idata: az.InferenceData, model: pm.Model) -> None:
-    import xarray as xr
 
-    coords = {k: np.asarray(v) for k, v in model.coords.items() if v is not None}
+def compile_fused(model, layout: kernels.FusedLayout, cache_folder=None):
+    """A nutpie compiled model that calls the fused functions; names, dims and initial points from `model`."""
+    from nutpie.compile_pymc import CompiledPyMCModel, _prepare_dims_and_coords, _rv_dict_to_flat_array_wrapper, _wrap_with_lock
+    from pymc.initial_point import make_initial_point_fn
 
-    def dataset(variables):
-        out = {}
-        for var in variables:
-            value = model.rvs_to_values[var] if var in model.rvs_to_values else var
-            arr = np.asarray(value.eval() if hasattr(value, "eval") else value)
-            dims = model.named_vars_to_dims.get(var.name, [f"{var.name}_dim_{i}" for i in range(arr.ndim)])
-            out[var.name] = xr.DataArray(arr, dims=dims, coords={d: coords[d] for d in dims if d in coords})
-        return xr.Dataset(out)
-
-    for group in ("observed_data", "constant_data"):
-        if group in idata.groups():
-            del idata[group]
-    idata.add_groups({"observed_data": dataset(model.observed_RVs)})
-    idata.add_groups({"constant_data": dataset(model.data_vars)})
+    logp_c, expand_c = fused_functions(cache_folder)
+    names, slices, shapes = layout.shape_info
+    n_joined = len(model.free_RVs)
+    point_fn = make_initial_point_fn(
+        model=model, default_strategy="support_point", jitter_rvs=set(model.free_RVs), return_transformed=True
+    )
+    # the chains ask for initial points from several threads; PyTensor functions are not thread-safe
+    initial = _rv_dict_to_flat_array_wrapper(_wrap_with_lock(point_fn), names=names[:n_joined], shapes=shapes[:n_joined])
+    dims, coords = _prepare_dims_and_coords(model, layout.shape_info)
+    return CompiledPyMCModel(
+        _n_dim=layout.n_dim,
+        dims=dims,
+        _coords=coords,
+        _shapes={name: tuple(shape) for name, shape in zip(names, shapes)},
+        compiled_logp_func=logp_c,
+        compiled_expand_func=expand_c,
+        initial_point_func=initial,
+        shared_data={},
+        user_data=layout.ctx,
+        n_expanded=layout.n_expanded,
+        shape_info=layout.shape_info,
+        logp_func=None,
+        expand_func=None,
+    )

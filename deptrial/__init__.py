@@ -1,0 +1,33 @@
+"""deptrial: Bayesian analysis of depression trials with biomarkers (the Python entry points).
+
+    import deptrial
+    trial = deptrial.load_dataset(deptrial.DEFAULT_DATASET)
+    run = deptrial.fit_trial(trial, ["null", "treatment", "headline"], deptrial.SamplerSettings(seed=1), out="results")
+    print(run.estimates)
+
+See README.md and docs/ for the models, the data format and the outputs.
+"""
+
+from data import DEFAULT_DATASET, DatasetError, load_dataset
+from data.atomic import OutputBusy
+from inference.sampling import SamplerSettings
+from models import ModelDataError
+
+from .api import DEFAULT_MODELS, FinishingFailed, ModelFit, RunResult, SamplingFailed, fit_trial, list_models, rediagnose
+
+__all__ = [
+    "DEFAULT_DATASET",
+    "DEFAULT_MODELS",
+    "DatasetError",
+    "FinishingFailed",
+    "ModelDataError",
+    "ModelFit",
+    "OutputBusy",
+    "RunResult",
+    "SamplerSettings",
+    "SamplingFailed",
+    "fit_trial",
+    "list_models",
+    "load_dataset",
+    "rediagnose",
+]

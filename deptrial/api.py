@@ -1,0 +1,421 @@
+"""The Python entry points: fit a trial's models and write everything `python fit.py` writes; re-diagnose saved fits.
+
+    import deptrial
+    run = deptrial.fit_trial(deptrial.load_dataset(deptrial.DEFAULT_DATASET), ["null", "treatment"], out="results")
+    run.estimates                       # one table, every model's effects
+    run.comparison["participant"]       # LOO comparison of the visit-score models
+    run.report                          # path of report.html
+
+fit.py and diagnose.py are thin command lines over `fit_trial` and `rediagnose`. Everything the
+data could refuse is refused before the first fit (bad data, a model the data cannot support, a
+likelihood the model does not have, an existing output folder). The results folder is written
+atomically: on failure nothing is left at `out`.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Callable, Sequence
+
+import pandas as pd
+import xarray as xr
+
+from data import DatasetError, changes_of, load_dataset
+from data.atomic import OutputBusy, locked_output, output_lock
+from diagnostics.convergence import Verdict, verdict
+from diagnostics.estimates import format_estimates, model_estimates
+from diagnostics.loo import KFOLD_K
+from diagnostics.ppc import REMISSION_CUTOFF
+from diagnostics.run import REFIT_MIN_DRAWS, RunDiagnostics, diagnose_model, diagnose_run, load_run, write_outputs
+from inference.idata_io import provenance, save_idata, stamp, versions
+from inference.jobs import WorkerFailed, default_jobs, fit_models
+from inference.sampling import SamplerSettings
+from models import REGISTRY, ModelDataError, build_design, get
+from models.design import TrialDesign
+from models.effects import DEFAULT_MCID
+from models.priors import to_json
+from planning.params import design_constants
+
+DEFAULT_MODELS = ("null", "treatment", "headline")  # the main job's comparison
+
+
+class SamplingFailed(RuntimeError):
+    """A model's sampling raised (e.g. no chain could initialise): reported with advice."""
+
+    def __init__(self, model: str, exc: BaseException):
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        cause = " ".join(line.strip() for line in str(exc).splitlines()[1:4] if line.strip() and "backtrace" not in line.lower())
+        text = f"sampling model '{model}' failed: {type(exc).__name__}: {first}" + (f" ({cause})" if cause else "")
+        if "init" in str(exc).lower():
+            advice = (
+                "no chain could start: the log-density is not finite at the starting points. Check the data for "
+                "extreme values, try the robust model (--likelihood student), another --seed, or --sampler pymc"
+            )
+        else:
+            advice = (
+                "try more tuning (--tune), a higher --target-accept (e.g. 0.95), the robust model "
+                "(--likelihood student), or --sampler pymc to cross-check"
+            )
+        super().__init__(f"{text}\nadvice: {advice}")
+
+
+class FinishingFailed(RuntimeError):
+    """A model sampled but writing or checking its results failed (e.g. a full disk)."""
+
+
+@dataclass
+class ModelFit:
+    """One model's fit: the InferenceData (as saved in out/<name>/idata.nc), its estimates, verdict and timings."""
+
+    name: str
+    idata: object
+    estimates: pd.DataFrame
+    verdict: Verdict
+    timings: dict
+    notes: dict = field(default_factory=dict)
+
+
+@dataclass
+class RunResult:
+    """What `fit_trial` wrote into `out`, in memory."""
+
+    out: Path
+    fits: dict[str, ModelFit]
+    run: dict  # the content of run.json
+    diagnostics: RunDiagnostics | None = None  # PPC, LOO and comparison of the visit-score models
+    report: Path | None = None
+
+    @property
+    def estimates(self) -> pd.DataFrame:
+        """Every model's estimates in one table, with a 'model' column first."""
+        tables = [f.estimates.assign(model=name) for name, f in self.fits.items() if not f.estimates.empty]
+        if not tables:
+            return pd.DataFrame()
+        table = pd.concat(tables, ignore_index=True)
+        return table[["model", *[c for c in table.columns if c != "model"]]]
+
+    @property
+    def comparison(self) -> dict[str, pd.DataFrame]:
+        """The LOO comparison tables by level ('visit', 'participant'); empty without comparable models."""
+        return dict(self.diagnostics.comparisons) if self.diagnostics is not None else {}
+
+    @property
+    def converged(self) -> bool:
+        return all(f.verdict.ok for f in self.fits.values())
+
+
+def list_models() -> dict[str, str]:
+    """Registered model names and their descriptions."""
+    return {name: spec.description for name, spec in REGISTRY.items()}
+
+
+def _dataset(data) -> tuple[xr.Dataset, str]:
+    """(validated dataset, its source) from a folder path or an already loaded dataset."""
+    if isinstance(data, xr.Dataset):
+        return data, str(data.attrs.get("source", ""))
+    return load_dataset(data), str(data)
+
+
+def model_specs(models: Sequence[str], likelihood: str) -> list:
+    """The registry specs of `models` (KeyError for an unknown name, ValueError for a likelihood a model lacks)."""
+    specs = [get(n) for n in dict.fromkeys(models)]
+    for spec in specs:
+        if likelihood not in spec.likelihoods:
+            raise ValueError(f"model '{spec.name}' supports likelihoods {spec.likelihoods}, not '{likelihood}'")
+    return specs
+
+
+def fit_trial(
+    data,
+    models: Sequence[str] = DEFAULT_MODELS,
+    settings: SamplerSettings | None = None,
+    *,
+    out: str | Path = "results",
+    likelihood: str = "normal",
+    mcid: float = DEFAULT_MCID,
+    remission_cutoff: float = REMISSION_CUTOFF,
+    kfold: int = 0,
+    jobs: int | None = None,
+    force: bool = False,
+    quiet: bool = True,
+    echo: Callable[[str], None] | None = None,
+) -> RunResult:
+    """Fit `models` to a trial and write InferenceData, tables, the comparison and report.html into `out`.
+
+    data      a dataset folder (docs/data.md) or a dataset returned by `load_dataset`
+    models    registered model names (`list_models()`)
+    settings  sampler settings (chains, draws, seed...); the same seed gives the same numbers
+    kfold     refit units with high Pareto k by grouped K-fold (K >= 2; 0: no refits)
+    jobs      models fitted at once, one process each (default: one per model, at most one per core)
+    force     replace an existing `out`
+    quiet     no progress lines on stderr
+    echo      where the per-model summaries and the comparison sentences go (fit.py passes print)
+
+    Raises DatasetError (bad data), ModelDataError (data a model cannot use), KeyError (unknown
+    model), ValueError (bad argument), FileExistsError / OutputBusy (output folder), SamplingFailed,
+    FinishingFailed. Nothing is written at `out` unless the whole run succeeds.
+    """
+    settings = settings or SamplerSettings()
+    out = Path(out)
+    say = echo or (lambda text: None)
+    log = (lambda text: None) if quiet else (lambda text: print(text, file=sys.stderr, flush=True))
+    if kfold < 0 or kfold == 1:
+        raise ValueError("kfold must be 0 (no refits) or at least 2")
+    if jobs is not None and jobs < 1:
+        raise ValueError("jobs must be at least 1")
+    specs = model_specs(models, likelihood)
+    if out.exists() and not force:
+        raise FileExistsError(f"output folder {out} already exists; choose another --out or pass --force to replace it")
+    ds, source = _dataset(data)
+    changes = changes_of(ds)
+    if changes:  # what the loader accepted but altered is never silent
+        print(f"data: the loader changed {len(changes)} thing(s) (saved in run.json):", file=sys.stderr)
+        for change in changes:
+            print(f"  - {change['text']}", file=sys.stderr)
+    design = build_design(ds)
+    for spec in specs:  # data a model cannot use: refused before the first fit
+        spec.require(design)
+    with locked_output(out, overwrite=force) as tmp:
+        fits, run, diag, report = _run(specs, ds, design, source, changes, settings, tmp, out,
+                                       likelihood=likelihood, mcid=mcid, remission_cutoff=remission_cutoff, kfold=kfold,
+                                       jobs=jobs, quiet=quiet, log=log, say=say)
+    return RunResult(out=out, fits=fits, run=run, diagnostics=diag, report=out / report.name if report is not None else None)
+
+
+def finish_fit(name: str, idata, built, *, out: str, data_source: str, likelihood: str, settings: SamplerSettings,
+               info: dict, changes: list, mcid: float, remission_cutoff: float) -> dict:
+    """Everything one model's fit needs before the comparison, run in its worker process beside the
+    other fits (or in this process with jobs=1): the provenance stamp, the convergence verdict, the
+    estimates, the files in out/<name>/, and for visit-score models the PPC, LOO and figures."""
+    t0 = time.perf_counter()
+    spec, design = get(name), built.design
+    stamp(
+        idata,
+        model=name,
+        likelihood=likelihood,
+        priors=to_json(built.priors),
+        seed=settings.seed,
+        data_checksum=design.checksum,
+        data_source=data_source,
+        settings=settings.__dict__,
+        data_summary=info,
+        data_notes=built.notes,
+        data_changes=changes,
+        design_constants=design_constants(design),  # time coding and marker scaling, for plan.py
+    )
+    check = verdict(idata)
+    table = model_estimates(idata, spec, design, mcid)
+    folder = Path(out) / name
+    folder.mkdir()
+    save_idata(idata, folder / "idata.nc")
+    check.table.to_csv(folder / "convergence.csv")
+    summary_table(idata).to_csv(folder / "summary.csv")
+    table.to_csv(folder / "estimates.csv", index=False)
+    (folder / "convergence.txt").write_text(check.text() + "\n")
+    t1 = time.perf_counter()
+    diagnosed = None
+    if spec.comparable:  # its PPC, LOO and figures, for the report
+        labels = (design.meta.control_arm, design.meta.treatment_arm)
+        diagnosed = diagnose_model(name, idata, table, design.treated, labels, remission_cutoff, spec.description, check=check)
+    return {"check": check, "table": table, "notes": built.notes, "diagnostics": diagnosed,
+            "finish_s": t1 - t0, "diagnose_s": time.perf_counter() - t1}
+
+
+def _run(specs, ds, design, source, changes, settings, tmp: Path, out: Path, *, likelihood, mcid, remission_cutoff, kfold,
+         jobs, quiet, log, say):
+    fits: dict[str, ModelFit] = {}
+    diagnosed, diagnose_s = {}, 0.0  # per-model diagnostics of the visit-score fits
+    run = {"data": source, "checksum": design.checksum, "data_changes": changes, "models": {}, "settings": settings.__dict__, "versions": versions()}
+    info = data_summary(design)
+    log(info_text(info))
+    names = [s.name for s in specs]
+    jobs = jobs if jobs is not None else default_jobs(len(names))
+    if jobs > 1 and len(names) > 1:
+        log(f"\nfitting {len(names)} models, {jobs} at a time (one process each; --jobs 1 fits them in turn)")
+    finish = partial(
+        finish_fit, out=str(tmp), data_source=source, likelihood=likelihood, settings=settings, info=info,
+        changes=changes, mcid=mcid, remission_cutoff=remission_cutoff,
+    )
+    # models with biomarkers (the largest) first, so the longest compile starts at once and the small ones fill the other core
+    order = list(REGISTRY)
+    submit = sorted(names, key=lambda n: (not get(n).needs, -order.index(n)))
+    stream = fit_models(
+        names, ds, likelihood, settings, jobs, quiet=quiet, submit_order=submit, after=finish,
+        announce=lambda n: log(f"\n== {n}: {get(n).description}"),
+    )
+    while True:
+        try:
+            name, idata, timings, done = next(stream)
+        except StopIteration:
+            break
+        except WorkerFailed as exc:  # the sampler's failure becomes advice, not a traceback
+            if exc.stage == "after":
+                raise FinishingFailed(f"saving or checking the fit of model '{exc.model}' failed: {exc.cause}") from exc
+            raise SamplingFailed(exc.model, exc.cause) from exc
+        check, table, notes = done["check"], done["table"], done["notes"]
+        if notes.get("text"):
+            log(f"  {notes['text']}")
+        wall = timings.get("worker_wall_s", timings.get("total_s", 0.0))  # fit only; finishing is timed apart
+        timings.update(wall_s=wall, finish_s=done["finish_s"], diagnose_s=done["diagnose_s"])
+        run["models"][name] = {"converged": check.ok, "timings": timings, "divergences": check.divergences}
+        if notes:
+            run["models"][name]["data_notes"] = notes
+        fits[name] = ModelFit(name, idata, table, check, timings, notes)
+        if done["diagnostics"] is not None:
+            diagnosed[name] = done["diagnostics"]
+            diagnose_s += done["diagnose_s"]
+        say(f"\n{name}: estimates ({design.meta.outcome_label} points unless a row says otherwise; lower scores are better)")
+        say(format_estimates(table))
+        say(check.text())
+        say(f"({timings['wall_s']:.1f} s: compile {timings.get('compile_s', 0):.1f}, sampling {timings['sample_s']:.1f})")
+    # the report's checks (trajectory PPC, visit/participant LOO) need visit-score outcomes; models of other
+    # outcomes (MMRM change from baseline, biomarker change, mediation) keep their convergence.txt and estimates.csv
+    skipped = [n for n in fits if n not in diagnosed]
+    if skipped:
+        run["not_in_report"] = skipped
+        say(f"note: {', '.join(skipped)}: outcome is not the visit scores (y), so no trajectory checks or LOO comparison in the report")
+    diag = report = None
+    if diagnosed:
+        t0 = time.perf_counter()
+        builders = {n: partial(get(n).build, likelihood=likelihood) for n in diagnosed}
+        diag = diagnose_run(
+            {n: fits[n].idata for n in diagnosed},
+            {n: fits[n].estimates for n in diagnosed},
+            design=design,
+            builders=builders,
+            settings=settings,
+            kfold=kfold,
+            remission_cutoff=remission_cutoff,
+            labels=(design.meta.control_arm, design.meta.treatment_arm),
+            descriptions={n: get(n).description for n in diagnosed},
+            title=design.meta.title or source,
+            log=log,
+            refit_min_draws=REFIT_MIN_DRAWS,
+            precomputed=diagnosed,
+        )
+        report = write_outputs(diag, tmp)
+        say("")
+        for level, sentence in diag.plain_language.items():
+            say(f"comparison ({level} level): {sentence}")
+        for note in diag.comparison_notes:
+            say(f"note: {note}")
+        say(f"report: {out / report.name}  ({time.perf_counter() - t0:.1f} s for diagnostics, comparison and report)")
+        run["diagnostics"] = {
+            "comparison": {level: table.reset_index().to_dict(orient="records") for level, table in diag.comparisons.items()},
+            "plain_language": diag.plain_language,
+            "notes": diag.comparison_notes,
+            "ppc_flags": {n: m.ppc.flags() for n, m in diag.models.items()},
+            "wall_s": time.perf_counter() - t0,
+            "per_model_s": diagnose_s,
+        }
+    (tmp / "run.json").write_text(json.dumps(run, indent=2, default=str) + "\n")
+    return fits, run, diag, report
+
+
+def summary_table(idata):
+    import arviz as az
+
+    names = [v for v in idata.posterior.data_vars if v not in ("participant_raw", "participant_effects") and not v.startswith("marker_missing") and not v.startswith("marker_censored")]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return az.summary(idata, var_names=names, hdi_prob=0.94)
+
+
+def data_summary(design: TrialDesign) -> dict:
+    import numpy as np
+
+    treated = design.treated.astype(bool)
+    info = {
+        "participants": int(design.n_participants),
+        "by_arm": {design.meta.treatment_arm: int(treated.sum()), design.meta.control_arm: int((~treated).sum())},
+        "arms": {"control": design.meta.control_arm, "treatment": design.meta.treatment_arm},
+        "sites": len(design.sites),
+        "visits_observed": int(len(design.y)),
+        "observed_by_week": {int(w): int((design.obs_week == w).sum()) for w in design.weeks},
+    }
+    if design.baseline is not None:
+        b = design.baseline
+        info["baseline_markers_imputed"] = int(b.n_missing)
+        info["baseline_markers_below_lod"] = int(b.n_censored)
+        info["baseline_markers_observed"] = int(np.sum(~b.missing & ~b.censored))
+    return info
+
+
+def info_text(info: dict) -> str:
+    arms = ", ".join(f"{k} {v}" for k, v in info["by_arm"].items())
+    weeks = ", ".join(f"w{w}: {n}" for w, n in info["observed_by_week"].items())
+    text = f"data: {info['participants']} participants ({arms}), {info['sites']} sites, {info['visits_observed']} visits ({weeks})"
+    if "baseline_markers_imputed" in info:
+        text += (
+            f"\nbaseline biomarker values: {info['baseline_markers_observed']} observed, "
+            f"{info['baseline_markers_imputed']} missing (imputed in the model), {info['baseline_markers_below_lod']} below detection limit (censored)"
+        )
+    return text
+
+
+# ---------------------------------------------------------------- saved fits
+
+
+def refit_context(idatas: dict, seed: int | None = None):
+    """(design, builders, settings) to refit the saved models, from the data they were fitted to (ValueError if unavailable)."""
+    import dataclasses
+
+    prov = provenance(next(iter(idatas.values())))
+    source = prov.get("data_source")
+    if not source or not Path(source).is_dir():
+        raise ValueError(f"cannot refit: the dataset the fits were made from ({source}) is not available")
+    try:
+        ds = load_dataset(source)
+    except DatasetError as exc:
+        raise ValueError(f"cannot refit: {exc}") from exc
+    design = build_design(ds)
+    if design.checksum != prov.get("data_checksum"):
+        raise ValueError(f"cannot refit: the dataset at {source} changed since the fit (checksum differs)")
+    builders = {}
+    for name, idata in idatas.items():
+        p = provenance(idata)
+        try:
+            spec = get(str(p.get("model", name)))
+        except KeyError as exc:
+            raise ValueError(f"cannot refit '{name}': {exc.args[0]}") from exc
+        builders[name] = partial(spec.build, likelihood=str(p.get("likelihood", "normal")))
+    saved = prov.get("settings") or {}
+    fields = {f.name for f in dataclasses.fields(SamplerSettings)}
+    settings = SamplerSettings(**{k: v for k, v in saved.items() if k in fields})
+    if seed is not None:
+        settings = dataclasses.replace(settings, seed=seed)
+    return design, builders, settings
+
+
+def rediagnose(results: str | Path, *, kfold: int = 0, refit_levels: Sequence[str] = ("participant",), seed: int | None = None,
+               remission_cutoff: float = REMISSION_CUTOFF, quiet: bool = True) -> tuple[RunDiagnostics, Path]:
+    """Recompute PPC, LOO, the comparison and report.html from a saved results folder (no refit unless kfold >= 2).
+
+    Raises FileNotFoundError / ValueError (bad folder, data unavailable for refits) and OutputBusy.
+    Returns the diagnostics and the report's path.
+    """
+    if kfold < 0 or kfold == 1:
+        raise ValueError("kfold must be 0 (no refits) or at least 2")
+    results = Path(results)
+    idatas, estimates = load_run(results)
+    design = builders = settings = None
+    if kfold:
+        design, builders, settings = refit_context(idatas, seed)
+    log = (lambda msg: None) if quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    run = diagnose_run(idatas, estimates, design=design, builders=builders, settings=settings, kfold=kfold,
+                       remedy_levels=tuple(refit_levels), remission_cutoff=remission_cutoff, log=log)
+    with output_lock(results):  # never interleave with a fit.py --force replacing this folder
+        report = write_outputs(run, results)
+    return run, report
+
+
+__all__ = [
+    "DEFAULT_MODELS", "FinishingFailed", "ModelDataError", "ModelFit", "OutputBusy", "RunResult", "SamplingFailed",
+    "fit_trial", "list_models", "rediagnose",
+]

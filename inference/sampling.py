@@ -1,0 +1,168 @@
+"""Sampling a built model into one InferenceData with every group a later step needs.
+
+One seed drives everything: it is split (numpy SeedSequence) into independent streams for
+the prior draws, the posterior sampler and the posterior predictive (the fourth stream draws
+the participant effects on the fast path), so the same seed gives the same numbers and
+changing the number of prior draws does not change the posterior.
+
+Fast path: a BuiltModel may offer `fast_variant` (an exactly equivalent model that samples
+faster: the trajectory models with their Gaussian participant effects integrated out,
+models/marginal.py). `sample_all` then samples that variant and completes the fit (participant
+effects, log-likelihood, predictions, inference/marginal.py) so the InferenceData has the same
+variables as the plain path; `SamplerSettings(fast=False)` (`fit.py --plain`) keeps the plain path.
+Compiling (the on-disk cache and the fused log density) is inference/compile.py.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+
+import arviz as az
+import numpy as np
+import pymc as pm
+
+from models.contract import BuiltModel
+
+from .compile import compile_nutpie
+from .marginal import finish_marginal_fit
+
+SAMPLERS = ("nutpie", "pymc")
+
+
+@dataclass(frozen=True)
+class SamplerSettings:
+    sampler: str = "nutpie"
+    draws: int = 1500
+    tune: int = 1000
+    chains: int = 4
+    cores: int = 2
+    target_accept: float = 0.9
+    prior_draws: int = 500
+    seed: int = 1
+    fast: bool = True  # sample a model's exact fast variant when it has one (models/marginal.py)
+    fused: bool = True  # on the fast path, nutpie calls the fused log density (inference/kernels.py)
+
+    def as_attrs(self) -> dict:
+        return {f"sampler_{k}": v for k, v in self.__dict__.items()}
+
+
+def seed_streams(seed: int, n: int = 4) -> list[int]:
+    """Independent 32-bit seeds for prior, posterior, predictive and spare streams."""
+    return [int(s.generate_state(1)[0]) for s in np.random.SeedSequence(seed).spawn(n)]
+
+
+def _log(msg: str, quiet: bool) -> None:
+    if not quiet:
+        print(msg, file=sys.stderr, flush=True)
+
+
+def sample_posterior(built: BuiltModel, settings: SamplerSettings, quiet: bool = False) -> tuple[az.InferenceData, dict]:
+    """Posterior draws of `built` itself (not its fast variant) with the chosen sampler; returns (idata, timings in seconds)."""
+    _, post_seed, _, _ = seed_streams(settings.seed)
+    model = built.model
+    timings = {}
+    if settings.sampler == "nutpie":
+        import nutpie
+
+        t0 = time.perf_counter()
+        compiled, cached = compile_nutpie(built, fused=settings.fused)
+        timings["compile_s"] = time.perf_counter() - t0
+        timings["compile_cached"] = float(cached)
+        _log(f"  compiled in {timings['compile_s']:.1f} s; sampling {settings.chains} chains x {settings.draws} draws", quiet)
+        t0 = time.perf_counter()
+        idata = nutpie.sample(
+            compiled,
+            draws=settings.draws,
+            tune=settings.tune,
+            chains=settings.chains,
+            cores=settings.cores,
+            seed=post_seed,
+            target_accept=settings.target_accept,
+            progress_bar=not quiet and sys.stderr.isatty(),
+            save_warmup=False,
+        )
+        timings["sample_s"] = time.perf_counter() - t0
+    elif settings.sampler == "pymc":
+        t0 = time.perf_counter()
+        with model:
+            idata = pm.sample(
+                draws=settings.draws,
+                tune=settings.tune,
+                chains=settings.chains,
+                cores=settings.cores,
+                random_seed=post_seed,
+                target_accept=settings.target_accept,
+                progressbar=not quiet and sys.stderr.isatty(),
+                compute_convergence_checks=False,
+            )
+        timings["sample_s"] = time.perf_counter() - t0
+    else:
+        raise ValueError(f"unknown sampler '{settings.sampler}'; choose from {SAMPLERS}")
+    # Posterior-only keeps ordering identical across samplers; groups are added below.
+    for group in ("observed_data", "constant_data", "warmup_posterior", "warmup_sample_stats"):
+        if group in idata.groups():
+            del idata[group]
+    return idata, timings
+
+
+def sample_all(built: BuiltModel, settings: SamplerSettings, quiet: bool = False) -> tuple[az.InferenceData, dict]:
+    """Prior, prior predictive, posterior, posterior predictive, log-likelihood, observed and constant data.
+
+    Samples the model's exact fast variant when it has one and settings.fast (see the module doc);
+    the prior, prior predictive, observed and constant data always come from `built.model` itself.
+    """
+    prior_seed, _, pred_seed, spare_seed = seed_streams(settings.seed)
+    model = built.model
+    t_start = time.perf_counter()
+    _log("  sampling prior predictive", quiet)
+    with model, warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        prior = pm.sample_prior_predictive(draws=settings.prior_draws, random_seed=prior_seed)
+    if settings.fast and built.fast_variant is not None:
+        fast = built.fast_variant()
+        _log("  fast path: participant effects integrated out analytically, recovered after sampling", quiet)
+        idata, timings = sample_posterior(fast, settings, quiet)
+        timings.update(finish_marginal_fit(idata, fast.design, spare_seed, pred_seed))
+    else:
+        idata, timings = sample_posterior(built, settings, quiet)
+        t0 = time.perf_counter()
+        with model:
+            pm.compute_log_likelihood(idata, var_names=list(built.outcome_vars), extend_inferencedata=True, progressbar=False)
+            timings["log_likelihood_s"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            pm.sample_posterior_predictive(
+                idata, var_names=list(built.outcome_vars), random_seed=pred_seed, extend_inferencedata=True, progressbar=False
+            )
+            timings["posterior_predictive_s"] = time.perf_counter() - t0
+        idata.posterior.attrs["fit_path"] = "plain"
+    for group in ("prior", "prior_predictive"):
+        if group in prior.groups():
+            idata.add_groups({group: prior[group]})
+    # observed/constant data from the model itself, identical whichever sampler ran
+    _add_data_groups(idata, model)
+    timings["total_s"] = time.perf_counter() - t_start
+    return idata, timings
+
+
+def _add_data_groups(idata: az.InferenceData, model: pm.Model) -> None:
+    import xarray as xr
+
+    coords = {k: np.asarray(v) for k, v in model.coords.items() if v is not None}
+
+    def dataset(variables):
+        out = {}
+        for var in variables:
+            value = model.rvs_to_values[var] if var in model.rvs_to_values else var
+            arr = np.asarray(value.eval() if hasattr(value, "eval") else value)
+            dims = model.named_vars_to_dims.get(var.name, [f"{var.name}_dim_{i}" for i in range(arr.ndim)])
+            out[var.name] = xr.DataArray(arr, dims=dims, coords={d: coords[d] for d in dims if d in coords})
+        return xr.Dataset(out)
+
+    for group in ("observed_data", "constant_data"):
+        if group in idata.groups():
+            del idata[group]
+    idata.add_groups({"observed_data": dataset(model.observed_RVs)})
+    idata.add_groups({"constant_data": dataset(model.data_vars)})
