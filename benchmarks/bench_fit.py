@@ -431,6 +431,32 @@ def fmt(v, nd=1):
     return str(v)
 
 
+def header(meta: dict) -> str:
+    """The line atop results.md: when, where and under what load the figures were measured."""
+    def load(key):
+        value = meta.get(key)
+        return "not recorded" if value is None else ", ".join(f"{x:.2f}" for x in value) + " (1, 5, 15 min)"
+
+    memory = f", {meta['memory_gb']} GiB" if meta.get("memory_gb") else ""
+    return (
+        f"Measured {meta.get('date', 'date not recorded')} on {meta.get('machine') or 'a machine not recorded'}, "
+        f"{meta.get('cpus', '?')} CPUs{memory}; "
+        f"load average at the start {load('load_start')}, at the end {load('load_end')}. "
+        f"{meta.get('chains', '?')} chains x {meta.get('draws', '?')} draws after {meta.get('tune', '?')} tuning steps, "
+        f"seed {meta.get('seed', '?')}{' (tiny smoke run)' if meta.get('tiny') else ''}. "
+        "Regenerate with `python benchmarks/bench_fit.py` (docs/performance.md)."
+    )
+
+
+def render(meta: dict, results: list[dict]) -> str:
+    """results.md from what results.json holds."""
+    text = header(meta) + "\n\n" + table(results)
+    scaling = scaling_table(results)
+    if scaling:
+        text += "\n\nScaling (time at this scale over time at scale 1):\n\n" + scaling
+    return text
+
+
 def table(results: list[dict]) -> str:
     cols = [
         ("path", "path"), ("scale", "scale"), ("run", "run"), ("wall_s", "wall s"), ("compile_s", "compile s"), ("sample_s", "sample s"),
@@ -496,6 +522,7 @@ def main(argv=None) -> int:
         "to one fit per tool",
     )
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="folder for results.json and results.md")
+    ap.add_argument("--render", action="store_true", help="only rewrite results.md from the results.json in --out (no fits)")
     # worker mode (internal)
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--data", type=Path, help=argparse.SUPPRESS)
@@ -504,6 +531,10 @@ def main(argv=None) -> int:
     if args.worker:
         res = worker(args)
         args.result.write_text(json.dumps(res, default=float))
+        return 0
+    if args.render:
+        saved = json.loads((args.out / "results.json").read_text())
+        (args.out / "results.md").write_text(render(saved["settings"], saved["results"]) + "\n")
         return 0
     if args.tiny:
         args.draws, args.tune, args.chains = min(args.draws, 60), min(args.tune, 60), 2
@@ -519,15 +550,15 @@ def main(argv=None) -> int:
     results = []
     work = Path(tempfile.mkdtemp(prefix="deptrial-bench-"))
     args.out.mkdir(parents=True, exist_ok=True)
-    meta = {"draws": args.draws, "tune": args.tune, "chains": args.chains, "cores": args.cores, "seed": args.seed, "tiny": args.tiny, "cpus": os.cpu_count()}
+    from inference.idata_io import load_average, machine_record
+
+    meta = {"draws": args.draws, "tune": args.tune, "chains": args.chains, "cores": args.cores, "seed": args.seed, "tiny": args.tiny, **machine_record()}
     print(f"benchmark: paths {paths}, scales {scales}, {args.chains} chains x {args.draws} draws after {args.tune}; scratch {work}", file=sys.stderr)
 
     def write_results() -> str:  # after every fit, so an interrupted run keeps what it measured
         add_ratios(results)
-        text = table(results)
-        scaling = scaling_table(results)
-        if scaling:
-            text += "\n\nScaling (time at this scale over time at scale 1):\n\n" + scaling
+        meta["load_end"] = load_average()
+        text = render(meta, results)
         tmp = args.out / "results.json.tmp"
         tmp.write_text(json.dumps({"settings": meta, "results": results}, indent=2, default=float) + "\n")
         tmp.replace(args.out / "results.json")

@@ -1,6 +1,6 @@
 """Convergence verdict of a fit: pure functions of InferenceData returning tables.
 
-The thresholds are named constants used by the code, the tests and the README alike.
+The thresholds are named constants used by the code, the tests and docs/diagnostics.md alike.
 """
 
 from __future__ import annotations

@@ -27,6 +27,33 @@ def versions() -> dict[str, str]:
     return out
 
 
+def load_average() -> list[float]:
+    """The machine's load average over 1, 5 and 15 minutes."""
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def machine_record() -> dict:
+    """Date, machine and load at the start of a run (stored in results.json, printed atop results.md)."""
+    cpu = ""
+    try:
+        cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "")
+    except OSError:
+        pass
+    try:
+        memory_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    except (ValueError, OSError, AttributeError):
+        memory_gb = None
+    return {
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "machine": f"{platform.machine()} {cpu}".strip(),
+        "cpus": os.cpu_count(),
+        "memory_gb": round(memory_gb, 1) if memory_gb else None,
+        "python": platform.python_version(),
+        "load_start": load_average(),
+    }
+
+
+
 def stamp(idata: az.InferenceData, **attrs) -> az.InferenceData:
     """Record provenance on every group (netCDF keeps per-group attrs)."""
     base = {

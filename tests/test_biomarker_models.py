@@ -16,7 +16,8 @@ import pytest
 
 from data import TrialParameters, load_dataset, simulate_trial
 from models import ModelDataError, build_design, get
-from models.sampling import SamplerSettings, sample_posterior
+from models.contract import MARKER_VALUES
+from inference.sampling import SamplerSettings, sample_posterior
 
 MODELS = ("biomarker_change", "biomarker_change_median", "mediation")
 FIT = SamplerSettings(draws=400, tune=400, chains=2, seed=11, prior_draws=50)
@@ -53,7 +54,8 @@ def built(design):
 @pytest.mark.unit
 @pytest.mark.parametrize("name", MODELS)
 def test_builds_with_named_dims_and_finite_logp(built, design, name):
-    model = built[name]
+    b = built[name]
+    model = b.model
     dims = model.named_vars_to_dims
     assert dims["nac_ratio"] == ("marker",) and dims["nac_marker_effect"] == ("marker",)
     assert dims["baseline_slope"] == ("marker", "baseline_marker")
@@ -63,21 +65,23 @@ def test_builds_with_named_dims_and_finite_logp(built, design, name):
             assert var.name in dims, var.name
     logp = model.point_logps()
     assert all(np.isfinite(v) for v in logp.values()), logp
-    assert model.priors_used and all(hasattr(p, "reason") for p in model.priors_used.values())
-    assert model.outcome_vars and all(v in model.named_vars for v in model.outcome_vars)
+    assert b.priors and all(hasattr(p, "reason") for p in b.priors.values())
+    assert set(b.priors) == set(get(name).default_priors(design)), "the priors used are the spec's defaults"
+    assert b.outcome_vars and all(v in model.named_vars for v in b.outcome_vars)
+    assert b.observations == MARKER_VALUES and not get(name).comparable
     if name == "mediation":
-        assert model.outcome_vars == ["madrs_change"]
+        assert b.outcome_vars == ("madrs_change",)
         for v in ("indirect_effect", "proportion_mediated", "mediator_per_log_unit"):
             assert dims[v] == ("marker",)
     else:
-        assert model.outcome_vars == [f"week12_{m}" for m in design.baseline.names]  # per marker, for LOO
+        assert b.outcome_vars == tuple(f"week12_{m}" for m in design.baseline.names)  # per marker, for LOO
 
 
 @pytest.mark.unit
 def test_who_enters_and_what_is_imputed_or_censored(design, built, small_trial_dir):
     bio = pd.read_csv(small_trial_dir / "biomarkers.csv")
     with_serum = bio["participant_id"].nunique()
-    notes = built["biomarker_change"].data_notes
+    notes = built["biomarker_change"].notes
     assert notes["participants_included"] == with_serum
     assert notes["participants_excluded"] == design.n_participants - with_serum
     at12 = bio[bio["week"] == 12]
@@ -87,18 +91,18 @@ def test_who_enters_and_what_is_imputed_or_censored(design, built, small_trial_d
     assert notes["week12_imputed"] == 3 * with_serum - len(at12)
     assert notes["baseline_censored"] == int(bio.loc[bio["week"] == 0, "below_lod"].sum())
     assert "imputed" in notes["text"] and "censored" in notes["text"]
-    model = built["biomarker_change"]
+    model = built["biomarker_change"].model
     assert model["marker_missing_week12"].eval().size == notes["week12_imputed"]
     if notes["week12_censored"]:
         assert model["marker_censored_week12"].eval().size == notes["week12_censored"]
     # the median model gives missing week-12 values no likelihood term instead of imputing them
-    med = built["biomarker_change_median"].data_notes
+    med = built["biomarker_change_median"].notes
     assert med["week12_imputed"] == 0 and med["week12_missing_no_likelihood"] == notes["week12_imputed"]
-    assert "marker_missing_week12" not in built["biomarker_change_median"].named_vars
+    assert "marker_missing_week12" not in built["biomarker_change_median"].model.named_vars
     # mediation keeps participants without serum who have a week-12 MADRS (their markers are latent)
     visits = pd.read_csv(small_trial_dir / "visits.csv")
     with_y12 = set(visits.loc[visits["week"] == 12, "participant_id"])
-    med_notes = built["mediation"].data_notes
+    med_notes = built["mediation"].notes
     assert med_notes["participants_included"] == len(with_y12 | set(bio["participant_id"]))
     assert med_notes["outcome_observed"] == len(with_y12)
 
@@ -106,7 +110,7 @@ def test_who_enters_and_what_is_imputed_or_censored(design, built, small_trial_d
 @pytest.mark.unit
 @pytest.mark.parametrize("name", MODELS)
 def test_prior_predictive_is_plausible(built, name):
-    model = built[name]
+    model, outcome_vars = built[name].model, built[name].outcome_vars
     with model:
         prior = pm.sample_prior_predictive(draws=300, random_seed=3)
     if name == "mediation":
@@ -114,16 +118,16 @@ def test_prior_predictive_is_plausible(built, name):
         assert np.mean(np.abs(y) <= 60) > 0.9, "MADRS change beyond the 0-60 scale's range in most prior draws"
         assert np.mean(np.abs(y) <= 20) > 0.4
     elif name == "biomarker_change_median":
-        for var in model.outcome_vars:
+        for var in outcome_vars:
             z = prior.prior_predictive[var].values.ravel()
             assert np.mean(np.abs(z) <= 6) > 0.9, f"{var}: standardised log marker beyond 6 SD in most prior draws"
     else:
         # The observed RVs are the markers' conditionals given the previous markers' *observed* residuals, which
         # a prior residual SD near 0 inflates; the check that matters is the joint prior predictive: simulate
         # baseline and week-12 markers from each prior draw.
-        z1 = _joint_prior_predictive(prior.prior, built[name].coords["marker"], np.random.default_rng(4))
+        z1 = _joint_prior_predictive(prior.prior, model.coords["marker"], np.random.default_rng(4))
         assert np.mean(np.abs(z1) <= 6) > 0.9, "week-12 standardised log markers beyond 6 SD in most prior draws"
-        z = prior.prior_predictive[model.outcome_vars[0]].values.ravel()  # the first marker is marginal
+        z = prior.prior_predictive[outcome_vars[0]].values.ravel()  # the first marker is marginal
         assert np.mean(np.abs(z) <= 6) > 0.9
     ratio = prior.prior["nac_ratio"].values
     assert np.mean((ratio > 0.25) & (ratio < 4)) > 0.95, "prior NAC / placebo ratios beyond 4-fold"
@@ -133,12 +137,12 @@ def test_prior_predictive_is_plausible(built, name):
 @pytest.mark.parametrize("name", ["biomarker_change_median", "mediation"])
 def test_log_likelihood_is_stored_per_outcome_value(built, name):
     """LOO needs one pointwise log-likelihood per observed outcome value (per marker for the median model)."""
-    model = built[name]
+    model, outcome_vars = built[name].model, list(built[name].outcome_vars)
     with model:
         prior = pm.sample_prior_predictive(draws=20, random_seed=5)
         fake = az.InferenceData(posterior=prior.prior)
-        ll = pm.compute_log_likelihood(fake, var_names=model.outcome_vars, extend_inferencedata=False, progressbar=False)
-    for var in model.outcome_vars:
+        ll = pm.compute_log_likelihood(fake, var_names=outcome_vars, extend_inferencedata=False, progressbar=False)
+    for var in outcome_vars:
         assert ll[var].dims[-1] == model.named_vars_to_dims[var][0]
         assert ll[var].sizes[ll[var].dims[-1]] == model[var].eval().size
         assert np.isfinite(ll[var].values).all(), var
@@ -146,7 +150,7 @@ def test_log_likelihood_is_stored_per_outcome_value(built, name):
 
 @pytest.mark.unit
 def test_likelihood_options(design):
-    robust = get("mediation").build(design, likelihood="student")
+    robust = get("mediation").build(design, likelihood="student").model
     assert "student_nu" in robust.named_vars and np.isfinite(robust.point_logps()["madrs_change"])
     for name in ("biomarker_change", "biomarker_change_median"):
         assert get(name).likelihoods == ("normal",)
@@ -179,12 +183,16 @@ def test_needs_biomarkers(tmp_path, name):
     full = trial.biomarkers
     trial.biomarkers = full.iloc[0:0]
     trial.write(tmp_path / "nobio")
-    with pytest.raises(ModelDataError, match="needs baseline biomarkers"):
-        get(name).build(build_design(load_dataset(tmp_path / "nobio")))
+    nobio = build_design(load_dataset(tmp_path / "nobio"))
+    for refuse in (get(name).require, get(name).build):  # the cheap check refuses as the builder does
+        with pytest.raises(ModelDataError, match="needs baseline biomarkers"):
+            refuse(nobio)
     trial.biomarkers = full[full["week"] == 0]
     trial.write(tmp_path / "baseline_only")
-    with pytest.raises(ModelDataError, match="week-12"):
-        get(name).build(build_design(load_dataset(tmp_path / "baseline_only")))
+    baseline_only = build_design(load_dataset(tmp_path / "baseline_only"))
+    for refuse in (get(name).require, get(name).build):
+        with pytest.raises(ModelDataError, match="week-12"):
+            refuse(baseline_only)
 
 
 @pytest.mark.unit

@@ -23,6 +23,7 @@ import pytest
 import xarray as xr
 
 import fit
+from deptrial import api
 from data import DEFAULT_DATASET, DatasetError, changes_of, load_dataset
 
 pytestmark = pytest.mark.unit
@@ -393,12 +394,12 @@ def test_changes_are_printed_and_saved_by_fit(tmp_path, capsys, monkeypatch):
     folder = make(case, tmp_path / "data")
     seen = {}
 
-    def fake_run_models(built, design, ds, settings, args, out):
+    def fake_run(specs, ds, design, source, changes, settings, tmp, out, **kwargs):
         seen["changes"] = changes_of(ds)
-        (out / "run.json").write_text(json.dumps({"data_changes": changes_of(ds)}))
-        return True
+        (tmp / "run.json").write_text(json.dumps({"data_changes": changes}))
+        return {}, {}, None, None
 
-    monkeypatch.setattr(fit, "run_models", fake_run_models)
+    monkeypatch.setattr(api, "_run", fake_run)
     assert fit.main(["--data", str(folder), "--out", str(tmp_path / "out"), "--quiet"]) == 0
     err = capsys.readouterr().err
     assert "the loader changed 3 thing(s)" in err and "withdrew consent" in err

@@ -10,13 +10,13 @@ import pytest
 import xarray as xr
 
 from diagnostics import loo as dl
-from models import build_design
-from models.sampling import SamplerSettings, sample_posterior
+from inference.sampling import SamplerSettings, sample_posterior
+from models import BuiltModel, build_design
 
 SETTINGS = SamplerSettings(sampler="pymc", draws=600, tune=300, chains=2, cores=1, seed=11)
 
 
-def pooled(design) -> pm.Model:
+def pooled(design) -> BuiltModel:
     """y ~ Normal(a + b t1 + c t2, s): no participant effects, so each participant has little influence."""
     with pm.Model(coords={"obs": np.arange(len(design.y))}) as model:
         t1 = pm.Data("t1", design.t1, dims="obs")
@@ -27,7 +27,7 @@ def pooled(design) -> pm.Model:
         c = pm.Normal("c", 0, 10)
         s = pm.HalfNormal("s", 10)
         pm.Normal("y", a + b * t1 + c * t2, s, observed=design.y, dims="obs")
-    return model
+    return BuiltModel("pooled", model, design, {}, ("y",))
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +38,7 @@ def design(small_trial):
 @pytest.fixture(scope="module")
 def full_fit(design):
     idata, _ = sample_posterior(pooled(design), SETTINGS, quiet=True)
-    with pooled(design):
+    with pooled(design).model:
         pm.compute_log_likelihood(idata, extend_inferencedata=True, progressbar=False)
     idata.add_groups(constant_data=xr.Dataset({"obs_participant": ("obs", design.obs_participant)}, coords={"participant": design.participants}))
     return idata

@@ -13,17 +13,11 @@ import xarray as xr
 from scipy.stats import multivariate_normal
 
 from data import DEFAULT_DATASET, load_dataset
-from models import build_design
-from models.headline import build_headline
-from models.marginal import (
-    FIXED_VAR,
-    build_headline_auto,
-    build_headline_marginal,
-    marginal_loglik,
-    recover_participant_effects,
-    visit_stats,
-)
-from models.sampling import SamplerSettings, compile_nutpie, erfcinv_native, sample_all
+from inference.compile import compile_nutpie, erfcinv_native
+from inference.marginal import recover_participant_effects
+from inference.sampling import SamplerSettings, sample_all
+from models import build_design, get
+from models.marginal import FIXED_VAR, marginal_loglik, visit_stats
 
 KEY = ["nac_effect", "moderation_per_doubling", "prognostic_per_doubling", "residual_sd", "participant_sd", "participant_corr", "placebo_change"]
 
@@ -96,10 +90,16 @@ def test_native_erfcinv_matches_scipy():
 
 @pytest.mark.unit
 def test_fast_variant_only_where_exact(design):
-    assert callable(getattr(build_headline_auto(design), "fast_variant", None))
+    headline = get("headline").build(design)
+    assert callable(headline.fast_variant) and not headline.marginal
     for likelihood in ("student", "censored"):
-        assert not hasattr(build_headline_auto(design, likelihood=likelihood), "fast_variant")
-    plain, fast = build_headline(design), build_headline_marginal(design)
+        assert get("headline").build(design, likelihood=likelihood).fast_variant is None
+    for name in ("treatment_curved", "moderation"):  # curvature, biomarker x arm: not linear in (1, t1, t2)
+        assert get(name).build(design).fast_variant is None
+    marginal = headline.fast_variant()
+    assert marginal.marginal and marginal.name == "headline" and marginal.fast_variant is None
+    assert marginal.priors == headline.priors
+    plain, fast = headline.model, marginal.model
     # every user-facing variable of the plain model exists with the same dims (participant effects come after sampling)
     recovered = {"participant_raw", "participant_effects", "y"}
     for name, dims in plain.named_vars_to_dims.items():
@@ -111,7 +111,7 @@ def test_fast_variant_only_where_exact(design):
 @pytest.fixture(scope="module")
 def both_paths(design, tmp_path_factory):
     settings = SamplerSettings(draws=400, tune=400, chains=2, seed=5, prior_draws=20)
-    model = build_headline_auto(design)
+    model = get("headline").build(design)
     fast, t_fast = sample_all(model, settings, quiet=True)
     plain, t_plain = sample_all(model, SamplerSettings(**{**settings.__dict__, "fast": False}), quiet=True)
     return fast, plain, t_fast, t_plain
@@ -172,10 +172,10 @@ def test_seed_reproducible_and_cache_reused(design, both_paths, tmp_path, monkey
     """Same seed, same numbers; a second compile of the same model loads the cached wrappers."""
     fast, _, _, _ = both_paths
     monkeypatch.setenv("DEPTRIAL_CACHE", str(tmp_path / "cache"))
-    _, first = compile_nutpie(build_headline_marginal(design))
+    _, first = compile_nutpie(get("headline").build(design).fast_variant())
     assert not first
     assert len(list((tmp_path / "cache").glob("*.nbi"))) == 2  # logp and expand wrappers
-    again, timings = sample_all(build_headline_auto(design), SamplerSettings(draws=400, tune=400, chains=2, seed=5, prior_draws=20), quiet=True)
+    again, timings = sample_all(get("headline").build(design), SamplerSettings(draws=400, tune=400, chains=2, seed=5, prior_draws=20), quiet=True)
     assert timings["compile_cached"] == 1.0  # a new model object, same graph: loaded, not recompiled
     for name in ("nac_effect", "participant_effects"):
         np.testing.assert_array_equal(again.posterior[name].values, fast.posterior[name].values)
@@ -187,7 +187,7 @@ def test_fast_and_plain_agree_on_default_data():
     """Default trial at default-like settings: key effects agree within MC error, SDs within 10%."""
     design = build_design(load_dataset(DEFAULT_DATASET))
     settings = SamplerSettings(draws=1000, tune=1000, chains=4, seed=2, prior_draws=20)
-    model = build_headline_auto(design)
+    model = get("headline").build(design)
     fast, _ = sample_all(model, settings, quiet=True)
     plain, _ = sample_all(model, SamplerSettings(**{**settings.__dict__, "fast": False}), quiet=True)
     z, ratio = _agree(fast, plain, KEY)

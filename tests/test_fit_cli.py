@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 import fit
+from deptrial import api
 
 REQUIRED_GROUPS = {"posterior", "sample_stats", "prior", "prior_predictive", "posterior_predictive", "log_likelihood", "observed_data", "constant_data"}
 
@@ -111,7 +112,7 @@ def test_a_failure_writing_results_exits_3_and_writes_nothing(small_trial_dir, t
     def full_disk(*args, **kwargs):
         raise OSError("No space left on device")
 
-    monkeypatch.setattr(fit, "finish_fit", full_disk)
+    monkeypatch.setattr(api, "finish_fit", full_disk)
     out = tmp_path / "out"
     code = fit.main(["--data", str(small_trial_dir), "--model", "null", "--jobs", "1", "--draws", "20", "--tune", "20", "--chains", "1",
                      "--prior-draws", "5", "--out", str(out), "--quiet"])

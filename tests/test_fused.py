@@ -1,4 +1,4 @@
-"""The fused log density (models/fused.py) against PyTensor's own log density, gradient and deterministics."""
+"""The fused log density (inference/kernels.py) against PyTensor's own log density, gradient and deterministics."""
 
 from __future__ import annotations
 
@@ -7,12 +7,12 @@ import pytensor
 import pytest
 
 from data import DEFAULT_DATASET, load_dataset
-from models import build_design
-from models.fused import Unsupported, expand, fused_layout, logp_grad
-from models.marginal import build_headline_marginal, build_trajectory_marginal
-from models.null import build_null
-from models.treatment import build_treatment
-from models.sampling import SamplerSettings, compile_nutpie, sample_posterior
+from inference import compile as engine
+from inference.compile import compile_nutpie
+from inference.kernels import Unsupported, expand, logp_grad
+from inference.sampling import SamplerSettings, sample_posterior
+from models import build_design, get
+from models.trajectory import build_trajectory_marginal
 from tests.conftest import write_trial
 
 ONE_MARKER = dict(
@@ -62,9 +62,15 @@ def _split(x, layout, n):
     return [x[s].reshape(sh) for s, sh in zip(slices[:n], shapes[:n])]
 
 
-def _check_against_pytensor(design, priors=None, points=4, seed=0, shift=None, build=build_headline_marginal):
-    model = build(design, priors)
-    layout = fused_layout(model, design, model.priors_used)
+def _headline(design, priors=None):
+    return build_trajectory_marginal(design, priors, name="headline", arm=True, markers=True)
+
+
+def _check_against_pytensor(design, priors=None, points=4, seed=0, shift=None, build=_headline):
+    built = build(design, priors)
+    model = built.model
+    layout = engine.fused_layout(built)
+    assert layout is not None
     values, density, stored, stored_fn = _reference(model)
     rng = np.random.default_rng(seed)
     lps, refs = [], []
@@ -109,11 +115,11 @@ def test_fused_density_other_priors_and_lean_design(small_design, lean_design):
 
 
 def _null(design, priors):
-    return build_trajectory_marginal(design, "null", priors, arm=False)
+    return build_trajectory_marginal(design, priors, name="null", arm=False)
 
 
 def _treatment(design, priors):
-    return build_trajectory_marginal(design, "treatment", priors, arm=True)
+    return build_trajectory_marginal(design, priors, name="treatment", arm=True)
 
 
 @pytest.mark.unit
@@ -126,15 +132,17 @@ def test_fused_density_null_and_treatment_models(small_design, lean_design):
 
 @pytest.mark.unit
 def test_null_and_treatment_fast_variants_match_their_plain_models(small_design):
-    for plain, fast in ((build_null(small_design), _null(small_design, None)), (build_treatment(small_design), _treatment(small_design, None))):
-        assert callable(plain.fast_variant)
+    for name in ("null", "treatment"):
+        built = get(name).build(small_design)
+        assert callable(built.fast_variant)
+        plain, fast = built.model, built.fast_variant().model
         recovered = {"participant_raw", "participant_effects", "y"}
         for name, dims in plain.named_vars_to_dims.items():
             if name not in recovered:
                 assert fast.named_vars_to_dims.get(name) == dims, name
         assert {v.name for v in fast.free_RVs} == {v.name for v in plain.free_RVs} - {"participant_raw"}
-    assert not hasattr(build_treatment(small_design, likelihood="student"), "fast_variant")
-    assert not hasattr(build_treatment(small_design, curved=True), "fast_variant")
+    assert get("treatment").build(small_design, likelihood="student").fast_variant is None
+    assert get("treatment_curved").build(small_design).fast_variant is None
 
 
 @pytest.mark.unit
@@ -153,11 +161,16 @@ def test_fused_density_far_below_detection_limit(small_design):
 @pytest.mark.unit
 def test_unsupported_priors_use_the_graph(small_design):
     odd = {"residual_sd": {"dist": "HalfStudentT", "params": {"nu": 3.0, "sigma": 5.0}}}
-    model = build_headline_marginal(small_design, odd)
+    built = _headline(small_design, odd)
+    from nutpie.compile_pymc import _compute_shapes
+
+    from inference.kernels import fused_layout
+
     with pytest.raises(Unsupported, match="HalfStudentT"):
-        fused_layout(model, small_design, model.priors_used)
-    assert model.fused_layout() is None  # compile_nutpie then compiles the graph
-    assert build_headline_marginal(small_design).fused_layout() is not None
+        fused_layout(built.model, small_design, built.priors, _compute_shapes(built.model))
+    assert engine.fused_layout(built) is None  # compile_nutpie then compiles the graph
+    assert engine.fused_layout(_headline(small_design)) is not None
+    assert engine.fused_layout(get("headline").build(small_design)) is None  # the plain model: the graph
 
 
 @pytest.mark.smoke
@@ -165,12 +178,12 @@ def test_fused_sampling_reproducible_and_cached(small_design, tmp_path, monkeypa
     """Same seed, same draws; the fused functions are cached on disk and loaded by a new compile."""
     monkeypatch.setenv("DEPTRIAL_CACHE", str(tmp_path / "cache"))
     settings = SamplerSettings(draws=200, tune=200, chains=2, seed=11)
-    first, timings = sample_posterior(build_headline_marginal(small_design), settings, quiet=True)
-    again, _ = sample_posterior(build_headline_marginal(small_design), settings, quiet=True)
+    first, timings = sample_posterior(_headline(small_design), settings, quiet=True)
+    again, _ = sample_posterior(_headline(small_design), settings, quiet=True)
     for name in ("nac_effect", "participant_fixed", "residual_sd", "site_effect"):
         np.testing.assert_array_equal(first.posterior[name].values, again.posterior[name].values)
     assert int(first.sample_stats["diverging"].sum()) == 0
-    _, cached = compile_nutpie(build_headline_marginal(small_design))
+    _, cached = compile_nutpie(_headline(small_design))
     assert cached
 
 
@@ -183,8 +196,8 @@ def test_fused_and_graph_draws_agree_on_default_data():
     """
     design = build_design(load_dataset(DEFAULT_DATASET))
     settings = SamplerSettings(draws=500, tune=500, chains=2, seed=3)
-    fused, _ = sample_posterior(build_headline_marginal(design), settings, quiet=True)
-    graph, _ = sample_posterior(build_headline_marginal(design), SamplerSettings(**{**settings.__dict__, "fused": False}), quiet=True)
+    fused, _ = sample_posterior(_headline(design), settings, quiet=True)
+    graph, _ = sample_posterior(_headline(design), SamplerSettings(**{**settings.__dict__, "fused": False}), quiet=True)
     for name in ("nac_effect", "marker_moderation", "residual_sd", "participant_sd", "participant_fixed"):
         a, b = fused.posterior[name].values, graph.posterior[name].values
         sd = max(float(b.std()), 1e-12)

@@ -8,7 +8,7 @@ import pytest
 
 from data import TrialParameters, load_dataset, simulate_trial
 from models import ModelDataError, build_design, get
-from models.sampling import SamplerSettings, sample_all
+from inference.sampling import SamplerSettings, sample_all
 
 
 @pytest.fixture(scope="module")
@@ -18,7 +18,7 @@ def design(small_trial):
 
 @pytest.mark.unit
 def test_dims_and_finite_logp(design):
-    model = get("headline").build(design)
+    model = get("headline").build(design).model
     dims = model.named_vars_to_dims
     assert dims["nac_effect"] == ("week",)
     assert dims["y"] == ("obs",)
@@ -38,7 +38,7 @@ def test_dims_and_finite_logp(design):
 def test_missing_and_censored_markers_are_latent(design):
     b = design.baseline
     assert b.n_missing > 0 and b.n_censored >= 0
-    model = get("headline").build(design)
+    model = get("headline").build(design).model
     assert model["marker_missing_std"].eval().shape[0] == b.n_missing if b.n_missing else True
     n_obs = sum(int(model[f"marker_{m}"].eval().size) for m in b.names)
     assert n_obs == int((~b.missing & ~b.censored).sum())
@@ -46,7 +46,7 @@ def test_missing_and_censored_markers_are_latent(design):
 
 @pytest.mark.unit
 def test_prior_predictive_stays_on_scale(design):
-    model = get("headline").build(design)
+    model = get("headline").build(design).model
     with model:
         prior = pm.sample_prior_predictive(draws=300, random_seed=1)
     y = prior.prior_predictive["y"].values.ravel()
@@ -63,7 +63,7 @@ def test_prior_predictive_has_no_nan_with_censored_markers():
 
     design = build_design(load_dataset(DEFAULT_DATASET))
     assert design.baseline.n_censored > 0
-    with get("headline").build(design):
+    with get("headline").build(design).model:
         prior = pm.sample_prior_predictive(draws=400, random_seed=4)
     for group in (prior.prior, prior.prior_predictive):
         for name, da in group.data_vars.items():

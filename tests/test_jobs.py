@@ -1,4 +1,4 @@
-"""Parallel model fits (models/jobs.py): worker failures surface with the model's name; log prefixes."""
+"""Parallel model fits (inference/jobs.py): worker failures surface with the model's name; log prefixes."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ import io
 
 import pytest
 
-from models.jobs import WorkerFailed, _Prefixed, default_jobs, fit_models
-from models.sampling import SamplerSettings
+from inference import jobs
+from inference.jobs import WorkerFailed, _Prefixed, default_jobs, fit_models
+from inference.sampling import SamplerSettings
 
 
 @pytest.mark.unit
@@ -28,31 +29,34 @@ def test_default_jobs_is_bounded_by_models_and_cores():
 
 
 @pytest.mark.smoke
-def test_a_failing_worker_names_its_model(small_trial_dir):
+def test_a_failing_worker_names_its_model(small_trial):
     settings = SamplerSettings(draws=10, tune=10, chains=1, cores=1, prior_draws=5)
-    fits = fit_models(["no_such_model", "null"], small_trial_dir, "normal", settings, jobs=2, quiet=True)
+    fits = fit_models(["no_such_model", "null"], small_trial, "normal", settings, jobs=2, quiet=True)
     with pytest.raises(WorkerFailed) as info:
         next(fits)
     assert info.value.model == "no_such_model" and isinstance(info.value.cause, KeyError)
 
 
 
-def _explode(name, idata, model, design):
+def _explode(name, idata, built):
     raise OSError("No space left on device")
 
 
 @pytest.mark.unit
-def test_a_failure_after_the_fit_is_told_apart_from_a_failed_fit():
+def test_a_failure_after_the_fit_is_told_apart_from_a_failed_fit(monkeypatch):
     settings = SamplerSettings(draws=10, tune=10, chains=1, cores=1, prior_draws=5)
-    ok = lambda name: ("idata", {}, "model", "design")  # noqa: E731 - a stand-in for a fit that worked
-    fits = fit_models(["null"], ".", "normal", settings, jobs=1, in_process=ok, after=_explode)
+    monkeypatch.setattr(jobs, "_fit_model", lambda *a: ("idata", {}, "built"))  # a stand-in for a fit that worked
+    announced = []
+    fits = fit_models(["null"], None, "normal", settings, jobs=1, after=_explode, announce=announced.append)
     with pytest.raises(WorkerFailed) as info:
         next(fits)
     assert info.value.stage == "after" and "No space left" in str(info.value.cause)
+    assert announced == ["null"]
 
-    def broken(name):
+    def broken(*args):
         raise ValueError("no chain could initialise")
 
+    monkeypatch.setattr(jobs, "_fit_model", broken)
     with pytest.raises(WorkerFailed) as info:
-        next(fit_models(["null"], ".", "normal", settings, jobs=1, in_process=broken, after=_explode))
+        next(fit_models(["null"], None, "normal", settings, jobs=1, after=_explode))
     assert info.value.stage == "fit"

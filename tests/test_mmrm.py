@@ -13,7 +13,7 @@ import fit
 from data import DEFAULT_DATASET, TrialParameters, load_dataset, simulate_trial
 from models import build_design, get
 from models.mmrm import mmrm_data
-from models.sampling import SamplerSettings, sample_all
+from inference.sampling import SamplerSettings, sample_all
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +115,7 @@ def test_mmrm_data_layout(design_nobio):
 @pytest.mark.unit
 def test_log_likelihood_is_the_marginal_normal_of_attended_visits(design_nobio):
     """Sum over a participant's observations = scipy's multivariate normal over their attended visits."""
-    model = get("mmrm").build(design_nobio)
+    model = get("mmrm").build(design_nobio).model
     d = mmrm_data(design_nobio)
     rng = np.random.default_rng(1)
     point = {k: v + rng.normal(0, 0.4, size=np.shape(v)) for k, v in model.initial_point().items()}
@@ -135,13 +135,14 @@ def test_log_likelihood_is_the_marginal_normal_of_attended_visits(design_nobio):
 @pytest.mark.unit
 def test_dims_priors_and_prior_predictive(design_nobio, design):
     for des in (design_nobio, design):  # no biomarkers needed; biomarkers present are ignored
-        model = get("mmrm").build(des)
+        built = get("mmrm").build(des)
+        model = built.model
         assert np.isfinite(model.point_logps()["change"])
     dims = model.named_vars_to_dims
     assert dims["nac_effect"] == ("week",) and dims["change"] == ("obs",)
     assert dims["nac_visit_effect"] == ("visit",) and dims["visit_corr"] == ("visit", "visit2")
-    assert model.outcome_vars == ["change"]
-    assert set(model.priors_used) == {"visit_mean", "nac_visit_effect", "baseline_slope", "site", "visit_sd", "visit_corr"}
+    assert built.outcome_vars == ("change",) and not get("mmrm").comparable
+    assert set(built.priors) == {"visit_mean", "nac_visit_effect", "baseline_slope", "site", "visit_sd", "visit_corr"}
     with model:
         prior = pm.sample_prior_predictive(draws=200, random_seed=2)
     d = mmrm_data(design)

@@ -12,7 +12,7 @@ import fit
 from data import TrialParameters, load_dataset, simulate_trial
 from models import ModelDataError, build_design, get
 from models.moderation import CLINICAL_LEVELS, marker_levels, nac_effect_at_levels
-from models.sampling import SamplerSettings, sample_posterior
+from inference.sampling import SamplerSettings, sample_posterior
 from models.trajectory import curve_basis
 
 FAMILY = ("null", "treatment", "treatment_curved", "moderation")
@@ -44,7 +44,8 @@ def test_dims_and_finite_logp_every_likelihood(design, name):
     spec = get(name)
     assert set(spec.likelihoods) == {"normal", "student", "censored"}
     for likelihood in spec.likelihoods:
-        model = spec.build(design, likelihood=likelihood)
+        built = spec.build(design, likelihood=likelihood)
+        model = built.model
         dims = model.named_vars_to_dims
         assert dims["y"] == ("obs",)
         assert dims["time_change"] == ("phase",)
@@ -55,29 +56,36 @@ def test_dims_and_finite_logp_every_likelihood(design, name):
         for var in model.free_RVs + model.deterministics:
             if var.ndim and var.name != "participant_chol":
                 assert var.name in dims, (name, var.name)
-        assert model.priors_used["time_change"].params["sigma"] == pytest.approx(15.0)
+        assert built.priors["time_change"].params["sigma"] == pytest.approx(15.0)
+        assert ("student_nu" in built.priors) == (likelihood == "student")
+        assert set(built.priors) <= set(model.named_vars) | {"participant_sd", "participant_corr", "site"}, "only the priors it uses"
     if name == "null":
         assert "nac_change" not in model.named_vars and "nac_effect" not in model.named_vars
-        assert "nac_change" not in model.priors_used
+        assert "nac_change" not in built.priors
     else:
         assert dims["nac_effect"] == ("week",) and dims["nac_change"] == ("phase",)
     assert ("time_curvature" in model.named_vars) == name.endswith("curved")
     if name == "moderation":
         assert dims["nac_marker_moderation"] == ("marker",)
         assert dims["nac_moderation_per_doubling"] == ("marker",)
-        assert "nac_marker_moderation" in model.priors_used
+        assert "nac_marker_moderation" in built.priors
+    elif name == "headline":
+        assert dims["moderation_per_doubling"] == ("marker",) and "marker_mean" in built.priors
+        assert "nac_marker_moderation" not in built.priors
     else:
-        assert "marker" not in model.coords and "marker_mean" not in model.priors_used
+        assert "marker" not in model.coords and "marker_mean" not in built.priors
 
 
 @pytest.mark.unit
 def test_models_without_biomarkers(design_nobio):
     for name in NO_BIOMARKERS:
-        model = get(name).build(design_nobio)
+        model = get(name).build(design_nobio).model
         assert np.isfinite(model.point_logps()["y"])
+        get(name).require(design_nobio)
     for name in ("moderation", "headline"):
-        with pytest.raises(ModelDataError, match="needs baseline biomarkers"):
-            get(name).build(design_nobio)
+        for refuse in (get(name).require, get(name).build):
+            with pytest.raises(ModelDataError, match="needs baseline biomarkers"):
+                refuse(design_nobio)
 
 
 @pytest.mark.unit
@@ -89,7 +97,7 @@ def test_unknown_likelihood_is_refused(design_nobio):
 @pytest.mark.unit
 @pytest.mark.parametrize("name", FAMILY)
 def test_prior_predictive_stays_on_scale(design, name):
-    with get(name).build(design) as model:
+    with get(name).build(design).model as model:
         prior = pm.sample_prior_predictive(draws=200, random_seed=5)
     y = prior.prior_predictive["y"].values.ravel()
     # a few extreme prior draws of the marker block put a censored latent marker at -inf (shared with headline)
@@ -108,8 +116,8 @@ def test_prior_predictive_stays_on_scale(design, name):
 def test_curve_basis_keeps_phase_meaning_and_nests_straight_model(design):
     q = curve_basis([0, 0.5, 1.0, 1 / 3])
     np.testing.assert_allclose(q, [0, 1, 0, 8 / 9])
-    straight = get("treatment").build(design)
-    curved = get("treatment_curved").build(design)
+    straight = get("treatment").build(design).model
+    curved = get("treatment_curved").build(design).model
     point = curved.initial_point()
     point["time_curvature"] = np.array(0.0)
     point["nac_curvature"] = np.array(0.0)
@@ -219,9 +227,9 @@ def test_curved_course_recovered_and_preferred_by_loo(tmp_path):
     design = build_design(load_dataset(tmp_path / "t"))
     fits = {}
     for name in ("treatment", "treatment_curved"):
-        model = get(name).build(design)
-        idata = _short_fit(model, seed=9, draws=500, tune=600)
-        with model:
+        built = get(name).build(design)
+        idata = _short_fit(built, seed=9, draws=500, tune=600)
+        with built.model:
             pm.compute_log_likelihood(idata, var_names=["y"], progressbar=False)
         fits[name] = idata
     truth_w4 = params.placebo_change_e * float(params._g(4 / 12))

@@ -23,12 +23,12 @@ def save_prior_as_fit(data_dir, path, draws=100, seed=5):
     import pymc as pm
 
     from data import load_dataset
-    from models.headline import build_headline
-    from models.idata_io import save_idata, stamp
+    from inference.idata_io import save_idata, stamp
+    from models import get
     from planning import design_constants
 
     design = build_design(load_dataset(data_dir))
-    model = build_headline(design)
+    model = get("headline").build(design).model
     with model, warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # Potentials are ignored by prior sampling
         prior = pm.sample_prior_predictive(draws=draws, random_seed=seed)

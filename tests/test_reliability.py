@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 import fit
+from deptrial import api
 from data.atomic import OutputBusy, atomic_folder, lock_path, locked_output, output_lock, recover_interrupted
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -115,11 +116,11 @@ def test_force_is_needed_to_replace_and_replaces_whole(tmp_path, small_trial_dir
     out.mkdir()
     (out / "old.txt").write_text("last month")
 
-    def fake_run_models(built, design, ds, settings, args, folder):
-        (folder / "run.json").write_text("{}")
-        return True
+    def fake_run(specs, ds, design, source, changes, settings, tmp, out, **kwargs):
+        (tmp / "run.json").write_text("{}")
+        return {}, {}, None, None
 
-    monkeypatch.setattr(fit, "run_models", fake_run_models)
+    monkeypatch.setattr(api, "_run", fake_run)
     assert fit.main(["--data", str(small_trial_dir), "--out", str(out), "--quiet"]) == 2
     assert "already exists" in capsys.readouterr().err and (out / "old.txt").exists()
     assert fit.main(["--data", str(small_trial_dir), "--out", str(out), "--quiet", "--force"]) == 0
@@ -193,11 +194,11 @@ def test_run_killed_at_any_moment_leaves_previous_results_whole(tmp_path, small_
         assert tree_digest(out) == before, f"killed {moment}: the previous results changed"
     # the next run cleans up what the killed ones left and replaces the results as a whole
     assert any(parent.glob(".results.tmp-*")), "the kill while writing left its temporary folder"
-    def stub(built, design, ds, settings, args, folder):  # only the output machinery matters here
-        (folder / "run.json").write_text("{}")
-        return True
+    def stub(specs, ds, design, source, changes, settings, tmp, out, **kwargs):  # only the output machinery matters here
+        (tmp / "run.json").write_text("{}")
+        return {}, {}, None, None
 
-    monkeypatch.setattr(fit, "run_models", stub)
+    monkeypatch.setattr(api, "_run", stub)
     assert fit.main(["--data", str(small_trial_dir), "--out", str(out), "--force", "--quiet"]) == 0
     assert sorted(p.name for p in parent.iterdir()) == ["results"], "temporary folders and the lock are gone"
 
@@ -208,17 +209,18 @@ def posterior_draws(idata) -> dict[str, np.ndarray]:
 
 
 def sampler_runs(model, compiled, monkeypatch, variants: dict[str, dict]) -> dict[str, dict[str, np.ndarray]]:
-    """Posterior draws through models.sampling.sample_posterior for each settings variant,
+    """Posterior draws through inference.sampling.sample_posterior for each settings variant,
     reusing one nutpie compile (compiling is deterministic; sampling is what is compared)."""
     import nutpie
 
-    from models.sampling import SamplerSettings, sample_posterior
+    from inference.sampling import SamplerSettings, sample_posterior
+    from models import BuiltModel
 
     monkeypatch.setattr(nutpie, "compile_pymc_model", lambda *a, **k: compiled)
     out = {}
     for name, extra in variants.items():
         s = SamplerSettings(**{"draws": 30, "tune": 40, "chains": 2, "cores": 2, "prior_draws": 10, "seed": 11, **extra})
-        idata, _ = sample_posterior(model, s, quiet=True)
+        idata, _ = sample_posterior(BuiltModel("tiny", model, None, {}, ("y",)), s, quiet=True)
         out[name] = posterior_draws(idata)
     return out
 
@@ -301,12 +303,12 @@ def test_chain_that_cannot_initialise_gives_advice_and_exit_3(tmp_path, small_tr
 
 @pytest.mark.unit
 def test_sampling_exception_gives_tuning_advice(tmp_path, small_trial_dir, capsys, monkeypatch):
-    import models.sampling
+    from inference import jobs
 
     def explode(*a, **k):
         raise FloatingPointError("NaN in the gradient during tuning")
 
-    monkeypatch.setattr(models.sampling, "sample_all", explode)
+    monkeypatch.setattr(jobs, "sample_all", explode)  # one model: fitted in this process
     code = fit.main(["--data", str(small_trial_dir), "--out", str(tmp_path / "out"), *TINY])
     err = capsys.readouterr().err
     assert code == 3
@@ -343,7 +345,7 @@ def test_saved_fits_get_the_usual_permissions(tmp_path):
     import arviz as az
     import numpy as np
 
-    from models.idata_io import save_idata
+    from inference.idata_io import save_idata
 
     mask = os.umask(0o022)
     try:

@@ -16,7 +16,7 @@ import pytest
 import diagnose
 from diagnostics.convergence import RHAT_MAX
 from diagnostics.run import diagnose_run, write_outputs
-from models.idata_io import save_idata
+from inference.idata_io import save_idata
 from test_diagnostics import trial_idata
 
 pytestmark = pytest.mark.unit

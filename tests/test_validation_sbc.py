@@ -61,7 +61,7 @@ def design():
 
 @pytest.mark.unit
 def test_shared_observations_leave_the_log_density_unchanged(design):
-    model = registry.get("treatment").build(design)
+    model = registry.get("treatment").build(design).model
     shared = with_shared_observations(model)
     point = model.initial_point(0)
     assert np.isclose(model.compile_logp()(point), shared.compile_logp()(point))
@@ -76,13 +76,13 @@ def test_shared_observations_leave_the_log_density_unchanged(design):
 
 @pytest.fixture(scope="module")
 def compiled(design):
-    return SwappableModel.build(registry.get("treatment").build(design))
+    return SwappableModel.build(registry.get("treatment").build(design).model)
 
 
 @pytest.mark.smoke
 def test_small_sbc_is_calibrated(design, compiled):
     model = compiled.model
-    res = run_sbc("treatment", model, registry.get("treatment").build(design), PARAMS, n_reps=SMALL_REPS, seed=3,
+    res = run_sbc("treatment", model, registry.get("treatment").build(design).model, PARAMS, n_reps=SMALL_REPS, seed=3,
                   draws=200, tune=200, cores=1, swappable=compiled)
     uni = res.uniformity
     print(uni.to_string())
@@ -97,7 +97,7 @@ def test_small_sbc_is_calibrated(design, compiled):
 @pytest.mark.smoke
 def test_small_sbc_fails_when_the_prior_is_mis_scaled_tenfold(design, compiled):
     """Data simulated with a NAC prior 10x wider than the fitted model's: the fitted prior is 10x too narrow."""
-    wide = registry.get("treatment").build(design, priors={"nac_change": {"params": {"sigma": 60.0}}})
+    wide = registry.get("treatment").build(design, priors={"nac_change": {"params": {"sigma": 60.0}}}).model
     res = run_sbc("treatment (mis-scaled prior)", compiled.model, wide, PARAMS, n_reps=SMALL_REPS, seed=3,
                   draws=200, tune=200, cores=1, swappable=compiled)
     uni = res.uniformity.set_index("parameter")

@@ -84,6 +84,9 @@ def fit_model(model_name: str, data_dir: Path, settings: SamplerSettings):
 
 def generate_reference(model_name: str, data_dir: Path = DEFAULT_DATA, data_label: str = "default",
                        settings: SamplerSettings = REFERENCE_SETTINGS, folder: Path = REFERENCE_DIR) -> dict:
+    from inference.idata_io import load_average, machine_record
+
+    start = machine_record()
     t0 = time.perf_counter()
     idata, timings = fit_model(model_name, data_dir, settings)
     ref = {
@@ -94,6 +97,7 @@ def generate_reference(model_name: str, data_dir: Path = DEFAULT_DATA, data_labe
         "versions": versions(),
         "divergences": int(idata.sample_stats["diverging"].sum()),
         "seconds": time.perf_counter() - t0,
+        "measured": {**start, "load_end": load_average()},
         "compile_s": timings.get("compile_s"),
         "fit_path": timings.get("fit_path"),
         "parameters": summarise_posterior(idata.posterior),

@@ -134,6 +134,14 @@ def reference_section(out: Path) -> list[str]:
     return lines
 
 
+def _measured(info: dict) -> str:
+    """When and under what load a check ran (date, machine, load average at its start and end), or 'not recorded'."""
+    m = info.get("measured")
+    if not m:
+        return "not recorded"
+    return f"{m['date'][:16].replace('T', ' ')} UTC, {m.get('cpus', '?')} CPUs, load {m['load_start'][0]:.1f} -> {m['load_end'][0]:.1f}"
+
+
 def overview(out: Path) -> list[str]:
     """One line per check: size, headline figure, run time."""
     rows = []
@@ -143,34 +151,38 @@ def overview(out: Path) -> list[str]:
         rows.append({"check": f"SBC {s['model']}", "size": f"{s['n_reps']} of {s.get('target_reps', s['n_reps'])} replicates",
                      "result": f"{len(s['flagged'])} of {len(uni)} parameters flagged (chi-square or extreme-rank p < 0.01; min p "
                                f"{min(uni['p_value'].min(), uni['p_extreme'].min()):.3f}; about {0.02 * len(uni):.1f} expected by chance)",
-                     "time": _minutes(s["seconds"])})
+                     "time": _minutes(s["seconds"]), "measured": _measured(s)})
     info = _load(out, "coverage")
     if info:
         summ = pd.read_csv(out / "coverage_summary.csv")
         res = "; ".join(f"week {int(r.week)}: coverage {r.coverage:.3f}, bias {r.bias:+.2f}, RMSE {r.rmse:.2f}" for r in summ.itertuples())
         rows.append({"check": "coverage (90% intervals)", "size": f"{info['n_trials']} of {info.get('target_trials', info['n_trials'])} trials",
-                     "result": res, "time": _minutes(info["seconds"])})
+                     "result": res, "time": _minutes(info["seconds"]), "measured": _measured(info)})
     info = _load(out, "agreement")
     if info:
         rows.append({"check": "agreement with REML", "size": f"default + {info['n_datasets'] - 1} simulated",
                      "result": f"largest |difference| {info['max_abs_diff_se']:.3f} SE (tolerance {info['tolerance_se']}); all agree: "
-                               f"{'yes' if info['all_agree'] else 'NO'}", "time": _minutes(info["seconds"])})
+                               f"{'yes' if info['all_agree'] else 'NO'}", "time": _minutes(info["seconds"]),
+                     "measured": _measured(info)})
     from .reference import REFERENCE_DIR
 
     refs = sorted(REFERENCE_DIR.glob("*.json"))
     if refs:
-        total = sum(json.loads(f.read_text(encoding="utf-8"))["seconds"] for f in refs)
-        rows.append({"check": "reference posteriors", "size": f"{len(refs)} models", "result": "stored (see below)", "time": _minutes(total)})
+        loaded = [json.loads(f.read_text(encoding="utf-8")) for f in refs]
+        total = sum(r["seconds"] for r in loaded)
+        dates = sorted({_measured(r) for r in loaded})
+        rows.append({"check": "reference posteriors", "size": f"{len(refs)} models", "result": "stored (see below)", "time": _minutes(total),
+                     "measured": dates[0] if len(dates) == 1 else f"{len(dates)} runs: {'; '.join(dates)}"})
     if not rows:
         return []
-    return ["## Overview", "", _table(pd.DataFrame(rows)), "", "Times are wall-clock on 2 shared CPU cores and include compilation; they depend heavily on other load on the machine.", ""]
+    return ["## Overview", "", _table(pd.DataFrame(rows)), "", "Times are wall-clock and include compilation; 'measured' gives each check's date, machine and load average (1 min) at its start and end.", ""]
 
 
 def build_report(out: Path) -> str:
     lines = [
         "# Statistical validation results",
         "",
-        "Regenerate with `python -m validation.run --all` (see README, section 'Statistical validation').",
+        "Regenerate with `python -m validation.run --all` (see docs/validation.md).",
         "Figures below are read from `validation/results/`; each section states its replicate counts and run time.",
         "",
     ]

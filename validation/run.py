@@ -26,6 +26,13 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+def measured_since(start: dict) -> dict:
+    """Date, machine and load when a check started (inference.idata_io.machine_record), with the load now."""
+    from inference.idata_io import load_average
+
+    return {**start, "load_end": load_average()}
+
+
 def save_json(path: Path, obj: dict) -> None:
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=float) + "\n", encoding="utf-8")
@@ -65,6 +72,9 @@ def check_sbc(name: str, reps: int, seed: int, out: Path, cores: int, report: Pa
     model = build(design)
     n_obs = int(len(design.y))
     log(f"SBC {name}: {reps} replicates, {SBC_PARTICIPANTS} participants, compiling once")
+    from inference.idata_io import machine_record
+
+    start = machine_record()
 
     def save(res, final=False):
         n_done = res.settings["n_reps"]
@@ -78,6 +88,7 @@ def check_sbc(name: str, reps: int, seed: int, out: Path, cores: int, report: Pa
             **res.settings, "complete": n_done == reps, "compile_s": res.compile_s, "seconds": res.seconds,
             "divergent_replicates": int(res.ranks.groupby("replicate")["divergences"].first().gt(0).sum()),
             "flagged": [p for p, f in zip(res.uniformity["parameter"], res.uniformity["flagged"]) if f],
+            "measured": measured_since(start),
         }
         save_json(out / f"sbc_{name}.json", summary)
         if report:
@@ -95,13 +106,16 @@ def check_coverage(reps: int, seed: int, out: Path, cores: int, report: Path | N
     from .coverage import run_coverage, summarise
 
     log(f"coverage: {reps} trials of the default design, model 'treatment'")
+    from inference.idata_io import machine_record
+
+    start = machine_record()
 
     def save(table, info, final=False):
         if not final and info["n_trials"] % 5:
             return
         save_csv(table, out / "coverage_trials.csv")
         save_csv(summarise(table), out / "coverage_summary.csv")
-        info.update(check="coverage", complete=info["n_trials"] == reps)
+        info.update(check="coverage", complete=info["n_trials"] == reps, measured=measured_since(start))
         save_json(out / "coverage.json", info)
         if report:
             write_report(out, report)
@@ -122,7 +136,11 @@ def check_agreement(reps: int, seed: int, out: Path, cores: int) -> dict:
     default = build_design(load_dataset(HERE.parent / "data" / "default"))
     designs = [("default", default)] + [(f"simulated seed {s}", d) for s, d, _ in simulate_designs(reps, seed + 7, TrialParameters())]
     log(f"agreement: default dataset + {reps} simulated trials")
+    from inference.idata_io import machine_record
+
+    start = machine_record()
     table, info = run_agreement(designs, seed, cores=cores, log=log)
+    info["measured"] = measured_since(start)
     save_csv(table, out / "agreement.csv")
     info["check"] = "agreement"
     info["all_agree"] = bool(table["agrees"].all())

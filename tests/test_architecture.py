@@ -1,0 +1,168 @@
+"""The house: layers depend one way, no import cycles (imports inside functions count), models/ declares
+only (no numba, no nutpie), the README's module map names every module, and its Python example runs."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("data", "models", "inference", "diagnostics", "planning", "validation", "deptrial")
+SCRIPTS = ("fit", "diagnose", "plan")
+# what each layer may import from the project (everything else is an upward or sideways import)
+ALLOWED = {
+    "data": set(),
+    "models": {"data"},
+    "inference": {"data", "models"},
+    "diagnostics": {"data", "models", "inference"},
+    "planning": {"data", "models"},
+    "validation": {"data", "models", "inference", "diagnostics"},
+    "deptrial": {"data", "models", "inference", "diagnostics", "planning"},
+    **{s: {"data", "models", "inference", "diagnostics", "planning", "deptrial"} for s in SCRIPTS},
+}
+
+
+def project_modules() -> dict[str, Path]:
+    mods = {s: ROOT / f"{s}.py" for s in SCRIPTS}
+    for pkg in PACKAGES:
+        for path in sorted((ROOT / pkg).glob("*.py")):
+            mods[pkg if path.stem == "__init__" else f"{pkg}.{path.stem}"] = path
+    return mods
+
+
+def imports_of(name: str, path: Path, mods: dict[str, Path]) -> set[str]:
+    """Project modules imported anywhere in the file (module level or inside functions)."""
+    package = name if path.stem == "__init__" else name.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        targets = []
+        if isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                base = ".".join([*parts, base] if base else parts)
+            targets = [base] + [f"{base}.{a.name}" for a in node.names]
+        for target in targets:
+            while target and target not in mods:
+                target = target.rpartition(".")[0]
+            if target and target != name and not (path.stem == "__init__" and target.startswith(name + ".")):
+                found.add(target)
+    return found
+
+
+def import_graph() -> dict[str, set[str]]:
+    mods = project_modules()
+    return {name: imports_of(name, path, mods) for name, path in mods.items()}
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected sets of more than one module (Tarjan)."""
+    index, low, stack, on, out, counter = {}, {}, [], set(), [], [0]
+
+    def visit(v):
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in graph:
+        if v not in index:
+            visit(v)
+    return out
+
+
+@pytest.mark.unit
+def test_cycle_finder_finds_a_planted_cycle():
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+    assert cycles(graph) == [["a", "b", "c"]]
+    assert cycles({"a": {"b"}, "b": set()}) == []
+
+
+@pytest.mark.unit
+def test_function_level_imports_are_seen(tmp_path):
+    path = tmp_path / "m.py"
+    path.write_text("def f():\n    from .other import g\n    import models.trajectory\n")
+    mods = {"pkg.m": path, "pkg.other": path, "models.trajectory": path}
+    assert imports_of("pkg.m", path, mods) == {"pkg.other", "models.trajectory"}
+
+
+@pytest.mark.unit
+def test_no_import_cycle_between_project_modules():
+    assert cycles(import_graph()) == []
+
+
+@pytest.mark.unit
+def test_layers_depend_one_way():
+    wrong = []
+    for name, targets in import_graph().items():
+        layer = name.split(".")[0]
+        for target in targets:
+            other = target.split(".")[0]
+            if other != layer and other not in ALLOWED[layer]:
+                wrong.append(f"{name} imports {target}")
+    assert not wrong, wrong
+
+
+@pytest.mark.unit
+def test_models_declare_only():
+    """models/ imports neither the compilers nor the sampler: those are inference/'s business."""
+    offenders = []
+    for path in sorted((ROOT / "models").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            offenders += [f"{path.name}: {n}" for n in names if n.split(".")[0] in ("numba", "nutpie")]
+    assert not offenders, offenders
+
+
+def readme_block(title: str, lang: str) -> str:
+    text = (ROOT / "README.md").read_text()
+    section = text.split(f"## {title}\n", 1)[1].split("\n## ", 1)[0]
+    return re.search(rf"```{lang}\n(.*?)```", section, re.S).group(1)
+
+
+@pytest.mark.unit
+def test_readme_module_map_matches_the_tree():
+    block = readme_block("Module map", "text")
+    listed_dirs = set(re.findall(r"^(\w+)/", block, re.M))
+    tree_dirs = {p.name for p in ROOT.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
+    assert tree_dirs <= listed_dirs, f"packages missing from the module map: {tree_dirs - listed_dirs}"
+    for extra in listed_dirs - tree_dirs:
+        assert (ROOT / extra).is_dir(), f"the module map lists {extra}/, which does not exist"
+    named = set(re.findall(r"\b(\w+\.py)\b", block))
+    files = {f"{s}.py" for s in SCRIPTS} | {p.name for pkg in PACKAGES for p in (ROOT / pkg).glob("*.py") if p.name != "__init__.py"}
+    assert files <= named, f"modules missing from the module map: {sorted(files - named)}"
+    assert named <= files, f"the module map names modules that do not exist: {sorted(named - files)}"
+
+
+@pytest.mark.smoke
+def test_readme_python_example_runs(tmp_path, monkeypatch, capsys):
+    """The README's Python example, exactly as printed, in a fresh folder."""
+    code = readme_block("Python", "python")
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "README.md", "exec"), {"__name__": "readme_example"})
+    out = capsys.readouterr().out
+    assert "headline" in out and "treatment" in out and "report.html" in out
+    assert (tmp_path / "results" / "example" / "report.html").is_file()
+    for name in ("treatment", "headline"):
+        assert (tmp_path / "results" / "example" / name / "estimates.csv").is_file()
