@@ -238,7 +238,7 @@ def _complete_case(design, estimator):
     return out
 
 
-@pytest.mark.smoke
+@pytest.mark.slow  # compiles the model's graph (about a minute from empty caches); structure, priors and likelihood are unit-tested above
 def test_biomarker_change_recovers_nac_effect_and_its_absence(mean_fit, effect_design):
     post = mean_fit.posterior
     assert int(mean_fit.sample_stats["diverging"].sum()) == 0
@@ -259,7 +259,7 @@ def test_biomarker_change_recovers_nac_effect_and_its_absence(mean_fit, effect_d
     assert il6["p_above_1"] > 0.97 and il6["hdi_3%"] > 1.0 and "geometric means" in il6["quantity"]
 
 
-@pytest.mark.smoke
+@pytest.mark.slow
 def test_median_regression_agrees_with_mean_model(mean_fit, effect_design):
     """Log-normal data: the ratio of medians equals the ratio of geometric means, so the two models agree."""
     idata, _ = sample_posterior(get("biomarker_change_median").build(effect_design), FIT, quiet=True)
@@ -285,7 +285,7 @@ def test_median_regression_agrees_with_mean_model(mean_fit, effect_design):
         assert table.loc[mk, "hdi_97%"] - table.loc[mk, "hdi_3%"] > 1.05 * (raw_hi - raw_lo), mk
 
 
-@pytest.mark.smoke
+@pytest.mark.slow
 def test_mediation_recovers_indirect_effect_and_its_absence(effect_design):
     model = get("mediation").build(effect_design)
     idata, _ = sample_posterior(model, FIT, quiet=True)

@@ -13,7 +13,7 @@ from diagnostics import loo as dl
 from inference.sampling import SamplerSettings, sample_posterior
 from models import BuiltModel, build_design
 
-SETTINGS = SamplerSettings(sampler="pymc", draws=600, tune=300, chains=2, cores=1, seed=11)
+SETTINGS = SamplerSettings(draws=600, tune=300, chains=2, cores=1, seed=11)
 
 
 def pooled(design) -> BuiltModel:

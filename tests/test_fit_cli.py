@@ -73,7 +73,7 @@ def test_list_models_and_unknown_model(capsys, tmp_path):
     assert "unknown model 'nope'" in capsys.readouterr().err
 
 
-@pytest.mark.smoke
+@pytest.mark.slow
 def test_mmrm_through_fit_cli(small_trial_dir, tmp_path, capsys):
     """The MMRM's outcome is change from baseline, not the scores: fit.py must fit and tabulate it, not crash in the report."""
     out = tmp_path / "mmrm"

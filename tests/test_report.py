@@ -95,6 +95,7 @@ window.addEventListener('load', function () {
 </script>"""
 
 
+@pytest.mark.smoke  # starts a browser process
 def test_report_renders_in_headless_chromium(rendered, tmp_path):
     exe = chromium()
     if exe is None:

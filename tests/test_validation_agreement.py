@@ -11,7 +11,9 @@ import pytest
 
 from data import TrialParameters, load_dataset
 from models.design import build_design
-from validation.agreement import SD_RATIO_RANGE, TOLERANCE_SE, compare, reml_nac_effect, run_agreement
+from inference.sampling import SamplerSettings, sample_all
+from models import get
+from validation.agreement import SD_RATIO_RANGE, TOLERANCE_SE, compare, reml_nac_effect, run_agreement, weak_priors
 from validation.designs import design_of
 
 DEFAULT = Path(__file__).resolve().parent.parent / "data" / "default"
@@ -50,6 +52,19 @@ def test_compare_flags_a_posterior_off_by_half_a_standard_error():
 
 
 @pytest.mark.smoke
+def test_fast_path_posterior_agrees_with_reml_on_a_simulated_trial(simulated):
+    """The small version: the shipped fit path of 'treatment' (participant effects integrated out, fused
+    log density) under the check's weak priors, on one simulated trial, against REML."""
+    design, _ = simulated
+    built = get("treatment").build(design, priors=weak_priors(design))
+    idata, _ = sample_all(built, SamplerSettings(draws=800, tune=500, chains=2, seed=5, prior_draws=10), quiet=True)
+    table = compare(idata, reml_nac_effect(design))
+    assert len(table) == 2 and int(idata.sample_stats["diverging"].sum()) == 0
+    assert (table["diff_in_se"].abs() <= TOLERANCE_SE).all(), table
+    assert table["sd_ratio"].between(*SD_RATIO_RANGE).all(), table
+
+
+@pytest.mark.slow
 def test_posterior_mean_agrees_with_reml_under_weak_priors(default_design, simulated):
     table, info = run_agreement([("default", default_design), ("simulated", simulated[0])], seed=5, draws=600, tune=400, cores=1)
     assert len(table) == 4  # two datasets x weeks 12 and 16

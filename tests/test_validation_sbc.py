@@ -79,7 +79,7 @@ def compiled(design):
     return SwappableModel.build(registry.get("treatment").build(design).model)
 
 
-@pytest.mark.smoke
+@pytest.mark.slow
 def test_small_sbc_is_calibrated(design, compiled):
     model = compiled.model
     res = run_sbc("treatment", model, registry.get("treatment").build(design).model, PARAMS, n_reps=SMALL_REPS, seed=3,
@@ -94,7 +94,7 @@ def test_small_sbc_is_calibrated(design, compiled):
     assert (uni["mean_z"].abs() < 1.0).all(), uni
 
 
-@pytest.mark.smoke
+@pytest.mark.slow
 def test_small_sbc_fails_when_the_prior_is_mis_scaled_tenfold(design, compiled):
     """Data simulated with a NAC prior 10x wider than the fitted model's: the fitted prior is 10x too narrow."""
     wide = registry.get("treatment").build(design, priors={"nac_change": {"params": {"sigma": 60.0}}}).model
