@@ -53,6 +53,10 @@ LIKELIHOODS = ("normal", "student", "censored")
 
 # The registered members: name -> (description, switches)
 FAMILY = {
+    "headline": (
+        "arm x time (treatment phase, follow-up) + baseline log IL-6/CRP/BDNF as prognostic effects and slope moderators",
+        {"arm": True, "markers": True},
+    ),
     "null": (
         "time only (treatment phase, follow-up), no arm effect: the reference for comparison; no biomarkers needed",
         {"arm": False},
@@ -61,10 +65,6 @@ FAMILY = {
     "treatment_curved": (
         "arm x time with a curved treatment phase (straight line + 4 t1 (1 - t1) bend, per arm), no biomarkers",
         {"arm": True, "curved": True},
-    ),
-    "headline": (
-        "arm x time (treatment phase, follow-up) + baseline log IL-6/CRP/BDNF as prognostic effects and slope moderators",
-        {"arm": True, "markers": True},
     ),
     "moderation": (
         "headline + biomarker x arm x time: the NAC effect as a function of baseline IL-6/CRP/BDNF, reported at chosen marker levels",

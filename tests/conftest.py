@@ -38,7 +38,8 @@ os.environ["DEPTRIAL_CACHE"] = os.environ.get("DEPTRIAL_TEST_CACHE") or os.path.
 
 
 def pytest_sessionfinish(session, exitstatus):
-    shutil.rmtree(_SCRATCH, ignore_errors=True)
+    if "PYTEST_XDIST_WORKER" not in os.environ:  # the run's scratch is shared by its workers: the controller removes it
+        shutil.rmtree(_SCRATCH, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -46,7 +46,7 @@ with output_lock(sys.argv[1]):
 """
 
 
-@pytest.mark.unit
+@pytest.mark.smoke  # starts a process that holds the lock
 def test_second_writer_is_refused_and_stale_lock_is_ignored(tmp_path, small_trial_dir, capsys):
     out = tmp_path / "results"
     holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(out)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
@@ -61,7 +61,7 @@ def test_second_writer_is_refused_and_stale_lock_is_ignored(tmp_path, small_tria
         assert not out.exists()
     finally:
         holder.send_signal(signal.SIGKILL)
-        holder.wait()
+        holder.communicate()
     assert lock_path(out).exists(), "a killed holder leaves its lock file behind"
     with locked_output(out) as tmp:  # ...which does not block: the kernel released its flock
         (tmp / "ok.txt").write_text("done")
@@ -163,7 +163,7 @@ def kill_when(proc: subprocess.Popen, ready, timeout: float = 600) -> float:
             break
         time.sleep(0.002)
     proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    proc.communicate()  # reap it and close its pipes
     return time.perf_counter() - t0
 
 
@@ -282,9 +282,9 @@ def register_broken_model(monkeypatch):
         with pm.Model() as model:
             x = pm.Normal("x", 0, 1)
             pm.Potential("impossible", pt.switch(x > 100, 0.0, -np.inf))  # log-density -inf at every start
-        return model
+        return registry.BuiltModel("broken", model, design, {}, ())
 
-    spec = registry.ModelSpec("broken", build_broken, "a model no chain can initialise (test only)")
+    spec = registry.ModelSpec("broken", "a model no chain can initialise (test only)", build_broken, lambda design: {})
     monkeypatch.setitem(registry.REGISTRY, "broken", spec)
 
 

@@ -19,7 +19,6 @@ from diagnostics.run import diagnose_run, write_outputs
 from inference.idata_io import save_idata
 from test_diagnostics import trial_idata
 
-pytestmark = pytest.mark.unit
 
 ESTIMATES = pd.DataFrame(
     [
@@ -46,6 +45,7 @@ def rendered(fits, tmp_path_factory):
     return run, folder, path, path.read_text(encoding="utf-8")
 
 
+@pytest.mark.unit
 def test_report_has_every_section_and_is_self_contained(rendered):
     run, folder, path, text = rendered
     assert text.startswith("<!DOCTYPE html>") and text.rstrip().endswith("</html>")
@@ -123,6 +123,7 @@ def saved_results(fits, folder):
     return folder
 
 
+@pytest.mark.unit
 def test_diagnose_cli_reruns_on_saved_results(fits, tmp_path, capsys):
     folder = saved_results(fits, tmp_path / "results")
     assert diagnose.main([str(folder), "--remission-cutoff", "10", "--quiet"]) == 0
@@ -133,6 +134,7 @@ def test_diagnose_cli_reruns_on_saved_results(fits, tmp_path, capsys):
     assert pd.read_csv(folder / "truth" / "ppc_rates.csv")["statistic"].str.contains("remission").any()
 
 
+@pytest.mark.unit
 def test_diagnose_cli_bad_input_exits_2(fits, tmp_path, capsys):
     assert diagnose.main([str(tmp_path / "nowhere")]) == 2
     assert "no results folder" in capsys.readouterr().err
