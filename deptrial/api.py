@@ -39,7 +39,7 @@ from inference.sampling import SamplerSettings
 from models import REGISTRY, ModelDataError, build_design, get
 from models.design import TrialDesign
 from models.effects import DEFAULT_MCID
-from models.priors import to_json
+from models.priors import resolve, to_json
 from planning.params import design_constants
 
 DEFAULT_MODELS = ("null", "treatment", "headline")  # the main job's comparison
@@ -145,6 +145,7 @@ def fit_trial(
     force: bool = False,
     quiet: bool = True,
     echo: Callable[[str], None] | None = None,
+    priors: dict[str, dict] | None = None,
 ) -> RunResult:
     """Fit `models` to a trial and write InferenceData, tables, the comparison and report.html into `out`.
 
@@ -156,6 +157,8 @@ def fit_trial(
     force     replace an existing `out`
     quiet     no progress lines on stderr
     echo      where the per-model summaries and the comparison sentences go (fit.py passes print)
+    priors    per model, prior overrides: {"treatment": {"nac_change": {"params": {"sigma": 3.0}}}}
+              (names from `models.get(name).default_priors(design)`; a Prior or a dict of dist/params)
 
     Raises DatasetError (bad data), ModelDataError (data a model cannot use), KeyError (unknown
     model), ValueError (bad argument), FileExistsError / OutputBusy (output folder), SamplingFailed,
@@ -179,13 +182,26 @@ def fit_trial(
         for change in changes:
             print(f"  - {change['text']}", file=sys.stderr)
     design = build_design(ds)
-    for spec in specs:  # data a model cannot use: refused before the first fit
+    for spec in specs:  # data a model cannot use, or priors it does not have: refused before the first fit
         spec.require(design)
+    check_priors(priors, specs, design)
     with locked_output(out, overwrite=force) as tmp:
         fits, run, diag, report = _run(specs, ds, design, source, changes, settings, tmp, out,
                                        likelihood=likelihood, mcid=mcid, remission_cutoff=remission_cutoff, kfold=kfold,
-                                       jobs=jobs, quiet=quiet, log=log, say=say)
+                                       jobs=jobs, quiet=quiet, log=log, say=say, priors=priors)
     return RunResult(out=out, fits=fits, run=run, diagnostics=diag, report=out / report.name if report is not None else None)
+
+
+def check_priors(priors: dict | None, specs: list, design: TrialDesign) -> None:
+    """Refuse overrides for a model not being fitted, or of a prior the model does not have (ValueError)."""
+    names = {s.name: s for s in specs}
+    for name, overrides in (priors or {}).items():
+        if name not in names:
+            raise ValueError(f"priors given for model '{name}', which is not among the models fitted ({', '.join(names)})")
+        try:
+            resolve(names[name].default_priors(design), overrides)
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"priors for model '{name}': {exc.args[0] if exc.args else exc}") from exc
 
 
 def finish_fit(name: str, idata, built, *, out: str, data_source: str, likelihood: str, settings: SamplerSettings,
@@ -228,7 +244,7 @@ def finish_fit(name: str, idata, built, *, out: str, data_source: str, likelihoo
 
 
 def _run(specs, ds, design, source, changes, settings, tmp: Path, out: Path, *, likelihood, mcid, remission_cutoff, kfold,
-         jobs, quiet, log, say):
+         jobs, quiet, log, say, priors=None):
     fits: dict[str, ModelFit] = {}
     diagnosed, diagnose_s = {}, 0.0  # per-model diagnostics of the visit-score fits
     run = {"data": source, "checksum": design.checksum, "data_changes": changes, "models": {}, "settings": settings.__dict__, "versions": versions()}
@@ -247,7 +263,7 @@ def _run(specs, ds, design, source, changes, settings, tmp: Path, out: Path, *, 
     submit = sorted(names, key=lambda n: (not get(n).needs, -order.index(n)))
     stream = fit_models(
         names, ds, likelihood, settings, jobs, quiet=quiet, submit_order=submit, after=finish,
-        announce=lambda n: log(f"\n== {n}: {get(n).description}"),
+        announce=lambda n: log(f"\n== {n}: {get(n).description}"), priors=priors,
     )
     while True:
         try:
@@ -283,7 +299,7 @@ def _run(specs, ds, design, source, changes, settings, tmp: Path, out: Path, *, 
     diag = report = None
     if diagnosed:
         t0 = time.perf_counter()
-        builders = {n: partial(get(n).build, likelihood=likelihood) for n in diagnosed}
+        builders = {n: partial(get(n).build, priors=(priors or {}).get(n), likelihood=likelihood) for n in diagnosed}
         diag = diagnose_run(
             {n: fits[n].idata for n in diagnosed},
             {n: fits[n].estimates for n in diagnosed},

@@ -18,6 +18,7 @@ import multiprocessing
 import os
 import sys
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from typing import Callable, Iterator
 
 import xarray as xr
@@ -74,28 +75,47 @@ def _die_with_parent() -> None:
         pass
 
 
-def _fit_in_worker(name: str, dataset: xr.Dataset, likelihood: str, settings: SamplerSettings, quiet: bool, after=None):
+def _fit_in_worker(name: str, dataset: xr.Dataset, likelihood: str, settings: SamplerSettings, quiet: bool, after=None, priors=None):
     """Worker process entry: progress lines prefixed with the model's name, then `_fit_model` and `after`."""
     import warnings
 
     warnings.filterwarnings("ignore", category=FutureWarning)
     sys.stderr = _Prefixed(sys.__stderr__, f"[{name}] ")
-    idata, timings, built = _fit_model(name, dataset, likelihood, settings, quiet)
+    idata, timings, built = _fit_model(name, dataset, likelihood, settings, quiet, priors)
     try:
         return idata, timings, after(name, idata, built) if after is not None else None
     except Exception as exc:
         raise AfterFitError(f"{type(exc).__name__}: {exc}") from exc
 
 
-def _fit_model(name: str, dataset: xr.Dataset, likelihood: str, settings: SamplerSettings, quiet: bool):
-    """Build and sample one model; returns (idata, timings, built)."""
+def _fit_model(name: str, dataset: xr.Dataset, likelihood: str, settings: SamplerSettings, quiet: bool, priors: dict | None = None):
+    """Build (with prior overrides, if any) and sample one model; returns (idata, timings, built)."""
     import time
 
     t0 = time.perf_counter()
-    built = get(name).build(build_design(dataset), likelihood=likelihood)
+    built = get(name).build(build_design(dataset), priors=priors, likelihood=likelihood)
     idata, timings = sample_all(built, settings, quiet=quiet)
     timings["worker_wall_s"] = time.perf_counter() - t0
     return idata, timings, built
+
+
+@contextmanager
+def _main_script_hidden():
+    """While workers start: a spawned worker imports the parent's main script (when it was run as
+    `python script.py`) before it runs anything. The workers need nothing from it (their entry point
+    is this module), and a script without an `if __name__ == "__main__":` guard, such as the README's
+    example saved to a file, would start the fits again in every worker. So the script's path is
+    hidden from multiprocessing while the workers start."""
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if path is None or getattr(main, "__spec__", None) is not None:  # `python -m ...` or interactive: nothing to hide
+        yield
+        return
+    del main.__file__
+    try:
+        yield
+    finally:
+        main.__file__ = path
 
 
 def default_jobs(n_models: int) -> int:
@@ -113,6 +133,7 @@ def fit_models(
     submit_order: list[str] | None = None,
     after: Callable | None = None,
     announce: Callable[[str], None] | None = None,
+    priors: dict[str, dict] | None = None,
 ) -> Iterator[tuple[str, object, dict, object]]:
     """Yield (name, idata, timings, after(name, idata, built)) in the order of `names`, fitting up to
     `jobs` models at once.
@@ -123,7 +144,8 @@ def fit_models(
 
     jobs <= 1 (or a single model) fits in this process, one model after another, calling
     `announce(name)` before each. `submit_order` (the slowest first) only changes which model a free
-    worker starts next, not the results or the order they are yielded in.
+    worker starts next, not the results or the order they are yielded in. `priors` maps a model's name
+    to its prior overrides (models.priors.resolve).
     Raises WorkerFailed for the first model (in `names` order) whose fit raised; the other workers are
     then stopped.
     """
@@ -132,7 +154,7 @@ def fit_models(
             if announce is not None:
                 announce(name)
             try:
-                idata, timings, built = _fit_model(name, dataset, likelihood, settings, quiet)
+                idata, timings, built = _fit_model(name, dataset, likelihood, settings, quiet, (priors or {}).get(name))
             except Exception as exc:
                 raise WorkerFailed(name, exc) from exc
             try:
@@ -148,7 +170,8 @@ def fit_models(
     )
     try:
         order = [n for n in (submit_order or []) if n in names] + [n for n in names if n not in (submit_order or [])]
-        futures = {name: pool.submit(_fit_in_worker, name, dataset, likelihood, settings, quiet, after) for name in order}
+        with _main_script_hidden():  # the workers start at the first submit
+            futures = {name: pool.submit(_fit_in_worker, name, dataset, likelihood, settings, quiet, after, (priors or {}).get(name)) for name in order}
         for name in names:
             try:
                 idata, timings, extra = futures[name].result()
