@@ -39,6 +39,7 @@ from inference.sampling import SamplerSettings
 from models import REGISTRY, ModelDataError, build_design, get
 from models.design import TrialDesign
 from models.effects import DEFAULT_MCID
+from models.priors import check as check_prior
 from models.priors import resolve, to_json
 from planning.params import design_constants
 
@@ -199,9 +200,14 @@ def check_priors(priors: dict | None, specs: list, design: TrialDesign) -> None:
         if name not in names:
             raise ValueError(f"priors given for model '{name}', which is not among the models fitted ({', '.join(names)})")
         try:
-            resolve(names[name].default_priors(design), overrides)
-        except (KeyError, TypeError) as exc:
+            resolved = resolve(names[name].default_priors(design), overrides)
+        except (KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"priors for model '{name}': {exc.args[0] if exc.args else exc}") from exc
+        for key in overrides:
+            try:
+                check_prior(key, resolved[key])
+            except ValueError as exc:
+                raise ValueError(f"priors for model '{name}': {exc}") from exc
 
 
 def finish_fit(name: str, idata, built, *, out: str, data_source: str, likelihood: str, settings: SamplerSettings,

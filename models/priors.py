@@ -66,6 +66,23 @@ def resolve(defaults: dict[str, Prior], overrides: dict | None) -> dict[str, Pri
     return out
 
 
+def check(name: str, prior: Prior) -> None:
+    """Raise ValueError when a prior's family or parameters cannot make a distribution (before any model is built)."""
+    special = {"LKJ": {"eta"}, "ZeroSumNormal": {"sigma"}}  # passed to LKJCholeskyCov / ZeroSumNormal by name
+    if prior.dist in special:
+        unknown = set(prior.params) - special[prior.dist]
+        if unknown:
+            raise ValueError(f"prior '{name}': {prior.dist} takes {sorted(special[prior.dist])}, not {sorted(unknown)}")
+        return
+    family = getattr(pm, prior.dist, None)
+    if family is None or not hasattr(family, "dist"):
+        raise ValueError(f"prior '{name}': '{prior.dist}' is not a PyMC distribution")
+    try:
+        family.dist(**prior.params)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"prior '{name}': {prior.describe()} is not a valid distribution ({exc})") from exc
+
+
 def rv(name: str, prior: Prior, **kwargs):
     """Create the random variable for a Prior (inside a model context)."""
     if prior.dist == "ZeroSumNormal":

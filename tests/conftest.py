@@ -15,14 +15,24 @@ import shutil
 import tempfile
 import warnings
 
-# Before PyMC is imported: the run's own PyTensor compile folder, and PyTensor's Python implementations
-# instead of compiling C for every small graph a test evaluates (same numbers; sampling goes through
-# nutpie's numba code either way). DEPTRIAL_TEST_C=1 keeps the C implementations.
 if "DEPTRIAL_TEST_SCRATCH" not in os.environ:  # once per run (this file may be imported again as tests.conftest)
     os.environ["DEPTRIAL_TEST_SCRATCH"] = tempfile.mkdtemp(prefix="deptrial-test-")
-    _flags = [f"base_compiledir={os.environ['DEPTRIAL_TEST_SCRATCH']}/pytensor"] + ([] if os.environ.get("DEPTRIAL_TEST_C") else ["cxx="])
-    os.environ["PYTENSOR_FLAGS"] = ",".join(filter(None, [os.environ.get("PYTENSOR_FLAGS", ""), *_flags]))
 _SCRATCH = os.environ["DEPTRIAL_TEST_SCRATCH"]
+
+
+def pytest_configure(config):
+    """Before PyMC is imported (test modules are collected after this): the run's own PyTensor compile
+    folder; and for the default tiers, PyTensor's Python implementations instead of compiling C for
+    each of the many small graphs they evaluate a few times (same numbers; sampling runs nutpie's
+    numba code either way). The slow tier (`-m slow`) evaluates large graphs thousands of times and
+    keeps C, as does DEPTRIAL_TEST_C=1. Worker processes inherit the setting."""
+    if "DEPTRIAL_TEST_FLAGS" in os.environ:
+        return
+    marks = config.getoption("markexpr") or ""
+    slow = "slow" in marks and "not slow" not in marks
+    flags = [f"base_compiledir={_SCRATCH}/pytensor"] + ([] if slow or os.environ.get("DEPTRIAL_TEST_C") else ["cxx="])
+    os.environ["PYTENSOR_FLAGS"] = ",".join(filter(None, [os.environ.get("PYTENSOR_FLAGS", ""), *flags]))
+    os.environ["DEPTRIAL_TEST_FLAGS"] = os.environ["PYTENSOR_FLAGS"]
 
 import matplotlib  # noqa: E402
 

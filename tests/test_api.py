@@ -40,6 +40,10 @@ def test_refusals_come_before_any_fit_and_write_nothing(nobio_trial, tmp_path, m
         deptrial.fit_trial(nobio, ["treatment", "headline"], out=out)
     with pytest.raises(ValueError, match="unknown prior 'nac_effect_sd'"):
         deptrial.fit_trial(trial, ["treatment"], out=out, priors={"treatment": {"nac_effect_sd": {"params": {"sigma": 1.0}}}})
+    with pytest.raises(ValueError, match="HalfNormal.*not a valid distribution"):
+        deptrial.fit_trial(trial, ["treatment"], out=out, priors={"treatment": {"residual_sd": {"params": {"sgima": 2.0}}}})
+    with pytest.raises(ValueError, match="'Halfnormal' is not a PyMC distribution"):
+        deptrial.fit_trial(trial, ["treatment"], out=out, priors={"treatment": {"residual_sd": {"dist": "Halfnormal", "params": {"sigma": 2.0}}}})
     with pytest.raises(ValueError, match="not among the models fitted"):
         deptrial.fit_trial(trial, ["treatment"], out=out, priors={"headline": {}})
     with pytest.raises(ValueError, match="kfold"):
