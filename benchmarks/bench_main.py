@@ -48,7 +48,7 @@ def render(meta: dict, runs: list[dict]) -> str:
     load = lambda key: ", ".join(f"{x:.2f}" for x in meta[key]) + " (1, 5, 15 min)"  # noqa: E731
     lines = [
         f"Measured {meta['date']} on {meta['machine']}, {meta['cpus']} CPUs; load average at the start {load('load_start')}, "
-        f"at the end {load('load_end')}. Command: `python fit.py {' '.join(meta['args'])}` (the main job). "
+        f"at the end {load('load_end')}. Command: `{' '.join(['python fit.py', *meta['args']])}` (the main job). "
         "Regenerate with `python benchmarks/bench_main.py` (docs/performance.md).",
         "",
         "| run | wall s | results MB | model | model wall s | compile s | sampling s | after the fit s |",

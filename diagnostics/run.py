@@ -1,6 +1,6 @@
 """Diagnostics of a whole run: every model's convergence, PPC and LOO, the comparison, the report.
 
-Used by fit.py at the end of a run (in-memory fits, refits possible through the model builders)
+Used by deptrial.fit_trial (fit.py) at the end of a run (in-memory fits, refits possible through the model builders)
 and by diagnose.py on a saved results folder (fits loaded from disk; refits if the dataset the
 fits were made from is still there with the same checksum).
 
@@ -208,7 +208,7 @@ def diagnose_run(
     labels = labels or arm_labels(first)
     models = {}
     for name, idata in idatas.items():
-        if precomputed and name in precomputed:  # e.g. computed in fit.py's worker processes, beside the other fits
+        if precomputed and name in precomputed:  # e.g. computed in the fit's worker processes (deptrial.api), beside the other fits
             models[name] = precomputed[name]
             continue
         log(f"diagnostics: {name}")

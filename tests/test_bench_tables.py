@@ -41,3 +41,13 @@ def test_scaling_table_divides_by_scale_one():
     text = bench_fit.scaling_table(results)
     assert "| ours | cold | 10 | 140.0 | 2.0 | 40.0 | 10.0 | 3000.0 |" in text
     assert bench_fit.scaling_table(results[:1]) == ""
+
+
+@pytest.mark.unit
+def test_results_md_opens_with_date_machine_and_load():
+    meta = {"date": "2026-11-28T10:00:00+00:00", "machine": "x86_64 test cpu", "cpus": 2, "load_start": [0.1, 0.2, 0.3],
+            "load_end": [1.0, 1.1, 1.2], "draws": 10, "tune": 20, "chains": 2, "seed": 1}
+    first = bench_fit.render(meta, [_res("ours", 1, "cold", 1.0, 2.0, 1.0)]).splitlines()[0]
+    assert "2026-11-28T10:00:00" in first and "x86_64 test cpu" in first and "2 CPUs" in first
+    assert "0.10, 0.20, 0.30" in first and "1.00, 1.10, 1.20" in first and "2 chains x 10 draws after 20" in first
+    assert "load average at the start not recorded" in bench_fit.header({})
