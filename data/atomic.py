@@ -87,6 +87,7 @@ def atomic_folder(target: str | Path, overwrite: bool = False):
         raise FileExistsError(f"{target} already exists; use --force (overwrite=True) to replace it")
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=_tmp_prefix(target), dir=target.parent))
+    usual_permissions(tmp, folder=True)  # mkdtemp makes it private; the results are the user's, as with mkdir
     try:
         yield tmp
         _fsync_tree(tmp)
@@ -188,11 +189,12 @@ def locked_output(target: str | Path, overwrite: bool = False):
             yield tmp
 
 
-def usual_permissions(path: str | Path) -> None:
-    """Give a file the mode a plain open() would have (0666 less the umask): mkstemp files start private."""
+def usual_permissions(path: str | Path, folder: bool = False) -> None:
+    """Give a file the mode a plain open() would have (0666 less the umask), or a folder that of mkdir
+    (0777 less the umask): mkstemp files and mkdtemp folders start private."""
     mask = os.umask(0)
     os.umask(mask)
-    os.chmod(path, 0o666 & ~mask)
+    os.chmod(path, (0o777 if folder else 0o666) & ~mask)
 
 
 def atomic_write_bytes(path: str | Path, payload: bytes) -> None:
@@ -204,6 +206,7 @@ def atomic_write_bytes(path: str | Path, payload: bytes) -> None:
             fh.write(payload)
             fh.flush()
             os.fsync(fh.fileno())
+        usual_permissions(tmp)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

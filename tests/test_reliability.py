@@ -353,3 +353,20 @@ def test_saved_fits_get_the_usual_permissions(tmp_path):
     finally:
         os.umask(mask)
     assert (path.stat().st_mode & 0o777) == 0o644  # not mkstemp's private 0600
+
+
+@pytest.mark.unit
+def test_results_folders_and_rewritten_files_get_the_usual_permissions(tmp_path):
+    import os
+
+    from data.atomic import atomic_write_bytes
+
+    mask = os.umask(0o022)
+    try:
+        with locked_output(tmp_path / "results") as tmp:
+            (tmp / "sub").mkdir()
+        atomic_write_bytes(tmp_path / "results" / "report.html", b"<html></html>")
+    finally:
+        os.umask(mask)
+    assert ((tmp_path / "results").stat().st_mode & 0o777) == 0o755  # not mkdtemp's private 0700
+    assert ((tmp_path / "results" / "report.html").stat().st_mode & 0o777) == 0o644  # not mkstemp's 0600
