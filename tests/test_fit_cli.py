@@ -17,7 +17,7 @@ REQUIRED_GROUPS = {"posterior", "sample_stats", "prior", "prior_predictive", "po
 @pytest.fixture(scope="module")
 def fitted(small_trial_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("fit") / "out"
-    code = fit.main(["--data", str(small_trial_dir), "--draws", "60", "--tune", "80", "--chains", "2", "--prior-draws", "20", "--seed", "3", "--out", str(out), "--quiet"])
+    code = fit.main(["--data", str(small_trial_dir), "--draws", "60", "--tune", "80", "--chains", "2", "--prior-draws", "20", "--seed", "3", "--jobs", "1", "--out", str(out), "--quiet"])
     return code, out
 
 
