@@ -30,7 +30,6 @@ from data import DatasetError, changes_of, load_dataset
 from data.atomic import OutputBusy, locked_output, output_lock
 from diagnostics.convergence import Verdict, verdict
 from diagnostics.estimates import format_estimates, model_estimates
-from diagnostics.loo import KFOLD_K
 from diagnostics.ppc import REMISSION_CUTOFF
 from diagnostics.run import REFIT_MIN_DRAWS, RunDiagnostics, diagnose_model, diagnose_run, load_run, write_outputs
 from inference.idata_io import provenance, save_idata, stamp, versions

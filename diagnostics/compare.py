@@ -17,7 +17,7 @@ import arviz as az
 import numpy as np
 import pandas as pd
 from scipy.optimize import minimize
-from scipy.special import logsumexp, softmax
+from scipy.special import softmax
 
 from .loo import LooResult
 

@@ -205,7 +205,6 @@ def register_cached(func, folder: Path, key: str) -> None:
 
 def _wrapper_key(tag: str, inner, n_dim: int, n_expanded: int, shared_names, shared_data) -> str | None:
     """Hash of PyTensor's graph key of the inner function, sizes and the shapes/dtypes of shared data."""
-    import numba
     import nutpie
     from pytensor.link.numba.cache import CACHED_SRC_FUNCTIONS
 
@@ -220,8 +219,6 @@ def _wrapper_key(tag: str, inner, n_dim: int, n_expanded: int, shared_names, sha
 def _closure_free(src: str, name: str, original, **env):
     """Recompile nutpie's wrapper from source with its closure as globals (numba can then cache it)."""
     import inspect
-
-    import numba
 
     closure = inspect.getclosurevars(original).nonlocals
     # __name__: numba rebuilds a cached function's environment by importing its module
@@ -258,8 +255,6 @@ def _cacheable_wrappers(folder: Path):
         )
         _CACHE_KEYS[new] = key
         return new, sig
-
-    import numba
 
     orig_cfunc = numba.cfunc
 

@@ -12,6 +12,7 @@ from scipy.stats import multivariate_normal
 import fit
 from data import DEFAULT_DATASET, TrialParameters, load_dataset, simulate_trial
 from models import build_design, get
+from models.contract import VISIT_CHANGES
 from models.mmrm import mmrm_data
 from inference.sampling import SamplerSettings, sample_all
 
@@ -141,7 +142,7 @@ def test_dims_priors_and_prior_predictive(design_nobio, design):
     dims = model.named_vars_to_dims
     assert dims["nac_effect"] == ("week",) and dims["change"] == ("obs",)
     assert dims["nac_visit_effect"] == ("visit",) and dims["visit_corr"] == ("visit", "visit2")
-    assert built.outcome_vars == ("change",) and not get("mmrm").comparable
+    assert built.outcome_vars == ("change",) and built.observations == VISIT_CHANGES and not get("mmrm").comparable
     assert set(built.priors) == {"visit_mean", "nac_visit_effect", "baseline_slope", "site", "visit_sd", "visit_corr"}
     with model:
         prior = pm.sample_prior_predictive(draws=200, random_seed=2)

@@ -11,6 +11,7 @@ import pytest
 import fit
 from data import TrialParameters, load_dataset, simulate_trial
 from models import ModelDataError, build_design, get
+from models.contract import VISIT_SCORES
 from models.moderation import CLINICAL_LEVELS, marker_levels, nac_effect_at_levels
 from inference.sampling import SamplerSettings, sample_all, sample_posterior
 from models.trajectory import curve_basis
@@ -46,6 +47,7 @@ def test_dims_and_finite_logp_every_likelihood(design, name):
     for likelihood in spec.likelihoods:
         built = spec.build(design, likelihood=likelihood)
         model = built.model
+        assert built.observations == VISIT_SCORES and spec.comparable and built.outcome_vars == ("y",)
         dims = model.named_vars_to_dims
         assert dims["y"] == ("obs",)
         assert dims["time_change"] == ("phase",)
@@ -97,7 +99,7 @@ def test_unknown_likelihood_is_refused(design_nobio):
 @pytest.mark.unit
 @pytest.mark.parametrize("name", FAMILY)
 def test_prior_predictive_stays_on_scale(design, name):
-    with get(name).build(design).model as model:
+    with get(name).build(design).model:
         prior = pm.sample_prior_predictive(draws=200, random_seed=5)
     y = prior.prior_predictive["y"].values.ravel()
     # a few extreme prior draws of the marker block put a censored latent marker at -inf (shared with headline)
