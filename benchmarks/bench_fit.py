@@ -89,18 +89,18 @@ def _key_from_ours(post, design) -> dict:
 
 
 def fit_ours(design, args, plain: bool, fused: bool = True) -> dict:
-    from inference.marginal import finish_marginal_fit
-    from inference.sampling import SamplerSettings, sample_posterior, seed_streams
+    from inference.sampling import SamplerSettings, complete_fit, sample_posterior
     from models import get
 
     settings = SamplerSettings(draws=args.draws, tune=args.tune, chains=args.chains, cores=args.cores, seed=args.seed, fused=fused)
     t0 = time.perf_counter()
     built = get("headline").build(design)
-    idata, timings = sample_posterior(built if plain else built.fast_variant(), settings, quiet=True)
+    fast = None if plain else built.fast_variant()
+    idata, timings = sample_posterior(fast or built, settings, quiet=True)
     extra = {}
     if not plain:
-        _, _, pred_seed, spare_seed = seed_streams(settings.seed)
-        extra = finish_marginal_fit(idata, design, spare_seed, pred_seed)
+        idata.posterior.attrs["fit_path"] = "marginal"
+        extra = complete_fit(idata, built, settings.seed, fast=fast)
     wall = time.perf_counter() - t0
     if not plain:
         extra.update(_loo_times(idata, design))

@@ -38,7 +38,8 @@ def run_once(work: Path, label: str, env: dict, extra: list[str]) -> dict:
     run = json.loads((out / "run.json").read_text())
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     models = {
-        name: {k: round(float(v), 2) for k, v in m["timings"].items() if k in ("wall_s", "compile_s", "sample_s", "finish_s", "diagnose_s")}
+        name: {k: round(float(v), 2) for k, v in m["timings"].items() if k in ("wall_s", "compile_s", "sample_s", "finish_s", "diagnose_s", "write_s")}
+        | {"idata_mb": round(m.get("idata_bytes", 0) / 2**20, 1)}
         for name, m in run["models"].items()
     }
     return {"run": label, "wall_s": round(wall, 1), "results_mb": round(size / 2**20, 1), "models": models}
@@ -51,8 +52,8 @@ def render(meta: dict, runs: list[dict]) -> str:
         f"at the end {load('load_end')}. Command: `{' '.join(['python fit.py', *meta['args']])}` (the main job). "
         "Regenerate with `python benchmarks/bench_main.py` (docs/performance.md).",
         "",
-        "| run | wall s | results MB | model | model wall s | compile s | sampling s | after the fit s |",
-        "|---|---|---|---|---|---|---|---|",
+        "| run | wall s | results MB | model | model wall s | compile s | sampling s | after the fit s | idata.nc MB | write s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in runs:
         if "error" in r:
@@ -62,7 +63,7 @@ def render(meta: dict, runs: list[dict]) -> str:
             first = (r["run"], r["wall_s"], r["results_mb"]) if i == 0 else ("", "", "")
             after = m.get("finish_s", 0.0) + m.get("diagnose_s", 0.0)
             lines.append(f"| {first[0]} | {first[1]} | {first[2]} | {name} | {m.get('wall_s', '-')} | {m.get('compile_s', '-')} | "
-                         f"{m.get('sample_s', '-')} | {after:.1f} |")
+                         f"{m.get('sample_s', '-')} | {after:.1f} | {m.get('idata_mb', '-')} | {m.get('write_s', '-')} |")
     return "\n".join(lines)
 
 

@@ -74,8 +74,11 @@ def _records(text: str, name: str) -> tuple[list[str], list[list[str]], list[int
     return rows[0] if rows else [], rows[1:], starts[1:], ProblemList()
 
 
-def read_csv_strict(path: Path, required: list[str], limit: int | None = None, changes: list | None = None) -> pd.DataFrame:
+def read_csv_strict(path: Path, required: list[str], limit: int | None = None, changes: list | None = None,
+                    allow_no_rows: bool = False) -> pd.DataFrame:
     """Read a CSV as stripped text; the frame's index is each row's CSV line number (header = line 1).
+
+    allow_no_rows: a header without data rows gives an empty frame instead of an error.
 
     Accepts a UTF-8 byte-order mark and Windows/old-Mac line endings (they load identically);
     rejects, with the fix, semicolon/tab exports, rows with the wrong number of fields (e.g. an
@@ -144,7 +147,7 @@ def read_csv_strict(path: Path, required: list[str], limit: int | None = None, c
     body = [(r, s) for r, s in zip(rows, starts) if any(c.strip() for c in r)]
     if empty and changes is not None:
         changes.append(Change(name, "dropped_empty_row", f"{len(empty)} row(s) with every cell empty ignored.", lines=tuple(empty), count=len(empty)))
-    if not body:
+    if not body and not allow_no_rows:
         raise DatasetError([Problem(name, "has a header but no data rows.", fix="add the data rows below the header")])
     df = pd.DataFrame([r for r, _ in body], columns=header, index=pd.Index([s for _, s in body], name="line"), dtype=str)
     for c in df.columns:
@@ -430,7 +433,12 @@ def _load_biomarkers(folder: Path, meta: DatasetMeta, ids: set[str], withdrawn: 
             [Problem(META_FILE, f"{file} is present but [biomarkers.units] is missing.", "biomarkers.units",
                      fix="declare each marker's unit, e.g. il6 = \"pg/mL\"")]
         )
-    df = read_csv_strict(folder / file, ["participant_id", "week", "marker", "value"], limit, changes)
+    df = read_csv_strict(folder / file, ["participant_id", "week", "marker", "value"], limit, changes, allow_no_rows=True)
+    if df.empty:  # e.g. the biomarker sub-study's results are not in yet: the trial is analysed without them, and says so
+        changes.append(Change(file, "no_biomarker_rows",
+                              "has a header but no data rows: the trial is analysed without biomarker data "
+                              "(models that need biomarkers are refused; remove the file or add its rows)."))
+        return None
     _extra_columns(df, file, ["participant_id", "week", "marker", "value", "below_lod", "unit"], changes)
     df = _drop_withdrawn(df, file, withdrawn, changes)
     p = ProblemList()

@@ -11,6 +11,7 @@ See README.md and docs/ for the models, the data format and the outputs.
 from data import DEFAULT_DATASET, DatasetError, load_dataset
 from data.atomic import OutputBusy
 from inference.sampling import SamplerSettings
+from inference.storage import SavedFitError, load_fit
 from models import ModelDataError
 
 from .api import DEFAULT_MODELS, FinishingFailed, ModelFit, RunResult, SamplingFailed, fit_trial, list_models, rediagnose
@@ -26,8 +27,10 @@ __all__ = [
     "RunResult",
     "SamplerSettings",
     "SamplingFailed",
+    "SavedFitError",
     "fit_trial",
     "list_models",
     "load_dataset",
+    "load_fit",
     "rediagnose",
 ]

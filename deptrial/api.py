@@ -32,9 +32,10 @@ from diagnostics.convergence import Verdict, verdict
 from diagnostics.estimates import format_estimates, model_estimates
 from diagnostics.ppc import REMISSION_CUTOFF
 from diagnostics.run import REFIT_MIN_DRAWS, RunDiagnostics, diagnose_model, diagnose_run, load_run, write_outputs
-from inference.idata_io import provenance, save_idata, stamp, versions
+from inference.idata_io import provenance, stamp, versions
 from inference.jobs import WorkerFailed, default_jobs, fit_models
 from inference.sampling import SamplerSettings
+from inference.storage import DATA_GROUP, STORAGE, save_fit, saved_dataset
 from models import REGISTRY, ModelDataError, build_design, get
 from models.design import TrialDesign
 from models.effects import DEFAULT_MCID
@@ -43,6 +44,8 @@ from models.priors import resolve, to_json
 from planning.params import design_constants
 
 DEFAULT_MODELS = ("null", "treatment", "headline")  # the main job's comparison
+MIN_DRAWS_PER_CHAIN = 10  # ESS, MCSE and split R-hat need at least 4 draws per chain, E-BFMI 3
+MIN_DRAWS_TOTAL = 40  # PSIS-LOO fits its Pareto tail to the largest min(20%, 3 sqrt(S)) of S ratios: at least 8 of them
 
 
 class SamplingFailed(RuntimeError):
@@ -172,6 +175,7 @@ def fit_trial(
         raise ValueError("kfold must be 0 (no refits) or at least 2")
     if jobs is not None and jobs < 1:
         raise ValueError("jobs must be at least 1")
+    check_settings(settings)
     specs = model_specs(models, likelihood)
     if out.exists() and not force:
         raise FileExistsError(f"output folder {out} already exists; choose another --out or pass --force to replace it")
@@ -190,6 +194,34 @@ def fit_trial(
                                        likelihood=likelihood, mcid=mcid, remission_cutoff=remission_cutoff, kfold=kfold,
                                        jobs=jobs, quiet=quiet, log=log, say=say, priors=priors)
     return RunResult(out=out, fits=fits, run=run, diagnostics=diag, report=out / report.name if report is not None else None)
+
+
+def check_settings(settings: SamplerSettings) -> None:
+    """Refuse sampler settings under which a fit could not be checked (ValueError), before any work.
+
+    One chain is accepted: every diagnostic but R-hat is defined, and the verdict says R-hat is not
+    available. Fewer draws than the diagnostics need are refused rather than failing after the fit."""
+    from inference.sampling import SAMPLERS
+
+    if settings.sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler '{settings.sampler}'; choose from {', '.join(SAMPLERS)}")
+    for name in ("chains", "cores", "prior_draws"):
+        if getattr(settings, name) < 1:
+            raise ValueError(f"{name} must be at least 1 (got {getattr(settings, name)})")
+    if settings.tune < 0:
+        raise ValueError(f"tune must be at least 0 (got {settings.tune})")
+    if not 0 < settings.target_accept < 1:
+        raise ValueError(f"target_accept must be between 0 and 1 (got {settings.target_accept})")
+    if settings.draws < MIN_DRAWS_PER_CHAIN:
+        raise ValueError(
+            f"draws = {settings.draws} per chain is too few to check the fit: effective sample size, MCSE and R-hat need "
+            f"at least {MIN_DRAWS_PER_CHAIN} draws per chain; use --draws {MIN_DRAWS_PER_CHAIN} or more (1000 or more for results)"
+        )
+    if settings.draws * settings.chains < MIN_DRAWS_TOTAL:
+        raise ValueError(
+            f"{settings.chains} chain(s) x {settings.draws} draws = {settings.draws * settings.chains} draws in all is too few for "
+            f"leave-one-out (PSIS fits a tail to the largest importance ratios); use at least {MIN_DRAWS_TOTAL} draws in all"
+        )
 
 
 def check_priors(priors: dict | None, specs: list, design: TrialDesign) -> None:
@@ -234,7 +266,7 @@ def finish_fit(name: str, idata, built, *, out: str, data_source: str, likelihoo
     table = model_estimates(idata, spec, design, mcid)
     folder = Path(out) / name
     folder.mkdir()
-    save_idata(idata, folder / "idata.nc")
+    written = save_fit(idata, folder / "idata.nc", dataset=design.dataset)
     check.table.to_csv(folder / "convergence.csv")
     summary_table(idata).to_csv(folder / "summary.csv")
     table.to_csv(folder / "estimates.csv", index=False)
@@ -245,14 +277,16 @@ def finish_fit(name: str, idata, built, *, out: str, data_source: str, likelihoo
         labels = (design.meta.control_arm, design.meta.treatment_arm)
         diagnosed = diagnose_model(name, idata, table, design.treated, labels, remission_cutoff, spec.description, check=check)
     return {"check": check, "table": table, "notes": built.notes, "diagnostics": diagnosed,
-            "finish_s": t1 - t0, "diagnose_s": time.perf_counter() - t1}
+            "finish_s": t1 - t0, "diagnose_s": time.perf_counter() - t1,
+            "idata_bytes": written["bytes"], "write_s": written["write_s"]}
 
 
 def _run(specs, ds, design, source, changes, settings, tmp: Path, out: Path, *, likelihood, mcid, remission_cutoff, kfold,
          jobs, quiet, log, say, priors=None):
     fits: dict[str, ModelFit] = {}
     diagnosed, diagnose_s = {}, 0.0  # per-model diagnostics of the visit-score fits
-    run = {"data": source, "checksum": design.checksum, "data_changes": changes, "models": {}, "settings": settings.__dict__, "versions": versions()}
+    run = {"data": source, "checksum": design.checksum, "data_changes": changes, "models": {}, "settings": settings.__dict__,
+           "versions": versions(), "storage": STORAGE}
     info = data_summary(design)
     log(info_text(info))
     names = [s.name for s in specs]
@@ -283,8 +317,8 @@ def _run(specs, ds, design, source, changes, settings, tmp: Path, out: Path, *, 
         if notes.get("text"):
             log(f"  {notes['text']}")
         wall = timings.get("worker_wall_s", timings.get("total_s", 0.0))  # fit only; finishing is timed apart
-        timings.update(wall_s=wall, finish_s=done["finish_s"], diagnose_s=done["diagnose_s"])
-        run["models"][name] = {"converged": check.ok, "timings": timings, "divergences": check.divergences}
+        timings.update(wall_s=wall, finish_s=done["finish_s"], diagnose_s=done["diagnose_s"], write_s=done["write_s"])
+        run["models"][name] = {"converged": check.ok, "timings": timings, "divergences": check.divergences, "idata_bytes": done["idata_bytes"]}
         if notes:
             run["models"][name]["data_notes"] = notes
         fits[name] = ModelFit(name, idata, table, check, timings, notes)
@@ -387,17 +421,21 @@ def refit_context(idatas: dict, seed: int | None = None):
     """(design, builders, settings) to refit the saved models, from the data they were fitted to (ValueError if unavailable)."""
     import dataclasses
 
-    prov = provenance(next(iter(idatas.values())))
-    source = prov.get("data_source")
-    if not source or not Path(source).is_dir():
-        raise ValueError(f"cannot refit: the dataset the fits were made from ({source}) is not available")
-    try:
-        ds = load_dataset(source)
-    except DatasetError as exc:
-        raise ValueError(f"cannot refit: {exc}") from exc
+    first = next(iter(idatas.values()))
+    prov = provenance(first)
+    if DATA_GROUP in first.groups():  # the dataset saved with the fit: no need for the original folder
+        ds = saved_dataset(first)
+    else:
+        source = prov.get("data_source")
+        if not source or not Path(source).is_dir():
+            raise ValueError(f"cannot refit: the dataset the fits were made from ({source}) is not available")
+        try:
+            ds = load_dataset(source)
+        except DatasetError as exc:
+            raise ValueError(f"cannot refit: {exc}") from exc
     design = build_design(ds)
     if design.checksum != prov.get("data_checksum"):
-        raise ValueError(f"cannot refit: the dataset at {source} changed since the fit (checksum differs)")
+        raise ValueError("cannot refit: the dataset differs from the one the fits were made from (checksum differs)")
     builders = {}
     for name, idata in idatas.items():
         p = provenance(idata)

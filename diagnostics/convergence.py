@@ -5,6 +5,7 @@ The thresholds are named constants used by the code, the tests and docs/diagnost
 
 from __future__ import annotations
 
+import logging
 import warnings
 from dataclasses import dataclass, field
 
@@ -44,15 +45,22 @@ class Verdict:
         lines = [
             f"convergence: {head}  (R-hat <= {RHAT_MAX}, bulk and tail ESS >= {ESS_BULK_MIN}, divergences = {DIVERGENCES_MAX}, "
             f"MCSE/SD <= {MCSE_SD_RATIO_MAX}, max-tree-depth draws <= {TREEDEPTH_SATURATED_MAX:.0%}, E-BFMI >= {EBFMI_MIN})",
-            f"  worst R-hat {self.table['r_hat'].max():.3f} ({self.table['r_hat'].idxmax()}), "
-            f"min bulk ESS {self.table['ess_bulk'].min():.0f} ({self.table['ess_bulk'].idxmin()}), "
-            f"min tail ESS {self.table['ess_tail'].min():.0f} ({self.table['ess_tail'].idxmin()}), "
-            f"divergences {self.divergences} of {self.draws} draws",
+            f"  worst R-hat {_extreme(self.table, 'r_hat', max)}, min bulk ESS {_extreme(self.table, 'ess_bulk', min, '.0f')}, "
+            f"min tail ESS {_extreme(self.table, 'ess_tail', min, '.0f')}, divergences {self.divergences} of {self.draws} draws",
             f"  max MCSE/SD {self.max_mcse_ratio:.3f}, draws at max tree depth {self.treedepth_saturated:.1%}, "
             f"E-BFMI per chain {', '.join(f'{b:.2f}' for b in self.ebfmi) or 'n/a (no energy recorded)'}",
         ]
         lines += [f"  - {m}" for m in self.messages]
         return "\n".join(lines)
+
+
+def _extreme(table: pd.DataFrame, column: str, pick, fmt: str = ".3f") -> str:
+    """'1.004 (name)' for the largest/smallest value of a column, 'n/a' when it has none (e.g. R-hat of one chain)."""
+    values = table[column].dropna() if column in table else pd.Series(dtype=float)
+    if values.empty:
+        return "n/a"
+    name = values.idxmax() if pick is max else values.idxmin()
+    return f"{values[name]:{fmt}} ({name})"
 
 
 def sampled_variables(idata: az.InferenceData, free: list[str] | None = None) -> list[str]:
@@ -62,15 +70,25 @@ def sampled_variables(idata: az.InferenceData, free: list[str] | None = None) ->
 
 
 def convergence_table(idata: az.InferenceData, var_names: list[str] | None = None) -> pd.DataFrame:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        summ = az.summary(idata, var_names=var_names, kind="diagnostics")
-    # constants (e.g. the effect at baseline, fixed at 0) have no meaningful diagnostics
-    summ = summ.dropna(subset=["r_hat"])
+    arviz_log = logging.getLogger("arviz")
+    level = arviz_log.level
+    arviz_log.setLevel(logging.ERROR)  # one chain: ArviZ logs a shape warning per parameter for R-hat; the verdict says it once
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            summ = az.summary(idata, var_names=var_names, kind="diagnostics")
+    finally:
+        arviz_log.setLevel(level)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         # only the SD (kind="stats" would also compute HDIs of every element, which is slow)
         sd = az.summary(idata, var_names=var_names, stat_funcs={"sd": lambda x: np.std(x, ddof=1)}, extend=False)["sd"].reindex(summ.index)
+    # constants (e.g. the effect at baseline, fixed at 0) have no meaningful diagnostics; with one chain
+    # R-hat is undefined for every parameter (it compares chains) while ESS and MCSE are not
+    one_chain = idata.posterior.sizes.get("chain", 1) < 2
+    keep = (summ["ess_bulk"].notna() & (sd > 0)) if one_chain else summ["r_hat"].notna()
+    summ = summ[keep.to_numpy()].copy()
+    sd = sd[keep.to_numpy()]
     summ["mcse_sd_ratio"] = summ["mcse_mean"] / sd.where(sd > 0)
     return summ
 
@@ -117,9 +135,13 @@ def verdict(idata: az.InferenceData, var_names: list[str] | None = None) -> Verd
     div = int(stats["diverging"].sum()) if "diverging" in stats else 0
     draws = int(np.prod([stats.sizes[d] for d in ("chain", "draw")]))
     msgs = []
+    chains = int(stats.sizes.get("chain", 1))
     bad_rhat = table.index[table["r_hat"] > RHAT_MAX]
     if len(bad_rhat):
         msgs.append(f"R-hat above {RHAT_MAX} for {len(bad_rhat)} parameter(s), e.g. {list(bad_rhat[:3])}: chains disagree; run longer (--tune, --draws)")
+    if chains < 2:
+        bad_rhat = table.index  # not assessed is not passed
+        msgs.append("R-hat not available: it compares chains and this fit has one, so convergence cannot be confirmed; use --chains 2 or more (4 is usual)")
     low_bulk = table.index[table["ess_bulk"] < ESS_BULK_MIN]
     low_tail = table.index[table["ess_tail"] < ESS_TAIL_MIN]
     if len(low_bulk) or len(low_tail):

@@ -293,8 +293,12 @@ def write_outputs(run: RunDiagnostics, folder: str | Path) -> Path:
 
 
 def load_run(folder: str | Path) -> tuple[dict[str, az.InferenceData], dict[str, pd.DataFrame]]:
-    """The fits (and estimates tables) saved in a results folder, in run.json's order when present."""
-    from inference.idata_io import load_idata
+    """The visit-score fits (and estimates tables) saved in a results folder, in run.json's order when present.
+
+    Each fit is read back whole (inference/storage.py recomputes the groups a saved fit does not
+    store); fits of other outcomes (MMRM change scores, biomarker change, mediation) are not in the
+    report, so they are not loaded."""
+    from inference.storage import complete_saved, load_fit, scores_visits
 
     folder = Path(folder)
     if not folder.is_dir():
@@ -308,8 +312,13 @@ def load_run(folder: str | Path) -> tuple[dict[str, az.InferenceData], dict[str,
         raise FileNotFoundError(f"{folder} holds no fitted model (no <model>/idata.nc): run fit.py first")
     idatas, estimates = {}, {}
     for n in names:
-        idatas[n] = load_idata(folder / n / "idata.nc")
+        stored = load_fit(folder / n / "idata.nc", complete=False)
+        if not scores_visits(stored):
+            continue
+        idatas[n] = complete_saved(stored)
         est = folder / n / "estimates.csv"
         if est.is_file():
             estimates[n] = pd.read_csv(est)
+    if not idatas:
+        raise FileNotFoundError(f"{folder} holds no fit of the visit scores ({', '.join(names)} model other outcomes): nothing to compare")
     return idatas, estimates

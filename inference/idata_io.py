@@ -66,6 +66,19 @@ def stamp(idata: az.InferenceData, **attrs) -> az.InferenceData:
     return idata
 
 
+COMPRESSION = {"compression": "gzip", "compression_opts": 4, "shuffle": True}  # lossless; HDF5 filters h5netcdf has built in
+
+
+def _write_netcdf(idata: az.InferenceData, path: str) -> None:
+    """Every group of `idata` into one netCDF4 file, numeric variables compressed (az.from_netcdf reads it)."""
+    mode = "w"
+    for group in idata.groups():
+        data = idata[group]
+        encoding = {name: dict(COMPRESSION) for name, var in data.variables.items() if var.dtype.kind in "biuf" and var.ndim > 0}
+        data.to_netcdf(path, mode=mode, group=group, engine="h5netcdf", encoding=encoding)
+        mode = "a"
+
+
 def save_idata(idata: az.InferenceData, path: str | Path) -> Path:
     """Write netCDF to a temporary file beside the target, then rename: never a partial file."""
     path = Path(path)
@@ -73,7 +86,7 @@ def save_idata(idata: az.InferenceData, path: str | Path) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        idata.to_netcdf(tmp)
+        _write_netcdf(idata, tmp)
         usual_permissions(tmp)
         os.replace(tmp, path)
     except BaseException:

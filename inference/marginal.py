@@ -3,9 +3,11 @@
 The maths of the marginal model is in models/marginal.py. Here each posterior draw gets an exact
 draw of the participant effects from their conditional posterior, so (theta, b) is a draw from the
 joint posterior of the plain model; then the pointwise log-likelihood of 'y' (per visit,
-conditional on the participant effects) and the posterior predictive are computed with numpy, and
-the helper variable of fixed-part coefficients is dropped. The InferenceData then has the plain
-model's variables, names and dims.
+conditional on the participant effects) and the posterior predictive are computed with numpy. The
+fixed-part coefficients they start from are computed from the posterior by the marginal model's
+graph (`fixed_part`), never taken from the sampler, so a saved fit, whose file holds only the
+sampled parameters, is completed with exactly the same numbers (inference/storage.py). The
+InferenceData then has the plain model's variables, names and dims.
 """
 
 from __future__ import annotations
@@ -14,8 +16,10 @@ import time
 
 import arviz as az
 import numpy as np
+import pymc as pm
 import xarray as xr
 
+from models.contract import BuiltModel
 from models.design import TrialDesign
 from models.marginal import FIXED_VAR, LOG2PI, visit_stats
 
@@ -31,11 +35,21 @@ def _chol_from_posterior(post: xr.Dataset) -> tuple[np.ndarray, np.ndarray, np.n
     return sd[..., 0], sd[..., 1] * rho, sd[..., 1] * np.sqrt(np.clip(1.0 - rho**2, 0.0, None))
 
 
-def recover_participant_effects(idata: az.InferenceData, design: TrialDesign, seed: int) -> None:
-    """Draw (u_i, b_i) | y, theta for every posterior draw; add participant_raw/effects to idata.posterior."""
+PARTICIPANT_VARS = ("participant_raw", "participant_effects")  # drawn after sampling on this path
+
+
+def fixed_part(posterior: xr.Dataset, fast: BuiltModel) -> np.ndarray:
+    """The fixed-part coefficients c_i (chain, draw, participant, 3) of every draw, from the marginal model's graph."""
+    ds = pm.compute_deterministics(posterior, var_names=[FIXED_VAR], model=fast.model, progressbar=False)
+    return np.asarray(ds[FIXED_VAR].values, dtype=float)
+
+
+def recover_participant_effects(idata: az.InferenceData, design: TrialDesign, seed: int, c: np.ndarray) -> None:
+    """Draw (u_i, b_i) | y, theta for every posterior draw; add participant_raw/effects to idata.posterior.
+
+    c: the fixed-part coefficients of every draw (`fixed_part`)."""
     stats = visit_stats(design)
     post = idata.posterior
-    c = post[FIXED_VAR].values  # chain, draw, participant, 3
     sigma = post["residual_sd"].values[..., None]
     l00, l10, l11 = (v[..., None] for v in _chol_from_posterior(post))
     gc = np.einsum("pkj,cdpj->cdpk", stats.xx[:, :2, :], c, optimize=True)  # (X'X c)[:2]; optimize: a BLAS path, 10x faster
@@ -64,10 +78,10 @@ def recover_participant_effects(idata: az.InferenceData, design: TrialDesign, se
     post["participant_effects"] = xr.DataArray(effects, dims=dims, coords=coords)
 
 
-def visit_means(idata: az.InferenceData, design: TrialDesign, chain: int) -> tuple[np.ndarray, np.ndarray]:
+def visit_means(idata: az.InferenceData, design: TrialDesign, chain: int, fixed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """mu (draw x obs) of one chain, conditional on the participant effects, and residual_sd (draw x 1)."""
     post = idata.posterior
-    c = post[FIXED_VAR].values[chain]
+    c = fixed[chain]
     eff = post["participant_effects"].values[chain]
     pid = design.obs_participant
     t2 = design.t2 if design.has_followup else np.zeros_like(design.t2)
@@ -75,7 +89,7 @@ def visit_means(idata: az.InferenceData, design: TrialDesign, chain: int) -> tup
     return mu, post["residual_sd"].values[chain][:, None]
 
 
-def add_pointwise_groups(idata: az.InferenceData, design: TrialDesign, pred_seed: int) -> dict[str, float]:
+def add_pointwise_groups(idata: az.InferenceData, design: TrialDesign, pred_seed: int, fixed: np.ndarray) -> dict[str, float]:
     """log_likelihood['y'] and posterior_predictive['y'] per visit, conditional on the recovered effects."""
     post = idata.posterior
     n_chain, n_draw = post.sizes["chain"], post.sizes["draw"]
@@ -86,7 +100,7 @@ def add_pointwise_groups(idata: az.InferenceData, design: TrialDesign, pred_seed
     t_ll = t_pp = 0.0
     for ch in range(n_chain):
         t0 = time.perf_counter()
-        mu, sigma = visit_means(idata, design, ch)
+        mu, sigma = visit_means(idata, design, ch, fixed)
         resid = (design.y - mu) / sigma
         ll[ch] = -0.5 * (LOG2PI + resid**2) - np.log(sigma)
         t1 = time.perf_counter()
@@ -103,15 +117,24 @@ def add_pointwise_groups(idata: az.InferenceData, design: TrialDesign, pred_seed
     return {"log_likelihood_s": t_ll, "posterior_predictive_s": t_pp}
 
 
-def finish_marginal_fit(idata: az.InferenceData, design: TrialDesign, recover_seed: int, pred_seed: int) -> dict[str, float]:
-    """Everything after sampling the marginal model: effects, log-likelihood, predictions; drops the helper."""
+def finish_marginal_fit(idata: az.InferenceData, fast: BuiltModel, recover_seed: int, pred_seed: int) -> dict[str, float]:
+    """Everything after sampling the marginal model (or reading its saved fit): effects, log-likelihood, predictions.
+
+    Drops the sampler's copy of the fixed-part helper: the graph recomputes it (`fixed_part`), so a
+    fit completed in memory and the same fit read back from its file give identical numbers."""
     t0 = time.perf_counter()
-    recover_participant_effects(idata, design, recover_seed)
-    timings = {"recover_s": time.perf_counter() - t0}
-    timings.update(add_pointwise_groups(idata, design, pred_seed))
-    del idata.posterior[FIXED_VAR]
-    if "participant_term" in idata.posterior.coords:
-        idata.posterior = idata.posterior.drop_vars("participant_term")
-    idata.posterior.attrs["fit_path"] = "marginal"
+    post = idata.posterior
+    drop = [v for v in (FIXED_VAR, *PARTICIPANT_VARS) if v in post]
+    post = post.drop_vars(drop)
+    if "participant_term" in post.coords:
+        post = post.drop_vars("participant_term")
+    post.attrs["fit_path"] = "marginal"
+    idata.posterior = post
+    fixed = fixed_part(post, fast)
+    timings = {"fixed_part_s": time.perf_counter() - t0}
+    t0 = time.perf_counter()
+    recover_participant_effects(idata, fast.design, recover_seed, fixed)
+    timings["recover_s"] = time.perf_counter() - t0
+    timings.update(add_pointwise_groups(idata, fast.design, pred_seed, fixed))
     idata.log_likelihood.attrs["y"] = LOG_LIKELIHOOD_NOTE
     return timings

@@ -113,38 +113,65 @@ def sample_all(built: BuiltModel, settings: SamplerSettings, quiet: bool = False
 
     Samples the model's exact fast variant when it has one and settings.fast (see the module doc);
     the prior, prior predictive, observed and constant data always come from `built.model` itself.
+    The groups computed from the posterior are added by `complete_fit`, the same function that
+    completes a saved fit read back from its file.
     """
-    prior_seed, _, pred_seed, spare_seed = seed_streams(settings.seed)
+    prior_seed = seed_streams(settings.seed)[0]
     model = built.model
     t_start = time.perf_counter()
     _log("  sampling prior predictive", quiet)
     with model, warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         prior = pm.sample_prior_predictive(draws=settings.prior_draws, random_seed=prior_seed)
+    fast = None
     if settings.fast and built.fast_variant is not None:
         fast = built.fast_variant()
         _log("  fast path: participant effects integrated out analytically, recovered after sampling", quiet)
         idata, timings = sample_posterior(fast, settings, quiet)
-        timings.update(finish_marginal_fit(idata, fast.design, spare_seed, pred_seed))
+        idata.posterior.attrs["fit_path"] = "marginal"
     else:
         idata, timings = sample_posterior(built, settings, quiet)
-        t0 = time.perf_counter()
-        with model:
-            pm.compute_log_likelihood(idata, var_names=list(built.outcome_vars), extend_inferencedata=True, progressbar=False)
-            timings["log_likelihood_s"] = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            pm.sample_posterior_predictive(
-                idata, var_names=list(built.outcome_vars), random_seed=pred_seed, extend_inferencedata=True, progressbar=False
-            )
-            timings["posterior_predictive_s"] = time.perf_counter() - t0
         idata.posterior.attrs["fit_path"] = "plain"
     for group in ("prior", "prior_predictive"):
         if group in prior.groups():
-            idata.add_groups({group: prior[group]})
+            # predictive draws as float32 (7 significant digits for a score: nothing a check can see is lost)
+            data = prior[group].astype("float32") if group == "prior_predictive" else prior[group]
+            idata.add_groups({group: data})
     # observed/constant data from the model itself, identical whichever sampler ran
     _add_data_groups(idata, model)
+    timings.update(complete_fit(idata, built, settings.seed, fast=fast))
     timings["total_s"] = time.perf_counter() - t_start
     return idata, timings
+
+
+def complete_fit(idata: az.InferenceData, built: BuiltModel, seed: int, fast: BuiltModel | None = None) -> dict[str, float]:
+    """Add what is computed from the posterior draws: log_likelihood and posterior_predictive of the
+    outcome, and on the fast path (posterior.attrs['fit_path'] == 'marginal') the participant effects.
+
+    A pure function of the posterior, the data and `seed` (its predictive streams), so a saved fit,
+    which stores none of these (inference/storage.py), is completed with exactly the numbers of the run.
+    """
+    _, _, pred_seed, spare_seed = seed_streams(seed)
+    if idata.posterior.attrs.get("fit_path") == "marginal":
+        if fast is None:
+            if built.fast_variant is None:
+                raise ValueError(f"model '{built.name}' has no fast variant, but the fit was made on the fast path")
+            fast = built.fast_variant()
+        return finish_marginal_fit(idata, fast, spare_seed, pred_seed)
+    timings = {}
+    for group in ("log_likelihood", "posterior_predictive"):
+        if group in idata.groups():
+            del idata[group]
+    t0 = time.perf_counter()
+    with built.model:
+        pm.compute_log_likelihood(idata, var_names=list(built.outcome_vars), extend_inferencedata=True, progressbar=False)
+        timings["log_likelihood_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        pm.sample_posterior_predictive(
+            idata, var_names=list(built.outcome_vars), random_seed=pred_seed, extend_inferencedata=True, progressbar=False
+        )
+        timings["posterior_predictive_s"] = time.perf_counter() - t0
+    return timings
 
 
 def _add_data_groups(idata: az.InferenceData, model: pm.Model) -> None:
@@ -165,4 +192,9 @@ def _add_data_groups(idata: az.InferenceData, model: pm.Model) -> None:
         if group in idata.groups():
             del idata[group]
     idata.add_groups({"observed_data": dataset(model.observed_RVs)})
-    idata.add_groups({"constant_data": dataset(model.data_vars)})
+    constant = dataset(model.data_vars)
+    if "participant" in coords and "participant" not in constant.coords:
+        # the participants the fit is scored on, even when no per-participant data enter the model
+        # (e.g. the null model on a single-site trial): leave-one-participant-out labels its units by them
+        constant = constant.assign_coords(participant=coords["participant"])
+    idata.add_groups({"constant_data": constant})

@@ -78,6 +78,7 @@ class TrialDesign:
     checksum: str
     baseline: MarkerData | None = None
     later: dict[int, MarkerData] = field(default_factory=dict)  # other biomarker weeks, same standardisation
+    dataset: xr.Dataset | None = field(default=None, repr=False)  # the validated dataset it was built from (saved with each fit)
 
     @property
     def n_participants(self) -> int:
@@ -159,6 +160,7 @@ def build_design(ds: xr.Dataset) -> TrialDesign:
         week_t2=t2w,
         has_followup=bool(meta.last_week > meta.treatment_end),
         checksum=str(ds.attrs.get("checksum", "")),
+        dataset=ds,
     )
     if "marker_value" in ds:
         base = _marker_block(ds, meta, 0)

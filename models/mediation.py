@@ -42,7 +42,7 @@ from .contract import MARKER_VALUES, BuiltModel
 from .design import ModelDataError, TrialDesign
 from .effects import effect_row
 from .marker_change_block import add_change_regression, add_latent_block, add_residual_chol, block_coords, change_data, change_priors, end_week, with_text
-from .priors import Prior, resolve, rv
+from .priors import Prior, points, resolve, rv
 
 NAME = "mediation"
 DESCRIPTION = "arm -> change in log IL-6/CRP/BDNF -> MADRS change at end of treatment: natural indirect, direct and total effects"
@@ -53,12 +53,12 @@ def default_priors(design: TrialDesign) -> dict[str, Prior]:
     pri = change_priors()
     pri.update(
         {
-            "outcome_intercept": Prior("Normal", {"mu": 0.0, "sigma": 0.25 * r}, "placebo change by end of treatment at mean covariates: half the scale is plausible"),
-            "direct_effect": Prior("Normal", {"mu": 0.0, "sigma": 0.1 * r}, "NAC - placebo change not through the markers: 6 MADRS points = 1 SD, like nac_change"),
-            "mediator_effect": Prior("Normal", {"mu": 0.0, "sigma": 0.05 * r}, "outcome change per baseline-SD change of the log marker: 3 MADRS points = 1 SD"),
+            "outcome_intercept": Prior("Normal", {"mu": 0.0, "sigma": 0.25 * r}, f"control change by end of treatment at mean covariates: SD {points(0.25, r)}"),
+            "direct_effect": Prior("Normal", {"mu": 0.0, "sigma": 0.1 * r}, f"treatment - control change not through the markers: SD {points(0.1, r)}, like nac_change"),
+            "mediator_effect": Prior("Normal", {"mu": 0.0, "sigma": 0.05 * r}, f"outcome change per baseline-SD change of the log marker: SD {points(0.05, r)}"),
             "baseline_score_slope": Prior("Normal", {"mu": 0.0, "sigma": 0.5}, "change per point of baseline score (regression to the mean is about -0.3)"),
-            "outcome_marker_baseline": Prior("Normal", {"mu": 0.0, "sigma": 0.05 * r}, "outcome change per SD of baseline log marker (like marker_moderation)"),
-            "outcome_sd": Prior("HalfNormal", {"sigma": 0.15 * r}, "SD of individual change by end of treatment (~6-9 MADRS points)"),
+            "outcome_marker_baseline": Prior("Normal", {"mu": 0.0, "sigma": 0.05 * r}, f"outcome change per SD of baseline log marker: SD {points(0.05, r)}, like marker_moderation"),
+            "outcome_sd": Prior("HalfNormal", {"sigma": 0.15 * r}, f"SD of individual change by end of treatment: scale {points(0.15, r)}"),
             "student_nu": Prior("Gamma", {"alpha": 2.0, "beta": 0.1}, "Student-t degrees of freedom (robust likelihood): mean 20"),
         }
     )

@@ -37,7 +37,7 @@ from pytensor.tensor.slinalg import cholesky, solve_triangular
 
 from .contract import VISIT_CHANGES, BuiltModel
 from .design import ModelDataError, TrialDesign
-from .priors import Prior, resolve, rv
+from .priors import Prior, points, resolve, rv
 
 NAME = "mmrm"
 DESCRIPTION = "Bayesian MMRM: change from baseline by visit, treatment x visit, baseline x visit, unstructured covariance (LKJ); no biomarkers needed"
@@ -48,11 +48,11 @@ _LOG_2PI = float(np.log(2 * np.pi))
 def default_priors(design: TrialDesign) -> dict[str, Prior]:
     r = design.score_range
     return {
-        "visit_mean": Prior("Normal", {"mu": 0.0, "sigma": 0.25 * r}, "placebo mean change at each visit: changes of half the scale are plausible a priori"),
-        "nac_visit_effect": Prior("Normal", {"mu": 0.0, "sigma": 0.1 * r}, "NAC-placebo difference at each visit: 6 MADRS points = 1 SD; published effects are ~2-3"),
+        "visit_mean": Prior("Normal", {"mu": 0.0, "sigma": 0.25 * r}, f"control mean change at each visit: SD {points(0.25, r)}, so changes of half the scale are plausible a priori"),
+        "nac_visit_effect": Prior("Normal", {"mu": 0.0, "sigma": 0.1 * r}, f"treatment - control difference at each visit: SD {points(0.1, r)}; effects of antidepressants are usually smaller"),
         "baseline_slope": Prior("Normal", {"mu": 0.0, "sigma": 0.5}, "change per point of baseline score: regression to the mean gives about -0.2 to -0.5"),
-        "site": Prior("ZeroSumNormal", {"sigma": 0.1 * r}, "site offsets (fixed factor) sum to zero; wide enough to act as fixed effects"),
-        "visit_sd": Prior("HalfNormal", {"sigma": 0.15 * r}, "SD of the change at each visit (9 MADRS points); observed SDs are ~6-9"),
+        "site": Prior("ZeroSumNormal", {"sigma": 0.1 * r}, f"site offsets (fixed factor) sum to zero; SD {points(0.1, r)}, wide enough to act as fixed effects"),
+        "visit_sd": Prior("HalfNormal", {"sigma": 0.15 * r}, f"SD of the change at each visit: scale {points(0.15, r)}"),
         "visit_corr": Prior("LKJ", {"eta": 1.0}, "unstructured correlation across visits; eta = 1 is uniform over correlation matrices"),
     }
 

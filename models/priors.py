@@ -29,20 +29,28 @@ def _fmt(v):
     return f"{v:.3g}" if isinstance(v, float) else str(v)
 
 
+def points(fraction: float, r: float) -> str:
+    """'10% of the score range (6 points)': a prior scale as its rule and its value on the data's scale."""
+    return f"{fraction:.0%} of the score range ({fraction * r:.3g} points)"
+
+
 def scaled_defaults(score_min: float, score_max: float) -> dict[str, Prior]:
-    """Default priors for the trajectory models of an outcome with range [score_min, score_max]."""
+    """Default priors for the trajectory models of an outcome with range [score_min, score_max].
+
+    Each reason states the rule; the figures in it are computed from the range, never fixed facts
+    of one scale or one trial."""
     r = float(score_max - score_min)
     mid = float(score_min + r / 2)
     return {
-        "intercept": Prior("Normal", {"mu": mid, "sigma": 0.25 * r}, "mean baseline score: centred mid-scale, +-2 SD spans the whole scale"),
-        "time_change": Prior("Normal", {"mu": 0.0, "sigma": 0.25 * r}, "placebo change per phase: changes of half the scale are plausible a priori"),
-        "nac_change": Prior("Normal", {"mu": 0.0, "sigma": 0.1 * r}, "NAC-placebo difference per phase: 6 MADRS points = 1 SD; published antidepressant effects are ~2-3"),
-        "marker_prognostic": Prior("Normal", {"mu": 0.0, "sigma": 0.05 * r}, "baseline score per SD of log marker: 3 MADRS points = 1 SD"),
-        "marker_moderation": Prior("Normal", {"mu": 0.0, "sigma": 0.05 * r}, "change by end of treatment per SD of log marker"),
-        "site": Prior("ZeroSumNormal", {"sigma": 0.05 * r}, "site offsets sum to zero (no intercept confounding); fixed scale: 3 sites cannot estimate an SD"),
-        "participant_sd": Prior("HalfNormal", {"sigma": 0.15 * r}, "SD of participant baseline and of participant change (9 MADRS points)"),
+        "intercept": Prior("Normal", {"mu": mid, "sigma": 0.25 * r}, f"mean baseline score: centred mid-scale ({mid:.3g}), SD {points(0.25, r)}: +-2 SD spans the whole scale"),
+        "time_change": Prior("Normal", {"mu": 0.0, "sigma": 0.25 * r}, f"placebo change per phase: SD {points(0.25, r)}, so changes of half the scale are plausible a priori"),
+        "nac_change": Prior("Normal", {"mu": 0.0, "sigma": 0.1 * r}, f"treatment - control difference per phase: SD {points(0.1, r)}; effects of antidepressants are usually smaller"),
+        "marker_prognostic": Prior("Normal", {"mu": 0.0, "sigma": 0.05 * r}, f"baseline score per SD of log marker: SD {points(0.05, r)}"),
+        "marker_moderation": Prior("Normal", {"mu": 0.0, "sigma": 0.05 * r}, f"change by end of treatment per SD of log marker: SD {points(0.05, r)}"),
+        "site": Prior("ZeroSumNormal", {"sigma": 0.05 * r}, f"site offsets sum to zero (no intercept confounding), SD fixed at {points(0.05, r)}: not estimated, so no result hinges on a between-site SD estimated from few sites"),
+        "participant_sd": Prior("HalfNormal", {"sigma": 0.15 * r}, f"SD of participant baseline and of participant change: scale {points(0.15, r)}"),
         "participant_corr": Prior("LKJ", {"eta": 2.0}, "intercept-change correlation, mildly shrunk towards 0"),
-        "residual_sd": Prior("HalfNormal", {"sigma": 0.1 * r}, "visit-to-visit noise; MADRS test-retest SD is ~3"),
+        "residual_sd": Prior("HalfNormal", {"sigma": 0.1 * r}, f"visit-to-visit noise: scale {points(0.1, r)}, above the test-retest SD of rating scales"),
         "student_nu": Prior("Gamma", {"alpha": 2.0, "beta": 0.1}, "Student-t degrees of freedom (robust likelihood): mean 20, allows heavy tails"),
         "marker_mean": Prior("Normal", {"mu": 0.0, "sigma": 1.0}, "standardised log marker mean"),
         "marker_sd": Prior("HalfNormal", {"sigma": 1.0}, "standardised log marker SD"),

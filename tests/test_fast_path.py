@@ -67,7 +67,7 @@ def test_recovered_effects_follow_exact_conditional_posterior(design):
         coords={"chain": [0], "draw": np.arange(n_draw), "participant": design.participants},
     )
     idata = az.InferenceData(posterior=post)
-    recover_participant_effects(idata, design, seed=3)
+    recover_participant_effects(idata, design, 3, post[FIXED_VAR].values)
     b = idata.posterior["participant_effects"].values[0]
     cov_b = np.diag(sd) @ np.array([[1, rho], [rho, 1]]) @ np.diag(sd)
     for i in range(n_p):

@@ -106,7 +106,10 @@ def test_valid_dataset_round_trips_unchanged(trial):
         folder = Path(tmp) / "trial"
         write(folder, meta, parts, visits, bio, style)
         ds = load_dataset(folder)
-    assert changes_of(ds) == []
+    if meta.marker_units and not bio:  # declared markers, header-only biomarkers.csv: no biomarker data, and said so
+        assert [c["action"] for c in changes_of(ds)] == ["no_biomarker_rows"]
+    else:
+        assert changes_of(ds) == []
     assert list(ds["participant"].values) == list(parts["participant_id"])
     assert list(ds["arm"].values) == list(parts["arm"]) and list(ds["site"].values) == list(parts["site"])
     assert list(ds["week"].values) == list(meta.weeks)
@@ -117,7 +120,7 @@ def test_valid_dataset_round_trips_unchanged(trial):
     np.testing.assert_array_equal(ds["score"].values, expected)  # exact: CSV floats round-trip
     loaded_meta = __import__("data").meta_of(ds)
     assert loaded_meta == meta
-    if meta.marker_units:
+    if meta.marker_units and bio:
         values = np.full((len(parts), len(meta.marker_units), 2), np.nan)
         below = np.zeros(values.shape, dtype=bool)
         mk = {m: j for j, m in enumerate(meta.marker_units)}
