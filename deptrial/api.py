@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import sys
 import time
-import warnings
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -28,7 +27,7 @@ import xarray as xr
 
 from data import DatasetError, changes_of, load_dataset
 from data.atomic import OutputBusy, locked_output, output_lock
-from diagnostics.convergence import Verdict, verdict
+from diagnostics.convergence import Verdict, one_chain_quiet, verdict
 from diagnostics.estimates import format_estimates, model_estimates
 from diagnostics.ppc import REMISSION_CUTOFF
 from diagnostics.run import REFIT_MIN_DRAWS, RunDiagnostics, diagnose_model, diagnose_run, load_run, write_outputs
@@ -377,8 +376,7 @@ def summary_table(idata):
     import arviz as az
 
     names = [v for v in idata.posterior.data_vars if v not in ("participant_raw", "participant_effects") and not v.startswith("marker_missing") and not v.startswith("marker_censored")]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
+    with one_chain_quiet():
         return az.summary(idata, var_names=names, hdi_prob=0.94)
 
 

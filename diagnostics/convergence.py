@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import arviz as az
@@ -69,16 +70,23 @@ def sampled_variables(idata: az.InferenceData, free: list[str] | None = None) ->
     return [v for v in names if free is None or v in free]
 
 
-def convergence_table(idata: az.InferenceData, var_names: list[str] | None = None) -> pd.DataFrame:
+@contextmanager
+def one_chain_quiet():
+    """ArviZ logs a shape warning per parameter when R-hat meets one chain; the verdict says it once instead."""
     arviz_log = logging.getLogger("arviz")
     level = arviz_log.level
-    arviz_log.setLevel(logging.ERROR)  # one chain: ArviZ logs a shape warning per parameter for R-hat; the verdict says it once
+    arviz_log.setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
-            summ = az.summary(idata, var_names=var_names, kind="diagnostics")
+            yield
     finally:
         arviz_log.setLevel(level)
+
+
+def convergence_table(idata: az.InferenceData, var_names: list[str] | None = None) -> pd.DataFrame:
+    with one_chain_quiet():
+        summ = az.summary(idata, var_names=var_names, kind="diagnostics")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         # only the SD (kind="stats" would also compute HDIs of every element, which is slow)

@@ -346,3 +346,34 @@ def test_loo_pit_weights_computed_once_match_arviz():
     assert loo_pit_log_weights(idata) is loo_pit_log_weights(idata)  # cached for the plot
     other = trial_idata(seed=14)
     assert loo_pit_log_weights(other) is not loo_pit_log_weights(idata)
+
+
+# ---------------------------------------------------------------- sampler settings and defined diagnostics
+SETTINGS_GRID = [(1, 9), (1, 10), (1, 39), (1, 40), (2, 19), (2, 20), (4, 9), (4, 10), (3, 500)]
+
+
+@pytest.mark.parametrize("chains, draws", SETTINGS_GRID)
+def test_settings_are_refused_before_a_fit_or_every_diagnostic_is_defined(chains, draws, tmp_path):
+    """What fit_trial accepts, the diagnostics, the comparison and the report can handle; the rest is refused up front."""
+    from dataclasses import replace
+
+    from deptrial.api import MIN_DRAWS_PER_CHAIN, MIN_DRAWS_TOTAL, check_settings
+    from diagnostics.run import diagnose_run, write_outputs
+    from inference.sampling import SamplerSettings
+
+    settings = replace(SamplerSettings(), chains=chains, draws=draws)
+    if draws < MIN_DRAWS_PER_CHAIN or chains * draws < MIN_DRAWS_TOTAL:
+        with pytest.raises(ValueError, match="too few"):
+            check_settings(settings)
+        return
+    check_settings(settings)
+    fits = {"a": trial_idata(seed=1, n=40, chains=chains, draws=draws), "b": trial_idata(seed=2, n=40, chains=chains, draws=draws, pred_sd=6.0)}
+    run = diagnose_run(fits, log=lambda _: None)
+    assert set(run.comparisons) == {"participant", "visit"}
+    for m in run.models.values():
+        text = m.verdict.text()
+        assert ("R-hat not available" in text) == (chains == 1) and "nan (" not in text
+        if chains == 1:  # one chain cannot confirm convergence
+            assert not m.verdict.ok and "rhat" in m.verdict.flags
+    report = write_outputs(run, tmp_path).read_text()
+    assert "Model comparison" in report

@@ -142,3 +142,66 @@ def test_a_failure_writing_results_exits_3_and_writes_nothing(small_trial_dir, t
     err = capsys.readouterr().err
     assert code == 3 and "saving or checking the fit of model 'null' failed" in err and "No space left" in err
     assert "advice" not in err and not out.exists()
+
+
+@pytest.fixture(scope="module")
+def single_site_trial_dir(tmp_path_factory):
+    """One site, no biomarkers: the null model has no per-participant data at all."""
+    from data import TrialParameters, simulate_trial
+
+    sim = simulate_trial(TrialParameters(n_participants=40, seed=9, sites=("only",), site_weights=(1.0,)))
+    sim.biomarkers = sim.biomarkers.iloc[0:0]
+    return sim.write(tmp_path_factory.mktemp("single") / "trial")
+
+
+def _participant_comparison(out, models):
+    table = pd.read_csv(out / "comparison_participant.csv", keep_default_na=False)  # 'null' is a model name here
+    assert set(table.iloc[:, 0]) == set(models)
+    for name in models:  # every model scored on the participants by id, not 0, 1, 2...
+        units = pd.read_csv(out / name / "loo_participant.csv").iloc[:, 0].astype(str)
+        assert units.str.startswith("P").all(), (name, units.head())
+
+
+@pytest.mark.smoke
+def test_one_chain_on_a_single_site_trial_without_biomarkers_runs_through(single_site_trial_dir, tmp_path, capsys):
+    out = tmp_path / "one_chain"
+    code = fit.main(["--data", str(single_site_trial_dir), "--model", "null", "treatment", "--chains", "1", "--draws", "60",
+                     "--tune", "60", "--prior-draws", "10", "--jobs", "1", "--out", str(out), "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    _participant_comparison(out, ["null", "treatment"])
+    assert "R-hat not available" in (out / "treatment" / "convergence.txt").read_text()
+    report = (out / "report.html").read_text()
+    assert "R-hat not available" in report and "Model comparison" in report
+
+
+@pytest.mark.smoke
+def test_too_few_draws_exit_2_before_sampling(single_site_trial_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(api, "_run", lambda *a, **k: pytest.fail("refused settings must not reach the fits"))
+    code = fit.main(["--data", str(single_site_trial_dir), "--model", "null", "--chains", "1", "--draws", "20", "--out", str(tmp_path / "o")])
+    assert code == 2 and "too few" in capsys.readouterr().err and not (tmp_path / "o").exists()
+
+
+@pytest.mark.slow
+def test_every_allowed_model_on_a_single_site_trial_without_biomarkers(single_site_trial_dir, tmp_path, capsys):
+    """Every registered model the data allow is fitted and the visit-score ones are compared at both levels."""
+    from models import REGISTRY, ModelDataError, build_design
+    from data import load_dataset
+
+    design = build_design(load_dataset(single_site_trial_dir))
+    allowed = []
+    for name, spec in REGISTRY.items():
+        try:
+            spec.require(design)
+            allowed.append(name)
+        except ModelDataError:
+            pass
+    assert {"null", "treatment", "treatment_curved", "mmrm"} <= set(allowed)
+    out = tmp_path / "all"
+    code = fit.main(["--data", str(single_site_trial_dir), "--model", *allowed, "--chains", "2", "--draws", "300", "--tune", "300",
+                     "--prior-draws", "10", "--out", str(out), "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    compared = [n for n in allowed if REGISTRY[n].comparable]
+    _participant_comparison(out, compared)
+    assert set(pd.read_csv(out / "comparison_visit.csv", keep_default_na=False).iloc[:, 0]) == set(compared)
+    for name in allowed:
+        assert (out / name / "estimates.csv").exists()

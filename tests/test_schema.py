@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from data import DEFAULT_DATASET, DatasetError, load_dataset, parse_meta
+from data import DEFAULT_DATASET, DatasetError, changes_of, load_dataset, parse_meta
 
 pytestmark = pytest.mark.unit
 
@@ -178,3 +178,18 @@ def test_meta_rejects_bad_schedule():
         parse_meta("[schedule]\nweeks = [0, 4, 8]\ntreatment_end = 6\n")
     with pytest.raises(DatasetError, match="valid range must be given"):
         parse_meta('[outcome]\nname = "qids"\n')
+
+
+def test_header_only_biomarkers_file_means_no_biomarker_data_and_says_so(trial_copy):
+    """Declared markers with a biomarkers.csv holding only its header: loaded without biomarkers, the change
+    reported, and the models that need biomarkers refused with the reason (the property tests generate this case)."""
+    from models import ModelDataError, build_design, get
+
+    (trial_copy / "biomarkers.csv").write_text("participant_id,week,marker,value,below_lod\n")
+    ds = load_dataset(trial_copy)
+    assert "marker_value" not in ds and ds.attrs["has_biomarkers"] == 0
+    assert [c["action"] for c in changes_of(ds)] == ["no_biomarker_rows"]
+    design = build_design(ds)
+    get("treatment").require(design)
+    with pytest.raises(ModelDataError, match="needs baseline biomarkers"):
+        get("headline").require(design)
