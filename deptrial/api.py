@@ -22,6 +22,7 @@ from functools import partial
 from pathlib import Path
 from typing import Callable, Sequence
 
+import numpy as np
 import pandas as pd
 import xarray as xr
 
@@ -30,7 +31,8 @@ from data.atomic import OutputBusy, locked_output, output_lock
 from diagnostics.convergence import Verdict, one_chain_quiet, verdict
 from diagnostics.estimates import format_estimates, model_estimates
 from diagnostics.ppc import REMISSION_CUTOFF
-from diagnostics.run import REFIT_MIN_DRAWS, RunDiagnostics, diagnose_model, diagnose_run, load_run, write_outputs
+from diagnostics.summary import answer, observed_means
+from diagnostics.run import REFIT_MIN_DRAWS, RunDiagnostics, diagnose_model, diagnose_run, load_run, saved_answers, write_outputs
 from inference.idata_io import provenance, stamp, versions
 from inference.jobs import WorkerFailed, default_jobs, fit_models
 from inference.sampling import SamplerSettings
@@ -333,10 +335,15 @@ def _run(specs, ds, design, source, changes, settings, tmp: Path, out: Path, *, 
     skipped = [n for n in fits if n not in diagnosed]
     if skipped:
         run["not_in_report"] = skipped
-        say(f"note: {', '.join(skipped)}: outcome is not the visit scores (y), so no trajectory checks or LOO comparison in the report")
+        say(f"note: {', '.join(skipped)}: outcome is not the visit scores (y), so no trajectory checks or LOO comparison "
+            "in the report (their answers lead it)")
     diag = report = None
-    if diagnosed:
+    if fits:
         t0 = time.perf_counter()
+        labels = (design.meta.control_arm, design.meta.treatment_arm)
+        observed = observed_means(ds, labels)
+        baseline = float(np.nanmean(ds["score"].values[:, 0]))  # week 0: every participant has it
+        answers = {n: answer(n, f.idata, f.estimates, labels, baseline, design.meta.outcome_label, get(n).description) for n, f in fits.items()}
         builders = {n: partial(get(n).build, priors=(priors or {}).get(n), likelihood=likelihood) for n in diagnosed}
         diag = diagnose_run(
             {n: fits[n].idata for n in diagnosed},
@@ -352,6 +359,10 @@ def _run(specs, ds, design, source, changes, settings, tmp: Path, out: Path, *, 
             log=log,
             refit_min_draws=REFIT_MIN_DRAWS,
             precomputed=diagnosed,
+            answers=answers,
+            observed=observed,
+            outcome=design.meta.outcome_label,
+            data_summary=info,
         )
         report = write_outputs(diag, tmp)
         say("")
@@ -465,8 +476,14 @@ def rediagnose(results: str | Path, *, kfold: int = 0, refit_levels: Sequence[st
     if kfold:
         design, builders, settings = refit_context(idatas, seed)
     log = (lambda msg: None) if quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    saved = saved_answers(results)
+    for name, a in saved.answers.items():
+        if not a.description and name in REGISTRY:
+            a.description = REGISTRY[name].description
     run = diagnose_run(idatas, estimates, design=design, builders=builders, settings=settings, kfold=kfold,
-                       remedy_levels=tuple(refit_levels), remission_cutoff=remission_cutoff, log=log)
+                       remedy_levels=tuple(refit_levels), remission_cutoff=remission_cutoff, log=log,
+                       answers=saved.answers or None, observed=saved.observed, labels=saved.labels, outcome=saved.outcome,
+                       title=saved.title)
     with output_lock(results):  # never interleave with a fit.py --force replacing this folder
         report = write_outputs(run, results)
     return run, report

@@ -140,3 +140,71 @@ def pareto_k_plot(results: dict[str, LooResult]) -> bytes:
     ax.set(xlabel=level, ylabel="Pareto k", title=f"PSIS Pareto k per {level}")
     ax.legend(fontsize=7)
     return to_png(fig)
+
+
+# ---------------------------------------------------------------- the answer first (diagnostics/summary.py)
+def effects_forest_plot(answer, labels: tuple[str, str]) -> bytes | None:
+    """Treatment - control difference at each reported week: mean and 94% HDI, with P(benefit) and P(benefit > MCID)."""
+    diff = answer.differences
+    if diff.empty:
+        return None
+    n = len(diff)
+    fig, ax = plt.subplots(figsize=(6.5, 1.4 + 0.75 * n))
+    y = np.arange(n)[::-1]
+    ax.errorbar(diff["mean"], y, xerr=[diff["mean"] - diff["lo"], diff["hi"] - diff["mean"]], fmt="o", color="C0", capsize=5, ms=7, lw=2)
+    ax.axvline(0, color="k", lw=1)
+    if answer.mcid is not None:
+        ax.axvline(-answer.mcid, color="C2", ls="--", lw=1.2, label=f"benefit = MCID ({answer.mcid:g} points)")
+        ax.legend(fontsize=8, loc="best")
+    prefix = f"{labels[1]} - {labels[0]} "
+    names = []
+    for r in diff.itertuples(index=False):
+        probs = f"P(benefit) {r.p_benefit:.2f}" + (f", P(> MCID) {r.p_mcid:.2f}" if pd.notna(r.p_mcid) else "")
+        names.append(f"{r.quantity.removeprefix(prefix)}\n{probs}")
+    ax.set_yticks(y, names, fontsize=9)
+    ax.set_ylim(-0.7, n - 0.3)
+    ax.set(xlabel=f"{labels[1]} - {labels[0]}, points (below 0 favours {labels[1]}); 94% HDI",
+           title=f"{answer.model}: treatment effect by week")
+    return to_png(fig)
+
+
+def fitted_trajectory_plot(answer, observed: pd.DataFrame | None, outcome: str = "score") -> bytes | None:
+    """The model's mean score by arm (94% HDI bands) against the observed means at each visit."""
+    traj = answer.trajectory
+    if traj is None:
+        return None
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    arms = list(dict.fromkeys(observed["arm"])) if observed is not None else []
+    for arm, sub in traj.groupby("arm", sort=False):
+        color = f"C{arms.index(arm)}" if arm in arms else "C7"
+        ax.fill_between(sub["week"], sub["lo"], sub["hi"], color=color, alpha=0.2)
+        ax.plot(sub["week"], sub["mean"], "-", color=color, label=f"{arm}: fitted mean")
+    for i, arm in enumerate(arms):
+        seen = observed[observed["arm"] == arm]
+        ax.plot(seen["week"], seen["mean"], "o", color=f"C{i}", mec="k", label=f"{arm}: observed mean")
+    ax.set(xlabel="week", ylabel=f"mean {outcome}", title=f"{answer.model}: fitted mean trajectory by arm")
+    ax.legend(fontsize=7)
+    return to_png(fig)
+
+
+def marker_forest_plot(answer) -> bytes | None:
+    """The biomarker rows of a model's estimates, one panel per unit (a ratio's reference is 1, a difference's 0)."""
+    marks = answer.markers
+    if marks is None:
+        return None
+    # one panel per kind of unit: 'MADRS points per doubling (pg/mL)' and '... (mg/L)' share an axis (per doubling is unit-free)
+    marks = marks.assign(unit=marks["unit"].str.replace(r"\s*\([^)]*\)$", "", regex=True))
+    units = list(dict.fromkeys(marks["unit"]))
+    heights = [len(marks[marks["unit"] == u]) for u in units]
+    fig, axes = plt.subplots(len(units), 1, figsize=(8, 0.9 * len(units) + 0.42 * sum(heights)), squeeze=False,
+                             gridspec_kw={"height_ratios": heights})
+    for ax, unit in zip(axes.ravel(), units):
+        sub = marks[marks["unit"] == unit]
+        y = np.arange(len(sub))[::-1]
+        ax.errorbar(sub["mean"], y, xerr=[sub["mean"] - sub["lo"], sub["hi"] - sub["mean"]], fmt="o", color="C1", capsize=3)
+        ax.axvline(1.0 if "ratio" in unit.lower() else 0.0, color="k", lw=1)
+        ax.set_yticks(y, [q if len(q) <= 60 else q[:57] + "..." for q in sub["quantity"]], fontsize=8)
+        ax.set_xlabel(f"{unit}, 94% HDI", fontsize=8)
+    axes.ravel()[0].set_title(f"{answer.model}: biomarker effects")
+    fig.tight_layout()
+    return to_png(fig)

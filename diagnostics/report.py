@@ -1,8 +1,11 @@
 """One self-contained HTML report per run: no external file, script or font; images are base64 PNGs.
 
 `render_report(run)` takes a `RunDiagnostics` (diagnostics.run) and returns the HTML text; it
-computes nothing itself. Sections: data summary, model comparison, then per model the effect
-estimates with probability statements, convergence, posterior predictive checks and priors.
+computes nothing itself. Sections: the answer first (per fitted model, the treatment effect by
+week, the fitted trajectories against the observed means and the biomarker effects, each a figure
+with one plain sentence; diagnostics/summary.py), then the data summary, the model comparison, and
+per model the effect estimates with probability statements, convergence, posterior predictive
+checks and priors.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ table{border-collapse:collapse;margin:.6em 0;font-size:.86em}td,th{border:1px so
 th{background:#eef}td:first-child,th:first-child{text-align:left}
 .pass{color:#161;font-weight:bold}.fail{color:#a11;font-weight:bold}.note{background:#f6f6fb;border-left:4px solid #88a;padding:.5em 1em}
 .warn{background:#fff4e5;border-left:4px solid #e90;padding:.5em 1em}img{max-width:100%;height:auto;border:1px solid #ddd;margin:.4em 0}
+.pair{display:flex;gap:1em;align-items:flex-start}.pair figure{flex:1;min-width:0}figure{margin:0 0 1em 0}figcaption{font-size:.9em}
 code,pre{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:.85em}pre{background:#f6f6f6;padding:.6em;overflow-x:auto}
 """
 
@@ -169,8 +173,30 @@ def model_section(m) -> str:
     return "\n".join(out)
 
 
+def summary_section(run) -> str:
+    """The answer first: per fitted model, its figures with one plain sentence each."""
+    if not run.answers:
+        return ""
+    out = ['<h2 id="summary">Summary: what the models say</h2>']
+    # models with a treatment effect lead (in the run's order); a model without one (e.g. null) follows
+    order = sorted(run.answers, key=lambda n: run.answers[n].differences.empty)
+    for name in order:
+        a, figs = run.answers[name], run.answer_figures.get(name, {})
+        out.append(f"<h3>{esc(name)}</h3>" + (f"<p>{esc(a.description)}</p>" if a.description else ""))
+        cells = [f"<figure>{img(figs.get(key), f'{name}: {key}')}<figcaption>{esc(a.sentences[key])}</figcaption></figure>"
+                 for key in ("effects", "trajectory", "markers") if key in a.sentences]
+        out.append('<div class="pair">' + "".join(cells[:2]) + "</div>" + "".join(cells[2:]))
+    note = [m for m in run.answers if m not in run.models]
+    if note:
+        out.append(f'<p class="note">{esc(", ".join(note))}: outcome other than the visit scores, so not in the checks and the '
+                   "comparison below; their full estimates are in their folders (estimates.csv, convergence.txt).</p>")
+    return "\n".join(out)
+
+
 def comparison_section(run) -> str:
-    out = ["<h2>Model comparison (leave-one-out)</h2>"]
+    if not run.models:
+        return ""
+    out = ['<h2 id="comparison">Model comparison (leave-one-out)</h2>']
     out.append(
         f'<p class="note">elpd: expected log predictive density (higher is better); dse: SE of the difference to the best model; '
         f"weight: stacking weight. A difference is called clear beyond {CLEAR_DIFF_SE:g} dse. PSIS estimates with Pareto k &gt; {PARETO_K_MAX} "
@@ -197,7 +223,8 @@ def render_report(run) -> str:
         f"<title>{esc(title)}</title><style>{CSS}</style></head><body>",
         f"<h1>{esc(title)}</h1>",
         f"<p>Data: <code>{esc(run.data_source)}</code> (checksum <code>{esc(run.checksum[:16])}</code>); report generated {esc(run.generated)}.</p>",
-        f"<ul>{toc}</ul>",
+        f"<ul>{toc}</ul>" if toc else "",
+        summary_section(run),
         data_section(run.data_summary, run.labels),
         comparison_section(run),
         *[model_section(m) for m in run.models.values()],

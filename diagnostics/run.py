@@ -31,6 +31,7 @@ from .convergence import Verdict, verdict
 from .loo import KFOLD_K, REFIT_MAX, LooResult, grouped_kfold, loo_participants, loo_visits, remedy
 from .ppc import REMISSION_CUTOFF, PPCResult, arm_labels, obs_index, run_ppc
 from .report import render_report
+from .summary import Answer, answer, observed_means, observed_means_of
 
 REFIT_DRAWS = 1000  # posterior draws per chain in each leave-out refit
 REFIT_TUNE = 500
@@ -69,6 +70,9 @@ class RunDiagnostics:
     comparison_notes: list[str]
     figures: dict[str, bytes]
     versions: dict
+    answers: dict[str, Answer] = field(default_factory=dict)  # every fitted model's answer, the report's first section
+    answer_figures: dict[str, dict[str, bytes]] = field(default_factory=dict)  # per model: effects, trajectory, markers
+    outcome: str = "score"
 
     def comparison_text(self) -> str:
         lines = []
@@ -192,12 +196,19 @@ def diagnose_run(
     log=print,
     refit_min_draws: int = 0,
     precomputed: dict | None = None,
+    answers: dict[str, Answer] | None = None,
+    observed: pd.DataFrame | None = None,
+    outcome: str = "score",
+    data_summary: dict | None = None,
 ) -> RunDiagnostics:
-    """Everything the report needs; refits (for units with high Pareto k) only where builders are given."""
-    if not idatas:
+    """Everything the report needs; refits (for units with high Pareto k) only where builders are given.
+
+    idatas: the visit-score fits (checks and comparison); answers: every fitted model's answer
+    (diagnostics/summary.py), drawn first in the report; without them, the visit-score fits' own."""
+    if not idatas and not answers:
         raise ValueError("no fitted models to diagnose")
     estimates, builders, descriptions = estimates or {}, builders or {}, descriptions or {}
-    first = next(iter(idatas.values()))
+    first = next(iter(idatas.values())) if idatas else None
     if treated is None and design is not None:
         treated = design.treated
     if treated is None:  # a model without an arm term (e.g. null) borrows the arms from a model that has one
@@ -205,7 +216,23 @@ def diagnose_run(
             if "constant_data" in idata.groups() and "treated" in idata.constant_data:
                 treated = np.asarray(idata.constant_data["treated"].values)
                 break
-    labels = labels or arm_labels(first)
+    labels = labels or (arm_labels(first) if first is not None else ("control", "treatment"))
+    if observed is None and first is not None and treated is not None:
+        try:
+            observed = observed_means_of(obs_index(first, treated, labels))
+        except ValueError:
+            observed = None
+    if answers is None:
+        base = float(np.nanmean(observed.loc[observed["week"] == observed["week"].min(), "mean"])) if observed is not None else float("nan")
+        answers = {n: answer(n, idata, estimates.get(n), labels, base, outcome, descriptions.get(n, "")) for n, idata in idatas.items()}
+    answer_figures = {
+        n: {k: v for k, v in {
+            "effects": plots.effects_forest_plot(a, labels),
+            "trajectory": plots.fitted_trajectory_plot(a, observed, outcome),
+            "markers": plots.marker_forest_plot(a),
+        }.items() if v}
+        for n, a in answers.items()
+    }
     models = {}
     for name, idata in idatas.items():
         if precomputed and name in precomputed:  # e.g. computed in the fit's worker processes (deptrial.api), beside the other fits
@@ -229,7 +256,7 @@ def diagnose_run(
     for level in remedy_levels:
         notes += apply_remedies(main, models, design, builders, settings, level, kfold, log=log, min_draws=refit_min_draws)
     comparisons, sentences = {}, {}
-    for level in LEVELS:
+    for level in LEVELS if main else ():
         try:
             table = compare({n: models[n].loo[level] for n in main})
         except ComparisonError as exc:
@@ -240,11 +267,11 @@ def diagnose_run(
     figures = {}
     if main:
         figures["pareto_k"] = plots.pareto_k_plot({n: models[n].loo["participant"] for n in main})
-    info = _attr(first, "data_summary", {}) or {}
+    info = (_attr(first, "data_summary", {}) if first is not None else data_summary) or {}
     return RunDiagnostics(
-        title=title or str(_attr(first, "data_source", "")),
-        data_source=str(_attr(first, "data_source", "")),
-        checksum=str(first.posterior.attrs.get("data_checksum", "")),
+        title=title or str(_attr(first, "data_source", "") if first is not None else ""),
+        data_source=str(_attr(first, "data_source", "")) if first is not None else "",
+        checksum=str(first.posterior.attrs.get("data_checksum", "")) if first is not None else (design.checksum if design is not None else ""),
         generated=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         data_summary=info if isinstance(info, dict) else {},
         labels=tuple(labels),
@@ -253,7 +280,10 @@ def diagnose_run(
         plain_language=sentences,
         comparison_notes=notes,
         figures=figures,
-        versions=_attr(first, "versions", {}) or {},
+        versions=(_attr(first, "versions", {}) if first is not None else {}) or {},
+        answers=answers,
+        answer_figures=answer_figures,
+        outcome=outcome,
     )
 
 
@@ -284,6 +314,10 @@ def write_outputs(run: RunDiagnostics, folder: str | Path) -> Path:
         _write(mf / "diagnostics.txt", (text + "\n").encode())
         for key, png in m.figures.items():
             _write(mf / "figures" / f"{key}.png", png)
+    for name, figs in run.answer_figures.items():  # the report's first section, also as PNG files beside it
+        (folder / "summary").mkdir(exist_ok=True)
+        for key, png in figs.items():
+            _write(folder / "summary" / f"{name}_{key}.png", png)
     for level, table in run.comparisons.items():
         _csv(table, folder / f"comparison_{level}.csv", index=True)
     _write(folder / "comparison.txt", (run.comparison_text() + "\n").encode())
@@ -322,3 +356,47 @@ def load_run(folder: str | Path) -> tuple[dict[str, az.InferenceData], dict[str,
     if not idatas:
         raise FileNotFoundError(f"{folder} holds no fit of the visit scores ({', '.join(names)} model other outcomes): nothing to compare")
     return idatas, estimates
+
+
+@dataclass
+class SavedAnswers:
+    """What the report's first section needs from a saved results folder."""
+
+    answers: dict[str, Answer] = field(default_factory=dict)
+    observed: pd.DataFrame | None = None  # observed means by arm and week
+    labels: tuple[str, str] | None = None  # (control, treatment)
+    outcome: str = "score"
+    title: str = ""
+
+
+def saved_answers(folder: str | Path) -> SavedAnswers:
+    """Every saved fit's answer (the report's first section), from its posterior and estimates.csv, in run.json's order.
+
+    The observed means, labels, outcome and title come from the dataset saved in the fits (empty without one)."""
+    from data.schema import meta_of
+    from inference.storage import DATA_GROUP, load_fit
+
+    folder = Path(folder)
+    names = sorted(p.parent.name for p in folder.glob("*/idata.nc"))
+    run_json = folder / "run.json"
+    if run_json.is_file():
+        order = list(json.loads(run_json.read_text()).get("models", {}))
+        names = [n for n in order if n in names] + [n for n in names if n not in order]
+    stored = {n: load_fit(folder / n / "idata.nc", complete=False) for n in names}
+    with_data = next((i for i in stored.values() if DATA_GROUP in i.groups()), None)
+    if with_data is None:
+        return SavedAnswers()
+    ds = with_data[DATA_GROUP]
+    meta = meta_of(ds)
+    labels = (meta.control_arm, meta.treatment_arm)
+    observed = observed_means(ds, labels)
+    baseline = float(np.nanmean(ds["score"].values[:, 0]))
+    answers = {}
+    for n, idata in stored.items():
+        est = folder / n / "estimates.csv"
+        table = pd.read_csv(est, keep_default_na=True) if est.is_file() else None
+        if table is not None and "marker" in table:
+            table["marker"] = table["marker"].astype("string").fillna("")
+        description = str(_attr(idata, "description", "") or "")
+        answers[n] = answer(n, idata, table, labels, baseline, meta.outcome_label, description)
+    return SavedAnswers(answers, observed, labels, meta.outcome_label, meta.title)

@@ -10,6 +10,7 @@ import re
 import shutil
 import subprocess
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -32,6 +33,13 @@ ESTIMATES = pd.DataFrame(
 def fits():
     truth = trial_idata(seed=61, n=100)
     wide = trial_idata(seed=62, n=100, pred_sd=7.0, y=truth.observed_data["y"].values)
+    # the effect summaries by week that trajectory models define (truth: 26 - 1.2 week, - week / 8 on treatment)
+    rng = np.random.default_rng(0)
+    weeks = np.array([0, 4, 8])
+    shape = (truth.posterior.sizes["chain"], truth.posterior.sizes["draw"], len(weeks))
+    truth.posterior["placebo_change"] = (("chain", "draw", "week"), -1.2 * weeks + rng.normal(0, 0.3, shape) * (weeks > 0))
+    truth.posterior["nac_effect"] = (("chain", "draw", "week"), -weeks / 8 + rng.normal(0, 0.4, shape) * (weeks > 0))
+    truth.posterior = truth.posterior.assign_coords(week=weeks)
     return {"truth": truth, "wide": wide}
 
 
@@ -67,7 +75,17 @@ def test_report_has_every_section_and_is_self_contained(rendered):
     assert list(run.comparisons["participant"].index) == ["truth", "wide"] and 'id="model-change"' in text
     # images embedded, nothing fetched from anywhere
     n_img = len(re.findall(r'<img alt="[^"]*" src="data:image/png;base64,[A-Za-z0-9+/=]+">', text))
-    assert n_img == sum(len(m.figures) for m in run.models.values()) + len(run.figures) and n_img >= 10
+    n_answer = sum(len(f) for f in run.answer_figures.values())
+    assert n_img == sum(len(m.figures) for m in run.models.values()) + len(run.figures) + n_answer and n_img >= 10
+    # the answer first: the effects forest and the fitted trajectories lead, before the data and the comparison
+    assert set(run.answer_figures["truth"]) == {"effects", "trajectory"}
+    first_img = text.index("<img ")
+    assert text.index('id="summary"') < first_img < text.index("<h2>Data</h2>") < text.index('id="comparison"')
+    assert text[first_img:first_img + 40].startswith('<img alt="truth: effects"')
+    assert "nac - placebo difference in mean score (below 0 favours nac) at week 8: -1.20 points (94% HDI -2.70 to 0.30), P(benefit) 0.93, P(benefit &gt; 2) 0.16." in text
+    assert "This model has no nac - placebo difference" in text  # wide: no effect rows
+    for png in ("truth_effects.png", "truth_trajectory.png"):
+        assert (folder / "summary" / png).is_file(), png
     assert not re.search(r'(src|href)="(https?:|//|file:)', text) and "<script" not in text and "<link" not in text
     for name in ("comparison_participant.csv", "comparison_visit.csv", "comparison.txt", "truth/ppc_trajectory.csv", "wide/loo_participant.csv", "wide/figures/loo_pit.png"):
         assert (folder / name).is_file(), name
@@ -91,6 +109,12 @@ window.addEventListener('load', function () {
   var d = document.createElement('div'); d.id = 'render-check';
   d.textContent = 'images ' + ok + '/' + imgs.length + ' errors ' + window.__errors.length;
   document.body.appendChild(d);
+  var first = imgs[0], comp = document.getElementById('comparison'), e = document.createElement('div');
+  var box = first.getBoundingClientRect();
+  var before = comp && (first.compareDocumentPosition(comp) & Node.DOCUMENT_POSITION_FOLLOWING) ? 'yes' : 'no';
+  e.id = 'first-image';
+  e.textContent = 'first image ' + first.alt + ' bottom ' + Math.round(box.bottom) + ' of ' + window.innerHeight + ' before comparison ' + before;
+  document.body.appendChild(e);
 });
 </script>"""
 
@@ -105,14 +129,20 @@ def test_report_renders_in_headless_chromium(rendered, tmp_path):
     probe.write_text(text.replace("<head>", "<head>" + CHECKER, 1), encoding="utf-8")
     profile = tmp_path / "profile"
     cmd = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync",
-           "--no-first-run", f"--user-data-dir={profile}", "--virtual-time-budget=10000", "--dump-dom", probe.as_uri()]
+           "--no-first-run", f"--user-data-dir={profile}", "--virtual-time-budget=10000", "--window-size=1280,1000", "--dump-dom", probe.as_uri()]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr[-2000:]
     n = text.count("<img ")
     assert f'<div id="render-check">images {n}/{n} errors 0</div>' in res.stdout, res.stdout[-500:]
     assert "Model comparison (leave-one-out)" in res.stdout and "Posterior predictive checks" in res.stdout
+    # the answer first: on the first screen (1280 x 1000) the first image, the treatment-effect forest plot, lies
+    # entirely, and it comes before the comparison section
+    first = re.search(r'<div id="first-image">first image (.+?) bottom (-?\d+) of (\d+) before comparison (\w+)</div>', res.stdout)
+    assert first, res.stdout[-500:]
+    alt, bottom, height, before = first.group(1), int(first.group(2)), int(first.group(3)), first.group(4)
+    assert alt == "truth: effects" and 0 < bottom <= height and before == "yes", first.group(0)
     shot = tmp_path / "shot.png"  # and the unmodified report paints
-    res = subprocess.run([*cmd[:-2], "--window-size=1200,2000", f"--screenshot={shot}", path.as_uri()], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    res = subprocess.run([*cmd[:-3], "--window-size=1280,1000", f"--screenshot={shot}", path.as_uri()], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert res.returncode == 0 and shot.is_file() and shot.stat().st_size > 20_000
 
 

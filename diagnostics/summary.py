@@ -1,0 +1,165 @@
+"""The answer first: what each fitted model says about the trial's questions, as tables the report draws.
+
+For every fitted model (the MMRM and the biomarker models included):
+
+- the treatment - control differences of its estimates table at each reported week (the rows that
+  carry P(benefit > MCID)): posterior mean, 94% HDI, P(benefit), P(benefit > MCID);
+- when the model has the effect summaries 'placebo_change' and 'nac_effect' by week: its fitted
+  mean score by arm at every scheduled week (the observed mean baseline score plus the modelled
+  change, with 94% HDIs), beside the observed means of those seen at each visit;
+- its biomarker rows (the estimates that name a marker).
+
+Each comes with one plain sentence. Lower scores are better, so benefit is a negative difference.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import arviz as az
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from models.effects import HDI_PROB
+
+LO, HI = f"hdi_{(1 - HDI_PROB) / 2:.0%}", f"hdi_{1 - (1 - HDI_PROB) / 2:.0%}"
+
+
+@dataclass
+class Answer:
+    """One model's answer: the tables of its summary figures and their sentences."""
+
+    model: str
+    description: str
+    differences: pd.DataFrame  # quantity, week, mean, lo, hi, p_benefit, p_mcid
+    mcid: float | None
+    trajectory: pd.DataFrame | None  # arm, week, mean, lo, hi (fitted mean score)
+    markers: pd.DataFrame | None  # quantity, marker, unit, mean, lo, hi
+    sentences: dict[str, str]
+
+
+def observed_means(dataset: xr.Dataset, labels: tuple[str, str]) -> pd.DataFrame:
+    """Mean observed score by arm and scheduled week, over the participants seen at that visit."""
+    score = dataset["score"].values
+    treated = dataset["treated"].values.astype(bool)
+    rows = []
+    for arm, mask in ((labels[0], ~treated), (labels[1], treated)):
+        for j, w in enumerate(dataset["week"].values):
+            seen = score[mask, j][~np.isnan(score[mask, j])]
+            rows.append({"arm": arm, "week": int(w), "mean": float(seen.mean()) if len(seen) else float("nan"), "n": int(len(seen))})
+    return pd.DataFrame(rows)
+
+
+def observed_means_of(index) -> pd.DataFrame:
+    """The same table from a visit-score fit's observations (a diagnostics.ppc.ObsIndex), when no dataset is at hand."""
+    arm = index.arm()
+    rows = []
+    for label in index.arm_labels:
+        for w in index.weeks:
+            seen = index.y[(arm == label) & (index.week == w)]
+            rows.append({"arm": label, "week": int(w), "mean": float(seen.mean()) if len(seen) else float("nan"), "n": int(len(seen))})
+    return pd.DataFrame(rows)
+
+
+def _mcid(estimates: pd.DataFrame) -> tuple[str | None, float | None]:
+    cols = [c for c in estimates.columns if c.startswith("p_below_-")]
+    return (cols[0], float(cols[0].removeprefix("p_below_-"))) if cols else (None, None)
+
+
+def differences(estimates: pd.DataFrame | None) -> tuple[pd.DataFrame, float | None]:
+    """The treatment - control rows of an estimates table (those with P(benefit > MCID)), renamed for plotting."""
+    empty = pd.DataFrame(columns=["quantity", "week", "mean", "lo", "hi", "p_benefit", "p_mcid"])
+    if estimates is None or estimates.empty:
+        return empty, None
+    col, mcid = _mcid(estimates)
+    if col is None:
+        return empty, None
+    rows = estimates[estimates[col].notna()]
+    out = pd.DataFrame({
+        "quantity": rows["quantity"].astype(str), "week": rows.get("week", pd.Series(np.nan, index=rows.index)),
+        "mean": rows["mean"], "lo": rows[LO], "hi": rows[HI], "p_benefit": rows["p_below_0"], "p_mcid": rows[col],
+    })
+    return out.reset_index(drop=True), mcid
+
+
+def fitted_trajectory(idata: az.InferenceData, baseline_mean: float, labels: tuple[str, str]) -> pd.DataFrame | None:
+    """Fitted mean score by arm and week: observed mean baseline + modelled change (control), + the treatment effect."""
+    post = idata.posterior
+    if "placebo_change" not in post or "week" not in post["placebo_change"].dims:
+        return None
+    control = baseline_mean + post["placebo_change"].stack(sample=("chain", "draw")).transpose("week", "sample").values
+    arms = [(labels[0] if "nac_effect" in post else "both arms", control)]
+    if "nac_effect" in post:
+        effect = post["nac_effect"].stack(sample=("chain", "draw")).transpose("week", "sample").values
+        arms.append((labels[1], control + effect))
+    rows = []
+    for arm, draws in arms:
+        for w, d in zip(post["week"].values, draws):
+            lo, hi = az.hdi(d, hdi_prob=HDI_PROB)
+            rows.append({"arm": arm, "week": int(w), "mean": float(d.mean()), "lo": float(lo), "hi": float(hi)})
+    return pd.DataFrame(rows)
+
+
+def marker_rows(estimates: pd.DataFrame | None) -> pd.DataFrame | None:
+    if estimates is None or estimates.empty or "marker" not in estimates:
+        return None
+    rows = estimates[estimates["marker"].astype("string").fillna("") != ""]
+    if rows.empty:
+        return None
+    return pd.DataFrame({
+        "quantity": rows["quantity"].astype(str), "marker": rows["marker"].astype(str), "unit": rows.get("unit", "").astype(str),
+        "mean": rows["mean"], "lo": rows[LO], "hi": rows[HI],
+    }).reset_index(drop=True)
+
+
+def _num(x: float) -> str:
+    return f"{x:.2f}" if abs(x) < 10 else f"{x:.1f}"
+
+
+def difference_sentence(diff: pd.DataFrame, mcid: float | None, labels: tuple[str, str], outcome: str) -> str:
+    if diff.empty:
+        return f"This model has no {labels[1]} - {labels[0]} difference (it has no treatment term)."
+    parts = []
+    for r in diff.itertuples(index=False):
+        week = f"week {int(r.week)}" if pd.notna(r.week) else r.quantity
+        text = f"{week}: {_num(r.mean)} points (94% HDI {_num(r.lo)} to {_num(r.hi)}), P(benefit) {r.p_benefit:.2f}"
+        if mcid is not None and pd.notna(r.p_mcid):
+            text += f", P(benefit > {mcid:g}) {r.p_mcid:.2f}"
+        parts.append(text)
+    return (f"{labels[1]} - {labels[0]} difference in mean {outcome} (below 0 favours {labels[1]}) at "
+            + "; at ".join(parts) + ".")
+
+
+def trajectory_sentence(traj: pd.DataFrame | None, outcome: str) -> str:
+    if traj is None:
+        return ""
+    return (f"Lines: the model's mean {outcome} by arm with 94% HDI bands (observed mean baseline plus the modelled change, "
+            "missing visits assumed missing at random); points: the observed means of those seen at each visit, "
+            "which can drift from the lines when those who leave differ from those who stay.")
+
+
+def marker_sentence(markers: pd.DataFrame | None) -> str:
+    if markers is None:
+        return ""
+    clear = markers[(markers["lo"] > 0) | (markers["hi"] < 0)]
+    if clear.empty:
+        return "Every biomarker effect's 94% HDI includes 0 (no clear association)."
+    parts = [f"{r.quantity}: {_num(r.mean)} ({r.unit}; 94% HDI {_num(r.lo)} to {_num(r.hi)})" for r in clear.itertuples(index=False)]
+    rest = len(markers) - len(clear)
+    tail = f"; the 94% HDIs of the other {rest} include 0." if rest else "."
+    return "94% HDI excludes 0 for " + "; ".join(parts) + tail
+
+
+def answer(model: str, idata: az.InferenceData | None, estimates: pd.DataFrame | None, labels: tuple[str, str],
+           baseline_mean: float, outcome: str, description: str = "") -> Answer:
+    """One model's summary tables and sentences (idata None: the estimates alone, no trajectory)."""
+    diff, mcid = differences(estimates)
+    traj = fitted_trajectory(idata, baseline_mean, labels) if idata is not None else None
+    marks = marker_rows(estimates)
+    sentences = {"effects": difference_sentence(diff, mcid, labels, outcome)}
+    if traj is not None:
+        sentences["trajectory"] = trajectory_sentence(traj, outcome)
+    if marks is not None:
+        sentences["markers"] = marker_sentence(marks)
+    return Answer(model, description, diff, mcid, traj, marks, sentences)
