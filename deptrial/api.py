@@ -476,7 +476,7 @@ def rediagnose(results: str | Path, *, kfold: int = 0, refit_levels: Sequence[st
     if kfold:
         design, builders, settings = refit_context(idatas, seed)
     log = (lambda msg: None) if quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
-    saved = saved_answers(results)
+    saved = saved_answers(results, loaded=idatas)
     for name, a in saved.answers.items():
         if not a.description and name in REGISTRY:
             a.description = REGISTRY[name].description

@@ -369,10 +369,11 @@ class SavedAnswers:
     title: str = ""
 
 
-def saved_answers(folder: str | Path) -> SavedAnswers:
+def saved_answers(folder: str | Path, loaded: dict[str, az.InferenceData] | None = None) -> SavedAnswers:
     """Every saved fit's answer (the report's first section), from its posterior and estimates.csv, in run.json's order.
 
-    The observed means, labels, outcome and title come from the dataset saved in the fits (empty without one)."""
+    loaded: fits already read from the folder (e.g. by `load_run`), not read again. The observed
+    means, labels, outcome and title come from the dataset saved in the fits (empty without one)."""
     from data.schema import meta_of
     from inference.storage import DATA_GROUP, load_fit
 
@@ -382,7 +383,8 @@ def saved_answers(folder: str | Path) -> SavedAnswers:
     if run_json.is_file():
         order = list(json.loads(run_json.read_text()).get("models", {}))
         names = [n for n in order if n in names] + [n for n in names if n not in order]
-    stored = {n: load_fit(folder / n / "idata.nc", complete=False) for n in names}
+    loaded = loaded or {}
+    stored = {n: loaded[n] if n in loaded else load_fit(folder / n / "idata.nc", complete=False) for n in names}
     with_data = next((i for i in stored.values() if DATA_GROUP in i.groups()), None)
     if with_data is None:
         return SavedAnswers()
