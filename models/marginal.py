@@ -90,3 +90,54 @@ def marginal_loglik(stats: VisitStats, c, chol, sigma):
     wmw = (m11 * w0**2 - 2.0 * m01 * w0 * w1 + m00 * w1**2) / det
     quad = rr / s2 - wmw / s2**2
     return -0.5 * (stats.n * LOG2PI + 2.0 * stats.n * pt.log(sigma) + pt.log(det) + quad)
+
+
+def integrated_pointwise(e: np.ndarray, t1: np.ndarray, pid: np.ndarray, baseline: np.ndarray, chol: tuple, sigma: np.ndarray):
+    """Log-densities of the scores with the participant effects integrated out, per draw (numpy).
+
+    e         draws x obs: y - the fixed part of the mean (everything but the participant effects)
+    t1        obs: the treatment-phase time code (the participant-effect design is z = (1, t1))
+    pid       obs: participant index; baseline: obs, True at each participant's week-0 visit
+    chol      (l00, l10, l11), each draws: the Cholesky factor L of the participant-effect covariance S
+    sigma     draws: the residual SD
+
+    With V_i = Z_i S Z_i' + sigma^2 I and its precision P_i = V_i^-1 (Woodbury, 2 x 2 algebra as above):
+    - participant: log p(y_i | theta) - log p(y_i0 | theta) = log p(post-baseline scores | baseline, theta),
+      draws x participants (the full log p(y_i | theta) for a participant without a baseline visit);
+    - visit: log p(y_ij | y_i,-j, theta) = log N(y_ij | y_ij - (P_i e_i)_j / P_i,jj, 1 / P_i,jj), draws x obs,
+      the exact leave-one-visit-out predictive density given the participant's other visits.
+    """
+    order = np.argsort(pid, kind="stable")
+    pid_s = pid[order]
+    n_p = int(pid.max()) + 1
+    starts = np.searchsorted(pid_s, np.arange(n_p))
+    present = np.bincount(pid, minlength=n_p) > 0
+    def per_participant(x):  # draws x obs -> draws x participants (sums over each participant's visits)
+        out = np.add.reduceat(x[:, order], np.minimum(starts, len(pid) - 1), axis=1)
+        return np.where(present, out, 0.0)
+    l00, l10, l11 = (np.asarray(v, dtype=float)[:, None] for v in chol)
+    s2 = np.asarray(sigma, dtype=float)[:, None] ** 2
+    ones = np.ones((1, len(pid)))
+    a00 = per_participant(ones)[0]
+    a01 = per_participant(t1[None, :])[0]
+    a11 = per_participant(t1[None, :] ** 2)[0]
+    m00 = 1.0 + (l00**2 * a00 + 2.0 * l00 * l10 * a01 + l10**2 * a11) / s2
+    m01 = l11 * (l00 * a01 + l10 * a11) / s2
+    m11 = 1.0 + l11**2 * a11 / s2
+    det = m00 * m11 - m01**2
+    s0, s1 = per_participant(e), per_participant(e * t1[None, :])
+    w0, w1 = l00 * s0 + l10 * s1, l11 * s1  # w = L' Z' e
+    v0, v1 = (m11 * w0 - m01 * w1) / det, (m00 * w1 - m01 * w0) / det  # M^-1 w
+    n = a00[None, :]
+    full = -0.5 * (n * LOG2PI + n * np.log(s2) + np.log(det) + per_participant(e**2) / s2 - (w0 * v0 + w1 * v1) / s2**2)
+    g0, g1 = l00 + l10 * t1[None, :], l11 * t1[None, :]  # g_j = L' z_j
+    i00, i01, i11 = (m11 / det)[:, pid], (-m01 / det)[:, pid], (m00 / det)[:, pid]
+    q = g0 * (i00 * g0 + i01 * g1) + g1 * (i01 * g0 + i11 * g1)  # g' M^-1 g
+    h = g0 * v0[:, pid] + g1 * v1[:, pid]  # g' M^-1 w
+    p_jj = (1.0 - q / s2) / s2
+    pe = (e - h / s2) / s2
+    visit = 0.5 * (np.log(p_jj) - LOG2PI) - 0.5 * pe**2 / p_jj
+    var0 = s2 + g0**2 + g1**2  # z0' S z0 + sigma^2 at each visit (used at the baseline visits)
+    base = -0.5 * (LOG2PI + np.log(var0) + e**2 / var0)
+    base_sum = per_participant(np.where(baseline[None, :], base, 0.0))
+    return full - base_sum, visit
