@@ -44,6 +44,7 @@ class LooResult:
     method: np.ndarray  # per unit: "psis", "refit" or "kfold"
     p_loo: float = float("nan")
     notes: list[str] = field(default_factory=list)
+    integrated: bool = False  # scored by the integrated quantity (INTEGRATED) rather than the conditional one
 
     @property
     def elpd(self) -> float:
@@ -97,7 +98,21 @@ def participant_log_likelihood(idata: az.InferenceData, var_name: str = "y") -> 
     return out.isel(participant=indicator.sum(axis=0) > 0)  # participants with no observation contribute nothing
 
 
-def _psis(idata: az.InferenceData, ll: xr.DataArray, level: str, units) -> LooResult:
+INTEGRATED = {"participant": "y_participant", "visit": "y_visit"}  # log_likelihood variables of the integrated quantities
+QUANTITY = {
+    "participant": "post-baseline scores given the baseline score, participant effects integrated out",
+    "visit": "each post-baseline visit given the participant's other visits (exact, multivariate normal)",
+}
+
+
+def _integrated(idata: az.InferenceData, level: str, var_name: str) -> xr.DataArray | None:
+    name = INTEGRATED[level]
+    if var_name == "y" and "log_likelihood" in idata.groups() and name in idata.log_likelihood:
+        return idata.log_likelihood[name]
+    return None
+
+
+def _psis(idata: az.InferenceData, ll: xr.DataArray, level: str, units, integrated: bool = False) -> LooResult:
     data = az.InferenceData(posterior=idata.posterior, log_likelihood=xr.Dataset({"y": ll}))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -109,19 +124,28 @@ def _psis(idata: az.InferenceData, ll: xr.DataArray, level: str, units) -> LooRe
         pareto_k=np.asarray(res.pareto_k.values, dtype=float),
         method=np.array(["psis"] * len(units), dtype=object),
         p_loo=float(res.p_loo),
+        integrated=integrated,
     )
 
 
-def loo_visits(idata: az.InferenceData, var_name: str = "y") -> LooResult:
-    """Pointwise PSIS-LOO: each observed visit left out in turn."""
+def loo_visits(idata: az.InferenceData, var_name: str = "y", integrated: bool = True) -> LooResult:
+    """PSIS-LOO over visits: on the exact leave-one-visit-out densities ('y_visit') when the fit has them,
+    else on the pointwise log-likelihood conditional on the participant effects."""
+    ll = _integrated(idata, "visit", var_name) if integrated else None
+    if ll is not None:
+        return _psis(idata, ll, "visit", ll["scored_visit"].values, integrated=True)
     _check(idata, var_name)
     ll = idata.log_likelihood[var_name]
     obs_dim = [d for d in ll.dims if d not in ("chain", "draw")][0]
     return _psis(idata, ll, "visit", np.arange(ll.sizes[obs_dim]))
 
 
-def loo_participants(idata: az.InferenceData, var_name: str = "y") -> LooResult:
-    """Leave-one-participant-out PSIS-LOO on the participant-summed log-likelihood."""
+def loo_participants(idata: az.InferenceData, var_name: str = "y", integrated: bool = True) -> LooResult:
+    """Leave-one-participant-out PSIS-LOO: on the integrated densities ('y_participant') when the fit has
+    them, else on the participant-summed log-likelihood conditional on the participant effects."""
+    ll = _integrated(idata, "participant", var_name) if integrated else None
+    if ll is not None:
+        return _psis(idata, ll.rename(scored_participant="participant"), "participant", ll["scored_participant"].values, integrated=True)
     ll = participant_log_likelihood(idata, var_name)
     return _psis(idata, ll, "participant", ll["participant"].values)
 

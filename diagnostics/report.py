@@ -19,7 +19,7 @@ import pandas as pd
 
 from .compare import CLEAR_DIFF_SE
 from .convergence import EBFMI_MIN, ESS_BULK_MIN, ESS_TAIL_MIN, MCSE_SD_RATIO_MAX, RHAT_MAX, TREEDEPTH_SATURATED_MAX
-from .loo import PARETO_K_MAX
+from .loo import PARETO_K_MAX, QUANTITY
 from .ppc import PPC_TAIL
 
 CSS = """
@@ -207,6 +207,14 @@ def comparison_section(run) -> str:
     for level, table in run.comparisons.items():
         title = {"participant": "New participants: leave-one-participant-out", "visit": "New visits of known participants: pointwise LOO"}.get(level, level)
         out.append(f"<h3>{esc(title)}</h3>")
+        results = [m.loo[level] for n, m in run.models.items() if n in table.index and level in m.loo]
+        if results and all(r.integrated for r in results):
+            out.append(f'<p class="note">Scored on {esc(QUANTITY[level])}: the participant effects are integrated out '
+                       "(or the visit is predicted from the participant's other visits), so leaving a unit out only reweights the "
+                       "population parameters and PSIS is reliable; the baseline score is conditioned on, as in an MMRM.</p>")
+        elif results:
+            out.append('<p class="note">Scored on the log-likelihood conditional on each participant\'s own effects (the model has no '
+                       "integrated form): leaving a participant out changes those effects, so high Pareto k is expected at the participant level.</p>")
         out.append(f"<p><b>{esc(run.plain_language.get(level, ''))}</b></p>")
         out.append(table_html(table, index=True, floatfmt="{:.2f}"))
     out.append(img(run.figures.get("pareto_k"), "Pareto k per participant"))

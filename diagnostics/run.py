@@ -145,6 +145,12 @@ def apply_remedies(group: list[str], models: dict[str, ModelDiagnostics], design
     bad = {n: int(models[n].loo[level].bad.sum()) for n in group}
     if not any(bad.values()):
         return notes
+    if any(models[n].loo[level].integrated for n in group):
+        notes.append(
+            f"{level} level: {', '.join(f'{n} ({bad[n]})' for n in group if bad[n])} unit(s) with Pareto k above the threshold "
+            "on the integrated quantity; refits score the conditional one, so they are not mixed in: those elpd values are less reliable"
+        )
+        return notes
     if settings is not None and settings.chains * settings.draws < min_draws:
         notes.append(
             f"{level} level: {', '.join(f'{n} ({bad[n]})' for n in group if bad[n])} unit(s) with Pareto k above the threshold were not refitted: "
@@ -253,6 +259,14 @@ def diagnose_run(
                     f"not compared with {', '.join(main)}: {', '.join(g)} fitted to different observations "
                     "(other outcome values, e.g. change scores or biomarkers, or other data): elpd values are only comparable on the same data"
                 )
+    for level, score in (("participant", loo_participants), ("visit", loo_visits)):  # one quantity per comparison
+        plain = [n for n in main if not models[n].loo[level].integrated]
+        if plain and len(plain) < len(main):
+            for n in main:
+                if models[n].loo[level].integrated:
+                    models[n].loo[level] = score(idatas[n], integrated=False)
+            notes.append(f"{level} level: compared on the log-likelihood conditional on the participant effects, because "
+                         f"{', '.join(plain)} has no integrated form (expect high Pareto k at the participant level)")
     for level in remedy_levels:
         notes += apply_remedies(main, models, design, builders, settings, level, kfold, log=log, min_draws=refit_min_draws)
     comparisons, sentences = {}, {}

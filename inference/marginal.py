@@ -23,8 +23,14 @@ from pytensor.compile.mode import get_default_mode
 
 from models.contract import BuiltModel
 from models.design import TrialDesign
-from models.marginal import FIXED_VAR, LOG2PI, visit_stats
+from models.marginal import FIXED_VAR, LOG2PI, integrated_pointwise, visit_stats
 
+INTEGRATED_NOTES = {
+    "y_participant": "per participant with at least one post-baseline visit: log p(post-baseline scores | baseline score, theta), "
+                     "the participant effects integrated out (latent biomarker values: conditional on each draw's values)",
+    "y_visit": "per post-baseline visit: log p(y_ij | the participant's other visits, theta), exact leave-one-visit-out from "
+               "the participant's multivariate normal (latent biomarker values: conditional on each draw's values)",
+}
 LOG_LIKELIHOOD_NOTE = (
     "pointwise per visit, conditional on the participant effects (drawn from their exact conditional "
     "posterior after sampling the marginal model): log Normal(y | mu, residual_sd), as on the plain path"
@@ -113,14 +119,51 @@ def add_pointwise_groups(idata: az.InferenceData, design: TrialDesign, pred_seed
         rep[ch] = mu + sigma * rng.standard_normal((n_draw, n_obs))
         t_ll += t1 - t0
         t_pp += time.perf_counter() - t1
+    t0 = time.perf_counter()
+    integrated = integrated_log_likelihood(idata, design, fixed)
+    t_int = time.perf_counter() - t0
     coords = {"chain": post["chain"].values, "draw": post["draw"].values, "obs": np.arange(n_obs)}
     dims = ("chain", "draw", "obs")
     for group, arr in (("log_likelihood", ll), ("posterior_predictive", rep)):
         ds = xr.Dataset({"y": xr.DataArray(arr, dims=dims, coords=coords)})
+        if group == "log_likelihood":
+            ds = ds.assign(integrated)
         if group in idata.groups():
             del idata[group]
         idata.add_groups({group: ds})
-    return {"log_likelihood_s": t_ll, "posterior_predictive_s": t_pp}
+    return {"log_likelihood_s": t_ll, "posterior_predictive_s": t_pp, "integrated_log_likelihood_s": t_int}
+
+
+def scored_units(design: TrialDesign) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(baseline mask over visits, participants with a post-baseline visit, post-baseline visit indices)."""
+    baseline = design.obs_week == design.weeks[0]
+    post = np.flatnonzero(~baseline)
+    scored = np.zeros(design.n_participants, dtype=bool)
+    scored[design.obs_participant[post]] = True
+    return baseline, np.flatnonzero(scored), post
+
+
+def integrated_log_likelihood(idata: az.InferenceData, design: TrialDesign, fixed: np.ndarray) -> dict[str, xr.DataArray]:
+    """'y_participant' and 'y_visit' (models/marginal.py integrated_pointwise) of every draw: the quantities the
+    comparison scores, for participants and visits after baseline, given the baseline score."""
+    post = idata.posterior
+    baseline, scored, visits = scored_units(design)
+    pid = design.obs_participant
+    t2 = design.t2 if design.has_followup else np.zeros_like(design.t2)
+    chol = _chol_from_posterior(post)
+    parts, vis = [], []
+    for ch in range(post.sizes["chain"]):
+        c = fixed[ch]
+        e = design.y[None, :] - (c[:, pid, 0] + c[:, pid, 1] * design.t1 + c[:, pid, 2] * t2)
+        p, v = integrated_pointwise(e, design.t1, pid, baseline, tuple(x[ch] for x in chol), post["residual_sd"].values[ch])
+        parts.append(p[:, scored])
+        vis.append(v[:, visits])
+    cd = {"chain": post["chain"].values, "draw": post["draw"].values}
+    return {
+        "y_participant": xr.DataArray(np.stack(parts), dims=("chain", "draw", "scored_participant"),
+                                      coords={**cd, "scored_participant": design.participants[scored]}),
+        "y_visit": xr.DataArray(np.stack(vis), dims=("chain", "draw", "scored_visit"), coords={**cd, "scored_visit": visits}),
+    }
 
 
 def finish_marginal_fit(idata: az.InferenceData, fast: BuiltModel, recover_seed: int, pred_seed: int) -> dict[str, float]:
@@ -143,4 +186,5 @@ def finish_marginal_fit(idata: az.InferenceData, fast: BuiltModel, recover_seed:
     timings["recover_s"] = time.perf_counter() - t0
     timings.update(add_pointwise_groups(idata, fast.design, pred_seed, fixed))
     idata.log_likelihood.attrs["y"] = LOG_LIKELIHOOD_NOTE
+    idata.log_likelihood.attrs.update(INTEGRATED_NOTES)
     return timings

@@ -377,3 +377,21 @@ def test_settings_are_refused_before_a_fit_or_every_diagnostic_is_defined(chains
             assert not m.verdict.ok and "rhat" in m.verdict.flags
     report = write_outputs(run, tmp_path).read_text()
     assert "Model comparison" in report
+
+
+def test_models_are_compared_on_one_quantity_when_only_some_have_the_integrated_form():
+    """A fit with integrated densities next to one without: both are scored on the conditional log-likelihood, and the note says why."""
+    from diagnostics.run import diagnose_run
+
+    a = trial_idata(seed=3, n=40)
+    b = trial_idata(seed=4, n=40, pred_sd=5.0, y=a.observed_data["y"].values)
+    ll = a.log_likelihood["y"]
+    post = np.flatnonzero(a.constant_data["obs_week"].values > 0)
+    a.log_likelihood["y_visit"] = ll.isel(obs=post).rename(obs="scored_visit").assign_coords(scored_visit=post)
+    a.log_likelihood["y_participant"] = dl.participant_log_likelihood(a).rename(participant="scored_participant")
+    alone = diagnose_run({"a": a}, log=lambda _: None)
+    assert alone.models["a"].loo["visit"].integrated and len(alone.models["a"].loo["visit"].units) == len(post)
+    both = diagnose_run({"a": a, "b": b}, log=lambda _: None)
+    assert not any(m.loo[level].integrated for m in both.models.values() for level in ("visit", "participant"))
+    assert any("because b has no integrated form" in n for n in both.comparison_notes)
+    assert set(both.comparisons) == {"participant", "visit"}

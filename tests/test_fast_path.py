@@ -206,3 +206,55 @@ def test_fast_and_plain_agree_on_default_data():
     assert np.all(np.abs(z) < 4.0), z[np.abs(z) >= 4.0]
     assert np.all((ratio > 0.9) & (ratio < 1.1)), ratio
     assert int(fast.sample_stats["diverging"].sum()) == 0
+
+
+@pytest.mark.unit
+def test_integrated_densities_equal_dense_multivariate_normal_algebra():
+    """Participant: log p(post-baseline | baseline, theta); visit: log p(y_ij | other visits, theta), both from V = Z S Z' + s2 I."""
+    from scipy import stats
+
+    from models.marginal import integrated_pointwise
+
+    rng = np.random.default_rng(0)
+    pid, t1, base = [], [], []
+    for i in range(6):  # one participant with a baseline only, others with 2 to 5 visits, one with a gap
+        weeks = [0, 2, 4, 8, 12][: (1 if i == 0 else int(rng.integers(2, 6)))]
+        if i == 5:
+            weeks = [0, 4, 12]
+        for w in weeks:
+            pid.append(i), t1.append(w / 12), base.append(w == 0)
+    pid, t1, base = np.array(pid), np.array(t1), np.array(base)
+    draws = 3
+    e = rng.normal(0, 3, (draws, len(pid)))
+    l00, l10, l11, sigma = rng.uniform(1, 3, draws), rng.normal(0, 1, draws), rng.uniform(0.5, 2, draws), rng.uniform(1, 2, draws)
+    part, visit = integrated_pointwise(e, t1, pid, base, (l00, l10, l11), sigma)
+    for d in range(draws):
+        chol = np.array([[l00[d], 0], [l10[d], l11[d]]])
+        for i in range(6):
+            idx = np.flatnonzero(pid == i)
+            z = np.column_stack([np.ones(len(idx)), t1[idx]])
+            v = z @ chol @ chol.T @ z.T + sigma[d] ** 2 * np.eye(len(idx))
+            full = multivariate_normal(np.zeros(len(idx)), v).logpdf(e[d, idx])
+            np.testing.assert_allclose(part[d, i], full - stats.norm(0, np.sqrt(v[0, 0])).logpdf(e[d, idx[0]]), atol=1e-10)
+            for j in range(len(idx)):
+                o = [k for k in range(len(idx)) if k != j]
+                mean = v[j, o] @ np.linalg.solve(v[np.ix_(o, o)], e[d, idx[o]]) if o else 0.0
+                var = v[j, j] - (v[j, o] @ np.linalg.solve(v[np.ix_(o, o)], v[o, j]) if o else 0.0)
+                np.testing.assert_allclose(visit[d, idx[j]], stats.norm(mean, np.sqrt(var)).logpdf(e[d, idx[j]]), atol=1e-10)
+
+
+@pytest.mark.smoke
+def test_integrated_loo_is_reliable_where_the_conditional_one_is_not(fast_fit, design):
+    """On the same fit: PSIS on the integrated densities leaves (almost) no unit with Pareto k > 0.7, the
+    participant-summed conditional log-likelihood leaves many; units are the post-baseline ones."""
+    from diagnostics.loo import PARETO_K_MAX, loo_participants, loo_visits
+
+    idata = fast_fit[0]
+    post_visits = design.obs_week > 0
+    assert idata.log_likelihood["y_visit"].sizes["scored_visit"] == post_visits.sum()
+    assert set(idata.log_likelihood["y_participant"]["scored_participant"].values) == set(design.participants[design.obs_participant[post_visits]])
+    part, visit = loo_participants(idata), loo_visits(idata)
+    assert part.integrated and visit.integrated
+    assert (part.pareto_k > PARETO_K_MAX).mean() <= 0.05 and (visit.pareto_k > PARETO_K_MAX).mean() <= 0.01  # 60 participants: a few are influential
+    conditional = loo_participants(idata, integrated=False)
+    assert (conditional.pareto_k > PARETO_K_MAX).mean() > 0.3
