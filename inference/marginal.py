@@ -146,24 +146,10 @@ def scored_units(design: TrialDesign) -> tuple[np.ndarray, np.ndarray, np.ndarra
 def integrated_log_likelihood(idata: az.InferenceData, design: TrialDesign, fixed: np.ndarray) -> dict[str, xr.DataArray]:
     """'y_participant' and 'y_visit' (models/marginal.py integrated_pointwise) of every draw: the quantities the
     comparison scores, for participants and visits after baseline, given the baseline score."""
-    post = idata.posterior
-    baseline, scored, visits = scored_units(design)
     pid = design.obs_participant
     t2 = design.t2 if design.has_followup else np.zeros_like(design.t2)
-    chol = _chol_from_posterior(post)
-    parts, vis = [], []
-    for ch in range(post.sizes["chain"]):
-        c = fixed[ch]
-        e = design.y[None, :] - (c[:, pid, 0] + c[:, pid, 1] * design.t1 + c[:, pid, 2] * t2)
-        p, v = integrated_pointwise(e, design.t1, pid, baseline, tuple(x[ch] for x in chol), post["residual_sd"].values[ch])
-        parts.append(p[:, scored])
-        vis.append(v[:, visits])
-    cd = {"chain": post["chain"].values, "draw": post["draw"].values}
-    return {
-        "y_participant": xr.DataArray(np.stack(parts), dims=("chain", "draw", "scored_participant"),
-                                      coords={**cd, "scored_participant": design.participants[scored]}),
-        "y_visit": xr.DataArray(np.stack(vis), dims=("chain", "draw", "scored_visit"), coords={**cd, "scored_visit": visits}),
-    }
+    e = design.y[None, None, :] - (fixed[:, :, pid, 0] + fixed[:, :, pid, 1] * design.t1 + fixed[:, :, pid, 2] * t2)
+    return _integrated_from_residuals(idata.posterior, design, e)
 
 
 def finish_marginal_fit(idata: az.InferenceData, fast: BuiltModel, recover_seed: int, pred_seed: int) -> dict[str, float]:
@@ -188,3 +174,55 @@ def finish_marginal_fit(idata: az.InferenceData, fast: BuiltModel, recover_seed:
     idata.log_likelihood.attrs["y"] = LOG_LIKELIHOOD_NOTE
     idata.log_likelihood.attrs.update(INTEGRATED_NOTES)
     return timings
+
+
+def _normal_mean(model: pm.Model, outcome: str = "y"):
+    """The mean of a Normal outcome (None for another family: Student-t and censored scores have no closed form)."""
+    from pytensor.tensor.random.basic import NormalRV
+
+    var = model[outcome]
+    if var.owner is None or not isinstance(var.owner.op, NormalRV):
+        return None
+    return var.owner.inputs[2]  # (rng, size, mu, sigma)
+
+
+def plain_integrated_log_likelihood(idata: az.InferenceData, built: BuiltModel) -> dict[str, xr.DataArray]:
+    """'y_participant' and 'y_visit' of a plain-path trajectory fit with a Normal likelihood ({} otherwise).
+
+    The fixed part of the mean is the model's mean minus the sampled participant effects, z (b0, b1);
+    from there the maths is the fast path's (models/marginal.py integrated_pointwise)."""
+    post = idata.posterior
+    mu = _normal_mean(built.model)
+    if mu is None or not {"participant_effects", "participant_sd", "participant_corr", "residual_sd"} <= set(post.data_vars):
+        return {}
+    design = built.design
+    compile_kwargs = {} if pytensor.config.cxx else {"mode": get_default_mode().excluding("fusion")}
+    fn = built.model.compile_fn(inputs=built.model.free_RVs, outs=mu, on_unused_input="ignore", **compile_kwargs)
+    names = [rv.name for rv in built.model.free_RVs]
+    pid, t1 = design.obs_participant, design.t1
+    mus = np.empty((post.sizes["chain"], post.sizes["draw"], len(design.y)))
+    for ch in range(post.sizes["chain"]):
+        values = {n: post[n].values[ch] for n in names}
+        for d in range(post.sizes["draw"]):
+            mus[ch, d] = fn({n: v[d] for n, v in values.items()})
+    b = post["participant_effects"].transpose("chain", "draw", "participant", "participant_effect").values
+    fixed_mean = mus - (b[:, :, pid, 0] + b[:, :, pid, 1] * t1)
+    return _integrated_from_residuals(post, design, design.y[None, None, :] - fixed_mean)
+
+
+def _integrated_from_residuals(post: xr.Dataset, design: TrialDesign, e: np.ndarray) -> dict[str, xr.DataArray]:
+    """The two integrated quantities from residuals about the fixed part, e (chain, draw, obs)."""
+    baseline, scored, visits = scored_units(design)
+    chol = _chol_from_posterior(post)
+    parts, vis = [], []
+    for ch in range(post.sizes["chain"]):
+        p, v = integrated_pointwise(e[ch], design.t1, design.obs_participant, baseline, tuple(x[ch] for x in chol),
+                                    post["residual_sd"].values[ch])
+        parts.append(p[:, scored])
+        vis.append(v[:, visits])
+    cd = {"chain": post["chain"].values, "draw": post["draw"].values}
+    return {
+        "y_participant": xr.DataArray(np.stack(parts), dims=("chain", "draw", "scored_participant"),
+                                      coords={**cd, "scored_participant": design.participants[scored]}),
+        "y_visit": xr.DataArray(np.stack(vis), dims=("chain", "draw", "scored_visit"), coords={**cd, "scored_visit": visits}),
+    }

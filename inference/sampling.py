@@ -24,10 +24,10 @@ import arviz as az
 import numpy as np
 import pymc as pm
 
-from models.contract import BuiltModel
+from models.contract import VISIT_SCORES, BuiltModel
 
 from .compile import compile_nutpie
-from .marginal import finish_marginal_fit
+from .marginal import INTEGRATED_NOTES, finish_marginal_fit, plain_integrated_log_likelihood
 
 SAMPLERS = ("nutpie", "pymc")
 

@@ -155,18 +155,30 @@ def test_readme_module_map_matches_the_tree():
     assert named <= files, f"the module map names modules that do not exist: {sorted(named - files)}"
 
 
-@pytest.mark.smoke
-def test_readme_python_example_runs(tmp_path):
-    """The README's Python example, exactly as printed, saved as a script and run in a fresh folder
-    (as a user would: no `if __name__ == "__main__":` guard, the fits in worker processes)."""
+def _run_readme_example(tmp_path, code: str) -> None:
     import subprocess
     import sys
 
-    (tmp_path / "example.py").write_text(readme_block("Python", "python"))
-    proc = subprocess.run([sys.executable, "example.py"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    (tmp_path / "example.py").write_text(code)
+    proc = subprocess.run([sys.executable, "example.py"], cwd=tmp_path, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
     assert "headline" in out and "treatment" in out and "report.html" in out and "elpd" in out
     assert (tmp_path / "results" / "example" / "report.html").is_file()
     for name in ("treatment", "headline"):
         assert (tmp_path / "results" / "example" / name / "estimates.csv").is_file()
+
+
+@pytest.mark.slow
+def test_readme_python_example_runs(tmp_path):
+    """The README's Python example, exactly as printed, saved as a script and run in a fresh folder
+    (as a user would: no `if __name__ == "__main__":` guard, the fits in worker processes)."""
+    _run_readme_example(tmp_path, readme_block("Python", "python"))
+
+
+@pytest.mark.smoke
+def test_readme_python_example_runs_with_fewer_draws(tmp_path):
+    """The same example with its draws cut to 100 (every line else as printed): the default tier's version."""
+    code = readme_block("Python", "python")
+    assert "draws=1000" in code
+    _run_readme_example(tmp_path, code.replace("draws=1000", "draws=100, tune=150"))

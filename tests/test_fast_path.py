@@ -258,3 +258,23 @@ def test_integrated_loo_is_reliable_where_the_conditional_one_is_not(fast_fit, d
     assert (part.pareto_k > PARETO_K_MAX).mean() <= 0.05 and (visit.pareto_k > PARETO_K_MAX).mean() <= 0.01  # 60 participants: a few are influential
     conditional = loo_participants(idata, integrated=False)
     assert (conditional.pareto_k > PARETO_K_MAX).mean() > 0.3
+
+
+@pytest.mark.smoke
+@pytest.mark.parametrize("name", ["treatment", "headline"])
+def test_plain_path_integrated_densities_equal_the_fast_paths(design, name):
+    """Same draws of the population parameters: the plain path (model mean minus the sampled effects) and the
+    fast path (the marginal model's fixed part) give the same integrated densities; Student-t has none."""
+    import pymc as pm
+
+    from inference.marginal import fixed_part, integrated_log_likelihood, plain_integrated_log_likelihood
+
+    built = get(name).build(design)
+    with built.model:
+        prior = pm.sample_prior_predictive(draws=6, random_seed=2).prior
+    idata = az.InferenceData(posterior=prior)
+    plain = plain_integrated_log_likelihood(idata, built)
+    fast = integrated_log_likelihood(idata, design, fixed_part(prior, built.fast_variant()))
+    for var in ("y_participant", "y_visit"):
+        np.testing.assert_allclose(plain[var].values, fast[var].values, rtol=1e-9, atol=1e-9)
+    assert plain_integrated_log_likelihood(idata, get(name).build(design, likelihood="student")) == {}

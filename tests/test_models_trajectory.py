@@ -224,6 +224,7 @@ def test_treatment_model_zero_effect_covers_zero(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:Estimated shape parameter of Pareto")  # az.compare warns on any visit with k > 0.67; the ranking is what is tested
+@pytest.mark.filterwarnings("ignore:The inplace keyword in DataFrame.sort_values")  # inside az.compare
 def test_curved_course_recovered_and_preferred_by_loo(tmp_path):
     """With a concave (early response) course, the curved model tracks the true placebo course at
     weeks 2-8, where the straight line cannot, and LOO prefers it."""
