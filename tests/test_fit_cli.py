@@ -205,3 +205,23 @@ def test_every_allowed_model_on_a_single_site_trial_without_biomarkers(single_si
     assert set(pd.read_csv(out / "comparison_visit.csv", keep_default_na=False).iloc[:, 0]) == set(compared)
     for name in allowed:
         assert (out / name / "estimates.csv").exists()
+
+
+@pytest.mark.slow
+def test_comparison_is_reliable_without_refits_on_a_small_single_site_trial(tmp_path, capsys):
+    """100 participants, one site, no biomarkers, 5 visits, 40% dropout: the main job's comparison has at most 1% of
+    participants and of visits with Pareto k above 0.7 in every model, and no caution, without any refit."""
+    from data import TrialParameters, simulate_trial
+
+    sim = simulate_trial(TrialParameters(n_participants=100, seed=21, sites=("only",), site_weights=(1.0,),
+                                         weeks=(0, 2, 4, 8, 12), treatment_end=8, dropout_by_last_week=0.4))
+    sim.biomarkers = sim.biomarkers.iloc[0:0]
+    folder = sim.write(tmp_path / "trial")
+    out = tmp_path / "out"
+    assert fit.main(["--data", str(folder), "--model", "null", "treatment", "--out", str(out), "--seed", "3"]) == 0
+    printed = capsys.readouterr().out
+    assert "Caution" not in printed and "unreliable" not in printed, printed[-2000:]
+    for name in ("null", "treatment"):
+        for level in ("participant", "visit"):
+            k = pd.read_csv(out / name / f"loo_{level}.csv")["pareto_k"]
+            assert (k > 0.7).mean() <= 0.01, (name, level, (k > 0.7).sum())
