@@ -56,7 +56,7 @@ def main(argv=None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     for name, m in run.models.items():
-        print(f"{name}: convergence {'PASS' if m.verdict.ok else 'FAIL'}; {m.ppc.text()}")
+        print(f"{name}: convergence {'PASS' if m.verdict.ok else 'FAIL'}; {m.ppc.text() if m.ppc is not None else 'compared on the integrated densities (no checks of the scores)'}")
     for level, sentence in run.plain_language.items():
         print(f"comparison ({level} level): {sentence}")
     for note in run.comparison_notes:

@@ -32,7 +32,7 @@ from diagnostics.convergence import Verdict, one_chain_quiet, verdict
 from diagnostics.estimates import format_estimates, model_estimates
 from diagnostics.ppc import REMISSION_CUTOFF
 from diagnostics.summary import answer, observed_means
-from diagnostics.run import REFIT_MIN_DRAWS, RunDiagnostics, diagnose_model, diagnose_run, load_run, saved_answers, write_outputs
+from diagnostics.run import REFIT_MIN_DRAWS, RunDiagnostics, diagnose_model, diagnose_run, load_run, saved_answers, score_model, write_outputs
 from inference.idata_io import provenance, stamp, versions
 from inference.jobs import WorkerFailed, default_jobs, fit_models
 from inference.sampling import SamplerSettings
@@ -277,6 +277,8 @@ def finish_fit(name: str, idata, built, *, out: str, data_source: str, likelihoo
     if spec.comparable:  # its PPC, LOO and figures, for the report
         labels = (design.meta.control_arm, design.meta.treatment_arm)
         diagnosed = diagnose_model(name, idata, table, design.treated, labels, remission_cutoff, spec.description, check=check)
+    elif spec.compared and "y_participant" in idata.log_likelihood:  # the MMRM: in the comparison on the integrated densities
+        diagnosed = score_model(name, idata, table, spec.description, check=check)
     return {"check": check, "table": table, "notes": built.notes, "diagnostics": diagnosed,
             "finish_s": t1 - t0, "diagnose_s": time.perf_counter() - t1,
             "idata_bytes": written["bytes"], "write_s": written["write_s"]}
@@ -337,6 +339,10 @@ def _run(specs, ds, design, source, changes, settings, tmp: Path, out: Path, *, 
         run["not_in_report"] = skipped
         say(f"note: {', '.join(skipped)}: outcome is not the visit scores (y), so no trajectory checks or LOO comparison "
             "in the report (their answers lead it)")
+    scored_only = [n for n, m in diagnosed.items() if m.ppc is None]
+    if scored_only:
+        say(f"note: {', '.join(scored_only)}: change from baseline, compared with the trajectory models on the post-baseline "
+            "scores given the baseline (no checks of the scores)")
     diag = report = None
     if fits:
         t0 = time.perf_counter()
@@ -375,7 +381,7 @@ def _run(specs, ds, design, source, changes, settings, tmp: Path, out: Path, *, 
             "comparison": {level: table.reset_index().to_dict(orient="records") for level, table in diag.comparisons.items()},
             "plain_language": diag.plain_language,
             "notes": diag.comparison_notes,
-            "ppc_flags": {n: m.ppc.flags() for n, m in diag.models.items()},
+            "ppc_flags": {n: m.ppc.flags() for n, m in diag.models.items() if m.ppc is not None},
             "wall_s": time.perf_counter() - t0,
             "per_model_s": diagnose_s,
         }

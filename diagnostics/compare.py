@@ -31,6 +31,9 @@ class ComparisonError(ValueError):
 def observation_signature(idata: az.InferenceData) -> dict:
     """What makes two fits comparable: the observed outcome values, their mapping and the data checksum."""
     sig = {"checksum": str(idata.posterior.attrs.get("data_checksum", ""))}
+    ll = idata.log_likelihood if "log_likelihood" in idata.groups() else {}
+    if "y_participant" in ll and "y_visit" in ll:  # the integrated densities: post-baseline scores given the baseline
+        sig["scored"] = (tuple(map(str, ll["y_participant"]["scored_participant"].values)), tuple(map(int, ll["y_visit"]["scored_visit"].values)))
     if "observed_data" not in idata.groups() or "y" not in idata.observed_data:
         sig["y"] = None
         return sig
@@ -44,7 +47,12 @@ def observation_signature(idata: az.InferenceData) -> dict:
 
 
 def mismatch(a: dict, b: dict) -> str | None:
-    """Why two observation signatures differ (None when the same)."""
+    """Why two observation signatures differ (None when the same).
+
+    Fits with the integrated densities on the same units of the same data are comparable whatever their
+    outcome variable (an MMRM of change scores and a trajectory model of the scores)."""
+    if a.get("scored") is not None and a.get("scored") == b.get("scored") and a["checksum"] == b["checksum"]:
+        return None
     if a["y"] is None or b["y"] is None:
         return "no observed outcome 'y' recorded"
     if a["checksum"] != b["checksum"]:

@@ -147,6 +147,14 @@ def model_section(m) -> str:
     out.append("<p>Population-level parameters (participant-level and latent biomarker values are included in the verdict but not listed):</p>")
     out.append(table_html(m.convergence_rows, index=True))
     out.append(img(m.figures.get("rank"), "rank plot") + img(m.figures.get("energy"), "energy plot"))
+    if m.ppc is None:
+        out.append("<h3>Leave-one-out</h3>")
+        out.append('<p class="note">This model\'s outcome is the change from baseline, so the checks of the scores do not apply; '
+                   "it is compared with the trajectory models on the post-baseline scores given the baseline.</p>")
+        out.append("<pre>" + esc("\n".join(r.text() for r in m.loo.values())) + "</pre>")
+        out.append("<h3>Priors used</h3>")
+        out.append(table_html(priors_table(m.priors)) if m.priors else "<p>(no priors recorded)</p>")
+        return "\n".join(out)
     out.append("<h3>Posterior predictive checks</h3>")
     flags = m.ppc.flags()
     if flags:
@@ -223,7 +231,7 @@ def comparison_section(run) -> str:
 
 def render_report(run) -> str:
     title = f"Trial analysis report: {run.title}"
-    toc = "".join(f'<li><a href="#model-{esc(m.name)}">{esc(m.name)}</a>: convergence {"PASS" if m.verdict.ok else "FAIL"}, ' f"{len(m.ppc.flags())} PPC flag(s)</li>" for m in run.models.values())
+    toc = "".join(f'<li><a href="#model-{esc(m.name)}">{esc(m.name)}</a>: convergence {"PASS" if m.verdict.ok else "FAIL"}, ' f"{len(m.ppc.flags()) if m.ppc is not None else 'no'} PPC flag(s)</li>" for m in run.models.values())
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',

@@ -44,7 +44,7 @@ LEVELS = ("participant", "visit")  # the participant level (new patients) leads 
 class ModelDiagnostics:
     name: str
     verdict: Verdict
-    ppc: PPCResult
+    ppc: PPCResult | None  # None for a model of another outcome (the MMRM's change scores): compared, not checked
     loo: dict[str, LooResult]
     estimates: pd.DataFrame | None
     figures: dict[str, bytes]
@@ -132,6 +132,29 @@ def diagnose_model(
         settings=_attr(idata, "settings", {}) or {},
         priors=priors if isinstance(priors, dict) else {},
     )
+
+
+def score_model(name: str, idata: az.InferenceData, estimates=None, description: str = "", check=None) -> ModelDiagnostics:
+    """Convergence and the integrated LOO of a model whose outcome is not the visit scores but that predicts the
+    same post-baseline scores given the baseline (the MMRM): it joins the comparison, without the score checks."""
+    check = check if check is not None else verdict(idata)
+    priors = _attr(idata, "priors", {}) or {}
+    return ModelDiagnostics(
+        name=name, verdict=check, ppc=None,
+        loo={"participant": loo_participants(idata), "visit": loo_visits(idata)},
+        estimates=estimates,
+        figures={k: v for k, v in {"rank": plots.rank_plot(idata), "energy": plots.energy_plot(idata)}.items() if v},
+        convergence_rows=population_rows(check.table), description=description,
+        likelihood=str(_attr(idata, "likelihood", "")), created=str(idata.posterior.attrs.get("created", "")),
+        settings=_attr(idata, "settings", {}) or {}, priors=priors if isinstance(priors, dict) else {},
+    )
+
+
+def diagnose_any(name, idata, estimates=None, treated=None, labels=None, remission_cutoff=REMISSION_CUTOFF, description="", check=None):
+    """`diagnose_model` for a visit-score fit, `score_model` for another outcome with the integrated densities."""
+    if "observed_data" in idata.groups() and "y" in idata.observed_data:
+        return diagnose_model(name, idata, estimates, treated, labels, remission_cutoff, description, check=check)
+    return score_model(name, idata, estimates, description, check=check)
 
 
 def refit_settings(settings):
@@ -245,7 +268,7 @@ def diagnose_run(
             models[name] = precomputed[name]
             continue
         log(f"diagnostics: {name}")
-        models[name] = diagnose_model(
+        models[name] = diagnose_any(
             name, idata, estimates.get(name), treated, labels, remission_cutoff, descriptions.get(name, "")
         )
 
@@ -262,6 +285,11 @@ def diagnose_run(
     for level, score in (("participant", loo_participants), ("visit", loo_visits)):  # one quantity per comparison
         plain = [n for n in main if not models[n].loo[level].integrated]
         if plain and len(plain) < len(main):
+            other = [n for n in main if models[n].ppc is None]  # no conditional form on the scores (the MMRM)
+            if other:
+                main = [n for n in main if n not in other]
+                notes.append(f"not compared with {', '.join(main)}: {', '.join(other)} can only be compared on the integrated "
+                             f"densities, which {', '.join(plain)} does not have")
             for n in main:
                 if models[n].loo[level].integrated:
                     models[n].loo[level] = score(idatas[n], integrated=False)
@@ -317,14 +345,16 @@ def write_outputs(run: RunDiagnostics, folder: str | Path) -> Path:
     for name, m in run.models.items():
         mf = folder / name
         (mf / "figures").mkdir(parents=True, exist_ok=True)
-        _csv(m.ppc.trajectory, mf / "ppc_trajectory.csv")
-        _csv(m.ppc.visits, mf / "ppc_visits.csv")
-        _csv(m.ppc.rates, mf / "ppc_rates.csv")
+        if m.ppc is not None:
+            _csv(m.ppc.trajectory, mf / "ppc_trajectory.csv")
+            _csv(m.ppc.visits, mf / "ppc_visits.csv")
+            _csv(m.ppc.rates, mf / "ppc_rates.csv")
         for level, r in m.loo.items():
             _csv(r.table(), mf / f"loo_{level}.csv")
         _csv(m.verdict.table, mf / "convergence.csv", index=True)
         _write(mf / "convergence.txt", (m.verdict.text() + "\n").encode())
-        text = "\n".join([m.verdict.text(), m.ppc.text(), json.dumps({"loo_pit": m.ppc.loo_pit}), *[r.text() for r in m.loo.values()]])
+        ppc = [m.ppc.text(), json.dumps({"loo_pit": m.ppc.loo_pit})] if m.ppc is not None else []
+        text = "\n".join([m.verdict.text(), *ppc, *[r.text() for r in m.loo.values()]])
         _write(mf / "diagnostics.txt", (text + "\n").encode())
         for key, png in m.figures.items():
             _write(mf / "figures" / f"{key}.png", png)

@@ -226,3 +226,53 @@ def _integrated_from_residuals(post: xr.Dataset, design: TrialDesign, e: np.ndar
                                       coords={**cd, "scored_participant": design.participants[scored]}),
         "y_visit": xr.DataArray(np.stack(vis), dims=("chain", "draw", "scored_visit"), coords={**cd, "scored_visit": visits}),
     }
+
+
+def mmrm_integrated_log_likelihood(idata: az.InferenceData, built: BuiltModel) -> dict[str, xr.DataArray]:
+    """'y_participant' and 'y_visit' of an MMRM fit, on the units of the trajectory models' (see `scored_units`).
+
+    The MMRM models post-baseline change given the baseline, so its densities are those of the
+    post-baseline scores given the baseline score (the shift by the baseline has Jacobian 1):
+    per participant, log MvNormal(change_i | mu_i, Sigma_i) (the sum of its sequential pointwise
+    log-likelihood); per visit, the exact leave-one-visit-out density from Sigma's block of the
+    participant's attended visits, as for the trajectory models."""
+    from models.mmrm import mmrm_data
+
+    post, design = idata.posterior, built.design
+    d = mmrm_data(design)
+    mu_var = built.model["change"].owner.inputs[2]  # CustomDist inputs: (rng, size, mu, chol)
+    compile_kwargs = {} if pytensor.config.cxx else {"mode": get_default_mode().excluding("fusion")}
+    fn = built.model.compile_fn(inputs=built.model.free_RVs, outs=mu_var, on_unused_input="ignore", **compile_kwargs)
+    names = [rv.name for rv in built.model.free_RVs]
+    n_ch, n_dr = post.sizes["chain"], post.sizes["draw"]
+    mus = np.empty((n_ch, n_dr, len(d.obs_change)))
+    for ch in range(n_ch):
+        values = {n: post[n].values[ch] for n in names}
+        for k in range(n_dr):
+            mus[ch, k] = fn({n: v[k] for n, v in values.items()})
+    sd = post["visit_sd"].transpose("chain", "draw", "visit").values
+    corr = post["visit_corr"].transpose("chain", "draw", "visit", "visit2").values
+    cov = sd[..., :, None] * corr * sd[..., None, :]
+    e = d.obs_change[None, None, :] - mus
+    visit = np.empty_like(e)
+    for vis, start, n_p, _ in d.patterns:
+        k = len(vis)
+        block = slice(start, start + n_p * k)
+        prec = np.linalg.inv(cov[..., vis[:, None], vis[None, :]])  # chain, draw, k, k
+        r = e[..., block].reshape(n_ch, n_dr, n_p, k)
+        pr = np.einsum("cdjk,cdpk->cdpj", prec, r)
+        pjj = np.diagonal(prec, axis1=-2, axis2=-1)[:, :, None, :]
+        visit[..., block] = (0.5 * (np.log(pjj) - LOG2PI) - 0.5 * pr**2 / pjj).reshape(n_ch, n_dr, n_p * k)
+    pointwise = idata.log_likelihood["change"].transpose("chain", "draw", ...).values
+    participant = np.zeros((n_ch, n_dr, len(d.rows)))
+    np.add.at(participant, (slice(None), slice(None), d.obs_row), pointwise)
+    # the trajectory models' labels: participants by id, visits by their index among the design's observations
+    index = {(int(p), int(w)): i for i, (p, w) in enumerate(zip(design.obs_participant, design.obs_week))}
+    labels = np.array([index[(int(d.rows[r]), int(d.visits[v]))] for r, v in zip(d.obs_row, d.obs_visit)])
+    order = np.argsort(labels)
+    cd = {"chain": post["chain"].values, "draw": post["draw"].values}
+    return {
+        "y_participant": xr.DataArray(participant, dims=("chain", "draw", "scored_participant"),
+                                      coords={**cd, "scored_participant": design.participants[d.rows]}),
+        "y_visit": xr.DataArray(visit[..., order], dims=("chain", "draw", "scored_visit"), coords={**cd, "scored_visit": labels[order]}),
+    }

@@ -24,10 +24,10 @@ import arviz as az
 import numpy as np
 import pymc as pm
 
-from models.contract import VISIT_SCORES, BuiltModel
+from models.contract import VISIT_CHANGES, VISIT_SCORES, BuiltModel
 
 from .compile import compile_nutpie
-from .marginal import INTEGRATED_NOTES, finish_marginal_fit, plain_integrated_log_likelihood
+from .marginal import INTEGRATED_NOTES, finish_marginal_fit, mmrm_integrated_log_likelihood, plain_integrated_log_likelihood
 
 SAMPLERS = ("nutpie", "pymc")
 
@@ -171,6 +171,14 @@ def complete_fit(idata: az.InferenceData, built: BuiltModel, seed: int, fast: Bu
             idata, var_names=list(built.outcome_vars), random_seed=pred_seed, extend_inferencedata=True, progressbar=False
         )
         timings["posterior_predictive_s"] = time.perf_counter() - t0
+    if built.observations in (VISIT_SCORES, VISIT_CHANGES):  # the densities the comparison scores (inference/marginal.py)
+        t0 = time.perf_counter()
+        score = plain_integrated_log_likelihood if built.observations == VISIT_SCORES else mmrm_integrated_log_likelihood
+        integrated = score(idata, built)
+        if integrated:
+            idata.log_likelihood = idata.log_likelihood.assign(integrated)
+            idata.log_likelihood.attrs.update(INTEGRATED_NOTES)
+        timings["integrated_log_likelihood_s"] = time.perf_counter() - t0
     return timings
 
 

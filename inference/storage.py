@@ -125,8 +125,9 @@ def load_fit(path: str | Path, complete: bool = True) -> az.InferenceData:
 
 
 def scores_visits(idata: az.InferenceData) -> bool:
-    """Whether a saved fit's model has the visit scores as its outcome (the report's trajectory checks and LOO)."""
+    """Whether a saved fit is in the report's comparison: the visit scores as its outcome, or the MMRM (whose
+    integrated densities are those of the post-baseline scores given the baseline)."""
     try:
-        return bool(get(str(provenance(idata).get("model", ""))).comparable)
+        return get(str(provenance(idata).get("model", ""))).compared
     except KeyError:
         return "y" in (idata.observed_data if "observed_data" in idata.groups() else {})

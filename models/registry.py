@@ -30,6 +30,8 @@ class ModelSpec:
                      model needs; cheap, so a run refuses bad input before any fit
     comparable       its outcome is the visit scores 'y', so it is compared by LOO with the other
                      such models and gets the trajectory checks of the report
+    compared         it is in the LOO comparison: its integrated densities are those of the
+                     post-baseline scores given the baseline (every comparable model, and the MMRM)
     extra_estimates  (idata, design, mcid) -> DataFrame of extra estimate rows (models.effects.effect_row), or None
     """
 
@@ -42,6 +44,11 @@ class ModelSpec:
     check_data: Callable[[TrialDesign], object] | None = None
     comparable: bool = True
     extra_estimates: Callable | None = None
+    scores_change: bool = False  # models change from baseline given the baseline score (the MMRM)
+
+    @property
+    def compared(self) -> bool:
+        return self.comparable or self.scores_change
 
     def require(self, design: TrialDesign) -> None:
         """Raise ModelDataError when `design` lacks what this model needs."""
@@ -96,6 +103,7 @@ register(
         likelihoods=mmrm.LIKELIHOODS,
         check_data=mmrm.mmrm_data,
         comparable=False,  # change from baseline, not the visit scores
+        scores_change=True,  # ... given the baseline: the post-baseline scores' densities, as the trajectory models'
     )
 )
 register(

@@ -395,3 +395,19 @@ def test_models_are_compared_on_one_quantity_when_only_some_have_the_integrated_
     assert not any(m.loo[level].integrated for m in both.models.values() for level in ("visit", "participant"))
     assert any("because b has no integrated form" in n for n in both.comparison_notes)
     assert set(both.comparisons) == {"participant", "visit"}
+
+
+def test_fits_with_integrated_densities_on_the_same_units_are_comparable_whatever_their_outcome():
+    """An MMRM (observed 'change') and a trajectory model ('y') scored on the same participants and visits of the
+    same data are compared; on other units, or without the densities, they are not."""
+    a = trial_idata(seed=5, n=30)
+    post = np.flatnonzero(a.constant_data["obs_week"].values > 0)
+    a.log_likelihood["y_visit"] = a.log_likelihood["y"].isel(obs=post).rename(obs="scored_visit").assign_coords(scored_visit=post)
+    a.log_likelihood["y_participant"] = dl.participant_log_likelihood(a).rename(participant="scored_participant")
+    change = a.copy()
+    del change.observed_data["y"]
+    change.observed_data["change"] = ("obs", np.zeros(len(post)))
+    assert comparable_groups({"traj": a, "mmrm": change}) == [["traj", "mmrm"]]
+    fewer = change.copy()
+    fewer.log_likelihood = fewer.log_likelihood.isel(scored_visit=slice(1, None))
+    assert comparable_groups({"traj": a, "mmrm": fewer}) == [["traj"], ["mmrm"]]

@@ -99,10 +99,15 @@ def test_list_models_and_unknown_model(capsys, tmp_path):
 
 @pytest.mark.slow
 def test_mmrm_through_fit_cli(small_trial_dir, tmp_path, capsys):
-    """The MMRM's outcome is change from baseline, not the scores: fit.py must fit and tabulate it, not crash in the report."""
+    """The MMRM's outcome is change from baseline, not the scores: fit.py fits and tabulates it, and ranks it beside
+    a trajectory model on the post-baseline scores given the baseline (the same participants and visits)."""
     out = tmp_path / "mmrm"
-    code = fit.main(["--data", str(small_trial_dir), "--model", "mmrm", "--draws", "40", "--tune", "60", "--chains", "2", "--prior-draws", "10", "--out", str(out), "--quiet"])
+    code = fit.main(["--data", str(small_trial_dir), "--model", "mmrm", "treatment", "--draws", "300", "--tune", "300", "--chains", "2",
+                     "--prior-draws", "10", "--out", str(out), "--quiet"])
     assert code == 0
+    for level in ("participant", "visit"):
+        table = pd.read_csv(out / f"comparison_{level}.csv", index_col=0)
+        assert set(table.index) == {"mmrm", "treatment"} and table["n_units"].nunique() == 1
     assert (out / "mmrm" / "idata.nc").exists()
     est = pd.read_csv(out / "mmrm" / "estimates.csv")
     assert est["quantity"].str.contains("week 16").any()

@@ -272,3 +272,44 @@ def test_bayesian_mmrm_zero_effect_covers_zero(tmp_path):
         assert lo < 0.0 < hi, (w, lo, hi)
         j = names.index(f"nac_{w}")
         assert abs(draws.mean() - beta[j]) < 0.25 * np.sqrt(cov[j, j])
+
+
+@pytest.mark.smoke
+def test_integrated_densities_are_those_of_post_baseline_scores_given_baseline(design_nobio):
+    """The MMRM's y_participant / y_visit equal dense multivariate-normal algebra on each participant's attended
+    visits, on the same units (participant ids, visit indices) as the trajectory models'."""
+    import xarray as xr
+
+    from inference.marginal import mmrm_integrated_log_likelihood, scored_units
+
+    built = get("mmrm").build(design_nobio)
+    with built.model:
+        prior = pm.sample_prior_predictive(draws=4, random_seed=5).prior
+        idata = az.InferenceData(posterior=prior)
+        pm.compute_log_likelihood(idata, var_names=["change"], progressbar=False)
+    got = mmrm_integrated_log_likelihood(idata, built)
+    d = mmrm_data(design_nobio)
+    _, scored, visits = scored_units(design_nobio)
+    assert list(got["y_participant"]["scored_participant"].values) == list(design_nobio.participants[scored])
+    assert list(got["y_visit"]["scored_visit"].values) == list(visits)
+    mu_fn = built.model.compile_fn(inputs=built.model.free_RVs, outs=built.model["change"].owner.inputs[2], on_unused_input="ignore")
+    for k in range(4):
+        point = {rv.name: prior[rv.name].values[0, k] for rv in built.model.free_RVs}
+        mu = mu_fn(point)
+        sd, corr = prior["visit_sd"].values[0, k], prior["visit_corr"].values[0, k]
+        cov = np.outer(sd, sd) * corr
+        for r in (0, 3, len(d.rows) - 1):
+            rows = np.flatnonzero(d.obs_row == r)
+            vis = d.obs_visit[rows]
+            e = d.obs_change[rows] - mu[rows]
+            v = cov[np.ix_(vis, vis)]
+            want = multivariate_normal(np.zeros(len(rows)), v).logpdf(e)
+            assert got["y_participant"].values[0, k, r] == pytest.approx(want, abs=1e-8)
+            for j, obs in enumerate(rows):
+                o = [i for i in range(len(rows)) if i != j]
+                m = v[j, o] @ np.linalg.solve(v[np.ix_(o, o)], e[o]) if o else 0.0
+                var = v[j, j] - (v[j, o] @ np.linalg.solve(v[np.ix_(o, o)], v[o, j]) if o else 0.0)
+                label = np.flatnonzero((design_nobio.obs_participant == d.rows[r]) & (design_nobio.obs_week == d.visits[vis[j]]))[0]
+                pos = int(np.flatnonzero(got["y_visit"]["scored_visit"].values == label)[0])
+                dens = -0.5 * (np.log(2 * np.pi * var) + (e[j] - m) ** 2 / var)
+                assert got["y_visit"].values[0, k, pos] == pytest.approx(dens, abs=1e-8)
