@@ -45,8 +45,11 @@ def population_vars(idata: az.InferenceData, limit: int = MAX_RANK_VARS) -> list
     return out[:limit]
 
 
-def rank_plot(idata: az.InferenceData, var_names: list[str] | None = None) -> bytes:
+def rank_plot(idata: az.InferenceData, var_names: list[str] | None = None) -> bytes | None:
+    """Rank plots of a few population parameters (None when the model has none small enough, e.g. an MMRM of many visits)."""
     names = var_names or population_vars(idata)
+    if not names:
+        return None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         axes = az.plot_rank(idata, var_names=names, kind="bars")

@@ -240,9 +240,10 @@ def diagnose_run(
     first = next(iter(idatas.values())) if idatas else None
     if treated is None and design is not None:
         treated = design.treated
-    if treated is None:  # a model without an arm term (e.g. null) borrows the arms from a model that has one
-        for idata in idatas.values():
-            if "constant_data" in idata.groups() and "treated" in idata.constant_data:
+    if treated is None:  # a model without an arm term (e.g. null) borrows the arms from a visit-score model that has one
+        for idata in idatas.values():  # (not from the MMRM: its 'treated' covers only participants with a post-baseline visit)
+            has_scores = "observed_data" in idata.groups() and "y" in idata.observed_data
+            if has_scores and "constant_data" in idata.groups() and "treated" in idata.constant_data:
                 treated = np.asarray(idata.constant_data["treated"].values)
                 break
     labels = labels or (arm_labels(first) if first is not None else ("control", "treatment"))

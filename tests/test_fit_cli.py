@@ -108,6 +108,11 @@ def test_mmrm_through_fit_cli(small_trial_dir, tmp_path, capsys):
     for level in ("participant", "visit"):
         table = pd.read_csv(out / f"comparison_{level}.csv", index_col=0)
         assert set(table.index) == {"mmrm", "treatment"} and table["n_units"].nunique() == 1
+    copy = tmp_path / "copy"  # the MMRM first in run.json: re-diagnosing reads it back and gives the same comparison
+    shutil.copytree(out, copy)
+    deptrial.rediagnose(copy)
+    for level in ("participant", "visit"):
+        assert (copy / f"comparison_{level}.csv").read_bytes() == (out / f"comparison_{level}.csv").read_bytes()
     assert (out / "mmrm" / "idata.nc").exists()
     est = pd.read_csv(out / "mmrm" / "estimates.csv")
     assert est["quantity"].str.contains("week 16").any()
@@ -205,7 +210,7 @@ def test_every_allowed_model_on_a_single_site_trial_without_biomarkers(single_si
     code = fit.main(["--data", str(single_site_trial_dir), "--model", *allowed, "--chains", "2", "--draws", "300", "--tune", "300",
                      "--prior-draws", "10", "--out", str(out), "--quiet"])
     assert code == 0, capsys.readouterr().err
-    compared = [n for n in allowed if REGISTRY[n].comparable]
+    compared = [n for n in allowed if REGISTRY[n].compared]  # the MMRM too, on the integrated densities
     _participant_comparison(out, compared)
     assert set(pd.read_csv(out / "comparison_visit.csv", keep_default_na=False).iloc[:, 0]) == set(compared)
     for name in allowed:
