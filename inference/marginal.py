@@ -176,6 +176,20 @@ def finish_marginal_fit(idata: az.InferenceData, fast: BuiltModel, recover_seed:
     return timings
 
 
+def per_draw(model: pm.Model, out, post: xr.Dataset) -> np.ndarray:
+    """A tensor of the model's free variables evaluated at every posterior draw: (chain, draw, ...).
+
+    Compiled once; on PyTensor's Python backend without fused kernels (see `fixed_part`)."""
+    compile_kwargs = {} if pytensor.config.cxx else {"mode": get_default_mode().excluding("fusion")}
+    fn = model.compile_fn(inputs=model.free_RVs, outs=out, on_unused_input="ignore", **compile_kwargs)
+    names = [rv.name for rv in model.free_RVs]
+    rows = []
+    for ch in range(post.sizes["chain"]):
+        values = {n: post[n].values[ch] for n in names}
+        rows.append([fn({n: v[k] for n, v in values.items()}) for k in range(post.sizes["draw"])])
+    return np.asarray(rows, dtype=float)
+
+
 def _normal_mean(model: pm.Model, outcome: str = "y"):
     """The mean of a Normal outcome (None for another family: Student-t and censored scores have no closed form)."""
     from pytensor.tensor.random.basic import NormalRV
@@ -196,15 +210,8 @@ def plain_integrated_log_likelihood(idata: az.InferenceData, built: BuiltModel) 
     if mu is None or not {"participant_effects", "participant_sd", "participant_corr", "residual_sd"} <= set(post.data_vars):
         return {}
     design = built.design
-    compile_kwargs = {} if pytensor.config.cxx else {"mode": get_default_mode().excluding("fusion")}
-    fn = built.model.compile_fn(inputs=built.model.free_RVs, outs=mu, on_unused_input="ignore", **compile_kwargs)
-    names = [rv.name for rv in built.model.free_RVs]
     pid, t1 = design.obs_participant, design.t1
-    mus = np.empty((post.sizes["chain"], post.sizes["draw"], len(design.y)))
-    for ch in range(post.sizes["chain"]):
-        values = {n: post[n].values[ch] for n in names}
-        for d in range(post.sizes["draw"]):
-            mus[ch, d] = fn({n: v[d] for n, v in values.items()})
+    mus = per_draw(built.model, mu, post)
     b = post["participant_effects"].transpose("chain", "draw", "participant", "participant_effect").values
     fixed_mean = mus - (b[:, :, pid, 0] + b[:, :, pid, 1] * t1)
     return _integrated_from_residuals(post, design, design.y[None, None, :] - fixed_mean)
@@ -241,15 +248,8 @@ def mmrm_integrated_log_likelihood(idata: az.InferenceData, built: BuiltModel) -
     post, design = idata.posterior, built.design
     d = mmrm_data(design)
     mu_var = built.model["change"].owner.inputs[2]  # CustomDist inputs: (rng, size, mu, chol)
-    compile_kwargs = {} if pytensor.config.cxx else {"mode": get_default_mode().excluding("fusion")}
-    fn = built.model.compile_fn(inputs=built.model.free_RVs, outs=mu_var, on_unused_input="ignore", **compile_kwargs)
-    names = [rv.name for rv in built.model.free_RVs]
     n_ch, n_dr = post.sizes["chain"], post.sizes["draw"]
-    mus = np.empty((n_ch, n_dr, len(d.obs_change)))
-    for ch in range(n_ch):
-        values = {n: post[n].values[ch] for n in names}
-        for k in range(n_dr):
-            mus[ch, k] = fn({n: v[k] for n, v in values.items()})
+    mus = per_draw(built.model, mu_var, post)
     sd = post["visit_sd"].transpose("chain", "draw", "visit").values
     corr = post["visit_corr"].transpose("chain", "draw", "visit", "visit2").values
     cov = sd[..., :, None] * corr * sd[..., None, :]
