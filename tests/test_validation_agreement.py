@@ -71,3 +71,29 @@ def test_posterior_mean_agrees_with_reml_under_weak_priors(default_design, simul
     assert (table["divergences"] == 0).all()
     assert (table["diff_in_se"].abs() <= TOLERANCE_SE).all(), table
     assert table["sd_ratio"].between(*SD_RATIO_RANGE).all(), table
+
+
+@pytest.mark.smoke
+def test_integrated_kfold_scores_the_same_participants_as_psis(small_trial):
+    """The default tier's version of the K-fold check: 2 folds, few draws, one model: same units, elpd close."""
+    from validation.loo_kfold import run_loo_kfold
+
+    design = build_design(small_trial)
+    settings = SamplerSettings(draws=100, tune=150, chains=2, seed=3, prior_draws=5)
+    models, pairs = run_loo_kfold([("small", design, ["treatment"])], settings, k=2, log=lambda _: None)
+    row = models.iloc[0]
+    assert row["share_k_above_0.7"] <= 0.05
+    # 2-fold trains on half the participants: pessimistic, but within a few SE of PSIS on the same units
+    assert row["kfold_elpd"] < row["psis_elpd"] + 2 and row["psis_elpd"] - row["kfold_elpd"] < 3 * row["psis_se"]
+    assert pairs.empty
+
+
+@pytest.mark.slow
+def test_integrated_psis_differences_agree_with_grouped_kfold():
+    """A simulated single-site trial: the null - treatment elpd difference by PSIS lies within the SE of the
+    grouped 10-fold difference, on the integrated densities."""
+    from validation.loo_kfold import run_loo_kfold, single_site_trial
+
+    settings = SamplerSettings(draws=1000, tune=1000, chains=4, seed=8)
+    _, pairs = run_loo_kfold([("single site", single_site_trial(31), ["null", "treatment"])], settings, k=10, log=lambda _: None)
+    assert pairs["agrees"].all(), pairs

@@ -108,6 +108,30 @@ def agreement_section(out: Path) -> list[str]:
     return lines
 
 
+def loo_kfold_section(out: Path) -> list[str]:
+    lines = ["## Integrated PSIS-LOO against grouped K-fold", ""]
+    info = _load(out, "loo_kfold")
+    if info is None:
+        return lines + ["(not run yet)", ""]
+    models = pd.read_csv(out / "loo_kfold_models.csv", keep_default_na=False).round(2)  # 'null' is a model name
+    for col in ("psis_elpd", "kfold_elpd"):
+        models[col] = models[col].map("{:.1f}".format)
+    pairs = pd.read_csv(out / "loo_kfold_pairs.csv", keep_default_na=False).round(2)
+    lines += [
+        f"Participant level, on the integrated densities (post-baseline scores given the baseline, participant effects integrated out): "
+        f"PSIS-LOO from one fit ({info['chains']} chains x {info['draws']} draws) against grouped {info['k']}-fold cross-validation "
+        f"(every participant held out once). A pair agrees when the PSIS elpd difference lies within the SE of the K-fold one. "
+        f"All agree: {'yes' if info['all_agree'] else 'NO'}; largest share of participants with Pareto k > 0.7: "
+        f"{info['max_share_k_above_0.7']:.3f}. Whole check {_minutes(info['seconds'])}.",
+        "",
+        _table(pairs.drop(columns=["agrees"]).assign(agrees=pairs["agrees"].map({True: "yes", False: "NO"}))),
+        "",
+        _table(models.drop(columns=["seconds"])),
+        "",
+    ]
+    return lines
+
+
 def reference_section(out: Path) -> list[str]:
     from .reference import REFERENCE_DIR, TOLERANCE_MCSE
 
@@ -164,6 +188,12 @@ def overview(out: Path) -> list[str]:
                      "result": f"largest |difference| {info['max_abs_diff_se']:.3f} SE (tolerance {info['tolerance_se']}); all agree: "
                                f"{'yes' if info['all_agree'] else 'NO'}", "time": _minutes(info["seconds"]),
                      "measured": _measured(info)})
+    info = _load(out, "loo_kfold")
+    if info:
+        pairs = pd.read_csv(out / "loo_kfold_pairs.csv", keep_default_na=False)
+        rows.append({"check": f"integrated PSIS-LOO vs grouped {info['k']}-fold", "size": f"{len(pairs)} model pairs",
+                     "result": f"largest |PSIS - K-fold| difference {pairs['gap_in_kfold_se'].abs().max():.2f} K-fold SE; all agree: "
+                               f"{'yes' if info['all_agree'] else 'NO'}", "time": _minutes(info["seconds"]), "measured": _measured(info)})
     from .reference import REFERENCE_DIR
 
     refs = sorted(REFERENCE_DIR.glob("*.json"))
@@ -188,7 +218,7 @@ def build_report(out: Path) -> str:
     ]
     lines += overview(out)
     lines += sbc_section(out)
-    for section in ("coverage_section", "agreement_section", "reference_section"):
+    for section in ("coverage_section", "agreement_section", "loo_kfold_section", "reference_section"):
         fn = globals().get(section)
         if fn:
             lines += fn(out)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -150,6 +151,31 @@ def check_agreement(reps: int, seed: int, out: Path, cores: int) -> dict:
     return info
 
 
+def check_loo_kfold(seed: int, out: Path, k: int = 10) -> dict:
+    from data import load_dataset
+    from inference.idata_io import machine_record
+    from inference.sampling import SamplerSettings
+    from models.design import build_design
+
+    from .loo_kfold import run_loo_kfold, single_site_trial
+
+    settings = SamplerSettings(draws=1000, tune=1000, chains=4, seed=seed)
+    datasets = [("default", build_design(load_dataset(HERE.parent / "data" / "default")), ["null", "treatment", "headline"]),
+                ("single site, no biomarkers", single_site_trial(seed), ["null", "treatment"])]
+    log(f"integrated PSIS-LOO vs grouped {k}-fold: {len(datasets)} datasets")
+    start = machine_record()
+    t0 = time.perf_counter()
+    models, pairs = run_loo_kfold(datasets, settings, k=k, log=log)
+    info = {"check": "loo_kfold", "k": k, "chains": settings.chains, "draws": settings.draws, "seconds": time.perf_counter() - t0,
+            "all_agree": bool(pairs["agrees"].all()), "max_share_k_above_0.7": float(models["share_k_above_0.7"].max()),
+            "measured": measured_since(start)}
+    save_csv(models, out / "loo_kfold_models.csv")
+    save_csv(pairs, out / "loo_kfold_pairs.csv")
+    save_json(out / "loo_kfold.json", info)
+    log(f"integrated PSIS-LOO vs K-fold done in {info['seconds']:.0f} s")
+    return info
+
+
 def check_reference(models: list[str], report: Path | None, out: Path) -> None:
     from models import registry
 
@@ -173,6 +199,7 @@ def main(argv=None) -> int:
     ap.add_argument("--sbc", nargs="*", default=None, metavar="MODEL", help="SBC for these models (headline, mmrm, treatment)")
     ap.add_argument("--coverage", action="store_true", help="coverage of the 90%% interval of the week-16 NAC effect")
     ap.add_argument("--agreement", action="store_true", help="agreement with the REML linear mixed model (statsmodels)")
+    ap.add_argument("--loo-kfold", action="store_true", help="integrated PSIS-LOO against grouped K-fold at the participant level")
     ap.add_argument("--reference", nargs="*", default=None, metavar="MODEL", help="(re)generate reference posteriors")
     ap.add_argument("--report-only", action="store_true", help="only rebuild RESULTS.md from saved results")
     ap.add_argument("--sbc-reps", type=int, default=100)
@@ -193,6 +220,9 @@ def main(argv=None) -> int:
         check_coverage(args.coverage_reps, args.seed, args.out, args.cores, report)
     if args.agreement or args.all:
         check_agreement(args.agreement_reps, args.seed, args.out, args.cores)
+        write_report(args.out, report)
+    if args.loo_kfold or args.all:
+        check_loo_kfold(args.seed, args.out)
         write_report(args.out, report)
     if args.reference is not None or args.all:
         check_reference(args.reference or [], report, args.out)
