@@ -28,7 +28,7 @@ from data.atomic import atomic_write_bytes, usual_permissions
 from . import plots
 from .compare import ComparisonError, comparable_groups, compare, plain_language
 from .convergence import Verdict, verdict
-from .loo import KFOLD_K, REFIT_MAX, LooResult, grouped_kfold, loo_participants, loo_visits, remedy
+from .loo import KFOLD_K, REFIT_MAX, LooResult, grouped_kfold, grouped_kfold_integrated, loo_participants, loo_visits, remedy
 from .ppc import REMISSION_CUTOFF, PPCResult, arm_labels, obs_index, run_ppc
 from .report import render_report
 from .summary import Answer, answer, observed_means, observed_means_of
@@ -169,10 +169,23 @@ def apply_remedies(group: list[str], models: dict[str, ModelDiagnostics], design
     if not any(bad.values()):
         return notes
     if any(models[n].loo[level].integrated for n in group):
-        notes.append(
-            f"{level} level: {', '.join(f'{n} ({bad[n]})' for n in group if bad[n])} unit(s) with Pareto k above the threshold "
-            "on the integrated quantity; refits score the conditional one, so they are not mixed in: those elpd values are less reliable"
-        )
+        runnable = level == "participant" and kfold >= 2 and design is not None and settings is not None and all(n in builders for n in group)
+        if not runnable:
+            notes.append(
+                f"{level} level: {', '.join(f'{n} ({bad[n]})' for n in group if bad[n])} unit(s) with Pareto k above the threshold "
+                "on the integrated densities: those elpd values are less reliable"
+                + ("; python diagnose.py RESULTS --kfold 5 replaces them by grouped K-fold" if level == "participant" else "")
+            )
+            return notes
+        rs = refit_settings(settings)
+        for n in group:  # the same folds for every model, so differences stay paired
+            log(f"  {n}: grouped {kfold}-fold cross-validation by participant on the integrated densities ({kfold} refits)")
+            old = models[n].loo[level]
+            kf = grouped_kfold_integrated(design, builders[n], rs, k=kfold)
+            models[n].loo[level] = dataclasses.replace(kf, pareto_k=old.pareto_k, p_loo=old.p_loo,
+                                                       notes=old.notes + kf.notes + [f"PSIS elpd was {old.elpd:.1f}"])
+        notes.append(f"{level} level: grouped {kfold}-fold cross-validation on the integrated densities replaced PSIS for every model "
+                     "(some participants had Pareto k above the threshold)")
         return notes
     if settings is not None and settings.chains * settings.draws < min_draws:
         notes.append(

@@ -411,3 +411,31 @@ def test_fits_with_integrated_densities_on_the_same_units_are_comparable_whateve
     fewer = change.copy()
     fewer.log_likelihood = fewer.log_likelihood.isel(scored_visit=slice(1, None))
     assert comparable_groups({"traj": a, "mmrm": fewer}) == [["traj"], ["mmrm"]]
+
+
+def test_integrated_results_with_high_k_are_replaced_by_integrated_kfold(monkeypatch):
+    """On the integrated densities, --kfold K replaces PSIS by grouped K-fold on the same quantity for every model of
+    the comparison; without it the note says how."""
+    from types import SimpleNamespace
+
+    from diagnostics import run as dr
+
+    idata = trial_idata(seed=25, n=20)
+    base = dl.loo_participants(idata)
+    bad = dl.LooResult(**{**base.__dict__, "pareto_k": np.where(np.arange(20) < 3, 0.9, 0.1), "integrated": True})
+    good = dl.LooResult(**{**base.__dict__, "integrated": True})
+    models = {n: SimpleNamespace(loo={"participant": r}) for n, r in (("a", bad), ("b", good))}
+    notes = dr.apply_remedies(["a", "b"], models, None, {}, None, "participant", kfold=0, log=lambda _: None)
+    assert "less reliable" in notes[0] and "--kfold 5" in notes[0] and models["a"].loo["participant"] is bad
+    calls = []
+
+    def fake(design, build, settings, k):
+        calls.append(build)
+        return dl.LooResult("participant", base.units, base.elpd_i - 1, np.full(20, np.nan), np.array(["kfold"] * 20, dtype=object), integrated=True)
+
+    monkeypatch.setattr(dr, "grouped_kfold_integrated", fake)
+    settings = SimpleNamespace(chains=2, draws=1000, seed=1)
+    monkeypatch.setattr(dr, "refit_settings", lambda s: s)
+    notes = dr.apply_remedies(["a", "b"], models, object(), {"a": "build a", "b": "build b"}, settings, "participant", kfold=5, log=lambda _: None)
+    assert calls == ["build a", "build b"] and "grouped 5-fold" in notes[0]
+    assert all(set(m.loo["participant"].method) == {"kfold"} and m.loo["participant"].integrated for m in models.values())

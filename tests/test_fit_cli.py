@@ -120,14 +120,14 @@ def test_mmrm_through_fit_cli(small_trial_dir, tmp_path, capsys):
 
 @pytest.mark.smoke
 def test_parallel_fits_give_the_same_draws_as_fits_in_turn(small_trial_dir, tmp_path, capsys):
-    common = ["--data", str(small_trial_dir), "--model", "null", "treatment", "--draws", "50", "--tune", "60", "--chains", "2",
+    common = ["--data", str(small_trial_dir), "--model", "null", "treatment", "--draws", "30", "--tune", "40", "--chains", "2",
               "--prior-draws", "10", "--seed", "11", "--quiet"]
     assert fit.main([*common, "--jobs", "2", "--out", str(tmp_path / "parallel")]) == 0
     assert fit.main([*common, "--jobs", "1", "--out", str(tmp_path / "serial")]) == 0
-    for name in ("null", "treatment"):
-        a = deptrial.load_fit(tmp_path / "parallel" / name / "idata.nc")
-        b = deptrial.load_fit(tmp_path / "serial" / name / "idata.nc")
-        for group in ("posterior", "posterior_predictive", "log_likelihood", "prior"):
+    for name in ("null", "treatment"):  # what each file stores; the rest is a function of it (tests/test_storage.py)
+        a = deptrial.load_fit(tmp_path / "parallel" / name / "idata.nc", complete=False)
+        b = deptrial.load_fit(tmp_path / "serial" / name / "idata.nc", complete=False)
+        for group in ("posterior", "sample_stats", "prior", "prior_predictive"):
             for var in a[group].data_vars:
                 assert (a[group][var].values == b[group][var].values).all(), (name, group, var)
     run = json.loads((tmp_path / "parallel" / "run.json").read_text())
