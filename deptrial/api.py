@@ -31,8 +31,17 @@ from data.atomic import OutputBusy, locked_output, output_lock
 from diagnostics.convergence import Verdict, one_chain_quiet, verdict
 from diagnostics.estimates import format_estimates, model_estimates
 from diagnostics.ppc import REMISSION_CUTOFF
-from diagnostics.summary import answer, observed_means
-from diagnostics.run import REFIT_MIN_DRAWS, RunDiagnostics, diagnose_model, diagnose_run, load_run, saved_answers, score_model, write_outputs
+from diagnostics.run import (
+    REFIT_MIN_DRAWS,
+    RunDiagnostics,
+    diagnose_model,
+    diagnose_run,
+    load_run,
+    saved_answers,
+    score_model,
+    write_outputs,
+)
+from diagnostics.summary import answer, baseline_mean, observed_means
 from inference.idata_io import provenance, stamp, versions
 from inference.jobs import WorkerFailed, default_jobs, fit_models
 from inference.sampling import SamplerSettings
@@ -348,7 +357,7 @@ def _run(specs, ds, design, source, changes, settings, tmp: Path, out: Path, *, 
         t0 = time.perf_counter()
         labels = (design.meta.control_arm, design.meta.treatment_arm)
         observed = observed_means(ds, labels)
-        baseline = float(np.nanmean(ds["score"].values[:, 0]))  # week 0: every participant has it
+        baseline = baseline_mean(ds)
         answers = {n: answer(n, f.idata, f.estimates, labels, baseline, design.meta.outcome_label, get(n).description) for n, f in fits.items()}
         builders = {n: partial(get(n).build, priors=(priors or {}).get(n), likelihood=likelihood) for n in diagnosed}
         diag = diagnose_run(
@@ -398,7 +407,6 @@ def summary_table(idata):
 
 
 def data_summary(design: TrialDesign) -> dict:
-    import numpy as np
 
     treated = design.treated.astype(bool)
     info = {
@@ -483,9 +491,6 @@ def rediagnose(results: str | Path, *, kfold: int = 0, refit_levels: Sequence[st
         design, builders, settings = refit_context(idatas, seed)
     log = (lambda msg: None) if quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     saved = saved_answers(results, loaded=idatas)
-    for name, a in saved.answers.items():
-        if not a.description and name in REGISTRY:
-            a.description = REGISTRY[name].description
     run = diagnose_run(idatas, estimates, design=design, builders=builders, settings=settings, kfold=kfold,
                        remedy_levels=tuple(refit_levels), remission_cutoff=remission_cutoff, log=log,
                        answers=saved.answers or None, observed=saved.observed, labels=saved.labels, outcome=saved.outcome,

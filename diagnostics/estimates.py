@@ -14,6 +14,7 @@ import pandas as pd
 from data.meta import DatasetMeta
 from models.effects import DEFAULT_MCID, effect_row
 
+
 def estimates_table(idata: az.InferenceData, meta: DatasetMeta, mcid: float = DEFAULT_MCID) -> pd.DataFrame:
     post = idata.posterior
     label = meta.outcome_label

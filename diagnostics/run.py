@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from data.atomic import atomic_write_bytes, usual_permissions
+from models import REGISTRY
 
 from . import plots
 from .compare import ComparisonError, comparable_groups, compare, plain_language
@@ -31,7 +32,7 @@ from .convergence import Verdict, verdict
 from .loo import KFOLD_K, REFIT_MAX, LooResult, grouped_kfold, grouped_kfold_integrated, loo_participants, loo_visits, remedy
 from .ppc import REMISSION_CUTOFF, PPCResult, arm_labels, obs_index, run_ppc
 from .report import render_report
-from .summary import Answer, answer, observed_means, observed_means_of
+from .summary import Answer, answer, baseline_mean, observed_means, observed_means_of
 
 REFIT_DRAWS = 1000  # posterior draws per chain in each leave-out refit
 REFIT_TUNE = 500
@@ -384,6 +385,16 @@ def write_outputs(run: RunDiagnostics, folder: str | Path) -> Path:
     return report
 
 
+def saved_names(folder: Path) -> list[str]:
+    """The models saved in a results folder (<model>/idata.nc), in run.json's order when present."""
+    names = sorted(p.parent.name for p in folder.glob("*/idata.nc"))
+    run_json = folder / "run.json"
+    if run_json.is_file():
+        order = list(json.loads(run_json.read_text()).get("models", {}))
+        names = [n for n in order if n in names] + [n for n in names if n not in order]
+    return names
+
+
 def load_run(folder: str | Path) -> tuple[dict[str, az.InferenceData], dict[str, pd.DataFrame]]:
     """The visit-score fits (and estimates tables) saved in a results folder, in run.json's order when present.
 
@@ -395,11 +406,7 @@ def load_run(folder: str | Path) -> tuple[dict[str, az.InferenceData], dict[str,
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"no results folder at {folder}")
-    names = sorted(p.parent.name for p in folder.glob("*/idata.nc"))
-    run_json = folder / "run.json"
-    if run_json.is_file():
-        order = list(json.loads(run_json.read_text()).get("models", {}))
-        names = [n for n in order if n in names] + [n for n in names if n not in order]
+    names = saved_names(folder)
     if not names:
         raise FileNotFoundError(f"{folder} holds no fitted model (no <model>/idata.nc): run fit.py first")
     idatas, estimates = {}, {}
@@ -436,11 +443,7 @@ def saved_answers(folder: str | Path, loaded: dict[str, az.InferenceData] | None
     from inference.storage import DATA_GROUP, load_fit
 
     folder = Path(folder)
-    names = sorted(p.parent.name for p in folder.glob("*/idata.nc"))
-    run_json = folder / "run.json"
-    if run_json.is_file():
-        order = list(json.loads(run_json.read_text()).get("models", {}))
-        names = [n for n in order if n in names] + [n for n in names if n not in order]
+    names = saved_names(folder)
     loaded = loaded or {}
     stored = {n: loaded[n] if n in loaded else load_fit(folder / n / "idata.nc", complete=False) for n in names}
     with_data = next((i for i in stored.values() if DATA_GROUP in i.groups()), None)
@@ -450,13 +453,14 @@ def saved_answers(folder: str | Path, loaded: dict[str, az.InferenceData] | None
     meta = meta_of(ds)
     labels = (meta.control_arm, meta.treatment_arm)
     observed = observed_means(ds, labels)
-    baseline = float(np.nanmean(ds["score"].values[:, 0]))
+    baseline = baseline_mean(ds)
     answers = {}
     for n, idata in stored.items():
         est = folder / n / "estimates.csv"
         table = pd.read_csv(est, keep_default_na=True) if est.is_file() else None
         if table is not None and "marker" in table:
             table["marker"] = table["marker"].astype("string").fillna("")
-        description = str(_attr(idata, "description", "") or "")
+        model = str(_attr(idata, "model", n))
+        description = REGISTRY[model].description if model in REGISTRY else ""
         answers[n] = answer(n, idata, table, labels, baseline, meta.outcome_label, description)
     return SavedAnswers(answers, observed, labels, meta.outcome_label, meta.title)

@@ -51,6 +51,11 @@ def observed_means(dataset: xr.Dataset, labels: tuple[str, str]) -> pd.DataFrame
     return pd.DataFrame(rows)
 
 
+def baseline_mean(dataset: xr.Dataset) -> float:
+    """Mean observed score at the first scheduled week (every participant has it): the fitted trajectories' anchor."""
+    return float(np.nanmean(dataset["score"].values[:, 0]))
+
+
 def observed_means_of(index) -> pd.DataFrame:
     """The same table from a visit-score fit's observations (a diagnostics.ppc.ObsIndex), when no dataset is at hand."""
     arm = index.arm()

@@ -47,13 +47,8 @@ PARTICIPANT_VARS = ("participant_raw", "participant_effects")  # drawn after sam
 
 
 def fixed_part(posterior: xr.Dataset, fast: BuiltModel) -> np.ndarray:
-    """The fixed-part coefficients c_i (chain, draw, participant, 3) of every draw, from the marginal model's graph.
-
-    Without a C compiler (PyTensor's Python backend) fused elementwise kernels run element by element
-    in Python, 16 times slower than unfused numpy operations, so there they are not fused."""
-    compile_kwargs = None if pytensor.config.cxx else {"mode": get_default_mode().excluding("fusion")}
-    ds = pm.compute_deterministics(posterior, var_names=[FIXED_VAR], model=fast.model, progressbar=False, compile_kwargs=compile_kwargs)
-    return np.asarray(ds[FIXED_VAR].values, dtype=float)
+    """The fixed-part coefficients c_i (chain, draw, participant, 3) of every draw, from the marginal model's graph."""
+    return per_draw(fast.model, fast.model[FIXED_VAR], posterior)
 
 
 def recover_participant_effects(idata: az.InferenceData, design: TrialDesign, seed: int, c: np.ndarray) -> None:
@@ -179,7 +174,9 @@ def finish_marginal_fit(idata: az.InferenceData, fast: BuiltModel, recover_seed:
 def per_draw(model: pm.Model, out, post: xr.Dataset) -> np.ndarray:
     """A tensor of the model's free variables evaluated at every posterior draw: (chain, draw, ...).
 
-    Compiled once; on PyTensor's Python backend without fused kernels (see `fixed_part`)."""
+    Compiled once. Without a C compiler (PyTensor's Python backend) fused elementwise kernels run
+    element by element in Python, 16 times slower than unfused numpy operations, so there they are
+    not fused."""
     compile_kwargs = {} if pytensor.config.cxx else {"mode": get_default_mode().excluding("fusion")}
     fn = model.compile_fn(inputs=model.free_RVs, outs=out, on_unused_input="ignore", **compile_kwargs)
     names = [rv.name for rv in model.free_RVs]

@@ -24,7 +24,16 @@ import pytensor.tensor as pt
 from .contract import MARKER_VALUES, BuiltModel
 from .design import TrialDesign
 from .effects import effect_row
-from .marker_change_block import add_change_regression, add_latent_block, add_residual_chol, block_coords, change_data, change_priors, end_week, with_text
+from .marker_change_block import (
+    add_change_regression,
+    add_latent_block,
+    add_residual_chol,
+    block_coords,
+    change_data,
+    change_priors,
+    end_week,
+    with_text,
+)
 from .priors import resolve
 
 NAME = "biomarker_change"

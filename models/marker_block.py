@@ -24,7 +24,6 @@ import pytensor.tensor as pt
 from .design import MarkerData
 from .priors import Prior, rv
 
-
 SQRT2 = float(np.sqrt(2.0))  # a float64 constant: pt.sqrt(2.0) would be computed in float32
 LOGCDF_SWITCH = -20.0  # below this log Phi uses its asymptotic series (erfc underflows near -38)
 

@@ -41,7 +41,16 @@ from .biomarker_change import ratio_rows
 from .contract import MARKER_VALUES, BuiltModel
 from .design import ModelDataError, TrialDesign
 from .effects import effect_row
-from .marker_change_block import add_change_regression, add_latent_block, add_residual_chol, block_coords, change_data, change_priors, end_week, with_text
+from .marker_change_block import (
+    add_change_regression,
+    add_latent_block,
+    add_residual_chol,
+    block_coords,
+    change_data,
+    change_priors,
+    end_week,
+    with_text,
+)
 from .priors import Prior, points, resolve, rv
 
 NAME = "mediation"

@@ -194,8 +194,8 @@ def test_too_few_draws_exit_2_before_sampling(single_site_trial_dir, tmp_path, c
 @pytest.mark.slow
 def test_every_allowed_model_on_a_single_site_trial_without_biomarkers(single_site_trial_dir, tmp_path, capsys):
     """Every registered model the data allow is fitted and the visit-score ones are compared at both levels."""
-    from models import REGISTRY, ModelDataError, build_design
     from data import load_dataset
+    from models import REGISTRY, ModelDataError, build_design
 
     design = build_design(load_dataset(single_site_trial_dir))
     allowed = []

@@ -11,10 +11,10 @@ from scipy.stats import multivariate_normal
 
 import fit
 from data import DEFAULT_DATASET, TrialParameters, load_dataset, simulate_trial
+from inference.sampling import SamplerSettings, sample_all
 from models import build_design, get
 from models.contract import VISIT_CHANGES
 from models.mmrm import mmrm_data
-from inference.sampling import SamplerSettings, sample_all
 
 
 @pytest.fixture(scope="module")
@@ -278,7 +278,6 @@ def test_bayesian_mmrm_zero_effect_covers_zero(tmp_path):
 def test_integrated_densities_are_those_of_post_baseline_scores_given_baseline(design_nobio):
     """The MMRM's y_participant / y_visit equal dense multivariate-normal algebra on each participant's attended
     visits, on the same units (participant ids, visit indices) as the trajectory models'."""
-    import xarray as xr
 
     from inference.marginal import mmrm_integrated_log_likelihood, scored_units
 
