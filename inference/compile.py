@@ -35,7 +35,10 @@ import numpy as np
 
 from models.contract import BuiltModel
 
-from . import kernels
+from . import kernels, kernels_mmrm
+
+# the hand-written log densities, by the name a model declares (BuiltModel.fused_kernel)
+KERNELS = {kernels.KERNEL: kernels, kernels_mmrm.KERNEL: kernels_mmrm}
 
 # the versions whose internals this module was written against: (lowest, first excluded) per package
 TESTED_VERSIONS = {"nutpie": ((0, 16), (0, 17)), "numba": ((0, 61), (0, 66)), "pytensor": ((2, 31), (2, 39))}
@@ -307,23 +310,94 @@ def _cache_entries(folder: Path | None) -> set[str]:
 
 
 def fused_layout(built: BuiltModel) -> kernels.FusedLayout | None:
-    """The fused log density's layout for a marginal model, or None where it does not apply (the graph is compiled)."""
-    if not built.marginal:
+    """The fused log density's layout for `built`, or None where none applies (the graph is compiled)."""
+    module = KERNELS.get(built.fused_kernel or "")
+    if module is None:
         return None
     from nutpie.compile_pymc import _compute_shapes
 
     try:
-        return kernels.fused_layout(built.model, built.design, built.priors, _compute_shapes(built.model))
+        return module.fused_layout(built.model, built.design, built.priors, _compute_shapes(built.model))
     except kernels.Unsupported:
         return None
+
+
+def _verified(built: BuiltModel, layout: kernels.FusedLayout, folder: Path | None, check: bool) -> bool:
+    """Whether this exact model was already found to agree with its fused function (check=False), or record that it does.
+
+    The key covers everything either side depends on: the model declarations' source (models/),
+    the fused kernel's source, the PyMC and PyTensor versions, the context array (data, sizes and
+    priors) and the variable layout. Any change to a model's code re-runs the comparison.
+    """
+    if folder is None:
+        return False
+    import pymc
+    import pytensor
+
+    models_dir = Path(__file__).resolve().parent.parent / "models"
+    digest = hashlib.sha256()
+    for path in sorted(models_dir.glob("*.py")):
+        digest.update(path.name.encode() + path.read_bytes())
+    digest.update(f"{KERNELS[layout.kernel].source_key()}|{pymc.__version__}|{pytensor.__version__}|{layout.shape_info[0]}".encode())
+    digest.update(layout.ctx.tobytes())
+    mark = folder / f"fused-verified-{digest.hexdigest()[:40]}"
+    if not check:
+        return mark.exists()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        mark.touch()
+    except OSError:
+        pass  # an unwritable cache only means the comparison runs again next time
+    return True
+
+
+def fused_disagreement(built: BuiltModel, layout: kernels.FusedLayout, logp_c) -> str | None:
+    """Compare the fused log density and gradient with the PyTensor graph's at one fixed point.
+
+    Returns None when they agree, else what differs. The point is a fixed pseudo-random one of the
+    unconstrained space (no term vanishes there, as some would at zero); the graph is built and
+    evaluated unrewritten with PyTensor's Python implementations, no C compile: one to three
+    seconds. The tolerance allows the constant that PyMC's float32 prior-scale constants add (below
+    1e-5) and float rounding; a change to the model's mean, likelihood or priors that the fused
+    function does not follow moves the density and gradient far beyond it.
+    """
+    import ctypes
+
+    import pytensor
+    from pytensor.compile.mode import Mode
+
+    model = built.model
+    values = [model.rvs_to_values[rv] for rv in model.free_RVs]
+    names, slices, shapes = layout.shape_info
+    x = np.random.default_rng(20261128).normal(size=layout.n_dim) * 0.3
+    logp = model.logp()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        graph = pytensor.function(values, [logp, *pytensor.grad(logp, values)], mode=Mode(linker="py", optimizer=None))
+        out = graph(*(x[sl].reshape(shape).astype(v.dtype) for v, sl, shape in zip(values, slices, shapes)))
+    ref_lp, ref_grad = float(out[0]), np.concatenate([np.ravel(g) for g in out[1:]])
+    grad, lp = np.zeros(layout.n_dim), np.zeros(1)
+    as_ptr = lambda a: a.ctypes.data_as(ctypes.POINTER(ctypes.c_double))  # noqa: E731
+    code = logp_c.ctypes(layout.n_dim, as_ptr(x), as_ptr(grad), as_ptr(lp), layout.ctx.ctypes.data_as(ctypes.c_void_p))
+    if code != 0:
+        return f"the fused function failed at the initial point (code {code})"
+    if not abs(lp[0] - ref_lp) <= 1e-4 + 1e-9 * abs(ref_lp):
+        return f"log density {lp[0]:.8g} against the graph's {ref_lp:.8g}"
+    worst = np.abs(grad - ref_grad) / (1e-6 * (1.0 + np.abs(ref_grad).max()))
+    if not worst.max() <= 1.0:
+        k = int(np.argmax(worst))
+        return f"gradient entry {k} {grad[k]:.8g} against the graph's {ref_grad[k]:.8g}"
+    return None
 
 
 def compile_nutpie(built: BuiltModel, fused: bool = True):
     """nutpie's compiled model of `built` with the on-disk cache of the numba functions; returns (compiled, was_cached).
 
-    A marginal trajectory model (BuiltModel.marginal) gets the fused log density (inference/kernels.py)
-    instead of the compiled graph, unless fused=False or its priors are outside what the fused
-    function computes. was_cached is True when the compile added no new cache entry (it loaded
+    A model that declares a fused kernel (BuiltModel.fused_kernel: the marginal trajectory models,
+    inference/kernels.py; the MMRM, inference/kernels_mmrm.py) gets that hand-written log density
+    instead of the compiled graph, unless fused=False, its priors are outside what the fused
+    function computes, or the fused function disagrees with the graph at the initial point
+    (fused_disagreement; a warning says so). was_cached is True when the compile added no new cache entry (it loaded
     machine code instead). Where the installed nutpie, numba or PyTensor is not a version these
     patches were written for (TESTED_VERSIONS), the plain nutpie compile is used, without cache or
     fused function, and a warning says so.
@@ -338,7 +412,15 @@ def compile_nutpie(built: BuiltModel, fused: bool = True):
     if layout is not None:
         before = _cache_entries(folder)
         compiled = compile_fused(model, layout, folder)
-        return compiled, bool(before) and _cache_entries(folder) <= before
+        differs = None if _verified(built, layout, folder, check=False) else fused_disagreement(built, layout, compiled.compiled_logp_func)
+        if differs is None:
+            _verified(built, layout, folder, check=True)
+            return compiled, bool(before) and _cache_entries(folder) <= before
+        warnings.warn(
+            f"the fused log density of '{built.name}' disagrees with its model ({differs}); sampling the compiled graph instead",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     if folder is None:
         return nutpie.compile_pymc_model(model, backend="numba"), False
     before = _cache_entries(folder)
@@ -357,9 +439,10 @@ def compile_nutpie(built: BuiltModel, fused: bool = True):
 _COMPILED: dict = {}
 
 
-def fused_functions(cache_folder=None):
-    """(logp cfunc, expand cfunc), compiled once per process; from numba's disk cache in cache_folder if given."""
-    key = str(cache_folder)
+def fused_functions(kernel: str = kernels.KERNEL, cache_folder=None):
+    """(logp cfunc, expand cfunc) of a fused kernel, compiled once per process; from numba's disk cache in cache_folder if given."""
+    module = KERNELS[kernel]
+    key = f"{kernel}|{cache_folder}"
     if key in _COMPILED:
         return _COMPILED[key]
     from numba import types
@@ -368,9 +451,9 @@ def fused_functions(cache_folder=None):
     expand_sig = types.int64(types.uint64, types.uint64, types.CPointer(types.double), types.CPointer(types.double), types.voidptr)
     cache = cache_folder is not None
     if cache:
-        register_cached(kernels._logp_c, cache_folder, "fused-logp-" + kernels.source_key())
-        register_cached(kernels._expand_c, cache_folder, "fused-expand-" + kernels.source_key())
-    funcs = (numba.cfunc(logp_sig, cache=cache)(kernels._logp_c), numba.cfunc(expand_sig, cache=cache)(kernels._expand_c))
+        register_cached(module._logp_c, cache_folder, f"fused-{kernel}-logp-" + module.source_key())
+        register_cached(module._expand_c, cache_folder, f"fused-{kernel}-expand-" + module.source_key())
+    funcs = (numba.cfunc(logp_sig, cache=cache)(module._logp_c), numba.cfunc(expand_sig, cache=cache)(module._expand_c))
     _COMPILED[key] = funcs
     return funcs
 
@@ -381,7 +464,7 @@ def compile_fused(model, layout: kernels.FusedLayout, cache_folder=None):
     from nutpie.compile_pymc import CompiledPyMCModel, _prepare_dims_and_coords, _rv_dict_to_flat_array_wrapper, _wrap_with_lock
     from pymc.initial_point import make_initial_point_fn
 
-    logp_c, expand_c = fused_functions(cache_folder)
+    logp_c, expand_c = fused_functions(layout.kernel, cache_folder)
     names, slices, shapes = layout.shape_info
     n_joined = len(model.free_RVs)
     point_fn = make_initial_point_fn(

@@ -37,6 +37,8 @@ import numpy as np
 
 from models.marginal import visit_stats
 
+KERNEL = "trajectory"
+
 HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 LOG2PI = math.log(2.0 * math.pi)
 SQRT2 = math.sqrt(2.0)
@@ -641,12 +643,13 @@ def _pack(fields: list[np.ndarray]) -> np.ndarray:
 
 @dataclass(frozen=True)
 class FusedLayout:
-    """The context array and nutpie's variable layout for one marginal headline model."""
+    """The context array and nutpie's variable layout of one model for a fused kernel."""
 
     ctx: np.ndarray
     n_dim: int
     n_expanded: int
     shape_info: tuple  # (names, slices, shapes), as nutpie's own compile produces
+    kernel: str = "trajectory"  # which fused functions read ctx (inference/compile.KERNELS)
 
 
 def fused_layout(model, design, priors, shapes: dict) -> FusedLayout:

@@ -37,6 +37,8 @@ class BuiltModel:
                   participant effects integrated out, models/marginal.py), or None
     marginal      True for such a variant: the engine recovers the participant effects and the
                   pointwise log-likelihood after sampling (inference/marginal.py)
+    fused_kernel  the name of a hand-written log density that computes this model exactly
+                  (inference/compile.KERNELS: 'trajectory', 'mmrm'), or None: the graph is compiled
     notes         what the model did with the data beyond the visit scores (biomarker values
                   imputed, censored, participants left out), reported beside its estimates
     """
@@ -49,6 +51,7 @@ class BuiltModel:
     observations: str = VISIT_SCORES
     fast_variant: Callable[[], "BuiltModel"] | None = None
     marginal: bool = False
+    fused_kernel: str | None = None
     notes: dict = field(default_factory=dict)
 
     def __post_init__(self):

@@ -226,4 +226,4 @@ def build_mmrm(design: TrialDesign, priors: dict | None = None, likelihood: str 
         pm.Deterministic("nac_effect", pt.concatenate([zero, nac]), dims="week")
         pm.Deterministic("placebo_change", pt.concatenate([zero, visit_mean]), dims="week")
     used = pri if len(design.sites) > 1 else {k: v for k, v in pri.items() if k != "site"}
-    return BuiltModel(NAME, model, design, used, ("change",), VISIT_CHANGES)
+    return BuiltModel(NAME, model, design, used, ("change",), VISIT_CHANGES, fused_kernel="mmrm")

@@ -328,4 +328,5 @@ def build_trajectory_marginal(
         outcome_vars=("y",),
         observations=VISIT_SCORES,
         marginal=True,
+        fused_kernel="trajectory",
     )

@@ -1,15 +1,17 @@
-"""The fused log density (inference/kernels.py) against PyTensor's own log density, gradient and deterministics."""
+"""The fused log densities (inference/kernels.py, inference/kernels_mmrm.py) against PyTensor's own log density,
+gradient and deterministics; the guard that compares them before sampling."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytensor
 import pytest
+from pytensor.compile.mode import Mode
 
 from data import DEFAULT_DATASET, load_dataset
 from inference import compile as engine
 from inference.compile import compile_nutpie
-from inference.kernels import Unsupported, expand, logp_grad
+from inference.kernels import Unsupported
 from inference.sampling import SamplerSettings, sample_posterior
 from models import build_design, get
 from models.trajectory import build_trajectory_marginal
@@ -45,15 +47,18 @@ def lean_design(tmp_path_factory):
     return design
 
 
+UNREWRITTEN = Mode(linker="py", optimizer=None)  # the graph as PyMC writes it, evaluated in Python: quick to build
+
+
 def _reference(model):
     """PyTensor's log density and gradient, and the stored variables, as functions of the value variables."""
     values = [model.rvs_to_values[rv] for rv in model.free_RVs]
     logp = model.logp()
     grads = pytensor.grad(logp, values)
-    density = pytensor.function(values, [logp, *grads], mode="FAST_COMPILE")
+    density = pytensor.function(values, [logp, *grads], mode=UNREWRITTEN)
     joined = {v.name for v in values}
     stored = [v for v in model.unobserved_value_vars if v.name not in joined]
-    stored_fn = pytensor.function(values, stored, mode="FAST_COMPILE", on_unused_input="ignore")
+    stored_fn = pytensor.function(values, stored, mode=UNREWRITTEN, on_unused_input="ignore")
     return values, density, stored, stored_fn
 
 
@@ -80,15 +85,16 @@ def _check_against_pytensor(design, priors=None, points=4, seed=0, shift=None, b
             x = shift(x, layout)
         out = density(*_split(x, layout, len(values)))
         ref_grad = np.concatenate([np.ravel(g) for g in out[1:]])
+        kernel = engine.KERNELS[layout.kernel]
         grad = np.full(layout.n_dim, np.nan)
-        lp = logp_grad(x, layout.ctx, grad)
+        lp = kernel.logp_grad(x, layout.ctx, grad)
         assert np.all(np.isfinite(grad)) and np.isfinite(lp)
         np.testing.assert_allclose(grad, ref_grad, rtol=1e-8, atol=1e-9 * np.abs(ref_grad).max())
         lps.append(lp)
         refs.append(float(out[0]))
         # every stored variable: x itself, constrained values and deterministics
         full = np.full(layout.n_expanded, np.nan)
-        expand(x, layout.ctx, full)
+        kernel.expand(x, layout.ctx, full)
         np.testing.assert_array_equal(full[: layout.n_dim], x)
         names, slices, shapes = layout.shape_info
         for var, value in zip(stored, stored_fn(*_split(x, layout, len(values)))):
@@ -202,3 +208,89 @@ def test_fused_and_graph_draws_agree_on_default_data():
         a, b = fused.posterior[name].values, graph.posterior[name].values
         sd = max(float(b.std()), 1e-12)
         assert abs(float(a.mean() - b.mean())) < 0.05 * sd, name
+
+
+# ---------------------------------------------------------------- the MMRM's fused density
+
+MMRM_PRIORS = {
+    "visit_sd": {"dist": "Exponential", "params": {"lam": 0.15}},
+    "visit_corr": {"params": {"eta": 2.0}},
+    "visit_mean": {"params": {"mu": -4.0, "sigma": 9.0}},
+    "site": {"params": {"sigma": 3.0}},
+}
+
+
+def _mmrm(design, priors=None):
+    return get("mmrm").build(design, priors)
+
+
+@pytest.mark.unit
+def test_fused_mmrm_density_equals_pytensor(small_design, lean_design):
+    """Drop-out and intermittent-gap patterns, several sites and one, default and other priors."""
+    from models.mmrm import mmrm_data
+
+    patterns = mmrm_data(small_design).patterns
+    assert any(not prefix for *_, prefix in patterns) and sum(prefix for *_, prefix in patterns) >= 2
+    _check_against_pytensor(small_design, MMRM_PRIORS, points=3, seed=8, build=_mmrm)
+    _, layout = _check_against_pytensor(lean_design, points=2, seed=9, build=_mmrm)
+    assert layout.kernel == "mmrm" and "site_effect_zerosum__" not in layout.shape_info[0]
+
+
+@pytest.mark.unit
+def test_mmrm_lkj_constant_matches_pymc():
+    import pytensor.tensor as pt  # noqa: F401 - PyMC's helper builds a PyTensor expression
+    from pymc.distributions.multivariate import _lkj_normalizing_constant
+
+    from inference.kernels_mmrm import lkj_normalizing_constant
+
+    for eta in (1.0, 0.5, 2.0, 3.7):
+        for n in (2, 3, 4, 6, 9):
+            assert lkj_normalizing_constant(eta, n) == pytest.approx(float(_lkj_normalizing_constant(eta, n).eval()), rel=1e-6, abs=1e-5)  # PyMC takes some logs of constants in float32
+
+
+# ---------------------------------------------------------------- the guard against drift
+
+
+@pytest.mark.unit
+def test_guard_detects_a_fused_function_that_no_longer_matches_the_model(small_design):
+    """A model whose mean or priors changed while its fused function did not is caught before sampling."""
+    # the model's priors changed (the fused function still computes the old ones)
+    layout = engine.fused_layout(_null(small_design, None))
+    other = _null(small_design, {"site": {"params": {"sigma": 0.5}}})
+    assert "log density" in engine.fused_disagreement(other, layout, engine.fused_functions(layout.kernel, engine.cache_dir())[0])
+    # the model's mean changed: the fused function reads another arm assignment
+    built = _mmrm(small_design)
+    layout = engine.fused_layout(built)
+    assert engine.fused_disagreement(built, layout, engine.fused_functions("mmrm", engine.cache_dir())[0]) is None
+    from inference import kernels_mmrm
+
+    ctx = layout.ctx.copy()
+    treated = kernels_mmrm._field(ctx, kernels_mmrm.F_TREATED)
+    treated[:] = 1.0 - treated
+    drifted = engine.kernels.FusedLayout(ctx, layout.n_dim, layout.n_expanded, layout.shape_info, layout.kernel)
+    assert engine.fused_disagreement(built, drifted, engine.fused_functions("mmrm", engine.cache_dir())[0]) is not None
+
+
+@pytest.mark.unit
+def test_guard_failure_falls_back_to_the_graph_with_a_warning(small_design, monkeypatch):
+    import nutpie
+
+    monkeypatch.setenv("DEPTRIAL_CACHE", "off")
+    monkeypatch.setattr(engine, "fused_disagreement", lambda *args: "gradient entry 3 differs")
+    monkeypatch.setattr(nutpie, "compile_pymc_model", lambda model, backend: "the graph")
+    with pytest.warns(RuntimeWarning, match="disagrees with its model.*gradient entry 3"):
+        compiled, cached = compile_nutpie(_mmrm(small_design))
+    assert compiled == "the graph" and not cached
+
+
+@pytest.mark.unit
+def test_guard_verdict_is_cached_per_model_and_code(small_design, tmp_path, monkeypatch):
+    monkeypatch.setenv("DEPTRIAL_CACHE", str(tmp_path))
+    calls = []
+    real = engine.fused_disagreement
+    monkeypatch.setattr(engine, "fused_disagreement", lambda *a: calls.append(1) or real(*a))
+    compile_nutpie(_null(small_design, None))
+    compile_nutpie(_null(small_design, None))
+    assert len(calls) == 1  # the second compile found the verdict
+    compile_nutpie(_null(small_design, OTHER_PRIORS))
+    assert len(calls) == 2  # other priors: checked again

@@ -1,0 +1,415 @@
+"""The fused log density of the Bayesian MMRM (models/mmrm.py): log density and gradient as one numba function.
+
+Why: the MMRM's PyTensor graph carries one Cholesky factor (and its gradient) per intermittent
+missingness pattern; nutpie compiles it node by node (over a minute from empty caches) and each
+gradient then pays a per-node overhead. Here the whole log density and its gradient are one pass,
+compiled by numba once per machine whatever the trial: every size, datum and prior parameter is
+read at run time from one float64 context array (as inference/kernels.py does for the trajectory
+models), so the machine code does not depend on the data.
+
+The maths. Participants are grouped by missingness pattern P (the post-baseline visits V_P they
+attended, n_P of them). With residuals r_i = c_i - mu_i on V_P and Sigma_P = Sigma[V_P, V_P]:
+
+    log p = sum_P [ -1/2 sum_i r_i' Sigma_P^-1 r_i - n_P/2 log|Sigma_P| - n_P |V_P|/2 log 2 pi ]
+
+- a drop-out pattern (V_P a leading block of the schedule) factors Sigma_P by the leading block of
+  Sigma's own Cholesky factor L; an intermittent pattern factors its block once per evaluation;
+- d log p / d mu_i = Sigma_P^-1 r_i = u_i, which the mean's coefficients collect;
+- d log p / d Sigma (entries taken as free) = sum_P embed( (sum_i u_i u_i' - n_P Sigma_P^-1) / 2 ) = G,
+  and with Sigma = L L', d log p / d L = 2 G L (its lower triangle).
+
+No Cholesky factor is differentiated: the gradient goes through Sigma directly. Then PyMC's
+LKJCholeskyCov density on the packed factor (the LKJ density of the correlation, the scale prior
+on the SDs and their Jacobian, its normalising constant), the log transform of L's diagonal, the
+location priors and the sum-to-zero site offsets, exactly as PyMC writes them.
+tests/test_fused.py checks value, gradient and every stored variable against PyTensor's at random
+points (drop-out and intermittent patterns, one site and several, other priors).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numba
+import numpy as np
+from scipy.special import gammaln
+
+from models.mmrm import mmrm_data
+
+from .kernels import HALF_LOG_2PI, LOG2PI, FusedLayout, Unsupported, _field, _jit, _normal_prior, _pack, _prior_triple, _scale_prior
+
+KERNEL = "mmrm"
+# prior slots (3 numbers each: family, p1, p2)
+P_VMEAN, P_NAC, P_SLOPE, P_SITE, P_VSD, P_CORR = range(6)
+N_PRIORS = 6
+PRIOR_SLOTS = {
+    P_VMEAN: ("visit_mean", "location"),
+    P_NAC: ("nac_visit_effect", "location"),
+    P_SLOPE: ("baseline_slope", "location"),
+    P_SITE: ("site", "zerosum"),
+    P_VSD: ("visit_sd", "scale"),
+}
+X_BLOCKS = ("visit_mean", "nac_visit_effect", "baseline_slope", "site_effect_zerosum__", "visit_chol_cholesky-cov-packed__")
+(X_VMEAN, X_NAC, X_SLOPE, X_SITE, X_CHOL) = range(len(X_BLOCKS))
+E_BLOCKS = ("site_effect", "visit_chol", "visit_sd", "visit_corr", "nac_effect", "placebo_change")
+(E_SITE, E_CHOL, E_SD, E_CORR, E_NAC, E_PLACEBO) = range(len(E_BLOCKS))
+# fields of the context array
+(F_SIZES, F_XOFF, F_EOFF, F_PRIORS, F_TREATED, F_BASE, F_SITE_IDX, F_PATTERNS, F_PATTERN_VISITS, F_OBS_ROW, F_OBS_CHANGE) = range(11)
+N_FIELDS = 11
+PATTERN_WIDTH = 5  # per pattern: start in the long arrays, participants, visits, is a drop-out pattern, offset of its visits
+
+
+def lkj_normalizing_constant(eta: float, n: int) -> float:
+    """PyMC's normalising constant of the LKJ density (pymc.distributions.multivariate._lkj_normalizing_constant)."""
+    if eta == 1:
+        result = float(gammaln(2.0 * np.arange(1, int((n - 1) / 2) + 1)).sum())
+        if n % 2 == 1:
+            result += 0.25 * (n**2 - 1) * math.log(math.pi) - 0.25 * (n - 1) ** 2 * math.log(2.0) - (n - 1) * gammaln(int((n + 1) / 2))
+        else:
+            result += 0.25 * n * (n - 2) * math.log(math.pi) + 0.25 * (3 * n**2 - 4 * n) * math.log(2.0) + n * gammaln(n / 2) - (n - 1) * gammaln(n)
+        return float(result)
+    k = np.arange(1, n)
+    return float(-(n - 1) * gammaln(eta + 0.5 * (n - 1)) + (0.5 * k * math.log(math.pi) + gammaln(eta + 0.5 * (n - 1 - k))).sum())
+
+
+# ---------------------------------------------------------------- numba
+
+
+@_jit
+def _unpack_chol(x, o, nv):
+    """Sigma's Cholesky factor L (nv x nv) from the packed unconstrained block (log diagonal)."""
+    chol = np.zeros((nv, nv))
+    p = o
+    for i in range(nv):
+        for j in range(i + 1):
+            chol[i, j] = math.exp(x[p]) if j == i else x[p]
+            p += 1
+    return chol
+
+
+@_jit
+def _site_values(x, o, n_s):
+    """Sum-to-zero site offsets (PyMC's ZeroSumTransform backward)."""
+    s = np.zeros(max(n_s, 1))
+    if o < 0:
+        return s
+    rn = math.sqrt(n_s)
+    total = 0.0
+    for j in range(n_s - 1):
+        total += x[o + j]
+    norm = total / (rn + n_s)
+    for j in range(n_s - 1):
+        s[j] = x[o + j] - norm
+    s[n_s - 1] = -total / rn
+    return s
+
+
+@_jit
+def _cholesky_inverse(a, k):
+    """The inverse of the Cholesky factor of the k x k leading block of a (lower), and log|a|/2; nan if not positive definite."""
+    c = np.zeros((k, k))
+    half_logdet = 0.0
+    for j in range(k):
+        s = a[j, j]
+        for m in range(j):
+            s -= c[j, m] * c[j, m]
+        if not s > 0.0:
+            return np.full((k, k), np.nan), np.nan
+        c[j, j] = math.sqrt(s)
+        half_logdet += math.log(c[j, j])
+        for i in range(j + 1, k):
+            s = a[i, j]
+            for m in range(j):
+                s -= c[i, m] * c[j, m]
+            c[i, j] = s / c[j, j]
+    return _lower_inverse(c, k), half_logdet
+
+
+@_jit
+def _lower_inverse(c, k):
+    inv = np.zeros((k, k))
+    for j in range(k):
+        inv[j, j] = 1.0 / c[j, j]
+        for i in range(j + 1, k):
+            s = 0.0
+            for m in range(j, i):
+                s -= c[i, m] * inv[m, j]
+            inv[i, j] = s / c[i, i]
+    return inv
+
+
+@_jit
+def logp_grad(x, ctx, grad):
+    """Log density of the MMRM at unconstrained x; its gradient into grad."""
+    sizes = _field(ctx, F_SIZES)
+    n_s, nv, n_pat = int(sizes[1]), int(sizes[2]), int(sizes[6])
+    xo = _field(ctx, F_XOFF)
+    pri = _field(ctx, F_PRIORS)
+    treated, base, site_idx = _field(ctx, F_TREATED), _field(ctx, F_BASE), _field(ctx, F_SITE_IDX)
+    patterns, pattern_visits = _field(ctx, F_PATTERNS), _field(ctx, F_PATTERN_VISITS)
+    obs_row, obs_change = _field(ctx, F_OBS_ROW), _field(ctx, F_OBS_CHANGE)
+    for j in range(grad.shape[0]):
+        grad[j] = 0.0
+    o_mean, o_nac, o_slope, o_site, o_chol = int(xo[X_VMEAN]), int(xo[X_NAC]), int(xo[X_SLOPE]), int(xo[X_SITE]), int(xo[X_CHOL])
+    chol = _unpack_chol(x, o_chol, nv)
+    sigma = chol @ chol.T
+    site = _site_values(x, o_site, n_s)
+    d_site = np.zeros(max(n_s, 1))
+    g_sigma = np.zeros((nv, nv))
+    lp = 0.0
+    block = np.empty((nv, nv))
+    vis = np.empty(nv, dtype=np.int64)
+    r = np.empty(nv)
+    u = np.empty(nv)
+    for p in range(n_pat):
+        start, n_p, k = int(patterns[PATTERN_WIDTH * p]), int(patterns[PATTERN_WIDTH * p + 1]), int(patterns[PATTERN_WIDTH * p + 2])
+        is_prefix, vo = patterns[PATTERN_WIDTH * p + 3] > 0.5, int(patterns[PATTERN_WIDTH * p + 4])
+        for j in range(k):
+            vis[j] = int(pattern_visits[vo + j])
+        if is_prefix:  # the leading block of Sigma is factored by the leading block of L
+            half_logdet = 0.0
+            for j in range(k):
+                half_logdet += math.log(chol[j, j])
+            cinv = _lower_inverse(chol, k)
+        else:
+            for a in range(k):
+                for b in range(k):
+                    block[a, b] = sigma[vis[a], vis[b]]
+            cinv, half_logdet = _cholesky_inverse(block, k)
+            if not half_logdet == half_logdet:
+                return np.nan
+        # Sigma_P^-1 = Cinv' Cinv
+        sinv = np.zeros((k, k))
+        for a in range(k):
+            for b in range(k):
+                s = 0.0
+                for m in range(max(a, b), k):
+                    s += cinv[m, a] * cinv[m, b]
+                sinv[a, b] = s
+        uu = np.zeros((k, k))
+        quad = 0.0
+        for q in range(n_p):
+            s0 = start + q * k
+            i = int(obs_row[s0])
+            t, bi, si = treated[i], base[i], int(site_idx[i])
+            for j in range(k):
+                v = vis[j]
+                r[j] = obs_change[s0 + j] - (x[o_mean + v] + x[o_nac + v] * t + x[o_slope + v] * bi + site[si])
+            for a in range(k):
+                s = 0.0
+                for b in range(k):
+                    s += sinv[a, b] * r[b]
+                u[a] = s
+                quad += r[a] * s
+            for a in range(k):
+                v = vis[a]
+                ua = u[a]
+                grad[o_mean + v] += ua
+                grad[o_nac + v] += ua * t
+                grad[o_slope + v] += ua * bi
+                d_site[si] += ua
+                for b in range(k):
+                    uu[a, b] += ua * u[b]
+        lp += -0.5 * quad - n_p * half_logdet - 0.5 * n_p * k * LOG2PI
+        for a in range(k):
+            for b in range(k):
+                g_sigma[vis[a], vis[b]] += 0.5 * (uu[a, b] - n_p * sinv[a, b])
+
+    # d/dL = 2 G L, lower triangle; then PyMC's LKJCholeskyCov density on L and the log-diagonal transform
+    g_chol = 2.0 * (g_sigma @ chol)
+    eta = pri[3 * P_CORR + 1]
+    lp += pri[3 * P_CORR + 2]
+    p = o_chol
+    for i in range(nv):
+        ss = 0.0
+        for j in range(i + 1):
+            ss += chol[i, j] * chol[i, j]
+        sd = math.sqrt(ss)
+        f, df = _scale_prior(pri, P_VSD, sd)
+        a_i = 2.0 * eta - 2.0 + nv - i
+        lp += a_i * (math.log(chol[i, i]) - math.log(sd)) - i * math.log(sd) + f + x[p + i]
+        d_sd = -(a_i + i) / sd + df  # d/d sd of the terms through sd
+        for j in range(i + 1):
+            g = g_chol[i, j] + d_sd * chol[i, j] / sd
+            if j == i:
+                grad[p + j] += (g + a_i / chol[i, i]) * chol[i, i] + 1.0
+            else:
+                grad[p + j] += g
+        p += i + 1
+
+    for v in range(nv):
+        g, dg = _normal_prior(pri, P_VMEAN, x[o_mean + v])
+        lp += g
+        grad[o_mean + v] += dg
+        g, dg = _normal_prior(pri, P_NAC, x[o_nac + v])
+        lp += g
+        grad[o_nac + v] += dg
+        g, dg = _normal_prior(pri, P_SLOPE, x[o_slope + v])
+        lp += g
+        grad[o_slope + v] += dg
+
+    if o_site >= 0:  # Normal(0, sigma) on the n_s sum-to-zero values, n_s - 1 degrees of freedom
+        zs = pri[3 * P_SITE + 1]
+        rn = math.sqrt(n_s)
+        for j in range(n_s):
+            lp += -0.5 * (site[j] / zs) ** 2
+            d_site[j] += -site[j] / (zs * zs)
+        lp -= (n_s - 1) * (HALF_LOG_2PI + math.log(zs))
+        head = 0.0
+        for j in range(n_s - 1):
+            head += d_site[j]
+        for j in range(n_s - 1):
+            grad[o_site + j] += d_site[j] - head / (rn + n_s) - d_site[n_s - 1] / rn
+    return lp
+
+
+@_jit
+def expand(x, ctx, out):
+    """Write the draw's stored variables: x itself, then each block at its offset in ctx."""
+    sizes = _field(ctx, F_SIZES)
+    n_s, nv, n_dim = int(sizes[1]), int(sizes[2]), int(sizes[3])
+    xo, eo = _field(ctx, F_XOFF), _field(ctx, F_EOFF)
+    for j in range(n_dim):
+        out[j] = x[j]
+    o_chol = int(xo[X_CHOL])
+    chol = _unpack_chol(x, o_chol, nv)
+    if eo[E_SITE] >= 0:
+        site = _site_values(x, int(xo[X_SITE]), n_s)
+        for j in range(n_s):
+            out[int(eo[E_SITE]) + j] = site[j]
+    if eo[E_CHOL] >= 0:
+        p = int(eo[E_CHOL])
+        for i in range(nv):
+            for j in range(i + 1):
+                out[p] = chol[i, j]
+                p += 1
+    sigma = chol @ chol.T
+    sd = np.empty(nv)
+    for i in range(nv):
+        sd[i] = math.sqrt(sigma[i, i])
+    if eo[E_SD] >= 0:
+        for i in range(nv):
+            out[int(eo[E_SD]) + i] = sd[i]
+    if eo[E_CORR] >= 0:
+        for i in range(nv):
+            for j in range(nv):
+                out[int(eo[E_CORR]) + i * nv + j] = sigma[i, j] / (sd[i] * sd[j])
+    for w in range(nv + 1):
+        if eo[E_NAC] >= 0:
+            out[int(eo[E_NAC]) + w] = 0.0 if w == 0 else x[int(xo[X_NAC]) + w - 1]
+        if eo[E_PLACEBO] >= 0:
+            out[int(eo[E_PLACEBO]) + w] = 0.0 if w == 0 else x[int(xo[X_VMEAN]) + w - 1]
+
+
+def _logp_c(dim, x_, out_, logp_, ctx_):
+    head = numba.carray(ctx_, (2,), np.float64)
+    ctx = numba.carray(ctx_, (int(head[0]),), np.float64)
+    n = int(dim)
+    if n != int(_field(ctx, F_SIZES)[3]):
+        return -1
+    x = numba.carray(x_, (n,))
+    out = numba.carray(out_, (n,))
+    logp = numba.carray(logp_, (1,))
+    try:
+        value = logp_grad(x, ctx, out)
+    except Exception:  # noqa: BLE001 - reported to the sampler as a failed evaluation
+        return 1
+    logp[0] = value
+    if not np.all(np.isfinite(out)):
+        return 3
+    if not np.isfinite(value):
+        return 4
+    return 0
+
+
+def _expand_c(dim, expanded, x_, out_, ctx_):
+    head = numba.carray(ctx_, (2,), np.float64)
+    ctx = numba.carray(ctx_, (int(head[0]),), np.float64)
+    sizes = _field(ctx, F_SIZES)
+    if int(dim) != int(sizes[3]) or int(expanded) != int(sizes[4]):
+        return -1
+    x = numba.carray(x_, (int(dim),))
+    out = numba.carray(out_, (int(expanded),))
+    try:
+        expand(x, ctx, out)
+    except Exception:  # noqa: BLE001
+        return -2
+    return 0
+
+
+# ---------------------------------------------------------------- the context (Python)
+
+
+def fused_layout(model, design, priors, shapes: dict) -> FusedLayout:
+    """Layout and data of an MMRM `model` (models/mmrm.build_mmrm) built from `design` with `priors`.
+
+    Raises Unsupported when the model is not one this module computes exactly.
+    """
+    joined = [model.rvs_to_values[rv].name for rv in model.free_RVs]
+    unknown = [n for n in joined if n not in X_BLOCKS]
+    if unknown or "visit_chol_cholesky-cov-packed__" not in joined:
+        raise Unsupported(f"not the MMRM's free variables: {joined}")
+    remaining = [v.name for v in model.unobserved_value_vars if v.name not in joined]
+    unknown = [n for n in remaining if n not in E_BLOCKS]
+    if unknown:
+        raise Unsupported(f"unknown stored variables {unknown}")
+    d = mmrm_data(design)
+    nv = len(d.visits)
+    n_sites = len(design.sites)
+    names, slices, shape_list = [], [], []
+    xoff, eoff = -np.ones(len(X_BLOCKS)), -np.ones(len(E_BLOCKS))
+    pos = 0
+    for group, blocks, offsets in ((joined, X_BLOCKS, xoff), (remaining, E_BLOCKS, eoff)):
+        for name in group:
+            shape = tuple(int(s) for s in shapes[name])
+            size = int(np.prod(shape))
+            offsets[blocks.index(name)] = pos
+            names.append(name)
+            slices.append(slice(pos, pos + size))
+            shape_list.append(shape)
+            pos += size
+        if group is joined:
+            n_dim = pos
+    expected = {"visit_mean": nv, "nac_visit_effect": nv, "baseline_slope": nv, "visit_chol_cholesky-cov-packed__": nv * (nv + 1) // 2}
+    if n_sites >= 2:
+        expected["site_effect_zerosum__"] = n_sites - 1
+    found = {name: sl.stop - sl.start for name, sl in zip(names[: len(joined)], slices)}
+    if found != expected:
+        raise Unsupported(f"free variables {found} are not the expected {expected}")
+
+    pri = np.zeros(3 * N_PRIORS)
+    for slot, (key, kind) in PRIOR_SLOTS.items():
+        if slot == P_SITE and n_sites < 2:
+            continue
+        pri[3 * slot : 3 * slot + 3] = _prior_triple(priors[key], kind)
+    corr = priors["visit_corr"]
+    if corr.dist != "LKJ" or set(corr.params) != {"eta"}:
+        raise Unsupported(f"prior {corr.describe()} is not one the fused function computes")
+    eta = float(corr.params["eta"])
+    pri[3 * P_CORR : 3 * P_CORR + 3] = (0.0, eta, lkj_normalizing_constant(eta, nv))
+
+    pattern_rows, pattern_visits = [], []
+    for vis, start, n_p, is_prefix in d.patterns:
+        pattern_rows += [start, n_p, len(vis), float(is_prefix), len(pattern_visits)]
+        pattern_visits += [int(v) for v in vis]
+    site_idx = design.site_idx[d.rows] if n_sites >= 2 else np.zeros(len(d.rows))
+    sizes = np.array([len(d.rows), n_sites if n_sites >= 2 else 0, nv, n_dim, pos, nv + 1, len(d.patterns), len(d.obs_change)])
+    fields = [
+        sizes, xoff, eoff, pri, design.treated[d.rows], d.baseline - d.baseline_center, site_idx,
+        np.array(pattern_rows, dtype=float), np.array(pattern_visits, dtype=float), d.obs_row, d.obs_change,
+    ]
+    assert len(fields) == N_FIELDS
+    return FusedLayout(ctx=_pack(fields), n_dim=n_dim, n_expanded=pos, shape_info=(names, slices, shape_list), kernel=KERNEL)
+
+
+@lru_cache(maxsize=1)
+def source_key() -> str:
+    """Hash of this file, the module it builds on and the numba version: the compiled functions' cache key."""
+    import hashlib
+    from pathlib import Path
+
+    from . import kernels
+
+    return hashlib.sha256(Path(__file__).read_bytes() + kernels.source_key().encode()).hexdigest()[:24]
