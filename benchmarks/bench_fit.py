@@ -1,9 +1,15 @@
 #!/usr/bin/env python
-"""Benchmark the headline fit: our default path against the usual public tools, side by side.
+"""Benchmark the headline fit and the MMRM: our default path against the usual public tools, side by side.
 
-    python benchmarks/bench_fit.py                       # full run (quiet machine: ~1 hour on 2 cores)
+    python benchmarks/bench_fit.py                       # the headline model (quiet machine: ~1 hour on 2 cores)
+    python benchmarks/bench_fit.py --model mmrm --scales 1 --paths ours,graph,pymc,numpyro   # the MMRM
     python benchmarks/bench_fit.py --tiny                # smoke test of the harness (minutes)
     python benchmarks/bench_fit.py --paths ours,pymc --scales 1
+
+The headline model's figures go to results.json/.md, the MMRM's to results_mmrm.json/.md. For the
+MMRM, `ours` is nutpie on its fused log density (inference/kernels_mmrm.py), `graph` nutpie on the
+compiled PyTensor graph, `pymc` and `numpyro` the same PyMC model through those samplers; the key
+effects are the treatment difference and the SD at every post-baseline visit.
 
 Paths (each fit runs in its own subprocess, twice: cold then warm):
   ours      the default fit: nutpie on the marginal model (participant effects integrated out,
@@ -52,6 +58,7 @@ sys.path.insert(0, str(ROOT))
 warnings.filterwarnings("ignore")
 
 PATHS = ("ours", "graph", "plain", "pymc", "numpyro", "bambi", "stan")
+MMRM_PATHS = ("ours", "graph", "pymc", "numpyro")
 KEY_EFFECTS = ("nac_w12", "nac_w16", "moderation_il6", "moderation_crp", "moderation_bdnf", "residual_sd", "participant_sd_intercept", "participant_sd_change")
 
 
@@ -88,12 +95,33 @@ def _key_from_ours(post, design) -> dict:
     return {k: np.asarray(v.values) for k, v in out.items()}
 
 
+def _key_mmrm(post, design) -> dict:
+    import numpy as np
+
+    out = {}
+    for w in post["week"].values[1:]:
+        out[f"nac_w{int(w)}"] = np.asarray(post["nac_effect"].sel(week=w).values)
+    for v in post["visit"].values:
+        out[f"sd_w{int(v)}"] = np.asarray(post["visit_sd"].sel(visit=v).values)
+    return out
+
+
+def key_effects(model: str):
+    return _key_mmrm if model == "mmrm" else _key_from_ours
+
+
 def fit_ours(design, args, plain: bool, fused: bool = True) -> dict:
     from inference.sampling import SamplerSettings, complete_fit, sample_posterior
     from models import get
 
     settings = SamplerSettings(draws=args.draws, tune=args.tune, chains=args.chains, cores=args.cores, seed=args.seed, fused=fused)
     t0 = time.perf_counter()
+    if args.model == "mmrm":
+        built = get("mmrm").build(design)
+        idata, timings = sample_posterior(built, settings, quiet=True)
+        extra = complete_fit(idata, built, settings.seed)
+        return {"idata": idata, "key": _key_mmrm(idata.posterior, design), "compile_s": timings["compile_s"], "sample_s": timings["sample_s"],
+                "wall_s": time.perf_counter() - t0, **extra}
     built = get("headline").build(design)
     fast = None if plain else built.fast_variant()
     idata, timings = sample_posterior(fast or built, settings, quiet=True)
@@ -153,7 +181,7 @@ def fit_pymc(design, args, sampler: str) -> dict:
     if sampler == "numpyro":
         _register_jax_erfcinv()
     t0 = time.perf_counter()
-    model = get("headline").build(design).model
+    model = get(args.model).build(design).model
     compile_s = None
     if sampler == "pymc":  # PyMC compiles logp and gradient inside pm.sample; time that step on its own
     # (pm.sample then reuses PyTensor's compile cache)
@@ -168,7 +196,8 @@ def fit_pymc(design, args, sampler: str) -> dict:
             progressbar=False, compute_convergence_checks=False, **kwargs,
         )
     sample_s = time.perf_counter() - ts
-    return {"idata": idata, "key": _key_from_ours(idata.posterior, design), "compile_s": compile_s, "sample_s": sample_s, "wall_s": time.perf_counter() - t0}
+    key = key_effects(args.model)(idata.posterior, design)
+    return {"idata": idata, "key": key, "compile_s": compile_s, "sample_s": sample_s, "wall_s": time.perf_counter() - t0}
 
 
 def _flat_frame(design):
@@ -367,6 +396,7 @@ def worker(args) -> dict:
     self_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     child_rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     res.update(
+        model=args.model,
         path=args.worker,
         participants=int(design.n_participants),
         visits=int(len(design.y)),
@@ -388,11 +418,13 @@ def worker(args) -> dict:
 # ---------------------------------------------------------------- the driver
 
 
-def available(path: str) -> str | None:
+def available(path: str, model: str = "headline") -> str | None:
     """None if the path's tools import here, else the reason."""
     import importlib
 
     needs = {"numpyro": ["jax", "numpyro"], "bambi": ["bambi"], "stan": ["stan"]}.get(path, [])
+    if model == "mmrm" and path not in MMRM_PATHS:
+        return f"not a path for the MMRM (choose from {', '.join(MMRM_PATHS)})"
     for mod in needs:
         try:
             importlib.import_module(mod)
@@ -405,7 +437,7 @@ def run_worker(path: str, data: Path, args, env: dict, timeout: float) -> dict:
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as fh:
         result_file = Path(fh.name)
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", path, "--data", str(data), "--result", str(result_file)]
-    cmd += ["--draws", str(args.draws), "--tune", str(args.tune), "--chains", str(args.chains), "--cores", str(args.cores), "--seed", str(args.seed)]
+    cmd += ["--model", args.model, "--draws", str(args.draws), "--tune", str(args.tune), "--chains", str(args.chains), "--cores", str(args.cores), "--seed", str(args.seed)]
     t0 = time.perf_counter()
     try:
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
@@ -439,7 +471,7 @@ def header(meta: dict) -> str:
 
     memory = f", {meta['memory_gb']} GiB" if meta.get("memory_gb") else ""
     return (
-        f"Measured {meta.get('date', 'date not recorded')} on {meta.get('machine') or 'a machine not recorded'}, "
+        f"Model: {meta.get('model', 'headline')}. Measured {meta.get('date', 'date not recorded')} on {meta.get('machine') or 'a machine not recorded'}, "
         f"{meta.get('cpus', '?')} CPUs{memory}; "
         f"load average at the start {load('load_start')}, at the end {load('load_end')}. "
         f"{meta.get('chains', '?')} chains x {meta.get('draws', '?')} draws after {meta.get('tune', '?')} tuning steps, "
@@ -465,10 +497,11 @@ def table(results: list[dict]) -> str:
         ("vs_bambi", "x bambi"), ("vs_pymc", "x pymc"), ("vs_numpyro", "x numpyro"), ("vs_stan", "x stan"),
         ("divergences", "div"), ("peak_rss_mb", "peak MB"),
     ]
+    cols = [("model", "model"), *cols]
     lines = ["| " + " | ".join(c[1] for c in cols) + " |", "|" + "---|" * len(cols)]
     for r in results:
         if "error" in r:
-            lines.append(f"| {r['path']} | {r.get('scale', '')} | {r.get('run', '')} | error: {r['error'][:200]} |")
+            lines.append(f"| {r.get('model', 'headline')} | {r['path']} | {r.get('scale', '')} | {r.get('run', '')} | error: {r['error'][:200]} |")
             continue
         lines.append("| " + " | ".join(fmt(r.get(c[0])) for c in cols) + " |")
     return "\n".join(lines)
@@ -498,14 +531,16 @@ def add_ratios(results: list[dict]) -> None:
     """ESS/s (key effects, sampling time) relative to bambi, PyMC default, numpyro and Stan, same scale and run."""
     for r in results:
         for ref, col in RATIO_BASES:
-            base = next((b for b in results if b.get("path") == ref and b.get("scale") == r.get("scale") and b.get("run") == r.get("run") and "error" not in b), None)
+            base = next((b for b in results if b.get("path") == ref and b.get("scale") == r.get("scale") and b.get("run") == r.get("run")
+                         and b.get("model", "headline") == r.get("model", "headline") and "error" not in b), None)
             if base and "error" not in r and base["ess_per_s_sampling"] > 0:
                 r[col] = r["ess_per_s_sampling"] / base["ess_per_s_sampling"]
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--paths", default=",".join(PATHS), help=f"comma-separated subset of {','.join(PATHS)}")
+    ap.add_argument("--model", choices=("headline", "mmrm"), default="headline", help="the model benchmarked (default: headline)")
+    ap.add_argument("--paths", default=None, help=f"comma-separated subset of {','.join(PATHS)} (default: every path the model has)")
     ap.add_argument("--scales", default="1,10", help="participant multipliers of the 252-participant trial")
     ap.add_argument("--draws", type=int, default=1000)
     ap.add_argument("--tune", type=int, default=1000)
@@ -532,13 +567,14 @@ def main(argv=None) -> int:
         res = worker(args)
         args.result.write_text(json.dumps(res, default=float))
         return 0
+    stem = "results" if args.model == "headline" else f"results_{args.model}"
     if args.render:
-        saved = json.loads((args.out / "results.json").read_text())
-        (args.out / "results.md").write_text(render(saved["settings"], saved["results"]) + "\n")
+        saved = json.loads((args.out / f"{stem}.json").read_text())
+        (args.out / f"{stem}.md").write_text(render(saved["settings"], saved["results"]) + "\n")
         return 0
     if args.tiny:
         args.draws, args.tune, args.chains = min(args.draws, 60), min(args.tune, 60), 2
-    paths = [p for p in args.paths.split(",") if p]
+    paths = [p for p in (args.paths or ",".join(MMRM_PATHS if args.model == "mmrm" else PATHS)).split(",") if p]
     unknown = set(paths) - set(PATHS)
     if unknown:
         ap.error(f"unknown paths {sorted(unknown)}; choose from {PATHS}")
@@ -552,23 +588,23 @@ def main(argv=None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     from inference.idata_io import load_average, machine_record
 
-    meta = {"draws": args.draws, "tune": args.tune, "chains": args.chains, "cores": args.cores, "seed": args.seed, "tiny": args.tiny, **machine_record()}
+    meta = {"model": args.model, "draws": args.draws, "tune": args.tune, "chains": args.chains, "cores": args.cores, "seed": args.seed, "tiny": args.tiny, **machine_record()}
     print(f"benchmark: paths {paths}, scales {scales}, {args.chains} chains x {args.draws} draws after {args.tune}; scratch {work}", file=sys.stderr)
 
     def write_results() -> str:  # after every fit, so an interrupted run keeps what it measured
         add_ratios(results)
         meta["load_end"] = load_average()
         text = render(meta, results)
-        tmp = args.out / "results.json.tmp"
+        tmp = args.out / f"{stem}.json.tmp"
         tmp.write_text(json.dumps({"settings": meta, "results": results}, indent=2, default=float) + "\n")
-        tmp.replace(args.out / "results.json")
-        (args.out / "results.md").write_text(text + "\n")
+        tmp.replace(args.out / f"{stem}.json")
+        (args.out / f"{stem}.md").write_text(text + "\n")
         return text
 
     for scale in scales:
         data = make_data(scale, args.tiny, work)
         for path in paths:
-            reason = available(path)
+            reason = available(path, args.model)
             if reason:
                 results.append({"path": path, "scale": scale, "run": "cold", "error": reason})
                 continue
@@ -587,7 +623,7 @@ def main(argv=None) -> int:
                 write_results()
     text = write_results()
     print(text)
-    print(f"wrote {args.out}/results.json and results.md", file=sys.stderr)
+    print(f"wrote {args.out}/{stem}.json and {stem}.md", file=sys.stderr)
     shutil.rmtree(work, ignore_errors=True)  # simulated trials and the per-path compile caches
     return 0
 

@@ -459,6 +459,12 @@ def fused_functions(kernel: str = kernels.KERNEL, cache_folder=None):
 
 
 
+def uses_fused(compiled) -> bool:
+    """Whether a compiled model from `compile_nutpie` calls a fused log density (else nutpie's compiled graph)."""
+    logp = getattr(compiled, "compiled_logp_func", None)
+    return any(logp is funcs[0] for funcs in _COMPILED.values())
+
+
 def compile_fused(model, layout: kernels.FusedLayout, cache_folder=None):
     """A nutpie compiled model that calls the fused functions; names, dims and initial points from `model`."""
     from nutpie.compile_pymc import CompiledPyMCModel, _prepare_dims_and_coords, _rv_dict_to_flat_array_wrapper, _wrap_with_lock

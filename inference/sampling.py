@@ -26,7 +26,7 @@ import pymc as pm
 
 from models.contract import VISIT_CHANGES, VISIT_SCORES, BuiltModel
 
-from .compile import compile_nutpie
+from .compile import compile_nutpie, uses_fused
 from .marginal import INTEGRATED_NOTES, finish_marginal_fit, mmrm_integrated_log_likelihood, plain_integrated_log_likelihood
 
 SAMPLERS = ("nutpie", "pymc")
@@ -71,6 +71,7 @@ def sample_posterior(built: BuiltModel, settings: SamplerSettings, quiet: bool =
         compiled, cached = compile_nutpie(built, fused=settings.fused)
         timings["compile_s"] = time.perf_counter() - t0
         timings["compile_cached"] = float(cached)
+        timings["fused_log_density"] = float(uses_fused(compiled))  # 1: inference/kernels*.py; 0: the compiled graph
         _log(f"  compiled in {timings['compile_s']:.1f} s; sampling {settings.chains} chains x {settings.draws} draws", quiet)
         t0 = time.perf_counter()
         idata = nutpie.sample(
@@ -164,7 +165,10 @@ def complete_fit(idata: az.InferenceData, built: BuiltModel, seed: int, fast: Bu
             del idata[group]
     t0 = time.perf_counter()
     with built.model:
-        pm.compute_log_likelihood(idata, var_names=list(built.outcome_vars), extend_inferencedata=True, progressbar=False)
+        if built.pointwise is not None:  # the model's own numpy densities: no graph to compile
+            idata.add_groups({"log_likelihood": _pointwise_dataset(built, idata.posterior)})
+        else:
+            pm.compute_log_likelihood(idata, var_names=list(built.outcome_vars), extend_inferencedata=True, progressbar=False)
         timings["log_likelihood_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         pm.sample_posterior_predictive(
@@ -180,6 +184,20 @@ def complete_fit(idata: az.InferenceData, built: BuiltModel, seed: int, fast: Bu
             idata.log_likelihood.attrs.update(INTEGRATED_NOTES)
         timings["integrated_log_likelihood_s"] = time.perf_counter() - t0
     return timings
+
+
+def _pointwise_dataset(built: BuiltModel, posterior):
+    """The log_likelihood group from BuiltModel.pointwise, with the outcome variables' dims and coords."""
+    import xarray as xr
+
+    model = built.model
+    out = {}
+    for name, values in built.pointwise(posterior).items():
+        dims = ("chain", "draw", *model.named_vars_to_dims[name])
+        coords = {"chain": posterior["chain"].values, "draw": posterior["draw"].values}
+        coords.update({dim: np.asarray(model.coords[dim]) for dim in dims[2:]})
+        out[name] = xr.DataArray(values, dims=dims, coords=coords)
+    return xr.Dataset(out)
 
 
 def _add_data_groups(idata: az.InferenceData, model: pm.Model) -> None:

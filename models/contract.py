@@ -39,6 +39,9 @@ class BuiltModel:
                   pointwise log-likelihood after sampling (inference/marginal.py)
     fused_kernel  the name of a hand-written log density that computes this model exactly
                   (inference/compile.KERNELS: 'trajectory', 'mmrm'), or None: the graph is compiled
+    pointwise     a numpy function of the posterior (an xarray Dataset) returning {outcome var: chain x draw x
+                  observation array} of the pointwise log-likelihood, exactly the model's own densities
+                  (tested against PyMC's), used instead of compiling the graph's; or None
     notes         what the model did with the data beyond the visit scores (biomarker values
                   imputed, censored, participants left out), reported beside its estimates
     """
@@ -52,6 +55,7 @@ class BuiltModel:
     fast_variant: Callable[[], "BuiltModel"] | None = None
     marginal: bool = False
     fused_kernel: str | None = None
+    pointwise: Callable | None = None
     notes: dict = field(default_factory=dict)
 
     def __post_init__(self):

@@ -29,6 +29,7 @@ Normal likelihood only.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import pymc as pm
@@ -171,6 +172,46 @@ def _random(n_rows: int, obs_row: np.ndarray, obs_visit: np.ndarray):
     return random
 
 
+def pointwise_logp(posterior, design: TrialDesign) -> dict[str, np.ndarray]:
+    """The pointwise log-likelihood of 'change' (chain x draw x obs) from the posterior, in numpy.
+
+    The same densities as the model's CustomDist (`_conditional_logp`): per observation, the
+    conditional normal density of the visit given the participant's earlier attended visits, from the
+    Cholesky factor of the pattern's block of Sigma (for a drop-out pattern, the leading block of
+    Sigma's own factor); the mean from the same coefficients. tests/test_mmrm.py checks it against
+    PyMC's compute_log_likelihood.
+    """
+    d = mmrm_data(design)
+    nv = len(d.visits)
+    get = lambda name: posterior[name].transpose("chain", "draw", ...).values  # noqa: E731
+    treated = design.treated[d.rows][d.obs_row]
+    base = (d.baseline - d.baseline_center)[d.obs_row]
+    v = d.obs_visit
+    mu = get("visit_mean")[..., v] + get("nac_visit_effect")[..., v] * treated + get("baseline_slope")[..., v] * base
+    if "site_effect" in posterior:
+        mu = mu + get("site_effect")[..., design.site_idx[d.rows][d.obs_row]]
+    packed = get("visit_chol")
+    rows, cols = np.tril_indices(nv)
+    chol = np.zeros(packed.shape[:-1] + (nv, nv))
+    chol[..., rows, cols] = packed
+    resid = d.obs_change - mu
+    out = np.empty_like(resid)
+    cov = None
+    for vis, start, n_p, is_prefix in d.patterns:
+        k = len(vis)
+        if is_prefix:
+            lower = chol[..., :k, :k]
+        else:
+            cov = chol @ np.swapaxes(chol, -1, -2) if cov is None else cov
+            lower = np.linalg.cholesky(cov[..., vis[:, None], vis[None, :]])
+        block = slice(start, start + n_p * k)
+        r = resid[..., block].reshape(resid.shape[:-1] + (n_p, k))
+        e = np.einsum("...jk,...pk->...pj", np.linalg.inv(lower), r)
+        lp = -0.5 * e**2 - np.log(np.diagonal(lower, axis1=-2, axis2=-1))[..., None, :] - 0.5 * _LOG_2PI
+        out[..., block] = lp.reshape(resid.shape[:-1] + (n_p * k,))
+    return {"change": out}
+
+
 def build_mmrm(design: TrialDesign, priors: dict | None = None, likelihood: str = "normal") -> BuiltModel:
     if likelihood not in LIKELIHOODS:
         raise ValueError(f"the MMRM supports likelihoods {LIKELIHOODS}, not '{likelihood}'")
@@ -226,4 +267,6 @@ def build_mmrm(design: TrialDesign, priors: dict | None = None, likelihood: str 
         pm.Deterministic("nac_effect", pt.concatenate([zero, nac]), dims="week")
         pm.Deterministic("placebo_change", pt.concatenate([zero, visit_mean]), dims="week")
     used = pri if len(design.sites) > 1 else {k: v for k, v in pri.items() if k != "site"}
-    return BuiltModel(NAME, model, design, used, ("change",), VISIT_CHANGES, fused_kernel="mmrm")
+    return BuiltModel(
+        NAME, model, design, used, ("change",), VISIT_CHANGES, fused_kernel="mmrm", pointwise=partial(pointwise_logp, design=design)
+    )

@@ -134,6 +134,22 @@ def test_log_likelihood_is_the_marginal_normal_of_attended_visits(design_nobio):
 
 
 @pytest.mark.unit
+def test_numpy_pointwise_log_likelihood_equals_pymc(design_nobio, design):
+    """BuiltModel.pointwise (used instead of compiling the graph) gives PyMC's own pointwise densities."""
+    import arviz as az
+    import pymc as pm
+
+    for dsg in (design_nobio, design):
+        built = get("mmrm").build(dsg)
+        prior = pm.sample_prior_predictive(draws=6, model=built.model, random_seed=3).prior
+        idata = az.InferenceData(posterior=prior)
+        with built.model:
+            pm.compute_log_likelihood(idata, var_names=["change"], extend_inferencedata=True, progressbar=False)
+        ours = built.pointwise(prior)["change"]
+        np.testing.assert_allclose(ours, idata.log_likelihood["change"].values, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.unit
 def test_dims_priors_and_prior_predictive(design_nobio, design):
     for des in (design_nobio, design):  # no biomarkers needed; biomarkers present are ignored
         built = get("mmrm").build(des)

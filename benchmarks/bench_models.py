@@ -1,0 +1,140 @@
+#!/usr/bin/env python
+"""Every registered model on the bundled trial: its fit from empty caches and cached, as `fit.py --model NAME` runs it.
+
+    python benchmarks/bench_models.py                     # writes benchmarks/results/models.json and models.md
+    python benchmarks/bench_models.py --models mmrm headline --draws 500
+
+Per model, two runs in new processes: from empty caches (a new numba cache of the compiled models
+and a new PyTensor compile folder) and cached (the same caches again). Reported from the run's
+run.json and convergence.csv: compile and sampling time, the model's wall time in the worker, the
+process wall time, whether the log density was the fused one (inference/kernels*.py) or the
+compiled graph, divergences and the minimum bulk and tail ESS over the model's parameters. The
+targets the project holds itself to (docs/performance.md) are checked in the last column: cold
+compile at most 15 s, sampling at most 5 s, no divergence, minimum bulk ESS at least 400.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(ROOT))
+from inference.idata_io import load_average, machine_record  # noqa: E402
+
+TARGETS = {"compile_s": 15.0, "sample_s": 5.0, "divergences": 0, "min_bulk_ess": 400.0}
+
+
+def run_model(name: str, work: Path, label: str, env: dict, args) -> dict:
+    out = work / f"{name}_{label}"
+    cmd = [sys.executable, str(ROOT / "fit.py"), "--model", name, "--out", str(out), "--quiet", "--seed", str(args.seed),
+           "--draws", str(args.draws), "--tune", str(args.tune), "--chains", str(args.chains)]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if proc.returncode not in (0, 1) or not (out / "run.json").exists():
+        return {"model": name, "run": label, "error": f"exit {proc.returncode}: {proc.stderr.strip()[-300:]}"}
+    run = json.loads((out / "run.json").read_text())
+    m = run["models"][name]
+    t = m["timings"]
+    with open(out / name / "convergence.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    bulk = [float(r["ess_bulk"]) for r in rows if r.get("ess_bulk") not in (None, "", "nan")]
+    tail = [float(r["ess_tail"]) for r in rows if r.get("ess_tail") not in (None, "", "nan")]
+    return {
+        "model": name,
+        "run": label,
+        "process_s": round(wall, 1),
+        "model_wall_s": round(float(t.get("wall_s", float("nan"))), 1),
+        "compile_s": round(float(t["compile_s"]), 1),
+        "sample_s": round(float(t["sample_s"]), 2),
+        "log_density": {1.0: "fused", 0.0: "graph"}.get(t.get("fused_log_density"), "-"),
+        "divergences": int(m.get("divergences", -1)),
+        "min_bulk_ess": min(bulk) if bulk else float("nan"),
+        "min_tail_ess": min(tail) if tail else float("nan"),
+        "converged": bool(m.get("converged")),
+    }
+
+
+def meets(r: dict) -> str:
+    missed = []
+    if r["run"] == "empty caches" and r["compile_s"] > TARGETS["compile_s"]:
+        missed.append("compile")
+    if r["sample_s"] > TARGETS["sample_s"]:
+        missed.append("sampling")
+    if r["divergences"] != TARGETS["divergences"]:
+        missed.append("divergences")
+    if not r["min_bulk_ess"] >= TARGETS["min_bulk_ess"]:
+        missed.append("ESS")
+    return "yes" if not missed else "no: " + ", ".join(missed)
+
+
+def render(meta: dict, rows: list[dict]) -> str:
+    load = lambda key: ", ".join(f"{x:.2f}" for x in meta[key]) + " (1, 5, 15 min)"  # noqa: E731
+    lines = [
+        f"Measured {meta['date']} on {meta['machine']}, {meta['cpus']} CPUs; load average at the start {load('load_start')}, "
+        f"at the end {load('load_end')}. Each model: `python fit.py --model NAME` on the bundled trial, {meta['chains']} chains x "
+        f"{meta['draws']} draws after {meta['tune']} tuning steps, seed {meta['seed']}, from empty caches and cached. "
+        "Regenerate with `python benchmarks/bench_models.py` (docs/performance.md).",
+        "",
+        "Targets: compile from empty caches at most 15 s, sampling at most 5 s, 0 divergences, minimum bulk ESS at least 400.",
+        "",
+        "| model | run | log density | compile s | sampling s | model wall s | process s | divergences | min bulk ESS | min tail ESS | targets met |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['model']} | {r['run']} | error: {r['error'][:200]} |")
+            continue
+        lines.append(
+            f"| {r['model']} | {r['run']} | {r['log_density']} | {r['compile_s']} | {r['sample_s']} | {r['model_wall_s']} | {r['process_s']} | "
+            f"{r['divergences']} | {r['min_bulk_ess']:.0f} | {r['min_tail_ess']:.0f} | {meets(r)} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    from models import REGISTRY
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", nargs="+", default=list(REGISTRY), help="registered models (default: all)")
+    ap.add_argument("--draws", type=int, default=1000)
+    ap.add_argument("--tune", type=int, default=1000)
+    ap.add_argument("--chains", type=int, default=4)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--out", type=Path, default=HERE / "results", help="folder for models.json and models.md")
+    args = ap.parse_args(argv)
+    meta = {**machine_record(), "draws": args.draws, "tune": args.tune, "chains": args.chains, "seed": args.seed}
+    rows = []
+    work = Path(tempfile.mkdtemp(prefix="deptrial-models-"))
+    try:
+        for name in args.models:
+            caches = work / f"caches_{name}"
+            env = {**os.environ, "DEPTRIAL_CACHE": str(caches / "deptrial"), "PYTENSOR_FLAGS": f"base_compiledir={caches / 'pytensor'}",
+                   "PYTHONWARNINGS": "ignore"}
+            for label in ("empty caches", "cached"):
+                print(f"  {name} ({label}) ...", file=sys.stderr, flush=True)
+                rows.append(run_model(name, work, label, env, args))
+            shutil.rmtree(caches, ignore_errors=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    meta["load_end"] = load_average()
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "models.json").write_text(json.dumps({"settings": meta, "runs": rows}, indent=2) + "\n")
+    text = render(meta, rows)
+    (args.out / "models.md").write_text(text + "\n")
+    print(text)
+    return 0 if all("error" not in r for r in rows) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
