@@ -38,11 +38,43 @@ def run_once(work: Path, label: str, env: dict, extra: list[str]) -> dict:
     run = json.loads((out / "run.json").read_text())
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     models = {
-        name: {k: round(float(v), 2) for k, v in m["timings"].items() if k in ("wall_s", "compile_s", "sample_s", "finish_s", "diagnose_s", "write_s")}
+        name: {k: round(float(v), 2) for k, v in m["timings"].items() if isinstance(v, (int, float))}
         | {"idata_mb": round(m.get("idata_bytes", 0) / 2**20, 1)}
         for name, m in run["models"].items()
     }
-    return {"run": label, "wall_s": round(wall, 1), "results_mb": round(size / 2**20, 1), "models": models}
+    report_s = round(float(run.get("diagnostics", {}).get("wall_s", float("nan"))), 2)
+    return {"run": label, "wall_s": round(wall, 1), "results_mb": round(size / 2**20, 1), "models": models, "comparison_report_s": report_s}
+
+
+# where a model's time goes, in the order it is spent: (label, how it is computed from run.json's timings)
+STAGES = (
+    ("build", lambda t: t.get("worker_wall_s", 0) - t.get("total_s", 0)),
+    ("prior predictive", lambda t: t.get("prior_predictive_s")),
+    ("compile", lambda t: t.get("compile_s")),
+    ("sampling", lambda t: t.get("sample_s")),
+    ("completing the fit", lambda t: t.get("total_s", 0) - sum(t.get(k, 0) for k in ("prior_predictive_s", "compile_s", "sample_s"))),
+    ("convergence verdict", lambda t: t.get("verdict_s")),
+    ("estimates and files", lambda t: t.get("finish_s", 0) - t.get("verdict_s", 0) - t.get("write_s", 0)),
+    ("writing idata.nc", lambda t: t.get("write_s")),
+    ("posterior predictive checks", lambda t: t.get("ppc_s")),
+    ("leave-one-out", lambda t: t.get("loo_s")),
+    ("figures", lambda t: t.get("figures_s")),
+)
+
+
+def stage_table(run: dict) -> str:
+    """One column per model: the seconds of each stage of its fit in its worker (from run.json)."""
+    names = list(run["models"])
+    lines = ["| stage | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for label, value in STAGES:
+        cells = []
+        for name in names:
+            v = value(run["models"][name])
+            cells.append("-" if v is None else f"{v:.1f}")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines.append("| model total in its worker | " + " | ".join(
+        f"{run['models'][n].get('wall_s', 0) + run['models'][n].get('finish_s', 0) + run['models'][n].get('diagnose_s', 0):.1f}" for n in names) + " |")
+    return "\n".join(lines)
 
 
 def render(meta: dict, runs: list[dict]) -> str:
@@ -64,6 +96,12 @@ def render(meta: dict, runs: list[dict]) -> str:
             after = m.get("finish_s", 0.0) + m.get("diagnose_s", 0.0)
             lines.append(f"| {first[0]} | {first[1]} | {first[2]} | {name} | {m.get('wall_s', '-')} | {m.get('compile_s', '-')} | "
                          f"{m.get('sample_s', '-')} | {after:.1f} | {m.get('idata_mb', '-')} | {m.get('write_s', '-')} |")
+    for r in runs:
+        if "error" in r:
+            continue
+        lines += ["", f"Where the time goes, run '{r['run']}' (seconds; the models' workers run side by side, one per core; "
+                  f"the comparison and the report then took {r.get('comparison_report_s', float('nan')):.1f} s in the main process, "
+                  "the rest of the wall time is start-up: imports and worker processes):", "", stage_table(r)]
     return "\n".join(lines)
 
 

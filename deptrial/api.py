@@ -272,7 +272,9 @@ def finish_fit(name: str, idata, built, *, out: str, data_source: str, likelihoo
         data_changes=changes,
         design_constants=design_constants(design),  # time coding and marker scaling, for plan.py
     )
+    tv = time.perf_counter()
     check = verdict(idata)
+    verdict_s = time.perf_counter() - tv
     table = model_estimates(idata, spec, design, mcid)
     folder = Path(out) / name
     folder.mkdir()
@@ -289,7 +291,8 @@ def finish_fit(name: str, idata, built, *, out: str, data_source: str, likelihoo
     elif spec.compared and "y_participant" in idata.log_likelihood:  # the MMRM: in the comparison on the integrated densities
         diagnosed = score_model(name, idata, table, spec.description, check=check)
     return {"check": check, "table": table, "notes": built.notes, "diagnostics": diagnosed,
-            "finish_s": t1 - t0, "diagnose_s": time.perf_counter() - t1,
+            "finish_s": t1 - t0, "diagnose_s": time.perf_counter() - t1, "verdict_s": verdict_s,
+            **(diagnosed.timings if diagnosed is not None else {}),
             "idata_bytes": written["bytes"], "write_s": written["write_s"]}
 
 
@@ -329,7 +332,7 @@ def _run(specs, ds, design, source, changes, settings, tmp: Path, out: Path, *, 
         if notes.get("text"):
             log(f"  {notes['text']}")
         wall = timings.get("worker_wall_s", timings.get("total_s", 0.0))  # fit only; finishing is timed apart
-        timings.update(wall_s=wall, finish_s=done["finish_s"], diagnose_s=done["diagnose_s"], write_s=done["write_s"])
+        timings.update(wall_s=wall, **{k: done[k] for k in ("finish_s", "diagnose_s", "write_s", "verdict_s", "ppc_s", "loo_s", "figures_s") if k in done})
         run["models"][name] = {"converged": check.ok, "timings": timings, "divergences": check.divergences, "idata_bytes": done["idata_bytes"]}
         if notes:
             run["models"][name]["data_notes"] = notes

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import json
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -55,6 +56,7 @@ class ModelDiagnostics:
     created: str = ""
     settings: dict = field(default_factory=dict)
     priors: dict = field(default_factory=dict)
+    timings: dict = field(default_factory=dict)  # seconds per stage: ppc_s, loo_s, figures_s
 
 
 @dataclass
@@ -107,8 +109,11 @@ def diagnose_model(
 ) -> ModelDiagnostics:
     """Convergence (unless its verdict `check` is given), PPC, both LOO levels and the figures of one fitted model (no refits)."""
     check = check if check is not None else verdict(idata)
+    t0 = time.perf_counter()
     ppc = run_ppc(idata, treated=treated, labels=labels, remission_cutoff=remission_cutoff)
+    t1 = time.perf_counter()
     loo = {"participant": loo_participants(idata), "visit": loo_visits(idata)}
+    t2 = time.perf_counter()
     ix = obs_index(idata, treated, labels)
     figures = {
         "rank": plots.rank_plot(idata),
@@ -118,6 +123,7 @@ def diagnose_model(
         "rates": plots.rates_plot(ppc.rates) if len(ppc.rates) else None,
         "loo_pit": plots.loo_pit_plot(idata),
     }
+    timings = {"ppc_s": t1 - t0, "loo_s": t2 - t1, "figures_s": time.perf_counter() - t2}
     priors = _attr(idata, "priors", {}) or {}
     return ModelDiagnostics(
         name=name,
@@ -132,6 +138,7 @@ def diagnose_model(
         created=str(idata.posterior.attrs.get("created", "")),
         settings=_attr(idata, "settings", {}) or {},
         priors=priors if isinstance(priors, dict) else {},
+        timings=timings,
     )
 
 

@@ -124,6 +124,7 @@ def sample_all(built: BuiltModel, settings: SamplerSettings, quiet: bool = False
     with model, warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         prior = pm.sample_prior_predictive(draws=settings.prior_draws, random_seed=prior_seed)
+    prior_s = time.perf_counter() - t_start
     fast = None
     if settings.fast and built.fast_variant is not None:
         fast = built.fast_variant()
@@ -141,6 +142,7 @@ def sample_all(built: BuiltModel, settings: SamplerSettings, quiet: bool = False
     # observed/constant data from the model itself, identical whichever sampler ran
     _add_data_groups(idata, model)
     timings.update(complete_fit(idata, built, settings.seed, fast=fast))
+    timings["prior_predictive_s"] = prior_s
     timings["total_s"] = time.perf_counter() - t_start
     return idata, timings
 
