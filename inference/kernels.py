@@ -14,8 +14,11 @@ missing and censored entries, models/marker_block.py), the priors, the LKJ Chole
 the sum-to-zero site offsets and the closed-form marginal likelihood. tests/test_fused.py checks
 value, gradient and stored variables against PyTensor's own at random points on several designs
 and priors (constants agree to float32 rounding of PyMC's log prior scales; gradients to ~1e-13).
-The models without biomarkers or without an arm (treatment, null) are the same function with those
-blocks absent.
+Every member of the trajectory family is the same function with its blocks present or absent:
+biomarkers (headline, moderation), the arm (all but null), the biomarker x arm term of the
+moderation model (inside each participant's treatment-phase change) and the curvature of
+treatment_curved (a 4th fixed coefficient per participant, on q = 4 t1 (1 - t1), with its own
+sufficient statistics).
 
 The PyMC model still supplies the variable names, dims, transforms, initial points and the prior
 predictive: only the two functions nutpie calls (log density with gradient, and the expansion of a
@@ -35,7 +38,8 @@ from functools import lru_cache
 import numba
 import numpy as np
 
-from models.marginal import visit_stats
+from models.marginal import fixed_terms, visit_stats
+from models.trajectory import curve_basis, visit_columns
 
 KERNEL = "trajectory"
 
@@ -47,8 +51,9 @@ LOGCDF_SWITCH = -20.0  # as models/marker_block.py
 # prior families
 NORMAL, HALFNORMAL, EXPONENTIAL, GAMMA, HALFCAUCHY, ZEROSUM, LKJ = 1, 2, 3, 4, 5, 6, 7
 # prior slots (3 numbers each: family, p1, p2)
-P_INTERCEPT, P_TIME, P_NAC, P_PROG, P_MOD, P_SITE, P_PSD, P_CORR, P_RESID, P_MMEAN, P_MSD, P_MREG = range(12)
-N_PRIORS = 12
+(P_INTERCEPT, P_TIME, P_NAC, P_PROG, P_MOD, P_SITE, P_PSD, P_CORR, P_RESID, P_MMEAN, P_MSD, P_MREG,
+ P_NMOD, P_TCURV, P_NCURV) = range(15)
+N_PRIORS = 15
 # blocks of the unconstrained vector (value variables of the PyMC model)
 X_BLOCKS = (
     "marker_mean",
@@ -64,8 +69,12 @@ X_BLOCKS = (
     "site_effect_zerosum__",
     "participant_chol_cholesky-cov-packed__",
     "residual_sd_log__",
+    "nac_marker_moderation",
+    "time_curvature",
+    "nac_curvature",
 )
-(X_MMEAN, X_MSD, X_MREG, X_MISS, X_CENS, X_ICPT, X_TIME, X_NAC, X_PROG, X_MOD, X_SITE, X_CHOL, X_RESID) = range(len(X_BLOCKS))
+(X_MMEAN, X_MSD, X_MREG, X_MISS, X_CENS, X_ICPT, X_TIME, X_NAC, X_PROG, X_MOD, X_SITE, X_CHOL, X_RESID, X_NMOD, X_TCURV,
+ X_NCURV) = range(len(X_BLOCKS))
 # blocks of the expanded draw after the unconstrained vector (the model's other stored variables)
 E_BLOCKS = (
     "marker_sd",
@@ -80,12 +89,16 @@ E_BLOCKS = (
     "placebo_change",
     "moderation_per_doubling",
     "prognostic_per_doubling",
+    "nac_moderation_per_doubling",
 )
-(E_MSD, E_CENS, E_SITE, E_CHOL, E_RESID, E_PSD, E_CORR, E_FIXED, E_NAC, E_PLACEBO, E_MODD, E_PROGD) = range(len(E_BLOCKS))
-# fields of the context array
+(E_MSD, E_CENS, E_SITE, E_CHOL, E_RESID, E_PSD, E_CORR, E_FIXED, E_NAC, E_PLACEBO, E_MODD, E_PROGD, E_NMODD) = range(len(E_BLOCKS))
+# fields of the context array; F_XQ (per participant: sums of q, t1 q, t2 q, q^2), F_QY (sum of q y) and
+# F_WEEK_Q (q per scheduled week) are empty unless the model is curved
 (F_SIZES, F_XOFF, F_EOFF, F_PRIORS, F_TREATED, F_SITE_IDX, F_XX, F_XY, F_YY, F_NVIS, F_ZDATA, F_ZSTATUS, F_ZINDEX, F_ZUPPER,
- F_PER_DOUBLING, F_WEEK_T1, F_WEEK_T2) = range(17)
-N_FIELDS = 17
+ F_PER_DOUBLING, F_WEEK_T1, F_WEEK_T2, F_XQ, F_QY, F_WEEK_Q) = range(20)
+N_FIELDS = 20
+# sizes (field F_SIZES): participants, markers, missing and censored marker entries, sites (0 for one), follow-up (0/1),
+# length of x, length of the expanded draw, scheduled weeks, curved (0/1)
 # marker entry status
 OBSERVED, MISSING, CENSORED = 0, 1, 2
 
@@ -329,14 +342,15 @@ def _site_values(x, ctx):
 
 @_jit
 def _fixed_part(x, ctx, z, site):
-    """Per-participant (level, change by end of treatment, follow-up change): participant x 3."""
+    """Per-participant (level, change by end of treatment, follow-up change[, curvature]): participant x 3 (4 when curved)."""
     sizes = _field(ctx, F_SIZES)
-    n_p, m, followup = int(sizes[0]), int(sizes[1]), int(sizes[5])
+    n_p, m, followup, curved = int(sizes[0]), int(sizes[1]), int(sizes[5]), int(sizes[9])
     xo = _field(ctx, F_XOFF)
     treated, site_idx = _field(ctx, F_TREATED), _field(ctx, F_SITE_IDX)
-    o_prog, o_mod, o_time, o_nac = int(xo[X_PROG]), int(xo[X_MOD]), int(xo[X_TIME]), int(xo[X_NAC])
+    o_prog, o_mod, o_time, o_nac, o_nmod = int(xo[X_PROG]), int(xo[X_MOD]), int(xo[X_TIME]), int(xo[X_NAC]), int(xo[X_NMOD])
+    o_tcurv, o_ncurv = int(xo[X_TCURV]), int(xo[X_NCURV])
     icpt = x[int(xo[X_ICPT])]
-    fixed = np.empty((n_p, 3))
+    fixed = np.empty((n_p, 3 + curved))
     for i in range(n_p):
         level = icpt + site[int(site_idx[i])]
         ch1 = x[o_time]
@@ -345,6 +359,11 @@ def _fixed_part(x, ctx, z, site):
         for k in range(m):
             level += z[i, k] * x[o_prog + k]
             ch1 += z[i, k] * x[o_mod + k]
+        if o_nmod >= 0:  # biomarker x arm (moderation model)
+            nmod = 0.0
+            for k in range(m):
+                nmod += z[i, k] * x[o_nmod + k]
+            ch1 += nmod * treated[i]
         fixed[i, 0] = level
         fixed[i, 1] = ch1
         fixed[i, 2] = 0.0
@@ -352,18 +371,23 @@ def _fixed_part(x, ctx, z, site):
             fixed[i, 2] = x[o_time + 1]
             if o_nac >= 0:
                 fixed[i, 2] += x[o_nac + 1] * treated[i]
+        if curved:  # the bend kappa_0 + kappa_1 T_i
+            fixed[i, 3] = x[o_tcurv]
+            if o_ncurv >= 0:
+                fixed[i, 3] += x[o_ncurv] * treated[i]
     return fixed
 
 
 @_jit
 def logp_grad(x, ctx, grad):
-    """Log density of the marginal headline model at unconstrained x; its gradient into grad."""
+    """Log density of a marginal trajectory model at unconstrained x; its gradient into grad."""
     sizes = _field(ctx, F_SIZES)
-    n_p, m, n_s, followup = int(sizes[0]), int(sizes[1]), int(sizes[4]), int(sizes[5])
+    n_p, m, n_s, followup, curved = int(sizes[0]), int(sizes[1]), int(sizes[4]), int(sizes[5]), int(sizes[9])
     xo = _field(ctx, F_XOFF)
     pri = _field(ctx, F_PRIORS)
     treated, site_idx = _field(ctx, F_TREATED), _field(ctx, F_SITE_IDX)
     xx, xy, yy, nvis = _field(ctx, F_XX), _field(ctx, F_XY), _field(ctx, F_YY), _field(ctx, F_NVIS)
+    xq, qy = _field(ctx, F_XQ), _field(ctx, F_QY)
     for j in range(grad.shape[0]):
         grad[j] = 0.0
 
@@ -384,20 +408,32 @@ def logp_grad(x, ctx, grad):
     n_total = 0.0
 
     g00 = g10 = g11 = d_s2 = 0.0
-    d_icpt = d_t0 = d_t1 = d_n0 = d_n1 = 0.0
+    d_icpt = d_t0 = d_t1 = d_n0 = d_n1 = d_tc = d_nc = 0.0
     d_site = np.zeros(max(n_s, 1))
     adj = np.empty((n_p, m))  # every entry is set in the participant loop below
-    o_prog, o_mod = int(xo[X_PROG]), int(xo[X_MOD])
+    o_prog, o_mod, o_nmod = int(xo[X_PROG]), int(xo[X_MOD]), int(xo[X_NMOD])
     d_prog = np.zeros(m)
     d_mod = np.zeros(m)
+    d_nmod = np.zeros(m)
     for i in range(n_p):
         a00, a01, a02, a11, a12, a22 = xx[6 * i], xx[6 * i + 1], xx[6 * i + 2], xx[6 * i + 3], xx[6 * i + 4], xx[6 * i + 5]
         c0, c1, c2 = fixed[i, 0], fixed[i, 1], fixed[i, 2]
         gc0 = a00 * c0 + a01 * c1 + a02 * c2
         gc1 = a01 * c0 + a11 * c1 + a12 * c2
         gc2 = a02 * c0 + a12 * c1 + a22 * c2
+        a03 = a13 = c3 = gc3 = r3 = 0.0
+        if curved:  # the 4th column q: X'X gains (a03, a13, a23, a33), X'y gains q'y
+            a03, a13, a23, a33 = xq[4 * i], xq[4 * i + 1], xq[4 * i + 2], xq[4 * i + 3]
+            c3 = fixed[i, 3]
+            gc3 = a03 * c0 + a13 * c1 + a23 * c2 + a33 * c3
+            gc0 += a03 * c3
+            gc1 += a13 * c3
+            gc2 += a23 * c3
+            r3 = qy[i] - gc3
         r0, r1, r2 = xy[3 * i] - gc0, xy[3 * i + 1] - gc1, xy[3 * i + 2] - gc2  # X'r
         rr = yy[i] - 2.0 * (c0 * xy[3 * i] + c1 * xy[3 * i + 1] + c2 * xy[3 * i + 2]) + c0 * gc0 + c1 * gc1 + c2 * gc2
+        if curved:
+            rr += c3 * gc3 - 2.0 * c3 * qy[i]  # the 4th terms of c'X'X c - 2 c'X'y
         n = nvis[i]
         # M = I + L' B L / s2, B = Z'Z = [[a00, a01], [a01, a11]]
         bl00, bl01, bl10, bl11 = a00 * l00 + a01 * l10, a01 * l11, a01 * l00 + a11 * l10, a11 * l11
@@ -424,6 +460,7 @@ def logp_grad(x, ctx, grad):
         dc0 = r0 * inv_s2 - (a00 * h0 + a01 * h1)
         dc1 = r1 * inv_s2 - (a01 * h0 + a11 * h1)
         dc2 = r2 * inv_s2 - (a02 * h0 + a12 * h1)
+        dc3 = r3 * inv_s2 - (a03 * h0 + a13 * h1)  # 0 unless curved
         # d/dL = -B L K / s2 + Z'r (Kw)' / s4 - B L (Kw)(Kw)' / s6
         v0, v1 = bl00 * k0 + bl01 * k1, bl10 * k0 + bl11 * k1
         g00 += -(bl00 * ki00 + bl01 * ki01) * inv_s2 + r0 * k0 * inv_s4 - v0 * k0 * inv_s6
@@ -437,10 +474,17 @@ def logp_grad(x, ctx, grad):
         d_n0 += dc1 * treated[i]
         d_t1 += dc2
         d_n1 += dc2 * treated[i]
+        d_tc += dc3
+        d_nc += dc3 * treated[i]
         for k in range(m):
             d_prog[k] += dc0 * z[i, k]
             d_mod[k] += dc1 * z[i, k]
             adj[i, k] = dc0 * x[o_prog + k] + dc1 * x[o_mod + k]
+        if o_nmod >= 0:
+            dt = dc1 * treated[i]
+            for k in range(m):
+                d_nmod[k] += dt * z[i, k]
+                adj[i, k] += dt * x[o_nmod + k]
 
     lp += -0.5 * (n_total * (LOG2PI + log_s2) + log_det_sum + math.log(det_product))
 
@@ -492,6 +536,21 @@ def logp_grad(x, ctx, grad):
         g, dg = _normal_prior(pri, P_MOD, x[o_mod + k])
         lp += g
         grad[o_mod + k] += d_mod[k] + dg
+    if o_nmod >= 0:
+        for k in range(m):
+            g, dg = _normal_prior(pri, P_NMOD, x[o_nmod + k])
+            lp += g
+            grad[o_nmod + k] += d_nmod[k] + dg
+    if curved:
+        o = int(xo[X_TCURV])
+        g, dg = _normal_prior(pri, P_TCURV, x[o])
+        lp += g
+        grad[o] += d_tc + dg
+        o = int(xo[X_NCURV])
+        if o >= 0:
+            g, dg = _normal_prior(pri, P_NCURV, x[o])
+            lp += g
+            grad[o] += d_nc + dg
 
     # sum-to-zero site offsets: Normal(0, sigma) on the n_s values, n_s - 1 degrees of freedom
     o = int(xo[X_SITE])
@@ -549,19 +608,24 @@ def expand(x, ctx, out):
         out[int(eo[E_CORR])] = l00 * l10 / (l00 * sd1)
     if eo[E_FIXED] >= 0:
         o = int(eo[E_FIXED])
+        n_t = fixed.shape[1]
         for i in range(n_p):
-            for t in range(3):
-                out[o + 3 * i + t] = fixed[i, t]
-    wt1, wt2 = _field(ctx, F_WEEK_T1), _field(ctx, F_WEEK_T2)
-    o_time, o_nac = int(xo[X_TIME]), int(xo[X_NAC])
+            for t in range(n_t):
+                out[o + n_t * i + t] = fixed[i, t]
+    wt1, wt2, wq = _field(ctx, F_WEEK_T1), _field(ctx, F_WEEK_T2), _field(ctx, F_WEEK_Q)
+    o_time, o_nac, o_tcurv, o_ncurv = int(xo[X_TIME]), int(xo[X_NAC]), int(xo[X_TCURV]), int(xo[X_NCURV])
     for w in range(n_week):
         placebo = x[o_time] * wt1[w]
+        if o_tcurv >= 0:
+            placebo += x[o_tcurv] * wq[w]
         if followup:
             placebo += x[o_time + 1] * wt2[w]
         if eo[E_PLACEBO] >= 0:
             out[int(eo[E_PLACEBO]) + w] = placebo
         if eo[E_NAC] >= 0 and o_nac >= 0:
             nac = x[o_nac] * wt1[w]
+            if o_ncurv >= 0:
+                nac += x[o_ncurv] * wq[w]
             if followup:
                 nac += x[o_nac + 1] * wt2[w]
             out[int(eo[E_NAC]) + w] = nac
@@ -571,6 +635,8 @@ def expand(x, ctx, out):
             out[int(eo[E_MODD]) + k] = x[int(xo[X_MOD]) + k] * per_doubling[k]
         if eo[E_PROGD] >= 0:
             out[int(eo[E_PROGD]) + k] = x[int(xo[X_PROG]) + k] * per_doubling[k]
+        if eo[E_NMODD] >= 0:
+            out[int(eo[E_NMODD]) + k] = x[int(xo[X_NMOD]) + k] * per_doubling[k]
 
 
 # ---------------------------------------------------------------- the context (Python)
@@ -628,6 +694,9 @@ PRIOR_SLOTS = {
     P_MMEAN: ("marker_mean", "location"),
     P_MSD: ("marker_sd", "scale"),
     P_MREG: ("marker_regression", "location"),
+    P_NMOD: ("nac_marker_moderation", "location"),
+    P_TCURV: ("time_curvature", "location"),
+    P_NCURV: ("nac_curvature", "location"),
 }
 
 
@@ -656,9 +725,10 @@ def fused_layout(model, design, priors, shapes: dict) -> FusedLayout:
     """Layout and data of a marginal trajectory `model` (models/trajectory.build_trajectory_marginal) built from
     `design` with `priors`; `shapes` maps each stored variable to its shape (as nutpie computes them).
 
-    Covers the headline model (arm and baseline markers), the treatment model (arm, no markers)
-    and the null model (neither). Raises Unsupported when the model is not one this module
-    computes exactly.
+    Covers every member of the trajectory family: the headline model (arm and baseline markers),
+    moderation (the headline model with the biomarker x arm term), treatment (arm, no markers),
+    treatment_curved (treatment with the curvature) and null (neither). Raises Unsupported when
+    the model is not one this module computes exactly.
     """
     joined = [model.rvs_to_values[rv].name for rv in model.free_RVs]
     unknown = [n for n in joined if n not in X_BLOCKS]
@@ -669,15 +739,26 @@ def fused_layout(model, design, priors, shapes: dict) -> FusedLayout:
     if unknown:
         raise Unsupported(f"unknown stored variables {unknown}")
     with_markers, with_arm = "marker_mean" in joined, "nac_change" in joined
+    with_nac_moderation, curved = "nac_marker_moderation" in joined, "time_curvature" in joined
     md = design.baseline if with_markers else None
     if with_markers and md is None:
         raise Unsupported("marker variables without baseline markers")
     n_p, m = design.n_participants, (md.z.shape[1] if md is not None else 0)
+    absent = set()
+    if not with_markers:
+        absent |= {P_MMEAN, P_MSD, P_MREG, P_PROG, P_MOD}
+    if not with_arm:
+        absent.add(P_NAC)
+    if not with_nac_moderation:
+        absent.add(P_NMOD)
+    if not curved:
+        absent.add(P_TCURV)
+    if not (curved and with_arm):
+        absent.add(P_NCURV)
     pri = np.zeros(3 * N_PRIORS)
     for slot, (key, kind) in PRIOR_SLOTS.items():
-        if slot in (P_MMEAN, P_MSD, P_MREG, P_PROG, P_MOD) and not with_markers or slot == P_NAC and not with_arm:
-            continue
-        pri[3 * slot : 3 * slot + 3] = _prior_triple(priors[key], kind)
+        if slot not in absent:
+            pri[3 * slot : 3 * slot + 3] = _prior_triple(priors[key], kind)
 
     names, slices, shape_list = [], [], []
     xoff, eoff = -np.ones(len(X_BLOCKS)), -np.ones(len(E_BLOCKS))
@@ -706,12 +787,28 @@ def fused_layout(model, design, priors, shapes: dict) -> FusedLayout:
             **({"marker_missing_std": md.n_missing} if md.n_missing else {}),
             **({"marker_censored_u_interval__": md.n_censored} if md.n_censored else {}),
         })
+    if with_nac_moderation and with_markers and with_arm:
+        expected["nac_marker_moderation"] = m
+    if curved:
+        expected["time_curvature"] = 1
+        if with_arm:
+            expected["nac_curvature"] = 1
     sizes_found = {name: sl.stop - sl.start for name, sl in zip(names[: len(joined)], slices)}
     if sizes_found != expected:
         raise Unsupported(f"free variables {sizes_found} are not the expected {expected}")
+    # the stored blocks that depend on the optional terms (expand writes them from those terms)
+    n_terms = len(fixed_terms(curved))
+    if "participant_fixed" in remaining and tuple(shapes["participant_fixed"]) != (n_p, n_terms):
+        raise Unsupported(f"participant_fixed has shape {tuple(shapes['participant_fixed'])}, not ({n_p}, {n_terms})")
+    if ("nac_moderation_per_doubling" in remaining) != with_nac_moderation:
+        raise Unsupported("nac_moderation_per_doubling without nac_marker_moderation, or the reverse")
 
-    stats = visit_stats(design)
+    stats = visit_stats(design, visit_columns(design, curved))
     xx = stats.xx[:, [0, 0, 0, 1, 1, 2], [0, 1, 2, 1, 2, 2]]
+    xq, qy, week_q = np.zeros(0), np.zeros(0), np.zeros(0)
+    if curved:  # the 4th column's sums: X'q per participant (q'1, q't1, q't2, q'q) and q'y
+        xq, qy = stats.xx[:, :, 3], stats.xy[:, 3]
+        week_q = curve_basis(design.week_t1)
     status = np.zeros((n_p, m))
     index = np.zeros((n_p, m))
     zdata, zupper, per_doubling = np.zeros((n_p, m)), np.zeros((n_p, m)), np.zeros(m)
@@ -726,11 +823,13 @@ def fused_layout(model, design, priors, shapes: dict) -> FusedLayout:
         per_doubling = np.log(2.0) / md.log_scale
     n_miss = md.n_missing if md is not None else 0
     n_cens = md.n_censored if md is not None else 0
-    sizes = np.array([n_p, m, n_miss, n_cens, n_sites if n_sites >= 2 else 0, int(design.has_followup), n_dim, pos, len(design.weeks)])
+    sizes = np.array([
+        n_p, m, n_miss, n_cens, n_sites if n_sites >= 2 else 0, int(design.has_followup), n_dim, pos, len(design.weeks), int(curved),
+    ])
     fields = [
         sizes, xoff, eoff, pri,
-        design.treated, design.site_idx if n_sites >= 2 else np.zeros(n_p), xx, stats.xy, stats.yy, stats.n,
-        zdata, status, index, zupper, per_doubling, design.week_t1, design.week_t2,
+        design.treated, design.site_idx if n_sites >= 2 else np.zeros(n_p), xx, stats.xy[:, :3], stats.yy, stats.n,
+        zdata, status, index, zupper, per_doubling, design.week_t1, design.week_t2, xq, qy, week_q,
     ]
     assert len(fields) == N_FIELDS
     return FusedLayout(ctx=_pack(fields), n_dim=n_dim, n_expanded=pos, shape_info=(names, slices, shape_list))

@@ -7,7 +7,9 @@ conditional on the participant effects) and the posterior predictive are compute
 fixed-part coefficients they start from are computed from the posterior by the marginal model's
 graph (`fixed_part`), never taken from the sampler, so a saved fit, whose file holds only the
 sampled parameters, is completed with exactly the same numbers (inference/storage.py). The
-InferenceData then has the plain model's variables, names and dims.
+InferenceData then has the plain model's variables, names and dims. The fixed part has the
+coefficients on X = [1, t1, t2], and on the curvature basis q = 4 t1 (1 - t1) for a curved model
+(4 coefficients per participant); every function here uses all of them.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from pytensor.compile.mode import get_default_mode
 
 from models.contract import BuiltModel
 from models.design import TrialDesign
-from models.marginal import FIXED_VAR, LOG2PI, integrated_pointwise, visit_stats
+from models.marginal import FIXED_TERMS, FIXED_VAR, LOG2PI, integrated_pointwise, visit_stats
+from models.trajectory import curve_basis, visit_columns
 
 INTEGRATED_NOTES = {
     "y_participant": "per participant with at least one post-baseline visit: log p(post-baseline scores | baseline score, theta), "
@@ -47,15 +50,35 @@ PARTICIPANT_VARS = ("participant_raw", "participant_effects")  # drawn after sam
 
 
 def fixed_part(posterior: xr.Dataset, fast: BuiltModel) -> np.ndarray:
-    """The fixed-part coefficients c_i (chain, draw, participant, 3) of every draw, from the marginal model's graph."""
+    """The fixed-part coefficients c_i (chain, draw, participant, K) of every draw, from the marginal model's graph
+    (K = 3: level, change, follow-up change; K = 4 with the curvature)."""
     return per_draw(fast.model, fast.model[FIXED_VAR], posterior)
+
+
+def _curved(fixed: np.ndarray) -> bool:
+    """Whether fixed-part coefficients (..., participant, K) include the curvature (K = 4) or not (K = 3)."""
+    k = fixed.shape[-1]
+    if k not in (len(FIXED_TERMS), len(FIXED_TERMS) + 1):
+        raise ValueError(f"fixed-part coefficients with {k} terms; expected {len(FIXED_TERMS)} or {len(FIXED_TERMS) + 1}")
+    return k == len(FIXED_TERMS) + 1
+
+
+def fixed_mean(fixed: np.ndarray, design: TrialDesign) -> np.ndarray:
+    """X c per observed visit, (..., obs), from the coefficients (..., participant, K): everything in the mean but
+    the participant effects."""
+    pid = design.obs_participant
+    t2 = design.t2 if design.has_followup else np.zeros_like(design.t2)
+    mean = fixed[..., pid, 0] + fixed[..., pid, 1] * design.t1 + fixed[..., pid, 2] * t2
+    if _curved(fixed):
+        mean = mean + fixed[..., pid, 3] * curve_basis(design.t1)
+    return mean
 
 
 def recover_participant_effects(idata: az.InferenceData, design: TrialDesign, seed: int, c: np.ndarray) -> None:
     """Draw (u_i, b_i) | y, theta for every posterior draw; add participant_raw/effects to idata.posterior.
 
-    c: the fixed-part coefficients of every draw (`fixed_part`)."""
-    stats = visit_stats(design)
+    c: the fixed-part coefficients of every draw (`fixed_part`): on X = [1, t1, t2], or [1, t1, t2, q] when curved."""
+    stats = visit_stats(design, visit_columns(design, _curved(c)))
     post = idata.posterior
     sigma = post["residual_sd"].values[..., None]
     l00, l10, l11 = (v[..., None] for v in _chol_from_posterior(post))
@@ -93,6 +116,8 @@ def visit_means(idata: az.InferenceData, design: TrialDesign, chain: int, fixed:
     pid = design.obs_participant
     t2 = design.t2 if design.has_followup else np.zeros_like(design.t2)
     mu = c[:, pid, 0] + eff[:, pid, 0] + (c[:, pid, 1] + eff[:, pid, 1]) * design.t1 + c[:, pid, 2] * t2
+    if _curved(c):
+        mu = mu + c[:, pid, 3] * curve_basis(design.t1)
     return mu, post["residual_sd"].values[chain][:, None]
 
 
@@ -141,9 +166,7 @@ def scored_units(design: TrialDesign) -> tuple[np.ndarray, np.ndarray, np.ndarra
 def integrated_log_likelihood(idata: az.InferenceData, design: TrialDesign, fixed: np.ndarray) -> dict[str, xr.DataArray]:
     """'y_participant' and 'y_visit' (models/marginal.py integrated_pointwise) of every draw: the quantities the
     comparison scores, for participants and visits after baseline, given the baseline score."""
-    pid = design.obs_participant
-    t2 = design.t2 if design.has_followup else np.zeros_like(design.t2)
-    e = design.y[None, None, :] - (fixed[:, :, pid, 0] + fixed[:, :, pid, 1] * design.t1 + fixed[:, :, pid, 2] * t2)
+    e = design.y[None, None, :] - fixed_mean(fixed, design)
     return _integrated_from_residuals(idata.posterior, design, e)
 
 

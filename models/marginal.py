@@ -1,15 +1,21 @@
-"""The maths of the fast path: a straight-phase trajectory model with the participant effects integrated out.
+"""The maths of the fast path: a trajectory model with the participant effects integrated out.
 
 With a Gaussian likelihood the participant effects b_i = (b0_i, b1_i) ~ N(0, S), S = L L',
 enter the mean linearly through Z_i = [1, t1] (the participant's observed visits), so
 
     y_i ~ MvNormal(X_i c_i, Z_i S Z_i' + sigma^2 I)
 
-exactly, where c_i = (level_i, change_i, followup_change_i) are the participant's fixed-part
-coefficients on X_i = [1, t1, t2] (they include the site, arm and latent biomarker terms; the
-biomarker block stays as it is: conditional on the completed markers z the model is still
-Gaussian in b). With the Woodbury identity and the matrix determinant lemma, written with the
-Cholesky factor L so that S is never inverted,
+exactly, where c_i are the participant's fixed-part coefficients on the columns X_i (they include
+the site, arm and latent biomarker terms; the biomarker block stays as it is: conditional on the
+completed markers z the model is still Gaussian in b):
+
+    X_i = [1, t1, t2]        c_i = (level_i, change_i, followup_change_i)
+    X_i = [1, t1, t2, q]     c_i = (level_i, change_i, followup_change_i, curvature_i)   (curved treatment phase)
+
+with q = 4 t1 (1 - t1) the curvature basis of models/trajectory.py (t2 = 0 without a follow-up
+phase). The biomarker x arm term of the moderation model is part of change_i. Z_i is the first two
+columns of X_i whatever the model. With the Woodbury identity and the matrix determinant lemma,
+written with the Cholesky factor L so that S is never inverted,
 
     M_i        = I_2 + L' Z_i'Z_i L / sigma^2
     log|V_i|   = 2 n_i log sigma + log|M_i|
@@ -29,9 +35,9 @@ and dims. The pointwise log-likelihood of `y` is then the same quantity the plai
 visit, conditional on the participant effects, log Normal(y_iw | mu_iw, sigma); the posterior
 predictive draws y_rep_iw ~ Normal(mu_iw, sigma) likewise.
 
-The marginalisation is exact only for the Gaussian likelihood; Student-t and censored likelihoods,
-the curved treatment phase and the biomarker x arm term keep the plain model (models/trajectory.py
-offers the fast variant only where it is exact).
+The marginalisation is exact only for the Gaussian likelihood: Student-t and censored likelihoods
+keep the plain model (models/trajectory.py offers the fast variant only where it is exact: every
+family member with the normal likelihood).
 """
 
 from __future__ import annotations
@@ -43,28 +49,45 @@ import pytensor.tensor as pt
 
 from .design import TrialDesign
 
-FIXED_TERMS = ["level", "change", "followup_change"]
+FIXED_TERMS = ["level", "change", "followup_change"]  # the coefficients on X = [1, t1, t2]
+CURVATURE_TERM = "curvature"  # the coefficient on the 4th column q of a curved model
 FIXED_VAR = "participant_fixed"  # per-draw fixed-part coefficients c_i; used for recovery, then dropped
 LOG2PI = float(np.log(2.0 * np.pi))
 
 
+def fixed_terms(curved: bool) -> list[str]:
+    """Names of the fixed-part coefficients c_i (the 'participant_term' coordinate of FIXED_VAR)."""
+    return FIXED_TERMS + [CURVATURE_TERM] if curved else list(FIXED_TERMS)
+
+
+def fixed_columns(design: TrialDesign, curve: np.ndarray | None = None) -> np.ndarray:
+    """X per observed visit, obs x K: [1, t1, t2] (t2 = 0 without a follow-up phase), and the curvature
+    basis `curve` (per visit) as a 4th column when given."""
+    cols = [np.ones_like(design.t1), design.t1, design.t2 if design.has_followup else np.zeros_like(design.t2)]
+    if curve is not None:
+        cols.append(np.asarray(curve, dtype=float))
+    return np.column_stack(cols)
+
+
 @dataclass(frozen=True)
 class VisitStats:
-    """Per-participant sums of the visit data on X = [1, t1, t2]: X'X, X'y, y'y and counts."""
+    """Per-participant sums of the visit data on X = [1, t1, t2] (or [1, t1, t2, q]): X'X, X'y, y'y and counts."""
 
-    xx: np.ndarray  # participant x 3 x 3
-    xy: np.ndarray  # participant x 3
+    xx: np.ndarray  # participant x K x K
+    xy: np.ndarray  # participant x K
     yy: np.ndarray  # participant
     n: np.ndarray  # participant (observed visits)
 
 
-def visit_stats(design: TrialDesign) -> VisitStats:
+def visit_stats(design: TrialDesign, columns: np.ndarray | None = None) -> VisitStats:
+    """The sums on `columns` (obs x K, `fixed_columns`; default the straight X = [1, t1, t2])."""
     n_p = design.n_participants
-    x = np.column_stack([np.ones_like(design.t1), design.t1, design.t2 if design.has_followup else np.zeros_like(design.t2)])
+    x = fixed_columns(design) if columns is None else columns
+    k = x.shape[1]
     pid = design.obs_participant
-    xx = np.zeros((n_p, 3, 3))
+    xx = np.zeros((n_p, k, k))
     np.add.at(xx, pid, x[:, :, None] * x[:, None, :])
-    xy = np.zeros((n_p, 3))
+    xy = np.zeros((n_p, k))
     np.add.at(xy, pid, x * design.y[:, None])
     yy = np.bincount(pid, weights=design.y**2, minlength=n_p).astype(float)
     n = np.bincount(pid, minlength=n_p).astype(float)
@@ -72,7 +95,8 @@ def visit_stats(design: TrialDesign) -> VisitStats:
 
 
 def marginal_loglik(stats: VisitStats, c, chol, sigma):
-    """Per-participant log marginal likelihood (pytensor): c participant x 3, chol 2 x 2 lower, sigma scalar."""
+    """Per-participant log marginal likelihood (pytensor): c participant x K (the columns of `stats`), chol 2 x 2
+    lower, sigma scalar."""
     xx = pt.as_tensor_variable(stats.xx)
     xy = pt.as_tensor_variable(stats.xy)
     gc = (xx * c[:, None, :]).sum(axis=2)  # X'X c
@@ -95,7 +119,8 @@ def marginal_loglik(stats: VisitStats, c, chol, sigma):
 def integrated_pointwise(e: np.ndarray, t1: np.ndarray, pid: np.ndarray, baseline: np.ndarray, chol: tuple, sigma: np.ndarray):
     """Log-densities of the scores with the participant effects integrated out, per draw (numpy).
 
-    e         draws x obs: y - the fixed part of the mean (everything but the participant effects)
+    e         draws x obs: y - the fixed part of the mean X c (everything but the participant effects; with the
+              curvature column when the model has one)
     t1        obs: the treatment-phase time code (the participant-effect design is z = (1, t1))
     pid       obs: participant index; baseline: obs, True at each participant's week-0 visit
     chol      (l00, l10, l11), each draws: the Cholesky factor L of the participant-effect covariance S

@@ -29,10 +29,11 @@ departure from the straight line half-way through treatment, in outcome points.
 NAC - placebo at week w is 'nac_effect' (dims week): delta_1 t1_w [+ kappa_1 q_w] + delta_2 t2_w;
 'placebo_change' is the control arm's change from baseline.
 
-With the Gaussian likelihood and a fixed part linear in (1, t1, t2) (no curvature, no
-biomarker x arm term) the participant effects can be integrated out exactly: `build_trajectory`
-then offers `build_trajectory_marginal` as the model's fast variant (models/marginal.py has the
-maths).
+With the Gaussian likelihood the participant effects enter the mean only through (1, t1), so they
+can be integrated out exactly for every member: the biomarker x arm term is part of each
+participant's fixed treatment-phase change, and the curvature a 4th fixed coefficient on q.
+`build_trajectory` then offers `build_trajectory_marginal` as the model's fast variant
+(models/marginal.py has the maths).
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ import pytensor.tensor as pt
 
 from .contract import VISIT_SCORES, BuiltModel
 from .design import TrialDesign
-from .marginal import FIXED_TERMS, FIXED_VAR, marginal_loglik, visit_stats
+from .marginal import FIXED_VAR, fixed_columns, fixed_terms, marginal_loglik, visit_stats
 from .marker_block import add_marker_block
 from .priors import Prior, dist, resolve, rv, scaled_defaults
 
@@ -78,6 +79,11 @@ def curve_basis(t1) -> np.ndarray:
     """Concave-or-convex bump of the treatment phase: 0 at baseline and end of treatment, 1 half-way."""
     t1 = np.asarray(t1, dtype=float)
     return 4.0 * t1 * (1.0 - t1)
+
+
+def visit_columns(design: TrialDesign, curved: bool) -> np.ndarray:
+    """The columns X of a member's fixed part per observed visit: [1, t1, t2], and q = curve_basis(t1) when curved."""
+    return fixed_columns(design, curve_basis(design.t1) if curved else None)
 
 
 def trajectory_priors(design: TrialDesign) -> dict[str, Prior]:
@@ -170,6 +176,20 @@ def participant_coefficients(design: TrialDesign, terms, treated):
     if nac_mod is not None:
         change1 = change1 + pt.dot(z, nac_mod) * treated
     return level, change1, change2
+
+
+def add_curvature(design: TrialDesign, priors: dict[str, Prior], arm: bool, treated):
+    """kappa_0 (`time_curvature`) and, with the arm, kappa_1 (`nac_curvature`).
+
+    Returns (kappa_0, kappa_1 or None without the arm, bend): bend_i = kappa_0 + kappa_1 T_i is each
+    participant's coefficient on q = curve_basis(t1)."""
+    curvature = rv("time_curvature", priors["time_curvature"])
+    bend = curvature + pt.zeros(design.n_participants)
+    nac_curvature = None
+    if arm:
+        nac_curvature = rv("nac_curvature", priors["nac_curvature"])
+        bend = bend + nac_curvature * treated
+    return curvature, nac_curvature, bend
 
 
 def add_participant_covariance(priors: dict[str, Prior]):
@@ -272,20 +292,14 @@ def build_trajectory(
         curvature = nac_curvature = None
         if curved:
             q = pm.Data("t1_curve", curve_basis(design.t1), dims="obs")
-            curvature = rv("time_curvature", pri["time_curvature"])
-            bend = curvature + pt.zeros(design.n_participants)
-            if arm:
-                nac_curvature = rv("nac_curvature", pri["nac_curvature"])
-                bend = bend + nac_curvature * treated
+            curvature, nac_curvature, bend = add_curvature(design, pri, arm, treated)
             mu = mu + bend[pid] * q
         if design.has_followup:
             mu = mu + change2[pid] * t2
         add_likelihood(mu, design, pri, likelihood)
         add_effect_summaries(design, terms, curvature, nac_curvature)
-    fast = None
-    if likelihood == "normal" and not (curved or nac_moderation):
-        fast = partial(build_trajectory_marginal, design, priors, name=name, arm=arm, markers=markers)
     switches = {"arm": arm, "markers": markers, "nac_moderation": nac_moderation, "curved": curved}
+    fast = partial(build_trajectory_marginal, design, priors, name=name, **switches) if likelihood == "normal" else None
     return BuiltModel(
         name=name,
         model=model,
@@ -298,33 +312,50 @@ def build_trajectory(
 
 
 def build_trajectory_marginal(
-    design: TrialDesign, priors: dict | None = None, *, name: str, arm: bool = True, markers: bool = False
+    design: TrialDesign,
+    priors: dict | None = None,
+    *,
+    name: str,
+    arm: bool = True,
+    markers: bool = False,
+    nac_moderation: bool = False,
+    curved: bool = False,
 ) -> BuiltModel:
-    """The straight-phase member (Gaussian likelihood) with the participant effects integrated out.
+    """A family member (Gaussian likelihood) with the participant effects integrated out.
 
-    Same population variables, names and dims as `build_trajectory`; the participant effects and
-    the pointwise log-likelihood of 'y' are added after sampling (inference/marginal.py).
+    Same population variables, names and dims as `build_trajectory`, in the same order; the
+    participant effects and the pointwise log-likelihood of 'y' are added after sampling
+    (inference/marginal.py). The fixed part per participant (FIXED_VAR) has the coefficients on
+    [1, t1, t2], and on q when curved (models/marginal.py).
     """
+    if nac_moderation and not (arm and markers):
+        raise ValueError("nac_moderation needs both the arm and the biomarker terms")
     if markers:
         design.require_markers(name)
     pri = resolve(trajectory_priors(design), priors)
-    stats = visit_stats(design)
+    stats = visit_stats(design, visit_columns(design, curved))
     coords = _coords(design, markers)
-    coords["participant_term"] = FIXED_TERMS
+    coords["participant_term"] = fixed_terms(curved)
     with pm.Model(coords=coords) as model:
         _, _, _, treated = add_visit_data(design, arm)
-        terms = add_population_terms(design, pri, arm, markers, False)
+        terms = add_population_terms(design, pri, arm, markers, nac_moderation)
         chol = add_participant_covariance(pri)
-        level, change1, change2 = participant_coefficients(design, terms, treated)
-        fixed = pm.Deterministic(FIXED_VAR, pt.stack([level, change1, change2], axis=1), dims=("participant", "participant_term"))
+        coefficients = list(participant_coefficients(design, terms, treated))
+        curvature = nac_curvature = None
+        if curved:
+            pm.Data("t1_curve", curve_basis(design.t1), dims="obs")  # as in the plain model; the likelihood reads `stats`
+            curvature, nac_curvature, bend = add_curvature(design, pri, arm, treated)
+            coefficients.append(bend)
+        fixed = pm.Deterministic(FIXED_VAR, pt.stack(coefficients, axis=1), dims=("participant", "participant_term"))
         sigma = rv("residual_sd", pri["residual_sd"])
         pm.Potential("y_marginal", marginal_loglik(stats, fixed, chol, sigma).sum())
-        add_effect_summaries(design, terms)
+        add_effect_summaries(design, terms, curvature, nac_curvature)
+    switches = {"arm": arm, "markers": markers, "nac_moderation": nac_moderation, "curved": curved}
     return BuiltModel(
         name=name,
         model=model,
         design=design,
-        priors=priors_used(pri, arm=arm, markers=markers, nac_moderation=False, curved=False, likelihood="normal"),
+        priors=priors_used(pri, **switches, likelihood="normal"),
         outcome_vars=("y",),
         observations=VISIT_SCORES,
         marginal=True,

@@ -18,6 +18,7 @@ from inference.marginal import recover_participant_effects
 from inference.sampling import SamplerSettings, sample_all
 from models import build_design, get
 from models.marginal import FIXED_VAR, marginal_loglik, visit_stats
+from models.trajectory import curve_basis, visit_columns
 
 KEY = ["nac_effect", "moderation_per_doubling", "prognostic_per_doubling", "residual_sd", "participant_sd", "participant_corr", "placebo_change"]
 
@@ -27,39 +28,50 @@ def design(small_trial):
     return build_design(small_trial)
 
 
-def _participant_blocks(design, i):
+def _participant_blocks(design, i, curved=False):
     m = design.obs_participant == i
-    x = np.column_stack([np.ones(m.sum()), design.t1[m], design.t2[m]])
-    return x, design.y[m]
+    cols = [np.ones(m.sum()), design.t1[m], design.t2[m]] + ([4 * design.t1[m] * (1 - design.t1[m])] if curved else [])
+    return np.column_stack(cols), design.y[m]
+
+
+def _coefficients(rng, n_p, curved):
+    """Fixed-part coefficients (level, change, follow-up change[, curvature]) of every participant."""
+    return rng.normal([25.0, -10.0, -2.0, -4.0][: 3 + curved], 3.0, size=(n_p, 3 + curved))
 
 
 @pytest.mark.unit
-def test_marginal_loglik_equals_dense_mvnormal(design):
-    """Woodbury / determinant-lemma closed form == dense MvNormal(X c, Z S Z' + s^2 I) per participant."""
+@pytest.mark.parametrize("curved", [False, True])
+def test_marginal_loglik_equals_dense_mvnormal(design, curved):
+    """Woodbury / determinant-lemma closed form == dense MvNormal(X c, Z S Z' + s^2 I) per participant;
+    X = [1, t1, t2], or [1, t1, t2, 4 t1 (1 - t1)] for a curved model (Z = [1, t1] either way)."""
     rng = np.random.default_rng(0)
-    c = rng.normal([25.0, -10.0, -2.0], 3.0, size=(design.n_participants, 3))
+    c = _coefficients(rng, design.n_participants, curved)
     chol = np.array([[5.0, 0.0], [-2.0, 4.0]])
     sigma = 3.2
-    got = marginal_loglik(visit_stats(design), pt.as_tensor_variable(c), pt.as_tensor_variable(chol), pt.as_tensor_variable(sigma)).eval()
+    stats = visit_stats(design, visit_columns(design, curved))
+    assert stats.xx.shape[1:] == (3 + curved, 3 + curved)
+    got = marginal_loglik(stats, pt.as_tensor_variable(c), pt.as_tensor_variable(chol), pt.as_tensor_variable(sigma)).eval()
     cov_b = chol @ chol.T
     want = []
     for i in range(design.n_participants):
-        x, y = _participant_blocks(design, i)
+        x, y = _participant_blocks(design, i, curved)
         z = x[:, :2]
         want.append(multivariate_normal(x @ c[i], z @ cov_b @ z.T + sigma**2 * np.eye(len(y))).logpdf(y))
     np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-9)
 
 
 @pytest.mark.unit
-def test_recovered_effects_follow_exact_conditional_posterior(design):
-    """b_i | y, theta drawn by the recovery has the dense-algebra conditional mean and covariance."""
+@pytest.mark.parametrize("curved", [False, True])
+def test_recovered_effects_follow_exact_conditional_posterior(design, curved):
+    """b_i | y, theta drawn by the recovery has the dense-algebra conditional mean and covariance (with the
+    curvature column in the fixed part for a curved model)."""
     n_draw, n_p = 4000, design.n_participants
     rng = np.random.default_rng(1)
-    c = rng.normal([25.0, -10.0, -2.0], 3.0, size=(n_p, 3))
+    c = _coefficients(rng, n_p, curved)
     sd, rho, sigma = np.array([5.0, 4.0]), -0.3, 3.0
     post = xr.Dataset(
         {
-            FIXED_VAR: (("chain", "draw", "participant", "participant_term"), np.broadcast_to(c, (1, n_draw, n_p, 3)).copy()),
+            FIXED_VAR: (("chain", "draw", "participant", "participant_term"), np.broadcast_to(c, (1, n_draw, n_p, 3 + curved)).copy()),
             "participant_sd": (("chain", "draw", "participant_effect"), np.broadcast_to(sd, (1, n_draw, 2)).copy()),
             "participant_corr": (("chain", "draw"), np.full((1, n_draw), rho)),
             "residual_sd": (("chain", "draw"), np.full((1, n_draw), sigma)),
@@ -71,7 +83,7 @@ def test_recovered_effects_follow_exact_conditional_posterior(design):
     b = idata.posterior["participant_effects"].values[0]
     cov_b = np.diag(sd) @ np.array([[1, rho], [rho, 1]]) @ np.diag(sd)
     for i in range(n_p):
-        x, y = _participant_blocks(design, i)
+        x, y = _participant_blocks(design, i, curved)
         z = x[:, :2]
         cond_cov = np.linalg.inv(np.linalg.inv(cov_b) + z.T @ z / sigma**2)
         cond_mean = cond_cov @ z.T @ (y - x @ c[i]) / sigma**2
@@ -92,10 +104,12 @@ def test_native_erfcinv_matches_scipy():
 def test_fast_variant_only_where_exact(design):
     headline = get("headline").build(design)
     assert callable(headline.fast_variant) and not headline.marginal
-    for likelihood in ("student", "censored"):
-        assert get("headline").build(design, likelihood=likelihood).fast_variant is None
-    for name in ("treatment_curved", "moderation"):  # curvature, biomarker x arm: not linear in (1, t1, t2)
-        assert get(name).build(design).fast_variant is None
+    for name in ("headline", "treatment_curved", "moderation"):
+        for likelihood in ("student", "censored"):  # not Gaussian in the participant effects
+            assert get(name).build(design, likelihood=likelihood).fast_variant is None
+    # curvature (a 4th fixed column) and biomarker x arm (inside the fixed change): still exact with the normal likelihood
+    for name in ("treatment_curved", "moderation"):
+        assert callable(get(name).build(design).fast_variant)
     marginal = headline.fast_variant()
     assert marginal.marginal and marginal.name == "headline" and marginal.fast_variant is None
     assert marginal.priors == headline.priors
@@ -261,20 +275,92 @@ def test_integrated_loo_is_reliable_where_the_conditional_one_is_not(fast_fit, d
 
 
 @pytest.mark.smoke
-@pytest.mark.parametrize("name", ["treatment", "headline"])
+@pytest.mark.parametrize("name", ["treatment", "headline", "treatment_curved", "moderation"])
 def test_plain_path_integrated_densities_equal_the_fast_paths(design, name):
     """Same draws of the population parameters: the plain path (model mean minus the sampled effects) and the
-    fast path (the marginal model's fixed part) give the same integrated densities; Student-t has none."""
+    fast path (the marginal model's fixed part) give the same integrated densities; Student-t has none. With the
+    same participant effects, the fast path's visit means (pointwise log-likelihood, predictions) are the plain
+    model's mean: the curvature column and the biomarker x arm term included."""
     import pymc as pm
 
-    from inference.marginal import fixed_part, integrated_log_likelihood, plain_integrated_log_likelihood
+    from inference.marginal import (
+        _normal_mean, fixed_part, integrated_log_likelihood, per_draw, plain_integrated_log_likelihood, visit_means,
+    )
 
     built = get(name).build(design)
     with built.model:
         prior = pm.sample_prior_predictive(draws=6, random_seed=2).prior
     idata = az.InferenceData(posterior=prior)
     plain = plain_integrated_log_likelihood(idata, built)
-    fast = integrated_log_likelihood(idata, design, fixed_part(prior, built.fast_variant()))
+    fixed = fixed_part(prior, built.fast_variant())
+    assert fixed.shape[-1] == (4 if name.endswith("curved") else 3)
+    fast = integrated_log_likelihood(idata, design, fixed)
     for var in ("y_participant", "y_visit"):
         np.testing.assert_allclose(plain[var].values, fast[var].values, rtol=1e-9, atol=1e-9)
+    mu_plain = per_draw(built.model, _normal_mean(built.model), prior)[0]
+    np.testing.assert_allclose(visit_means(idata, design, 0, fixed)[0], mu_plain, rtol=1e-10, atol=1e-9)
     assert plain_integrated_log_likelihood(idata, get(name).build(design, likelihood="student")) == {}
+
+
+# ---------------------------------------------------------------- the curved and moderation models on the fast path
+
+NEW_FAST = ("treatment_curved", "moderation")
+NEW_KEY = {
+    "treatment_curved": ["nac_effect", "placebo_change", "time_curvature", "nac_curvature", "residual_sd", "participant_sd"],
+    "moderation": [
+        "nac_effect", "nac_marker_moderation", "nac_moderation_per_doubling", "moderation_per_doubling", "residual_sd", "participant_sd",
+    ],
+}
+
+
+@pytest.mark.smoke
+@pytest.mark.parametrize("name", NEW_FAST)
+def test_curved_and_moderation_fast_paths_complete_fits(design, name, monkeypatch):
+    """A short fit on the fast path through the fused log density: every variable of the plain model with its dims,
+    participant effects recovered, predictions on the data's scale, no divergences (agreement with the plain path:
+    the slow test below; exactness: tests/test_fused.py and the unit tests above)."""
+    from inference import compile as engine
+
+    layouts = []
+    real = engine.fused_layout
+    monkeypatch.setattr(engine, "fused_layout", lambda built: layouts.append(real(built)) or layouts[-1])
+    fit, _ = sample_all(get(name).build(design), SamplerSettings(draws=200, tune=300, chains=2, seed=4, prior_draws=10), quiet=True)
+    assert len(layouts) == 1 and layouts[0] is not None and layouts[0].kernel == "trajectory"  # the fused function, not the graph
+    assert fit.posterior.attrs["fit_path"] == "marginal"
+    plain = get(name).build(design).model
+    stored = {plain.rvs_to_values[rv].name for rv in plain.free_RVs} | {v.name for v in plain.unobserved_value_vars}
+    assert set(fit.posterior.data_vars) == stored
+    for var in fit.posterior.data_vars:
+        if var in plain.named_vars_to_dims:
+            assert fit.posterior[var].dims[2:] == tuple(plain.named_vars_to_dims[var]), var
+    assert int(fit.sample_stats["diverging"].sum()) == 0
+    yp = fit.posterior_predictive["y"].mean(("chain", "draw")).values
+    assert np.corrcoef(yp, design.y)[0, 1] > 0.9
+    assert {"y", "y_participant", "y_visit"} <= set(fit.log_likelihood.data_vars)
+    if name == "treatment_curved":  # nac_effect includes the bend kappa_1 q_w
+        post = fit.posterior
+        q = curve_basis(design.week_t1)
+        w = list(design.weeks).index(4)
+        want = post["nac_change"].sel(phase="treatment") * design.week_t1[w] + post["nac_curvature"] * q[w]
+        np.testing.assert_allclose(post["nac_effect"].sel(week=4).values, want.values, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", NEW_FAST)
+# numba's performance note while compiling the plain moderation graph (a dot product of non-contiguous views)
+@pytest.mark.filterwarnings("ignore:np.dot\\(\\) is faster on contiguous arrays")
+def test_curved_and_moderation_fast_and_plain_posteriors_agree(design, name):
+    """The fast path (fused log density) against the plain path (the compiled graph, participant effects sampled):
+    key effects within Monte Carlo error, posterior SDs within 25%."""
+    settings = SamplerSettings(draws=600, tune=600, chains=2, seed=5, prior_draws=20)
+    built = get(name).build(design)
+    fast, _ = sample_all(built, settings, quiet=True)
+    plain, _ = sample_all(built, SamplerSettings(**{**settings.__dict__, "fast": False}), quiet=True)
+    assert fast.posterior.attrs["fit_path"] == "marginal" and plain.posterior.attrs["fit_path"] == "plain"
+    z, ratio = _agree(fast, plain, NEW_KEY[name])
+    assert np.all(np.abs(z) < 4.0), z[np.abs(z) >= 4.0]
+    assert np.all((ratio > 0.75) & (ratio < 1.33)), ratio
+    bf = fast.posterior["participant_effects"].mean(("chain", "draw")).values
+    bp = plain.posterior["participant_effects"].mean(("chain", "draw")).values
+    for k in range(2):
+        assert np.corrcoef(bf[:, k], bp[:, k])[0, 1] > 0.97
