@@ -263,13 +263,12 @@ def mmrm_integrated_log_likelihood(idata: az.InferenceData, built: BuiltModel) -
     per participant, log MvNormal(change_i | mu_i, Sigma_i) (the sum of its sequential pointwise
     log-likelihood); per visit, the exact leave-one-visit-out density from Sigma's block of the
     participant's attended visits, as for the trajectory models."""
-    from models.mmrm import mmrm_data
+    from models.mmrm import mean_change, mmrm_data
 
     post, design = idata.posterior, built.design
     d = mmrm_data(design)
-    mu_var = built.model["change"].owner.inputs[2]  # CustomDist inputs: (rng, size, mu, chol)
     n_ch, n_dr = post.sizes["chain"], post.sizes["draw"]
-    mus = per_draw(built.model, mu_var, post)
+    mus = mean_change(post, design, d)  # numpy, the model's own mean (tests/test_mmrm.py checks it against PyMC's)
     sd = post["visit_sd"].transpose("chain", "draw", "visit").values
     corr = post["visit_corr"].transpose("chain", "draw", "visit", "visit2").values
     cov = sd[..., :, None] * corr * sd[..., None, :]

@@ -172,6 +172,19 @@ def _random(n_rows: int, obs_row: np.ndarray, obs_visit: np.ndarray):
     return random
 
 
+def mean_change(posterior, design: TrialDesign, d: MMRMData | None = None) -> np.ndarray:
+    """mu of every observation (chain x draw x obs, the long pattern-sorted order of `mmrm_data`) from the posterior, in numpy."""
+    d = d if d is not None else mmrm_data(design)
+    get = lambda name: posterior[name].transpose("chain", "draw", ...).values  # noqa: E731
+    treated = design.treated[d.rows][d.obs_row]
+    base = (d.baseline - d.baseline_center)[d.obs_row]
+    v = d.obs_visit
+    mu = get("visit_mean")[..., v] + get("nac_visit_effect")[..., v] * treated + get("baseline_slope")[..., v] * base
+    if "site_effect" in posterior:
+        mu = mu + get("site_effect")[..., design.site_idx[d.rows][d.obs_row]]
+    return mu
+
+
 def pointwise_logp(posterior, design: TrialDesign) -> dict[str, np.ndarray]:
     """The pointwise log-likelihood of 'change' (chain x draw x obs) from the posterior, in numpy.
 
@@ -183,14 +196,8 @@ def pointwise_logp(posterior, design: TrialDesign) -> dict[str, np.ndarray]:
     """
     d = mmrm_data(design)
     nv = len(d.visits)
-    get = lambda name: posterior[name].transpose("chain", "draw", ...).values  # noqa: E731
-    treated = design.treated[d.rows][d.obs_row]
-    base = (d.baseline - d.baseline_center)[d.obs_row]
-    v = d.obs_visit
-    mu = get("visit_mean")[..., v] + get("nac_visit_effect")[..., v] * treated + get("baseline_slope")[..., v] * base
-    if "site_effect" in posterior:
-        mu = mu + get("site_effect")[..., design.site_idx[d.rows][d.obs_row]]
-    packed = get("visit_chol")
+    mu = mean_change(posterior, design, d)
+    packed = posterior["visit_chol"].transpose("chain", "draw", ...).values
     rows, cols = np.tril_indices(nv)
     chol = np.zeros(packed.shape[:-1] + (nv, nv))
     chol[..., rows, cols] = packed
