@@ -5,6 +5,7 @@ The thresholds are named constants used by the code, the tests and docs/diagnost
 
 from __future__ import annotations
 
+import itertools
 import logging
 import warnings
 from contextlib import contextmanager
@@ -13,6 +14,9 @@ from dataclasses import dataclass, field
 import arviz as az
 import numpy as np
 import pandas as pd
+from arviz.utils import _var_names
+
+from . import mcmc_stats
 
 RHAT_MAX = 1.01  # split-R-hat (rank-normalised) at most this
 ESS_BULK_MIN = 400  # bulk effective sample size at least this
@@ -84,13 +88,41 @@ def one_chain_quiet():
         arviz_log.setLevel(level)
 
 
+def scalar_draws(posterior, var_names: list[str] | None = None) -> tuple[np.ndarray, list[str]]:
+    """Every scalar of the selected posterior variables stacked: draws (chain, draw, n) and labels.
+
+    Variables, their order and the labels are az.summary's: `var_names` as ArviZ reads it (None for
+    all, `~name` to exclude), the elements of each variable in C order over its other dims, labelled
+    `name[coord, coord]` with the coordinate values (`nac_effect[12]`, `visit_corr[2, 4]`).
+    """
+    names = _var_names(var_names, posterior)
+    data = posterior if names is None else posterior[names]
+    blocks, labels = [], []
+    for name, da in data.data_vars.items():
+        dims = [d for d in da.dims if d not in ("chain", "draw")]
+        values = da.transpose("chain", "draw", *dims).values
+        blocks.append(values.reshape(values.shape[0], values.shape[1], -1))
+        if not dims:
+            labels.append(name)
+            continue
+        coords = [list(da[d].values) for d in dims]
+        labels += [f"{name}[{', '.join(f'{v}' for v in sel)}]" for sel in itertools.product(*coords)]
+    if not blocks:
+        chains, draws = posterior.sizes.get("chain", 1), posterior.sizes.get("draw", 0)
+        return np.empty((chains, draws, 0)), labels
+    return np.concatenate(blocks, axis=2), labels
+
+
 def convergence_table(idata: az.InferenceData, var_names: list[str] | None = None) -> pd.DataFrame:
-    with one_chain_quiet():
-        summ = az.summary(idata, var_names=var_names, kind="diagnostics")
+    """R-hat, bulk/tail ESS and MCSE per scalar parameter (as az.summary(kind="diagnostics", round_to="none")),
+    plus mcse_mean / posterior SD, computed for all parameters at once (mcmc_stats). Unrounded: the
+    verdict compares the exact values with its thresholds."""
+    draws, labels = scalar_draws(idata.posterior, var_names)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        # only the SD (kind="stats" would also compute HDIs of every element, which is slow)
-        sd = az.summary(idata, var_names=var_names, stat_funcs={"sd": lambda x: np.std(x, ddof=1)}, extend=False)["sd"].reindex(summ.index)
+        diag, sd = mcmc_stats.diagnostics(draws), mcmc_stats.posterior_sd(draws)
+    summ = pd.DataFrame(diag, index=labels, columns=list(mcmc_stats.DIAGNOSTICS))
+    sd = pd.Series(sd, index=summ.index)
     # constants (e.g. the effect at baseline, fixed at 0) have no meaningful diagnostics; with one chain
     # R-hat is undefined for every parameter (it compares chains) while ESS and MCSE are not
     one_chain = idata.posterior.sizes.get("chain", 1) < 2

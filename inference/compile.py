@@ -314,10 +314,15 @@ def fused_layout(built: BuiltModel) -> kernels.FusedLayout | None:
     module = KERNELS.get(built.fused_kernel or "")
     if module is None:
         return None
+    import pytensor
     from nutpie.compile_pymc import _compute_shapes
+    from pytensor.compile.mode import Mode
 
+    # the shapes come from two small functions evaluated once: PyTensor's Python implementations, no C compile
+    with pytensor.config.change_flags(mode=Mode(linker="py", optimizer="fast_compile")):
+        shapes = _compute_shapes(built.model)
     try:
-        return module.fused_layout(built.model, built.design, built.priors, _compute_shapes(built.model))
+        return module.fused_layout(built.model, built.design, built.priors, shapes)
     except kernels.Unsupported:
         return None
 
