@@ -332,13 +332,12 @@ def stan_data(design) -> dict:
 
 
 def fit_stan(design, args) -> dict:
+    import aiohttp.client
     import arviz as az
     import numpy as np
     import stan
 
     from inference.sampling import seed_streams
-
-    import aiohttp.client
 
     # pystan talks to its compile server with aiohttp's default 5-minute timeout, which a C++
     # compile on a busy 2-core machine can exceed

@@ -29,7 +29,6 @@ points (drop-out and intermittent patterns, one site and several, other priors).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from functools import lru_cache
 
 import numba

@@ -194,14 +194,20 @@ def finish_marginal_fit(idata: az.InferenceData, fast: BuiltModel, recover_seed:
     return timings
 
 
+def compile_kwargs() -> dict:
+    """PyTensor compile options for functions evaluated on many draws: without a C compiler (PyTensor's
+    Python backend) fused elementwise kernels run element by element in Python, many times slower than
+    unfused numpy operations, so there they are not fused. Same numbers either way."""
+    return {} if pytensor.config.cxx else {"mode": get_default_mode().excluding("fusion")}
+
+
 def per_draw(model: pm.Model, out, post: xr.Dataset) -> np.ndarray:
     """A tensor of the model's free variables evaluated at every posterior draw: (chain, draw, ...).
 
     Compiled once. Without a C compiler (PyTensor's Python backend) fused elementwise kernels run
     element by element in Python, 16 times slower than unfused numpy operations, so there they are
     not fused."""
-    compile_kwargs = {} if pytensor.config.cxx else {"mode": get_default_mode().excluding("fusion")}
-    fn = model.compile_fn(inputs=model.free_RVs, outs=out, on_unused_input="ignore", **compile_kwargs)
+    fn = model.compile_fn(inputs=model.free_RVs, outs=out, on_unused_input="ignore", **compile_kwargs())
     names = [rv.name for rv in model.free_RVs]
     rows = []
     for ch in range(post.sizes["chain"]):

@@ -27,7 +27,7 @@ import pymc as pm
 from models.contract import VISIT_CHANGES, VISIT_SCORES, BuiltModel
 
 from .compile import compile_nutpie, uses_fused
-from .marginal import INTEGRATED_NOTES, finish_marginal_fit, mmrm_integrated_log_likelihood, plain_integrated_log_likelihood
+from .marginal import INTEGRATED_NOTES, compile_kwargs, finish_marginal_fit, mmrm_integrated_log_likelihood, plain_integrated_log_likelihood
 
 SAMPLERS = ("nutpie", "pymc")
 
@@ -123,7 +123,7 @@ def sample_all(built: BuiltModel, settings: SamplerSettings, quiet: bool = False
     _log("  sampling prior predictive", quiet)
     with model, warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        prior = pm.sample_prior_predictive(draws=settings.prior_draws, random_seed=prior_seed)
+        prior = pm.sample_prior_predictive(draws=settings.prior_draws, random_seed=prior_seed, compile_kwargs=compile_kwargs())
     prior_s = time.perf_counter() - t_start
     fast = None
     if settings.fast and built.fast_variant is not None:
@@ -174,7 +174,8 @@ def complete_fit(idata: az.InferenceData, built: BuiltModel, seed: int, fast: Bu
         timings["log_likelihood_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         pm.sample_posterior_predictive(
-            idata, var_names=list(built.outcome_vars), random_seed=pred_seed, extend_inferencedata=True, progressbar=False
+            idata, var_names=list(built.outcome_vars), random_seed=pred_seed, extend_inferencedata=True, progressbar=False,
+            compile_kwargs=compile_kwargs(),
         )
         timings["posterior_predictive_s"] = time.perf_counter() - t0
     if built.observations in (VISIT_SCORES, VISIT_CHANGES):  # the densities the comparison scores (inference/marginal.py)

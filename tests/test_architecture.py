@@ -178,7 +178,9 @@ def test_readme_python_example_runs(tmp_path):
 
 @pytest.mark.smoke
 def test_readme_python_example_runs_with_fewer_draws(tmp_path):
-    """The same example with its draws cut to 100 (every line else as printed): the default tier's version."""
+    """The same example with its draws cut to 50 and its two fits in turn in one process (every line
+    else as printed): the default tier's version. The slow tier runs it as printed, fits side by side."""
     code = readme_block("Python", "python")
-    assert "draws=1000" in code
-    _run_readme_example(tmp_path, code.replace("draws=1000", "draws=100, tune=150"))
+    assert "draws=1000" in code and 'out="results/example")' in code
+    code = code.replace("draws=1000", "draws=50, tune=100").replace('out="results/example")', 'out="results/example", jobs=1)')
+    _run_readme_example(tmp_path, code)

@@ -15,9 +15,9 @@ import pymc as pm
 import pytest
 
 from data import TrialParameters, load_dataset, simulate_trial
+from inference.sampling import SamplerSettings, sample_posterior
 from models import ModelDataError, build_design, get
 from models.contract import MARKER_VALUES
-from inference.sampling import SamplerSettings, sample_posterior
 
 MODELS = ("biomarker_change", "biomarker_change_median", "mediation")
 FIT = SamplerSettings(draws=400, tune=400, chains=2, seed=11, prior_draws=50)

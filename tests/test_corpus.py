@@ -23,8 +23,8 @@ import pytest
 import xarray as xr
 
 import fit
-from deptrial import api
 from data import DEFAULT_DATASET, DatasetError, changes_of, load_dataset
+from deptrial import api
 
 pytestmark = pytest.mark.unit
 

@@ -284,7 +284,12 @@ def test_plain_path_integrated_densities_equal_the_fast_paths(design, name):
     import pymc as pm
 
     from inference.marginal import (
-        _normal_mean, fixed_part, integrated_log_likelihood, per_draw, plain_integrated_log_likelihood, visit_means,
+        _normal_mean,
+        fixed_part,
+        integrated_log_likelihood,
+        per_draw,
+        plain_integrated_log_likelihood,
+        visit_means,
     )
 
     built = get(name).build(design)

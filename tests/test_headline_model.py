@@ -7,8 +7,8 @@ import pymc as pm
 import pytest
 
 from data import TrialParameters, load_dataset, simulate_trial
-from models import ModelDataError, build_design, get
 from inference.sampling import SamplerSettings, sample_all
+from models import ModelDataError, build_design, get
 from models.marker_block import LOGCDF_SWITCH
 
 

@@ -10,10 +10,10 @@ import pytest
 
 import fit
 from data import TrialParameters, load_dataset, simulate_trial
+from inference.sampling import SamplerSettings, sample_all, sample_posterior
 from models import ModelDataError, build_design, get
 from models.contract import VISIT_SCORES
 from models.moderation import CLINICAL_LEVELS, marker_levels, nac_effect_at_levels
-from inference.sampling import SamplerSettings, sample_all, sample_posterior
 from models.trajectory import curve_basis
 
 FAMILY = ("null", "treatment", "treatment_curved", "moderation")

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 import fit
-from deptrial import api
 from data.atomic import OutputBusy, atomic_folder, lock_path, locked_output, output_lock, recover_interrupted
+from deptrial import api
 
 ROOT = Path(__file__).resolve().parent.parent
 SETTINGS = ["--draws", "30", "--tune", "40", "--chains", "2", "--cores", "2", "--prior-draws", "10", "--seed", "11", "--quiet"]

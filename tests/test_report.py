@@ -13,13 +13,12 @@ import subprocess
 import numpy as np
 import pandas as pd
 import pytest
+from test_diagnostics import trial_idata
 
 import diagnose
 from diagnostics.convergence import RHAT_MAX
 from diagnostics.run import diagnose_run, write_outputs
 from inference.idata_io import save_idata
-from test_diagnostics import trial_idata
-
 
 ESTIMATES = pd.DataFrame(
     [

@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 
 from data import TrialParameters, load_dataset
-from models.design import build_design
 from inference.sampling import SamplerSettings, sample_all
 from models import get
+from models.design import build_design
 from validation.agreement import SD_RATIO_RANGE, TOLERANCE_SE, compare, reml_nac_effect, run_agreement, weak_priors
 from validation.designs import design_of
 
