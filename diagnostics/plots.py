@@ -154,7 +154,8 @@ def effects_forest_plot(answer, labels: tuple[str, str]) -> bytes | None:
     n = len(diff)
     fig, ax = plt.subplots(figsize=(6.5, 1.4 + 0.75 * n))
     y = np.arange(n)[::-1]
-    ax.errorbar(diff["mean"], y, xerr=[diff["mean"] - diff["lo"], diff["hi"] - diff["mean"]], fmt="o", color="C0", capsize=5, ms=7, lw=2)
+    ax.hlines(y, diff["lo"], diff["hi"], color="C0", lw=2)  # a line and a point: a skewed posterior's mean can lie outside its HDI
+    ax.plot(diff["mean"], y, "o", color="C0", ms=7)
     ax.axvline(0, color="k", lw=1)
     if answer.mcid is not None:
         ax.axvline(-answer.mcid, color="C2", ls="--", lw=1.2, label=f"benefit = MCID ({answer.mcid:g} points)")
@@ -204,7 +205,9 @@ def marker_forest_plot(answer) -> bytes | None:
     for ax, unit in zip(axes.ravel(), units):
         sub = marks[marks["unit"] == unit]
         y = np.arange(len(sub))[::-1]
-        ax.errorbar(sub["mean"], y, xerr=[sub["mean"] - sub["lo"], sub["hi"] - sub["mean"]], fmt="o", color="C1", capsize=3)
+        # the interval as a line and the mean as a point: the mean of a skewed posterior (a ratio) can lie outside its HDI
+        ax.hlines(y, sub["lo"], sub["hi"], color="C1", lw=1.5)
+        ax.plot(sub["mean"], y, "o", color="C1")
         ax.axvline(1.0 if "ratio" in unit.lower() else 0.0, color="k", lw=1)
         ax.set_yticks(y, [q if len(q) <= 60 else q[:57] + "..." for q in sub["quantity"]], fontsize=8)
         ax.set_xlabel(f"{unit}, 94% HDI", fontsize=8)

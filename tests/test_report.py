@@ -174,3 +174,17 @@ def test_diagnose_cli_bad_input_exits_2(fits, tmp_path, capsys):
     assert diagnose.main([str(folder), "--kfold", "2"]) == 2  # refits need the original dataset
     assert "cannot refit" in capsys.readouterr().err
     assert diagnose.main([str(folder), "--kfold", "1"]) == 2
+
+
+@pytest.mark.unit
+def test_forest_plots_draw_a_mean_outside_its_interval():
+    """The mean of a skewed posterior (a ratio, e.g. the mediation model's) can lie outside its 94% HDI: drawn, not refused."""
+    from diagnostics import plots
+    from diagnostics.summary import Answer
+
+    markers = pd.DataFrame({"quantity": ["NAC / placebo ratio of IL-6 at week 12", "IL-6 per doubling"], "marker": ["il6", "il6"],
+                            "unit": ["ratio", "MADRS points per doubling (pg/mL)"], "mean": [1.31, -0.4], "lo": [0.8, -1.1], "hi": [1.25, 0.2]})
+    diff = pd.DataFrame({"quantity": ["nac_effect[12]"], "week": [12], "mean": [-2.5], "lo": [-2.4], "hi": [1.0], "p_benefit": [0.9], "p_mcid": [0.2]})
+    answer = Answer("mediation", "", diff, 2.0, None, markers, {})
+    for png in (plots.marker_forest_plot(answer), plots.effects_forest_plot(answer, ("placebo", "nac"))):
+        assert png[:8] == b"\x89PNG\r\n\x1a\n"
