@@ -144,7 +144,7 @@ def _loo_times(idata, design) -> dict:
     t0 = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        az.loo(idata, pointwise=True)
+        az.loo(idata, pointwise=True, var_name="y")
     out["loo_pointwise_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     ll = idata.log_likelihood["y"]
@@ -496,7 +496,7 @@ def table(results: list[dict]) -> str:
         ("vs_bambi", "x bambi"), ("vs_pymc", "x pymc"), ("vs_numpyro", "x numpyro"), ("vs_stan", "x stan"),
         ("divergences", "div"), ("peak_rss_mb", "peak MB"),
     ]
-    cols = [("model", "model"), *cols]
+    cols = [("model", "model"), *cols[:3], ("draws", "draws"), ("tune", "tune"), *cols[3:]]
     lines = ["| " + " | ".join(c[1] for c in cols) + " |", "|" + "---|" * len(cols)]
     for r in results:
         if "error" in r:
@@ -557,6 +557,8 @@ def main(argv=None) -> int:
     )
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="folder for results.json and results.md")
     ap.add_argument("--render", action="store_true", help="only rewrite results.md from the results.json in --out (no fits)")
+    ap.add_argument("--append", action="store_true",
+                    help="add these fits to the results already in --out (e.g. a slow path run with fewer draws; each row records its own settings)")
     # worker mode (internal)
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--data", type=Path, help=argparse.SUPPRESS)
@@ -583,6 +585,8 @@ def main(argv=None) -> int:
         ap.error("--runs takes cold, warm or cold,warm")
     runs_above = [r for r in (args.runs_above_1 or args.runs).split(",") if r]
     results = []
+    if args.append and (args.out / f"{stem}.json").exists():
+        results = json.loads((args.out / f"{stem}.json").read_text())["results"]
     work = Path(tempfile.mkdtemp(prefix="deptrial-bench-"))
     args.out.mkdir(parents=True, exist_ok=True)
     from inference.idata_io import load_average, machine_record
@@ -616,7 +620,7 @@ def main(argv=None) -> int:
             for run in path_runs:
                 print(f"  {path} x{scale} {run} ...", file=sys.stderr, flush=True)
                 res = run_worker(path, data, args, env, args.timeout)
-                res.update(scale=scale, run=run)
+                res.update(scale=scale, run=run, draws=args.draws, tune=args.tune, chains=args.chains)
                 results.append(res)
                 print(f"    {fmt(res.get('wall_s'))} s wall" if "error" not in res else f"    {res['error']}", file=sys.stderr, flush=True)
                 write_results()

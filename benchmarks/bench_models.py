@@ -84,7 +84,8 @@ def render(meta: dict, rows: list[dict]) -> str:
         f"Measured {meta['date']} on {meta['machine']}, {meta['cpus']} CPUs; load average at the start {load('load_start')}, "
         f"at the end {load('load_end')}. Each model: `python fit.py --model NAME` on the bundled trial, {meta['chains']} chains x "
         f"{meta['draws']} draws after {meta['tune']} tuning steps, seed {meta['seed']}, from empty caches and cached. "
-        "Regenerate with `python benchmarks/bench_models.py` (docs/performance.md).",
+        "Regenerate with `python benchmarks/bench_models.py` (docs/performance.md)."
+        + (f" Updated: {meta['updated']}." if meta.get("updated") else ""),
         "",
         "Targets: compile from empty caches at most 15 s, sampling at most 5 s, 0 divergences, minimum bulk ESS at least 400.",
         "",
@@ -112,6 +113,7 @@ def main(argv=None) -> int:
     ap.add_argument("--chains", type=int, default=4)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--out", type=Path, default=HERE / "results", help="folder for models.json and models.md")
+    ap.add_argument("--update", action="store_true", help="replace only these models' rows in the existing models.json (same settings)")
     args = ap.parse_args(argv)
     meta = {**machine_record(), "draws": args.draws, "tune": args.tune, "chains": args.chains, "seed": args.seed}
     rows = []
@@ -129,6 +131,17 @@ def main(argv=None) -> int:
         shutil.rmtree(work, ignore_errors=True)
     meta["load_end"] = load_average()
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.update and (args.out / "models.json").exists():
+        saved = json.loads((args.out / "models.json").read_text())
+        same = {k: saved["settings"].get(k) for k in ("draws", "tune", "chains", "seed")} == {k: meta[k] for k in ("draws", "tune", "chains", "seed")}
+        if not same:
+            raise SystemExit("--update needs the settings of the saved models.json (draws, tune, chains, seed)")
+        redone = {r["model"] for r in rows}
+        rows = [r for r in saved["runs"] if r["model"] not in redone] + rows
+        order = list(REGISTRY)
+        rows.sort(key=lambda r: (order.index(r["model"]) if r["model"] in order else len(order), r["run"] != "empty caches"))
+        meta["updated"] = f"{', '.join(sorted(redone))} measured {meta['date']}; the others {saved['settings']['date']}"
+        meta["date"], meta["load_start"] = saved["settings"]["date"], saved["settings"]["load_start"]
     (args.out / "models.json").write_text(json.dumps({"settings": meta, "runs": rows}, indent=2) + "\n")
     text = render(meta, rows)
     (args.out / "models.md").write_text(text + "\n")
