@@ -473,8 +473,9 @@ def header(meta: dict) -> str:
         f"Model: {meta.get('model', 'headline')}. Measured {meta.get('date', 'date not recorded')} on {meta.get('machine') or 'a machine not recorded'}, "
         f"{meta.get('cpus', '?')} CPUs{memory}; "
         f"load average at the start {load('load_start')}, at the end {load('load_end')}. "
-        f"{meta.get('chains', '?')} chains x {meta.get('draws', '?')} draws after {meta.get('tune', '?')} tuning steps, "
-        f"seed {meta.get('seed', '?')}{' (tiny smoke run)' if meta.get('tiny') else ''}. "
+        + ("chains, draws and tuning steps as each row states (rows added with --append), "
+           if meta.get("appended") else f"{meta.get('chains', '?')} chains x {meta.get('draws', '?')} draws after {meta.get('tune', '?')} tuning steps, ")
+        + f"seed {meta.get('seed', '?')}{' (tiny smoke run)' if meta.get('tiny') else ''}. "
         "Regenerate with `python benchmarks/bench_fit.py` (docs/performance.md)."
     )
 
@@ -496,7 +497,7 @@ def table(results: list[dict]) -> str:
         ("vs_bambi", "x bambi"), ("vs_pymc", "x pymc"), ("vs_numpyro", "x numpyro"), ("vs_stan", "x stan"),
         ("divergences", "div"), ("peak_rss_mb", "peak MB"),
     ]
-    cols = [("model", "model"), *cols[:3], ("draws", "draws"), ("tune", "tune"), *cols[3:]]
+    cols = [("model", "model"), *cols[:3], ("chains", "chains"), ("draws", "draws"), ("tune", "tune"), *cols[3:]]
     lines = ["| " + " | ".join(c[1] for c in cols) + " |", "|" + "---|" * len(cols)]
     for r in results:
         if "error" in r:
@@ -585,13 +586,14 @@ def main(argv=None) -> int:
         ap.error("--runs takes cold, warm or cold,warm")
     runs_above = [r for r in (args.runs_above_1 or args.runs).split(",") if r]
     results = []
-    if args.append and (args.out / f"{stem}.json").exists():
+    appended = args.append and (args.out / f"{stem}.json").exists()
+    if appended:
         results = json.loads((args.out / f"{stem}.json").read_text())["results"]
     work = Path(tempfile.mkdtemp(prefix="deptrial-bench-"))
     args.out.mkdir(parents=True, exist_ok=True)
     from inference.idata_io import load_average, machine_record
 
-    meta = {"model": args.model, "draws": args.draws, "tune": args.tune, "chains": args.chains, "cores": args.cores, "seed": args.seed, "tiny": args.tiny, **machine_record()}
+    meta = {"model": args.model, "appended": appended, "draws": args.draws, "tune": args.tune, "chains": args.chains, "cores": args.cores, "seed": args.seed, "tiny": args.tiny, **machine_record()}
     print(f"benchmark: paths {paths}, scales {scales}, {args.chains} chains x {args.draws} draws after {args.tune}; scratch {work}", file=sys.stderr)
 
     def write_results() -> str:  # after every fit, so an interrupted run keeps what it measured
