@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import arviz as az
 import numpy as np
 import pymc as pm
@@ -226,7 +228,9 @@ def _check_groups(idata):
     pp = idata.posterior_predictive["change"].values[..., wk == 12]
     obs = idata.observed_data["change"].values[wk == 12]
     assert abs(pp.mean() - obs.mean()) < 1.5 and 0.75 < pp.std() / obs.std() < 1.3
-    assert np.isfinite(az.loo(idata, var_name="change").elpd_loo)
+    with warnings.catch_warnings():  # a high Pareto k of one visit is the diagnostics' business (the LOO tables flag it), not this check's
+        warnings.filterwarnings("ignore", message="Estimated shape parameter of Pareto", category=UserWarning)
+        assert np.isfinite(az.loo(idata, var_name="change").elpd_loo)
 
 
 @pytest.mark.smoke
@@ -259,7 +263,7 @@ def test_small_bayesian_mmrm_agrees_with_reml_and_covers_truth(small_fit):
     within 1 SE."""
     ds, design, idata = small_fit
     # baseline x visit: at n = 100 (about 70 at week 12) the posterior mean, which averages over the
-    # covariance's uncertainty, sits up to ~0.7 SE from the plug-in REML estimate; 0.25 SE at n = 252 (slow)
+    # covariance's uncertainty, sits up to ~0.7 SE from the plug-in REML estimate; about 0.3 SE at n = 252 (slow)
     _check_agreement(design, idata, ds, tol=0.3, weeks=(12, 16), slope_tol=1.0)
     for w, t in {12: -3.0, 16: -5.0}.items():
         lo, hi = az.hdi(idata.posterior["nac_effect"].sel(week=w).values.ravel(), hdi_prob=0.99)
@@ -269,9 +273,13 @@ def test_small_bayesian_mmrm_agrees_with_reml_and_covers_truth(small_fit):
 
 @pytest.mark.slow
 def test_bayesian_mmrm_agrees_with_reml_on_bundled_trial(default_fit):
-    """n = 252: within 0.25 SE of REML at every visit; the truth (-1.5, -3) inside the 99% interval."""
+    """n = 252: the NAC difference within 0.25 SE of REML at every visit; the truth (-1.5, -3) inside the
+    99% interval. Baseline x visit within 0.35 SE: the posterior mean, which averages over the
+    covariance's uncertainty, sits 0.19-0.29 SE from the plug-in REML estimate on this trial (measured
+    with 8,000-12,000 draws, the same on the fused and the graph log density); a wrong visit index or
+    baseline would be many SE away."""
     ds, design, idata = default_fit
-    _check_agreement(design, idata, ds, tol=0.25, weeks=design.weeks[1:], slope_tol=0.25)
+    _check_agreement(design, idata, ds, tol=0.25, weeks=design.weeks[1:], slope_tol=0.35)
     for w, t in {12: -1.5, 16: -3.0}.items():  # data/default/truth.json
         lo, hi = az.hdi(idata.posterior["nac_effect"].sel(week=w).values.ravel(), hdi_prob=0.99)
         assert lo < t < hi, (w, lo, hi)
