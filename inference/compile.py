@@ -478,9 +478,13 @@ def compile_fused(model, layout: kernels.FusedLayout, cache_folder=None):
     logp_c, expand_c = fused_functions(layout.kernel, cache_folder)
     names, slices, shapes = layout.shape_info
     n_joined = len(model.free_RVs)
-    point_fn = make_initial_point_fn(
-        model=model, default_strategy="support_point", jitter_rvs=set(model.free_RVs), return_transformed=True
-    )
+    import pytensor
+    from pytensor.compile.mode import Mode
+
+    with pytensor.config.change_flags(mode=Mode(linker="py", optimizer="fast_compile")):  # a few evaluations: nothing to compile
+        point_fn = make_initial_point_fn(
+            model=model, default_strategy="support_point", jitter_rvs=set(model.free_RVs), return_transformed=True
+        )
     # the chains ask for initial points from several threads; PyTensor functions are not thread-safe
     initial = _rv_dict_to_flat_array_wrapper(_wrap_with_lock(point_fn), names=names[:n_joined], shapes=shapes[:n_joined])
     dims, coords = _prepare_dims_and_coords(model, layout.shape_info)

@@ -27,7 +27,14 @@ import pymc as pm
 from models.contract import VISIT_CHANGES, VISIT_SCORES, BuiltModel
 
 from .compile import compile_nutpie, uses_fused
-from .marginal import INTEGRATED_NOTES, compile_kwargs, finish_marginal_fit, mmrm_integrated_log_likelihood, plain_integrated_log_likelihood
+from .marginal import (
+    INTEGRATED_NOTES,
+    compile_kwargs,
+    finish_marginal_fit,
+    mmrm_integrated_log_likelihood,
+    plain_integrated_log_likelihood,
+    python_mode,
+)
 
 SAMPLERS = ("nutpie", "pymc")
 
@@ -109,16 +116,6 @@ def sample_posterior(built: BuiltModel, settings: SamplerSettings, quiet: bool =
     return idata, timings
 
 
-def prior_mode():
-    """How the prior predictive draws are computed: PyTensor's Python implementations, unfused (numpy per
-    operation). For a few hundred draws that is as fast as compiled C once compiled (about 1-2 s on the
-    bundled trial's models), and there is nothing to compile: C took 15-22 s from an empty compile
-    folder. Same numbers to 1e-14."""
-    from pytensor.compile.mode import Mode
-
-    return Mode(linker="py", optimizer="fast_run").excluding("fusion", "cxx_only")
-
-
 def sample_all(built: BuiltModel, settings: SamplerSettings, quiet: bool = False) -> tuple[az.InferenceData, dict]:
     """Prior, prior predictive, posterior, posterior predictive, log-likelihood, observed and constant data.
 
@@ -133,7 +130,9 @@ def sample_all(built: BuiltModel, settings: SamplerSettings, quiet: bool = False
     _log("  sampling prior predictive", quiet)
     with model, warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        prior = pm.sample_prior_predictive(draws=settings.prior_draws, random_seed=prior_seed, compile_kwargs={"mode": prior_mode()})
+        # a few hundred draws: PyTensor's Python implementations (marginal.python_mode) are as fast as compiled C
+        # (1-2 s on the bundled trial's models) and there is nothing to compile (C: 15-22 s from an empty compile folder)
+        prior = pm.sample_prior_predictive(draws=settings.prior_draws, random_seed=prior_seed, compile_kwargs={"mode": python_mode()})
     prior_s = time.perf_counter() - t_start
     fast = None
     if settings.fast and built.fast_variant is not None:
