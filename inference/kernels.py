@@ -321,11 +321,8 @@ def _markers_backward(x, ctx, z, aux, adj, grad):
 
 
 @_jit
-def _site_values(x, ctx):
-    """Sum-to-zero site offsets (PyMC's ZeroSumTransform backward) from the unconstrained block."""
-    sizes = _field(ctx, F_SIZES)
-    n_s = int(sizes[4])
-    o = int(_field(ctx, F_XOFF)[X_SITE])
+def zerosum_values(x, o, n_s):
+    """Sum-to-zero offsets (PyMC's ZeroSumTransform backward) from the unconstrained block at o (zeros when o < 0)."""
     s = np.zeros(max(n_s, 1))
     if o < 0:
         return s
@@ -338,6 +335,28 @@ def _site_values(x, ctx):
         s[j] = x[o + j] - norm
     s[n_s - 1] = -total / rn
     return s
+
+
+@_jit
+def zerosum_density(values, d_values, sigma, n_s, o, grad):
+    """ZeroSumNormal(sigma) log density of the n_s offsets (n_s - 1 degrees of freedom); adds its gradient and
+    d_values (the rest of the model's d/d offsets) through the transform to grad[o:]; returns the log density."""
+    rn = math.sqrt(n_s)
+    lp = -(n_s - 1) * (HALF_LOG_2PI + math.log(sigma))
+    for j in range(n_s):
+        lp += -0.5 * (values[j] / sigma) ** 2
+        d_values[j] += -values[j] / (sigma * sigma)
+    head = 0.0
+    for j in range(n_s - 1):
+        head += d_values[j]
+    for j in range(n_s - 1):
+        grad[o + j] += d_values[j] - head / (rn + n_s) - d_values[n_s - 1] / rn
+    return lp
+
+
+@_jit
+def _site_values(x, ctx):
+    return zerosum_values(x, int(_field(ctx, F_XOFF)[X_SITE]), int(_field(ctx, F_SIZES)[4]))
 
 
 @_jit
@@ -552,20 +571,9 @@ def logp_grad(x, ctx, grad):
             lp += g
             grad[o] += d_nc + dg
 
-    # sum-to-zero site offsets: Normal(0, sigma) on the n_s values, n_s - 1 degrees of freedom
     o = int(xo[X_SITE])
     if o >= 0:
-        zs = pri[3 * P_SITE + 1]
-        rn = math.sqrt(n_s)
-        for j in range(n_s):
-            lp += -0.5 * (site[j] / zs) ** 2
-            d_site[j] += -site[j] / (zs * zs)
-        lp -= (n_s - 1) * (HALF_LOG_2PI + math.log(zs))
-        head = 0.0
-        for j in range(n_s - 1):
-            head += d_site[j]
-        for j in range(n_s - 1):
-            grad[o + j] += d_site[j] - head / (rn + n_s) - d_site[n_s - 1] / rn
+        lp += zerosum_density(site, d_site, pri[3 * P_SITE + 1], n_s, o, grad)
 
     _markers_backward(x, ctx, z, aux, adj, grad)
     return lp
@@ -721,6 +729,36 @@ class FusedLayout:
     kernel: str = "trajectory"  # which fused functions read ctx (inference/compile.KERNELS)
 
 
+def block_layout(model, shapes: dict, x_blocks: tuple, e_blocks: tuple):
+    """nutpie's layout of a model's variables for a fused kernel: the unconstrained (sampled) variables,
+    then the other stored ones, each at an offset in the draw. Returns (names, slices, shapes, offset of
+    each x block, offset of each e block (-1 where absent), n_dim, n_expanded); raises Unsupported
+    for a variable the kernel does not know."""
+    joined = [model.rvs_to_values[rv].name for rv in model.free_RVs]
+    unknown = [n for n in joined if n not in x_blocks]
+    if unknown:
+        raise Unsupported(f"unknown free variables {unknown}")
+    remaining = [v.name for v in model.unobserved_value_vars if v.name not in joined]
+    unknown = [n for n in remaining if n not in e_blocks]
+    if unknown:
+        raise Unsupported(f"unknown stored variables {unknown}")
+    names, slices, shape_list = [], [], []
+    xoff, eoff = -np.ones(len(x_blocks)), -np.ones(len(e_blocks))
+    pos = n_dim = 0
+    for group, blocks, offsets in ((joined, x_blocks, xoff), (remaining, e_blocks, eoff)):
+        for name in group:
+            shape = tuple(int(s) for s in shapes[name])
+            size = int(np.prod(shape))
+            offsets[blocks.index(name)] = pos
+            names.append(name)
+            slices.append(slice(pos, pos + size))
+            shape_list.append(shape)
+            pos += size
+        if group is joined:
+            n_dim = pos
+    return names, slices, shape_list, xoff, eoff, n_dim, pos
+
+
 def fused_layout(model, design, priors, shapes: dict) -> FusedLayout:
     """Layout and data of a marginal trajectory `model` (models/trajectory.build_trajectory_marginal) built from
     `design` with `priors`; `shapes` maps each stored variable to its shape (as nutpie computes them).
@@ -730,14 +768,8 @@ def fused_layout(model, design, priors, shapes: dict) -> FusedLayout:
     treatment_curved (treatment with the curvature) and null (neither). Raises Unsupported when
     the model is not one this module computes exactly.
     """
-    joined = [model.rvs_to_values[rv].name for rv in model.free_RVs]
-    unknown = [n for n in joined if n not in X_BLOCKS]
-    if unknown:
-        raise Unsupported(f"unknown free variables {unknown}")
-    remaining = [v.name for v in model.unobserved_value_vars if v.name not in joined]
-    unknown = [n for n in remaining if n not in E_BLOCKS]
-    if unknown:
-        raise Unsupported(f"unknown stored variables {unknown}")
+    names, slices, shape_list, xoff, eoff, n_dim, pos = block_layout(model, shapes, X_BLOCKS, E_BLOCKS)
+    joined, remaining = names[: len(model.free_RVs)], names[len(model.free_RVs):]
     with_markers, with_arm = "marker_mean" in joined, "nac_change" in joined
     with_nac_moderation, curved = "nac_marker_moderation" in joined, "time_curvature" in joined
     md = design.baseline if with_markers else None
@@ -760,20 +792,6 @@ def fused_layout(model, design, priors, shapes: dict) -> FusedLayout:
         if slot not in absent:
             pri[3 * slot : 3 * slot + 3] = _prior_triple(priors[key], kind)
 
-    names, slices, shape_list = [], [], []
-    xoff, eoff = -np.ones(len(X_BLOCKS)), -np.ones(len(E_BLOCKS))
-    pos = 0
-    for group, blocks, offsets in ((joined, X_BLOCKS, xoff), (remaining, E_BLOCKS, eoff)):
-        for name in group:
-            shape = tuple(int(s) for s in shapes[name])
-            size = int(np.prod(shape))
-            offsets[blocks.index(name)] = pos
-            names.append(name)
-            slices.append(slice(pos, pos + size))
-            shape_list.append(shape)
-            pos += size
-        if group is joined:
-            n_dim = pos
     n_sites, n_phases = len(design.sites), len(design.phases())
     expected = {"intercept": 1, "time_change": n_phases, "participant_chol_cholesky-cov-packed__": 3, "residual_sd_log__": 1}
     if n_sites >= 2:

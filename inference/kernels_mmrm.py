@@ -37,7 +37,20 @@ from scipy.special import gammaln
 
 from models.mmrm import mmrm_data
 
-from .kernels import HALF_LOG_2PI, LOG2PI, FusedLayout, Unsupported, _field, _jit, _normal_prior, _pack, _prior_triple, _scale_prior
+from .kernels import (
+    LOG2PI,
+    FusedLayout,
+    Unsupported,
+    _field,
+    _jit,
+    _normal_prior,
+    _pack,
+    _prior_triple,
+    _scale_prior,
+    block_layout,
+    zerosum_density,
+    zerosum_values,
+)
 
 KERNEL = "mmrm"
 # prior slots (3 numbers each: family, p1, p2)
@@ -89,23 +102,6 @@ def _unpack_chol(x, o, nv):
 
 
 @_jit
-def _site_values(x, o, n_s):
-    """Sum-to-zero site offsets (PyMC's ZeroSumTransform backward)."""
-    s = np.zeros(max(n_s, 1))
-    if o < 0:
-        return s
-    rn = math.sqrt(n_s)
-    total = 0.0
-    for j in range(n_s - 1):
-        total += x[o + j]
-    norm = total / (rn + n_s)
-    for j in range(n_s - 1):
-        s[j] = x[o + j] - norm
-    s[n_s - 1] = -total / rn
-    return s
-
-
-@_jit
 def _cholesky_inverse(a, k):
     """The inverse of the Cholesky factor of the k x k leading block of a (lower), and log|a|/2; nan if not positive definite."""
     c = np.zeros((k, k))
@@ -154,7 +150,7 @@ def logp_grad(x, ctx, grad):
     o_mean, o_nac, o_slope, o_site, o_chol = int(xo[X_VMEAN]), int(xo[X_NAC]), int(xo[X_SLOPE]), int(xo[X_SITE]), int(xo[X_CHOL])
     chol = _unpack_chol(x, o_chol, nv)
     sigma = chol @ chol.T
-    site = _site_values(x, o_site, n_s)
+    site = zerosum_values(x, o_site, n_s)
     d_site = np.zeros(max(n_s, 1))
     g_sigma = np.zeros((nv, nv))
     lp = 0.0
@@ -249,18 +245,8 @@ def logp_grad(x, ctx, grad):
         lp += g
         grad[o_slope + v] += dg
 
-    if o_site >= 0:  # Normal(0, sigma) on the n_s sum-to-zero values, n_s - 1 degrees of freedom
-        zs = pri[3 * P_SITE + 1]
-        rn = math.sqrt(n_s)
-        for j in range(n_s):
-            lp += -0.5 * (site[j] / zs) ** 2
-            d_site[j] += -site[j] / (zs * zs)
-        lp -= (n_s - 1) * (HALF_LOG_2PI + math.log(zs))
-        head = 0.0
-        for j in range(n_s - 1):
-            head += d_site[j]
-        for j in range(n_s - 1):
-            grad[o_site + j] += d_site[j] - head / (rn + n_s) - d_site[n_s - 1] / rn
+    if o_site >= 0:
+        lp += zerosum_density(site, d_site, pri[3 * P_SITE + 1], n_s, o_site, grad)
     return lp
 
 
@@ -275,7 +261,7 @@ def expand(x, ctx, out):
     o_chol = int(xo[X_CHOL])
     chol = _unpack_chol(x, o_chol, nv)
     if eo[E_SITE] >= 0:
-        site = _site_values(x, int(xo[X_SITE]), n_s)
+        site = zerosum_values(x, int(xo[X_SITE]), n_s)
         for j in range(n_s):
             out[int(eo[E_SITE]) + j] = site[j]
     if eo[E_CHOL] >= 0:
@@ -346,31 +332,13 @@ def fused_layout(model, design, priors, shapes: dict) -> FusedLayout:
 
     Raises Unsupported when the model is not one this module computes exactly.
     """
-    joined = [model.rvs_to_values[rv].name for rv in model.free_RVs]
-    unknown = [n for n in joined if n not in X_BLOCKS]
-    if unknown or "visit_chol_cholesky-cov-packed__" not in joined:
+    names, slices, shape_list, xoff, eoff, n_dim, pos = block_layout(model, shapes, X_BLOCKS, E_BLOCKS)
+    joined = names[: len(model.free_RVs)]
+    if "visit_chol_cholesky-cov-packed__" not in joined:
         raise Unsupported(f"not the MMRM's free variables: {joined}")
-    remaining = [v.name for v in model.unobserved_value_vars if v.name not in joined]
-    unknown = [n for n in remaining if n not in E_BLOCKS]
-    if unknown:
-        raise Unsupported(f"unknown stored variables {unknown}")
     d = mmrm_data(design)
     nv = len(d.visits)
     n_sites = len(design.sites)
-    names, slices, shape_list = [], [], []
-    xoff, eoff = -np.ones(len(X_BLOCKS)), -np.ones(len(E_BLOCKS))
-    pos = 0
-    for group, blocks, offsets in ((joined, X_BLOCKS, xoff), (remaining, E_BLOCKS, eoff)):
-        for name in group:
-            shape = tuple(int(s) for s in shapes[name])
-            size = int(np.prod(shape))
-            offsets[blocks.index(name)] = pos
-            names.append(name)
-            slices.append(slice(pos, pos + size))
-            shape_list.append(shape)
-            pos += size
-        if group is joined:
-            n_dim = pos
     expected = {"visit_mean": nv, "nac_visit_effect": nv, "baseline_slope": nv, "visit_chol_cholesky-cov-packed__": nv * (nv + 1) // 2}
     if n_sites >= 2:
         expected["site_effect_zerosum__"] = n_sites - 1
