@@ -39,6 +39,7 @@ import numba
 import numpy as np
 
 from models.marginal import fixed_terms, visit_stats
+from models.marker_block import integrated_rows, latent_missing
 from models.trajectory import curve_basis, visit_columns
 
 KERNEL = "trajectory"
@@ -95,12 +96,12 @@ E_BLOCKS = (
 # fields of the context array; F_XQ (per participant: sums of q, t1 q, t2 q, q^2), F_QY (sum of q y) and
 # F_WEEK_Q (q per scheduled week) are empty unless the model is curved
 (F_SIZES, F_XOFF, F_EOFF, F_PRIORS, F_TREATED, F_SITE_IDX, F_XX, F_XY, F_YY, F_NVIS, F_ZDATA, F_ZSTATUS, F_ZINDEX, F_ZUPPER,
- F_PER_DOUBLING, F_WEEK_T1, F_WEEK_T2, F_XQ, F_QY, F_WEEK_Q) = range(20)
-N_FIELDS = 20
-# sizes (field F_SIZES): participants, markers, missing and censored marker entries, sites (0 for one), follow-up (0/1),
-# length of x, length of the expanded draw, scheduled weeks, curved (0/1)
-# marker entry status
-OBSERVED, MISSING, CENSORED = 0, 1, 2
+ F_PER_DOUBLING, F_WEEK_T1, F_WEEK_T2, F_XQ, F_QY, F_WEEK_Q, F_NINT) = range(21)
+N_FIELDS = 21  # F_NINT: per participant, the number of its missing markers integrated out (0 for most)
+# sizes (field F_SIZES): participants, markers, latent missing and censored marker entries, sites (0 for one), follow-up (0/1),
+# length of x, length of the expanded draw, scheduled weeks, curved (0/1), participants with integrated markers
+# marker entry status (INTEGRATED: a missing value integrated out with the participant effects)
+OBSERVED, MISSING, CENSORED, INTEGRATED = 0, 1, 2, 3
 
 
 # ---------------------------------------------------------------- scalar pieces (numba)
@@ -193,11 +194,12 @@ def _softplus(v):
 
 
 @_jit
-def _complete_markers(x, ctx, with_density):
+def _complete_markers(x, ctx, with_density, zfill):
     """Completed standardised markers z (participant x marker) and, if asked, their log density.
 
-    Also returns what the backward pass needs per entry: for censored entries q = Phi^-1(p), the
-    standardised limit c, d log Phi(c)/dc, and dq/dc, dq/du.
+    Integrated entries take their value from zfill (participant x marker) and are scored like
+    observed ones there. Also returns what the backward pass needs per entry: for censored entries
+    q = Phi^-1(p), the standardised limit c, d log Phi(c)/dc, and dq/dc, dq/du.
     """
     sizes = _field(ctx, F_SIZES)
     n_p, m = int(sizes[0]), int(sizes[1])
@@ -219,10 +221,11 @@ def _complete_markers(x, ctx, with_density):
                 mu += x[o_reg + base + j] * z[i, j]
             e = i * m + k
             status = int(zstatus[e])
-            if status == OBSERVED:
-                z[i, k] = zdata[e]
+            if status == OBSERVED or status == INTEGRATED:
+                value = zdata[e] if status == OBSERVED else zfill[i, k]
+                z[i, k] = value
                 if with_density:
-                    r = (zdata[e] - mu) * inv_sd
+                    r = (value - mu) * inv_sd
                     lp += -0.5 * r * r
                     aux[i, k, 0] = r
                     n_observed += 1
@@ -284,7 +287,7 @@ def _markers_backward(x, ctx, z, aux, adj, grad):
             e = i * m + k
             status = int(zstatus[e])
             a = adj[i, k]
-            if status == OBSERVED:
+            if status == OBSERVED or status == INTEGRATED:  # an integrated value is at its conditional mode
                 r = aux[i, k, 0]
                 d_mu = r / sd
                 d_sd += (r * r - 1.0) / sd
@@ -398,6 +401,219 @@ def _fixed_part(x, ctx, z, site):
 
 
 @_jit
+def _marker_structure(x, ctx):
+    """R = I - B (m x m, unit lower triangular: minus the regressions) and 1/s^2 (m) of the sequential marker
+    model, whose joint precision is Q = R' diag(1/s^2) R."""
+    sizes = _field(ctx, F_SIZES)
+    m = int(sizes[1])
+    xo = _field(ctx, F_XOFF)
+    o_sd, o_reg = int(xo[X_MSD]), int(xo[X_MREG])
+    r = np.eye(max(m, 1))
+    pos = 0
+    for k in range(m):
+        for j in range(k):
+            r[k, j] = -x[o_reg + pos]
+            pos += 1
+    inv_s2 = np.empty(max(m, 1))
+    for k in range(m):
+        inv_s2[k] = math.exp(-2.0 * x[o_sd + k])
+    return r, inv_s2
+
+
+@_jit
+def _marker_score(x, ctx, r, inv_s2, zrow, out):
+    """out = d log p(z)/dz of the sequential marker model at zrow: -R' diag(1/s^2) (R z - a)."""
+    m = zrow.shape[0]
+    o_mean = int(_field(ctx, F_XOFF)[X_MMEAN])
+    for k in range(m):
+        out[k] = 0.0
+    for k in range(m):
+        e = -x[o_mean + k]
+        for j in range(k + 1):
+            e += r[k, j] * zrow[j]
+        e *= inv_s2[k]
+        for j in range(k + 1):
+            out[j] -= r[k, j] * e
+
+
+@_jit
+def _precision_block(r, inv_s2, miss, q, out):
+    """out[:q, :q] = Q_MM, the block of the marker precision Q = R' diag(1/s^2) R on the missing markers."""
+    m = r.shape[0]
+    for a in range(q):
+        for b in range(q):
+            v = 0.0
+            for k in range(m):
+                v += r[k, miss[a]] * r[k, miss[b]] * inv_s2[k]
+            out[a, b] = v
+
+
+@_jit
+def _cholesky_inplace(h, d):
+    """Lower Cholesky factor of h[:d, :d] written into its lower triangle; returns log det, or nan if not positive definite."""
+    logdet = 0.0
+    for j in range(d):
+        v = h[j, j]
+        for k in range(j):
+            v -= h[j, k] * h[j, k]
+        if not v > 0.0:
+            return math.nan
+        c = math.sqrt(v)
+        h[j, j] = c
+        logdet += 2.0 * math.log(c)
+        for i in range(j + 1, d):
+            v = h[i, j]
+            for k in range(j):
+                v -= h[i, k] * h[j, k]
+            h[i, j] = v / c
+    return logdet
+
+
+@_jit
+def _cholesky_solve(c, d, b):
+    """Solve (C C') y = b in place for the factor C in the lower triangle of c[:d, :d]."""
+    for i in range(d):
+        v = b[i]
+        for k in range(i):
+            v -= c[i, k] * b[k]
+        b[i] = v / c[i, i]
+    for i in range(d - 1, -1, -1):
+        v = b[i]
+        for k in range(i + 1, d):
+            v -= c[k, i] * b[k]
+        b[i] = v / c[i, i]
+
+
+@_jit
+def _missing_set(ctx, i, m, miss):
+    """The integrated marker indices of participant i into miss; returns their number q."""
+    zstatus = _field(ctx, F_ZSTATUS)
+    q = 0
+    for k in range(m):
+        if int(zstatus[i * m + k]) == INTEGRATED:
+            miss[q] = k
+            q += 1
+    return q
+
+
+@_jit
+def _marker_loadings(x, ctx, i, miss, q, jac):
+    """Columns 2.. of J = [L, A]: each integrated marker's coefficients on (level, change):
+    (prognostic_k, moderation_k + nac_moderation_k T_i)."""
+    xo = _field(ctx, F_XOFF)
+    treated = _field(ctx, F_TREATED)
+    o_prog, o_mod, o_nmod = int(xo[X_PROG]), int(xo[X_MOD]), int(xo[X_NMOD])
+    for a in range(q):
+        k = miss[a]
+        jac[0, 2 + a] = x[o_prog + k]
+        jac[1, 2 + a] = x[o_mod + k]
+        if o_nmod >= 0:
+            jac[1, 2 + a] += x[o_nmod + k] * treated[i]
+
+
+@_jit
+def _zr(ctx, i, c, curved):
+    """Z'r = the first two entries of X'(y - X c) for participant i and coefficients c (3, or 4 when curved)."""
+    xx, xy, xq = _field(ctx, F_XX), _field(ctx, F_XY), _field(ctx, F_XQ)
+    a00, a01, a02, a11, a12 = xx[6 * i], xx[6 * i + 1], xx[6 * i + 2], xx[6 * i + 3], xx[6 * i + 4]
+    r0 = xy[3 * i] - (a00 * c[0] + a01 * c[1] + a02 * c[2])
+    r1 = xy[3 * i + 1] - (a01 * c[0] + a11 * c[1] + a12 * c[2])
+    if curved:
+        r0 -= xq[4 * i] * c[3]
+        r1 -= xq[4 * i + 1] * c[3]
+    return r0, r1
+
+
+@_jit
+def _integrated_modes(x, ctx, z0, fixed0, l00, l10, l11, inv_s2, uhat, hinv, logdet):
+    """For each participant with integrated markers: the mode u = (eps, z_M) of the joint conditional density of
+    their standardised participant effects eps (b = L eps) and missing markers, its precision H and log det H.
+
+    f(u) = log N(y_i | X c(z) + Z L eps, s^2 I) + log N(eps | 0, I) + log p(z) is quadratic in u with
+    H = -d2f = J' Z'Z J / s^2 + blockdiag(I_2, Q_MM), J = [L, A]; the mode solves H u = df(0) (u = 0 at
+    z_M = 0, eps = 0). Writes uhat (eps, then z_M in the order of the missing markers), hinv = H^-1 and logdet.
+    Returns False if some H is not positive definite."""
+    sizes = _field(ctx, F_SIZES)
+    n_p, m, curved = int(sizes[0]), int(sizes[1]), int(sizes[9])
+    nint, xx = _field(ctx, F_NINT), _field(ctx, F_XX)
+    r, inv_ms2 = _marker_structure(x, ctx)
+    dmax = 2 + m
+    miss = np.zeros(max(m, 1), dtype=np.int64)
+    jac = np.zeros((2, dmax))
+    h = np.zeros((dmax, dmax))
+    qmm = np.zeros((max(m, 1), max(m, 1)))
+    score = np.zeros(max(m, 1))
+    g = np.zeros(dmax)
+    for i in range(n_p):
+        if nint[i] == 0:
+            continue
+        q = _missing_set(ctx, i, m, miss)
+        d = 2 + q
+        jac[0, 0], jac[0, 1], jac[1, 0], jac[1, 1] = l00, 0.0, l10, l11
+        _marker_loadings(x, ctx, i, miss, q, jac)
+        a00, a01, a11 = xx[6 * i], xx[6 * i + 1], xx[6 * i + 3]
+        _precision_block(r, inv_ms2, miss, q, qmm)
+        for a in range(d):
+            for b in range(d):
+                bj0 = a00 * jac[0, b] + a01 * jac[1, b]
+                bj1 = a01 * jac[0, b] + a11 * jac[1, b]
+                h[a, b] = (jac[0, a] * bj0 + jac[1, a] * bj1) * inv_s2
+        h[0, 0] += 1.0
+        h[1, 1] += 1.0
+        for a in range(q):
+            for b in range(q):
+                h[2 + a, 2 + b] += qmm[a, b]
+        r0, r1 = _zr(ctx, i, fixed0[i], curved)
+        _marker_score(x, ctx, r, inv_ms2, z0[i], score)
+        for a in range(d):
+            g[a] = (jac[0, a] * r0 + jac[1, a] * r1) * inv_s2
+        for a in range(q):
+            g[2 + a] += score[miss[a]]
+        ld = _cholesky_inplace(h, d)
+        if math.isnan(ld):
+            return False
+        logdet[i] = ld
+        _cholesky_solve(h, d, g)
+        for a in range(d):
+            uhat[i, a] = g[a]
+        for a in range(d):  # H^-1, column by column
+            for b in range(d):
+                g[b] = 1.0 if a == b else 0.0
+            _cholesky_solve(h, d, g)
+            for b in range(d):
+                hinv[i, a, b] = g[b]
+    return True
+
+
+@_jit
+def _conditional_means(x, ctx, z0):
+    """z0 with each integrated participant's missing markers set to their conditional mean given the observed
+    ones, m = Q_MM^-1 (d log p/dz at z_M = 0)_M (the marker model is Gaussian, its Hessian -Q)."""
+    sizes = _field(ctx, F_SIZES)
+    n_p, m = int(sizes[0]), int(sizes[1])
+    nint = _field(ctx, F_NINT)
+    r, inv_ms2 = _marker_structure(x, ctx)
+    miss = np.zeros(max(m, 1), dtype=np.int64)
+    qmm = np.zeros((max(m, 1), max(m, 1)))
+    score = np.zeros(max(m, 1))
+    g = np.zeros(max(m, 1))
+    z = z0.copy()
+    for i in range(n_p):
+        if nint[i] == 0:
+            continue
+        q = _missing_set(ctx, i, m, miss)
+        _precision_block(r, inv_ms2, miss, q, qmm)
+        _marker_score(x, ctx, r, inv_ms2, z0[i], score)
+        for a in range(q):
+            g[a] = score[miss[a]]
+        _cholesky_inplace(qmm, q)
+        _cholesky_solve(qmm, q, g)
+        for a in range(q):
+            z[i, miss[a]] = g[a]
+    return z
+
+
+@_jit
 def logp_grad(x, ctx, grad):
     """Log density of a marginal trajectory model at unconstrained x; its gradient into grad."""
     sizes = _field(ctx, F_SIZES)
@@ -410,15 +626,40 @@ def logp_grad(x, ctx, grad):
     for j in range(grad.shape[0]):
         grad[j] = 0.0
 
-    z, aux, lp = _complete_markers(x, ctx, True)
     site = _site_values(x, ctx)
-    fixed = _fixed_part(x, ctx, z, site)
-
     o_chol, o_resid = int(xo[X_CHOL]), int(xo[X_RESID])
     l00, l10, l11 = math.exp(x[o_chol]), x[o_chol + 1], math.exp(x[o_chol + 2])
     sigma = math.exp(x[o_resid])
     s2 = sigma * sigma
     inv_s2 = 1.0 / s2
+
+    # participants with integrated markers: the joint mode of (eps, z_M) first (models/marker_block.py, module docstring)
+    nint = _field(ctx, F_NINT)
+    with_integrated = int(sizes[10]) > 0
+    dmax = 2 + m
+    rows = n_p if with_integrated else 0
+    uhat, hinv, logdet = np.zeros((rows, dmax)), np.zeros((rows, dmax, dmax)), np.zeros(rows)
+    zfill = np.zeros((n_p, m))
+    miss = np.zeros(max(m, 1), dtype=np.int64)
+    if with_integrated:
+        z0, _, _ = _complete_markers(x, ctx, False, zfill)
+        if not _integrated_modes(x, ctx, z0, _fixed_part(x, ctx, z0, site), l00, l10, l11, inv_s2, uhat, hinv, logdet):
+            return -math.inf
+        for i in range(n_p):
+            q = _missing_set(ctx, i, m, miss)
+            for a in range(q):
+                zfill[i, miss[a]] = uhat[i, 2 + a]
+        r_mk, inv_ms2 = _marker_structure(x, ctx)
+    else:
+        r_mk, inv_ms2 = np.eye(1), np.ones(1)
+    d_inv_ms2 = np.zeros(max(m, 1))  # d(-log det H / 2) / d(1/s_k^2) and / dR, accumulated over participants
+    d_r = np.zeros((max(m, 1), max(m, 1)))
+    jac = np.zeros((2, dmax))
+    bj = np.zeros((2, dmax))
+    gmat = np.zeros((2, dmax))
+
+    z, aux, lp = _complete_markers(x, ctx, True, zfill)
+    fixed = _fixed_part(x, ctx, z, site)
     inv_s4 = inv_s2 * inv_s2
     inv_s6 = inv_s4 * inv_s2
     log_s2 = 2.0 * x[o_resid]
@@ -437,6 +678,11 @@ def logp_grad(x, ctx, grad):
     for i in range(n_p):
         a00, a01, a02, a11, a12, a22 = xx[6 * i], xx[6 * i + 1], xx[6 * i + 2], xx[6 * i + 3], xx[6 * i + 4], xx[6 * i + 5]
         c0, c1, c2 = fixed[i, 0], fixed[i, 1], fixed[i, 2]
+        q = int(nint[i])
+        if q > 0:  # conditional on the mode: the participant effects b = L eps join the coefficients
+            eps0, eps1 = uhat[i, 0], uhat[i, 1]
+            c0 += l00 * eps0
+            c1 += l10 * eps0 + l11 * eps1
         gc0 = a00 * c0 + a01 * c1 + a02 * c2
         gc1 = a01 * c0 + a11 * c1 + a12 * c2
         gc2 = a02 * c0 + a12 * c1 + a22 * c2
@@ -454,38 +700,83 @@ def logp_grad(x, ctx, grad):
         if curved:
             rr += c3 * gc3 - 2.0 * c3 * qy[i]  # the 4th terms of c'X'X c - 2 c'X'y
         n = nvis[i]
-        # M = I + L' B L / s2, B = Z'Z = [[a00, a01], [a01, a11]]
-        bl00, bl01, bl10, bl11 = a00 * l00 + a01 * l10, a01 * l11, a01 * l00 + a11 * l10, a11 * l11
-        m00 = 1.0 + (l00 * bl00 + l10 * bl10) * inv_s2
-        m01 = l11 * bl10 * inv_s2
-        m11 = 1.0 + l11 * bl11 * inv_s2
-        det = m00 * m11 - m01 * m01  # >= 1: M is the identity plus a positive semi-definite matrix
-        if det > 1e100:
-            log_det_sum += math.log(det)
+        if q > 0:
+            # log p(y_i, z_K) = f(u) + (q / 2) log 2 pi - log det H / 2 at the mode u (the n log(2 pi s^2) / 2 below)
+            n_total += n
+            lp += -0.5 * (rr * inv_s2 + eps0 * eps0 + eps1 * eps1) + 0.5 * q * LOG2PI - 0.5 * logdet[i]
+            dc0, dc1, dc2, dc3 = r0 * inv_s2, r1 * inv_s2, r2 * inv_s2, r3 * inv_s2  # y's part at the mode
+            g00 += r0 * inv_s2 * eps0
+            g10 += r1 * inv_s2 * eps0
+            g11 += r1 * inv_s2 * eps1
+            d_s2 += 0.5 * (rr * inv_s4 - n * inv_s2)
+            # - log det H / 2, H = J' B J / s2 + blockdiag(I, Q_MM): d/dJ = -B J H^-1 / s2
+            d = 2 + q
+            _missing_set(ctx, i, m, miss)
+            jac[0, 0], jac[0, 1], jac[1, 0], jac[1, 1] = l00, 0.0, l10, l11
+            _marker_loadings(x, ctx, i, miss, q, jac)
+            for b in range(d):
+                bj[0, b] = a00 * jac[0, b] + a01 * jac[1, b]
+                bj[1, b] = a01 * jac[0, b] + a11 * jac[1, b]
+            trace = 0.0  # tr(H^-1 J' B J)
+            for a in range(2):
+                for b in range(d):
+                    v = 0.0
+                    for e in range(d):
+                        v += bj[a, e] * hinv[i, e, b]
+                    gmat[a, b] = -v * inv_s2
+                    trace += v * jac[a, b]
+            d_s2 += 0.5 * trace * inv_s4
+            g00 += gmat[0, 0]
+            g10 += gmat[1, 0]
+            g11 += gmat[1, 1]
+            for a in range(q):
+                k = miss[a]
+                d_prog[k] += gmat[0, 2 + a]
+                d_mod[k] += gmat[1, 2 + a]
+                if o_nmod >= 0:
+                    d_nmod[k] += gmat[1, 2 + a] * treated[i]
+            # through Q_MM = sum_k R_kM' R_kM / s_k^2, with W = -H^-1_zz / 2
+            for kk in range(m):
+                for a in range(q):
+                    ra = r_mk[kk, miss[a]]
+                    for b in range(q):
+                        w = -0.5 * hinv[i, 2 + a, 2 + b]
+                        rb = r_mk[kk, miss[b]]
+                        d_inv_ms2[kk] += w * ra * rb
+                        d_r[kk, miss[a]] += 2.0 * w * rb * inv_ms2[kk]
         else:
-            if det_product > 1e200:
-                log_det_sum += math.log(det_product)
-                det_product = 1.0
-            det_product *= det
-        inv_det = 1.0 / det
-        ki00, ki01, ki11 = m11 * inv_det, -m01 * inv_det, m00 * inv_det  # K = M^-1
-        w0, w1 = l00 * r0 + l10 * r1, l11 * r1
-        k0, k1 = ki00 * w0 + ki01 * w1, ki01 * w0 + ki11 * w1  # K w
-        wkw = w0 * k0 + w1 * k1
-        n_total += n
-        lp += -0.5 * (rr * inv_s2 - wkw * inv_s4)
-        # d/dc = X'r / s2 - A[:, :2] h, h = L K w / s4
-        h0, h1 = l00 * k0 * inv_s4, (l10 * k0 + l11 * k1) * inv_s4
-        dc0 = r0 * inv_s2 - (a00 * h0 + a01 * h1)
-        dc1 = r1 * inv_s2 - (a01 * h0 + a11 * h1)
-        dc2 = r2 * inv_s2 - (a02 * h0 + a12 * h1)
-        dc3 = r3 * inv_s2 - (a03 * h0 + a13 * h1)  # 0 unless curved
-        # d/dL = -B L K / s2 + Z'r (Kw)' / s4 - B L (Kw)(Kw)' / s6
-        v0, v1 = bl00 * k0 + bl01 * k1, bl10 * k0 + bl11 * k1
-        g00 += -(bl00 * ki00 + bl01 * ki01) * inv_s2 + r0 * k0 * inv_s4 - v0 * k0 * inv_s6
-        g10 += -(bl10 * ki00 + bl11 * ki01) * inv_s2 + r1 * k0 * inv_s4 - v1 * k0 * inv_s6
-        g11 += -(bl10 * ki01 + bl11 * ki11) * inv_s2 + r1 * k1 * inv_s4 - v1 * k1 * inv_s6
-        d_s2 += -0.5 * ((n - 2.0 + ki00 + ki11) * inv_s2 - rr * inv_s4 + (wkw + k0 * k0 + k1 * k1) * inv_s6)
+            # M = I + L' B L / s2, B = Z'Z = [[a00, a01], [a01, a11]]
+            bl00, bl01, bl10, bl11 = a00 * l00 + a01 * l10, a01 * l11, a01 * l00 + a11 * l10, a11 * l11
+            m00 = 1.0 + (l00 * bl00 + l10 * bl10) * inv_s2
+            m01 = l11 * bl10 * inv_s2
+            m11 = 1.0 + l11 * bl11 * inv_s2
+            det = m00 * m11 - m01 * m01  # >= 1: M is the identity plus a positive semi-definite matrix
+            if det > 1e100:
+                log_det_sum += math.log(det)
+            else:
+                if det_product > 1e200:
+                    log_det_sum += math.log(det_product)
+                    det_product = 1.0
+                det_product *= det
+            inv_det = 1.0 / det
+            ki00, ki01, ki11 = m11 * inv_det, -m01 * inv_det, m00 * inv_det  # K = M^-1
+            w0, w1 = l00 * r0 + l10 * r1, l11 * r1
+            k0, k1 = ki00 * w0 + ki01 * w1, ki01 * w0 + ki11 * w1  # K w
+            wkw = w0 * k0 + w1 * k1
+            n_total += n
+            lp += -0.5 * (rr * inv_s2 - wkw * inv_s4)
+            # d/dc = X'r / s2 - A[:, :2] h, h = L K w / s4
+            h0, h1 = l00 * k0 * inv_s4, (l10 * k0 + l11 * k1) * inv_s4
+            dc0 = r0 * inv_s2 - (a00 * h0 + a01 * h1)
+            dc1 = r1 * inv_s2 - (a01 * h0 + a11 * h1)
+            dc2 = r2 * inv_s2 - (a02 * h0 + a12 * h1)
+            dc3 = r3 * inv_s2 - (a03 * h0 + a13 * h1)  # 0 unless curved
+            # d/dL = -B L K / s2 + Z'r (Kw)' / s4 - B L (Kw)(Kw)' / s6
+            v0, v1 = bl00 * k0 + bl01 * k1, bl10 * k0 + bl11 * k1
+            g00 += -(bl00 * ki00 + bl01 * ki01) * inv_s2 + r0 * k0 * inv_s4 - v0 * k0 * inv_s6
+            g10 += -(bl10 * ki00 + bl11 * ki01) * inv_s2 + r1 * k0 * inv_s4 - v1 * k0 * inv_s6
+            g11 += -(bl10 * ki01 + bl11 * ki11) * inv_s2 + r1 * k1 * inv_s4 - v1 * k1 * inv_s6
+            d_s2 += -0.5 * ((n - 2.0 + ki00 + ki11) * inv_s2 - rr * inv_s4 + (wkw + k0 * k0 + k1 * k1) * inv_s6)
         # back to the population terms
         d_icpt += dc0
         d_site[int(site_idx[i])] += dc0
@@ -576,6 +867,14 @@ def logp_grad(x, ctx, grad):
         lp += zerosum_density(site, d_site, pri[3 * P_SITE + 1], n_s, o, grad)
 
     _markers_backward(x, ctx, z, aux, adj, grad)
+    if with_integrated:  # - log det H / 2 through Q_MM: 1/s_k^2 = exp(-2 x), R_kj = -regression
+        o_sd, o_reg = int(xo[X_MSD]), int(xo[X_MREG])
+        pos = 0
+        for k in range(m):
+            grad[o_sd + k] += -2.0 * d_inv_ms2[k] * inv_ms2[k]
+            for j in range(k):
+                grad[o_reg + pos] -= d_r[k, j]
+                pos += 1
     return lp
 
 
@@ -587,7 +886,9 @@ def expand(x, ctx, out):
     xo, eo = _field(ctx, F_XOFF), _field(ctx, F_EOFF)
     for j in range(n_dim):
         out[j] = x[j]
-    z, _, _ = _complete_markers(x, ctx, False)
+    z, _, _ = _complete_markers(x, ctx, False, np.zeros((n_p, m)))
+    if int(sizes[10]) > 0:  # integrated markers: the fixed part holds their conditional means
+        z = _conditional_means(x, ctx, z)
     site = _site_values(x, ctx)
     fixed = _fixed_part(x, ctx, z, site)
     sizes_cens = int(sizes[3])
@@ -802,7 +1103,7 @@ def fused_layout(model, design, priors, shapes: dict) -> FusedLayout:
         expected.update({
             "marker_mean": m, "marker_sd_log__": m, "marker_prognostic": m, "marker_moderation": m,
             **({"marker_regression": m * (m - 1) // 2} if m > 1 else {}),
-            **({"marker_missing_std": md.n_missing} if md.n_missing else {}),
+            **({"marker_missing_std": len(latent_missing(md))} if len(latent_missing(md)) else {}),
             **({"marker_censored_u_interval__": md.n_censored} if md.n_censored else {}),
         })
     if with_nac_moderation and with_markers and with_arm:
@@ -830,24 +1131,28 @@ def fused_layout(model, design, priors, shapes: dict) -> FusedLayout:
     status = np.zeros((n_p, m))
     index = np.zeros((n_p, m))
     zdata, zupper, per_doubling = np.zeros((n_p, m)), np.zeros((n_p, m)), np.zeros(m)
+    n_int = np.zeros(n_p)
     if md is not None:
-        status = np.where(md.missing, MISSING, np.where(md.censored, CENSORED, OBSERVED))
-        mi, mk = np.nonzero(md.missing)
+        integrated = integrated_rows(md)
+        status = np.where(md.missing, np.where(integrated[:, None], INTEGRATED, MISSING), np.where(md.censored, CENSORED, OBSERVED))
+        n_int = (status == INTEGRATED).sum(axis=1)
+        mi, mk = np.nonzero(status == MISSING)
         index[mi, mk] = np.arange(len(mi))
         ci, ck = np.nonzero(md.censored)
         index[ci, ck] = np.arange(len(ci))
         zdata = np.where(status == OBSERVED, np.nan_to_num(md.z), 0.0)
         zupper = np.nan_to_num(md.z_upper)
         per_doubling = np.log(2.0) / md.log_scale
-    n_miss = md.n_missing if md is not None else 0
+    n_miss = len(latent_missing(md)) if md is not None else 0
     n_cens = md.n_censored if md is not None else 0
     sizes = np.array([
         n_p, m, n_miss, n_cens, n_sites if n_sites >= 2 else 0, int(design.has_followup), n_dim, pos, len(design.weeks), int(curved),
+        int((n_int > 0).sum()),
     ])
     fields = [
         sizes, xoff, eoff, pri,
         design.treated, design.site_idx if n_sites >= 2 else np.zeros(n_p), xx, stats.xy[:, :3], stats.yy, stats.n,
-        zdata, status, index, zupper, per_doubling, design.week_t1, design.week_t2, xq, qy, week_q,
+        zdata, status, index, zupper, per_doubling, design.week_t1, design.week_t2, xq, qy, week_q, n_int,
     ]
     assert len(fields) == N_FIELDS
     return FusedLayout(ctx=_pack(fields), n_dim=n_dim, n_expanded=pos, shape_info=(names, slices, shape_list))

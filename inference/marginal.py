@@ -10,6 +10,14 @@ sampled parameters, is completed with exactly the same numbers (inference/storag
 InferenceData then has the plain model's variables, names and dims. The fixed part has the
 coefficients on X = [1, t1, t2], and on the curvature basis q = 4 t1 (1 - t1) for a curved model
 (4 coefficients per participant); every function here uses all of them.
+
+Missing biomarkers integrated out (models/marker_block.py): a participant whose missing markers z_M
+were integrated out gets, with b_i, an exact draw of z_M from the joint conditional posterior.
+Given theta, (b_i, d_i = z_M - m_i) is a priori N(0, blockdiag(S, C)) and enters the scores only
+through w_i = b_i + A_i d_i ~ N(0, S_i), S_i = S + A_i C A_i'; w_i | y is drawn as b_i is for the
+others (with S_i), then (b_i, d_i) | w_i by conditioning a prior draw on the constraint (Matheron's
+rule: x = x* + Cov(x, w) S_i^-1 (w - w*)). The fixed part then holds the completed markers, and the
+stored `marker_missing_std` holds every missing entry's standardised innovation, as on the plain path.
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ import xarray as xr
 from models.contract import BuiltModel
 from models.design import TrialDesign
 from models.marginal import FIXED_TERMS, FIXED_VAR, LOG2PI, integrated_pointwise, visit_stats
+from models.marker_block import conditional_moments, joint_moments, latent_missing, missing_patterns
 from models.trajectory import curve_basis, visit_columns
 
 INTEGRATED_NOTES = {
@@ -73,14 +82,55 @@ def fixed_mean(fixed: np.ndarray, design: TrialDesign) -> np.ndarray:
     return mean
 
 
-def recover_participant_effects(idata: az.InferenceData, design: TrialDesign, seed: int, c: np.ndarray) -> None:
+def _draws(post: xr.Dataset, name: str) -> np.ndarray:
+    return post[name].transpose("chain", "draw", ...).values
+
+
+def _integrated_markers(post: xr.Dataset, design: TrialDesign) -> list[dict]:
+    """Per missing pattern of the integrated participants, per draw: their rows, missing markers M, conditional means
+    m (chain, draw, rows, |M|), covariance C (chain, draw, |M|, |M|) and loadings A (chain, draw, rows, 2, |M|)."""
+    md = design.baseline
+    if md is None or "marker_mean" not in post:
+        return []
+    m = md.z.shape[1]
+    links = _draws(post, "marker_regression") if m > 1 else np.zeros(post["marker_mean"].shape[:2] + (0,))
+    mu, cov = joint_moments(_draws(post, "marker_mean"), _draws(post, "marker_sd"), links, m)
+    prog, mod = _draws(post, "marker_prognostic"), _draws(post, "marker_moderation")
+    nmod = _draws(post, "nac_marker_moderation") if "nac_marker_moderation" in post else None
+    out = []
+    for rows, miss in missing_patterns(md):
+        keep = np.setdiff1d(np.arange(m), miss)
+        mean, c = conditional_moments(mu, cov, md.z[np.ix_(rows, keep)], keep, miss)
+        a0 = np.broadcast_to(prog[:, :, None, miss], mean.shape)
+        a1 = mod[:, :, None, miss] + (nmod[:, :, None, miss] * design.treated[rows][:, None] if nmod is not None else 0.0)
+        out.append({"rows": rows, "missing": miss, "mean": mean, "cov": c, "loadings": np.stack([a0, np.broadcast_to(a1, mean.shape)], axis=-2)})
+    return out
+
+
+def recover_participant_effects(idata: az.InferenceData, design: TrialDesign, seed: int, c: np.ndarray) -> np.ndarray:
     """Draw (u_i, b_i) | y, theta for every posterior draw; add participant_raw/effects to idata.posterior.
 
-    c: the fixed-part coefficients of every draw (`fixed_part`): on X = [1, t1, t2], or [1, t1, t2, q] when curved."""
+    c: the fixed-part coefficients of every draw (`fixed_part`): on X = [1, t1, t2], or [1, t1, t2, q] when curved.
+    With integrated markers (module docstring) their values are drawn too: `marker_missing_std` is completed and the
+    returned coefficients hold the drawn markers (c itself otherwise)."""
     stats = visit_stats(design, visit_columns(design, _curved(c)))
     post = idata.posterior
     sigma = post["residual_sd"].values[..., None]
     l00, l10, l11 = (v[..., None] for v in _chol_from_posterior(post))
+    shared = (l00, l10, l11)
+    patterns = _integrated_markers(post, design)
+    if patterns:  # S_i = S + A_i C A_i' for the integrated participants
+        s00 = np.broadcast_to(l00**2, c.shape[:3]).copy()
+        s01 = np.broadcast_to(l00 * l10, c.shape[:3]).copy()
+        s11 = np.broadcast_to(l10**2 + l11**2, c.shape[:3]).copy()
+        for pat in patterns:
+            extra = np.einsum("cdrim,cdmn,cdrjn->cdrij", pat["loadings"], pat["cov"], pat["loadings"], optimize=True)
+            s00[..., pat["rows"]] += extra[..., 0, 0]
+            s01[..., pat["rows"]] += extra[..., 0, 1]
+            s11[..., pat["rows"]] += extra[..., 1, 1]
+        l00 = np.sqrt(s00)
+        l10 = s01 / l00
+        l11 = np.sqrt(s11 - l10**2)
     gc = np.einsum("pkj,cdpj->cdpk", stats.xx[:, :2, :], c, optimize=True)  # (X'X c)[:2]; optimize: a BLAS path, 10x faster
     zr = stats.xy[:, :2] - gc
     a, b, d = stats.xx[:, 0, 0], stats.xx[:, 0, 1], stats.xx[:, 1, 1]
@@ -100,11 +150,108 @@ def recover_participant_effects(idata: az.InferenceData, design: TrialDesign, se
     x1 = eps[..., 1] / r11
     x0 = (eps[..., 0] - r10 * x1) / r00
     u = np.stack([mean0 + x0, mean1 + x1], axis=-1)
-    effects = np.stack([l00 * u[..., 0], l10 * u[..., 0] + l11 * u[..., 1]], axis=-1)
+    effects = np.stack([l00 * u[..., 0], l10 * u[..., 0] + l11 * u[..., 1]], axis=-1)  # w_i (b_i without integrated markers)
+    completed = c
+    if patterns:
+        effects, completed = _split_integrated(idata, design, patterns, shared, effects, c, np.random.default_rng([seed, 1]))
+        u = _standardised(effects, shared)
+        post = idata.posterior  # marker_missing_std completed
     dims = ("chain", "draw", "participant", "participant_effect")
     coords = {"participant": post["participant"].values, "participant_effect": ["intercept", "change"]}
     post["participant_raw"] = xr.DataArray(u, dims=dims, coords=coords)
     post["participant_effects"] = xr.DataArray(effects, dims=dims, coords=coords)
+    return completed
+
+
+def shift_to_markers(fixed: np.ndarray, post: xr.Dataset, design: TrialDesign, z: np.ndarray) -> np.ndarray:
+    """The fixed-part coefficients with the integrated participants' missing markers at values z (chain, draw,
+    participant, marker) instead of their conditional means: level and change move by A_i (z_M - m_i)."""
+    out = fixed.copy()
+    for pat in _integrated_markers(post, design):
+        rows, miss = pat["rows"], pat["missing"]
+        delta = z[:, :, rows[:, None], miss[None, :]] - pat["mean"]
+        shift = np.einsum("cdrim,cdrm->cdri", pat["loadings"], delta)
+        out[:, :, rows, 0] += shift[..., 0]
+        out[:, :, rows, 1] += shift[..., 1]
+    return out
+
+
+def markers_from_std(post: xr.Dataset, md) -> np.ndarray:
+    """The markers (chain, draw, participant, marker) of participants without a censored value, from the observed values
+    and `marker_missing_std` over every missing entry (the sequential form: z_k = a_k + sum_j<k B_kj z_j + s_k eta);
+    NaN in the rows of participants with a censored value."""
+    eta = _draws(post, "marker_missing_std")
+    mean, sd = _draws(post, "marker_mean"), _draws(post, "marker_sd")
+    links = _draws(post, "marker_regression") if md.z.shape[1] > 1 else None
+    z = np.broadcast_to(md.z, eta.shape[:2] + md.z.shape).copy()
+    entry = {(int(i), int(k)): e for e, (i, k) in enumerate(zip(*np.nonzero(md.missing)))}
+    for i, k in sorted(entry, key=lambda ik: (ik[1], ik[0])):  # marker by marker: earlier markers first
+        value = mean[..., k] + sd[..., k] * eta[..., entry[(i, k)]]
+        for j in range(k):
+            value = value + links[..., k * (k - 1) // 2 + j] * z[:, :, i, j]
+        z[:, :, i, k] = value
+    z[:, :, md.censored.any(axis=1)] = np.nan
+    return z
+
+
+def _standardised(b: np.ndarray, chol: tuple) -> np.ndarray:
+    """u = L^-1 b (the plain model's participant_raw)."""
+    l00, l10, l11 = chol
+    u0 = b[..., 0] / l00
+    return np.stack([u0, (b[..., 1] - l10 * u0) / l11], axis=-1)
+
+
+def _split_integrated(idata, design, patterns, chol, w, c, rng):
+    """(b_i, z_M) | w_i for the integrated participants (module docstring); returns the participant effects and the
+    fixed-part coefficients with the drawn markers, and completes posterior['marker_missing_std']."""
+    post = idata.posterior
+    l00, l10, l11 = (v[..., 0] for v in chol)  # chain, draw
+    s = np.stack([np.stack([l00**2, l00 * l10], -1), np.stack([l00 * l10, l10**2 + l11**2], -1)], -2)  # chain, draw, 2, 2
+    b = w.copy()
+    completed = c.copy()
+    md = design.baseline
+    z = np.broadcast_to(np.nan_to_num(md.z), c.shape[:2] + md.z.shape).copy()
+    for pat in patterns:
+        rows, miss = pat["rows"], pat["missing"]
+        a, cm = pat["loadings"], pat["cov"]  # (c, d, r, 2, q), (c, d, q, q)
+        q = len(miss)
+        b_star = np.einsum("cdij,cdrj->cdri", np.linalg.cholesky(s), rng.standard_normal(a.shape[:3] + (2,)))
+        d_star = np.einsum("cdij,cdrj->cdri", np.linalg.cholesky(cm), rng.standard_normal(a.shape[:3] + (q,)))
+        s_i = s[:, :, None] + np.einsum("cdrim,cdmn,cdrjn->cdrij", a, cm, a)
+        gap = w[:, :, rows] - b_star - np.einsum("cdrim,cdrm->cdri", a, d_star)
+        k = np.linalg.solve(s_i, gap[..., None])[..., 0]  # S_i^-1 (w - w*)
+        b[:, :, rows] = b_star + np.einsum("cdij,cdrj->cdri", s, k)
+        delta = d_star + np.einsum("cdmn,cdrin,cdri->cdrm", cm, a, k)  # + C A' S_i^-1 (w - w*)
+        z[:, :, rows[:, None], miss[None, :]] = pat["mean"] + delta
+        shift = np.einsum("cdrim,cdrm->cdri", a, delta)
+        completed[:, :, rows, 0] += shift[..., 0]
+        completed[:, :, rows, 1] += shift[..., 1]
+    _complete_missing_std(idata, md, z)
+    return b, completed
+
+
+def _complete_missing_std(idata: az.InferenceData, md, z: np.ndarray) -> None:
+    """posterior['marker_missing_std'] over every missing entry: the sampled ones kept, the integrated ones the
+    standardised innovations (z_k - a_k - sum_j<k B_kj z_j) / s_k of the drawn markers."""
+    post = idata.posterior
+    mi, mk = np.nonzero(md.missing)
+    latent = latent_missing(md)
+    mean, sd = _draws(post, "marker_mean"), _draws(post, "marker_sd")
+    links = _draws(post, "marker_regression") if md.z.shape[1] > 1 else None
+    full = np.empty(z.shape[:2] + (len(mi),))
+    for e, (i, k) in enumerate(zip(mi, mk)):
+        innovation = z[:, :, i, k] - mean[..., k]
+        base = k * (k - 1) // 2
+        for j in range(k):
+            innovation = innovation - links[..., base + j] * z[:, :, i, j]
+        full[..., e] = innovation / sd[..., k]
+    if len(latent):
+        full[..., latent] = _draws(post, "marker_missing_std")[..., : len(latent)] if post["marker_missing_std"].shape[-1] == len(latent) \
+            else _draws(post, "marker_missing_std")[..., latent]
+    post = post.drop_vars([v for v in ("marker_missing_std", "marker_missing_value") if v in post.variables])
+    post["marker_missing_std"] = xr.DataArray(full, dims=("chain", "draw", "marker_missing_value"),
+                                              coords={"marker_missing_value": np.arange(len(mi))})
+    idata.posterior = post
 
 
 def visit_means(idata: az.InferenceData, design: TrialDesign, chain: int, fixed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -182,15 +329,27 @@ def finish_marginal_fit(idata: az.InferenceData, fast: BuiltModel, recover_seed:
         post = post.drop_vars("participant_term")
     post.attrs["fit_path"] = "marginal"
     idata.posterior = post
-    fixed = fixed_part(post, fast)
+    fixed = fixed_part(_sampled(post, fast.design), fast)
     timings = {"fixed_part_s": time.perf_counter() - t0}
     t0 = time.perf_counter()
-    recover_participant_effects(idata, fast.design, recover_seed, fixed)
+    fixed = recover_participant_effects(idata, fast.design, recover_seed, fixed)
     timings["recover_s"] = time.perf_counter() - t0
     timings.update(add_pointwise_groups(idata, fast.design, pred_seed, fixed))
     idata.log_likelihood.attrs["y"] = LOG_LIKELIHOOD_NOTE
     idata.log_likelihood.attrs.update(INTEGRATED_NOTES)
     return timings
+
+
+def _sampled(post: xr.Dataset, design: TrialDesign) -> xr.Dataset:
+    """The posterior as the marginal model sampled it: `marker_missing_std` only at the latent entries (a completed
+    fit holds every missing entry, models/marker_block.py)."""
+    md = design.baseline
+    if md is None or "marker_missing_std" not in post or post["marker_missing_std"].sizes["marker_missing_value"] != md.n_missing:
+        return post
+    latent = latent_missing(md)
+    if len(latent) == md.n_missing:
+        return post
+    return post.isel(marker_missing_value=latent) if len(latent) else post.drop_vars("marker_missing_std").drop_dims("marker_missing_value")
 
 
 def compile_kwargs() -> dict:

@@ -95,15 +95,16 @@ def visit_stats(design: TrialDesign, columns: np.ndarray | None = None) -> Visit
 
 
 def marginal_loglik(stats: VisitStats, c, chol, sigma):
-    """Per-participant log marginal likelihood (pytensor): c participant x K (the columns of `stats`), chol 2 x 2
-    lower, sigma scalar."""
+    """Per-participant log marginal likelihood (pytensor): c participant x K (the columns of `stats`), chol the
+    lower Cholesky factor of the participant-effect covariance as (l00, l10, l11), each a scalar or one value per
+    participant (models/trajectory.participant_cholesky), sigma scalar."""
     xx = pt.as_tensor_variable(stats.xx)
     xy = pt.as_tensor_variable(stats.xy)
     gc = (xx * c[:, None, :]).sum(axis=2)  # X'X c
     rr = stats.yy - 2.0 * (c * xy).sum(axis=1) + (c * gc).sum(axis=1)  # r'r
     zr = xy[:, :2] - gc[:, :2]  # Z'r
     a, b, d = (np.ascontiguousarray(stats.xx[:, i, j]) for i, j in ((0, 0), (0, 1), (1, 1)))  # Z'Z
-    l00, l10, l11 = chol[0, 0], chol[1, 0], chol[1, 1]
+    l00, l10, l11 = chol
     s2 = sigma**2
     m00 = 1.0 + (a * l00**2 + 2.0 * b * l00 * l10 + d * l10**2) / s2
     m01 = l11 * (b * l00 + d * l10) / s2

@@ -13,6 +13,18 @@ which is a full multivariate normal with an unrestricted covariance. Then
 Both latent forms are non-centred and acyclic, so the block samples cleanly and supports
 prior predictive draws. The outcome model then uses the completed matrix, so a missing
 marker is informed by the participant's other markers *and* their symptom trajectory.
+
+Integrated missing values (the fast path, `integrate_missing=True`). The sequential form is the
+multivariate normal z_i ~ N(mu, Sigma) with R = I - B (B the regressions, below the diagonal),
+mu = R^-1 a and Sigma = R^-1 diag(s^2) R^-T. For a participant whose missing markers M are the
+only unobserved ones (no censored value), z_M given the observed z_K is Gaussian:
+    z_M | z_K ~ N(m_i, C),   m_i = mu_M + Sigma_MK Sigma_KK^-1 (z_K - mu_K),
+                             C   = Sigma_MM - Sigma_MK Sigma_KK^-1 Sigma_KM,
+and z_K ~ N(mu_K, Sigma_KK). The markers enter the outcome's mean linearly, so z_M is integrated
+out of the outcome model with the participant effects (models/marginal.py): the participant's
+observed markers contribute log N(z_K | mu_K, Sigma_KK), the block returns m_i in their row of z,
+and `IntegratedPattern.cov` is C. Participants with a censored value keep their missing values
+latent as above (a censored value is not Gaussian given the others).
 """
 
 from __future__ import annotations
@@ -20,6 +32,8 @@ from __future__ import annotations
 import numpy as np
 import pymc as pm
 import pytensor.tensor as pt
+
+from dataclasses import dataclass
 
 from .design import MarkerData
 from .priors import Prior, rv
@@ -52,21 +66,101 @@ def std_normal_logcdf(x):
     return pt.switch(x >= LOGCDF_SWITCH, exact, series)
 
 
-def add_marker_block(md: MarkerData, priors: dict[str, Prior], prefix: str = "marker") -> pt.TensorVariable:
-    """Add the baseline marker block to the current model; return the completed z (participant x marker)."""
+@dataclass(frozen=True)
+class IntegratedPattern:
+    """Participants whose missing markers are integrated out, all with the same missing set."""
+
+    rows: np.ndarray  # participant indices
+    missing: np.ndarray  # marker indices M (the rest K are observed)
+    cov: object  # C = Var(z_M | z_K), |M| x |M| (pytensor)
+
+
+def integrated_rows(md: MarkerData) -> np.ndarray:
+    """Participants whose missing markers can be integrated out: some missing, none censored (bool, participant)."""
+    return md.missing.any(axis=1) & ~md.censored.any(axis=1)
+
+
+def missing_patterns(md: MarkerData) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(participants, missing marker indices) per missing pattern of the integrated participants, in a fixed order."""
+    rows = np.flatnonzero(integrated_rows(md))
+    keys = [tuple(np.flatnonzero(md.missing[i])) for i in rows]
+    return [(rows[[k == key for k in keys]], np.array(key, dtype=int)) for key in sorted(set(keys))]
+
+
+def latent_missing(md: MarkerData) -> np.ndarray:
+    """Indices (among all missing entries, row-major) of the missing entries that stay latent on the fast path."""
+    mi, _ = np.nonzero(md.missing)
+    return np.flatnonzero(~integrated_rows(md)[mi])
+
+
+def joint_moments(mean, sd, links, m: int, xp=np):
+    """(mu, Sigma) of the sequential marker model; works on numpy arrays with leading draw axes (xp=np)
+    or on pytensor tensors (xp=pt, no leading axes). links: the regressions in the order k = 1..m-1, j < k."""
+    if xp is np:
+        mean, sd, links = (np.asarray(v, dtype=float) for v in (mean, sd, links))
+        lead = mean.shape[:-1]
+        r = np.broadcast_to(np.eye(m), lead + (m, m)).copy()
+        pos = 0
+        for k in range(m):
+            for j in range(k):
+                r[..., k, j] = -links[..., pos]
+                pos += 1
+        rinv = np.linalg.inv(r)
+        mu = np.einsum("...kj,...j->...k", rinv, mean)
+        cov = np.einsum("...kj,...j,...lj->...kl", rinv, sd**2, rinv)
+        return mu, cov
+    r = pt.eye(m)
+    pos = 0
+    for k in range(m):
+        for j in range(k):
+            r = pt.set_subtensor(r[k, j], -links[pos])
+            pos += 1
+    rinv = pt.linalg.solve_triangular(r, pt.eye(m), lower=True, unit_diagonal=True)
+    mu = pt.dot(rinv, mean)
+    cov = pt.dot(rinv * pt.sqr(sd)[None, :], rinv.T)
+    return mu, cov
+
+
+def conditional_moments(mu, cov, zk, keep: np.ndarray, missing: np.ndarray):
+    """numpy: the mean (..., rows, |M|) and covariance (..., |M|, |M|) of z_M | z_K for rows with observed
+    values zk (rows, |K|); mu (..., m) and cov (..., m, m) with any leading draw axes."""
+    if len(keep) == 0:
+        mean = np.broadcast_to(mu[..., None, missing], mu.shape[:-1] + (zk.shape[0], len(missing)))
+        return mean, cov[..., missing[:, None], missing[None, :]]
+    s_kk = cov[..., keep[:, None], keep[None, :]]
+    s_km = cov[..., keep[:, None], missing[None, :]]
+    coef = np.linalg.solve(s_kk, s_km)  # (..., K, M) = Sigma_KK^-1 Sigma_KM
+    dev = zk - mu[..., None, keep]  # (..., rows, K)
+    mean = mu[..., None, missing] + np.einsum("...rk,...km->...rm", dev, coef)
+    c = cov[..., missing[:, None], missing[None, :]] - np.einsum("...km,...kn->...mn", s_km, coef)
+    return mean, c
+
+
+def add_marker_block(md: MarkerData, priors: dict[str, Prior], prefix: str = "marker", integrate_missing: bool = False):
+    """Add the baseline marker block to the current model; return the completed z (participant x marker).
+
+    With integrate_missing, return (z, patterns): the missing values of the participants without a
+    censored value are integrated out (module docstring); their rows of z hold the conditional means
+    m_i, and `patterns` (IntegratedPattern) give the conditional covariances the outcome model adds."""
     n, m = md.z.shape
     model = pm.modelcontext(None)
     if "marker" not in model.coords:
         model.add_coord("marker", md.names)
-    miss_i, miss_k = np.nonzero(md.missing)
+    integrated = integrated_rows(md) if integrate_missing else np.zeros(n, dtype=bool)
+    latent_missing_entries = md.missing & ~integrated[:, None]
+    all_mi, _ = np.nonzero(md.missing)
+    miss_i, miss_k = np.nonzero(latent_missing_entries)
     cens_i, cens_k = np.nonzero(md.censored)
     obs_mask = ~md.missing & ~md.censored
-    model.add_coord(f"{prefix}_missing_value", np.arange(len(miss_i)))
+    seq_obs = obs_mask & ~integrated[:, None]  # observed entries scored by the sequential form
+    # the latent entries keep their numbers among all missing entries, so a fit's values line up with the plain model's
+    model.add_coord(f"{prefix}_missing_value", np.flatnonzero(~integrated[all_mi]))
     model.add_coord(f"{prefix}_censored_value", np.arange(len(cens_i)))
 
     mean = rv(f"{prefix}_mean", priors["marker_mean"], dims="marker")
     sd = rv(f"{prefix}_sd", priors["marker_sd"], dims="marker")
     n_links = m * (m - 1) // 2
+    links = None
     if n_links:
         model.add_coord(f"{prefix}_link", [f"{md.names[k]}~{md.names[j]}" for k in range(m) for j in range(k)])
         links = rv(f"{prefix}_regression", priors["marker_regression"], dims=f"{prefix}_link")
@@ -93,7 +187,7 @@ def add_marker_block(md: MarkerData, priors: dict[str, Prior], prefix: str = "ma
             log_below = std_normal_logcdf(c)
             col = pt.set_subtensor(col[idx], mu_k[idx] + sd[k] * std_normal_icdf(u[rows_c] * pt.exp(log_below)))
             pm.Potential(f"{prefix}_censored_{md.names[k]}", log_below.sum())
-        obs_rows = np.flatnonzero(obs_mask[:, k])
+        obs_rows = np.flatnonzero(seq_obs[:, k])
         if len(obs_rows):
             model.add_coord(f"{prefix}_observed_{md.names[k]}", obs_rows)
             pm.Normal(
@@ -105,4 +199,24 @@ def add_marker_block(md: MarkerData, priors: dict[str, Prior], prefix: str = "ma
             )
         columns.append(col)
     z = pt.stack(columns, axis=1)
-    return z
+    if not integrate_missing:
+        return z
+    patterns = []
+    if integrated.any():
+        mu, cov = joint_moments(mean, sd, links if links is not None else pt.zeros(0), m, xp=pt)
+        for number, (rows, miss) in enumerate(missing_patterns(md)):
+            keep = np.setdiff1d(np.arange(m), miss)
+            if len(keep):
+                zk = md.z[np.ix_(rows, keep)]
+                s_kk = cov[keep][:, keep]
+                s_km = cov[keep][:, miss]
+                coef = pt.linalg.solve(s_kk, s_km, assume_a="pos")  # Sigma_KK^-1 Sigma_KM
+                cond_mean = mu[miss][None, :] + pt.dot(zk - mu[keep][None, :], coef)
+                cond_cov = cov[miss][:, miss] - pt.dot(s_km.T, coef)
+                pm.Potential(f"{prefix}_observed_pattern{number}", pm.logp(pm.MvNormal.dist(mu=mu[keep], cov=s_kk), zk).sum())
+            else:
+                cond_mean = pt.zeros((len(rows), len(miss))) + mu[miss][None, :]
+                cond_cov = cov[miss][:, miss]
+            z = pt.set_subtensor(z[rows[:, None], miss[None, :]], cond_mean)
+            patterns.append(IntegratedPattern(rows=rows, missing=miss, cov=cond_cov))
+    return z, patterns

@@ -143,12 +143,14 @@ def add_site_effects(design: TrialDesign, priors: dict[str, Prior]):
     return site[site_idx]
 
 
-def add_population_terms(design: TrialDesign, pri: dict[str, Prior], arm: bool, markers: bool, nac_moderation: bool):
+def add_population_terms(design: TrialDesign, pri: dict[str, Prior], arm: bool, markers: bool, nac_moderation: bool,
+                         integrate_missing: bool = False):
     """Population-level terms in a fixed order (the order of the sampler's parameter vector).
 
     Returns (z, intercept, time_change, nac_change, prognostic, moderation, nac_mod, site); absent terms are None.
+    With integrate_missing (the fast path), z is (z, patterns): models/marker_block.py.
     """
-    z = add_marker_block(design.baseline, pri) if markers else None
+    z = add_marker_block(design.baseline, pri, integrate_missing=integrate_missing) if markers else None
     intercept = rv("intercept", pri["intercept"])
     time_change = rv("time_change", pri["time_change"], dims="phase")
     nac_change = rv("nac_change", pri["nac_change"], dims="phase") if arm else None
@@ -207,6 +209,34 @@ def add_participant_covariance(priors: dict[str, Prior]):
     pm.Deterministic("participant_sd", sds, dims="participant_effect")
     pm.Deterministic("participant_corr", cov[0, 1] / (sds[0] * sds[1]))
     return chol
+
+
+def participant_cholesky(design: TrialDesign, chol, terms, treated, patterns):
+    """(l00, l10, l11): the Cholesky factor of each participant's covariance of (level, change) deviations.
+
+    S = L L' for everyone; a participant whose missing markers M are integrated out
+    (models/marker_block.py) adds A_i C A_i', where C = Var(z_M | z_K) and the columns of A_i are each
+    missing marker's coefficients on (level, change): (prognostic_k, moderation_k [+ nac_moderation_k T_i])."""
+    l00, l10, l11 = chol[0, 0], chol[1, 0], chol[1, 1]
+    if not patterns:
+        return l00, l10, l11
+    _, _, _, _, prognostic, moderation, nac_mod, _ = terms
+    n = design.n_participants
+    s00 = pt.zeros(n) + l00**2
+    s01 = pt.zeros(n) + l00 * l10
+    s11 = pt.zeros(n) + l10**2 + l11**2
+    for pat in patterns:
+        a0 = prognostic[pat.missing]  # |M|
+        a1 = moderation[pat.missing][None, :] + pt.zeros((len(pat.rows), 1))
+        if nac_mod is not None:
+            a1 = a1 + nac_mod[pat.missing][None, :] * treated[pat.rows][:, None]
+        ca0 = pt.dot(pat.cov, a0)  # C a0
+        s00 = pt.inc_subtensor(s00[pat.rows], pt.dot(a0, ca0))
+        s01 = pt.inc_subtensor(s01[pat.rows], pt.dot(a1, ca0))
+        s11 = pt.inc_subtensor(s11[pat.rows], (pt.dot(a1, pat.cov) * a1).sum(axis=1))
+    c00 = pt.sqrt(s00)
+    c10 = s01 / c00
+    return c00, c10, pt.sqrt(s11 - c10**2)
 
 
 def add_participant_effects(priors: dict[str, Prior]):
@@ -338,7 +368,11 @@ def build_trajectory_marginal(
     coords["participant_term"] = fixed_terms(curved)
     with pm.Model(coords=coords) as model:
         _, _, _, treated = add_visit_data(design, arm)
-        terms = add_population_terms(design, pri, arm, markers, nac_moderation)
+        terms = add_population_terms(design, pri, arm, markers, nac_moderation, integrate_missing=True)
+        patterns = []
+        if markers:
+            z, patterns = terms[0]
+            terms = (z, *terms[1:])
         chol = add_participant_covariance(pri)
         coefficients = list(participant_coefficients(design, terms, treated))
         curvature = nac_curvature = None
@@ -348,7 +382,7 @@ def build_trajectory_marginal(
             coefficients.append(bend)
         fixed = pm.Deterministic(FIXED_VAR, pt.stack(coefficients, axis=1), dims=("participant", "participant_term"))
         sigma = rv("residual_sd", pri["residual_sd"])
-        pm.Potential("y_marginal", marginal_loglik(stats, fixed, chol, sigma).sum())
+        pm.Potential("y_marginal", marginal_loglik(stats, fixed, participant_cholesky(design, chol, terms, treated, patterns), sigma).sum())
         add_effect_summaries(design, terms, curvature, nac_curvature)
     switches = {"arm": arm, "markers": markers, "nac_moderation": nac_moderation, "curved": curved}
     return BuiltModel(

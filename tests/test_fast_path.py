@@ -50,7 +50,7 @@ def test_marginal_loglik_equals_dense_mvnormal(design, curved):
     sigma = 3.2
     stats = visit_stats(design, visit_columns(design, curved))
     assert stats.xx.shape[1:] == (3 + curved, 3 + curved)
-    got = marginal_loglik(stats, pt.as_tensor_variable(c), pt.as_tensor_variable(chol), pt.as_tensor_variable(sigma)).eval()
+    got = marginal_loglik(stats, pt.as_tensor_variable(c), (chol[0, 0], chol[1, 0], chol[1, 1]), pt.as_tensor_variable(sigma)).eval()
     cov_b = chol @ chol.T
     want = []
     for i in range(design.n_participants):
@@ -93,6 +93,70 @@ def test_recovered_effects_follow_exact_conditional_posterior(design, curved):
 
 
 @pytest.mark.unit
+def test_recovered_effects_and_integrated_markers_follow_exact_conditional_posterior(design):
+    """With missing markers integrated out, (b_i, z_M) | y, z_K, theta drawn by the recovery has the dense-algebra
+    conditional mean and covariance: prior b ~ N(0, S), z_M ~ N(m_i, C), scores X c(m_i) + Z (b + A (z_M - m_i)) + e.
+    The drawn markers are read back from the completed marker_missing_std (the sequential innovations)."""
+    from models.marker_block import conditional_moments, joint_moments, latent_missing
+    from tests.test_fused import mixed_marker_patterns
+
+    design = mixed_marker_patterns(design)
+    md = design.baseline
+    n_draw, n_p, m = 4000, design.n_participants, 3
+    rng = np.random.default_rng(2)
+    c = _coefficients(rng, n_p, False)
+    sd, rho, sigma = np.array([5.0, 4.0]), -0.3, 3.0
+    mean, msd, links = np.array([0.1, -0.2, 0.3]), np.array([1.0, 0.8, 1.2]), np.array([0.5, -0.3, 0.4])
+    prog, mod = np.array([1.5, -1.0, 0.5]), np.array([-2.0, 1.0, 0.7])
+    n_latent = len(latent_missing(md))
+    const = lambda v, dims: (("chain", "draw", *dims), np.broadcast_to(v, (1, n_draw) + np.shape(v)).copy())  # noqa: E731
+    post = xr.Dataset(
+        {
+            "participant_sd": const(sd, ("participant_effect",)), "participant_corr": const(rho, ()), "residual_sd": const(sigma, ()),
+            "marker_mean": const(mean, ("marker",)), "marker_sd": const(msd, ("marker",)), "marker_regression": const(links, ("marker_link",)),
+            "marker_prognostic": const(prog, ("marker",)), "marker_moderation": const(mod, ("marker",)),
+            "marker_missing_std": const(np.full(n_latent, 0.3), ("marker_missing_value",)),
+        },
+        coords={"chain": [0], "draw": np.arange(n_draw), "participant": design.participants},
+    )
+    idata = az.InferenceData(posterior=post)
+    completed = recover_participant_effects(idata, design, 3, np.broadcast_to(c, (1, n_draw, n_p, 3)).copy())
+    out = idata.posterior
+    b = out["participant_effects"].values[0]
+    eta = out["marker_missing_std"].values[0]
+    assert eta.shape[1] == md.n_missing
+    mi, mk = np.nonzero(md.missing)
+    z = np.broadcast_to(np.nan_to_num(md.z), (n_draw, n_p, m)).copy()
+    for e, (i, k) in enumerate(zip(mi, mk)):  # sequential: z_k = a_k + sum_j<k B_kj z_j + s_k eta
+        z[:, i, k] = mean[k] + sum(links[k * (k - 1) // 2 + j] * z[:, i, j] for j in range(k)) + msd[k] * eta[:, e]
+    mu, cov = joint_moments(mean, msd, links, m)
+    cov_b = np.diag(sd) @ np.array([[1, rho], [rho, 1]]) @ np.diag(sd)
+    a = np.vstack([prog, mod])
+    checked = 0
+    for i in np.flatnonzero(md.missing.any(axis=1) & ~md.censored.any(axis=1)):
+        miss = np.flatnonzero(md.missing[i])
+        keep = np.setdiff1d(np.arange(m), miss)
+        m_i, c_i = conditional_moments(mu, cov, md.z[i, keep][None, :], keep, miss)
+        x, y = _participant_blocks(design, i)
+        g = x[:, :2] @ np.hstack([np.eye(2), a[:, miss]])  # scores = X c + G (b, z_M - m_i) + e
+        prior = np.block([[cov_b, np.zeros((2, len(miss)))], [np.zeros((len(miss), 2)), c_i]])
+        cond_cov = np.linalg.inv(np.linalg.inv(prior) + g.T @ g / sigma**2)
+        cond_mean = cond_cov @ g.T @ (y - x @ c[i]) / sigma**2
+        cond_mean[2:] += m_i[0]
+        draws = np.hstack([b[:, i], z[:, i, miss]])
+        se = np.sqrt(np.diag(cond_cov) / n_draw)
+        assert np.all(np.abs(draws.mean(0) - cond_mean) < 4.5 * se), i
+        np.testing.assert_allclose(np.cov(draws.T), cond_cov, rtol=0.15, atol=0.05 * cond_cov.max())
+        # the coefficients returned hold the drawn markers: level and change shift by A (z_M - m_i)
+        shift = (z[:, i, miss] - m_i[0]) @ a[:, miss].T
+        np.testing.assert_allclose(completed[0, :, i, :2] - c[i, :2], shift, atol=1e-9)
+        checked += 1
+    assert checked >= 8
+    # participants without integrated markers: the plain recovery (their b only)
+    assert np.allclose(completed[0][:, ~md.missing.any(axis=1)], c[~md.missing.any(axis=1)])
+
+
+@pytest.mark.unit
 def test_native_erfcinv_matches_scipy():
     ys = np.concatenate([np.logspace(-300, -1e-9, 400), np.linspace(0.01, 1.99, 399), 2 - np.logspace(-15, -1, 100)])
     got = np.array([erfcinv_native(y) for y in ys])
@@ -114,12 +178,13 @@ def test_fast_variant_only_where_exact(design):
     assert marginal.marginal and marginal.name == "headline" and marginal.fast_variant is None
     assert marginal.priors == headline.priors
     plain, fast = headline.model, marginal.model
-    # every user-facing variable of the plain model exists with the same dims (participant effects come after sampling)
-    recovered = {"participant_raw", "participant_effects", "y"}
+    # every user-facing variable of the plain model exists with the same dims (participant effects and the missing
+    # markers integrated out, all of them in this trial, come after sampling)
+    recovered = {"participant_raw", "participant_effects", "y", "marker_missing_std"}
     for name, dims in plain.named_vars_to_dims.items():
         if name not in recovered:
             assert fast.named_vars_to_dims.get(name) == dims, name
-    assert {v.name for v in fast.free_RVs} == {v.name for v in plain.free_RVs} - {"participant_raw"}
+    assert {v.name for v in fast.free_RVs} == {v.name for v in plain.free_RVs} - {"participant_raw", "marker_missing_std"}
 
 
 SMALL = SamplerSettings(draws=400, tune=400, chains=2, seed=5, prior_draws=20)
@@ -286,8 +351,11 @@ def test_plain_path_integrated_densities_equal_the_fast_paths(design, name):
     from inference.marginal import (
         _normal_mean,
         fixed_part,
+        _sampled,
         integrated_log_likelihood,
+        markers_from_std,
         per_draw,
+        shift_to_markers,
         plain_integrated_log_likelihood,
         visit_means,
     )
@@ -297,7 +365,9 @@ def test_plain_path_integrated_densities_equal_the_fast_paths(design, name):
         prior = pm.sample_prior_predictive(draws=6, random_seed=2).prior
     idata = az.InferenceData(posterior=prior)
     plain = plain_integrated_log_likelihood(idata, built)
-    fixed = fixed_part(prior, built.fast_variant())
+    fixed = fixed_part(_sampled(prior, design), built.fast_variant())
+    if "marker_mean" in prior:  # the fast path's fixed part holds conditional means of the integrated markers: use the draws'
+        fixed = shift_to_markers(fixed, prior, design, markers_from_std(prior, design.baseline))
     assert fixed.shape[-1] == (4 if name.endswith("curved") else 3)
     fast = integrated_log_likelihood(idata, design, fixed)
     for var in ("y_participant", "y_visit"):

@@ -108,6 +108,89 @@ def _check_against_pytensor(design, priors=None, points=4, seed=0, shift=None, b
     return model, layout
 
 
+def mixed_marker_patterns(design):
+    """The design with every kind of marker pattern: one or two markers missing, a censored value beside a missing
+    one (that participant's missing value stays latent), all missing, and complete."""
+    import dataclasses
+
+    b = design.baseline
+    missing, censored, z, upper = b.missing.copy(), b.censored.copy(), b.z.copy(), b.z_upper.copy()
+    complete = np.flatnonzero(~missing.any(axis=1) & ~censored.any(axis=1))
+    cens = np.flatnonzero(censored.any(axis=1))
+    for rows, cols in ((complete[:3], [1]), (complete[3:6], [0, 2]), (complete[6:8], [2]), (cens[:1], [1])):
+        for k in cols:
+            missing[rows, k] = True
+            z[rows, k] = np.nan
+    marker = dataclasses.replace(b, missing=missing, censored=censored, z=z, z_upper=upper)
+    return dataclasses.replace(design, baseline=marker)
+
+
+@pytest.mark.unit
+def test_fused_density_with_every_marker_pattern(small_design):
+    """Integrated missing markers (models/marker_block.py): one or two of three missing, all missing, and a
+    missing value beside a censored one (kept latent), for the headline and moderation models."""
+    from models.marker_block import integrated_rows, latent_missing
+
+    design = mixed_marker_patterns(small_design)
+    b = design.baseline
+    assert integrated_rows(b).sum() > 0 and len(latent_missing(b)) == 1
+    model, layout = _check_against_pytensor(design, points=3, seed=5)
+    assert "marker_missing_std" in [rv.name for rv in model.free_RVs]
+    _check_against_pytensor(design, OTHER_PRIORS, points=2, seed=6, build=_moderation)
+
+
+@pytest.mark.unit
+def test_integrated_markers_density_equals_joint_normal(small_design):
+    """The marginal model's likelihood terms at a random point == sum over participants of the dense joint normal
+    log density of (their scores, their observed markers), the participant effects and missing markers integrated
+    out: y_i = X_i c0_i + Z_i (A z_i + b_i) + e, z_i ~ N(mu, Sigma), b_i ~ N(0, S) (an independent computation)."""
+    from scipy.stats import multivariate_normal
+
+    from models.marker_block import joint_moments
+
+    import dataclasses
+
+    from scipy.stats import multivariate_normal
+
+    from models.marker_block import joint_moments
+
+    design = mixed_marker_patterns(small_design)
+    b = design.baseline
+    # censored values made observed (just below their limit): every term is then a function of the parameters alone
+    z = np.where(b.censored, b.z_upper - 0.5, b.z)
+    b = dataclasses.replace(b, z=z, censored=np.zeros_like(b.censored), z_upper=np.full_like(b.z_upper, np.nan))
+    design = dataclasses.replace(design, baseline=b)
+    model = build_trajectory_marginal(design, None, name="headline", arm=True, markers=True).model
+    assert "marker_missing_std" not in [rv.name for rv in model.free_RVs]
+    rng = np.random.default_rng(11)
+    point = {k: v + 0.3 * rng.normal(size=np.shape(v)) for k, v in model.initial_point().items()}
+    names = ["marker_mean", "marker_sd", "marker_regression", "intercept", "time_change", "nac_change", "marker_prognostic",
+             "marker_moderation", "site_effect", "participant_chol", "residual_sd"]
+    values = dict(zip(names, model.compile_fn(model.replace_rvs_by_values([model[n] for n in names]), inputs=model.value_vars, point_fn=False, mode=UNREWRITTEN, on_unused_input="ignore")(**point)))
+    got = model.compile_fn(model.logp(vars=model.observed_RVs + model.potentials), inputs=model.value_vars, point_fn=False, mode=UNREWRITTEN, on_unused_input="ignore")(**point)
+    mu, cov = joint_moments(values["marker_mean"], values["marker_sd"], values["marker_regression"], 3)
+    packed = values["participant_chol"]
+    lchol = np.array([[packed[0], 0.0], [packed[1], packed[2]]])
+    s_b, sigma = lchol @ lchol.T, float(values["residual_sd"])
+    a = np.vstack([values["marker_prognostic"], values["marker_moderation"]])  # 2 x m: the markers' loadings on (level, change)
+    site = values["site_effect"][design.site_idx]
+    want = 0.0
+    for i in range(design.n_participants):
+        rows = design.obs_participant == i
+        x = np.column_stack([np.ones(rows.sum()), design.t1[rows], design.t2[rows]])
+        t = design.treated[i]
+        c0 = np.array([values["intercept"] + site[i], values["time_change"][0] + values["nac_change"][0] * t,
+                       values["time_change"][1] + values["nac_change"][1] * t])
+        obs = np.flatnonzero(~b.missing[i])
+        zmat = x[:, :2]
+        cov_yy = zmat @ (a @ cov @ a.T + s_b) @ zmat.T + sigma**2 * np.eye(rows.sum())
+        cov_yz = zmat @ a @ cov[:, obs]
+        joint_mean = np.concatenate([x @ c0 + zmat @ a @ mu, mu[obs]])
+        joint_cov = np.block([[cov_yy, cov_yz], [cov_yz.T, cov[np.ix_(obs, obs)]]])
+        want += multivariate_normal(joint_mean, joint_cov).logpdf(np.concatenate([design.y[rows], b.z[i, obs]]))
+    np.testing.assert_allclose(float(got), want, rtol=1e-11)
+
+
 @pytest.mark.unit
 def test_fused_density_equals_pytensor(small_design):
     _check_against_pytensor(small_design, points=3)
@@ -198,12 +281,13 @@ def test_fast_variants_match_their_plain_models(small_design):
         marginal = built.fast_variant()
         plain, fast = built.model, marginal.model
         assert marginal.marginal and marginal.fused_kernel == "trajectory" and marginal.priors == built.priors
-        recovered = {"participant_raw", "participant_effects", "y"}
+        # drawn after sampling: the participant effects and the missing markers integrated out (all of them here)
+        recovered = {"participant_raw", "participant_effects", "y", "marker_missing_std"}
         for var, dims in plain.named_vars_to_dims.items():
             if var not in recovered:
                 assert fast.named_vars_to_dims.get(var) == dims, (name, var)
-        # the same free variables in the same order, less the participant effects
-        assert [v.name for v in fast.free_RVs] == [v.name for v in plain.free_RVs if v.name != "participant_raw"], name
+        # the same free variables in the same order, less those
+        assert [v.name for v in fast.free_RVs] == [v.name for v in plain.free_RVs if v.name not in recovered], name
         assert engine.fused_layout(marginal) is not None, name
     assert get("treatment").build(small_design, likelihood="student").fast_variant is None
     assert get("treatment_curved").build(small_design, likelihood="censored").fast_variant is None
