@@ -29,6 +29,7 @@ def parse_args(argv):
     from diagnostics.ppc import REMISSION_CUTOFF
     from inference.sampling import SAMPLERS, SamplerSettings
     from models import REGISTRY
+    from models.prior_file import PRESETS
 
     d = SamplerSettings()
     ap = argparse.ArgumentParser(prog="fit.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -47,6 +48,10 @@ def parse_args(argv):
                     "at most one per CPU core; 1 fits them one after another). The numbers do not depend on it")
     ap.add_argument("--plain", action="store_true", help="sample the plain model even where an exact fast variant exists (for comparison)")
     ap.add_argument("--mcid", type=float, default=2.0, help="minimal clinically important difference, outcome points")
+    ap.add_argument("--priors", type=Path, default=None, metavar="FILE.toml", help="prior overrides: [<model>.<prior>] or [all.<prior>] "
+                    "tables of dist and parameters, and optionally preset = \"sceptical\" (docs/models.md#prior-sensitivity)")
+    ap.add_argument("--prior-preset", default=None, choices=PRESETS, help="the treatment-effect prior of every fitted model: sceptical "
+                    "(centred on 0, P(|effect| > MCID) = 10%%) or enthusiastic (centred on a benefit of one MCID); priors named in --priors win")
     ap.add_argument("--remission-cutoff", type=float, default=REMISSION_CUTOFF, help="remission: score at or below this (posterior predictive checks)")
     ap.add_argument("--kfold", type=int, default=0, help=f"refit units with Pareto k too high: grouped K-fold by participant (e.g. {KFOLD_K}; "
                     "K x models extra fits). Default 0: no refits, such elpd values are marked unreliable and diagnose.py --kfold K runs them later on the saved fits")
@@ -83,16 +88,18 @@ def main(argv=None) -> int:
     from data.atomic import OutputBusy
     from inference.sampling import SamplerSettings
     from models import ModelDataError
+    from models.prior_file import read_prior_file
 
     settings = SamplerSettings(
         sampler=args.sampler, draws=args.draws, tune=args.tune, chains=args.chains, cores=args.cores,
         target_accept=args.target_accept, prior_draws=args.prior_draws, seed=args.seed, fast=not args.plain,
     )
     try:
+        priors = read_prior_file(args.priors) if args.priors is not None else None  # refused before the data are read
         run = api.fit_trial(
             args.data, args.model, settings, out=args.out, likelihood=args.likelihood, mcid=args.mcid,
             remission_cutoff=args.remission_cutoff, kfold=args.kfold, jobs=args.jobs, force=args.force,
-            quiet=args.quiet, echo=print,
+            quiet=args.quiet, echo=print, priors=priors, prior_preset=args.prior_preset,
         )
     except KeyError as exc:
         return fail(exc.args[0])

@@ -16,6 +16,15 @@ log marker by nac_marker_log_ratio, so the indirect effect is nac_marker_log_rat
 (a_i, b_i) correlated participant effects, e_iw ~ N(0, residual_sd), g the time course
 (linear, or concave with `curvature` > 0). Scores are rounded and clipped to the scale.
 Only participants with a baseline score >= `entry_min` are enrolled (screening).
+
+Dropout is monotone after baseline. Before each post-baseline visit j a participant still in the
+trial leaves with probability logistic(a + dropout_score_effect (s_i - mean s) / 5), with a set so
+that about `dropout_by_last_week` have left by the last visit at the average score, and s_i
+- `dropout_mechanism = "mar"` (default): y_i,j-1, the last score, which was observed (missing at random);
+- `"mnar"`: y_ij, the score at the visit being missed, never observed (missing not at random);
+- `"mnar_treatment"`: y_ij in the treatment arm, y_i,j-1 in the control arm (e.g. leaving for lack of
+  efficacy on the drug).
+The complete scores before any deletion are kept in `SyntheticTrial.complete` (not written).
 """
 
 from __future__ import annotations
@@ -31,6 +40,7 @@ from .atomic import atomic_folder
 from .meta import DatasetMeta
 
 MARKERS = ("il6", "crp", "bdnf")
+DROPOUT_MECHANISMS = ("mar", "mnar", "mnar_treatment")
 
 
 @dataclass(frozen=True)
@@ -71,7 +81,8 @@ class TrialParameters:
     week12_sample_missing: float = 0.1  # extra missed week-12 samples among completers (assumed)
     detection_limits: tuple[tuple[str, float], ...] = (("il6", 0.7),)  # IL-6 assay limit (assumed)
     dropout_by_last_week: float = 0.25  # monotone dropout by the last visit (20-30%)
-    dropout_score_effect: float = 0.3  # log-odds of dropping out per 5 points of last score (MAR)
+    dropout_score_effect: float = 0.3  # log-odds of dropping out per 5 points of the score it depends on
+    dropout_mechanism: str = "mar"  # on the last observed score ("mar"), the missed visit's ("mnar"), or that in the treatment arm only
     intermittent_missing: float = 0.03  # missed single visits among those still in the trial
     outcome: str = "madrs"
     outcome_label: str = "MADRS"
@@ -140,6 +151,7 @@ class SyntheticTrial:
     biomarkers: pd.DataFrame
     params: TrialParameters
     truth: dict = field(default_factory=dict)
+    complete: pd.DataFrame | None = None  # every participant's score at every scheduled week before dropout and misses (not written)
 
     def write(self, folder: str | Path, overwrite: bool = False) -> Path:
         """Write the dataset folder atomically (a temporary folder renamed into place)."""
@@ -163,6 +175,8 @@ def _dropout_intercept(p: TrialParameters) -> float:
 def simulate_trial(params: TrialParameters | None = None, **overrides) -> SyntheticTrial:
     """Simulate one trial. Deterministic given params.seed."""
     p = (params or TrialParameters()).with_(**overrides) if overrides else (params or TrialParameters())
+    if p.dropout_mechanism not in DROPOUT_MECHANISMS:
+        raise ValueError(f"unknown dropout_mechanism '{p.dropout_mechanism}'; choose one of {', '.join(DROPOUT_MECHANISMS)}")
     rng = np.random.default_rng(p.seed)
     n = p.n_participants
     weeks = np.asarray(p.weeks, dtype=float)
@@ -223,12 +237,15 @@ def simulate_trial(params: TrialParameters | None = None, **overrides) -> Synthe
     )[:, None] + slope_e[:, None] * t1[None, :] + slope_f[:, None] * t2[None, :]
     y = np.clip(np.round(mean + noise), p.score_min, p.score_max)
 
-    # Monotone MAR dropout after baseline, driven by the last observed score; rare intermittent misses.
+    # Monotone dropout after baseline, driven by the last observed score (MAR) or by the score of the
+    # visit being missed (MNAR, in both arms or the treatment arm only); rare intermittent misses.
     a = _dropout_intercept(p)
     observed = np.ones_like(y, dtype=bool)
     active = np.ones(n, dtype=bool)
+    by_current = {"mar": np.zeros(n, dtype=bool), "mnar": np.ones(n, dtype=bool), "mnar_treatment": treated == 1}[p.dropout_mechanism]
     for j in range(1, len(weeks)):
-        logit = a + p.dropout_score_effect * (y[:, j - 1] - y[:, j - 1].mean()) / 5
+        score = np.where(by_current, y[:, j], y[:, j - 1])
+        logit = a + p.dropout_score_effect * (score - score.mean()) / 5
         drop = active & (rng.random(n) < 1 / (1 + np.exp(-logit)))
         active &= ~drop
         observed[:, j] = active
@@ -283,23 +300,28 @@ def simulate_trial(params: TrialParameters | None = None, **overrides) -> Synthe
         "n_screened": int(n_screened),
         "n_enrolled": int(n),
         "dropout_by_last_week": float(1 - observed[:, -1].mean()),
+        "dropout_mechanism": p.dropout_mechanism,
         "n_below_lod": int(sum(int(b["below_lod"].sum()) for b in bio_rows)),
         "generator": "data.synthetic.simulate_trial",
     }
-    return SyntheticTrial(participants, visits, biomarkers.reset_index(drop=True), p, truth)
+    every = np.tile(weeks.astype(int), n)
+    complete = pd.DataFrame({"participant_id": np.repeat(ids, len(weeks)), "week": every, p.outcome: y.ravel().astype(int)})
+    return SyntheticTrial(participants, visits, biomarkers.reset_index(drop=True), p, truth, complete)
 
 
 def main(argv=None) -> int:
-    """Write a synthetic dataset folder: python -m data.synthetic OUT [--seed S] [--n N]."""
+    """Write a synthetic dataset folder: python -m data.synthetic OUT [--seed S] [--n N] [--dropout mar|mnar|mnar_treatment]."""
     import argparse
 
     ap = argparse.ArgumentParser(description=main.__doc__)
     ap.add_argument("out", type=Path)
     ap.add_argument("--seed", type=int, default=TrialParameters.seed)
     ap.add_argument("--n", type=int, default=TrialParameters.n_participants, help="participants")
+    ap.add_argument("--dropout", choices=DROPOUT_MECHANISMS, default=TrialParameters.dropout_mechanism,
+                    help="what dropout depends on: the last observed score (mar) or the missed visit's (mnar, mnar_treatment)")
     ap.add_argument("--force", action="store_true", help="replace an existing folder")
     args = ap.parse_args(argv)
-    trial = simulate_trial(TrialParameters(seed=args.seed, n_participants=args.n))
+    trial = simulate_trial(TrialParameters(seed=args.seed, n_participants=args.n, dropout_mechanism=args.dropout))
     try:
         trial.write(args.out, overwrite=args.force)
     except FileExistsError as exc:

@@ -49,6 +49,7 @@ from inference.storage import DATA_GROUP, STORAGE, save_fit, saved_dataset
 from models import REGISTRY, ModelDataError, build_design, get
 from models.design import TrialDesign
 from models.effects import DEFAULT_MCID
+from models.prior_file import PriorFile, model_priors
 from models.priors import check as check_prior
 from models.priors import resolve, to_json
 from planning.params import design_constants
@@ -158,7 +159,8 @@ def fit_trial(
     force: bool = False,
     quiet: bool = True,
     echo: Callable[[str], None] | None = None,
-    priors: dict[str, dict] | None = None,
+    priors: dict[str, dict] | str | Path | PriorFile | None = None,
+    prior_preset: str | None = None,
 ) -> RunResult:
     """Fit `models` to a trial and write InferenceData, tables, the comparison and report.html into `out`.
 
@@ -172,6 +174,10 @@ def fit_trial(
     echo      where the per-model summaries and the comparison sentences go (fit.py passes print)
     priors    per model, prior overrides: {"treatment": {"nac_change": {"params": {"sigma": 3.0}}}}
               (names from `models.get(name).default_priors(design)`; a Prior or a dict of dist/params)
+              ('all': every fitted model using that prior); or a TOML prior file, as a path or as read by
+              models.prior_file.read_prior_file (docs/models.md#prior-sensitivity)
+    prior_preset  'sceptical' or 'enthusiastic': every fitted model's treatment-effect prior, scaled by
+              `mcid`; priors named in `priors` win over it (and it over a prior file's preset key)
 
     Raises DatasetError (bad data), ModelDataError (data a model cannot use), KeyError (unknown
     model), ValueError (bad argument), FileExistsError / OutputBusy (output folder), SamplingFailed,
@@ -198,6 +204,7 @@ def fit_trial(
     design = build_design(ds)
     for spec in specs:  # data a model cannot use, or priors it does not have: refused before the first fit
         spec.require(design)
+    priors = model_priors(specs, design, priors, preset=prior_preset, mcid=mcid, likelihood=likelihood)
     check_priors(priors, specs, design)
     with locked_output(out, overwrite=force) as tmp:
         fits, run, diag, report = _run(specs, ds, design, source, changes, settings, tmp, out,

@@ -204,7 +204,6 @@ def _standardised(b: np.ndarray, chol: tuple) -> np.ndarray:
 def _split_integrated(idata, design, patterns, chol, w, c, rng):
     """(b_i, z_M) | w_i for the integrated participants (module docstring); returns the participant effects and the
     fixed-part coefficients with the drawn markers, and completes posterior['marker_missing_std']."""
-    post = idata.posterior
     l00, l10, l11 = (v[..., 0] for v in chol)  # chain, draw
     s = np.stack([np.stack([l00**2, l00 * l10], -1), np.stack([l00 * l10, l10**2 + l11**2], -1)], -2)  # chain, draw, 2, 2
     b = w.copy()

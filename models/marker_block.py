@@ -29,11 +29,11 @@ latent as above (a censored value is not Gaussian given the others).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pymc as pm
 import pytensor.tensor as pt
-
-from dataclasses import dataclass
 
 from .design import MarkerData
 from .priors import Prior, rv

@@ -350,13 +350,13 @@ def test_plain_path_integrated_densities_equal_the_fast_paths(design, name):
 
     from inference.marginal import (
         _normal_mean,
-        fixed_part,
         _sampled,
+        fixed_part,
         integrated_log_likelihood,
         markers_from_std,
         per_draw,
-        shift_to_markers,
         plain_integrated_log_likelihood,
+        shift_to_markers,
         visit_means,
     )
 

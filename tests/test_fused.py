@@ -144,15 +144,13 @@ def test_integrated_markers_density_equals_joint_normal(small_design):
     """The marginal model's likelihood terms at a random point == sum over participants of the dense joint normal
     log density of (their scores, their observed markers), the participant effects and missing markers integrated
     out: y_i = X_i c0_i + Z_i (A z_i + b_i) + e, z_i ~ N(mu, Sigma), b_i ~ N(0, S) (an independent computation)."""
-    from scipy.stats import multivariate_normal
-
-    from models.marker_block import joint_moments
-
     import dataclasses
 
     from scipy.stats import multivariate_normal
 
     from models.marker_block import joint_moments
+
+
 
     design = mixed_marker_patterns(small_design)
     b = design.baseline

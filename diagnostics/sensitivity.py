@@ -1,0 +1,563 @@
+"""Estimands under other missing-data assumptions, from the posterior draws, without refitting.
+
+Every fitted effect (`nac_effect`) is a hypothetical estimand under missing at random (MAR): the
+scores after dropout are those the participant's own arm predicts from their observed scores. This
+module computes, per posterior draw, the NAC - placebo difference at each visit when the missing
+scores after dropout follow the reference-based strategies of Carpenter, Roger and Kenward (2013,
+J Biopharm Stat 23:1352), as rbmi's statistical specification describes them, and under delta
+adjustment (a tipping-point analysis).
+
+Models. Per posterior draw s a model gives, over its outcome visits v, the arm difference
+d_v = mu^a_v - mu^r_v (treatment arm a minus the reference, the control arm r) and the
+within-participant covariance Sigma:
+- `mmrm` (outcome: change from baseline at the post-baseline visits): d = `nac_effect` at those
+  visits, Sigma = L L' with L the packed Cholesky factor `visit_chol` (as in models/mmrm.py
+  `pointwise_logp`); before the first visit the change is 0 in both arms (d = 0 at baseline);
+- `treatment`, `treatment_curved`, `headline` (outcome: the score at every scheduled week,
+  week 0 included): d = `nac_effect`, Sigma_ww' = z_w' S z_w' + sigma^2 [w = w'] with
+  z_w = (1, t1_w), S the covariance of the participant effects (`participant_sd`,
+  `participant_corr`) and sigma = `residual_sd` (normal likelihood only; in `headline` the
+  uncertainty of a participant's latent biomarkers is not part of Sigma).
+The arm enters these models' means only through d, so mu^a - mu^r = d for every participant.
+`moderation` (a participant-specific arm difference), `null` (no arm) and the biomarker models are
+not supported.
+
+Population: every randomised participant with a baseline score (for the MMRM, also those without
+any post-baseline visit, whom its fit leaves out). Participant i has observed visits O_i and last
+observed visit k_i; the visits after k_i are post-dropout (D_i), gaps before k_i stay MAR.
+
+Strategies, as mean vectors nu^s over the visits for a participant of the treatment arm:
+    MAR  nu = mu^a                                      (own arm)
+    J2R  nu = mu^a up to k_i, mu^r after                (jump to reference)
+    CR   nu = mu^r everywhere                           (copy reference)
+    CIR  nu = mu^a up to k_i, then mu^a_k + (mu^r_v - mu^r_k) after   (copy increments in reference)
+The conditional mean imputation of v in D_i is m^s_iv = nu^s_v + Sigma_vO Sigma_OO^-1 (y_O - nu^s_O), so
+
+    m^s_iv - m^MAR_iv = e^s_v - Sigma_vO Sigma_OO^-1 e^s_O,    e^s = nu^s - mu^a
+
+with e^J2R_v = -d_v after k_i (0 before), e^CR = -d, e^CIR_v = d_k - d_v after k_i (0 before):
+it depends on d and Sigma only, not on the scores y. The estimand per draw is
+
+    Delta^s_v = d_v + (1/n_T) sum over treatment participants i with v in D_i of (m^s_iv - m^MAR_iv)
+
+(the reference is the control arm, so every strategy is MAR there). This is the conditional mean
+imputation estimator (Wolbers et al. 2022, Stat Med 41:2527; the point estimate of multiple
+imputation), evaluated on every draw so that the posterior of d and Sigma carries the uncertainty:
+the MAR row is the model's own `nac_effect`, draw for draw. Participants are grouped by
+(strategy, O_i, k_i) and each group solved once for all draws.
+
+Delta adjustment: the imputed post-dropout scores of the treatment arm are delta points higher
+(worse): Delta^{s,delta}_v = Delta^s_v + delta p^T_v, p^T_v the share of the treatment arm with an
+imputed post-dropout score at v; with arms="both" the control arm's too: - delta p^C_v. Every draw
+moves by the same amount, so the tipping point (the smallest delta at which P(benefit) falls below
+the decision threshold or the 95% interval reaches 0) is found exactly, besides on the grid.
+
+Intercurrent events (`data/ice.py`, ice.csv): a listed participant follows the listed strategy
+from the listed week on (the visits from that week are post-event, the visit before it plays k_i),
+whatever the analysis' strategy; for a strategy other than MAR, scores observed from that week on
+are set aside (as rbmi does) and the MAR comparison is conditioned on the same pre-event visits.
+Unlisted participants follow the strategy of the analysis after their last observed visit.
+
+Lower scores are better: P(benefit) = P(Delta < 0) = `p_below_0` (models/effects.py).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import arviz as az
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import xarray as xr  # noqa: E402
+
+from data.ice import ICE_STRATEGIES, IceTable, check_ice, load_ice  # noqa: E402
+from models.design import TrialDesign  # noqa: E402
+from models.effects import HDI_PROB  # noqa: E402
+
+from .plots import to_png  # noqa: E402
+
+STRATEGIES = ICE_STRATEGIES  # MAR, J2R, CR, CIR
+SUPPORTED_MODELS = ("mmrm", "treatment", "treatment_curved", "headline")
+ARMS = ("treatment", "both")
+DECISION_THRESHOLD = 0.975  # P(benefit) below this: the conclusion of benefit is lost
+FLIP_INTERVAL_PROB = 0.95  # ... or this interval (HDI) reaching 0
+DELTA_FRACTIONS = (1 / 30, 1 / 15, 1 / 10)  # default delta rows, as fractions of the score range (2, 4, 6 MADRS points)
+GRID_POINTS = 30  # default tipping-point grid: about this many steps
+
+STRATEGY_TEXT = {
+    "MAR": "dropout: hypothetical, missing at random (own arm's course given the observed scores)",
+    "J2R": "dropout: jump to reference ({control} mean after the last visit)",
+    "CR": "dropout: copy reference ({control} course throughout)",
+    "CIR": "dropout: copy increments in reference ({control} changes from the last visit)",
+}
+UNSUPPORTED = {
+    "moderation": "its NAC effect differs between participants (by baseline biomarkers), so there is no single arm difference to jump to",
+    "null": "it has no arm effect",
+}
+
+
+@dataclass
+class ModelPieces:
+    """What the strategies need from a fit: d and Sigma per draw over the model's outcome visits."""
+
+    model: str
+    visits: np.ndarray  # weeks of the outcome visits (MMRM: post-baseline; trajectory models: all, week 0 first)
+    d: np.ndarray  # draws x visits: treatment - control mean
+    sigma: np.ndarray  # draws x visits x visits: within-participant covariance
+    chains: int
+    draws: int
+    variable: str  # what the outcome is, e.g. "MADRS change from baseline"
+
+    @property
+    def baseline_anchor(self) -> bool:
+        """True when week 0 is not an outcome visit (the MMRM): d = 0 there, in both arms."""
+        return int(self.visits[0]) != 0
+
+
+@dataclass
+class Population:
+    """The estimand population and each participant's dropout."""
+
+    treated: np.ndarray  # bool per participant
+    observed: np.ndarray  # participant x visit bool
+    last: np.ndarray  # index of the last observed visit, -1 when none (MMRM: no post-baseline visit)
+    participants: np.ndarray
+
+
+@dataclass
+class StrategyEffect:
+    """The difference under one strategy per draw, and who is imputed after dropout or the event."""
+
+    strategy: str
+    weeks: np.ndarray  # the model's outcome visits
+    draws: np.ndarray  # draws x visits
+    share_treatment: np.ndarray  # per visit: share of the treatment arm with an imputed post-dropout score
+    share_control: np.ndarray
+
+    def delta_adjusted(self, delta: float, arms: str = "treatment") -> np.ndarray:
+        return self.draws + delta * net_share(self, arms)[None, :]
+
+
+def net_share(effect: StrategyEffect, arms: str) -> np.ndarray:
+    if arms not in ARMS:
+        raise ValueError(f"arms must be one of {ARMS}, not '{arms}'")
+    return effect.share_treatment - (effect.share_control if arms == "both" else 0.0)
+
+
+# ---------------------------------------------------------------- model adapters
+
+
+def _attr(idata, key: str) -> str:
+    value = idata.posterior.attrs.get(key, "")
+    return str(value).strip('"')
+
+
+def model_name(idata: az.InferenceData, model: str | None = None) -> str:
+    """The fitted model: `model` if given, else the fit's provenance, else read from its variables."""
+    if model:
+        return model
+    name = _attr(idata, "model")
+    if name:
+        return name
+    post = idata.posterior
+    if "visit_chol" in post:
+        return "mmrm"
+    if "nac_marker_moderation" in post:
+        return "moderation"
+    if "participant_sd" in post:
+        if "nac_effect" not in post:
+            return "null"
+        if "time_curvature" in post:
+            return "treatment_curved"
+        return "headline" if "marker_prognostic" in post else "treatment"
+    return "unknown"
+
+
+def _flat(var: xr.DataArray) -> np.ndarray:
+    var = var.transpose("chain", "draw", ...)
+    return var.values.reshape((var.sizes["chain"] * var.sizes["draw"],) + var.shape[2:])
+
+
+def model_pieces(idata: az.InferenceData, design: TrialDesign, model: str | None = None) -> ModelPieces:
+    """d (draws x visits) and Sigma (draws x visits x visits) of a supported model's fit."""
+    name = model_name(idata, model)
+    if name not in SUPPORTED_MODELS:
+        why = UNSUPPORTED.get(name, "it does not model the visit scores with a normal likelihood")
+        raise ValueError(
+            f"reference-based imputation and delta adjustment are defined for the models {', '.join(SUPPORTED_MODELS)}; "
+            f"not for '{name}': {why}"
+        )
+    likelihood = _attr(idata, "likelihood")
+    if likelihood and likelihood != "normal":
+        raise ValueError(f"reference-based imputation needs the normal likelihood (conditional normal means); "
+                         f"the fit of '{name}' used '{likelihood}'")
+    post = idata.posterior
+    if "nac_effect" not in post:
+        raise ValueError(f"the fit of '{name}' has no 'nac_effect' in its posterior")
+    fit_weeks = np.asarray(post["week"].values).astype(int)
+    if not np.array_equal(fit_weeks, design.weeks):
+        raise ValueError(f"the fit's weeks {fit_weeks.tolist()} are not the design's {design.weeks.tolist()}: "
+                         "fit and data are of different trials")
+    chains, draws = post.sizes["chain"], post.sizes["draw"]
+    label = design.meta.outcome_label
+    if name == "mmrm":
+        visits = design.weeks[1:]
+        d = _flat(post["nac_effect"].sel(week=visits))
+        packed = _flat(post["visit_chol"])
+        nv = len(visits)
+        rows, cols = np.tril_indices(nv)
+        chol = np.zeros(packed.shape[:-1] + (nv, nv))
+        chol[..., rows, cols] = packed
+        sigma = chol @ np.swapaxes(chol, -1, -2)
+        variable = f"{label} change from baseline"
+    else:
+        visits = design.weeks
+        d = _flat(post["nac_effect"].sel(week=visits))
+        sd = _flat(post["participant_sd"])  # draws x 2 (intercept, change)
+        r = _flat(post["participant_corr"]).reshape(-1)
+        res = _flat(post["residual_sd"]).reshape(-1)
+        z = np.column_stack([np.ones(len(visits)), design.week_t1])  # visits x 2
+        cov = np.empty((len(r), 2, 2))
+        cov[:, 0, 0] = sd[:, 0] ** 2
+        cov[:, 1, 1] = sd[:, 1] ** 2
+        cov[:, 0, 1] = cov[:, 1, 0] = r * sd[:, 0] * sd[:, 1]
+        sigma = np.einsum("vi,sij,wj->svw", z, cov, z) + res[:, None, None] ** 2 * np.eye(len(visits))[None]
+        variable = f"{label} score"
+    return ModelPieces(name, np.asarray(visits, dtype=int), d, sigma, chains, draws, variable)
+
+
+def estimand_population(design: TrialDesign, pieces: ModelPieces) -> Population:
+    """All randomised participants with a baseline score, their observed outcome visits and last observed visit."""
+    wide = np.full((design.n_participants, len(design.weeks)), np.nan)
+    wide[design.obs_participant, np.searchsorted(design.weeks, design.obs_week.astype(int))] = design.y
+    keep = ~np.isnan(wide[:, 0])
+    observed = ~np.isnan(wide[:, 1:] if pieces.baseline_anchor else wide)
+    observed = observed[keep]
+    idx = np.arange(observed.shape[1])
+    last = np.where(observed.any(axis=1), np.max(np.where(observed, idx, -1), axis=1), -1)
+    return Population(design.treated[keep] > 0.5, observed, last, design.participants[keep])
+
+
+# ---------------------------------------------------------------- the strategies
+
+
+def _as_ice(ice, design: TrialDesign) -> IceTable | None:
+    if ice is None:
+        return None
+    if isinstance(ice, (str, Path)):
+        if design.dataset is None:
+            raise ValueError("reading ice.csv needs the design's dataset (models.build_design(data.load_dataset(folder)))")
+        ice = load_ice(ice, design.dataset)
+        if ice is None:
+            return None
+    if not isinstance(ice, IceTable):
+        raise TypeError("ice must be an IceTable (data.ice.load_ice), the path of ice.csv or None")
+    check_ice(ice, design.participants, design.weeks)
+    return ice
+
+
+def _plan(pop: Population, pieces: ModelPieces, strategy: str, ice: IceTable | None):
+    """Per participant: strategy, first post-event visit index e (D = visits from e on), conditioning mask, imputed mask."""
+    n, nv = pop.observed.shape
+    strat = np.full(n, strategy, dtype=object)
+    first = pop.last + 1
+    given = np.ones((n, nv), dtype=bool)  # the visits a participant's imputation conditions on (with `observed`)
+    if ice is not None and len(ice):
+        where = {p: i for i, p in enumerate(pop.participants)}
+        for pid, (week, s) in ice.by_participant().items():
+            i = where[pid]
+            strat[i] = s
+            first[i] = int(np.searchsorted(pieces.visits, week))
+            if s != "MAR":
+                given[i, first[i]:] = False  # observed scores after the event are set aside
+    cond = pop.observed & given
+    post = np.arange(nv)[None, :] >= first[:, None]
+    imputed = post & ~cond
+    return strat, first, cond, imputed
+
+
+def _shift(strategy: str, d: np.ndarray, first: int) -> np.ndarray:
+    """e^s = nu^s - mu^a over all visits (draws x visits) for a treatment participant whose post-event visits start at `first`."""
+    e = np.zeros_like(d)
+    if strategy == "MAR":
+        return e
+    if strategy == "CR":
+        return -d
+    if strategy == "J2R":
+        e[:, first:] = -d[:, first:]
+        return e
+    if strategy == "CIR":
+        k = first - 1
+        dk = np.zeros(len(d)) if k < 0 else d[:, k]  # k = -1: baseline of the MMRM, d = 0
+        e[:, first:] = dk[:, None] - d[:, first:]
+        return e
+    raise ValueError(f"unknown strategy '{strategy}'; choose from {', '.join(STRATEGIES)}")
+
+
+def strategy_effect(pieces: ModelPieces, pop: Population, strategy: str, ice: IceTable | None = None) -> StrategyEffect:
+    """Delta^s per draw over the model's visits (see the module docstring), grouped by (strategy, O_i, k_i)."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown strategy '{strategy}'; choose from {', '.join(STRATEGIES)}")
+    strat, first, cond, imputed = _plan(pop, pieces, strategy, ice)
+    nv = pop.observed.shape[1]
+    n_t, n_c = int(pop.treated.sum()), int((~pop.treated).sum())
+    total = pieces.d.copy()
+    groups: dict[tuple, int] = {}
+    for i in np.flatnonzero(pop.treated & (first < nv)):
+        if strat[i] == "MAR":
+            continue
+        key = (strat[i], int(first[i]), tuple(np.flatnonzero(cond[i])))
+        groups[key] = groups.get(key, 0) + 1
+    for (s, e_first, o), count in groups.items():
+        e = _shift(s, pieces.d, e_first)
+        contrib = e[:, e_first:]
+        o = np.asarray(o, dtype=int)
+        if len(o) and np.any(e[:, o]):
+            sig = pieces.sigma
+            x = np.linalg.solve(sig[:, o[:, None], o[None, :]], e[:, o][..., None])[..., 0]
+            contrib = contrib - np.einsum("sdo,so->sd", sig[:, e_first:, :][:, :, o], x)
+        total[:, e_first:] += count / n_t * contrib
+    share_t = imputed[pop.treated].sum(axis=0) / max(n_t, 1)
+    share_c = imputed[~pop.treated].sum(axis=0) / max(n_c, 1)
+    return StrategyEffect(strategy, pieces.visits, total, share_t, share_c)
+
+
+def strategy_effects(idata: az.InferenceData, design: TrialDesign, strategies=STRATEGIES, ice=None,
+                     model: str | None = None) -> xr.DataArray:
+    """The NAC - placebo difference under each strategy: DataArray (chain, draw, strategy, week), post-baseline weeks."""
+    pieces = model_pieces(idata, design, model)
+    pop = estimand_population(design, pieces)
+    ice = _as_ice(ice, design)
+    keep = pieces.visits > 0
+    out = np.stack([strategy_effect(pieces, pop, s, ice).draws[:, keep] for s in strategies], axis=1)
+    out = out.reshape(pieces.chains, pieces.draws, len(strategies), int(keep.sum()))
+    return xr.DataArray(out, dims=("chain", "draw", "strategy", "week"),
+                        coords={"chain": np.arange(pieces.chains), "draw": np.arange(pieces.draws), "strategy": list(strategies),
+                                "week": pieces.visits[keep]})
+
+
+# ---------------------------------------------------------------- tables
+
+
+def _hdi_names(prob: float) -> tuple[str, str]:
+    def fmt(x):
+        return f"{x:.0%}" if abs(round(x * 100) - x * 100) < 1e-9 else f"{x:.1%}"
+
+    return f"hdi_{fmt((1 - prob) / 2)}", f"hdi_{fmt(1 - (1 - prob) / 2)}"
+
+
+def summarise(draws: np.ndarray, hdi_prob: float = HDI_PROB) -> dict:
+    """mean, sd, HDI and P(< 0) of flat draws."""
+    lo, hi = az.hdi(np.asarray(draws, dtype=float), hdi_prob=hdi_prob)
+    lo_name, hi_name = _hdi_names(hdi_prob)
+    return {"mean": float(draws.mean()), "sd": float(draws.std(ddof=1)), lo_name: float(lo), hi_name: float(hi),
+            "p_below_0": float((draws < 0).mean())}
+
+
+def estimand_text(design: TrialDesign, pieces: ModelPieces, n: int, week: int, strategy: str, delta: float = 0.0,
+                  arms: str = "treatment", ice: IceTable | None = None) -> str:
+    """The estimand of one row in the ICH E9(R1) attributes: population; variable; intercurrent events; summary."""
+    meta = design.meta
+    end = meta.treatment_end
+    phase = "end of treatment" if week == end else "off-treatment follow-up" if week > end else "during treatment"
+    handling = STRATEGY_TEXT[strategy].format(control=meta.control_arm)
+    if delta:
+        who = f"{meta.treatment_arm} arm's" if arms == "treatment" else "both arms'"
+        handling += f", {who} missing scores after dropout {delta:g} points worse"
+    if ice is not None and len(ice):
+        handling += f"; intercurrent events of {ice.source} ({len(ice)} participants): the strategy listed, from the week listed"
+    return (f"all randomised with a baseline score (n = {n}); {pieces.variable} at week {week} ({phase}); {handling}; "
+            f"difference in means ({meta.treatment_arm} - {meta.control_arm})")
+
+
+def default_deltas(design: TrialDesign) -> tuple[float, ...]:
+    """Delta rows of the sensitivity table: 1/30, 1/15, 1/10 of the score range, to half a point (2, 4, 6 on MADRS)."""
+    return tuple(max(0.5, round(2 * f * design.score_range) / 2) for f in DELTA_FRACTIONS)
+
+
+def sensitivity_table(
+    idata: az.InferenceData,
+    design: TrialDesign,
+    strategies=STRATEGIES,
+    deltas=None,
+    ice=None,
+    hdi_prob: float = HDI_PROB,
+    arms: str = "treatment",
+    weeks=None,
+    model: str | None = None,
+) -> pd.DataFrame:
+    """The NAC - placebo difference at each post-baseline week under each strategy, then MAR with each delta.
+
+    Columns: strategy (MAR, J2R, CR, CIR, `delta=<points>`), week, mean, sd, hdi_3%, hdi_97% (for
+    hdi_prob 0.94), p_below_0 (P(benefit)), delta, dropout_share (share of the treatment arm with an
+    imputed score after dropout or the event at that week), estimand. `deltas=None` takes
+    `default_deltas(design)`; `ice`: an IceTable, the path of ice.csv, or None.
+    """
+    pieces = model_pieces(idata, design, model)
+    pop = estimand_population(design, pieces)
+    ice = _as_ice(ice, design)
+    deltas = default_deltas(design) if deltas is None else tuple(float(x) for x in deltas)
+    wanted = [int(w) for w in (pieces.visits[pieces.visits > 0] if weeks is None else weeks)]
+    missing = [w for w in wanted if w not in pieces.visits or w == 0]
+    if missing:
+        raise ValueError(f"weeks {missing} are not post-baseline visits of the model ({pieces.visits[pieces.visits > 0].tolist()})")
+    effects = {s: strategy_effect(pieces, pop, s, ice) for s in dict.fromkeys([*strategies, "MAR"])}
+    n = len(pop.treated)
+    rows = []
+    plan = [(s, s, 0.0) for s in strategies] + [(f"delta={x:g}", "MAR", x) for x in deltas]
+    for label, s, delta in plan:
+        eff = effects[s]
+        draws = eff.delta_adjusted(delta, arms) if delta else eff.draws
+        for w in wanted:
+            j = int(np.searchsorted(pieces.visits, w))
+            rows.append({"strategy": label, "week": w, **summarise(draws[:, j], hdi_prob), "delta": delta,
+                         "dropout_share": float(eff.share_treatment[j]),
+                         "estimand": estimand_text(design, pieces, n, w, s, delta, arms, ice)})
+    return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------- tipping point
+
+
+@dataclass
+class TippingPoint:
+    """Delta adjustment on a grid at one week: where the conclusion of benefit is lost."""
+
+    table: pd.DataFrame  # per delta: mean, sd, HDIs, p_below_0, flipped
+    delta: float | None  # smallest grid delta at which the conclusion flips; None: not within the grid
+    exact: float | None  # the exact flip point (each draw moves by delta x share); None: it never flips
+    week: int
+    strategy: str
+    arms: str
+    threshold: float
+    share: float  # the effect moves by delta x share
+    message: str
+    figure: bytes | None = None  # effect and P(benefit) against delta, PNG
+
+
+def _nice_step(x: float) -> float:
+    if not x > 0 or not math.isfinite(x):
+        return 1.0
+    p = 10 ** math.floor(math.log10(x))
+    return next(m * p for m in (1, 2, 2.5, 5, 10) if m * p >= x)
+
+
+def delta_grid(base_mean: float, share: float, score_range: float, max_delta: float | None = None, step: float | None = None) -> np.ndarray:
+    """0 to max_delta (default 1.5 |effect| / share, at least a tenth of the score range) in nice steps."""
+    if max_delta is None:
+        max_delta = 1.5 * abs(base_mean) / share if share > 0 else 0.0
+        max_delta = max(max_delta, 0.1 * score_range)
+    step = _nice_step(max_delta / GRID_POINTS) if step is None else float(step)
+    return np.round(np.arange(0.0, max_delta + step / 2, step), 10)
+
+
+def tipping_point(
+    idata: az.InferenceData,
+    design: TrialDesign,
+    week: int | None = None,
+    deltas=None,
+    strategy: str = "MAR",
+    arms: str = "treatment",
+    threshold: float = DECISION_THRESHOLD,
+    interval_prob: float = FLIP_INTERVAL_PROB,
+    ice=None,
+    max_delta: float | None = None,
+    step: float | None = None,
+    hdi_prob: float = HDI_PROB,
+    plot: bool = True,
+    model: str | None = None,
+) -> TippingPoint:
+    """The smallest delta (points added to the imputed post-dropout scores) at which benefit is no longer concluded.
+
+    The conclusion flips when P(benefit) = P(difference < 0) falls below `threshold` or the
+    `interval_prob` HDI reaches 0. `week` defaults to the end of treatment; `deltas` (a grid) to
+    `delta_grid` from 0 to 1.5 x |effect| / share of the treatment arm imputed at that week
+    (`max_delta`, `step` set it); `strategy` is the base strategy the delta is added to.
+    """
+    if arms not in ARMS:
+        raise ValueError(f"arms must be one of {ARMS}, not '{arms}'")
+    pieces = model_pieces(idata, design, model)
+    pop = estimand_population(design, pieces)
+    ice = _as_ice(ice, design)
+    week = int(design.meta.treatment_end if week is None else week)
+    if week not in pieces.visits or week == 0:
+        raise ValueError(f"week {week} is not a post-baseline visit of the model ({pieces.visits[pieces.visits > 0].tolist()})")
+    j = int(np.searchsorted(pieces.visits, week))
+    eff = strategy_effect(pieces, pop, strategy, ice)
+    x = eff.draws[:, j]
+    share = float(net_share(eff, arms)[j])
+    grid = delta_grid(float(x.mean()), share, design.score_range, max_delta, step) if deltas is None else np.asarray(deltas, dtype=float)
+    lo95, hi95 = _hdi_names(interval_prob)
+    rows = []
+    for delta in grid:
+        y = x + delta * share
+        row = {"delta": float(delta), "week": week, **summarise(y, hdi_prob)}
+        lo, hi = az.hdi(y, hdi_prob=interval_prob)
+        row[lo95], row[hi95] = float(lo), float(hi)
+        row["flipped"] = bool(row["p_below_0"] < threshold or hi >= 0)
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    flips = table.loc[table["flipped"], "delta"]
+    hit = float(flips.min()) if len(flips) else None
+    exact = _exact_flip(x, share, threshold, interval_prob)
+    where = f"at week {week} ({strategy}, delta added to the {'treatment arm' if arms == 'treatment' else 'both arms'})"
+    p0, hi0 = float((x < 0).mean()), float(az.hdi(x, hdi_prob=interval_prob)[1])
+    if p0 < threshold or hi0 >= 0:
+        message = (f"no benefit concluded even without delta {where}: P(benefit) = {p0:.3f} "
+                   f"(threshold {threshold:g}), {interval_prob:.0%} interval upper end {hi0:.2f}")
+    elif share <= 0:
+        message = f"the conclusion never flips {where}: delta moves the difference by delta x {share:.3f} (no net imputed dropouts)"
+    elif hit is None:
+        message = (f"the conclusion does not flip within the grid (0 to {grid.max():g} points) {where}; "
+                   f"it would at {exact:.2f} points")
+    else:
+        message = (f"the conclusion flips at delta = {hit:g} points on the grid (exactly {exact:.2f}) {where}: "
+                   f"{share:.1%} of the treatment arm imputed after dropout")
+    result = TippingPoint(table, hit, exact, week, strategy, arms, threshold, share, message)
+    if plot:
+        result.figure = tipping_plot(result, design, hdi_prob)
+    return result
+
+
+def _exact_flip(x: np.ndarray, share: float, threshold: float, interval_prob: float) -> float | None:
+    """Smallest delta >= 0 with P(x + delta share < 0) < threshold or the HDI of x + delta share reaching 0."""
+    if share <= 0:
+        p0, hi0 = (x < 0).mean(), az.hdi(x, hdi_prob=interval_prob)[1]
+        return 0.0 if (p0 < threshold or hi0 >= 0) else None
+    srt = np.sort(x)
+    k = math.ceil(threshold * len(x)) - 1  # P < threshold  <=>  at most k draws below -delta share  <=>  -delta share <= srt[k]
+    by_p = -srt[k] / share
+    by_interval = -float(az.hdi(x, hdi_prob=interval_prob)[1]) / share
+    return max(0.0, min(by_p, by_interval))
+
+
+def tipping_plot(result: TippingPoint, design: TrialDesign | None = None, hdi_prob: float = HDI_PROB) -> bytes:
+    """The difference (mean and HDI) and P(benefit) against delta, PNG bytes."""
+    t = result.table
+    lo, hi = _hdi_names(hdi_prob)
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(6.5, 5.5), sharex=True)
+    ax1.fill_between(t["delta"], t[lo], t[hi], alpha=0.3, label=f"{hdi_prob:.0%} HDI")
+    ax1.plot(t["delta"], t["mean"], label="posterior mean")
+    ax1.axhline(0, color="black", lw=0.8)
+    label = design.meta.outcome_label if design is not None else "score"
+    names = (design.meta.treatment_arm, design.meta.control_arm) if design is not None else ("treatment", "control")
+    ax1.set_ylabel(f"{names[0]} - {names[1]} at week {result.week}\n({label} points)")
+    ax1.legend(loc="upper left", fontsize=8)
+    ax2.plot(t["delta"], t["p_below_0"])
+    ax2.axhline(result.threshold, color="grey", ls="--", lw=0.8, label=f"threshold {result.threshold:g}")
+    ax2.set_ylabel("P(benefit)")
+    ax2.set_ylim(-0.02, 1.02)
+    ax2.set_xlabel(f"delta: points added to imputed scores after dropout ({result.arms})")
+    if result.delta is not None:
+        for ax in (ax1, ax2):
+            ax.axvline(result.delta, color="tab:red", lw=0.8, label=f"flips at delta = {result.delta:g}" if ax is ax2 else None)
+    ax2.legend(loc="lower left", fontsize=8)
+    fig.suptitle(f"Tipping point ({result.strategy} + delta)", fontsize=10)
+    return to_png(fig)
