@@ -112,9 +112,38 @@ def recover_participant_effects(idata: az.InferenceData, design: TrialDesign, se
 
     c: the fixed-part coefficients of every draw (`fixed_part`): on X = [1, t1, t2], or [1, t1, t2, q] when curved.
     With integrated markers (module docstring) their values are drawn too: `marker_missing_std` is completed and the
-    returned coefficients hold the drawn markers (c itself otherwise)."""
+    returned coefficients hold the drawn markers (c itself otherwise). Computed chain by chain (the memory of one
+    chain's temporaries), with the random streams consumed in chain order."""
     stats = visit_stats(design, visit_columns(design, _curved(c)))
     post = idata.posterior
+    n_chain = post.sizes["chain"]
+    rng, rng_markers = np.random.default_rng(seed), np.random.default_rng([seed, 1])
+    u = np.empty(c.shape[:3] + (2,))
+    effects = np.empty_like(u)
+    completed = c.copy()
+    md = design.baseline
+    std = None
+    for ch in range(n_chain):
+        part = post.isel(chain=[ch])
+        u[ch], effects[ch], completed[ch], z = _recover_chain(part, design, stats, c[ch:ch + 1], rng, rng_markers)
+        if z is not None:
+            values = _missing_std_values(part, md, z)
+            std = np.empty((n_chain,) + values.shape[1:]) if std is None else std
+            std[ch] = values[0]
+    if std is not None:
+        post = post.drop_vars([v for v in ("marker_missing_std", "marker_missing_value") if v in post.variables])
+        post["marker_missing_std"] = xr.DataArray(std, dims=("chain", "draw", "marker_missing_value"),
+                                                  coords={"marker_missing_value": np.arange(std.shape[-1])})
+    dims = ("chain", "draw", "participant", "participant_effect")
+    coords = {"participant": post["participant"].values, "participant_effect": ["intercept", "change"]}
+    post["participant_raw"] = xr.DataArray(u, dims=dims, coords=coords)
+    post["participant_effects"] = xr.DataArray(effects, dims=dims, coords=coords)
+    idata.posterior = post
+    return completed
+
+
+def _recover_chain(post: xr.Dataset, design: TrialDesign, stats, c: np.ndarray, rng, rng_markers):
+    """One chain of `recover_participant_effects`: (u, b, coefficients with the drawn markers, the drawn markers or None)."""
     sigma = post["residual_sd"].values[..., None]
     l00, l10, l11 = (v[..., None] for v in _chol_from_posterior(post))
     shared = (l00, l10, l11)
@@ -146,21 +175,15 @@ def recover_participant_effects(idata: az.InferenceData, design: TrialDesign, se
     r00 = np.sqrt(m00)  # M = R R', R lower; u = mean + R'^-1 eps has covariance M^-1
     r10 = m01 / r00
     r11 = np.sqrt(m11 - r10**2)
-    eps = np.random.default_rng(seed).standard_normal(mean0.shape + (2,))
+    eps = rng.standard_normal(mean0.shape + (2,))
     x1 = eps[..., 1] / r11
     x0 = (eps[..., 0] - r10 * x1) / r00
     u = np.stack([mean0 + x0, mean1 + x1], axis=-1)
     effects = np.stack([l00 * u[..., 0], l10 * u[..., 0] + l11 * u[..., 1]], axis=-1)  # w_i (b_i without integrated markers)
-    completed = c
-    if patterns:
-        effects, completed = _split_integrated(idata, design, patterns, shared, effects, c, np.random.default_rng([seed, 1]))
-        u = _standardised(effects, shared)
-        post = idata.posterior  # marker_missing_std completed
-    dims = ("chain", "draw", "participant", "participant_effect")
-    coords = {"participant": post["participant"].values, "participant_effect": ["intercept", "change"]}
-    post["participant_raw"] = xr.DataArray(u, dims=dims, coords=coords)
-    post["participant_effects"] = xr.DataArray(effects, dims=dims, coords=coords)
-    return completed
+    if not patterns:
+        return u[0], effects[0], c[0], None
+    effects, completed, z = _split_integrated(design, patterns, shared, effects, c, rng_markers)
+    return _standardised(effects, shared)[0], effects[0], completed[0], z
 
 
 def shift_to_markers(fixed: np.ndarray, post: xr.Dataset, design: TrialDesign, z: np.ndarray) -> np.ndarray:
@@ -201,9 +224,9 @@ def _standardised(b: np.ndarray, chol: tuple) -> np.ndarray:
     return np.stack([u0, (b[..., 1] - l10 * u0) / l11], axis=-1)
 
 
-def _split_integrated(idata, design, patterns, chol, w, c, rng):
-    """(b_i, z_M) | w_i for the integrated participants (module docstring); returns the participant effects and the
-    fixed-part coefficients with the drawn markers, and completes posterior['marker_missing_std']."""
+def _split_integrated(design, patterns, chol, w, c, rng):
+    """(b_i, z_M) | w_i for the integrated participants (module docstring); returns the participant effects, the
+    fixed-part coefficients with the drawn markers, and the markers (chain, draw, participant, marker)."""
     l00, l10, l11 = (v[..., 0] for v in chol)  # chain, draw
     s = np.stack([np.stack([l00**2, l00 * l10], -1), np.stack([l00 * l10, l10**2 + l11**2], -1)], -2)  # chain, draw, 2, 2
     b = w.copy()
@@ -225,14 +248,12 @@ def _split_integrated(idata, design, patterns, chol, w, c, rng):
         shift = np.einsum("cdrim,cdrm->cdri", a, delta)
         completed[:, :, rows, 0] += shift[..., 0]
         completed[:, :, rows, 1] += shift[..., 1]
-    _complete_missing_std(idata, md, z)
-    return b, completed
+    return b, completed, z
 
 
-def _complete_missing_std(idata: az.InferenceData, md, z: np.ndarray) -> None:
-    """posterior['marker_missing_std'] over every missing entry: the sampled ones kept, the integrated ones the
-    standardised innovations (z_k - a_k - sum_j<k B_kj z_j) / s_k of the drawn markers."""
-    post = idata.posterior
+def _missing_std_values(post: xr.Dataset, md, z: np.ndarray) -> np.ndarray:
+    """`marker_missing_std` over every missing entry (chain, draw, entry): the sampled ones kept, the integrated ones
+    the standardised innovations (z_k - a_k - sum_j<k B_kj z_j) / s_k of the drawn markers z."""
     mi, mk = np.nonzero(md.missing)
     latent = latent_missing(md)
     mean, sd = _draws(post, "marker_mean"), _draws(post, "marker_sd")
@@ -245,12 +266,9 @@ def _complete_missing_std(idata: az.InferenceData, md, z: np.ndarray) -> None:
             innovation = innovation - links[..., base + j] * z[:, :, i, j]
         full[..., e] = innovation / sd[..., k]
     if len(latent):
-        full[..., latent] = _draws(post, "marker_missing_std")[..., : len(latent)] if post["marker_missing_std"].shape[-1] == len(latent) \
-            else _draws(post, "marker_missing_std")[..., latent]
-    post = post.drop_vars([v for v in ("marker_missing_std", "marker_missing_value") if v in post.variables])
-    post["marker_missing_std"] = xr.DataArray(full, dims=("chain", "draw", "marker_missing_value"),
-                                              coords={"marker_missing_value": np.arange(len(mi))})
-    idata.posterior = post
+        sampled = _draws(post, "marker_missing_std")
+        full[..., latent] = sampled if sampled.shape[-1] == len(latent) else sampled[..., latent]
+    return full
 
 
 def visit_means(idata: az.InferenceData, design: TrialDesign, chain: int, fixed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -311,8 +329,7 @@ def scored_units(design: TrialDesign) -> tuple[np.ndarray, np.ndarray, np.ndarra
 def integrated_log_likelihood(idata: az.InferenceData, design: TrialDesign, fixed: np.ndarray) -> dict[str, xr.DataArray]:
     """'y_participant' and 'y_visit' (models/marginal.py integrated_pointwise) of every draw: the quantities the
     comparison scores, for participants and visits after baseline, given the baseline score."""
-    e = design.y[None, None, :] - fixed_mean(fixed, design)
-    return _integrated_from_residuals(idata.posterior, design, e)
+    return _integrated_from_residuals(idata.posterior, design, lambda ch: design.y[None, :] - fixed_mean(fixed[ch], design))
 
 
 def finish_marginal_fit(idata: az.InferenceData, fast: BuiltModel, recover_seed: int, pred_seed: int) -> dict[str, float]:
@@ -406,24 +423,34 @@ def plain_integrated_log_likelihood(idata: az.InferenceData, built: BuiltModel) 
     mus = per_draw(built.model, mu, post)
     b = post["participant_effects"].transpose("chain", "draw", "participant", "participant_effect").values
     fixed_mean = mus - (b[:, :, pid, 0] + b[:, :, pid, 1] * t1)
-    return _integrated_from_residuals(post, design, design.y[None, None, :] - fixed_mean)
+    return _integrated_from_residuals(post, design, lambda ch: design.y[None, :] - fixed_mean[ch])
 
 
-def _integrated_from_residuals(post: xr.Dataset, design: TrialDesign, e: np.ndarray) -> dict[str, xr.DataArray]:
-    """The two integrated quantities from residuals about the fixed part, e (chain, draw, obs)."""
+DRAW_BLOCK = 250  # draws per block of the integrated densities: their temporaries are a dozen (draws x obs) arrays
+
+
+def _integrated_from_residuals(post: xr.Dataset, design: TrialDesign, residuals) -> dict[str, xr.DataArray]:
+    """The two integrated quantities from residuals about the fixed part, residuals(chain) -> (draw, obs); computed
+    in blocks of DRAW_BLOCK draws, so memory beyond the results stays that of one block whatever the trial's size."""
     baseline, scored, visits = scored_units(design)
     chol = _chol_from_posterior(post)
-    parts, vis = [], []
-    for ch in range(post.sizes["chain"]):
-        p, v = integrated_pointwise(e[ch], design.t1, design.obs_participant, baseline, tuple(x[ch] for x in chol),
-                                    post["residual_sd"].values[ch])
-        parts.append(p[:, scored])
-        vis.append(v[:, visits])
+    n_chain, n_draw = post.sizes["chain"], post.sizes["draw"]
+    parts = np.empty((n_chain, n_draw, len(scored)))
+    vis = np.empty((n_chain, n_draw, len(visits)))
+    sigma = post["residual_sd"].values
+    for ch in range(n_chain):
+        e = residuals(ch)
+        for lo in range(0, n_draw, DRAW_BLOCK):
+            block = slice(lo, min(lo + DRAW_BLOCK, n_draw))
+            p, v = integrated_pointwise(e[block], design.t1, design.obs_participant, baseline, tuple(x[ch, block] for x in chol),
+                                        sigma[ch, block])
+            parts[ch, block] = p[:, scored]
+            vis[ch, block] = v[:, visits]
     cd = {"chain": post["chain"].values, "draw": post["draw"].values}
     return {
-        "y_participant": xr.DataArray(np.stack(parts), dims=("chain", "draw", "scored_participant"),
+        "y_participant": xr.DataArray(parts, dims=("chain", "draw", "scored_participant"),
                                       coords={**cd, "scored_participant": design.participants[scored]}),
-        "y_visit": xr.DataArray(np.stack(vis), dims=("chain", "draw", "scored_visit"), coords={**cd, "scored_visit": visits}),
+        "y_visit": xr.DataArray(vis, dims=("chain", "draw", "scored_visit"), coords={**cd, "scored_visit": visits}),
     }
 
 
