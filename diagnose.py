@@ -5,11 +5,15 @@
     python diagnose.py results --remission-cutoff 10  # another remission definition
     python diagnose.py results --kfold 5              # also run the refits for high Pareto k (needs the data)
     python diagnose.py results --kfold 5 --refit-levels participant visit
+    python diagnose.py results --sensitivity          # J2R, CR, CIR, tipping point, responders, prior sensitivity
 
 Everything is recomputed from each <model>/idata.nc and written back into the folder (each file
 atomically): convergence, PPC and LOO tables, figures, comparison_*.csv, comparison.txt, report.html.
 With --kfold K, units with Pareto k above the threshold are recomputed by refitting (exact leave-out
 or grouped K-fold), which needs the dataset the fits were made from, unchanged (checked by checksum).
+With --sensitivity, every saved model's sensitivity analyses are (re)computed from its posterior and
+written beside it (sensitivity.csv, tipping_point.csv, responders.csv, prior_sensitivity.csv); without
+it, such tables already in the folder are shown in the report as they are.
 
 Exit codes: 0 success; 1 a convergence verdict failed under --strict; 2 bad arguments or folder.
 """
@@ -25,6 +29,7 @@ warnings.filterwarnings("ignore", category=FutureWarning, module="arviz")
 
 
 def parse_args(argv):
+    from deptrial.api import add_sensitivity_arguments, check_sensitivity_arguments
     from diagnostics.ppc import REMISSION_CUTOFF
 
     ap = argparse.ArgumentParser(prog="diagnose.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -32,12 +37,14 @@ def parse_args(argv):
     ap.add_argument("--remission-cutoff", type=float, default=REMISSION_CUTOFF, help="remission: score at or below this")
     ap.add_argument("--kfold", type=int, default=0, help="refit units with high Pareto k (K folds when many); 0: no refits (default)")
     ap.add_argument("--refit-levels", nargs="+", default=["participant"], choices=("participant", "visit"), help="LOO levels whose high-k units are refitted (with --kfold)")
-    ap.add_argument("--seed", type=int, default=None, help="seed for refits (default: the fits' seed)")
+    ap.add_argument("--seed", type=int, default=None, help="seed for refits and the responder imputations (default: the fits' seed)")
     ap.add_argument("--strict", action="store_true", help="exit 1 if any convergence verdict fails")
     ap.add_argument("--quiet", action="store_true")
+    add_sensitivity_arguments(ap)
     args = ap.parse_args(argv)
     if args.kfold < 0 or args.kfold == 1:
         ap.error("--kfold must be 0 (no refits) or at least 2")
+    check_sensitivity_arguments(ap, args)
     return args
 
 
@@ -51,7 +58,8 @@ def main(argv=None) -> int:
 
     try:
         run, report = rediagnose(args.results, kfold=args.kfold, refit_levels=args.refit_levels, seed=args.seed,
-                                 remission_cutoff=args.remission_cutoff, quiet=args.quiet)
+                                 remission_cutoff=args.remission_cutoff, quiet=args.quiet, sensitivity=args.sensitivity,
+                                 ice=args.ice, deltas=args.deltas, tipping_threshold=args.tipping_threshold)
     except (FileNotFoundError, OSError, ValueError, OutputBusy) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -61,6 +69,10 @@ def main(argv=None) -> int:
         print(f"comparison ({level} level): {sentence}")
     for note in run.comparison_notes:
         print(f"note: {note}")
+    if args.sensitivity:
+        for name, sens in run.sensitivity.items():
+            print(f"{name}: wrote {', '.join(f'{t}.csv' for t in sens.tables)}"
+                  + (f"; {sens.tipping_message}" if sens.tipping_message else ""))
     print(f"report: {report}")
     if args.strict and not all(m.verdict.ok for m in run.models.values()):
         print("strict: convergence verdict failed", file=sys.stderr)

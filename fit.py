@@ -3,6 +3,7 @@
 
     python fit.py                                  # null, treatment and headline models on the bundled trial, compared
     python fit.py --data my_trial --model headline --out results/my_trial
+    python fit.py --model mmrm treatment --sensitivity     # also J2R, CR, CIR, tipping point, responders, prior sensitivity
     python fit.py --list-models
 
 Exit codes: 0 success; 1 convergence verdict failed under --strict; 2 bad input or arguments
@@ -20,7 +21,7 @@ from pathlib import Path
 warnings.filterwarnings("ignore", category=FutureWarning, module="arviz")
 
 from deptrial import api  # noqa: E402
-from deptrial.api import DEFAULT_MODELS  # noqa: E402
+from deptrial.api import DEFAULT_MODELS, add_sensitivity_arguments, check_sensitivity_arguments  # noqa: E402
 
 
 def parse_args(argv):
@@ -52,7 +53,9 @@ def parse_args(argv):
                     "tables of dist and parameters, and optionally preset = \"sceptical\" (docs/models.md#prior-sensitivity)")
     ap.add_argument("--prior-preset", default=None, choices=PRESETS, help="the treatment-effect prior of every fitted model: sceptical "
                     "(centred on 0, P(|effect| > MCID) = 10%%) or enthusiastic (centred on a benefit of one MCID); priors named in --priors win")
-    ap.add_argument("--remission-cutoff", type=float, default=REMISSION_CUTOFF, help="remission: score at or below this (posterior predictive checks)")
+    ap.add_argument("--remission-cutoff", type=float, default=REMISSION_CUTOFF, help="remission: score at or below this (posterior predictive "
+                    "checks, and responders.csv with --sensitivity)")
+    add_sensitivity_arguments(ap)
     ap.add_argument("--kfold", type=int, default=0, help=f"refit units with Pareto k too high: grouped K-fold by participant (e.g. {KFOLD_K}; "
                     "K x models extra fits). Default 0: no refits, such elpd values are marked unreliable and diagnose.py --kfold K runs them later on the saved fits")
     ap.add_argument("--out", type=Path, default=Path("results"), help="output folder")
@@ -70,6 +73,7 @@ def parse_args(argv):
             ap.error(f"--{name.replace('_', '-')} must be at least 1")
     if not 0.5 <= args.target_accept < 1:
         ap.error("--target-accept must be in [0.5, 1)")
+    check_sensitivity_arguments(ap, args)
     return args
 
 
@@ -100,6 +104,7 @@ def main(argv=None) -> int:
             args.data, args.model, settings, out=args.out, likelihood=args.likelihood, mcid=args.mcid,
             remission_cutoff=args.remission_cutoff, kfold=args.kfold, jobs=args.jobs, force=args.force,
             quiet=args.quiet, echo=print, priors=priors, prior_preset=args.prior_preset,
+            sensitivity=args.sensitivity, ice=args.ice, deltas=args.deltas, tipping_threshold=args.tipping_threshold,
         )
     except KeyError as exc:
         return fail(exc.args[0])

@@ -3,6 +3,7 @@
 assurance, power, type I error and posterior interval width per design, with Monte Carlo SEs.
 
     python plan.py --posterior results/headline/idata.nc                     # the default grid
+    python plan.py --posterior results/mmrm/idata.nc --analysis mmrm --dropout-mechanism mnar --dropout 0.3,0.2
     python plan.py --posterior results/headline/idata.nc --n-per-arm 60 100 150 \\
                    --enrich crp:3 --dual --target-assurance 0.8 --out results/plan
     python plan.py --design-prior "Normal(-2, 1)" --sims 2000                  # no fit needed
@@ -52,6 +53,16 @@ def _enrich(text: str) -> tuple[str, float]:
     return marker, threshold
 
 
+def _dropout(text: str) -> tuple[float, float]:
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--dropout '{text}' not understood; write one fraction (0.25) or placebo,NAC (0.2,0.3)") from None
+    if len(values) not in (1, 2) or not all(0 <= v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"--dropout '{text}': one or two fractions in [0, 1), placebo first")
+    return (values[0], values[-1])
+
+
 def parse_args(argv):
     ap = argparse.ArgumentParser(prog="plan.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     src = ap.add_argument_group("where the parameters come from (at least one)")
@@ -64,7 +75,14 @@ def parse_args(argv):
     des.add_argument("--allocation", type=_allocation, default=1.0, metavar="NAC:PLACEBO", help="allocation ratio, e.g. 1:1 (default) or 2:1")
     des.add_argument("--weeks", type=int, nargs="+", default=None, help="visit schedule (default: the fitted trial's, up to the primary week)")
     des.add_argument("--primary-week", type=float, default=None, help="week of the primary comparison (default: the fitted end of treatment)")
-    des.add_argument("--dropout", type=float, default=None, help="fraction lost by the primary week, completely at random (default: the fitted trial's, else 0.2)")
+    des.add_argument("--dropout", type=_dropout, default=None, metavar="FRACTION[,FRACTION]",
+                     help="fraction lost by the primary week, one for both arms or placebo,NAC (default: the fitted trial's, by visit and arm; else 0.2)")
+    des.add_argument("--dropout-mechanism", choices=("mcar", "mar", "mnar"), default="mar",
+                     help="mcar: completely at random; mar: leaving depends on the last attended score; mnar: on the missed visit's score (default mar)")
+    des.add_argument("--dropout-score-effect", type=float, default=0.3,
+                     help="log-odds of leaving per 5 points of the score it depends on (mar, mnar; default 0.3, as the synthetic trial)")
+    des.add_argument("--entry-min", type=float, default=None,
+                     help="enrol only people whose baseline score is at least this (default: the dataset's entry criterion if it records one, else none)")
     des.add_argument("--effect-scale", type=float, default=1.0, help="multiply the NAC effect of every draw (e.g. 0.5 for a more sceptical plan)")
     des.add_argument("--enrich", type=_enrich, action="append", default=[], metavar="MARKER:THRESHOLD",
                      help="also plan an enriched trial enrolling only people whose baseline marker exceeds THRESHOLD (natural units); repeatable")
@@ -74,7 +92,13 @@ def parse_args(argv):
     dec.add_argument("--dual", action="store_true", help="dual criterion: also require P(effect < -MCID) > --mcid-prob")
     dec.add_argument("--mcid-prob", type=float, default=0.5)
     dec.add_argument("--prior-sd", type=float, default=None, help="SD of the analysis' Normal(0, SD) prior on the effect (default 0.1 x outcome range: 6 MADRS points)")
+    dec.add_argument("--analysis", choices=("mmrm", "ancova"), default="mmrm",
+                     help="analysis of each simulated trial: mmrm (all attended visits, REML, valid under MAR; default) or ancova (completers at the primary week)")
     dec.add_argument("--effects", type=float, nargs="*", default=list(DEFAULT_EFFECTS), help="fixed effects for power (type I error at 0 is always added)")
+    dec.add_argument("--robust-weight", type=float, default=0.2,
+                     help="weight of the vague component of the robust design prior (0: plain assurance only; default 0.2)")
+    dec.add_argument("--robust-sd", type=float, default=None,
+                     help="SD of the vague component Normal(0, SD) (default: the unit-information SD, one participant's change from baseline at the primary week)")
     dec.add_argument("--target-assurance", type=float, default=0.8)
     run = ap.add_argument_group("running")
     run.add_argument("--sims", type=int, default=1000, help="simulated trials per design and scenario")
@@ -102,12 +126,72 @@ def parse_args(argv):
         ap.error("--target-assurance must be in (0, 1)")
     if args.mcmc_check < 0:
         ap.error("--mcmc-check must be >= 0")
+    if not 0 <= args.robust_weight < 1:
+        ap.error("--robust-weight must be in [0, 1)")
+    if args.robust_sd is not None and not args.robust_sd > 0:
+        ap.error("--robust-sd must be positive")
     return args
+
+
+def _curve(source: dict, key: str) -> dict[float, float] | None:
+    curve = source.get(key)
+    return {float(k): float(v) for k, v in curve.items()} if curve else None
+
+
+def dropout_plan(source: dict, weeks: tuple[int, ...], primary: float, given) -> tuple[tuple[float, float], tuple[float, ...] | None, str]:
+    """Per-arm loss by the primary week, the shape of the cumulative loss over the post-baseline weeks
+    (relative to the primary week's) and a statement of where both come from.
+
+    Default: the fitted trial's observed loss by visit (per arm at the primary week; the shape from both
+    arms together), interpolated linearly in weeks. `given` (placebo, NAC) replaces the rates and keeps the
+    fitted shape; without a fitted trial the hazard is the same at every visit."""
+    import numpy as np
+
+    post = [w for w in sorted(weeks) if w > 0]
+    pooled = _curve(source, "dropout_by_week")
+
+    def at(curve, w):
+        xs = sorted(curve)
+        return float(np.interp(w, [0.0, *xs], [0.0, *(curve[x] for x in xs)]))
+
+    shape = None
+    if pooled and at(pooled, primary) > 0:
+        shape = tuple(round(at(pooled, w) / at(pooled, primary), 6) for w in post)
+    if given is not None:
+        return tuple(given), shape, "given (--dropout); " + ("visit profile of the fitted trial" if shape else "same hazard at every visit")
+    control, treatment = _curve(source, "dropout_by_week_control"), _curve(source, "dropout_by_week_treatment")
+    if control and treatment:
+        rates = (round(at(control, primary), 4), round(at(treatment, primary), 4))
+        return rates, shape, "fitted trial: observed loss by visit and arm"
+    if pooled:
+        rate = round(at(pooled, primary), 4)
+        return (rate, rate), shape, "fitted trial: observed loss by visit"
+    return (0.2, 0.2), None, "default 0.2, same hazard at every visit"
+
+
+def project_sampler(draws: int = 500, tune: int = 500, chains: int = 2):
+    """The project's sampler (inference.sampling, the MMRM's fused log density) as planning.mcmc_check needs it."""
+    from inference.sampling import SamplerSettings, sample_posterior
+
+    def sample(built, seed: int):
+        idata, _ = sample_posterior(built, SamplerSettings(draws=draws, tune=tune, chains=chains, cores=1, seed=seed), quiet=True)
+        return idata.posterior
+
+    return sample
 
 
 def build(args):
     """ParameterSet and PlanSpec from the arguments (raises PlanningError on bad input)."""
-    from planning import AnalysisSettings, PlannedTrial, PlanSpec, Scenario, fixed_parameters, from_posterior, parse_design_prior
+    from planning import (
+        AnalysisSettings,
+        PlannedTrial,
+        PlanSpec,
+        Scenario,
+        fixed_parameters,
+        from_posterior,
+        parse_design_prior,
+        unit_information_sd,
+    )
 
     if args.posterior is not None:
         params = from_posterior(args.posterior, max_draws=args.max_draws, seed=args.seed)
@@ -117,28 +201,35 @@ def build(args):
         params = params.with_effect_prior(*parse_design_prior(args.design_prior))
     scale = params.scale
     primary = float(args.primary_week) if args.primary_week is not None else float(scale.treatment_end)
-    weeks = tuple(args.weeks) if args.weeks else tuple(w for w in scale.weeks if w <= primary)
-    dropout = args.dropout
-    if dropout is None:
-        observed = params.source.get("dropout_by_week", {})
-        key = str(int(primary)) if str(int(primary)) in observed else int(primary)
-        dropout = round(float(observed[key]), 3) if key in observed else 0.2
+    weeks = tuple(sorted(set(args.weeks))) if args.weeks else tuple(w for w in scale.weeks if w <= primary)
+    rates, shape, dropout_source = dropout_plan(params.source, weeks, primary, args.dropout)
+    entry = args.entry_min if args.entry_min is not None else params.source.get("entry_min")
+    entry = None if entry is None or (scale.score_min is not None and entry <= scale.score_min) else float(entry)
     pops = [(None, None)] + list(args.enrich)
     designs = [
-        PlannedTrial(n, allocation=args.allocation, primary_week=primary, weeks=weeks, dropout=dropout, enrich_marker=m, enrich_threshold=t)
+        PlannedTrial(n, allocation=args.allocation, primary_week=primary, weeks=weeks, dropout=rates, dropout_mechanism=args.dropout_mechanism,
+                     dropout_score_effect=args.dropout_score_effect, dropout_shape=shape, dropout_source=dropout_source, entry_min=entry,
+                     enrich_marker=m, enrich_threshold=t)
         for m, t in pops
         for n in sorted(set(args.n_per_arm))
     ]
+    designs[0].validate(params)  # before the unit-information SD reads the primary week
     effects = [0.0] + [e for e in dict.fromkeys(args.effects) if e != 0.0]
-    scenarios = [Scenario("assurance")] + [Scenario("fixed", e) for e in effects]
+    scenarios = [Scenario("assurance")]
+    if args.robust_weight > 0:
+        sd = args.robust_sd if args.robust_sd is not None else round(unit_information_sd(params, primary), 3)
+        scenarios.append(Scenario("vague", sd=sd))
+    scenarios += [Scenario("fixed", e) for e in effects]
     analysis = AnalysisSettings(
         threshold=args.threshold,
         mcid=args.mcid,
         dual=args.dual,
         mcid_prob=args.mcid_prob,
         prior_sd=args.prior_sd if args.prior_sd is not None else 0.1 * scale.score_range,
+        method=args.analysis,
     )
-    spec = PlanSpec(designs, scenarios, analysis, sims=args.sims, seed=args.seed, chunk_size=args.chunk_size, effect_scale=args.effect_scale)
+    spec = PlanSpec(designs, scenarios, analysis, sims=args.sims, seed=args.seed, chunk_size=args.chunk_size, effect_scale=args.effect_scale,
+                    robust_weight=args.robust_weight)
     spec.validate(params)
     return params, spec
 
@@ -170,10 +261,11 @@ def main(argv=None) -> int:
         args.workers = (os.cpu_count() or 1) if work > AUTO_PARALLEL_WORK else 1
     log = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
     d0 = spec.designs[0]
+    rc, rt = d0.dropout_rates
     log(
-        f"planning: {params.n_draws} parameter draws ({params.source.get('kind')}{', effect ' + params.source['effect_prior'] if 'effect_prior' in params.source else ''}); "
-        f"{len(spec.designs)} designs x {len(spec.scenarios)} scenarios x {spec.sims} trials; primary week {d0.primary_week:g}, "
-        f"dropout {d0.dropout:g}, allocation {d0.allocation:g}:1, "
+        f"planning: {params.n_draws} parameter draws ({params.family} {params.source.get('kind')}{', effect ' + params.source['effect_prior'] if 'effect_prior' in params.source else ''}); "
+        f"{len(spec.designs)} designs x {len(spec.scenarios)} scenarios x {spec.sims} trials; primary week {d0.primary_week:g}, {spec.analysis.method} analysis, "
+        f"{d0.dropout_mechanism} dropout {rc:g} placebo / {rt:g} NAC by week {d0.primary_week:g} ({d0.dropout_source}), allocation {d0.allocation:g}:1, "
         + ("local process" if args.workers <= 1 and not args.scheduler else f"Dask {'scheduler ' + args.scheduler if args.scheduler else f'LocalCluster, {args.workers} workers'}")
     )
     try:
@@ -183,16 +275,33 @@ def main(argv=None) -> int:
     best = smallest_n(table, args.target_assurance)
     agreement = None
     if args.mcmc_check:
-        from planning.mcmc_check import mcmc_agreement
+        from planning.mcmc_check import mcmc_agreement, mmrm_agreement
 
         mid = spec.designs[len([d for d in spec.designs if d.enrich_marker is None]) // 2]
-        log(f"MCMC check: {args.mcmc_check} simulated trials at {mid.n_control} per arm")
-        agree_table, agreement = mcmc_agreement(params, mid, spec.analysis, n_trials=args.mcmc_check, seed=args.seed)
+        log(f"MCMC check ({spec.analysis.method}): {args.mcmc_check} simulated trials at {mid.n_control} per arm")
+        if spec.analysis.method == "mmrm":
+            agree_table, agreement = mmrm_agreement(params, mid, spec.analysis, project_sampler(), n_trials=args.mcmc_check, seed=args.seed)
+        else:
+            agree_table, agreement = mcmc_agreement(params, mid, spec.analysis, n_trials=args.mcmc_check, seed=args.seed)
     record = {
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "parameters": params.to_dict(),
         "analysis": spec.analysis.to_dict(),
-        "designs": {"primary_week": d0.primary_week, "weeks": list(d0.weeks), "dropout": d0.dropout, "allocation": d0.allocation},
+        "designs": {
+            "primary_week": d0.primary_week,
+            "weeks": list(d0.weeks),
+            "dropout": d0.pooled_dropout,
+            "dropout_control": d0.dropout_rates[0],
+            "dropout_treatment": d0.dropout_rates[1],
+            "dropout_by_visit": {"weeks": list(d0.post_weeks), "control": d0.cumulative_dropout()[0].round(4).tolist(),
+                                 "treatment": d0.cumulative_dropout()[1].round(4).tolist()},
+            "dropout_mechanism": d0.dropout_mechanism,
+            "dropout_score_effect": d0.dropout_score_effect,
+            "dropout_source": d0.dropout_source,
+            "entry_min": d0.entry_min,
+            "allocation": d0.allocation,
+        },
+        "robust_prior": {"weight": spec.robust_weight, "vague_sd": next((sc.sd for sc in spec.scenarios if sc.kind == "vague"), None)},
         "smallest_n": best.to_dict(orient="records"),
         "timings": timings,
         "mcmc_agreement": agreement,
@@ -224,11 +333,13 @@ def main(argv=None) -> int:
 def format_table(table) -> str:
     wide = table.pivot_table(index=["population", "n_per_arm"], columns="scenario", values="p_success", sort=False)
     mcse = table.pivot_table(index=["population", "n_per_arm"], columns="scenario", values="p_success_mcse", sort=False)
-    width = table[table["scenario"] == "assurance"].set_index(["population", "n_per_arm"])["interval_width"]
+    first = table[table["scenario"] == "assurance"].set_index(["population", "n_per_arm"])
     out = wide.copy().astype(object)
     for col in wide.columns:
         out[col] = [f"{p:.3f} ({m:.3f})" for p, m in zip(wide[col], mcse[col])]
-    out["95% width"] = width.round(2)
+    if first["robust_weight"].iloc[0] > 0:
+        out["robust assurance"] = [f"{p:.3f} ({m:.3f})" for p, m in zip(first["assurance_robust"], first["assurance_robust_mcse"])]
+    out["95% width"] = first["interval_width"].round(2)
     return "P(success) (MCSE)\n" + out.to_string()
 
 

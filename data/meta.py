@@ -26,13 +26,20 @@ MAX_FILE_ENV = "DEPTRIAL_MAX_FILE_BYTES"
 MAP_UNSCHEDULED = ("none", "nearest")
 
 # Allowed keys of each dataset.toml table: anything else is a typo that would otherwise be ignored.
+# ([covariates] is not listed: its keys are column names of participants.csv, checked against the file.)
 ALLOWED_KEYS = {
-    "": {"title", "outcome", "arms", "schedule", "biomarkers"},
+    "": {"title", "outcome", "arms", "schedule", "biomarkers", "covariates"},
     "outcome": {"name", "label", "min", "max", "integer"},
     "arms": {"control", "treatment"},
     "schedule": {"weeks", "treatment_end", "map_unscheduled", "window"},
     "biomarkers": {"weeks", "units", "detection_limit"},
 }
+
+
+# Kinds of a baseline covariate declared under [covariates] (models/design.py codes them).
+COVARIATE_KINDS = ("continuous", "categorical")
+# participants.csv columns with a fixed meaning, which cannot be declared as covariates
+RESERVED_COLUMNS = ("participant_id", "arm", "site", "withdrew_consent")
 
 
 def max_file_bytes(override: int | None = None) -> int:
@@ -124,6 +131,7 @@ class DatasetMeta:
     marker_units: dict[str, str] = field(default_factory=dict)
     detection_limits: dict[str, float] = field(default_factory=dict)
     title: str = ""
+    covariates: dict[str, str] = field(default_factory=dict)  # participants.csv column -> "continuous" or "categorical"
 
     @property
     def followup_weeks(self) -> tuple[int, ...]:
@@ -174,6 +182,9 @@ class DatasetMeta:
             if self.detection_limits:
                 lines += ["", "[biomarkers.detection_limit]"]
                 lines += [f"{k} = {_num(v)}" for k, v in self.detection_limits.items()]
+        if self.covariates:
+            lines += ["", "[covariates]"]
+            lines += [f"{_key(k)} = {q(v)}" for k, v in self.covariates.items()]
         return "\n".join(lines).lstrip() + "\n"
 
 
@@ -181,9 +192,53 @@ def _num(x) -> str:
     return str(int(x)) if float(x).is_integer() else repr(float(x))
 
 
-def _bad(rule: str, key: str | None = None, fix: str | None = None) -> DatasetError:
+def _key(name: str) -> str:
+    """A TOML key: bare when it can be, quoted otherwise (a column name may hold spaces or dots)."""
+    if re.fullmatch(r"[A-Za-z0-9_-]+", name):
+        return name
+    return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _covariate_kinds(raw, text: str = "") -> dict[str, str]:
+    """[covariates]: participants.csv column -> kind, in the order declared (`text`: the file, for line numbers)."""
+    if raw is None:
+        return {}
+    fix = 'one line per column of participants.csv, e.g. age = "continuous" and sex = "categorical"'
+    if not isinstance(raw, dict):
+        raise _bad(f"[covariates] must be a table of column = kind lines, got {raw!r}.", "covariates", fix)
+    out = {}
+    for name, kind in raw.items():
+        if not str(name).strip():
+            raise _bad("[covariates] has an empty column name.", "covariates", fix)
+        line = _key_line(text, "covariates", str(name))
+        if name in RESERVED_COLUMNS:
+            raise _bad(f"'{name}' cannot be a covariate: it is a participants.csv column with its own meaning "
+                       f"({', '.join(RESERVED_COLUMNS)}).", "covariates",
+                       "remove it from [covariates] (the site is always adjusted for; the arm is the treatment)", line)
+        if not isinstance(kind, str) or kind not in COVARIATE_KINDS:
+            raise _bad(f"covariate '{name}' has kind {kind!r}; the kinds are {list(COVARIATE_KINDS)}.", "covariates",
+                       f'write {_key(str(name))} = "continuous" for a number (e.g. age) or "categorical" for a label (e.g. sex)', line)
+        out[str(name)] = kind
+    return out
+
+
+def _bad(rule: str, key: str | None = None, fix: str | None = None, lines: tuple[int, ...] = ()) -> DatasetError:
     col = f"[{key}]" if key else None
-    return DatasetError([Problem(META_FILE, rule, col, (), fix)])
+    return DatasetError([Problem(META_FILE, rule, col, tuple(lines), fix)])
+
+
+def _key_line(text: str, table: str, key: str) -> tuple[int, ...]:
+    """The line of `key = ...` under the [table] header of TOML text (empty when not found)."""
+    current = None
+    for number, line in enumerate(text.splitlines(), start=1):
+        stripped = line.strip()
+        header = re.fullmatch(r"\[\s*([^\[\]]+?)\s*\]", stripped.split("#")[0].strip())
+        if header:
+            current = header.group(1)
+            continue
+        if current == table and re.match(r'\s*["\']?' + re.escape(key) + r'["\']?\s*=', line):
+            return (number,)
+    return ()
 
 
 def _int_list(value, key) -> tuple[int, ...]:
@@ -307,6 +362,7 @@ def parse_meta(text: str) -> DatasetMeta:
         marker_units=dict(units),
         detection_limits={k: float(v) for k, v in lods.items()},
         title=str(raw.get("title", "")),
+        covariates=_covariate_kinds(raw.get("covariates"), text),
     )
 
 

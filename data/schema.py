@@ -6,7 +6,7 @@ error names the file, column, CSV lines and the rule broken.
 
 Layout of a dataset folder (see README, 'Data interface'):
     dataset.toml       outcome scale, arms, visit schedule, marker units
-    participants.csv   participant_id, arm, site, [baseline covariates...]
+    participants.csv   participant_id, arm, site, [baseline covariates, those used declared in dataset.toml]
     visits.csv         participant_id, week, <outcome>
     biomarkers.csv     participant_id, week, marker, value, [below_lod], [unit]   (optional)
 """
@@ -356,6 +356,7 @@ def _load_participants(folder: Path, meta: DatasetMeta, limit, changes: list) ->
         df = df[~withdrawn_mask]
     if CONSENT_COLUMN in df.columns:
         df = df.drop(columns=CONSENT_COLUMN)
+    _check_covariates(df, meta, file, p)
     counts = df["arm"].value_counts()
     for arm in (meta.control_arm, meta.treatment_arm):
         if counts.get(arm, 0) < 2:
@@ -369,6 +370,54 @@ def _load_participants(folder: Path, meta: DatasetMeta, limit, changes: list) ->
             )
     p.raise_if_any()
     return df, withdrawn
+
+
+def _check_covariates(df: pd.DataFrame, meta: DatasetMeta, file: str, p: ProblemList) -> None:
+    """The covariates declared under [covariates] of dataset.toml, over the analysed participants (after consent
+    withdrawals): the column exists; no value is missing (the models do not impute covariates); a continuous one is
+    numeric and varies; a categorical one has at least two levels, spelt consistently."""
+    where = f"[covariates] of {META_FILE}"
+    for name, kind in meta.covariates.items():
+        if name not in df.columns:
+            others = [c for c in df.columns if c not in ("participant_id", "arm", "site")]
+            guess = _closest(name, others)
+            p.add(file, f"covariate '{name}' is declared in {where} but is not a column of {file} (its other columns: {others})."
+                  + (f" Probably '{guess}'." if guess else ""), name, (1,),
+                  f"add the column '{name}' to {file}, or correct or remove '{name}' in {where} (names are case-sensitive)")
+            continue
+        cells = df[name]
+        missing = (cells.eq("") | cells.str.lower().isin(NA_WORDS)).to_numpy()
+        if missing.any():
+            p.add(file, f"covariate '{name}' is missing for {int(missing.sum())} participant(s) (an empty or NA cell); "
+                  "the models adjust for a covariate only when every participant has it (missing covariates are not imputed).",
+                  name, _lines(df, missing),
+                  f"fill in the values, or remove '{name}' from {where} to analyse without it")
+        present = cells[~missing]
+        if kind == "continuous":
+            values, bad = _parse_numbers(present)
+            if bad.any():
+                seen = sorted(set(present[bad]))[:4]
+                fix = _number_fix(present[bad])
+                if not present[bad].str.contains(r"\d", regex=True).any():
+                    fix = f"{fix}; or, if the column holds labels, declare it {name} = \"categorical\" in {where}"
+                p.add(file, f"covariate '{name}' is declared continuous but is not a number (e.g. {seen}).", name,
+                      _lines(present, bad), fix)
+            elif len(values) > 1 and np.ptp(values.to_numpy()) == 0:
+                p.add(file, f"continuous covariate '{name}' has the same value ({_num(values.iloc[0])}) for every participant: "
+                      "it cannot be scaled and adjusts for nothing.", name, _lines(df, ~missing),
+                      f"check the column, or remove '{name}' from {where}")
+        else:
+            levels = sorted(set(present))
+            if len(present) and len(levels) < 2:
+                p.add(file, f"categorical covariate '{name}' has one level ({levels[0]!r}) among the analysed participants: "
+                      "it adjusts for nothing.", name, _lines(df, ~missing),
+                      f"check the column, or remove '{name}' from {where}")
+            folded = present.str.casefold()
+            clash = folded.map(present.groupby(folded).nunique()) > 1
+            if clash.any():
+                variants = sorted(set(present[clash]))[:6]
+                p.add(file, f"levels of covariate '{name}' differ only in upper/lower case {variants}: they would be analysed "
+                      "as different levels.", name, _lines(present, clash.to_numpy()), "spell each level the same way everywhere")
 
 
 def _extra_columns(df, file, expected, changes) -> None:
@@ -500,14 +549,20 @@ def dataset_checksum(folder: Path) -> str:
     return h.hexdigest()
 
 
-def _covariates(df: pd.DataFrame) -> dict[str, np.ndarray]:
-    """Optional baseline covariates: numeric columns stay numeric, others are kept as text."""
+def _covariates(df: pd.DataFrame, meta: DatasetMeta) -> dict[str, np.ndarray]:
+    """Baseline covariates: those declared in [covariates] of dataset.toml as validated (`_check_covariates`), a
+    continuous one as numbers, a categorical one as its labels (text); any other column as read (numeric columns
+    numeric, others text), kept with the data but not used by the models."""
     out = {}
     for col in df.columns:
         if col in ("participant_id", "arm", "site"):
             continue
+        kind = meta.covariates.get(col)
+        if kind == "categorical":
+            out[col] = df[col].to_numpy(dtype=str)
+            continue
         nums, bad = _parse_numbers(df[col])
-        out[col] = nums.to_numpy() if not bad.any() else df[col].to_numpy(dtype=str)
+        out[col] = nums.to_numpy() if kind == "continuous" or not bad.any() else df[col].to_numpy(dtype=str)
     return out
 
 
@@ -549,7 +604,7 @@ def load_dataset(folder: str | Path, max_file_bytes: int | None = None) -> xr.Da
         },
         coords={"participant": pid, "week": weeks},
     )
-    for name, values in _covariates(parts).items():
+    for name, values in _covariates(parts, meta).items():
         ds[f"covariate_{name}"] = ("participant", values)
     if bio is not None:
         markers = list(meta.marker_units)

@@ -3,7 +3,8 @@
     import deptrial
     trial = deptrial.load_dataset(deptrial.DEFAULT_DATASET)
     run = deptrial.fit_trial(trial, ["null", "treatment", "headline"], deptrial.SamplerSettings(seed=1), out="results")
-    print(run.estimates)
+    print(run.estimates)                        # each row with its estimand (population, variable, intercurrent events, summary)
+    deptrial.sensitivity("results/treatment/idata.nc")   # the effect under other missing-data assumptions, responders, prior sensitivity
 
 See README.md and docs/ for the models, the data format and the outputs.
 """
@@ -14,7 +15,7 @@ from inference.sampling import SamplerSettings
 from inference.storage import SavedFitError, load_fit
 from models import ModelDataError
 
-from .api import DEFAULT_MODELS, FinishingFailed, ModelFit, RunResult, SamplingFailed, fit_trial, list_models, rediagnose
+from .api import DEFAULT_MODELS, FinishingFailed, ModelFit, RunResult, SamplingFailed, fit_trial, list_models, rediagnose, sensitivity
 
 __all__ = [
     "DEFAULT_DATASET",
@@ -33,4 +34,5 @@ __all__ = [
     "load_dataset",
     "load_fit",
     "rediagnose",
+    "sensitivity",
 ]

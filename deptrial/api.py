@@ -6,14 +6,17 @@
     run.comparison["participant"]       # LOO comparison of the visit-score models
     run.report                          # path of report.html
 
+    deptrial.api.sensitivity("results/mmrm/idata.nc")   # estimands under other assumptions, as tables
+
 fit.py and diagnose.py are thin command lines over `fit_trial` and `rediagnose`. Everything the
 data could refuse is refused before the first fit (bad data, a model the data cannot support, a
-likelihood the model does not have, an existing output folder). The results folder is written
-atomically: on failure nothing is left at `out`.
+likelihood the model does not have, a bad ice.csv, an existing output folder). The results folder is
+written atomically: on failure nothing is left at `out`.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import time
@@ -26,26 +29,33 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from data import DatasetError, changes_of, load_dataset
+from data import DatasetError, changes_of, load_dataset, meta_of
 from data.atomic import OutputBusy, locked_output, output_lock
+from data.ice import ICE_FILE, IceTable, check_ice, load_ice
 from diagnostics.convergence import Verdict, one_chain_quiet, verdict
 from diagnostics.estimates import format_estimates, model_estimates
 from diagnostics.ppc import REMISSION_CUTOFF
 from diagnostics.run import (
     REFIT_MIN_DRAWS,
     RunDiagnostics,
+    SensitivityOptions,
+    check_sensitivity_options,
     diagnose_model,
     diagnose_run,
     load_run,
+    model_sensitivity,
     saved_answers,
+    saved_names,
+    saved_sensitivity,
     score_model,
     write_outputs,
 )
+from diagnostics.sensitivity import DECISION_THRESHOLD
 from diagnostics.summary import answer, baseline_mean, observed_means
 from inference.idata_io import provenance, stamp, versions
 from inference.jobs import WorkerFailed, default_jobs, fit_models
 from inference.sampling import SamplerSettings
-from inference.storage import DATA_GROUP, STORAGE, save_fit, saved_dataset
+from inference.storage import DATA_GROUP, STORAGE, load_fit, save_fit, saved_dataset
 from models import REGISTRY, ModelDataError, build_design, get
 from models.design import TrialDesign
 from models.effects import DEFAULT_MCID
@@ -120,6 +130,13 @@ class RunResult:
         return dict(self.diagnostics.comparisons) if self.diagnostics is not None else {}
 
     @property
+    def sensitivity(self) -> dict[str, dict[str, pd.DataFrame]]:
+        """Per model, the sensitivity tables written with `sensitivity=True` ({} without): sensitivity, tipping_point,
+        responders, prior_sensitivity, those the model supports."""
+        found = self.diagnostics.sensitivity if self.diagnostics is not None else {}
+        return {name: dict(s.tables) for name, s in found.items()}
+
+    @property
     def converged(self) -> bool:
         return all(f.verdict.ok for f in self.fits.values())
 
@@ -161,6 +178,10 @@ def fit_trial(
     echo: Callable[[str], None] | None = None,
     priors: dict[str, dict] | str | Path | PriorFile | None = None,
     prior_preset: str | None = None,
+    sensitivity: bool = False,
+    ice: str | Path | IceTable | None = None,
+    deltas: Sequence[float] | None = None,
+    tipping_threshold: float | None = None,
 ) -> RunResult:
     """Fit `models` to a trial and write InferenceData, tables, the comparison and report.html into `out`.
 
@@ -178,8 +199,18 @@ def fit_trial(
               models.prior_file.read_prior_file (docs/models.md#prior-sensitivity)
     prior_preset  'sceptical' or 'enthusiastic': every fitted model's treatment-effect prior, scaled by
               `mcid`; priors named in `priors` win over it (and it over a prior file's preset key)
+    sensitivity  also write, per model that supports them, the estimands under other missing-data
+              assumptions (sensitivity.csv: MAR, J2R, CR, CIR and delta rows; tipping_point.csv), the responder
+              and remission estimands (responders.csv, with `remission_cutoff` and the settings' seed) and the
+              power-scaling prior sensitivity (prior_sensitivity.csv), and a section per model in the report
+              (docs/diagnostics.md#estimands-of-the-bundled-trial); without it none of this is computed
+    ice       with `sensitivity`: intercurrent events, the path of an ice.csv (data/ice.py) or an IceTable;
+              default: ice.csv in the dataset folder when there is one. Validated before any fit
+    deltas    with `sensitivity`: the delta rows of sensitivity.csv, outcome points (default 1/30, 1/15 and
+              1/10 of the score range: 2, 4 and 6 MADRS points)
+    tipping_threshold  with `sensitivity`: benefit is concluded while P(benefit) is at least this (default 0.975)
 
-    Raises DatasetError (bad data), ModelDataError (data a model cannot use), KeyError (unknown
+    Raises DatasetError (bad data or ice.csv), ModelDataError (data a model cannot use), KeyError (unknown
     model), ValueError (bad argument), FileExistsError / OutputBusy (output folder), SamplingFailed,
     FinishingFailed. Nothing is written at `out` unless the whole run succeeds.
     """
@@ -192,6 +223,11 @@ def fit_trial(
     if jobs is not None and jobs < 1:
         raise ValueError("jobs must be at least 1")
     check_settings(settings)
+    if not sensitivity and (ice is not None or deltas is not None or tipping_threshold is not None):
+        raise ValueError("ice, deltas and tipping_threshold are options of the sensitivity analyses: pass sensitivity=True "
+                         "(fit.py --sensitivity)")
+    if sensitivity:
+        deltas, tipping_threshold = check_sensitivity_options(deltas, DECISION_THRESHOLD if tipping_threshold is None else tipping_threshold)
     specs = model_specs(models, likelihood)
     if out.exists() and not force:
         raise FileExistsError(f"output folder {out} already exists; choose another --out or pass --force to replace it")
@@ -206,11 +242,37 @@ def fit_trial(
         spec.require(design)
     priors = model_priors(specs, design, priors, preset=prior_preset, mcid=mcid, likelihood=likelihood)
     check_priors(priors, specs, design)
+    options = None
+    if sensitivity:  # ice.csv is read and checked against the data here, before any fit
+        options = SensitivityOptions(read_ice(ice, ds, str(ds.attrs.get("source") or source)), deltas, tipping_threshold,
+                                     remission_cutoff, settings.seed)
     with locked_output(out, overwrite=force) as tmp:
         fits, run, diag, report = _run(specs, ds, design, source, changes, settings, tmp, out,
                                        likelihood=likelihood, mcid=mcid, remission_cutoff=remission_cutoff, kfold=kfold,
-                                       jobs=jobs, quiet=quiet, log=log, say=say, priors=priors)
+                                       jobs=jobs, quiet=quiet, log=log, say=say, priors=priors, sensitivity=options)
     return RunResult(out=out, fits=fits, run=run, diagnostics=diag, report=out / report.name if report is not None else None)
+
+
+def read_ice(ice, ds: xr.Dataset, source: str = "") -> IceTable | None:
+    """The intercurrent events for the sensitivity analyses, validated against the dataset (DatasetError).
+
+    ice  an IceTable, the path of an ice.csv (or of a folder holding one), or None: the dataset folder's ice.csv
+         (`source`) when there is one, else no table"""
+    if isinstance(ice, IceTable):
+        check_ice(ice, ds["participant"].values, meta_of(ds).weeks)
+        return ice
+    if ice is None:
+        folder = Path(source) if source else None
+        if folder is None or not (folder / ICE_FILE).is_file():
+            return None
+        return load_ice(folder / ICE_FILE, ds)
+    path = Path(ice)
+    if path.is_dir():
+        path = path / ICE_FILE
+    if not path.is_file():
+        raise ValueError(f"intercurrent events: no file {path}; give the path of an ice.csv (participant_id, week, strategy; "
+                         "docs/diagnostics.md#estimands-under-other-missing-data-assumptions)")
+    return load_ice(path, ds)
 
 
 def check_settings(settings: SamplerSettings) -> None:
@@ -259,10 +321,11 @@ def check_priors(priors: dict | None, specs: list, design: TrialDesign) -> None:
 
 
 def finish_fit(name: str, idata, built, *, out: str, data_source: str, likelihood: str, settings: SamplerSettings,
-               info: dict, changes: list, mcid: float, remission_cutoff: float) -> dict:
+               info: dict, changes: list, mcid: float, remission_cutoff: float, sensitivity: SensitivityOptions | None = None) -> dict:
     """Everything one model's fit needs before the comparison, run in its worker process beside the
     other fits (or in this process with jobs=1): the provenance stamp, the convergence verdict, the
-    estimates, the files in out/<name>/, and for visit-score models the PPC, LOO and figures."""
+    estimates, the files in out/<name>/, for visit-score models the PPC, LOO and figures, and with
+    `sensitivity` the model's sensitivity analyses (written with the report's files)."""
     t0 = time.perf_counter()
     spec, design = get(name), built.design
     stamp(
@@ -297,15 +360,19 @@ def finish_fit(name: str, idata, built, *, out: str, data_source: str, likelihoo
         diagnosed = diagnose_model(name, idata, table, design.treated, labels, remission_cutoff, spec.description, check=check)
     elif spec.compared and "y_participant" in idata.log_likelihood:  # the MMRM: in the comparison on the integrated densities
         diagnosed = score_model(name, idata, table, spec.description, check=check)
-    return {"check": check, "table": table, "notes": built.notes, "diagnostics": diagnosed,
-            "finish_s": t1 - t0, "diagnose_s": time.perf_counter() - t1, "verdict_s": verdict_s,
+    t2 = time.perf_counter()
+    sens = model_sensitivity(name, idata, design, sensitivity) if sensitivity is not None else None
+    return {"check": check, "table": table, "notes": built.notes, "diagnostics": diagnosed, "sensitivity": sens,
+            "finish_s": t1 - t0, "diagnose_s": t2 - t1, "verdict_s": verdict_s,
             **(diagnosed.timings if diagnosed is not None else {}),
+            **({"sensitivity_s": time.perf_counter() - t2} if sens is not None else {}),
             "idata_bytes": written["bytes"], "write_s": written["write_s"]}
 
 
 def _run(specs, ds, design, source, changes, settings, tmp: Path, out: Path, *, likelihood, mcid, remission_cutoff, kfold,
-         jobs, quiet, log, say, priors=None):
+         jobs, quiet, log, say, priors=None, sensitivity: SensitivityOptions | None = None):
     fits: dict[str, ModelFit] = {}
+    sensitivities = {}
     diagnosed, diagnose_s = {}, 0.0  # per-model diagnostics of the visit-score fits
     run = {"data": source, "checksum": design.checksum, "data_changes": changes, "models": {}, "settings": settings.__dict__,
            "versions": versions(), "storage": STORAGE}
@@ -317,7 +384,7 @@ def _run(specs, ds, design, source, changes, settings, tmp: Path, out: Path, *, 
         log(f"\nfitting {len(names)} models, {jobs} at a time (one process each; --jobs 1 fits them in turn)")
     finish = partial(
         finish_fit, out=str(tmp), data_source=source, likelihood=likelihood, settings=settings, info=info,
-        changes=changes, mcid=mcid, remission_cutoff=remission_cutoff,
+        changes=changes, mcid=mcid, remission_cutoff=remission_cutoff, sensitivity=sensitivity,
     )
     # models with biomarkers (the largest) first, so the longest compile starts at once and the small ones fill the other core
     order = list(REGISTRY)
@@ -339,7 +406,8 @@ def _run(specs, ds, design, source, changes, settings, tmp: Path, out: Path, *, 
         if notes.get("text"):
             log(f"  {notes['text']}")
         wall = timings.get("worker_wall_s", timings.get("total_s", 0.0))  # fit only; finishing is timed apart
-        timings.update(wall_s=wall, **{k: done[k] for k in ("finish_s", "diagnose_s", "write_s", "verdict_s", "ppc_s", "loo_s", "figures_s") if k in done})
+        timings.update(wall_s=wall, **{k: done[k] for k in ("finish_s", "diagnose_s", "write_s", "verdict_s", "ppc_s", "loo_s", "figures_s",
+                                                             "sensitivity_s") if k in done})
         run["models"][name] = {"converged": check.ok, "timings": timings, "divergences": check.divergences, "idata_bytes": done["idata_bytes"]}
         if notes:
             run["models"][name]["data_notes"] = notes
@@ -350,6 +418,9 @@ def _run(specs, ds, design, source, changes, settings, tmp: Path, out: Path, *, 
         say(f"\n{name}: estimates ({design.meta.outcome_label} points unless a row says otherwise; lower scores are better)")
         say(format_estimates(table))
         say(check.text())
+        if done.get("sensitivity") is not None:
+            sensitivities[name] = done["sensitivity"]
+            say(sensitivity_text(done["sensitivity"]))
         say(f"({timings['wall_s']:.1f} s: compile {timings.get('compile_s', 0):.1f}, sampling {timings['sample_s']:.1f})")
     # the report's checks (trajectory PPC, visit/participant LOO) need visit-score outcomes; models of other
     # outcomes (MMRM change from baseline, biomarker change, mediation) keep their convergence.txt and estimates.csv
@@ -389,6 +460,7 @@ def _run(specs, ds, design, source, changes, settings, tmp: Path, out: Path, *, 
             outcome=design.meta.outcome_label,
             data_summary=info,
         )
+        diag.sensitivity = sensitivities
         report = write_outputs(diag, tmp)
         say("")
         for level, sentence in diag.plain_language.items():
@@ -404,8 +476,41 @@ def _run(specs, ds, design, source, changes, settings, tmp: Path, out: Path, *, 
             "wall_s": time.perf_counter() - t0,
             "per_model_s": diagnose_s,
         }
+    if sensitivity is not None:
+        run["sensitivity"] = sensitivity_record(sensitivity, sensitivities)
     (tmp / "run.json").write_text(json.dumps(run, indent=2, default=str) + "\n")
     return fits, run, diag, report
+
+
+def sensitivity_record(options: SensitivityOptions, results: dict) -> dict:
+    """What run.json records of the sensitivity analyses: the options, and per model the tables written and the notes."""
+    ice = options.ice
+    return {
+        "ice": {"source": ice.source, "participants": len(ice)} if ice is not None else None,
+        "deltas": list(options.deltas) if options.deltas is not None else "default",
+        "tipping_threshold": options.threshold,
+        "remission_cutoff": options.remission_cutoff,
+        "seed": options.seed,
+        "models": {n: {"tables": [f"{t}.csv" for t in r.tables], "not_supported": r.notes, "timings": r.timings} for n, r in results.items()},
+    }
+
+
+def sensitivity_text(result) -> str:
+    """One model's sensitivity analyses in a few lines, for the console."""
+    lines = []
+    table = result.tables.get("sensitivity")
+    if table is not None:
+        end = table[table["week"] == result.end_week]
+        parts = [f"{r.strategy} {r.mean:.2f} (P(benefit) {r.p_below_0:.2f})" for r in end.itertuples(index=False)]
+        lines.append(f"sensitivity at week {result.end_week}: " + "; ".join(parts))
+        lines.append(f"tipping point: {result.tipping_message}")
+    prior = result.tables.get("prior_sensitivity")
+    if prior is not None and len(prior) and prior["prior_sensitive"].any():
+        lines.append("prior-sensitive: " + ", ".join(f"{r.effect} ({r.diagnosis})" for r in prior[prior["prior_sensitive"]].itertuples(index=False)))
+    for table_name, why in result.notes.items():
+        if table_name != "tipping_point":
+            lines.append(f"no {table_name}.csv: {why}")
+    return "\n".join(lines)
 
 
 def summary_table(idata):
@@ -486,31 +591,144 @@ def refit_context(idatas: dict, seed: int | None = None):
 
 
 def rediagnose(results: str | Path, *, kfold: int = 0, refit_levels: Sequence[str] = ("participant",), seed: int | None = None,
-               remission_cutoff: float = REMISSION_CUTOFF, quiet: bool = True) -> tuple[RunDiagnostics, Path]:
+               remission_cutoff: float = REMISSION_CUTOFF, quiet: bool = True, sensitivity: bool = False,
+               ice: str | Path | IceTable | None = None, deltas: Sequence[float] | None = None,
+               tipping_threshold: float | None = None) -> tuple[RunDiagnostics, Path]:
     """Recompute PPC, LOO, the comparison and report.html from a saved results folder (no refit unless kfold >= 2).
 
-    Raises FileNotFoundError / ValueError (bad folder, data unavailable for refits) and OutputBusy.
+    sensitivity  also (re)compute every saved model's sensitivity analyses (as `fit_trial(..., sensitivity=True)`;
+                 `ice` defaults to ice.csv in the folder of the dataset the fits were made from, when it is there;
+                 `seed`, else each fit's own seed, seeds the responder imputations). Without it, sensitivity tables
+                 already in the folder are shown in the report as they are.
+
+    Raises FileNotFoundError / ValueError (bad folder, data unavailable for refits, bad ice.csv or options) and OutputBusy.
     Returns the diagnostics and the report's path.
     """
     if kfold < 0 or kfold == 1:
         raise ValueError("kfold must be 0 (no refits) or at least 2")
+    if not sensitivity and (ice is not None or deltas is not None or tipping_threshold is not None):
+        raise ValueError("ice, deltas and tipping_threshold are options of the sensitivity analyses: pass sensitivity=True "
+                         "(diagnose.py --sensitivity)")
     results = Path(results)
+    options = saved_sensitivity_options(results, ice, deltas, tipping_threshold, remission_cutoff, seed) if sensitivity else None
     idatas, estimates = load_run(results)
     design = builders = settings = None
     if kfold:
         design, builders, settings = refit_context(idatas, seed)
     log = (lambda msg: None) if quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     saved = saved_answers(results, loaded=idatas)
+    if options is not None:
+        sens = saved_fits_sensitivity(results, idatas, options, log)
+    else:
+        sens = saved_sensitivity(results, idatas)
     run = diagnose_run(idatas, estimates, design=design, builders=builders, settings=settings, kfold=kfold,
                        remedy_levels=tuple(refit_levels), remission_cutoff=remission_cutoff, log=log,
                        answers=saved.answers or None, observed=saved.observed, labels=saved.labels, outcome=saved.outcome,
                        title=saved.title)
+    run.sensitivity = sens
     with output_lock(results):  # never interleave with a fit.py --force replacing this folder
         report = write_outputs(run, results)
     return run, report
 
 
+def saved_sensitivity_options(results: Path, ice, deltas, tipping_threshold, remission_cutoff, seed) -> SensitivityOptions:
+    """The sensitivity options for a saved results folder, everything checked before any work (ValueError, DatasetError)."""
+    deltas, threshold = check_sensitivity_options(deltas, DECISION_THRESHOLD if tipping_threshold is None else tipping_threshold)
+    names = saved_names(results) if results.is_dir() else []
+    if not names:
+        raise FileNotFoundError(f"{results} holds no fitted model (no <model>/idata.nc): run fit.py first")
+    first = load_fit(results / names[0] / "idata.nc", complete=False)
+    ds = saved_dataset(first)
+    source = str(ds.attrs.get("source") or provenance(first).get("data_source") or "")  # the folder the data were read from
+    table = read_ice(ice, ds, source)
+    return SensitivityOptions(table, deltas, threshold, remission_cutoff, seed)
+
+
+def saved_fits_sensitivity(results: Path, loaded: dict, options: SensitivityOptions, log) -> dict:
+    """Every saved model's sensitivity analyses; fits not loaded yet (the biomarker models) are read back whole."""
+    out, designs = {}, {}
+    for name in saved_names(results):
+        idata = loaded.get(name)
+        if idata is None:
+            idata = load_fit(results / name / "idata.nc")
+        checksum = str(provenance(idata).get("data_checksum", ""))
+        if checksum not in designs:
+            designs[checksum] = build_design(saved_dataset(idata))
+        log(f"sensitivity: {name}")
+        out[name] = model_sensitivity(name, idata, designs[checksum], options)
+    return out
+
+
+def sensitivity(fit, design=None, *, ice: str | Path | IceTable | None = None, deltas: Sequence[float] | None = None,
+                tipping_threshold: float = DECISION_THRESHOLD, remission_cutoff: float = REMISSION_CUTOFF,
+                seed: int | None = None) -> dict[str, pd.DataFrame]:
+    """One fit's sensitivity analyses as tables, for notebooks: what `fit.py --sensitivity` writes in <out>/<model>/.
+
+    fit      a fit (InferenceData, whole: as fit_trial returns it or deptrial.load_fit reads it) or the path of an idata.nc
+    design   the TrialDesign it was fitted to, a dataset (folder or `load_dataset`'s output), or None: the dataset
+             saved in the fit
+    ice      an ice.csv path or an IceTable (None: no intercurrent events table)
+    deltas, tipping_threshold, remission_cutoff, seed   as for `fit_trial` (seed None: the fit's own seed)
+
+    Returns {"sensitivity", "tipping_point", "responders", "prior_sensitivity": DataFrame} for the tables the
+    fit's model supports, and "notes": one row (table, note) per table it does not support, with the reason.
+    """
+    idata = load_fit(fit) if isinstance(fit, (str, Path)) else fit
+    if design is None:
+        ds = saved_dataset(idata)
+        design = build_design(ds)
+    elif isinstance(design, TrialDesign):
+        ds = design.dataset
+    else:
+        ds, _ = _dataset(design)
+        design = build_design(ds)
+    deltas, threshold = check_sensitivity_options(deltas, tipping_threshold)
+    if ice is not None and ds is None:
+        raise ValueError("reading ice.csv needs the design's dataset: pass design=models.build_design(deptrial.load_dataset(folder))")
+    table = read_ice(ice, ds) if ice is not None else None
+    name = str(provenance(idata).get("model") or "model")
+    result = model_sensitivity(name, idata, design, SensitivityOptions(table, deltas, threshold, remission_cutoff, seed))
+    return {**result.tables, "notes": pd.DataFrame({"table": list(result.notes), "note": list(result.notes.values())})}
+
+
+# ---------------------------------------------------------------- command-line options shared by fit.py and diagnose.py
+
+
+def add_sensitivity_arguments(ap: argparse.ArgumentParser) -> None:
+    """--sensitivity and its options (fit.py and diagnose.py)."""
+    ap.add_argument("--sensitivity", action="store_true", help="also write, per model that supports them, sensitivity.csv (the NAC effect "
+                    "under MAR, J2R, CR, CIR and delta adjustment), tipping_point.csv, responders.csv, prior_sensitivity.csv and a "
+                    "section in the report (docs/diagnostics.md#estimands-of-the-bundled-trial)")
+    ap.add_argument("--ice", type=Path, default=None, metavar="FILE", help="with --sensitivity: intercurrent events, ice.csv "
+                    "(participant_id, week, strategy); default: ice.csv in the dataset folder when there is one")
+    ap.add_argument("--deltas", type=_deltas, default=None, metavar="D1,D2,...", help="with --sensitivity: delta rows of "
+                    "sensitivity.csv, outcome points added to the imputed scores after dropout (default 1/30, 1/15, 1/10 of the "
+                    "score range: 2,4,6 on MADRS)")
+    ap.add_argument("--tipping-threshold", type=float, default=None, metavar="P", help="with --sensitivity: benefit is concluded "
+                    f"while P(benefit) is at least this (default {DECISION_THRESHOLD})")
+
+
+def _deltas(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a comma-separated list of numbers, e.g. 2,4,6") from None
+    if not values or any(not x >= 0 or x == float("inf") for x in values):
+        raise argparse.ArgumentTypeError(f"'{text}': give finite outcome points, at least 0, e.g. 2,4,6")
+    return values
+
+
+def check_sensitivity_arguments(ap: argparse.ArgumentParser, args) -> None:
+    if not args.sensitivity:
+        given = [name for name, value in (("--ice", args.ice), ("--deltas", args.deltas), ("--tipping-threshold", args.tipping_threshold))
+                 if value is not None]
+        if given:
+            ap.error(f"{' and '.join(given)} {'applies' if len(given) == 1 else 'apply'} only with --sensitivity")
+    if args.tipping_threshold is not None and not 0.5 <= args.tipping_threshold < 1:
+        ap.error("--tipping-threshold is a posterior probability of benefit in [0.5, 1), e.g. 0.975")
+
+
 __all__ = [
     "DEFAULT_MODELS", "FinishingFailed", "ModelDataError", "ModelFit", "OutputBusy", "RunResult", "SamplingFailed",
-    "fit_trial", "list_models", "rediagnose",
+    "fit_trial", "list_models", "rediagnose", "sensitivity",
 ]

@@ -3,7 +3,9 @@
 Rows are produced for whichever effect summaries a model defines (see each model's
 Deterministics), so new models get a table without new code here; a model's own extra rows
 (ModelSpec.extra_estimates) are appended by `model_estimates`. Each row is a
-models.effects.effect_row (lower scores are better: 'p_below_0' is P(NAC - placebo < 0)).
+models.effects.effect_row (lower scores are better: 'p_below_0' is P(NAC - placebo < 0)), followed
+by its estimand in the ICH E9(R1) attributes (models.effects.ESTIMAND_COLUMNS: population, variable,
+intercurrent_events, summary), always the last columns so that readers of the summaries are unaffected.
 """
 
 from __future__ import annotations
@@ -12,13 +14,14 @@ import arviz as az
 import pandas as pd
 
 from data.meta import DatasetMeta
-from models.effects import DEFAULT_MCID, effect_row
+from models.effects import DEFAULT_MCID, ESTIMAND_COLUMNS, effect_row, with_estimands
 
 
-def estimates_table(idata: az.InferenceData, meta: DatasetMeta, mcid: float = DEFAULT_MCID) -> pd.DataFrame:
+def estimates_table(idata: az.InferenceData, meta: DatasetMeta, mcid: float = DEFAULT_MCID, change_scores: bool = False) -> pd.DataFrame:
+    """The generic rows; change_scores: the model's outcome is the change from baseline (the MMRM)."""
     post = idata.posterior
     label = meta.outcome_label
-    rows = []
+    rows, kinds = [], []
     if "nac_effect" in post:
         weeks = [meta.treatment_end] + ([meta.last_week] if meta.last_week > meta.treatment_end else [])
         for w in weeks:
@@ -32,9 +35,11 @@ def estimates_table(idata: az.InferenceData, meta: DatasetMeta, mcid: float = DE
                     unit=f"{label} points",
                 )
             )
+            kinds.append("difference_change" if change_scores else "difference")
     if "placebo_change" in post:
         w = meta.treatment_end
         rows.append(effect_row(f"{meta.control_arm} change from baseline at week {w}", post["placebo_change"].sel(week=w).values, None, week=w, marker="", unit=f"{label} points"))
+        kinds.append("control_change")
     units = meta.marker_units
     for var, text in (
         ("moderation_per_doubling", f"change in {label} by week {meta.treatment_end} per doubling of baseline"),
@@ -46,21 +51,27 @@ def estimates_table(idata: az.InferenceData, meta: DatasetMeta, mcid: float = DE
                     effect_row(f"{text} {mk}", post[var].sel(marker=mk).values, None, week=meta.treatment_end if var.startswith("mod") else 0,
                          marker=str(mk), unit=f"{label} points per doubling ({units.get(str(mk), '')})")
                 )
+                kinds.append(var)
     table = pd.DataFrame(rows)
-    return table
+    if table.empty:
+        return pd.DataFrame(columns=list(ESTIMAND_COLUMNS))
+    return with_estimands(table, meta, kinds)
 
 
 def model_estimates(idata: az.InferenceData, spec, design, mcid: float = DEFAULT_MCID) -> pd.DataFrame:
-    """The generic rows plus the model's own (spec: a models.registry.ModelSpec)."""
-    table = estimates_table(idata, design.meta, mcid=mcid)
+    """The generic rows plus the model's own (spec: a models.registry.ModelSpec), every row with its estimand."""
+    table = estimates_table(idata, design.meta, mcid=mcid, change_scores=spec.scores_change)
     if spec.extra_estimates is not None:
-        table = pd.concat([table, spec.extra_estimates(idata, design, mcid)], ignore_index=True)
-    return table
+        extra = spec.extra_estimates(idata, design, mcid)
+        if not set(ESTIMAND_COLUMNS) <= set(extra.columns):
+            extra = with_estimands(extra, design.meta, [spec.estimand_kind(row) for _, row in extra.iterrows()], model=spec.name)
+        table = extra.reset_index(drop=True) if table.empty else pd.concat([table, extra], ignore_index=True)
+    return table[[c for c in table.columns if c not in ESTIMAND_COLUMNS] + list(ESTIMAND_COLUMNS)]
 
 
 def format_estimates(table: pd.DataFrame) -> str:
     if table.empty:
         return "(no effect summaries in this model)"
-    shown = table.drop(columns=["week", "marker", "unit", "mcse_mean"], errors="ignore").copy()
+    shown = table.drop(columns=["week", "marker", "unit", "mcse_mean", *ESTIMAND_COLUMNS], errors="ignore").copy()
     with pd.option_context("display.width", 200, "display.max_colwidth", 70, "display.float_format", "{:.2f}".format):
         return shown.to_string(index=False)

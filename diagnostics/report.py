@@ -3,9 +3,11 @@
 `render_report(run)` takes a `RunDiagnostics` (diagnostics.run) and returns the HTML text; it
 computes nothing itself. Sections: the answer first (per fitted model, the treatment effect by
 week, the fitted trajectories against the observed means and the biomarker effects, each a figure
-with one plain sentence; diagnostics/summary.py), then the data summary, the model comparison, and
-per model the effect estimates with probability statements, convergence, posterior predictive
-checks and priors.
+with one plain sentence, and the estimand of every row; diagnostics/summary.py), then the data
+summary, the model comparison, and per model the effect estimates with probability statements and
+their estimands, the sensitivity analyses when the run made them (strategies at the end of
+treatment, the tipping point, responders and remission, prior sensitivity; diagnostics/run.py
+`model_sensitivity`), convergence, posterior predictive checks and priors.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import json
 
 import numpy as np
 import pandas as pd
+
+from models.effects import ESTIMAND_COLUMNS
 
 from .compare import CLEAR_DIFF_SE
 from .convergence import EBFMI_MIN, ESS_BULK_MIN, ESS_TAIL_MIN, MCSE_SD_RATIO_MAX, RHAT_MAX, TREEDEPTH_SATURATED_MAX
@@ -29,7 +33,7 @@ table{border-collapse:collapse;margin:.6em 0;font-size:.86em}td,th{border:1px so
 th{background:#eef}td:first-child,th:first-child{text-align:left}
 .pass{color:#161;font-weight:bold}.fail{color:#a11;font-weight:bold}.note{background:#f6f6fb;border-left:4px solid #88a;padding:.5em 1em}
 .warn{background:#fff4e5;border-left:4px solid #e90;padding:.5em 1em}img{max-width:100%;height:auto;border:1px solid #ddd;margin:.4em 0}
-.pair{display:flex;gap:1em;align-items:flex-start}.pair figure{flex:1;min-width:0}figure{margin:0 0 1em 0}figcaption{font-size:.9em}
+.estimand{font-size:.85em;color:#445}details{margin:.4em 0}.text td{text-align:left}.pair{display:flex;gap:1em;align-items:flex-start}.pair figure{flex:1;min-width:0}figure{margin:0 0 1em 0}figcaption{font-size:.9em}
 code,pre{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:.85em}pre{background:#f6f6f6;padding:.6em;overflow-x:auto}
 """
 
@@ -112,8 +116,16 @@ def probability_statements(est: pd.DataFrame) -> str:
                     text += f"; that the benefit exceeds {esc(c.removeprefix('p_below_-'))} points: {r[c]:.2f}"
         elif "p_below_0" in r and pd.notna(r["p_below_0"]):
             text += f"; P(&lt; 0) = {r['p_below_0']:.2f}"
+        if all(c in r and isinstance(r[c], str) and r[c] for c in ESTIMAND_COLUMNS):
+            text += '<br><span class="estimand">Estimand: ' + esc(estimand_sentence(r)) + "</span>"
         items.append(f"<li>{text}</li>")
     return "<ul>" + "".join(items) + "</ul>"
+
+
+def estimand_sentence(row) -> str:
+    """A row's estimand in the ICH E9(R1) attributes, as one line."""
+    return (f"population: {row['population']}; variable: {row['variable']}; intercurrent events: {row['intercurrent_events']}; "
+            f"summary: {row['summary']}")
 
 
 def priors_table(priors: dict) -> pd.DataFrame:
@@ -127,7 +139,88 @@ def priors_table(priors: dict) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def model_section(m) -> str:
+def _pct(x) -> str:
+    return "" if x is None or pd.isna(x) else f"{100 * x:.1f}%"
+
+
+def strategies_table(table: pd.DataFrame, week: int) -> pd.DataFrame:
+    """sensitivity.csv's rows at one week: strategy, mean, 94% interval, P(benefit)."""
+    rows = table[table["week"] == week]
+    lo, hi = [c for c in table.columns if c.startswith("hdi_")][:2]
+    return pd.DataFrame({
+        "strategy": rows["strategy"].astype(str), "mean": rows["mean"],
+        "94% interval": [f"{a:.2f} to {b:.2f}" for a, b in zip(rows[lo], rows[hi])],
+        "P(benefit)": rows["p_below_0"], "share imputed after dropout": [_pct(x) for x in rows.get("dropout_share", [])],
+    })
+
+
+ESTIMAND_NAMES = {"MAR": "hypothetical (MAR imputation)", "NRI": "composite (missing = failure)"}
+
+
+def responders_summary(table: pd.DataFrame, week: int) -> pd.DataFrame:
+    """responders.csv at one week, one row per estimand and outcome: the rates, risk difference, P(better), NNT."""
+    rows = []
+    lo, hi = [c for c in table.columns if c.startswith("hdi_")][:2]
+    at = table[table["week"] == week]
+    for (estimand, outcome), g in at.groupby(["estimand", "outcome"], sort=False):
+        row = {"estimand": ESTIMAND_NAMES.get(estimand, estimand), "outcome": outcome}
+        for r in g.to_dict("records"):
+            q = r["quantity"]
+            if q.startswith("rate_"):
+                row[f"rate, {r['arm']}"] = f"{_pct(r['mean'])} ({_pct(r[lo])} to {_pct(r[hi])})"
+            elif q == "risk_difference":
+                row["risk difference"] = f"{100 * r['mean']:.1f} points ({100 * r[lo]:.1f} to {100 * r[hi]:.1f})"
+                row["P(treatment better)"] = f"{r['p_above_0']:.2f}"
+            elif q == "nnt":
+                row["NNT"] = f"{r['median']:.1f}" if pd.notna(r["median"]) else "not defined"
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def sensitivity_section(s, heading: str = "h3", title: str = "Sensitivity and estimands") -> str:
+    """One model's sensitivity analyses (diagnostics/run.py ModelSensitivity); a note for what the model does not support."""
+    week = s.end_week
+    out = [f'<{heading} id="sensitivity-{esc(s.name)}">{esc(title)}</{heading}>']
+    if s.saved:
+        out.append(f'<p class="note">Read from the tables in <code>{esc(s.name)}/</code>, as last computed '
+                   "(<code>diagnose.py RESULTS --sensitivity</code> recomputes them).</p>")
+    notes = dict(s.notes)
+    strategies = s.tables.get("sensitivity")
+    if strategies is not None and len(strategies):
+        at = strategies[(strategies["week"] == week) & (strategies["strategy"] == "MAR")]
+        out.append(f"<p>The treatment - control difference at week {week} (end of treatment) when the scores missing after "
+                   "dropout follow the model's own arm (MAR), jump to the reference arm (J2R), copy it throughout (CR), copy its "
+                   "changes from the last visit (CIR), or are made delta points worse (delta rows). Lower is better.</p>")
+        if len(at) and "estimand" in at:
+            out.append(f'<p class="estimand">Estimand: {esc(at["estimand"].iloc[0])}</p>')
+        out.append(table_html(strategies_table(strategies, week), floatfmt="{:.2f}"))
+    elif "sensitivity" in notes:
+        out.append(f'<p class="note">No reference-based strategies, delta adjustment or tipping point for this model: '
+                   f'{esc(notes.pop("sensitivity"))}</p>')
+    notes.pop("tipping_point", None)
+    if s.tipping_message:
+        out.append(f"<p><b>Tipping point</b>: {esc(s.tipping_message)}.</p>")
+        out.append(img(s.tipping_figure, f"{s.name}: tipping point"))
+    responders = s.tables.get("responders")
+    if responders is not None and len(responders):
+        out.append(f"<p><b>Response</b> (at least a 50% reduction from baseline) <b>and remission</b> at week {week}, "
+                   "rate per arm with 94% HDI, risk difference (percentage points), P(treatment better), number needed to treat "
+                   f"(full table: <code>{esc(s.name)}/responders.csv</code>):</p>")
+        out.append(table_html(responders_summary(responders, week)))
+    elif "responders" in notes:
+        out.append(f'<p class="note">No responder or remission estimands for this model: {esc(notes.pop("responders"))}</p>')
+    prior = s.tables.get("prior_sensitivity")
+    if prior is not None and len(prior):
+        flagged = prior[prior["prior_sensitive"].astype(bool)]
+        if len(flagged):
+            items = "; ".join(f"{r.effect} ({r.diagnosis}, prior sensitivity {r.prior_sensitivity:.3f})" for r in flagged.itertuples(index=False))
+            out.append(f'<p class="warn"><b>Prior-sensitive</b> (power-scaling, prior sensitivity at or above 0.05): {esc(items)}.</p>')
+        else:
+            out.append('<p class="note">No reported effect is prior-sensitive (power-scaling: every prior sensitivity below 0.05).</p>')
+    return "\n".join(out)
+
+
+def model_section(m, sensitivity=None) -> str:
     v = m.verdict
     status = '<span class="pass">PASS</span>' if v.ok else '<span class="fail">FAIL</span>'
     out = [f'<h2 id="model-{esc(m.name)}">Model: {esc(m.name)}</h2>', f"<p>{esc(m.description)}</p>" if m.description else ""]
@@ -135,9 +228,11 @@ def model_section(m) -> str:
     out.append("<h3>Effect estimates</h3>")
     if m.estimates is not None and len(m.estimates):
         out.append(probability_statements(m.estimates))
-        out.append(table_html(m.estimates.drop(columns=["mcse_mean"], errors="ignore"), floatfmt="{:.2f}"))
+        out.append(table_html(m.estimates.drop(columns=["mcse_mean", *ESTIMAND_COLUMNS], errors="ignore"), floatfmt="{:.2f}"))
     else:
         out.append("<p>(no effect summaries in this model)</p>")
+    if sensitivity is not None:
+        out.append(sensitivity_section(sensitivity))
     out.append(f"<h3>Convergence: {status}</h3>")
     out.append(
         f'<p class="note">Thresholds: R-hat &le; {RHAT_MAX}, bulk ESS &ge; {ESS_BULK_MIN}, tail ESS &ge; {ESS_TAIL_MIN}, no divergences, '
@@ -194,6 +289,9 @@ def summary_section(run) -> str:
         cells = [f"<figure>{img(figs.get(key), f'{name}: {key}')}<figcaption>{esc(a.sentences[key])}</figcaption></figure>"
                  for key in ("effects", "trajectory", "markers") if key in a.sentences]
         out.append('<div class="pair">' + "".join(cells[:2]) + "</div>" + "".join(cells[2:]))
+        if getattr(a, "estimands", None) is not None and len(a.estimands):
+            out.append('<details><summary>Estimands of these rows (ICH E9(R1))</summary><div class="text">'
+                       + table_html(a.estimands) + "</div></details>")
     note = [m for m in run.answers if m not in run.models]
     if note:
         out.append(f'<p class="note">{esc(", ".join(note))}: outcome other than the visit scores, so not in the checks and the '
@@ -231,6 +329,7 @@ def comparison_section(run) -> str:
 
 def render_report(run) -> str:
     title = f"Trial analysis report: {run.title}"
+    sensitivity = getattr(run, "sensitivity", None) or {}
     toc = "".join(f'<li><a href="#model-{esc(m.name)}">{esc(m.name)}</a>: convergence {"PASS" if m.verdict.ok else "FAIL"}, ' f"{len(m.ppc.flags()) if m.ppc is not None else 'no'} PPC flag(s)</li>" for m in run.models.values())
     parts = [
         "<!DOCTYPE html>",
@@ -243,7 +342,8 @@ def render_report(run) -> str:
         summary_section(run),
         data_section(run.data_summary, run.labels),
         comparison_section(run),
-        *[model_section(m) for m in run.models.values()],
+        *[model_section(m, sensitivity.get(m.name)) for m in run.models.values()],
+        *[sensitivity_section(s, "h2", f"Model: {s.name}: sensitivity and estimands") for n, s in sensitivity.items() if n not in run.models],
         f"<h2>Software</h2><p><code>{esc(json.dumps(run.versions, sort_keys=True))}</code></p>",
         "</body></html>",
     ]

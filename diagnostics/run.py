@@ -8,6 +8,10 @@ Files written into the run folder (each atomically):
     <model>/ppc_trajectory.csv, ppc_visits.csv, ppc_rates.csv, loo_visit.csv, loo_participant.csv,
     <model>/diagnostics.txt, <model>/convergence.csv, <model>/convergence.txt, <model>/figures/*.png,
     comparison_participant.csv, comparison_visit.csv, comparison.txt, report.html
+and with the sensitivity analyses (`model_sensitivity`, fit.py / diagnose.py --sensitivity), for each
+model that supports them:
+    <model>/sensitivity.csv, tipping_point.csv, responders.csv, prior_sensitivity.csv,
+    <model>/figures/tipping_point.png
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ import numpy as np
 import pandas as pd
 
 from data.atomic import atomic_write_bytes, usual_permissions
+from data.ice import IceTable
+from inference.idata_io import provenance
 from models import REGISTRY
 
 from . import plots
@@ -32,7 +38,11 @@ from .compare import ComparisonError, comparable_groups, compare, plain_language
 from .convergence import Verdict, verdict
 from .loo import KFOLD_K, REFIT_MAX, LooResult, grouped_kfold, grouped_kfold_integrated, loo_participants, loo_visits, remedy
 from .ppc import REMISSION_CUTOFF, PPCResult, arm_labels, obs_index, run_ppc
+from .prior_sensitivity import prior_sensitivity_table
 from .report import render_report
+from .responders import model_name as responder_model
+from .responders import responder_table
+from .sensitivity import DECISION_THRESHOLD, model_pieces, sensitivity_table, tipping_point
 from .summary import Answer, answer, baseline_mean, observed_means, observed_means_of
 
 REFIT_DRAWS = 1000  # posterior draws per chain in each leave-out refit
@@ -59,6 +69,143 @@ class ModelDiagnostics:
     timings: dict = field(default_factory=dict)  # seconds per stage: ppc_s, loo_s, figures_s
 
 
+# ---------------------------------------------------------------- sensitivity analyses (--sensitivity)
+
+SENSITIVITY_TABLES = ("sensitivity", "tipping_point", "responders", "prior_sensitivity")  # <model>/<name>.csv
+TIPPING_FIGURE = "tipping_point"  # <model>/figures/tipping_point.png
+SEEN_AS = {  # what each table is, for the notes on what a model does not support
+    "sensitivity": "reference-based strategies (J2R, CR, CIR) and delta adjustment",
+    "tipping_point": "tipping point",
+    "responders": "responder and remission estimands",
+    "prior_sensitivity": "power-scaling prior sensitivity",
+}
+
+
+@dataclass(frozen=True)
+class SensitivityOptions:
+    """How the sensitivity analyses are run: intercurrent events, delta rows, decision threshold, remission, seed.
+
+    ice               validated intercurrent events (data.ice.load_ice), or None: every participant follows the
+                      strategy of the analysis after their last observed visit
+    deltas            delta rows of sensitivity.csv in outcome points (None: diagnostics.sensitivity.default_deltas)
+    threshold         the decision threshold of the tipping point: P(benefit) below it, benefit is not concluded
+    remission_cutoff  remission: score at or below this
+    seed              the responder imputations' seed (None: each fit's own seed)
+    """
+
+    ice: IceTable | None = None
+    deltas: tuple[float, ...] | None = None
+    threshold: float = DECISION_THRESHOLD
+    remission_cutoff: float = REMISSION_CUTOFF
+    seed: int | None = None
+
+
+def check_sensitivity_options(deltas, threshold) -> tuple[tuple[float, ...] | None, float]:
+    """Refuse delta rows or a decision threshold that mean nothing (ValueError), before any fit."""
+    if deltas is not None:
+        try:
+            deltas = tuple(float(x) for x in deltas)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"deltas must be numbers of outcome points, e.g. 2,4,6 (got {deltas!r})") from exc
+        bad = [x for x in deltas if not np.isfinite(x) or x < 0]
+        if bad or not deltas:
+            raise ValueError(f"deltas must be finite, at least 0 and at least one (got {list(deltas)}): outcome points added "
+                             "to the imputed scores after dropout, e.g. 2,4,6")
+    threshold = float(threshold)
+    if not 0.5 <= threshold < 1:
+        raise ValueError(f"the tipping-point threshold is a posterior probability of benefit in [0.5, 1), e.g. 0.975 (got {threshold:g})")
+    return deltas, threshold
+
+
+@dataclass
+class ModelSensitivity:
+    """One model's sensitivity analyses: the tables written to <model>/<name>.csv and what the report shows."""
+
+    name: str
+    end_week: int  # the end of treatment: the report's week
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)  # SENSITIVITY_TABLES computed for this model
+    tipping_message: str = ""
+    tipping_figure: bytes | None = None
+    notes: dict[str, str] = field(default_factory=dict)  # table -> why this model has none
+    saved: bool = False  # read back from the results folder (diagnose.py without --sensitivity), not recomputed
+    timings: dict = field(default_factory=dict)
+
+
+def unsupported(idata: az.InferenceData, design, model: str) -> dict[str, str]:
+    """Why a fit has no strategy / tipping-point table or no responder table ({} when it has both): the engines' own refusals."""
+    notes = {}
+    try:
+        model_pieces(idata, design, model)
+    except ValueError as exc:
+        notes["sensitivity"] = notes["tipping_point"] = str(exc)
+    try:
+        responder_model(idata, model)
+    except ValueError as exc:
+        notes["responders"] = str(exc)
+    return notes
+
+
+def tipping_frame(tp) -> pd.DataFrame:
+    """The tipping point's grid with what it found, repeated on every row: strategy, arms, threshold,
+    tipping_delta (the smallest grid delta at which benefit is no longer concluded; empty if none),
+    tipping_exact (the exact flip point) and tipping_message."""
+    return tp.table.assign(strategy=tp.strategy, arms=tp.arms, threshold=tp.threshold, imputed_share=tp.share,
+                           tipping_delta=tp.delta if tp.delta is not None else np.nan,
+                           tipping_exact=tp.exact if tp.exact is not None else np.nan, tipping_message=tp.message)
+
+
+def model_sensitivity(name: str, idata: az.InferenceData, design, options: SensitivityOptions | None = None) -> ModelSensitivity:
+    """The four sensitivity tables of one fit, those its model supports, and notes for the others.
+
+    idata    the fit, whole (deptrial.load_fit reads a saved one back with its log-likelihood)
+    design   the TrialDesign it was fitted to
+    """
+    options = options or SensitivityOptions()
+    model = str(provenance(idata).get("model") or name)
+    result = ModelSensitivity(name, int(design.meta.treatment_end))
+    result.notes = unsupported(idata, design, model)
+    t0 = time.perf_counter()
+    if "sensitivity" not in result.notes:
+        result.tables["sensitivity"] = sensitivity_table(idata, design, deltas=options.deltas, ice=options.ice, model=model)
+        tp = tipping_point(idata, design, threshold=options.threshold, ice=options.ice, model=model)
+        result.tables["tipping_point"] = tipping_frame(tp)
+        result.tipping_message, result.tipping_figure = tp.message, tp.figure
+    t1 = time.perf_counter()
+    if "responders" not in result.notes:
+        seed = options.seed if options.seed is not None else int(provenance(idata).get("seed", 1))
+        result.tables["responders"] = responder_table(idata, design, remission_cutoff=options.remission_cutoff, seed=seed, model=model)
+    t2 = time.perf_counter()
+    result.tables["prior_sensitivity"] = prior_sensitivity_table(idata)
+    result.timings = {"strategies_s": t1 - t0, "responders_s": t2 - t1, "prior_sensitivity_s": time.perf_counter() - t2}
+    return result
+
+
+def saved_sensitivity(folder: str | Path, idatas: dict[str, az.InferenceData]) -> dict[str, ModelSensitivity]:
+    """The sensitivity tables a results folder already holds (from an earlier --sensitivity), read back for the report."""
+    from data.schema import meta_of
+    from inference.storage import DATA_GROUP, saved_dataset
+    from models import build_design
+
+    folder = Path(folder)
+    out = {}
+    for name, idata in idatas.items():
+        files = {t: folder / name / f"{t}.csv" for t in SENSITIVITY_TABLES}
+        if not any(f.is_file() for f in files.values()) or DATA_GROUP not in idata.groups():
+            continue
+        ds = saved_dataset(idata)
+        result = ModelSensitivity(name, int(meta_of(ds).treatment_end), saved=True)
+        result.tables = {t: pd.read_csv(f) for t, f in files.items() if f.is_file()}
+        result.notes = {t: n for t, n in unsupported(idata, build_design(ds), str(provenance(idata).get("model") or name)).items()
+                        if t not in result.tables}
+        tp = result.tables.get("tipping_point")
+        if tp is not None and len(tp) and "tipping_message" in tp:
+            result.tipping_message = str(tp["tipping_message"].iloc[0])
+        png = folder / name / "figures" / f"{TIPPING_FIGURE}.png"
+        result.tipping_figure = png.read_bytes() if png.is_file() else None
+        out[name] = result
+    return out
+
+
 @dataclass
 class RunDiagnostics:
     title: str
@@ -76,6 +223,7 @@ class RunDiagnostics:
     answers: dict[str, Answer] = field(default_factory=dict)  # every fitted model's answer, the report's first section
     answer_figures: dict[str, dict[str, bytes]] = field(default_factory=dict)  # per model: effects, trajectory, markers
     outcome: str = "score"
+    sensitivity: dict[str, ModelSensitivity] = field(default_factory=dict)  # per model, with --sensitivity
 
     def comparison_text(self) -> str:
         lines = []
@@ -380,6 +528,14 @@ def write_outputs(run: RunDiagnostics, folder: str | Path) -> Path:
         _write(mf / "diagnostics.txt", (text + "\n").encode())
         for key, png in m.figures.items():
             _write(mf / "figures" / f"{key}.png", png)
+    for name, sens in run.sensitivity.items():
+        if sens.saved:  # already in the folder
+            continue
+        (folder / name / "figures").mkdir(parents=True, exist_ok=True)
+        for table, df in sens.tables.items():
+            _csv(df, folder / name / f"{table}.csv")
+        if sens.tipping_figure:
+            _write(folder / name / "figures" / f"{TIPPING_FIGURE}.png", sens.tipping_figure)
     for name, figs in run.answer_figures.items():  # the report's first section, also as PNG files beside it
         (folder / "summary").mkdir(exist_ok=True)
         for key, png in figs.items():

@@ -7,7 +7,9 @@ For every fitted model (the MMRM and the biomarker models included):
 - when the model has the effect summaries 'placebo_change' and 'nac_effect' by week: its fitted
   mean score by arm at every scheduled week (the observed mean baseline score plus the modelled
   change, with 94% HDIs), beside the observed means of those seen at each visit;
-- its biomarker rows (the estimates that name a marker).
+- its biomarker rows (the estimates that name a marker);
+- the estimand of every row of its estimates table, in the ICH E9(R1) attributes (population,
+  variable, intercurrent events, summary: models/effects.py `estimand`), when the table states them.
 
 Each comes with one plain sentence. Lower scores are better, so benefit is a negative difference.
 """
@@ -21,7 +23,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from models.effects import HDI_PROB
+from models.effects import ESTIMAND_COLUMNS, HDI_PROB
 
 LO, HI = f"hdi_{(1 - HDI_PROB) / 2:.0%}", f"hdi_{1 - (1 - HDI_PROB) / 2:.0%}"
 
@@ -37,6 +39,7 @@ class Answer:
     trajectory: pd.DataFrame | None  # arm, week, mean, lo, hi (fitted mean score)
     markers: pd.DataFrame | None  # quantity, marker, unit, mean, lo, hi
     sentences: dict[str, str]
+    estimands: pd.DataFrame | None = None  # quantity, population, variable, intercurrent_events, summary
 
 
 def observed_means(dataset: xr.Dataset, labels: tuple[str, str]) -> pd.DataFrame:
@@ -118,6 +121,13 @@ def marker_rows(estimates: pd.DataFrame | None) -> pd.DataFrame | None:
     }).reset_index(drop=True)
 
 
+def estimand_rows(estimates: pd.DataFrame | None) -> pd.DataFrame | None:
+    """Each row's quantity and estimand (None for a table that does not state them, e.g. from an older run)."""
+    if estimates is None or estimates.empty or not set(ESTIMAND_COLUMNS) <= set(estimates.columns):
+        return None
+    return estimates[["quantity", *ESTIMAND_COLUMNS]].astype(str).reset_index(drop=True)
+
+
 def _num(x: float) -> str:
     return f"{x:.2f}" if abs(x) < 10 else f"{x:.1f}"
 
@@ -167,4 +177,4 @@ def answer(model: str, idata: az.InferenceData | None, estimates: pd.DataFrame |
         sentences["trajectory"] = trajectory_sentence(traj, outcome)
     if marks is not None:
         sentences["markers"] = marker_sentence(marks)
-    return Answer(model, description, diff, mcid, traj, marks, sentences)
+    return Answer(model, description, diff, mcid, traj, marks, sentences, estimand_rows(estimates))

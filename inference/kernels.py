@@ -16,13 +16,16 @@ value, gradient and stored variables against PyTensor's own at random points on 
 and priors (constants agree to float32 rounding of PyMC's log prior scales; gradients to ~1e-13).
 Every member of the trajectory family is the same function with its blocks present or absent:
 biomarkers (headline, moderation), the arm (all but null), the biomarker x arm term of the
-moderation model (inside each participant's treatment-phase change) and the curvature of
+moderation model (inside each participant's treatment-phase change), the curvature of
 treatment_curved (a 4th fixed coefficient per participant, on q = 4 t1 (1 - t1), with its own
-sufficient statistics).
+sufficient statistics) and the baseline covariates (data, like the completed markers: their
+effects `covariate_level` and `covariate_change` add to each participant's level and
+treatment-phase change).
 
 The PyMC model still supplies the variable names, dims, transforms, initial points and the prior
 predictive: only the two functions nutpie calls (log density with gradient, and the expansion of a
-draw into the stored variables) change. Priors outside the supported families (locations: Normal;
+draw into the stored variables) change. Priors outside the supported families (locations: Normal,
+with one mean and SD per phase allowed for `time_change` and `nac_change`, scalars elsewhere;
 scales: HalfNormal, Exponential, Gamma, HalfCauchy) or a model this module does not recognise make
 `fused_layout` raise Unsupported, and inference/compile.py compiles the graph instead. The C
 callbacks (`_logp_c`, `_expand_c`) are turned into numba cfuncs, cached on disk, and handed to
@@ -53,8 +56,8 @@ LOGCDF_SWITCH = -20.0  # as models/marker_block.py
 NORMAL, HALFNORMAL, EXPONENTIAL, GAMMA, HALFCAUCHY, ZEROSUM, LKJ = 1, 2, 3, 4, 5, 6, 7
 # prior slots (3 numbers each: family, p1, p2)
 (P_INTERCEPT, P_TIME, P_NAC, P_PROG, P_MOD, P_SITE, P_PSD, P_CORR, P_RESID, P_MMEAN, P_MSD, P_MREG,
- P_NMOD, P_TCURV, P_NCURV) = range(15)
-N_PRIORS = 15
+ P_NMOD, P_TCURV, P_NCURV, P_CLEVEL, P_CCHANGE) = range(17)
+N_PRIORS = 17
 # blocks of the unconstrained vector (value variables of the PyMC model)
 X_BLOCKS = (
     "marker_mean",
@@ -73,9 +76,11 @@ X_BLOCKS = (
     "nac_marker_moderation",
     "time_curvature",
     "nac_curvature",
+    "covariate_level",
+    "covariate_change",
 )
 (X_MMEAN, X_MSD, X_MREG, X_MISS, X_CENS, X_ICPT, X_TIME, X_NAC, X_PROG, X_MOD, X_SITE, X_CHOL, X_RESID, X_NMOD, X_TCURV,
- X_NCURV) = range(len(X_BLOCKS))
+ X_NCURV, X_CLEVEL, X_CCHANGE) = range(len(X_BLOCKS))
 # blocks of the expanded draw after the unconstrained vector (the model's other stored variables)
 E_BLOCKS = (
     "marker_sd",
@@ -96,10 +101,15 @@ E_BLOCKS = (
 # fields of the context array; F_XQ (per participant: sums of q, t1 q, t2 q, q^2), F_QY (sum of q y) and
 # F_WEEK_Q (q per scheduled week) are empty unless the model is curved
 (F_SIZES, F_XOFF, F_EOFF, F_PRIORS, F_TREATED, F_SITE_IDX, F_XX, F_XY, F_YY, F_NVIS, F_ZDATA, F_ZSTATUS, F_ZINDEX, F_ZUPPER,
- F_PER_DOUBLING, F_WEEK_T1, F_WEEK_T2, F_XQ, F_QY, F_WEEK_Q, F_NINT) = range(21)
-N_FIELDS = 21  # F_NINT: per participant, the number of its missing markers integrated out (0 for most)
+ F_PER_DOUBLING, F_WEEK_T1, F_WEEK_T2, F_XQ, F_QY, F_WEEK_Q, F_NINT, F_COV, F_PHASE_LOC) = range(23)
+N_FIELDS = 23  # F_NINT: per participant, the number of its missing markers integrated out (0 for most)
+# F_COV: the covariate columns the model adjusts for, participant x covariate (row-major; empty without covariates)
+# F_PHASE_LOC: the Normal priors of time_change and nac_change element by element, (mu, sigma) per phase, time_change's
+# first: [mu_t0, sigma_t0, mu_t1, sigma_t1, mu_n0, sigma_n0, mu_n1, sigma_n1] (a prior may give each phase its own mean)
+PHASE_LOC_TIME, PHASE_LOC_NAC = 0, 4
 # sizes (field F_SIZES): participants, markers, latent missing and censored marker entries, sites (0 for one), follow-up (0/1),
-# length of x, length of the expanded draw, scheduled weeks, curved (0/1), participants with integrated markers
+# length of x, length of the expanded draw, scheduled weeks, curved (0/1), participants with integrated markers,
+# covariate columns
 # marker entry status (INTEGRATED: a missing value integrated out with the participant effects)
 OBSERVED, MISSING, CENSORED, INTEGRATED = 0, 1, 2, 3
 
@@ -118,11 +128,16 @@ def _field(ctx, k):
 
 
 @_jit
-def _normal_prior(pri, slot, x):
-    """log density and its derivative of a location prior (Normal(mu, sigma))."""
-    mu, sigma = pri[3 * slot + 1], pri[3 * slot + 2]
+def _normal_at(mu, sigma, x):
+    """log Normal(x | mu, sigma) and its derivative in x."""
     z = (x - mu) / sigma
     return -0.5 * z * z - math.log(sigma) - HALF_LOG_2PI, -z / sigma
+
+
+@_jit
+def _normal_prior(pri, slot, x):
+    """log density and its derivative of a location prior (Normal(mu, sigma))."""
+    return _normal_at(pri[3 * slot + 1], pri[3 * slot + 2], x)
 
 
 @_jit
@@ -366,11 +381,11 @@ def _site_values(x, ctx):
 def _fixed_part(x, ctx, z, site):
     """Per-participant (level, change by end of treatment, follow-up change[, curvature]): participant x 3 (4 when curved)."""
     sizes = _field(ctx, F_SIZES)
-    n_p, m, followup, curved = int(sizes[0]), int(sizes[1]), int(sizes[5]), int(sizes[9])
+    n_p, m, followup, curved, n_cov = int(sizes[0]), int(sizes[1]), int(sizes[5]), int(sizes[9]), int(sizes[11])
     xo = _field(ctx, F_XOFF)
-    treated, site_idx = _field(ctx, F_TREATED), _field(ctx, F_SITE_IDX)
+    treated, site_idx, cov = _field(ctx, F_TREATED), _field(ctx, F_SITE_IDX), _field(ctx, F_COV)
     o_prog, o_mod, o_time, o_nac, o_nmod = int(xo[X_PROG]), int(xo[X_MOD]), int(xo[X_TIME]), int(xo[X_NAC]), int(xo[X_NMOD])
-    o_tcurv, o_ncurv = int(xo[X_TCURV]), int(xo[X_NCURV])
+    o_tcurv, o_ncurv, o_clevel, o_cchange = int(xo[X_TCURV]), int(xo[X_NCURV]), int(xo[X_CLEVEL]), int(xo[X_CCHANGE])
     icpt = x[int(xo[X_ICPT])]
     fixed = np.empty((n_p, 3 + curved))
     for i in range(n_p):
@@ -386,6 +401,10 @@ def _fixed_part(x, ctx, z, site):
             for k in range(m):
                 nmod += z[i, k] * x[o_nmod + k]
             ch1 += nmod * treated[i]
+        for j in range(n_cov):  # baseline covariates: data, like the markers' prognostic and moderation terms
+            v = cov[i * n_cov + j]
+            level += v * x[o_clevel + j]
+            ch1 += v * x[o_cchange + j]
         fixed[i, 0] = level
         fixed[i, 1] = ch1
         fixed[i, 2] = 0.0
@@ -675,6 +694,10 @@ def logp_grad(x, ctx, grad):
     d_prog = np.zeros(m)
     d_mod = np.zeros(m)
     d_nmod = np.zeros(m)
+    n_cov = int(sizes[11])
+    cov = _field(ctx, F_COV)
+    d_clevel = np.zeros(n_cov)
+    d_cchange = np.zeros(n_cov)
     for i in range(n_p):
         a00, a01, a02, a11, a12, a22 = xx[6 * i], xx[6 * i + 1], xx[6 * i + 2], xx[6 * i + 3], xx[6 * i + 4], xx[6 * i + 5]
         c0, c1, c2 = fixed[i, 0], fixed[i, 1], fixed[i, 2]
@@ -795,6 +818,10 @@ def logp_grad(x, ctx, grad):
             for k in range(m):
                 d_nmod[k] += dt * z[i, k]
                 adj[i, k] += dt * x[o_nmod + k]
+        for j in range(n_cov):
+            v = cov[i * n_cov + j]
+            d_clevel[j] += dc0 * v
+            d_cchange[j] += dc1 * v
 
     lp += -0.5 * (n_total * (LOG2PI + log_s2) + log_det_sum + math.log(det_product))
 
@@ -816,27 +843,29 @@ def logp_grad(x, ctx, grad):
     grad[o_chol + 1] += g10 - 2.0 * eta * gb + df1 * l10 / sd1
     grad[o_chol + 2] += g11 * l11 + 2.0 * eta * (1.0 - gc) + df1 * l11 * l11 / sd1
 
-    # location priors and their gradients
+    # location priors and their gradients (time_change and nac_change phase by phase: F_PHASE_LOC)
+    phase_loc = _field(ctx, F_PHASE_LOC)
+    t, nc = PHASE_LOC_TIME, PHASE_LOC_NAC
     o = int(xo[X_ICPT])
     g, dg = _normal_prior(pri, P_INTERCEPT, x[o])
     lp += g
     grad[o] += d_icpt + dg
     o = int(xo[X_TIME])
-    g, dg = _normal_prior(pri, P_TIME, x[o])
+    g, dg = _normal_at(phase_loc[t], phase_loc[t + 1], x[o])
     lp += g
     grad[o] += d_t0 + dg
     o_nac = int(xo[X_NAC])
     if o_nac >= 0:
-        g, dg = _normal_prior(pri, P_NAC, x[o_nac])
+        g, dg = _normal_at(phase_loc[nc], phase_loc[nc + 1], x[o_nac])
         lp += g
         grad[o_nac] += d_n0 + dg
     if followup:
         o = int(xo[X_TIME]) + 1
-        g, dg = _normal_prior(pri, P_TIME, x[o])
+        g, dg = _normal_at(phase_loc[t + 2], phase_loc[t + 3], x[o])
         lp += g
         grad[o] += d_t1 + dg
         if o_nac >= 0:
-            g, dg = _normal_prior(pri, P_NAC, x[o_nac + 1])
+            g, dg = _normal_at(phase_loc[nc + 2], phase_loc[nc + 3], x[o_nac + 1])
             lp += g
             grad[o_nac + 1] += d_n1 + dg
     for k in range(m):
@@ -861,6 +890,14 @@ def logp_grad(x, ctx, grad):
             g, dg = _normal_prior(pri, P_NCURV, x[o])
             lp += g
             grad[o] += d_nc + dg
+    o_clevel, o_cchange = int(xo[X_CLEVEL]), int(xo[X_CCHANGE])
+    for j in range(n_cov):
+        g, dg = _normal_prior(pri, P_CLEVEL, x[o_clevel + j])
+        lp += g
+        grad[o_clevel + j] += d_clevel[j] + dg
+        g, dg = _normal_prior(pri, P_CCHANGE, x[o_cchange + j])
+        lp += g
+        grad[o_cchange + j] += d_cchange[j] + dg
 
     o = int(xo[X_SITE])
     if o >= 0:
@@ -962,6 +999,23 @@ def _scalar(params: dict, key: str, default=None) -> float:
     return float(value)
 
 
+def location_elements(prior, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(mu, sigma), n values each, of a Normal location prior on a block of n elements whose parameters are each a
+    scalar or one value per element (e.g. the enthusiastic preset's per-phase mean of nac_change)."""
+    p = dict(prior.params)
+    if prior.dist != "Normal" or not set(p) <= {"mu", "sigma", "tau"}:
+        raise Unsupported(f"prior {prior.describe()} (location) is not one the fused function computes")
+
+    def elements(key, default):
+        value = np.asarray(p.get(key, default), dtype=float)
+        if value.ndim > 1 or (value.ndim == 1 and value.shape[0] != n):
+            raise Unsupported(f"prior parameter {key}={p[key]!r} is neither a scalar nor one value per element ({n})")
+        return np.broadcast_to(value, (n,)).astype(float)
+
+    sigma = 1.0 / np.sqrt(elements("tau", 1.0)) if "tau" in p else elements("sigma", 1.0)
+    return elements("mu", 0.0), sigma
+
+
 def _prior_triple(prior, kind: str) -> tuple[float, float, float]:
     """(family, p1, p2) of a Prior, in the parameterisation the numba code uses."""
     p = dict(prior.params)
@@ -992,8 +1046,8 @@ def _prior_triple(prior, kind: str) -> tuple[float, float, float]:
 
 PRIOR_SLOTS = {
     P_INTERCEPT: ("intercept", "location"),
-    P_TIME: ("time_change", "location"),
-    P_NAC: ("nac_change", "location"),
+    P_TIME: ("time_change", "phases"),  # per element: F_PHASE_LOC (the slot holds the first phase's)
+    P_NAC: ("nac_change", "phases"),
     P_PROG: ("marker_prognostic", "location"),
     P_MOD: ("marker_moderation", "location"),
     P_SITE: ("site", "zerosum"),
@@ -1006,6 +1060,8 @@ PRIOR_SLOTS = {
     P_NMOD: ("nac_marker_moderation", "location"),
     P_TCURV: ("time_curvature", "location"),
     P_NCURV: ("nac_curvature", "location"),
+    P_CLEVEL: ("covariate_level", "location"),
+    P_CCHANGE: ("covariate_change", "location"),
 }
 
 
@@ -1060,19 +1116,28 @@ def block_layout(model, shapes: dict, x_blocks: tuple, e_blocks: tuple):
     return names, slices, shape_list, xoff, eoff, n_dim, pos
 
 
+def _covariate_columns(model, design) -> list[int]:
+    """The columns of `design.covariates` the model adjusts for, from its 'covariate' coordinate."""
+    names = [str(c) for c in model.coords.get("covariate", ())]
+    if not names or any(c not in design.covariate_names for c in names):
+        raise Unsupported(f"covariate coordinate {names} does not match the design's covariate columns {design.covariate_names}")
+    return [design.covariate_names.index(c) for c in names]
+
+
 def fused_layout(model, design, priors, shapes: dict) -> FusedLayout:
     """Layout and data of a marginal trajectory `model` (models/trajectory.build_trajectory_marginal) built from
     `design` with `priors`; `shapes` maps each stored variable to its shape (as nutpie computes them).
 
     Covers every member of the trajectory family: the headline model (arm and baseline markers),
     moderation (the headline model with the biomarker x arm term), treatment (arm, no markers),
-    treatment_curved (treatment with the curvature) and null (neither). Raises Unsupported when
-    the model is not one this module computes exactly.
+    treatment_curved (treatment with the curvature) and null (neither), each with or without
+    baseline covariates. Raises Unsupported when the model is not one this module computes exactly.
     """
     names, slices, shape_list, xoff, eoff, n_dim, pos = block_layout(model, shapes, X_BLOCKS, E_BLOCKS)
     joined, remaining = names[: len(model.free_RVs)], names[len(model.free_RVs):]
     with_markers, with_arm = "marker_mean" in joined, "nac_change" in joined
     with_nac_moderation, curved = "nac_marker_moderation" in joined, "time_curvature" in joined
+    with_covariates = "covariate_level" in joined
     md = design.baseline if with_markers else None
     if with_markers and md is None:
         raise Unsupported("marker variables without baseline markers")
@@ -1088,12 +1153,22 @@ def fused_layout(model, design, priors, shapes: dict) -> FusedLayout:
         absent.add(P_TCURV)
     if not (curved and with_arm):
         absent.add(P_NCURV)
+    if not with_covariates:
+        absent |= {P_CLEVEL, P_CCHANGE}
+    n_sites, n_phases = len(design.sites), len(design.phases())
     pri = np.zeros(3 * N_PRIORS)
+    phase_loc = np.zeros(8)
     for slot, (key, kind) in PRIOR_SLOTS.items():
-        if slot not in absent:
+        if slot in absent:
+            continue
+        if kind == "phases":
+            mu, sigma = location_elements(priors[key], n_phases)
+            start = PHASE_LOC_TIME if slot == P_TIME else PHASE_LOC_NAC
+            phase_loc[start : start + 2 * n_phases] = np.column_stack([mu, sigma]).ravel()
+            pri[3 * slot : 3 * slot + 3] = (NORMAL, mu[0], sigma[0])
+        else:
             pri[3 * slot : 3 * slot + 3] = _prior_triple(priors[key], kind)
 
-    n_sites, n_phases = len(design.sites), len(design.phases())
     expected = {"intercept": 1, "time_change": n_phases, "participant_chol_cholesky-cov-packed__": 3, "residual_sd_log__": 1}
     if n_sites >= 2:
         expected["site_effect_zerosum__"] = n_sites - 1
@@ -1112,6 +1187,9 @@ def fused_layout(model, design, priors, shapes: dict) -> FusedLayout:
         expected["time_curvature"] = 1
         if with_arm:
             expected["nac_curvature"] = 1
+    columns = _covariate_columns(model, design) if with_covariates else []
+    if with_covariates:
+        expected["covariate_level"] = expected["covariate_change"] = len(columns)
     sizes_found = {name: sl.stop - sl.start for name, sl in zip(names[: len(joined)], slices)}
     if sizes_found != expected:
         raise Unsupported(f"free variables {sizes_found} are not the expected {expected}")
@@ -1147,12 +1225,13 @@ def fused_layout(model, design, priors, shapes: dict) -> FusedLayout:
     n_cens = md.n_censored if md is not None else 0
     sizes = np.array([
         n_p, m, n_miss, n_cens, n_sites if n_sites >= 2 else 0, int(design.has_followup), n_dim, pos, len(design.weeks), int(curved),
-        int((n_int > 0).sum()),
+        int((n_int > 0).sum()), len(columns),
     ])
     fields = [
         sizes, xoff, eoff, pri,
         design.treated, design.site_idx if n_sites >= 2 else np.zeros(n_p), xx, stats.xy[:, :3], stats.yy, stats.n,
         zdata, status, index, zupper, per_doubling, design.week_t1, design.week_t2, xq, qy, week_q, n_int,
+        design.covariates[:, columns] if len(columns) else np.zeros(0), phase_loc,
     ]
     assert len(fields) == N_FIELDS
     return FusedLayout(ctx=_pack(fields), n_dim=n_dim, n_expanded=pos, shape_info=(names, slices, shape_list))

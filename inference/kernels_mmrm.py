@@ -21,7 +21,8 @@ attended, n_P of them). With residuals r_i = c_i - mu_i on V_P and Sigma_P = Sig
 No Cholesky factor is differentiated: the gradient goes through Sigma directly. Then PyMC's
 LKJCholeskyCov density on the packed factor (the LKJ density of the correlation, the scale prior
 on the SDs and their Jacobian, its normalising constant), the log transform of L's diagonal, the
-location priors and the sum-to-zero site offsets, exactly as PyMC writes them.
+location priors and the sum-to-zero site offsets, exactly as PyMC writes them. Baseline covariates
+(data) add their effects `covariate_effect` to every visit's mean, like the site offset.
 tests/test_fused.py checks value, gradient and every stored variable against PyTensor's at random
 points (drop-out and intermittent patterns, one site and several, other priors).
 """
@@ -45,6 +46,7 @@ from .kernels import (
     _jit,
     _normal_prior,
     _pack,
+    _covariate_columns,
     _prior_triple,
     _scale_prior,
     block_layout,
@@ -54,22 +56,27 @@ from .kernels import (
 
 KERNEL = "mmrm"
 # prior slots (3 numbers each: family, p1, p2)
-P_VMEAN, P_NAC, P_SLOPE, P_SITE, P_VSD, P_CORR = range(6)
-N_PRIORS = 6
+P_VMEAN, P_NAC, P_SLOPE, P_SITE, P_VSD, P_CORR, P_COV = range(7)
+N_PRIORS = 7
 PRIOR_SLOTS = {
     P_VMEAN: ("visit_mean", "location"),
     P_NAC: ("nac_visit_effect", "location"),
     P_SLOPE: ("baseline_slope", "location"),
     P_SITE: ("site", "zerosum"),
     P_VSD: ("visit_sd", "scale"),
+    P_COV: ("covariate_effect", "location"),
 }
-X_BLOCKS = ("visit_mean", "nac_visit_effect", "baseline_slope", "site_effect_zerosum__", "visit_chol_cholesky-cov-packed__")
-(X_VMEAN, X_NAC, X_SLOPE, X_SITE, X_CHOL) = range(len(X_BLOCKS))
+X_BLOCKS = ("visit_mean", "nac_visit_effect", "baseline_slope", "site_effect_zerosum__", "visit_chol_cholesky-cov-packed__",
+            "covariate_effect")
+(X_VMEAN, X_NAC, X_SLOPE, X_SITE, X_CHOL, X_COV) = range(len(X_BLOCKS))
 E_BLOCKS = ("site_effect", "visit_chol", "visit_sd", "visit_corr", "nac_effect", "placebo_change")
 (E_SITE, E_CHOL, E_SD, E_CORR, E_NAC, E_PLACEBO) = range(len(E_BLOCKS))
 # fields of the context array
-(F_SIZES, F_XOFF, F_EOFF, F_PRIORS, F_TREATED, F_BASE, F_SITE_IDX, F_PATTERNS, F_PATTERN_VISITS, F_OBS_ROW, F_OBS_CHANGE) = range(11)
-N_FIELDS = 11
+(F_SIZES, F_XOFF, F_EOFF, F_PRIORS, F_TREATED, F_BASE, F_SITE_IDX, F_PATTERNS, F_PATTERN_VISITS, F_OBS_ROW, F_OBS_CHANGE,
+ F_COV) = range(12)
+N_FIELDS = 12  # F_COV: the covariate columns adjusted for, included participant x covariate (row-major; empty without)
+# sizes (field F_SIZES): participants, sites (0 for one), visits, length of x, length of the expanded draw, weeks,
+# patterns, observations, covariate columns
 PATTERN_WIDTH = 5  # per pattern: start in the long arrays, participants, visits, is a drop-out pattern, offset of its visits
 
 
@@ -139,15 +146,17 @@ def _lower_inverse(c, k):
 def logp_grad(x, ctx, grad):
     """Log density of the MMRM at unconstrained x; its gradient into grad."""
     sizes = _field(ctx, F_SIZES)
-    n_s, nv, n_pat = int(sizes[1]), int(sizes[2]), int(sizes[6])
+    n_s, nv, n_pat, n_cov = int(sizes[1]), int(sizes[2]), int(sizes[6]), int(sizes[8])
     xo = _field(ctx, F_XOFF)
     pri = _field(ctx, F_PRIORS)
+    cov = _field(ctx, F_COV)
     treated, base, site_idx = _field(ctx, F_TREATED), _field(ctx, F_BASE), _field(ctx, F_SITE_IDX)
     patterns, pattern_visits = _field(ctx, F_PATTERNS), _field(ctx, F_PATTERN_VISITS)
     obs_row, obs_change = _field(ctx, F_OBS_ROW), _field(ctx, F_OBS_CHANGE)
     for j in range(grad.shape[0]):
         grad[j] = 0.0
     o_mean, o_nac, o_slope, o_site, o_chol = int(xo[X_VMEAN]), int(xo[X_NAC]), int(xo[X_SLOPE]), int(xo[X_SITE]), int(xo[X_CHOL])
+    o_cov = int(xo[X_COV])
     chol = _unpack_chol(x, o_chol, nv)
     sigma = chol @ chol.T
     site = zerosum_values(x, o_site, n_s)
@@ -189,24 +198,31 @@ def logp_grad(x, ctx, grad):
             s0 = start + q * k
             i = int(obs_row[s0])
             t, bi, si = treated[i], base[i], int(site_idx[i])
+            shift = site[si]  # the site and the covariates: the same at every visit
+            for j in range(n_cov):
+                shift += cov[i * n_cov + j] * x[o_cov + j]
             for j in range(k):
                 v = vis[j]
-                r[j] = obs_change[s0 + j] - (x[o_mean + v] + x[o_nac + v] * t + x[o_slope + v] * bi + site[si])
+                r[j] = obs_change[s0 + j] - (x[o_mean + v] + x[o_nac + v] * t + x[o_slope + v] * bi + shift)
             for a in range(k):
                 s = 0.0
                 for b in range(k):
                     s += sinv[a, b] * r[b]
                 u[a] = s
                 quad += r[a] * s
+            u_sum = 0.0
             for a in range(k):
                 v = vis[a]
                 ua = u[a]
+                u_sum += ua
                 grad[o_mean + v] += ua
                 grad[o_nac + v] += ua * t
                 grad[o_slope + v] += ua * bi
                 d_site[si] += ua
                 for b in range(k):
                     uu[a, b] += ua * u[b]
+            for j in range(n_cov):
+                grad[o_cov + j] += u_sum * cov[i * n_cov + j]
         lp += -0.5 * quad - n_p * half_logdet - 0.5 * n_p * k * LOG2PI
         for a in range(k):
             for b in range(k):
@@ -244,6 +260,10 @@ def logp_grad(x, ctx, grad):
         g, dg = _normal_prior(pri, P_SLOPE, x[o_slope + v])
         lp += g
         grad[o_slope + v] += dg
+    for j in range(n_cov):
+        g, dg = _normal_prior(pri, P_COV, x[o_cov + j])
+        lp += g
+        grad[o_cov + j] += dg
 
     if o_site >= 0:
         lp += zerosum_density(site, d_site, pri[3 * P_SITE + 1], n_s, o_site, grad)
@@ -342,13 +362,17 @@ def fused_layout(model, design, priors, shapes: dict) -> FusedLayout:
     expected = {"visit_mean": nv, "nac_visit_effect": nv, "baseline_slope": nv, "visit_chol_cholesky-cov-packed__": nv * (nv + 1) // 2}
     if n_sites >= 2:
         expected["site_effect_zerosum__"] = n_sites - 1
+    with_covariates = "covariate_effect" in joined
+    columns = _covariate_columns(model, design) if with_covariates else []
+    if with_covariates:
+        expected["covariate_effect"] = len(columns)
     found = {name: sl.stop - sl.start for name, sl in zip(names[: len(joined)], slices)}
     if found != expected:
         raise Unsupported(f"free variables {found} are not the expected {expected}")
 
     pri = np.zeros(3 * N_PRIORS)
     for slot, (key, kind) in PRIOR_SLOTS.items():
-        if slot == P_SITE and n_sites < 2:
+        if (slot == P_SITE and n_sites < 2) or (slot == P_COV and not with_covariates):
             continue
         pri[3 * slot : 3 * slot + 3] = _prior_triple(priors[key], kind)
     corr = priors["visit_corr"]
@@ -362,10 +386,13 @@ def fused_layout(model, design, priors, shapes: dict) -> FusedLayout:
         pattern_rows += [start, n_p, len(vis), float(is_prefix), len(pattern_visits)]
         pattern_visits += [int(v) for v in vis]
     site_idx = design.site_idx[d.rows] if n_sites >= 2 else np.zeros(len(d.rows))
-    sizes = np.array([len(d.rows), n_sites if n_sites >= 2 else 0, nv, n_dim, pos, nv + 1, len(d.patterns), len(d.obs_change)])
+    sizes = np.array([
+        len(d.rows), n_sites if n_sites >= 2 else 0, nv, n_dim, pos, nv + 1, len(d.patterns), len(d.obs_change), len(columns),
+    ])
     fields = [
         sizes, xoff, eoff, pri, design.treated[d.rows], d.baseline - d.baseline_center, site_idx,
         np.array(pattern_rows, dtype=float), np.array(pattern_visits, dtype=float), d.obs_row, d.obs_change,
+        design.covariates[np.ix_(d.rows, columns)] if len(columns) else np.zeros(0),
     ]
     assert len(fields) == N_FIELDS
     return FusedLayout(ctx=_pack(fields), n_dim=n_dim, n_expanded=pos, shape_info=(names, slices, shape_list), kernel=KERNEL)

@@ -8,6 +8,14 @@ in outcome points, whatever the visit schedule.
 
 Biomarkers enter as standardised baseline log values; the centring and scale used are kept
 here so effects can be reported per doubling in natural units.
+
+Baseline covariates declared under [covariates] of dataset.toml become one design matrix
+(participant x column, `TrialDesign.covariates`): a continuous covariate is centred on its mean
+over the trial's participants and scaled to SD 1 (so its effect is per SD), a categorical one is
+dummy-coded against its first level in sorted order, one indicator column per other level, named
+`<covariate>[<level>]`, centred on the level's proportion (so its effect is the difference from
+the first level, and every intercept and control-arm change of a model is that of the average
+participant, as without covariates). `select_covariates` gives the columns a model adjusts for.
 """
 
 from __future__ import annotations
@@ -23,6 +31,9 @@ from data.schema import meta_of
 
 class ModelDataError(ValueError):
     """The dataset is valid but lacks what a chosen model needs (e.g. biomarkers)."""
+
+
+COVARIATE_DIM = "covariate"  # the dim of the covariate columns and of their effects
 
 
 def time_codes(weeks, treatment_end: float, last_week: float) -> tuple[np.ndarray, np.ndarray]:
@@ -79,6 +90,11 @@ class TrialDesign:
     baseline: MarkerData | None = None
     later: dict[int, MarkerData] = field(default_factory=dict)  # other biomarker weeks, same standardisation
     dataset: xr.Dataset | None = field(default=None, repr=False)  # the validated dataset it was built from (saved with each fit)
+    # baseline covariates (module docstring): participant x column, no columns without [covariates] in dataset.toml
+    covariates: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+    covariate_names: list[str] = field(default_factory=list)  # per column: 'age', 'sex[M]'
+    covariate_sources: list[str] = field(default_factory=list)  # per column: the declared covariate it codes ('age', 'sex')
+    covariate_coding: dict = field(default_factory=dict)  # per covariate: kind, and mean and SD (continuous) or levels (categorical)
 
     @property
     def n_participants(self) -> int:
@@ -103,6 +119,11 @@ class TrialDesign:
         if self.baseline is not None:
             c["marker"] = self.baseline.names
         return c
+
+    @property
+    def declared_covariates(self) -> list[str]:
+        """The covariates declared in dataset.toml, in their order there."""
+        return list(self.covariate_coding)
 
     def require_markers(self, model_name: str) -> MarkerData:
         if self.baseline is None:
@@ -137,6 +158,70 @@ def _marker_block(ds: xr.Dataset, meta: DatasetMeta, week: int, center=None, sca
     )
 
 
+def covariate_matrix(ds: xr.Dataset, meta: DatasetMeta) -> tuple[np.ndarray, list[str], list[str], dict]:
+    """(matrix participant x column, column names, the covariate of each column, coding) of the declared covariates:
+    continuous ones centred and scaled to SD 1 (the SD with n - 1), categorical ones dummy-coded against the first
+    level in sorted order, each indicator centred on its proportion (the loader has checked every value is present,
+    numeric where continuous, with two levels or more where categorical)."""
+    n = ds.sizes["participant"]
+    columns, names, sources, coding = [], [], [], {}
+    for name, kind in meta.covariates.items():
+        values = ds[f"covariate_{name}"].values
+        if kind == "continuous":
+            x = values.astype(float)
+            center, scale = float(np.mean(x)), float(np.std(x, ddof=1)) if n > 1 else 1.0
+            scale = scale if scale > 0 else 1.0
+            columns.append((x - center) / scale)
+            names.append(name)
+            sources.append(name)
+            coding[name] = {"kind": kind, "mean": center, "sd": scale}
+        else:
+            labels = np.array([str(v) for v in values])
+            levels = sorted({str(v) for v in labels})
+            shares = []
+            for level in levels[1:]:
+                indicator = (labels == level).astype(float)
+                shares.append(float(indicator.mean()))
+                columns.append(indicator - shares[-1])
+                names.append(f"{name}[{level}]")
+                sources.append(name)
+            coding[name] = {"kind": kind, "reference": levels[0], "levels": levels[1:], "proportion": shares}
+    matrix = np.column_stack(columns) if columns else np.zeros((n, 0))
+    return matrix, names, sources, coding
+
+
+def select_covariates(design: TrialDesign, covariates=True) -> np.ndarray:
+    """Indices of the covariate columns a model adjusts for: True (the default) every declared covariate, False or
+    None none, or a list of declared covariate names (a categorical one brings all its columns). An undeclared name
+    raises ModelDataError."""
+    if covariates is None or covariates is False:
+        return np.zeros(0, dtype=int)
+    if covariates is True:
+        return np.arange(len(design.covariate_names))
+    wanted = [covariates] if isinstance(covariates, str) else list(covariates)
+    unknown = [c for c in wanted if c not in design.covariate_coding]
+    if unknown:
+        declared = design.declared_covariates
+        raise ModelDataError(
+            f"covariate(s) {unknown} are not declared in the dataset's dataset.toml [covariates] "
+            f"(declared: {declared or 'none'}); declare them there (e.g. age = \"continuous\") or choose from the declared ones"
+        )
+    return np.array([j for j, src in enumerate(design.covariate_sources) if src in wanted], dtype=int)
+
+
+def fitted_covariates(columns, design: TrialDesign) -> list[str] | bool:
+    """The `covariates` argument that rebuilds a fitted model: the declared covariates behind the column names of its
+    'covariate' coordinate (e.g. a posterior's), or False when it has none (a saved fit records its columns so)."""
+    names = [str(c) for c in (columns if columns is not None else ())]
+    if not names:
+        return False
+    unknown = [c for c in names if c not in design.covariate_names]
+    if unknown:
+        raise ModelDataError(f"the fit adjusted for covariate columns {unknown}, which the dataset's [covariates] do not give "
+                             f"(its columns: {design.covariate_names})")
+    return list(dict.fromkeys(design.covariate_sources[design.covariate_names.index(c)] for c in names))
+
+
 def build_design(ds: xr.Dataset) -> TrialDesign:
     meta = meta_of(ds)
     score = ds["score"].values
@@ -162,6 +247,7 @@ def build_design(ds: xr.Dataset) -> TrialDesign:
         checksum=str(ds.attrs.get("checksum", "")),
         dataset=ds,
     )
+    design.covariates, design.covariate_names, design.covariate_sources, design.covariate_coding = covariate_matrix(ds, meta)
     if "marker_value" in ds:
         base = _marker_block(ds, meta, 0)
         design.baseline = base

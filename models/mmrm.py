@@ -4,13 +4,18 @@ Change from baseline of participant i at post-baseline visit v (weeks after week
 
     c_iv = y_iv - y_i0
     c_i  ~ MvNormal(mu_i, Sigma) over the visits participant i attended (marginal: MAR-valid)
-    mu_iv = a_v + site_s(i) + d_v T_i + b_v (y_i0 - ybar_0)
+    mu_iv = a_v + site_s(i) + d_v T_i + b_v (y_i0 - ybar_0) [+ sum_j g_j x_ij]
     Sigma = diag(s) Omega diag(s), unstructured: Omega ~ LKJ(eta), s_v ~ HalfNormal
 
-- a_v ('visit_mean'): placebo mean change at visit v for the average baseline (and average site);
+- a_v ('visit_mean'): placebo mean change at visit v for the average baseline (and average site
+  and covariates);
 - d_v ('nac_visit_effect'): the NAC - placebo difference at visit v (treatment x visit);
 - b_v ('baseline_slope'): baseline x visit (regression to the mean differs by visit);
-- site offsets sum to zero (site as a fixed factor, as in the frequentist MMRM).
+- site offsets sum to zero (site as a fixed factor, as in the frequentist MMRM);
+- g_j ('covariate_effect', dims covariate): the baseline covariates declared in dataset.toml
+  (models/design.py: continuous ones per SD, categorical ones against their first level, all
+  centred), main effects common to every visit, as in the usual primary-analysis MMRM; by default
+  every declared one (`covariates`); absent when the dataset declares none.
 'nac_effect' and 'placebo_change' (dims week, 0 at week 0) feed the generic estimates table.
 
 Participants with no post-baseline visit carry no information in a change-from-baseline model and
@@ -37,7 +42,7 @@ import pytensor.tensor as pt
 from pytensor.tensor.slinalg import cholesky, solve_triangular
 
 from .contract import VISIT_CHANGES, BuiltModel
-from .design import ModelDataError, TrialDesign
+from .design import COVARIATE_DIM, ModelDataError, TrialDesign, select_covariates
 from .priors import Prior, points, resolve, rv
 
 NAME = "mmrm"
@@ -55,6 +60,12 @@ def default_priors(design: TrialDesign) -> dict[str, Prior]:
         "site": Prior("ZeroSumNormal", {"sigma": 0.1 * r}, f"site offsets (fixed factor) sum to zero; SD {points(0.1, r)}, wide enough to act as fixed effects"),
         "visit_sd": Prior("HalfNormal", {"sigma": 0.15 * r}, f"SD of the change at each visit: scale {points(0.15, r)}"),
         "visit_corr": Prior("LKJ", {"eta": 1.0}, "unstructured correlation across visits; eta = 1 is uniform over correlation matrices"),
+        **({"covariate_effect": Prior(
+            "Normal", {"mu": 0.0, "sigma": 0.1 * r},
+            f"change at every visit per SD of a continuous covariate, or for a level of a categorical one against its first "
+            f"level: SD {points(0.1, r)}, as the treatment difference; baseline characteristics such as age or sex move "
+            "the change by a few points at most",
+        )} if design.covariate_names else {}),
     }
 
 
@@ -172,6 +183,27 @@ def _random(n_rows: int, obs_row: np.ndarray, obs_visit: np.ndarray):
     return random
 
 
+def covariate_columns(posterior, design: TrialDesign) -> np.ndarray:
+    """The columns of `design.covariates` a fit adjusted for, from its 'covariate' coordinate (none without it)."""
+    if "covariate_effect" not in posterior:
+        return np.zeros(0, dtype=int)
+    names = [str(c) for c in posterior["covariate_effect"][COVARIATE_DIM].values]
+    unknown = [c for c in names if c not in design.covariate_names]
+    if unknown:
+        raise ValueError(f"the fit adjusted for covariate columns {unknown} that the design does not have ({design.covariate_names})")
+    return np.array([design.covariate_names.index(c) for c in names], dtype=int)
+
+
+def covariate_shift(posterior, design: TrialDesign, rows: np.ndarray) -> np.ndarray | float:
+    """sum_j g_j x_ij (chain x draw x len(rows)) of the participants `rows` (indices into the design), or 0.0 for
+    a fit without covariates: the covariates' part of the mean change, the same at every visit."""
+    columns = covariate_columns(posterior, design)
+    if not len(columns):
+        return 0.0
+    effect = posterior["covariate_effect"].transpose("chain", "draw", COVARIATE_DIM).values
+    return np.einsum("cdj,rj->cdr", effect, design.covariates[np.ix_(np.asarray(rows), columns)])
+
+
 def mean_change(posterior, design: TrialDesign, d: MMRMData | None = None) -> np.ndarray:
     """mu of every observation (chain x draw x obs, the long pattern-sorted order of `mmrm_data`) from the posterior, in numpy."""
     d = d if d is not None else mmrm_data(design)
@@ -182,6 +214,9 @@ def mean_change(posterior, design: TrialDesign, d: MMRMData | None = None) -> np
     mu = get("visit_mean")[..., v] + get("nac_visit_effect")[..., v] * treated + get("baseline_slope")[..., v] * base
     if "site_effect" in posterior:
         mu = mu + get("site_effect")[..., design.site_idx[d.rows][d.obs_row]]
+    shift = covariate_shift(posterior, design, d.rows)
+    if np.ndim(shift):
+        mu = mu + shift[..., d.obs_row]
     return mu
 
 
@@ -219,10 +254,14 @@ def pointwise_logp(posterior, design: TrialDesign) -> dict[str, np.ndarray]:
     return {"change": out}
 
 
-def build_mmrm(design: TrialDesign, priors: dict | None = None, likelihood: str = "normal") -> BuiltModel:
+def build_mmrm(design: TrialDesign, priors: dict | None = None, likelihood: str = "normal",
+               covariates: bool | list[str] | None = True) -> BuiltModel:
+    """The MMRM of the module docstring. covariates: the baseline covariates declared in dataset.toml to adjust for:
+    True (the default) all of them, False none, or a list of their names (models/design.select_covariates)."""
     if likelihood not in LIKELIHOODS:
         raise ValueError(f"the MMRM supports likelihoods {LIKELIHOODS}, not '{likelihood}'")
     d = mmrm_data(design)
+    columns = select_covariates(design, covariates)
     pri = resolve(default_priors(design), priors)
     nv = len(d.visits)
     treated = design.treated[d.rows]
@@ -235,6 +274,8 @@ def build_mmrm(design: TrialDesign, priors: dict | None = None, likelihood: str 
         "visit2": d.visits,
         "obs": np.arange(len(d.obs_change)),
     }
+    if len(columns):
+        coords[COVARIATE_DIM] = [design.covariate_names[j] for j in columns]
     with pm.Model(coords=coords) as model:
         pid = pm.Data("obs_participant", d.obs_row, dims="obs")
         vid = pm.Data("obs_visit", d.obs_visit, dims="obs")
@@ -249,6 +290,10 @@ def build_mmrm(design: TrialDesign, priors: dict | None = None, likelihood: str 
         if len(design.sites) > 1:
             site = rv("site_effect", pri["site"], dims="site")
             mu = mu + site[site_idx][pid]
+        if len(columns):
+            x = pm.Data("covariates", design.covariates[np.ix_(d.rows, columns)], dims=("participant", COVARIATE_DIM))
+            effect = rv("covariate_effect", pri["covariate_effect"], dims=COVARIATE_DIM)
+            mu = mu + pt.dot(x, effect)[pid]
         sd_prior = pri["visit_sd"]
         chol, corr, sds = pm.LKJCholeskyCov(
             "visit_chol",
@@ -273,7 +318,8 @@ def build_mmrm(design: TrialDesign, priors: dict | None = None, likelihood: str 
         zero = pt.zeros(1)
         pm.Deterministic("nac_effect", pt.concatenate([zero, nac]), dims="week")
         pm.Deterministic("placebo_change", pt.concatenate([zero, visit_mean]), dims="week")
-    used = pri if len(design.sites) > 1 else {k: v for k, v in pri.items() if k != "site"}
+    unused = ({"site"} if len(design.sites) < 2 else set()) | ({"covariate_effect"} if not len(columns) else set())
+    used = {k: v for k, v in pri.items() if k not in unused}
     return BuiltModel(
         NAME, model, design, used, ("change",), VISIT_CHANGES, fused_kernel="mmrm", pointwise=partial(pointwise_logp, design=design)
     )

@@ -18,7 +18,8 @@ effect at the mean log of every marker. The estimates table adds the effect at c
 the end of treatment and the last follow-up: clinical cut points where they exist (hs-CRP 1, 3
 and 10 mg/L: low / average / high cardiovascular risk, > 10 suggests acute inflammation; a later
 NAC trial found benefit only above 3 mg/L), the quartiles of the observed baseline values
-otherwise. Missing and censored markers are modelled as in the headline model.
+otherwise. Missing and censored markers are modelled as in the headline model. Each row states its
+estimand (models/effects.py `estimand`).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from .design import MarkerData, TrialDesign
-from .effects import effect_row
+from .effects import effect_row, with_estimands
 
 # Clinical cut points in natural units, used instead of quartiles when the marker's unit matches.
 CLINICAL_LEVELS = {"crp": ("mg/L", (1.0, 3.0, 10.0))}
@@ -71,7 +72,7 @@ def nac_effect_at_levels(idata, design: TrialDesign, mcid: float | None = 2.0, l
     label = meta.outcome_label
     weeks = [meta.treatment_end] + ([meta.last_week] if meta.last_week > meta.treatment_end else [])
     t1 = dict(zip(design.weeks.tolist(), design.week_t1.tolist()))
-    rows = []
+    rows, kinds = [], []
     for k, mk in enumerate(md.names):
         for text, value in marker_levels(md, levels).get(mk, []):
             z = (np.log(value) - md.log_center[k]) / md.log_scale[k]
@@ -83,6 +84,7 @@ def nac_effect_at_levels(idata, design: TrialDesign, mcid: float | None = 2.0, l
                         draws, mcid, week=w, marker=mk, unit=f"{label} points",
                     )
                 )
+                kinds.append("difference_at_level")
     for mk in md.names:
         rows.append(
             effect_row(
@@ -91,7 +93,8 @@ def nac_effect_at_levels(idata, design: TrialDesign, mcid: float | None = 2.0, l
                 unit=f"{label} points per doubling ({meta.marker_units.get(mk, '')})",
             )
         )
-    return pd.DataFrame(rows)
+        kinds.append("nac_moderation_per_doubling")
+    return with_estimands(pd.DataFrame(rows), meta, kinds, model="moderation")
 
 
 def extra_estimates(idata, design: TrialDesign, mcid: float) -> pd.DataFrame:

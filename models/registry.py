@@ -22,7 +22,9 @@ from .priors import Prior
 class ModelSpec:
     """What a model is.
 
-    build            (design, priors=None, likelihood="normal") -> BuiltModel
+    build            (design, priors=None, likelihood="normal") -> BuiltModel; a model with `covariates` also
+                     takes covariates=True (every covariate declared in dataset.toml, the default), False
+                     (none) or a list of their names
     default_priors   design -> {name: Prior}: the priors a user may override, with their reasons
     likelihoods      the outcome likelihoods it supports (the first is its default)
     needs            what the data must hold beyond visit scores, in words ('' when nothing)
@@ -33,6 +35,8 @@ class ModelSpec:
     compared         it is in the LOO comparison: its integrated densities are those of the
                      post-baseline scores given the baseline (every comparable model, and the MMRM)
     extra_estimates  (idata, design, mcid) -> DataFrame of extra estimate rows (models.effects.effect_row), or None
+    estimand_kind    row of extra_estimates -> its kind of estimand (models.effects.ESTIMAND_KINDS), for extra rows
+                     that do not state their estimand themselves (models.effects.with_estimands)
     """
 
     name: str
@@ -44,7 +48,9 @@ class ModelSpec:
     check_data: Callable[[TrialDesign], object] | None = None
     comparable: bool = True
     extra_estimates: Callable | None = None
+    estimand_kind: Callable | None = None
     scores_change: bool = False  # models change from baseline given the baseline score (the MMRM)
+    covariates: bool = False
 
     @property
     def compared(self) -> bool:
@@ -70,6 +76,26 @@ def get(name: str) -> ModelSpec:
     return REGISTRY[name]
 
 
+def _ratio_kind(kind: str):
+    return lambda row: kind
+
+
+def _mediation_kind(row) -> str:
+    """The kind of a mediation row (models/mediation.py extra_estimates), from its unit and its statement."""
+    unit, quantity = str(row.get("unit", "")), str(row.get("quantity", ""))
+    if unit == "fraction":
+        return "proportion_mediated"
+    if unit.startswith("ratio"):
+        return "ratio_geometric"
+    if unit.endswith("per log unit"):
+        return "mediator_path"
+    if "indirect effect" in quantity:
+        return "mediation_indirect"
+    if "direct effect" in quantity:
+        return "mediation_direct"
+    return "mediation_total"
+
+
 def _needs_markers(name: str):
     return lambda design: design.require_markers(name)
 
@@ -91,6 +117,7 @@ for _name, (_description, _switches) in trajectory.FAMILY.items():
             needs="baseline biomarkers" if _markers else "",
             check_data=_needs_markers(_name) if _markers else None,
             extra_estimates=moderation.extra_estimates if _switches.get("nac_moderation") else None,
+            covariates=True,
         )
     )
 
@@ -104,6 +131,7 @@ register(
         check_data=mmrm.mmrm_data,
         comparable=False,  # change from baseline, not the visit scores
         scores_change=True,  # ... given the baseline: the post-baseline scores' densities, as the trajectory models'
+        covariates=True,
     )
 )
 register(
@@ -117,6 +145,7 @@ register(
         check_data=_needs_change(biomarker_change.NAME),
         comparable=False,
         extra_estimates=biomarker_change.extra_estimates,
+        estimand_kind=_ratio_kind("ratio_geometric"),
     )
 )
 register(
@@ -130,6 +159,7 @@ register(
         check_data=_needs_change(biomarker_change_median.NAME),
         comparable=False,
         extra_estimates=biomarker_change_median.extra_estimates,
+        estimand_kind=_ratio_kind("ratio_median"),
     )
 )
 register(
@@ -143,5 +173,6 @@ register(
         check_data=mediation.mediation_data,
         comparable=False,
         extra_estimates=mediation.extra_estimates,
+        estimand_kind=_mediation_kind,
     )
 )

@@ -3,8 +3,8 @@
 For participant i at week w (T_i = 1 in the treatment arm, t1/t2 the phase times of design.py):
 
     y_iw ~ Normal(mu_iw, sigma)         [or Student-t, or censored at the scale's floor and ceiling]
-    mu_iw = alpha + site_s(i) + b0_i + [sum_k pi_k z_ik]
-            + (beta_1 + [delta_1 T_i] + [sum_k gamma_k z_ik] + [sum_k eta_k z_ik T_i] + b1_i) t1_w
+    mu_iw = alpha + site_s(i) + b0_i + [sum_k pi_k z_ik] + [sum_j lambda_j x_ij]
+            + (beta_1 + [delta_1 T_i] + [sum_k gamma_k z_ik] + [sum_k eta_k z_ik T_i] + [sum_j nu_j x_ij] + b1_i) t1_w
             + [(kappa_0 + kappa_1 T_i) q_w]                                   (curved time course)
             + (beta_2 + [delta_2 T_i]) t2_w
 
@@ -20,6 +20,11 @@ departure from the straight line half-way through treatment, in outcome points.
 
 - z_ik: standardised baseline log biomarkers, imputed where missing and censored below the
   detection limit (models/marker_block.py).
+- x_ij: the baseline covariates declared in dataset.toml (models/design.py: continuous ones per SD,
+  categorical ones against their first level, all centred), by default every declared one
+  (`covariates`): lambda_j (`covariate_level`) shifts the participant's level, nu_j
+  (`covariate_change`) their change by the end of treatment, as the biomarkers' prognostic and
+  moderation terms do. Absent when the dataset declares none.
 - (b0_i, b1_i): correlated participant effects, non-centred with an LKJ prior on their covariance.
 - site offsets sum to zero with a fixed scale (a site SD estimated from 3-4 sites creates a funnel
   and adds nothing).
@@ -45,10 +50,10 @@ import pymc as pm
 import pytensor.tensor as pt
 
 from .contract import VISIT_SCORES, BuiltModel
-from .design import TrialDesign
+from .design import COVARIATE_DIM, TrialDesign, select_covariates
 from .marginal import FIXED_VAR, fixed_columns, fixed_terms, marginal_loglik, visit_stats
 from .marker_block import add_marker_block
-from .priors import Prior, dist, resolve, rv, scaled_defaults
+from .priors import Prior, dist, points, resolve, rv, scaled_defaults
 
 LIKELIHOODS = ("normal", "student", "censored")
 
@@ -73,6 +78,7 @@ FAMILY = {
     ),
 }
 MARKER_PRIORS = ("marker_prognostic", "marker_moderation", "marker_mean", "marker_sd", "marker_regression")
+COVARIATE_PRIORS = ("covariate_level", "covariate_change")
 
 
 def curve_basis(t1) -> np.ndarray:
@@ -102,12 +108,25 @@ def trajectory_priors(design: TrialDesign) -> dict[str, Prior]:
         "Normal", {"mu": 0.0, "sigma": 0.05 * r},
         "extra NAC-placebo difference by end of treatment per SD of baseline log marker (3 MADRS points = 1 SD)",
     )
+    if design.covariate_names:  # only for a dataset that declares covariates
+        per = "per SD of a continuous covariate, or for a level of a categorical one against its first level"
+        pri["covariate_level"] = Prior(
+            "Normal", {"mu": 0.0, "sigma": 0.1 * r},
+            f"baseline score {per}: SD {points(0.1, r)}; baseline characteristics such as age or sex shift scores by a few points",
+        )
+        pri["covariate_change"] = Prior(
+            "Normal", {"mu": 0.0, "sigma": 0.1 * r},
+            f"change by end of treatment {per}: SD {points(0.1, r)}; baseline characteristics move the course by a few points at most",
+        )
     return pri
 
 
-def priors_used(pri: dict[str, Prior], *, arm: bool, markers: bool, nac_moderation: bool, curved: bool, likelihood: str) -> dict[str, Prior]:
-    """The subset of the family's priors that one member uses (recorded in the saved fit's provenance)."""
-    drop = set()
+def priors_used(pri: dict[str, Prior], *, arm: bool, markers: bool, nac_moderation: bool, curved: bool, likelihood: str,
+                covariates: bool = True) -> dict[str, Prior]:
+    """The subset of the family's priors that one member uses (recorded in the saved fit's provenance).
+
+    covariates: whether it adjusts for covariates (the covariate priors exist only for a dataset declaring some)."""
+    drop = set() if covariates else set(COVARIATE_PRIORS)
     if not arm:
         drop |= {"nac_change", "nac_curvature"}
     if not markers:
@@ -161,8 +180,20 @@ def add_population_terms(design: TrialDesign, pri: dict[str, Prior], arm: bool, 
     return z, intercept, time_change, nac_change, prognostic, moderation, nac_mod, site
 
 
-def participant_coefficients(design: TrialDesign, terms, treated):
-    """The fixed part of each participant's level, treatment-phase change and follow-up change."""
+def add_covariate_terms(design: TrialDesign, pri: dict[str, Prior], columns: np.ndarray):
+    """The covariates' shifts of each participant's level and treatment-phase change: (X lambda, X nu), or None
+    without covariate columns. X is `design.covariates[:, columns]` (pm.Data 'covariates')."""
+    if not len(columns):
+        return None
+    x = pm.Data("covariates", design.covariates[:, columns], dims=("participant", COVARIATE_DIM))
+    level = rv("covariate_level", pri["covariate_level"], dims=COVARIATE_DIM)
+    change = rv("covariate_change", pri["covariate_change"], dims=COVARIATE_DIM)
+    return pt.dot(x, level), pt.dot(x, change)
+
+
+def participant_coefficients(design: TrialDesign, terms, treated, covariate_shift=None):
+    """The fixed part of each participant's level, treatment-phase change and follow-up change
+    (covariate_shift: `add_covariate_terms`' shifts of the first two, or None)."""
     z, intercept, time_change, nac_change, prognostic, moderation, nac_mod, site = terms
     zeros = pt.zeros(design.n_participants)
     level = intercept + site + zeros
@@ -177,6 +208,9 @@ def participant_coefficients(design: TrialDesign, terms, treated):
         change1 = change1 + pt.dot(z, moderation)
     if nac_mod is not None:
         change1 = change1 + pt.dot(z, nac_mod) * treated
+    if covariate_shift is not None:
+        level = level + covariate_shift[0]
+        change1 = change1 + covariate_shift[1]
     return level, change1, change2
 
 
@@ -284,10 +318,12 @@ def add_effect_summaries(design: TrialDesign, terms, curvature=None, nac_curvatu
             pm.Deterministic("nac_moderation_per_doubling", nac_mod * per_doubling, dims="marker")
 
 
-def _coords(design: TrialDesign, markers: bool) -> dict:
+def _coords(design: TrialDesign, markers: bool, columns: np.ndarray) -> dict:
     coords = design.coords()
     if not markers:
         coords.pop("marker", None)  # a model without biomarkers has no marker dim
+    if len(columns):
+        coords[COVARIATE_DIM] = [design.covariate_names[j] for j in columns]
     return coords
 
 
@@ -304,20 +340,26 @@ def build_trajectory(
     markers: bool = False,
     nac_moderation: bool = False,
     curved: bool = False,
+    covariates: bool | list[str] | None = True,
 ) -> BuiltModel:
-    """Build one member of the family (see the module docstring for the maths)."""
+    """Build one member of the family (see the module docstring for the maths).
+
+    covariates: the baseline covariates declared in dataset.toml to adjust for: True (the default) all of them,
+    False none, or a list of their names (models/design.select_covariates)."""
     if likelihood not in LIKELIHOODS:
         raise ValueError(f"unknown likelihood '{likelihood}'; choose {', '.join(LIKELIHOODS)}")
     if nac_moderation and not (arm and markers):
         raise ValueError("nac_moderation needs both the arm and the biomarker terms")
     if markers:
         design.require_markers(name)
+    columns = select_covariates(design, covariates)
     pri = resolve(trajectory_priors(design), priors)
-    with pm.Model(coords=_coords(design, markers)) as model:
+    with pm.Model(coords=_coords(design, markers, columns)) as model:
         pid, t1, t2, treated = add_visit_data(design, arm)
         terms = add_population_terms(design, pri, arm, markers, nac_moderation)
+        shift = add_covariate_terms(design, pri, columns)
         effects = add_participant_effects(pri)
-        level, change1, change2 = participant_coefficients(design, terms, treated)
+        level, change1, change2 = participant_coefficients(design, terms, treated, shift)
         mu = (level + effects[:, 0])[pid] + (change1 + effects[:, 1])[pid] * t1
         curvature = nac_curvature = None
         if curved:
@@ -329,12 +371,14 @@ def build_trajectory(
         add_likelihood(mu, design, pri, likelihood)
         add_effect_summaries(design, terms, curvature, nac_curvature)
     switches = {"arm": arm, "markers": markers, "nac_moderation": nac_moderation, "curved": curved}
-    fast = partial(build_trajectory_marginal, design, priors, name=name, **switches) if likelihood == "normal" else None
+    fast = None
+    if likelihood == "normal":
+        fast = partial(build_trajectory_marginal, design, priors, name=name, covariates=covariates, **switches)
     return BuiltModel(
         name=name,
         model=model,
         design=design,
-        priors=priors_used(pri, **switches, likelihood=likelihood),
+        priors=priors_used(pri, **switches, likelihood=likelihood, covariates=bool(len(columns))),
         outcome_vars=("y",),
         observations=VISIT_SCORES,
         fast_variant=fast,
@@ -350,6 +394,7 @@ def build_trajectory_marginal(
     markers: bool = False,
     nac_moderation: bool = False,
     curved: bool = False,
+    covariates: bool | list[str] | None = True,
 ) -> BuiltModel:
     """A family member (Gaussian likelihood) with the participant effects integrated out.
 
@@ -362,9 +407,10 @@ def build_trajectory_marginal(
         raise ValueError("nac_moderation needs both the arm and the biomarker terms")
     if markers:
         design.require_markers(name)
+    columns = select_covariates(design, covariates)
     pri = resolve(trajectory_priors(design), priors)
     stats = visit_stats(design, visit_columns(design, curved))
-    coords = _coords(design, markers)
+    coords = _coords(design, markers, columns)
     coords["participant_term"] = fixed_terms(curved)
     with pm.Model(coords=coords) as model:
         _, _, _, treated = add_visit_data(design, arm)
@@ -373,8 +419,9 @@ def build_trajectory_marginal(
         if markers:
             z, patterns = terms[0]
             terms = (z, *terms[1:])
+        shift = add_covariate_terms(design, pri, columns)
         chol = add_participant_covariance(pri)
-        coefficients = list(participant_coefficients(design, terms, treated))
+        coefficients = list(participant_coefficients(design, terms, treated, shift))
         curvature = nac_curvature = None
         if curved:
             pm.Data("t1_curve", curve_basis(design.t1), dims="obs")  # as in the plain model; the likelihood reads `stats`
@@ -389,7 +436,7 @@ def build_trajectory_marginal(
         name=name,
         model=model,
         design=design,
-        priors=priors_used(pri, **switches, likelihood="normal"),
+        priors=priors_used(pri, **switches, likelihood="normal", covariates=bool(len(columns))),
         outcome_vars=("y",),
         observations=VISIT_SCORES,
         marginal=True,

@@ -2,12 +2,26 @@
 and report assurance, power, type I error and interval width per design, in parallel (Dask)."""
 
 from .analytic import analytic_power, conditional_change_sd
-from .params import ParameterSet, PlanningError, Scale, design_constants, fixed_parameters, from_posterior, parse_design_prior
+from .mmrm_gls import mmrm_effect
+from .params import (
+    MMRMParameters,
+    ParameterSet,
+    PlanningError,
+    Scale,
+    design_constants,
+    fixed_parameters,
+    from_posterior,
+    implied_mmrm,
+    parse_design_prior,
+    unit_information_sd,
+)
 from .runner import PlanSpec, execute, plan, smallest_n, summarise
-from .simulate import AnalysisSettings, PlannedTrial, Scenario, analyse, simulate_trials
+from .simulate import DROPOUT_MECHANISMS, AnalysisSettings, PlannedTrial, Scenario, analyse, simulate_dropout, simulate_trials
 
 __all__ = [
+    "DROPOUT_MECHANISMS",
     "AnalysisSettings",
+    "MMRMParameters",
     "ParameterSet",
     "PlanSpec",
     "PlannedTrial",
@@ -21,9 +35,13 @@ __all__ = [
     "execute",
     "fixed_parameters",
     "from_posterior",
+    "implied_mmrm",
+    "mmrm_effect",
     "parse_design_prior",
     "plan",
+    "simulate_dropout",
     "simulate_trials",
     "smallest_n",
     "summarise",
+    "unit_information_sd",
 ]

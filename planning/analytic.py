@@ -9,7 +9,8 @@ and the residual variance estimate is sigma_c^2 chi2_df / df, df = N - 3, indepe
 "P(effect < 0) > threshold" under the Normal(0, prior_sd) prior with t tails is
     estimate < -q se_hat sqrt(1 + se_hat^2 / prior_sd^2),   q = t_df^-1(threshold),  se_hat^2 = s^2 v,
 so power = E[ Phi((-q se_hat sqrt(1 + se_hat^2/prior_sd^2) - effect) / (sigma_c sqrt(v))) ] over F and
-chi2_df, computed by quadrature on their quantiles. This is the independent check of the simulator.
+chi2_df, computed by quadrature on their quantiles. This is the independent check of the simulator. With complete data the MMRM's primary-visit estimate
+and SE (REML) are exactly the ANCOVA's, so the same formula checks the MMRM analysis.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ def conditional_change_sd(params: ParameterSet, week: float, draw: int = 0) -> f
 
 def analytic_power(params: ParameterSet, trial: PlannedTrial, effect: float, analysis: AnalysisSettings, draw: int = 0, nodes: int = 400) -> float:
     """P(success) of the single-criterion rule at a fixed NAC effect (no dropout, unrounded scores)."""
-    if trial.dropout != 0:
+    if max(trial.dropout_rates) != 0:
         raise ValueError("the formula assumes no dropout")
     if analysis.dual:
         raise ValueError("the formula covers the single criterion P(effect < 0) > threshold")

@@ -13,7 +13,17 @@ marker block, a sequence of regressions, rewritten as a multivariate normal). `n
 marker on the treatment-phase change) is zero unless the saved posterior has a variable of that name:
 the headline model's `marker_moderation` acts in both arms, so it shifts both arms alike.
 
-Future trials are run at new sites: the fitted site offsets are not carried over (they sum to zero).
+An `MMRMParameters` holds D draws of the Bayesian MMRM (models/mmrm.py): the change from baseline at
+each fitted post-baseline visit given the baseline score,
+
+    c_i ~ MvNormal(visit_mean + nac_visit_effect T_i + baseline_slope (y_i0 - baseline_center), Sigma),
+
+with the baseline score itself Normal(baseline_mean, baseline_sd), the fitted trial's observed baseline
+scores (a conditional model says nothing about its covariate). `implied_mmrm` rewrites a trajectory
+parameter set as the MMRM it implies (exact for normal scores), so both families can be compared.
+
+Future trials are run at new sites: the fitted site offsets are not carried over (they sum to zero);
+an MMRM's covariate effects (centred covariates) are left out, as for a participant at their means.
 """
 
 from __future__ import annotations
@@ -82,9 +92,19 @@ class ParameterSet:
     source: dict = field(default_factory=dict)
     effect_prior: tuple[float, float] | None = None  # design prior Normal(mean, sd) on the primary-week effect
 
+    family = "trajectory"
+
+    @property
+    def per_draw(self) -> tuple[str, ...]:
+        return PER_DRAW
+
     @property
     def n_draws(self) -> int:
         return len(self.intercept)
+
+    @property
+    def fitted_weeks(self) -> tuple[int, ...]:
+        return tuple(self.scale.weeks)
 
     def marker_index(self, name: str) -> int:
         if name not in self.marker_names:
@@ -105,12 +125,62 @@ class ParameterSet:
         return replace(self, effect_prior=(float(mean), float(sd)), source={**self.source, "effect_prior": f"Normal({mean:g}, {sd:g})"})
 
     def to_dict(self) -> dict:
-        """Plain JSON-able summary (means of each parameter), for the run record."""
-        out = {"n_draws": self.n_draws, "markers": list(self.marker_names), "source": self.source}
-        for name in PER_DRAW:
-            if name == "marker_chol":
-                continue
-            out[f"mean_{name}"] = np.round(np.mean(getattr(self, name), axis=0), 4).tolist()
+        return _summary(self, skip=("marker_chol",))
+
+
+def _summary(params, skip=()) -> dict:
+    """Plain JSON-able summary (means of each parameter), for the run record."""
+    out = {"family": params.family, "n_draws": params.n_draws, "markers": list(params.marker_names), "source": params.source}
+    for name in params.per_draw:
+        if name not in skip:
+            out[f"mean_{name}"] = np.round(np.mean(getattr(params, name), axis=0), 4).tolist()
+    return out
+
+
+@dataclass
+class MMRMParameters:
+    """D draws (first axis) of the Bayesian MMRM's parameters over its V fitted post-baseline visits."""
+
+    visit_weeks: tuple[int, ...]  # the fitted post-baseline weeks
+    visit_mean: np.ndarray  # (D, V) control mean change at the centre baseline
+    nac_visit_effect: np.ndarray  # (D, V) NAC - placebo at each visit
+    baseline_slope: np.ndarray  # (D, V) change per point of baseline
+    visit_chol: np.ndarray  # (D, V, V) lower Cholesky factor of Sigma
+    baseline_mean: np.ndarray  # (D,) baseline score distribution: Normal(mean, sd)
+    baseline_sd: np.ndarray  # (D,)
+    baseline_center: np.ndarray  # (D,) the baseline the fit centred on
+    scale: Scale
+    source: dict = field(default_factory=dict)
+    effect_prior: tuple[float, float] | None = None
+
+    family = "mmrm"
+    marker_names: tuple[str, ...] = ()
+    per_draw = ("visit_mean", "nac_visit_effect", "baseline_slope", "visit_chol", "baseline_mean", "baseline_sd", "baseline_center")
+
+    @property
+    def n_draws(self) -> int:
+        return len(self.visit_mean)
+
+    @property
+    def fitted_weeks(self) -> tuple[int, ...]:
+        return (0, *self.visit_weeks)
+
+    def marker_index(self, name: str) -> int:
+        raise PlanningError(f"enrichment on '{name}' needs biomarkers; an MMRM posterior has none (plan from a headline or moderation fit)")
+
+    def z_threshold(self, name: str, threshold: float) -> float:
+        return self.marker_index(name)
+
+    def with_effect_prior(self, mean: float, sd: float) -> "MMRMParameters":
+        return ParameterSet.with_effect_prior(self, mean, sd)
+
+    def sigma(self) -> np.ndarray:
+        return self.visit_chol @ np.swapaxes(self.visit_chol, -1, -2)
+
+    def to_dict(self) -> dict:
+        out = _summary(self, skip=("visit_chol",))
+        out["mean_visit_sd"] = np.round(np.sqrt(np.einsum("dvv->v", self.sigma()) / self.n_draws), 4).tolist()
+        out["visit_weeks"] = list(self.visit_weeks)
         return out
 
 
@@ -177,6 +247,10 @@ def _design_constants(idata) -> dict:
 def design_constants(design) -> dict:
     """What planning needs to know of a fitted trial besides the posterior (JSON-able)."""
     meta = design.meta
+    weeks = np.asarray(design.weeks, float)
+    last = np.full(design.n_participants, -np.inf)
+    np.maximum.at(last, design.obs_participant, design.obs_week)
+    base = design.y[design.obs_week == 0]
     out = {
         "treatment_end": float(meta.treatment_end),
         "last_week": float(meta.last_week),
@@ -186,7 +260,10 @@ def design_constants(design) -> dict:
         "integer_scores": bool(meta.integer_scores),
         "outcome_label": str(meta.outcome_label),
         "participants": int(design.n_participants),
-        "dropout_by_week": {int(w): float(1 - (design.obs_week == w).sum() / max(design.n_participants, 1)) for w in design.weeks},
+        "entry_min": _entry_min(meta),
+        "baseline_mean": float(base.mean()) if len(base) else None,
+        "baseline_sd": float(base.std(ddof=1)) if len(base) > 1 else None,
+        **dropout_by_week(last, design.treated, weeks),
     }
     if design.baseline is not None:
         b = design.baseline
@@ -195,6 +272,70 @@ def design_constants(design) -> dict:
         out["log_center"] = [float(v) for v in b.log_center]
         out["log_scale"] = [float(v) for v in b.log_scale]
     return out
+
+
+def _entry_min(meta) -> float | None:
+    """The protocol's entry criterion on the baseline score, if the dataset records one."""
+    for name in ("entry_min", "entry_score_min"):
+        value = getattr(meta, name, None)
+        if value is not None:
+            return float(value)
+    return None
+
+
+def dropout_by_week(last_week: np.ndarray, treated: np.ndarray, weeks: np.ndarray) -> dict:
+    """Observed loss by each scheduled week, overall and per arm: a participant is lost by week w when
+    they attend no visit at or after w (a missed visit followed by a later one is not dropout)."""
+    treated = np.asarray(treated)
+    out = {}
+    for key, rows in (("dropout_by_week", np.ones(len(last_week), bool)), ("dropout_by_week_control", treated == 0), ("dropout_by_week_treatment", treated == 1)):
+        n = max(int(rows.sum()), 1)
+        out[key] = {int(w): float((last_week[rows] < w).sum() / n) for w in weeks}
+    return out
+
+
+def _fitted_trial(idata, const: dict) -> dict:
+    """Baseline scores and dropout by week of the fitted trial, from the saved fit's own data.
+
+    A trajectory fit's observed_data (`y`) and constant_data (`obs_week`, `obs_participant`, `treated`)
+    hold every visit of every participant. The MMRM's constant data hold only centred baselines of
+    participants with a post-baseline visit, so for it the fit's trial_data group (the validated
+    dataset) is read; failing both, the design constants recorded with the fit."""
+    groups = set(idata.groups())
+    facts: dict = {"entry_min": const.get("entry_min")}
+    obs = idata.observed_data if "observed_data" in groups else {}
+    cd = idata.constant_data if "constant_data" in groups else {}
+    if "y" in obs and "obs_week" in cd and "obs_participant" in cd and "treated" in cd:
+        y, week = np.asarray(obs["y"].values, float), np.asarray(cd["obs_week"].values, float)
+        pid, treated = np.asarray(cd["obs_participant"].values, int), np.asarray(cd["treated"].values)
+        facts["from"] = "observed_data and constant_data of the fit"
+    elif "trial_data" in groups and "score" in idata.trial_data:
+        ds = idata.trial_data
+        score, weeks_ds = np.asarray(ds["score"].values, float), np.asarray(ds["week"].values, float)
+        ii, jj = np.nonzero(~np.isnan(score))
+        y, week, pid, treated = score[ii, jj], weeks_ds[jj], ii, np.asarray(ds["treated"].values)
+        facts["from"] = "the fit's trial_data (the validated dataset)"
+    else:
+        y = None
+    if y is not None:
+        weeks = np.asarray(const.get("weeks") or np.unique(week), float)
+        last = np.full(len(treated), -np.inf)
+        np.maximum.at(last, pid, week)
+        base = y[week == 0]
+        facts.update(baseline_mean=float(base.mean()), baseline_sd=float(base.std(ddof=1)), baseline_n=int(len(base)))
+        followed = np.zeros(len(treated), bool)
+        followed[pid[week > 0]] = True
+        base_by = np.full(len(treated), np.nan)
+        base_by[pid[week == 0]] = y[week == 0]
+        facts["baseline_center"] = float(np.nanmean(base_by[followed])) if followed.any() else facts["baseline_mean"]
+        facts.update(dropout_by_week(last, treated, weeks))
+        return facts
+    facts["from"] = "the design constants recorded with the fit"
+    for key in ("baseline_mean", "baseline_sd", "dropout_by_week", "dropout_by_week_control", "dropout_by_week_treatment"):
+        if const.get(key) is not None:
+            facts[key] = const[key]
+    facts["baseline_center"] = facts.get("baseline_mean")
+    return facts
 
 
 def from_posterior(path_or_idata, max_draws: int | None = None, seed: int = 0) -> ParameterSet:
@@ -216,6 +357,12 @@ def from_posterior(path_or_idata, max_draws: int | None = None, seed: int = 0) -
         raise PlanningError(f"{label} has no posterior group")
     post = idata.posterior
     const = _design_constants(idata)
+    facts = _fitted_trial(idata, const)
+    if "nac_visit_effect" in post:
+        params = _mmrm_from_posterior(post, const, facts, label)
+        if max_draws is not None and max_draws < params.n_draws:
+            params = subset(params, np.sort(np.random.default_rng(seed).choice(params.n_draws, size=max_draws, replace=False)))
+        return params
     d = post.sizes["chain"] * post.sizes["draw"]
     markers = tuple(str(m) for m in post["marker"].values) if "marker" in post.coords else ()
     k = len(markers)
@@ -270,12 +417,120 @@ def from_posterior(path_or_idata, max_draws: int | None = None, seed: int = 0) -
             "path": label,
             "model": str(post.attrs.get("model", "")),
             "data_checksum": str(post.attrs.get("data_checksum", "")),
-            "dropout_by_week": const.get("dropout_by_week", {}),
+            **_trial_source(facts),
         },
     )
     if max_draws is not None and max_draws < d:
         params = subset(params, np.sort(np.random.default_rng(seed).choice(d, size=max_draws, replace=False)))
     return params
+
+
+def _trial_source(facts: dict) -> dict:
+    keys = ("from", "entry_min", "baseline_mean", "baseline_sd", "dropout_by_week", "dropout_by_week_control", "dropout_by_week_treatment")
+    out = {k: facts[k] for k in keys if facts.get(k) is not None}
+    if "from" in out:
+        out["trial_facts_from"] = out.pop("from")
+    return out
+
+
+def _mmrm_from_posterior(post, const: dict, facts: dict, label: str) -> MMRMParameters:
+    d = post.sizes["chain"] * post.sizes["draw"]
+    weeks = tuple(int(w) for w in post["visit"].values) if "visit" in post.coords else tuple(int(w) for w in const["weeks"][1:])
+    v = len(weeks)
+    if "visit_sd" in post and "visit_corr" in post:
+        sd = _stack(post, "visit_sd", d).reshape(d, v)
+        corr = _stack(post, "visit_corr", d).reshape(d, v, v)
+        chol = np.linalg.cholesky(corr * sd[:, :, None] * sd[:, None, :])
+    elif "visit_chol" in post:
+        packed = _stack(post, "visit_chol", d).reshape(d, -1)
+        rows, cols = np.tril_indices(v)
+        chol = np.zeros((d, v, v))
+        chol[:, rows, cols] = packed
+    else:
+        raise PlanningError("the saved MMRM posterior has neither visit_sd/visit_corr nor visit_chol; refit it with the current fit.py")
+    if facts.get("baseline_mean") is None or facts.get("baseline_sd") is None:
+        raise PlanningError(
+            "the saved MMRM fit records no baseline scores (no trial_data group, no baseline_mean in its design constants); "
+            "refit it with the current fit.py, or plan from a trajectory model's fit"
+        )
+    one = lambda x: np.full(d, float(x))  # noqa: E731
+    return MMRMParameters(
+        visit_weeks=weeks,
+        visit_mean=_stack(post, "visit_mean", d).reshape(d, v),
+        nac_visit_effect=_stack(post, "nac_visit_effect", d).reshape(d, v),
+        baseline_slope=_stack(post, "baseline_slope", d).reshape(d, v),
+        visit_chol=chol,
+        baseline_mean=one(facts["baseline_mean"]),
+        baseline_sd=one(facts["baseline_sd"]),
+        baseline_center=one(facts.get("baseline_center") or facts["baseline_mean"]),
+        scale=_scale_from(const),
+        source={
+            "kind": "posterior",
+            "path": label,
+            "model": str(post.attrs.get("model", "")),
+            "data_checksum": str(post.attrs.get("data_checksum", "")),
+            **_trial_source(facts),
+        },
+    )
+
+
+def implied_mmrm(params: ParameterSet, weeks=None) -> MMRMParameters:
+    """The MMRM a trajectory parameter set implies over `weeks` (default: its fitted schedule): with the
+    participant effects and markers integrated out the scores are multivariate normal, so the change
+    from baseline given the baseline is exactly the MMRM's form. Needs no NAC x marker term (it would
+    make the NAC arm's covariance differ)."""
+    if np.any(params.nac_moderation != 0):
+        raise PlanningError("a NAC x marker term makes the arms' covariances differ; the MMRM form does not hold")
+    weeks = np.asarray(weeks if weeks is not None else params.scale.weeks, float)
+    t1, t2 = np.array([params.scale.t_codes(w) for w in weeks]).T
+    q = 4 * t1 * (1 - t1)
+    tau0, tau1 = params.participant_sd[:, 0], params.participant_sd[:, 1]
+    rho, sigma = params.participant_corr, params.residual_sd
+    cz = params.marker_chol @ np.swapaxes(params.marker_chol, -1, -2)
+    load = params.prognostic[:, None, :] + params.moderation[:, None, :] * t1[None, :, None]  # (D, W, K)
+    k = (tau0**2)[:, None, None] + (rho * tau0 * tau1)[:, None, None] * (t1[None, :, None] + t1[None, None, :])
+    k = k + (tau1**2)[:, None, None] * t1[None, :, None] * t1[None, None, :] + load @ cz @ np.swapaxes(load, 1, 2)
+    k = k + (sigma**2)[:, None, None] * np.eye(len(weeks))[None]
+    zmean = np.einsum("dk,dk->d", params.prognostic, params.marker_mean)
+    mean0 = params.intercept + zmean
+    mod_mean = np.einsum("dk,dk->d", params.moderation, params.marker_mean)
+    change_pl = (params.time_change[:, 0] + mod_mean)[:, None] * t1 + params.time_change[:, 1][:, None] * t2 + params.time_curvature[:, None] * q
+    effect = params.nac_change[:, 0][:, None] * t1 + params.nac_change[:, 1][:, None] * t2 + params.nac_curvature[:, None] * q
+    k00 = k[:, 0, 0]
+    cov_c = k[:, 1:, 1:] - k[:, 1:, :1] - k[:, :1, 1:] + k00[:, None, None]
+    cov_cy = k[:, 1:, 0] - k00[:, None]
+    slope = cov_cy / k00[:, None]
+    sig = cov_c - slope[:, :, None] * slope[:, None, :] * k00[:, None, None]
+    return MMRMParameters(
+        visit_weeks=tuple(int(w) for w in weeks[1:]),
+        visit_mean=change_pl[:, 1:],
+        nac_visit_effect=effect[:, 1:],
+        baseline_slope=slope,
+        visit_chol=np.linalg.cholesky(sig),
+        baseline_mean=mean0,
+        baseline_sd=np.sqrt(k00),
+        baseline_center=mean0.copy(),
+        scale=params.scale,
+        source={**params.source, "implied_from": "trajectory parameters"},
+        effect_prior=params.effect_prior,
+    )
+
+
+def unit_information_sd(params, week: float, max_draws: int = 200) -> float:
+    """SD of one participant's change from baseline at `week` given the baseline score, within an arm
+    (mean over up to `max_draws` parameter draws): the scale of the robust mixture's vague component."""
+    if params.family == "mmrm":
+        j = list(params.visit_weeks).index(int(week))
+        return float(np.sqrt(np.einsum("dv,dv->d", params.visit_chol[:, j], params.visit_chol[:, j])).mean())
+    return float(implied_sd(params, week, max_draws))
+
+
+def implied_sd(params: ParameterSet, week: float, max_draws: int = 200) -> float:
+    draws = np.linspace(0, params.n_draws - 1, min(params.n_draws, max_draws)).astype(int)
+    sub = subset(params, draws)
+    sub = replace(sub, nac_moderation=np.zeros_like(sub.nac_moderation))
+    m = implied_mmrm(sub, (0, week))
+    return float(np.abs(m.visit_chol[:, 0, 0]).mean())
 
 
 def _scale_from(const: dict) -> Scale:
@@ -290,8 +545,8 @@ def _scale_from(const: dict) -> Scale:
     )
 
 
-def subset(params: ParameterSet, idx: np.ndarray) -> ParameterSet:
-    return replace(params, **{name: getattr(params, name)[idx] for name in PER_DRAW})
+def subset(params, idx: np.ndarray):
+    return replace(params, **{name: getattr(params, name)[idx] for name in params.per_draw})
 
 
 def fixed_parameters(

@@ -6,6 +6,11 @@ the seed and the chunk's position only, never on which worker runs it or how man
 results are summed in chunk order, so the same seed gives the same table on 1 process, 2 local
 workers or a remote cluster. Designs share the chunk seeds (common random numbers), which makes
 differences between designs (sample sizes, enrichment) less noisy without biasing any of them.
+
+Robust assurance: with weight w on a vague component, the design prior is the mixture
+(1 - w) x (the posterior's effects) + w x Normal(0, sd), so its assurance is the same mixture of the
+assurance and of the success rate of the "vague" scenario (effects drawn from Normal(0, sd), nuisance
+parameters from the posterior): assurance_robust = (1 - w) assurance + w P(success | vague).
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ class PlanSpec:
     chunk_size: int = 250
     effect_scale: float = 1.0
     round_scores: bool = True
+    robust_weight: float = 0.0  # weight of the vague component (needs a "vague" scenario when > 0)
 
     def chunks(self) -> list[Chunk]:
         n_chunks = math.ceil(self.sims / self.chunk_size)
@@ -60,6 +66,13 @@ class PlanSpec:
             raise PlanningError(f"--effect-scale must be >= 0, got {self.effect_scale}")
         if not self.designs:
             raise PlanningError("no designs to simulate")
+        if not 0 <= self.robust_weight < 1:
+            raise PlanningError(f"--robust-weight must be in [0, 1), got {self.robust_weight}")
+        if self.robust_weight > 0 and not any(sc.kind == "vague" for sc in self.scenarios):
+            raise PlanningError("a robust weight needs the vague scenario (Scenario('vague', sd=...))")
+        for sc in self.scenarios:
+            if sc.kind == "vague" and not (sc.sd is not None and sc.sd > 0):
+                raise PlanningError(f"the vague component's SD must be positive, got {sc.sd}")
         self.analysis.validate()
         for design in self.designs:
             design.validate(params)
@@ -71,6 +84,10 @@ def run_chunk(params: ParameterSet, spec: PlanSpec, chunk: Chunk) -> dict:
     sim = simulate_trials(params, spec.designs[chunk.design], spec.scenarios[chunk.scenario], chunk.n_sims, rng, spec.effect_scale, spec.round_scores)
     res = analyse(sim, spec.analysis)
     width = np.where(np.isfinite(res["width"]), res["width"], np.nan)
+    ok = res["ok"]
+    err = np.where(ok, res["estimate"] - res["true_effect"], 0.0)
+    arm = sim.treated.astype(bool)
+    lost = ~sim.completed
     return {
         "design": chunk.design,
         "scenario": chunk.scenario,
@@ -84,6 +101,11 @@ def run_chunk(params: ParameterSet, spec: PlanSpec, chunk: Chunk) -> dict:
         "true_effect_sum": float(res["true_effect"].sum()),
         "completers_sum": float(res["completers"].sum()),
         "screened_per_enrolled_sum": float((1.0 / res["eligible"]).sum()),
+        "ok": int(ok.sum()),
+        "error_sum": float(err.sum()),
+        "error_sq": float((err**2).sum()),
+        "lost_control_sum": float(lost[:, ~arm].mean(axis=1).sum()),
+        "lost_treatment_sum": float(lost[:, arm].mean(axis=1).sum()),
     }
 
 
@@ -118,27 +140,40 @@ def execute(params: ParameterSet, spec: PlanSpec, workers: int = 1, scheduler: s
 
 
 def summarise(spec: PlanSpec, results: list[dict]) -> pd.DataFrame:
-    """One row per (design, scenario): success rate with binomial MCSE, interval width with its MCSE."""
+    """One row per (design, scenario): success rate with binomial MCSE, interval width with its MCSE,
+    bias of the analysis' estimate, realised dropout; per design, plain and robust assurance."""
     results = sorted(results, key=lambda r: (r["design"], r["scenario"], r["index"]))
     rows = []
     keys = sorted({(r["design"], r["scenario"]) for r in results})
     for d, j in keys:
         part = [r for r in results if r["design"] == d and r["scenario"] == j]
         tot = lambda k: sum(r[k] for r in part)  # noqa: E731 - summed in chunk order
-        n, wn = tot("n"), tot("width_n")
+        n, wn, n_ok = tot("n"), tot("width_n"), tot("ok")
         p = tot("success") / n
         wmean = tot("width_sum") / wn if wn else float("nan")
         wvar = max(tot("width_sq") / wn - wmean**2, 0.0) if wn else float("nan")
+        bias = tot("error_sum") / n_ok if n_ok else float("nan")
+        bvar = max(tot("error_sq") / n_ok - bias**2, 0.0) if n_ok else float("nan")
         design, scen = spec.designs[d], spec.scenarios[j]
+        lost_c, lost_t = tot("lost_control_sum") / n, tot("lost_treatment_sum") / n
+        rate_c, rate_t = design.dropout_rates
         rows.append(
             {
                 "population": design.population,
                 "n_per_arm": design.n_control,
                 "n_treatment": design.n_treatment,
                 "n_total": design.n_total,
+                "expected_n": float(design.n_total),  # no interim looks: every trial enrols all
                 "expected_screened": design.n_total * tot("screened_per_enrolled_sum") / n,  # n / P(eligible), averaged over draws
+                "entry_min": design.entry_min if design.entry_min is not None else float("nan"),
                 "primary_week": design.primary_week,
-                "dropout": design.dropout,
+                "analysis": spec.analysis.method,
+                "dropout_mechanism": design.dropout_mechanism,
+                "dropout": design.pooled_dropout,
+                "dropout_control": rate_c,
+                "dropout_treatment": rate_t,
+                "dropout_source": design.dropout_source,
+                "realised_dropout": (design.n_control * lost_c + design.n_treatment * lost_t) / design.n_total,
                 "scenario": scen.label,
                 "effect": scen.effect if scen.kind == "fixed" else float("nan"),
                 "mean_true_effect": tot("true_effect_sum") / n,
@@ -148,10 +183,40 @@ def summarise(spec: PlanSpec, results: list[dict]) -> pd.DataFrame:
                 "mean_p_benefit": tot("p_benefit_sum") / n,
                 "interval_width": wmean,
                 "interval_width_mcse": math.sqrt(wvar / wn) if wn else float("nan"),
+                "bias": bias,
+                "bias_mcse": math.sqrt(bvar / n_ok) if n_ok else float("nan"),
+                "failed_analyses": n - n_ok,
                 "mean_completers": tot("completers_sum") / n,
             }
         )
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    return _robust_columns(spec, table)
+
+
+def _robust_columns(spec: PlanSpec, table: pd.DataFrame) -> pd.DataFrame:
+    """Per design: `assurance` (the assurance scenario's success rate) and `assurance_robust`
+    ((1 - w) assurance + w P(success | vague)), with MCSEs, on every row of the design."""
+    w = spec.robust_weight
+    key = ["population", "n_per_arm", "n_treatment"]
+    plain = table[table["scenario"] == "assurance"].set_index(key)
+    vague = table[table["scenario"] == "vague"].set_index(key)
+    out = table.copy()
+    cols = {"assurance": [], "assurance_mcse": [], "assurance_robust": [], "assurance_robust_mcse": []}
+    for row in table.itertuples():
+        k = (row.population, row.n_per_arm, row.n_treatment)
+        a = plain["p_success"].get(k, float("nan"))
+        am = plain["p_success_mcse"].get(k, float("nan"))
+        if w > 0:
+            v, vm = vague["p_success"].get(k, float("nan")), vague["p_success_mcse"].get(k, float("nan"))
+            r, rm = (1 - w) * a + w * v, math.hypot((1 - w) * am, w * vm)
+        else:
+            r, rm = a, am
+        for name, value in zip(cols, (a, am, r, rm)):
+            cols[name].append(value)
+    for name, values in cols.items():
+        out[name] = values
+    out["robust_weight"] = w
+    return out
 
 
 def smallest_n(table: pd.DataFrame, target: float) -> pd.DataFrame:

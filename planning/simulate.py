@@ -1,20 +1,36 @@
-"""Simulate future trials from a parameter set and analyse each one fast.
+"""Simulate whole future trials from a parameter set and analyse each one fast.
 
-Simulation (vectorised over S trials of one design): each simulated trial takes one parameter draw,
-enrols n_control + n_treatment new participants (baseline biomarkers from the fitted marker
-distribution, truncated above the enrichment threshold when the design enriches), draws their
-participant effects and their scores at baseline and at the primary week from the model, rounds and
-clips scores to the outcome scale, and drops participants out completely at random with the design's
-rate by the primary week.
+Simulation (vectorised over S trials of one design): each simulated trial takes one parameter draw and
+enrols n_control + n_treatment new participants, who must pass the entry screening on their baseline
+score (and the enrichment threshold on a baseline biomarker, when the design enriches). Every scheduled
+visit of every participant is drawn:
 
-Analysis (the fast default, no MCMC): ANCOVA of change from baseline at the primary week on arm and
-baseline score among completers, the trial statistician's usual primary analysis of a parallel-arm
-trial, turned into a posterior for the NAC - placebo effect with a Normal(0, prior_sd) prior:
+- from a trajectory model (planning.params.ParameterSet): baseline log biomarkers from the fitted marker
+  distribution, participant effects, and the score at each scheduled week from the model's equation;
+- from the MMRM (planning.params.MMRMParameters): the baseline score from the fitted trial's observed
+  baseline distribution, and the change from baseline at every post-baseline visit from the MMRM's
+  multivariate normal given the baseline.
+
+Entry screening keeps only people whose baseline score is at least `entry_min` (people are redrawn until
+eligible: exactly the conditional law given eligibility). Scores are rounded and clipped to the scale.
+Participants then drop out (monotone: after leaving, no further visit), with the design's cumulative
+dropout by each visit in each arm, by one of three mechanisms: completely at random (MCAR); at random
+(MAR: the probability of leaving before a visit is logistic in the score at the last attended visit, as
+in rbmi's simulate_data); not at random (MNAR: logistic in the score of the visit being missed). For
+MAR and MNAR the logistic intercept is solved in each simulated trial, arm and visit so that the
+expected number leaving equals the design's rate exactly; the slope is `dropout_score_effect` log-odds
+per 5 outcome points (worse scores leave more often when positive).
+
+Analysis (no MCMC), by `AnalysisSettings.method`:
+- "mmrm" (default): the MMRM of change from baseline over all attended visits (treatment x visit,
+  baseline x visit, unstructured covariance, REML; planning/mmrm_gls.py), valid under MAR;
+- "ancova": ANCOVA of change from baseline at the primary week on arm and baseline among completers.
+Either estimate and SE become a posterior for the NAC - placebo effect with a Normal(0, prior_sd) prior:
     precision = 1/se^2 + 1/prior_sd^2,  mean = (estimate/se^2)/precision,  sd = precision^-1/2,
-with Student-t tails on n - 3 degrees of freedom for the estimated residual SD (the marginal posterior
-under flat priors on the other coefficients and log sigma). Decision: success if P(effect < 0) >
-threshold, and with the dual criterion also P(effect < -MCID) > mcid_prob. `planning.mcmc_check`
-shows these decisions agree with full MCMC of the same model.
+with Student-t tails on (participants at the primary visit - 3) degrees of freedom. Decision: success if
+P(effect < 0) > threshold, and with the dual criterion also P(effect < -MCID) > mcid_prob.
+`analyse` takes the attended visits as an argument, so an analysis of the data available at an
+interim look is the same call with fewer attended visits.
 """
 
 from __future__ import annotations
@@ -24,7 +40,13 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy import special
 
+from .mmrm_gls import mmrm_effect
 from .params import ParameterSet, PlanningError
+
+DROPOUT_MECHANISMS = ("mcar", "mar", "mnar")
+ANALYSES = ("mmrm", "ancova")
+SCORE_UNIT = 5.0  # dropout_score_effect is per this many outcome points (as data.TrialParameters)
+MAX_DROPOUT = 0.99
 
 
 @dataclass(frozen=True)
@@ -35,7 +57,12 @@ class PlannedTrial:
     allocation: float = 1.0  # NAC participants per placebo participant
     primary_week: float = 12.0
     weeks: tuple[int, ...] = (0, 2, 4, 6, 8, 12)
-    dropout: float = 0.2  # fraction lost by the primary week (completely at random)
+    dropout: float | tuple[float, float] = 0.2  # lost by the primary week: one rate, or (control, treatment)
+    dropout_mechanism: str = "mar"  # mcar, mar (last attended score), mnar (the missed visit's score)
+    dropout_score_effect: float = 0.3  # log-odds of leaving per 5 outcome points (mar, mnar)
+    dropout_shape: tuple[float, ...] | None = None  # per post-baseline week: cumulative dropout / dropout by the primary week
+    dropout_source: str = "given"  # how the rates were chosen (stated in the table)
+    entry_min: float | None = None  # enrol only if the baseline score is at least this
     enrich_marker: str | None = None
     enrich_threshold: float | None = None  # natural units: enrol only if baseline marker > threshold
 
@@ -53,16 +80,53 @@ class PlannedTrial:
             return "all"
         return f"{self.enrich_marker}>{self.enrich_threshold:g}"
 
-    def validate(self, params: ParameterSet) -> None:
+    @property
+    def dropout_rates(self) -> tuple[float, float]:
+        """(control, treatment) loss by the primary week."""
+        d = self.dropout
+        return (float(d), float(d)) if np.ndim(d) == 0 else (float(d[0]), float(d[1]))
+
+    @property
+    def pooled_dropout(self) -> float:
+        c, t = self.dropout_rates
+        return (self.n_control * c + self.n_treatment * t) / self.n_total
+
+    @property
+    def post_weeks(self) -> tuple[int, ...]:
+        return tuple(sorted(self.weeks))[1:]
+
+    @property
+    def primary_index(self) -> int:
+        """Index of the primary week among the post-baseline visits."""
+        return list(self.post_weeks).index(int(self.primary_week))
+
+    def cumulative_dropout(self) -> np.ndarray:
+        """(2, V): fraction of each arm (control, treatment) lost by each post-baseline visit."""
+        v, k = len(self.post_weeks), self.primary_index + 1
+        out = np.zeros((2, v))
+        for a, rate in enumerate(self.dropout_rates):
+            if self.dropout_shape is not None:
+                out[a] = np.minimum(rate * np.asarray(self.dropout_shape, float), MAX_DROPOUT)
+            else:  # the same hazard at every visit, reaching `rate` by the primary visit
+                out[a] = 1 - (1 - rate) ** (np.arange(1, v + 1) / k)
+        return np.maximum.accumulate(np.minimum(out, MAX_DROPOUT), axis=1)
+
+    def validate(self, params) -> None:
         if self.n_control < 2 or self.n_treatment < 2:
             raise PlanningError(f"each arm needs at least 2 participants (got {self.n_control} placebo, {self.n_treatment} NAC)")
         if not self.allocation > 0:
             raise PlanningError(f"allocation ratio must be positive, got {self.allocation}")
-        if not 0 <= self.dropout < 1:
-            raise PlanningError(f"dropout must be in [0, 1), got {self.dropout}")
+        if not all(0 <= r < 1 for r in self.dropout_rates):
+            raise PlanningError(f"dropout must be in [0, 1) in each arm, got {self.dropout}")
+        if self.dropout_mechanism not in DROPOUT_MECHANISMS:
+            raise PlanningError(f"unknown dropout mechanism '{self.dropout_mechanism}'; choose one of {', '.join(DROPOUT_MECHANISMS)}")
+        if not np.isfinite(self.dropout_score_effect):
+            raise PlanningError("the dropout score effect must be finite")
         weeks = sorted(self.weeks)
         if not weeks or weeks[0] != 0:
             raise PlanningError(f"the visit schedule must start at week 0 (baseline), got {list(self.weeks)}")
+        if len(set(weeks)) != len(weeks):
+            raise PlanningError(f"the visit schedule repeats a week: {list(self.weeks)}")
         if self.primary_week not in weeks or self.primary_week <= 0:
             raise PlanningError(f"the primary week {self.primary_week:g} must be a post-baseline week of the schedule {weeks}")
         if self.primary_week > params.scale.last_week:
@@ -70,20 +134,37 @@ class PlannedTrial:
                 f"the primary week {self.primary_week:g} lies beyond the fitted trial's last week {params.scale.last_week:g}; "
                 "the model cannot extrapolate trajectories past the data"
             )
+        if self.dropout_shape is not None:
+            shape = np.asarray(self.dropout_shape, float)
+            if len(shape) != len(self.post_weeks) or np.any(shape < 0) or np.any(np.diff(shape) < -1e-12):
+                raise PlanningError(f"the dropout shape needs one non-decreasing, non-negative value per post-baseline week, got {self.dropout_shape}")
+        if params.family == "mmrm":
+            missing = [w for w in self.post_weeks if w not in params.visit_weeks]
+            if missing:
+                raise PlanningError(
+                    f"week(s) {missing} of the schedule are not visits of the fitted MMRM ({list(params.visit_weeks)}); "
+                    "an MMRM describes its own visits only: choose --weeks among them"
+                )
+        if self.entry_min is not None and not np.isfinite(self.entry_min):
+            raise PlanningError(f"the entry criterion must be finite, got {self.entry_min}")
         if self.enrich_marker is not None:
             params.z_threshold(self.enrich_marker, float(self.enrich_threshold))
 
 
 @dataclass(frozen=True)
 class Scenario:
-    """Where the NAC effect comes from: the parameter draws (assurance) or a fixed value (power, type I error)."""
+    """Where the NAC effect comes from: the parameter draws (assurance), a fixed value (power, type I
+    error), or the vague component of the robust design prior, Normal(0, sd)."""
 
-    kind: str  # "assurance" or "fixed"
+    kind: str  # "assurance", "fixed" or "vague"
     effect: float | None = None
+    sd: float | None = None
 
     @property
     def label(self) -> str:
-        return "assurance" if self.kind == "assurance" else f"effect={self.effect:g}"
+        if self.kind == "fixed":
+            return f"effect={self.effect:g}"
+        return self.kind
 
 
 @dataclass(frozen=True)
@@ -94,6 +175,7 @@ class AnalysisSettings:
     mcid_prob: float = 0.5
     prior_sd: float = 6.0  # Normal(0, prior_sd) analysis prior on the effect (the headline model's nac_change prior)
     interval: float = 0.95  # central posterior interval whose width is reported
+    method: str = "mmrm"  # "mmrm" (all attended visits, REML) or "ancova" (completers at the primary week)
 
     def validate(self) -> None:
         if not 0.5 <= self.threshold < 1:
@@ -104,6 +186,8 @@ class AnalysisSettings:
             raise PlanningError(f"the analysis prior SD must be positive, got {self.prior_sd}")
         if self.mcid < 0:
             raise PlanningError(f"--mcid must be >= 0, got {self.mcid}")
+        if self.method not in ANALYSES:
+            raise PlanningError(f"unknown analysis '{self.method}'; choose one of {', '.join(ANALYSES)}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -111,14 +195,27 @@ class AnalysisSettings:
 
 @dataclass
 class SimulatedTrials:
-    """S simulated trials of one design: baseline and primary-week scores, completion, arm."""
+    """S simulated trials of one design: every scheduled score, the visits attended, arm, truth."""
 
-    y0: np.ndarray  # (S, N)
-    yp: np.ndarray  # (S, N)
-    completed: np.ndarray  # (S, N) bool
+    y: np.ndarray  # (S, N, W) scores at the design's weeks (week 0 first), before dropout
+    attended: np.ndarray  # (S, N) post-baseline visits attended: a prefix of the schedule
     treated: np.ndarray  # (N,) 0/1
+    primary: int  # index of the primary week among the post-baseline visits
     true_effect: np.ndarray  # (S,) mean NAC - placebo effect at the primary week in the enrolled population
-    eligible: np.ndarray  # (S,) fraction of screened people eligible (1 without enrichment)
+    eligible: np.ndarray  # (S,) fraction of screened people eligible (1 without screening or enrichment)
+
+    @property
+    def y0(self) -> np.ndarray:
+        return self.y[:, :, 0]
+
+    @property
+    def yp(self) -> np.ndarray:
+        return self.y[:, :, self.primary + 1]
+
+    @property
+    def completed(self) -> np.ndarray:
+        """(S, N) attended the primary visit."""
+        return self.attended > self.primary
 
 
 def _markers(params: ParameterSet, idx: np.ndarray, n: int, trial: PlannedTrial, rng: np.random.Generator):
@@ -152,8 +249,188 @@ def _markers(params: ParameterSet, idx: np.ndarray, n: int, trial: PlannedTrial,
     return z, upper_tail
 
 
+def _effect_shape(params, trial: PlannedTrial) -> np.ndarray:
+    """A fixed primary-week effect spread over the post-baseline visits as the trajectory models' fixed
+    scenario does: in proportion to the treatment-phase time code t1 (then constant in follow-up)."""
+    t1 = np.array([params.scale.t_codes(w)[0] for w in trial.post_weeks])
+    return t1 / t1[trial.primary_index]
+
+
+def _scenario_effect(params, scenario: Scenario, s: int, rng: np.random.Generator, effect_scale: float) -> np.ndarray | None:
+    """Primary-week effects of a fixed, vague or design-prior scenario (S,); None: the draws' own effects."""
+    if scenario.kind == "fixed":
+        return np.full(s, float(scenario.effect))
+    if scenario.kind == "vague":
+        return float(scenario.sd) * rng.standard_normal(s)
+    if scenario.kind != "assurance":
+        raise PlanningError(f"unknown scenario kind '{scenario.kind}'")
+    if params.effect_prior is not None:
+        mean, sd = params.effect_prior
+        return (mean + sd * rng.standard_normal(s)) * effect_scale
+    return None
+
+
+def _truncated_normal(mean, sd, lower, rng, shape) -> np.ndarray:
+    """Normal(mean, sd) draws restricted to >= lower (lower = None: unrestricted), by the inverse CDF."""
+    u = rng.uniform(size=shape)
+    if lower is None:
+        return mean + sd * special.ndtri(u)
+    tail = special.ndtr((mean - lower) / sd)  # P(eligible)
+    return mean - sd * special.ndtri(u * tail)  # = mean + sd e, e > (lower - mean)/sd
+
+
+def _check_eligible(fraction: np.ndarray, trial: PlannedTrial) -> None:
+    if np.mean(fraction) < 1e-4:
+        raise PlanningError(f"the entry criterion (baseline score >= {trial.entry_min:g}) leaves fewer than 1 in 10,000 people eligible; lower --entry-min")
+
+
+def _trajectory_scores(params: ParameterSet, idx, trial: PlannedTrial, scenario: Scenario, rng, effect_scale: float, treated: np.ndarray):
+    s, n = len(idx), len(treated)
+    weeks = np.asarray(sorted(trial.weeks), float)
+    t1, t2 = np.array([params.scale.t_codes(w) for w in weeks]).T
+    q = 4 * t1 * (1 - t1)  # curved models' basis
+    p_t1 = params.scale.t_codes(trial.primary_week)[0]
+
+    z, eligible = _markers(params, idx, n, trial, rng)
+    tau = params.participant_sd[idx]
+    rho = params.participant_corr[idx]
+    sigma = params.residual_sd[idx]
+    prognostic = params.prognostic[idx]
+    m0 = params.intercept[idx][:, None] + np.einsum("snk,sk->sn", z, prognostic)  # baseline mean given the markers
+    sd0 = np.sqrt(tau[:, 0] ** 2 + sigma**2)[:, None]
+    lower = trial.entry_min
+    if lower is not None:
+        q_ok = special.ndtr((m0 - lower) / sd0)  # P(eligible | markers)
+        eligible = eligible * q_ok.mean(axis=1)
+        _check_eligible(eligible, trial)
+        if z.shape[2] and np.any(prognostic != 0):  # eligibility depends on the markers: redraw people until eligible
+            keep = rng.uniform(size=(s, n)) < q_ok
+            for _ in range(10_000):
+                if keep.all():
+                    break
+                ii, jj = np.nonzero(~keep)
+                znew, _ = _markers(params, idx[ii], 1, trial, rng)
+                z[ii, jj] = znew[:, 0]
+                m0[ii, jj] = params.intercept[idx[ii]] + np.einsum("mk,mk->m", znew[:, 0], prognostic[ii])
+                keep[ii, jj] = rng.uniform(size=len(ii)) < special.ndtr((m0[ii, jj] - lower) / sd0[ii, 0])
+    y0 = _truncated_normal(m0, sd0, lower, rng, (s, n))
+    # participant effects and the baseline residual given the baseline score
+    resid = y0 - m0
+    share = (tau[:, 0] ** 2 / sd0[:, 0] ** 2)[:, None]
+    e = rng.standard_normal((s, n, 2))
+    b0 = share * resid + np.sqrt(share * sigma[:, None] ** 2) * e[:, :, 0]
+    e0 = np.where(tau[:, 0:1] > 0, b0 / np.where(tau[:, 0:1] > 0, tau[:, 0:1], 1.0), e[:, :, 0])
+    b1 = tau[:, 1:2] * (rho[:, None] * e0 + np.sqrt(1 - rho[:, None] ** 2) * e[:, :, 1])
+
+    fixed = _scenario_effect(params, scenario, s, rng, effect_scale)
+    if fixed is None:
+        d1 = params.nac_change[idx, 0] * effect_scale
+        d2 = params.nac_change[idx, 1] * effect_scale
+        k1 = params.nac_curvature[idx] * effect_scale
+        eta = params.nac_moderation[idx] * effect_scale
+    else:
+        d1, d2, k1 = fixed / p_t1, np.zeros(s), np.zeros(s)
+        eta = params.nac_moderation[idx] * (effect_scale if scenario.kind == "assurance" else 0.0)
+    modr = np.einsum("snk,sk->sn", z, params.moderation[idx])
+    nac_mod = np.einsum("snk,sk->sn", z, eta)
+    level = m0 + b0
+    slope1 = params.time_change[idx, 0][:, None] + d1[:, None] * treated + modr + treated * nac_mod + b1
+    slope2 = params.time_change[idx, 1][:, None] + d2[:, None] * treated
+    bend = params.time_curvature[idx][:, None] + k1[:, None] * treated
+    eps = rng.standard_normal((s, n, len(weeks) - 1))
+    y = np.empty((s, n, len(weeks)))
+    y[:, :, 0] = y0
+    y[:, :, 1:] = (level[:, :, None] + slope1[:, :, None] * t1[1:] + slope2[:, :, None] * t2[1:] + bend[:, :, None] * q[1:]
+                   + sigma[:, None, None] * eps)
+    p1, p2 = params.scale.t_codes(trial.primary_week)
+    pq = 4 * p1 * (1 - p1)
+    true_effect = d1 * p1 + d2 * p2 + k1 * pq + p1 * nac_mod[:, treated == 1].mean(axis=1)
+    return y, true_effect, eligible
+
+
+def _mmrm_scores(params, idx, trial: PlannedTrial, scenario: Scenario, rng, effect_scale: float, treated: np.ndarray):
+    s, n = len(idx), len(treated)
+    sel = np.array([list(params.visit_weeks).index(w) for w in trial.post_weeks])
+    bm, bs = params.baseline_mean[idx][:, None], params.baseline_sd[idx][:, None]
+    lower = trial.entry_min
+    eligible = np.ones(s) if lower is None else special.ndtr((bm[:, 0] - lower) / bs[:, 0])
+    if lower is not None:
+        _check_eligible(eligible, trial)
+    y0 = _truncated_normal(bm, bs, lower, rng, (s, n))
+    fixed = _scenario_effect(params, scenario, s, rng, effect_scale)
+    if fixed is None:
+        d = params.nac_visit_effect[idx][:, sel] * effect_scale
+    else:
+        d = fixed[:, None] * _effect_shape(params, trial)[None, :]
+    sig = params.sigma()[idx][:, sel][:, :, sel]
+    chol = np.linalg.cholesky(sig)
+    mean = (params.visit_mean[idx][:, sel][:, None, :] + d[:, None, :] * treated[None, :, None]
+            + params.baseline_slope[idx][:, sel][:, None, :] * (y0 - params.baseline_center[idx][:, None])[:, :, None])
+    eps = rng.standard_normal((s, n, len(sel)))
+    change = mean + eps @ np.swapaxes(chol, 1, 2)
+    y = np.concatenate([y0[:, :, None], y0[:, :, None] + change], axis=2)
+    return y, d[:, trial.primary_index], eligible
+
+
+def _solve_intercepts(x: np.ndarray, risk: np.ndarray, arm: np.ndarray, hazard: np.ndarray, beta: float) -> np.ndarray:
+    """Per trial and arm, the logistic intercept a with mean_{at risk in arm} expit(a + beta x) = hazard[arm].
+
+    x, risk (S, N); arm (N,) 0/1; hazard (2,). Newton's method on a monotone function of a, from the
+    intercept that is exact when x is constant. Returns (S, N) intercepts placed per participant."""
+    s = x.shape[0]
+    a = np.zeros((s, 2))
+    for k in (0, 1):
+        h = hazard[k]
+        rows = arm == k
+        xr, rr = x[:, rows], risk[:, rows].astype(float)
+        n_r = rr.sum(axis=1)
+        if h <= 0 or h >= 1:
+            a[:, k] = -np.inf if h <= 0 else np.inf
+            continue
+        xbar = (xr * rr).sum(axis=1) / np.maximum(n_r, 1)
+        ak = np.log(h / (1 - h)) - beta * xbar
+        for _ in range(30):
+            p = special.expit(ak[:, None] + beta * xr)
+            f = (p * rr).sum(axis=1) / np.maximum(n_r, 1) - h
+            df = (p * (1 - p) * rr).sum(axis=1) / np.maximum(n_r, 1)
+            step = np.clip(f / np.maximum(df, 1e-12), -2.0, 2.0)
+            ak = ak - step
+            if np.all(np.abs(f) < 1e-10):
+                break
+        a[:, k] = ak
+    return a[:, arm.astype(int)]
+
+
+def simulate_dropout(y: np.ndarray, treated: np.ndarray, trial: PlannedTrial, rng: np.random.Generator) -> np.ndarray:
+    """Visits attended (S, N) under the design's dropout rates by visit and arm and its mechanism.
+
+    Before post-baseline visit v, a participant still in the trial leaves with probability h_av (MCAR),
+    or expit(alpha + beta x / 5) with x the score at the last attended visit (MAR) or at visit v itself
+    (MNAR), alpha solved per trial and arm so that the expected fraction leaving is h_av, where
+    1 - h_av = (1 - F_av) / (1 - F_a,v-1) and F_av is the design's cumulative dropout by visit v."""
+    s, n, w = y.shape
+    v = w - 1
+    arm = np.asarray(treated).astype(int)
+    surv = 1 - trial.cumulative_dropout()  # (2, V)
+    hazard = 1 - surv / np.concatenate([np.ones((2, 1)), surv[:, :-1]], axis=1)
+    u = rng.uniform(size=(s, n, v))
+    beta = trial.dropout_score_effect / SCORE_UNIT
+    inside = np.ones((s, n), bool)
+    attended = np.zeros((s, n), dtype=np.int64)
+    for j in range(v):
+        h = hazard[:, j]
+        if trial.dropout_mechanism == "mcar" or beta == 0:
+            p = h[arm][None, :]
+        else:
+            x = y[:, :, j] if trial.dropout_mechanism == "mar" else y[:, :, j + 1]  # last attended, or the one being missed
+            p = special.expit(_solve_intercepts(x, inside, arm, h, beta) + beta * x)
+        inside &= u[:, :, j] >= p
+        attended += inside
+    return attended
+
+
 def simulate_trials(
-    params: ParameterSet,
+    params,
     trial: PlannedTrial,
     scenario: Scenario,
     n_sims: int,
@@ -163,63 +440,27 @@ def simulate_trials(
 ) -> SimulatedTrials:
     s = int(n_sims)
     nc, nt = trial.n_control, trial.n_treatment
-    n = nc + nt
     treated = np.concatenate([np.zeros(nc), np.ones(nt)])
     idx = rng.integers(params.n_draws, size=s)
-    t1, t2 = params.scale.t_codes(trial.primary_week)
-    q = 4 * t1 * (1 - t1)  # curved models' basis
-
-    z, eligible = _markers(params, idx, n, trial, rng)
-    tau = params.participant_sd[idx]
-    rho = params.participant_corr[idx]
-    e = rng.standard_normal((s, n, 2))
-    b0 = tau[:, 0:1] * e[:, :, 0]
-    b1 = tau[:, 1:2] * (rho[:, None] * e[:, :, 0] + np.sqrt(1 - rho[:, None] ** 2) * e[:, :, 1])
-
-    if scenario.kind == "assurance":
-        if params.effect_prior is not None:
-            mean, sd = params.effect_prior
-            effect = (mean + sd * rng.standard_normal(s)) * effect_scale
-            d1, d2, k1 = effect / t1, np.zeros(s), np.zeros(s)
-        else:
-            d1 = params.nac_change[idx, 0] * effect_scale
-            d2 = params.nac_change[idx, 1] * effect_scale
-            k1 = params.nac_curvature[idx] * effect_scale
-        eta = params.nac_moderation[idx] * effect_scale
-    elif scenario.kind == "fixed":
-        d1, d2, k1 = np.full(s, float(scenario.effect) / t1), np.zeros(s), np.zeros(s)
-        eta = np.zeros_like(params.nac_moderation[idx])
-    else:
-        raise PlanningError(f"unknown scenario kind '{scenario.kind}'")
-
-    coef = np.stack([params.prognostic[idx], params.moderation[idx], eta], axis=2)  # (S, K, 3)
-    prog, modr, nac_mod = np.moveaxis(z @ coef, 2, 0)
-    level = params.intercept[idx][:, None] + b0 + prog
-    change = (params.time_change[idx, 0][:, None] + d1[:, None] * treated + modr + treated * nac_mod + b1) * t1
-    change = change + (params.time_change[idx, 1][:, None] + d2[:, None] * treated) * t2
-    change = change + (params.time_curvature[idx][:, None] + k1[:, None] * treated) * q
-    sigma = params.residual_sd[idx][:, None]
-    eps = rng.standard_normal((s, n, 2))
-    y0 = level + sigma * eps[:, :, 0]
-    yp = level + change + sigma * eps[:, :, 1]
+    make = _mmrm_scores if params.family == "mmrm" else _trajectory_scores
+    y, true_effect, eligible = make(params, idx, trial, scenario, rng, effect_scale, treated)
     sc = params.scale
     if round_scores and sc.integer_scores:
-        y0, yp = np.round(y0), np.round(yp)
+        y = np.round(y)
     if round_scores and sc.score_min is not None and sc.score_max is not None:
-        y0, yp = np.clip(y0, sc.score_min, sc.score_max), np.clip(yp, sc.score_min, sc.score_max)
-    completed = rng.uniform(size=(s, n)) >= trial.dropout
-    true_effect = d1 * t1 + d2 * t2 + k1 * q + t1 * nac_mod[:, nc:].mean(axis=1)
-    return SimulatedTrials(y0=y0, yp=yp, completed=completed, treated=treated, true_effect=true_effect, eligible=eligible)
+        y = np.clip(y, sc.score_min, sc.score_max)
+    attended = simulate_dropout(y, treated, trial, rng)
+    return SimulatedTrials(y=y, attended=attended, treated=treated, primary=trial.primary_index, true_effect=true_effect, eligible=eligible)
 
 
-def ancova(sim: SimulatedTrials) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def ancova(sim: SimulatedTrials, completed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per trial: ANCOVA estimate of the NAC - placebo difference in change, its SE and residual df.
 
     change = a + effect * T + b * (baseline - mean baseline) + e, fitted by least squares among completers.
     Trials with fewer than 2 completers in an arm, or a singular design (all baselines equal, say),
     get se = inf: no information, the decision fails.
     """
-    w = sim.completed.astype(float)
+    w = (sim.completed if completed is None else completed).astype(float)
     s, n = w.shape
     t = np.broadcast_to(sim.treated, (s, n))
     n_obs = w.sum(axis=1)
@@ -261,8 +502,18 @@ def posterior_decisions(est: np.ndarray, se: np.ndarray, df: np.ndarray, analysi
     return {"post_mean": mean, "post_sd": sd, "p_benefit": p_benefit, "p_mcid": p_mcid, "success": success, "width": 2 * q * sd}
 
 
-def analyse(sim: SimulatedTrials, analysis: AnalysisSettings) -> dict[str, np.ndarray]:
-    est, se, df = ancova(sim)
+def analyse(sim: SimulatedTrials, analysis: AnalysisSettings, attended: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Analyse every simulated trial with `analysis.method` on the visits attended (default: all the
+    participants attended by the end of the trial; an interim look passes those attended by then)."""
+    attended = sim.attended if attended is None else attended
+    if analysis.method == "ancova":
+        est, se, df = ancova(sim, attended > sim.primary)
+        ok = np.isfinite(se)
+    elif analysis.method == "mmrm":
+        fit = mmrm_effect(sim.y[:, :, 1:] - sim.y[:, :, :1], attended, sim.treated, sim.y0, sim.primary)
+        est, se, df, ok = fit["estimate"], fit["se"], fit["df"], fit["ok"]
+    else:
+        raise PlanningError(f"unknown analysis '{analysis.method}'")
     out = posterior_decisions(est, se, df, analysis)
-    out.update(estimate=est, se=se, df=df, completers=sim.completed.sum(axis=1), true_effect=sim.true_effect, eligible=sim.eligible)
+    out.update(estimate=est, se=se, df=df, ok=ok, completers=(attended > sim.primary).sum(axis=1), true_effect=sim.true_effect, eligible=sim.eligible)
     return out

@@ -439,3 +439,79 @@ def test_integrated_results_with_high_k_are_replaced_by_integrated_kfold(monkeyp
     notes = dr.apply_remedies(["a", "b"], models, object(), {"a": "build a", "b": "build b"}, settings, "participant", kfold=5, log=lambda _: None)
     assert calls == ["build a", "build b"] and "grouped 5-fold" in notes[0]
     assert all(set(m.loo["participant"].method) == {"kfold"} and m.loo["participant"].integrated for m in models.values())
+
+
+# ---------------------------------------------------------------- estimands of the effect rows, sensitivity options
+
+
+def effect_posterior(variables: dict, rng, weeks=(0, 2, 4, 6, 8, 12, 16), markers=("il6", "crp", "bdnf"), chains=2, draws=100):
+    """A posterior of effect summaries: {name: dims after (chain, draw)} filled with normal draws."""
+    coords = {"week": list(weeks), "marker": list(markers)}
+    data = {name: (("chain", "draw", *dims), rng.normal(size=(chains, draws, *[len(coords[d]) for d in dims])))
+            for name, dims in variables.items()}
+    return az.InferenceData(posterior=xr.Dataset(data, coords={k: v for k, v in coords.items() if any(k in d for d in variables.values())}))
+
+
+def test_each_kind_of_effect_row_states_its_estimand(small_trial):
+    """Generic rows (trajectory models and the MMRM), the moderation levels and the mediation rows: the estimand
+    columns follow every other column, and each names population, variable and week, handling and summary."""
+    from diagnostics.estimates import model_estimates
+    from models import build_design, get
+    from models.effects import ESTIMAND_COLUMNS
+
+    design = build_design(small_trial)
+    rng = np.random.default_rng(5)
+    idata = effect_posterior({"nac_effect": ("week",), "placebo_change": ("week",)}, rng)
+    trajectory, mmrm = model_estimates(idata, get("treatment"), design), model_estimates(idata, get("mmrm"), design)
+    assert list(trajectory.columns[-4:]) == list(ESTIMAND_COLUMNS) and list(trajectory.columns[:3]) == ["quantity", "week", "marker"]
+    assert list(trajectory["variable"]) == ["MADRS score at week 12 (end of treatment)", "MADRS score at week 16 (off-treatment follow-up)",
+                                            "MADRS change from baseline at week 12 (end of treatment)"]
+    assert list(mmrm["variable"])[:2] == ["MADRS change from baseline at week 12 (end of treatment)",
+                                           "MADRS change from baseline at week 16 (off-treatment follow-up)"]
+    assert mmrm["summary"].iloc[0] == "difference in mean change from baseline (nac - placebo), adjusted for the baseline score"
+    assert "treatment policy" not in trajectory["intercurrent_events"].iloc[0] and "treatment policy" in trajectory["intercurrent_events"].iloc[1]
+    assert pd.Series(trajectory["mean"]).tolist() == pytest.approx([idata.posterior["nac_effect"].sel(week=w).values.mean() for w in (12, 16)]
+                                                                  + [idata.posterior["placebo_change"].sel(week=12).values.mean()])
+
+    moderation = model_estimates(effect_posterior({"nac_effect": ("week",), "placebo_change": ("week",), "nac_marker_moderation": ("marker",),
+                                                   "nac_moderation_per_doubling": ("marker",)}, rng), get("moderation"), design)
+    assert list(moderation.columns[-4:]) == list(ESTIMAND_COLUMNS) and moderation[list(ESTIMAND_COLUMNS)].notna().all().all()
+    level = moderation[moderation["quantity"].str.contains("baseline crp 3 mg/L")].iloc[0]
+    assert level["summary"].startswith("difference in means (nac - placebo) at the row's level of baseline crp")
+    assert moderation["summary"].iloc[-1] == "change in the nac - placebo difference in means per doubling of baseline bdnf"
+
+    mediation_vars = {"total_effect": (), "direct_effect": (), "indirect_effect_total": (), "indirect_effect": ("marker",),
+                      "mediator_per_log_unit": ("marker",), "proportion_mediated_total": (), "proportion_mediated": ("marker",), "nac_ratio": ("marker",)}
+    med = model_estimates(effect_posterior(mediation_vars, rng), get("mediation"), design).set_index("quantity")
+    assert list(med.columns[-4:]) == list(ESTIMAND_COLUMNS)
+    summaries = med["summary"].tolist()
+    assert summaries[:3] == ["total effect: difference in mean change from baseline (nac - placebo)",
+                             "natural direct effect: difference in mean change not through the markers (nac - placebo)",
+                             "natural indirect effect through all markers (nac - placebo)"]
+    assert "natural indirect effect through il6 (nac - placebo)" in summaries and "proportion of the total effect mediated by crp" in summaries
+    assert "ratio of geometric means (nac / placebo), given the baseline markers" in summaries
+    assert (med["population"] == "participants with a biomarker value or a week-12 MADRS score").all()
+    ratios = model_estimates(effect_posterior({"nac_ratio": ("marker",)}, rng), get("biomarker_change"), design)
+    assert ratios["variable"].tolist() == [f"{m} at week 12 (end of treatment), {u}" for m, u in (("il6", "pg/mL"), ("crp", "mg/L"), ("bdnf", "ng/mL"))]
+    assert (ratios["population"] == "participants with at least one biomarker value (the biomarker sub-study)").all()
+
+
+def test_estimand_wording_by_week_and_refusals():
+    from data import DatasetMeta
+    from diagnostics.run import check_sensitivity_options, unsupported
+    from models.effects import estimand, phase
+
+    meta = DatasetMeta(weeks=(0, 4, 8, 12), treatment_end=8)  # a trial with its follow-up at week 12
+    assert [phase(w, meta) for w in meta.weeks] == ["baseline", "during treatment", "end of treatment", "off-treatment follow-up"]
+    assert estimand(meta, 12, "difference")["intercurrent_events"].startswith("end of treatment (week 8): treatment policy")
+    assert estimand(meta, 8, "difference")["variable"] == "MADRS score at week 8 (end of treatment)"
+    with pytest.raises(ValueError, match="unknown estimand kind 'odds'"):
+        estimand(meta, 8, "odds")
+    assert check_sensitivity_options([2, "4"], 0.9) == ((2.0, 4.0), 0.9) and check_sensitivity_options(None, 0.975) == (None, 0.975)
+    for deltas, threshold in (([-1], 0.975), ([], 0.975), (["x"], 0.975), (None, 1.0), (None, 0.3)):
+        with pytest.raises(ValueError):
+            check_sensitivity_options(deltas, threshold)
+    fit = az.from_dict(posterior={"nac_ratio": np.zeros((1, 5))})
+    fit.posterior.attrs["model"] = "biomarker_change"
+    notes = unsupported(fit, None, "biomarker_change")
+    assert set(notes) == {"sensitivity", "tipping_point", "responders"} and "has no visit scores" in notes["responders"]

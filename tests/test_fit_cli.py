@@ -1,4 +1,4 @@
-"""fit.py end to end on tiny draws: outputs, groups, provenance, refusals and exit codes."""
+"""fit.py end to end on tiny draws: outputs, groups, provenance, estimands, the sensitivity analyses, refusals and exit codes."""
 
 from __future__ import annotations
 
@@ -11,9 +11,12 @@ import pandas as pd
 import pytest
 
 import deptrial
+import diagnose
 import fit
 from deptrial import api
+from diagnostics.run import SENSITIVITY_TABLES, saved_sensitivity
 from inference.storage import STORAGE
+from models.effects import ESTIMAND_COLUMNS
 
 REQUIRED_GROUPS = {"posterior", "sample_stats", "prior", "prior_predictive", "posterior_predictive", "log_likelihood", "observed_data", "constant_data"}
 
@@ -21,8 +24,13 @@ REQUIRED_GROUPS = {"posterior", "sample_stats", "prior", "prior_predictive", "po
 @pytest.fixture(scope="module")
 def fitted(small_trial_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("fit") / "out"
-    code = fit.main(["--data", str(small_trial_dir), "--draws", "60", "--tune", "80", "--chains", "2", "--prior-draws", "20", "--seed", "3", "--jobs", "1", "--out", str(out), "--quiet"])
+    code = fit.main(["--data", str(small_trial_dir), "--draws", "60", "--tune", "80", "--chains", "2", "--prior-draws", "20", "--seed", "3", "--jobs", "1",
+                     "--out", str(out), "--quiet", "--sensitivity"])
     return code, out
+
+
+SUMMARY_COLUMNS = ["quantity", "week", "marker", "unit", "mean", "sd", "hdi_3%", "hdi_97%", "p_below_0", "mcse_mean", "p_below_-2"]
+SENSITIVITY_COLUMNS = {"strategy", "week", "mean", "sd", "hdi_3%", "hdi_97%", "p_below_0"}
 
 
 @pytest.mark.smoke
@@ -58,11 +66,100 @@ def test_saved_fit_is_compact_and_diagnose_reproduces_the_run(fitted, small_tria
     assert run["models"]["headline"]["idata_bytes"] == (out / "headline" / "idata.nc").stat().st_size
     copy = tmp_path / "copy"
     shutil.copytree(out, copy)
-    deptrial.rediagnose(copy)
+    for name in ("treatment", "null"):  # recomputed, not left over from the fit
+        for table in SENSITIVITY_TABLES:
+            (copy / name / f"{table}.csv").unlink(missing_ok=True)
+    deptrial.rediagnose(copy, sensitivity=True)  # the sensitivity analyses from the saved fits: the fit's own tables
     for name in ("comparison_participant.csv", "comparison_visit.csv", "headline/loo_participant.csv", "null/loo_visit.csv",
-                 "treatment/ppc_rates.csv"):
+                 "treatment/ppc_rates.csv", *[f"{m}/{t}.csv" for m in ("treatment", "headline") for t in SENSITIVITY_TABLES],
+                 "null/responders.csv", "null/prior_sensitivity.csv"):
         assert (copy / name).read_bytes() == (out / name).read_bytes(), name
+    assert not (copy / "null" / "sensitivity.csv").exists()
     assert (out / "run.json").exists() and (out / "headline" / "summary.csv").exists()
+
+
+@pytest.mark.smoke
+def test_every_effect_row_states_its_estimand(fitted):
+    """estimates.csv keeps its columns in their order and appends the ICH E9(R1) attributes; week 12 (end of
+    treatment) is hypothetical under MAR, week 16 (off-treatment follow-up) treatment policy for the end of treatment."""
+    _, out = fitted
+    for name in ("null", "treatment", "headline"):
+        est = pd.read_csv(out / name / "estimates.csv")
+        assert list(est.columns[-4:]) == list(ESTIMAND_COLUMNS), name
+        assert est[list(ESTIMAND_COLUMNS)].notna().all().all() and (est[list(ESTIMAND_COLUMNS)] != "").all().all(), name
+    est = pd.read_csv(out / "headline" / "estimates.csv").set_index("quantity")
+    assert list(est.reset_index().columns[: len(SUMMARY_COLUMNS)]) == SUMMARY_COLUMNS
+    w12, w16 = est.loc["nac - placebo mean MADRS at week 12"], est.loc["nac - placebo mean MADRS at week 16"]
+    assert w12["population"] == "all randomised participants with a baseline MADRS score"
+    assert w12["variable"] == "MADRS score at week 12 (end of treatment)" and w16["variable"] == "MADRS score at week 16 (off-treatment follow-up)"
+    assert w12["intercurrent_events"].startswith("dropout and other missing visits: hypothetical strategy under missing at random")
+    assert w16["intercurrent_events"].startswith("end of treatment (week 12): treatment policy") and "missing at random" in w16["intercurrent_events"]
+    assert w12["summary"] == "difference in means (nac - placebo)"
+    assert est.loc["placebo change from baseline at week 12", "summary"].startswith("mean change from baseline in the placebo arm")
+    assert est.loc["baseline MADRS per doubling of il6", "intercurrent_events"] == "none: measured before randomisation"
+    assert "per doubling of baseline crp" in est.loc["change in MADRS by week 12 per doubling of baseline crp", "summary"]
+    report = (out / "report.html").read_text()
+    assert "Estimand: population: all randomised participants with a baseline MADRS score; variable: MADRS score at week 16" in report
+    assert "Estimands of these rows (ICH E9(R1))" in report
+
+
+@pytest.mark.smoke
+def test_sensitivity_writes_four_tables_and_a_report_section(fitted):
+    """--sensitivity: the tables for the models that support them, MAR equal to the fit's own effect, the tipping
+    point with what it found, responders at weeks 12 and 16, prior sensitivity; a note for the null model."""
+    code, out = fitted
+    assert code == 0
+    for name in ("treatment", "headline"):
+        tables = {t: pd.read_csv(out / name / f"{t}.csv") for t in SENSITIVITY_TABLES}
+        sens, est = tables["sensitivity"], pd.read_csv(out / name / "estimates.csv")
+        assert SENSITIVITY_COLUMNS <= set(sens.columns)
+        assert list(sens["strategy"].unique()) == ["MAR", "J2R", "CR", "CIR", "delta=2", "delta=4", "delta=6"]
+        for week in (12, 16):
+            mar = sens[(sens["strategy"] == "MAR") & (sens["week"] == week)].iloc[0]
+            row = est[(est["week"] == week) & est["quantity"].str.startswith("nac - placebo mean")].iloc[0]
+            for col in ("mean", "sd", "hdi_3%", "hdi_97%", "p_below_0"):
+                assert mar[col] == pytest.approx(row[col], abs=1e-9), (name, week, col)
+        tip = tables["tipping_point"]
+        assert {"delta", "mean", "p_below_0", "flipped", "tipping_delta", "tipping_message"} <= set(tip.columns)
+        assert (tip["week"] == 12).all() and tip["tipping_message"].nunique() == 1 and (out / name / "figures" / "tipping_point.png").is_file()
+        found = tip.loc[tip["flipped"], "delta"]
+        assert (tip["tipping_delta"].iloc[0] == found.min()) if len(found) else tip["tipping_delta"].isna().all()
+        resp = tables["responders"]
+        assert set(resp["estimand"]) == {"MAR", "NRI"} and set(resp["week"]) == {12, 16} and set(resp["outcome"]) == {"response", "remission"}
+        assert resp["estimand_text"].str.contains("remission \\(score <= 7\\)").any()  # the default --remission-cutoff
+        prior = tables["prior_sensitivity"]
+        assert {"effect", "prior_sensitivity", "likelihood_sensitivity", "prior_sensitive", "diagnosis"} <= set(prior.columns)
+        assert "nac_effect at week 12" in set(prior["effect"])
+    assert not (out / "null" / "sensitivity.csv").exists() and not (out / "null" / "tipping_point.csv").exists()
+    assert (out / "null" / "responders.csv").is_file() and (out / "null" / "prior_sensitivity.csv").is_file()
+    report = (out / "report.html").read_text()
+    for name in ("null", "treatment", "headline"):
+        assert f'id="sensitivity-{name}">Sensitivity and estimands' in report, name
+    assert report.count('alt="treatment: tipping point"') == 1 and "<b>Tipping point</b>: " in report
+    assert "No reference-based strategies, delta adjustment or tipping point for this model" in report  # null
+    assert "rate, placebo" in report and ("Prior-sensitive" in report or "No reported effect is prior-sensitive" in report)
+    run = json.loads((out / "run.json").read_text())["sensitivity"]
+    assert run["deltas"] == "default" and run["ice"] is None and run["seed"] == 3
+    assert run["models"]["treatment"]["tables"] == [f"{t}.csv" for t in SENSITIVITY_TABLES]
+    # read back for the report by diagnose.py without --sensitivity: the same tables, the same notes
+    back = saved_sensitivity(out, {n: deptrial.load_fit(out / n / "idata.nc", complete=False) for n in ("null", "treatment")})
+    tip = pd.read_csv(out / "treatment" / "tipping_point.csv")
+    assert back["treatment"].saved and back["treatment"].tipping_message == tip["tipping_message"].iloc[0]
+    pd.testing.assert_frame_equal(back["treatment"].tables["sensitivity"], pd.read_csv(out / "treatment" / "sensitivity.csv"))
+    assert set(back["null"].tables) == {"responders", "prior_sensitivity"} and "no arm effect" in back["null"].notes["sensitivity"]
+
+
+@pytest.mark.smoke
+def test_diagnose_refuses_a_bad_ice_file_before_any_work(fitted, tmp_path, capsys):
+    _, out = fitted
+    bad = tmp_path / "ice.csv"
+    bad.write_text("participant_id,week,strategy\nP0001,12,J2R\nP0002,5,J2R\nNOBODY,12,jump\n")
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    assert diagnose.main([str(out), "--sensitivity", "--ice", str(bad), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "ice.csv, column 'week', line 3" in err and "ice.csv, column 'participant_id', line 4" in err and "Fix:" in err
+    assert "Traceback" not in err
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == before
 
 
 @pytest.mark.smoke
@@ -89,6 +186,31 @@ def test_bad_data_exits_2_and_writes_nothing(tmp_path, capsys):
 
 
 @pytest.mark.unit
+def test_a_bad_ice_file_exits_2_before_any_fit_and_writes_nothing(small_trial_dir, tmp_path, capsys, monkeypatch):
+    """--ice FILE, or ice.csv in the dataset folder, is validated before the first fit; its options need --sensitivity."""
+    monkeypatch.setattr(api, "_run", lambda *a, **k: pytest.fail("a refused request must not reach the fits"))
+    bad = tmp_path / "events.csv"
+    bad.write_text("participant_id,week,strategy\nP0001,12,J2R\nP0002,12,j2r\n")
+    out = tmp_path / "out"
+    assert fit.main(["--data", str(small_trial_dir), "--model", "treatment", "--sensitivity", "--ice", str(bad), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "events.csv, column 'strategy', line 3" in err and "write the strategy in capitals" in err and "Traceback" not in err
+    assert not out.exists()
+    trial = tmp_path / "trial"  # the dataset folder's own ice.csv is the default
+    shutil.copytree(small_trial_dir, trial)
+    (trial / "ice.csv").write_text("participant_id,week,strategy\nP0001,0,CR\n")
+    assert fit.main(["--data", str(trial), "--model", "treatment", "--sensitivity", "--out", str(out)]) == 2
+    assert "ice.csv, column 'week', line 2: week 0 is the baseline visit" in capsys.readouterr().err and not out.exists()
+    assert fit.main(["--data", str(trial), "--model", "treatment", "--sensitivity", "--ice", str(tmp_path / "none.csv"), "--out", str(out)]) == 2
+    assert "no file" in capsys.readouterr().err and not out.exists()
+    assert fit.main(["--data", str(trial), "--ice", str(bad), "--deltas", "2,4", "--out", str(out)]) == 2
+    assert "--ice and --deltas apply only with --sensitivity" in capsys.readouterr().err
+    assert fit.main(["--sensitivity", "--deltas", "2,-1", "--out", str(out)]) == 2
+    assert fit.main(["--sensitivity", "--tipping-threshold", "1.5", "--out", str(out)]) == 2
+    assert not out.exists()
+
+
+@pytest.mark.unit
 def test_list_models_and_unknown_model(capsys, tmp_path):
     assert fit.main(["--list-models"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
@@ -103,7 +225,7 @@ def test_mmrm_through_fit_cli(small_trial_dir, tmp_path, capsys):
     a trajectory model on the post-baseline scores given the baseline (the same participants and visits)."""
     out = tmp_path / "mmrm"
     code = fit.main(["--data", str(small_trial_dir), "--model", "mmrm", "treatment", "--draws", "300", "--tune", "300", "--chains", "2",
-                     "--prior-draws", "10", "--out", str(out), "--quiet"])
+                     "--prior-draws", "10", "--out", str(out), "--quiet", "--sensitivity"])
     assert code == 0
     for level in ("participant", "visit"):
         table = pd.read_csv(out / f"comparison_{level}.csv", index_col=0)
@@ -116,6 +238,14 @@ def test_mmrm_through_fit_cli(small_trial_dir, tmp_path, capsys):
     assert (out / "mmrm" / "idata.nc").exists()
     est = pd.read_csv(out / "mmrm" / "estimates.csv")
     assert est["quantity"].str.contains("week 16").any()
+    nac12 = est[(est["week"] == 12) & est["quantity"].str.startswith("nac - placebo")].iloc[0]
+    assert nac12["variable"] == "MADRS change from baseline at week 12 (end of treatment)"
+    assert nac12["summary"].startswith("difference in mean change from baseline (nac - placebo)")
+    sens = pd.read_csv(out / "mmrm" / "sensitivity.csv")  # the MMRM's own difference is its MAR row
+    assert sens.loc[(sens["strategy"] == "MAR") & (sens["week"] == 12), "mean"].iloc[0] == pytest.approx(nac12["mean"], abs=1e-9)
+    for table in SENSITIVITY_TABLES:
+        assert (out / "mmrm" / f"{table}.csv").is_file(), table
+    assert 'id="sensitivity-mmrm"' in (out / "report.html").read_text()
 
 
 @pytest.mark.smoke
@@ -132,6 +262,10 @@ def test_parallel_fits_give_the_same_draws_as_fits_in_turn(small_trial_dir, tmp_
                 assert (a[group][var].values == b[group][var].values).all(), (name, group, var)
     run = json.loads((tmp_path / "parallel" / "run.json").read_text())
     assert set(run["models"]) == {"null", "treatment"}
+    assert "sensitivity" not in run  # without --sensitivity: none of its tables, nothing in the report
+    for table in SENSITIVITY_TABLES:
+        assert not list(tmp_path.rglob(f"{table}.csv")), table
+    assert not list(tmp_path.rglob("tipping_point.png")) and "Sensitivity and estimands" not in (tmp_path / "serial" / "report.html").read_text()
 
 
 @pytest.mark.unit

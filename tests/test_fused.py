@@ -16,6 +16,7 @@ from inference.sampling import SamplerSettings, sample_posterior
 from models import build_design, get
 from models.trajectory import build_trajectory_marginal
 from tests.conftest import write_trial
+from tests.test_covariates import with_covariates
 
 ONE_MARKER = dict(
     marker_units=(("il6", "pg/mL"),), marker_median=(2.0,), marker_log_sd=(0.7,), marker_corr=((1.0,),), prognostic=(1.0,),
@@ -34,6 +35,24 @@ OTHER_PRIORS = {
 @pytest.fixture(scope="module")
 def small_design(small_trial):
     return build_design(small_trial)
+
+
+@pytest.fixture(scope="module")
+def covariate_design(small_trial_dir, tmp_path_factory):
+    """The small trial with baseline covariates: age (continuous), sex (2 levels) and education (3 levels)."""
+    design = build_design(load_dataset(with_covariates(small_trial_dir, tmp_path_factory.mktemp("trials") / "covariates")))
+    assert design.covariates.shape == (design.n_participants, 4)
+    return design
+
+
+# per-phase means and SDs of the phase blocks (the enthusiastic preset gives nac_change one mean per phase), and
+# covariate priors other than the defaults
+PHASE_PRIORS = {
+    "nac_change": {"params": {"mu": [-2.0, 0.5], "sigma": [1.2, 2.5]}},
+    "time_change": {"params": {"mu": [-11.0, 1.0]}},
+    "covariate_level": {"params": {"mu": 1.0, "sigma": 4.0}},
+    "covariate_change": {"params": {"mu": -0.5, "sigma": 2.0}},
+}
 
 
 @pytest.fixture(scope="module")
@@ -126,9 +145,10 @@ def mixed_marker_patterns(design):
 
 
 @pytest.mark.unit
-def test_fused_density_with_every_marker_pattern(small_design):
+def test_fused_density_with_every_marker_pattern(small_design, covariate_design):
     """Integrated missing markers (models/marker_block.py): one or two of three missing, all missing, and a
-    missing value beside a censored one (kept latent), for the headline and moderation models."""
+    missing value beside a censored one (kept latent), for the headline and moderation models (the latter with
+    baseline covariates, whose shifts of the fixed part enter the joint mode)."""
     from models.marker_block import integrated_rows, latent_missing
 
     design = mixed_marker_patterns(small_design)
@@ -136,7 +156,7 @@ def test_fused_density_with_every_marker_pattern(small_design):
     assert integrated_rows(b).sum() > 0 and len(latent_missing(b)) == 1
     model, layout = _check_against_pytensor(design, points=3, seed=5)
     assert "marker_missing_std" in [rv.name for rv in model.free_RVs]
-    _check_against_pytensor(design, OTHER_PRIORS, points=2, seed=6, build=_moderation)
+    _check_against_pytensor(mixed_marker_patterns(covariate_design), OTHER_PRIORS, points=2, seed=6, build=_moderation)
 
 
 @pytest.mark.unit
@@ -195,8 +215,10 @@ def test_fused_density_equals_pytensor(small_design):
 
 
 @pytest.mark.unit
-def test_fused_density_other_priors_and_lean_design(small_design, lean_design):
-    _check_against_pytensor(small_design, OTHER_PRIORS, points=2, seed=1)
+def test_fused_density_other_priors_and_lean_design(covariate_design, lean_design):
+    """Other prior families, per-phase location priors and baseline covariates; the lean design's shapes."""
+    _, layout = _check_against_pytensor(covariate_design, {**OTHER_PRIORS, **PHASE_PRIORS}, points=2, seed=1)
+    assert "covariate_level" in layout.shape_info[0]
     _check_against_pytensor(lean_design, points=2, seed=2)
     _check_against_pytensor(lean_design, OTHER_PRIORS, points=2, seed=3)
 
@@ -210,10 +232,15 @@ def _treatment(design, priors):
 
 
 @pytest.mark.unit
-def test_fused_density_null_and_treatment_models(small_design, lean_design):
-    """The models without biomarkers (no marker block; the null model has no arm either)."""
-    for build in (_null, _treatment):
-        _check_against_pytensor(small_design, points=2, seed=5, build=build)
+def test_fused_density_null_and_treatment_models(covariate_design, lean_design):
+    """The models without biomarkers (no marker block; the null model has no arm either), with baseline covariates
+    and without; the treatment model under the enthusiastic preset (one mean per phase)."""
+    from models.prior_file import preset_priors
+
+    enthusiastic = preset_priors("enthusiastic", "treatment", covariate_design, 2.0)
+    assert enthusiastic["nac_change"]["params"]["mu"] == [-2.0, 0.0]
+    for build, priors in ((_null, None), (_treatment, enthusiastic)):
+        _check_against_pytensor(covariate_design, priors, points=2, seed=5, build=build)
         _check_against_pytensor(lean_design, OTHER_PRIORS, points=2, seed=6, build=build)
 
 
@@ -230,21 +257,24 @@ def _null_curved(design, priors):  # not registered; the curvature without the a
 
 
 @pytest.mark.unit
-def test_fused_density_moderation_model(small_design, lean_design):
-    """The biomarker x arm term inside each participant's treatment-phase change (and its per-doubling summary)."""
+def test_fused_density_moderation_model(small_design, covariate_design, lean_design):
+    """The biomarker x arm term inside each participant's treatment-phase change (and its per-doubling summary);
+    with baseline covariates beside it."""
     _check_against_pytensor(small_design, points=2, seed=10, build=_moderation)
-    _check_against_pytensor(small_design, {**OTHER_PRIORS, "nac_marker_moderation": {"params": {"mu": -1.0, "sigma": 2.0}}},
+    _check_against_pytensor(covariate_design, {**OTHER_PRIORS, "nac_marker_moderation": {"params": {"mu": -1.0, "sigma": 2.0}}},
                             points=2, seed=11, build=_moderation)
     _check_against_pytensor(lean_design, OTHER_PRIORS, points=2, seed=13, build=_moderation)
 
 
 @pytest.mark.unit
-def test_fused_density_curved_models(small_design, lean_design):
-    """The 4th fixed coefficient on q = 4 t1 (1 - t1), its sufficient statistics, and the bend in nac_effect/placebo_change."""
+def test_fused_density_curved_models(small_design, covariate_design, lean_design):
+    """The 4th fixed coefficient on q = 4 t1 (1 - t1), its sufficient statistics, and the bend in nac_effect/placebo_change;
+    with baseline covariates and per-phase priors."""
     curvature_priors = {"time_curvature": {"params": {"mu": -2.0, "sigma": 4.0}}, "nac_curvature": {"params": {"mu": 1.0, "sigma": 1.5}}}
     _, layout = _check_against_pytensor(small_design, points=2, seed=14, build=_treatment_curved)
     assert layout.shape_info[2][layout.shape_info[0].index("participant_fixed")] == (small_design.n_participants, 4)
-    _check_against_pytensor(small_design, {**OTHER_PRIORS, **curvature_priors}, points=2, seed=15, build=_treatment_curved)
+    _check_against_pytensor(covariate_design, {**OTHER_PRIORS, **curvature_priors, **PHASE_PRIORS}, points=2, seed=15,
+                            build=_treatment_curved)
     _check_against_pytensor(lean_design, points=2, seed=16, build=_treatment_curved)
     _check_against_pytensor(lean_design, OTHER_PRIORS, points=2, seed=17, build=_treatment_curved)
     _check_against_pytensor(small_design, points=2, seed=18, build=_null_curved)
@@ -289,6 +319,24 @@ def test_fast_variants_match_their_plain_models(small_design):
         assert engine.fused_layout(marginal) is not None, name
     assert get("treatment").build(small_design, likelihood="student").fast_variant is None
     assert get("treatment_curved").build(small_design, likelihood="censored").fast_variant is None
+
+
+@pytest.mark.unit
+def test_per_phase_location_priors_stay_fused(covariate_design):
+    """A vector mean of the phase blocks (the enthusiastic preset's) is computed by the fused function, phase by phase;
+    a vector of the wrong length, or on a block that takes one number, makes the model use the graph."""
+    from inference import kernels
+
+    layout = engine.fused_layout(_treatment(covariate_design, PHASE_PRIORS))
+    assert layout is not None
+    loc = kernels._field(layout.ctx, kernels.F_PHASE_LOC)
+    np.testing.assert_array_equal(loc, [-11.0, 15.0, 1.0, 15.0, -2.0, 1.2, 0.5, 2.5])
+    np.testing.assert_array_equal(kernels._field(layout.ctx, kernels.F_COV), covariate_design.covariates.ravel())
+    from models.priors import Prior
+
+    with pytest.raises(kernels.Unsupported, match="one value per element"):
+        kernels.location_elements(Prior("Normal", {"mu": [0.0, 1.0, 2.0], "sigma": 1.0}, ""), 2)
+    assert engine.fused_layout(_treatment(covariate_design, {"intercept": {"params": {"mu": [30.0]}}})) is None
 
 
 @pytest.mark.unit
@@ -365,13 +413,16 @@ def _mmrm(design, priors=None):
 
 
 @pytest.mark.unit
-def test_fused_mmrm_density_equals_pytensor(small_design, lean_design):
-    """Drop-out and intermittent-gap patterns, several sites and one, default and other priors."""
+def test_fused_mmrm_density_equals_pytensor(covariate_design, lean_design):
+    """Drop-out and intermittent-gap patterns, several sites and one, default and other priors, with baseline
+    covariates (continuous and categorical) and without."""
     from models.mmrm import mmrm_data
 
-    patterns = mmrm_data(small_design).patterns
+    patterns = mmrm_data(covariate_design).patterns
     assert any(not prefix for *_, prefix in patterns) and sum(prefix for *_, prefix in patterns) >= 2
-    _check_against_pytensor(small_design, MMRM_PRIORS, points=3, seed=8, build=_mmrm)
+    covariate_prior = {"covariate_effect": {"params": {"mu": 0.5, "sigma": 3.0}}}
+    _, layout = _check_against_pytensor(covariate_design, {**MMRM_PRIORS, **covariate_prior}, points=3, seed=8, build=_mmrm)
+    assert "covariate_effect" in layout.shape_info[0]
     _, layout = _check_against_pytensor(lean_design, points=2, seed=9, build=_mmrm)
     assert layout.kernel == "mmrm" and "site_effect_zerosum__" not in layout.shape_info[0]
 

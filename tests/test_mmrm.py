@@ -25,6 +25,14 @@ def design(small_trial):
 
 
 @pytest.fixture(scope="module")
+def design_cov(small_trial_dir, tmp_path_factory):
+    """The small trial with baseline covariates declared (continuous age, 2-level sex, 3-level education)."""
+    from tests.test_covariates import with_covariates
+
+    return build_design(load_dataset(with_covariates(small_trial_dir, tmp_path_factory.mktemp("mmrm_cov") / "t")))
+
+
+@pytest.fixture(scope="module")
 def design_nobio(tmp_path_factory):
     trial = simulate_trial(TrialParameters(n_participants=40, seed=12, dropout_by_last_week=0.4, intermittent_missing=0.1))
     trial.biomarkers = trial.biomarkers.iloc[0:0]
@@ -36,11 +44,12 @@ def design_nobio(tmp_path_factory):
 # --- an independent REML MMRM (unstructured covariance, GLS for the mean), straight from the Dataset
 
 
-def reml_mmrm(ds):
-    """REML fit of change ~ visit + visit:arm + visit:baseline + site, unstructured covariance.
+def reml_mmrm(ds, covariates=None):
+    """REML fit of change ~ visit + visit:arm + visit:baseline + site [+ covariates], unstructured covariance.
 
-    Returns (beta, covariance of beta, names). Written from the loaded Dataset, sharing no code with
-    the Bayesian model, as an independent reference.
+    covariates: {name: value per participant of ds}, each a main effect common to every visit (column
+    'covariate_<name>'). Returns (beta, covariance of beta, names). Written from the loaded Dataset,
+    sharing no code with the Bayesian model, as an independent reference.
     """
     score = ds["score"].values
     change = score[:, 1:] - score[:, [0]]
@@ -54,8 +63,10 @@ def reml_mmrm(ds):
     dummies = np.zeros((n, nv, len(sites) - 1))
     for s in range(1, len(sites)):
         dummies[site_idx == s, :, s - 1] = 1.0
-    X = np.concatenate(blocks + [dummies], axis=2)  # participant x visit x column
+    extra = [np.repeat(np.asarray(v, dtype=float)[keep][:, None, None], nv, axis=1) for v in (covariates or {}).values()]
+    X = np.concatenate(blocks + [dummies] + extra, axis=2)  # participant x visit x column
     names = [f"{k}_{w}" for k in ("visit", "nac", "baseline") for w in ds["week"].values[1:]] + [f"site_{s}" for s in sites[1:]]
+    names += [f"covariate_{c}" for c in (covariates or {})]
     observed = ~np.isnan(change)
     groups = {}
     for i, o in enumerate(observed):
@@ -136,19 +147,28 @@ def test_log_likelihood_is_the_marginal_normal_of_attended_visits(design_nobio):
 
 
 @pytest.mark.unit
-def test_numpy_pointwise_log_likelihood_equals_pymc(design_nobio, design):
-    """BuiltModel.pointwise (used instead of compiling the graph) gives PyMC's own pointwise densities."""
+def test_numpy_pointwise_log_likelihood_equals_pymc(design_nobio, design_cov):
+    """BuiltModel.pointwise (used instead of compiling the graph) gives PyMC's own pointwise densities, and
+    models.mmrm.mean_change PyMC's own mean, without baseline covariates and with some of those declared (the
+    covariate columns found by the fit's coordinate; all of them: tests/test_fused.py, tests/test_covariates.py)."""
     import arviz as az
     import pymc as pm
 
-    for dsg in (design_nobio, design):
-        built = get("mmrm").build(dsg)
+    from models.mmrm import mean_change
+
+    for dsg, covariates in ((design_nobio, True), (design_cov, ["education", "age"])):
+        built = get("mmrm").build(dsg, covariates=covariates)
+        assert ("covariate_effect" in built.model.named_vars) == (dsg is design_cov)
         prior = pm.sample_prior_predictive(draws=6, model=built.model, random_seed=3).prior
         idata = az.InferenceData(posterior=prior)
         with built.model:
             pm.compute_log_likelihood(idata, var_names=["change"], extend_inferencedata=True, progressbar=False)
         ours = built.pointwise(prior)["change"]
         np.testing.assert_allclose(ours, idata.log_likelihood["change"].values, rtol=1e-9, atol=1e-9)
+        model = built.model
+        mu = model.compile_fn(model["change"].owner.inputs[2], inputs=model.free_RVs, on_unused_input="ignore")
+        want = np.array([mu({rv.name: prior[rv.name].values[0, k] for rv in model.free_RVs}) for k in range(6)])
+        np.testing.assert_allclose(mean_change(prior, dsg)[0], want, rtol=1e-12, atol=1e-9)
 
 
 @pytest.mark.unit

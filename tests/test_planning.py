@@ -1,4 +1,8 @@
-"""Trial planning without a saved fit: closed-form power, type I error, enrichment, Dask reproducibility, MCMC agreement."""
+"""Trial planning without a saved fit: closed-form power, type I error, enrichment, Dask reproducibility, MCMC agreement.
+
+Tests of properties of the completers' ANCOVA (its closed-form power, its nominal type I error) say
+`method="ancova"` and MCAR dropout; the MMRM analysis and the dropout mechanisms are tested in
+test_planning_mmrm.py."""
 
 from __future__ import annotations
 
@@ -45,7 +49,7 @@ def test_sequential_marker_block_becomes_the_right_mvn():
 def test_simulated_power_and_type_i_error_match_the_closed_form():
     """Two-arm normal endpoint, known effect: the simulated success rate equals the noncentral-t power."""
     params = unrounded(fixed_parameters())
-    analysis = AnalysisSettings()
+    analysis = AnalysisSettings(method="ancova")
     designs = [PlannedTrial(30, dropout=0.0), PlannedTrial(90, allocation=2.0, dropout=0.0)]
     spec = PlanSpec(designs, [Scenario("fixed", 0.0), Scenario("fixed", -2.0)], analysis, sims=3000, seed=11, chunk_size=500, round_scores=False)
     table, _ = plan(params, spec)
@@ -64,8 +68,9 @@ def test_simulated_power_and_type_i_error_match_the_closed_form():
 @pytest.mark.unit
 def test_type_i_error_is_nominal_with_a_flat_analysis_prior():
     params = unrounded(fixed_parameters())
-    analysis = AnalysisSettings(prior_sd=1e4)
-    spec = PlanSpec([PlannedTrial(50, dropout=0.3)], [Scenario("fixed", 0.0)], analysis, sims=8000, seed=5, chunk_size=2000, round_scores=False)
+    analysis = AnalysisSettings(prior_sd=1e4, method="ancova")
+    spec = PlanSpec([PlannedTrial(50, dropout=0.3, dropout_mechanism="mcar")], [Scenario("fixed", 0.0)], analysis, sims=8000, seed=5, chunk_size=2000,
+                    round_scores=False)
     table, _ = plan(params, spec)
     row = table.iloc[0]
     assert abs(row.p_success - 0.025) < 3 * np.sqrt(0.025 * 0.975 / row.sims)
@@ -100,11 +105,11 @@ def test_enrichment_helps_only_with_a_marker_that_moderates_the_nac_effect():
     The markers are made independent here: enriching on a marker correlated with a true moderator
     selects part of the moderator's benefit too (that case is checked through the true effect below)."""
     params = fixed_parameters(nac_change=(-1.0, -1.0), moderation=(-1.5, 0.0, 0.0), nac_moderation=(0.0, -2.0, 0.0), marker_corr=np.eye(3))
-    analysis = AnalysisSettings()
+    analysis = AnalysisSettings(method="ancova")
     designs = [
-        PlannedTrial(80, dropout=0.2),
-        PlannedTrial(80, dropout=0.2, enrich_marker="crp", enrich_threshold=3.0),
-        PlannedTrial(80, dropout=0.2, enrich_marker="il6", enrich_threshold=2.0),
+        PlannedTrial(80, dropout=0.2, dropout_mechanism="mcar"),
+        PlannedTrial(80, dropout=0.2, dropout_mechanism="mcar", enrich_marker="crp", enrich_threshold=3.0),
+        PlannedTrial(80, dropout=0.2, dropout_mechanism="mcar", enrich_marker="il6", enrich_threshold=2.0),
     ]
     spec = PlanSpec(designs, [Scenario("assurance")], analysis, sims=1500, seed=21, chunk_size=500)
     table, _ = plan(params, spec)
@@ -155,6 +160,10 @@ def test_bad_designs_are_refused_with_reasons():
         PlannedTrial(50, primary_week=10, weeks=(0, 4, 8, 12)).validate(params)
     with pytest.raises(PlanningError, match="dropout"):
         PlannedTrial(50, dropout=1.0).validate(params)
+    with pytest.raises(PlanningError, match="dropout mechanism"):
+        PlannedTrial(50, dropout_mechanism="informative").validate(params)
+    with pytest.raises(PlanningError, match="entry criterion"):
+        simulate_trials(params, PlannedTrial(10, entry_min=60.0), Scenario("assurance"), 5, np.random.default_rng(0))
     with pytest.raises(PlanningError, match="fewer than 1 in a million"):
         simulate_trials(params, PlannedTrial(10, enrich_marker="crp", enrich_threshold=1e6), Scenario("assurance"), 5, np.random.default_rng(0))
 
@@ -163,9 +172,10 @@ def test_bad_designs_are_refused_with_reasons():
 def test_same_seed_same_table_in_process_and_on_a_dask_cluster():
     from dask.distributed import Client, LocalCluster
 
-    params = fixed_parameters()
-    designs = [PlannedTrial(n, dropout=0.25) for n in (30, 60)] + [PlannedTrial(30, enrich_marker="crp", enrich_threshold=3.0)]
-    spec = PlanSpec(designs, [Scenario("assurance"), Scenario("fixed", 0.0)], AnalysisSettings(dual=True), sims=450, seed=8, chunk_size=100)
+    params = fixed_parameters(prognostic=(1.0, 0.0, 0.0))  # eligibility depends on IL-6: people are redrawn
+    designs = [PlannedTrial(n, dropout=(0.3, 0.2), entry_min=22.0) for n in (30, 60)] + [PlannedTrial(30, enrich_marker="crp", enrich_threshold=3.0)]
+    scenarios = [Scenario("assurance"), Scenario("vague", sd=8.0), Scenario("fixed", 0.0)]
+    spec = PlanSpec(designs, scenarios, AnalysisSettings(dual=True), sims=250, seed=8, chunk_size=60, robust_weight=0.2)
     local, _ = plan(params, spec, workers=1)
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as cluster, Client(cluster) as client:
         distributed, _ = plan(params, spec, client=client)
@@ -180,7 +190,8 @@ def test_fast_decisions_agree_with_mcmc_on_a_few_trials():
 
     # effect and size chosen so that trials fall on both sides of the decision threshold
     params = fixed_parameters(nac_change=(-2.5, -2.5))
-    table, summary = mcmc_agreement(params, PlannedTrial(60, dropout=0.2), AnalysisSettings(), n_trials=6, seed=4, draws=1000, tune=300)
+    table, summary = mcmc_agreement(params, PlannedTrial(60, dropout=0.2, dropout_mechanism="mcar"), AnalysisSettings(method="ancova"), n_trials=6, seed=4,
+                                    draws=1000, tune=300)
     assert summary["divergences"] == 0
     assert summary["agreement_rate"] >= 5 / 6
     assert summary["max_abs_diff_p_benefit"] < 0.03
@@ -193,7 +204,8 @@ def test_fast_decisions_agree_with_mcmc_on_many_trials():
     from planning.mcmc_check import mcmc_agreement
 
     params = fixed_parameters(nac_change=(-2.5, -2.5), nac_moderation=(0.0, -1.0, 0.0))
-    table, summary = mcmc_agreement(params, PlannedTrial(60, dropout=0.25), AnalysisSettings(dual=True), n_trials=100, seed=12, draws=1500, tune=500)
+    table, summary = mcmc_agreement(params, PlannedTrial(60, dropout=0.25, dropout_mechanism="mcar"), AnalysisSettings(dual=True, method="ancova"),
+                                    n_trials=100, seed=12, draws=1500, tune=500)
     print(summary)
     assert 0.2 < summary["mcmc_success_rate"] < 0.8  # a sample with decisions on both sides
     assert summary["agreement_rate"] >= 0.95
@@ -203,7 +215,7 @@ def test_fast_decisions_agree_with_mcmc_on_many_trials():
 @pytest.mark.slow
 def test_power_matches_closed_form_over_a_grid():
     params = unrounded(fixed_parameters(participant_sd=(6.0, 4.0), participant_corr=0.3, prognostic=(1.0, 0.5, 0.0)))
-    analysis = AnalysisSettings(threshold=0.95, prior_sd=3.0)
+    analysis = AnalysisSettings(threshold=0.95, prior_sd=3.0, method="ancova")
     designs = [PlannedTrial(n, allocation=a, dropout=0.0, primary_week=8, weeks=(0, 4, 8)) for n in (20, 60, 150) for a in (1.0, 1.5)]
     effects = (0.0, -1.0, -2.0, -3.0)
     spec = PlanSpec(designs, [Scenario("fixed", e) for e in effects], analysis, sims=6000, seed=2, chunk_size=1000, round_scores=False)
@@ -263,6 +275,7 @@ def test_parameters_of_other_model_fits():
     plain = from_posterior(_fake_fit(False, False))  # the treatment model: no biomarkers
     assert plain.n_draws == 10 and plain.marker_names == () and plain.marker_chol.shape == (10, 0, 0)
     table, _ = plan(plain, PlanSpec([PlannedTrial(40)], [Scenario("assurance")], sims=50))
+    assert table.analysis.iloc[0] == "mmrm" and table.failed_analyses.iloc[0] == 0
     assert table.mean_true_effect.iloc[0] == pytest.approx(-1.5)
     with pytest.raises(PlanningError, match="unknown biomarker"):
         PlannedTrial(40, enrich_marker="crp", enrich_threshold=3.0).validate(plain)

@@ -188,3 +188,54 @@ def test_forest_plots_draw_a_mean_outside_its_interval():
     answer = Answer("mediation", "", diff, 2.0, None, markers, {})
     for png in (plots.marker_forest_plot(answer), plots.effects_forest_plot(answer, ("placebo", "nac"))):
         assert png[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.unit
+def test_sensitivity_section_per_model_and_notes_for_what_a_model_does_not_support(rendered):
+    """With the sensitivity analyses: per model, the strategies at the end of treatment, the tipping point and its
+    figure, response and remission, the prior flag; a note where the model has no such table; a section of its own
+    for a model outside the checks (e.g. a biomarker model)."""
+    import dataclasses
+
+    import matplotlib.pyplot as plt
+
+    from diagnostics.plots import to_png
+    from diagnostics.report import render_report
+    from diagnostics.run import ModelSensitivity
+
+    run = rendered[0]
+    strategies = pd.DataFrame({"strategy": ["MAR", "J2R", "MAR"], "week": [8, 8, 4], "mean": [-1.5, -0.9, -1.0], "sd": [0.5, 0.5, 0.5],
+                               "hdi_3%": [-2.4, -1.8, -1.9], "hdi_97%": [-0.6, -0.1, -0.2], "p_below_0": [0.998, 0.96, 0.97],
+                               "delta": [0.0, 0.0, 0.0], "dropout_share": [0.1, 0.1, 0.05], "estimand": ["all randomised (n = 100); week 8"] * 3})
+    rows = []
+    for estimand in ("MAR", "NRI"):
+        for q, arm, mean in (("rate_placebo", "placebo", 0.30), ("rate_nac", "nac", 0.45), ("risk_difference", "nac - placebo", 0.15),
+                             ("odds_ratio", "nac vs placebo", 1.9), ("nnt", "nac vs placebo", np.nan)):
+            rows.append({"estimand": estimand, "outcome": "response", "week": 8, "quantity": q, "arm": arm, "mean": mean, "median": 6.7 if q == "nnt" else mean,
+                         "hdi_3%": mean - 0.1, "hdi_97%": mean + 0.1, "p_above_0": 0.98 if q == "risk_difference" else np.nan})
+    prior = pd.DataFrame({"effect": ["nac_effect at week 8"], "prior_sensitivity": [0.08], "prior_sensitive": [True], "diagnosis": ["prior-data conflict"]})
+    fig = plt.figure()
+    png = to_png(fig)
+    truth = ModelSensitivity("truth", 8, {"sensitivity": strategies, "tipping_point": pd.DataFrame({"delta": [0.0]}),
+                                          "responders": pd.DataFrame(rows), "prior_sensitivity": prior},
+                             tipping_message="the conclusion flips at delta = 4 points on the grid", tipping_figure=png)
+    wide = ModelSensitivity("wide", 8, {"prior_sensitivity": prior.assign(prior_sensitivity=0.01, prior_sensitive=False)},
+                            notes={"sensitivity": "not for 'wide': it has no arm effect", "tipping_point": "not for 'wide'",
+                                   "responders": "model 'wide' has no visit scores"})
+    marker = ModelSensitivity("biomarker_change", 8, {"prior_sensitivity": prior.iloc[0:0]}, notes={"sensitivity": "not for 'biomarker_change'"})
+    text = render_report(dataclasses.replace(run, sensitivity={"truth": truth, "wide": wide, "biomarker_change": marker}))
+    truth_part = text[text.index('id="model-truth"'):text.index('id="model-wide"')]
+    assert truth_part.index('id="sensitivity-truth">Sensitivity and estimands') < truth_part.index("Convergence")
+    assert "<td>MAR</td><td>-1.50</td><td>-2.40 to -0.60</td><td>1.00</td><td>10.0%</td>" in truth_part  # week 8 only
+    assert "<td>-1.00</td>" not in truth_part and "Estimand: all randomised (n = 100); week 8" in truth_part
+    assert "<b>Tipping point</b>: the conclusion flips at delta = 4 points on the grid." in truth_part
+    assert truth_part.count('<img alt="truth: tipping point" src="data:image/png;base64,') == 1
+    assert "<td>hypothetical (MAR imputation)</td><td>response</td><td>30.0% (20.0% to 40.0%)</td><td>45.0% (35.0% to 55.0%)</td>" in truth_part
+    assert "<td>15.0 points (5.0 to 25.0)</td><td>0.98</td><td>6.7</td>" in truth_part and "composite (missing = failure)" in truth_part
+    assert "<b>Prior-sensitive</b>" in truth_part and "nac_effect at week 8 (prior-data conflict, prior sensitivity 0.080)" in truth_part
+    wide_part = text[text.index('id="model-wide"'):]
+    assert "No reference-based strategies, delta adjustment or tipping point for this model: not for &#x27;wide&#x27;: it has no arm effect" in wide_part
+    assert "No responder or remission estimands for this model: model &#x27;wide&#x27; has no visit scores" in wide_part
+    assert "No reported effect is prior-sensitive" in wide_part
+    assert '<h2 id="sensitivity-biomarker_change">Model: biomarker_change: sensitivity and estimands</h2>' in text
+    assert "Sensitivity and estimands" not in render_report(run)  # without the analyses: no section

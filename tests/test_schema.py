@@ -193,3 +193,77 @@ def test_header_only_biomarkers_file_means_no_biomarker_data_and_says_so(trial_c
     get("treatment").require(design)
     with pytest.raises(ModelDataError, match="needs baseline biomarkers"):
         get("headline").require(design)
+
+
+# ---------------------------------------------------------------- baseline covariates ([covariates] of dataset.toml)
+
+
+def declare(folder, lines: str) -> None:
+    with open(folder / "dataset.toml", "a", encoding="utf-8") as out:
+        out.write("\n[covariates]\n" + lines)
+
+
+def test_declared_covariates_load_validated(trial_copy):
+    """Declared covariates are kept as validated values (numbers, labels), their kinds in the metadata, and the
+    metadata round-trips through to_toml; an undeclared column stays in the data, unused."""
+    from data import meta_of
+
+    declare(trial_copy, 'age = "continuous"\nsex = "categorical"\n')
+    ds = load_dataset(trial_copy)
+    meta = meta_of(ds)
+    assert meta.covariates == {"age": "continuous", "sex": "categorical"}
+    assert ds["covariate_age"].dtype == float and set(ds["covariate_sex"].values) == {"F", "M"}
+    assert parse_meta(meta.to_toml()) == meta
+
+
+def test_covariate_table_rules():
+    """A kind other than continuous/categorical, a reserved column, a table that is not one: refused with the line."""
+    with pytest.raises(DatasetError, match=r"dataset.toml, column '\[covariates\]', line 3: covariate 'sex' has kind 'factor'.*Fix:"):
+        parse_meta('[covariates]\nage = "continuous"\nsex = "factor"\n')
+    with pytest.raises(DatasetError, match="'site' cannot be a covariate"):
+        parse_meta('[covariates]\nsite = "categorical"\n')
+    with pytest.raises(DatasetError, match=r"\[covariates\] must be a table"):
+        parse_meta('covariates = ["age"]\n')
+
+
+def test_covariate_not_a_column(trial_copy):
+    declare(trial_copy, 'Age = "continuous"\n')
+    expect_error(trial_copy, "participants.csv, column 'Age', line 1", "covariate 'Age' is declared in [covariates] of dataset.toml",
+                 "Probably 'age'", "Fix: add the column 'Age'")
+
+
+def test_missing_covariate_values(trial_copy):
+    """Empty and NA cells are missing values, an error for a declared covariate, with their lines; a withdrawn
+    participant's missing value does not count; an undeclared column may have gaps."""
+    def gaps(d):
+        d.loc[3, "age"] = ""
+        d.loc[8, "age"] = "NA"
+        d.loc[5, "sex"] = ""
+        d["withdrew_consent"] = "0"
+        d.loc[12, ["age", "withdrew_consent"]] = ["", "1"]
+        return d
+
+    edit_csv(trial_copy, "participants.csv", gaps)
+    declare(trial_copy, 'age = "continuous"\n')
+    text = expect_error(trial_copy, "participants.csv, column 'age', lines 5, 10:", "missing for 2 participant(s)",
+                        "Fix: fill in the values, or remove 'age' from [covariates]")
+    assert "sex" not in text
+
+
+def test_continuous_covariate_not_a_number(trial_copy):
+    edit_csv(trial_copy, "participants.csv", lambda d: d.assign(age=d["age"].where(d.index != 6, "48,5")))
+    declare(trial_copy, 'age = "continuous"\n')
+    expect_error(trial_copy, "column 'age', line 8", "declared continuous but is not a number (e.g. ['48,5'])", "decimal comma")
+    edit_csv(trial_copy, "participants.csv", lambda d: d.assign(age="young"))
+    expect_error(trial_copy, "not a number (e.g. ['young'])", 'declare it age = "categorical"')
+
+
+def test_covariate_that_adjusts_for_nothing(trial_copy):
+    """A categorical covariate with one level, a continuous one without variation, levels differing only in case."""
+    edit_csv(trial_copy, "participants.csv", lambda d: d.assign(sex="F", age="50"))
+    declare(trial_copy, 'age = "continuous"\nsex = "categorical"\n')
+    text = expect_error(trial_copy, "2 problems", "categorical covariate 'sex' has one level ('F')",
+                        "same value (50) for every participant")
+    assert "column 'sex', lines 2, 3" in text
+    edit_csv(trial_copy, "participants.csv", lambda d: d.assign(sex=np.where(d.index % 2, "f", "F"), age=d.index.astype(str)))
+    expect_error(trial_copy, "column 'sex'", "differ only in upper/lower case ['F', 'f']")

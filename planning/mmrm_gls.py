@@ -1,0 +1,364 @@
+"""The MMRM of a simulated trial in closed form, vectorised over many trials at once.
+
+Model (the frequentist primary analysis of a depression trial; models/mmrm.py is its Bayesian form):
+
+    c_iv = y_iv - y_i0,   v = 1..V the post-baseline visits of the schedule
+    c_i ~ MvNormal(B x_i, Sigma) over the visits participant i attended,   x_i = (1, T_i, y_i0 - ybar_0)
+    B (V x 3): visit means, treatment x visit, baseline x visit;  Sigma unstructured (V x V)
+
+Participants attend a prefix of the visits (monotone dropout; at an interim look, the visits they
+have reached so far): pattern p holds those who attended the first p + 1 visits. Everything the
+likelihood needs is, per pattern, n_p and the sums Sxx_p = sum x x', Scx_p = sum c x', Scc_p = sum c c'
+(the attended block of c, zero elsewhere), so one trial of any size costs V small matrices.
+
+Given Sigma, with W_p = (Sigma_p)^-1 padded with zeros (Sigma_p: the leading p + 1 block; for a
+prefix, W_p = sum_{r <= p} m_r m_r' over the rows m_r of L^-1, L = chol(Sigma)):
+
+    H = sum_p W_p (x) Sxx_p,   g = sum_p vec(W_p Scx_p),   vec(B) = H^-1 g   (generalised least squares)
+    Cov(vec B) = H^-1
+
+Sigma by REML:  l_R = -1/2 sum_p [n_p log|Sigma_p| + tr(W_p R_p)] - 1/2 log|H|,  R_p = sum_i r_i r_i'
+with r_i the attended residuals. Its gradient in Sigma is G = 1/2 sum_p (W_p (R_p + Q_p) W_p - n_p W_p)
+with Q_p[v, u] = tr(H^-1_{vu} Sxx_p) (the REML term). Newton steps on the distinct entries of Sigma
+(`fit_reml`: the Hessian from the average information and the expected information, both from the
+pattern sums), halving a step that would leave Sigma not positive definite or lower l_R, from the
+available-case estimate, until the predicted gain in l_R is below 1e-10 (usually 5-8 steps). With
+complete data this is ordinary least squares at each visit and
+Sigma = residual cross-products / (n - 3), so the primary-visit estimate and SE equal the ANCOVA's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+Q = 3  # regressors per visit: intercept, treatment, centred baseline
+TOL = 1e-10  # converged when the largest step is below this fraction of the largest variance,
+DECREMENT = 1e-10  # or the step's predicted gain in the REML log-likelihood is below this
+MAX_ITER = 40
+
+
+@dataclass
+class PatternStats:
+    """Sufficient statistics per trial (S) and pattern (p = 0..V-1: attended the first p + 1 visits)."""
+
+    n: np.ndarray  # (S, V)
+    sxx: np.ndarray  # (S, V, Q, Q)
+    scx: np.ndarray  # (S, V, V, Q), rows beyond the pattern's visits are 0
+    scc: np.ndarray  # (S, V, V, V), zero outside the pattern's block
+    n_arm: np.ndarray  # (S, V, 2): participants attending each visit, per arm (control, treatment)
+
+    @property
+    def n_visits(self) -> int:
+        return self.n.shape[1]
+
+    @property
+    def n_trials(self) -> int:
+        return self.n.shape[0]
+
+
+def pattern_stats(change: np.ndarray, attended: np.ndarray, treated: np.ndarray, baseline: np.ndarray) -> PatternStats:
+    """change (S, N, V) post-baseline change from baseline (values past `attended` are ignored),
+    attended (S, N) number of post-baseline visits attended (a prefix: 0..V), treated (N,) or (S, N),
+    baseline (S, N) week-0 scores. Participants with no post-baseline visit are left out, and the
+    baseline is centred on the mean of those included, as in models/mmrm.py."""
+    s, n, v = change.shape
+    attended = np.asarray(attended)
+    treated = np.broadcast_to(np.asarray(treated, float), (s, n))
+    included = attended >= 1
+    n_inc = included.sum(axis=1)
+    centre = np.where(included, baseline, 0.0).sum(axis=1) / np.maximum(n_inc, 1)
+    x = np.stack([np.ones((s, n)), treated, baseline - centre[:, None]], axis=2)  # (S, N, Q)
+    seen = np.arange(v)[None, None, :] < attended[:, :, None]  # (S, N, V)
+    c = np.where(seen, change, 0.0)
+    onehot = (attended[:, :, None] - 1 == np.arange(v)[None, None, :]).astype(float)  # (S, N, V patterns)
+    ot = onehot.transpose(0, 2, 1)  # (S, P, N)
+    n_p = onehot.sum(axis=1)
+    sxx = (ot @ (x[:, :, :, None] * x[:, :, None, :]).reshape(s, n, Q * Q)).reshape(s, v, Q, Q)
+    scx = (ot @ (c[:, :, :, None] * x[:, :, None, :]).reshape(s, n, v * Q)).reshape(s, v, v, Q)
+    scc = (ot @ (c[:, :, :, None] * c[:, :, None, :]).reshape(s, n, v * v)).reshape(s, v, v, v)
+    arm = np.stack([1.0 - treated, treated], axis=2)  # (S, N, 2)
+    n_arm = np.einsum("snv,sna->sva", seen.astype(float), arm)
+    return PatternStats(n_p, sxx, scx, scc, n_arm)
+
+
+def _block_masks(v: int) -> np.ndarray:
+    """(P, V, V): pattern p's attended block."""
+    k = np.arange(v)
+    inside = k[None, :] <= k[:, None]  # (P, V): visit u attended in pattern p
+    return inside[:, :, None] & inside[:, None, :]
+
+
+def _duplication(v: int) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
+    """Duplication matrix D (V^2 x m) with vec(S) = D vech(S), and the lower-triangle indices."""
+    rows, cols = np.tril_indices(v)
+    d = np.zeros((v * v, len(rows)))
+    for j, (a, b) in enumerate(zip(rows, cols)):
+        d[a * v + b, j] = 1.0
+        d[b * v + a, j] = 1.0
+    return d, (rows, cols)
+
+
+def _chol(sigma: np.ndarray, ok: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Batched Cholesky factors, column by column (V is small); trials not `ok`, not finite or not positive
+    definite get the identity and ok=False."""
+    s, v = sigma.shape[0], sigma.shape[-1]
+    a = np.where(ok[:, None, None] & np.isfinite(sigma).all(axis=(1, 2))[:, None, None], sigma, np.nan)
+    lower = np.zeros_like(a)
+    good = ok & np.isfinite(a[:, 0, 0])
+    with np.errstate(over="ignore", invalid="ignore"):  # overflowing (non-finite) trials are flagged below
+        for j in range(v):
+            d = a[:, j, j] - (lower[:, j, :j] ** 2).sum(axis=1)
+            good &= np.isfinite(d) & (d > 1e-12 * np.abs(a[:, j, j]))
+            root = np.sqrt(np.where(good, d, 1.0))
+            lower[:, j, j] = root
+            if j + 1 < v:
+                lower[:, j + 1 :, j] = (a[:, j + 1 :, j] - np.einsum("sik,sk->si", lower[:, j + 1 :, :j], lower[:, j, :j])) / root[:, None]
+    lower = np.where(good[:, None, None], lower, np.eye(v))
+    return lower, good
+
+
+def _lower_inverse(lower: np.ndarray) -> np.ndarray:
+    """Inverse of batched lower-triangular matrices by forward substitution (V small)."""
+    s, v = lower.shape[0], lower.shape[-1]
+    inv = np.zeros_like(lower)
+    for i in range(v):
+        inv[:, i, i] = 1.0 / lower[:, i, i]
+        for j in range(i):
+            inv[:, i, j] = -np.einsum("sk,sk->s", lower[:, i, j:i], inv[:, j:i, j]) / lower[:, i, i]
+    return inv
+
+
+def _inv_sym(a: np.ndarray, ok: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Inverse and log-determinant of symmetric positive definite matrices (batched; bad ones flagged)."""
+    eye = np.eye(a.shape[-1])
+    safe = np.where(ok[:, None, None] & np.isfinite(a).all(axis=(1, 2))[:, None, None], a, eye)
+    try:
+        lower = np.linalg.cholesky(safe)
+    except np.linalg.LinAlgError:  # rare: find the trials that are not positive definite
+        lower, ok = _chol(safe, ok & np.isfinite(a).all(axis=(1, 2)))
+    ok = ok & np.isfinite(a).all(axis=(1, 2))
+    linv = np.linalg.solve(lower, np.broadcast_to(eye, lower.shape))
+    inv = linv.transpose(0, 2, 1) @ linv
+    logdet = 2 * np.log(np.diagonal(lower, axis1=1, axis2=2)).sum(axis=1)
+    return inv, logdet, ok
+
+
+@dataclass
+class GLS:
+    beta: np.ndarray  # (S, V, Q)
+    cov: np.ndarray  # (S, V*Q, V*Q)
+    w: np.ndarray  # (S, P, V, V)
+    logdet_p: np.ndarray  # (S, P)
+    logdet_h: np.ndarray  # (S,)
+    ok: np.ndarray  # (S,)
+
+
+def _pattern_weights(sigma: np.ndarray, ok: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """W_p (S, P, V, V), log|Sigma_p| (S, P) and ok: the leading blocks' inverses from one Cholesky factor."""
+    lower, ok = _chol(sigma, ok)
+    linv = _lower_inverse(lower)  # (S, V, V)
+    w = np.cumsum(linv[:, :, :, None] * linv[:, :, None, :], axis=1)  # W_p = sum_{r <= p} m_r m_r'
+    logdet_p = 2 * np.cumsum(np.log(np.diagonal(lower, axis1=1, axis2=2)), axis=1)
+    return w, logdet_p, ok
+
+
+def _kron_sum(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """sum_p a_p (x) b_p for a (S, P, m, m), b (S, P, k, k): (S, m*k, m*k) with index (i, j) -> i*k + j."""
+    s, p, m, _ = a.shape
+    k = b.shape[-1]
+    out = a.reshape(s, p, m * m).transpose(0, 2, 1) @ b.reshape(s, p, k * k)  # (S, m*m, k*k)
+    return out.reshape(s, m, m, k, k).transpose(0, 1, 3, 2, 4).reshape(s, m * k, m * k)
+
+
+def gls(stats: PatternStats, sigma: np.ndarray, ok: np.ndarray | None = None, prior_precision: np.ndarray | None = None,
+        prior_mean: np.ndarray | None = None) -> GLS:
+    """Generalised least squares given Sigma (S, V, V); with `prior_precision` (V*Q,) a Normal(prior_mean,
+    diag^-1) prior on vec(B) is added (then beta and cov are B's conditional posterior given Sigma)."""
+    s, v = stats.n.shape
+    ok = np.ones(s, bool) if ok is None else ok.copy()
+    w, logdet_p, ok = _pattern_weights(sigma, ok)
+    h = _kron_sum(w, stats.sxx)
+    if prior_precision is not None:
+        h = h + np.diag(prior_precision)[None]
+    g = (w @ stats.scx).sum(axis=1).reshape(s, v * Q)
+    if prior_precision is not None and prior_mean is not None:
+        g = g + (prior_precision * prior_mean)[None]
+    cov, logdet_h, ok = _inv_sym(h, ok)
+    beta = (cov @ g[:, :, None])[:, :, 0].reshape(s, v, Q)
+    return GLS(beta, cov, w, logdet_p, logdet_h, ok)
+
+
+def _residual_products(stats: PatternStats, beta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """R_p = sum r r' on pattern p's attended block (S, P, V, V), and Rx_p = sum r x' (S, P, V, Q; rows
+    outside the block are not meaningful and meet zeros of W_p wherever used)."""
+    b = beta[:, None]  # (S, 1, V, Q)
+    rx = stats.scx - b @ stats.sxx  # (S, P, V, Q)
+    r = (stats.scc - b @ stats.scx.transpose(0, 1, 3, 2) - rx @ b.transpose(0, 1, 3, 2)) * _block_masks(stats.n_visits)[None]
+    return r, rx
+
+
+def reml_loglik(stats: PatternStats, sigma: np.ndarray, ok: np.ndarray | None = None):
+    """REML log-likelihood (without the constant) at Sigma; also the GLS fit there, R_p and Rx_p."""
+    fit = gls(stats, sigma, ok)
+    r, rx = _residual_products(stats, fit.beta)
+    tr = np.einsum("spvu,spuv->sp", fit.w, r)
+    ll = -0.5 * (stats.n * fit.logdet_p + tr).sum(axis=1) - 0.5 * fit.logdet_h
+    return np.where(fit.ok, ll, -np.inf), fit, r, rx
+
+
+def _start(stats: PatternStats) -> tuple[np.ndarray, np.ndarray]:
+    """Available-case estimate: per-visit least squares among those attending it, and residual
+    cross-products among those attending both visits; its diagonal where not positive definite."""
+    s, v = stats.n.shape
+    # participants attending visit u are patterns p >= u: reverse cumulative sums
+    rc = lambda a: np.flip(np.cumsum(np.flip(a, axis=1), axis=1), axis=1)  # noqa: E731
+    n_at, sxx_at, scx_at, scc_at = rc(stats.n), rc(stats.sxx), rc(stats.scx), rc(stats.scc)
+    ok = (n_at[:, -1] > Q + 1)
+    idx = np.arange(v)
+    sxx_v = sxx_at[:, idx]  # (S, V, Q, Q): at visit u, among attendees of u
+    scx_v = scx_at[:, idx, idx]  # (S, V, Q)
+    good = ok & (np.linalg.det(sxx_v) > 1e-12 * np.prod(np.maximum(np.einsum("svjj->svj", sxx_v), 1e-300), axis=2)).all(axis=1)
+    sxx_safe = np.where(good[:, None, None, None], sxx_v, np.eye(Q))
+    beta = np.linalg.solve(sxx_safe, scx_v[..., None])[..., 0]  # (S, V, Q)
+    r, _ = _residual_products(stats, beta)  # per pattern
+    r_at = rc(r)  # (S, P, V, V): cross-products among attendees of p..
+    hi = np.maximum(idx[:, None], idx[None, :])  # pair (v, u) is observed jointly by patterns >= max(v, u)
+    sigma = r_at[:, hi, idx[:, None], idx[None, :]] / np.maximum(n_at[:, hi] - Q, 1)
+    sigma = 0.5 * (sigma + sigma.transpose(0, 2, 1))
+    _, pd = _chol(sigma, good)
+    diag = np.einsum("svv->sv", sigma)
+    sigma = np.where(pd[:, None, None], sigma, np.eye(v) * diag[:, :, None])
+    return sigma, good & (diag > 0).all(axis=1)
+
+
+@dataclass
+class MMRMFit:
+    beta: np.ndarray  # (S, V, Q)
+    cov: np.ndarray  # (S, V*Q, V*Q)
+    sigma: np.ndarray  # (S, V, V) REML estimate
+    ok: np.ndarray  # (S,)
+    iterations: int
+    loglik: np.ndarray  # (S,) REML log-likelihood (without the constant)
+
+    def effect(self, visit: int) -> tuple[np.ndarray, np.ndarray]:
+        """Treatment difference at post-baseline visit index `visit` and its model-based SE."""
+        j = visit * Q + 1
+        return self.beta[:, visit, 1], np.sqrt(self.cov[:, j, j])
+
+
+def _newton_terms(stats: PatternStats, fit: GLS, r: np.ndarray, rx: np.ndarray, dup: np.ndarray):
+    """REML gradient in the distinct entries theta of Sigma, the average information AI (Gilmour,
+    Thompson and Cullis 1995) and (nearly) the expected information F, all from the pattern sums. With P the
+    REML projection and S_a = dSigma/dtheta_a on each participant's attended block:
+        grad_a = 1/2 (y'P S_a P y - tr(P S_a)),   AI_ab = 1/2 y'P S_a P S_b P y,   F_ab = 1/2 tr(P S_a P S_b),
+    and the REML Hessian is -(2 AI - F) (Sigma is linear in theta)."""
+    s, v = stats.n.shape
+    w, cov = fit.w, fit.cov
+    vq = v * Q
+    c_vu = cov.reshape(s, v, Q, v, Q).transpose(0, 1, 3, 2, 4).reshape(s, v * v, Q * Q)
+    q = (stats.sxx.reshape(s, v, Q * Q) @ c_vu.transpose(0, 2, 1)).reshape(s, v, v, v) * _block_masks(v)[None]  # Q_p = tr(C_vu Sxx_p)
+    grad = 0.5 * (w @ (r + q) @ w - stats.n[:, :, None, None] * w).sum(axis=1)
+    grad_t = grad.reshape(s, v * v) @ dup
+    # AI = 1/2 [sum_p tr(S_a W S_b U_p) - M_a' C M_b],  U_p = W R_p W,  M_a = X'V^-1 S_a P y = sum_p vec(W S_a W Rx_p)
+    u = w @ r @ w
+    y = w @ rx
+    m = (w.transpose(0, 2, 3, 1).reshape(s, v * v, -1) @ y.transpose(0, 1, 3, 2).reshape(s, -1, Q * v))
+    m = m.reshape(s, v, v, Q, v).transpose(0, 1, 3, 2, 4).reshape(s, vq, v * v) @ dup
+    ai = 0.5 * (dup.T @ _kron_sum(w, u) @ dup - m.transpose(0, 2, 1) @ cov @ m)
+    # F = 1/2 [sum_p n_p tr(S_a W S_b W) - 2 sum_p tr(S_a W S_b W Q_p W) + tr(C N_a C N_b)],  N_a = X'V^-1 S_a V^-1 X;
+    # the last term, smaller by a further factor (parameters / participants), is left out: it would cost
+    # more than the iterations it saves
+    t12 = _kron_sum(w, stats.n[:, :, None, None] * w - 2 * (w @ q @ w))
+    fisher = 0.5 * (dup.T @ t12 @ dup)
+    return grad_t, ai, fisher
+
+
+def _solve(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Batched solve of a x = b (a: (S, m, m), b: (S, m)); a singular system gives x = 0 and ok=False."""
+    try:
+        return np.linalg.solve(a, b[..., None])[..., 0], np.ones(len(a), bool)
+    except np.linalg.LinAlgError:  # rare: solve trial by trial
+        x, ok = np.zeros_like(b), np.ones(len(a), bool)
+        for i in range(len(a)):
+            try:
+                x[i] = np.linalg.solve(a[i], b[i])
+            except np.linalg.LinAlgError:
+                ok[i] = False
+        return x, ok
+
+
+def fit_reml(stats: PatternStats, tol: float = TOL, max_iter: int = MAX_ITER) -> MMRMFit:
+    """REML estimate of Sigma by Newton's method, then GLS (module docstring).
+
+    The step is Newton's where the REML Hessian -(2 AI - F) is negative definite, else the average-
+    information step where it is an ascent direction, else Fisher scoring's (F is positive definite);
+    it is halved until Sigma stays positive definite and l_R does not decrease. A trial whose step
+    cannot be taken while still far from convergence (relative step > 1e-4) counts as a failed fit."""
+    s, v = stats.n.shape
+    dup, (rows, cols) = _duplication(v)
+    m = len(rows)
+    eye = np.eye(m)
+    sigma, ok = _start(stats)
+    ll, fit, r, rx = reml_loglik(stats, sigma, ok)
+    ok &= fit.ok
+    active = ok.copy()
+    it = 0
+    for it in range(1, max_iter + 1):
+        grad_t, ai, fisher = _newton_terms(stats, fit, r, rx, dup)
+        finite = active & np.isfinite(grad_t).all(axis=1) & np.isfinite(ai).all(axis=(1, 2)) & np.isfinite(fisher).all(axis=(1, 2))
+        ok &= finite | ~active
+        active &= finite
+        grad_t = np.where(active[:, None], grad_t, 0.0)
+        hess = np.where(active[:, None, None], 2 * ai - fisher, eye)
+        _, newton = _chol(hess, active)
+        step, solved = _solve(np.where(newton[:, None, None], hess, np.where(active[:, None, None], ai, eye)), grad_t)
+        use = solved & (newton | ((step * grad_t).sum(axis=1) > 0))
+        if not use[active].all():
+            alt, alt_ok = _solve(np.where(active[:, None, None], fisher, eye), grad_t)
+            step = np.where(use[:, None], step, alt)
+            ok &= use | alt_ok | ~active
+            active &= ok
+        step = np.where(active[:, None], step, 0.0)
+        decrement = (step * grad_t).sum(axis=1)  # predicted gain in l_R (Newton's): converged below DECREMENT
+        delta = np.zeros((s, v, v))
+        delta[:, rows, cols] = step
+        delta[:, cols, rows] = step
+        scale = np.maximum(np.abs(np.einsum("svv->sv", sigma)).max(axis=1), 1e-300)
+        size = np.abs(step).max(axis=1) / scale
+        t = np.ones(s)
+        accepted = ~active
+        new_sigma = sigma.copy()
+        for _ in range(30):  # step halving
+            todo = ~accepted
+            if not todo.any():
+                break
+            cand = sigma + t[:, None, None] * delta
+            cll, cfit, _, _ = reml_loglik(stats, cand, todo)
+            good = todo & cfit.ok & (cll >= ll - 1e-9 * np.abs(ll))
+            new_sigma = np.where(good[:, None, None], cand, new_sigma)
+            accepted |= good
+            t = np.where(todo & ~good, 0.5 * t, t)
+        ok &= accepted | (size < 1e-4)  # no ascent along the step: at the optimum to rounding, or a failed fit
+        active &= accepted
+        sigma = new_sigma
+        ll, fit, r, rx = reml_loglik(stats, sigma, ok)
+        ok &= fit.ok
+        active &= ok & (size > tol) & (np.abs(decrement) > DECREMENT)
+        if not active.any():
+            break
+    return MMRMFit(fit.beta, fit.cov, sigma, ok & np.isfinite(ll), it, ll)
+
+
+def mmrm_effect(change: np.ndarray, attended: np.ndarray, treated: np.ndarray, baseline: np.ndarray, visit: int) -> dict[str, np.ndarray]:
+    """Per trial: the MMRM estimate of the treatment difference at post-baseline visit index `visit`,
+    its SE, residual degrees of freedom (participants attending that visit - 3) and whether the fit
+    succeeded (at least 2 participants per arm at that visit, a positive definite REML Sigma)."""
+    stats = pattern_stats(change, attended, treated, baseline)
+    fit = fit_reml(stats)
+    est, se = fit.effect(visit)
+    n_arm = stats.n_arm[:, visit]
+    ok = fit.ok & (n_arm.min(axis=1) >= 2) & np.isfinite(se) & (se > 0) & np.isfinite(est)
+    df = np.maximum(n_arm.sum(axis=1) - Q, 1)
+    return {"estimate": np.where(ok, est, 0.0), "se": np.where(ok, se, np.inf), "df": df, "ok": ok, "iterations": fit.iterations}
