@@ -101,8 +101,10 @@ E_BLOCKS = (
 # fields of the context array; F_XQ (per participant: sums of q, t1 q, t2 q, q^2), F_QY (sum of q y) and
 # F_WEEK_Q (q per scheduled week) are empty unless the model is curved
 (F_SIZES, F_XOFF, F_EOFF, F_PRIORS, F_TREATED, F_SITE_IDX, F_XX, F_XY, F_YY, F_NVIS, F_ZDATA, F_ZSTATUS, F_ZINDEX, F_ZUPPER,
- F_PER_DOUBLING, F_WEEK_T1, F_WEEK_T2, F_XQ, F_QY, F_WEEK_Q, F_NINT, F_COV, F_PHASE_LOC) = range(23)
-N_FIELDS = 23  # F_NINT: per participant, the number of its missing markers integrated out (0 for most)
+ F_PER_DOUBLING, F_WEEK_T1, F_WEEK_T2, F_XQ, F_QY, F_WEEK_Q, F_NINT, F_COV, F_PHASE_LOC, F_IGROUP, F_IREP) = range(25)
+N_FIELDS = 25
+# F_NINT: per participant, the number of its missing markers integrated out (0 for most); F_IGROUP: its group of
+# participants sharing H (`_integrated_modes`), -1 if none; F_IREP: one participant per group
 # F_COV: the covariate columns the model adjusts for, participant x covariate (row-major; empty without covariates)
 # F_PHASE_LOC: the Normal priors of time_change and nac_change element by element, (mu, sigma) per phase, time_change's
 # first: [mu_t0, sigma_t0, mu_t1, sigma_t1, mu_n0, sigma_n0, mu_n1, sigma_n1] (a prior may give each phase its own mean)
@@ -544,34 +546,45 @@ def _zr(ctx, i, c, curved):
 
 
 @_jit
-def _integrated_modes(x, ctx, z0, fixed0, l00, l10, l11, inv_s2, uhat, hinv, logdet):
+def _jacobian(x, ctx, i, miss, q, l00, l10, l11, jac):
+    """J = [L, A] (2 x (2 + q)) of participant i."""
+    jac[0, 0], jac[0, 1], jac[1, 0], jac[1, 1] = l00, 0.0, l10, l11
+    _marker_loadings(x, ctx, i, miss, q, jac)
+
+
+@_jit
+def _integrated_modes(x, ctx, z0, fixed0, l00, l10, l11, inv_s2, uhat, hchol, hinv, logdet):
     """For each participant with integrated markers: the mode u = (eps, z_M) of the joint conditional density of
-    their standardised participant effects eps (b = L eps) and missing markers, its precision H and log det H.
+    their standardised participant effects eps (b = L eps) and missing markers, with its precision H.
 
     f(u) = log N(y_i | X c(z) + Z L eps, s^2 I) + log N(eps | 0, I) + log p(z) is quadratic in u with
     H = -d2f = J' Z'Z J / s^2 + blockdiag(I_2, Q_MM), J = [L, A]; the mode solves H u = df(0) (u = 0 at
-    z_M = 0, eps = 0). Writes uhat (eps, then z_M in the order of the missing markers), hinv = H^-1 and logdet.
-    Returns False if some H is not positive definite."""
+    z_M = 0, eps = 0). H depends on the participant only through the missing set, Z'Z and (with the
+    biomarker x arm term) the arm: participants sharing them form a group (F_IGROUP, one representative
+    each in F_IREP), and H, its Cholesky factor, H^-1 and log det H are computed once per group.
+    Writes uhat (eps, then z_M in the order of the missing markers) per participant, and hchol, hinv,
+    logdet per group. Returns False if some H is not positive definite."""
     sizes = _field(ctx, F_SIZES)
     n_p, m, curved = int(sizes[0]), int(sizes[1]), int(sizes[9])
-    nint, xx = _field(ctx, F_NINT), _field(ctx, F_XX)
+    igroup, irep, xx, nint = _field(ctx, F_IGROUP), _field(ctx, F_IREP), _field(ctx, F_XX), _field(ctx, F_NINT)
     r, inv_ms2 = _marker_structure(x, ctx)
     dmax = 2 + m
     miss = np.zeros(max(m, 1), dtype=np.int64)
     jac = np.zeros((2, dmax))
-    h = np.zeros((dmax, dmax))
     qmm = np.zeros((max(m, 1), max(m, 1)))
     score = np.zeros(max(m, 1))
     g = np.zeros(dmax)
-    for i in range(n_p):
-        if nint[i] == 0:
-            continue
+    n_groups = irep.shape[0]
+    pj = np.zeros((n_groups, dmax, 2))  # H^-1 J' / s^2 per group: the mode is pj Z'r + H^-1 [0; score_M]
+    gmiss = np.zeros((n_groups, max(m, 1)), dtype=np.int64)
+    for grp in range(n_groups):
+        i = int(irep[grp])
         q = _missing_set(ctx, i, m, miss)
         d = 2 + q
-        jac[0, 0], jac[0, 1], jac[1, 0], jac[1, 1] = l00, 0.0, l10, l11
-        _marker_loadings(x, ctx, i, miss, q, jac)
+        _jacobian(x, ctx, i, miss, q, l00, l10, l11, jac)
         a00, a01, a11 = xx[6 * i], xx[6 * i + 1], xx[6 * i + 3]
         _precision_block(r, inv_ms2, miss, q, qmm)
+        h = hchol[grp]
         for a in range(d):
             for b in range(d):
                 bj0 = a00 * jac[0, b] + a01 * jac[1, b]
@@ -582,25 +595,37 @@ def _integrated_modes(x, ctx, z0, fixed0, l00, l10, l11, inv_s2, uhat, hinv, log
         for a in range(q):
             for b in range(q):
                 h[2 + a, 2 + b] += qmm[a, b]
-        r0, r1 = _zr(ctx, i, fixed0[i], curved)
-        _marker_score(x, ctx, r, inv_ms2, z0[i], score)
-        for a in range(d):
-            g[a] = (jac[0, a] * r0 + jac[1, a] * r1) * inv_s2
-        for a in range(q):
-            g[2 + a] += score[miss[a]]
         ld = _cholesky_inplace(h, d)
         if math.isnan(ld):
             return False
-        logdet[i] = ld
-        _cholesky_solve(h, d, g)
-        for a in range(d):
-            uhat[i, a] = g[a]
+        logdet[grp] = ld
         for a in range(d):  # H^-1, column by column
             for b in range(d):
                 g[b] = 1.0 if a == b else 0.0
             _cholesky_solve(h, d, g)
             for b in range(d):
-                hinv[i, a, b] = g[b]
+                hinv[grp, a, b] = g[b]
+        for a in range(d):
+            for c in range(2):
+                v = 0.0
+                for b in range(d):
+                    v += hinv[grp, a, b] * jac[c, b]
+                pj[grp, a, c] = v * inv_s2
+        for a in range(q):
+            gmiss[grp, a] = miss[a]
+    for i in range(n_p):
+        grp = int(igroup[i])
+        if grp < 0:
+            continue
+        q = int(nint[i])
+        d = 2 + q
+        r0, r1 = _zr(ctx, i, fixed0[i], curved)
+        _marker_score(x, ctx, r, inv_ms2, z0[i], score)
+        for a in range(d):
+            v = pj[grp, a, 0] * r0 + pj[grp, a, 1] * r1
+            for b in range(q):
+                v += hinv[grp, a, 2 + b] * score[gmiss[grp, b]]
+            uhat[i, a] = v
     return True
 
 
@@ -653,16 +678,19 @@ def logp_grad(x, ctx, grad):
     inv_s2 = 1.0 / s2
 
     # participants with integrated markers: the joint mode of (eps, z_M) first (models/marker_block.py, module docstring)
-    nint = _field(ctx, F_NINT)
+    nint, igroup = _field(ctx, F_NINT), _field(ctx, F_IGROUP)
     with_integrated = int(sizes[10]) > 0
     dmax = 2 + m
     rows = n_p if with_integrated else 0
-    uhat, hinv, logdet = np.zeros((rows, dmax)), np.zeros((rows, dmax, dmax)), np.zeros(rows)
+    n_groups = _field(ctx, F_IREP).shape[0]
+    uhat = np.zeros((rows, dmax))
+    hchol, hinv, logdet = np.zeros((n_groups, dmax, dmax)), np.zeros((n_groups, dmax, dmax)), np.zeros(n_groups)
+    group_size = np.zeros(n_groups)
     zfill = np.zeros((n_p, m))
     miss = np.zeros(max(m, 1), dtype=np.int64)
-    if with_integrated:
-        z0, _, _ = _complete_markers(x, ctx, False, zfill)
-        if not _integrated_modes(x, ctx, z0, _fixed_part(x, ctx, z0, site), l00, l10, l11, inv_s2, uhat, hinv, logdet):
+    if with_integrated:  # their markers: observed values, 0 at the integrated ones (they have no latent value)
+        z0 = _field(ctx, F_ZDATA).reshape((n_p, m))
+        if not _integrated_modes(x, ctx, z0, _fixed_part(x, ctx, z0, site), l00, l10, l11, inv_s2, uhat, hchol, hinv, logdet):
             return -math.inf
         for i in range(n_p):
             q = _missing_set(ctx, i, m, miss)
@@ -726,47 +754,13 @@ def logp_grad(x, ctx, grad):
         if q > 0:
             # log p(y_i, z_K) = f(u) + (q / 2) log 2 pi - log det H / 2 at the mode u (the n log(2 pi s^2) / 2 below)
             n_total += n
-            lp += -0.5 * (rr * inv_s2 + eps0 * eps0 + eps1 * eps1) + 0.5 * q * LOG2PI - 0.5 * logdet[i]
+            lp += -0.5 * (rr * inv_s2 + eps0 * eps0 + eps1 * eps1) + 0.5 * q * LOG2PI - 0.5 * logdet[int(igroup[i])]
             dc0, dc1, dc2, dc3 = r0 * inv_s2, r1 * inv_s2, r2 * inv_s2, r3 * inv_s2  # y's part at the mode
             g00 += r0 * inv_s2 * eps0
             g10 += r1 * inv_s2 * eps0
             g11 += r1 * inv_s2 * eps1
             d_s2 += 0.5 * (rr * inv_s4 - n * inv_s2)
-            # - log det H / 2, H = J' B J / s2 + blockdiag(I, Q_MM): d/dJ = -B J H^-1 / s2
-            d = 2 + q
-            _missing_set(ctx, i, m, miss)
-            jac[0, 0], jac[0, 1], jac[1, 0], jac[1, 1] = l00, 0.0, l10, l11
-            _marker_loadings(x, ctx, i, miss, q, jac)
-            for b in range(d):
-                bj[0, b] = a00 * jac[0, b] + a01 * jac[1, b]
-                bj[1, b] = a01 * jac[0, b] + a11 * jac[1, b]
-            trace = 0.0  # tr(H^-1 J' B J)
-            for a in range(2):
-                for b in range(d):
-                    v = 0.0
-                    for e in range(d):
-                        v += bj[a, e] * hinv[i, e, b]
-                    gmat[a, b] = -v * inv_s2
-                    trace += v * jac[a, b]
-            d_s2 += 0.5 * trace * inv_s4
-            g00 += gmat[0, 0]
-            g10 += gmat[1, 0]
-            g11 += gmat[1, 1]
-            for a in range(q):
-                k = miss[a]
-                d_prog[k] += gmat[0, 2 + a]
-                d_mod[k] += gmat[1, 2 + a]
-                if o_nmod >= 0:
-                    d_nmod[k] += gmat[1, 2 + a] * treated[i]
-            # through Q_MM = sum_k R_kM' R_kM / s_k^2, with W = -H^-1_zz / 2
-            for kk in range(m):
-                for a in range(q):
-                    ra = r_mk[kk, miss[a]]
-                    for b in range(q):
-                        w = -0.5 * hinv[i, 2 + a, 2 + b]
-                        rb = r_mk[kk, miss[b]]
-                        d_inv_ms2[kk] += w * ra * rb
-                        d_r[kk, miss[a]] += 2.0 * w * rb * inv_ms2[kk]
+            group_size[int(igroup[i])] += 1.0
         else:
             # M = I + L' B L / s2, B = Z'Z = [[a00, a01], [a01, a11]]
             bl00, bl01, bl10, bl11 = a00 * l00 + a01 * l10, a01 * l11, a01 * l00 + a11 * l10, a11 * l11
@@ -824,6 +818,46 @@ def logp_grad(x, ctx, grad):
             d_cchange[j] += dc1 * v
 
     lp += -0.5 * (n_total * (LOG2PI + log_s2) + log_det_sum + math.log(det_product))
+
+    # - log det H / 2 per group of integrated participants (times its size), H = J' B J / s2 + blockdiag(I, Q_MM):
+    # d/dJ = -B J H^-1 / s2 (into L and the loadings A), d/ds2 = tr(H^-1 J' B J) / (2 s4), and through Q_MM
+    irep = _field(ctx, F_IREP)
+    for grp in range(n_groups):
+        i = int(irep[grp])
+        size = group_size[grp]
+        q = _missing_set(ctx, i, m, miss)
+        d = 2 + q
+        _jacobian(x, ctx, i, miss, q, l00, l10, l11, jac)
+        a00, a01, a11 = xx[6 * i], xx[6 * i + 1], xx[6 * i + 3]
+        for b in range(d):
+            bj[0, b] = a00 * jac[0, b] + a01 * jac[1, b]
+            bj[1, b] = a01 * jac[0, b] + a11 * jac[1, b]
+        trace = 0.0  # tr(H^-1 J' B J)
+        for a in range(2):
+            for b in range(d):
+                v = 0.0
+                for e in range(d):
+                    v += bj[a, e] * hinv[grp, e, b]
+                gmat[a, b] = -v * inv_s2 * size
+                trace += v * jac[a, b]
+        d_s2 += 0.5 * trace * inv_s4 * size
+        g00 += gmat[0, 0]
+        g10 += gmat[1, 0]
+        g11 += gmat[1, 1]
+        for a in range(q):
+            k = miss[a]
+            d_prog[k] += gmat[0, 2 + a]
+            d_mod[k] += gmat[1, 2 + a]
+            if o_nmod >= 0:
+                d_nmod[k] += gmat[1, 2 + a] * treated[i]
+        for kk in range(m):  # Q_MM = sum_k R_kM' R_kM / s_k^2, with W = -H^-1_zz / 2
+            for a in range(q):
+                ra = r_mk[kk, miss[a]]
+                for b in range(q):
+                    w = -0.5 * hinv[grp, 2 + a, 2 + b] * size
+                    rb = r_mk[kk, miss[b]]
+                    d_inv_ms2[kk] += w * ra * rb
+                    d_r[kk, miss[a]] += 2.0 * w * rb * inv_ms2[kk]
 
     # residual SD (log transform)
     f, df = _scale_prior(pri, P_RESID, sigma)
@@ -1124,6 +1158,21 @@ def _covariate_columns(model, design) -> list[int]:
     return [design.covariate_names.index(c) for c in names]
 
 
+def _integrated_groups(integrated: np.ndarray, xx: np.ndarray, treated: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """Group of each participant with integrated markers (-1 for the others) and one representative per group: the
+    same missing set, the same Z'Z and, when the loadings depend on the arm, the same arm share one H."""
+    keys = {}
+    group = -np.ones(len(integrated))
+    for i in np.flatnonzero(integrated.any(axis=1)):
+        key = (tuple(integrated[i]), xx[i, 0, 0], xx[i, 0, 1], xx[i, 1, 1], None if treated is None else treated[i])
+        group[i] = keys.setdefault(key, len(keys))
+    rep = np.zeros(len(keys))
+    for i in range(len(group) - 1, -1, -1):
+        if group[i] >= 0:
+            rep[int(group[i])] = i
+    return group, rep
+
+
 def fused_layout(model, design, priors, shapes: dict) -> FusedLayout:
     """Layout and data of a marginal trajectory `model` (models/trajectory.build_trajectory_marginal) built from
     `design` with `priors`; `shapes` maps each stored variable to its shape (as nutpie computes them).
@@ -1209,11 +1258,12 @@ def fused_layout(model, design, priors, shapes: dict) -> FusedLayout:
     status = np.zeros((n_p, m))
     index = np.zeros((n_p, m))
     zdata, zupper, per_doubling = np.zeros((n_p, m)), np.zeros((n_p, m)), np.zeros(m)
-    n_int = np.zeros(n_p)
+    n_int, igroup, irep = np.zeros(n_p), -np.ones(n_p), np.zeros(0)
     if md is not None:
         integrated = integrated_rows(md)
         status = np.where(md.missing, np.where(integrated[:, None], INTEGRATED, MISSING), np.where(md.censored, CENSORED, OBSERVED))
         n_int = (status == INTEGRATED).sum(axis=1)
+        igroup, irep = _integrated_groups(status == INTEGRATED, stats.xx, design.treated if with_nac_moderation else None)
         mi, mk = np.nonzero(status == MISSING)
         index[mi, mk] = np.arange(len(mi))
         ci, ck = np.nonzero(md.censored)
@@ -1231,7 +1281,7 @@ def fused_layout(model, design, priors, shapes: dict) -> FusedLayout:
         sizes, xoff, eoff, pri,
         design.treated, design.site_idx if n_sites >= 2 else np.zeros(n_p), xx, stats.xy[:, :3], stats.yy, stats.n,
         zdata, status, index, zupper, per_doubling, design.week_t1, design.week_t2, xq, qy, week_q, n_int,
-        design.covariates[:, columns] if len(columns) else np.zeros(0), phase_loc,
+        design.covariates[:, columns] if len(columns) else np.zeros(0), phase_loc, igroup, irep,
     ]
     assert len(fields) == N_FIELDS
     return FusedLayout(ctx=_pack(fields), n_dim=n_dim, n_expanded=pos, shape_info=(names, slices, shape_list))

@@ -38,9 +38,10 @@ from models.trajectory import curve_basis, visit_columns
 
 INTEGRATED_NOTES = {
     "y_participant": "per participant with at least one post-baseline visit: log p(post-baseline scores | baseline score, theta), "
-                     "the participant effects integrated out (latent biomarker values: conditional on each draw's values)",
+                     "the participant effects and missing biomarkers integrated out (censored biomarker values, and missing "
+                     "ones beside them: conditional on each draw's values)",
     "y_visit": "per post-baseline visit: log p(y_ij | the participant's other visits, theta), exact leave-one-visit-out from "
-               "the participant's multivariate normal (latent biomarker values: conditional on each draw's values)",
+               "the participant's multivariate normal (participant effects and missing biomarkers integrated out, as above)",
 }
 LOG_LIKELIHOOD_NOTE = (
     "pointwise per visit, conditional on the participant effects (drawn from their exact conditional "
@@ -142,24 +143,33 @@ def recover_participant_effects(idata: az.InferenceData, design: TrialDesign, se
     return completed
 
 
+def participant_chol(post: xr.Dataset, design: TrialDesign, patterns: list | None = None) -> tuple:
+    """(l00, l10, l11): the Cholesky factor of S (chain, draw) or, with integrated biomarkers, of each participant's
+    S_i = S + A_i C A_i' (chain, draw, participant)."""
+    l00, l10, l11 = _chol_from_posterior(post)
+    patterns = _integrated_markers(post, design) if patterns is None else patterns
+    if not patterns:
+        return l00, l10, l11
+    shape = l00.shape + (design.n_participants,)
+    s00 = np.broadcast_to((l00**2)[..., None], shape).copy()
+    s01 = np.broadcast_to((l00 * l10)[..., None], shape).copy()
+    s11 = np.broadcast_to((l10**2 + l11**2)[..., None], shape).copy()
+    for pat in patterns:
+        extra = np.einsum("cdrim,cdmn,cdrjn->cdrij", pat["loadings"], pat["cov"], pat["loadings"], optimize=True)
+        s00[..., pat["rows"]] += extra[..., 0, 0]
+        s01[..., pat["rows"]] += extra[..., 0, 1]
+        s11[..., pat["rows"]] += extra[..., 1, 1]
+    c00 = np.sqrt(s00)
+    c10 = s01 / c00
+    return c00, c10, np.sqrt(s11 - c10**2)
+
+
 def _recover_chain(post: xr.Dataset, design: TrialDesign, stats, c: np.ndarray, rng, rng_markers):
     """One chain of `recover_participant_effects`: (u, b, coefficients with the drawn markers, the drawn markers or None)."""
     sigma = post["residual_sd"].values[..., None]
-    l00, l10, l11 = (v[..., None] for v in _chol_from_posterior(post))
-    shared = (l00, l10, l11)
+    shared = tuple(v[..., None] for v in _chol_from_posterior(post))
     patterns = _integrated_markers(post, design)
-    if patterns:  # S_i = S + A_i C A_i' for the integrated participants
-        s00 = np.broadcast_to(l00**2, c.shape[:3]).copy()
-        s01 = np.broadcast_to(l00 * l10, c.shape[:3]).copy()
-        s11 = np.broadcast_to(l10**2 + l11**2, c.shape[:3]).copy()
-        for pat in patterns:
-            extra = np.einsum("cdrim,cdmn,cdrjn->cdrij", pat["loadings"], pat["cov"], pat["loadings"], optimize=True)
-            s00[..., pat["rows"]] += extra[..., 0, 0]
-            s01[..., pat["rows"]] += extra[..., 0, 1]
-            s11[..., pat["rows"]] += extra[..., 1, 1]
-        l00 = np.sqrt(s00)
-        l10 = s01 / l00
-        l11 = np.sqrt(s11 - l10**2)
+    l00, l10, l11 = (v if v.ndim == 3 else v[..., None] for v in participant_chol(post, design, patterns))
     gc = np.einsum("pkj,cdpj->cdpk", stats.xx[:, :2, :], c, optimize=True)  # (X'X c)[:2]; optimize: a BLAS path, 10x faster
     zr = stats.xy[:, :2] - gc
     a, b, d = stats.xx[:, 0, 0], stats.xx[:, 0, 1], stats.xx[:, 1, 1]
@@ -284,8 +294,11 @@ def visit_means(idata: az.InferenceData, design: TrialDesign, chain: int, fixed:
     return mu, post["residual_sd"].values[chain][:, None]
 
 
-def add_pointwise_groups(idata: az.InferenceData, design: TrialDesign, pred_seed: int, fixed: np.ndarray) -> dict[str, float]:
-    """log_likelihood['y'] and posterior_predictive['y'] per visit, conditional on the recovered effects."""
+def add_pointwise_groups(idata: az.InferenceData, design: TrialDesign, pred_seed: int, fixed: np.ndarray,
+                         fixed_integrated: np.ndarray | None = None) -> dict[str, float]:
+    """log_likelihood['y'] and posterior_predictive['y'] per visit, conditional on the recovered effects (and drawn
+    biomarkers: `fixed`), and the integrated densities (`fixed_integrated`: integrated biomarkers at their conditional
+    means; `fixed` when there are none)."""
     post = idata.posterior
     n_chain, n_draw = post.sizes["chain"], post.sizes["draw"]
     n_obs = len(design.y)
@@ -303,7 +316,7 @@ def add_pointwise_groups(idata: az.InferenceData, design: TrialDesign, pred_seed
         t_ll += t1 - t0
         t_pp += time.perf_counter() - t1
     t0 = time.perf_counter()
-    integrated = integrated_log_likelihood(idata, design, fixed)
+    integrated = integrated_log_likelihood(idata, design, fixed if fixed_integrated is None else fixed_integrated)
     t_int = time.perf_counter() - t0
     coords = {"chain": post["chain"].values, "draw": post["draw"].values, "obs": np.arange(n_obs)}
     dims = ("chain", "draw", "obs")
@@ -328,7 +341,10 @@ def scored_units(design: TrialDesign) -> tuple[np.ndarray, np.ndarray, np.ndarra
 
 def integrated_log_likelihood(idata: az.InferenceData, design: TrialDesign, fixed: np.ndarray) -> dict[str, xr.DataArray]:
     """'y_participant' and 'y_visit' (models/marginal.py integrated_pointwise) of every draw: the quantities the
-    comparison scores, for participants and visits after baseline, given the baseline score."""
+    comparison scores, for participants and visits after baseline, given the baseline score.
+
+    fixed: the fixed-part coefficients with the integrated biomarkers at their conditional means m_i (`fixed_part`),
+    so that with S_i = S + A_i C A_i' the densities are the model's own, missing biomarkers integrated out."""
     return _integrated_from_residuals(idata.posterior, design, lambda ch: design.y[None, :] - fixed_mean(fixed[ch], design))
 
 
@@ -348,9 +364,9 @@ def finish_marginal_fit(idata: az.InferenceData, fast: BuiltModel, recover_seed:
     fixed = fixed_part(_sampled(post, fast.design), fast)
     timings = {"fixed_part_s": time.perf_counter() - t0}
     t0 = time.perf_counter()
-    fixed = recover_participant_effects(idata, fast.design, recover_seed, fixed)
+    completed = recover_participant_effects(idata, fast.design, recover_seed, fixed)
     timings["recover_s"] = time.perf_counter() - t0
-    timings.update(add_pointwise_groups(idata, fast.design, pred_seed, fixed))
+    timings.update(add_pointwise_groups(idata, fast.design, pred_seed, completed, fixed))
     idata.log_likelihood.attrs["y"] = LOG_LIKELIHOOD_NOTE
     idata.log_likelihood.attrs.update(INTEGRATED_NOTES)
     return timings
@@ -423,6 +439,10 @@ def plain_integrated_log_likelihood(idata: az.InferenceData, built: BuiltModel) 
     mus = per_draw(built.model, mu, post)
     b = post["participant_effects"].transpose("chain", "draw", "participant", "participant_effect").values
     fixed_mean = mus - (b[:, :, pid, 0] + b[:, :, pid, 1] * t1)
+    if _integrated_markers(post, design):  # the sampled missing biomarkers back to their conditional means m_i
+        c = np.zeros(b.shape[:3] + (2,))
+        back = shift_to_markers(c, post, design, markers_from_std(post, design.baseline))  # A_i (z_M - m_i)
+        fixed_mean = fixed_mean - (back[:, :, pid, 0] + back[:, :, pid, 1] * t1)
     return _integrated_from_residuals(post, design, lambda ch: design.y[None, :] - fixed_mean[ch])
 
 
@@ -433,16 +453,16 @@ def _integrated_from_residuals(post: xr.Dataset, design: TrialDesign, residuals)
     """The two integrated quantities from residuals about the fixed part, residuals(chain) -> (draw, obs); computed
     in blocks of DRAW_BLOCK draws, so memory beyond the results stays that of one block whatever the trial's size."""
     baseline, scored, visits = scored_units(design)
-    chol = _chol_from_posterior(post)
     n_chain, n_draw = post.sizes["chain"], post.sizes["draw"]
     parts = np.empty((n_chain, n_draw, len(scored)))
     vis = np.empty((n_chain, n_draw, len(visits)))
     sigma = post["residual_sd"].values
     for ch in range(n_chain):
         e = residuals(ch)
+        chol = [v[0] for v in participant_chol(post.isel(chain=[ch]), design)]  # draw (x participant)
         for lo in range(0, n_draw, DRAW_BLOCK):
             block = slice(lo, min(lo + DRAW_BLOCK, n_draw))
-            p, v = integrated_pointwise(e[block], design.t1, design.obs_participant, baseline, tuple(x[ch, block] for x in chol),
+            p, v = integrated_pointwise(e[block], design.t1, design.obs_participant, baseline, tuple(x[block] for x in chol),
                                         sigma[ch, block])
             parts[ch, block] = p[:, scored]
             vis[ch, block] = v[:, visits]

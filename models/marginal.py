@@ -124,7 +124,8 @@ def integrated_pointwise(e: np.ndarray, t1: np.ndarray, pid: np.ndarray, baselin
               curvature column when the model has one)
     t1        obs: the treatment-phase time code (the participant-effect design is z = (1, t1))
     pid       obs: participant index; baseline: obs, True at each participant's week-0 visit
-    chol      (l00, l10, l11), each draws: the Cholesky factor L of the participant-effect covariance S
+    chol      (l00, l10, l11), each draws, or draws x participants for a covariance per participant (missing
+              biomarkers integrated out, models/trajectory.participant_cholesky): the Cholesky factor L of S
     sigma     draws: the residual SD
 
     With V_i = Z_i S Z_i' + sigma^2 I and its precision P_i = V_i^-1 (Woodbury, 2 x 2 algebra as above):
@@ -141,7 +142,8 @@ def integrated_pointwise(e: np.ndarray, t1: np.ndarray, pid: np.ndarray, baselin
     def per_participant(x):  # draws x obs -> draws x participants (sums over each participant's visits)
         out = np.add.reduceat(x[:, order], np.minimum(starts, len(pid) - 1), axis=1)
         return np.where(present, out, 0.0)
-    l00, l10, l11 = (np.asarray(v, dtype=float)[:, None] for v in chol)
+    per_participant_chol = np.ndim(chol[0]) == 2
+    l00, l10, l11 = (np.asarray(v, dtype=float) if per_participant_chol else np.asarray(v, dtype=float)[:, None] for v in chol)
     s2 = np.asarray(sigma, dtype=float)[:, None] ** 2
     ones = np.ones((1, len(pid)))
     a00 = per_participant(ones)[0]
@@ -156,6 +158,8 @@ def integrated_pointwise(e: np.ndarray, t1: np.ndarray, pid: np.ndarray, baselin
     v0, v1 = (m11 * w0 - m01 * w1) / det, (m00 * w1 - m01 * w0) / det  # M^-1 w
     n = a00[None, :]
     full = -0.5 * (n * LOG2PI + n * np.log(s2) + np.log(det) + per_participant(e**2) / s2 - (w0 * v0 + w1 * v1) / s2**2)
+    if per_participant_chol:  # the factor of each visit's participant
+        l00, l10, l11 = l00[:, pid], l10[:, pid], l11[:, pid]
     g0, g1 = l00 + l10 * t1[None, :], l11 * t1[None, :]  # g_j = L' z_j
     i00, i01, i11 = (m11 / det)[:, pid], (-m01 / det)[:, pid], (m00 / det)[:, pid]
     q = g0 * (i00 * g0 + i01 * g1) + g1 * (i01 * g0 + i11 * g1)  # g' M^-1 g

@@ -365,13 +365,13 @@ def test_plain_path_integrated_densities_equal_the_fast_paths(design, name):
         prior = pm.sample_prior_predictive(draws=6, random_seed=2).prior
     idata = az.InferenceData(posterior=prior)
     plain = plain_integrated_log_likelihood(idata, built)
-    fixed = fixed_part(_sampled(prior, design), built.fast_variant())
-    if "marker_mean" in prior:  # the fast path's fixed part holds conditional means of the integrated markers: use the draws'
-        fixed = shift_to_markers(fixed, prior, design, markers_from_std(prior, design.baseline))
+    fixed = fixed_part(_sampled(prior, design), built.fast_variant())  # integrated biomarkers at their conditional means
     assert fixed.shape[-1] == (4 if name.endswith("curved") else 3)
     fast = integrated_log_likelihood(idata, design, fixed)
     for var in ("y_participant", "y_visit"):
         np.testing.assert_allclose(plain[var].values, fast[var].values, rtol=1e-9, atol=1e-9)
+    if "marker_mean" in prior:  # the visit means given the draws' biomarkers
+        fixed = shift_to_markers(fixed, prior, design, markers_from_std(prior, design.baseline))
     mu_plain = per_draw(built.model, _normal_mean(built.model), prior)[0]
     np.testing.assert_allclose(visit_means(idata, design, 0, fixed)[0], mu_plain, rtol=1e-10, atol=1e-9)
     assert plain_integrated_log_likelihood(idata, get(name).build(design, likelihood="student")) == {}
