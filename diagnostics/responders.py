@@ -81,7 +81,7 @@ from inference.marginal import per_draw
 from models.design import TrialDesign
 from models.marginal import FIXED_VAR
 from models.mmrm import NAME as MMRM_NAME
-from models.mmrm import mmrm_data
+from models.mmrm import covariate_shift, mmrm_data
 from models.registry import REGISTRY, get
 from models.trajectory import FAMILY, curve_basis
 
@@ -247,13 +247,16 @@ def _mmrm_covariance(post, nv: int) -> np.ndarray:
 
 def mmrm_mean(post, design: TrialDesign, rows: np.ndarray, baseline_center: float) -> np.ndarray:
     """The MMRM mean change, draws x participants `rows` x post-baseline visit: visit mean + treatment x visit
-    + baseline x visit (about the fit's centre) + site; the mean of models/mmrm.py for any participant."""
+    + baseline x visit (about the fit's centre) + site (+ covariates); the mean of models/mmrm.py for any participant."""
     base = wide_scores(design)[rows, 0] - baseline_center
     treated = design.treated[rows]
     mu = _flat(post, "visit_mean")[:, None, :] + _flat(post, "nac_visit_effect")[:, None, :] * treated[None, :, None]
     mu = mu + _flat(post, "baseline_slope")[:, None, :] * base[None, :, None]
     if "site_effect" in post:
         mu = mu + _flat(post, "site_effect")[:, design.site_idx[rows]][..., None]
+    shift = covariate_shift(post, design, rows)  # baseline covariates: the same at every visit
+    if np.ndim(shift):
+        mu = mu + shift.reshape((-1, len(rows)))[..., None]
     return mu
 
 

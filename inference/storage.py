@@ -29,6 +29,7 @@ import arviz as az
 import xarray as xr
 
 from models import build_design, get
+from models.design import fitted_covariates
 
 from .idata_io import load_idata, provenance, save_idata
 from .marginal import PARTICIPANT_VARS
@@ -111,7 +112,11 @@ def complete_saved(idata: az.InferenceData) -> az.InferenceData:
         raise SavedFitError(f"the saved fit's model {prov.get('model')!r} is not a registered model") from exc
     priors = prov.get("priors")
     overrides = json.loads(priors) if isinstance(priors, str) else (priors or None)
-    built = spec.build(design, priors=overrides, likelihood=str(prov.get("likelihood", "normal")))
+    extra = {}
+    if spec.covariates:  # the covariates the fit adjusted for, from its posterior's coordinate
+        coords = idata.posterior.coords
+        extra["covariates"] = fitted_covariates(coords["covariate"].values if "covariate" in coords else None, design)
+    built = spec.build(design, priors=overrides, likelihood=str(prov.get("likelihood", "normal")), **extra)
     complete_fit(idata, built, int(prov["seed"]))
     return idata
 
