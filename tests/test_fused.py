@@ -145,17 +145,21 @@ def mixed_marker_patterns(design):
 
 
 @pytest.mark.unit
-def test_fused_density_with_every_marker_pattern(small_design, covariate_design):
+def test_fused_density_with_every_marker_pattern(small_design):
     """Integrated missing markers (models/marker_block.py): one or two of three missing, all missing, and a
-    missing value beside a censored one (kept latent), for the headline and moderation models (the latter with
-    baseline covariates, whose shifts of the fixed part enter the joint mode)."""
+    missing value beside a censored one (kept latent), for the headline model (moderation with covariates: slow)."""
     from models.marker_block import integrated_rows, latent_missing
 
     design = mixed_marker_patterns(small_design)
     b = design.baseline
     assert integrated_rows(b).sum() > 0 and len(latent_missing(b)) == 1
-    model, layout = _check_against_pytensor(design, points=3, seed=5)
+    model, layout = _check_against_pytensor(design, points=2, seed=5)
     assert "marker_missing_std" in [rv.name for rv in model.free_RVs]
+
+
+@pytest.mark.slow
+def test_fused_density_with_every_marker_pattern_moderation_and_covariates(small_design, covariate_design):
+    """As above for the moderation model with baseline covariates and other priors (the arm enters the loadings)."""
     _check_against_pytensor(mixed_marker_patterns(covariate_design), OTHER_PRIORS, points=2, seed=6, build=_moderation)
 
 
