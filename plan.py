@@ -133,42 +133,6 @@ def parse_args(argv):
     return args
 
 
-def _curve(source: dict, key: str) -> dict[float, float] | None:
-    curve = source.get(key)
-    return {float(k): float(v) for k, v in curve.items()} if curve else None
-
-
-def dropout_plan(source: dict, weeks: tuple[int, ...], primary: float, given) -> tuple[tuple[float, float], tuple[float, ...] | None, str]:
-    """Per-arm loss by the primary week, the shape of the cumulative loss over the post-baseline weeks
-    (relative to the primary week's) and a statement of where both come from.
-
-    Default: the fitted trial's observed loss by visit (per arm at the primary week; the shape from both
-    arms together), interpolated linearly in weeks. `given` (placebo, NAC) replaces the rates and keeps the
-    fitted shape; without a fitted trial the hazard is the same at every visit."""
-    import numpy as np
-
-    post = [w for w in sorted(weeks) if w > 0]
-    pooled = _curve(source, "dropout_by_week")
-
-    def at(curve, w):
-        xs = sorted(curve)
-        return float(np.interp(w, [0.0, *xs], [0.0, *(curve[x] for x in xs)]))
-
-    shape = None
-    if pooled and at(pooled, primary) > 0:
-        shape = tuple(round(at(pooled, w) / at(pooled, primary), 6) for w in post)
-    if given is not None:
-        return tuple(given), shape, "given (--dropout); " + ("visit profile of the fitted trial" if shape else "same hazard at every visit")
-    control, treatment = _curve(source, "dropout_by_week_control"), _curve(source, "dropout_by_week_treatment")
-    if control and treatment:
-        rates = (round(at(control, primary), 4), round(at(treatment, primary), 4))
-        return rates, shape, "fitted trial: observed loss by visit and arm"
-    if pooled:
-        rate = round(at(pooled, primary), 4)
-        return (rate, rate), shape, "fitted trial: observed loss by visit"
-    return (0.2, 0.2), None, "default 0.2, same hazard at every visit"
-
-
 def project_sampler(draws: int = 500, tune: int = 500, chains: int = 2):
     """The project's sampler (inference.sampling, the MMRM's fused log density) as planning.mcmc_check needs it."""
     from inference.sampling import SamplerSettings, sample_posterior
@@ -189,6 +153,7 @@ def build(args):
         Scenario,
         fixed_parameters,
         from_posterior,
+        calibrated_dropout,
         parse_design_prior,
         unit_information_sd,
     )
@@ -202,7 +167,7 @@ def build(args):
     scale = params.scale
     primary = float(args.primary_week) if args.primary_week is not None else float(scale.treatment_end)
     weeks = tuple(sorted(set(args.weeks))) if args.weeks else tuple(w for w in scale.weeks if w <= primary)
-    rates, shape, dropout_source = dropout_plan(params.source, weeks, primary, args.dropout)
+    rates, shape, dropout_source = calibrated_dropout(params.source, weeks, primary, args.dropout)
     entry = args.entry_min if args.entry_min is not None else params.source.get("entry_min")
     entry = None if entry is None or (scale.score_min is not None and entry <= scale.score_min) else float(entry)
     pops = [(None, None)] + list(args.enrich)
@@ -227,6 +192,7 @@ def build(args):
         mcid_prob=args.mcid_prob,
         prior_sd=args.prior_sd if args.prior_sd is not None else 0.1 * scale.score_range,
         method=args.analysis,
+        visit_mean_prior_sd=0.25 * scale.score_range,  # the MMRM's priors (models/mmrm.py)
     )
     spec = PlanSpec(designs, scenarios, analysis, sims=args.sims, seed=args.seed, chunk_size=args.chunk_size, effect_scale=args.effect_scale,
                     robust_weight=args.robust_weight)

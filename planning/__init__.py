@@ -16,7 +16,7 @@ from .params import (
     unit_information_sd,
 )
 from .runner import PlanSpec, execute, plan, smallest_n, summarise
-from .simulate import DROPOUT_MECHANISMS, AnalysisSettings, PlannedTrial, Scenario, analyse, simulate_dropout, simulate_trials
+from .simulate import DROPOUT_MECHANISMS, AnalysisSettings, PlannedTrial, Scenario, analyse, calibrated_dropout, simulate_dropout, simulate_trials
 
 __all__ = [
     "DROPOUT_MECHANISMS",
@@ -30,6 +30,7 @@ __all__ = [
     "Scenario",
     "analyse",
     "analytic_power",
+    "calibrated_dropout",
     "conditional_change_sd",
     "design_constants",
     "execute",

@@ -9,8 +9,8 @@ and the residual variance estimate is sigma_c^2 chi2_df / df, df = N - 3, indepe
 "P(effect < 0) > threshold" under the Normal(0, prior_sd) prior with t tails is
     estimate < -q se_hat sqrt(1 + se_hat^2 / prior_sd^2),   q = t_df^-1(threshold),  se_hat^2 = s^2 v,
 so power = E[ Phi((-q se_hat sqrt(1 + se_hat^2/prior_sd^2) - effect) / (sigma_c sqrt(v))) ] over F and
-chi2_df, computed by quadrature on their quantiles. This is the independent check of the simulator. With complete data the MMRM's primary-visit estimate
-and SE (REML) are exactly the ANCOVA's, so the same formula checks the MMRM analysis.
+chi2_df, computed by quadrature on their quantiles. This is the independent check of the simulator. (With complete data the MMRM's primary-visit estimate
+and SE, REML, are exactly the ANCOVA's; its posterior also carries the priors of the other coefficients.)
 """
 
 from __future__ import annotations

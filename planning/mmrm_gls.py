@@ -25,6 +25,11 @@ pattern sums), halving a step that would leave Sigma not positive definite or lo
 available-case estimate, until the predicted gain in l_R is below 1e-10 (usually 5-8 steps). With
 complete data this is ordinary least squares at each visit and
 Sigma = residual cross-products / (n - 3), so the primary-visit estimate and SE equal the ANCOVA's.
+
+The posterior of the treatment difference (`mmrm_effect` with prior SDs) is the Bayesian MMRM's exact
+conditional posterior given Sigma = its REML estimate: the normal priors of all mean coefficients added
+to H (`gls` with `prior_precision`), so the prior on the other visits' effects, visit means and slopes
+acts through their correlation with the primary visit's effect, as it does in the Bayesian MMRM.
 """
 
 from __future__ import annotations
@@ -52,6 +57,9 @@ class PatternStats:
     @property
     def n_visits(self) -> int:
         return self.n.shape[1]
+
+    def take(self, rows: np.ndarray) -> "PatternStats":
+        return PatternStats(self.n[rows], self.sxx[rows], self.scx[rows], self.scc[rows], self.n_arm[rows])
 
     @property
     def n_trials(self) -> int:
@@ -289,76 +297,109 @@ def _solve(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return x, ok
 
 
-def fit_reml(stats: PatternStats, tol: float = TOL, max_iter: int = MAX_ITER) -> MMRMFit:
+def _newton_step(stats: PatternStats, sigma: np.ndarray, ll: np.ndarray, fit: GLS, r: np.ndarray, rx: np.ndarray, dup, tril):
+    """One iteration for the trials given (all active): returns the new Sigma, whether each trial is still
+    iterating, and whether it is still a valid fit."""
+    s, v = stats.n.shape
+    rows, cols = tril
+    eye = np.eye(len(rows))
+    ok = np.ones(s, bool)
+    grad_t, ai, fisher = _newton_terms(stats, fit, r, rx, dup)
+    ok &= np.isfinite(grad_t).all(axis=1) & np.isfinite(ai).all(axis=(1, 2)) & np.isfinite(fisher).all(axis=(1, 2))
+    grad_t = np.where(ok[:, None], grad_t, 0.0)
+    hess = np.where(ok[:, None, None], 2 * ai - fisher, eye)
+    _, newton = _chol(hess, ok)
+    step, solved = _solve(np.where(newton[:, None, None], hess, np.where(ok[:, None, None], ai, eye)), grad_t)
+    use = solved & (newton | ((step * grad_t).sum(axis=1) > 0))
+    if not use[ok].all():
+        alt, alt_ok = _solve(np.where(ok[:, None, None], fisher, eye), grad_t)
+        step = np.where(use[:, None], step, alt)
+        ok &= use | alt_ok
+    decrement = (step * grad_t).sum(axis=1)  # predicted gain in l_R (Newton's)
+    moving = ok & (np.abs(decrement) > DECREMENT)  # below it: converged, the last step is taken as it is
+    step = np.where(ok[:, None], step, 0.0)
+    delta = np.zeros((s, v, v))
+    delta[:, rows, cols] = step
+    delta[:, cols, rows] = step
+    scale = np.maximum(np.abs(np.einsum("svv->sv", sigma)).max(axis=1), 1e-300)
+    size = np.where(moving, np.abs(step).max(axis=1) / scale, 0.0)
+    t = np.ones(s)
+    accepted = ~moving
+    new_sigma = sigma.copy()
+    last = ok & ~moving
+    if last.any():
+        _, pd = _chol(sigma + delta, last)
+        new_sigma[pd] = (sigma + delta)[pd]
+    for _ in range(30):  # step halving, on the trials still halving only
+        todo = np.flatnonzero(~accepted)
+        if not len(todo):
+            break
+        cand = sigma[todo] + t[todo, None, None] * delta[todo]
+        cll, cfit, _, _ = reml_loglik(stats.take(todo), cand)
+        good = cfit.ok & (cll >= ll[todo] - 1e-9 * np.abs(ll[todo]))
+        new_sigma[todo[good]] = cand[good]
+        accepted[todo[good]] = True
+        t[todo[~good]] *= 0.5
+    ok &= accepted | (size < 1e-4)  # no ascent along the step: at the optimum to rounding, or a failed fit
+    return new_sigma, moving & accepted & (size > TOL), ok
+
+
+def fit_reml(stats: PatternStats, max_iter: int = MAX_ITER) -> MMRMFit:
     """REML estimate of Sigma by Newton's method, then GLS (module docstring).
 
     The step is Newton's where the REML Hessian -(2 AI - F) is negative definite, else the average-
     information step where it is an ascent direction, else Fisher scoring's (F is positive definite);
     it is halved until Sigma stays positive definite and l_R does not decrease. A trial whose step
-    cannot be taken while still far from convergence (relative step > 1e-4) counts as a failed fit."""
-    s, v = stats.n.shape
-    dup, (rows, cols) = _duplication(v)
-    m = len(rows)
-    eye = np.eye(m)
+    cannot be taken while still far from convergence (relative step > 1e-4) counts as a failed fit.
+    Each iteration works on the trials still iterating only."""
+    v = stats.n_visits
+    dup, tril = _duplication(v)
     sigma, ok = _start(stats)
     ll, fit, r, rx = reml_loglik(stats, sigma, ok)
     ok &= fit.ok
-    active = ok.copy()
+    active = np.flatnonzero(ok)
+    sub = stats.take(active)
     it = 0
     for it in range(1, max_iter + 1):
-        grad_t, ai, fisher = _newton_terms(stats, fit, r, rx, dup)
-        finite = active & np.isfinite(grad_t).all(axis=1) & np.isfinite(ai).all(axis=(1, 2)) & np.isfinite(fisher).all(axis=(1, 2))
-        ok &= finite | ~active
-        active &= finite
-        grad_t = np.where(active[:, None], grad_t, 0.0)
-        hess = np.where(active[:, None, None], 2 * ai - fisher, eye)
-        _, newton = _chol(hess, active)
-        step, solved = _solve(np.where(newton[:, None, None], hess, np.where(active[:, None, None], ai, eye)), grad_t)
-        use = solved & (newton | ((step * grad_t).sum(axis=1) > 0))
-        if not use[active].all():
-            alt, alt_ok = _solve(np.where(active[:, None, None], fisher, eye), grad_t)
-            step = np.where(use[:, None], step, alt)
-            ok &= use | alt_ok | ~active
-            active &= ok
-        step = np.where(active[:, None], step, 0.0)
-        decrement = (step * grad_t).sum(axis=1)  # predicted gain in l_R (Newton's): converged below DECREMENT
-        delta = np.zeros((s, v, v))
-        delta[:, rows, cols] = step
-        delta[:, cols, rows] = step
-        scale = np.maximum(np.abs(np.einsum("svv->sv", sigma)).max(axis=1), 1e-300)
-        size = np.abs(step).max(axis=1) / scale
-        t = np.ones(s)
-        accepted = ~active
-        new_sigma = sigma.copy()
-        for _ in range(30):  # step halving
-            todo = ~accepted
-            if not todo.any():
-                break
-            cand = sigma + t[:, None, None] * delta
-            cll, cfit, _, _ = reml_loglik(stats, cand, todo)
-            good = todo & cfit.ok & (cll >= ll - 1e-9 * np.abs(ll))
-            new_sigma = np.where(good[:, None, None], cand, new_sigma)
-            accepted |= good
-            t = np.where(todo & ~good, 0.5 * t, t)
-        ok &= accepted | (size < 1e-4)  # no ascent along the step: at the optimum to rounding, or a failed fit
-        active &= accepted
-        sigma = new_sigma
-        ll, fit, r, rx = reml_loglik(stats, sigma, ok)
-        ok &= fit.ok
-        active &= ok & (size > tol) & (np.abs(decrement) > DECREMENT)
-        if not active.any():
+        if not len(active):
             break
-    return MMRMFit(fit.beta, fit.cov, sigma, ok & np.isfinite(ll), it, ll)
+        if it > 1:
+            ll_a, fit, r, rx = reml_loglik(sub, sigma[active])
+            ok[active] &= fit.ok
+            ll[active] = ll_a
+        else:
+            fit = GLS(fit.beta[active], fit.cov[active], fit.w[active], fit.logdet_p[active], fit.logdet_h[active], fit.ok[active])
+            r, rx = r[active], rx[active]
+        new_sigma, going, good = _newton_step(sub, sigma[active], ll[active], fit, r, rx, dup, tril)
+        sigma[active] = new_sigma
+        ok[active] &= good & fit.ok
+        keep = going & good & fit.ok
+        active, sub = active[keep], sub.take(np.flatnonzero(keep))
+    ll, fit, _, _ = reml_loglik(stats, sigma, ok)
+    ok &= fit.ok & np.isfinite(ll)
+    return MMRMFit(fit.beta, fit.cov, sigma, ok, it, ll)
 
 
-def mmrm_effect(change: np.ndarray, attended: np.ndarray, treated: np.ndarray, baseline: np.ndarray, visit: int) -> dict[str, np.ndarray]:
-    """Per trial: the MMRM estimate of the treatment difference at post-baseline visit index `visit`,
-    its SE, residual degrees of freedom (participants attending that visit - 3) and whether the fit
-    succeeded (at least 2 participants per arm at that visit, a positive definite REML Sigma)."""
+def mmrm_effect(change: np.ndarray, attended: np.ndarray, treated: np.ndarray, baseline: np.ndarray, visit: int,
+                prior_sd: tuple[float, float, float] | None = None) -> dict[str, np.ndarray]:
+    """Per trial: the MMRM estimate of the treatment difference at post-baseline visit index `visit`, its SE,
+    residual degrees of freedom (participants attending that visit - 3) and whether the fit succeeded (at
+    least 2 participants per arm at that visit, a positive definite REML Sigma).
+
+    With `prior_sd` = (visit mean, treatment effect, baseline slope) prior SDs, also the posterior mean and
+    SD of that difference given Sigma at its REML estimate, under independent Normal(0, sd) priors on every
+    visit's coefficients (the Bayesian MMRM's, models/mmrm.py): `post_mean`, `post_sd`."""
     stats = pattern_stats(change, attended, treated, baseline)
     fit = fit_reml(stats)
     est, se = fit.effect(visit)
     n_arm = stats.n_arm[:, visit]
     ok = fit.ok & (n_arm.min(axis=1) >= 2) & np.isfinite(se) & (se > 0) & np.isfinite(est)
     df = np.maximum(n_arm.sum(axis=1) - Q, 1)
-    return {"estimate": np.where(ok, est, 0.0), "se": np.where(ok, se, np.inf), "df": df, "ok": ok, "iterations": fit.iterations}
+    out = {"estimate": np.where(ok, est, 0.0), "se": np.where(ok, se, np.inf), "df": df, "ok": ok, "iterations": fit.iterations}
+    if prior_sd is not None:
+        v = stats.n_visits
+        post = gls(stats, fit.sigma, fit.ok, prior_precision=np.tile(1 / np.asarray(prior_sd, float) ** 2, v), prior_mean=np.zeros(v * Q))
+        j = visit * Q + 1
+        ok &= post.ok
+        out.update(ok=ok, post_mean=np.where(ok, post.beta[:, visit, 1], 0.0), post_sd=np.where(ok, np.sqrt(post.cov[:, j, j]), np.inf))
+    return out

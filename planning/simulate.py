@@ -25,10 +25,14 @@ Analysis (no MCMC), by `AnalysisSettings.method`:
 - "mmrm" (default): the MMRM of change from baseline over all attended visits (treatment x visit,
   baseline x visit, unstructured covariance, REML; planning/mmrm_gls.py), valid under MAR;
 - "ancova": ANCOVA of change from baseline at the primary week on arm and baseline among completers.
-Either estimate and SE become a posterior for the NAC - placebo effect with a Normal(0, prior_sd) prior:
-    precision = 1/se^2 + 1/prior_sd^2,  mean = (estimate/se^2)/precision,  sd = precision^-1/2,
-with Student-t tails on (participants at the primary visit - 3) degrees of freedom. Decision: success if
-P(effect < 0) > threshold, and with the dual criterion also P(effect < -MCID) > mcid_prob.
+The posterior for the NAC - placebo effect at the primary week: for the MMRM, the Bayesian MMRM's
+(models/mmrm.py) exact posterior given Sigma at its REML estimate, with its normal priors on every
+mean coefficient (treatment effect at each visit Normal(0, prior_sd), visit means Normal(0,
+visit_mean_prior_sd), baseline slopes Normal(0, baseline_slope_prior_sd)); for the ANCOVA, the
+estimate and SE combined with the Normal(0, prior_sd) prior,
+    precision = 1/se^2 + 1/prior_sd^2,  mean = (estimate/se^2)/precision,  sd = precision^-1/2.
+Both with Student-t tails on (participants at the primary visit - 3) degrees of freedom. Decision:
+success if P(effect < 0) > threshold, and with the dual criterion also P(effect < -MCID) > mcid_prob.
 `analyse` takes the attended visits as an argument, so an analysis of the data available at an
 interim look is the same call with fewer attended visits.
 """
@@ -176,14 +180,16 @@ class AnalysisSettings:
     prior_sd: float = 6.0  # Normal(0, prior_sd) analysis prior on the effect (the headline model's nac_change prior)
     interval: float = 0.95  # central posterior interval whose width is reported
     method: str = "mmrm"  # "mmrm" (all attended visits, REML) or "ancova" (completers at the primary week)
+    visit_mean_prior_sd: float = 15.0  # the MMRM's other priors (models/mmrm.py; 0.25 x the outcome range)
+    baseline_slope_prior_sd: float = 0.5
 
     def validate(self) -> None:
         if not 0.5 <= self.threshold < 1:
             raise PlanningError(f"--threshold must be in [0.5, 1), got {self.threshold}")
         if not 0 < self.mcid_prob < 1:
             raise PlanningError(f"the MCID probability must be in (0, 1), got {self.mcid_prob}")
-        if not self.prior_sd > 0:
-            raise PlanningError(f"the analysis prior SD must be positive, got {self.prior_sd}")
+        if not (self.prior_sd > 0 and self.visit_mean_prior_sd > 0 and self.baseline_slope_prior_sd > 0):
+            raise PlanningError(f"the analysis prior SDs must be positive, got {self.prior_sd}, {self.visit_mean_prior_sd}, {self.baseline_slope_prior_sd}")
         if self.mcid < 0:
             raise PlanningError(f"--mcid must be >= 0, got {self.mcid}")
         if self.method not in ANALYSES:
@@ -247,6 +253,40 @@ def _markers(params: ParameterSet, idx: np.ndarray, n: int, trial: PlannedTrial,
     z = np.empty_like(z_perm)
     z[:, :, order] = z_perm
     return z, upper_tail
+
+
+def _curve(source: dict, key: str) -> dict[float, float] | None:
+    curve = source.get(key)
+    return {float(k): float(v) for k, v in curve.items()} if curve else None
+
+
+def calibrated_dropout(source: dict, weeks: tuple[int, ...], primary: float, given) -> tuple[tuple[float, float], tuple[float, ...] | None, str]:
+    """Per-arm loss by the primary week, the shape of the cumulative loss over the post-baseline weeks
+    (relative to the primary week's) and a statement of where both come from.
+
+    Default: the fitted trial's observed loss by visit (per arm at the primary week; the shape from both
+    arms together), interpolated linearly in weeks. `given` (placebo, NAC) replaces the rates and keeps the
+    fitted shape; without a fitted trial the hazard is the same at every visit."""
+    post = [w for w in sorted(weeks) if w > 0]
+    pooled = _curve(source, "dropout_by_week")
+
+    def at(curve, w):
+        xs = sorted(curve)
+        return float(np.interp(w, [0.0, *xs], [0.0, *(curve[x] for x in xs)]))
+
+    shape = None
+    if pooled and at(pooled, primary) > 0:
+        shape = tuple(round(at(pooled, w) / at(pooled, primary), 6) for w in post)
+    if given is not None:
+        return tuple(given), shape, "given (--dropout); " + ("visit profile of the fitted trial" if shape else "same hazard at every visit")
+    control, treatment = _curve(source, "dropout_by_week_control"), _curve(source, "dropout_by_week_treatment")
+    if control and treatment:
+        rates = (round(at(control, primary), 4), round(at(treatment, primary), 4))
+        return rates, shape, "fitted trial: observed loss by visit and arm"
+    if pooled:
+        rate = round(at(pooled, primary), 4)
+        return (rate, rate), shape, "fitted trial: observed loss by visit"
+    return (0.2, 0.2), None, "default 0.2, same hazard at every visit"
 
 
 def _effect_shape(params, trial: PlannedTrial) -> np.ndarray:
@@ -395,7 +435,7 @@ def _solve_intercepts(x: np.ndarray, risk: np.ndarray, arm: np.ndarray, hazard: 
             df = (p * (1 - p) * rr).sum(axis=1) / np.maximum(n_r, 1)
             step = np.clip(f / np.maximum(df, 1e-12), -2.0, 2.0)
             ak = ak - step
-            if np.all(np.abs(f) < 1e-10):
+            if np.all((np.abs(f) < 1e-10) | (n_r == 0)):
                 break
         a[:, k] = ak
     return a[:, arm.astype(int)]
@@ -488,11 +528,15 @@ def ancova(sim: SimulatedTrials, completed: np.ndarray | None = None) -> tuple[n
     return est, se, df
 
 
-def posterior_decisions(est: np.ndarray, se: np.ndarray, df: np.ndarray, analysis: AnalysisSettings) -> dict[str, np.ndarray]:
-    """Normal-prior update of the ANCOVA estimate, t tails; the decision rule per trial."""
-    prec = 1.0 / se**2 + 1.0 / analysis.prior_sd**2
-    mean = (est / se**2) / prec
-    sd = 1.0 / np.sqrt(prec)
+def normal_update(est: np.ndarray, se: np.ndarray, prior_sd: float) -> tuple[np.ndarray, np.ndarray]:
+    """Posterior mean and SD of the effect: the estimate with its SE combined with a Normal(0, prior_sd) prior."""
+    prec = 1.0 / se**2 + 1.0 / prior_sd**2
+    return (est / se**2) / prec, 1.0 / np.sqrt(prec)
+
+
+def posterior_decisions(mean: np.ndarray, sd: np.ndarray, df: np.ndarray, analysis: AnalysisSettings) -> dict[str, np.ndarray]:
+    """P(benefit), P(benefit > MCID), the decision rule and the interval width per trial, from the posterior
+    mean and SD of the effect with Student-t tails on df degrees of freedom."""
     p_benefit = special.stdtr(df, -mean / sd)
     p_mcid = special.stdtr(df, (-analysis.mcid - mean) / sd)
     success = p_benefit > analysis.threshold
@@ -509,11 +553,13 @@ def analyse(sim: SimulatedTrials, analysis: AnalysisSettings, attended: np.ndarr
     if analysis.method == "ancova":
         est, se, df = ancova(sim, attended > sim.primary)
         ok = np.isfinite(se)
+        mean, sd = normal_update(est, se, analysis.prior_sd)
     elif analysis.method == "mmrm":
-        fit = mmrm_effect(sim.y[:, :, 1:] - sim.y[:, :, :1], attended, sim.treated, sim.y0, sim.primary)
-        est, se, df, ok = fit["estimate"], fit["se"], fit["df"], fit["ok"]
+        priors = (analysis.visit_mean_prior_sd, analysis.prior_sd, analysis.baseline_slope_prior_sd)
+        fit = mmrm_effect(sim.y[:, :, 1:] - sim.y[:, :, :1], attended, sim.treated, sim.y0, sim.primary, prior_sd=priors)
+        est, se, df, ok, mean, sd = (fit[k] for k in ("estimate", "se", "df", "ok", "post_mean", "post_sd"))
     else:
         raise PlanningError(f"unknown analysis '{analysis.method}'")
-    out = posterior_decisions(est, se, df, analysis)
+    out = posterior_decisions(mean, sd, df, analysis)
     out.update(estimate=est, se=se, df=df, ok=ok, completers=(attended > sim.primary).sum(axis=1), true_effect=sim.true_effect, eligible=sim.eligible)
     return out

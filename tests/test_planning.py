@@ -50,7 +50,7 @@ def test_simulated_power_and_type_i_error_match_the_closed_form():
     """Two-arm normal endpoint, known effect: the simulated success rate equals the noncentral-t power."""
     params = unrounded(fixed_parameters())
     analysis = AnalysisSettings(method="ancova")
-    designs = [PlannedTrial(30, dropout=0.0), PlannedTrial(90, allocation=2.0, dropout=0.0)]
+    designs = [PlannedTrial(30, dropout=0.0, weeks=(0, 12)), PlannedTrial(90, allocation=2.0, dropout=0.0, weeks=(0, 12))]  # the ANCOVA reads weeks 0 and 12
     spec = PlanSpec(designs, [Scenario("fixed", 0.0), Scenario("fixed", -2.0)], analysis, sims=3000, seed=11, chunk_size=500, round_scores=False)
     table, _ = plan(params, spec)
     for row in table.itertuples():
@@ -69,8 +69,8 @@ def test_simulated_power_and_type_i_error_match_the_closed_form():
 def test_type_i_error_is_nominal_with_a_flat_analysis_prior():
     params = unrounded(fixed_parameters())
     analysis = AnalysisSettings(prior_sd=1e4, method="ancova")
-    spec = PlanSpec([PlannedTrial(50, dropout=0.3, dropout_mechanism="mcar")], [Scenario("fixed", 0.0)], analysis, sims=8000, seed=5, chunk_size=2000,
-                    round_scores=False)
+    spec = PlanSpec([PlannedTrial(50, dropout=0.3, dropout_mechanism="mcar", weeks=(0, 12))], [Scenario("fixed", 0.0)], analysis, sims=8000, seed=5,
+                    chunk_size=2000, round_scores=False)
     table, _ = plan(params, spec)
     row = table.iloc[0]
     assert abs(row.p_success - 0.025) < 3 * np.sqrt(0.025 * 0.975 / row.sims)
@@ -106,10 +106,11 @@ def test_enrichment_helps_only_with_a_marker_that_moderates_the_nac_effect():
     selects part of the moderator's benefit too (that case is checked through the true effect below)."""
     params = fixed_parameters(nac_change=(-1.0, -1.0), moderation=(-1.5, 0.0, 0.0), nac_moderation=(0.0, -2.0, 0.0), marker_corr=np.eye(3))
     analysis = AnalysisSettings(method="ancova")
+    design = PlannedTrial(80, dropout=0.2, dropout_mechanism="mcar", weeks=(0, 12))
     designs = [
-        PlannedTrial(80, dropout=0.2, dropout_mechanism="mcar"),
-        PlannedTrial(80, dropout=0.2, dropout_mechanism="mcar", enrich_marker="crp", enrich_threshold=3.0),
-        PlannedTrial(80, dropout=0.2, dropout_mechanism="mcar", enrich_marker="il6", enrich_threshold=2.0),
+        design,
+        replace(design, enrich_marker="crp", enrich_threshold=3.0),
+        replace(design, enrich_marker="il6", enrich_threshold=2.0),
     ]
     spec = PlanSpec(designs, [Scenario("assurance")], analysis, sims=1500, seed=21, chunk_size=500)
     table, _ = plan(params, spec)
@@ -138,7 +139,8 @@ def test_design_prior_drives_assurance():
     sims = {}
     for mean in (0.0, -4.0):
         p = params.with_effect_prior(mean, 0.0)
-        spec = PlanSpec([PlannedTrial(60, dropout=0.0)], [Scenario("assurance"), Scenario("fixed", mean)], AnalysisSettings(), sims=1000, seed=3, round_scores=False)
+        spec = PlanSpec([PlannedTrial(60, dropout=0.0)], [Scenario("assurance"), Scenario("fixed", mean)], AnalysisSettings(method="ancova"), sims=1000, seed=3,
+                        round_scores=False)
         table, _ = plan(p, spec)
         sims[mean] = table
         # a point design prior is a fixed effect: assurance equals power within MCSE (different random
@@ -175,7 +177,7 @@ def test_same_seed_same_table_in_process_and_on_a_dask_cluster():
     params = fixed_parameters(prognostic=(1.0, 0.0, 0.0))  # eligibility depends on IL-6: people are redrawn
     designs = [PlannedTrial(n, dropout=(0.3, 0.2), entry_min=22.0) for n in (30, 60)] + [PlannedTrial(30, enrich_marker="crp", enrich_threshold=3.0)]
     scenarios = [Scenario("assurance"), Scenario("vague", sd=8.0), Scenario("fixed", 0.0)]
-    spec = PlanSpec(designs, scenarios, AnalysisSettings(dual=True), sims=250, seed=8, chunk_size=60, robust_weight=0.2)
+    spec = PlanSpec(designs, scenarios, AnalysisSettings(dual=True), sims=60, seed=8, chunk_size=25, robust_weight=0.2)
     local, _ = plan(params, spec, workers=1)
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as cluster, Client(cluster) as client:
         distributed, _ = plan(params, spec, client=client)
@@ -285,7 +287,7 @@ def test_parameters_of_other_model_fits():
     cov = moderated.marker_chol[0] @ moderated.marker_chol[0].T
     np.testing.assert_allclose(cov, [[1.0, 0.5], [0.5, 1.25]])
     enriched = PlannedTrial(40, enrich_marker="crp", enrich_threshold=3.0)
-    table, _ = plan(moderated, PlanSpec([PlannedTrial(40), enriched], [Scenario("assurance")], sims=400))
+    table, _ = plan(moderated, PlanSpec([PlannedTrial(40), enriched], [Scenario("assurance")], AnalysisSettings(method="ancova"), sims=400))
     assert table.mean_true_effect.iloc[1] < table.mean_true_effect.iloc[0] - 1.0
     headline = from_posterior(_fake_fit(True, False))
     assert np.all(headline.nac_moderation == 0)

@@ -43,7 +43,48 @@ def posterior(small_trial_dir, tmp_path_factory):
     return save_prior_as_fit(small_trial_dir, tmp_path_factory.mktemp("planfit") / "idata.nc")
 
 
+def save_mmrm_fit(data_dir, path, draws=40, seed=3):
+    """A saved fit of the MMRM built by hand: the Bayesian MMRM's posterior variables (visit_mean,
+    nac_visit_effect, baseline_slope, visit_sd, visit_corr) around the MMRM implied by the published-trial
+    calibration, with the fit's trial_data (the validated dataset) and provenance, as fit.py writes them."""
+    from data import load_dataset
+    from inference.idata_io import save_idata, stamp
+    from planning import design_constants, fixed_parameters, implied_mmrm
+
+    ds = load_dataset(data_dir)
+    design = build_design(ds)
+    weeks = tuple(int(w) for w in design.weeks)
+    truth = implied_mmrm(fixed_parameters(), weeks)
+    rng = np.random.default_rng(seed)
+    c, d, v = 2, draws // 2, len(weeks) - 1
+    jitter = lambda a, sd: np.broadcast_to(a, (c, d) + a.shape[1:]) + sd * rng.standard_normal((c, d) + a.shape[1:])  # noqa: E731
+    sigma = truth.sigma()[0]
+    sd = np.sqrt(np.diag(sigma))
+    post = {
+        "visit_mean": jitter(truth.visit_mean, 0.5),
+        "nac_visit_effect": jitter(truth.nac_visit_effect, 0.5),
+        "baseline_slope": jitter(truth.baseline_slope, 0.05),
+        "visit_sd": np.broadcast_to(sd, (c, d, v)) * np.exp(0.05 * rng.standard_normal((c, d, v))),
+        "visit_corr": np.broadcast_to(sigma / np.outer(sd, sd), (c, d, v, v)).copy(),
+    }
+    dims = {"visit_mean": ["visit"], "nac_visit_effect": ["visit"], "baseline_slope": ["visit"], "visit_sd": ["visit"], "visit_corr": ["visit", "visit2"]}
+    coords = {"visit": list(weeks[1:]), "visit2": list(weeks[1:])}
+    idata = az.from_dict(posterior=post, dims=dims, coords=coords)
+    idata.add_groups(trial_data=ds)
+    stamp(idata, model="mmrm", data_checksum=design.checksum, data_source=str(data_dir), design_constants=design_constants(design))
+    save_idata(idata, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def mmrm_posterior(small_trial_dir, tmp_path_factory):
+    return save_mmrm_fit(small_trial_dir, tmp_path_factory.mktemp("mmrmfit") / "idata.nc")
+
+
 BASE = ["--n-per-arm", "20", "40", "--sims", "120", "--chunk-size", "50", "--workers", "1", "--seed", "4", "--quiet"]
+# the tests of outputs, reproducibility and the Dask scheduler use the completers' ANCOVA (the fastest analysis);
+# the MMRM analysis from an MMRM fit is test_plan_cli_from_an_mmrm_fit_with_the_new_options
+ANCOVA = ["--analysis", "ancova"]
 
 
 @pytest.mark.smoke
@@ -71,14 +112,15 @@ def test_posterior_parameters_and_design_constants(posterior, small_trial, tmp_p
 
 @pytest.mark.smoke
 def test_plan_cli_writes_table_plot_and_record_reproducibly(posterior, tmp_path):
-    args = ["--posterior", str(posterior), *BASE, "--enrich", "il6:1.5", "--effects", "-2", "--dual", "--target-assurance", "0.3"]
+    args = ["--posterior", str(posterior), *BASE, *ANCOVA, "--enrich", "il6:1.5", "--effects", "-2", "--dual", "--target-assurance", "0.3"]
     assert plan.main([*args, "--out", str(tmp_path / "a")]) == 0
     assert plan.main([*args, "--out", str(tmp_path / "b")]) == 0
     a, b = (pd.read_csv(tmp_path / x / "plan.csv") for x in "ab")
     pd.testing.assert_frame_equal(a, b)
     assert set(a.population) == {"all", "il6>1.5"}
-    assert set(a.scenario) == {"assurance", "effect=0", "effect=-2"}
-    assert len(a) == 2 * 2 * 3 and (a.sims == 120).all()
+    assert set(a.scenario) == {"assurance", "vague", "effect=0", "effect=-2"}
+    assert len(a) == 2 * 2 * 4 and (a.sims == 120).all()
+    assert (a.analysis == "ancova").all() and (a.dropout_mechanism == "mar").all() and (a.expected_n == a.n_total).all()
     assert {"p_success", "p_success_mcse", "interval_width", "interval_width_mcse", "expected_screened"} <= set(a.columns)
     assert (a[a.population == "all"].expected_screened == a[a.population == "all"].n_total).all()
     assert (a[a.population != "all"].expected_screened > a[a.population != "all"].n_total).all()
@@ -87,8 +129,9 @@ def test_plan_cli_writes_table_plot_and_record_reproducibly(posterior, tmp_path)
     # default dropout comes from the fitted trial's observed dropout by week 12
     rec = json.loads((tmp_path / "a" / "plan.json").read_text())
     assert 0 < rec["designs"]["dropout"] < 0.6 and rec["designs"]["primary_week"] == 12
+    assert rec["designs"]["dropout_source"] == "fitted trial: observed loss by visit and arm"
     assert rec["analysis"]["dual"] is True and rec["analysis"]["prior_sd"] == pytest.approx(6.0)
-    assert rec["timings"]["trials"] == 12 * 120
+    assert rec["timings"]["trials"] == 16 * 120
     best = pd.read_csv(tmp_path / "a" / "smallest_n.csv")
     assert set(best.population) == {"all", "il6>1.5"}
     assert (tmp_path / "a" / "plan.png").stat().st_size > 10_000
@@ -97,11 +140,67 @@ def test_plan_cli_writes_table_plot_and_record_reproducibly(posterior, tmp_path)
     assert not pd.read_csv(tmp_path / "c" / "plan.csv").p_success.equals(a.p_success)
 
 
+def observed_loss(data_dir, week):
+    """Per arm (placebo, NAC): the fraction who attend no visit at or after `week`, from the dataset files."""
+    import pandas as pd
+
+    visits = pd.read_csv(data_dir / "visits.csv").dropna(subset=["madrs"])
+    parts = pd.read_csv(data_dir / "participants.csv")
+    last = visits.groupby("participant_id")["week"].max()
+    parts["last"] = parts["participant_id"].map(last)
+    return tuple(float((parts[parts.arm == arm]["last"] < week).mean()) for arm in ("placebo", "nac"))
+
+
+@pytest.mark.smoke
+def test_plan_cli_from_an_mmrm_fit_with_the_new_options(mmrm_posterior, small_trial_dir, tmp_path):
+    """python plan.py --posterior <an MMRM fit> --analysis mmrm --dropout-mechanism mar: full trials from the
+    MMRM, dropout by visit and arm calibrated to the fitted trial, plain and robust assurance."""
+    from planning import from_posterior
+
+    params = from_posterior(mmrm_posterior)
+    assert params.family == "mmrm" and params.visit_weeks == (2, 4, 6, 8, 12, 16)
+    trial = az.from_netcdf(mmrm_posterior).trial_data
+    base = trial["score"].sel(week=0).values
+    assert params.baseline_mean[0] == pytest.approx(base.mean()) and params.baseline_sd[0] == pytest.approx(base.std(ddof=1))
+    out = tmp_path / "mmrm"
+    args = ["--posterior", str(mmrm_posterior), "--analysis", "mmrm", "--dropout-mechanism", "mar", "--n-per-arm", "30", "60", "--sims", "100",
+            "--chunk-size", "50", "--workers", "1", "--seed", "2", "--quiet", "--out", str(out)]
+    assert plan.main(args) == 0
+    a = pd.read_csv(out / "plan.csv")
+    assert {"analysis", "dropout_mechanism", "expected_n", "assurance", "assurance_robust", "dropout_control", "dropout_treatment", "bias"} <= set(a.columns)
+    assert (a.analysis == "mmrm").all() and (a.dropout_mechanism == "mar").all() and (a.expected_n == a.n_total).all()
+    assert (a.failed_analyses == 0).all()
+    control, treatment = observed_loss(small_trial_dir, 12)
+    np.testing.assert_allclose(a.dropout_control, round(control, 4)) and np.testing.assert_allclose(a.dropout_treatment, round(treatment, 4))
+    assert (a.dropout_source == "fitted trial: observed loss by visit and arm").all()
+    # the truth at week 12 is the posterior's NAC effect there; robust assurance lies between plain and vague
+    assurance = a[a.scenario == "assurance"]
+    np.testing.assert_allclose(assurance.mean_true_effect, params.nac_visit_effect[:, 4].mean(), atol=0.35)
+    vague = a[a.scenario == "vague"].set_index("n_per_arm").p_success
+    for row in assurance.itertuples():
+        assert min(row.assurance, vague[row.n_per_arm]) <= row.assurance_robust <= max(row.assurance, vague[row.n_per_arm])
+    rec = json.loads((out / "plan.json").read_text())
+    assert rec["parameters"]["family"] == "mmrm"
+    assert rec["robust_prior"]["weight"] == 0.2
+    assert rec["robust_prior"]["vague_sd"] == pytest.approx(np.sqrt(np.einsum("dvv->dv", params.sigma())[:, 4]).mean(), abs=1e-3)
+    assert rec["designs"]["dropout_by_visit"]["weeks"] == [2, 4, 6, 8, 12]
+    # options: ancova, per-arm dropout not at random, entry screening, no robust component
+    out2 = tmp_path / "ancova"
+    assert plan.main([*args[:-1], str(out2), "--analysis", "ancova", "--dropout", "0.3,0.1", "--dropout-mechanism", "mnar", "--entry-min", "24",
+                      "--robust-weight", "0"]) == 0
+    b = pd.read_csv(out2 / "plan.csv")
+    assert (b.analysis == "ancova").all() and (b.dropout_mechanism == "mnar").all() and (b.entry_min == 24).all()
+    assert (b.dropout_control == 0.3).all() and (b.dropout_treatment == 0.1).all() and "vague" not in set(b.scenario)
+    assert (b.assurance_robust == b.assurance).all()
+    assert (b.expected_screened > b.n_total).all()  # some people fail the entry criterion
+    assert abs(b.realised_dropout - (0.3 + 0.1) / 2).max() < 0.05
+
+
 @pytest.mark.smoke
 def test_plan_cli_on_a_dask_scheduler_matches_local(posterior, tmp_path):
     from dask.distributed import LocalCluster
 
-    args = ["--posterior", str(posterior), "--design-prior", "Normal(-2, 1)", *BASE]
+    args = ["--posterior", str(posterior), "--design-prior", "Normal(-2, 1)", *BASE, *ANCOVA, "--robust-weight", "0"]
     assert plan.main([*args, "--out", str(tmp_path / "local")]) == 0
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
         assert plan.main([*args, "--scheduler", cluster.scheduler_address, "--out", str(tmp_path / "dask")]) == 0
@@ -125,6 +224,10 @@ def test_plan_cli_refusals_exit_2_and_write_nothing(tmp_path, capsys):
     assert plan.main(["--design-prior", "Normal(-2, 1)", "--allocation", "2:0", "--out", str(out)]) == 2
     assert plan.main(["--design-prior", "Normal(-2, 1)", "--primary-week", "30", "--weeks", "0", "30", "--out", str(out)]) == 2
     assert "beyond the fitted trial's last week" in capsys.readouterr().err
+    assert plan.main(["--design-prior", "Normal(-2, 1)", "--dropout", "0.2,1.2", "--out", str(out)]) == 2
+    assert "--dropout" in capsys.readouterr().err
+    assert plan.main(["--design-prior", "Normal(-2, 1)", "--dropout-mechanism", "informative", "--out", str(out)]) == 2
+    assert plan.main(["--design-prior", "Normal(-2, 1)", "--robust-weight", "1", "--out", str(out)]) == 2
     assert not out.exists()
     out.mkdir()
     assert plan.main(["--design-prior", "Normal(-2, 1)", "--out", str(out)]) == 2

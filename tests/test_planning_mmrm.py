@@ -8,7 +8,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from scipy import linalg, optimize, special, stats
+from scipy import optimize, stats
 
 from planning import (
     AnalysisSettings,
@@ -37,36 +37,42 @@ def small_trial(seed=3, n=60, weeks=(0, 4, 8, 12), mechanism="mar", dropout=0.4)
     return simulate_trials(params, trial, Scenario("fixed", -2.0), 1, np.random.default_rng(seed), round_scores=False)
 
 
-def dense_reml(change, attended, treated, baseline, n_visits):
-    """REML of the MMRM maximised directly (scipy BFGS on the log-Cholesky factor of Sigma), on the full
-    stacked observation vector with a dense covariance: -1/2 [log|V| + log|X'V^-1 X| + r'V^-1 r]."""
+def direct_reml(change, attended, treated, baseline, n_visits):
+    """REML of the MMRM maximised directly (scipy BFGS on the log-Cholesky factor of Sigma), participant by
+    participant with explicit design matrices X_i (visits x 3V):
+    -1/2 [sum_i log|Sigma_i| + log|sum_i X_i' Sigma_i^-1 X_i| + sum_i r_i' Sigma_i^-1 r_i]."""
     keep = attended >= 1
     change, attended, treated, baseline = change[keep], attended[keep], treated[keep], baseline[keep]
     x = np.column_stack([np.ones(len(baseline)), treated, baseline - baseline.mean()])
-    pid = np.repeat(np.arange(len(baseline)), attended)
-    vis = np.concatenate([np.arange(k) for k in attended])
-    y = change[pid, vis]
-    design = np.zeros((len(y), 3 * n_visits))
-    for j in range(3):
-        design[np.arange(len(y)), vis * 3 + j] = x[pid, j]
-    same = pid[:, None] == pid[None, :]
-    rows, cols = np.tril_indices(n_visits)
+    groups = []  # participants with k visits: y (n_k, k), X (n_k, k, 3V)
+    for k in range(1, n_visits + 1):
+        rows = attended == k
+        if rows.any():
+            design = np.zeros((rows.sum(), k, 3 * n_visits))
+            for v in range(k):
+                design[:, v, 3 * v : 3 * v + 3] = x[rows]
+            groups.append((k, change[rows, :k], design))
+    tril = np.tril_indices(n_visits)
 
     def unpack(theta):
         lower = np.zeros((n_visits, n_visits))
-        lower[rows, cols] = np.where(rows == cols, np.exp(theta), theta)
+        lower[tril] = np.where(tril[0] == tril[1], np.exp(theta), theta)
         return lower @ lower.T
 
     def reml(theta):
         sigma = unpack(theta)
-        factor = linalg.cho_factor(np.where(same, sigma[vis][:, vis], 0.0))
-        h = design.T @ linalg.cho_solve(factor, design)
-        beta = np.linalg.solve(h, design.T @ linalg.cho_solve(factor, y))
-        r = y - design @ beta
-        ll = -0.5 * (2 * np.log(np.diag(factor[0])).sum() + np.linalg.slogdet(h)[1] + r @ linalg.cho_solve(factor, r))
-        return ll, beta, np.linalg.inv(h)
+        h, g, logdet, parts = 0.0, 0.0, 0.0, []
+        for k, y, design in groups:
+            w = np.linalg.inv(sigma[:k, :k])
+            logdet += len(y) * np.linalg.slogdet(sigma[:k, :k])[1]
+            h = h + np.einsum("nvp,vu,nuq->pq", design, w, design)
+            g = g + np.einsum("nvp,vu,nu->p", design, w, y)
+            parts.append((y, design, w))
+        beta = np.linalg.solve(h, g)
+        quad = sum(np.einsum("nv,vu,nu->", y - design @ beta, w, y - design @ beta) for y, design, w in parts)
+        return -0.5 * (logdet + np.linalg.slogdet(h)[1] + quad), beta, np.linalg.inv(h)
 
-    res = optimize.minimize(lambda th: -reml(th)[0], np.zeros(len(rows)), method="BFGS", options={"gtol": 1e-9, "maxiter": 3000})
+    res = optimize.minimize(lambda th: -reml(th)[0], np.zeros(len(tril[0])), method="BFGS", options={"gtol": 1e-9, "maxiter": 3000})
     return reml(res.x)
 
 
@@ -75,7 +81,7 @@ def test_closed_form_reml_matches_a_direct_maximisation_of_the_reml_likelihood()
     sim = small_trial()
     change = sim.y[0, :, 1:] - sim.y[0, :, :1]
     assert 0 < (sim.attended[0] < 3).mean() < 0.7  # dropout at every stage, some with no post-baseline visit
-    ll, beta, cov = dense_reml(change, sim.attended[0], sim.treated, sim.y0[0], 3)
+    ll, beta, cov = direct_reml(change, sim.attended[0], sim.treated, sim.y0[0], 3)
     fit = fit_reml(pattern_stats(change[None], sim.attended, sim.treated, sim.y0))
     assert fit.ok[0] and fit.iterations < 15
     assert fit.loglik[0] == pytest.approx(ll, abs=1e-7)
@@ -121,10 +127,11 @@ def test_trajectory_scores_given_the_baseline_follow_the_implied_mmrm_even_after
         rows = sim.treated == arm
         x = np.column_stack([np.ones(rows.sum()), sim.y0[0, rows] - implied.baseline_center[0]])
         coef, *_ = np.linalg.lstsq(x, change[rows], rcond=None)
-        np.testing.assert_allclose(coef[1], implied.baseline_slope[0], atol=0.02)
-        expected = implied.visit_mean[0] + arm * implied.nac_visit_effect[0]
-        np.testing.assert_allclose(coef[0], expected, atol=0.25)
-        resid.append(change[rows] - x @ coef)
+        r = change[rows] - x @ coef
+        se = np.sqrt(np.diag(np.linalg.inv(x.T @ x))[:, None] * r.var(axis=0)[None, :])  # (coefficient, visit)
+        expected = np.vstack([implied.visit_mean[0] + arm * implied.nac_visit_effect[0], implied.baseline_slope[0]])
+        assert np.all(np.abs(coef - expected) < 4 * se), (arm, coef, expected, se)
+        resid.append(r)
     cov = np.cov(np.vstack(resid).T)
     np.testing.assert_allclose(cov, implied.sigma()[0], rtol=0.05, atol=0.5)
 
@@ -205,13 +212,15 @@ def test_analysis_takes_the_visits_attended_at_a_look():
     full, early = analyse(sim, AnalysisSettings()), analyse(sim, AnalysisSettings(), attended=look)
     completers = analyse(sim, AnalysisSettings(method="ancova"), attended=look)
     assert (early["completers"] == 60).all() and (full["completers"] == 120).all()
-    assert np.all(early["se"] > full["se"]) and np.all(early["se"] < completers["se"])
+    assert early["ok"].all() and full["ok"].all()
+    # the SE is estimated (Sigma differs by data), so compare it on average over the trials
+    assert full["se"].mean() < early["se"].mean() < completers["se"].mean()
 
 
 # ---------------------------------------------------------------- against the Bayesian MMRM
 
 
-@pytest.mark.smoke
+@pytest.mark.slow
 def test_rao_blackwell_p_benefit_matches_the_draws_of_the_bayesian_mmrm():
     """The conditional (given Sigma) P(benefit) used for the Bayesian MMRM's decisions equals the fraction
     of its draws below 0 within Monte Carlo error, on a fit of the project's model."""
@@ -241,10 +250,3 @@ def test_mmrm_decisions_agree_with_the_bayesian_mmrm():
     assert summary["agreement_rate"] >= 0.95
     assert summary["max_abs_diff_p_benefit"] < 0.03
 
-
-def test_truncated_normal_helper_is_exact():
-    pass
-
-
-del test_truncated_normal_helper_is_exact  # (no test: helper covered through the screening test above)
-_ = special  # used by the helpers of other tests in this module
