@@ -100,6 +100,13 @@ def parse_args(argv):
     dec.add_argument("--robust-sd", type=float, default=None,
                      help="SD of the vague component Normal(0, SD) (default: the unit-information SD, one participant's change from baseline at the primary week)")
     dec.add_argument("--target-assurance", type=float, default=0.8)
+    itm = ap.add_argument_group("interim looks")
+    itm.add_argument("--interim", type=float, nargs="+", default=None, metavar="FRACTION",
+                     help="interim looks when these fractions of participants have reached the primary visit, e.g. 0.5 0.75 (default: none)")
+    itm.add_argument("--futility", type=float, default=0.1, help="stop for futility if the predictive probability of final success is below this (default 0.1)")
+    itm.add_argument("--efficacy", type=float, default=0.995, help="stop for efficacy if the interim P(effect < 0) is above this (default 0.995)")
+    itm.add_argument("--accrual-per-week", type=float, default=None,
+                     help="participants enrolled per week, uniformly (default: n_total / primary week, so enrolment takes as long as the treatment period)")
     run = ap.add_argument_group("running")
     run.add_argument("--sims", type=int, default=1000, help="simulated trials per design and scenario")
     run.add_argument("--chunk-size", type=int, default=250, help="simulated trials per task (fixed: results do not depend on workers)")
@@ -148,6 +155,7 @@ def build(args):
     """ParameterSet and PlanSpec from the arguments (raises PlanningError on bad input)."""
     from planning import (
         AnalysisSettings,
+        InterimSettings,
         PlannedTrial,
         PlanSpec,
         Scenario,
@@ -194,8 +202,11 @@ def build(args):
         method=args.analysis,
         visit_mean_prior_sd=0.25 * scale.score_range,  # the MMRM's priors (models/mmrm.py)
     )
+    interim = None
+    if args.interim:
+        interim = InterimSettings(tuple(args.interim), futility=args.futility, efficacy=args.efficacy, accrual_per_week=args.accrual_per_week)
     spec = PlanSpec(designs, scenarios, analysis, sims=args.sims, seed=args.seed, chunk_size=args.chunk_size, effect_scale=args.effect_scale,
-                    robust_weight=args.robust_weight)
+                    robust_weight=args.robust_weight, interim=interim)
     spec.validate(params)
     return params, spec
 
@@ -207,6 +218,7 @@ def main(argv=None) -> int:
         return int(exc.code or 0)
     from data.atomic import OutputBusy, locked_output
     from planning import PlanningError, plan, smallest_n
+    from planning.simulate import accrual_rate
     from planning.report import plot_plan
 
     def fail(msg: str) -> int:
@@ -232,6 +244,9 @@ def main(argv=None) -> int:
         f"planning: {params.n_draws} parameter draws ({params.family} {params.source.get('kind')}{', effect ' + params.source['effect_prior'] if 'effect_prior' in params.source else ''}); "
         f"{len(spec.designs)} designs x {len(spec.scenarios)} scenarios x {spec.sims} trials; primary week {d0.primary_week:g}, {spec.analysis.method} analysis, "
         f"{d0.dropout_mechanism} dropout {rc:g} placebo / {rt:g} NAC by week {d0.primary_week:g} ({d0.dropout_source}), allocation {d0.allocation:g}:1, "
+        + (f"interim looks at {', '.join(f'{f:g}' for f in spec.interim.fractions)} of participants at the primary visit (futility PPoS < {spec.interim.futility:g}, "
+           f"efficacy P(benefit) > {spec.interim.efficacy:g}, accrual {'%g per week' % spec.interim.accrual_per_week if spec.interim.accrual_per_week else 'n_total / primary week per week'}), "
+           if spec.interim is not None else "")
         + ("local process" if args.workers <= 1 and not args.scheduler else f"Dask {'scheduler ' + args.scheduler if args.scheduler else f'LocalCluster, {args.workers} workers'}")
     )
     try:
@@ -266,6 +281,11 @@ def main(argv=None) -> int:
             "dropout_source": d0.dropout_source,
             "entry_min": d0.entry_min,
             "allocation": d0.allocation,
+        },
+        "interim": None if spec.interim is None else {
+            "fractions": list(spec.interim.fractions), "futility": spec.interim.futility, "efficacy": spec.interim.efficacy,
+            "accrual_per_week": {f"{d.population} n={d.n_control}": accrual_rate(d, spec.interim) for d in spec.designs},
+            "accrual_default": "n_total / primary week (enrolment as long as the treatment period)" if spec.interim.accrual_per_week is None else "given",
         },
         "robust_prior": {"weight": spec.robust_weight, "vague_sd": next((sc.sd for sc in spec.scenarios if sc.kind == "vague"), None)},
         "smallest_n": best.to_dict(orient="records"),

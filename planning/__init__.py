@@ -16,10 +16,23 @@ from .params import (
     unit_information_sd,
 )
 from .runner import PlanSpec, execute, plan, smallest_n, summarise
-from .simulate import DROPOUT_MECHANISMS, AnalysisSettings, PlannedTrial, Scenario, analyse, calibrated_dropout, simulate_dropout, simulate_trials
+from .simulate import (
+    DROPOUT_MECHANISMS,
+    AnalysisSettings,
+    InterimSettings,
+    PlannedTrial,
+    Scenario,
+    analyse,
+    calibrated_dropout,
+    ppos,
+    sequential,
+    simulate_dropout,
+    simulate_trials,
+)
 
 __all__ = [
     "DROPOUT_MECHANISMS",
+    "InterimSettings",
     "AnalysisSettings",
     "MMRMParameters",
     "ParameterSet",
@@ -40,6 +53,8 @@ __all__ = [
     "mmrm_effect",
     "parse_design_prior",
     "plan",
+    "ppos",
+    "sequential",
     "simulate_dropout",
     "simulate_trials",
     "smallest_n",

@@ -11,6 +11,11 @@ Robust assurance: with weight w on a vague component, the design prior is the mi
 (1 - w) x (the posterior's effects) + w x Normal(0, sd), so its assurance is the same mixture of the
 assurance and of the success rate of the "vague" scenario (effects drawn from Normal(0, sd), nuisance
 parameters from the posterior): assurance_robust = (1 - w) assurance + w P(success | vague).
+
+Interim looks (`PlanSpec.interim`, planning/simulate.py): each trial's decision is the sequential one
+(success = stopped for efficacy at a look or succeeded at the final analysis; the posterior summaries are
+those of the analysis that ended the trial), with the probabilities of stopping per look and overall,
+the expected number enrolled and the expected duration.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from .params import ParameterSet, PlanningError
-from .simulate import AnalysisSettings, PlannedTrial, Scenario, analyse, simulate_trials
+from .simulate import AnalysisSettings, InterimSettings, PlannedTrial, Scenario, analyse, sequential, simulate_trials
 
 
 @dataclass(frozen=True)
@@ -47,6 +52,7 @@ class PlanSpec:
     effect_scale: float = 1.0
     round_scores: bool = True
     robust_weight: float = 0.0  # weight of the vague component (needs a "vague" scenario when > 0)
+    interim: InterimSettings | None = None  # interim looks (planning/simulate.py); None: the final analysis only
 
     def chunks(self) -> list[Chunk]:
         n_chunks = math.ceil(self.sims / self.chunk_size)
@@ -74,6 +80,8 @@ class PlanSpec:
             if sc.kind == "vague" and not (sc.sd is not None and sc.sd > 0):
                 raise PlanningError(f"the vague component's SD must be positive, got {sc.sd}")
         self.analysis.validate()
+        if self.interim is not None:
+            self.interim.validate()
         for design in self.designs:
             design.validate(params)
 
@@ -82,13 +90,14 @@ def run_chunk(params: ParameterSet, spec: PlanSpec, chunk: Chunk) -> dict:
     """Simulate and analyse one chunk; return sums (not means) so chunks add up exactly in order."""
     rng = np.random.default_rng(np.random.SeedSequence(spec.seed, spawn_key=(chunk.scenario, chunk.index)))
     sim = simulate_trials(params, spec.designs[chunk.design], spec.scenarios[chunk.scenario], chunk.n_sims, rng, spec.effect_scale, spec.round_scores)
-    res = analyse(sim, spec.analysis)
+    design = spec.designs[chunk.design]
+    res = analyse(sim, spec.analysis) if spec.interim is None else sequential(sim, design, spec.analysis, spec.interim)
     width = np.where(np.isfinite(res["width"]), res["width"], np.nan)
     ok = res["ok"]
     err = np.where(ok, res["estimate"] - res["true_effect"], 0.0)
     arm = sim.treated.astype(bool)
     lost = ~sim.completed
-    return {
+    out = {
         "design": chunk.design,
         "scenario": chunk.scenario,
         "index": chunk.index,
@@ -107,6 +116,16 @@ def run_chunk(params: ParameterSet, spec: PlanSpec, chunk: Chunk) -> dict:
         "lost_control_sum": float(lost[:, ~arm].mean(axis=1).sum()),
         "lost_treatment_sum": float(lost[:, arm].mean(axis=1).sum()),
     }
+    if spec.interim is not None:
+        looks = len(spec.interim.fractions)
+        out.update(
+            stop_efficacy=[int((res["stop_efficacy"] & (res["stop_look"] == k)).sum()) for k in range(1, looks + 1)],
+            stop_futility=[int((res["stop_futility"] & (res["stop_look"] == k)).sum()) for k in range(1, looks + 1)],
+            enrolled_sum=float(res["enrolled"].sum()),
+            screened_sum=float((res["enrolled"] / res["eligible"]).sum()),
+            duration_sum=float(res["duration"].sum()),
+        )
+    return out
 
 
 def local_cluster(workers: int):
@@ -172,14 +191,14 @@ def summarise(spec: PlanSpec, results: list[dict]) -> pd.DataFrame:
         design, scen = spec.designs[d], spec.scenarios[j]
         lost_c, lost_t = tot("lost_control_sum") / n, tot("lost_treatment_sum") / n
         rate_c, rate_t = design.dropout_rates
-        rows.append(
+        row = (
             {
                 "population": design.population,
                 "n_per_arm": design.n_control,
                 "n_treatment": design.n_treatment,
                 "n_total": design.n_total,
-                "expected_n": float(design.n_total),  # no interim looks: every trial enrols all
-                "expected_screened": design.n_total * tot("screened_per_enrolled_sum") / n,  # n / P(eligible), averaged over draws
+                "expected_n": tot("enrolled_sum") / n if spec.interim is not None else float(design.n_total),
+                "expected_screened": (design.n_total * tot("screened_per_enrolled_sum") if spec.interim is None else tot("screened_sum")) / n,  # n / P(eligible), averaged over draws
                 "entry_min": design.entry_min if design.entry_min is not None else float("nan"),
                 "primary_week": design.primary_week,
                 "analysis": spec.analysis.method,
@@ -204,8 +223,24 @@ def summarise(spec: PlanSpec, results: list[dict]) -> pd.DataFrame:
                 "mean_completers": tot("completers_sum") / n,
             }
         )
+        if spec.interim is not None:
+            row.update(_interim_columns(spec.interim, part, n))
+        rows.append(row)
     table = pd.DataFrame(rows)
     return _robust_columns(spec, table)
+
+
+def _interim_columns(interim: InterimSettings, part: list[dict], n: int) -> dict:
+    """Overall and per-look (look1, look2, ...) stopping probabilities, expected duration."""
+    looks = len(interim.fractions)
+    eff = [sum(r["stop_efficacy"][k] for r in part) / n for k in range(looks)]
+    fut = [sum(r["stop_futility"][k] for r in part) / n for k in range(looks)]
+    cols = {"p_stop_efficacy": sum(eff), "p_stop_futility": sum(fut)}
+    for k in range(looks):
+        cols[f"p_stop_efficacy_look{k + 1}"] = eff[k]
+        cols[f"p_stop_futility_look{k + 1}"] = fut[k]
+    cols["expected_duration_weeks"] = sum(r["duration_sum"] for r in part) / n
+    return cols
 
 
 def _robust_columns(spec: PlanSpec, table: pd.DataFrame) -> pd.DataFrame:

@@ -34,11 +34,13 @@ estimate and SE combined with the Normal(0, prior_sd) prior,
 Both with Student-t tails on (participants at the primary visit - 3) degrees of freedom. Decision:
 success if P(effect < 0) > threshold, and with the dual criterion also P(effect < -MCID) > mcid_prob.
 `analyse` takes the attended visits as an argument, so an analysis of the data available at an
-interim look is the same call with fewer attended visits.
+interim look is the same call with fewer attended visits; `sequential` (at the end of this module) runs
+the interim looks and their stopping rules.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -562,4 +564,135 @@ def analyse(sim: SimulatedTrials, analysis: AnalysisSettings, attended: np.ndarr
         raise PlanningError(f"unknown analysis '{analysis.method}'")
     out = posterior_decisions(mean, sd, df, analysis)
     out.update(estimate=est, se=se, df=df, ok=ok, completers=(attended > sim.primary).sum(axis=1), true_effect=sim.true_effect, eligible=sim.eligible)
+    return out
+
+
+# Interim looks: stop a simulated trial early for futility or efficacy, and its sequential decision.
+#
+# Enrolment: uniform accrual at `accrual_per_week` participants per week (default: n_total / primary week,
+# so enrolment takes as long as the treatment period). Participants enter in an order that interleaves the
+# arms in proportion to the allocation (as permuted blocks do); participant k (k = 0..N-1 in that order)
+# enters at week k / rate and has the visits scheduled up to (time - entry) by a given calendar time,
+# cut short by their dropout.
+#
+# A look at information fraction f happens when ceil(f N) participants have reached the primary visit
+# (scheduled), at week (ceil(f N) - 1) / rate + primary week; it analyses the data then available (the
+# same MMRM or ANCOVA as the final analysis: participants still short of the primary visit contribute
+# their earlier visits to the MMRM), giving the interim posterior mean m_I and SD s_I of the effect.
+# The final analysis (after the last participant's last scheduled visit) has posterior SD s_F. Under the
+# normal approximation the final posterior mean is predicted as
+#     m_F ~ Normal(m_I, s_I^2 - s_F^2)
+# and the final analysis succeeds when m_F <= c, c = -t_q s_F (t_q the Student-t quantile of the final
+# decision's threshold on its degrees of freedom; with the dual criterion also m_F <= -MCID - t_p s_F), so
+#     PPoS = Phi((c - m_I) / sqrt(s_I^2 - s_F^2)).
+# s_F is the simulated trial's own final posterior SD (it depends on the data almost only through the
+# dropout and the covariance estimate). The trial stops for futility when PPoS < `futility`, for efficacy
+# when the interim P(benefit) > `efficacy`; a look whose analysis fails does not stop the trial.
+# Enrolment stops at the look, so a trial stopped there enrols those who entered by then.
+
+
+@dataclass(frozen=True)
+class InterimSettings:
+    fractions: tuple[float, ...]  # information fractions: share of participants who have reached the primary visit
+    futility: float = 0.1  # stop if PPoS < futility
+    efficacy: float = 0.995  # stop if interim P(benefit) > efficacy
+    accrual_per_week: float | None = None  # default: n_total / primary week
+
+    def validate(self) -> None:
+        f = list(self.fractions)
+        if not f or any(not 0 < x < 1 for x in f) or any(b <= a for a, b in zip(f, f[1:])):
+            raise PlanningError(f"--interim fractions must be increasing and in (0, 1), got {f}")
+        if not 0 <= self.futility < 1:
+            raise PlanningError(f"--futility must be in [0, 1), got {self.futility}")
+        if not 0.5 <= self.efficacy <= 1:
+            raise PlanningError(f"--efficacy must be in [0.5, 1], got {self.efficacy}")
+        if self.accrual_per_week is not None and not self.accrual_per_week > 0:
+            raise PlanningError(f"--accrual-per-week must be positive, got {self.accrual_per_week}")
+
+
+def accrual_rate(trial: PlannedTrial, interim: InterimSettings) -> float:
+    return interim.accrual_per_week if interim.accrual_per_week is not None else trial.n_total / trial.primary_week
+
+
+def entry_weeks(trial: PlannedTrial, rate: float) -> np.ndarray:
+    """(N,) entry week of each participant (control first, then treatment, as SimulatedTrials.treated)."""
+    nc, nt = trial.n_control, trial.n_treatment
+    key = np.concatenate([(np.arange(nc) + 0.5) / nc, (np.arange(nt) + 0.5) / nt])
+    order = np.argsort(key, kind="stable")  # arms interleaved in proportion to the allocation
+    rank = np.empty(len(key), int)
+    rank[order] = np.arange(len(key))
+    return rank / rate
+
+
+def look_weeks(trial: PlannedTrial, interim: InterimSettings) -> np.ndarray:
+    rate = accrual_rate(trial, interim)
+    m = np.array([math.ceil(f * trial.n_total - 1e-9) for f in interim.fractions])
+    return (np.maximum(m, 1) - 1) / rate + trial.primary_week
+
+
+def final_week(trial: PlannedTrial, interim: InterimSettings) -> float:
+    return (trial.n_total - 1) / accrual_rate(trial, interim) + max(trial.weeks)
+
+
+def attended_at(sim: SimulatedTrials, trial: PlannedTrial, entry: np.ndarray, week: float) -> np.ndarray:
+    """(S, N) visits attended by calendar week `week`: those scheduled by then, cut short by dropout."""
+    post = np.asarray(trial.post_weeks, float)
+    reached = (post[None, :] <= week - entry[:, None] + 1e-9).sum(axis=1)  # (N,)
+    return np.minimum(sim.attended, reached[None, :])
+
+
+def success_bound(final: dict, analysis: AnalysisSettings) -> np.ndarray:
+    """The largest final posterior mean that still succeeds, per trial."""
+    df, sd = final["df"], final["post_sd"]
+    c = -special.stdtrit(df, analysis.threshold) * sd
+    if analysis.dual:
+        c = np.minimum(c, -analysis.mcid - special.stdtrit(df, analysis.mcid_prob) * sd)
+    return c
+
+
+def ppos(interim_mean: np.ndarray, interim_sd: np.ndarray, final_sd: np.ndarray, bound: np.ndarray) -> np.ndarray:
+    """Predictive probability that the final posterior mean is at most `bound`, the final posterior mean
+    being Normal(interim mean, interim var - final var); a point mass at the interim mean if that is <= 0."""
+    var = np.maximum(interim_sd**2 - final_sd**2, 0.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = (bound - interim_mean) / np.sqrt(var)
+    z = np.where(var > 0, z, np.where(bound >= interim_mean, np.inf, -np.inf))
+    return special.ndtr(z)
+
+
+def sequential(sim: SimulatedTrials, trial: PlannedTrial, analysis: AnalysisSettings, interim: InterimSettings) -> dict[str, np.ndarray]:
+    """The final analysis' per-trial results replaced, for trials stopped at a look, by that look's; plus
+    `stop_look` (0 = ran to the end, k = stopped at look k), `stop_efficacy`, `stop_futility`, `enrolled`,
+    `duration` and `ppos` (S, looks; NaN where the look was not reached)."""
+    final = analyse(sim, analysis)
+    s, n = sim.attended.shape
+    rate = accrual_rate(trial, interim)
+    entry = entry_weeks(trial, rate)
+    looks = look_weeks(trial, interim)
+    bound = success_bound(final, analysis)
+    out = {k: np.array(v, copy=True) for k, v in final.items()}
+    stop_look = np.zeros(s, int)
+    stop_eff = np.zeros(s, bool)
+    enrolled = np.full(s, float(n))
+    duration = np.full(s, final_week(trial, interim))
+    pp = np.full((s, len(looks)), np.nan)
+    for k, week in enumerate(looks, start=1):
+        running = stop_look == 0
+        if not running.any():
+            break
+        res = analyse(sim, analysis, attended=attended_at(sim, trial, entry, week))
+        ok = res["ok"] & final["ok"]
+        p = ppos(res["post_mean"], res["post_sd"], final["post_sd"], bound)
+        pp[:, k - 1] = np.where(running & ok, p, np.nan)
+        eff = running & ok & (res["p_benefit"] > interim.efficacy)
+        fut = running & ok & ~eff & (p < interim.futility)
+        stop = eff | fut
+        stop_look[stop] = k
+        stop_eff |= eff
+        enrolled[stop] = float(min(n, (entry <= week + 1e-9).sum()))
+        duration[stop] = week
+        for key in ("post_mean", "post_sd", "p_benefit", "p_mcid", "width", "estimate", "se", "df", "ok", "completers"):
+            out[key] = np.where(stop, res[key], out[key])
+        out["success"] = np.where(stop, eff, out["success"])
+    out.update(stop_look=stop_look, stop_efficacy=stop_eff, stop_futility=(stop_look > 0) & ~stop_eff, enrolled=enrolled, duration=duration, ppos=pp)
     return out

@@ -228,12 +228,21 @@ def test_plan_cli_refusals_exit_2_and_write_nothing(tmp_path, capsys):
     assert "--dropout" in capsys.readouterr().err
     assert plan.main(["--design-prior", "Normal(-2, 1)", "--dropout-mechanism", "informative", "--out", str(out)]) == 2
     assert plan.main(["--design-prior", "Normal(-2, 1)", "--robust-weight", "1", "--out", str(out)]) == 2
+    assert plan.main(["--design-prior", "Normal(-2, 1)", "--interim", "0.5", "1.2", "--out", str(out)]) == 2
+    assert "--interim" in capsys.readouterr().err
+    assert plan.main(["--design-prior", "Normal(-2, 1)", "--interim", "0.5", "--futility", "1", "--out", str(out)]) == 2
+    assert plan.main(["--design-prior", "Normal(-2, 1)", "--interim", "0.5", "--accrual-per-week", "0", "--out", str(out)]) == 2
     assert not out.exists()
     out.mkdir()
     assert plan.main(["--design-prior", "Normal(-2, 1)", "--out", str(out)]) == 2
     assert "already exists" in capsys.readouterr().err
-    assert plan.main(["--design-prior", "Normal(-2, 1)", "--n-per-arm", "30", "--sims", "50", "--workers", "1", "--quiet", "--out", str(out), "--force"]) == 0
-    assert (out / "plan.csv").exists()
+    assert plan.main(["--design-prior", "Normal(-2, 1)", "--n-per-arm", "30", "--sims", "50", "--workers", "1", "--quiet", "--out", str(out), "--force",
+                      "--interim", "0.4", "0.7", "--accrual-per-week", "3"]) == 0
+    table = pd.read_csv(out / "plan.csv")
+    assert {"p_stop_efficacy", "p_stop_futility", "p_stop_futility_look1", "p_stop_efficacy_look2", "expected_duration_weeks"} <= set(table.columns)
+    assert (table.expected_n <= table.n_total).all() and (table.expected_duration_weeks <= 59 / 3 + 12 + 1e-9).all()
+    rec = json.loads((out / "plan.json").read_text())
+    assert rec["interim"]["fractions"] == [0.4, 0.7] and rec["interim"]["futility"] == 0.1 and rec["interim"]["efficacy"] == 0.995
 
 
 @pytest.mark.slow

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 import numpy as np
+import pandas as pd
 import pytest
 from scipy import optimize, stats
 
@@ -250,3 +251,81 @@ def test_mmrm_decisions_agree_with_the_bayesian_mmrm():
     assert summary["agreement_rate"] >= 0.95
     assert summary["max_abs_diff_p_benefit"] < 0.03
 
+
+
+# interim looks (planning.simulate.sequential)
+
+
+def interim_spec(**kw):
+    from planning import InterimSettings
+
+    designs = [PlannedTrial(30, weeks=(0, 4, 8, 12), dropout=0.2)]
+    spec = PlanSpec(designs, [Scenario("fixed", 0.0), Scenario("fixed", -3.0)], AnalysisSettings(), sims=60, seed=4, chunk_size=30)
+    return spec, (replace(spec, interim=InterimSettings(**kw)) if kw else None)
+
+
+@pytest.mark.unit
+def test_interim_looks_that_never_stop_leave_the_table_unchanged():
+    params = implied_mmrm(fixed_parameters(), (0, 4, 8, 12))
+    spec, looked = interim_spec(fractions=(0.3, 0.6), futility=0.0, efficacy=1.0)
+    plain, _ = plan(params, spec)
+    with_looks, _ = plan(params, looked)
+    pd.testing.assert_frame_equal(plain, with_looks[plain.columns], check_exact=True)
+    assert (with_looks[["p_stop_efficacy", "p_stop_futility", "p_stop_efficacy_look2", "p_stop_futility_look1"]] == 0).all().all()
+    assert (with_looks.expected_n == with_looks.n_total).all()
+    # enrolment takes as long as the treatment period by default: the last participant's week 12 at 59/60 x 12 + 12
+    assert np.allclose(with_looks.expected_duration_weeks, 12 * 59 / 60 + 12)
+
+
+@pytest.mark.unit
+def test_interim_aggressive_futility_stops_most_null_trials_early():
+    params = implied_mmrm(fixed_parameters(), (0, 4, 8, 12))
+    _, looked = interim_spec(fractions=(0.3, 0.6), futility=0.5, accrual_per_week=2.0)
+    table, _ = plan(params, looked)
+    null = table[table.scenario == "effect=0"].iloc[0]
+    assert null.p_stop_futility > 0.5 and null.p_stop_efficacy == 0
+    assert np.isclose(null.p_stop_futility, null.p_stop_futility_look1 + null.p_stop_futility_look2)
+    assert null.expected_n < null.n_total and null.expected_duration_weeks < 59 / 2.0 + 12
+    # at the first look (18 of 60 at week 12: week 8.5 + 12) 42 have entered; at the second (36) 60
+    stopped1 = null.p_stop_futility_look1 + null.p_stop_efficacy_look1
+    assert np.isclose(null.expected_n, 42 * stopped1 + 60 * (1 - stopped1))
+    # the sequential success can only come from efficacy stops or final successes of trials still running
+    effect = table[table.scenario == "effect=-3"].iloc[0]
+    assert effect.p_success >= effect.p_stop_efficacy and effect.p_stop_futility < null.p_stop_futility
+
+
+@pytest.mark.unit
+def test_ppos_is_a_probability_increasing_with_the_interim_benefit():
+    from planning import InterimSettings, ppos, sequential
+    from planning.simulate import accrual_rate, attended_at, entry_weeks, look_weeks
+
+    m = np.linspace(6.0, -6.0, 49)
+    p = ppos(m, np.full_like(m, 2.0), np.full_like(m, 1.2), np.full_like(m, -2.4))
+    assert ((p >= 0) & (p <= 1)).all() and (np.diff(p) > 0).all()
+    assert np.isclose(ppos(np.array([-2.4]), np.array([2.0]), np.array([1.2]), np.array([-2.4]))[0], 0.5)
+    # no information left to come: PPoS is the interim decision itself
+    assert ppos(np.array([-3.0, -1.0]), np.array([1.0, 1.0]), np.array([1.0, 1.0]), np.array([-2.0, -2.0])).tolist() == [1.0, 0.0]
+    params = implied_mmrm(fixed_parameters(), (0, 4, 8, 12))
+    trial = PlannedTrial(30, weeks=(0, 4, 8, 12), dropout=0.2)
+    sim = simulate_trials(params, trial, Scenario("fixed", -2.0), 40, np.random.default_rng(1))
+    settings = InterimSettings((0.5,), futility=0.0, efficacy=1.0)
+    res = sequential(sim, trial, AnalysisSettings(), settings)
+    pp = res["ppos"][:, 0]
+    assert np.isfinite(pp).all() and ((pp >= 0) & (pp <= 1)).all()
+    # across simulated trials, a larger interim benefit means a larger PPoS (rank correlation)
+    at_look = attended_at(sim, trial, entry_weeks(trial, accrual_rate(trial, settings)), look_weeks(trial, settings)[0])
+    assert (at_look <= sim.attended).all() and (at_look < sim.attended).any()
+    interim = analyse(sim, AnalysisSettings(), attended=at_look)
+    assert stats.spearmanr(-interim["post_mean"], pp).statistic > 0.5
+
+
+@pytest.mark.unit
+def test_interim_tables_are_the_same_on_one_and_two_workers():
+    from dask.distributed import Client, LocalCluster
+
+    params = implied_mmrm(fixed_parameters(), (0, 4, 8, 12))
+    _, looked = interim_spec(fractions=(0.5,), futility=0.3, accrual_per_week=3.0)
+    local, _ = plan(params, looked, workers=1)
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as cluster, Client(cluster) as client:
+        distributed, _ = plan(params, looked, client=client)
+    pd.testing.assert_frame_equal(local, distributed, check_exact=True)

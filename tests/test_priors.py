@@ -40,7 +40,7 @@ def test_prior_reasons_state_rules_with_figures_of_the_data_at_hand(low, high):
     for name in ("mmrm", "mediation"):
         from types import SimpleNamespace
 
-        reasons = [p.reason for p in get(name).default_priors(SimpleNamespace(score_range=float(r))).values()]
+        reasons = [p.reason for p in get(name).default_priors(SimpleNamespace(score_range=float(r), covariate_names=[])).values()]
         assert any(points(0.1, r) in text for text in reasons)
     for prior in defaults.values():
         assert "MADRS" not in prior.reason and not re.search(r"\b\d+ sites\b", prior.reason), prior.reason
