@@ -42,6 +42,7 @@ from .kernels import (
     LOG2PI,
     FusedLayout,
     Unsupported,
+    _cholesky_inplace,
     _covariate_columns,
     _field,
     _jit,
@@ -111,22 +112,11 @@ def _unpack_chol(x, o, nv):
 @_jit
 def _cholesky_inverse(a, k):
     """The inverse of the Cholesky factor of the k x k leading block of a (lower), and log|a|/2; nan if not positive definite."""
-    c = np.zeros((k, k))
-    half_logdet = 0.0
-    for j in range(k):
-        s = a[j, j]
-        for m in range(j):
-            s -= c[j, m] * c[j, m]
-        if not s > 0.0:
-            return np.full((k, k), np.nan), np.nan
-        c[j, j] = math.sqrt(s)
-        half_logdet += math.log(c[j, j])
-        for i in range(j + 1, k):
-            s = a[i, j]
-            for m in range(j):
-                s -= c[i, m] * c[j, m]
-            c[i, j] = s / c[j, j]
-    return _lower_inverse(c, k), half_logdet
+    c = a[:k, :k].copy()
+    logdet = _cholesky_inplace(c, k)  # the factor in c's lower triangle (its upper triangle is not read)
+    if np.isnan(logdet):
+        return np.full((k, k), np.nan), np.nan
+    return _lower_inverse(c, k), 0.5 * logdet
 
 
 @_jit
