@@ -219,7 +219,7 @@ def main(argv=None) -> int:
     from data.atomic import OutputBusy, locked_output
     from planning import PlanningError, plan, smallest_n
     from planning.simulate import accrual_rate
-    from planning.report import plot_plan
+    from planning.report import plot_plan, render_plan_html
 
     def fail(msg: str) -> int:
         print(f"error: {msg}", file=sys.stderr)
@@ -296,8 +296,11 @@ def main(argv=None) -> int:
         with locked_output(args.out, overwrite=args.force) as tmp:
             table.to_csv(tmp / "plan.csv", index=False, float_format="%.6g")
             best.to_csv(tmp / "smallest_n.csv", index=False)
-            plot_plan(table, tmp / "plan.png", args.target_assurance, title=f"{params.scale.outcome_label}: success if P(effect<0) > {spec.analysis.threshold:g}"
-                      + (f" and P(effect<-{spec.analysis.mcid:g}) > {spec.analysis.mcid_prob:g}" if spec.analysis.dual else ""))
+            rule = f"{params.scale.outcome_label}: success if P(effect<0) > {spec.analysis.threshold:g}" + (
+                f" and P(effect<-{spec.analysis.mcid:g}) > {spec.analysis.mcid_prob:g}" if spec.analysis.dual else "")
+            plot_plan(table, tmp / "plan.png", args.target_assurance, title=rule)
+            (tmp / "plan.html").write_text(render_plan_html(table, html_settings(args, params, spec, rule), (tmp / "plan.png").read_bytes(), best),
+                                           encoding="utf-8")
             if agreement is not None:
                 agree_table.to_csv(tmp / "mcmc_agreement.csv", index=False, float_format="%.6g")
             record["timings"]["total_s"] = time.perf_counter() - t_start
@@ -314,6 +317,48 @@ def main(argv=None) -> int:
         print(f"{timings['trials']} simulated trials in {timings['wall_s']:.1f} s ({timings['trials_per_s']:.0f} per second)")
         print(f"\nwrote {args.out}/")
     return 0
+
+
+def html_settings(args, params, spec, rule: str) -> list[tuple[str, str]]:
+    """The settings plan.html states, as (label, value) pairs."""
+    d0 = spec.designs[0]
+    src = params.source
+    if src.get("kind") == "posterior":
+        source = f"posterior {src.get('path', '')} (model {src.get('model', '?')}, {params.n_draws} draws)"
+    else:
+        source = f"{src.get('note', src.get('kind', ''))}"
+    if "effect_prior" in src:
+        source += f"; design prior on the effect {src['effect_prior']}"
+    rc, rt = d0.dropout_rates
+    rows = [
+        ("parameter source", source),
+        ("analysis", f"{spec.analysis.method}; {rule}"),
+        ("analysis prior on the effect", f"Normal(0, {spec.analysis.prior_sd:g})"),
+        ("primary week", f"{d0.primary_week:g} (visits {', '.join(f'{w:g}' for w in d0.weeks)})"),
+        ("dropout mechanism", f"{d0.dropout_mechanism} (score effect {d0.dropout_score_effect:g} log-odds per 5 points)"
+         if d0.dropout_mechanism != "mcar" else "mcar"),
+        ("dropout by the primary week", f"{rc:g} placebo, {rt:g} NAC ({d0.dropout_source})"),
+        ("allocation NAC:placebo", f"{d0.allocation:g}:1"),
+        ("entry criterion", "none" if d0.entry_min is None else f"baseline score >= {d0.entry_min:g}"),
+        ("participants per arm (placebo)", ", ".join(str(n) for n in sorted(set(args.n_per_arm)))),
+        ("populations", ", ".join(dict.fromkeys(d.population for d in spec.designs))),
+        ("fixed effects (type I error at 0, power)", ", ".join(f"{sc.effect:g}" for sc in spec.scenarios if sc.kind == "fixed")),
+        ("effect scale", f"{spec.effect_scale:g}"),
+        ("robust prior", "none" if spec.robust_weight == 0 else
+         f"weight {spec.robust_weight:g} on Normal(0, {next(sc.sd for sc in spec.scenarios if sc.kind == 'vague'):g})"),
+        ("target assurance", f"{args.target_assurance:g}"),
+    ]
+    if spec.interim is None:
+        rows.append(("interim looks", "none"))
+    else:
+        it = spec.interim
+        rows += [
+            ("interim looks", ", ".join(f"{f:g}" for f in it.fractions) + " of participants at the primary visit"),
+            ("interim thresholds", f"futility if PPoS < {it.futility:g}; efficacy if P(effect<0) > {it.efficacy:g}"),
+            ("accrual per week", f"{it.accrual_per_week:g}" if it.accrual_per_week else "n_total / primary week"),
+        ]
+    rows += [("simulated trials per design and scenario", f"{spec.sims}"), ("seed", f"{spec.seed}")]
+    return rows
 
 
 def format_table(table) -> str:

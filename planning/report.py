@@ -1,9 +1,14 @@
-"""Plot of assurance (plain and robust), power and type I error against sample size, with MCSE bands (plotting layer only)."""
+"""Plot of assurance (plain and robust), power and type I error against sample size, with MCSE bands, and the
+self-contained HTML page plan.html (figures as base64 PNGs; presentation layer only, it computes nothing)."""
 
 from __future__ import annotations
 
+import base64
+import html
+import io
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 
@@ -42,3 +47,97 @@ def plot_plan(table: pd.DataFrame, path: str | Path, target: float | None = None
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def plot_interim(table: pd.DataFrame) -> bytes | None:
+    """PNG of expected_n and the stop probabilities (efficacy, futility) against participants per arm, per
+    population and scenario; None without interim looks (no stop-probability columns)."""
+    if "p_stop_efficacy" not in table.columns:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pops = list(dict.fromkeys(table["population"]))
+    fig, axes = plt.subplots(2, len(pops), figsize=(5.5 * len(pops), 7.5), sharex="col", squeeze=False)
+    for j, pop in enumerate(pops):
+        part = table[(table["population"] == pop) & (table["scenario"] != "vague")]
+        for scen, rows in part.groupby("scenario", sort=False):
+            rows = rows.sort_values("n_per_arm")
+            x = rows["n_per_arm"]
+            (line,) = axes[0][j].plot(x, rows["expected_n"], "-", marker="o", ms=3, label=str(scen))
+            axes[1][j].plot(x, rows["p_stop_efficacy"], "-", marker="o", ms=3, color=line.get_color(), label=f"{scen}: efficacy")
+            axes[1][j].plot(x, rows["p_stop_futility"], "--", marker="s", ms=3, color=line.get_color(), label=f"{scen}: futility")
+        axes[0][j].set_title(f"population: {pop}")
+        axes[0][j].set_ylabel("expected participants enrolled")
+        axes[1][j].set_ylabel("P(stop at an interim look)")
+        axes[1][j].set_ylim(0, 1)
+        axes[1][j].set_xlabel("participants per arm (placebo)")
+        for ax in axes[:, j]:
+            ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=8, loc="best")
+    axes[1][-1].legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222;line-height:1.4}
+h1{border-bottom:2px solid #446}h2{border-bottom:1px solid #aab;margin-top:2em}
+table{border-collapse:collapse;margin:.6em 0;font-size:.8em}td,th{border:1px solid #ccd;padding:.2em .5em;text-align:right}
+th{background:#eef}td:first-child,th:first-child{text-align:left}.settings td{text-align:left}
+img{max-width:100%;height:auto;border:1px solid #ddd;margin:.4em 0}.wide{overflow-x:auto}
+"""
+
+
+def _esc(x) -> str:
+    return html.escape(str(x))
+
+
+def _img(png: bytes | None, alt: str) -> str:
+    if not png:
+        return ""
+    return f'<img alt="{_esc(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">'
+
+
+def _table_html(df: pd.DataFrame, cls: str = "") -> str:
+    def fmt(v):
+        if isinstance(v, (bool, np.bool_)):
+            return "yes" if v else "no"
+        if isinstance(v, (float, np.floating)):
+            return "" if np.isnan(v) else f"{v:.4g}"
+        return _esc(v)
+
+    head = "".join(f"<th>{_esc(c)}</th>" for c in df.columns)
+    body = "".join("<tr>" + "".join(f"<td>{fmt(v)}</td>" for v in row) + "</tr>" for row in df.itertuples(index=False))
+    return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+def render_plan_html(table: pd.DataFrame, settings: list[tuple[str, str]], plot_png: bytes | None, smallest: pd.DataFrame | None = None,
+                     title: str = "Trial plan: operating characteristics") -> str:
+    """The text of plan.html: the settings (label, value pairs), the operating-characteristic figure (plot_plan's
+    PNG), with interim looks the expected_n and stop-probability figure, smallest n, and plan.csv as a table."""
+    parts = [
+        "<!DOCTYPE html>",
+        f'<html lang="en"><head><meta charset="utf-8"><title>{_esc(title)}</title><style>{CSS}</style></head><body>',
+        f"<h1>{_esc(title)}</h1>",
+        "<h2>Settings</h2>",
+        _table_html(pd.DataFrame(settings, columns=["setting", "value"]), "settings"),
+        "<h2>Operating characteristics</h2>",
+        "<p>Probability of success per design size and scenario: assurance (effects from the posterior or design prior), "
+        "robust assurance, type I error (effect 0) and power at the stated effects; bands are +-2 Monte Carlo SEs.</p>",
+        _img(plot_png, "probability of success against participants per arm"),
+    ]
+    interim_png = plot_interim(table)
+    if interim_png is not None:
+        parts += ["<h2>Interim looks</h2>",
+                  "<p>Expected number enrolled and the probabilities of stopping early for efficacy or futility (over all looks), per scenario.</p>",
+                  _img(interim_png, "expected participants and stop probabilities against participants per arm")]
+    if smallest is not None and len(smallest):
+        parts += ["<h2>Smallest n reaching the target assurance</h2>", _table_html(smallest)]
+    parts += ["<h2>Table (plan.csv)</h2>", f'<div class="wide">{_table_html(table)}</div>', "</body></html>"]
+    return "\n".join(parts) + "\n"

@@ -135,9 +135,23 @@ def test_plan_cli_writes_table_plot_and_record_reproducibly(posterior, tmp_path)
     best = pd.read_csv(tmp_path / "a" / "smallest_n.csv")
     assert set(best.population) == {"all", "il6>1.5"}
     assert (tmp_path / "a" / "plan.png").stat().st_size > 10_000
+    page = assert_self_contained_page(tmp_path / "a", "ancova", "il6&gt;1.5", "effect=-2", "<td>none</td>")
+    assert "Interim looks</h2>" not in page
     # a different seed gives different numbers
     assert plan.main([*args, "--seed", "5", "--out", str(tmp_path / "c")]) == 0
     assert not pd.read_csv(tmp_path / "c" / "plan.csv").p_success.equals(a.p_success)
+
+
+def assert_self_contained_page(folder, *texts):
+    """plan.html beside plan.csv: no external resource, figures as data URIs, the settings and the table."""
+    page = (folder / "plan.html").read_text(encoding="utf-8")
+    assert 'src="http' not in page and "<link" not in page and "<script" not in page
+    assert "data:image/png;base64," in page
+    assert "Settings" in page and "parameter source" in page and "dropout mechanism" in page and "interim looks" in page
+    assert "Table (plan.csv)" in page and page.count("<tr>") > len(pd.read_csv(folder / "plan.csv"))
+    for text in texts:
+        assert text in page, text
+    return page
 
 
 def observed_loss(data_dir, week):
@@ -184,6 +198,7 @@ def test_plan_cli_from_an_mmrm_fit_with_the_new_options(mmrm_posterior, small_tr
     assert rec["robust_prior"]["weight"] == 0.2
     assert rec["robust_prior"]["vague_sd"] == pytest.approx(np.sqrt(np.einsum("dvv->dv", params.sigma())[:, 4]).mean(), abs=1e-3)
     assert rec["designs"]["dropout_by_visit"]["weeks"] == [2, 4, 6, 8, 12]
+    assert_self_contained_page(out, "mmrm", "mar (score effect", "weight 0.2 on Normal(0,")
     # options: ancova, per-arm dropout not at random, entry screening, no robust component
     out2 = tmp_path / "ancova"
     assert plan.main([*args[:-1], str(out2), "--analysis", "ancova", "--dropout", "0.3,0.1", "--dropout-mechanism", "mnar", "--entry-min", "24",
@@ -243,6 +258,8 @@ def test_plan_cli_refusals_exit_2_and_write_nothing(tmp_path, capsys):
     assert (table.expected_n <= table.n_total).all() and (table.expected_duration_weeks <= 59 / 3 + 12 + 1e-9).all()
     rec = json.loads((out / "plan.json").read_text())
     assert rec["interim"]["fractions"] == [0.4, 0.7] and rec["interim"]["futility"] == 0.1 and rec["interim"]["efficacy"] == 0.995
+    page = assert_self_contained_page(out, "0.4, 0.7 of participants", "futility if PPoS &lt; 0.1", "p_stop_futility_look1", "design prior on the effect Normal(-2, 1)")
+    assert "Interim looks</h2>" in page and page.count("data:image/png;base64,") == 2
 
 
 @pytest.mark.slow
