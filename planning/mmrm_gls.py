@@ -111,7 +111,7 @@ def _duplication(v: int) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
 def _chol(sigma: np.ndarray, ok: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Batched Cholesky factors, column by column (V is small); trials not `ok`, not finite or not positive
     definite get the identity and ok=False."""
-    s, v = sigma.shape[0], sigma.shape[-1]
+    v = sigma.shape[-1]
     a = np.where(ok[:, None, None] & np.isfinite(sigma).all(axis=(1, 2))[:, None, None], sigma, np.nan)
     lower = np.zeros_like(a)
     good = ok & np.isfinite(a[:, 0, 0])
@@ -129,7 +129,7 @@ def _chol(sigma: np.ndarray, ok: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def _lower_inverse(lower: np.ndarray) -> np.ndarray:
     """Inverse of batched lower-triangular matrices by forward substitution (V small)."""
-    s, v = lower.shape[0], lower.shape[-1]
+    v = lower.shape[-1]
     inv = np.zeros_like(lower)
     for i in range(v):
         inv[:, i, i] = 1.0 / lower[:, i, i]
@@ -222,7 +222,7 @@ def _start(stats: PatternStats) -> tuple[np.ndarray, np.ndarray]:
     s, v = stats.n.shape
     # participants attending visit u are patterns p >= u: reverse cumulative sums
     rc = lambda a: np.flip(np.cumsum(np.flip(a, axis=1), axis=1), axis=1)  # noqa: E731
-    n_at, sxx_at, scx_at, scc_at = rc(stats.n), rc(stats.sxx), rc(stats.scx), rc(stats.scc)
+    n_at, sxx_at, scx_at = rc(stats.n), rc(stats.sxx), rc(stats.scx)
     ok = (n_at[:, -1] > Q + 1)
     idx = np.arange(v)
     sxx_v = sxx_at[:, idx]  # (S, V, Q, Q): at visit u, among attendees of u
