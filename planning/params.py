@@ -412,13 +412,7 @@ def from_posterior(path_or_idata, max_draws: int | None = None, seed: int = 0) -
         log_center=centre,
         log_scale=spread,
         scale=_scale_from(const),
-        source={
-            "kind": "posterior",
-            "path": label,
-            "model": str(post.attrs.get("model", "")),
-            "data_checksum": str(post.attrs.get("data_checksum", "")),
-            **_trial_source(facts),
-        },
+        source=_posterior_source(post, label, facts),
     )
     if max_draws is not None and max_draws < d:
         params = subset(params, np.sort(np.random.default_rng(seed).choice(d, size=max_draws, replace=False)))
@@ -464,14 +458,19 @@ def _mmrm_from_posterior(post, const: dict, facts: dict, label: str) -> MMRMPara
         baseline_sd=one(facts["baseline_sd"]),
         baseline_center=one(facts.get("baseline_center") or facts["baseline_mean"]),
         scale=_scale_from(const),
-        source={
-            "kind": "posterior",
-            "path": label,
-            "model": str(post.attrs.get("model", "")),
-            "data_checksum": str(post.attrs.get("data_checksum", "")),
-            **_trial_source(facts),
-        },
+        source=_posterior_source(post, label, facts),
     )
+
+
+def _posterior_source(post, label: str, facts: dict) -> dict:
+    """Where a parameter set read from a saved fit came from: the file, the model, the data checksum and the trial."""
+    return {
+        "kind": "posterior",
+        "path": label,
+        "model": str(post.attrs.get("model", "")),
+        "data_checksum": str(post.attrs.get("data_checksum", "")),
+        **_trial_source(facts),
+    }
 
 
 def implied_mmrm(params: ParameterSet, weeks=None) -> MMRMParameters:
