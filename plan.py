@@ -6,6 +6,7 @@ assurance, power, type I error and posterior interval width per design, with Mon
     python plan.py --posterior results/mmrm/idata.nc --analysis mmrm --dropout-mechanism mnar --dropout 0.3,0.2
     python plan.py --posterior results/headline/idata.nc --n-per-arm 60 100 150 \\
                    --enrich crp:3 --dual --target-assurance 0.8 --out results/plan
+    python plan.py --posterior results/mmrm/idata.nc --interim 0.5 --alpha 0.025  # interim look, calibrated thresholds
     python plan.py --design-prior "Normal(-2, 1)" --sims 2000                  # no fit needed
     python plan.py --posterior ... --scheduler tcp://10.0.0.5:8786             # on a Dask cluster
 
@@ -101,12 +102,21 @@ def parse_args(argv):
                      help="SD of the vague component Normal(0, SD) (default: the unit-information SD, one participant's change from baseline at the primary week)")
     dec.add_argument("--target-assurance", type=float, default=0.8)
     itm = ap.add_argument_group("interim looks")
-    itm.add_argument("--interim", type=float, nargs="+", default=None, metavar="FRACTION",
-                     help="interim looks when these fractions of participants have reached the primary visit, e.g. 0.5 0.75 (default: none)")
+    looks = itm.add_mutually_exclusive_group()
+    looks.add_argument("--interim", type=float, nargs="+", default=None, metavar="FRACTION",
+                       help="interim looks when these fractions of participants have reached the primary visit, e.g. 0.5 0.75 (default: none)")
+    looks.add_argument("--interim-weeks", type=float, nargs="+", default=None, metavar="WEEK",
+                       help="or interim looks at these calendar weeks after the first participant's entry, e.g. 20 30")
     itm.add_argument("--futility", type=float, default=0.1, help="stop for futility if the predictive probability of final success is below this (default 0.1)")
     itm.add_argument("--efficacy", type=float, default=0.995, help="stop for efficacy if the interim P(effect < 0) is above this (default 0.995)")
     itm.add_argument("--accrual-per-week", type=float, default=None,
                      help="participants enrolled per week, uniformly (default: n_total / primary week, so enrolment takes as long as the treatment period)")
+    cal = ap.add_argument_group("type I error calibration")
+    cal.add_argument("--alpha", type=float, default=None,
+                     help="calibrate each design's thresholds so its type I error (no effect; futility non-binding) is at most this, e.g. 0.025 (default: no calibration)")
+    cal.add_argument("--calibrate", choices=("final", "common"), default="final",
+                     help="final: calibrate --threshold, keeping --efficacy (default); common: one threshold at every look and the final analysis")
+    cal.add_argument("--calibration-sims", type=int, default=2000, help="null trials per design for the calibration (default 2000)")
     run = ap.add_argument_group("running")
     run.add_argument("--sims", type=int, default=1000, help="simulated trials per design and scenario")
     run.add_argument("--chunk-size", type=int, default=250, help="simulated trials per task (fixed: results do not depend on workers)")
@@ -137,6 +147,8 @@ def parse_args(argv):
         ap.error("--robust-weight must be in [0, 1)")
     if args.robust_sd is not None and not args.robust_sd > 0:
         ap.error("--robust-sd must be positive")
+    if args.calibration_sims < 1:
+        ap.error("--calibration-sims must be at least 1")
     return args
 
 
@@ -155,6 +167,7 @@ def build(args):
     """ParameterSet and PlanSpec from the arguments (raises PlanningError on bad input)."""
     from planning import (
         AnalysisSettings,
+        CalibrationSettings,
         InterimSettings,
         PlannedTrial,
         PlanSpec,
@@ -203,10 +216,12 @@ def build(args):
         visit_mean_prior_sd=0.25 * scale.score_range,  # the MMRM's priors (models/mmrm.py)
     )
     interim = None
-    if args.interim:
-        interim = InterimSettings(tuple(args.interim), futility=args.futility, efficacy=args.efficacy, accrual_per_week=args.accrual_per_week)
+    if args.interim or args.interim_weeks:
+        interim = InterimSettings(tuple(args.interim or ()), futility=args.futility, efficacy=args.efficacy, accrual_per_week=args.accrual_per_week,
+                                  weeks=tuple(args.interim_weeks or ()))
+    calibration = None if args.alpha is None else CalibrationSettings(args.alpha, args.calibrate, args.calibration_sims)
     spec = PlanSpec(designs, scenarios, analysis, sims=args.sims, seed=args.seed, chunk_size=args.chunk_size, effect_scale=args.effect_scale,
-                    robust_weight=args.robust_weight, interim=interim)
+                    robust_weight=args.robust_weight, interim=interim, calibration=calibration)
     spec.validate(params)
     return params, spec
 
@@ -244,9 +259,11 @@ def main(argv=None) -> int:
         f"planning: {params.n_draws} parameter draws ({params.family} {params.source.get('kind')}{', effect ' + params.source['effect_prior'] if 'effect_prior' in params.source else ''}); "
         f"{len(spec.designs)} designs x {len(spec.scenarios)} scenarios x {spec.sims} trials; primary week {d0.primary_week:g}, {spec.analysis.method} analysis, "
         f"{d0.dropout_mechanism} dropout {rc:g} placebo / {rt:g} NAC by week {d0.primary_week:g} ({d0.dropout_source}), allocation {d0.allocation:g}:1, "
-        + (f"interim looks at {', '.join(f'{f:g}' for f in spec.interim.fractions)} of participants at the primary visit (futility PPoS < {spec.interim.futility:g}, "
+        + (f"interim looks {spec.interim.describe()} (futility PPoS < {spec.interim.futility:g}, "
            f"efficacy P(benefit) > {spec.interim.efficacy:g}, accrual {'%g per week' % spec.interim.accrual_per_week if spec.interim.accrual_per_week else 'n_total / primary week per week'}), "
            if spec.interim is not None else "")
+        + (f"thresholds calibrated to type I error {spec.calibration.alpha:g} ({spec.calibration.mode}, {spec.calibration.sims} null trials per design), "
+           if spec.calibration is not None else "")
         + ("local process" if args.workers <= 1 and not args.scheduler else f"Dask {'scheduler ' + args.scheduler if args.scheduler else f'LocalCluster, {args.workers} workers'}")
     )
     try:
@@ -283,9 +300,15 @@ def main(argv=None) -> int:
             "allocation": d0.allocation,
         },
         "interim": None if spec.interim is None else {
-            "fractions": list(spec.interim.fractions), "futility": spec.interim.futility, "efficacy": spec.interim.efficacy,
+            "fractions": list(spec.interim.fractions), "weeks": list(spec.interim.weeks), "futility": spec.interim.futility, "efficacy": spec.interim.efficacy,
             "accrual_per_week": {f"{d.population} n={d.n_control}": accrual_rate(d, spec.interim) for d in spec.designs},
             "accrual_default": "n_total / primary week (enrolment as long as the treatment period)" if spec.interim.accrual_per_week is None else "given",
+        },
+        "calibration": None if spec.calibration is None else {
+            "alpha": spec.calibration.alpha, "mode": spec.calibration.mode, "sims": spec.calibration.sims,
+            "thresholds": table.drop_duplicates(["population", "n_per_arm"])[
+                [c for c in ("population", "n_per_arm", "threshold", "efficacy_threshold", "calibration_type1", "calibration_type1_mcse") if c in table]
+            ].to_dict(orient="records"),
         },
         "robust_prior": {"weight": spec.robust_weight, "vague_sd": next((sc.sd for sc in spec.scenarios if sc.kind == "vague"), None)},
         "smallest_n": best.to_dict(orient="records"),
@@ -353,10 +376,15 @@ def html_settings(args, params, spec, rule: str) -> list[tuple[str, str]]:
     else:
         it = spec.interim
         rows += [
-            ("interim looks", ", ".join(f"{f:g}" for f in it.fractions) + " of participants at the primary visit"),
+            ("interim looks", it.describe()),
             ("interim thresholds", f"futility if PPoS < {it.futility:g}; efficacy if P(effect<0) > {it.efficacy:g}"),
             ("accrual per week", f"{it.accrual_per_week:g}" if it.accrual_per_week else "n_total / primary week"),
         ]
+    if spec.calibration is not None:
+        c = spec.calibration
+        rows.append(("type I error calibration", f"at most {c.alpha:g} (futility non-binding), "
+                     + ("the final threshold, interim efficacy as given" if c.mode == "final" else "one threshold at every analysis")
+                     + f", {c.sims} null trials per design; thresholds per design in the tables"))
     rows += [("simulated trials per design and scenario", f"{spec.sims}"), ("seed", f"{spec.seed}")]
     return rows
 
@@ -371,6 +399,11 @@ def format_table(table) -> str:
     if first["robust_weight"].iloc[0] > 0:
         out["robust assurance"] = [f"{p:.3f} ({m:.3f})" for p, m in zip(first["assurance_robust"], first["assurance_robust_mcse"])]
     out["95% width"] = first["interval_width"].round(2)
+    if "calibration_type1" in first:
+        out["threshold"] = first["threshold"].round(4)
+        if "efficacy_threshold" in first:
+            out["efficacy threshold"] = first["efficacy_threshold"].round(4)
+        out["calibration type I"] = [f"{p:.3f} ({m:.3f})" for p, m in zip(first["calibration_type1"], first["calibration_type1_mcse"])]
     return "P(success) (MCSE)\n" + out.to_string()
 
 

@@ -2,6 +2,7 @@
 and report assurance, power, type I error and interval width per design, in parallel (Dask)."""
 
 from .analytic import analytic_power, conditional_change_sd
+from .calibration import CalibrationSettings, Thresholds
 from .mmrm_gls import mmrm_effect
 from .params import (
     MMRMParameters,
@@ -31,6 +32,8 @@ from .simulate import (
 )
 
 __all__ = [
+    "CalibrationSettings",
+    "Thresholds",
     "DROPOUT_MECHANISMS",
     "InterimSettings",
     "AnalysisSettings",

@@ -380,15 +380,40 @@ def fit_reml(stats: PatternStats, max_iter: int = MAX_ITER) -> MMRMFit:
     return MMRMFit(fit.beta, fit.cov, sigma, ok, it, ll)
 
 
+def predicted_final_posterior(stats: PatternStats, sigma: np.ndarray, ok: np.ndarray, final_counts: np.ndarray, visit: int,
+                              prior_precision: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Posterior SD and degrees of freedom of the treatment difference at `visit` that an analysis of the
+    expected final data would have, given Sigma (an interim REML estimate): `final_counts` (S, V, 2) the
+    expected participants per pattern and arm. The regressors' moments per arm are those of randomised
+    arms: x = (1, T, centred baseline) with E[x x' | arm] = [[1, T, 0], [T, T, 0], [0, 0, var(baseline)]],
+    the baseline variance from the data so far (H = sum_p W_p (x) E[Sxx_p] is linear in them)."""
+    s, v = stats.n.shape
+    n_inc = stats.n.sum(axis=1)
+    var0 = stats.sxx[:, :, 2, 2].sum(axis=1) / np.maximum(n_inc - 1, 1)
+    moments = np.zeros((s, 2, Q, Q))
+    moments[:, :, 0, 0] = 1.0
+    moments[:, 1, 0, 1] = moments[:, 1, 1, 0] = moments[:, 1, 1, 1] = 1.0
+    moments[:, :, 2, 2] = var0[:, None]
+    expected = PatternStats(final_counts.sum(axis=2), np.einsum("spa,saij->spij", final_counts, moments), np.zeros((s, v, v, Q)),
+                            np.zeros((s, v, v, v)), np.zeros((s, v, 2)))
+    pred = gls(expected, sigma, ok, prior_precision=prior_precision)
+    j = visit * Q + 1
+    sd = np.where(pred.ok, np.sqrt(np.abs(pred.cov[:, j, j])), np.inf)
+    return sd, np.maximum(final_counts[:, visit:].sum(axis=(1, 2)) - Q, 1)
+
+
 def mmrm_effect(change: np.ndarray, attended: np.ndarray, treated: np.ndarray, baseline: np.ndarray, visit: int,
-                prior_sd: tuple[float, float, float] | None = None) -> dict[str, np.ndarray]:
+                prior_sd: tuple[float, float, float] | None = None, final_counts: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Per trial: the MMRM estimate of the treatment difference at post-baseline visit index `visit`, its SE,
     residual degrees of freedom (participants attending that visit - 3) and whether the fit succeeded (at
     least 2 participants per arm at that visit, a positive definite REML Sigma).
 
     With `prior_sd` = (visit mean, treatment effect, baseline slope) prior SDs, also the posterior mean and
     SD of that difference given Sigma at its REML estimate, under independent Normal(0, sd) priors on every
-    visit's coefficients (the Bayesian MMRM's, models/mmrm.py): `post_mean`, `post_sd`."""
+    visit's coefficients (the Bayesian MMRM's, models/mmrm.py): `post_mean`, `post_sd`; with `final_counts`
+    (an interim look's expected final pattern counts, planning.simulate.expected_final_counts) also the
+    final analysis' predicted posterior SD and degrees of freedom, `final_sd` and `final_df`
+    (`predicted_final_posterior`)."""
     stats = pattern_stats(change, attended, treated, baseline)
     fit = fit_reml(stats)
     est, se = fit.effect(visit)
@@ -402,4 +427,7 @@ def mmrm_effect(change: np.ndarray, attended: np.ndarray, treated: np.ndarray, b
         j = visit * Q + 1
         ok &= post.ok
         out.update(ok=ok, post_mean=np.where(ok, post.beta[:, visit, 1], 0.0), post_sd=np.where(ok, np.sqrt(post.cov[:, j, j]), np.inf))
+        if final_counts is not None:
+            final_sd, final_df = predicted_final_posterior(stats, fit.sigma, ok, final_counts, visit, np.tile(1 / np.asarray(prior_sd, float) ** 2, v))
+            out.update(final_sd=np.where(ok, final_sd, np.inf), final_df=final_df)
     return out

@@ -16,19 +16,36 @@ Interim looks (`PlanSpec.interim`, planning/simulate.py): each trial's decision 
 (success = stopped for efficacy at a look or succeeded at the final analysis; the posterior summaries are
 those of the analysis that ended the trial), with the probabilities of stopping per look and overall,
 the expected number enrolled and the expected duration.
+
+Calibrated thresholds (`PlanSpec.calibration`, planning/calibration.py): before the grid runs, each
+design's thresholds are calibrated on null trials of their own (chunks seeded from SeedSequence(seed,
+spawn_key=(calibration.STREAM, chunk)), so again independent of the workers), and the grid then runs
+with each design's thresholds; the table states them.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
 
+from .calibration import STREAM, CalibrationSettings, Thresholds, choose_thresholds, stage_probabilities
 from .params import ParameterSet, PlanningError
-from .simulate import AnalysisSettings, InterimSettings, PlannedTrial, Scenario, analyse, sequential, simulate_trials
+from .simulate import (
+    AnalysisSettings,
+    InterimSettings,
+    PlannedTrial,
+    Scenario,
+    analyse,
+    look_information,
+    look_weeks,
+    sequential,
+    simulate_trials,
+)
 
 
 @dataclass(frozen=True)
@@ -53,6 +70,25 @@ class PlanSpec:
     round_scores: bool = True
     robust_weight: float = 0.0  # weight of the vague component (needs a "vague" scenario when > 0)
     interim: InterimSettings | None = None  # interim looks (planning/simulate.py); None: the final analysis only
+    calibration: CalibrationSettings | None = None  # calibrate each design's thresholds to a type I error
+    thresholds: tuple[Thresholds, ...] | None = None  # per design (set by `plan` when calibrating)
+
+    def rules(self, design: int) -> tuple[AnalysisSettings, InterimSettings | None]:
+        """The analysis settings and interim rules of design `design`, with its own thresholds if calibrated."""
+        if self.thresholds is None:
+            return self.analysis, self.interim
+        t = self.thresholds[design]
+        interim = None if self.interim is None else replace(self.interim, efficacy=t.efficacy)
+        return replace(self.analysis, threshold=t.final), interim
+
+    def design_thresholds(self, design: int) -> Thresholds:
+        if self.thresholds is not None:
+            return self.thresholds[design]
+        return Thresholds(self.analysis.threshold, None if self.interim is None else self.interim.efficacy)
+
+    def calibration_chunks(self) -> list[Chunk]:
+        n_chunks = math.ceil(self.calibration.sims / self.chunk_size)
+        return [Chunk(d, -1, c, min(self.chunk_size, self.calibration.sims - c * self.chunk_size)) for d in range(len(self.designs)) for c in range(n_chunks)]
 
     def chunks(self) -> list[Chunk]:
         n_chunks = math.ceil(self.sims / self.chunk_size)
@@ -82,8 +118,12 @@ class PlanSpec:
         self.analysis.validate()
         if self.interim is not None:
             self.interim.validate()
+        if self.calibration is not None:
+            self.calibration.validate()
         for design in self.designs:
             design.validate(params)
+            if self.interim is not None:
+                self.interim.check_design(design)
 
 
 def run_chunk(params: ParameterSet, spec: PlanSpec, chunk: Chunk) -> dict:
@@ -91,7 +131,8 @@ def run_chunk(params: ParameterSet, spec: PlanSpec, chunk: Chunk) -> dict:
     rng = np.random.default_rng(np.random.SeedSequence(spec.seed, spawn_key=(chunk.scenario, chunk.index)))
     sim = simulate_trials(params, spec.designs[chunk.design], spec.scenarios[chunk.scenario], chunk.n_sims, rng, spec.effect_scale, spec.round_scores)
     design = spec.designs[chunk.design]
-    res = analyse(sim, spec.analysis) if spec.interim is None else sequential(sim, design, spec.analysis, spec.interim)
+    analysis, interim = spec.rules(chunk.design)
+    res = analyse(sim, analysis) if interim is None else sequential(sim, design, analysis, interim)
     width = np.where(np.isfinite(res["width"]), res["width"], np.nan)
     ok = res["ok"]
     err = np.where(ok, res["estimate"] - res["true_effect"], 0.0)
@@ -117,7 +158,7 @@ def run_chunk(params: ParameterSet, spec: PlanSpec, chunk: Chunk) -> dict:
         "lost_treatment_sum": float(lost[:, arm].mean(axis=1).sum()),
     }
     if spec.interim is not None:
-        looks = len(spec.interim.fractions)
+        looks = spec.interim.n_looks
         out.update(
             stop_efficacy=[int((res["stop_efficacy"] & (res["stop_look"] == k)).sum()) for k in range(1, looks + 1)],
             stop_futility=[int((res["stop_futility"] & (res["stop_look"] == k)).sum()) for k in range(1, looks + 1)],
@@ -126,6 +167,14 @@ def run_chunk(params: ParameterSet, spec: PlanSpec, chunk: Chunk) -> dict:
             duration_sum=float(res["duration"].sum()),
         )
     return out
+
+
+def run_calibration_chunk(params: ParameterSet, spec: PlanSpec, chunk: Chunk) -> dict:
+    """Simulate one chunk of null trials of a design and return their stage probabilities (planning/calibration.py)."""
+    rng = np.random.default_rng(np.random.SeedSequence(spec.seed, spawn_key=(STREAM, chunk.index)))
+    design = spec.designs[chunk.design]
+    sim = simulate_trials(params, design, Scenario("fixed", 0.0), chunk.n_sims, rng, spec.effect_scale, spec.round_scores)
+    return {"design": chunk.design, "index": chunk.index, "q": stage_probabilities(sim, design, spec.analysis, spec.interim)}
 
 
 def local_cluster(workers: int):
@@ -143,34 +192,63 @@ def local_cluster(workers: int):
         return LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=40)
 
 
+@contextmanager
+def dask_client(workers: int = 1, scheduler: str | None = None, client=None):
+    """The Dask client to run chunks on: `client` as given, a Client of `scheduler`, a LocalCluster of
+    `workers` single-threaded processes, or None (this process) when workers <= 1 and neither is given."""
+    if client is not None or (scheduler is None and workers <= 1):
+        yield client
+        return
+    from dask.distributed import Client
+
+    own_cluster = None
+    if scheduler is not None:
+        try:
+            own_client = Client(scheduler, timeout="20s")
+        except (OSError, TimeoutError) as exc:
+            raise PlanningError(f"cannot reach the Dask scheduler at {scheduler}: {exc}") from exc
+    else:
+        own_cluster = local_cluster(workers)
+        own_client = Client(own_cluster)
+    try:
+        yield own_client
+    finally:
+        own_client.close()
+        if own_cluster is not None:
+            own_cluster.close()
+
+
+def map_chunks(fn, params: ParameterSet, spec: PlanSpec, chunks: list[Chunk], client=None) -> list[dict]:
+    """fn(params, spec, chunk) for every chunk, in this process (client None) or on the Dask client."""
+    if client is None:
+        return [fn(params, spec, c) for c in chunks]
+    # hash=False: unique keys, so the calibration's and the grid's scatters of the same objects cannot
+    # release each other's data
+    params_f = client.scatter(params, broadcast=True, hash=False)
+    spec_f = client.scatter(spec, broadcast=True, hash=False)
+    futures = [client.submit(fn, params_f, spec_f, c, pure=False) for c in chunks]
+    return client.gather(futures)
+
+
 def execute(params: ParameterSet, spec: PlanSpec, workers: int = 1, scheduler: str | None = None, client=None) -> list[dict]:
     """Run every chunk; `client` (a dask.distributed Client) or `scheduler` (its address) or `workers`
     (a LocalCluster of that many single-threaded processes; 1 = this process, no Dask)."""
-    chunks = spec.chunks()
-    if client is None and scheduler is None and workers <= 1:
-        return [run_chunk(params, spec, c) for c in chunks]
-    from dask.distributed import Client
+    with dask_client(workers, scheduler, client) as cl:
+        return map_chunks(run_chunk, params, spec, spec.chunks(), cl)
 
-    own_cluster = own_client = None
-    try:
-        if client is None:
-            if scheduler is not None:
-                try:
-                    client = own_client = Client(scheduler, timeout="20s")
-                except (OSError, TimeoutError) as exc:
-                    raise PlanningError(f"cannot reach the Dask scheduler at {scheduler}: {exc}") from exc
-            else:
-                own_cluster = local_cluster(workers)
-                client = own_client = Client(own_cluster)
-        params_f = client.scatter(params, broadcast=True)
-        spec_f = client.scatter(spec, broadcast=True)
-        futures = [client.submit(run_chunk, params_f, spec_f, c, pure=False) for c in chunks]
-        return client.gather(futures)
-    finally:
-        if own_client is not None:
-            own_client.close()
-        if own_cluster is not None:
-            own_cluster.close()
+
+def calibrate(params: ParameterSet, spec: PlanSpec, client=None) -> tuple[Thresholds, ...]:
+    """Each design's calibrated thresholds (planning/calibration.py), the null trials' stage probabilities
+    gathered in chunk order."""
+    results = sorted(map_chunks(run_calibration_chunk, params, spec, spec.calibration_chunks(), client), key=lambda r: (r["design"], r["index"]))
+    out = []
+    for d, design in enumerate(spec.designs):
+        q = np.concatenate([r["q"] for r in results if r["design"] == d])
+        try:
+            out.append(choose_thresholds(q, spec.calibration, None if spec.interim is None else spec.interim.efficacy))
+        except PlanningError as exc:
+            raise PlanningError(f"{design.n_control} per arm ({design.population}): {exc}") from None
+    return tuple(out)
 
 
 def summarise(spec: PlanSpec, results: list[dict]) -> pd.DataFrame:
@@ -223,22 +301,32 @@ def summarise(spec: PlanSpec, results: list[dict]) -> pd.DataFrame:
                 "mean_completers": tot("completers_sum") / n,
             }
         )
+        th = spec.design_thresholds(d)
+        row["threshold"] = th.final
         if spec.interim is not None:
-            row.update(_interim_columns(spec.interim, part, n))
+            row["efficacy_threshold"] = th.efficacy
+            row.update(_interim_columns(spec.interim, design, part, n))
+        if spec.calibration is not None:
+            row.update(calibration_alpha=spec.calibration.alpha, calibration_mode=spec.calibration.mode, calibration_sims=th.sims,
+                       calibration_type1=th.type1, calibration_type1_mcse=th.type1_mcse)
         rows.append(row)
     table = pd.DataFrame(rows)
     return _robust_columns(spec, table)
 
 
-def _interim_columns(interim: InterimSettings, part: list[dict], n: int) -> dict:
-    """Overall and per-look (look1, look2, ...) stopping probabilities, expected duration."""
-    looks = len(interim.fractions)
+def _interim_columns(interim: InterimSettings, design: PlannedTrial, part: list[dict], n: int) -> dict:
+    """Overall and per-look (look1, look2, ...) stopping probabilities, each look's calendar week and
+    information (share of participants whose primary visit is scheduled by then), expected duration."""
+    looks = interim.n_looks
     eff = [sum(r["stop_efficacy"][k] for r in part) / n for k in range(looks)]
     fut = [sum(r["stop_futility"][k] for r in part) / n for k in range(looks)]
+    weeks, info = look_weeks(design, interim), look_information(design, interim)
     cols = {"p_stop_efficacy": sum(eff), "p_stop_futility": sum(fut)}
     for k in range(looks):
         cols[f"p_stop_efficacy_look{k + 1}"] = eff[k]
         cols[f"p_stop_futility_look{k + 1}"] = fut[k]
+        cols[f"look{k + 1}_week"] = float(weeks[k])
+        cols[f"look{k + 1}_information"] = float(info[k])
     cols["expected_duration_weeks"] = sum(r["duration_sum"] for r in part) / n
     return cols
 
@@ -294,8 +382,15 @@ def plan(params: ParameterSet, spec: PlanSpec, workers: int = 1, scheduler: str 
     """Validate, run and summarise; returns (table, timings)."""
     spec.validate(params)
     t0 = time.perf_counter()
-    results = execute(params, spec, workers=workers, scheduler=scheduler, client=client)
-    wall = time.perf_counter() - t0
+    with dask_client(workers, scheduler, client) as cl:
+        if spec.calibration is not None:
+            spec = replace(spec, thresholds=calibrate(params, spec, cl))
+        t1 = time.perf_counter()
+        results = map_chunks(run_chunk, params, spec, spec.chunks(), cl)
+    wall = time.perf_counter() - t1
     table = summarise(spec, results)
     n_trials = int(table["sims"].sum())
-    return table, {"wall_s": wall, "trials": n_trials, "trials_per_s": n_trials / wall if wall > 0 else float("nan")}
+    timings = {"wall_s": wall, "trials": n_trials, "trials_per_s": n_trials / wall if wall > 0 else float("nan")}
+    if spec.calibration is not None:
+        timings["calibration_s"] = t1 - t0
+    return table, timings

@@ -548,21 +548,33 @@ def posterior_decisions(mean: np.ndarray, sd: np.ndarray, df: np.ndarray, analys
     return {"post_mean": mean, "post_sd": sd, "p_benefit": p_benefit, "p_mcid": p_mcid, "success": success, "width": 2 * q * sd}
 
 
-def analyse(sim: SimulatedTrials, analysis: AnalysisSettings, attended: np.ndarray | None = None) -> dict[str, np.ndarray]:
+def analyse(sim: SimulatedTrials, analysis: AnalysisSettings, attended: np.ndarray | None = None,
+            final_counts: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Analyse every simulated trial with `analysis.method` on the visits attended (default: all the
-    participants attended by the end of the trial; an interim look passes those attended by then)."""
+    participants attended by the end of the trial; an interim look passes those attended by then).
+    With `final_counts` (`expected_final_counts`), also the final analysis' predicted posterior SD and
+    degrees of freedom, `final_sd` and `final_df`."""
     attended = sim.attended if attended is None else attended
+    extra = {}
     if analysis.method == "ancova":
         est, se, df = ancova(sim, attended > sim.primary)
         ok = np.isfinite(se)
         mean, sd = normal_update(est, se, analysis.prior_sd)
+        if final_counts is not None:  # the SE shrinks as 1 / sqrt(completers)
+            n_now = (attended > sim.primary).sum(axis=1)
+            n_final = final_counts[:, sim.primary :].sum(axis=(1, 2))
+            se_final = se * np.sqrt(n_now / np.maximum(n_final, 1e-9))
+            extra = {"final_sd": np.where(ok, normal_update(0.0, se_final, analysis.prior_sd)[1], np.inf), "final_df": np.maximum(n_final - 3, 1)}
     elif analysis.method == "mmrm":
         priors = (analysis.visit_mean_prior_sd, analysis.prior_sd, analysis.baseline_slope_prior_sd)
-        fit = mmrm_effect(sim.y[:, :, 1:] - sim.y[:, :, :1], attended, sim.treated, sim.y0, sim.primary, prior_sd=priors)
+        fit = mmrm_effect(sim.y[:, :, 1:] - sim.y[:, :, :1], attended, sim.treated, sim.y0, sim.primary, prior_sd=priors, final_counts=final_counts)
         est, se, df, ok, mean, sd = (fit[k] for k in ("estimate", "se", "df", "ok", "post_mean", "post_sd"))
+        if final_counts is not None:
+            extra = {"final_sd": fit["final_sd"], "final_df": fit["final_df"]}
     else:
         raise PlanningError(f"unknown analysis '{analysis.method}'")
     out = posterior_decisions(mean, sd, df, analysis)
+    out.update(extra)
     out.update(estimate=est, se=se, df=df, ok=ok, completers=(attended > sim.primary).sum(axis=1), true_effect=sim.true_effect, eligible=sim.eligible)
     return out
 
@@ -575,39 +587,71 @@ def analyse(sim: SimulatedTrials, analysis: AnalysisSettings, attended: np.ndarr
 # enters at week k / rate and has the visits scheduled up to (time - entry) by a given calendar time,
 # cut short by their dropout.
 #
-# A look at information fraction f happens when ceil(f N) participants have reached the primary visit
-# (scheduled), at week (ceil(f N) - 1) / rate + primary week; it analyses the data then available (the
-# same MMRM or ANCOVA as the final analysis: participants still short of the primary visit contribute
-# their earlier visits to the MMRM), giving the interim posterior mean m_I and SD s_I of the effect.
-# The final analysis (after the last participant's last scheduled visit) has posterior SD s_F. Under the
-# normal approximation the final posterior mean is predicted as
+# A look happens at a calendar week: given directly (`weeks`), or at information fraction f, when
+# ceil(f N) participants have reached the primary visit (scheduled), at week (ceil(f N) - 1) / rate +
+# primary week. It analyses the data then available (the same MMRM or ANCOVA as the final analysis:
+# participants still short of the primary visit contribute their earlier visits to the MMRM), giving
+# the interim posterior mean m_I and SD s_I of the effect, and predicts from the same data the final
+# analysis' posterior SD s_F and degrees of freedom (`expected_final_counts`, `mmrm_effect`): each
+# participant's number of attended visits at the final analysis is known for those already seen to drop
+# out, and follows the design's dropout by visit (conditional on the visits attended so far) for the
+# others and for those still to enrol; the MMRM's posterior SD is then computed for those expected
+# pattern counts with Sigma at the interim REML estimate (the ANCOVA's: s_I scaled by the expected
+# growth in completers). Under the normal approximation the final posterior mean is predicted as
 #     m_F ~ Normal(m_I, s_I^2 - s_F^2)
 # and the final analysis succeeds when m_F <= c, c = -t_q s_F (t_q the Student-t quantile of the final
 # decision's threshold on its degrees of freedom; with the dual criterion also m_F <= -MCID - t_p s_F), so
 #     PPoS = Phi((c - m_I) / sqrt(s_I^2 - s_F^2)).
-# s_F is the simulated trial's own final posterior SD (it depends on the data almost only through the
-# dropout and the covariance estimate). The trial stops for futility when PPoS < `futility`, for efficacy
-# when the interim P(benefit) > `efficacy`; a look whose analysis fails does not stop the trial.
-# Enrolment stops at the look, so a trial stopped there enrols those who entered by then.
+# The trial stops for efficacy when the interim P(benefit) > `efficacy`, for futility when PPoS <
+# `futility`; a look whose analysis fails does not stop the trial. Enrolment stops at the look, so a
+# trial stopped there enrols those who entered by then.
 
 
 @dataclass(frozen=True)
 class InterimSettings:
-    fractions: tuple[float, ...]  # information fractions: share of participants who have reached the primary visit
+    fractions: tuple[float, ...] = ()  # looks at information fractions: share of participants who have reached the primary visit
     futility: float = 0.1  # stop if PPoS < futility
     efficacy: float = 0.995  # stop if interim P(benefit) > efficacy
     accrual_per_week: float | None = None  # default: n_total / primary week
+    weeks: tuple[float, ...] = ()  # or looks at these calendar weeks from the first participant's entry
+
+    @property
+    def n_looks(self) -> int:
+        return len(self.weeks) if self.weeks else len(self.fractions)
+
+    def describe(self) -> str:
+        if self.weeks:
+            return "at calendar weeks " + ", ".join(f"{w:g}" for w in self.weeks)
+        return "at " + ", ".join(f"{f:g}" for f in self.fractions) + " of participants at the primary visit"
 
     def validate(self) -> None:
-        f = list(self.fractions)
-        if not f or any(not 0 < x < 1 for x in f) or any(b <= a for a, b in zip(f, f[1:])):
+        f, w = list(self.fractions), list(self.weeks)
+        if bool(f) == bool(w):
+            raise PlanningError("give the interim looks either as information fractions (--interim) or as calendar weeks (--interim-weeks), not both or neither")
+        if f and (any(not 0 < x < 1 for x in f) or any(b <= a for a, b in zip(f, f[1:]))):
             raise PlanningError(f"--interim fractions must be increasing and in (0, 1), got {f}")
+        if w and (any(not (np.isfinite(x) and x > 0) for x in w) or any(b <= a for a, b in zip(w, w[1:]))):
+            raise PlanningError(f"--interim-weeks must be increasing and positive, got {w}")
         if not 0 <= self.futility < 1:
             raise PlanningError(f"--futility must be in [0, 1), got {self.futility}")
         if not 0.5 <= self.efficacy <= 1:
             raise PlanningError(f"--efficacy must be in [0.5, 1], got {self.efficacy}")
         if self.accrual_per_week is not None and not self.accrual_per_week > 0:
             raise PlanningError(f"--accrual-per-week must be positive, got {self.accrual_per_week}")
+
+    def check_design(self, trial: PlannedTrial) -> None:
+        """Refuse calendar looks that fall before any participant has a post-baseline visit scheduled, or
+        at or after the final analysis."""
+        if not self.weeks:
+            return
+        first, last = trial.post_weeks[0], final_week(trial, self)
+        for w in self.weeks:
+            if not first <= w < last:
+                raise PlanningError(
+                    f"interim look at week {w:g} for {trial.n_control} per arm ({trial.population}): looks must fall between the first participant's first "
+                    f"post-baseline visit (week {first:g}) and the final analysis (week {last:g} at {accrual_rate(trial, self):g} participants per week); "
+                    "move the look or change --accrual-per-week"
+                )
 
 
 def accrual_rate(trial: PlannedTrial, interim: InterimSettings) -> float:
@@ -625,24 +669,58 @@ def entry_weeks(trial: PlannedTrial, rate: float) -> np.ndarray:
 
 
 def look_weeks(trial: PlannedTrial, interim: InterimSettings) -> np.ndarray:
+    """Calendar week of each look (weeks from the first participant's entry)."""
+    if interim.weeks:
+        return np.asarray(interim.weeks, float)
     rate = accrual_rate(trial, interim)
     m = np.array([math.ceil(f * trial.n_total - 1e-9) for f in interim.fractions])
     return (np.maximum(m, 1) - 1) / rate + trial.primary_week
+
+
+def look_information(trial: PlannedTrial, interim: InterimSettings) -> np.ndarray:
+    """Per look: the fraction of participants whose primary visit is scheduled by then (attended or not)."""
+    entry = entry_weeks(trial, accrual_rate(trial, interim))
+    return np.array([float((entry + trial.primary_week <= w + 1e-9).mean()) for w in look_weeks(trial, interim)])
 
 
 def final_week(trial: PlannedTrial, interim: InterimSettings) -> float:
     return (trial.n_total - 1) / accrual_rate(trial, interim) + max(trial.weeks)
 
 
+def visits_reached(trial: PlannedTrial, entry: np.ndarray, week: float) -> np.ndarray:
+    """(N,) post-baseline visits scheduled by calendar week `week`."""
+    post = np.asarray(trial.post_weeks, float)
+    return (post[None, :] <= week - entry[:, None] + 1e-9).sum(axis=1)
+
+
 def attended_at(sim: SimulatedTrials, trial: PlannedTrial, entry: np.ndarray, week: float) -> np.ndarray:
     """(S, N) visits attended by calendar week `week`: those scheduled by then, cut short by dropout."""
-    post = np.asarray(trial.post_weeks, float)
-    reached = (post[None, :] <= week - entry[:, None] + 1e-9).sum(axis=1)  # (N,)
-    return np.minimum(sim.attended, reached[None, :])
+    return np.minimum(sim.attended, visits_reached(trial, entry, week)[None, :])
+
+
+def expected_final_counts(sim: SimulatedTrials, trial: PlannedTrial, entry: np.ndarray, week: float) -> np.ndarray:
+    """(S, V, 2): expected number of participants per arm (control, treatment) who will have attended
+    exactly the first p + 1 post-baseline visits at the final analysis, predicted at calendar week `week`.
+
+    A participant seen to drop out (fewer visits attended than scheduled by then) keeps their count; one
+    still in the trial after r visits (including those yet to enrol, r = 0) attends exactly j >= r visits
+    with probability (S_a(j) - S_a(j + 1)) / S_a(r), S_a(j) the design's share of arm a attending visit j."""
+    reached = visits_reached(trial, entry, week)
+    att = np.minimum(sim.attended, reached[None, :])  # (S, N)
+    v = len(trial.post_weeks)
+    surv = np.concatenate([np.ones((2, 1)), 1 - trial.cumulative_dropout(), np.zeros((2, 1))], axis=1)  # S_a(0..V+1)
+    j = np.arange(v + 1)
+    exact = surv[:, :-1] - surv[:, 1:]  # (2, V + 1): P(exactly j visits)
+    table = np.where(j[None, None, :] >= j[None, :, None], exact[:, None, :] / surv[:, : v + 1, None], 0.0)  # (arm, r, j)
+    arm = sim.treated.astype(int)
+    dist = np.where((att >= reached[None, :])[:, :, None], table[arm[None, :], att], np.eye(v + 1)[att])  # (S, N, V + 1)
+    counts = np.einsum("snj,na->sja", dist, np.eye(2)[arm])
+    return counts[:, 1:, :]
 
 
 def success_bound(final: dict, analysis: AnalysisSettings) -> np.ndarray:
-    """The largest final posterior mean that still succeeds, per trial."""
+    """The largest final posterior mean that still succeeds, per trial (`final`: the final analysis'
+    posterior SD `post_sd` and degrees of freedom `df`, realised or predicted)."""
     df, sd = final["df"], final["post_sd"]
     c = -special.stdtrit(df, analysis.threshold) * sd
     if analysis.dual:
@@ -653,39 +731,57 @@ def success_bound(final: dict, analysis: AnalysisSettings) -> np.ndarray:
 def ppos(interim_mean: np.ndarray, interim_sd: np.ndarray, final_sd: np.ndarray, bound: np.ndarray) -> np.ndarray:
     """Predictive probability that the final posterior mean is at most `bound`, the final posterior mean
     being Normal(interim mean, interim var - final var); a point mass at the interim mean if that is <= 0."""
-    var = np.maximum(interim_sd**2 - final_sd**2, 0.0)
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore"):  # failed analyses (infinite SDs) are masked by the caller
+        var = np.maximum(interim_sd**2 - final_sd**2, 0.0)
         z = (bound - interim_mean) / np.sqrt(var)
     z = np.where(var > 0, z, np.where(bound >= interim_mean, np.inf, -np.inf))
     return special.ndtr(z)
 
 
-def sequential(sim: SimulatedTrials, trial: PlannedTrial, analysis: AnalysisSettings, interim: InterimSettings) -> dict[str, np.ndarray]:
+def interim_analysis(sim: SimulatedTrials, trial: PlannedTrial, analysis: AnalysisSettings, entry: np.ndarray, week: float) -> dict[str, np.ndarray]:
+    """The analysis of the data available at calendar week `week`, with the final analysis' posterior SD
+    and degrees of freedom predicted from it (`final_sd`, `final_df`) and the PPoS (`ppos`; NaN where the
+    interim analysis failed)."""
+    counts = expected_final_counts(sim, trial, entry, week)
+    res = analyse(sim, analysis, attended=attended_at(sim, trial, entry, week), final_counts=counts)
+    ok = res["ok"] & np.isfinite(res["final_sd"])
+    p = ppos(res["post_mean"], res["post_sd"], res["final_sd"], success_bound({"df": res["final_df"], "post_sd": res["final_sd"]}, analysis))
+    res["ppos"] = np.where(ok, p, np.nan)
+    res["ok"] = ok
+    return res
+
+
+def stage_results(sim: SimulatedTrials, trial: PlannedTrial, analysis: AnalysisSettings, interim: InterimSettings):
+    """The final analysis and every look's analysis of every simulated trial (whether or not it would
+    have stopped earlier): (final, [look 1, look 2, ...])."""
+    entry = entry_weeks(trial, accrual_rate(trial, interim))
+    return analyse(sim, analysis), [interim_analysis(sim, trial, analysis, entry, w) for w in look_weeks(trial, interim)]
+
+
+def sequential(sim: SimulatedTrials, trial: PlannedTrial, analysis: AnalysisSettings, interim: InterimSettings,
+               stages=None) -> dict[str, np.ndarray]:
     """The final analysis' per-trial results replaced, for trials stopped at a look, by that look's; plus
     `stop_look` (0 = ran to the end, k = stopped at look k), `stop_efficacy`, `stop_futility`, `enrolled`,
-    `duration` and `ppos` (S, looks; NaN where the look was not reached)."""
-    final = analyse(sim, analysis)
+    `duration` and `ppos` (S, looks; NaN where the look was not reached). `stages`: `stage_results`, when
+    already computed."""
+    final, looks = stage_results(sim, trial, analysis, interim) if stages is None else stages
     s, n = sim.attended.shape
-    rate = accrual_rate(trial, interim)
-    entry = entry_weeks(trial, rate)
-    looks = look_weeks(trial, interim)
-    bound = success_bound(final, analysis)
+    entry = entry_weeks(trial, accrual_rate(trial, interim))
+    weeks = look_weeks(trial, interim)
     out = {k: np.array(v, copy=True) for k, v in final.items()}
     stop_look = np.zeros(s, int)
     stop_eff = np.zeros(s, bool)
     enrolled = np.full(s, float(n))
     duration = np.full(s, final_week(trial, interim))
-    pp = np.full((s, len(looks)), np.nan)
-    for k, week in enumerate(looks, start=1):
+    pp = np.full((s, len(weeks)), np.nan)
+    for k, (week, res) in enumerate(zip(weeks, looks), start=1):
         running = stop_look == 0
         if not running.any():
             break
-        res = analyse(sim, analysis, attended=attended_at(sim, trial, entry, week))
-        ok = res["ok"] & final["ok"]
-        p = ppos(res["post_mean"], res["post_sd"], final["post_sd"], bound)
-        pp[:, k - 1] = np.where(running & ok, p, np.nan)
+        ok = res["ok"]
+        pp[:, k - 1] = np.where(running & ok, res["ppos"], np.nan)
         eff = running & ok & (res["p_benefit"] > interim.efficacy)
-        fut = running & ok & ~eff & (p < interim.futility)
+        fut = running & ok & ~eff & (res["ppos"] < interim.futility)
         stop = eff | fut
         stop_look[stop] = k
         stop_eff |= eff

@@ -167,8 +167,9 @@ def observed_loss(data_dir, week):
 
 @pytest.mark.smoke
 def test_plan_cli_from_an_mmrm_fit_with_the_new_options(mmrm_posterior, small_trial_dir, tmp_path):
-    """python plan.py --posterior <an MMRM fit> --analysis mmrm --dropout-mechanism mar: full trials from the
-    MMRM, dropout by visit and arm calibrated to the fitted trial, plain and robust assurance."""
+    """python plan.py --posterior <an MMRM fit> --analysis mmrm --dropout-mechanism mar --interim 0.5 --alpha:
+    full trials from the MMRM, dropout by visit and arm calibrated to the fitted trial, plain and robust
+    assurance, an interim look, thresholds calibrated to a type I error."""
     from planning import from_posterior
 
     params = from_posterior(mmrm_posterior)
@@ -179,7 +180,16 @@ def test_plan_cli_from_an_mmrm_fit_with_the_new_options(mmrm_posterior, small_tr
     out = tmp_path / "mmrm"
     args = ["--posterior", str(mmrm_posterior), "--analysis", "mmrm", "--dropout-mechanism", "mar", "--n-per-arm", "30", "60", "--sims", "100",
             "--chunk-size", "50", "--workers", "1", "--seed", "2", "--quiet", "--out", str(out)]
-    assert plan.main(args) == 0
+    assert plan.main([*args, "--interim", "0.5", "--alpha", "0.05", "--calibration-sims", "200"]) == 0
+    a = pd.read_csv(out / "plan.csv")
+    assert {"p_stop_efficacy_look1", "p_stop_futility_look1", "look1_week", "look1_information", "threshold", "efficacy_threshold",
+            "calibration_type1"} <= set(a.columns)
+    assert (a.calibration_type1 <= 0.05).all() and (a.efficacy_threshold == 0.995).all() and a.threshold.between(0.5, 1).all()
+    assert (a.look1_information == 0.5).all()
+    rec = json.loads((out / "plan.json").read_text())
+    assert rec["calibration"]["alpha"] == 0.05 and len(rec["calibration"]["thresholds"]) == 2
+    assert_self_contained_page(out, "type I error calibration", "at most 0.05")
+    assert plan.main([*args, "--force"]) == 0
     a = pd.read_csv(out / "plan.csv")
     assert {"analysis", "dropout_mechanism", "expected_n", "assurance", "assurance_robust", "dropout_control", "dropout_treatment", "bias"} <= set(a.columns)
     assert (a.analysis == "mmrm").all() and (a.dropout_mechanism == "mar").all() and (a.expected_n == a.n_total).all()
@@ -247,6 +257,17 @@ def test_plan_cli_refusals_exit_2_and_write_nothing(tmp_path, capsys):
     assert "--interim" in capsys.readouterr().err
     assert plan.main(["--design-prior", "Normal(-2, 1)", "--interim", "0.5", "--futility", "1", "--out", str(out)]) == 2
     assert plan.main(["--design-prior", "Normal(-2, 1)", "--interim", "0.5", "--accrual-per-week", "0", "--out", str(out)]) == 2
+    assert plan.main(["--design-prior", "Normal(-2, 1)", "--interim", "0.5", "--interim-weeks", "20", "--out", str(out)]) == 2
+    assert "not allowed with" in capsys.readouterr().err
+    assert plan.main(["--design-prior", "Normal(-2, 1)", "--n-per-arm", "30", "--interim-weeks", "1", "--out", str(out)]) == 2
+    assert "interim look at week 1 for 30 per arm" in capsys.readouterr().err
+    assert plan.main(["--design-prior", "Normal(-2, 1)", "--alpha", "0.6", "--out", str(out)]) == 2
+    assert "--alpha must be in (0, 0.5)" in capsys.readouterr().err
+    assert plan.main(["--design-prior", "Normal(-2, 1)", "--alpha", "0.025", "--calibration-sims", "100", "--out", str(out)]) == 2
+    assert "--calibration-sims 400" in capsys.readouterr().err
+    assert plan.main(["--design-prior", "Normal(-2, 1)", "--n-per-arm", "30", "--sims", "20", "--interim", "0.5", "--efficacy", "0.6",
+                      "--alpha", "0.05", "--calibration-sims", "200", "--out", str(out)]) == 2
+    assert "raise --efficacy" in capsys.readouterr().err
     assert not out.exists()
     out.mkdir()
     assert plan.main(["--design-prior", "Normal(-2, 1)", "--out", str(out)]) == 2
@@ -260,6 +281,13 @@ def test_plan_cli_refusals_exit_2_and_write_nothing(tmp_path, capsys):
     assert rec["interim"]["fractions"] == [0.4, 0.7] and rec["interim"]["futility"] == 0.1 and rec["interim"]["efficacy"] == 0.995
     page = assert_self_contained_page(out, "0.4, 0.7 of participants", "futility if PPoS &lt; 0.1", "p_stop_futility_look1", "design prior on the effect Normal(-2, 1)")
     assert "Interim looks</h2>" in page and page.count("data:image/png;base64,") == 2
+    # looks by calendar week
+    assert plan.main(["--design-prior", "Normal(-2, 1)", "--n-per-arm", "30", "--sims", "50", "--workers", "1", "--quiet", "--out", str(out), "--force",
+                      "--interim-weeks", "16", "24", "--accrual-per-week", "3"]) == 0
+    table = pd.read_csv(out / "plan.csv")
+    assert (table.look1_week == 16).all() and (table.look2_week == 24).all() and np.allclose(table.look1_information, 13 / 60)  # entered by week 16 - 12: participants 0..12
+    assert json.loads((out / "plan.json").read_text())["interim"]["weeks"] == [16, 24]
+    assert_self_contained_page(out, "at calendar weeks 16, 24")
 
 
 @pytest.mark.slow

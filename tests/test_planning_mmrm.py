@@ -326,3 +326,147 @@ def test_interim_tables_are_the_same_on_one_and_two_workers():
     local, _ = plan(params, looked, workers=1)
     distributed, _ = plan(params, looked, workers=2)  # the runner's own local Dask cluster
     pd.testing.assert_frame_equal(local, distributed, check_exact=True)
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("method", ["mmrm", "ancova"])
+def test_final_posterior_sd_predicted_at_a_look_matches_the_final_analysis(method):
+    """At looks at 30% and 60% information, the final analysis' posterior SD predicted from the interim
+    data (expected final pattern counts from the design's dropout, Sigma at the interim REML estimate)
+    is within 4% of the realised final posterior SD in the median over simulated trials, and its
+    degrees of freedom within 2 of the realised ones on average."""
+    from planning import InterimSettings
+    from planning.simulate import stage_results
+
+    params = implied_mmrm(fixed_parameters(), (0, 2, 4, 8, 12))
+    trial = PlannedTrial(50, weeks=(0, 2, 4, 8, 12), dropout=(0.2, 0.3), dropout_mechanism="mar")
+    sim = simulate_trials(params, trial, Scenario("fixed", -2.0), 300, np.random.default_rng(1))
+    final, looks = stage_results(sim, trial, AnalysisSettings(method=method), InterimSettings((0.3, 0.6)))
+    for look in looks:
+        ok = look["ok"] & final["ok"]
+        assert ok.mean() > 0.95
+        ratio = look["final_sd"][ok] / final["post_sd"][ok]
+        assert abs(np.median(ratio) - 1) < 0.04, np.median(ratio)
+        assert abs(look["final_df"][ok].mean() - final["df"][ok].mean()) < 2
+        assert (look["post_sd"][ok] > look["final_sd"][ok]).mean() > 0.95  # information still to come
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("method", ["mmrm", "ancova"])
+def test_ppos_is_calibrated_when_effects_follow_the_analysis_prior(method):
+    """PPoS is the probability, under the analysis' own prior, that the final analysis succeeds: with the
+    true effects drawn from that prior (Normal(0, 6)), the mean PPoS at a look at half the information
+    equals the final success rate within Monte Carlo error, and so it does among trials with low and
+    with high PPoS."""
+    from planning import InterimSettings
+    from planning.simulate import stage_results
+
+    params = implied_mmrm(fixed_parameters(), (0, 4, 8, 12))
+    trial = PlannedTrial(30, weeks=(0, 4, 8, 12), dropout=0.25, dropout_mechanism="mar")
+    sim = simulate_trials(params, trial, Scenario("vague", sd=6.0), 2000, np.random.default_rng(5))
+    final, (look,) = stage_results(sim, trial, AnalysisSettings(method=method), InterimSettings((0.5,)))
+    ok = look["ok"] & final["ok"]
+    pp, won = look["ppos"][ok], final["success"][ok].astype(float)
+    diff = pp - won
+    assert abs(diff.mean()) < 3 * diff.std() / np.sqrt(len(diff)) + 0.01, (pp.mean(), won.mean())
+    for part in (pp < 0.5, pp >= 0.5):
+        assert part.sum() > 300 and abs(pp[part].mean() - won[part].mean()) < 0.05, (pp[part].mean(), won[part].mean())
+
+
+@pytest.mark.unit
+def test_a_look_by_calendar_week_equals_the_look_at_the_same_information_fraction():
+    """Looks by calendar week are the same analysis as looks by information fraction: a look at the week
+    a fraction's look falls on gives the same table, and the table states each look's week and
+    information."""
+    from planning import InterimSettings
+    from planning.simulate import look_information, look_weeks
+
+    params = implied_mmrm(fixed_parameters(), (0, 4, 8, 12))
+    spec, by_fraction = interim_spec(fractions=(0.4, 0.7), futility=0.2, accrual_per_week=3.0)
+    weeks = tuple(look_weeks(spec.designs[0], by_fraction.interim))
+    by_week = replace(spec, interim=InterimSettings(weeks=weeks, futility=0.2, accrual_per_week=3.0))
+    a, _ = plan(params, by_fraction)
+    b, _ = plan(params, by_week)
+    pd.testing.assert_frame_equal(a, b, check_exact=True)
+    # 24 of 60 at the primary visit: week 23 / 3 + 12; 42 of 60: 41 / 3 + 12
+    assert np.allclose(a[["look1_week", "look2_week"]].iloc[0], [23 / 3 + 12, 41 / 3 + 12])
+    assert np.allclose(a[["look1_information", "look2_information"]].iloc[0], [0.4, 0.7])
+    assert np.allclose(look_information(spec.designs[0], by_week.interim), [0.4, 0.7])
+    with pytest.raises(Exception, match="final analysis"):
+        plan(params, replace(spec, interim=InterimSettings(weeks=(50.0,), accrual_per_week=3.0)))
+
+
+# type I error calibration (planning/calibration.py)
+
+
+@pytest.mark.unit
+def test_calibrated_thresholds_are_the_smallest_that_keep_the_type_i_error():
+    from planning import CalibrationSettings, PlanningError
+    from planning.calibration import choose_thresholds
+
+    rng = np.random.default_rng(0)
+    q = rng.uniform(0.5, 1.0, size=(1000, 3))  # two looks and the final analysis
+    settings = CalibrationSettings(alpha=0.05, sims=1000)
+    t = choose_thresholds(q, settings, efficacy=0.998)
+    stopped = (q[:, :2] > 0.998).any(axis=1)
+    rejected = stopped | (q[:, 2] > t.final)
+    assert rejected.sum() == 50 and t.type1 == 0.05 and t.efficacy == 0.998
+    below = np.nextafter(t.final, 0)  # any smaller threshold rejects once more
+    assert (stopped | (q[:, 2] > below)).sum() == 51
+    common = choose_thresholds(q, replace(settings, mode="common"), efficacy=0.998)
+    assert common.final == common.efficacy and (q.max(axis=1) > common.final).sum() == 50
+    assert (q.max(axis=1) > np.nextafter(common.final, 0)).sum() == 51
+    with pytest.raises(PlanningError, match="raise --efficacy"):
+        choose_thresholds(q, settings, efficacy=0.9)
+    with pytest.raises(PlanningError, match="--calibration-sims 1000"):
+        CalibrationSettings(alpha=0.01, sims=500).validate()
+
+
+@pytest.mark.unit
+def test_calibrated_design_keeps_its_type_i_error_on_fresh_trials():
+    """The final threshold calibrated on 2,000 null trials (alpha 0.05, a look at half the information with
+    efficacy stopping, MMRM, MAR dropout) gives a type I error within 3 MC SE of alpha on 2,000 fresh null
+    trials (the SE of the difference of two estimates, 0.007); the uncalibrated threshold 0.975 is far from
+    alpha, and the calibrated one is stated on every row of the design."""
+    from planning import CalibrationSettings, InterimSettings
+
+    params = implied_mmrm(fixed_parameters(), (0, 4, 8, 12))
+    spec = PlanSpec([PlannedTrial(30, weeks=(0, 4, 8, 12), dropout=0.2)], [Scenario("fixed", 0.0), Scenario("fixed", -3.0)],
+                    AnalysisSettings(threshold=0.975), sims=2000, seed=9, chunk_size=1000,
+                    interim=InterimSettings((0.5,), futility=0.0, efficacy=0.99), calibration=CalibrationSettings(alpha=0.05, sims=2000))
+    table, timings = plan(params, spec)
+    null = table[table.scenario == "effect=0"].iloc[0]
+    assert 0.045 < null.calibration_type1 <= 0.05 and "calibration_s" in timings
+    assert abs(null.p_success - 0.05) < 3 * np.sqrt(2 * 0.05 * 0.95 / 2000), null.p_success
+    assert 0.5 < null.threshold < 0.965 and null.efficacy_threshold == 0.99
+    assert table.threshold.nunique() == 1 and (table.calibration_alpha == 0.05).all()
+    plain, _ = plan(params, replace(spec, calibration=None, scenarios=spec.scenarios[:1]))
+    assert plain.p_success.iloc[0] < 0.035 and plain.threshold.iloc[0] == 0.975
+
+
+@pytest.mark.slow
+def test_calibration_holds_the_type_i_error_at_2_5_percent():
+    """The full check: thresholds calibrated to 2.5% on 8,000 null trials (two looks, 100 per arm, MMRM,
+    MAR dropout 25%) give a type I error of 2.5% within 3 MC SE on 8,000 fresh null trials without
+    futility stopping, and below it with binding futility stopping, in both modes; the same table on one
+    process and on two Dask workers."""
+    from planning import CalibrationSettings, InterimSettings
+
+    params = implied_mmrm(fixed_parameters(), (0, 2, 4, 8, 12))
+    tol = 3 * np.sqrt(2 * 0.025 * 0.975 / 8000)
+    for mode in ("final", "common"):
+        spec = PlanSpec([PlannedTrial(100, weeks=(0, 2, 4, 8, 12), dropout=0.25)], [Scenario("fixed", 0.0)], AnalysisSettings(), sims=8000, seed=3,
+                        chunk_size=1000, interim=InterimSettings((0.5, 0.75), futility=0.0, efficacy=0.995),
+                        calibration=CalibrationSettings(alpha=0.025, mode=mode, sims=8000))
+        table, _ = plan(params, spec)
+        null = table.iloc[0]
+        print(mode, null.threshold, null.efficacy_threshold, null.calibration_type1, null.p_success)
+        assert 0.0235 < null.calibration_type1 <= 0.025
+        assert abs(null.p_success - 0.025) < tol
+        binding, _ = plan(params, replace(spec, interim=replace(spec.interim, futility=0.1)))
+        print(mode, "binding futility", binding.p_success.iloc[0], binding.p_stop_futility.iloc[0])
+        assert binding.threshold.iloc[0] == null.threshold and binding.p_success.iloc[0] <= null.p_success
+    small = replace(spec, sims=1000, calibration=replace(spec.calibration, sims=1000), interim=replace(spec.interim, futility=0.1))
+    one, _ = plan(params, small, workers=1)
+    two, _ = plan(params, small, workers=2)
+    pd.testing.assert_frame_equal(one, two, check_exact=True)
