@@ -84,6 +84,10 @@ def parse_args(argv):
                      help="log-odds of leaving per 5 points of the score it depends on (mar, mnar; default 0.3, as the synthetic trial)")
     des.add_argument("--entry-min", type=float, default=None,
                      help="enrol only people whose baseline score is at least this (default: the dataset's entry criterion if it records one, else none)")
+    des.add_argument("--sites", type=int, default=None,
+                     help="new sites per trial, each arm spread evenly over them (default: the fitted trial's number of sites; 1 with --design-prior alone)")
+    des.add_argument("--site-sd", type=float, default=None,
+                     help="SD of the new sites' offsets (default: each posterior draw's spread of the fitted site offsets; 1.5 points with --design-prior alone)")
     des.add_argument("--effect-scale", type=float, default=1.0, help="multiply the NAC effect of every draw (e.g. 0.5 for a more sceptical plan)")
     des.add_argument("--enrich", type=_enrich, action="append", default=[], metavar="MARKER:THRESHOLD",
                      help="also plan an enriched trial enrolling only people whose baseline marker exceeds THRESHOLD (natural units); repeatable")
@@ -147,6 +151,8 @@ def parse_args(argv):
         ap.error("--robust-weight must be in [0, 1)")
     if args.robust_sd is not None and not args.robust_sd > 0:
         ap.error("--robust-sd must be positive")
+    if args.sites is not None and args.sites < 1:
+        ap.error("--sites must be at least 1")
     if args.calibration_sims < 1:
         ap.error("--calibration-sims must be at least 1")
     return args
@@ -192,10 +198,15 @@ def build(args):
     entry = args.entry_min if args.entry_min is not None else params.source.get("entry_min")
     entry = None if entry is None or (scale.score_min is not None and entry <= scale.score_min) else float(entry)
     pops = [(None, None)] + list(args.enrich)
+    fitted_sites = int(params.source.get("sites", 1))
+
+    def sites(n: int) -> int:  # the fitted trial's number of sites, at most the smaller arm's size
+        return args.sites if args.sites is not None else max(1, min(fitted_sites, n, int(round(n * args.allocation))))
+
     designs = [
         PlannedTrial(n, allocation=args.allocation, primary_week=primary, weeks=weeks, dropout=rates, dropout_mechanism=args.dropout_mechanism,
                      dropout_score_effect=args.dropout_score_effect, dropout_shape=shape, dropout_source=dropout_source, entry_min=entry,
-                     enrich_marker=m, enrich_threshold=t)
+                     enrich_marker=m, enrich_threshold=t, sites=sites(n), site_sd=args.site_sd)
         for m, t in pops
         for n in sorted(set(args.n_per_arm))
     ]
@@ -298,6 +309,8 @@ def main(argv=None) -> int:
             "dropout_source": d0.dropout_source,
             "entry_min": d0.entry_min,
             "allocation": d0.allocation,
+            "sites": d0.sites,
+            "site_sd": d0.site_sd if d0.site_sd is not None else "per parameter draw",
         },
         "interim": None if spec.interim is None else {
             "fractions": list(spec.interim.fractions), "weeks": list(spec.interim.weeks), "futility": spec.interim.futility, "efficacy": spec.interim.efficacy,
@@ -363,6 +376,8 @@ def html_settings(args, params, spec, rule: str) -> list[tuple[str, str]]:
         ("dropout by the primary week", f"{rc:g} placebo, {rt:g} NAC ({d0.dropout_source})"),
         ("allocation NAC:placebo", f"{d0.allocation:g}:1"),
         ("entry criterion", "none" if d0.entry_min is None else f"baseline score >= {d0.entry_min:g}"),
+        ("sites", "1" if d0.sites == 1 else f"{d0.sites}, offsets Normal(0, SD) with SD "
+         + (f"{d0.site_sd:g}" if d0.site_sd is not None else f"from the parameter draws (mean {float(sum(params.site_sd) / len(params.site_sd)):.3g})")),
         ("participants per arm (placebo)", ", ".join(str(n) for n in sorted(set(args.n_per_arm)))),
         ("populations", ", ".join(dict.fromkeys(d.population for d in spec.designs))),
         ("fixed effects (type I error at 0, power)", ", ".join(f"{sc.effect:g}" for sc in spec.scenarios if sc.kind == "fixed")),

@@ -22,8 +22,11 @@ with the baseline score itself Normal(baseline_mean, baseline_sd), the fitted tr
 scores (a conditional model says nothing about its covariate). `implied_mmrm` rewrites a trajectory
 parameter set as the MMRM it implies (exact for normal scores), so both families can be compared.
 
-Future trials are run at new sites: the fitted site offsets are not carried over (they sum to zero);
-an MMRM's covariate effects (centred covariates) are left out, as for a participant at their means.
+Future trials are run at new sites: the fitted site offsets are not carried over (they sum to zero),
+but their spread is: `site_sd` holds, per draw, the SD of the fitted site offsets (0 for a one-site
+fit), from which a simulated trial with several sites draws its new sites' offsets (on the score level
+for a trajectory model, on the change from baseline for an MMRM, where the models put them). An MMRM's
+covariate effects (centred covariates) are left out, as for a participant at their means.
 """
 
 from __future__ import annotations
@@ -91,8 +94,13 @@ class ParameterSet:
     scale: Scale
     source: dict = field(default_factory=dict)
     effect_prior: tuple[float, float] | None = None  # design prior Normal(mean, sd) on the primary-week effect
+    site_sd: np.ndarray | None = None  # (D,) SD of site offsets on the score level (None: 0, no site variation)
 
     family = "trajectory"
+
+    def __post_init__(self):
+        if self.site_sd is None:
+            self.site_sd = np.zeros(len(self.intercept))
 
     @property
     def per_draw(self) -> tuple[str, ...]:
@@ -152,10 +160,15 @@ class MMRMParameters:
     scale: Scale
     source: dict = field(default_factory=dict)
     effect_prior: tuple[float, float] | None = None
+    site_sd: np.ndarray | None = None  # (D,) SD of site offsets on the change from baseline (None: 0)
 
     family = "mmrm"
     marker_names: tuple[str, ...] = ()
-    per_draw = ("visit_mean", "nac_visit_effect", "baseline_slope", "visit_chol", "baseline_mean", "baseline_sd", "baseline_center")
+    per_draw = ("visit_mean", "nac_visit_effect", "baseline_slope", "visit_chol", "baseline_mean", "baseline_sd", "baseline_center", "site_sd")
+
+    def __post_init__(self):
+        if self.site_sd is None:
+            self.site_sd = np.zeros(len(self.visit_mean))
 
     @property
     def n_draws(self) -> int:
@@ -186,7 +199,7 @@ class MMRMParameters:
 
 PER_DRAW = (
     "intercept", "time_change", "nac_change", "participant_sd", "participant_corr", "residual_sd", "marker_mean", "marker_chol",
-    "prognostic", "moderation", "nac_moderation", "time_curvature", "nac_curvature",
+    "prognostic", "moderation", "nac_moderation", "time_curvature", "nac_curvature", "site_sd",
 )
 
 
@@ -413,6 +426,7 @@ def from_posterior(path_or_idata, max_draws: int | None = None, seed: int = 0) -
         log_scale=spread,
         scale=_scale_from(const),
         source=_posterior_source(post, label, facts),
+        site_sd=_site_sd(post, d),
     )
     if max_draws is not None and max_draws < d:
         params = subset(params, np.sort(np.random.default_rng(seed).choice(d, size=max_draws, replace=False)))
@@ -459,7 +473,17 @@ def _mmrm_from_posterior(post, const: dict, facts: dict, label: str) -> MMRMPara
         baseline_center=one(facts.get("baseline_center") or facts["baseline_mean"]),
         scale=_scale_from(const),
         source=_posterior_source(post, label, facts),
+        site_sd=_site_sd(post, d),
     )
+
+
+def _site_sd(post, d: int) -> np.ndarray:
+    """Per draw, the SD (ddof 1) of the fitted site offsets; 0 without a site term (one site). The fitted
+    offsets are estimates, so their spread includes some estimation noise: if anything it overstates
+    the spread of new sites' offsets."""
+    if "site_effect" not in post or post.sizes.get("site", 0) < 2:
+        return np.zeros(d)
+    return _stack(post, "site_effect", d).reshape(d, -1).std(axis=1, ddof=1)
 
 
 def _posterior_source(post, label: str, facts: dict) -> dict:
@@ -469,6 +493,7 @@ def _posterior_source(post, label: str, facts: dict) -> dict:
         "path": label,
         "model": str(post.attrs.get("model", "")),
         "data_checksum": str(post.attrs.get("data_checksum", "")),
+        "sites": int(post.sizes.get("site", 1)) if "site_effect" in post else 1,
         **_trial_source(facts),
     }
 
@@ -477,7 +502,8 @@ def implied_mmrm(params: ParameterSet, weeks=None) -> MMRMParameters:
     """The MMRM a trajectory parameter set implies over `weeks` (default: its fitted schedule): with the
     participant effects and markers integrated out the scores are multivariate normal, so the change
     from baseline given the baseline is exactly the MMRM's form. Needs no NAC x marker term (it would
-    make the NAC arm's covariance differ)."""
+    make the NAC arm's covariance differ). Site offsets on the score level are not carried over (their
+    MMRM form is not a site offset on the change): the result has site_sd 0."""
     if np.any(params.nac_moderation != 0):
         raise PlanningError("a NAC x marker term makes the arms' covariances differ; the MMRM form does not hold")
     weeks = np.asarray(weeks if weeks is not None else params.scale.weeks, float)
@@ -564,13 +590,15 @@ def fixed_parameters(
     prognostic: tuple[float, ...] = (0.0, 0.0, 0.0),
     moderation: tuple[float, ...] = (-1.5, 0.0, 0.0),
     nac_moderation: tuple[float, ...] = (0.0, 0.0, 0.0),
+    site_sd: float = 1.5,
     scale: Scale | None = None,
 ) -> ParameterSet:
     """One fixed parameter set (a point design prior on the nuisance parameters).
 
     Defaults are the published-trial calibration of the bundled synthetic trial (data.TrialParameters):
     screened baseline mean 28 with SD 5.8 (= sqrt(4.9^2 + 3^2)), placebo change -11 by week 12, NAC effect
-    -1.5 at week 12, IL-6 predicting a larger drop in both arms, log-normal markers. Markers are
+    -1.5 at week 12, IL-6 predicting a larger drop in both arms, log-normal markers, site offsets with
+    SD 1.5 on the score level (used when a design has several sites). Markers are
     standardised by their true log mean and SD, so marker_mean = 0 and the covariance is the correlation.
     """
     k = len(markers)
@@ -598,6 +626,7 @@ def fixed_parameters(
         log_scale=np.asarray(marker_log_sd, float)[:k],
         scale=scale or Scale(treatment_end=12, last_week=16, weeks=(0, 2, 4, 6, 8, 12, 16), score_min=0, score_max=60, integer_scores=True, outcome_label="MADRS"),
         source={"kind": "fixed", "note": "published-trial calibration (data.TrialParameters defaults)"},
+        site_sd=one(site_sd),
     )
 
 

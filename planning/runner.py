@@ -156,6 +156,7 @@ def run_chunk(params: ParameterSet, spec: PlanSpec, chunk: Chunk) -> dict:
         "error_sq": float((err**2).sum()),
         "lost_control_sum": float(lost[:, ~arm].mean(axis=1).sum()),
         "lost_treatment_sum": float(lost[:, arm].mean(axis=1).sum()),
+        "site_sd_sum": 0.0 if sim.site_sd is None else float(sim.site_sd.sum()),
     }
     if spec.interim is not None:
         looks = spec.interim.n_looks
@@ -278,6 +279,8 @@ def summarise(spec: PlanSpec, results: list[dict]) -> pd.DataFrame:
                 "expected_n": tot("enrolled_sum") / n if spec.interim is not None else float(design.n_total),
                 "expected_screened": (design.n_total * tot("screened_per_enrolled_sum") if spec.interim is None else tot("screened_sum")) / n,  # n / P(eligible), averaged over draws
                 "entry_min": design.entry_min if design.entry_min is not None else float("nan"),
+                "sites": design.sites,
+                "site_sd": tot("site_sd_sum") / n,
                 "primary_week": design.primary_week,
                 "analysis": spec.analysis.method,
                 "dropout_mechanism": design.dropout_mechanism,

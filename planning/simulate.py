@@ -12,7 +12,13 @@ visit of every participant is drawn:
   multivariate normal given the baseline.
 
 Entry screening keeps only people whose baseline score is at least `entry_min` (people are redrawn until
-eligible: exactly the conditional law given eligibility). Scores are rounded and clipped to the scale.
+eligible: exactly the conditional law given eligibility). A design with several sites (`sites`) spreads
+each arm evenly over them (participant j of an arm at site j mod sites) and draws each simulated trial's
+site offsets afresh, Normal(0, site SD) with the SD given (`site_sd`) or the parameter draw's (the
+spread of the fitted site offsets), added where the fitted models put them: to every score (baseline
+included, so before screening) for a trajectory model, to the change from baseline at every visit for
+an MMRM. The analyses pool the sites (no site term): with the arms balanced within sites the effect
+estimate stays unbiased, and the site variance is absorbed into the residual covariance. Scores are rounded and clipped to the scale.
 Participants then drop out (monotone: after leaving, no further visit), with the design's cumulative
 dropout by each visit in each arm, by one of three mechanisms: completely at random (MCAR); at random
 (MAR: the probability of leaving before a visit is logistic in the score at the last attended visit, as
@@ -71,6 +77,8 @@ class PlannedTrial:
     entry_min: float | None = None  # enrol only if the baseline score is at least this
     enrich_marker: str | None = None
     enrich_threshold: float | None = None  # natural units: enrol only if baseline marker > threshold
+    sites: int = 1  # participants of each arm spread evenly over this many new sites
+    site_sd: float | None = None  # SD of the new sites' offsets; None: each parameter draw's own
 
     @property
     def n_treatment(self) -> int:
@@ -151,6 +159,10 @@ class PlannedTrial:
                     f"week(s) {missing} of the schedule are not visits of the fitted MMRM ({list(params.visit_weeks)}); "
                     "an MMRM describes its own visits only: choose --weeks among them"
                 )
+        if not (isinstance(self.sites, (int, np.integer)) and 1 <= self.sites <= min(self.n_control, self.n_treatment)):
+            raise PlanningError(f"--sites must be a whole number from 1 to the smaller arm's size ({min(self.n_control, self.n_treatment)}), got {self.sites}")
+        if self.site_sd is not None and not (np.isfinite(self.site_sd) and self.site_sd >= 0):
+            raise PlanningError(f"--site-sd must be finite and >= 0, got {self.site_sd}")
         if self.entry_min is not None and not np.isfinite(self.entry_min):
             raise PlanningError(f"the entry criterion must be finite, got {self.entry_min}")
         if self.enrich_marker is not None:
@@ -211,6 +223,8 @@ class SimulatedTrials:
     primary: int  # index of the primary week among the post-baseline visits
     true_effect: np.ndarray  # (S,) mean NAC - placebo effect at the primary week in the enrolled population
     eligible: np.ndarray  # (S,) fraction of screened people eligible (1 without screening or enrichment)
+    site: np.ndarray | None = None  # (N,) site of each participant (None: one site)
+    site_sd: np.ndarray | None = None  # (S,) SD the site offsets were drawn with (None: one site)
 
     @property
     def y0(self) -> np.ndarray:
@@ -224,6 +238,23 @@ class SimulatedTrials:
     def completed(self) -> np.ndarray:
         """(S, N) attended the primary visit."""
         return self.attended > self.primary
+
+
+def site_of(trial: PlannedTrial) -> np.ndarray:
+    """(N,) site of each participant (control first, then treatment): participant j of an arm at site j mod sites."""
+    return np.concatenate([np.arange(trial.n_control), np.arange(trial.n_treatment)]) % trial.sites
+
+
+def _site_offsets(params, idx: np.ndarray, trial: PlannedTrial, rng: np.random.Generator) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """(S, N) each participant's site offset and (S,) the SD it was drawn with; (None, None) with one site
+    or a zero SD (then no random numbers are drawn, so one-site tables do not depend on this)."""
+    if trial.sites < 2:
+        return None, None
+    sd = np.full(len(idx), float(trial.site_sd)) if trial.site_sd is not None else np.asarray(params.site_sd, float)[idx]
+    if not np.any(sd > 0):
+        return None, sd
+    u = sd[:, None] * rng.standard_normal((len(idx), trial.sites))
+    return u[:, site_of(trial)], sd
 
 
 def _markers(params: ParameterSet, idx: np.ndarray, n: int, trial: PlannedTrial, rng: np.random.Generator):
@@ -333,12 +364,15 @@ def _trajectory_scores(params: ParameterSet, idx, trial: PlannedTrial, scenario:
     q = 4 * t1 * (1 - t1)  # curved models' basis
     p_t1 = params.scale.t_codes(trial.primary_week)[0]
 
+    offset, site_sd = _site_offsets(params, idx, trial, rng)
     z, eligible = _markers(params, idx, n, trial, rng)
     tau = params.participant_sd[idx]
     rho = params.participant_corr[idx]
     sigma = params.residual_sd[idx]
     prognostic = params.prognostic[idx]
-    m0 = params.intercept[idx][:, None] + np.einsum("snk,sk->sn", z, prognostic)  # baseline mean given the markers
+    m0 = params.intercept[idx][:, None] + np.einsum("snk,sk->sn", z, prognostic)  # baseline mean given the markers (and site)
+    if offset is not None:
+        m0 = m0 + offset
     sd0 = np.sqrt(tau[:, 0] ** 2 + sigma**2)[:, None]
     lower = trial.entry_min
     if lower is not None:
@@ -353,7 +387,7 @@ def _trajectory_scores(params: ParameterSet, idx, trial: PlannedTrial, scenario:
                 ii, jj = np.nonzero(~keep)
                 znew, _ = _markers(params, idx[ii], 1, trial, rng)
                 z[ii, jj] = znew[:, 0]
-                m0[ii, jj] = params.intercept[idx[ii]] + np.einsum("mk,mk->m", znew[:, 0], prognostic[ii])
+                m0[ii, jj] = params.intercept[idx[ii]] + np.einsum("mk,mk->m", znew[:, 0], prognostic[ii]) + (0.0 if offset is None else offset[ii, jj])
                 keep[ii, jj] = rng.uniform(size=len(ii)) < special.ndtr((m0[ii, jj] - lower) / sd0[ii, 0])
     y0 = _truncated_normal(m0, sd0, lower, rng, (s, n))
     # participant effects and the baseline residual given the baseline score
@@ -387,11 +421,12 @@ def _trajectory_scores(params: ParameterSet, idx, trial: PlannedTrial, scenario:
     p1, p2 = params.scale.t_codes(trial.primary_week)
     pq = 4 * p1 * (1 - p1)
     true_effect = d1 * p1 + d2 * p2 + k1 * pq + p1 * nac_mod[:, treated == 1].mean(axis=1)
-    return y, true_effect, eligible
+    return y, true_effect, eligible, site_sd
 
 
 def _mmrm_scores(params, idx, trial: PlannedTrial, scenario: Scenario, rng, effect_scale: float, treated: np.ndarray):
     s, n = len(idx), len(treated)
+    offset, site_sd = _site_offsets(params, idx, trial, rng)
     sel = np.array([list(params.visit_weeks).index(w) for w in trial.post_weeks])
     bm, bs = params.baseline_mean[idx][:, None], params.baseline_sd[idx][:, None]
     lower = trial.entry_min
@@ -410,8 +445,10 @@ def _mmrm_scores(params, idx, trial: PlannedTrial, scenario: Scenario, rng, effe
             + params.baseline_slope[idx][:, sel][:, None, :] * (y0 - params.baseline_center[idx][:, None])[:, :, None])
     eps = rng.standard_normal((s, n, len(sel)))
     change = mean + eps @ np.swapaxes(chol, 1, 2)
+    if offset is not None:
+        change = change + offset[:, :, None]
     y = np.concatenate([y0[:, :, None], y0[:, :, None] + change], axis=2)
-    return y, d[:, trial.primary_index], eligible
+    return y, d[:, trial.primary_index], eligible, site_sd
 
 
 def _solve_intercepts(x: np.ndarray, risk: np.ndarray, arm: np.ndarray, hazard: np.ndarray, beta: float) -> np.ndarray:
@@ -485,14 +522,15 @@ def simulate_trials(
     treated = np.concatenate([np.zeros(nc), np.ones(nt)])
     idx = rng.integers(params.n_draws, size=s)
     make = _mmrm_scores if params.family == "mmrm" else _trajectory_scores
-    y, true_effect, eligible = make(params, idx, trial, scenario, rng, effect_scale, treated)
+    y, true_effect, eligible, site_sd = make(params, idx, trial, scenario, rng, effect_scale, treated)
     sc = params.scale
     if round_scores and sc.integer_scores:
         y = np.round(y)
     if round_scores and sc.score_min is not None and sc.score_max is not None:
         y = np.clip(y, sc.score_min, sc.score_max)
     attended = simulate_dropout(y, treated, trial, rng)
-    return SimulatedTrials(y=y, attended=attended, treated=treated, primary=trial.primary_index, true_effect=true_effect, eligible=eligible)
+    return SimulatedTrials(y=y, attended=attended, treated=treated, primary=trial.primary_index, true_effect=true_effect, eligible=eligible,
+                           site=None if site_sd is None else site_of(trial), site_sd=site_sd)
 
 
 def ancova(sim: SimulatedTrials, completed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

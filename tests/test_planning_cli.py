@@ -101,6 +101,10 @@ def test_posterior_parameters_and_design_constants(posterior, small_trial, tmp_p
     assert params.scale.treatment_end == 12 and params.scale.last_week == 16 and params.scale.integer_scores
     # the fitted marker block as a multivariate normal: its implied mean matches the draws' sequential mean
     np.testing.assert_allclose(params.marker_mean[:, 0], idata.posterior["marker_mean"].isel(marker=0).values.ravel())
+    # new sites' spread: per draw, the SD of the fitted site offsets; the fitted trial's number of sites
+    offsets = idata.posterior["site_effect"].stack(s=("chain", "draw")).transpose("s", "site").values
+    np.testing.assert_allclose(params.site_sd, offsets.std(axis=1, ddof=1))
+    assert params.source["sites"] == len(np.unique(small_trial["site"].values)) > 1
     # without the recorded constants, they are rebuilt from the dataset the fit names
     del idata.posterior.attrs["design_constants"]
     again = from_posterior(idata)

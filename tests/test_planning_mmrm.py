@@ -470,3 +470,29 @@ def test_calibration_holds_the_type_i_error_at_2_5_percent():
     one, _ = plan(params, small, workers=1)
     two, _ = plan(params, small, workers=2)
     pd.testing.assert_frame_equal(one, two, check_exact=True)
+
+
+@pytest.mark.unit
+def test_new_sites_vary_as_the_fitted_sites_and_the_pooled_analysis_stays_unbiased():
+    """Ten new sites with offsets of SD 3 on the change (MMRM family): the variance of the site means of
+    the primary-visit change is 9 + the within-site variance / 20 (a site holds 20 participants); the
+    pooled MMRM estimate stays unbiased and its type I error at most nominal. Trajectory family: the
+    offsets move the scores' level, baseline included. One site draws no offsets."""
+    params = implied_mmrm(fixed_parameters(), (0, 4, 8, 12))
+    params = replace(params, site_sd=np.full(params.n_draws, 3.0))
+    trial = PlannedTrial(100, weeks=(0, 4, 8, 12), dropout=0.0, sites=10)
+    sim = simulate_trials(params, trial, Scenario("fixed", 0.0), 400, np.random.default_rng(1), round_scores=False)
+    assert np.array_equal(np.bincount(sim.site[sim.treated == 1]), np.full(10, 10)) and (sim.site_sd == 3.0).all()
+    change = sim.y[:, :, 3] - sim.y[:, :, 0]
+    means = np.stack([change[:, sim.site == k].mean(axis=1) for k in range(10)], axis=1)
+    expected = 9.0 + params.sigma()[0, 2, 2] / 20
+    assert abs(means.var(axis=1, ddof=1).mean() / expected - 1) < 0.1
+    res = analyse(sim, AnalysisSettings())
+    assert abs(res["estimate"].mean()) < 3 * res["estimate"].std() / np.sqrt(400) and res["success"].mean() <= 0.025 + 3 * np.sqrt(0.025 * 0.975 / 400)
+    traj = simulate_trials(fixed_parameters(), trial, Scenario("fixed", 0.0), 400, np.random.default_rng(1), round_scores=False)
+    base = np.stack([traj.y0[:, traj.site == k].mean(axis=1) for k in range(10)], axis=1)
+    assert abs(base.var(axis=1, ddof=1).mean() / (1.5**2 + (4.9**2 + 3.0**2) / 20) - 1) < 0.1
+    one = simulate_trials(params, replace(trial, sites=1), Scenario("fixed", 0.0), 5, np.random.default_rng(1))
+    assert one.site is None and one.site_sd is None
+    with pytest.raises(Exception, match="--sites"):
+        replace(trial, sites=101).validate(params)
