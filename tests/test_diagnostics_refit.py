@@ -3,15 +3,19 @@ reliable, and grouped K-fold runs end to end. A cheap pooled model keeps each re
 
 from __future__ import annotations
 
+import json
+import shutil
+
 import numpy as np
 import pandas as pd
 import pymc as pm
 import pytest
 import xarray as xr
 
+from data import load_dataset
 from diagnostics import loo as dl
 from inference.sampling import SamplerSettings, sample_posterior
-from models import BuiltModel, build_design
+from models import BuiltModel, build_design, get
 
 SETTINGS = SamplerSettings(draws=600, tune=300, chains=2, cores=1, seed=11)
 
@@ -86,9 +90,27 @@ def test_diagnose_cli_refits_saved_fits(small_trial_dir, tmp_path, capsys):
     import diagnose
     import fit
 
+    # one implausible score (the scale's top at one week-8 visit) leaves a participant whose PSIS estimate is unreliable
+    data = tmp_path / "trial"
+    shutil.copytree(small_trial_dir, data)
+    visits = pd.read_csv(data / "visits.csv")
+    visits.loc[visits.index[visits.week == 8][0], "madrs"] = 60
+    visits.to_csv(data / "visits.csv", index=False)
     out = tmp_path / "out"
-    assert fit.main(["--data", str(small_trial_dir), "--model", "treatment", "--draws", "300", "--tune", "300", "--chains", "2", "--prior-draws", "10", "--kfold", "0", "--out", str(out), "--quiet"]) == 0
-    assert "not refitted" in (out / "comparison.txt").read_text()
+    assert fit.main(["--data", str(data), "--model", "treatment", "--draws", "300", "--tune", "300", "--chains", "2", "--prior-draws", "10", "--kfold", "0", "--out", str(out), "--quiet"]) == 0
+    assert "--kfold" in (out / "comparison.txt").read_text() and not pd.read_csv(out / "comparison_participant.csv")["reliable"].all()
+    # the refits use the priors a fit was made with (recorded in its provenance), not the defaults
+    from deptrial.api import refit_context
+    from diagnostics.run import load_run
+    from models.priors import to_json
+
+    idatas, _ = load_run(out)
+    recorded = json.loads(to_json(get("treatment").default_priors(build_design(load_dataset(data)))))
+    recorded["nac_change"]["params"]["sigma"] = 1.234
+    idatas["treatment"].posterior.attrs["priors"] = json.dumps(recorded)
+    refit_design, builders, _ = refit_context(idatas)
+    rebuilt = json.loads(to_json(builders["treatment"](refit_design).priors))
+    assert rebuilt["nac_change"]["params"]["sigma"] == 1.234 and rebuilt == {k: recorded[k] for k in rebuilt}
     capsys.readouterr()
     assert diagnose.main([str(out), "--kfold", "2", "--quiet"]) == 0
     table = pd.read_csv(out / "treatment" / "loo_participant.csv")
