@@ -120,7 +120,7 @@ def parse_args(argv):
                      help="calibrate each design's thresholds so its type I error (no effect; futility non-binding) is at most this, e.g. 0.025 (default: no calibration)")
     cal.add_argument("--calibrate", choices=("final", "common"), default="final",
                      help="final: calibrate --threshold, keeping --efficacy (default); common: one threshold at every look and the final analysis")
-    cal.add_argument("--calibration-sims", type=int, default=2000, help="null trials per design for the calibration (default 2000)")
+    cal.add_argument("--calibration-sims", type=int, default=5000, help="null trials per design for the calibration (default 5000)")
     run = ap.add_argument_group("running")
     run.add_argument("--sims", type=int, default=1000, help="simulated trials per design and scenario")
     run.add_argument("--chunk-size", type=int, default=250, help="simulated trials per task (fixed: results do not depend on workers)")

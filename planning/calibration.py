@@ -42,7 +42,7 @@ STREAM = 1 << 20  # the calibration trials' seed stream: SeedSequence(seed, spaw
 class CalibrationSettings:
     alpha: float = 0.025  # target one-sided type I error
     mode: str = "final"
-    sims: int = 2000  # null trials per design
+    sims: int = 5000  # null trials per design
 
     def validate(self) -> None:
         if not 0 < self.alpha < 0.5:
