@@ -332,7 +332,8 @@ def main(argv=None) -> int:
         with locked_output(args.out, overwrite=args.force) as tmp:
             table.to_csv(tmp / "plan.csv", index=False, float_format="%.6g")
             best.to_csv(tmp / "smallest_n.csv", index=False)
-            rule = f"{params.scale.outcome_label}: success if P(effect<0) > {spec.analysis.threshold:g}" + (
+            threshold = "the design's calibrated threshold" if spec.calibration is not None else f"{spec.analysis.threshold:g}"
+            rule = f"{params.scale.outcome_label}: success if P(effect<0) > {threshold}" + (
                 f" and P(effect<-{spec.analysis.mcid:g}) > {spec.analysis.mcid_prob:g}" if spec.analysis.dual else "")
             plot_plan(table, tmp / "plan.png", args.target_assurance, title=rule)
             (tmp / "plan.html").write_text(render_plan_html(table, html_settings(args, params, spec, rule), (tmp / "plan.png").read_bytes(), best),
