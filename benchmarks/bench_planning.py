@@ -10,12 +10,18 @@ simulated trial drawn in full and analysed by the closed-form MMRM (REML) with p
 (assurance, the robust prior's vague component, type I error at 0, power at -2 and -3). Reports, per
 worker count, the wall time (posterior loading excluded) and simulated-and-analysed trials per second,
 for more than one worker both with the start-up of the local cluster (N single-threaded processes) and
-on the running cluster, and checks the tables are identical whatever the worker count. `--analysis ancova` times the completers' ANCOVA instead. Writes JSON to --json if given.
+on the running cluster, and checks the tables are identical whatever the worker count. `--analysis ancova` times the completers' ANCOVA instead.
+`--interim 0.5 --alpha 0.025` times the same grid with an interim look (every trial analysed at the look and at the end,
+with the predictive probability of success) after calibrating the thresholds on --calibration-sims null trials (timed
+apart). Writes JSON to --json if given, with the date and the machine's load.
+
+    python benchmarks/bench_planning.py --posterior results/mmrm/idata.nc --interim 0.5 --alpha 0.025 --json benchmarks/results/planning_interim.json
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import os
 import platform
@@ -36,6 +42,9 @@ def main(argv=None) -> int:
     ap.add_argument("--analysis", choices=("mmrm", "ancova"), default="mmrm")
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--interim", type=float, nargs="+", default=None, metavar="FRACTION", help="interim looks (plan.py --interim)")
+    ap.add_argument("--alpha", type=float, default=None, help="calibrate the thresholds to this type I error (plan.py --alpha)")
+    ap.add_argument("--calibration-sims", type=int, default=5000)
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
 
@@ -52,10 +61,13 @@ def main(argv=None) -> int:
     params, spec = plan.build(plan.parse_args([
         *source, "--sims", str(args.sims), "--seed", str(args.seed), "--n-per-arm", str(args.n_per_arm), "--weeks", *WEEKS,
         "--primary-week", "12", "--analysis", args.analysis, "--dropout-mechanism", "mar",
+        *(["--interim", *map(str, args.interim)] if args.interim else []),
+        *(["--alpha", str(args.alpha), "--calibration-sims", str(args.calibration_sims)] if args.alpha is not None else []),
     ]))
     load_s = time.perf_counter() - t0
     d0 = spec.designs[0]
     out = {
+        "measured": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "load_avg_before": os.getloadavg()},
         "parameters": params.source.get("path", params.source.get("kind")),
         "family": params.family,
@@ -66,6 +78,8 @@ def main(argv=None) -> int:
         "dropout": {"mechanism": d0.dropout_mechanism, "control": d0.dropout_rates[0], "treatment": d0.dropout_rates[1], "source": d0.dropout_source},
         "designs": len(spec.designs),
         "scenarios": [sc.label for sc in spec.scenarios],
+        "interim": None if spec.interim is None else {"fractions": list(spec.interim.fractions), "futility": spec.interim.futility, "efficacy": spec.interim.efficacy},
+        "calibration": None if spec.calibration is None else {"alpha": spec.calibration.alpha, "mode": spec.calibration.mode, "null_trials": spec.calibration.sims},
         "sims_per_cell": spec.sims,
         "load_s": round(load_s, 2),
         "runs": [],
@@ -89,6 +103,9 @@ def main(argv=None) -> int:
             run = {"workers": workers, "startup_s": round(startup, 2), "wall_s": round(timings["wall_s"], 2), "trials": timings["trials"],
                    "trials_per_s": round(timings["trials_per_s"], 1), "wall_with_startup_s": round(total, 2),
                    "trials_per_s_with_startup": round(timings["trials"] / total, 1)}
+        if "calibration_s" in timings:  # null trials simulated and analysed at every look, before the grid
+            null_trials = spec.calibration.sims * len(spec.designs)
+            run.update(calibration_s=round(timings["calibration_s"], 2), calibration_trials_per_s=round(null_trials / timings["calibration_s"], 1))
         tables.append(table)
         run["load_avg_after"] = os.getloadavg()
         out["runs"].append(run)
