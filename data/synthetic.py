@@ -169,7 +169,8 @@ def _dropout_intercept(p: TrialParameters) -> float:
     """Per-visit dropout log-odds giving `dropout_by_last_week` overall at the average score."""
     k = len(p.weeks) - 1
     per_visit = 1 - (1 - p.dropout_by_last_week) ** (1 / k)
-    return float(np.log(per_visit / (1 - per_visit)))
+    with np.errstate(divide="ignore"):  # no dropout: -inf, nobody leaves
+        return float(np.log(per_visit / (1 - per_visit)))
 
 
 def simulate_trial(params: TrialParameters | None = None, **overrides) -> SyntheticTrial:

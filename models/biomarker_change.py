@@ -9,6 +9,10 @@ correlated: IL-6 and CRP move together). Missing values at either week are laten
 from the other markers, the arm and the other week); values below the detection limit are
 latent below it (left-censored). See marker_change_block for the parameterisation.
 
+Baseline covariates declared in dataset.toml add G x_i to the end-of-treatment mean (`covariates`:
+True, the default, for every declared one; False; or a list of names), so theta is the NAC effect
+adjusted for them as for the baseline markers.
+
 NAC's effect on marker k is theta_k in baseline SDs; on the natural log scale it is
 theta_k * SD_k(log marker), reported as the ratio of geometric means NAC / placebo at the
 end of treatment, exp(theta_k SD_k), with its 94% HDI and P(ratio > 1).
@@ -22,9 +26,10 @@ import pymc as pm
 import pytensor.tensor as pt
 
 from .contract import MARKER_VALUES, BuiltModel
-from .design import TrialDesign
+from .design import TrialDesign, select_covariates
 from .effects import effect_row
 from .marker_change_block import (
+    COVARIATE_MARKER_PRIOR,
     add_change_regression,
     add_latent_block,
     add_residual_chol,
@@ -32,6 +37,7 @@ from .marker_change_block import (
     change_data,
     change_priors,
     end_week,
+    used_priors,
     with_text,
 )
 from .priors import resolve
@@ -41,23 +47,24 @@ DESCRIPTION = "NAC effect on end-of-treatment log IL-6/CRP/BDNF given baseline (
 
 
 def default_priors(design: TrialDesign) -> dict:
-    return change_priors()
+    return change_priors(design)
 
 
-def build_biomarker_change(design: TrialDesign, priors: dict | None = None, likelihood: str = "normal") -> BuiltModel:
+def build_biomarker_change(design: TrialDesign, priors: dict | None = None, likelihood: str = "normal", covariates=True) -> BuiltModel:
     if likelihood != "normal":
         raise ValueError(f"model '{NAME}' has a normal likelihood on the log scale only, not '{likelihood}'")
     cd = change_data(design, NAME)
+    columns = select_covariates(design, covariates)
     pri = resolve(default_priors(design), priors)
-    with pm.Model(coords=block_coords(cd)) as model:
+    with pm.Model(coords=block_coords(cd, design, columns)) as model:
         treated = pm.Data("treated", design.treated[cd.rows], dims="participant")
-        _, mu, nac = add_change_regression(cd, pri, treated)
+        _, mu, nac = add_change_regression(cd, pri, treated, design, columns)
         chol = add_residual_chol("residual", cd.names, pri["residual_sd"], pri["residual_corr"].params["eta"])
         add_latent_block(f"week{cd.week}", cd.later, cd.participants, mu, chol)
         log_ratio = pm.Deterministic("nac_log_ratio", nac * cd.baseline.log_scale, dims="marker")
         pm.Deterministic("nac_ratio", pt.exp(log_ratio), dims="marker")
     outcome = tuple(v.name for v in model.observed_RVs if v.name.startswith(f"week{cd.week}_"))
-    return BuiltModel(NAME, model, design, pri, outcome, MARKER_VALUES, notes=with_text(cd.notes()))
+    return BuiltModel(NAME, model, design, used_priors(pri, columns, COVARIATE_MARKER_PRIOR), outcome, MARKER_VALUES, notes=with_text(cd.notes()))
 
 
 def ratio_rows(post, design: TrialDesign, var: str = "nac_ratio", what: str = "geometric means") -> pd.DataFrame:

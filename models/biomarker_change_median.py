@@ -10,6 +10,7 @@ NAC / placebo ratio of the median marker values (natural units) at given baselin
 
 - Baseline markers are covariates: missing ones are imputed and censored ones bounded
   in the same latent multivariate-normal block as the mean model (marker_change_block).
+- Baseline covariates declared in dataset.toml add G x_i to the location, as in the mean model.
 - End-of-treatment values below the detection limit are left-censored: the likelihood term
   is the Laplace CDF at the limit (pm.Censored), never the limit itself.
 - Missing end-of-treatment values enter no likelihood: quantile regression is marginal per
@@ -33,8 +34,8 @@ import pytensor.tensor as pt
 
 from .biomarker_change import ratio_rows
 from .contract import MARKER_VALUES, BuiltModel
-from .design import TrialDesign
-from .marker_change_block import add_change_regression, block_coords, change_data, change_priors, with_text
+from .design import TrialDesign, select_covariates
+from .marker_change_block import COVARIATE_MARKER_PRIOR, add_change_regression, block_coords, change_data, change_priors, used_priors, with_text
 from .priors import Prior, resolve, rv
 
 NAME = "biomarker_change_median"
@@ -45,21 +46,22 @@ _NO_BOUND = -1.0e3
 
 
 def default_priors(design: TrialDesign) -> dict[str, Prior]:
-    pri = change_priors()
+    pri = change_priors(design)
     del pri["residual_sd"], pri["residual_corr"]
     pri["laplace_scale"] = Prior("HalfNormal", {"sigma": 1.0}, "Laplace scale b of the standardised log marker (its SD is b sqrt 2)")
     return pri
 
 
-def build_biomarker_change_median(design: TrialDesign, priors: dict | None = None, likelihood: str = "normal") -> BuiltModel:
+def build_biomarker_change_median(design: TrialDesign, priors: dict | None = None, likelihood: str = "normal", covariates=True) -> BuiltModel:
     if likelihood != "normal":
         raise ValueError(f"model '{NAME}' has its own (asymmetric Laplace, q = 0.5) likelihood; --likelihood {likelihood} does not apply")
     cd = change_data(design, NAME)
+    columns = select_covariates(design, covariates)
     pri = resolve(default_priors(design), priors)
     end = cd.later
-    with pm.Model(coords=block_coords(cd)) as model:
+    with pm.Model(coords=block_coords(cd, design, columns)) as model:
         treated = pm.Data("treated", design.treated[cd.rows], dims="participant")
-        _, mu, nac = add_change_regression(cd, pri, treated)
+        _, mu, nac = add_change_regression(cd, pri, treated, design, columns)
         scale = rv("laplace_scale", pri["laplace_scale"], dims="marker")
         outcome_vars = []
         for k, mk in enumerate(cd.names):
@@ -90,7 +92,7 @@ def build_biomarker_change_median(design: TrialDesign, priors: dict | None = Non
     for per in notes["by_marker"].values():
         per[f"week{w}_missing_no_likelihood"] = per.pop(f"week{w}_imputed")
     notes["quantile"] = QUANTILE
-    return BuiltModel(NAME, model, design, pri, tuple(outcome_vars), MARKER_VALUES, notes=with_text(notes))
+    return BuiltModel(NAME, model, design, used_priors(pri, columns, COVARIATE_MARKER_PRIOR), tuple(outcome_vars), MARKER_VALUES, notes=with_text(notes))
 
 
 def interval_scale(idata, design: TrialDesign) -> dict[str, float]:
@@ -101,20 +103,24 @@ def interval_scale(idata, design: TrialDesign) -> dict[str, float]:
     q = 0.5 the Laplace scale b is 2 s, so the correction is n / b^2 * S D0 S. On normal residuals
     the factor is about sqrt(pi / 2) = 1.25. Latent baseline covariates enter D0 at their mean (0,
     missing) or at the detection limit (censored); the arm is randomised, so theta barely depends on them.
+    Baseline covariates the fit adjusted for enter X as they entered the model.
     """
     cd = change_data(design, NAME)
     post = idata.posterior.stack(sample=("chain", "draw"))
     b0 = cd.baseline
     z0 = np.where(b0.censored, b0.z_upper, np.nan_to_num(b0.z, nan=0.0))
     treated = design.treated[cd.rows]
+    names = [str(c) for c in post[COVARIATE_MARKER_PRIOR]["covariate"].values] if COVARIATE_MARKER_PRIOR in post else []
+    cov = design.covariates[np.ix_(cd.rows, [design.covariate_names.index(c) for c in names])] if names else np.zeros((cd.n, 0))
     out = {}
     for k, mk in enumerate(cd.names):
         rows = ~cd.later.missing[:, k]
-        x = np.column_stack([np.ones(rows.sum()), z0[rows], treated[rows]])
+        x = np.column_stack([np.ones(rows.sum()), z0[rows], cov[rows], treated[rows]])  # theta last
         d0 = x.T @ x / len(x)
         coefs = np.vstack(
             [post["end_intercept"].sel(marker=mk).values]
             + [post["baseline_slope"].sel(marker=mk, baseline_marker=j).values for j in cd.names]
+            + [post[COVARIATE_MARKER_PRIOR].sel(marker=mk, covariate=c).values for c in names]
             + [post["nac_marker_effect"].sel(marker=mk).values]
         )
         s_post = np.cov(coefs)

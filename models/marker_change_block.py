@@ -15,6 +15,10 @@ Then
   log Phi(c'), the probability of being below the limit (never the limit, never zero).
 Everything is non-centred and acyclic, so it samples cleanly and supports prior predictive draws.
 
+Baseline covariates declared in dataset.toml (models/design.py) shift the end-week mean of every
+marker: mu_i += G x_i, G ('covariate_marker_effect', dims marker x covariate) in baseline SDs of the
+log marker per SD of a continuous covariate, or for a level of a categorical one against its first.
+
 `change_data` chooses who enters: participants with at least one biomarker value (at any
 biomarker week, including values below the limit); participants with no serum at all would
 contribute only latent values and nothing to any estimate, so they are left out, and counted.
@@ -28,7 +32,7 @@ import numpy as np
 import pymc as pm
 import pytensor.tensor as pt
 
-from .design import MarkerData, ModelDataError, TrialDesign
+from .design import COVARIATE_DIM, MarkerData, ModelDataError, TrialDesign
 from .marker_block import std_normal_icdf, std_normal_logcdf
 from .priors import Prior, dist, rv
 
@@ -196,9 +200,20 @@ def add_latent_block(block: str, md: MarkerData, participants, mu, chol, observe
     return pt.stack(cols, axis=1)
 
 
-def change_priors() -> dict[str, Prior]:
-    """Priors of the biomarker-change blocks, on the standardised log scale (baseline mean 0, SD 1)."""
-    return {
+COVARIATE_MARKER_PRIOR = "covariate_marker_effect"
+
+
+def change_priors(design: TrialDesign | None = None) -> dict[str, Prior]:
+    """Priors of the biomarker-change blocks, on the standardised log scale (baseline mean 0, SD 1); with a
+    design whose dataset declares covariates, also the covariates' prior."""
+    covariate = {}
+    if design is not None and design.covariate_names:
+        covariate[COVARIATE_MARKER_PRIOR] = Prior(
+            "Normal", {"mu": 0.0, "sigma": 0.5},
+            "shift of the end-of-treatment standardised log marker per SD of a continuous covariate, or for a level of a categorical one "
+            "against its first level: half a baseline SD is already large",
+        )
+    return covariate | {
         "marker_mean": Prior("Normal", {"mu": 0.0, "sigma": 1.0}, "baseline standardised log marker mean (0 by construction of the scale)"),
         "marker_sd": Prior("HalfNormal", {"sigma": 1.0}, "baseline standardised log marker SD (1 by construction)"),
         "marker_corr": Prior("LKJ", {"eta": 2.0}, "correlation between markers, mildly shrunk towards 0"),
@@ -214,8 +229,14 @@ def change_priors() -> dict[str, Prior]:
     }
 
 
-def add_change_regression(cd: ChangeData, pri: dict[str, Prior], treated):
-    """Baseline block and the mean of the end-week markers: returns (z0, mu_end, nac_effect_std)."""
+def used_priors(pri: dict[str, Prior], columns: np.ndarray, *names: str) -> dict[str, Prior]:
+    """The priors a model built with these covariate columns uses: the covariate priors `names` only with columns."""
+    return {k: v for k, v in pri.items() if len(columns) or k not in names}
+
+
+def add_change_regression(cd: ChangeData, pri: dict[str, Prior], treated, design: TrialDesign | None = None, columns=()):
+    """Baseline block and the mean of the end-week markers: returns (z0, mu_end, nac_effect_std). With covariate
+    `columns` of `design.covariates`, adds their shift G x_i (pm.Data 'covariates', 'covariate_marker_effect')."""
     names = cd.names
     base_mean = rv("baseline_mean", pri["marker_mean"], dims="marker")
     base_chol = add_residual_chol("baseline", names, pri["marker_sd"], pri["marker_corr"].params["eta"])
@@ -224,11 +245,18 @@ def add_change_regression(cd: ChangeData, pri: dict[str, Prior], treated):
     slope = rv("baseline_slope", pri["baseline_slope"], dims=("marker", "baseline_marker"))
     nac = rv("nac_marker_effect", pri["nac_marker_effect"], dims="marker")
     mu = intercept[None, :] + pt.dot(z0, slope.T) + treated[:, None] * nac[None, :]
+    if len(columns):
+        x = pm.Data("covariates", design.covariates[np.ix_(cd.rows, np.asarray(columns))], dims=("participant", COVARIATE_DIM))
+        effect = rv(COVARIATE_MARKER_PRIOR, pri[COVARIATE_MARKER_PRIOR], dims=("marker", COVARIATE_DIM))
+        mu = mu + pt.dot(x, effect.T)
     return z0, mu, nac
 
 
-def block_coords(cd: ChangeData) -> dict:
-    return {"participant": cd.participants, "marker": cd.names, "marker_other": cd.names, "baseline_marker": cd.names}
+def block_coords(cd: ChangeData, design: TrialDesign | None = None, columns=()) -> dict:
+    coords = {"participant": cd.participants, "marker": cd.names, "marker_other": cd.names, "baseline_marker": cd.names}
+    if len(columns):
+        coords[COVARIATE_DIM] = [design.covariate_names[j] for j in columns]
+    return coords
 
 
 def notes_text(notes: dict) -> str:

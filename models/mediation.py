@@ -15,9 +15,12 @@ mediator interaction, the natural effects at E, in outcome points, are
     direct                  NDE   = c'
     total                   TE    = c' + NIE,   proportion mediated NIE_k / TE.
 They are causal effects under the usual sequential ignorability: randomisation covers the arm;
-for the marker -> MADRS path it assumes no unmeasured confounding beyond baseline MADRS and
-baseline markers (which are adjusted for, and which drive both in the trial: baseline IL-6
-predicts MADRS change).
+for the marker -> MADRS path it assumes no unmeasured confounding beyond baseline MADRS,
+baseline markers and the declared baseline covariates (which are adjusted for, and which drive
+both in the trial: baseline IL-6 predicts MADRS change). Baseline covariates declared in
+dataset.toml enter both models: G x_i in the mediator model (`covariate_marker_effect`, as in
+biomarker_change) and sum_j e_j x_ij in the outcome model (`covariate_effect`, as in the MMRM);
+`covariates` = True (the default), False or a list of names.
 
 Who enters and missing data:
 - participants with any biomarker value or an observed MADRS at E; those with neither would
@@ -39,9 +42,10 @@ import pytensor.tensor as pt
 
 from .biomarker_change import ratio_rows
 from .contract import MARKER_VALUES, BuiltModel
-from .design import ModelDataError, TrialDesign
+from .design import COVARIATE_DIM, ModelDataError, TrialDesign, select_covariates
 from .effects import effect_row
 from .marker_change_block import (
+    COVARIATE_MARKER_PRIOR,
     add_change_regression,
     add_latent_block,
     add_residual_chol,
@@ -49,6 +53,7 @@ from .marker_change_block import (
     change_data,
     change_priors,
     end_week,
+    used_priors,
     with_text,
 )
 from .priors import Prior, points, resolve, rv
@@ -59,7 +64,12 @@ DESCRIPTION = "arm -> change in log IL-6/CRP/BDNF -> MADRS change at end of trea
 
 def default_priors(design: TrialDesign) -> dict[str, Prior]:
     r = design.score_range
-    pri = change_priors()
+    pri = change_priors(design)
+    if design.covariate_names:
+        pri["covariate_effect"] = Prior(
+            "Normal", {"mu": 0.0, "sigma": 0.1 * r},
+            f"outcome change per SD of a continuous covariate, or for a level of a categorical one against its first level: SD {points(0.1, r)}, as the MMRM's",
+        )
     pri.update(
         {
             "outcome_intercept": Prior("Normal", {"mu": 0.0, "sigma": 0.25 * r}, f"control change by end of treatment at mean covariates: SD {points(0.25, r)}"),
@@ -102,20 +112,21 @@ def mediation_data(design: TrialDesign):
     return week, cd, y0_all, y1_all, with_y
 
 
-def build_mediation(design: TrialDesign, priors: dict | None = None, likelihood: str = "normal") -> BuiltModel:
+def build_mediation(design: TrialDesign, priors: dict | None = None, likelihood: str = "normal", covariates=True) -> BuiltModel:
     if likelihood not in ("normal", "student"):
         raise ValueError(f"model '{NAME}' supports the normal and student likelihoods, not '{likelihood}'")
     week, cd, y0_all, y1_all, with_y = mediation_data(design)
+    columns = select_covariates(design, covariates)
     pri = resolve(default_priors(design), priors)
     y0 = y0_all[cd.rows]
     y1 = y1_all[cd.rows]
     y0_centre = float(np.nanmean(y0_all))
     change_name = f"{design.meta.outcome}_change"
-    coords = {**block_coords(cd), "outcome_participant": cd.participants[with_y]}
+    coords = {**block_coords(cd, design, columns), "outcome_participant": cd.participants[with_y]}
     with pm.Model(coords=coords) as model:
         treated = pm.Data("treated", design.treated[cd.rows], dims="participant")
         base_score = pm.Data("baseline_score", y0[with_y] - y0_centre, dims="outcome_participant")
-        z0, mu, nac = add_change_regression(cd, pri, treated)
+        z0, mu, nac = add_change_regression(cd, pri, treated, design, columns)
         chol = add_residual_chol("residual", cd.names, pri["residual_sd"], pri["residual_corr"].params["eta"])
         z1 = add_latent_block(f"week{week}", cd.later, cd.participants, mu, chol)
         dz = z1 - z0
@@ -128,6 +139,9 @@ def build_mediation(design: TrialDesign, priors: dict | None = None, likelihood:
         sigma = rv("outcome_sd", pri["outcome_sd"])
         t = treated[with_y]
         mean = intercept + direct * t + pt.dot(dz[with_y], beta) + g * base_score + pt.dot(z0[with_y], h)
+        if len(columns):  # the pm.Data 'covariates' of the mediator model, at the participants with an outcome
+            x = model["covariates"]
+            mean = mean + pt.dot(x[with_y], rv("covariate_effect", pri["covariate_effect"], dims=COVARIATE_DIM))
         if likelihood == "normal":
             pm.Normal(change_name, mu=mean, sigma=sigma, observed=y1[with_y] - y0[with_y], dims="outcome_participant")
         else:
@@ -146,7 +160,8 @@ def build_mediation(design: TrialDesign, priors: dict | None = None, likelihood:
     notes = cd.notes()
     notes["outcome_observed"] = int(len(with_y))
     notes["outcome_missing_no_likelihood"] = int(cd.n - len(with_y))
-    return BuiltModel(NAME, model, design, pri, (change_name,), MARKER_VALUES, notes=with_text(notes))
+    used = used_priors(pri, columns, COVARIATE_MARKER_PRIOR, "covariate_effect")
+    return BuiltModel(NAME, model, design, used, (change_name,), MARKER_VALUES, notes=with_text(notes))
 
 
 def _near_zero(draws: np.ndarray) -> bool:

@@ -146,6 +146,7 @@ register(
         comparable=False,
         extra_estimates=biomarker_change.extra_estimates,
         estimand_kind=_ratio_kind("ratio_geometric"),
+        covariates=True,
     )
 )
 register(
@@ -160,6 +161,7 @@ register(
         comparable=False,
         extra_estimates=biomarker_change_median.extra_estimates,
         estimand_kind=_ratio_kind("ratio_median"),
+        covariates=True,
     )
 )
 register(
@@ -174,5 +176,6 @@ register(
         comparable=False,
         extra_estimates=mediation.extra_estimates,
         estimand_kind=_mediation_kind,
+        covariates=True,
     )
 )

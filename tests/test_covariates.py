@@ -17,6 +17,8 @@ from models.design import fitted_covariates, select_covariates
 
 COVARIATES = {"age": "continuous", "sex": "categorical", "education": "categorical"}
 TRAJECTORY = ("null", "treatment", "treatment_curved", "headline", "moderation")
+BIOMARKER = {"biomarker_change": ("covariate_marker_effect",), "biomarker_change_median": ("covariate_marker_effect",),
+             "mediation": ("covariate_marker_effect", "covariate_effect")}
 
 
 def with_covariates(source, folder, kinds=None):
@@ -86,9 +88,9 @@ def test_no_covariates_without_the_table(small_trial):
 
 @pytest.mark.unit
 def test_which_models_adjust_and_with_what(design):
-    """Every trajectory member and the MMRM adjust for every declared covariate by default, dims 'covariate' (the
-    fast variants too: tests/test_fused.py); False or a list of names changes that, for the fast variant too; the
-    priors are recorded only when used; every likelihood. Other models do not adjust."""
+    """Every trajectory member, the MMRM and the biomarker models adjust for every declared covariate by default,
+    dims 'covariate' (the fast variants too: tests/test_fused.py); False or a list of names changes that, for the
+    fast variant too; the priors are recorded only when used; every likelihood."""
     names = design.covariate_names
     for name in TRAJECTORY:
         spec = get(name)
@@ -111,7 +113,16 @@ def test_which_models_adjust_and_with_what(design):
     assert mmrm.model.named_vars_to_dims["covariate_effect"] == ("covariate",) and "covariate_effect" in mmrm.priors
     assert mmrm.priors["covariate_effect"].params == {"mu": 0.0, "sigma": 0.1 * design.score_range}
     assert "covariate_effect" not in get("mmrm").build(design, covariates=False).priors
-    assert not get("mediation").covariates and not get("biomarker_change").covariates
+    for name, terms in BIOMARKER.items():
+        spec = get(name)
+        assert spec.covariates
+        built = spec.build(design)
+        dims = built.model.named_vars_to_dims
+        assert dims["covariate_marker_effect"] == ("marker", "covariate") and dims["covariates"] == ("participant", "covariate")
+        assert list(built.model.coords["covariate"]) == names and set(terms) <= set(built.priors)
+        none = spec.build(design, covariates=False)
+        assert not set(terms) & (set(none.model.named_vars) | set(none.priors))
+        assert list(spec.build(design, covariates=["age"]).model.coords["covariate"]) == ["age"]
 
 
 @pytest.mark.unit
@@ -133,6 +144,79 @@ def test_trajectory_mean_holds_the_covariate_terms(design):
     change = beta[0] + delta[0] * t + x @ nu + b[:, 1]
     want = level[pid] + change[pid] * design.t1 + (beta[1] + delta[1] * t)[pid] * design.t2
     np.testing.assert_allclose(mu, want, rtol=1e-12)
+
+
+@pytest.fixture(scope="module")
+def complete_marker_design(tmp_path_factory):
+    """A trial with every biomarker observed at baseline and week 12 (no dropout, no missed sample, no detection
+    limit) and age and sex declared as covariates."""
+    folder = tmp_path_factory.mktemp("cov_markers") / "t"
+    simulate_trial(TrialParameters(n_participants=60, seed=8, serum_fraction=1.0, week12_sample_missing=0.0, detection_limits=(),
+                                   dropout_by_last_week=0.0, intermittent_missing=0.0)).write(folder)
+    with open(folder / "dataset.toml", "a", encoding="utf-8") as out:
+        out.write('\n[covariates]\nage = "continuous"\nsex = "categorical"\n')
+    design = build_design(load_dataset(folder))
+    assert not design.baseline.missing.any() and not design.later[12].missing.any() and not design.later[12].censored.any()
+    return design
+
+
+def _values(model, point, names):
+    from pytensor.compile.mode import Mode
+
+    outs = model.replace_rvs_by_values([model[n] for n in names])
+    return model.compile_fn(outs, inputs=model.value_vars, point_fn=False, mode=Mode(linker="py", optimizer=None), on_unused_input="ignore")(**point)
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("name", list(BIOMARKER))
+def test_biomarker_models_add_the_covariate_terms_to_the_right_means(name, complete_marker_design):
+    """With every marker observed, moving the covariate effects changes each model's log density by exactly what
+    the model's formulas give, written out in scipy: the covariates' prior plus, for the end-of-treatment markers,
+    sum_i log MvNormal(z1_i; a + B z0_i + theta T_i + G x_i, Sigma_1) (Laplace per marker for the median model),
+    and for the mediation outcome sum_i log Normal(dY_i; c0 + c' T_i + beta.(z1_i - z0_i) + g (Y0_i - mean Y0) +
+    h.z0_i + e.x_i, sigma). A transposed G, a covariate on the wrong participants or a missing term fails it."""
+    from scipy import stats
+
+    design = complete_marker_design
+    model = get(name).build(design).model
+    rng = np.random.default_rng(11)
+    point = {k: v + rng.normal(0, 0.3, np.shape(v)) for k, v in model.initial_point().items()}
+    moved = dict(point)
+    moved["covariate_marker_effect"] = point["covariate_marker_effect"] + rng.normal(0, 0.4, np.shape(point["covariate_marker_effect"]))
+    if name == "mediation":
+        moved["covariate_effect"] = point["covariate_effect"] + rng.normal(0, 2.0, np.shape(point["covariate_effect"]))
+    logp = model.compile_logp()
+    change = logp(moved) - logp(point)
+
+    x, t = design.covariates, design.treated
+    z0, z1 = design.baseline.z, design.later[12].z
+
+    def end_mean(p):
+        return p["end_intercept"] + z0 @ p["baseline_slope"].T + t[:, None] * p["nac_marker_effect"] + x @ p["covariate_marker_effect"].T
+
+    def end_loglik(p):
+        if name == "biomarker_change_median":
+            scale = np.exp(p["laplace_scale_log__"])
+            return stats.laplace.logpdf(z1, end_mean(p), scale[None, :]).sum()
+        sd, corr = _values(model, p, ["residual_sd", "residual_corr"])
+        return sum(stats.multivariate_normal.logpdf(z1[i], end_mean(p)[i], corr * np.outer(sd, sd)) for i in range(len(z1)))
+
+    want = end_loglik(moved) - end_loglik(point)
+    want += (stats.norm.logpdf(moved["covariate_marker_effect"], 0, 0.5) - stats.norm.logpdf(point["covariate_marker_effect"], 0, 0.5)).sum()
+    if name == "mediation":
+        y0 = design.y[design.obs_week == 0][np.argsort(design.obs_participant[design.obs_week == 0])]
+        y1 = design.y[design.obs_week == 12][np.argsort(design.obs_participant[design.obs_week == 12])]
+
+        def outcome_loglik(p):
+            mean = (p["outcome_intercept"] + p["direct_effect"] * t + (z1 - z0) @ p["mediator_effect"] + p["baseline_score_slope"] * (y0 - y0.mean())
+                    + z0 @ p["outcome_marker_baseline"] + x @ p["covariate_effect"])
+            return stats.norm.logpdf(y1 - y0, mean, np.exp(p["outcome_sd_log__"])).sum()
+
+        want += outcome_loglik(moved) - outcome_loglik(point)
+        sd_e = 0.1 * design.score_range
+        want += (stats.norm.logpdf(moved["covariate_effect"], 0, sd_e) - stats.norm.logpdf(point["covariate_effect"], 0, sd_e)).sum()
+    assert abs(change) > 1.0  # the move matters
+    np.testing.assert_allclose(change, want, rtol=1e-9, atol=1e-8)
 
 
 # ---------------------------------------------------------------- slow: recovery and agreement
