@@ -35,7 +35,15 @@ import pytensor.tensor as pt
 from .biomarker_change import ratio_rows
 from .contract import MARKER_VALUES, BuiltModel
 from .design import TrialDesign, select_covariates
-from .marker_change_block import COVARIATE_MARKER_PRIOR, add_change_regression, block_coords, change_data, change_priors, used_priors, with_text
+from .marker_change_block import (
+    COVARIATE_MARKER_PRIOR,
+    add_change_regression,
+    block_coords,
+    change_data,
+    change_priors,
+    used_priors,
+    with_text,
+)
 from .priors import Prior, resolve, rv
 
 NAME = "biomarker_change_median"
