@@ -407,11 +407,10 @@ def compile_nutpie(built: BuiltModel, fused: bool = True):
     patches were written for (TESTED_VERSIONS), the plain nutpie compile is used, without cache or
     fused function, and a warning says so.
     """
-    import nutpie
 
     model = built.model
     if not internals_supported():
-        return nutpie.compile_pymc_model(model, backend="numba"), False
+        return _compile_graph(model), False
     folder = cache_dir()
     layout = fused_layout(built) if fused else None
     if layout is not None:
@@ -427,16 +426,27 @@ def compile_nutpie(built: BuiltModel, fused: bool = True):
             stacklevel=2,
         )
     if folder is None:
-        return nutpie.compile_pymc_model(model, backend="numba"), False
+        return _compile_graph(model), False
     before = _cache_entries(folder)
     try:
         with _cacheable_wrappers(folder), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Cannot cache compiled function")
-            compiled = nutpie.compile_pymc_model(model, backend="numba")
+            compiled = _compile_graph(model)
     except Exception as exc:  # noqa: BLE001 - a damaged or incompatible cache must never stop a fit
         warnings.warn(f"compiled-model cache in {folder} unusable ({type(exc).__name__}: {exc}); compiling without it", RuntimeWarning, stacklevel=2)
-        return nutpie.compile_pymc_model(model, backend="numba"), False
+        return _compile_graph(model), False
     return compiled, bool(before) and _cache_entries(folder) <= before
+
+
+def _compile_graph(model):
+    """nutpie's numba compile of the model's graph. Numba's performance hints about the code PyTensor generates
+    (e.g. np.dot on a non-contiguous view) are not the user's to act on, so they are not shown."""
+    import nutpie
+    from numba.core.errors import NumbaPerformanceWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NumbaPerformanceWarning)
+        return nutpie.compile_pymc_model(model, backend="numba")
 
 
 # ---------------------------------------------------------------- the fused log density
