@@ -620,6 +620,9 @@ def rediagnose(results: str | Path, *, kfold: int = 0, refit_levels: Sequence[st
     options = saved_sensitivity_options(results, ice, deltas, tipping_threshold, remission_cutoff, seed) if sensitivity else None
     idatas, estimates = load_run(results)
     design = builders = settings = None
+    if kfold and not idatas:
+        raise ValueError(f"--kfold refits the fits of the visit scores, and {results} holds none (only models of other outcomes): "
+                         "run diagnose.py without --kfold")
     if kfold:
         design, builders, settings = refit_context(idatas, seed)
     log = (lambda msg: None) if quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))

@@ -563,7 +563,8 @@ def load_run(folder: str | Path) -> tuple[dict[str, az.InferenceData], dict[str,
 
     Each fit is read back whole (inference/storage.py recomputes the groups a saved fit does not
     store); fits of other outcomes (MMRM change scores, biomarker change, mediation) are not in the
-    report, so they are not loaded."""
+    checks and the comparison, so they are not loaded (their answers are read from their own files by
+    `saved_answers`): a folder holding only such fits gives no fits here."""
     from inference.storage import complete_saved, load_fit, scores_visits
 
     folder = Path(folder)
@@ -581,8 +582,6 @@ def load_run(folder: str | Path) -> tuple[dict[str, az.InferenceData], dict[str,
         est = folder / n / "estimates.csv"
         if est.is_file():
             estimates[n] = pd.read_csv(est)
-    if not idatas:
-        raise FileNotFoundError(f"{folder} holds no fit of the visit scores ({', '.join(names)} model other outcomes): nothing to compare")
     return idatas, estimates
 
 

@@ -182,10 +182,16 @@ def complete_fit(idata: az.InferenceData, built: BuiltModel, seed: int, fast: Bu
             pm.compute_log_likelihood(idata, var_names=list(built.outcome_vars), extend_inferencedata=True, progressbar=False)
         timings["log_likelihood_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        pm.sample_posterior_predictive(
-            idata, var_names=list(built.outcome_vars), random_seed=pred_seed, extend_inferencedata=True, progressbar=False,
-            compile_kwargs=compile_kwargs(),
-        )
+        with warnings.catch_warnings():
+            # The graph models' Potentials are likelihood terms of the biomarkers (censored values' probabilities of
+            # lying below the limit; observed values' densities where missing ones are integrated out): they shape the
+            # posterior (already drawn), not the outcome given the parameters, so the outcome's predictive draws given
+            # each posterior draw are exact and PyMC's general warning about Potentials does not apply.
+            warnings.filterwarnings("ignore", message="The effect of Potentials on other parameters is ignored", category=UserWarning)
+            pm.sample_posterior_predictive(
+                idata, var_names=list(built.outcome_vars), random_seed=pred_seed, extend_inferencedata=True, progressbar=False,
+                compile_kwargs=compile_kwargs(),
+            )
         timings["posterior_predictive_s"] = time.perf_counter() - t0
     if built.observations in (VISIT_SCORES, VISIT_CHANGES):  # the densities the comparison scores (inference/marginal.py)
         t0 = time.perf_counter()

@@ -364,3 +364,26 @@ def test_median_and_mean_agree_in_a_larger_trial(tmp_path):
     scale = get("biomarker_change_median").extra_estimates(med, design, 2.0).set_index("marker")["interval_scale"]
     for mk in ("crp", "bdnf"):  # uncensored, normal residuals on the log scale: sqrt(pi / 2) = 1.25 expected
         assert 1.1 < scale[mk] < 1.45, (mk, scale[mk])
+
+
+@pytest.mark.slow  # compiles the model's graph
+def test_diagnose_reruns_a_folder_of_biomarker_fits_only(small_trial_dir, tmp_path, capsys):
+    """diagnose.py on a results folder holding only a biomarker model's fit rewrites its report (the model's
+    answers, no comparison of visit-score fits); --kfold, which refits visit-score fits, is refused with exit 2
+    before any work, the folder untouched."""
+    import diagnose
+    import fit
+
+    out = tmp_path / "out"
+    assert fit.main(["--data", str(small_trial_dir), "--model", "biomarker_change", "--draws", "200", "--tune", "200", "--chains", "2",
+                     "--prior-draws", "10", "--out", str(out), "--quiet"]) == 0
+    report = out / "report.html"
+    first = report.read_text()
+    report.unlink()
+    capsys.readouterr()
+    assert diagnose.main([str(out), "--quiet"]) == 0
+    again = report.read_text()
+    assert "ratio of geometric means" in again and "ratio of geometric means" in first
+    assert diagnose.main([str(out), "--kfold", "2", "--quiet"]) == 2
+    assert "holds none (only models of other outcomes)" in capsys.readouterr().err
+    assert report.read_text() == again
