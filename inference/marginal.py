@@ -385,11 +385,9 @@ def _sampled(post: xr.Dataset, design: TrialDesign) -> xr.Dataset:
 
 
 def compile_kwargs() -> dict:
-    """PyTensor compile options for functions evaluated on all draws at once (the fixed part, the
-    predictive draws): compiled C where PyTensor has a compiler (cached after the first compile, it
-    beats the Python implementations on the larger graphs, e.g. 3.5 s against 8.7 s for the
-    headline's fixed part); without one, PyTensor's Python implementations unfused, because fused
-    elementwise kernels would run element by element in Python. Same numbers to 1e-14."""
+    """PyTensor compile options for the plain path's posterior predictive draws: compiled C where PyTensor has a
+    compiler (cached after the first compile); without one, PyTensor's Python implementations unfused, because
+    fused elementwise kernels would run element by element in Python. Same numbers to 1e-14."""
     return {} if pytensor.config.cxx else {"mode": python_mode()}
 
 
@@ -403,16 +401,22 @@ def python_mode():
 def per_draw(model: pm.Model, out, post: xr.Dataset) -> np.ndarray:
     """A tensor of the model's free variables evaluated at every posterior draw: (chain, draw, ...).
 
-    Compiled once. Without a C compiler (PyTensor's Python backend) fused elementwise kernels run
-    element by element in Python, 16 times slower than unfused numpy operations, so there they are
-    not fused."""
-    fn = model.compile_fn(inputs=model.free_RVs, outs=out, on_unused_input="ignore", **compile_kwargs())
-    names = [rv.name for rv in model.free_RVs]
-    rows = []
+    The graph is vectorised over draws (pytensor's vectorize_graph: each free variable gains a leading draw
+    dimension) and run with PyTensor's Python implementations, one numpy operation per node over a block of
+    DRAW_BLOCK draws at a time: nothing to compile in C (a large graph's C compile takes tens of seconds
+    on a machine that has not compiled it before) and memory bounded by one block. The same numbers as
+    evaluating the graph draw by draw, to rounding (a test)."""
+    from pytensor.graph.replace import vectorize_graph
+
+    free = list(model.free_RVs)
+    batched = {rv: rv.type.clone(shape=(None, *rv.type.shape))(name=f"{rv.name}_draws") for rv in free}
+    fn = pytensor.function(list(batched.values()), vectorize_graph(out, replace=batched), mode=python_mode(), on_unused_input="ignore")
+    n_draw = post.sizes["draw"]
+    chains = []
     for ch in range(post.sizes["chain"]):
-        values = {n: post[n].values[ch] for n in names}
-        rows.append([fn({n: v[k] for n, v in values.items()}) for k in range(post.sizes["draw"])])
-    return np.asarray(rows, dtype=float)
+        values = [np.asarray(post[rv.name].values[ch], dtype=rv.dtype) for rv in free]
+        chains.append(np.concatenate([fn(*(v[lo : lo + DRAW_BLOCK] for v in values)) for lo in range(0, n_draw, DRAW_BLOCK)]))
+    return np.asarray(chains, dtype=float)
 
 
 def _normal_mean(model: pm.Model, outcome: str = "y"):

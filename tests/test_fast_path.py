@@ -237,6 +237,26 @@ def test_fast_path_same_groups_and_names(fast_fit, design):
     assert {"recover_s", "log_likelihood_s", "posterior_predictive_s"} <= set(t_fast)
 
 
+@pytest.mark.smoke
+def test_per_draw_equals_the_graph_evaluated_draw_by_draw(fast_fit, design):
+    """per_draw (the graph vectorised over draws, in blocks) gives the fixed part of every draw as the fast model's
+    own graph evaluated at each draw separately, to rounding; so does the plain model's mean of the scores."""
+    from inference.marginal import FIXED_VAR, _normal_mean, _sampled, per_draw, python_mode
+
+    idata, _ = fast_fit
+    built = get("headline").build(design)
+    # the fast model's free variables as it sampled them; the plain model's, as the completed fit holds them
+    for model, tensor, post in ((built.fast_variant().model, None, _sampled(idata.posterior, design)), (built.model, "y", idata.posterior)):
+        tensor = model[FIXED_VAR] if tensor is None else _normal_mean(model, tensor)
+        got = per_draw(model, tensor, post)
+        one = model.compile_fn(inputs=model.free_RVs, outs=tensor, on_unused_input="ignore", mode=python_mode())
+        names = [rv.name for rv in model.free_RVs]
+        for ch, k in ((0, 0), (0, post.sizes["draw"] - 1), (post.sizes["chain"] - 1, 7)):
+            want = one({n: post[n].values[ch, k] for n in names})
+            np.testing.assert_allclose(got[ch, k], want, rtol=1e-11, atol=1e-11)
+        assert got.shape[:2] == (post.sizes["chain"], post.sizes["draw"])
+
+
 @pytest.mark.slow
 def test_fast_and_plain_posteriors_agree(both_paths):
     """Key effects: means within Monte Carlo error, posterior SDs within 25% (small run)."""
