@@ -24,7 +24,7 @@ import pandas as pd
 import xarray as xr
 
 from .errors import DatasetError, Problem, ProblemList
-from .schema import _lines, _not_number, _parse_numbers, meta_of, read_csv_strict
+from .schema import _lines, meta_of, read_csv_strict, week_column
 
 ICE_FILE = "ice.csv"
 ICE_COLUMNS = ["participant_id", "week", "strategy"]
@@ -86,12 +86,7 @@ def load_ice(path: str | Path, ds: xr.Dataset, max_file_bytes: int | None = None
         p.add(name, f"more than one row for the same participant {seen}; the table holds one intercurrent event per participant.",
               "participant_id", _lines(df, twice), "keep the row of the first event that changes how later visits are handled")
 
-    week, nonnum = _parse_numbers(df["week"])
-    blank = df["week"].eq("").to_numpy()
-    if blank.any():
-        p.add(name, "week is empty.", "week", _lines(df, blank), "give the week of the first visit the event affects")
-    _not_number(df, name, "week", nonnum, p, "week")
-    ok = week.notna().to_numpy()
+    week, ok = week_column(df, name, p, "give the week of the first visit the event affects")
     off = ok & ~week.isin([float(w) for w in weeks]).to_numpy()
     if off.any():
         seen = sorted({float(x) for x in week[off]})[:6]

@@ -207,15 +207,21 @@ def _drop_withdrawn(df: pd.DataFrame, file: str, withdrawn: set[str], changes: l
     return df[~gone]
 
 
-def _parse_weeks(df, file, allowed, problems, what, meta: DatasetMeta, changes: list) -> tuple[pd.Series, pd.Series]:
-    """Weeks as numbers; with map_unscheduled = "nearest", off-schedule weeks within the window are moved
-    to the nearest scheduled week (ties to the earlier week). Returns (week, distance moved)."""
+def week_column(df, file, problems, blank_fix: str) -> tuple[pd.Series, np.ndarray]:
+    """The `week` column as numbers and where it holds one; empty and non-numeric entries are reported
+    (the fix for an empty one: `blank_fix`)."""
     weeks, nonnum = _parse_numbers(df["week"])
     blank = df["week"].eq("").to_numpy()
     if blank.any():
-        problems.add(file, "week is empty.", "week", _lines(df, blank), "give every row its visit week")
+        problems.add(file, "week is empty.", "week", _lines(df, blank), blank_fix)
     _not_number(df, file, "week", nonnum, problems, "week")
-    ok = weeks.notna().to_numpy()
+    return weeks, weeks.notna().to_numpy()
+
+
+def _parse_weeks(df, file, allowed, problems, what, meta: DatasetMeta, changes: list) -> tuple[pd.Series, pd.Series]:
+    """Weeks as numbers; with map_unscheduled = "nearest", off-schedule weeks within the window are moved
+    to the nearest scheduled week (ties to the earlier week). Returns (week, distance moved)."""
+    weeks, ok = week_column(df, file, problems, "give every row its visit week")
     allowed_arr = np.asarray(allowed, dtype=float)
     off = ok & ~weeks.isin(allowed_arr).to_numpy()
     dist = pd.Series(0.0, index=df.index)

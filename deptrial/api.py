@@ -55,9 +55,9 @@ from diagnostics.summary import answer, baseline_mean, observed_means
 from inference.idata_io import provenance, stamp, versions
 from inference.jobs import WorkerFailed, default_jobs, fit_models
 from inference.sampling import SamplerSettings
-from inference.storage import DATA_GROUP, STORAGE, load_fit, save_fit, saved_dataset
+from inference.storage import DATA_GROUP, STORAGE, build_arguments, load_fit, save_fit, saved_dataset
 from models import REGISTRY, ModelDataError, build_design, get
-from models.design import TrialDesign, fitted_covariates
+from models.design import TrialDesign
 from models.effects import DEFAULT_MCID
 from models.prior_file import PriorFile, model_priors
 from models.priors import check as check_prior
@@ -581,14 +581,7 @@ def refit_context(idatas: dict, seed: int | None = None):
             spec = get(str(p.get("model", name)))
         except KeyError as exc:
             raise ValueError(f"cannot refit '{name}': {exc.args[0]}") from exc
-        # the priors and covariates the fit was made with (as inference.storage.complete_saved rebuilds it)
-        recorded = p.get("priors")
-        overrides = json.loads(recorded) if isinstance(recorded, str) else (recorded or None)
-        extra = {}
-        if spec.covariates:
-            coords = idata.posterior.coords
-            extra["covariates"] = fitted_covariates(coords["covariate"].values if "covariate" in coords else None, design)
-        builders[name] = partial(spec.build, priors=overrides, likelihood=str(p.get("likelihood", "normal")), **extra)
+        builders[name] = partial(spec.build, **build_arguments(idata, spec, design))  # its priors, likelihood and covariates
     saved = prov.get("settings") or {}
     fields = {f.name for f in dataclasses.fields(SamplerSettings)}
     settings = SamplerSettings(**{k: v for k, v in saved.items() if k in fields})

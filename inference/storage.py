@@ -110,15 +110,22 @@ def complete_saved(idata: az.InferenceData) -> az.InferenceData:
         spec = get(str(prov["model"]))
     except KeyError as exc:
         raise SavedFitError(f"the saved fit's model {prov.get('model')!r} is not a registered model") from exc
-    priors = prov.get("priors")
-    overrides = json.loads(priors) if isinstance(priors, str) else (priors or None)
-    extra = {}
-    if spec.covariates:  # the covariates the fit adjusted for, from its posterior's coordinate
-        coords = idata.posterior.coords
-        extra["covariates"] = fitted_covariates(coords["covariate"].values if "covariate" in coords else None, design)
-    built = spec.build(design, priors=overrides, likelihood=str(prov.get("likelihood", "normal")), **extra)
+    built = spec.build(design, **build_arguments(idata, spec, design))
     complete_fit(idata, built, int(prov["seed"]))
     return idata
+
+
+def build_arguments(idata: az.InferenceData, spec, design) -> dict:
+    """The arguments of `spec.build(design, ...)` that rebuild a saved fit's model as it was fitted: the priors and
+    likelihood its provenance records and, for a model that takes covariates, the covariates its posterior's
+    'covariate' coordinate names."""
+    prov = provenance(idata)
+    priors = prov.get("priors")
+    out = {"priors": json.loads(priors) if isinstance(priors, str) else (priors or None), "likelihood": str(prov.get("likelihood", "normal"))}
+    if spec.covariates:
+        coords = idata.posterior.coords
+        out["covariates"] = fitted_covariates(coords["covariate"].values if "covariate" in coords else None, design)
+    return out
 
 
 def load_fit(path: str | Path, complete: bool = True) -> az.InferenceData:

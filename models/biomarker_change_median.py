@@ -34,7 +34,7 @@ import pytensor.tensor as pt
 
 from .biomarker_change import ratio_rows
 from .contract import MARKER_VALUES, BuiltModel
-from .design import TrialDesign, select_covariates
+from .design import COVARIATE_DIM, TrialDesign, select_covariates
 from .marker_change_block import (
     COVARIATE_MARKER_PRIOR,
     add_change_regression,
@@ -118,7 +118,7 @@ def interval_scale(idata, design: TrialDesign) -> dict[str, float]:
     b0 = cd.baseline
     z0 = np.where(b0.censored, b0.z_upper, np.nan_to_num(b0.z, nan=0.0))
     treated = design.treated[cd.rows]
-    names = [str(c) for c in post[COVARIATE_MARKER_PRIOR]["covariate"].values] if COVARIATE_MARKER_PRIOR in post else []
+    names = [str(c) for c in post[COVARIATE_MARKER_PRIOR][COVARIATE_DIM].values] if COVARIATE_MARKER_PRIOR in post else []
     cov = design.covariates[np.ix_(cd.rows, [design.covariate_names.index(c) for c in names])] if names else np.zeros((cd.n, 0))
     out = {}
     for k, mk in enumerate(cd.names):
@@ -128,7 +128,7 @@ def interval_scale(idata, design: TrialDesign) -> dict[str, float]:
         coefs = np.vstack(
             [post["end_intercept"].sel(marker=mk).values]
             + [post["baseline_slope"].sel(marker=mk, baseline_marker=j).values for j in cd.names]
-            + [post[COVARIATE_MARKER_PRIOR].sel(marker=mk, covariate=c).values for c in names]
+            + [post[COVARIATE_MARKER_PRIOR].sel({"marker": mk, COVARIATE_DIM: c}).values for c in names]
             + [post["nac_marker_effect"].sel(marker=mk).values]
         )
         s_post = np.cov(coefs)

@@ -398,7 +398,9 @@ def predicted_final_posterior(stats: PatternStats, sigma: np.ndarray, ok: np.nda
                             np.zeros((s, v, v, v)), np.zeros((s, v, 2)))
     pred = gls(expected, sigma, ok, prior_precision=prior_precision)
     j = visit * Q + 1
-    sd = np.where(pred.ok, np.sqrt(np.abs(pred.cov[:, j, j])), np.inf)
+    var = pred.cov[:, j, j]
+    good = pred.ok & (var > 0)
+    sd = np.where(good, np.sqrt(np.where(good, var, 1.0)), np.inf)
     return sd, np.maximum(final_counts[:, visit:].sum(axis=(1, 2)) - Q, 1)
 
 

@@ -87,6 +87,7 @@ class PlanSpec:
         return Thresholds(self.analysis.threshold, None if self.interim is None else self.interim.efficacy)
 
     def calibration_chunks(self) -> list[Chunk]:
+        """Chunks of each design's null trials (scenario -1: the calibration's own, seeded from calibration.STREAM)."""
         n_chunks = math.ceil(self.calibration.sims / self.chunk_size)
         return [Chunk(d, -1, c, min(self.chunk_size, self.calibration.sims - c * self.chunk_size)) for d in range(len(self.designs)) for c in range(n_chunks)]
 
