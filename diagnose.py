@@ -15,7 +15,10 @@ With --sensitivity, every saved model's sensitivity analyses are (re)computed fr
 written beside it (sensitivity.csv, tipping_point.csv, responders.csv, prior_sensitivity.csv); without
 it, such tables already in the folder are shown in the report as they are.
 
-Exit codes: 0 success; 1 a convergence verdict failed under --strict; 2 bad arguments or folder.
+Exit codes: 0 success; 1 a convergence verdict failed under --strict; 2 bad arguments, or a folder that
+cannot be read (or is being written by another run), refused before any work; 3 a failure once the saved
+fits are read (diagnostics, refits, sensitivity analyses, writing): the message names the stage, and the
+saved fits are never changed.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ warnings.filterwarnings("ignore", category=FutureWarning, module="arviz")
 
 
 def parse_args(argv):
-    from deptrial.api import add_sensitivity_arguments, check_sensitivity_arguments
+    from deptrial.cli import add_sensitivity_arguments, check_sensitivity_arguments
     from diagnostics.ppc import REMISSION_CUTOFF
 
     ap = argparse.ArgumentParser(prog="diagnose.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -54,13 +57,16 @@ def main(argv=None) -> int:
     except SystemExit as exc:
         return int(exc.code or 0)
     from data.atomic import OutputBusy
-    from deptrial.api import rediagnose
+    from deptrial.api import RunFailed, rediagnose
 
     try:
         run, report = rediagnose(args.results, kfold=args.kfold, refit_levels=args.refit_levels, seed=args.seed,
                                  remission_cutoff=args.remission_cutoff, quiet=args.quiet, sensitivity=args.sensitivity,
                                  ice=args.ice, deltas=args.deltas, tipping_threshold=args.tipping_threshold)
-    except (FileNotFoundError, OSError, ValueError, OutputBusy) as exc:
+    except RunFailed as exc:  # once the saved fits are read: the stage that failed, and what the folder holds
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
+    except (FileNotFoundError, OSError, ValueError, OutputBusy) as exc:  # refused before any work
         print(f"error: {exc}", file=sys.stderr)
         return 2
     for name, m in run.models.items():

@@ -6,9 +6,10 @@
     python fit.py --model mmrm treatment --sensitivity     # also J2R, CR, CIR, tipping point, responders, prior sensitivity
     python fit.py --list-models
 
-Exit codes: 0 success; 1 convergence verdict failed under --strict; 2 bad input or arguments
-(or the output folder exists / is being written by another run); 3 the sampler failed, or a
-model's results could not be written or checked.
+Exit codes: 0 success; 1 convergence verdict failed under --strict; 2 bad input or arguments, refused
+before sampling starts (or the output folder exists / is being written by another run); 3 a failure
+once sampling has started (sampling, saving or checking a fit, diagnostics, LOO, report, writing):
+the message names the stage and the model, and nothing is written to --out.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from pathlib import Path
 warnings.filterwarnings("ignore", category=FutureWarning, module="arviz")
 
 from deptrial import api  # noqa: E402
-from deptrial.api import DEFAULT_MODELS, add_sensitivity_arguments, check_sensitivity_arguments  # noqa: E402
+from deptrial.api import DEFAULT_MODELS  # noqa: E402
+from deptrial.cli import add_sensitivity_arguments, check_sensitivity_arguments  # noqa: E402
 
 
 def parse_args(argv):
@@ -106,13 +108,13 @@ def main(argv=None) -> int:
             quiet=args.quiet, echo=print, priors=priors, prior_preset=args.prior_preset,
             sensitivity=args.sensitivity, ice=args.ice, deltas=args.deltas, tipping_threshold=args.tipping_threshold,
         )
+    except api.RunFailed as exc:  # once sampling has started: the stage that failed, and what is left at --out
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
     except KeyError as exc:
         return fail(exc.args[0])
-    except (ValueError, DatasetError, ModelDataError, FileExistsError, OutputBusy) as exc:
+    except (ValueError, DatasetError, ModelDataError, FileExistsError, OutputBusy) as exc:  # refused before sampling
         return fail(str(exc))
-    except (api.SamplingFailed, api.FinishingFailed) as exc:
-        print(f"error: {exc}\nnothing was written to {args.out}", file=sys.stderr)
-        return 3
     print(f"\nwrote {args.out}/")
     if args.strict and not run.converged:
         print("strict: convergence verdict failed", file=sys.stderr)

@@ -244,8 +244,8 @@ def main(argv=None) -> int:
         return int(exc.code or 0)
     from data.atomic import OutputBusy, locked_output
     from planning import PlanningError, plan, smallest_n
+    from planning.design import accrual_rate
     from planning.report import plot_plan, render_plan_html
-    from planning.simulate import accrual_rate
 
     def fail(msg: str) -> int:
         print(f"error: {msg}", file=sys.stderr)

@@ -15,7 +15,18 @@ from inference.sampling import SamplerSettings
 from inference.storage import SavedFitError, load_fit
 from models import ModelDataError
 
-from .api import DEFAULT_MODELS, FinishingFailed, ModelFit, RunResult, SamplingFailed, fit_trial, list_models, rediagnose, sensitivity
+from .api import (
+    DEFAULT_MODELS,
+    FinishingFailed,
+    ModelFit,
+    RunFailed,
+    RunResult,
+    SamplingFailed,
+    fit_trial,
+    list_models,
+    rediagnose,
+    sensitivity,
+)
 
 __all__ = [
     "DEFAULT_DATASET",
@@ -25,6 +36,7 @@ __all__ = [
     "ModelDataError",
     "ModelFit",
     "OutputBusy",
+    "RunFailed",
     "RunResult",
     "SamplerSettings",
     "SamplingFailed",

@@ -1,6 +1,8 @@
 """Diagnostics, pure functions of InferenceData returning tables: convergence verdicts, posterior
 predictive checks, leave-one-out at the visit and participant level, model comparison; plotting and
-the HTML report are separate layers (plots.py, report.py), run.py ties a whole run together."""
+the HTML report are separate layers (plots.py, report.py). run.py diagnoses a whole run, with the refits
+of remedies.py and the sensitivity analyses of sensitivity_analyses.py; outputs.py writes its files and
+saved.py reads a saved results folder back."""
 
 from .compare import ComparisonError, check_comparable, compare, plain_language
 from .convergence import (

@@ -21,6 +21,13 @@ user can act on. Structural terms (the participant effects' normal distribution,
 values) belong to the model, not to a prior, and are not power-scaled. The likelihood is the
 outcome's pointwise log-likelihood as stored (conditional on participant effects; the MMRM's
 conditional densities), without the integrated densities kept for the comparison.
+
+Where power-scaling cannot be trusted the table says so in its own columns (so prior_sensitivity.csv
+carries it): `not_power_scaled` names each prior left out and why (no posterior variable, e.g. the
+site prior of a one-site trial, or no log density for its family), and `prior_pareto_k`,
+`likelihood_pareto_k` give the largest Pareto k of each component's importance weights: above
+0.7 (diagnostics/loo.py PARETO_K_MAX) the reweighting is unreliable, and so are that component's
+sensitivities.
 """
 
 from __future__ import annotations
@@ -45,6 +52,8 @@ POWER_SCALING_DELTA = 0.01  # alpha = 1 / (1 + delta) and 1 + delta
 CONFLICT = "prior-data conflict"
 STRONG_PRIOR = "strong prior / weak likelihood"
 NO_FLAG = "-"
+TABLE_COLUMNS = ["effect", "variable", "week", "marker", "prior_sensitivity", "likelihood_sensitivity", "prior_sensitive", "diagnosis",
+                 "prior_pareto_k", "likelihood_pareto_k", "not_power_scaled"]
 
 # A prior is stated for the posterior variable of its name, or else for the first of these present
 PRIOR_VARIABLES = {
@@ -320,10 +329,14 @@ def prior_sensitivity_table(
     effects  {label: draws (chain, draw)} or a list of Effect; default `reported_effects(idata, weeks)`
     priors   {name: Prior} to power-scale; default: the priors recorded in the fit
 
-    Columns: effect, variable, week, marker, prior_sensitivity, likelihood_sensitivity,
+    Columns (TABLE_COLUMNS): effect, variable, week, marker, prior_sensitivity, likelihood_sensitivity,
     prior_sensitive (prior sensitivity at or above `threshold`), diagnosis (CONFLICT, STRONG_PRIOR or
-    NO_FLAG). attrs: the priors power-scaled and left out, the likelihood variables, the largest
-    Pareto k of each component's weights, delta and threshold.
+    NO_FLAG); then, the same on every row, prior_pareto_k and likelihood_pareto_k (the largest Pareto k
+    of that component's power-scaling weights, NaN when the component is absent; above loo.PARETO_K_MAX
+    its sensitivities are unreliable) and not_power_scaled ('name (reason); ...' for each prior left
+    out, '' when none). A sensitivity is NaN when nothing of its component could be power-scaled.
+    attrs: the priors power-scaled and left out, the likelihood variables, the largest Pareto k of
+    each component's weights, delta and threshold.
     """
     post = idata.posterior
     if effects is None:
@@ -356,6 +369,8 @@ def prior_sensitivity_table(
             result = az.psens(data, component=component, delta=delta)
         sens[component] = {n: float(result[n]) for n in names}
         k_hat[component] = _pareto_k(total.values, delta)
+    left_out = json.loads(lp.attrs["not_power_scaled"])
+    not_scaled = "; ".join(f"{name} ({reason})" for name, reason in left_out.items())
     rows = []
     for n, e in zip(names, effects):
         p, lik = sens["prior"][n], sens["likelihood"][n]
@@ -363,12 +378,13 @@ def prior_sensitivity_table(
             "effect": e.effect, "variable": e.variable, "week": e.week, "marker": e.marker,
             "prior_sensitivity": p, "likelihood_sensitivity": lik,
             "prior_sensitive": bool(p >= threshold), "diagnosis": diagnosis(p, lik, threshold),
+            "prior_pareto_k": k_hat.get("prior", float("nan")), "likelihood_pareto_k": k_hat.get("likelihood", float("nan")),
+            "not_power_scaled": not_scaled,
         })
-    table = pd.DataFrame(rows, columns=["effect", "variable", "week", "marker", "prior_sensitivity", "likelihood_sensitivity",
-                                        "prior_sensitive", "diagnosis"])
+    table = pd.DataFrame(rows, columns=TABLE_COLUMNS)
     table.attrs.update({
         "power_scaled_priors": list(lp.data_vars),
-        "not_power_scaled": json.loads(lp.attrs["not_power_scaled"]),
+        "not_power_scaled": left_out,
         "likelihood_variables": lik_vars,
         "pareto_k": k_hat,
         "delta": delta,

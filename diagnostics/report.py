@@ -6,7 +6,7 @@ week, the fitted trajectories against the observed means and the biomarker effec
 with one plain sentence, and the estimand of every row; diagnostics/summary.py), then the data
 summary, the model comparison, and per model the effect estimates with probability statements and
 their estimands, the sensitivity analyses when the run made them (strategies at the end of
-treatment, the tipping point, responders and remission, prior sensitivity; diagnostics/run.py
+treatment, the tipping point, responders and remission, prior sensitivity; diagnostics/sensitivity_analyses.py
 `model_sensitivity`), convergence, posterior predictive checks and priors.
 """
 
@@ -25,6 +25,7 @@ from .compare import CLEAR_DIFF_SE
 from .convergence import EBFMI_MIN, ESS_BULK_MIN, ESS_TAIL_MIN, MCSE_SD_RATIO_MAX, RHAT_MAX, TREEDEPTH_SATURATED_MAX
 from .loo import PARETO_K_MAX, QUANTITY
 from .ppc import PPC_TAIL
+from .prior_sensitivity import PRIOR_SENSITIVITY_THRESHOLD
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222;line-height:1.4}
@@ -178,7 +179,7 @@ def responders_summary(table: pd.DataFrame, week: int) -> pd.DataFrame:
 
 
 def sensitivity_section(s, heading: str = "h3", title: str = "Sensitivity and estimands") -> str:
-    """One model's sensitivity analyses (diagnostics/run.py ModelSensitivity); a note for what the model does not support."""
+    """One model's sensitivity analyses (diagnostics/sensitivity_analyses.py ModelSensitivity); a note for what the model does not support."""
     week = s.end_week
     out = [f'<{heading} id="sensitivity-{esc(s.name)}">{esc(title)}</{heading}>']
     if s.saved:
@@ -211,13 +212,39 @@ def sensitivity_section(s, heading: str = "h3", title: str = "Sensitivity and es
         out.append(f'<p class="note">No responder or remission estimands for this model: {esc(notes.pop("responders"))}</p>')
     prior = s.tables.get("prior_sensitivity")
     if prior is not None and len(prior):
-        flagged = prior[prior["prior_sensitive"].astype(bool)]
-        if len(flagged):
-            items = "; ".join(f"{r.effect} ({r.diagnosis}, prior sensitivity {r.prior_sensitivity:.3f})" for r in flagged.itertuples(index=False))
-            out.append(f'<p class="warn"><b>Prior-sensitive</b> (power-scaling, prior sensitivity at or above 0.05): {esc(items)}.</p>')
-        else:
-            out.append('<p class="note">No reported effect is prior-sensitive (power-scaling: every prior sensitivity below 0.05).</p>')
+        out.extend(prior_sensitivity_lines(prior))
     return "\n".join(out)
+
+
+def prior_sensitivity_lines(prior: pd.DataFrame) -> list[str]:
+    """prior_sensitivity.csv in the report: the flagged effects, or that none is flagged; and where power-scaling
+    could not be done (a prior left out, no prior at all) or cannot be trusted (Pareto k above PARETO_K_MAX)."""
+    t = PRIOR_SENSITIVITY_THRESHOLD
+    out = []
+    flagged = prior[prior["prior_sensitive"].astype(bool)]
+    assessed = prior["prior_sensitivity"].notna()
+    if len(flagged):
+        items = "; ".join(f"{r.effect} ({r.diagnosis}, prior sensitivity {r.prior_sensitivity:.3f})" for r in flagged.itertuples(index=False))
+        out.append(f'<p class="warn"><b>Prior-sensitive</b> (power-scaling, prior sensitivity at or above {t:g}): {esc(items)}.</p>')
+    elif assessed.all():
+        out.append(f'<p class="note">No reported effect is prior-sensitive (power-scaling: every prior sensitivity below {t:g}).</p>')
+    elif assessed.any():
+        missing = "; ".join(prior.loc[~assessed, "effect"].astype(str))
+        out.append(f'<p class="warn">No assessed effect is prior-sensitive (power-scaling: prior sensitivity below {t:g}), '
+                   f"but the prior sensitivity of {esc(missing)} could not be computed.</p>")
+    else:
+        out.append('<p class="warn"><b>Prior sensitivity not assessed</b>: no prior of this fit could be power-scaled.</p>')
+    left_out = prior["not_power_scaled"].dropna().astype(str).str.strip() if "not_power_scaled" in prior else pd.Series(dtype=str)
+    left_out = left_out[left_out != ""]  # '' (read back from the csv as NaN): every prior power-scaled
+    if len(left_out):
+        left_out = left_out.iloc[0]
+        out.append(f'<p class="note"><b>Not power-scaled</b>: {esc(left_out)}; the prior sensitivities leave these priors out.</p>')
+    for component in ("prior", "likelihood"):
+        k = prior[f"{component}_pareto_k"].max() if f"{component}_pareto_k" in prior else float("nan")
+        if k > PARETO_K_MAX:
+            out.append(f'<p class="warn"><b>Power-scaling the {component} is unreliable</b> for this fit (Pareto k {k:.2f} above '
+                       f"{PARETO_K_MAX}): its importance weights are too uneven, so the {component} sensitivities are approximate.</p>")
+    return out
 
 
 def model_section(m, sensitivity=None) -> str:

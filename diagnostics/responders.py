@@ -76,18 +76,18 @@ import pandas as pd
 from scipy import special
 
 from data.meta import DatasetMeta
-from inference.idata_io import provenance
 from inference.marginal import per_draw
 from models.design import TrialDesign
+from models.effects import HDI_PROB, flat_draws, hdi_names
+from maths.gaussian import conditional_normal
 from models.marginal import FIXED_VAR
 from models.mmrm import NAME as MMRM_NAME
 from models.mmrm import covariate_shift, mmrm_data
-from models.registry import REGISTRY, get
-from models.trajectory import FAMILY, curve_basis
+from models.registry import REGISTRY, fitted_model_name, get
+from models.trajectory import curve_basis
 
 from .ppc import REMISSION_CUTOFF, RESPONSE_REDUCTION
 
-HDI_PROB = 0.94
 DEFAULT_SEED = 1
 ESTIMANDS = ("MAR", "NRI")
 OUTCOMES = ("response", "remission")
@@ -114,22 +114,19 @@ class CompletedScores:
 # ---------------------------------------------------------------- inputs
 
 
-def model_name(idata: az.InferenceData, model: str | None = None) -> str:
-    """The registered name of the fitted model (`model`, else the fit's provenance) for responder estimands,
-    or ValueError when it is not a model of the visit scores."""
-    name = model or provenance(idata).get("model")
-    if not name:
-        raise ValueError("cannot tell which model made this fit (no 'model' in its provenance): pass model=NAME")
-    name = str(name)
-    if name in FAMILY or name == MMRM_NAME:
+def scored_model(idata: az.InferenceData, model: str | None = None) -> str:
+    """The registered name of the fitted model (models.registry.fitted_model_name) for responder estimands, or
+    ValueError when it is not a model of the visit scores."""
+    name = fitted_model_name(idata, model)
+    scored = ", ".join(n for n, spec in REGISTRY.items() if spec.score_covariance is not None)
+    if name not in REGISTRY:
+        raise ValueError(f"unknown model '{name}'; responder and remission estimands need one of: {scored}")
+    if get(name).score_covariance is not None:
         return name
-    scored = ", ".join([*FAMILY, MMRM_NAME])
-    if name in REGISTRY:
-        raise ValueError(
-            f"model '{name}' has no visit scores (its outcome is biomarker values or effects), so it has no responder or "
-            f"remission rates; use a model of the visit scores: {scored}"
-        )
-    raise ValueError(f"unknown model '{name}'; responder and remission estimands need one of: {scored}")
+    raise ValueError(
+        f"model '{name}' has no visit scores (its outcome is biomarker values or effects), so it has no responder or "
+        f"remission rates; use a model of the visit scores: {scored}"
+    )
 
 
 def report_weeks(design: TrialDesign, weeks=None) -> np.ndarray:
@@ -152,17 +149,8 @@ def report_weeks(design: TrialDesign, weeks=None) -> np.ndarray:
     return np.asarray(chosen, dtype=int)
 
 
-def wide_scores(design: TrialDesign) -> np.ndarray:
-    """participant x scheduled week scores, NaN where not observed."""
-    wide = np.full((design.n_participants, len(design.weeks)), np.nan)
-    wide[design.obs_participant, np.searchsorted(design.weeks, design.obs_week.astype(int))] = design.y
-    return wide
-
-
 def _flat(post, name: str) -> np.ndarray:
-    """A posterior variable as (chain * draw, ...)."""
-    values = post[name].transpose("chain", "draw", ...).values
-    return values.reshape((-1,) + values.shape[2:])
+    return flat_draws(post[name])
 
 
 def _require(post, names, model: str) -> None:
@@ -232,23 +220,10 @@ def _trajectory_draws(idata, design: TrialDesign, name: str, rows: np.ndarray, w
     return mu + sigma[:, None, None] * eps
 
 
-def _mmrm_covariance(post, nv: int) -> np.ndarray:
-    """Draws x visit x visit covariance from the packed Cholesky factor (as models/mmrm.pointwise_logp), else SD and correlation."""
-    if "visit_chol" in post:
-        packed = _flat(post, "visit_chol")
-        chol = np.zeros((len(packed), nv, nv))
-        rows, cols = np.tril_indices(nv)
-        chol[:, rows, cols] = packed
-        return chol @ np.swapaxes(chol, -1, -2)
-    _require(post, ["visit_sd", "visit_corr"], MMRM_NAME)
-    sd = _flat(post, "visit_sd")
-    return sd[:, :, None] * _flat(post, "visit_corr") * sd[:, None, :]
-
-
 def mmrm_mean(post, design: TrialDesign, rows: np.ndarray, baseline_center: float) -> np.ndarray:
     """The MMRM mean change, draws x participants `rows` x post-baseline visit: visit mean + treatment x visit
     + baseline x visit (about the fit's centre) + site (+ covariates); the mean of models/mmrm.py for any participant."""
-    base = wide_scores(design)[rows, 0] - baseline_center
+    base = design.wide_scores()[rows, 0] - baseline_center
     treated = design.treated[rows]
     mu = _flat(post, "visit_mean")[:, None, :] + _flat(post, "nac_visit_effect")[:, None, :] * treated[None, :, None]
     mu = mu + _flat(post, "baseline_slope")[:, None, :] * base[None, :, None]
@@ -266,10 +241,10 @@ def _mmrm_draws(idata, design: TrialDesign, rows: np.ndarray, week_idx: np.ndarr
     post = idata.posterior
     _require(post, ["visit_mean", "nac_visit_effect", "baseline_slope"], MMRM_NAME)
     d = mmrm_data(design)
-    nv = len(d.visits)
-    cov = _mmrm_covariance(post, nv)
+    implied = get(MMRM_NAME).score_covariance(post, design)
+    cov = implied.cov.reshape((-1,) + implied.cov.shape[2:])
     mu = mmrm_mean(post, design, rows, d.baseline_center)
-    wide = wide_scores(design)[rows]
+    wide = design.wide_scores()[rows]
     change = wide[:, 1:] - wide[:, [0]]
     target = np.asarray(week_idx) - 1  # reported weeks among the post-baseline visits
     n_draws = cov.shape[0]
@@ -285,15 +260,12 @@ def _mmrm_draws(idata, design: TrialDesign, rows: np.ndarray, week_idx: np.ndarr
         if not len(slots):
             continue
         m = target[slots]
+        # per draw, the conditional normal of the missing changes given the observed ones, each participant's own mean
+        gain, cond, _ = conditional_normal(np.zeros(cov.shape[-1]), cov, o, m)
         mean = mu[:, members][:, :, m]
-        cond = cov[:, m[:, None], m[None, :]]
         if len(o):
-            s_oo = cov[:, o[:, None], o[None, :]]
-            s_mo = cov[:, m[:, None], o[None, :]]
-            gain = np.swapaxes(np.linalg.solve(s_oo, np.swapaxes(s_mo, -1, -2)), -1, -2)  # S_mo S_oo^-1
             resid = change[members][:, o][None] - mu[:, members][:, :, o]
             mean = mean + np.einsum("smo,spo->spm", gain, resid)
-            cond = cond - gain @ np.swapaxes(s_mo, -1, -2)
         lower = np.linalg.cholesky(0.5 * (cond + np.swapaxes(cond, -1, -2)))
         eps = rng.standard_normal(mean.shape)
         out[:, members[:, None], slots[None, :]] = mean + np.einsum("smk,spk->spm", lower, eps)
@@ -315,10 +287,10 @@ def completed_scores(idata: az.InferenceData, design: TrialDesign, weeks=None, s
     model  the registered model name (default: the fit's provenance)
     scale  False: imputed scores as drawn, before clipping and rounding to the scale
     """
-    name = model_name(idata, model)
+    name = scored_model(idata, model)
     chosen = report_weeks(design, weeks)
     week_idx = np.searchsorted(design.weeks, chosen)
-    wide = wide_scores(design)
+    wide = design.wide_scores()
     has_base = ~np.isnan(wide[:, 0])
     rows = np.flatnonzero(has_base)
     rng = np.random.default_rng(seed)
@@ -344,11 +316,6 @@ def completed_scores(idata: az.InferenceData, design: TrialDesign, weeks=None, s
 # ---------------------------------------------------------------- summaries
 
 
-def _hdi_names(hdi_prob: float) -> tuple[str, str]:
-    tail = 100.0 * (1.0 - hdi_prob) / 2.0
-    return f"hdi_{tail:g}%", f"hdi_{100.0 - tail:g}%"
-
-
 def _hdi(draws: np.ndarray, hdi_prob: float) -> tuple[float, float]:
     lo, hi = az.hdi(np.asarray(draws, dtype=float), hdi_prob=hdi_prob)
     return float(lo), float(hi)
@@ -369,7 +336,7 @@ def rate_draws(events: np.ndarray, n: int, uniforms: np.ndarray) -> np.ndarray:
 def contrast_rows(p_control: np.ndarray, p_treat: np.ndarray, moments_control, moments_treat, hdi_prob: float = HDI_PROB) -> list[dict]:
     """Risk difference, odds ratio and NNT rows (quantity, mean, sd, median, interval, p_above_0, note) from the
     rate draws of the two arms and the exact (mean, variance) arrays of their per-draw Beta posteriors."""
-    lo_name, hi_name = _hdi_names(hdi_prob)
+    lo_name, hi_name = hdi_names(hdi_prob)
     rd = p_treat - p_control
     m_c, v_c = moments_control
     m_t, v_t = moments_treat
@@ -450,7 +417,7 @@ def responder_table(idata: az.InferenceData, design: TrialDesign, remission_cuto
     meta = design.meta
     seeds = np.random.SeedSequence(seed).spawn(2)
     done = completed_scores(idata, design, weeks, seeds[0], model=model)
-    lo_name, hi_name = _hdi_names(hdi_prob)
+    lo_name, hi_name = hdi_names(hdi_prob)
     n_draws = done.scores.shape[0]
     uniforms = np.random.default_rng(seeds[1]).random((len(OUTCOMES), len(done.weeks), 2, n_draws))
     labels = (meta.control_arm, meta.treatment_arm)

@@ -11,13 +11,16 @@ Models. Per posterior draw s a model gives, over its outcome visits v, the arm d
 d_v = mu^a_v - mu^r_v (treatment arm a minus the reference, the control arm r) and the
 within-participant covariance Sigma:
 - `mmrm` (outcome: change from baseline at the post-baseline visits): d = `nac_effect` at those
-  visits, Sigma = L L' with L the packed Cholesky factor `visit_chol` (as in models/mmrm.py
-  `pointwise_logp`); before the first visit the change is 0 in both arms (d = 0 at baseline);
+  visits; before the first visit the change is 0 in both arms (d = 0 at baseline);
 - `treatment`, `treatment_curved`, `headline` (outcome: the score at every scheduled week,
-  week 0 included): d = `nac_effect`, Sigma_ww' = z_w' S z_w' + sigma^2 [w = w'] with
-  z_w = (1, t1_w), S the covariance of the participant effects (`participant_sd`,
-  `participant_corr`) and sigma = `residual_sd` (normal likelihood only; in `headline` the
-  uncertainty of a participant's latent biomarkers is not part of Sigma).
+  week 0 included): d = `nac_effect` (normal likelihood only).
+Sigma is what the model says (ModelSpec.score_covariance, models/contract.ImpliedCovariance): the
+MMRM's unstructured covariance; for the trajectory models Z (S + A_i C A_i') Z' + sigma^2 I with
+Z the rows (1, t1_w), S the covariance of the participant effects and sigma the residual SD, where
+A_i C A_i' is the covariance that a participant's missing baseline biomarkers add (the headline
+model integrates them out given the observed ones; observed biomarkers are in the participant's
+mean, the same in both arms). A participant with a censored biomarker value has it drawn with the
+fit, so their Sigma is the one without that term. Participants are grouped by their Sigma.
 The arm enters these models' means only through d, so mu^a - mu^r = d for every participant.
 `moderation` (a participant-specific arm difference), `null` (no arm) and the biomarker models are
 not supported.
@@ -79,7 +82,9 @@ import xarray as xr  # noqa: E402
 
 from data.ice import ICE_STRATEGIES, IceTable, check_ice, load_ice  # noqa: E402
 from models.design import TrialDesign  # noqa: E402
-from models.effects import HDI_PROB  # noqa: E402
+from models.effects import HDI_PROB, flat_draws, hdi_names  # noqa: E402
+from maths.gaussian import conditional_normal  # noqa: E402
+from models.registry import fitted_model_name, get  # noqa: E402
 
 from .plots import to_png  # noqa: E402
 
@@ -110,15 +115,20 @@ class ModelPieces:
     model: str
     visits: np.ndarray  # weeks of the outcome visits (MMRM: post-baseline; trajectory models: all, week 0 first)
     d: np.ndarray  # draws x visits: treatment - control mean
-    sigma: np.ndarray  # draws x visits x visits: within-participant covariance
+    sigma: np.ndarray  # draws x visits x visits: within-participant covariance (participants with observed model inputs)
     chains: int
     draws: int
     variable: str  # what the outcome is, e.g. "MADRS change from baseline"
+    group: np.ndarray | None = None  # per design participant: 0 for `sigma`, g for group_sigma[g - 1]
+    group_sigma: tuple = ()  # draws x visits x visits per further group (ImpliedCovariance.groups)
 
     @property
     def baseline_anchor(self) -> bool:
         """True when week 0 is not an outcome visit (the MMRM): d = 0 there, in both arms."""
         return int(self.visits[0]) != 0
+
+    def covariance(self, group: int) -> np.ndarray:
+        return self.sigma if group == 0 else self.group_sigma[group - 1]
 
 
 @dataclass
@@ -129,6 +139,7 @@ class Population:
     observed: np.ndarray  # participant x visit bool
     last: np.ndarray  # index of the last observed visit, -1 when none (MMRM: no post-baseline visit)
     participants: np.ndarray
+    group: np.ndarray  # per participant: their covariance group (ModelPieces.group)
 
 
 @dataclass
@@ -154,47 +165,17 @@ def net_share(effect: StrategyEffect, arms: str) -> np.ndarray:
 # ---------------------------------------------------------------- model adapters
 
 
-def _attr(idata, key: str) -> str:
-    value = idata.posterior.attrs.get(key, "")
-    return str(value).strip('"')
-
-
-def model_name(idata: az.InferenceData, model: str | None = None) -> str:
-    """The fitted model: `model` if given, else the fit's provenance, else read from its variables."""
-    if model:
-        return model
-    name = _attr(idata, "model")
-    if name:
-        return name
-    post = idata.posterior
-    if "visit_chol" in post:
-        return "mmrm"
-    if "nac_marker_moderation" in post:
-        return "moderation"
-    if "participant_sd" in post:
-        if "nac_effect" not in post:
-            return "null"
-        if "time_curvature" in post:
-            return "treatment_curved"
-        return "headline" if "marker_prognostic" in post else "treatment"
-    return "unknown"
-
-
-def _flat(var: xr.DataArray) -> np.ndarray:
-    var = var.transpose("chain", "draw", ...)
-    return var.values.reshape((var.sizes["chain"] * var.sizes["draw"],) + var.shape[2:])
-
-
-def model_pieces(idata: az.InferenceData, design: TrialDesign, model: str | None = None) -> ModelPieces:
-    """d (draws x visits) and Sigma (draws x visits x visits) of a supported model's fit."""
-    name = model_name(idata, model)
+def supported_model(idata: az.InferenceData, design: TrialDesign, model: str | None = None) -> str:
+    """The fitted model's name when reference-based imputation and delta adjustment are defined for its fit; else
+    ValueError saying why (cheap: nothing is computed)."""
+    name = fitted_model_name(idata, model)
     if name not in SUPPORTED_MODELS:
         why = UNSUPPORTED.get(name, "it does not model the visit scores with a normal likelihood")
         raise ValueError(
             f"reference-based imputation and delta adjustment are defined for the models {', '.join(SUPPORTED_MODELS)}; "
             f"not for '{name}': {why}"
         )
-    likelihood = _attr(idata, "likelihood")
+    likelihood = str(idata.posterior.attrs.get("likelihood", "")).strip('"')
     if likelihood and likelihood != "normal":
         raise ValueError(f"reference-based imputation needs the normal likelihood (conditional normal means); "
                          f"the fit of '{name}' used '{likelihood}'")
@@ -205,44 +186,33 @@ def model_pieces(idata: az.InferenceData, design: TrialDesign, model: str | None
     if not np.array_equal(fit_weeks, design.weeks):
         raise ValueError(f"the fit's weeks {fit_weeks.tolist()} are not the design's {design.weeks.tolist()}: "
                          "fit and data are of different trials")
+    return name
+
+
+def model_pieces(idata: az.InferenceData, design: TrialDesign, model: str | None = None) -> ModelPieces:
+    """d (draws x visits) and Sigma (draws x visits x visits, per covariance group) of a supported model's fit."""
+    name = supported_model(idata, design, model)
+    post = idata.posterior
     chains, draws = post.sizes["chain"], post.sizes["draw"]
-    label = design.meta.outcome_label
-    if name == "mmrm":
-        visits = design.weeks[1:]
-        d = _flat(post["nac_effect"].sel(week=visits))
-        packed = _flat(post["visit_chol"])
-        nv = len(visits)
-        rows, cols = np.tril_indices(nv)
-        chol = np.zeros(packed.shape[:-1] + (nv, nv))
-        chol[..., rows, cols] = packed
-        sigma = chol @ np.swapaxes(chol, -1, -2)
-        variable = f"{label} change from baseline"
-    else:
-        visits = design.weeks
-        d = _flat(post["nac_effect"].sel(week=visits))
-        sd = _flat(post["participant_sd"])  # draws x 2 (intercept, change)
-        r = _flat(post["participant_corr"]).reshape(-1)
-        res = _flat(post["residual_sd"]).reshape(-1)
-        z = np.column_stack([np.ones(len(visits)), design.week_t1])  # visits x 2
-        cov = np.empty((len(r), 2, 2))
-        cov[:, 0, 0] = sd[:, 0] ** 2
-        cov[:, 1, 1] = sd[:, 1] ** 2
-        cov[:, 0, 1] = cov[:, 1, 0] = r * sd[:, 0] * sd[:, 1]
-        sigma = np.einsum("vi,sij,wj->svw", z, cov, z) + res[:, None, None] ** 2 * np.eye(len(visits))[None]
-        variable = f"{label} score"
-    return ModelPieces(name, np.asarray(visits, dtype=int), d, sigma, chains, draws, variable)
+    implied = get(name).score_covariance(post, design)
+    flat = lambda cov: cov.reshape((chains * draws,) + cov.shape[2:])  # noqa: E731
+    d = flat_draws(post["nac_effect"].sel(week=implied.weeks))
+    what = "change from baseline" if implied.outcome == "change" else "score"
+    return ModelPieces(name, np.asarray(implied.weeks, dtype=int), d, flat(implied.cov), chains, draws,
+                       f"{design.meta.outcome_label} {what}", implied.group_of(design.n_participants),
+                       tuple(flat(cov) for _, cov in implied.groups))
 
 
 def estimand_population(design: TrialDesign, pieces: ModelPieces) -> Population:
     """All randomised participants with a baseline score, their observed outcome visits and last observed visit."""
-    wide = np.full((design.n_participants, len(design.weeks)), np.nan)
-    wide[design.obs_participant, np.searchsorted(design.weeks, design.obs_week.astype(int))] = design.y
+    wide = design.wide_scores()
     keep = ~np.isnan(wide[:, 0])
     observed = ~np.isnan(wide[:, 1:] if pieces.baseline_anchor else wide)
     observed = observed[keep]
     idx = np.arange(observed.shape[1])
     last = np.where(observed.any(axis=1), np.max(np.where(observed, idx, -1), axis=1), -1)
-    return Population(design.treated[keep] > 0.5, observed, last, design.participants[keep])
+    group = pieces.group[keep] if pieces.group is not None else np.zeros(int(keep.sum()), dtype=int)
+    return Population(design.treated[keep] > 0.5, observed, last, design.participants[keep], group)
 
 
 # ---------------------------------------------------------------- the strategies
@@ -313,16 +283,15 @@ def strategy_effect(pieces: ModelPieces, pop: Population, strategy: str, ice: Ic
     for i in np.flatnonzero(pop.treated & (first < nv)):
         if strat[i] == "MAR":
             continue
-        key = (strat[i], int(first[i]), tuple(np.flatnonzero(cond[i])))
+        key = (strat[i], int(first[i]), tuple(np.flatnonzero(cond[i])), int(pop.group[i]))
         groups[key] = groups.get(key, 0) + 1
-    for (s, e_first, o), count in groups.items():
+    for (s, e_first, o, g), count in groups.items():
         e = _shift(s, pieces.d, e_first)
         contrib = e[:, e_first:]
         o = np.asarray(o, dtype=int)
-        if len(o) and np.any(e[:, o]):
-            sig = pieces.sigma
-            x = np.linalg.solve(sig[:, o[:, None], o[None, :]], e[:, o][..., None])[..., 0]
-            contrib = contrib - np.einsum("sdo,so->sd", sig[:, e_first:, :][:, :, o], x)
+        if len(o) and np.any(e[:, o]):  # minus the regression of the post-event visits on the conditioning ones, at e_O
+            coef, _, _ = conditional_normal(np.zeros(nv), pieces.covariance(g), o, np.arange(e_first, nv))
+            contrib = contrib - np.einsum("sto,so->st", coef, e[:, o])
         total[:, e_first:] += count / n_t * contrib
     share_t = imputed[pop.treated].sum(axis=0) / max(n_t, 1)
     share_c = imputed[~pop.treated].sum(axis=0) / max(n_c, 1)
@@ -346,17 +315,10 @@ def strategy_effects(idata: az.InferenceData, design: TrialDesign, strategies=ST
 # ---------------------------------------------------------------- tables
 
 
-def _hdi_names(prob: float) -> tuple[str, str]:
-    def fmt(x):
-        return f"{x:.0%}" if abs(round(x * 100) - x * 100) < 1e-9 else f"{x:.1%}"
-
-    return f"hdi_{fmt((1 - prob) / 2)}", f"hdi_{fmt(1 - (1 - prob) / 2)}"
-
-
 def summarise(draws: np.ndarray, hdi_prob: float = HDI_PROB) -> dict:
     """mean, sd, HDI and P(< 0) of flat draws."""
     lo, hi = az.hdi(np.asarray(draws, dtype=float), hdi_prob=hdi_prob)
-    lo_name, hi_name = _hdi_names(hdi_prob)
+    lo_name, hi_name = hdi_names(hdi_prob)
     return {"mean": float(draws.mean()), "sd": float(draws.std(ddof=1)), lo_name: float(lo), hi_name: float(hi),
             "p_below_0": float((draws < 0).mean())}
 
@@ -494,7 +456,7 @@ def tipping_point(
     x = eff.draws[:, j]
     share = float(net_share(eff, arms)[j])
     grid = delta_grid(float(x.mean()), share, design.score_range, max_delta, step) if deltas is None else np.asarray(deltas, dtype=float)
-    lo95, hi95 = _hdi_names(interval_prob)
+    lo95, hi95 = hdi_names(interval_prob)
     rows = []
     for delta in grid:
         y = x + delta * share
@@ -541,7 +503,7 @@ def _exact_flip(x: np.ndarray, share: float, threshold: float, interval_prob: fl
 def tipping_plot(result: TippingPoint, design: TrialDesign | None = None, hdi_prob: float = HDI_PROB) -> bytes:
     """The difference (mean and HDI) and P(benefit) against delta, PNG bytes."""
     t = result.table
-    lo, hi = _hdi_names(hdi_prob)
+    lo, hi = hdi_names(hdi_prob)
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(6.5, 5.5), sharex=True)
     ax1.fill_between(t["delta"], t[lo], t[hi], alpha=0.3, label=f"{hdi_prob:.0%} HDI")
     ax1.plot(t["delta"], t["mean"], label="posterior mean")

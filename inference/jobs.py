@@ -139,7 +139,7 @@ def fit_models(
     `jobs` models at once.
 
     `after` (a module-level function or a partial of one, so it pickles) runs in the worker right
-    after the fit, in parallel with the other fits: deptrial.api stamps, checks, tabulates, saves and
+    after the fit, in parallel with the other fits: deptrial.orchestrate stamps, checks, tabulates, saves and
     diagnoses the fit there. Without it the fourth element is None.
 
     jobs <= 1 (or a single model) fits in this process, one model after another, calling

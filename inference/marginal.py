@@ -32,8 +32,9 @@ import xarray as xr
 
 from models.contract import BuiltModel
 from models.design import TrialDesign
+from maths.gaussian import sandwich
 from models.marginal import FIXED_TERMS, FIXED_VAR, LOG2PI, integrated_pointwise, visit_stats
-from models.marker_block import conditional_moments, joint_moments, latent_missing, missing_patterns
+from models.marker_block import integrated_marker_terms, latent_missing
 from models.trajectory import curve_basis, visit_columns
 
 INTEGRATED_NOTES = {
@@ -87,27 +88,6 @@ def _draws(post: xr.Dataset, name: str) -> np.ndarray:
     return post[name].transpose("chain", "draw", ...).values
 
 
-def _integrated_markers(post: xr.Dataset, design: TrialDesign) -> list[dict]:
-    """Per missing pattern of the integrated participants, per draw: their rows, missing markers M, conditional means
-    m (chain, draw, rows, |M|), covariance C (chain, draw, |M|, |M|) and loadings A (chain, draw, rows, 2, |M|)."""
-    md = design.baseline
-    if md is None or "marker_mean" not in post:
-        return []
-    m = md.z.shape[1]
-    links = _draws(post, "marker_regression") if m > 1 else np.zeros(post["marker_mean"].shape[:2] + (0,))
-    mu, cov = joint_moments(_draws(post, "marker_mean"), _draws(post, "marker_sd"), links, m)
-    prog, mod = _draws(post, "marker_prognostic"), _draws(post, "marker_moderation")
-    nmod = _draws(post, "nac_marker_moderation") if "nac_marker_moderation" in post else None
-    out = []
-    for rows, miss in missing_patterns(md):
-        keep = np.setdiff1d(np.arange(m), miss)
-        mean, c = conditional_moments(mu, cov, md.z[np.ix_(rows, keep)], keep, miss)
-        a0 = np.broadcast_to(prog[:, :, None, miss], mean.shape)
-        a1 = mod[:, :, None, miss] + (nmod[:, :, None, miss] * design.treated[rows][:, None] if nmod is not None else 0.0)
-        out.append({"rows": rows, "missing": miss, "mean": mean, "cov": c, "loadings": np.stack([a0, np.broadcast_to(a1, mean.shape)], axis=-2)})
-    return out
-
-
 def recover_participant_effects(idata: az.InferenceData, design: TrialDesign, seed: int, c: np.ndarray) -> np.ndarray:
     """Draw (u_i, b_i) | y, theta for every posterior draw; add participant_raw/effects to idata.posterior.
 
@@ -147,7 +127,7 @@ def participant_chol(post: xr.Dataset, design: TrialDesign, patterns: list | Non
     """(l00, l10, l11): the Cholesky factor of S (chain, draw) or, with integrated biomarkers, of each participant's
     S_i = S + A_i C A_i' (chain, draw, participant)."""
     l00, l10, l11 = _chol_from_posterior(post)
-    patterns = _integrated_markers(post, design) if patterns is None else patterns
+    patterns = integrated_marker_terms(post, design) if patterns is None else patterns
     if not patterns:
         return l00, l10, l11
     shape = l00.shape + (design.n_participants,)
@@ -155,7 +135,7 @@ def participant_chol(post: xr.Dataset, design: TrialDesign, patterns: list | Non
     s01 = np.broadcast_to((l00 * l10)[..., None], shape).copy()
     s11 = np.broadcast_to((l10**2 + l11**2)[..., None], shape).copy()
     for pat in patterns:
-        extra = np.einsum("cdrim,cdmn,cdrjn->cdrij", pat["loadings"], pat["cov"], pat["loadings"], optimize=True)
+        extra = sandwich(pat["loadings"], pat["cov"][:, :, None])
         s00[..., pat["rows"]] += extra[..., 0, 0]
         s01[..., pat["rows"]] += extra[..., 0, 1]
         s11[..., pat["rows"]] += extra[..., 1, 1]
@@ -168,7 +148,7 @@ def _recover_chain(post: xr.Dataset, design: TrialDesign, stats, c: np.ndarray, 
     """One chain of `recover_participant_effects`: (u, b, coefficients with the drawn markers, the drawn markers or None)."""
     sigma = post["residual_sd"].values[..., None]
     shared = tuple(v[..., None] for v in _chol_from_posterior(post))
-    patterns = _integrated_markers(post, design)
+    patterns = integrated_marker_terms(post, design)
     l00, l10, l11 = (v if v.ndim == 3 else v[..., None] for v in participant_chol(post, design, patterns))
     gc = np.einsum("pkj,cdpj->cdpk", stats.xx[:, :2, :], c, optimize=True)  # (X'X c)[:2]; optimize: a BLAS path, 10x faster
     zr = stats.xy[:, :2] - gc
@@ -200,7 +180,7 @@ def shift_to_markers(fixed: np.ndarray, post: xr.Dataset, design: TrialDesign, z
     """The fixed-part coefficients with the integrated participants' missing markers at values z (chain, draw,
     participant, marker) instead of their conditional means: level and change move by A_i (z_M - m_i)."""
     out = fixed.copy()
-    for pat in _integrated_markers(post, design):
+    for pat in integrated_marker_terms(post, design):
         rows, miss = pat["rows"], pat["missing"]
         delta = z[:, :, rows[:, None], miss[None, :]] - pat["mean"]
         shift = np.einsum("cdrim,cdrm->cdri", pat["loadings"], delta)
@@ -443,7 +423,7 @@ def plain_integrated_log_likelihood(idata: az.InferenceData, built: BuiltModel) 
     mus = per_draw(built.model, mu, post)
     b = post["participant_effects"].transpose("chain", "draw", "participant", "participant_effect").values
     fixed_mean = mus - (b[:, :, pid, 0] + b[:, :, pid, 1] * t1)
-    if _integrated_markers(post, design):  # the sampled missing biomarkers back to their conditional means m_i
+    if integrated_marker_terms(post, design):  # the sampled missing biomarkers back to their conditional means m_i
         c = np.zeros(b.shape[:3] + (2,))
         back = shift_to_markers(c, post, design, markers_from_std(post, design.baseline))  # A_i (z_M - m_i)
         fixed_mean = fixed_mean - (back[:, :, pid, 0] + back[:, :, pid, 1] * t1)
@@ -486,15 +466,13 @@ def mmrm_integrated_log_likelihood(idata: az.InferenceData, built: BuiltModel) -
     per participant, log MvNormal(change_i | mu_i, Sigma_i) (the sum of its sequential pointwise
     log-likelihood); per visit, the exact leave-one-visit-out density from Sigma's block of the
     participant's attended visits, as for the trajectory models."""
-    from models.mmrm import mean_change, mmrm_data
+    from models.mmrm import mean_change, mmrm_data, visit_covariance
 
     post, design = idata.posterior, built.design
     d = mmrm_data(design)
     n_ch, n_dr = post.sizes["chain"], post.sizes["draw"]
     mus = mean_change(post, design, d)  # numpy, the model's own mean (tests/test_mmrm.py checks it against PyMC's)
-    sd = post["visit_sd"].transpose("chain", "draw", "visit").values
-    corr = post["visit_corr"].transpose("chain", "draw", "visit", "visit2").values
-    cov = sd[..., :, None] * corr * sd[..., None, :]
+    cov = visit_covariance(post, len(d.visits))  # chain, draw, visit, visit
     e = d.obs_change[None, None, :] - mus
     visit = np.empty_like(e)
     for vis, start, n_p, _ in d.patterns:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
+import numpy as np
 import pymc as pm
 
 from .design import TrialDesign
@@ -65,3 +66,33 @@ class BuiltModel:
         missing = [] if self.marginal else [v for v in self.outcome_vars if v not in self.model.named_vars]
         if missing:
             raise ValueError(f"model '{self.name}' declares outcome variables {missing} it does not have")
+
+
+@dataclass(frozen=True)
+class ImpliedCovariance:
+    """What a model of the visit scores says about the covariance of one participant's outcome over the visits,
+    per posterior draw (ModelSpec.score_covariance answers it from a posterior and the design).
+
+    weeks      the outcome visits (the MMRM: the post-baseline weeks; the trajectory models: every scheduled week)
+    outcome    "score" or "change" (change from baseline, given the baseline score)
+    cov        chain x draw x visit x visit: the covariance for a participant whose model inputs are all observed
+    groups     (participant indices into the design, chain x draw x visit x visit) for participants whose own
+               covariance differs (those whose missing baseline biomarkers the model integrates out: theirs adds the
+               markers' conditional covariance); every other participant has `cov`
+    """
+
+    weeks: np.ndarray
+    outcome: str
+    cov: np.ndarray
+    groups: tuple = ()
+
+    def group_of(self, n_participants: int) -> np.ndarray:
+        """Per participant: 0 for `cov`, g + 1 for groups[g]."""
+        out = np.zeros(n_participants, dtype=int)
+        for g, (rows, _) in enumerate(self.groups):
+            out[np.asarray(rows, dtype=int)] = g + 1
+        return out
+
+    def covariance(self, group: int) -> np.ndarray:
+        """The covariance of group `group` (group_of's numbering)."""
+        return self.cov if group == 0 else self.groups[group - 1][1]

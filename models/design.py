@@ -125,6 +125,12 @@ class TrialDesign:
         """The covariates declared in dataset.toml, in their order there."""
         return list(self.covariate_coding)
 
+    def wide_scores(self) -> np.ndarray:
+        """participant x scheduled week scores, NaN where not observed."""
+        wide = np.full((self.n_participants, len(self.weeks)), np.nan)
+        wide[self.obs_participant, np.searchsorted(self.weeks, self.obs_week.astype(int))] = self.y
+        return wide
+
     def require_markers(self, model_name: str) -> MarkerData:
         if self.baseline is None:
             raise ModelDataError(

@@ -22,6 +22,18 @@ HDI_PROB = 0.94
 DEFAULT_MCID = 2.0  # MADRS points: common minimal clinically important drug-placebo difference
 
 
+def hdi_names(prob: float = HDI_PROB) -> tuple[str, str]:
+    """The column names of an HDI's bounds, as ArviZ names them: hdi_3% and hdi_97% for 0.94, hdi_2.5% and hdi_97.5% for 0.95."""
+    tail = 100.0 * (1.0 - prob) / 2.0
+    return f"hdi_{tail:g}%", f"hdi_{100.0 - tail:g}%"
+
+
+def flat_draws(var) -> np.ndarray:
+    """A posterior variable (xarray DataArray with chain and draw dims) as an array (chain * draw, ...)."""
+    var = var.transpose("chain", "draw", ...)
+    return var.values.reshape((var.sizes["chain"] * var.sizes["draw"],) + var.shape[2:])
+
+
 def effect_row(quantity, draws: np.ndarray, mcid: float | None, **labels) -> dict:
     """Mean, SD, 94% HDI, P(< 0), Monte Carlo SE of the mean [and P(< -mcid)] of draws (chain x draw, or flat)."""
     draws = np.asarray(draws).reshape(draws.shape[0], -1) if draws.ndim > 1 else draws[None, :]
@@ -33,8 +45,8 @@ def effect_row(quantity, draws: np.ndarray, mcid: float | None, **labels) -> dic
         **labels,
         "mean": flat.mean(),
         "sd": flat.std(ddof=1),
-        f"hdi_{(1 - HDI_PROB) / 2:.0%}": lo,
-        f"hdi_{1 - (1 - HDI_PROB) / 2:.0%}": hi,
+        hdi_names()[0]: lo,
+        hdi_names()[1]: hi,
         "p_below_0": (flat < 0).mean(),
         "mcse_mean": flat.std(ddof=1) / np.sqrt(ess) if ess == ess and ess > 0 else float("nan"),
     }

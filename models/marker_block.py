@@ -36,6 +36,7 @@ import pymc as pm
 import pytensor.tensor as pt
 
 from .design import MarkerData
+from maths.gaussian import conditional_normal, conditional_normal_graph, sequential_moments
 from .priors import Prior, rv
 
 SQRT2 = float(np.sqrt(2.0))  # a float64 constant: pt.sqrt(2.0) would be computed in float32
@@ -93,47 +94,29 @@ def latent_missing(md: MarkerData) -> np.ndarray:
     return np.flatnonzero(~integrated_rows(md)[mi])
 
 
-def joint_moments(mean, sd, links, m: int, xp=np):
-    """(mu, Sigma) of the sequential marker model; works on numpy arrays with leading draw axes (xp=np)
-    or on pytensor tensors (xp=pt, no leading axes). links: the regressions in the order k = 1..m-1, j < k."""
-    if xp is np:
-        mean, sd, links = (np.asarray(v, dtype=float) for v in (mean, sd, links))
-        lead = mean.shape[:-1]
-        r = np.broadcast_to(np.eye(m), lead + (m, m)).copy()
-        pos = 0
-        for k in range(m):
-            for j in range(k):
-                r[..., k, j] = -links[..., pos]
-                pos += 1
-        rinv = np.linalg.inv(r)
-        mu = np.einsum("...kj,...j->...k", rinv, mean)
-        cov = np.einsum("...kj,...j,...lj->...kl", rinv, sd**2, rinv)
-        return mu, cov
-    r = pt.eye(m)
-    pos = 0
-    for k in range(m):
-        for j in range(k):
-            r = pt.set_subtensor(r[k, j], -links[pos])
-            pos += 1
-    rinv = pt.linalg.solve_triangular(r, pt.eye(m), lower=True, unit_diagonal=True)
-    mu = pt.dot(rinv, mean)
-    cov = pt.dot(rinv * pt.sqr(sd)[None, :], rinv.T)
-    return mu, cov
-
-
-def conditional_moments(mu, cov, zk, keep: np.ndarray, missing: np.ndarray):
-    """numpy: the mean (..., rows, |M|) and covariance (..., |M|, |M|) of z_M | z_K for rows with observed
-    values zk (rows, |K|); mu (..., m) and cov (..., m, m) with any leading draw axes."""
-    if len(keep) == 0:
-        mean = np.broadcast_to(mu[..., None, missing], mu.shape[:-1] + (zk.shape[0], len(missing)))
-        return mean, cov[..., missing[:, None], missing[None, :]]
-    s_kk = cov[..., keep[:, None], keep[None, :]]
-    s_km = cov[..., keep[:, None], missing[None, :]]
-    coef = np.linalg.solve(s_kk, s_km)  # (..., K, M) = Sigma_KK^-1 Sigma_KM
-    dev = zk - mu[..., None, keep]  # (..., rows, K)
-    mean = mu[..., None, missing] + np.einsum("...rk,...km->...rm", dev, coef)
-    c = cov[..., missing[:, None], missing[None, :]] - np.einsum("...km,...kn->...mn", s_km, coef)
-    return mean, c
+def integrated_marker_terms(post, design) -> list[dict]:
+    """Per missing pattern of the integrated participants, per draw of a posterior (an xarray Dataset with the marker
+    block and `marker_prognostic`, `marker_moderation` [, `nac_marker_moderation`]): their rows, missing markers M,
+    conditional means m (chain, draw, rows, |M|), covariance C (chain, draw, |M|, |M|) and loadings A on the
+    participant's level and change (chain, draw, rows, 2, |M|); [] without integrated participants. The same
+    quantities the model adds to each participant's covariance (add_marker_block, models/trajectory.participant_cholesky)."""
+    md = design.baseline
+    if md is None or "marker_mean" not in post:
+        return []
+    draws = lambda name: post[name].transpose("chain", "draw", ...).values  # noqa: E731
+    m = md.z.shape[1]
+    links = draws("marker_regression") if m > 1 else None
+    mu, cov = sequential_moments(draws("marker_mean"), draws("marker_sd"), links, m)
+    prog, mod = draws("marker_prognostic"), draws("marker_moderation")
+    nmod = draws("nac_marker_moderation") if "nac_marker_moderation" in post else None
+    out = []
+    for rows, miss in missing_patterns(md):
+        keep = np.setdiff1d(np.arange(m), miss)
+        _, c, mean = conditional_normal(mu, cov, keep, miss, md.z[np.ix_(rows, keep)])
+        a0 = np.broadcast_to(prog[:, :, None, miss], mean.shape)
+        a1 = mod[:, :, None, miss] + (nmod[:, :, None, miss] * design.treated[rows][:, None] if nmod is not None else 0.0)
+        out.append({"rows": rows, "missing": miss, "mean": mean, "cov": c, "loadings": np.stack([a0, np.broadcast_to(a1, mean.shape)], axis=-2)})
+    return out
 
 
 def add_marker_block(md: MarkerData, priors: dict[str, Prior], prefix: str = "marker", integrate_missing: bool = False):
@@ -203,17 +186,14 @@ def add_marker_block(md: MarkerData, priors: dict[str, Prior], prefix: str = "ma
         return z
     patterns = []
     if integrated.any():
-        mu, cov = joint_moments(mean, sd, links if links is not None else pt.zeros(0), m, xp=pt)
+        mu, cov = sequential_moments(mean, sd, links if links is not None else pt.zeros(0), m, xp=pt)
         for number, (rows, miss) in enumerate(missing_patterns(md)):
             keep = np.setdiff1d(np.arange(m), miss)
             if len(keep):
                 zk = md.z[np.ix_(rows, keep)]
-                s_kk = cov[keep][:, keep]
-                s_km = cov[keep][:, miss]
-                coef = pt.linalg.solve(s_kk, s_km, assume_a="pos")  # Sigma_KK^-1 Sigma_KM
-                cond_mean = mu[miss][None, :] + pt.dot(zk - mu[keep][None, :], coef)
-                cond_cov = cov[miss][:, miss] - pt.dot(s_km.T, coef)
-                pm.Potential(f"{prefix}_observed_pattern{number}", pm.logp(pm.MvNormal.dist(mu=mu[keep], cov=s_kk), zk).sum())
+                cond_mean, cond_cov = conditional_normal_graph(mu, cov, keep, miss, zk, xp=pt)
+                pm.Potential(f"{prefix}_observed_pattern{number}",
+                             pm.logp(pm.MvNormal.dist(mu=mu[keep], cov=cov[keep][:, keep]), zk).sum())
             else:
                 cond_mean = pt.zeros((len(rows), len(miss))) + mu[miss][None, :]
                 cond_cov = cov[miss][:, miss]

@@ -41,8 +41,9 @@ import pymc as pm
 import pytensor.tensor as pt
 from pytensor.tensor.slinalg import cholesky, solve_triangular
 
-from .contract import VISIT_CHANGES, BuiltModel
+from .contract import VISIT_CHANGES, BuiltModel, ImpliedCovariance
 from .design import COVARIATE_DIM, ModelDataError, TrialDesign, select_covariates
+from maths.gaussian import chol_to_cov, packed_chol_to_cov, sd_corr_to_cov, tril_unpack
 from .priors import Prior, points, resolve, rv
 
 NAME = "mmrm"
@@ -220,6 +221,27 @@ def mean_change(posterior, design: TrialDesign, d: MMRMData | None = None) -> np
     return mu
 
 
+def visit_covariance(posterior, nv: int | None = None) -> np.ndarray:
+    """Sigma, the MMRM's covariance of a participant's changes over the post-baseline visits, per draw
+    (chain x draw x visit x visit): L L' from the packed Cholesky factor `visit_chol`, or, for a posterior
+    without it, from `visit_sd` and `visit_corr`."""
+    if "visit_chol" in posterior:
+        packed = posterior["visit_chol"].transpose("chain", "draw", ...).values
+        nv = nv if nv is not None else int(round((np.sqrt(8 * packed.shape[-1] + 1) - 1) / 2))
+        return packed_chol_to_cov(packed, nv)
+    missing = [v for v in ("visit_sd", "visit_corr") if v not in posterior]
+    if missing:
+        raise ValueError(f"the MMRM posterior has neither 'visit_chol' nor {missing}: it is not a fit of the MMRM")
+    return sd_corr_to_cov(posterior["visit_sd"].transpose("chain", "draw", ...).values,
+                          posterior["visit_corr"].transpose("chain", "draw", ...).values)
+
+
+def implied_covariance(posterior, design: TrialDesign) -> ImpliedCovariance:
+    """The MMRM's answer to ModelSpec.score_covariance: Sigma over the post-baseline weeks, the same for everyone."""
+    weeks = np.asarray(design.weeks[1:], dtype=int)
+    return ImpliedCovariance(weeks, "change", visit_covariance(posterior, len(weeks)))
+
+
 def pointwise_logp(posterior, design: TrialDesign) -> dict[str, np.ndarray]:
     """The pointwise log-likelihood of 'change' (chain x draw x obs) from the posterior, in numpy.
 
@@ -232,10 +254,7 @@ def pointwise_logp(posterior, design: TrialDesign) -> dict[str, np.ndarray]:
     d = mmrm_data(design)
     nv = len(d.visits)
     mu = mean_change(posterior, design, d)
-    packed = posterior["visit_chol"].transpose("chain", "draw", ...).values
-    rows, cols = np.tril_indices(nv)
-    chol = np.zeros(packed.shape[:-1] + (nv, nv))
-    chol[..., rows, cols] = packed
+    chol = tril_unpack(posterior["visit_chol"].transpose("chain", "draw", ...).values, nv)
     resid = d.obs_change - mu
     out = np.empty_like(resid)
     cov = None
@@ -244,7 +263,7 @@ def pointwise_logp(posterior, design: TrialDesign) -> dict[str, np.ndarray]:
         if is_prefix:
             lower = chol[..., :k, :k]
         else:
-            cov = chol @ np.swapaxes(chol, -1, -2) if cov is None else cov
+            cov = chol_to_cov(chol) if cov is None else cov
             lower = np.linalg.cholesky(cov[..., vis[:, None], vis[None, :]])
         block = slice(start, start + n_p * k)
         r = resid[..., block].reshape(resid.shape[:-1] + (n_p, k))

@@ -293,7 +293,7 @@ def model_priors(
             (TREATMENT_EFFECT_PRIORS); overrides a file's preset key. Named priors win over it.
 
     A file is checked in full here (PriorFileError naming the file and table); a dict's entries are
-    passed through for deptrial.api.check_priors, after expanding 'all'.
+    passed through for deptrial.preflight.check_priors, after expanding 'all'.
     """
     if isinstance(priors, (str, Path)):
         priors = read_prior_file(priors)

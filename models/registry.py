@@ -37,6 +37,10 @@ class ModelSpec:
     extra_estimates  (idata, design, mcid) -> DataFrame of extra estimate rows (models.effects.effect_row), or None
     estimand_kind    row of extra_estimates -> its kind of estimand (models.effects.ESTIMAND_KINDS), for extra rows
                      that do not state their estimand themselves (models.effects.with_estimands)
+    score_covariance (posterior, design) -> models.contract.ImpliedCovariance: the covariance of a participant's
+                     outcome over the visits that a fit implies (normal likelihood), for the analyses that condition
+                     on observed visits (reference-based imputation, responders, planning); None for models
+                     without visit scores
     """
 
     name: str
@@ -51,6 +55,7 @@ class ModelSpec:
     estimand_kind: Callable | None = None
     scores_change: bool = False  # models change from baseline given the baseline score (the MMRM)
     covariates: bool = False
+    score_covariance: Callable | None = None
 
     @property
     def compared(self) -> bool:
@@ -74,6 +79,29 @@ def get(name: str) -> ModelSpec:
     if name not in REGISTRY:
         raise KeyError(f"unknown model '{name}'; registered: {', '.join(REGISTRY)} (see fit.py --list-models)")
     return REGISTRY[name]
+
+
+def fitted_model_name(idata, model: str | None = None) -> str:
+    """The registered name of the model a fit (InferenceData) came from: `model` if given, else the fit's provenance,
+    else read from its posterior's variables (a fit saved without provenance); ValueError when none tells."""
+    if model:
+        return str(model)
+    name = str(idata.posterior.attrs.get("model", "")).strip('"')
+    if name:
+        return name
+    post = idata.posterior
+    if "visit_chol" in post or "visit_corr" in post:
+        return mmrm.NAME
+    if "nac_marker_moderation" in post:
+        return "moderation"
+    if "participant_sd" in post:
+        if "nac_effect" not in post:
+            return "null"
+        if "time_curvature" in post:
+            return "treatment_curved"
+        return "headline" if "marker_prognostic" in post else "treatment"
+    raise ValueError("cannot tell which model made this fit (no 'model' in its provenance, and its variables are no "
+                     "registered model's): pass model=NAME")
 
 
 def _ratio_kind(kind: str):
@@ -118,6 +146,7 @@ for _name, (_description, _switches) in trajectory.FAMILY.items():
             check_data=_needs_markers(_name) if _markers else None,
             extra_estimates=moderation.extra_estimates if _switches.get("nac_moderation") else None,
             covariates=True,
+            score_covariance=trajectory.implied_covariance,
         )
     )
 
@@ -132,6 +161,7 @@ register(
         comparable=False,  # change from baseline, not the visit scores
         scores_change=True,  # ... given the baseline: the post-baseline scores' densities, as the trajectory models'
         covariates=True,
+        score_covariance=mmrm.implied_covariance,
     )
 )
 register(

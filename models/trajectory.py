@@ -49,10 +49,11 @@ import numpy as np
 import pymc as pm
 import pytensor.tensor as pt
 
-from .contract import VISIT_SCORES, BuiltModel
+from .contract import VISIT_SCORES, BuiltModel, ImpliedCovariance
 from .design import COVARIATE_DIM, TrialDesign, select_covariates
+from maths.gaussian import score_covariance, sd_corr_to_cov
 from .marginal import FIXED_VAR, fixed_columns, fixed_terms, marginal_loglik, visit_stats
-from .marker_block import add_marker_block
+from .marker_block import add_marker_block, integrated_marker_terms
 from .priors import Prior, dist, points, resolve, rv, scaled_defaults
 
 LIKELIHOODS = ("normal", "student", "censored")
@@ -271,6 +272,30 @@ def participant_cholesky(design: TrialDesign, chol, terms, treated, patterns):
     c00 = pt.sqrt(s00)
     c10 = s01 / c00
     return c00, c10, pt.sqrt(s11 - c10**2)
+
+
+def implied_covariance(posterior, design: TrialDesign) -> ImpliedCovariance:
+    """The covariance of a participant's scores over the scheduled weeks implied by a fit of a family member (normal
+    likelihood), the participant effects integrated out: Z (S + A_i C A_i') Z' + sigma^2 I with Z the rows (1, t1_w),
+    S from `participant_sd` and `participant_corr`, sigma `residual_sd`. A_i C A_i' is the term of a participant whose
+    missing baseline biomarkers are integrated out (participant_cholesky; given the observed ones): a group of its own
+    per missing pattern (and arm, with the biomarker x arm term); observed biomarkers are part of the mean, not the
+    covariance. models/gaussian.score_covariance does the algebra."""
+    draws = lambda name: posterior[name].transpose("chain", "draw", ...).values  # noqa: E731
+    sd, rho = draws("participant_sd"), draws("participant_corr")
+    corr = np.ones(rho.shape + (2, 2))
+    corr[..., 0, 1] = corr[..., 1, 0] = rho
+    s = sd_corr_to_cov(sd, corr)
+    sigma = draws("residual_sd")
+    z = np.column_stack([np.ones(len(design.weeks)), design.week_t1])
+    groups = []
+    for pat in integrated_marker_terms(posterior, design):
+        a = pat["loadings"]  # chain, draw, rows, 2, |M|: the same within an arm
+        arm = design.treated[pat["rows"]] > 0.5
+        for value in np.unique(arm):
+            first = int(np.flatnonzero(arm == value)[0])
+            groups.append((pat["rows"][arm == value], score_covariance(z, s, sigma, a[:, :, first], pat["cov"])))
+    return ImpliedCovariance(np.asarray(design.weeks, dtype=int), "score", score_covariance(z, s, sigma), tuple(groups))
 
 
 def add_participant_effects(priors: dict[str, Prior]):

@@ -1,8 +1,11 @@
 """Trial planning: simulate future trials from a fitted posterior or a design prior, analyse each fast,
 and report assurance, power, type I error and interval width per design, in parallel (Dask)."""
 
+from .analysis import analyse
 from .analytic import analytic_power, conditional_change_sd
 from .calibration import CalibrationSettings, Thresholds
+from .design import DROPOUT_MECHANISMS, AnalysisSettings, InterimSettings, PlannedTrial, Scenario
+from .interim import ppos, sequential
 from .mmrm_gls import mmrm_effect
 from .params import (
     MMRMParameters,
@@ -17,19 +20,7 @@ from .params import (
     unit_information_sd,
 )
 from .runner import PlanSpec, execute, plan, smallest_n, summarise
-from .simulate import (
-    DROPOUT_MECHANISMS,
-    AnalysisSettings,
-    InterimSettings,
-    PlannedTrial,
-    Scenario,
-    analyse,
-    calibrated_dropout,
-    ppos,
-    sequential,
-    simulate_dropout,
-    simulate_trials,
-)
+from .simulate import calibrated_dropout, simulate_dropout, simulate_trials
 
 __all__ = [
     "CalibrationSettings",

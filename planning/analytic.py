@@ -18,8 +18,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import special, stats
 
+from .design import AnalysisSettings, PlannedTrial
 from .params import ParameterSet
-from .simulate import AnalysisSettings, PlannedTrial
 
 
 def conditional_change_sd(params: ParameterSet, week: float, draw: int = 0) -> float:

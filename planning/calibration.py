@@ -31,8 +31,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .analysis import analyse
+from .design import AnalysisSettings, InterimSettings, PlannedTrial, SimulatedTrials
+from .interim import stage_results
 from .params import PlanningError
-from .simulate import AnalysisSettings, InterimSettings, PlannedTrial, SimulatedTrials, analyse, stage_results
 
 MODES = ("final", "common")
 STREAM = 1 << 20  # the calibration trials' seed stream: SeedSequence(seed, spawn_key=(STREAM, chunk))

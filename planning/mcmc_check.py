@@ -4,13 +4,19 @@ The MMRM (`mmrm_agreement`): each simulated trial becomes a dataset (one site, t
 the attended visits), is analysed by the closed-form MMRM (planning/mmrm_gls.py: REML, then the
 posterior given Sigma at its estimate) and by the project's Bayesian MMRM (models/mmrm.py, with the
 analysis' priors on visit means, treatment effects and baseline slopes, its own on Sigma), sampled by
-the `sample` function given (plan.py
-passes the project's sampler; planning itself does not import inference). P(benefit) is read from the
-draws in two ways: the fraction of draws of the primary-visit effect below 0, and its Rao-Blackwell
-form, the average over the draws of Sigma of the exact conditional posterior probability (given
-Sigma the MMRM's mean coefficients have a normal posterior: generalised least squares plus the
-normal priors of visit_mean, nac_visit_effect and baseline_slope), which has far less Monte Carlo
-error. Decisions are taken from the Rao-Blackwell form.
+the `sample` function given (plan.py passes the project's sampler; planning itself does not import
+inference). The MCMC side's P(benefit) and P(effect < -MCID), and its decisions, are the fractions of
+the MCMC draws of the primary-visit effect below 0 and below -MCID, each with its Monte Carlo standard
+error sqrt(p (1 - p) / ESS), ESS the effective sample size of the draws' indicator (arviz). The two
+analyses agree on a trial when their probabilities differ by at most
+    bound = max(P_FLOOR, MCSE_MULTIPLE x MCSE)
+(P_FLOOR = 0.03 covers the genuine difference of plugging in the REML Sigma rather than integrating over
+it; MCSE_MULTIPLE = 4 covers the draws' Monte Carlo error). A Rao-Blackwell form is reported beside it
+(`mcmc_p_benefit_rb`): the average over the draws of Sigma of the exact conditional posterior probability
+(given Sigma the MMRM's mean coefficients have a normal posterior: generalised least squares plus the
+normal priors of visit_mean, nac_visit_effect and baseline_slope). It has far less Monte Carlo error but
+is computed by the same `gls` as the closed form, so an error there would cancel in a comparison; it
+serves as a variance-reduced cross-check of the draws, never as the agreement figure.
 
 The ANCOVA (`mcmc_agreement`): the same ANCOVA written as a PyMC model and sampled with NUTS (nutpie):
     change_i ~ Normal(a + effect T_i + b (baseline_i - mean baseline), sigma)   (completers only)
@@ -31,9 +37,13 @@ import numpy as np
 import pandas as pd
 from scipy import special
 
+from maths.gaussian import sd_corr_to_cov
+
+from .analysis import analyse
+from .design import AnalysisSettings, PlannedTrial, Scenario, SimulatedTrials
 from .mmrm_gls import Q, gls, pattern_stats
 from .params import ParameterSet
-from .simulate import AnalysisSettings, PlannedTrial, Scenario, SimulatedTrials, analyse, simulate_trials
+from .simulate import simulate_trials
 
 
 def _ancova_model(n: int, prior_sd: float, score_range: float):
@@ -183,7 +193,7 @@ def conditional_p_benefit(posterior, built, visit_week: int, mcid: float) -> tup
     stats = pattern_stats(np.nan_to_num(d.change)[None], attended[None], treated[None], d.baseline[None])
     sd = posterior["visit_sd"].stack(sample=("chain", "draw")).transpose("sample", ...).values
     corr = posterior["visit_corr"].stack(sample=("chain", "draw")).transpose("sample", ...).values
-    sigma = corr * sd[:, :, None] * sd[:, None, :]
+    sigma = sd_corr_to_cov(sd, corr)
     k = len(sigma)
     many = type(stats)(*(np.broadcast_to(a, (k,) + a.shape[1:]) for a in (stats.n, stats.sxx, stats.scx, stats.scc, stats.n_arm)))
     pri = built.priors
@@ -193,6 +203,21 @@ def conditional_p_benefit(posterior, built, visit_week: int, mcid: float) -> tup
     j = list(d.visits).index(int(visit_week))
     m, s = fit.beta[:, j, 1], np.sqrt(fit.cov[:, j * Q + 1, j * Q + 1])
     return special.ndtr(-m / s), special.ndtr((-mcid - m) / s)
+
+
+P_FLOOR = 0.03  # MMRM agreement: smallest allowed |P_closed_form - P_mcmc| (module docstring)
+MCSE_MULTIPLE = 4.0  # ... or this many Monte Carlo SEs of the MCMC draws' probability, whichever is larger
+
+
+def draw_probability(draws: np.ndarray, below: float) -> tuple[float, float, float]:
+    """The fraction p of MCMC draws (chain, draw) below `below`, its Monte Carlo SE sqrt(p (1 - p) / ESS)
+    and ESS, the effective sample size of the indicator draws < below (arviz, method "mean")."""
+    import arviz as az
+
+    hit = (np.asarray(draws) < below).astype(float)
+    p = float(hit.mean())
+    ess = float(az.ess(hit, method="mean")) if 0 < p < 1 else float(hit.size)
+    return p, float(np.sqrt(p * (1 - p) / ess)), ess
 
 
 def mmrm_agreement(
@@ -205,8 +230,10 @@ def mmrm_agreement(
     scenario: Scenario | None = None,
 ) -> tuple[pd.DataFrame, dict]:
     """Simulate `n_trials` trials of `trial` (its dropout mechanism), analyse each by the closed-form MMRM
-    and by the project's Bayesian MMRM (`sample(built, seed)` returns its posterior); per-trial rows and
-    a summary. Decisions of the MCMC side use the Rao-Blackwell P(benefit) (module docstring)."""
+    and by the project's Bayesian MMRM (`sample(built, seed)` returns its posterior, with chain and draw
+    dimensions); per-trial rows and a summary. The MCMC side's probabilities and decisions are those of
+    its draws, with their Monte Carlo SEs; `p_outside_bound` counts the trials whose P(benefit) or
+    P(effect < -MCID) differ by more than max(P_FLOOR, MCSE_MULTIPLE x MCSE) (module docstring)."""
     from models import build_design, get
 
     scenario = scenario or Scenario("assurance")
@@ -224,9 +251,12 @@ def mmrm_agreement(
         priors = {k: {"params": {"sigma": sd}} for k, sd in wanted.items() if abs(defaults[k].params["sigma"] - sd) > 1e-12} or None
         built = spec.build(design, priors=priors)
         post = sample(built, int(rng.integers(2**31)))
-        eff = post["nac_visit_effect"].sel(visit=primary).values.ravel()
-        p_rb, p_mcid_rb = (x.mean() for x in conditional_p_benefit(post, built, primary, analysis.mcid))
-        success = p_rb > analysis.threshold and (not analysis.dual or p_mcid_rb > analysis.mcid_prob)
+        draws = post["nac_visit_effect"].sel(visit=primary).transpose("chain", "draw").values
+        eff = draws.ravel()
+        p, p_mcse, ess = draw_probability(draws, 0.0)
+        p_mcid, p_mcid_mcse, _ = draw_probability(draws, -analysis.mcid)
+        p_rb, p_mcid_rb = (float(x.mean()) for x in conditional_p_benefit(post, built, primary, analysis.mcid))
+        success = p > analysis.threshold and (not analysis.dual or p_mcid > analysis.mcid_prob)
         rows.append(
             {
                 "trial": i,
@@ -238,32 +268,49 @@ def mmrm_agreement(
                 "mcmc_mean": float(eff.mean()),
                 "fast_sd": float(fast["post_sd"][i]),
                 "mcmc_sd": float(eff.std(ddof=1)),
+                "fast_df": float(fast["df"][i]),
                 "fast_p_benefit": float(fast["p_benefit"][i]),
-                "mcmc_p_benefit": float(p_rb),
-                "mcmc_p_benefit_draws": float(np.mean(eff < 0)),
+                "mcmc_p_benefit": p,
+                "mcmc_p_benefit_mcse": p_mcse,
+                "mcmc_ess_benefit": ess,
+                "mcmc_p_benefit_rb": p_rb,
                 "fast_p_mcid": float(fast["p_mcid"][i]),
-                "mcmc_p_mcid": float(p_mcid_rb),
+                "mcmc_p_mcid": p_mcid,
+                "mcmc_p_mcid_mcse": p_mcid_mcse,
+                "mcmc_p_mcid_rb": p_mcid_rb,
                 "fast_success": bool(fast["success"][i]),
                 "mcmc_success": bool(success),
-                "mcmc_success_draws": bool(np.mean(eff < 0) > analysis.threshold and (not analysis.dual or np.mean(eff < -analysis.mcid) > analysis.mcid_prob)),
+                "mcmc_success_rb": bool(p_rb > analysis.threshold and (not analysis.dual or p_mcid_rb > analysis.mcid_prob)),
+                "draws": int(eff.size),
             }
         )
     table = pd.DataFrame(rows)
     agree = table["fast_success"] == table["mcmc_success"]
+    diff = (table["fast_p_benefit"] - table["mcmc_p_benefit"]).abs()
+    diff_mcid = (table["fast_p_mcid"] - table["mcmc_p_mcid"]).abs()
+    bound = np.maximum(P_FLOOR, MCSE_MULTIPLE * table["mcmc_p_benefit_mcse"])
+    bound_mcid = np.maximum(P_FLOOR, MCSE_MULTIPLE * table["mcmc_p_mcid_mcse"])
     summary = {
         "trials": int(n_trials),
         "analysis": "mmrm",
         "dropout_mechanism": trial.dropout_mechanism,
         "n_per_arm": trial.n_control,
+        "draws_per_trial": int(table["draws"].min()),
         "agreement_rate": float(agree.mean()),
         "disagreements": int((~agree).sum()),
-        "agreement_rate_draws": float((table["fast_success"] == table["mcmc_success_draws"]).mean()),
         "fast_success_rate": float(table["fast_success"].mean()),
         "mcmc_success_rate": float(table["mcmc_success"].mean()),
-        "max_abs_diff_p_benefit": float((table["fast_p_benefit"] - table["mcmc_p_benefit"]).abs().max()),
-        "max_abs_diff_p_benefit_draws": float((table["fast_p_benefit"] - table["mcmc_p_benefit_draws"]).abs().max()),
+        "max_abs_diff_p_benefit": float(diff.max()),
+        "mean_diff_p_benefit": float((table["fast_p_benefit"] - table["mcmc_p_benefit"]).mean()),
+        "max_abs_diff_p_benefit_in_mcse": float((diff / table["mcmc_p_benefit_mcse"].where(table["mcmc_p_benefit_mcse"] > 0)).max()),
+        "max_mcse_p_benefit": float(table["mcmc_p_benefit_mcse"].max()),
+        "max_abs_diff_p_mcid": float(diff_mcid.max()),
+        "p_bound": f"max({P_FLOOR:g}, {MCSE_MULTIPLE:g} MCSE)",
+        "p_outside_bound": int(((diff > bound) | (diff_mcid > bound_mcid)).sum()),
         "max_abs_diff_mean_in_sd": float(((table["fast_mean"] - table["mcmc_mean"]).abs() / table["fast_sd"]).max()),
         "max_rel_diff_sd": float(((table["fast_sd"] - table["mcmc_sd"]).abs() / table["fast_sd"]).max()),
+        "agreement_rate_rb": float((table["fast_success"] == table["mcmc_success_rb"]).mean()),
+        "max_abs_diff_p_benefit_rb": float((table["fast_p_benefit"] - table["mcmc_p_benefit_rb"]).abs().max()),
     }
     return table, summary
 

@@ -38,6 +38,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from maths.gaussian import duplication_matrix
+
 Q = 3  # regressors per visit: intercept, treatment, centred baseline
 TOL = 1e-10  # converged when the largest step is below this fraction of the largest variance,
 DECREMENT = 1e-10  # or the step's predicted gain in the REML log-likelihood is below this
@@ -96,16 +98,6 @@ def _block_masks(v: int) -> np.ndarray:
     k = np.arange(v)
     inside = k[None, :] <= k[:, None]  # (P, V): visit u attended in pattern p
     return inside[:, :, None] & inside[:, None, :]
-
-
-def _duplication(v: int) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
-    """Duplication matrix D (V^2 x m) with vec(S) = D vech(S), and the lower-triangle indices."""
-    rows, cols = np.tril_indices(v)
-    d = np.zeros((v * v, len(rows)))
-    for j, (a, b) in enumerate(zip(rows, cols)):
-        d[a * v + b, j] = 1.0
-        d[b * v + a, j] = 1.0
-    return d, (rows, cols)
 
 
 def _chol(sigma: np.ndarray, ok: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -353,7 +345,7 @@ def fit_reml(stats: PatternStats, max_iter: int = MAX_ITER) -> MMRMFit:
     cannot be taken while still far from convergence (relative step > 1e-4) counts as a failed fit.
     Each iteration works on the trials still iterating only."""
     v = stats.n_visits
-    dup, tril = _duplication(v)
+    dup, tril = duplication_matrix(v)
     sigma, ok = _start(stats)
     ll, fit, r, rx = reml_loglik(stats, sigma, ok)
     ok &= fit.ok
@@ -413,7 +405,7 @@ def mmrm_effect(change: np.ndarray, attended: np.ndarray, treated: np.ndarray, b
     With `prior_sd` = (visit mean, treatment effect, baseline slope) prior SDs, also the posterior mean and
     SD of that difference given Sigma at its REML estimate, under independent Normal(0, sd) priors on every
     visit's coefficients (the Bayesian MMRM's, models/mmrm.py): `post_mean`, `post_sd`; with `final_counts`
-    (an interim look's expected final pattern counts, planning.simulate.expected_final_counts) also the
+    (an interim look's expected final pattern counts, planning.interim.expected_final_counts) also the
     final analysis' predicted posterior SD and degrees of freedom, `final_sd` and `final_df`
     (`predicted_final_posterior`)."""
     stats = pattern_stats(change, attended, treated, baseline)

@@ -38,6 +38,8 @@ from pathlib import Path
 
 import numpy as np
 
+from maths.gaussian import chol_to_cov, score_covariance, sd_corr_to_cov, sequential_moments
+
 NAC_MODERATION_VARS = ("nac_marker_moderation", "nac_moderation")  # the moderation model's name first
 
 
@@ -188,7 +190,7 @@ class MMRMParameters:
         return ParameterSet.with_effect_prior(self, mean, sd)
 
     def sigma(self) -> np.ndarray:
-        return self.visit_chol @ np.swapaxes(self.visit_chol, -1, -2)
+        return chol_to_cov(self.visit_chol)
 
     def to_dict(self) -> dict:
         out = _summary(self, skip=("visit_chol",))
@@ -201,25 +203,6 @@ PER_DRAW = (
     "intercept", "time_change", "nac_change", "participant_sd", "participant_corr", "residual_sd", "marker_mean", "marker_chol",
     "prognostic", "moderation", "nac_moderation", "time_curvature", "nac_curvature", "site_sd",
 )
-
-
-def sequential_to_mvn(mean: np.ndarray, sd: np.ndarray, links: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-    """Marker block z_k = a_k + sum_{j<k} B_kj z_j + s_k e_k  ->  (mean vector, lower Cholesky), per draw.
-
-    z = (I - B)^-1 (a + S e), so mean = (I - B)^-1 a and chol = (I - B)^-1 S (lower triangular).
-    `links` are ordered as in marker_block: for k, for j < k.
-    """
-    d, k = mean.shape
-    b = np.zeros((d, k, k))
-    pos = 0
-    for i in range(k):
-        for j in range(i):
-            b[:, i, j] = links[:, pos]
-            pos += 1
-    inv = np.linalg.inv(np.eye(k)[None] - b)
-    mu = np.einsum("dij,dj->di", inv, mean)
-    chol = inv * sd[:, None, :]
-    return mu, chol
 
 
 def _stack(post, name: str, d: int, width: int | None = None, default: float | None = None) -> np.ndarray:
@@ -391,7 +374,7 @@ def from_posterior(path_or_idata, max_draws: int | None = None, seed: int = 0) -
     if k:
         mmean, msd = _stack(post, "marker_mean", d), _stack(post, "marker_sd", d)
         links = _stack(post, "marker_regression", d) if "marker_regression" in post else np.zeros((d, 0))
-        mu, chol = sequential_to_mvn(mmean.reshape(d, k), msd.reshape(d, k), links.reshape(d, -1))
+        mu, chol = sequential_moments(mmean.reshape(d, k), msd.reshape(d, k), links.reshape(d, -1), k, factor=True)
         prognostic = _stack(post, "marker_prognostic", d, k, 0.0).reshape(d, k)
         moderation = _stack(post, "marker_moderation", d, k, 0.0).reshape(d, k)
         nac_mod = np.zeros((d, k))
@@ -445,17 +428,12 @@ def _mmrm_from_posterior(post, const: dict, facts: dict, label: str) -> MMRMPara
     d = post.sizes["chain"] * post.sizes["draw"]
     weeks = tuple(int(w) for w in post["visit"].values) if "visit" in post.coords else tuple(int(w) for w in const["weeks"][1:])
     v = len(weeks)
-    if "visit_sd" in post and "visit_corr" in post:
-        sd = _stack(post, "visit_sd", d).reshape(d, v)
-        corr = _stack(post, "visit_corr", d).reshape(d, v, v)
-        chol = np.linalg.cholesky(corr * sd[:, :, None] * sd[:, None, :])
-    elif "visit_chol" in post:
-        packed = _stack(post, "visit_chol", d).reshape(d, -1)
-        rows, cols = np.tril_indices(v)
-        chol = np.zeros((d, v, v))
-        chol[:, rows, cols] = packed
-    else:
-        raise PlanningError("the saved MMRM posterior has neither visit_sd/visit_corr nor visit_chol; refit it with the current fit.py")
+    from models.mmrm import visit_covariance  # the MMRM's own Sigma (imported here: plan.py's workers need no models)
+
+    try:
+        chol = np.linalg.cholesky(visit_covariance(post, v).reshape(d, v, v))
+    except ValueError as exc:
+        raise PlanningError(f"{exc}; refit it with the current fit.py") from None
     if facts.get("baseline_mean") is None or facts.get("baseline_sd") is None:
         raise PlanningError(
             "the saved MMRM fit records no baseline scores (no trial_data group, no baseline_mean in its design constants); "
@@ -509,13 +487,12 @@ def implied_mmrm(params: ParameterSet, weeks=None) -> MMRMParameters:
     weeks = np.asarray(weeks if weeks is not None else params.scale.weeks, float)
     t1, t2 = np.array([params.scale.t_codes(w) for w in weeks]).T
     q = 4 * t1 * (1 - t1)
-    tau0, tau1 = params.participant_sd[:, 0], params.participant_sd[:, 1]
-    rho, sigma = params.participant_corr, params.residual_sd
-    cz = params.marker_chol @ np.swapaxes(params.marker_chol, -1, -2)
-    load = params.prognostic[:, None, :] + params.moderation[:, None, :] * t1[None, :, None]  # (D, W, K)
-    k = (tau0**2)[:, None, None] + (rho * tau0 * tau1)[:, None, None] * (t1[None, :, None] + t1[None, None, :])
-    k = k + (tau1**2)[:, None, None] * t1[None, :, None] * t1[None, None, :] + load @ cz @ np.swapaxes(load, 1, 2)
-    k = k + (sigma**2)[:, None, None] * np.eye(len(weeks))[None]
+    corr = np.ones((params.n_draws, 2, 2))
+    corr[:, 0, 1] = corr[:, 1, 0] = params.participant_corr
+    s = sd_corr_to_cov(params.participant_sd, corr)
+    loadings = np.stack([params.prognostic, params.moderation], axis=1)  # (D, 2, K): on (level, change)
+    z = np.column_stack([np.ones(len(weeks)), t1])
+    k = score_covariance(z, s, params.residual_sd, loadings, chol_to_cov(params.marker_chol))  # a new participant: every marker unobserved
     zmean = np.einsum("dk,dk->d", params.prognostic, params.marker_mean)
     mean0 = params.intercept + zmean
     mod_mean = np.einsum("dk,dk->d", params.moderation, params.marker_mean)

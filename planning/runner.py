@@ -12,7 +12,7 @@ Robust assurance: with weight w on a vague component, the design prior is the mi
 assurance and of the success rate of the "vague" scenario (effects drawn from Normal(0, sd), nuisance
 parameters from the posterior): assurance_robust = (1 - w) assurance + w P(success | vague).
 
-Interim looks (`PlanSpec.interim`, planning/simulate.py): each trial's decision is the sequential one
+Interim looks (`PlanSpec.interim`, planning/interim.py): each trial's decision is the sequential one
 (success = stopped for efficacy at a look or succeeded at the final analysis; the posterior summaries are
 those of the analysis that ended the trial), with the probabilities of stopping per look and overall,
 the expected number enrolled and the expected duration.
@@ -33,19 +33,12 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import pandas as pd
 
+from .analysis import analyse
 from .calibration import STREAM, CalibrationSettings, Thresholds, choose_thresholds, stage_probabilities
+from .design import AnalysisSettings, InterimSettings, PlannedTrial, Scenario
+from .interim import look_information, look_weeks, sequential
 from .params import ParameterSet, PlanningError
-from .simulate import (
-    AnalysisSettings,
-    InterimSettings,
-    PlannedTrial,
-    Scenario,
-    analyse,
-    look_information,
-    look_weeks,
-    sequential,
-    simulate_trials,
-)
+from .simulate import simulate_trials
 
 
 @dataclass(frozen=True)
@@ -69,7 +62,7 @@ class PlanSpec:
     effect_scale: float = 1.0
     round_scores: bool = True
     robust_weight: float = 0.0  # weight of the vague component (needs a "vague" scenario when > 0)
-    interim: InterimSettings | None = None  # interim looks (planning/simulate.py); None: the final analysis only
+    interim: InterimSettings | None = None  # interim looks (planning/interim.py); None: the final analysis only
     calibration: CalibrationSettings | None = None  # calibrate each design's thresholds to a type I error
     thresholds: tuple[Thresholds, ...] | None = None  # per design (set by `plan` when calibrating)
 

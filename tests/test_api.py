@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 import deptrial
-from deptrial import api
+from deptrial import orchestrate
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +31,7 @@ def test_refusals_come_before_any_fit_and_write_nothing(nobio_trial, tmp_path, m
     def no_fit(*args, **kwargs):
         raise AssertionError("a refused request must not reach the fits")
 
-    monkeypatch.setattr(api, "_run", no_fit)
+    monkeypatch.setattr(orchestrate, "run_models", no_fit)
     out = tmp_path / "out"
     with pytest.raises(KeyError, match="unknown model 'nope'"):
         deptrial.fit_trial(trial, ["treatment", "nope"], out=out)

@@ -10,18 +10,19 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("data", "models", "inference", "diagnostics", "planning", "validation", "deptrial")
+PACKAGES = ("maths", "data", "models", "inference", "diagnostics", "planning", "validation", "deptrial")
 SCRIPTS = ("fit", "diagnose", "plan")
 # what each layer may import from the project (everything else is an upward or sideways import)
 ALLOWED = {
-    "data": set(),
-    "models": {"data"},
-    "inference": {"data", "models"},
-    "diagnostics": {"data", "models", "inference"},
-    "planning": {"data", "models"},
-    "validation": {"data", "models", "inference", "diagnostics"},
-    "deptrial": {"data", "models", "inference", "diagnostics", "planning"},
-    **{s: {"data", "models", "inference", "diagnostics", "planning", "deptrial"} for s in SCRIPTS},
+    "maths": set(),
+    "data": {"maths"},
+    "models": {"maths", "data"},
+    "inference": {"maths", "data", "models"},
+    "diagnostics": {"maths", "data", "models", "inference"},
+    "planning": {"maths", "data", "models"},
+    "validation": {"maths", "data", "models", "inference", "diagnostics"},
+    "deptrial": {"maths", "data", "models", "inference", "diagnostics", "planning"},
+    **{s: {"maths", "data", "models", "inference", "diagnostics", "planning", "deptrial"} for s in SCRIPTS},
 }
 
 
@@ -156,17 +157,46 @@ def test_readme_module_map_matches_the_tree():
 
 
 def _run_readme_example(tmp_path, code: str) -> None:
+    """Run the example and check what it prints: the estimates table, row by row against the estimates.csv
+    files it writes, the comparison and the report's path."""
+    import os
     import subprocess
     import sys
 
+    import numpy as np
+    import pandas as pd
+
     (tmp_path / "example.py").write_text(code)
-    proc = subprocess.run([sys.executable, "example.py"], cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    # in a terminal 250 characters wide (pandas reads COLUMNS), so that every column of the estimates is printed
+    env = {**os.environ, "COLUMNS": "250"}
+    proc = subprocess.run([sys.executable, "example.py"], cwd=tmp_path, capture_output=True, text=True, timeout=900, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
-    assert "headline" in out and "treatment" in out and "report.html" in out and "elpd" in out
-    assert (tmp_path / "results" / "example" / "report.html").is_file()
-    for name in ("treatment", "headline"):
-        assert (tmp_path / "results" / "example" / name / "estimates.csv").is_file()
+    folder = tmp_path / "results" / "example"
+    assert (folder / "report.html").is_file() and out.rstrip().endswith("results/example/report.html"), out[-500:]
+    lines = out.splitlines()
+    assert lines[0].split() == ["model", "quantity", "mean", "hdi_3%", "hdi_97%", "p_below_0"], out[:500]
+    row = re.compile(r"^(\d+)\s+(treatment|headline)\s+(.+?)\s+(\S+)\s+(\S+)\s+(\S+)\s+(\S+)$")
+    printed = [m.groups() for m in map(row.match, (line.strip() for line in lines[1:])) if m]
+    written = pd.concat([pd.read_csv(folder / name / "estimates.csv").assign(model=name) for name in ("treatment", "headline")],
+                        ignore_index=True).to_dict("records")
+    common = ["nac - placebo mean MADRS at week 12", "nac - placebo mean MADRS at week 16", "placebo change from baseline at week 12"]
+    markers = ("il6", "crp", "bdnf")
+    expected = [("treatment", q) for q in common] + [("headline", q) for q in common] + [
+        ("headline", f"change in MADRS by week 12 per doubling of baseline {m}") for m in markers] + [
+        ("headline", f"baseline MADRS per doubling of {m}") for m in markers]
+    assert [(w["model"], w["quantity"]) for w in written] == expected
+    assert len(printed) == len(written), out
+    for i, ((index, model, quantity, *numbers), w) in enumerate(zip(printed, written)):
+        assert (int(index), model) == (i, w["model"]), (i, index, model)
+        # pandas shortens a quantity longer than 50 characters to its first 47 and '...'
+        assert quantity == w["quantity"] or (quantity.endswith("...") and w["quantity"].startswith(quantity[:-3])), (quantity, w["quantity"])
+        mean, lo, hi, p = values = [float(x) for x in numbers]
+        assert np.isfinite(values).all() and lo < mean < hi and 0.0 <= p <= 1.0, (quantity, values)
+        for value, column in zip(values, ("mean", "hdi_3%", "hdi_97%", "p_below_0")):
+            assert value == pytest.approx(w[column], abs=1e-6), (model, quantity, column)  # printed to 6 decimals
+    comparison = [line.split() for line in lines[len(printed) + 1:] if line.split()[:1] in (["headline"], ["treatment"])]
+    assert sorted(c[0] for c in comparison) == ["headline", "treatment"] and "elpd" in out, out
 
 
 @pytest.mark.slow

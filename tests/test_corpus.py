@@ -24,7 +24,7 @@ import xarray as xr
 
 import fit
 from data import DEFAULT_DATASET, DatasetError, changes_of, load_dataset
-from deptrial import api
+from deptrial import orchestrate
 
 pytestmark = pytest.mark.unit
 
@@ -399,7 +399,7 @@ def test_changes_are_printed_and_saved_by_fit(tmp_path, capsys, monkeypatch):
         (tmp / "run.json").write_text(json.dumps({"data_changes": changes}))
         return {}, {}, None, None
 
-    monkeypatch.setattr(api, "_run", fake_run)
+    monkeypatch.setattr(orchestrate, "run_models", fake_run)
     assert fit.main(["--data", str(folder), "--out", str(tmp_path / "out"), "--quiet"]) == 0
     err = capsys.readouterr().err
     assert "the loader changed 3 thing(s)" in err and "withdrew consent" in err

@@ -357,8 +357,9 @@ def test_settings_are_refused_before_a_fit_or_every_diagnostic_is_defined(chains
     """What fit_trial accepts, the diagnostics, the comparison and the report can handle; the rest is refused up front."""
     from dataclasses import replace
 
-    from deptrial.api import MIN_DRAWS_PER_CHAIN, MIN_DRAWS_TOTAL, check_settings
-    from diagnostics.run import diagnose_run, write_outputs
+    from deptrial.preflight import MIN_DRAWS_PER_CHAIN, MIN_DRAWS_TOTAL, check_settings
+    from diagnostics.outputs import write_outputs
+    from diagnostics.run import diagnose_run
     from inference.sampling import SamplerSettings
 
     settings = replace(SamplerSettings(), chains=chains, draws=draws)
@@ -418,7 +419,7 @@ def test_integrated_results_with_high_k_are_replaced_by_integrated_kfold(monkeyp
     the comparison; without it the note says how."""
     from types import SimpleNamespace
 
-    from diagnostics import run as dr
+    from diagnostics import remedies as dr
 
     idata = trial_idata(seed=25, n=20)
     base = dl.loo_participants(idata)
@@ -498,7 +499,7 @@ def test_each_kind_of_effect_row_states_its_estimand(small_trial):
 
 def test_estimand_wording_by_week_and_refusals():
     from data import DatasetMeta
-    from diagnostics.run import check_sensitivity_options, unsupported
+    from diagnostics.sensitivity_analyses import check_sensitivity_options, unsupported
     from models.effects import estimand, phase
 
     meta = DatasetMeta(weeks=(0, 4, 8, 12), treatment_end=8)  # a trial with its follow-up at week 12

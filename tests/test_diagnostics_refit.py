@@ -100,8 +100,8 @@ def test_diagnose_cli_refits_saved_fits(small_trial_dir, tmp_path, capsys):
     assert fit.main(["--data", str(data), "--model", "treatment", "--draws", "300", "--tune", "300", "--chains", "2", "--prior-draws", "10", "--kfold", "0", "--out", str(out), "--quiet"]) == 0
     assert "--kfold" in (out / "comparison.txt").read_text() and not pd.read_csv(out / "comparison_participant.csv")["reliable"].all()
     # the refits use the priors a fit was made with (recorded in its provenance), not the defaults
-    from deptrial.api import refit_context
-    from diagnostics.run import load_run
+    from deptrial.orchestrate import refit_context
+    from diagnostics.saved import load_run
     from models.priors import to_json
 
     idatas, _ = load_run(out)

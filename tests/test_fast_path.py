@@ -97,7 +97,8 @@ def test_recovered_effects_and_integrated_markers_follow_exact_conditional_poste
     """With missing markers integrated out, (b_i, z_M) | y, z_K, theta drawn by the recovery has the dense-algebra
     conditional mean and covariance: prior b ~ N(0, S), z_M ~ N(m_i, C), scores X c(m_i) + Z (b + A (z_M - m_i)) + e.
     The drawn markers are read back from the completed marker_missing_std (the sequential innovations)."""
-    from models.marker_block import conditional_moments, joint_moments, latent_missing
+    from maths.gaussian import conditional_normal, sequential_moments
+    from models.marker_block import latent_missing
     from tests.test_fused import mixed_marker_patterns
 
     design = mixed_marker_patterns(design)
@@ -129,14 +130,14 @@ def test_recovered_effects_and_integrated_markers_follow_exact_conditional_poste
     z = np.broadcast_to(np.nan_to_num(md.z), (n_draw, n_p, m)).copy()
     for e, (i, k) in enumerate(zip(mi, mk)):  # sequential: z_k = a_k + sum_j<k B_kj z_j + s_k eta
         z[:, i, k] = mean[k] + sum(links[k * (k - 1) // 2 + j] * z[:, i, j] for j in range(k)) + msd[k] * eta[:, e]
-    mu, cov = joint_moments(mean, msd, links, m)
+    mu, cov = sequential_moments(mean, msd, links, m)
     cov_b = np.diag(sd) @ np.array([[1, rho], [rho, 1]]) @ np.diag(sd)
     a = np.vstack([prog, mod])
     checked = 0
     for i in np.flatnonzero(md.missing.any(axis=1) & ~md.censored.any(axis=1)):
         miss = np.flatnonzero(md.missing[i])
         keep = np.setdiff1d(np.arange(m), miss)
-        m_i, c_i = conditional_moments(mu, cov, md.z[i, keep][None, :], keep, miss)
+        _, c_i, m_i = conditional_normal(mu, cov, keep, miss, md.z[i, keep][None, :])
         x, y = _participant_blocks(design, i)
         g = x[:, :2] @ np.hstack([np.eye(2), a[:, miss]])  # scores = X c + G (b, z_M - m_i) + e
         prior = np.block([[cov_b, np.zeros((2, len(miss)))], [np.zeros((len(miss), 2)), c_i]])

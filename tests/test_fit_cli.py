@@ -13,8 +13,8 @@ import pytest
 import deptrial
 import diagnose
 import fit
-from deptrial import api
-from diagnostics.run import SENSITIVITY_TABLES, saved_sensitivity
+from deptrial import orchestrate
+from diagnostics.sensitivity_analyses import SENSITIVITY_TABLES, saved_sensitivity
 from inference.storage import STORAGE
 from models.effects import ESTIMAND_COLUMNS
 
@@ -137,7 +137,19 @@ def test_sensitivity_writes_four_tables_and_a_report_section(fitted):
         assert f'id="sensitivity-{name}">Sensitivity and estimands' in report, name
     assert report.count('alt="treatment: tipping point"') == 1 and "<b>Tipping point</b>: " in report
     assert "No reference-based strategies, delta adjustment or tipping point for this model" in report  # null
-    assert "rate, placebo" in report and ("Prior-sensitive" in report or "No reported effect is prior-sensitive" in report)
+    assert "rate, placebo" in report
+    for name in ("null", "treatment", "headline"):  # each model's prior flag line, as its prior_sensitivity.csv says
+        prior = pd.read_csv(out / name / "prior_sensitivity.csv")
+        assert len(prior) and prior["prior_sensitivity"].notna().all(), (name, prior)
+        start = report.index(f'id="sensitivity-{name}"')
+        section = report[start:report.index("Convergence", start)]
+        flagged = prior[prior["prior_sensitive"]]
+        if len(flagged):
+            assert "<b>Prior-sensitive</b>" in section and "No reported effect is prior-sensitive" not in section, name
+            for r in flagged.itertuples(index=False):
+                assert f"{r.effect} ({r.diagnosis}, prior sensitivity {r.prior_sensitivity:.3f})" in section, (name, r.effect)
+        else:
+            assert "No reported effect is prior-sensitive" in section and "<b>Prior-sensitive</b>" not in section, name
     run = json.loads((out / "run.json").read_text())["sensitivity"]
     assert run["deltas"] == "default" and run["ice"] is None and run["seed"] == 3
     assert run["models"]["treatment"]["tables"] == [f"{t}.csv" for t in SENSITIVITY_TABLES]
@@ -188,7 +200,7 @@ def test_bad_data_exits_2_and_writes_nothing(tmp_path, capsys):
 @pytest.mark.unit
 def test_a_bad_ice_file_exits_2_before_any_fit_and_writes_nothing(small_trial_dir, tmp_path, capsys, monkeypatch):
     """--ice FILE, or ice.csv in the dataset folder, is validated before the first fit; its options need --sensitivity."""
-    monkeypatch.setattr(api, "_run", lambda *a, **k: pytest.fail("a refused request must not reach the fits"))
+    monkeypatch.setattr(orchestrate, "run_models", lambda *a, **k: pytest.fail("a refused request must not reach the fits"))
     bad = tmp_path / "events.csv"
     bad.write_text("participant_id,week,strategy\nP0001,12,J2R\nP0002,12,j2r\n")
     out = tmp_path / "out"
@@ -279,7 +291,7 @@ def test_a_failure_writing_results_exits_3_and_writes_nothing(small_trial_dir, t
     def full_disk(*args, **kwargs):
         raise OSError("No space left on device")
 
-    monkeypatch.setattr(api, "finish_fit", full_disk)
+    monkeypatch.setattr(orchestrate, "finish_fit", full_disk)
     out = tmp_path / "out"
     code = fit.main(["--data", str(small_trial_dir), "--model", "null", "--jobs", "1", "--draws", "20", "--tune", "20", "--chains", "2",
                      "--prior-draws", "5", "--out", str(out), "--quiet"])
@@ -320,7 +332,7 @@ def test_one_chain_on_a_single_site_trial_without_biomarkers_runs_through(single
 
 @pytest.mark.smoke
 def test_too_few_draws_exit_2_before_sampling(single_site_trial_dir, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(api, "_run", lambda *a, **k: pytest.fail("refused settings must not reach the fits"))
+    monkeypatch.setattr(orchestrate, "run_models", lambda *a, **k: pytest.fail("refused settings must not reach the fits"))
     code = fit.main(["--data", str(single_site_trial_dir), "--model", "null", "--chains", "1", "--draws", "20", "--out", str(tmp_path / "o")])
     assert code == 2 and "too few" in capsys.readouterr().err and not (tmp_path / "o").exists()
 

@@ -172,7 +172,7 @@ def test_integrated_markers_density_equals_joint_normal(small_design):
 
     from scipy.stats import multivariate_normal
 
-    from models.marker_block import joint_moments
+    from maths.gaussian import sequential_moments
 
 
 
@@ -190,7 +190,7 @@ def test_integrated_markers_density_equals_joint_normal(small_design):
              "marker_moderation", "site_effect", "participant_chol", "residual_sd"]
     values = dict(zip(names, model.compile_fn(model.replace_rvs_by_values([model[n] for n in names]), inputs=model.value_vars, point_fn=False, mode=UNREWRITTEN, on_unused_input="ignore")(**point)))
     got = model.compile_fn(model.logp(vars=model.observed_RVs + model.potentials), inputs=model.value_vars, point_fn=False, mode=UNREWRITTEN, on_unused_input="ignore")(**point)
-    mu, cov = joint_moments(values["marker_mean"], values["marker_sd"], values["marker_regression"], 3)
+    mu, cov = sequential_moments(values["marker_mean"], values["marker_sd"], values["marker_regression"], 3)
     packed = values["participant_chol"]
     lchol = np.array([[packed[0], 0.0], [packed[1], packed[2]]])
     s_b, sigma = lchol @ lchol.T, float(values["residual_sd"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pymc as pm
 import pytest
 
@@ -35,14 +36,33 @@ def test_dims_and_finite_logp(design):
             assert var.name in dims, var.name
 
 
+def _baseline_counts(folder) -> tuple[pd.DataFrame, int]:
+    """Per marker, from the dataset's files (not the loader): baseline values present, below the detection limit; participants."""
+    rows = pd.read_csv(folder / "biomarkers.csv")
+    n_participants = pd.read_csv(folder / "participants.csv")["participant_id"].nunique()
+    base = rows[(rows["week"] == 0) & rows["value"].notna()]
+    counts = base.groupby("marker").agg(present=("value", "size"), below=("below_lod", lambda s: int((s == 1).sum())))
+    return counts, n_participants
+
+
 @pytest.mark.unit
-def test_missing_and_censored_markers_are_latent(design):
+def test_missing_and_censored_markers_are_latent(design, small_trial_dir):
     b = design.baseline
-    assert b.n_missing > 0 and b.n_censored >= 0
+    counts, n_participants = _baseline_counts(small_trial_dir)
+    counts = counts.reindex(b.names, fill_value=0)
+    n_missing = int((n_participants - counts["present"]).sum())
+    n_censored = int(counts["below"].sum())
+    # the small trial (60 participants, seed 7) has both: 24 of 60 participants without baseline biomarkers
+    # (72 missing values) and 2 IL-6 values below its detection limit
+    assert (n_missing, n_censored) == (72, 2)
+    assert (b.n_missing, b.n_censored) == (n_missing, n_censored)
+    assert b.missing.sum(axis=0).tolist() == (n_participants - counts["present"]).tolist()
+    assert b.censored.sum(axis=0).tolist() == counts["below"].tolist()
     model = get("headline").build(design).model
-    assert model["marker_missing_std"].eval().shape[0] == b.n_missing if b.n_missing else True
+    assert model["marker_missing_std"].eval().shape == (n_missing,)  # one latent value per missing entry
+    assert model["marker_censored_u"].eval().shape == (n_censored,)  # one per value below the limit
     n_obs = sum(int(model[f"marker_{m}"].eval().size) for m in b.names)
-    assert n_obs == int((~b.missing & ~b.censored).sum())
+    assert n_obs == n_participants * len(b.names) - n_missing - n_censored
 
 
 @pytest.mark.unit

@@ -23,9 +23,16 @@ def test_prefixed_stream_marks_every_line_once():
 
 
 @pytest.mark.unit
-def test_default_jobs_is_bounded_by_models_and_cores():
-    assert default_jobs(1) == 1
-    assert 1 <= default_jobs(3) <= 3
+@pytest.mark.parametrize("cores, expected", [
+    (1, {0: 1, 1: 1, 2: 1, 3: 1, 8: 1}),
+    (2, {0: 1, 1: 1, 2: 2, 3: 2, 8: 2}),
+    (8, {0: 1, 1: 1, 2: 2, 3: 3, 8: 8, 20: 8}),
+    (None, {1: 1, 3: 1}),  # os.cpu_count() may not know: one job
+])
+def test_default_jobs_is_one_per_model_up_to_the_cores(monkeypatch, cores, expected):
+    """default_jobs(n) = one job per model, at most one per CPU core, at least one; the core count comes from os.cpu_count."""
+    monkeypatch.setattr(jobs.os, "cpu_count", lambda: cores)
+    assert {n: default_jobs(n) for n in expected} == expected
 
 
 @pytest.mark.smoke

@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
+from maths.gaussian import sequential_moments
 from planning import (
     AnalysisSettings,
     PlannedTrial,
@@ -25,7 +26,6 @@ from planning import (
     plan,
     simulate_trials,
 )
-from planning.params import sequential_to_mvn
 from planning.simulate import _markers
 
 
@@ -38,7 +38,7 @@ def unrounded(params):
 def test_sequential_marker_block_becomes_the_right_mvn():
     # z1 = a1 + s1 e1; z2 = a2 + B z1 + s2 e2
     a, s, b = np.array([[0.3, -0.2]]), np.array([[1.2, 0.5]]), np.array([[0.7]])
-    mu, chol = sequential_to_mvn(a, s, b)
+    mu, chol = sequential_moments(a, s, b, 2, factor=True)
     cov = chol[0] @ chol[0].T
     np.testing.assert_allclose(mu[0], [0.3, -0.2 + 0.7 * 0.3])
     np.testing.assert_allclose(cov, [[1.44, 0.7 * 1.44], [0.7 * 1.44, 0.49 * 1.44 + 0.25]])

@@ -14,7 +14,7 @@ from scipy import stats
 
 import fit
 from data import DEFAULT_DATASET, load_dataset
-from deptrial import api
+from deptrial import api, orchestrate, preflight
 from inference.idata_io import provenance, stamp
 from models import REGISTRY, build_design, get
 from models.prior_file import (
@@ -79,7 +79,7 @@ def test_layout_precedence_and_preset(tmp_path, design):
     # ... and a model's own table wins over [all]
     assert out["treatment"]["residual_sd"] == {"dist": "HalfNormal", "params": {"sigma": 4.0}, "reason": "narrower noise prior"}
     # the result is what deptrial.fit_trial accepts
-    api.check_priors(out, specs("null", "treatment", "headline", "mmrm"), design)
+    preflight.check_priors(out, specs("null", "treatment", "headline", "mmrm"), design)
 
 
 @pytest.mark.unit
@@ -189,7 +189,7 @@ def test_fit_exits_2_on_an_unknown_prior_name_before_any_fit(tmp_path, capsys, m
     def no_fit(*args, **kwargs):
         raise AssertionError("a refused request must not reach the fits")
 
-    monkeypatch.setattr(api, "_run", no_fit)
+    monkeypatch.setattr(orchestrate, "run_models", no_fit)
     path = write(tmp_path, "[treatment.nac_effect_sd]\nsigma = 2\n")
     assert fit.main(["--model", "treatment", "--priors", str(path), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
@@ -209,7 +209,7 @@ def test_fit_passes_the_file_and_preset_to_the_fits(tmp_path, monkeypatch):
         seen.update(priors)
         raise Reached
 
-    monkeypatch.setattr(api, "_run", capture)
+    monkeypatch.setattr(orchestrate, "run_models", capture)
     path = write(tmp_path, "preset = \"sceptical\"\n[all.residual_sd]\nsigma = 5.0\n")
     with pytest.raises(Reached):
         fit.main(["--model", "null", "treatment", "--priors", str(path), "--prior-preset", "enthusiastic", "--mcid", "3",

@@ -4,20 +4,24 @@ which effects and log-likelihood terms are used. The default tier samples nothin
 
 from __future__ import annotations
 
+import inspect
 import json
 
 import arviz as az
 import numpy as np
+import pandas as pd
 import pytest
 import xarray as xr
 from scipy import stats
 
+from diagnostics.loo import PARETO_K_MAX
 from diagnostics.prior_sensitivity import (
     CONFLICT,
     DENSITIES,
     NO_FLAG,
     PRIOR_SENSITIVITY_THRESHOLD,
     STRONG_PRIOR,
+    TABLE_COLUMNS,
     diagnosis,
     likelihood_variables,
     log_prior,
@@ -25,6 +29,7 @@ from diagnostics.prior_sensitivity import (
     prior_sensitivity_table,
     reported_effects,
 )
+from diagnostics.report import prior_sensitivity_lines
 from models.prior_file import FAMILIES
 from models.priors import Prior, to_json
 
@@ -256,8 +261,63 @@ def test_reported_effects_and_likelihood_terms_of_a_fit():
     assert [e.week for e in reported_effects(idata) if e.variable == "nac_effect"] == [2, 4, 8, 12, 16]
     table = prior_sensitivity_table(idata, weeks=[12])
     assert list(table["effect"]) == ["nac_effect at week 12", "placebo_change at week 12", "moderation_per_doubling, il6", "moderation_per_doubling, crp"]
-    assert list(table.columns) == ["effect", "variable", "week", "marker", "prior_sensitivity", "likelihood_sensitivity", "prior_sensitive", "diagnosis"]
+    assert list(table.columns) == ["effect", "variable", "week", "marker", "prior_sensitivity", "likelihood_sensitivity", "prior_sensitive", "diagnosis",
+                                   "prior_pareto_k", "likelihood_pareto_k", "not_power_scaled"]
     assert table[["prior_sensitivity", "likelihood_sensitivity"]].notna().all().all()
+
+
+# ---------------------------------------------------------------- where power-scaling fails
+
+
+def _csv_round_trip(table: pd.DataFrame, tmp_path) -> pd.DataFrame:
+    """As prior_sensitivity.csv is written and read back for the report."""
+    table.to_csv(tmp_path / "prior_sensitivity.csv", index=False)
+    return pd.read_csv(tmp_path / "prior_sensitivity.csv")
+
+
+@pytest.mark.unit
+def test_the_table_carries_the_pareto_k_and_the_priors_not_power_scaled(tmp_path):
+    idata = conjugate(0.0, 100.0, 10.0, 50)[0]
+    table = prior_sensitivity_table(idata, {"theta": idata.posterior["theta"]})
+    assert list(table.columns) == TABLE_COLUMNS
+    row = table.iloc[0]
+    assert row["prior_pareto_k"] == table.attrs["pareto_k"]["prior"] < PARETO_K_MAX
+    assert row["likelihood_pareto_k"] == table.attrs["pareto_k"]["likelihood"] < PARETO_K_MAX
+    assert row["not_power_scaled"] == ""
+    back = _csv_round_trip(table, tmp_path)
+    assert list(back.columns) == TABLE_COLUMNS and back["prior_pareto_k"].iloc[0] == pytest.approx(row["prior_pareto_k"])
+    lines = prior_sensitivity_lines(back)
+    note = f"No reported effect is prior-sensitive (power-scaling: every prior sensitivity below {PRIOR_SENSITIVITY_THRESHOLD:g})."
+    assert lines == [f'<p class="note">{note}</p>'], lines
+    assert "0.05" not in inspect.getsource(prior_sensitivity_lines)  # the threshold is the one constant, not a copy
+
+
+@pytest.mark.unit
+def test_a_prior_that_cannot_be_power_scaled_is_written_and_reported(tmp_path):
+    """Three ways power-scaling fails: a prior with no posterior variable (a one-site trial's site prior), a family
+    without a log density, and a prior so far from the posterior that its importance weights have Pareto k above 0.7."""
+    idata = conjugate(0.0, 100.0, 10.0, 50)[0]
+    idata.posterior["odd"] = idata.posterior["theta"] + 1.0
+    idata.posterior.attrs["priors"] = to_json({
+        "theta": Prior("Normal", {"mu": 8.0, "sigma": 0.2}, ""),  # 4.5 posterior SDs from the posterior, 7 times narrower
+        "site": Prior("ZeroSumNormal", {"sigma": 1.0}, ""),
+        "odd": Prior("Weibull", {"alpha": 1.0, "beta": 1.0}, ""),
+    })
+    table = prior_sensitivity_table(idata, {"theta": idata.posterior["theta"]})
+    row = table.iloc[0]
+    assert row["not_power_scaled"] == "odd (no log density for Weibull); site (no posterior variable)"
+    assert np.isfinite(row["prior_pareto_k"]) and row["prior_pareto_k"] > PARETO_K_MAX and row["likelihood_pareto_k"] < PARETO_K_MAX
+    text = "\n".join(prior_sensitivity_lines(_csv_round_trip(table, tmp_path)))
+    assert "<b>Not power-scaled</b>: odd (no log density for Weibull); site (no posterior variable)" in text
+    assert f"<b>Power-scaling the prior is unreliable</b> for this fit (Pareto k {row['prior_pareto_k']:.2f} above {PARETO_K_MAX})" in text
+    assert "likelihood is unreliable" not in text
+    # no prior power-scaled at all: no sensitivity, and the report does not call the effect insensitive
+    idata.posterior.attrs["priors"] = to_json({"site": Prior("ZeroSumNormal", {"sigma": 1.0}, "")})
+    table = prior_sensitivity_table(idata, {"theta": idata.posterior["theta"]})
+    assert np.isnan(table["prior_sensitivity"].iloc[0]) and np.isnan(table["prior_pareto_k"].iloc[0])
+    text = "\n".join(prior_sensitivity_lines(_csv_round_trip(table, tmp_path)))
+    assert "<b>Prior sensitivity not assessed</b>: no prior of this fit could be power-scaled." in text
+    assert "No reported effect is prior-sensitive" not in text and "<b>Not power-scaled</b>: site (no posterior variable)" in text
 
 
 # ---------------------------------------------------------------- a real fit

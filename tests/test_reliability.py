@@ -18,7 +18,7 @@ import pytest
 
 import fit
 from data.atomic import OutputBusy, atomic_folder, lock_path, locked_output, output_lock, recover_interrupted
-from deptrial import api
+from deptrial import orchestrate
 
 ROOT = Path(__file__).resolve().parent.parent
 SETTINGS = ["--draws", "30", "--tune", "40", "--chains", "2", "--cores", "2", "--prior-draws", "10", "--seed", "11", "--quiet"]
@@ -120,7 +120,7 @@ def test_force_is_needed_to_replace_and_replaces_whole(tmp_path, small_trial_dir
         (tmp / "run.json").write_text("{}")
         return {}, {}, None, None
 
-    monkeypatch.setattr(api, "_run", fake_run)
+    monkeypatch.setattr(orchestrate, "run_models", fake_run)
     assert fit.main(["--data", str(small_trial_dir), "--out", str(out), "--quiet"]) == 2
     assert "already exists" in capsys.readouterr().err and (out / "old.txt").exists()
     assert fit.main(["--data", str(small_trial_dir), "--out", str(out), "--quiet", "--force"]) == 0
@@ -198,7 +198,7 @@ def test_run_killed_at_any_moment_leaves_previous_results_whole(tmp_path, small_
         (tmp / "run.json").write_text("{}")
         return {}, {}, None, None
 
-    monkeypatch.setattr(api, "_run", stub)
+    monkeypatch.setattr(orchestrate, "run_models", stub)
     assert fit.main(["--data", str(small_trial_dir), "--out", str(out), "--force", "--quiet"]) == 0
     assert sorted(p.name for p in parent.iterdir()) == ["results"], "temporary folders and the lock are gone"
 

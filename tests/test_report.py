@@ -17,7 +17,8 @@ from test_diagnostics import trial_idata
 
 import diagnose
 from diagnostics.convergence import RHAT_MAX
-from diagnostics.run import diagnose_run, write_outputs
+from diagnostics.outputs import write_outputs
+from diagnostics.run import diagnose_run
 from inference.idata_io import save_idata
 
 ESTIMATES = pd.DataFrame(
@@ -90,6 +91,117 @@ def test_report_has_every_section_and_is_self_contained(rendered):
         assert (folder / name).is_file(), name
     table = pd.read_csv(folder / "comparison_participant.csv", index_col=0)
     assert table.index[0] == "truth" and table["weight"].sum() == pytest.approx(1.0)
+
+
+def _observed_means(idata) -> dict[tuple[str, int], float]:
+    """Mean observed score by arm and week, straight from the fit's observed and constant data."""
+    c = idata.constant_data
+    y, week = idata.observed_data["y"].values, c["obs_week"].values
+    treated = c["treated"].values[c["obs_participant"].values.astype(int)]
+    return {(arm, int(w)): float(y[(treated == t) & (week == w)].mean()) for t, arm in ((0, "placebo"), (1, "nac")) for w in np.unique(week)}
+
+
+@pytest.fixture
+def drawn(monkeypatch):
+    """The matplotlib Figures the plotting functions draw, kept as they are turned into PNG bytes."""
+    from diagnostics import plots
+
+    figures, to_png = [], plots.to_png
+
+    def keep(fig):
+        figures.append(fig)
+        return to_png(fig)
+
+    monkeypatch.setattr(plots, "to_png", keep)
+    return figures
+
+
+def _vertical_lines(ax) -> set[float]:
+    return {float(line.get_xdata()[0]) for line in ax.get_lines() if len(line.get_xdata()) == 2 and line.get_xdata()[0] == line.get_xdata()[1]}
+
+
+@pytest.mark.unit
+def test_the_figures_draw_the_estimates_the_posterior_means_and_the_observed_means(fits, rendered, drawn):
+    """Redrawn from the run's own tables, each figure of the report holds the numbers it shows: the effects forest plot
+    the estimate and its HDI, the fitted trajectories the posterior means (observed baseline + placebo change, + NAC
+    effect), and both trajectory figures the observed means of the data; the PNGs are the report's, byte for byte."""
+    from diagnostics import plots
+
+    run, folder, _, _ = rendered
+    truth = fits["truth"]
+    observed = _observed_means(truth)
+    weeks = [0, 4, 8]
+    answer = run.answers["truth"]
+    # the effects forest plot: the estimate of ESTIMATES (mean -1.2, 94% HDI -2.7 to 0.3), 0 and the MCID (2) marked
+    png = plots.effects_forest_plot(answer, run.labels)
+    ax = drawn[-1].axes[0]
+    (points,) = [line for line in ax.get_lines() if line.get_marker() == "o"]
+    assert points.get_xdata().tolist() == [-1.2]
+    (segment,) = ax.collections[0].get_segments()
+    assert segment[:, 0].tolist() == [-2.7, 0.3] and segment[0, 1] == segment[1, 1] == points.get_ydata()[0]
+    assert _vertical_lines(ax) == {0.0, -2.0}
+    assert "P(benefit) 0.93, P(> MCID) 0.16" in ax.get_yticklabels()[0].get_text()
+    assert png == (folder / "summary" / "truth_effects.png").read_bytes()
+    # the fitted trajectories: posterior means of the fit about the observed mean baseline, and the observed means
+    table = pd.DataFrame([{"arm": arm, "week": w, "mean": m} for (arm, w), m in observed.items()])
+    png = plots.fitted_trajectory_plot(answer, table, run.outcome)
+    lines = {line.get_label(): line for line in drawn[-1].axes[0].get_lines()}
+    base = (observed[("placebo", 0)] + observed[("nac", 0)]) / 2
+    control = truth.posterior["placebo_change"].mean(("chain", "draw")).values
+    effect = truth.posterior["nac_effect"].mean(("chain", "draw")).values
+    for arm, fitted in (("placebo", base + control), ("nac", base + control + effect)):
+        assert lines[f"{arm}: fitted mean"].get_xdata().tolist() == weeks
+        np.testing.assert_allclose(lines[f"{arm}: fitted mean"].get_ydata(), fitted, rtol=1e-12)
+        assert lines[f"{arm}: observed mean"].get_xdata().tolist() == weeks
+        np.testing.assert_allclose(lines[f"{arm}: observed mean"].get_ydata(), [observed[(arm, w)] for w in weeks], rtol=1e-12)
+    assert png == (folder / "summary" / "truth_trajectory.png").read_bytes()
+    # the posterior predictive check of the mean trajectory: observed means, and the replicated ones (dashed)
+    png = plots.trajectory_plot(run.models["truth"].ppc.trajectory)
+    ax = drawn[-1].axes[0]
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    replicated = [line for line in ax.get_lines() if line.get_linestyle() == "--"]
+    rep = truth.posterior_predictive["y"].values.reshape(-1, truth.observed_data["y"].size)
+    c = truth.constant_data
+    treated = c["treated"].values[c["obs_participant"].values.astype(int)]
+    for t, arm in ((0, "placebo"), (1, "nac")):
+        np.testing.assert_allclose(lines[f"{arm}: observed"].get_ydata(), [observed[(arm, w)] for w in weeks], rtol=1e-12)
+        means = [rep[:, (treated == t) & (c["obs_week"].values == w)].mean() for w in weeks]
+        np.testing.assert_allclose(replicated[t].get_ydata(), means, rtol=1e-9)
+    assert png == run.models["truth"].figures["trajectory"] == (folder / "truth" / "figures" / "trajectory.png").read_bytes()
+
+
+def _png_problems(png: bytes) -> list[str]:
+    """Why a PNG is not a drawn figure: too small to read, or blank (almost every pixel the background colour)."""
+    import io
+
+    import matplotlib.image
+
+    image = matplotlib.image.imread(io.BytesIO(png), format="png")
+    height, width = image.shape[:2]
+    problems = [] if height >= 150 and width >= 250 else [f"{width} x {height} pixels"]
+    rgb = np.round(image[..., :3].reshape(-1, 3) * 255).astype(np.uint32)
+    _, counts = np.unique((rgb[:, 0] << 16) | (rgb[:, 1] << 8) | rgb[:, 2], return_counts=True)
+    if counts.max() > 0.995 * counts.sum() or len(counts) < 8:
+        problems.append(f"blank: {len(counts)} colours, {counts.max() / counts.sum():.1%} background")
+    return problems
+
+
+@pytest.mark.unit
+def test_every_figure_of_the_report_is_a_drawn_image(rendered):
+    import base64
+
+    import matplotlib.pyplot as plt
+
+    from diagnostics.plots import to_png
+
+    text = rendered[3]
+    pngs = [base64.b64decode(b) for b in re.findall(r'<img alt="[^"]*" src="data:image/png;base64,([A-Za-z0-9+/=]+)">', text)]
+    assert len(pngs) >= 10
+    for i, png in enumerate(pngs):
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and _png_problems(png) == [], i
+    fig = plt.figure(figsize=(6.5, 4))
+    fig.add_subplot().set_axis_off()  # a figure with nothing drawn: the check tells it apart
+    assert any(p.startswith("blank") for p in _png_problems(to_png(fig)))
 
 
 def chromium() -> str | None:
@@ -201,7 +313,7 @@ def test_sensitivity_section_per_model_and_notes_for_what_a_model_does_not_suppo
 
     from diagnostics.plots import to_png
     from diagnostics.report import render_report
-    from diagnostics.run import ModelSensitivity
+    from diagnostics.sensitivity_analyses import ModelSensitivity
 
     run = rendered[0]
     strategies = pd.DataFrame({"strategy": ["MAR", "J2R", "MAR"], "week": [8, 8, 4], "mean": [-1.5, -0.9, -1.0], "sd": [0.5, 0.5, 0.5],

@@ -1,0 +1,178 @@
+"""One fit's sensitivity analyses (fit.py / diagnose.py --sensitivity): their options and the one check of
+those options, the four tables a model supports and why it has no others, and the tables read back from a
+results folder.
+
+Files, for each model that supports them (written by diagnostics.outputs.write_outputs):
+    <model>/sensitivity.csv, tipping_point.csv, responders.csv, prior_sensitivity.csv,
+    <model>/figures/tipping_point.png
+The engines are diagnostics/sensitivity.py (reference-based strategies, delta adjustment, tipping point),
+diagnostics/responders.py and diagnostics/prior_sensitivity.py.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import arviz as az
+import numpy as np
+import pandas as pd
+
+from data.ice import IceTable
+from inference.idata_io import provenance
+
+from .ppc import REMISSION_CUTOFF
+from .prior_sensitivity import prior_sensitivity_table
+from .responders import responder_table, scored_model
+from .sensitivity import DECISION_THRESHOLD, sensitivity_table, supported_model, tipping_point
+
+SENSITIVITY_TABLES = ("sensitivity", "tipping_point", "responders", "prior_sensitivity")  # <model>/<name>.csv
+TIPPING_FIGURE = "tipping_point"  # <model>/figures/tipping_point.png
+# how the options are spelled where they are given: the Python keywords (deptrial.fit_trial, rediagnose,
+# sensitivity) by default; deptrial.cli passes the command-line flags
+OPTION_NAMES = {"sensitivity": "sensitivity=True", "ice": "ice", "deltas": "deltas", "threshold": "tipping_threshold"}
+
+
+@dataclass(frozen=True)
+class SensitivityOptions:
+    """How the sensitivity analyses are run: intercurrent events, delta rows, decision threshold, remission, seed.
+
+    ice               validated intercurrent events (data.ice.load_ice), or None: every participant follows the
+                      strategy of the analysis after their last observed visit
+    deltas            delta rows of sensitivity.csv in outcome points (None: diagnostics.sensitivity.default_deltas)
+    threshold         the decision threshold of the tipping point: P(benefit) below it, benefit is not concluded
+    remission_cutoff  remission: score at or below this
+    seed              the responder imputations' seed (None: each fit's own seed)
+    """
+
+    ice: IceTable | None = None
+    deltas: tuple[float, ...] | None = None
+    threshold: float = DECISION_THRESHOLD
+    remission_cutoff: float = REMISSION_CUTOFF
+    seed: int | None = None
+
+
+def check_sensitivity_options(deltas=None, threshold=None, *, sensitivity: bool = True, ice=None,
+                              names: dict[str, str] | None = None) -> tuple[tuple[float, ...] | None, float]:
+    """The one check of the sensitivity analyses' options, before any fit or work: (deltas as floats, threshold).
+
+    deltas       delta rows, outcome points (None: the defaults); numbers or texts of numbers
+    threshold    the tipping point's decision threshold (None: DECISION_THRESHOLD)
+    sensitivity  whether the analyses are asked for: without them, `ice`, `deltas` or `threshold` given is refused
+    names        how the caller spells the options in its messages (default OPTION_NAMES, the Python keywords;
+                 deptrial.cli.CLI_NAMES for the command lines)
+    Raises ValueError saying what is wrong, why, and how to fix it.
+    """
+    names = {**OPTION_NAMES, **(names or {})}
+    if not sensitivity:
+        given = [names[key] for key, value in (("ice", ice), ("deltas", deltas), ("threshold", threshold)) if value is not None]
+        if given:
+            one = len(given) == 1
+            raise ValueError(f"{' and '.join(given)} {'applies' if one else 'apply'} only with {names['sensitivity']}: "
+                             f"{'it is an option' if one else 'they are options'} of the sensitivity analyses; pass "
+                             f"{names['sensitivity']} or leave {'it' if one else 'them'} out")
+    if deltas is not None:
+        shown = ",".join(str(x) for x in deltas) if isinstance(deltas, (list, tuple)) else repr(deltas)
+        try:
+            deltas = tuple(float(x) for x in deltas)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{names['deltas']} must be numbers of outcome points, e.g. 2,4,6 (got {shown})") from exc
+        bad = [x for x in deltas if not np.isfinite(x) or x < 0]
+        if bad or not deltas:
+            raise ValueError(f"{names['deltas']} must be finite, at least 0 and at least one (got {list(deltas)}): outcome points "
+                             "added to the imputed scores after dropout, e.g. 2,4,6")
+    threshold = float(DECISION_THRESHOLD if threshold is None else threshold)
+    if not 0.5 <= threshold < 1:
+        raise ValueError(f"{names['threshold']}: the tipping-point threshold is a posterior probability of benefit in [0.5, 1), "
+                         f"e.g. 0.975 (got {threshold:g})")
+    return deltas, threshold
+
+
+@dataclass
+class ModelSensitivity:
+    """One model's sensitivity analyses: the tables written to <model>/<name>.csv and what the report shows."""
+
+    name: str
+    end_week: int  # the end of treatment: the report's week
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)  # SENSITIVITY_TABLES computed for this model
+    tipping_message: str = ""
+    tipping_figure: bytes | None = None
+    notes: dict[str, str] = field(default_factory=dict)  # table -> why this model has none
+    saved: bool = False  # read back from the results folder (diagnose.py without --sensitivity), not recomputed
+    timings: dict = field(default_factory=dict)
+
+
+def unsupported(idata: az.InferenceData, design, model: str) -> dict[str, str]:
+    """Why a fit has no strategy / tipping-point table or no responder table ({} when it has both): the engines' own refusals."""
+    notes = {}
+    try:
+        supported_model(idata, design, model)
+    except ValueError as exc:
+        notes["sensitivity"] = notes["tipping_point"] = str(exc)
+    try:
+        scored_model(idata, model)
+    except ValueError as exc:
+        notes["responders"] = str(exc)
+    return notes
+
+
+def tipping_frame(tp) -> pd.DataFrame:
+    """The tipping point's grid with what it found, repeated on every row: strategy, arms, threshold,
+    tipping_delta (the smallest grid delta at which benefit is no longer concluded; empty if none),
+    tipping_exact (the exact flip point) and tipping_message."""
+    return tp.table.assign(strategy=tp.strategy, arms=tp.arms, threshold=tp.threshold, imputed_share=tp.share,
+                           tipping_delta=tp.delta if tp.delta is not None else np.nan,
+                           tipping_exact=tp.exact if tp.exact is not None else np.nan, tipping_message=tp.message)
+
+
+def model_sensitivity(name: str, idata: az.InferenceData, design, options: SensitivityOptions | None = None) -> ModelSensitivity:
+    """The four sensitivity tables of one fit, those its model supports, and notes for the others.
+
+    idata    the fit, whole (deptrial.load_fit reads a saved one back with its log-likelihood)
+    design   the TrialDesign it was fitted to
+    """
+    options = options or SensitivityOptions()
+    model = str(provenance(idata).get("model") or name)
+    result = ModelSensitivity(name, int(design.meta.treatment_end))
+    result.notes = unsupported(idata, design, model)
+    t0 = time.perf_counter()
+    if "sensitivity" not in result.notes:
+        result.tables["sensitivity"] = sensitivity_table(idata, design, deltas=options.deltas, ice=options.ice, model=model)
+        tp = tipping_point(idata, design, threshold=options.threshold, ice=options.ice, model=model)
+        result.tables["tipping_point"] = tipping_frame(tp)
+        result.tipping_message, result.tipping_figure = tp.message, tp.figure
+    t1 = time.perf_counter()
+    if "responders" not in result.notes:
+        seed = options.seed if options.seed is not None else int(provenance(idata).get("seed", 1))
+        result.tables["responders"] = responder_table(idata, design, remission_cutoff=options.remission_cutoff, seed=seed, model=model)
+    t2 = time.perf_counter()
+    result.tables["prior_sensitivity"] = prior_sensitivity_table(idata)
+    result.timings = {"strategies_s": t1 - t0, "responders_s": t2 - t1, "prior_sensitivity_s": time.perf_counter() - t2}
+    return result
+
+
+def saved_sensitivity(folder: str | Path, idatas: dict[str, az.InferenceData]) -> dict[str, ModelSensitivity]:
+    """The sensitivity tables a results folder already holds (from an earlier --sensitivity), read back for the report."""
+    from data.schema import meta_of
+    from inference.storage import DATA_GROUP, saved_dataset
+    from models import build_design
+
+    folder = Path(folder)
+    out = {}
+    for name, idata in idatas.items():
+        files = {t: folder / name / f"{t}.csv" for t in SENSITIVITY_TABLES}
+        if not any(f.is_file() for f in files.values()) or DATA_GROUP not in idata.groups():
+            continue
+        ds = saved_dataset(idata)
+        result = ModelSensitivity(name, int(meta_of(ds).treatment_end), saved=True)
+        result.tables = {t: pd.read_csv(f) for t, f in files.items() if f.is_file()}
+        result.notes = {t: n for t, n in unsupported(idata, build_design(ds), str(provenance(idata).get("model") or name)).items()
+                        if t not in result.tables}
+        tp = result.tables.get("tipping_point")
+        if tp is not None and len(tp) and "tipping_message" in tp:
+            result.tipping_message = str(tp["tipping_message"].iloc[0])
+        png = folder / name / "figures" / f"{TIPPING_FIGURE}.png"
+        result.tipping_figure = png.read_bytes() if png.is_file() else None
+        out[name] = result
+    return out
