@@ -48,7 +48,7 @@ def full_fit(design):
     return idata
 
 
-@pytest.mark.smoke
+@pytest.mark.slow
 def test_exact_refit_agrees_with_psis_when_k_is_small(design, full_fit):
     psis = dl.loo_participants(full_fit)
     assert psis.reliable and np.nanmax(psis.pareto_k) < dl.PARETO_K_MAX

@@ -260,7 +260,7 @@ def test_mmrm_through_fit_cli(small_trial_dir, tmp_path, capsys):
     assert 'id="sensitivity-mmrm"' in (out / "report.html").read_text()
 
 
-@pytest.mark.smoke
+@pytest.mark.slow
 def test_parallel_fits_give_the_same_draws_as_fits_in_turn(small_trial_dir, tmp_path, capsys):
     common = ["--data", str(small_trial_dir), "--model", "null", "treatment", "--draws", "30", "--tune", "40", "--chains", "2",
               "--prior-draws", "10", "--seed", "11", "--quiet"]

@@ -144,10 +144,12 @@ def mixed_marker_patterns(design):
     return dataclasses.replace(design, baseline=marker)
 
 
-@pytest.mark.unit
+@pytest.mark.slow
 def test_fused_density_with_every_marker_pattern(small_design):
     """Integrated missing markers (models/marker_block.py): one or two of three missing, all missing, and a
-    missing value beside a censored one (kept latent), for the headline model (moderation with covariates: slow)."""
+    missing value beside a censored one (kept latent), for the headline model; the next test does the moderation model
+    with covariates. In the default tier every fused fit is checked against its graph before first use (the guard of
+    inference/compile.py), the headline fits with missing markers included."""
     from models.marker_block import integrated_rows, latent_missing
 
     design = mixed_marker_patterns(small_design)
