@@ -151,3 +151,51 @@ def test_no_copy_of_the_algebra_outside_maths():
                 if unpack.search(line) or scaling.search(line):
                     offenders.append(f"{pkg}/{path.name}:{i}: {line.strip()}")
     assert not offenders, offenders
+
+
+@pytest.mark.unit
+def test_models_answer_their_implied_covariance(small_trial):
+    """ModelSpec.score_covariance of the headline model at a fixed posterior point == the dense covariance of a
+    participant's scores: Z S Z' + sigma^2 I for complete markers, plus Z A C A' Z' (C = the covariance of the missing
+    markers given the observed ones, from the dense joint covariance by the precision partition) for each missing
+    pattern; and the MMRM's == L L' from its packed factor."""
+    import xarray as xr
+
+    from models import build_design, get
+    from tests.test_fused import mixed_marker_patterns
+
+    design = mixed_marker_patterns(build_design(small_trial))
+    md = design.baseline
+    mean, msd, links = np.array([0.1, -0.2, 0.3]), np.array([1.0, 0.8, 1.2]), np.array([0.5, -0.3, 0.4])
+    prog, mod = np.array([1.5, -1.0, 0.5]), np.array([-2.0, 1.0, 0.7])
+    sd, rho, sigma = np.array([5.0, 4.0]), -0.3, 3.0
+    one = lambda v, dims: (("chain", "draw", *dims), np.broadcast_to(v, (1, 2) + np.shape(v)).copy())  # noqa: E731
+    post = xr.Dataset({
+        "participant_sd": one(sd, ("participant_effect",)), "participant_corr": one(rho, ()), "residual_sd": one(sigma, ()),
+        "marker_mean": one(mean, ("marker",)), "marker_sd": one(msd, ("marker",)), "marker_regression": one(links, ("marker_link",)),
+        "marker_prognostic": one(prog, ("marker",)), "marker_moderation": one(mod, ("marker",)),
+    })
+    implied = get("headline").score_covariance(post, design)
+    z = np.column_stack([np.ones(len(design.weeks)), design.week_t1])
+    s = np.array([[sd[0] ** 2, rho * sd[0] * sd[1]], [rho * sd[0] * sd[1], sd[1] ** 2]])
+    base = z @ s @ z.T + sigma**2 * np.eye(len(design.weeks))
+    assert np.array_equal(implied.weeks, design.weeks) and implied.outcome == "score"
+    assert np.allclose(implied.cov[0, 1], base)
+    # the dense joint covariance of the markers: z = R^-1 (a + diag(s) e), R = I - B
+    r = np.eye(3)
+    r[1, 0], r[2, 0], r[2, 1] = -links[0], -links[1], -links[2]
+    cz = np.linalg.inv(r) @ np.diag(msd**2) @ np.linalg.inv(r).T
+    group = implied.group_of(design.n_participants)
+    integrated = md.missing.any(axis=1) & ~md.censored.any(axis=1)
+    assert np.array_equal(group > 0, integrated)  # observed and censored-beside-missing participants: the base covariance
+    a = np.vstack([prog, mod])
+    for i in np.flatnonzero(integrated):
+        miss = np.flatnonzero(md.missing[i])
+        c = np.linalg.inv(np.linalg.inv(cz)[np.ix_(miss, miss)])  # Var(z_M | z_K)
+        want = base + z @ a[:, miss] @ c @ a[:, miss].T @ z.T
+        assert np.allclose(implied.covariance(group[i])[0, 0], want), i
+    # the MMRM: Sigma from the packed factor
+    chol = np.linalg.cholesky(_spd(np.random.default_rng(7), len(design.weeks) - 1))
+    rows, cols = np.tril_indices(len(design.weeks) - 1)
+    mm = get("mmrm").score_covariance(xr.Dataset({"visit_chol": one(chol[rows, cols], ("visit_chol_dim_0",))}), design)
+    assert mm.outcome == "change" and np.array_equal(mm.weeks, design.weeks[1:]) and np.allclose(mm.cov[0, 0], chol @ chol.T)
