@@ -373,9 +373,10 @@ def test_unsupported_priors_use_the_graph(small_design):
     assert engine.fused_layout(get("headline").build(small_design)) is None  # the plain model: the graph
 
 
-@pytest.mark.smoke
+@pytest.mark.slow
 def test_fused_sampling_reproducible_and_cached(small_design, tmp_path, monkeypatch):
-    """Same seed, same draws; the fused functions are cached on disk and loaded by a new compile."""
+    """Same seed, same draws; the fused functions are cached on disk and loaded by a new compile (the default tier's
+    version: tests/test_fast_path.py::test_seed_reproducible_and_cache_reused)."""
     monkeypatch.setenv("DEPTRIAL_CACHE", str(tmp_path / "cache"))
     settings = SamplerSettings(draws=200, tune=200, chains=2, seed=11)
     first, timings = sample_posterior(_headline(small_design), settings, quiet=True)

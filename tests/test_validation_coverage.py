@@ -65,13 +65,13 @@ def _scaled(table: pd.DataFrame, factor: float) -> pd.DataFrame:
     return t.assign(covered=(t["lower"] <= t["true"]) & (t["true"] <= t["upper"]))
 
 
-FEW = 3
+FEW = 2
 
 
 @pytest.fixture(scope="module")
 def few_trials():
-    """3 trials of the published size (252 participants, true NAC effect -1.5 at week 12 and -3 at week 16), about 3 s each."""
-    return run_coverage(FEW, seed=99, draws=300, tune=300, chains=2, cores=1, fast=True)
+    """2 trials of the published size (252 participants, true NAC effect -1.5 at week 12 and -3 at week 16), a few seconds each."""
+    return run_coverage(FEW, seed=99, draws=250, tune=250, chains=2, cores=1, fast=True)
 
 
 @pytest.mark.smoke
