@@ -206,10 +206,11 @@ def test_readme_python_example_runs(tmp_path):
     _run_readme_example(tmp_path, readme_block("Python", "python"))
 
 
-@pytest.mark.smoke
+@pytest.mark.slow
 def test_readme_python_example_runs_with_fewer_draws(tmp_path):
     """The same example with its draws cut to 50 and its two fits in turn in one process (every line
-    else as printed): the default tier's version. The slow tier runs it as printed, fits side by side."""
+    else as printed), beside the run as printed (fits side by side). The default tier's end-to-end runs of
+    the same function are tests/test_api.py's."""
     code = readme_block("Python", "python")
     assert "draws=1000" in code and 'out="results/example")' in code
     code = code.replace("draws=1000", "draws=50, tune=100").replace('out="results/example")', 'out="results/example", jobs=1)')
