@@ -77,9 +77,9 @@ from scipy import special
 
 from data.meta import DatasetMeta
 from inference.marginal import per_draw
+from maths.gaussian import conditional_normal
 from models.design import TrialDesign
 from models.effects import HDI_PROB, flat_draws, hdi_names
-from maths.gaussian import conditional_normal
 from models.marginal import FIXED_VAR
 from models.mmrm import NAME as MMRM_NAME
 from models.mmrm import covariate_shift, mmrm_data

@@ -81,9 +81,9 @@ import pandas as pd  # noqa: E402
 import xarray as xr  # noqa: E402
 
 from data.ice import ICE_STRATEGIES, IceTable, check_ice, load_ice  # noqa: E402
+from maths.gaussian import conditional_normal  # noqa: E402
 from models.design import TrialDesign  # noqa: E402
 from models.effects import HDI_PROB, flat_draws, hdi_names  # noqa: E402
-from maths.gaussian import conditional_normal  # noqa: E402
 from models.registry import fitted_model_name, get  # noqa: E402
 
 from .plots import to_png  # noqa: E402
@@ -354,15 +354,17 @@ def sensitivity_table(
     arms: str = "treatment",
     weeks=None,
     model: str | None = None,
+    pieces: ModelPieces | None = None,
 ) -> pd.DataFrame:
     """The NAC - placebo difference at each post-baseline week under each strategy, then MAR with each delta.
 
     Columns: strategy (MAR, J2R, CR, CIR, `delta=<points>`), week, mean, sd, hdi_3%, hdi_97% (for
     hdi_prob 0.94), p_below_0 (P(benefit)), delta, dropout_share (share of the treatment arm with an
     imputed score after dropout or the event at that week), estimand. `deltas=None` takes
-    `default_deltas(design)`; `ice`: an IceTable, the path of ice.csv, or None.
+    `default_deltas(design)`; `ice`: an IceTable, the path of ice.csv, or None; `pieces`: the fit's
+    `model_pieces`, when the caller has them already.
     """
-    pieces = model_pieces(idata, design, model)
+    pieces = pieces if pieces is not None else model_pieces(idata, design, model)
     pop = estimand_population(design, pieces)
     ice = _as_ice(ice, design)
     deltas = default_deltas(design) if deltas is None else tuple(float(x) for x in deltas)
@@ -435,6 +437,7 @@ def tipping_point(
     hdi_prob: float = HDI_PROB,
     plot: bool = True,
     model: str | None = None,
+    pieces: ModelPieces | None = None,
 ) -> TippingPoint:
     """The smallest delta (points added to the imputed post-dropout scores) at which benefit is no longer concluded.
 
@@ -445,7 +448,7 @@ def tipping_point(
     """
     if arms not in ARMS:
         raise ValueError(f"arms must be one of {ARMS}, not '{arms}'")
-    pieces = model_pieces(idata, design, model)
+    pieces = pieces if pieces is not None else model_pieces(idata, design, model)
     pop = estimand_population(design, pieces)
     ice = _as_ice(ice, design)
     week = int(design.meta.treatment_end if week is None else week)

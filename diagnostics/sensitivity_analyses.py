@@ -25,7 +25,7 @@ from inference.idata_io import provenance
 from .ppc import REMISSION_CUTOFF
 from .prior_sensitivity import prior_sensitivity_table
 from .responders import responder_table, scored_model
-from .sensitivity import DECISION_THRESHOLD, sensitivity_table, supported_model, tipping_point
+from .sensitivity import DECISION_THRESHOLD, model_pieces, sensitivity_table, supported_model, tipping_point
 
 SENSITIVITY_TABLES = ("sensitivity", "tipping_point", "responders", "prior_sensitivity")  # <model>/<name>.csv
 TIPPING_FIGURE = "tipping_point"  # <model>/figures/tipping_point.png
@@ -138,8 +138,9 @@ def model_sensitivity(name: str, idata: az.InferenceData, design, options: Sensi
     result.notes = unsupported(idata, design, model)
     t0 = time.perf_counter()
     if "sensitivity" not in result.notes:
-        result.tables["sensitivity"] = sensitivity_table(idata, design, deltas=options.deltas, ice=options.ice, model=model)
-        tp = tipping_point(idata, design, threshold=options.threshold, ice=options.ice, model=model)
+        pieces = model_pieces(idata, design, model)  # d and Sigma once for both tables
+        result.tables["sensitivity"] = sensitivity_table(idata, design, deltas=options.deltas, ice=options.ice, model=model, pieces=pieces)
+        tp = tipping_point(idata, design, threshold=options.threshold, ice=options.ice, model=model, pieces=pieces)
         result.tables["tipping_point"] = tipping_frame(tp)
         result.tipping_message, result.tipping_figure = tp.message, tp.figure
     t1 = time.perf_counter()

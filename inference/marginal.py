@@ -30,9 +30,9 @@ import pymc as pm
 import pytensor
 import xarray as xr
 
+from maths.gaussian import sandwich
 from models.contract import BuiltModel
 from models.design import TrialDesign
-from maths.gaussian import sandwich
 from models.marginal import FIXED_TERMS, FIXED_VAR, LOG2PI, integrated_pointwise, visit_stats
 from models.marker_block import integrated_marker_terms, latent_missing
 from models.trajectory import curve_basis, visit_columns

@@ -35,8 +35,9 @@ import numpy as np
 import pymc as pm
 import pytensor.tensor as pt
 
-from .design import MarkerData
 from maths.gaussian import conditional_normal, conditional_normal_graph, sequential_moments
+
+from .design import MarkerData
 from .priors import Prior, rv
 
 SQRT2 = float(np.sqrt(2.0))  # a float64 constant: pt.sqrt(2.0) would be computed in float32

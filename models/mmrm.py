@@ -41,9 +41,10 @@ import pymc as pm
 import pytensor.tensor as pt
 from pytensor.tensor.slinalg import cholesky, solve_triangular
 
+from maths.gaussian import chol_to_cov, packed_chol_to_cov, sd_corr_to_cov, tril_unpack
+
 from .contract import VISIT_CHANGES, BuiltModel, ImpliedCovariance
 from .design import COVARIATE_DIM, ModelDataError, TrialDesign, select_covariates
-from maths.gaussian import chol_to_cov, packed_chol_to_cov, sd_corr_to_cov, tril_unpack
 from .priors import Prior, points, resolve, rv
 
 NAME = "mmrm"

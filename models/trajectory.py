@@ -49,9 +49,10 @@ import numpy as np
 import pymc as pm
 import pytensor.tensor as pt
 
+from maths.gaussian import score_covariance, sd_corr_to_cov
+
 from .contract import VISIT_SCORES, BuiltModel, ImpliedCovariance
 from .design import COVARIATE_DIM, TrialDesign, select_covariates
-from maths.gaussian import score_covariance, sd_corr_to_cov
 from .marginal import FIXED_VAR, fixed_columns, fixed_terms, marginal_loglik, visit_stats
 from .marker_block import add_marker_block, integrated_marker_terms
 from .priors import Prior, dist, points, resolve, rv, scaled_defaults
