@@ -6,6 +6,7 @@ MADRS, HAM-D or BDI trials with other visit schedules.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import tomllib
@@ -30,7 +31,7 @@ MAP_UNSCHEDULED = ("none", "nearest")
 ALLOWED_KEYS = {
     "": {"title", "outcome", "arms", "schedule", "biomarkers", "covariates"},
     "outcome": {"name", "label", "min", "max", "integer"},
-    "arms": {"control", "treatment"},
+    "arms": {"control", "treatment", "dose"},
     "schedule": {"weeks", "treatment_end", "map_unscheduled", "window"},
     "biomarkers": {"weeks", "units", "detection_limit"},
 }
@@ -122,7 +123,7 @@ class DatasetMeta:
     score_max: float = 60
     integer_scores: bool = True
     control_arm: str = "placebo"
-    treatment_arm: str = "nac"
+    treatment_arms: tuple[str, ...] = ("nac",)  # the active arms, in declared order (each compared with control_arm)
     weeks: tuple[int, ...] = (0, 2, 4, 6, 8, 12, 16)
     treatment_end: int = 12
     map_unscheduled: str = "none"  # or "nearest": visits within `unscheduled_window` weeks move to the scheduled week
@@ -132,6 +133,24 @@ class DatasetMeta:
     detection_limits: dict[str, float] = field(default_factory=dict)
     title: str = ""
     covariates: dict[str, str] = field(default_factory=dict)  # participants.csv column -> "continuous" or "categorical"
+    doses: dict[str, float] = field(default_factory=dict)  # [arms.dose]: arm -> numeric dose (every arm), or empty
+
+    @property
+    def arms(self) -> tuple[str, ...]:
+        """Every arm, the control (reference) first, then the active arms in declared order (arm index 0, 1, ...)."""
+        return (self.control_arm, *self.treatment_arms)
+
+    @property
+    def n_arms(self) -> int:
+        return 1 + len(self.treatment_arms)
+
+    @property
+    def treatment_arm(self) -> str:
+        """The active arm of a two-arm trial; a trial with several active arms has no single one (ValueError)."""
+        if len(self.treatment_arms) != 1:
+            raise ValueError(f"this trial has {len(self.treatment_arms)} active arms {list(self.treatment_arms)}; "
+                             "name the arm (a statement about one arm of a multi-arm trial needs its label)")
+        return self.treatment_arms[0]
 
     @property
     def followup_weeks(self) -> tuple[int, ...]:
@@ -145,7 +164,18 @@ class DatasetMeta:
         d = asdict(self)
         d["weeks"] = list(self.weeks)
         d["biomarker_weeks"] = list(self.biomarker_weeks)
+        d["treatment_arms"] = list(self.treatment_arms)
         return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DatasetMeta":
+        """The inverse of to_dict (a two-arm record with a single 'treatment_arm' is read too)."""
+        d = dict(d)
+        if "treatment_arm" in d:
+            d["treatment_arms"] = [d.pop("treatment_arm")]
+        for key in ("weeks", "biomarker_weeks", "treatment_arms"):
+            d[key] = tuple(d[key])
+        return cls(**d)
 
     def to_toml(self) -> str:
         """Serialise back to dataset.toml text (used by the synthetic generator and round-trip tests)."""
@@ -167,12 +197,16 @@ class DatasetMeta:
             "",
             "[arms]",
             f"control = {q(self.control_arm)}",
-            f"treatment = {q(self.treatment_arm)}",
+            "treatment = " + (q(self.treatment_arms[0]) if len(self.treatment_arms) == 1
+                              else "[" + ", ".join(q(a) for a in self.treatment_arms) + "]"),
             "",
             "[schedule]",
             f"weeks = [{', '.join(str(w) for w in self.weeks)}]",
             f"treatment_end = {self.treatment_end}",
         ]
+        if self.doses:
+            at = lines.index("[schedule]") - 1
+            lines[at:at] = ["", "[arms.dose]", *[f"{_key(a)} = {_num(v)}" for a, v in self.doses.items()]]
         if self.map_unscheduled != "none":
             lines += [f"map_unscheduled = {q(self.map_unscheduled)}", f"window = {_num(self.unscheduled_window)}"]
         if self.marker_units:
@@ -197,6 +231,43 @@ def _key(name: str) -> str:
     if re.fullmatch(r"[A-Za-z0-9_-]+", name):
         return name
     return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _arms(arms, text: str = "") -> tuple[str, tuple[str, ...], dict[str, float]]:
+    """[arms]: the control label, the active arms (one label, or a list of labels for a multi-arm trial) and the
+    optional [arms.dose] table (a number for every arm)."""
+    if not isinstance(arms, dict):
+        raise _bad(f"[arms] must be a table, got {arms!r}.", "arms", 'write control = "placebo" and treatment = "nac" under [arms]')
+    control = arms.get("control", "placebo")
+    treatment = arms.get("treatment", "nac")
+    if not isinstance(control, str) or not control.strip():
+        raise _bad(f"arms.control must be one arm label, got {control!r}.", "arms", 'e.g. control = "placebo"')
+    listed = [treatment] if isinstance(treatment, str) else treatment
+    if not isinstance(listed, list) or not listed or not all(isinstance(a, str) and a.strip() for a in listed):
+        raise _bad(f"arms.treatment must be an arm label or a list of labels, got {treatment!r}.", "arms",
+                   'e.g. treatment = "nac", or treatment = ["low", "high"] for several active arms')
+    line = _key_line(text, "arms", "treatment")
+    repeated = sorted({a for a in listed if listed.count(a) > 1})
+    if repeated:
+        raise _bad(f"arms.treatment lists {repeated} more than once.", "arms", "list each active arm once", line)
+    if control in listed:
+        raise _bad(f"arm {control!r} is both the control and a treatment arm.", "arms",
+                   "give the control arm and every treatment arm different labels, as in participants.csv", line)
+    dose = arms.get("dose", {})
+    if not isinstance(dose, dict):
+        raise _bad(f"[arms.dose] must map each arm to a number, got {dose!r}.", "arms.dose", "e.g. placebo = 0, low = 50, high = 100")
+    everyone = [control, *listed]
+    if dose:
+        unknown = [a for a in dose if a not in everyone]
+        absent = [a for a in everyone if a not in dose]
+        bad = [a for a, v in dose.items() if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v)]
+        if unknown or absent or bad:
+            why = "; ".join(x for x in (unknown and f"arms not declared under [arms]: {unknown}",
+                                        absent and f"arms without a dose: {absent}",
+                                        bad and f"doses that are not numbers: {bad}") if x)
+            raise _bad(f"[arms.dose] must give a number for every declared arm ({why}).", "arms.dose",
+                       "one line per arm of [arms], e.g. " + ", ".join(f"{_key(a)} = {i}" for i, a in enumerate(everyone)))
+    return control, tuple(listed), {a: float(dose[a]) for a in everyone} if dose else {}
 
 
 def _covariate_kinds(raw, text: str = "") -> dict[str, str]:
@@ -294,11 +365,7 @@ def parse_meta(text: str) -> DatasetMeta:
     if not isinstance(integer, bool):
         raise _bad(f"outcome 'integer' must be true or false, got {integer!r}.", "outcome", "write integer = true or integer = false (no quotes)")
 
-    arms = raw.get("arms", {})
-    control = str(arms.get("control", "placebo"))
-    treatment = str(arms.get("treatment", "nac"))
-    if control == treatment:
-        raise _bad(f"control and treatment arm labels are both {control!r}.", "arms", "give the two arms different labels, as in participants.csv")
+    control, treatments, doses = _arms(raw.get("arms", {}), text)
 
     sched = raw.get("schedule", {})
     weeks = _int_list(sched.get("weeks", [0, 2, 4, 6, 8, 12, 16]), "schedule.weeks")
@@ -353,7 +420,8 @@ def parse_meta(text: str) -> DatasetMeta:
         score_max=hi,
         integer_scores=integer,
         control_arm=control,
-        treatment_arm=treatment,
+        treatment_arms=treatments,
+        doses=doses,
         weeks=weeks,
         treatment_end=tend,
         map_unscheduled=mapping,

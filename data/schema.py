@@ -331,13 +331,13 @@ def _load_participants(folder: Path, meta: DatasetMeta, limit, changes: list) ->
         ids = sorted(df.loc[dup, "participant_id"].unique())[:5]
         p.add(file, f"participant_id must be unique; repeated with different values: {ids}.", "participant_id", _lines(df, dup),
               "keep one row per participant")
-    arms = {meta.control_arm, meta.treatment_arm}
-    bad_arm = ~df["arm"].isin(arms)
+    bad_arm = ~df["arm"].isin(meta.arms)
     if bad_arm.any():
         seen = sorted(df.loc[bad_arm, "arm"].unique())[:5]
+        declared = ", ".join(f"'{a}'" for a in meta.treatment_arms)
         p.add(
             file,
-            f"unknown arm {seen}; {META_FILE} declares control '{meta.control_arm}' and treatment '{meta.treatment_arm}'.",
+            f"unknown arm {seen}; {META_FILE} declares control '{meta.control_arm}' and treatment {declared}.",
             "arm",
             _lines(df, bad_arm),
             "use the arm labels of dataset.toml [arms] (labels are case-sensitive)",
@@ -364,15 +364,15 @@ def _load_participants(folder: Path, meta: DatasetMeta, limit, changes: list) ->
         df = df.drop(columns=CONSENT_COLUMN)
     _check_covariates(df, meta, file, p)
     counts = df["arm"].value_counts()
-    for arm in (meta.control_arm, meta.treatment_arm):
+    for arm in meta.arms:
         if counts.get(arm, 0) < 2:
             p.add(
                 file,
-                f"arm '{arm}' has {counts.get(arm, 0)} participant(s){' after consent withdrawals' if withdrawn else ''}; "
-                "a two-arm comparison needs at least 2 per arm.",
+                f"arm '{arm}' (declared in {META_FILE} [arms]) has {counts.get(arm, 0)} participant(s)"
+                f"{' after consent withdrawals' if withdrawn else ''}; every comparison with the control arm needs at least 2 per arm.",
                 "arm",
                 _lines(df, df["arm"].eq(arm)),
-                "check the arm labels, or analyse a dataset with both arms",
+                f"check the arm labels, or remove '{arm}' from [arms] of {META_FILE} to analyse the other arms",
             )
     p.raise_if_any()
     return df, withdrawn
@@ -604,7 +604,8 @@ def load_dataset(folder: str | Path, max_file_bytes: int | None = None) -> xr.Da
     ds = xr.Dataset(
         {
             "arm": ("participant", parts["arm"].to_numpy(dtype=str)),
-            "treated": ("participant", (parts["arm"] == meta.treatment_arm).to_numpy().astype(np.int8)),
+            # 0 for the control arm, a for the a-th active arm of dataset.toml (meta.arms[a])
+            "arm_index": ("participant", parts["arm"].map({a: i for i, a in enumerate(meta.arms)}).to_numpy().astype(np.int8)),
             "site": ("participant", parts["site"].to_numpy(dtype=str)),
             "score": (("participant", "week"), score),
         },
@@ -643,7 +644,4 @@ def changes_of(ds: xr.Dataset) -> list[dict]:
 
 def meta_of(ds: xr.Dataset) -> DatasetMeta:
     """The DatasetMeta stored on a loaded Dataset."""
-    d = json.loads(ds.attrs["meta"])
-    d["weeks"] = tuple(d["weeks"])
-    d["biomarker_weeks"] = tuple(d["biomarker_weeks"])
-    return DatasetMeta(**d)
+    return DatasetMeta.from_dict(json.loads(ds.attrs["meta"]))

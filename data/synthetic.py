@@ -89,13 +89,31 @@ class TrialParameters:
     score_min: float = 0.0
     score_max: float = 60.0
     control_arm: str = "placebo"
-    treatment_arm: str = "nac"
+    treatment_arm: str = "nac"  # the first active arm, with effects nac_effect_e and nac_effect_f
+    # Further active arms of a multi-arm trial: (label, effect vs control at E, effect at F) each. The biomarker terms
+    # (nac_marker_log_ratio, nac_moderation) apply to every active arm. Empty: a two-arm trial.
+    more_arms: tuple[tuple[str, float, float], ...] = ()
+    allocation: tuple[float, ...] = ()  # multi-arm: randomisation weights (control, then each active arm); empty: equal
+    doses: tuple[tuple[str, float], ...] = ()  # [arms.dose] of dataset.toml: (arm, dose) for every arm, or empty
 
     def with_(self, **changes) -> "TrialParameters":
         return replace(self, **changes)
 
     def to_dict(self) -> dict:
         return json.loads(json.dumps(asdict(self)))
+
+    @property
+    def active_arms(self) -> tuple[str, ...]:
+        return (self.treatment_arm, *(a for a, _, _ in self.more_arms))
+
+    def arm_effects(self) -> list[tuple[float, float]]:
+        """(effect vs control at E, at F) of each active arm, in order."""
+        return [(self.nac_effect_e, self.nac_effect_f), *((float(e), float(f)) for _, e, f in self.more_arms)]
+
+    def effect_at(self, week: float, arm: int = 0) -> float:
+        """True mean difference of active arm `arm` (0: treatment_arm) from control at a week (nac_effect_at's rule)."""
+        e_eff, f_eff = self.arm_effects()[arm]
+        return self.with_(nac_effect_e=e_eff, nac_effect_f=f_eff, more_arms=()).nac_effect_at(week)
 
     @property
     def markers(self) -> tuple[str, ...]:
@@ -132,13 +150,15 @@ class TrialParameters:
             score_max=self.score_max,
             integer_scores=True,
             control_arm=self.control_arm,
-            treatment_arm=self.treatment_arm,
+            treatment_arms=self.active_arms,
+            doses=dict(self.doses),
             weeks=tuple(self.weeks),
             treatment_end=self.treatment_end,
             biomarker_weeks=(0, self.treatment_end),
             marker_units=dict(self.marker_units),
             detection_limits=dict(self.detection_limits),
-            title=f"Synthetic NAC trial (seed {self.seed})",
+            title=(f"Synthetic NAC trial (seed {self.seed})" if not self.more_arms
+                   else f"Synthetic {2 + len(self.more_arms)}-arm trial (seed {self.seed})"),
         )
 
 
@@ -215,8 +235,19 @@ def simulate_trial(params: TrialParameters | None = None, **overrides) -> Synthe
     ab = np.concatenate([r[1] for r in rows])[:n]
     site = np.concatenate([r[2] for r in rows])[:n]
     noise = np.concatenate([r[3] for r in rows])[:n]
-    treated = np.zeros(n, dtype=int)
-    treated[rng.permutation(n)[: int(round(p.treatment_fraction * n))]] = 1
+    arm_index = np.zeros(n, dtype=int)  # 0 control, a the a-th active arm
+    if not p.more_arms:
+        arm_index[rng.permutation(n)[: int(round(p.treatment_fraction * n))]] = 1
+    else:
+        weights = np.asarray(p.allocation or (1.0,) * (2 + len(p.more_arms)), dtype=float)
+        if len(weights) != 2 + len(p.more_arms) or (weights <= 0).any():
+            raise ValueError(f"allocation needs a positive weight for control and each of the {1 + len(p.more_arms)} active arms")
+        counts = np.floor(n * weights / weights.sum()).astype(int)
+        counts[: n - counts.sum()] += 1
+        arm_index[rng.permutation(n)] = np.repeat(np.arange(len(weights)), counts)
+    treated = (arm_index > 0).astype(int)
+    effects = np.array([(0.0, 0.0), *p.arm_effects()])
+    effect_e, effect_f = effects[arm_index, 0], effects[arm_index, 1]
 
     # Biomarkers: baseline log values, week-12 values correlated with baseline, NAC effect optional.
     log0 = log_med + z * log_sd
@@ -227,12 +258,12 @@ def simulate_trial(params: TrialParameters | None = None, **overrides) -> Synthe
 
     slope_e = (
         p.placebo_change_e
-        + treated * (p.nac_effect_e + z @ np.asarray(p.nac_moderation))
+        + treated * (effect_e + z @ np.asarray(p.nac_moderation))
         + z @ np.asarray(p.moderation)
         + ab[:, 1]
         + change @ np.asarray(p.mediation)
     )
-    slope_f = p.placebo_change_f + treated * (p.nac_effect_f - p.nac_effect_e)
+    slope_f = p.placebo_change_f + treated * (effect_f - effect_e)
     mean = (
         p.baseline_mean + ab[:, 0] + site_offsets[site] + z @ np.asarray(p.prognostic)
     )[:, None] + slope_e[:, None] * t1[None, :] + slope_f[:, None] * t2[None, :]
@@ -260,7 +291,7 @@ def simulate_trial(params: TrialParameters | None = None, **overrides) -> Synthe
     participants = pd.DataFrame(
         {
             "participant_id": ids,
-            "arm": np.where(treated == 1, p.treatment_arm, p.control_arm),
+            "arm": np.asarray([p.control_arm, *p.active_arms])[arm_index],
             "site": np.asarray(p.sites)[site],
             "age": np.clip(np.round(rng.normal(48, 12, n)), 18, 80).astype(int),
             "sex": np.where(rng.random(n) < 0.8, "F", "M"),
@@ -295,6 +326,8 @@ def simulate_trial(params: TrialParameters | None = None, **overrides) -> Synthe
     truth = {
         "params": p.to_dict(),
         "nac_effect_by_week": {str(int(w)): p.nac_effect_at(w) for w in weeks},
+        **({"effect_by_arm_week": {arm: {str(int(w)): p.effect_at(w, a) for w in weeks} for a, arm in enumerate(p.active_arms)}}
+           if p.more_arms else {}),
         "site_offsets": dict(zip(p.sites, site_offsets.round(6).tolist())),
         "marker_log_mean": dict(zip(markers, log_med.tolist())),
         "marker_log_sd": dict(zip(markers, log_sd.tolist())),
@@ -310,6 +343,15 @@ def simulate_trial(params: TrialParameters | None = None, **overrides) -> Synthe
     return SyntheticTrial(participants, visits, biomarkers.reset_index(drop=True), p, truth, complete)
 
 
+def dose_trial_parameters(**overrides) -> TrialParameters:
+    """The bundled three-arm example (data/dose/): placebo, a low and a high dose of the active drug, 1:1:1, 90 per arm,
+    a dose-dependent effect (low -1.5 then -2.0 MADRS points at the end of treatment and the follow-up visit, high
+    -3.0 then -3.5), biomarkers and dropout as in the default trial."""
+    p = TrialParameters(seed=20261206, n_participants=270, treatment_arm="low", nac_effect_e=-1.5, nac_effect_f=-2.0,
+                        more_arms=(("high", -3.0, -3.5),), doses=(("placebo", 0.0), ("low", 50.0), ("high", 100.0)))
+    return p.with_(**overrides) if overrides else p
+
+
 def main(argv=None) -> int:
     """Write a synthetic dataset folder: python -m data.synthetic OUT [--seed S] [--n N] [--dropout mar|mnar|mnar_treatment]."""
     import argparse
@@ -321,8 +363,13 @@ def main(argv=None) -> int:
     ap.add_argument("--dropout", choices=DROPOUT_MECHANISMS, default=TrialParameters.dropout_mechanism,
                     help="what dropout depends on: the last observed score (mar) or the missed visit's (mnar, mnar_treatment)")
     ap.add_argument("--force", action="store_true", help="replace an existing folder")
+    ap.add_argument("--dose-example", action="store_true",
+                    help="the three-arm dose trial of data/dose/ (placebo, low, high) instead of the two-arm NAC trial")
     args = ap.parse_args(argv)
-    trial = simulate_trial(TrialParameters(seed=args.seed, n_participants=args.n, dropout_mechanism=args.dropout))
+    base = dose_trial_parameters() if args.dose_example else TrialParameters()
+    changes = {k: v for k, v in (("seed", args.seed), ("n_participants", args.n), ("dropout_mechanism", args.dropout))
+               if v != getattr(TrialParameters(), k)}
+    trial = simulate_trial(base.with_(**changes))
     try:
         trial.write(args.out, overwrite=args.force)
     except FileExistsError as exc:

@@ -76,7 +76,7 @@ class TrialDesign:
     participants: np.ndarray
     sites: list[str]
     weeks: np.ndarray
-    treated: np.ndarray  # per participant, 0/1
+    arm_idx: np.ndarray  # per participant: 0 the control arm, a the a-th active arm (meta.arms[a])
     site_idx: np.ndarray  # per participant
     obs_participant: np.ndarray  # per observed visit: participant index
     obs_week: np.ndarray  # per observed visit: week
@@ -101,6 +101,25 @@ class TrialDesign:
         return len(self.participants)
 
     @property
+    def arms(self) -> list[str]:
+        """Every arm, control (the reference) first: arm index 0, 1, ... (dim 'arm')."""
+        return list(self.meta.arms)
+
+    @property
+    def active_arms(self) -> list[str]:
+        """The active arms, each compared with the control arm (dim 'active_arm')."""
+        return list(self.meta.treatment_arms)
+
+    @property
+    def n_active(self) -> int:
+        return len(self.meta.treatment_arms)
+
+    def arm_indicator(self) -> np.ndarray:
+        """participant x active arm, 1.0 where the participant is in that arm (a control participant's row is 0):
+        the design matrix of the arm contrasts, T_ia in the models' formulas."""
+        return (self.arm_idx[:, None] == np.arange(1, self.n_active + 1)[None, :]).astype(float)
+
+    @property
     def score_range(self) -> float:
         return float(self.meta.score_max - self.meta.score_min)
 
@@ -115,6 +134,7 @@ class TrialDesign:
             "obs": np.arange(len(self.y)),
             "phase": self.phases(),
             "participant_effect": ["intercept", "change"],
+            "active_arm": self.active_arms,
         }
         if self.baseline is not None:
             c["marker"] = self.baseline.names
@@ -240,7 +260,7 @@ def build_design(ds: xr.Dataset) -> TrialDesign:
         participants=ds["participant"].values,
         sites=[str(s) for s in sites],
         weeks=weeks.astype(int),
-        treated=ds["treated"].values.astype(float),
+        arm_idx=ds["arm_index"].values.astype(int),
         site_idx=site_idx.astype(int),
         obs_participant=ii.astype(int),
         obs_week=weeks[jj],
