@@ -96,7 +96,7 @@ def _scores_handling(meta, week: int) -> str:
     return mar
 
 
-def estimand(meta, week, kind: str, *, marker: str = "", model: str = "") -> dict[str, str]:
+def estimand(meta, week, kind: str, *, marker: str = "", model: str = "", arm: str | None = None) -> dict[str, str]:
     """The ICH E9(R1) attributes of one effect row: population, variable (outcome and visit), intercurrent_events
     (how they are handled) and summary (the population-level summary).
 
@@ -105,10 +105,11 @@ def estimand(meta, week, kind: str, *, marker: str = "", model: str = "") -> dic
     kind    one of ESTIMAND_KINDS (what the row estimates)
     marker  the biomarker the row is about ('' for none)
     model   the registered model name: the biomarker models state their own population
+    arm     the active arm the row compares with the control arm (None: the trial's only active arm)
     """
     if kind not in ESTIMAND_KINDS:
         raise ValueError(f"unknown estimand kind '{kind}'; one of {', '.join(ESTIMAND_KINDS)}")
-    label, t, c = meta.outcome_label, meta.treatment_arm, meta.control_arm
+    label, t, c = meta.outcome_label, arm if arm is not None else meta.treatment_arm, meta.control_arm
     week = int(week)
     when = f"week {week} ({phase(week, meta)})"
     arms = f"{t} - {c}"
@@ -168,15 +169,18 @@ def estimand(meta, week, kind: str, *, marker: str = "", model: str = "") -> dic
     return dict(zip(ESTIMAND_COLUMNS, (population, variable, handling, summary)))
 
 
-def with_estimands(table, meta, kinds, model: str = ""):
-    """`table` (effect rows) with the ESTIMAND_COLUMNS appended after every other column; kinds: one per row."""
+def with_estimands(table, meta, kinds, model: str = "", arms=None):
+    """`table` (effect rows) with the ESTIMAND_COLUMNS appended after every other column; kinds: one per row; arms: the
+    active arm of each row (None: the trial's only active arm, for every row)."""
     kinds = list(kinds)
+    arms = [None] * len(kinds) if arms is None else list(arms)
     if table.empty and not kinds:
         return table.reindex(columns=[*[c for c in table.columns if c not in ESTIMAND_COLUMNS], *ESTIMAND_COLUMNS])
     if len(kinds) != len(table):
         raise ValueError(f"{len(kinds)} estimand kinds for {len(table)} rows")
     markers = table["marker"].astype("string").fillna("") if "marker" in table else pd.Series([""] * len(table), index=table.index)
-    stated = pd.DataFrame([estimand(meta, w, k, marker=str(m), model=model) for w, k, m in zip(table["week"], kinds, markers)],
+    stated = pd.DataFrame([estimand(meta, w, k, marker=str(m), model=model, arm=a)
+                           for w, k, m, a in zip(table["week"], kinds, markers, arms)],
                           index=table.index, columns=list(ESTIMAND_COLUMNS))
     rest = table.drop(columns=list(ESTIMAND_COLUMNS), errors="ignore")
     return pd.concat([rest, stated], axis=1)
