@@ -53,9 +53,11 @@ def valid_trials(draw):
     tend = draw(st.sampled_from(weeks[1:]))
     integer = draw(st.booleans())
     hi = draw(st.integers(10, 80))
-    control, treatment = draw(st.lists(LABEL, min_size=2, max_size=2, unique=True))
-    ids = draw(st.lists(LABEL, min_size=4, max_size=9, unique=True))
-    arms = [control, treatment, control, treatment] + draw(st.lists(st.sampled_from([control, treatment]), min_size=len(ids) - 4, max_size=len(ids) - 4))
+    control, *treatments = draw(st.lists(LABEL, min_size=2, max_size=4, unique=True))  # 1 to 3 active arms
+    every = [control, *treatments]
+    ids = draw(st.lists(LABEL, min_size=2 * len(every), max_size=2 * len(every) + 5, unique=True))
+    arms = every * 2 + draw(st.lists(st.sampled_from(every), min_size=len(ids) - 2 * len(every), max_size=len(ids) - 2 * len(every)))
+    doses = draw(st.one_of(st.just({}), st.fixed_dictionaries({a: st.integers(0, 400).map(float) for a in every})))
     pool = draw(st.lists(LABEL, min_size=1, max_size=4, unique_by=str.casefold))  # 'A' and 'a' would be an error
     sites = draw(st.lists(st.sampled_from(pool), min_size=len(ids), max_size=len(ids)))
     score_value = st.integers(0, hi).map(float) if integer else st.floats(0, hi, allow_nan=False, width=64)
@@ -75,7 +77,7 @@ def valid_trials(draw):
                     bio.append((pid, w, m, value, int(draw(st.booleans()))))
     meta = DatasetMeta(
         outcome="score_total", outcome_label="Score", score_min=0, score_max=hi, integer_scores=integer,
-        control_arm=control, treatment_arm=treatment, weeks=weeks, treatment_end=tend, biomarker_weeks=bweeks,
+        control_arm=control, treatment_arms=tuple(treatments), doses=doses, weeks=weeks, treatment_end=tend, biomarker_weeks=bweeks,
         marker_units={m: "pg/mL" for m in markers}, title=draw(LABEL),
     )
     style = draw(st.sampled_from(["lf", "crlf", "bom", "bom_crlf"]))
@@ -112,6 +114,7 @@ def test_valid_dataset_round_trips_unchanged(trial):
         assert changes_of(ds) == []
     assert list(ds["participant"].values) == list(parts["participant_id"])
     assert list(ds["arm"].values) == list(parts["arm"]) and list(ds["site"].values) == list(parts["site"])
+    assert [meta.arms[i] for i in ds["arm_index"].values] == list(parts["arm"])
     assert list(ds["week"].values) == list(meta.weeks)
     expected = np.full((len(parts), len(meta.weeks)), np.nan)
     row = {p: i for i, p in enumerate(parts["participant_id"])}

@@ -54,6 +54,46 @@ def test_unknown_arm(trial_copy):
     expect_error(trial_copy, "participants.csv", "column 'arm'", "line 6", "unknown arm ['NAC']")
 
 
+def _three_arm(folder, arms_table: str):
+    toml = (folder / "dataset.toml").read_text()
+    start, end = toml.index("[arms]"), toml.index("[schedule]")
+    (folder / "dataset.toml").write_text(toml[:start] + arms_table + "\n" + toml[end:])
+
+
+def test_a_three_arm_dataset_loads_with_its_arm_index(trial_copy):
+    edit_csv(trial_copy, "participants.csv", lambda d: d.assign(arm=np.where(d.index % 3 == 2, "high", d["arm"].where(d["arm"] != "nac", "low"))))
+    _three_arm(trial_copy, '[arms]\ncontrol = "placebo"\ntreatment = ["low", "high"]\n\n[arms.dose]\nplacebo = 0\nlow = 50\nhigh = 100\n')
+    ds = load_dataset(trial_copy)
+    meta = __import__("data").meta_of(ds)
+    assert meta.arms == ("placebo", "low", "high") and meta.doses == {"placebo": 0.0, "low": 50.0, "high": 100.0}
+    assert [meta.arms[i] for i in ds["arm_index"].values] == list(ds["arm"].values)
+    with pytest.raises(ValueError, match="2 active arms"):
+        meta.treatment_arm  # noqa: B018 -- a statement about 'the' active arm must name it
+
+
+def test_an_arm_in_the_data_that_dataset_toml_does_not_declare(trial_copy):
+    edit_csv(trial_copy, "participants.csv", lambda d: d.assign(arm=d["arm"].where(d.index != 7, "high")))
+    expect_error(trial_copy, "participants.csv", "column 'arm'", "line 9", "unknown arm ['high']", "treatment 'nac'")
+
+
+def test_a_declared_arm_without_participants(trial_copy):
+    _three_arm(trial_copy, '[arms]\ncontrol = "placebo"\ntreatment = ["nac", "high"]\n')
+    expect_error(trial_copy, "participants.csv", "arm 'high'", "0 participant(s)", "remove 'high' from [arms]")
+
+
+@pytest.mark.parametrize("table, message", [
+    ('[arms]\ncontrol = "placebo"\ntreatment = ["nac", "nac"]\n', "lists ['nac'] more than once"),
+    ('[arms]\ncontrol = "placebo"\ntreatment = ["nac", "placebo"]\n', "both the control and a treatment arm"),
+    ('[arms]\ncontrol = "placebo"\ntreatment = []\n', "an arm label or a list of labels"),
+    ('[arms]\ncontrol = "placebo"\ntreatment = "nac"\n\n[arms.dose]\nplacebo = 0\n', "arms without a dose: ['nac']"),
+    ('[arms]\ncontrol = "placebo"\ntreatment = "nac"\n\n[arms.dose]\nplacebo = 0\nnac = "high"\n', "not numbers: ['nac']"),
+    ('[arms]\ncontrol = "placebo"\ntreatment = "nac"\n\n[arms.dose]\nplacebo = 0\nnac = 1\nlow = 2\n', "not declared under [arms]: ['low']"),
+])
+def test_bad_arm_declarations_are_refused(trial_copy, table, message):
+    _three_arm(trial_copy, table)
+    expect_error(trial_copy, "dataset.toml", message)
+
+
 def test_duplicate_participant_week(trial_copy):
     # an exact duplicate is removed and reported (tests/test_corpus.py); a conflicting one is an error
     edit_csv(trial_copy, "visits.csv", lambda d: pd.concat([d, d.iloc[[3]].assign(madrs="59")], ignore_index=True))

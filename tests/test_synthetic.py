@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -60,6 +61,39 @@ def test_arm_difference_and_placebo_change(big):
         assert abs(diff - true) < 4 * se, (week, diff, true)
     placebo_change = (wide[12] - wide[0])[arm == "placebo"].mean()
     assert -13.5 < placebo_change < -9
+
+
+def test_a_three_arm_trial_has_each_arm_s_effect_and_allocation():
+    """The k-arm generator: allocation by the weights, each active arm's complete-data difference from control at
+    weeks 12 and 16 within 4 SE of its own truth, and the bundled dose example regenerates byte for byte."""
+    from data.synthetic import dose_trial_parameters
+
+    p = dose_trial_parameters(n_participants=3000, seed=3, allocation=(2, 1, 1))
+    trial = simulate_trial(p)
+    counts = trial.participants["arm"].value_counts()
+    assert counts.to_dict() == {"placebo": 1500, "low": 750, "high": 750}
+    wide = trial.complete.pivot(index="participant_id", columns="week", values="madrs")
+    arm = trial.participants.set_index("participant_id")["arm"].reindex(wide.index)
+    for a, name in enumerate(("low", "high")):
+        for week in (12, 16):
+            change = wide[week] - wide[0]
+            diff = change[arm == name].mean() - change[arm == "placebo"].mean()
+            se = np.sqrt(change[arm == name].var() / counts[name] + change[arm == "placebo"].var() / counts["placebo"])
+            true = trial.truth["effect_by_arm_week"][name][str(week)]
+            assert true == pytest.approx(p.effect_at(week, a))
+            assert abs(diff - true) < 4 * se, (name, week, diff, true)
+    assert trial.truth["effect_by_arm_week"]["high"]["12"] == pytest.approx(-3.0)
+    with pytest.raises(ValueError, match="positive weight"):
+        simulate_trial(p.with_(allocation=(1, 1)))
+
+
+def test_the_bundled_dose_trial_is_the_generator_s(tmp_path):
+    from data.synthetic import dose_trial_parameters
+
+    simulate_trial(dose_trial_parameters()).write(tmp_path / "dose")
+    bundled = Path(__file__).resolve().parents[1] / "data" / "dose"
+    for name in ("dataset.toml", "participants.csv", "visits.csv", "biomarkers.csv", "truth.json"):
+        assert (tmp_path / "dose" / name).read_bytes() == (bundled / name).read_bytes(), name
 
 
 def test_dropout_and_biomarkers(big):

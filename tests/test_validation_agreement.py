@@ -44,10 +44,11 @@ def test_compare_flags_a_posterior_off_by_half_a_standard_error():
     import arviz as az
 
     rng = np.random.default_rng(1)
-    reml = pd.DataFrame({"week": [16], "reml_estimate": [-3.0], "reml_se": [1.0]})
+    reml = pd.DataFrame({"arm": ["nac"], "week": [16], "reml_estimate": [-3.0], "reml_se": [1.0]})
     for shift, ok in ((0.0, True), (0.5, False)):
         draws = rng.normal(-3.0 + shift, 1.0, size=(2, 2000))
-        idata = az.from_dict(posterior={"nac_effect": draws[..., None]}, coords={"week": [16]}, dims={"nac_effect": ["week"]})
+        idata = az.from_dict(posterior={"nac_effect": draws[..., None, None]}, coords={"active_arm": ["nac"], "week": [16]},
+                             dims={"nac_effect": ["active_arm", "week"]})
         assert bool(compare(idata, reml)["agrees"].iloc[0]) is ok
 
 

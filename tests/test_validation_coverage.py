@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 
 from data import TrialParameters
+from data.synthetic import dose_trial_parameters
 from validation.coverage import INTERVAL_PROB, run_coverage, summarise
 
 Z_999 = 3.29  # two-sided 99.9% normal quantile
@@ -24,7 +25,7 @@ POST_SD_RANGE = (0.6, 1.4)
 
 @pytest.mark.unit
 def test_summarise_counts_coverage_bias_and_rmse():
-    table = pd.DataFrame({"trial": [0, 1, 2, 3], "week": 16, "true": -3.0, "post_mean": [-2.0, -4.0, -3.0, -3.0],
+    table = pd.DataFrame({"trial": [0, 1, 2, 3], "arm": "nac", "week": 16, "true": -3.0, "post_mean": [-2.0, -4.0, -3.0, -3.0],
                           "post_sd": 1.0, "lower": [-4.0, -5.0, -2.5, -4.0], "upper": [0.0, -3.5, -1.0, -2.0],
                           "covered": [True, False, False, True], "divergences": 0})
     s = summarise(table).iloc[0]
@@ -46,9 +47,9 @@ def _problems(table: pd.DataFrame) -> list[str]:
     sd = table["post_sd"].mean()
     if not POST_SD_RANGE[0] < sd < POST_SD_RANGE[1]:
         out.append(f"mean posterior SD {sd:.2f} outside {POST_SD_RANGE}")
-    for w, g in table.groupby("week"):
+    for (arm, w), g in table.groupby(["arm", "week"]):
         if g["covered"].mean() < 0.5:
-            out.append(f"week {w}: only {int(g['covered'].sum())} of {len(g)} intervals hold the truth")
+            out.append(f"{arm} week {w}: only {int(g['covered'].sum())} of {len(g)} intervals hold the truth")
     return out
 
 
@@ -83,7 +84,7 @@ def test_a_few_trials_hold_the_truth_and_a_sign_flipped_or_mis_scaled_posterior_
     assert _problems(table) == [], table.to_string()
     flipped = _problems(_flipped(table))
     # a sign error puts the truth of week 16 (-3) about 6 posterior SD from the mean, outside every interval
-    assert any("week 16: truth" in p for p in flipped) and f"week 16: only 0 of {FEW} intervals hold the truth" in flipped, flipped
+    assert any("week 16: truth" in p for p in flipped) and f"nac week 16: only 0 of {FEW} intervals hold the truth" in flipped, flipped
     narrow, wide = _problems(_scaled(table, 0.1)), _problems(_scaled(table, 10.0))
     assert any("posterior SD from the mean" in p for p in narrow) and any("mean posterior SD" in p for p in narrow), narrow
     assert any("mean posterior SD" in p for p in wide), wide
@@ -100,6 +101,7 @@ def test_coverage_of_200_trials_is_within_3_binomial_sd_of_nominal():
     table, info = run_coverage(n, seed=99, draws=300, tune=300, chains=1, cores=1, params=TrialParameters(n_participants=60))
     summ = summarise(table).set_index("week")
     print(summ.to_string())
+    assert set(summ["arm"]) == {"nac"}
     band = 3 * np.sqrt(INTERVAL_PROB * (1 - INTERVAL_PROB) / n)
     assert INTERVAL_PROB - band > 0.80 and INTERVAL_PROB + band < 0.97  # the size rules out those miscalibrations
     assert info["n_trials"] == n and set(summ.index) == {12, 16}
@@ -110,3 +112,37 @@ def test_coverage_of_200_trials_is_within_3_binomial_sd_of_nominal():
         assert abs(s["bias"]) < 3 * s["bias_mcse"], summ
         # the posterior SD is the sampling SD of the posterior mean (a too narrow or too wide posterior fails)
         assert 0.85 < s["mean_post_sd"] / s["sd_of_post_means"] < 1.15, summ
+
+
+@pytest.mark.smoke
+def test_two_three_arm_trials_hold_each_arm_s_truth():
+    """The small version of the three-arm coverage check: two trials of the bundled dose design (90 per arm), each
+    arm's effect at weeks 12 and 16 within 3.3 posterior SD of its own truth (and not of the other arm's)."""
+    table, info = run_coverage(2, seed=7, draws=250, tune=250, chains=2, cores=1, params=dose_trial_parameters(), fast=True)
+    assert set(table["arm"]) == {"low", "high"} and len(table) == 2 * 2 * 2
+    truth = table.groupby(["arm", "week"])["true"].first()
+    assert truth[("low", 12)] == pytest.approx(-1.5) and truth[("high", 16)] == pytest.approx(-3.5)
+    assert _problems(table) == [], table.to_string()
+    # the arms are told apart: each posterior sits nearer its own arm's truth than the other arm's (1.5 points away)
+    other = [truth[("high" if a == "low" else "low", w)] for a, w in zip(table["arm"], table["week"])]
+    own_z2 = (((table["post_mean"] - table["true"]) / table["post_sd"]) ** 2).sum()
+    other_z2 = (((table["post_mean"] - np.asarray(other)) / table["post_sd"]) ** 2).sum()
+    assert own_z2 < other_z2, table.to_string()
+
+
+@pytest.mark.slow
+def test_coverage_of_each_arm_in_120_three_arm_trials():
+    """120 three-arm trials (30 per arm, the bundled dose design's effects) through the compiled-once `treatment`
+    model: the 90% interval of each active arm's effect at weeks 12 and 16 covers its truth within 3 binomial SD."""
+    n = 120
+    table, info = run_coverage(n, seed=11, draws=300, tune=300, chains=1, cores=1,
+                               params=dose_trial_parameters(n_participants=90))
+    summ = summarise(table)
+    print(summ.to_string())
+    band = 3 * np.sqrt(INTERVAL_PROB * (1 - INTERVAL_PROB) / n)
+    assert len(summ) == 4 and set(summ["arm"]) == {"low", "high"}
+    for _, s in summ.iterrows():
+        assert s["trials"] == n and s["divergent_trials"] <= n // 20, summ
+        assert abs(s["coverage"] - INTERVAL_PROB) <= band, summ
+        assert abs(s["bias"]) < 3 * s["bias_mcse"], summ
+        assert 0.8 < s["mean_post_sd"] / s["sd_of_post_means"] < 1.25, summ

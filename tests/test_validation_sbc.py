@@ -87,7 +87,7 @@ def test_small_sbc_is_calibrated(design, compiled):
     uni = res.uniformity
     print(uni.to_string())
     assert len(res.ranks["replicate"].unique()) == SMALL_REPS
-    assert set(uni["parameter"]) >= {"nac_change[treatment]", "nac_change[followup]", "residual_sd"}
+    assert set(uni["parameter"]) >= {"nac_change[nac,treatment]", "nac_change[nac,followup]", "residual_sd"}
     # Bonferroni over the ranked parameters at 1%: no parameter may look non-uniform
     assert (uni["p_value"] > 0.01 / len(uni)).all(), uni
     assert (uni["p_extreme"] > 0.01 / len(uni)).all(), uni
@@ -102,7 +102,7 @@ def test_small_sbc_fails_when_the_prior_is_mis_scaled_tenfold(design, compiled):
                   draws=200, tune=200, cores=1, swappable=compiled)
     uni = res.uniformity.set_index("parameter")
     print(uni.to_string())
-    for name in ("nac_change[treatment]", "nac_change[followup]"):
+    for name in ("nac_change[nac,treatment]", "nac_change[nac,followup]"):
         # chi-square on 4 bins of 20 replicates has little power here; the extreme-rank test has plenty
         assert uni.loc[name, "flagged"], uni
         assert uni.loc[name, "p_extreme"] < 1e-6, uni

@@ -1,7 +1,7 @@
 """Agreement with the frequentist standard: the REML linear mixed model of statsmodels.
 
 The `treatment` model and statsmodels' MixedLM are fitted to the same trial with the same mean
-structure (site, t1, t2, t1 x arm, t2 x arm; no arm main effect) and the same random effects
+structure (site, t1, t2, t1 x arm, t2 x arm for each active arm; no arm main effect) and the same random effects
 (correlated participant intercept and treatment-phase slope). Under weak priors (the NAC and time
 priors widened tenfold) the posterior mean of the NAC effect at each week should match the REML
 estimate to a small fraction of its standard error; the posterior SD should match the SE.
@@ -33,46 +33,55 @@ def weak_priors(design: TrialDesign) -> dict:
 
 
 def long_frame(design: TrialDesign) -> pd.DataFrame:
-    return pd.DataFrame({
+    """One row per observed visit; `arm_<a>` is 1 in the a-th active arm (a = 1, 2, ...)."""
+    frame = pd.DataFrame({
         "y": design.y,
         "pid": design.obs_participant,
         "t1": design.t1,
         "t2": design.t2,
-        "treated": design.treated[design.obs_participant],
         "site": np.asarray(design.sites)[design.site_idx[design.obs_participant]],
     })
+    indicator = design.arm_indicator()[design.obs_participant]
+    for a in range(design.n_active):
+        frame[f"arm_{a + 1}"] = indicator[:, a]
+    return frame
 
 
 def reml_nac_effect(design: TrialDesign) -> pd.DataFrame:
-    """REML estimate and SE of the NAC - placebo difference at the end of treatment and the last week."""
+    """REML estimate and SE of each active arm - control difference at the end of treatment and the last week
+    (columns arm, week, reml_estimate, reml_se)."""
     import statsmodels.formula.api as smf
     from statsmodels.tools.sm_exceptions import ConvergenceWarning
 
     df = long_frame(design)
-    df["t1_nac"] = df["t1"] * df["treated"]
-    df["t2_nac"] = df["t2"] * df["treated"]
-    model = smf.mixedlm("y ~ C(site) + t1 + t2 + t1_nac + t2_nac", df, groups=df["pid"], re_formula="~t1")
+    terms = []
+    for a in range(1, design.n_active + 1):
+        df[f"t1_arm_{a}"] = df["t1"] * df[f"arm_{a}"]
+        df[f"t2_arm_{a}"] = df["t2"] * df[f"arm_{a}"]
+        terms += [f"t1_arm_{a}", f"t2_arm_{a}"]
+    model = smf.mixedlm("y ~ C(site) + t1 + t2 + " + " + ".join(terms), df, groups=df["pid"], re_formula="~t1")
     with warnings.catch_warnings():
         warnings.simplefilter("error", ConvergenceWarning)
         try:
             fit = model.fit(reml=True, method=["lbfgs"])
         except ConvergenceWarning:
             fit = model.fit(reml=True, method=["powell", "lbfgs"])
-    cov = fit.cov_params().loc[["t1_nac", "t2_nac"], ["t1_nac", "t2_nac"]].to_numpy()
-    beta = fit.fe_params[["t1_nac", "t2_nac"]].to_numpy()
     rows = []
-    weeks = design.weeks
-    for w, a, b in zip(weeks, design.week_t1, design.week_t2):
-        if w in (design.meta.treatment_end, design.meta.last_week):
-            c = np.array([a, b])
-            rows.append({"week": int(w), "reml_estimate": float(c @ beta), "reml_se": float(np.sqrt(c @ cov @ c))})
-    return pd.DataFrame(rows).drop_duplicates("week")
+    for a, arm in enumerate(design.active_arms, start=1):
+        names = [f"t1_arm_{a}", f"t2_arm_{a}"]
+        cov = fit.cov_params().loc[names, names].to_numpy()
+        beta = fit.fe_params[names].to_numpy()
+        for w, t1, t2 in zip(design.weeks, design.week_t1, design.week_t2):
+            if w in (design.meta.treatment_end, design.meta.last_week):
+                c = np.array([t1, t2])
+                rows.append({"arm": arm, "week": int(w), "reml_estimate": float(c @ beta), "reml_se": float(np.sqrt(c @ cov @ c))})
+    return pd.DataFrame(rows).drop_duplicates(["arm", "week"])
 
 
 def compare(idata, reml: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for _, r in reml.iterrows():
-        d = idata.posterior["nac_effect"].sel(week=int(r["week"])).values
+        d = idata.posterior["nac_effect"].sel(week=int(r["week"]), active_arm=r["arm"]).values
         ess = _ess(d)
         mean, sd = float(d.mean()), float(d.std(ddof=1))
         rows.append({**r.to_dict(), "week": int(r["week"]), "post_mean": mean, "post_sd": sd, "mcse": sd / np.sqrt(ess),

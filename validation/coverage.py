@@ -1,4 +1,4 @@
-"""Frequentist coverage of the posterior for the NAC effect: many trials at fixed true values.
+"""Frequentist coverage of the posterior for each active arm's effect: many trials at fixed true values.
 
 Trials come from the default generator (data.synthetic, 252 participants, the published design)
 with different seeds and the same parameters; each is written and loaded through the documented
@@ -69,11 +69,12 @@ def run_coverage(n_trials: int, seed: int, model_name: str = "treatment", draws:
                 t0 = time.perf_counter()
             idata = sw.fit(trial_data(design, template, sw), seed=fit_seeds[r], draws=draws, tune=tune, chains=chains, cores=cores)
         div = int(idata.sample_stats["diverging"].sum())
-        for w in weeks:
-            d = idata.posterior["nac_effect"].sel(week=w).values
-            true = float(truth["nac_effect_by_week"][str(w)])
+        by_arm = truth.get("effect_by_arm_week") or {design.active_arms[0]: truth["nac_effect_by_week"]}
+        for arm, w in ((arm, w) for arm in design.active_arms for w in weeks):
+            d = idata.posterior["nac_effect"].sel(week=w, active_arm=arm).values
+            true = float(by_arm[arm][str(w)])
             lo, hi = interval(d, INTERVAL_PROB)
-            rows.append({"trial": r, "trial_seed": trial_seed, "week": w, "true": true, "post_mean": float(d.mean()),
+            rows.append({"trial": r, "trial_seed": trial_seed, "arm": arm, "week": w, "true": true, "post_mean": float(d.mean()),
                          "post_sd": float(d.std(ddof=1)), "lower": lo, "upper": hi, "covered": bool(lo <= true <= hi),
                          "divergences": div, "fit_s": time.perf_counter() - t0})
         if log:
@@ -92,13 +93,13 @@ def _result(rows, model_name, n_trials, seed, draws, tune, chains, base, compile
 
 
 def summarise(table: pd.DataFrame, prob: float = INTERVAL_PROB) -> pd.DataFrame:
-    """Per week: coverage (with its binomial Monte Carlo SE), bias, RMSE, mean posterior SD, mean interval width."""
+    """Per active arm and week: coverage (with its binomial Monte Carlo SE), bias, RMSE, mean posterior SD, mean interval width."""
     rows = []
-    for w, g in table.groupby("week"):
+    for (arm, w), g in table.groupby(["arm", "week"], sort=False):
         n = len(g)
         cov = g["covered"].mean()
         err = g["post_mean"] - g["true"]
-        rows.append({"week": int(w), "trials": n, "true_effect": float(g["true"].iloc[0]), "nominal": prob, "coverage": float(cov),
+        rows.append({"arm": arm, "week": int(w), "trials": n, "true_effect": float(g["true"].iloc[0]), "nominal": prob, "coverage": float(cov),
                      "coverage_mcse": float(np.sqrt(prob * (1 - prob) / n)), "bias": float(err.mean()),
                      "bias_mcse": float(err.std(ddof=1) / np.sqrt(n)), "rmse": float(np.sqrt((err**2).mean())),
                      "mean_post_sd": float(g["post_sd"].mean()), "sd_of_post_means": float(g["post_mean"].std(ddof=1)),

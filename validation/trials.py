@@ -24,7 +24,7 @@ def trial_data(design: TrialDesign, template: TrialDesign, sw: SwappableModel) -
         "t1": design.t1,
         "t2": design.t2,
         "obs_week": design.obs_week,
-        "treated": design.treated,
+        "arm_indicator": design.arm_indicator(),
         "site_idx": design.site_idx,
     }
     missing = [n for n in sw.data_names if n not in arrays]
