@@ -2,26 +2,28 @@
 
 Every fitted effect (`nac_effect`) is a hypothetical estimand under missing at random (MAR): the
 scores after dropout are those the participant's own arm predicts from their observed scores. This
-module computes, per posterior draw, the NAC - placebo difference at each visit when the missing
-scores after dropout follow the reference-based strategies of Carpenter, Roger and Kenward (2013,
+module computes, per posterior draw and for each active arm, the difference from the control arm at
+each visit when the missing scores after dropout follow the reference-based strategies of Carpenter, Roger and Kenward (2013,
 J Biopharm Stat 23:1352), as rbmi's statistical specification describes them, and under delta
 adjustment (a tipping-point analysis).
 
-Models. Per posterior draw s a model gives, over its outcome visits v, the arm difference
-d_v = mu^a_v - mu^r_v (treatment arm a minus the reference, the control arm r) and the
-within-participant covariance Sigma:
-- `mmrm` (outcome: change from baseline at the post-baseline visits): d = `nac_effect` at those
-  visits; before the first visit the change is 0 in both arms (d = 0 at baseline);
+Models. Per posterior draw s a model gives, over its outcome visits v and for each active arm a, the
+arm difference d^a_v = mu^a_v - mu^r_v (active arm a minus the reference, the control arm r; the
+posterior's `nac_effect`, dims active_arm x week) and the within-participant covariance Sigma:
+- `mmrm` (outcome: change from baseline at the post-baseline visits): d^a = `nac_effect` at those
+  visits; before the first visit the change is 0 in every arm (d^a = 0 at baseline);
 - `treatment`, `treatment_curved`, `headline` (outcome: the score at every scheduled week,
-  week 0 included): d = `nac_effect` (normal likelihood only).
+  week 0 included): d^a = `nac_effect` (normal likelihood only).
 Sigma is what the model says (ModelSpec.score_covariance, models/contract.ImpliedCovariance): the
 MMRM's unstructured covariance; for the trajectory models Z (S + A_i C A_i') Z' + sigma^2 I with
 Z the rows (1, t1_w), S the covariance of the participant effects and sigma the residual SD, where
 A_i C A_i' is the covariance that a participant's missing baseline biomarkers add (the headline
 model integrates them out given the observed ones; observed biomarkers are in the participant's
-mean, the same in both arms). A participant with a censored biomarker value has it drawn with the
+mean, the same in every arm). A participant with a censored biomarker value has it drawn with the
 fit, so their Sigma is the one without that term. Participants are grouped by their Sigma.
-The arm enters these models' means only through d, so mu^a - mu^r = d for every participant.
+The arm enters these models' means only through d^a, so mu^a - mu^r = d^a for every participant of
+active arm a: each participant's MAR mean is their own arm's, and the reference-based means below
+replace it by the control arm's.
 `moderation` (a participant-specific arm difference), `null` (no arm) and the biomarker models are
 not supported.
 
@@ -29,7 +31,7 @@ Population: every randomised participant with a baseline score (for the MMRM, al
 any post-baseline visit, whom its fit leaves out). Participant i has observed visits O_i and last
 observed visit k_i; the visits after k_i are post-dropout (D_i), gaps before k_i stay MAR.
 
-Strategies, as mean vectors nu^s over the visits for a participant of the treatment arm:
+Strategies, as mean vectors nu^s over the visits for a participant of active arm a:
     MAR  nu = mu^a                                      (own arm)
     J2R  nu = mu^a up to k_i, mu^r after                (jump to reference)
     CR   nu = mu^r everywhere                           (copy reference)
@@ -38,22 +40,24 @@ The conditional mean imputation of v in D_i is m^s_iv = nu^s_v + Sigma_vO Sigma_
 
     m^s_iv - m^MAR_iv = e^s_v - Sigma_vO Sigma_OO^-1 e^s_O,    e^s = nu^s - mu^a
 
-with e^J2R_v = -d_v after k_i (0 before), e^CR = -d, e^CIR_v = d_k - d_v after k_i (0 before):
-it depends on d and Sigma only, not on the scores y. The estimand per draw is
+with e^J2R_v = -d^a_v after k_i (0 before), e^CR = -d^a, e^CIR_v = d^a_k - d^a_v after k_i (0
+before): it depends on d^a and Sigma only, not on the scores y. The estimand per draw is
 
-    Delta^s_v = d_v + (1/n_T) sum over treatment participants i with v in D_i of (m^s_iv - m^MAR_iv)
+    Delta^{s,a}_v = d^a_v + (1/n_a) sum over participants i of arm a with v in D_i of (m^s_iv - m^MAR_iv)
 
-(the reference is the control arm, so every strategy is MAR there). This is the conditional mean
-imputation estimator (Wolbers et al. 2022, Stat Med 41:2527; the point estimate of multiple
-imputation), evaluated on every draw so that the posterior of d and Sigma carries the uncertainty:
-the MAR row is the model's own `nac_effect`, draw for draw. Participants are grouped by
-(strategy, O_i, k_i) and each group solved once for all draws.
+(the reference is the control arm, so every strategy is MAR there; the other active arms do not
+enter arm a's contrast). This is the conditional mean imputation estimator (Wolbers et al. 2022,
+Stat Med 41:2527; the point estimate of multiple imputation), evaluated on every draw so that the
+posterior of d and Sigma carries the uncertainty: the MAR row of arm a is the model's own
+`nac_effect` of arm a, draw for draw. Participants are grouped by (strategy, O_i, k_i) and each
+group solved once for all draws.
 
-Delta adjustment: the imputed post-dropout scores of the treatment arm are delta points higher
-(worse): Delta^{s,delta}_v = Delta^s_v + delta p^T_v, p^T_v the share of the treatment arm with an
-imputed post-dropout score at v; with arms="both" the control arm's too: - delta p^C_v. Every draw
-moves by the same amount, so the tipping point (the smallest delta at which P(benefit) falls below
-the decision threshold or the 95% interval reaches 0) is found exactly, besides on the grid.
+Delta adjustment: the imputed post-dropout scores of active arm a are delta points higher (worse):
+Delta^{s,a,delta}_v = Delta^{s,a}_v + delta p^a_v, p^a_v the share of arm a with an imputed
+post-dropout score at v; with arms="both" the control arm's too: - delta p^C_v. Every draw moves
+by the same amount, so the tipping point (the smallest delta at which P(benefit) falls below the
+decision threshold or the 95% interval reaches 0) is found exactly, besides on the grid, for each
+active arm against the control arm.
 
 Intercurrent events (`data/ice.py`, ice.csv): a listed participant follows the listed strategy
 from the listed week on (the visits from that week are post-event, the visit before it plays k_i),
