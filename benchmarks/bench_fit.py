@@ -84,7 +84,7 @@ def make_data(scale: int, tiny: bool, folder: Path) -> Path:
 def _key_from_ours(post, design) -> dict:
     import numpy as np
 
-    nac = post["nac_effect"]
+    nac = post["nac_effect"].isel(active_arm=0)  # the benchmark trial has two arms
     weeks = list(nac["week"].values)
     out = {"nac_w12": nac.sel(week=design.meta.treatment_end), "nac_w16": nac.sel(week=weeks[-1])}
     for k, m in enumerate(design.baseline.names):
@@ -100,7 +100,7 @@ def _key_mmrm(post, design) -> dict:
 
     out = {}
     for w in post["week"].values[1:]:
-        out[f"nac_w{int(w)}"] = np.asarray(post["nac_effect"].sel(week=w).values)
+        out[f"nac_w{int(w)}"] = np.asarray(post["nac_effect"].isel(active_arm=0).sel(week=w).values)
     for v in post["visit"].values:
         out[f"sd_w{int(v)}"] = np.asarray(post["visit_sd"].sel(visit=v).values)
     return out
@@ -212,7 +212,7 @@ def _flat_frame(design):
         "y": design.y,
         "participant": pd.Categorical(np.asarray(design.participants)[pid].astype(str)),
         "site": pd.Categorical(np.asarray(design.sites)[design.site_idx[pid]]),
-        "treated": design.treated[pid],
+        "treated": design.arm_indicator()[pid, 0],  # the benchmark trial has two arms
         "t1": design.t1,
         "t2": design.t2,
     }
@@ -319,7 +319,7 @@ def stan_data(design) -> dict:
     return {
         "N": len(design.y), "P": design.n_participants, "S": len(design.sites), "K": len(md.names),
         "pid": (design.obs_participant + 1).tolist(), "t1": design.t1.tolist(), "t2": design.t2.tolist(), "y": design.y.tolist(),
-        "treated": design.treated.tolist(), "site": (design.site_idx + 1).tolist(),
+        "treated": design.arm_indicator()[:, 0].tolist(), "site": (design.site_idx + 1).tolist(),
         "zobs": np.nan_to_num(md.z, nan=0.0).tolist(),
         "n_miss": len(miss_i), "miss_i": (miss_i + 1).tolist(), "miss_k": (miss_k + 1).tolist(),
         "n_cens": len(cens_i), "cens_i": (cens_i + 1).tolist(), "cens_k": (cens_k + 1).tolist(), "cens_up": md.z_upper[cens_i, cens_k].tolist(),

@@ -4,19 +4,22 @@ Change from baseline of participant i at post-baseline visit v (weeks after week
 
     c_iv = y_iv - y_i0
     c_i  ~ MvNormal(mu_i, Sigma) over the visits participant i attended (marginal: MAR-valid)
-    mu_iv = a_v + site_s(i) + d_v T_i + b_v (y_i0 - ybar_0) [+ sum_j g_j x_ij]
+    mu_iv = a_v + site_s(i) + sum_a d_av T_ia + b_v (y_i0 - ybar_0) [+ sum_j g_j x_ij]
     Sigma = diag(s) Omega diag(s), unstructured: Omega ~ LKJ(eta), s_v ~ HalfNormal
 
-- a_v ('visit_mean'): placebo mean change at visit v for the average baseline (and average site
+- a_v ('visit_mean'): control-arm mean change at visit v for the average baseline (and average site
   and covariates);
-- d_v ('nac_visit_effect'): the NAC - placebo difference at visit v (treatment x visit);
+- d_av ('nac_visit_effect', dims active_arm x visit): active arm a - control difference at visit v
+  (arm x visit); T_ia = 1 when participant i is in active arm a (pm.Data 'arm_indicator', participant x
+  active_arm; a control participant's row is 0), one active arm for a two-arm trial;
 - b_v ('baseline_slope'): baseline x visit (regression to the mean differs by visit);
 - site offsets sum to zero (site as a fixed factor, as in the frequentist MMRM);
 - g_j ('covariate_effect', dims covariate): the baseline covariates declared in dataset.toml
   (models/design.py: continuous ones per SD, categorical ones against their first level, all
   centred), main effects common to every visit, as in the usual primary-analysis MMRM; by default
   every declared one (`covariates`); absent when the dataset declares none.
-'nac_effect' and 'placebo_change' (dims week, 0 at week 0) feed the generic estimates table.
+'nac_effect' (dims active_arm x week) and 'placebo_change' (dims week), 0 at week 0, feed the generic
+estimates table: the mean change of active arm a at week w is placebo_change[w] + nac_effect[a, w].
 
 Participants with no post-baseline visit carry no information in a change-from-baseline model and
 are left out, as in the frequentist analysis. Missing visits are integrated out: each participant
@@ -48,7 +51,7 @@ from .design import COVARIATE_DIM, ModelDataError, TrialDesign, select_covariate
 from .priors import Prior, points, resolve, rv
 
 NAME = "mmrm"
-DESCRIPTION = "Bayesian MMRM: change from baseline by visit, treatment x visit, baseline x visit, unstructured covariance (LKJ); no biomarkers needed"
+DESCRIPTION = "Bayesian MMRM: change from baseline by visit, arm x visit, baseline x visit, unstructured covariance (LKJ); no biomarkers needed"
 LIKELIHOODS = ("normal",)
 _LOG_2PI = float(np.log(2 * np.pi))
 
@@ -99,8 +102,11 @@ def mmrm_data(design: TrialDesign) -> MMRMData:
         raise ModelDataError("the MMRM needs every participant's week-0 score (change from baseline)")
     change_all = wide[:, 1:] - wide[:, [0]]
     keep = ~np.isnan(change_all).all(axis=1)
-    if keep.sum() < 4 or len(np.unique(design.treated[keep])) < 2:
-        raise ModelDataError("the MMRM needs post-baseline visits from at least 4 participants in both arms")
+    without = [arm for a, arm in enumerate(design.arms) if not (design.arm_idx[keep] == a).any()]
+    if keep.sum() < 4 or without:
+        raise ModelDataError("the MMRM needs post-baseline visits from at least 4 participants in "
+                             + ("both arms" if len(design.arms) == 2 else "every arm")
+                             + (f"; arm(s) {without} have none" if without else ""))
     rows = np.flatnonzero(keep)
     change = change_all[keep]
     observed = ~np.isnan(change)
@@ -206,14 +212,22 @@ def covariate_shift(posterior, design: TrialDesign, rows: np.ndarray) -> np.ndar
     return np.einsum("cdj,rj->cdr", effect, design.covariates[np.ix_(np.asarray(rows), columns)])
 
 
+def arm_position(design: TrialDesign, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(position among the active arms, 1.0 for an active arm's participant and 0.0 for a control one) of the
+    participants `rows`: d_av T_ia summed over a is nac_visit_effect[position, v] * active (position 0 for control)."""
+    idx = design.arm_idx[np.asarray(rows)]
+    return np.maximum(idx - 1, 0), (idx > 0).astype(float)
+
+
 def mean_change(posterior, design: TrialDesign, d: MMRMData | None = None) -> np.ndarray:
     """mu of every observation (chain x draw x obs, the long pattern-sorted order of `mmrm_data`) from the posterior, in numpy."""
     d = d if d is not None else mmrm_data(design)
     get = lambda name: posterior[name].transpose("chain", "draw", ...).values  # noqa: E731
-    treated = design.treated[d.rows][d.obs_row]
+    position, active = arm_position(design, d.rows[d.obs_row])
     base = (d.baseline - d.baseline_center)[d.obs_row]
     v = d.obs_visit
-    mu = get("visit_mean")[..., v] + get("nac_visit_effect")[..., v] * treated + get("baseline_slope")[..., v] * base
+    nac = posterior["nac_visit_effect"].transpose("chain", "draw", "active_arm", ...).values
+    mu = get("visit_mean")[..., v] + nac[..., position, v] * active + get("baseline_slope")[..., v] * base
     if "site_effect" in posterior:
         mu = mu + get("site_effect")[..., design.site_idx[d.rows][d.obs_row]]
     shift = covariate_shift(posterior, design, d.rows)
@@ -284,10 +298,10 @@ def build_mmrm(design: TrialDesign, priors: dict | None = None, likelihood: str 
     columns = select_covariates(design, covariates)
     pri = resolve(default_priors(design), priors)
     nv = len(d.visits)
-    treated = design.treated[d.rows]
     site_idx = design.site_idx[d.rows]
     coords = {
         "participant": design.participants[d.rows],
+        "active_arm": design.active_arms,
         "site": design.sites,
         "week": design.weeks,
         "visit": d.visits,
@@ -300,13 +314,13 @@ def build_mmrm(design: TrialDesign, priors: dict | None = None, likelihood: str 
         pid = pm.Data("obs_participant", d.obs_row, dims="obs")
         vid = pm.Data("obs_visit", d.obs_visit, dims="obs")
         pm.Data("obs_week", d.visits[d.obs_visit], dims="obs")
-        t = pm.Data("treated", treated, dims="participant")
+        arm = pm.Data("arm_indicator", design.arm_indicator()[d.rows], dims=("participant", "active_arm"))
         base = pm.Data("baseline_centered", d.baseline - d.baseline_center, dims="participant")
 
         visit_mean = rv("visit_mean", pri["visit_mean"], dims="visit")
-        nac = rv("nac_visit_effect", pri["nac_visit_effect"], dims="visit")
+        nac = rv("nac_visit_effect", pri["nac_visit_effect"], dims=("active_arm", "visit"))
         slope = rv("baseline_slope", pri["baseline_slope"], dims="visit")
-        mu = visit_mean[vid] + nac[vid] * t[pid] + slope[vid] * base[pid]
+        mu = visit_mean[vid] + (nac.T[vid] * arm[pid]).sum(axis=1) + slope[vid] * base[pid]
         if len(design.sites) > 1:
             site = rv("site_effect", pri["site"], dims="site")
             mu = mu + site[site_idx][pid]
@@ -336,7 +350,7 @@ def build_mmrm(design: TrialDesign, priors: dict | None = None, likelihood: str 
             dims="obs",
         )
         zero = pt.zeros(1)
-        pm.Deterministic("nac_effect", pt.concatenate([zero, nac]), dims="week")
+        pm.Deterministic("nac_effect", pt.concatenate([pt.zeros((design.n_active, 1)), nac], axis=1), dims=("active_arm", "week"))
         pm.Deterministic("placebo_change", pt.concatenate([zero, visit_mean]), dims="week")
     unused = ({"site"} if len(design.sites) < 2 else set()) | ({"covariate_effect"} if not len(columns) else set())
     used = {k: v for k, v in pri.items() if k not in unused}
