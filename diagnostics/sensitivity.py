@@ -114,32 +114,50 @@ UNSUPPORTED = {
 
 @dataclass
 class ModelPieces:
-    """What the strategies need from a fit: d and Sigma per draw over the model's outcome visits."""
+    """What the strategies need from a fit: d per active arm and Sigma per draw over the model's outcome visits."""
 
     model: str
     visits: np.ndarray  # weeks of the outcome visits (MMRM: post-baseline; trajectory models: all, week 0 first)
-    d: np.ndarray  # draws x visits: treatment - control mean
+    d: np.ndarray  # draws x active arm x visits: active arm - control mean
     sigma: np.ndarray  # draws x visits x visits: within-participant covariance (participants with observed model inputs)
     chains: int
     draws: int
     variable: str  # what the outcome is, e.g. "MADRS change from baseline"
     group: np.ndarray | None = None  # per design participant: 0 for `sigma`, g for group_sigma[g - 1]
     group_sigma: tuple = ()  # draws x visits x visits per further group (ImpliedCovariance.groups)
+    arms: tuple[str, ...] = ()  # the active arms (design.active_arms), in the order of d's second axis
+    control: str = ""  # the control arm, the reference of every strategy
 
     @property
     def baseline_anchor(self) -> bool:
-        """True when week 0 is not an outcome visit (the MMRM): d = 0 there, in both arms."""
+        """True when week 0 is not an outcome visit (the MMRM): d = 0 there, in every arm."""
         return int(self.visits[0]) != 0
 
     def covariance(self, group: int) -> np.ndarray:
         return self.sigma if group == 0 else self.group_sigma[group - 1]
+
+    def arm_position(self, arm: str | None = None) -> int:
+        """The position of active arm `arm` among `arms` (None: the trial's only active arm); ValueError otherwise."""
+        if arm is None:
+            if len(self.arms) != 1:
+                raise ValueError(f"this trial has {len(self.arms)} active arms {list(self.arms)}; name the one to compare "
+                                 f"with {self.control} (arm=...)")
+            return 0
+        if arm not in self.arms:
+            raise ValueError(f"'{arm}' is not an active arm of the trial; choose from {list(self.arms)} "
+                             f"({self.control} is the reference arm of every strategy)")
+        return self.arms.index(arm)
+
+    def contrast(self, arm: str | None = None) -> str:
+        """'<arm> - <control>', the row text that names an arm's comparison."""
+        return f"{self.arms[self.arm_position(arm)]} - {self.control}"
 
 
 @dataclass
 class Population:
     """The estimand population and each participant's dropout."""
 
-    treated: np.ndarray  # bool per participant
+    arm: np.ndarray  # per participant: 0 the control arm, a the a-th active arm (ModelPieces.arms[a - 1])
     observed: np.ndarray  # participant x visit bool
     last: np.ndarray  # index of the last observed visit, -1 when none (MMRM: no post-baseline visit)
     participants: np.ndarray
@@ -148,13 +166,14 @@ class Population:
 
 @dataclass
 class StrategyEffect:
-    """The difference under one strategy per draw, and who is imputed after dropout or the event."""
+    """One active arm's difference from control under one strategy per draw, and who is imputed after dropout or the event."""
 
     strategy: str
     weeks: np.ndarray  # the model's outcome visits
     draws: np.ndarray  # draws x visits
-    share_treatment: np.ndarray  # per visit: share of the treatment arm with an imputed post-dropout score
+    share_treatment: np.ndarray  # per visit: share of the active arm with an imputed post-dropout score
     share_control: np.ndarray
+    arm: str = ""  # the active arm
 
     def delta_adjusted(self, delta: float, arms: str = "treatment") -> np.ndarray:
         return self.draws + delta * net_share(self, arms)[None, :]
@@ -186,6 +205,13 @@ def supported_model(idata: az.InferenceData, design: TrialDesign, model: str | N
     post = idata.posterior
     if "nac_effect" not in post:
         raise ValueError(f"the fit of '{name}' has no 'nac_effect' in its posterior")
+    if "active_arm" not in post["nac_effect"].dims:
+        raise ValueError(f"the fit of '{name}' has 'nac_effect' without the 'active_arm' dim (dims {post['nac_effect'].dims}): "
+                         "it was made by an older version of the project; refit it")
+    fit_arms = [str(a) for a in post["active_arm"].values]
+    if fit_arms != list(design.active_arms):
+        raise ValueError(f"the fit's active arms {fit_arms} are not the design's {list(design.active_arms)}: "
+                         "fit and data are of different trials")
     fit_weeks = np.asarray(post["week"].values).astype(int)
     if not np.array_equal(fit_weeks, design.weeks):
         raise ValueError(f"the fit's weeks {fit_weeks.tolist()} are not the design's {design.weeks.tolist()}: "
@@ -194,17 +220,17 @@ def supported_model(idata: az.InferenceData, design: TrialDesign, model: str | N
 
 
 def model_pieces(idata: az.InferenceData, design: TrialDesign, model: str | None = None) -> ModelPieces:
-    """d (draws x visits) and Sigma (draws x visits x visits, per covariance group) of a supported model's fit."""
+    """d (draws x active arm x visits) and Sigma (draws x visits x visits, per covariance group) of a supported model's fit."""
     name = supported_model(idata, design, model)
     post = idata.posterior
     chains, draws = post.sizes["chain"], post.sizes["draw"]
     implied = get(name).score_covariance(post, design)
     flat = lambda cov: cov.reshape((chains * draws,) + cov.shape[2:])  # noqa: E731
-    d = flat_draws(post["nac_effect"].sel(week=implied.weeks))
+    d = flat_draws(post["nac_effect"].sel(week=implied.weeks).transpose("chain", "draw", "active_arm", "week"))
     what = "change from baseline" if implied.outcome == "change" else "score"
     return ModelPieces(name, np.asarray(implied.weeks, dtype=int), d, flat(implied.cov), chains, draws,
                        f"{design.meta.outcome_label} {what}", implied.group_of(design.n_participants),
-                       tuple(flat(cov) for _, cov in implied.groups))
+                       tuple(flat(cov) for _, cov in implied.groups), tuple(design.active_arms), design.meta.control_arm)
 
 
 def estimand_population(design: TrialDesign, pieces: ModelPieces) -> Population:
@@ -216,7 +242,7 @@ def estimand_population(design: TrialDesign, pieces: ModelPieces) -> Population:
     idx = np.arange(observed.shape[1])
     last = np.where(observed.any(axis=1), np.max(np.where(observed, idx, -1), axis=1), -1)
     group = pieces.group[keep] if pieces.group is not None else np.zeros(int(keep.sum()), dtype=int)
-    return Population(design.treated[keep] > 0.5, observed, last, design.participants[keep], group)
+    return Population(np.asarray(design.arm_idx)[keep].astype(int), observed, last, design.participants[keep], group)
 
 
 # ---------------------------------------------------------------- the strategies
@@ -258,7 +284,8 @@ def _plan(pop: Population, pieces: ModelPieces, strategy: str, ice: IceTable | N
 
 
 def _shift(strategy: str, d: np.ndarray, first: int) -> np.ndarray:
-    """e^s = nu^s - mu^a over all visits (draws x visits) for a treatment participant whose post-event visits start at `first`."""
+    """e^s = nu^s - mu^a over all visits (draws x visits) for a participant of active arm a (d = d^a, draws x visits)
+    whose post-event visits start at `first`."""
     e = np.zeros_like(d)
     if strategy == "MAR":
         return e
@@ -275,45 +302,52 @@ def _shift(strategy: str, d: np.ndarray, first: int) -> np.ndarray:
     raise ValueError(f"unknown strategy '{strategy}'; choose from {', '.join(STRATEGIES)}")
 
 
-def strategy_effect(pieces: ModelPieces, pop: Population, strategy: str, ice: IceTable | None = None) -> StrategyEffect:
-    """Delta^s per draw over the model's visits (see the module docstring), grouped by (strategy, O_i, k_i)."""
+def strategy_effect(pieces: ModelPieces, pop: Population, strategy: str, ice: IceTable | None = None,
+                    arm: str | None = None) -> StrategyEffect:
+    """Delta^{s,a} per draw over the model's visits for active arm `arm` (None: the trial's only active arm) against
+    the control arm (see the module docstring), grouped by (strategy, O_i, k_i)."""
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy '{strategy}'; choose from {', '.join(STRATEGIES)}")
+    a = pieces.arm_position(arm)
     strat, first, cond, imputed = _plan(pop, pieces, strategy, ice)
     nv = pop.observed.shape[1]
-    n_t, n_c = int(pop.treated.sum()), int((~pop.treated).sum())
-    total = pieces.d.copy()
+    members, control = pop.arm == a + 1, pop.arm == 0
+    n_t, n_c = int(members.sum()), int(control.sum())
+    d = pieces.d[:, a]
+    total = d.copy()
     groups: dict[tuple, int] = {}
-    for i in np.flatnonzero(pop.treated & (first < nv)):
+    for i in np.flatnonzero(members & (first < nv)):
         if strat[i] == "MAR":
             continue
         key = (strat[i], int(first[i]), tuple(np.flatnonzero(cond[i])), int(pop.group[i]))
         groups[key] = groups.get(key, 0) + 1
     for (s, e_first, o, g), count in groups.items():
-        e = _shift(s, pieces.d, e_first)
+        e = _shift(s, d, e_first)
         contrib = e[:, e_first:]
         o = np.asarray(o, dtype=int)
         if len(o) and np.any(e[:, o]):  # minus the regression of the post-event visits on the conditioning ones, at e_O
             coef, _, _ = conditional_normal(np.zeros(nv), pieces.covariance(g), o, np.arange(e_first, nv))
             contrib = contrib - np.einsum("sto,so->st", coef, e[:, o])
         total[:, e_first:] += count / n_t * contrib
-    share_t = imputed[pop.treated].sum(axis=0) / max(n_t, 1)
-    share_c = imputed[~pop.treated].sum(axis=0) / max(n_c, 1)
-    return StrategyEffect(strategy, pieces.visits, total, share_t, share_c)
+    share_t = imputed[members].sum(axis=0) / max(n_t, 1)
+    share_c = imputed[control].sum(axis=0) / max(n_c, 1)
+    return StrategyEffect(strategy, pieces.visits, total, share_t, share_c, pieces.arms[a])
 
 
 def strategy_effects(idata: az.InferenceData, design: TrialDesign, strategies=STRATEGIES, ice=None,
                      model: str | None = None) -> xr.DataArray:
-    """The NAC - placebo difference under each strategy: DataArray (chain, draw, strategy, week), post-baseline weeks."""
+    """Each active arm's difference from control under each strategy: DataArray (chain, draw, active_arm, strategy,
+    week), post-baseline weeks."""
     pieces = model_pieces(idata, design, model)
     pop = estimand_population(design, pieces)
     ice = _as_ice(ice, design)
     keep = pieces.visits > 0
-    out = np.stack([strategy_effect(pieces, pop, s, ice).draws[:, keep] for s in strategies], axis=1)
-    out = out.reshape(pieces.chains, pieces.draws, len(strategies), int(keep.sum()))
-    return xr.DataArray(out, dims=("chain", "draw", "strategy", "week"),
-                        coords={"chain": np.arange(pieces.chains), "draw": np.arange(pieces.draws), "strategy": list(strategies),
-                                "week": pieces.visits[keep]})
+    out = np.stack([np.stack([strategy_effect(pieces, pop, s, ice, arm).draws[:, keep] for s in strategies], axis=1)
+                    for arm in pieces.arms], axis=1)
+    out = out.reshape(pieces.chains, pieces.draws, len(pieces.arms), len(strategies), int(keep.sum()))
+    return xr.DataArray(out, dims=("chain", "draw", "active_arm", "strategy", "week"),
+                        coords={"chain": np.arange(pieces.chains), "draw": np.arange(pieces.draws), "active_arm": list(pieces.arms),
+                                "strategy": list(strategies), "week": pieces.visits[keep]})
 
 
 # ---------------------------------------------------------------- tables
