@@ -6,6 +6,7 @@
     python diagnose.py results --kfold 5              # also run the refits for high Pareto k (needs the data)
     python diagnose.py results --kfold 5 --refit-levels participant visit
     python diagnose.py results --sensitivity          # J2R, CR, CIR, tipping point, responders, prior sensitivity
+    python diagnose.py results --contrast "high - low" # contrasts.csv again, with this contrast
 
 Everything is recomputed from each <model>/idata.nc and written back into the folder (each file
 atomically): convergence, PPC and LOO tables, figures, comparison_*.csv, comparison.txt, report.html.
@@ -13,7 +14,9 @@ With --kfold K, units with Pareto k above the threshold are recomputed by refitt
 or grouped K-fold), which needs the dataset the fits were made from, unchanged (checked by checksum).
 With --sensitivity, every saved model's sensitivity analyses are (re)computed from its posterior and
 written beside it (sensitivity.csv, tipping_point.csv, responders.csv, prior_sensitivity.csv); without
-it, such tables already in the folder are shown in the report as they are.
+it, such tables already in the folder are shown in the report as they are. With --contrast (as for
+fit.py), every saved model's contrasts.csv is recomputed with those contrasts; without it, the saved
+contrasts.csv files are shown as they are.
 
 Exit codes: 0 success; 1 a convergence verdict failed under --strict; 2 bad arguments, or a folder that
 cannot be read (or is being written by another run), refused before any work; 3 a failure once the saved
@@ -43,6 +46,8 @@ def parse_args(argv):
     ap.add_argument("--seed", type=int, default=None, help="seed for refits and the responder imputations (default: the fits' seed)")
     ap.add_argument("--strict", action="store_true", help="exit 1 if any convergence verdict fails")
     ap.add_argument("--quiet", action="store_true")
+    ap.add_argument("--contrast", action="append", default=None, metavar='"A - B"', help="recompute every model's contrasts.csv "
+                    "with this contrast of the arm means (repeat for several; syntax as for fit.py --contrast)")
     add_sensitivity_arguments(ap)
     args = ap.parse_args(argv)
     if args.kfold < 0 or args.kfold == 1:
@@ -62,7 +67,7 @@ def main(argv=None) -> int:
     try:
         run, report = rediagnose(args.results, kfold=args.kfold, refit_levels=args.refit_levels, seed=args.seed,
                                  remission_cutoff=args.remission_cutoff, quiet=args.quiet, sensitivity=args.sensitivity,
-                                 ice=args.ice, deltas=args.deltas, tipping_threshold=args.tipping_threshold)
+                                 ice=args.ice, deltas=args.deltas, tipping_threshold=args.tipping_threshold, contrasts=args.contrast)
     except RunFailed as exc:  # once the saved fits are read: the stage that failed, and what the folder holds
         print(f"error: {exc}", file=sys.stderr)
         return 3

@@ -4,6 +4,7 @@
     python fit.py                                  # null, treatment and headline models on the bundled trial, compared
     python fit.py --data my_trial --model headline --out results/my_trial
     python fit.py --model mmrm treatment --sensitivity     # also J2R, CR, CIR, tipping point, responders, prior sensitivity
+    python fit.py --data data/dose --model mmrm --contrast "high - low" --contrast "pooled active - placebo"
     python fit.py --list-models
 
 Exit codes: 0 success; 1 convergence verdict failed under --strict; 2 bad input or arguments, refused
@@ -57,6 +58,11 @@ def parse_args(argv):
                     "(centred on 0, P(|effect| > MCID) = 10%%) or enthusiastic (centred on a benefit of one MCID); priors named in --priors win")
     ap.add_argument("--remission-cutoff", type=float, default=REMISSION_CUTOFF, help="remission: score at or below this (posterior predictive "
                     "checks, and responders.csv with --sensitivity)")
+    ap.add_argument("--contrast", action="append", default=None, metavar='"A - B"', help="a linear contrast of the arm means "
+                    "to add to each model's contrasts.csv (repeat for several): \"high - low\", \"pooled active - placebo\" (active arms "
+                    "weighted by their size), \"mean active - placebo\" (equally), \"0.5*low + 0.5*high - placebo\", or \"dose trend\" "
+                    "(slope per dose unit, needs [arms.dose] in dataset.toml); arm labels as in dataset.toml. contrasts.csv always has "
+                    "each arm's mean change, each active arm vs control and P(each arm is best)")
     add_sensitivity_arguments(ap)
     ap.add_argument("--kfold", type=int, default=0, help=f"refit units with Pareto k too high: grouped K-fold by participant (e.g. {KFOLD_K}; "
                     "K x models extra fits). Default 0: no refits, such elpd values are marked unreliable and diagnose.py --kfold K runs them later on the saved fits")
@@ -107,6 +113,7 @@ def main(argv=None) -> int:
             remission_cutoff=args.remission_cutoff, kfold=args.kfold, jobs=args.jobs, force=args.force,
             quiet=args.quiet, echo=print, priors=priors, prior_preset=args.prior_preset,
             sensitivity=args.sensitivity, ice=args.ice, deltas=args.deltas, tipping_threshold=args.tipping_threshold,
+            contrasts=args.contrast,
         )
     except api.RunFailed as exc:  # once sampling has started: the stage that failed, and what is left at --out
         print(f"error: {exc}", file=sys.stderr)

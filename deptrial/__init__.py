@@ -4,6 +4,7 @@
     trial = deptrial.load_dataset(deptrial.DEFAULT_DATASET)
     run = deptrial.fit_trial(trial, ["null", "treatment", "headline"], deptrial.SamplerSettings(seed=1), out="results")
     print(run.estimates)                        # each row with its estimand (population, variable, intercurrent events, summary)
+    print(run.contrasts)                        # per-arm means, each arm vs control, contrasts asked for (contrasts=[...]), P(best)
     deptrial.sensitivity("results/treatment/idata.nc")   # the effect under other missing-data assumptions, responders, prior sensitivity
 
 See README.md and docs/ for the models, the data format and the outputs.

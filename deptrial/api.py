@@ -3,11 +3,13 @@ one fit's sensitivity analyses in a notebook.
 
     import deptrial
     run = deptrial.fit_trial(deptrial.load_dataset(deptrial.DEFAULT_DATASET), ["null", "treatment"], out="results")
-    run.estimates                       # one table, every model's effects
+    run.estimates                       # one table, every model's effects (each active arm's rows)
+    run.contrasts                       # per-arm means, every arm vs control, contrasts asked for, P(best)
     run.comparison["participant"]       # LOO comparison of the visit-score models
     run.report                          # path of report.html
 
     deptrial.api.sensitivity("results/mmrm/idata.nc")   # estimands under other assumptions, as tables
+    deptrial.api.contrast_table("results/mmrm/idata.nc", ["high - low"])   # contrasts.csv of a fit, with other contrasts
 
 fit.py and diagnose.py are thin command lines over `fit_trial` and `rediagnose`. Everything the
 data could refuse is refused before the first fit (bad data, a model the data cannot support, a
@@ -50,11 +52,13 @@ from .orchestrate import finish_fit, refit_context, saved_fits_sensitivity, sens
 from .preflight import (  # noqa: F401 (MIN_DRAWS_PER_CHAIN, MIN_DRAWS_TOTAL: re-exported)
     MIN_DRAWS_PER_CHAIN,
     MIN_DRAWS_TOTAL,
+    check_contrasts,
     check_priors,
     check_settings,
     dataset_of,
     model_specs,
     read_ice,
+    saved_contrasts,
     saved_sensitivity_options,
 )
 from .results import ModelFit, RunResult
@@ -87,6 +91,7 @@ def fit_trial(
     ice: str | Path | IceTable | None = None,
     deltas: Sequence[float] | None = None,
     tipping_threshold: float | None = None,
+    contrasts: Sequence[str] | str | None = None,
 ) -> RunResult:
     """Fit `models` to a trial and write InferenceData, tables, the comparison and report.html into `out`.
 
@@ -114,9 +119,16 @@ def fit_trial(
     deltas    with `sensitivity`: the delta rows of sensitivity.csv, outcome points (default 1/30, 1/15 and
               1/10 of the score range: 2, 4 and 6 MADRS points)
     tipping_threshold  with `sensitivity`: benefit is concluded while P(benefit) is at least this (default 0.975)
+    contrasts  linear contrasts of the arm means to add to each model's contrasts.csv, as text: "high - low",
+              "pooled active - placebo" (active arms weighted by their size), "mean active - placebo" (equally),
+              "0.5*low + 0.5*high - placebo", "dose trend" (needs [arms.dose]); arm labels as in dataset.toml.
+              Every model with per-arm means by week writes contrasts.csv (per-arm mean change from baseline, each
+              active arm - control, these contrasts, the dose trend when doses are declared, P(each arm is best) at
+              the end of treatment) whether or not contrasts are given (docs/diagnostics.md#contrasts-between-arms)
 
     Raises, before any fit: DatasetError (bad data or ice.csv), ModelDataError (data a model cannot use), KeyError
-    (unknown model), ValueError (bad argument), FileExistsError / OutputBusy (output folder). Once sampling has
+    (unknown model), ValueError (bad argument; diagnostics.contrasts.ContrastError for a contrast naming an arm the
+    trial does not have, or whose weights do not make a difference of means), FileExistsError / OutputBusy (output folder). Once sampling has
     started: RunFailed naming the stage that failed (SamplingFailed, FinishingFailed for a model's own steps), its
     `kept` saying what is left at `out`. Nothing is written at `out` unless the whole run succeeds.
     """
@@ -144,6 +156,7 @@ def fit_trial(
         spec.require(design)
     priors = model_priors(specs, design, priors, preset=prior_preset, mcid=mcid, likelihood=likelihood)
     check_priors(priors, specs, design)
+    parsed = check_contrasts(contrasts, design)
     options = None
     if sensitivity:  # ice.csv is read and checked against the data here, before any fit
         options = SensitivityOptions(read_ice(ice, ds, str(ds.attrs.get("source") or source)), deltas, tipping_threshold,
@@ -155,7 +168,7 @@ def fit_trial(
             fits, run, diag, report = orchestrate.run_models(
                 specs, ds, design, source, changes, settings, tmp, out, likelihood=likelihood, mcid=mcid,
                 remission_cutoff=remission_cutoff, kfold=kfold, jobs=jobs, quiet=quiet, log=log, say=say, priors=priors,
-                sensitivity=options)
+                sensitivity=options, contrasts=parsed)
             finished = True
     except RunFailed as exc:  # the temporary folder is gone: say what is at `out`
         exc.kept = kept
@@ -172,13 +185,15 @@ def fit_trial(
 def rediagnose(results: str | Path, *, kfold: int = 0, refit_levels: Sequence[str] = ("participant",), seed: int | None = None,
                remission_cutoff: float = REMISSION_CUTOFF, quiet: bool = True, sensitivity: bool = False,
                ice: str | Path | IceTable | None = None, deltas: Sequence[float] | None = None,
-               tipping_threshold: float | None = None) -> tuple[RunDiagnostics, Path]:
+               tipping_threshold: float | None = None, contrasts: Sequence[str] | str | None = None) -> tuple[RunDiagnostics, Path]:
     """Recompute PPC, LOO, the comparison and report.html from a saved results folder (no refit unless kfold >= 2).
 
     sensitivity  also (re)compute every saved model's sensitivity analyses (as `fit_trial(..., sensitivity=True)`;
                  `ice` defaults to ice.csv in the folder of the dataset the fits were made from, when it is there;
                  `seed`, else each fit's own seed, seeds the responder imputations). Without it, sensitivity tables
                  already in the folder are shown in the report as they are.
+    contrasts    recompute every saved model's contrasts.csv with these contrasts (as for `fit_trial`); None: the
+                 contrasts.csv files in the folder are shown as they are.
 
     Raises, before any work: FileNotFoundError / ValueError (bad folder, data unavailable for refits, bad ice.csv or
     options) and OutputBusy; RunFailed naming the stage if diagnosing or writing fails (the saved fits are never changed).
@@ -189,8 +204,9 @@ def rediagnose(results: str | Path, *, kfold: int = 0, refit_levels: Sequence[st
     deltas, threshold = check_sensitivity_options(deltas, tipping_threshold, sensitivity=sensitivity, ice=ice)
     results = Path(results)
     options = saved_sensitivity_options(results, ice, deltas, threshold, remission_cutoff, seed) if sensitivity else None
+    parsed = saved_contrasts(results, contrasts) if contrasts is not None else None
     return orchestrate.rediagnose_folder(results, kfold=kfold, refit_levels=refit_levels, seed=seed, remission_cutoff=remission_cutoff,
-                                         quiet=quiet, options=options)
+                                         quiet=quiet, options=options, contrasts=parsed)
 
 
 def sensitivity(fit, design=None, *, ice: str | Path | IceTable | None = None, deltas: Sequence[float] | None = None,
@@ -225,7 +241,28 @@ def sensitivity(fit, design=None, *, ice: str | Path | IceTable | None = None, d
     return {**result.tables, "notes": pd.DataFrame({"table": list(result.notes), "note": list(result.notes.values())})}
 
 
+def contrast_table(fit, contrasts: Sequence[str] | str | None = None, design=None, *, mcid: float = DEFAULT_MCID) -> pd.DataFrame | None:
+    """One fit's contrasts.csv as a table, for notebooks: per-arm means, each active arm - control, `contrasts`
+    (as for `fit_trial`), the dose trend when doses are declared and P(each arm is best) at the end of treatment.
+
+    fit      a fit (InferenceData) or the path of an idata.nc
+    design   the TrialDesign it was fitted to, a dataset (folder or `load_dataset`'s output), or None: the dataset
+             saved in the fit
+    Returns None for a model without each arm's mean by week (no arm term, or another outcome). Raises ContrastError
+    (a ValueError) for a contrast the trial's arms do not allow."""
+    from diagnostics.contrasts import contrasts_table
+
+    idata = load_fit(fit, complete=False) if isinstance(fit, (str, Path)) else fit
+    if design is None:
+        design = build_design(saved_dataset(idata))
+    elif not isinstance(design, TrialDesign):
+        design = build_design(dataset_of(design)[0])
+    model = str(provenance(idata).get("model") or "")
+    change_scores = REGISTRY[model].scores_change if model in REGISTRY else False
+    return contrasts_table(idata, design.meta, check_contrasts(contrasts, design), mcid, change_scores=change_scores)
+
+
 __all__ = [
     "DEFAULT_MODELS", "FinishingFailed", "ModelDataError", "ModelFit", "OutputBusy", "RunFailed", "RunResult", "SamplingFailed",
-    "fit_trial", "list_models", "rediagnose", "sensitivity",
+    "contrast_table", "fit_trial", "list_models", "rediagnose", "sensitivity",
 ]

@@ -14,9 +14,9 @@ CLI_NAMES = {"sensitivity": "--sensitivity", "ice": "--ice", "deltas": "--deltas
 
 def add_sensitivity_arguments(ap: argparse.ArgumentParser) -> None:
     """--sensitivity and its options (fit.py and diagnose.py); check them with `check_sensitivity_arguments`."""
-    ap.add_argument("--sensitivity", action="store_true", help="also write, per model that supports them, sensitivity.csv (the NAC effect "
-                    "under MAR, J2R, CR, CIR and delta adjustment), tipping_point.csv, responders.csv, prior_sensitivity.csv and a "
-                    "section in the report (docs/diagnostics.md#estimands-of-the-bundled-trial)")
+    ap.add_argument("--sensitivity", action="store_true", help="also write, per model that supports them, sensitivity.csv (each "
+                    "active arm - control effect under MAR, J2R, CR, CIR and delta adjustment), tipping_point.csv, responders.csv, "
+                    "prior_sensitivity.csv and a section in the report (docs/diagnostics.md#estimands-of-the-bundled-trial)")
     ap.add_argument("--ice", type=Path, default=None, metavar="FILE", help="with --sensitivity: intercurrent events, ice.csv "
                     "(participant_id, week, strategy); default: ice.csv in the dataset folder when there is one")
     ap.add_argument("--deltas", type=_deltas, default=None, metavar="D1,D2,...", help="with --sensitivity: delta rows of "

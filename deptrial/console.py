@@ -1,12 +1,14 @@
-"""What a run shows: the data summary (printed, and stamped into every fit), a model's sensitivity analyses in a
-few lines, and the posterior summary table (summary.csv). The per-model estimates and the convergence verdict
-print themselves (diagnostics.estimates.format_estimates, Verdict.text).
+"""What a run shows: the data summary (printed, and stamped into every fit), a model's sensitivity analyses and its
+contrasts (each contrast asked for, the dose trend and P(each arm is best) at the end of treatment) in a few lines,
+and the posterior summary table (summary.csv). The per-model estimates (every active arm's effects) and the
+convergence verdict print themselves (diagnostics.estimates.format_estimates, Verdict.text).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from diagnostics.contrasts import contrast_sentences
 from diagnostics.convergence import one_chain_quiet
 from models.design import TrialDesign
 
@@ -17,15 +19,32 @@ def sensitivity_text(result) -> str:
     table = result.tables.get("sensitivity")
     if table is not None:
         end = table[table["week"] == result.end_week]
-        parts = [f"{r.strategy} {r.mean:.2f} (P(benefit) {r.p_below_0:.2f})" for r in end.itertuples(index=False)]
-        lines.append(f"sensitivity at week {result.end_week}: " + "; ".join(parts))
-        lines.append(f"tipping point: {result.tipping_message}")
+        if "contrast" in end:  # several active arms: a line per arm against control
+            for contrast, rows in end.groupby("contrast", sort=False):
+                parts = [f"{r.strategy} {r.mean:.2f} (P(benefit) {r.p_below_0:.2f})" for r in rows.itertuples(index=False)]
+                lines.append(f"sensitivity at week {result.end_week}, {contrast}: " + "; ".join(parts))
+            lines.extend(f"tipping point: {message}" for message in result.tipping_messages)
+        else:
+            parts = [f"{r.strategy} {r.mean:.2f} (P(benefit) {r.p_below_0:.2f})" for r in end.itertuples(index=False)]
+            lines.append(f"sensitivity at week {result.end_week}: " + "; ".join(parts))
+            lines.append(f"tipping point: {result.tipping_message}")
     prior = result.tables.get("prior_sensitivity")
     if prior is not None and len(prior) and prior["prior_sensitive"].any():
         lines.append("prior-sensitive: " + ", ".join(f"{r.effect} ({r.diagnosis})" for r in prior[prior["prior_sensitive"]].itertuples(index=False)))
     for table_name, why in result.notes.items():
         if table_name != "tipping_point":
             lines.append(f"no {table_name}.csv: {why}")
+    return "\n".join(lines)
+
+
+def contrasts_text(table, n_arms: int) -> str:
+    """A model's key contrasts (diagnostics.contrasts.contrast_sentences) for the console: the contrasts asked for and
+    the dose trend at the end of treatment, and P(each arm is best) when there are three arms or more ('' when none)."""
+    if table is None or table.empty:
+        return ""
+    lines = contrast_sentences(table)
+    if n_arms < 3:  # two arms: P(best) is the P(benefit) of the estimates
+        lines = [line for line in lines if not line.startswith("P(best")]
     return "\n".join(lines)
 
 
@@ -39,12 +58,15 @@ def summary_table(idata):
 
 
 def data_summary(design: TrialDesign) -> dict:
-    """Participants by arm, sites, observed visits by week and the baseline biomarker values: run.json and the fits' provenance."""
-    treated = design.treated.astype(bool)
+    """Participants by arm, sites, observed visits by week and the baseline biomarker values: run.json and the fits' provenance.
+    'arms' names the control arm and the active arm (a list of them for a trial of several active arms)."""
+    meta, arm_idx = design.meta, np.asarray(design.arm_idx)
+    active = list(meta.treatment_arms)
     info = {
         "participants": int(design.n_participants),
-        "by_arm": {design.meta.treatment_arm: int(treated.sum()), design.meta.control_arm: int((~treated).sum())},
-        "arms": {"control": design.meta.control_arm, "treatment": design.meta.treatment_arm},
+        # the active arms in declared order, then the control arm
+        "by_arm": {**{a: int((arm_idx == i).sum()) for i, a in enumerate(active, start=1)}, meta.control_arm: int((arm_idx == 0).sum())},
+        "arms": {"control": meta.control_arm, "treatment": active[0] if len(active) == 1 else active},
         "sites": len(design.sites),
         "visits_observed": len(design.y),
         "observed_by_week": {int(w): int((design.obs_week == w).sum()) for w in design.weeks},

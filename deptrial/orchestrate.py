@@ -19,13 +19,14 @@ from functools import partial
 from pathlib import Path
 
 from data import DatasetError, load_dataset
-from data.atomic import output_lock
+from data.atomic import atomic_write_bytes, output_lock, usual_permissions
+from diagnostics.contrasts import CONTRASTS_FILE, contrasts_table
 from diagnostics.convergence import verdict
 from diagnostics.estimates import format_estimates, model_estimates
 from diagnostics.outputs import write_outputs
 from diagnostics.remedies import REFIT_MIN_DRAWS
 from diagnostics.run import RunDiagnostics, diagnose_model, diagnose_run, score_model
-from diagnostics.saved import load_run, saved_answers, saved_names
+from diagnostics.saved import load_run, saved_answers, saved_contrasts, saved_names
 from diagnostics.sensitivity_analyses import SensitivityOptions, model_sensitivity, saved_sensitivity
 from diagnostics.summary import answer, baseline_mean, observed_means
 from inference.idata_io import provenance, stamp, versions
@@ -36,7 +37,7 @@ from models import REGISTRY, build_design, get
 from models.priors import to_json
 from planning.params import design_constants
 
-from .console import data_summary, info_text, sensitivity_text, summary_table
+from .console import contrasts_text, data_summary, info_text, sensitivity_text, summary_table
 from .errors import FinishingFailed, SamplingFailed, stage
 from .results import ModelFit
 
@@ -44,11 +45,13 @@ finishing = partial(stage, error=FinishingFailed)
 
 
 def finish_fit(name: str, idata, built, *, out: str, data_source: str, likelihood: str, settings: SamplerSettings,
-               info: dict, changes: list, mcid: float, remission_cutoff: float, sensitivity: SensitivityOptions | None = None) -> dict:
+               info: dict, changes: list, mcid: float, remission_cutoff: float, sensitivity: SensitivityOptions | None = None,
+               contrasts=()) -> dict:
     """Everything one model's fit needs before the comparison, run in its worker process beside the
     other fits (or in this process with jobs=1): the provenance stamp, the convergence verdict, the
-    estimates, the files in out/<name>/, for visit-score models the PPC, LOO and figures, and with
-    `sensitivity` the model's sensitivity analyses (written with the report's files).
+    estimates and contrasts (`contrasts`: the contrasts asked for, diagnostics.contrasts.parse_contrasts),
+    the files in out/<name>/, for visit-score models the PPC, LOO and figures, and with `sensitivity`
+    the model's sensitivity analyses (written with the report's files).
     Raises FinishingFailed naming the step that failed."""
     t0 = time.perf_counter()
     spec, design = get(name), built.design
@@ -73,6 +76,8 @@ def finish_fit(name: str, idata, built, *, out: str, data_source: str, likelihoo
     verdict_s = time.perf_counter() - tv
     with finishing("tabulating the estimates of", name):
         table = model_estimates(idata, spec, design, mcid)
+    with finishing("tabulating the contrasts of", name):
+        compared = contrasts_table(idata, design.meta, contrasts, mcid, change_scores=spec.scores_change)
     folder = Path(out) / name
     with finishing("saving", name):
         folder.mkdir()
@@ -80,19 +85,21 @@ def finish_fit(name: str, idata, built, *, out: str, data_source: str, likelihoo
         check.table.to_csv(folder / "convergence.csv")
         summary_table(idata).to_csv(folder / "summary.csv")
         table.to_csv(folder / "estimates.csv", index=False)
+        if compared is not None:
+            compared.to_csv(folder / CONTRASTS_FILE, index=False)
         (folder / "convergence.txt").write_text(check.text() + "\n")
     t1 = time.perf_counter()
     diagnosed = None
     with finishing("diagnosing", name):
         if spec.comparable:  # its PPC, LOO and figures, for the report
-            labels = (design.meta.control_arm, design.meta.treatment_arm)
-            diagnosed = diagnose_model(name, idata, table, design.treated, labels, remission_cutoff, spec.description, check=check)
+            labels = tuple(design.meta.arms)
+            diagnosed = diagnose_model(name, idata, table, design.arm_idx, labels, remission_cutoff, spec.description, check=check)
         elif spec.compared and "y_participant" in idata.log_likelihood:  # the MMRM: in the comparison on the integrated densities
             diagnosed = score_model(name, idata, table, spec.description, check=check)
     t2 = time.perf_counter()
     with finishing("running the sensitivity analyses of", name):
         sens = model_sensitivity(name, idata, design, sensitivity) if sensitivity is not None else None
-    return {"check": check, "table": table, "notes": built.notes, "diagnostics": diagnosed, "sensitivity": sens,
+    return {"check": check, "table": table, "contrasts": compared, "notes": built.notes, "diagnostics": diagnosed, "sensitivity": sens,
             "finish_s": t1 - t0, "diagnose_s": t2 - t1, "verdict_s": verdict_s,
             **(diagnosed.timings if diagnosed is not None else {}),
             **({"sensitivity_s": time.perf_counter() - t2} if sens is not None else {}),
@@ -109,7 +116,7 @@ def finish_or_failure(name: str, idata, built, **kwargs) -> dict | FinishingFail
 
 
 def run_models(specs, ds, design, source, changes, settings, tmp: Path, out: Path, *, likelihood, mcid, remission_cutoff, kfold,
-               jobs, quiet, log, say, priors=None, sensitivity: SensitivityOptions | None = None):
+               jobs, quiet, log, say, priors=None, sensitivity: SensitivityOptions | None = None, contrasts=()):
     """Fit `specs` and write everything into `tmp` (the results folder `out` being written); returns
     (fits, the content of run.json, the run's diagnostics, the report's path). Raises SamplingFailed,
     FinishingFailed or RunFailed (naming the stage) for a failure once sampling has started."""
@@ -126,7 +133,7 @@ def run_models(specs, ds, design, source, changes, settings, tmp: Path, out: Pat
         log(f"\nfitting {len(names)} models, {jobs} at a time (one process each; --jobs 1 fits them in turn)")
     finish = partial(
         finish_or_failure, out=str(tmp), data_source=source, likelihood=likelihood, settings=settings, info=info,
-        changes=changes, mcid=mcid, remission_cutoff=remission_cutoff, sensitivity=sensitivity,
+        changes=changes, mcid=mcid, remission_cutoff=remission_cutoff, sensitivity=sensitivity, contrasts=tuple(contrasts),
     )
     # models with biomarkers (the largest) first, so the longest compile starts at once and the small ones fill the other core
     order = list(REGISTRY)
@@ -159,12 +166,15 @@ def run_models(specs, ds, design, source, changes, settings, tmp: Path, out: Pat
                                        "idata_bytes": done["idata_bytes"]}
                 if notes:
                     run["models"][name]["data_notes"] = notes
-                fits[name] = ModelFit(name, idata, table, check, timings, notes)
+                fits[name] = ModelFit(name, idata, table, check, timings, notes, done["contrasts"])
                 if done["diagnostics"] is not None:
                     diagnosed[name] = done["diagnostics"]
                     diagnose_s += done["diagnose_s"]
                 say(f"\n{name}: estimates ({design.meta.outcome_label} points unless a row says otherwise; lower scores are better)")
                 say(format_estimates(table))
+                key = contrasts_text(done["contrasts"], design.meta.n_arms)
+                if key:
+                    say(key)
                 say(check.text())
                 if done.get("sensitivity") is not None:
                     sensitivities[name] = done["sensitivity"]
@@ -179,6 +189,11 @@ def run_models(specs, ds, design, source, changes, settings, tmp: Path, out: Pat
         run["not_in_report"] = skipped
         say(f"note: {', '.join(skipped)}: outcome is not the visit scores (y), so no trajectory checks or LOO comparison "
             "in the report (their answers lead it)")
+    if contrasts and fits and all(f.contrasts is None for f in fits.values()):
+        say(f"note: no contrasts.csv: the contrasts asked for need a model with each arm's mean by week (the trajectory "
+            f"models or the MMRM), and {', '.join(fits)} has none")
+    if contrasts:
+        run["contrasts"] = [c.label for c in contrasts]
     scored_only = [n for n, m in diagnosed.items() if m.ppc is None]
     if scored_only:
         say(f"note: {', '.join(scored_only)}: change from baseline, compared with the trajectory models on the post-baseline "
@@ -186,14 +201,15 @@ def run_models(specs, ds, design, source, changes, settings, tmp: Path, out: Pat
     diag = report = None
     if fits:
         t0 = time.perf_counter()
-        labels = (design.meta.control_arm, design.meta.treatment_arm)
+        labels = tuple(design.meta.arms)
         with stage("summarising the observed data"):
             observed = observed_means(ds, labels)
             baseline = baseline_mean(ds)
         answers = {}
         for n, f in fits.items():
             with stage("summarising the answer of", n):
-                answers[n] = answer(n, f.idata, f.estimates, labels, baseline, design.meta.outcome_label, get(n).description)
+                answers[n] = answer(n, f.idata, f.estimates, labels, baseline, design.meta.outcome_label, get(n).description,
+                                    contrasts=f.contrasts)
         builders = {n: partial(get(n).build, priors=(priors or {}).get(n), likelihood=likelihood) for n in diagnosed}
         with stage("comparing the models (leave-one-out, refits, summary figures)"):
             diag = diagnose_run(
@@ -204,7 +220,7 @@ def run_models(specs, ds, design, source, changes, settings, tmp: Path, out: Pat
                 settings=settings,
                 kfold=kfold,
                 remission_cutoff=remission_cutoff,
-                labels=(design.meta.control_arm, design.meta.treatment_arm),
+                labels=labels,
                 descriptions={n: get(n).description for n in diagnosed},
                 title=design.meta.title or source,
                 log=log,
@@ -307,9 +323,10 @@ def saved_fits_sensitivity(results: Path, loaded: dict, options: SensitivityOpti
 
 
 def rediagnose_folder(results: Path, *, kfold: int, refit_levels, seed: int | None, remission_cutoff: float, quiet: bool,
-                      options: SensitivityOptions | None) -> tuple[RunDiagnostics, Path]:
+                      options: SensitivityOptions | None, contrasts=None) -> tuple[RunDiagnostics, Path]:
     """rediagnose's work on a results folder whose options are checked: read the saved fits (FileNotFoundError,
-    ValueError: nothing done), then diagnose and write (RunFailed naming the stage; saved fits never touched)."""
+    ValueError: nothing done), then diagnose and write (RunFailed naming the stage; saved fits never touched).
+    contrasts: the contrasts asked for (parsed), recomputing every model's contrasts.csv; None: the saved ones as they are."""
     idatas, estimates = load_run(results)
     design = builders = settings = None
     if kfold and not idatas:
@@ -318,8 +335,12 @@ def rediagnose_folder(results: Path, *, kfold: int, refit_levels, seed: int | No
     if kfold:
         design, builders, settings = refit_context(idatas, seed)
     log = (lambda msg: None) if quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
-    saved = saved_answers(results, loaded=idatas)
     unchanged = f"nothing in {results} was changed"
+    tables = None
+    if contrasts is not None:
+        with stage("tabulating the contrasts of the saved fits", kept=unchanged, when=""):
+            tables = saved_contrasts(results, contrasts, loaded=idatas)
+    saved = saved_answers(results, loaded=idatas, contrasts=tables)
     if options is not None:
         sens = saved_fits_sensitivity(results, idatas, options, log, kept=unchanged)
     else:
@@ -332,5 +353,8 @@ def rediagnose_folder(results: Path, *, kfold: int, refit_levels, seed: int | No
     run.sensitivity = sens
     partly = f"the saved fits in {results} are unchanged; each file is whole, but some may be from this run and others from before"
     with output_lock(results), stage(f"writing the diagnostics into {results}", kept=partly, when=""):  # the lock: never interleave
+        for name, table in (tables or {}).items():
+            atomic_write_bytes(results / name / CONTRASTS_FILE, table.to_csv(index=False).encode())
+            usual_permissions(results / name / CONTRASTS_FILE)
         report = write_outputs(run, results)  # with a fit.py --force replacing this folder
     return run, report

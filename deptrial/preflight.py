@@ -1,6 +1,7 @@
 """What fit_trial and rediagnose refuse before any work: sampler settings the diagnostics could not check,
-models the data or likelihood do not allow, prior overrides a model does not have, a bad ice.csv, and the
-sensitivity options of a saved results folder. Every refusal raises the error of the layer that finds it
+models the data or likelihood do not allow, prior overrides a model does not have, a bad ice.csv, contrasts
+that name an arm the trial does not have (or cannot be computed), and the sensitivity options of a saved
+results folder. Every refusal raises the error of the layer that finds it
 (ValueError, KeyError, DatasetError, FileNotFoundError), which fit.py and diagnose.py report with exit code 2.
 """
 
@@ -13,6 +14,7 @@ import xarray as xr
 
 from data import load_dataset, meta_of
 from data.ice import ICE_FILE, IceTable, check_ice, load_ice
+from diagnostics.contrasts import Contrast, arm_sizes, parse_contrasts
 from diagnostics.saved import saved_names
 from diagnostics.sensitivity_analyses import SensitivityOptions
 from inference.idata_io import provenance
@@ -108,6 +110,30 @@ def check_priors(priors: dict | None, specs: list, design: TrialDesign) -> None:
                 check_prior(key, resolved[key])
             except ValueError as exc:
                 raise ValueError(f"priors for model '{name}': {exc}") from exc
+
+
+def check_contrasts(contrasts, design: TrialDesign) -> list[Contrast]:
+    """The contrasts asked for (texts, diagnostics/contrasts.py SYNTAX; one text or a list; None: none), parsed against
+    the trial's arms, sizes and doses; ContrastError (a ValueError) naming the contrast, the arms and the syntax."""
+    if contrasts is None:
+        return []
+    texts = [contrasts] if isinstance(contrasts, str) else list(contrasts)
+    return parse_contrasts(texts, design.meta, arm_sizes(design.meta, design.arm_idx))
+
+
+def saved_contrasts(results: Path, contrasts) -> list[Contrast]:
+    """The contrasts asked for of a saved results folder, parsed against the arms, sizes and doses of the dataset saved
+    with its fits, before any work (FileNotFoundError for a folder without fits, ContrastError)."""
+    from data.schema import meta_of
+    from diagnostics.summary import dataset_arms
+
+    names = saved_names(results) if results.is_dir() else []
+    if not names:
+        raise FileNotFoundError(f"{results} holds no fitted model (no <model>/idata.nc): run fit.py first")
+    ds = saved_dataset(load_fit(results / names[0] / "idata.nc", complete=False))
+    meta = meta_of(ds)
+    texts = [contrasts] if isinstance(contrasts, str) else list(contrasts)
+    return parse_contrasts(texts, meta, arm_sizes(meta, dataset_arms(ds)))
 
 
 def saved_sensitivity_options(results: Path, ice, deltas, threshold, remission_cutoff, seed) -> SensitivityOptions:

@@ -13,7 +13,7 @@ from diagnostics.run import RunDiagnostics
 
 @dataclass
 class ModelFit:
-    """One model's fit: the InferenceData (as saved in out/<name>/idata.nc), its estimates, verdict and timings."""
+    """One model's fit: the InferenceData (as saved in out/<name>/idata.nc), its estimates, verdict, timings and contrasts."""
 
     name: str
     idata: object
@@ -21,6 +21,7 @@ class ModelFit:
     verdict: Verdict
     timings: dict
     notes: dict = field(default_factory=dict)
+    contrasts: pd.DataFrame | None = None  # contrasts.csv (diagnostics/contrasts.py); None for a model without per-arm means
 
 
 @dataclass
@@ -37,6 +38,15 @@ class RunResult:
     def estimates(self) -> pd.DataFrame:
         """Every model's estimates in one table, with a 'model' column first."""
         tables = [f.estimates.assign(model=name) for name, f in self.fits.items() if not f.estimates.empty]
+        if not tables:
+            return pd.DataFrame()
+        table = pd.concat(tables, ignore_index=True)
+        return table[["model", *[c for c in table.columns if c != "model"]]]
+
+    @property
+    def contrasts(self) -> pd.DataFrame:
+        """Every model's contrasts (contrasts.csv) in one table, with a 'model' column first (empty without any)."""
+        tables = [f.contrasts.assign(model=name) for name, f in self.fits.items() if f.contrasts is not None and not f.contrasts.empty]
         if not tables:
             return pd.DataFrame()
         table = pd.concat(tables, ignore_index=True)

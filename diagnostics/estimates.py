@@ -2,8 +2,10 @@
 
 Rows are produced for whichever effect summaries a model defines (see each model's
 Deterministics), so new models get a table without new code here; a model's own extra rows
-(ModelSpec.extra_estimates) are appended by `model_estimates`. Each row is a
-models.effects.effect_row (lower scores are better: 'p_below_0' is P(NAC - placebo < 0)), followed
+(ModelSpec.extra_estimates) are appended by `model_estimates`. 'nac_effect' (dims active_arm, week)
+gives, for each active arm in turn, the rows '{arm} - {control} mean {outcome} at week W' at the end
+of treatment and the last follow-up week; then come the control arm's rows and the marker rows. Each
+row is a models.effects.effect_row (lower scores are better: 'p_below_0' is P(arm - control < 0)), followed
 by its estimand in the ICH E9(R1) attributes (models.effects.ESTIMAND_COLUMNS: population, variable,
 intercurrent_events, summary), always the last columns so that readers of the summaries are unaffected.
 """
@@ -21,25 +23,31 @@ def estimates_table(idata: az.InferenceData, meta: DatasetMeta, mcid: float = DE
     """The generic rows; change_scores: the model's outcome is the change from baseline (the MMRM)."""
     post = idata.posterior
     label = meta.outcome_label
-    rows, kinds = [], []
+    rows, kinds, arms = [], [], []
     if "nac_effect" in post:
         weeks = [meta.treatment_end] + ([meta.last_week] if meta.last_week > meta.treatment_end else [])
-        for w in weeks:
-            rows.append(
-                effect_row(
-                    f"{meta.treatment_arm} - {meta.control_arm} mean {label} at week {w}",
-                    post["nac_effect"].sel(week=w).values,
-                    mcid,
-                    week=w,
-                    marker="",
-                    unit=f"{label} points",
+        effect = post["nac_effect"]
+        active = [str(a) for a in effect["active_arm"].values] if "active_arm" in effect.dims else list(meta.treatment_arms)
+        for arm in active:  # every row of one active arm, then the next
+            per_arm = effect.sel(active_arm=arm) if "active_arm" in effect.dims else effect
+            for w in weeks:
+                rows.append(
+                    effect_row(
+                        f"{arm} - {meta.control_arm} mean {label} at week {w}",
+                        per_arm.sel(week=w).values,
+                        mcid,
+                        week=w,
+                        marker="",
+                        unit=f"{label} points",
+                    )
                 )
-            )
-            kinds.append("difference_change" if change_scores else "difference")
+                kinds.append("difference_change" if change_scores else "difference")
+                arms.append(arm)
     if "placebo_change" in post:
         w = meta.treatment_end
         rows.append(effect_row(f"{meta.control_arm} change from baseline at week {w}", post["placebo_change"].sel(week=w).values, None, week=w, marker="", unit=f"{label} points"))
         kinds.append("control_change")
+        arms.append(meta.treatment_arms[0])  # a control row's estimand names no active arm; any label will do
     units = meta.marker_units
     for var, text in (
         ("moderation_per_doubling", f"change in {label} by week {meta.treatment_end} per doubling of baseline"),
@@ -52,10 +60,11 @@ def estimates_table(idata: az.InferenceData, meta: DatasetMeta, mcid: float = DE
                          marker=str(mk), unit=f"{label} points per doubling ({units.get(str(mk), '')})")
                 )
                 kinds.append(var)
+                arms.append(meta.treatment_arms[0])
     table = pd.DataFrame(rows)
     if table.empty:
         return pd.DataFrame(columns=list(ESTIMAND_COLUMNS))
-    return with_estimands(table, meta, kinds)
+    return with_estimands(table, meta, kinds, arms=arms)
 
 
 def model_estimates(idata: az.InferenceData, spec, design, mcid: float = DEFAULT_MCID) -> pd.DataFrame:

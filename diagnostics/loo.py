@@ -234,8 +234,8 @@ def kfold_groups(design, k: int, seed: int) -> list[np.ndarray]:
     rng = np.random.default_rng(seed)
     folds: list[list[int]] = [[] for _ in range(k)]
     pos = 0
-    for arm in np.unique(design.treated):
-        members = rng.permutation(np.nonzero(design.treated == arm)[0])
+    for arm in np.unique(design.arm_idx):
+        members = rng.permutation(np.nonzero(design.arm_idx == arm)[0])
         for p in members:
             folds[pos % k].append(int(p))
             pos += 1

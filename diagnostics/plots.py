@@ -113,8 +113,9 @@ def rates_plot(table: pd.DataFrame) -> bytes:
     fig, axes = plt.subplots(1, len(stats), figsize=(5 * len(stats), 3.6), squeeze=False)
     for ax, stat in zip(axes.ravel(), stats):
         sub = table[table["statistic"] == stat]
+        n_arms = sub["arm"].nunique()
         for i, (arm, s) in enumerate(sub.groupby("arm", sort=False)):
-            x = s["week"] + (i - 0.5) * 0.35
+            x = s["week"] + (i - (n_arms - 1) / 2) * 0.7 / max(n_arms, 2)
             ax.errorbar(x, s["replicated_mean"], yerr=[(s["replicated_mean"] - s["rep_lo"]).clip(lower=0), (s["rep_hi"] - s["replicated_mean"]).clip(lower=0)], fmt="s", color=f"C{i}", alpha=0.5, label=f"{arm}: replicated")
             ax.plot(x, s["observed"], "o", color=f"C{i}", mec="k", label=f"{arm}: observed")
         ax.set(xlabel="week", ylabel="rate", title=f"{stat} rate by arm")
@@ -146,29 +147,76 @@ def pareto_k_plot(results: dict[str, LooResult]) -> bytes:
 
 
 # ---------------------------------------------------------------- the answer first (diagnostics/summary.py)
-def effects_forest_plot(answer, labels: tuple[str, str]) -> bytes | None:
-    """Treatment - control difference at each reported week: mean and 94% HDI, with P(benefit) and P(benefit > MCID)."""
+def effects_forest_plot(answer, labels: tuple[str, ...]) -> bytes | None:
+    """Each active arm - control difference at each reported week: mean and 94% HDI, with P(benefit) and
+    P(benefit > MCID); one colour per active arm (labels: every arm, the control first)."""
     diff = answer.differences
     if diff.empty:
         return None
     n = len(diff)
     fig, ax = plt.subplots(figsize=(6.5, 1.4 + 0.75 * n))
     y = np.arange(n)[::-1]
-    ax.hlines(y, diff["lo"], diff["hi"], color="C0", lw=2)  # a line and a point: a skewed posterior's mean can lie outside its HDI
-    ax.plot(diff["mean"], y, "o", color="C0", ms=7)
+    active = list(labels[1:])
+    arms = diff["arm"] if "arm" in diff else pd.Series([""] * n)
+    colors = [f"C{labels.index(a) if a in active else len(labels)}" for a in arms]  # each arm's colour in the trajectories
+    # a line and a point: a skewed posterior's mean can lie outside its HDI
+    ax.hlines(y, diff["lo"], diff["hi"], color=colors, lw=2)
+    for color in dict.fromkeys(colors):  # the points of each arm
+        mine = np.asarray(colors) == color
+        ax.plot(diff["mean"].to_numpy()[mine], y[mine], "o", color=color, ms=7)
     ax.axvline(0, color="k", lw=1)
     if answer.mcid is not None:
-        ax.axvline(-answer.mcid, color="C2", ls="--", lw=1.2, label=f"benefit = MCID ({answer.mcid:g} points)")
+        ax.axvline(-answer.mcid, color="C7", ls="--", lw=1.2, label=f"benefit = MCID ({answer.mcid:g} points)")
         ax.legend(fontsize=8, loc="best")
-    prefix = f"{labels[1]} - {labels[0]} "
+    prefix = f"{labels[1]} - {labels[0]} " if len(active) == 1 else None  # several arms: each row names its own
     names = []
     for r in diff.itertuples(index=False):
         probs = f"P(benefit) {r.p_benefit:.2f}" + (f", P(> MCID) {r.p_mcid:.2f}" if pd.notna(r.p_mcid) else "")
-        names.append(f"{r.quantity.removeprefix(prefix)}\n{probs}")
+        names.append(f"{r.quantity.removeprefix(prefix) if prefix else r.quantity}\n{probs}")
     ax.set_yticks(y, names, fontsize=9)
     ax.set_ylim(-0.7, n - 0.3)
-    ax.set(xlabel=f"{labels[1]} - {labels[0]}, points (below 0 favours {labels[1]}); 94% HDI",
-           title=f"{answer.model}: treatment effect by week")
+    if len(active) == 1:
+        ax.set(xlabel=f"{labels[1]} - {labels[0]}, points (below 0 favours {labels[1]}); 94% HDI",
+               title=f"{answer.model}: treatment effect by week")
+    else:
+        ax.set(xlabel=f"active arm - {labels[0]}, points (below 0 favours the active arm); 94% HDI",
+               title=f"{answer.model}: effect of each active arm by week")
+    return to_png(fig)
+
+
+def contrasts_forest_plot(answer) -> bytes | None:
+    """Every contrast of the model's contrasts.csv at every visit (each active arm - control, the contrasts asked for;
+    the dose trend in its own panel, in points per dose unit): mean and 94% HDI, one colour per contrast."""
+    table = getattr(answer, "contrasts", None)
+    if table is None or table.empty:
+        return None
+    lo, hi = [c for c in table.columns if c.startswith("hdi_")][:2]
+    points = table[table["kind"].isin(["vs_control", "contrast"])]
+    trend = table[table["kind"] == "dose_trend"]
+    if points.empty:
+        return None
+    panels = [(points, "points")] + ([(trend, "per dose unit")] if len(trend) else [])
+    heights = [len(p) for p, _ in panels]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(7.5, 1.2 * len(panels) + 0.24 * sum(heights)), squeeze=False,
+                             gridspec_kw={"height_ratios": heights})
+    arms = list(table.loc[table["kind"] == "arm_mean", "contrast"].drop_duplicates())  # control first
+    others = list(dict.fromkeys(table.loc[table["kind"].isin(["contrast", "dose_trend"]), "contrast"]))
+    for ax, (sub, unit) in zip(axes.ravel(), panels):
+        y = np.arange(len(sub))[::-1]
+        # an arm vs control in the arm's colour (as in the trajectories), every other contrast in its own
+        colors = [f"C{arms.index(c.split(' - ')[0]) % 10}" if k == "vs_control" and c.split(" - ")[0] in arms
+                  else f"C{(len(arms) + others.index(c)) % 10}" for k, c in zip(sub["kind"], sub["contrast"])]
+        ax.hlines(y, sub[lo], sub[hi], color=colors, lw=1.8)
+        for color in dict.fromkeys(colors):  # the points of each contrast
+            mine = np.asarray(colors) == color
+            ax.plot(sub["mean"].to_numpy()[mine], y[mine], "o", color=color, ms=4.5)
+        ax.axvline(0, color="k", lw=1)
+        ax.set_yticks(y, [f"{c}, week {int(w)}" for c, w in zip(sub["contrast"], sub["week"])], fontsize=7)
+        ax.set_ylim(-0.7, len(sub) - 0.3)
+        favours = "higher doses do better" if unit == "per dose unit" else "favours the arms added"
+        ax.set_xlabel(f"{sub['unit'].iloc[0]} (below 0: {favours}); 94% HDI", fontsize=8)
+    axes.ravel()[0].set_title(f"{answer.model}: contrasts at every visit")
+    fig.tight_layout()
     return to_png(fig)
 
 

@@ -2,7 +2,8 @@
 
 Every check compares a statistic T of the observed scores with its distribution over the
 replicated scores (`posterior_predictive['y']`), mapped to participants, arms and weeks through
-`constant_data` (`obs_participant`, `obs_week`, `treated`). The posterior predictive p-value is
+`constant_data` (`obs_participant`, `obs_week`, and the arm of each participant: `arm_indicator`, participant x
+active arm, or the trial's `arm_idx`). Means and rates are checked in every arm. The posterior predictive p-value is
 P(T_rep > T_obs) + P(T_rep = T_obs) / 2; a check is flagged when it falls outside [PPC_TAIL, 1 - PPC_TAIL], i.e. the
 observed statistic lies outside the central 1 - 2 PPC_TAIL of the replicated ones.
 
@@ -42,40 +43,63 @@ class ObsIndex:
     y: np.ndarray  # observed scores (n_obs)
     participant: np.ndarray  # participant index per observation
     week: np.ndarray  # week per observation
-    treated: np.ndarray  # 0/1 per observation
+    arm_index: np.ndarray  # per observation: 0 the control arm, a the a-th active arm (arm_labels[a])
     weeks: np.ndarray  # sorted distinct weeks
-    arm_labels: tuple[str, str]  # (control, treatment)
+    arm_labels: tuple[str, ...]  # every arm, the control first
 
     def arm(self) -> np.ndarray:
-        return np.where(self.treated > 0.5, self.arm_labels[1], self.arm_labels[0])
+        return np.asarray(self.arm_labels, dtype=object)[self.arm_index]
 
 
-def arm_labels(idata: az.InferenceData) -> tuple[str, str]:
-    """(control, treatment) labels from the fit's data summary, else generic names."""
+def arm_labels(idata: az.InferenceData) -> tuple[str, ...]:
+    """Every arm's label, the control first, from the fit's data summary (the active arms: one label or a list),
+    else from the fit's active_arm coordinate, else generic names."""
     raw = idata.posterior.attrs.get("data_summary")
     try:
         info = json.loads(raw) if isinstance(raw, str) else (raw or {})
         arms = info.get("arms", {})
         if arms.get("control") and arms.get("treatment"):
-            return str(arms["control"]), str(arms["treatment"])
+            active = arms["treatment"]
+            return (str(arms["control"]), *([str(active)] if isinstance(active, str) else [str(a) for a in active]))
     except (json.JSONDecodeError, AttributeError):
         pass
+    if "active_arm" in idata.posterior.coords:
+        return ("control", *[str(a) for a in idata.posterior["active_arm"].values])
     return "control", "treatment"
 
 
-def obs_index(idata: az.InferenceData, treated: np.ndarray | None = None, labels: tuple[str, str] | None = None) -> ObsIndex:
-    """Map observations to participants, weeks and arms; `treated` (per participant) overrides constant_data."""
+def participant_arms(idata: az.InferenceData) -> np.ndarray | None:
+    """Each participant's arm index (0 the control arm, a the a-th active arm) as the fit saw them: from
+    constant_data 'arm_indicator' (participant x active arm), or a two-arm fit's 'treated'; None without either."""
+    if "constant_data" not in idata.groups():
+        return None
+    const = idata.constant_data
+    if "arm_indicator" in const:
+        ind = np.asarray(const["arm_indicator"].values, dtype=float).reshape(const["arm_indicator"].shape[0], -1)
+        return np.where(ind.max(axis=1) > 0.5, ind.argmax(axis=1) + 1, 0).astype(int)
+    if "treated" in const:
+        return (np.asarray(const["treated"].values, dtype=float) > 0.5).astype(int)
+    return None
+
+
+def obs_index(idata: az.InferenceData, arms: np.ndarray | None = None, labels: tuple[str, ...] | None = None) -> ObsIndex:
+    """Map observations to participants, weeks and arms; `arms` (per participant, 0 the control arm, a the a-th active
+    arm) overrides the arms in constant_data (`participant_arms`); `labels`: every arm, the control first."""
     if "constant_data" not in idata.groups() or "obs_participant" not in idata.constant_data or "obs_week" not in idata.constant_data:
         raise ValueError("the fit has no constant_data with obs_participant and obs_week: cannot map observations to participants and weeks")
     const = idata.constant_data
     pid = np.asarray(const["obs_participant"].values, dtype=int)
     week = np.asarray(const["obs_week"].values, dtype=float)
-    if treated is None:
-        if "treated" not in const:
-            raise ValueError("the fit's constant_data has no 'treated' per participant; pass treated= explicitly")
-        treated = np.asarray(const["treated"].values, dtype=float)
+    if arms is None:
+        arms = participant_arms(idata)
+        if arms is None:
+            raise ValueError("the fit's constant_data has no arm per participant ('arm_indicator'); pass arms= explicitly")
+    arms = np.asarray(arms, dtype=int)
+    labels = tuple(labels or arm_labels(idata))
+    if arms.max(initial=0) >= len(labels):
+        raise ValueError(f"participants of arm index {int(arms.max())} but only the arms {list(labels)}")
     y = np.asarray(idata.observed_data["y"].values, dtype=float)
-    return ObsIndex(y=y, participant=pid, week=week, treated=np.asarray(treated, dtype=float)[pid], weeks=np.unique(week), arm_labels=labels or arm_labels(idata))
+    return ObsIndex(y=y, participant=pid, week=week, arm_index=arms[pid], weeks=np.unique(week), arm_labels=labels)
 
 
 def replicated(idata: az.InferenceData) -> np.ndarray:
@@ -100,7 +124,7 @@ def trajectory_check(idata: az.InferenceData, index: ObsIndex | None = None, rep
     rows = []
     for a, label in enumerate(ix.arm_labels):
         for w in ix.weeks:
-            sel = (ix.treated == a) & (ix.week == w)
+            sel = (ix.arm_index == a) & (ix.week == w)
             if not sel.any():
                 continue
             rows.append({"arm": label, "week": int(w), "n_obs": int(sel.sum()), "statistic": "mean", **_summarise(float(ix.y[sel].mean()), rep[:, sel].mean(axis=1))})
@@ -139,7 +163,7 @@ def rate_check(idata: az.InferenceData, index: ObsIndex | None = None, remission
         if not len(visit):
             continue
         base = np.asarray([base_row[int(ix.participant[i])] for i in visit], dtype=int)
-        arm = ix.treated[visit]
+        arm = ix.arm_index[visit]
         for a, label in enumerate(ix.arm_labels):
             sel = arm == a
             if not sel.any():
@@ -223,8 +247,10 @@ class PPCResult:
         return "\n".join([head] + [f"  - {f}" for f in flags])
 
 
-def run_ppc(idata: az.InferenceData, treated: np.ndarray | None = None, labels: tuple[str, str] | None = None, remission_cutoff: float = REMISSION_CUTOFF) -> PPCResult:
-    ix = obs_index(idata, treated, labels)
+def run_ppc(idata: az.InferenceData, arms: np.ndarray | None = None, labels: tuple[str, ...] | None = None,
+            remission_cutoff: float = REMISSION_CUTOFF) -> PPCResult:
+    """Every check; arms, labels: as for `obs_index`."""
+    ix = obs_index(idata, arms, labels)
     rep = replicated(idata)
     return PPCResult(
         trajectory=trajectory_check(idata, ix, rep),

@@ -174,7 +174,7 @@ def prior_log_density(prior: Prior, values) -> np.ndarray:
         raise KeyError(f"no log density for the family '{prior.dist}'")
     density, reduces = DENSITIES[prior.dist]
     lp = np.asarray(density(x, prior.params), dtype=float)
-    return lp if reduces else lp.reshape(*x.shape[:2], -1).sum(axis=-1)
+    return lp if reduces and lp.ndim == 2 else lp.reshape(*x.shape[:2], -1).sum(axis=-1)
 
 
 def stored_priors(idata) -> dict[str, Prior]:
@@ -246,9 +246,11 @@ def reported_weeks(idata) -> list[float] | None:
 
 
 def reported_effects(idata, weeks=None) -> list[Effect]:
-    """The effects a fit reports: the NAC - control difference at the end of treatment and the last
+    """The effects a fit reports: each active arm - control difference at the end of treatment and the last
     follow-up, the control change at the end of treatment, per-doubling biomarker effects, ratios of
-    geometric means, and the mediation effects (EFFECT_VARIABLES), those present in the posterior.
+    geometric means, and the mediation effects (EFFECT_VARIABLES), those present in the posterior. A variable
+    with an 'active_arm' dim gives one effect per active arm, labelled 'var[arm]' when there are several
+    ('nac_effect[low] at week 12'), 'var' when there is one.
 
     weeks  the weeks of nac_effect (default: end of treatment and last follow-up from the fit's
            provenance, else every week but 0); placebo_change is taken at the first of them."""
@@ -258,22 +260,26 @@ def reported_effects(idata, weeks=None) -> list[Effect]:
     for var, dim in EFFECT_VARIABLES:
         if var not in post.data_vars:
             continue
-        da = post[var].transpose("chain", "draw", ...)
-        if dim is None:
-            out.append(Effect(var, var, None, "", da.values))
-            continue
-        labels = list(da[dim].values)
-        if dim == "week":
-            chosen = weeks if weeks is not None else [w for w in labels if float(w) != 0]
-            if var == "placebo_change":
-                chosen = chosen[:1]
-            labels = [w for w in labels if any(float(w) == float(c) for c in chosen)]
-        for label in labels:
-            draws = da.sel({dim: label}).values
-            if np.ptp(draws) == 0:  # a constant (e.g. week 0 of the MMRM): nothing to be sensitive
+        whole = post[var].transpose("chain", "draw", ...)
+        arms = [str(a) for a in whole["active_arm"].values] if "active_arm" in whole.dims else [None]
+        for arm in arms:
+            da = whole.sel(active_arm=arm) if arm is not None else whole
+            name = f"{var}[{arm}]" if arm is not None and len(arms) > 1 else var
+            if dim is None:
+                out.append(Effect(name, var, None, "", da.values))
                 continue
-            text = f"{var} at week {float(label):g}" if dim == "week" else f"{var}, {label}"
-            out.append(Effect(text, var, float(label) if dim == "week" else None, str(label) if dim == "marker" else "", draws))
+            labels = list(da[dim].values)
+            if dim == "week":
+                chosen = weeks if weeks is not None else [w for w in labels if float(w) != 0]
+                if var == "placebo_change":
+                    chosen = chosen[:1]
+                labels = [w for w in labels if any(float(w) == float(c) for c in chosen)]
+            for label in labels:
+                draws = da.sel({dim: label}).values
+                if np.ptp(draws) == 0:  # a constant (e.g. week 0 of the MMRM): nothing to be sensitive
+                    continue
+                text = f"{name} at week {float(label):g}" if dim == "week" else f"{name}, {label}"
+                out.append(Effect(text, var, float(label) if dim == "week" else None, str(label) if dim == "marker" else "", draws))
     return out
 
 

@@ -1,9 +1,10 @@
 """One self-contained HTML report per run: no external file, script or font; images are base64 PNGs.
 
 `render_report(run)` takes a `RunDiagnostics` (diagnostics.run) and returns the HTML text; it
-computes nothing itself. Sections: the answer first (per fitted model, the treatment effect by
-week, the fitted trajectories against the observed means and the biomarker effects, each a figure
-with one plain sentence, and the estimand of every row; diagnostics/summary.py), then the data
+computes nothing itself. Sections: the answer first (per fitted model, each active arm's effect by
+week, the fitted trajectories of every arm against the observed means, every contrast at every visit
+with P(each arm is best) (contrasts.csv, diagnostics/contrasts.py) and the biomarker effects, each a
+figure with one plain sentence, and the estimand of every row; diagnostics/summary.py), then the data
 summary, the model comparison, and per model the effect estimates with probability statements and
 their estimands, the sensitivity analyses when the run made them (strategies at the end of
 treatment, the tipping point, responders and remission, prior sensitivity; diagnostics/sensitivity_analyses.py
@@ -22,6 +23,7 @@ import pandas as pd
 from models.effects import ESTIMAND_COLUMNS
 
 from .compare import CLEAR_DIFF_SE
+from .contrasts import key_rows
 from .convergence import EBFMI_MIN, ESS_BULK_MIN, ESS_TAIL_MIN, MCSE_SD_RATIO_MAX, RHAT_MAX, TREEDEPTH_SATURATED_MAX
 from .loo import PARETO_K_MAX, QUANTITY
 from .ppc import PPC_TAIL
@@ -66,7 +68,15 @@ def table_html(df: pd.DataFrame, index: bool = False, floatfmt: str = "{:.3g}") 
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def data_section(info: dict, labels: tuple[str, str]) -> str:
+def arms_sentence(labels: tuple[str, ...]) -> str:
+    """The arms of the trial, for the data section (labels: every arm, the control first)."""
+    if len(labels) == 2:
+        return f"Control arm: <b>{esc(labels[0])}</b>, treatment arm: <b>{esc(labels[1])}</b>."
+    return (f"Control (reference) arm: <b>{esc(labels[0])}</b>; {len(labels) - 1} active arms, each compared with it: "
+            + ", ".join(f"<b>{esc(a)}</b>" for a in labels[1:]) + ".")
+
+
+def data_section(info: dict, labels: tuple[str, ...]) -> str:
     if not info:
         return "<h2>Data</h2><p>(no data summary recorded)</p>"
     n = info.get("participants", 0)
@@ -79,7 +89,7 @@ def data_section(info: dict, labels: tuple[str, str]) -> str:
     out = [
         "<h2>Data</h2>",
         f"<p>{n} participants ({arms}), {info.get('sites', '?')} sites, {info.get('visits_observed', '?')} observed visits. "
-        f"Control arm: <b>{esc(labels[0])}</b>, treatment arm: <b>{esc(labels[1])}</b>.</p>",
+        f"{arms_sentence(tuple(labels))}</p>",
         "<h3>Visits observed and dropout by week</h3>",
         table_html(pd.DataFrame(rows), floatfmt="{:.1f}"),
     ]
@@ -102,7 +112,9 @@ def data_section(info: dict, labels: tuple[str, str]) -> str:
 
 
 def probability_statements(est: pd.DataFrame) -> str:
+    """Each row of an estimates table in words (rows of several active arms each name their arm)."""
     items = []
+    multi = len({str(q).split(" - ")[0] for q in est["quantity"] if " - " in str(q)}) > 1
     mcid_cols = [c for c in est.columns if c.startswith("p_below_-")]
     for _, r in est.iterrows():
         q = str(r["quantity"])
@@ -111,7 +123,7 @@ def probability_statements(est: pd.DataFrame) -> str:
         if len(hdi) == 2:
             text += f", 94% HDI {r[hdi[0]]:.2f} to {r[hdi[1]]:.2f}"
         if " - " in q and "p_below_0" in r and pd.notna(r["p_below_0"]):
-            text += f"; posterior probability that the treatment arm is better (difference &lt; 0): {r['p_below_0']:.2f}"
+            text += f"; posterior probability that the {esc(q.split(' - ')[0]) + ' arm' if multi else 'treatment arm'} is better (difference &lt; 0): {r['p_below_0']:.2f}"
             for c in mcid_cols:
                 if pd.notna(r.get(c)):
                     text += f"; that the benefit exceeds {esc(c.removeprefix('p_below_-'))} points: {r[c]:.2f}"
@@ -145,35 +157,43 @@ def _pct(x) -> str:
 
 
 def strategies_table(table: pd.DataFrame, week: int) -> pd.DataFrame:
-    """sensitivity.csv's rows at one week: strategy, mean, 94% interval, P(benefit)."""
+    """sensitivity.csv's rows at one week: [contrast, for a trial of several active arms,] strategy, mean, 94% interval,
+    P(benefit)."""
     rows = table[table["week"] == week]
     lo, hi = [c for c in table.columns if c.startswith("hdi_")][:2]
-    return pd.DataFrame({
+    out = pd.DataFrame({
         "strategy": rows["strategy"].astype(str), "mean": rows["mean"],
         "94% interval": [f"{a:.2f} to {b:.2f}" for a, b in zip(rows[lo], rows[hi])],
         "P(benefit)": rows["p_below_0"], "share imputed after dropout": [_pct(x) for x in rows.get("dropout_share", [])],
     })
+    if "contrast" in rows:
+        out.insert(0, "contrast", rows["contrast"].astype(str))
+    return out
 
 
 ESTIMAND_NAMES = {"MAR": "hypothetical (MAR imputation)", "NRI": "composite (missing = failure)"}
 
 
 def responders_summary(table: pd.DataFrame, week: int) -> pd.DataFrame:
-    """responders.csv at one week, one row per estimand and outcome: the rates, risk difference, P(better), NNT."""
+    """responders.csv at one week, one row per estimand and outcome: the rates, risk difference, P(better), NNT; with
+    several active arms, the last three once per active arm against the control arm (named in the column)."""
     rows = []
     lo, hi = [c for c in table.columns if c.startswith("hdi_")][:2]
     at = table[table["week"] == week]
+    several = (at["quantity"] == "risk_difference").sum() > at.groupby(["estimand", "outcome"]).ngroups
     for (estimand, outcome), g in at.groupby(["estimand", "outcome"], sort=False):
         row = {"estimand": ESTIMAND_NAMES.get(estimand, estimand), "outcome": outcome}
         for r in g.to_dict("records"):
             q = r["quantity"]
+            arm = str(r["arm"]).split(" - ")[0].split(" vs ")[0]  # the active arm of a contrast row
+            suffix = f", {r['arm'].replace(' vs ', ' - ')}" if several else ""
             if q.startswith("rate_"):
                 row[f"rate, {r['arm']}"] = f"{_pct(r['mean'])} ({_pct(r[lo])} to {_pct(r[hi])})"
             elif q == "risk_difference":
-                row["risk difference"] = f"{100 * r['mean']:.1f} points ({100 * r[lo]:.1f} to {100 * r[hi]:.1f})"
-                row["P(treatment better)"] = f"{r['p_above_0']:.2f}"
+                row[f"risk difference{suffix}"] = f"{100 * r['mean']:.1f} points ({100 * r[lo]:.1f} to {100 * r[hi]:.1f})"
+                row[f"P({arm} better)" if several else "P(treatment better)"] = f"{r['p_above_0']:.2f}"
             elif q == "nnt":
-                row["NNT"] = f"{r['median']:.1f}" if pd.notna(r["median"]) else "not defined"
+                row[f"NNT{suffix}"] = f"{r['median']:.1f}" if pd.notna(r["median"]) else "not defined"
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -189,18 +209,22 @@ def sensitivity_section(s, heading: str = "h3", title: str = "Sensitivity and es
     strategies = s.tables.get("sensitivity")
     if strategies is not None and len(strategies):
         at = strategies[(strategies["week"] == week) & (strategies["strategy"] == "MAR")]
-        out.append(f"<p>The treatment - control difference at week {week} (end of treatment) when the scores missing after "
+        which = ("Each active arm's difference from the control arm" if "contrast" in strategies
+                 else "The treatment - control difference")
+        out.append(f"<p>{which} at week {week} (end of treatment) when the scores missing after "
                    "dropout follow the model's own arm (MAR), jump to the reference arm (J2R), copy it throughout (CR), copy its "
                    "changes from the last visit (CIR), or are made delta points worse (delta rows). Lower is better.</p>")
         if len(at) and "estimand" in at:
-            out.append(f'<p class="estimand">Estimand: {esc(at["estimand"].iloc[0])}</p>')
+            for text in at["estimand"]:
+                out.append(f'<p class="estimand">Estimand: {esc(text)}</p>')
         out.append(table_html(strategies_table(strategies, week), floatfmt="{:.2f}"))
     elif "sensitivity" in notes:
         out.append(f'<p class="note">No reference-based strategies, delta adjustment or tipping point for this model: '
                    f'{esc(notes.pop("sensitivity"))}</p>')
     notes.pop("tipping_point", None)
+    for message in s.tipping_messages or ((s.tipping_message,) if s.tipping_message else ()):  # one per active arm
+        out.append(f"<p><b>Tipping point</b>: {esc(message)}.</p>")
     if s.tipping_message:
-        out.append(f"<p><b>Tipping point</b>: {esc(s.tipping_message)}.</p>")
         out.append(img(s.tipping_figure, f"{s.name}: tipping point"))
     responders = s.tables.get("responders")
     if responders is not None and len(responders):
@@ -314,8 +338,14 @@ def summary_section(run) -> str:
         a, figs = run.answers[name], run.answer_figures.get(name, {})
         out.append(f"<h3>{esc(name)}</h3>" + (f"<p>{esc(a.description)}</p>" if a.description else ""))
         cells = [f"<figure>{img(figs.get(key), f'{name}: {key}')}<figcaption>{esc(a.sentences[key])}</figcaption></figure>"
-                 for key in ("effects", "trajectory", "markers") if key in a.sentences]
+                 for key in ("effects", "trajectory", "contrasts", "markers") if key in a.sentences]
         out.append('<div class="pair">' + "".join(cells[:2]) + "</div>" + "".join(cells[2:]))
+        key = key_rows(getattr(a, "contrasts", None))
+        if len(key):
+            shown = key.drop(columns=["mcse_mean", *ESTIMAND_COLUMNS], errors="ignore")
+            shown = shown.drop(columns=[c for c in shown.columns if shown[c].isna().all()])
+            out.append(f"<p>Contrasts at week {int(key['week'].iloc[0])} (end of treatment) and P(each arm is best) "
+                       "(for p_best rows, <i>mean</i> is the probability):</p>" + table_html(shown, floatfmt="{:.3g}"))
         if getattr(a, "estimands", None) is not None and len(a.estimands):
             out.append('<details><summary>Estimands of these rows (ICH E9(R1))</summary><div class="text">'
                        + table_html(a.estimands) + "</div></details>")

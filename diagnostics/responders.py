@@ -6,9 +6,9 @@ binary outcomes of the participant's score y_w at week w against their own basel
     response    y_w <= (1 - RESPONSE_REDUCTION) y_0    (a reduction of at least 50%)
     remission   y_w <= the remission cut-off            (MADRS <= 7 by default, a parameter)
 
-(the constants of diagnostics/ppc.py), this module reports the rate per arm, the risk difference
-(treatment - control), the odds ratio and the number needed to treat, under two estimands named in
-the ICH E9(R1) attributes (population, variable, intercurrent events, population-level summary):
+(the constants of diagnostics/ppc.py), this module reports the rate per arm, and for each active
+arm against the control arm the risk difference (active - control), the odds ratio and the number
+needed to treat, under two estimands named in the ICH E9(R1) attributes (population, variable, intercurrent events, population-level summary):
 
 - `MAR`, hypothetical strategy under missing at random: a participant without a score at the visit
   (withdrawal, missed visit) gets, in each posterior draw, a score drawn from that draw's
@@ -27,13 +27,14 @@ the posterior of the rate is the mixture of these over the draws, so it carries 
 uncertainty of the imputations and the binomial sampling uncertainty of a proportion (a completed
 data set alone would give a rate with no spread when everybody is observed). One rate p_d is
 drawn from each draw's Beta, by inversion of the Beta CDF at a uniform shared by the two
-estimands, so that when no outcome is missing the two estimands give identical draws; the risk
-difference p_1 - p_0, the odds ratio and the NNT are functions of these draws.
+estimands (one uniform per arm, independent between arms), so that when no outcome is missing the
+two estimands give identical draws; the risk difference p_a - p_0 of active arm a against the
+control arm, the odds ratio and the NNT are functions of these draws.
 
 Summaries:
 - rates and risk difference: `mean` and `sd` are those of the Beta mixture, exactly (with complete
   data the rate's mean is (x + 0.5) / (n + 1)); `median`, the HDI and `p_above_0` (risk difference:
-  P(treatment better), higher rates being better) come from the draws;
+  P(active arm better), higher rates being better) come from the draws;
 - odds ratio: mean, SD and median of its draws; its interval is the HDI of log OR, exponentiated
   (P(OR > 1) equals the risk difference's `p_above_0`);
 - number needed to treat, NNT = 1 / RD: it has no posterior mean (1 / RD is unbounded wherever the
@@ -58,7 +59,7 @@ Imputation per model family (the only place the model enters; NRI does not use t
   draw's unstructured covariance; the missing visits are drawn jointly from the conditional normal
   given the participant's observed changes (grouped by missingness pattern), score = baseline +
   change. Participants with a baseline only (left out of the MMRM fit) get the unconditional normal
-  with their own mean (visit mean, treatment, baseline x visit, site).
+  with their own mean (visit mean, their arm's effect, baseline x visit, site).
 Imputed scores are put on the scale as observed ones are: clipped to [score_min, score_max] and,
 on an integer scale, rounded (a continuous prediction of a recorded integer score: unrounded, a
 draw of 7.3 would not count as MADRS <= 7 although it stands for a recorded 7).
@@ -100,7 +101,7 @@ class CompletedScores:
 
     weeks: np.ndarray  # the reported weeks (k)
     participants: np.ndarray  # ids of the population: randomised participants with a baseline score (n)
-    treated: np.ndarray  # n: 0 control, 1 treatment
+    arm: np.ndarray  # n: 0 the control arm, a the a-th active arm (meta.arms[a])
     baseline: np.ndarray  # n: baseline score
     observed: np.ndarray  # n x k: observed scores, NaN where missing
     scores: np.ndarray  # draws x n x k: the observed scores where observed, imputed elsewhere
@@ -221,11 +222,13 @@ def _trajectory_draws(idata, design: TrialDesign, name: str, rows: np.ndarray, w
 
 
 def mmrm_mean(post, design: TrialDesign, rows: np.ndarray, baseline_center: float) -> np.ndarray:
-    """The MMRM mean change, draws x participants `rows` x post-baseline visit: visit mean + treatment x visit
-    + baseline x visit (about the fit's centre) + site (+ covariates); the mean of models/mmrm.py for any participant."""
+    """The MMRM mean change, draws x participants `rows` x post-baseline visit: visit mean + the participant's arm x
+    visit (0 in the control arm) + baseline x visit (about the fit's centre) + site (+ covariates); the mean of
+    models/mmrm.py for any participant."""
     base = design.wide_scores()[rows, 0] - baseline_center
-    treated = design.treated[rows]
-    mu = _flat(post, "visit_mean")[:, None, :] + _flat(post, "nac_visit_effect")[:, None, :] * treated[None, :, None]
+    effect = flat_draws(post["nac_visit_effect"].transpose("chain", "draw", "active_arm", ...))  # draws x active arm x visit
+    by_arm = np.concatenate([np.zeros_like(effect[:, :1]), effect], axis=1)  # arm 0: the control arm
+    mu = _flat(post, "visit_mean")[:, None, :] + by_arm[:, np.asarray(design.arm_idx)[rows]]
     mu = mu + _flat(post, "baseline_slope")[:, None, :] * base[None, :, None]
     if "site_effect" in post:
         mu = mu + _flat(post, "site_effect")[:, design.site_idx[rows]][..., None]
@@ -305,7 +308,7 @@ def completed_scores(idata: az.InferenceData, design: TrialDesign, weeks=None, s
     return CompletedScores(
         weeks=chosen,
         participants=np.asarray(design.participants)[rows],
-        treated=design.treated[rows].astype(int),
+        arm=np.asarray(design.arm_idx)[rows].astype(int),
         baseline=wide[rows, 0],
         observed=observed,
         scores=scores,
@@ -390,8 +393,13 @@ def estimand_text(estimand: str, outcome: str, week: int, meta: DatasetMeta, n: 
     else:
         events = ("Intercurrent events (treatment discontinuation, withdrawal, missed visit): composite strategy, a participant "
                   f"without a score at the visit counts as {FAILURE[outcome][0]} (non-responder imputation).")
-    summary = (f"Population-level summary: {outcome} rate per arm, risk difference ({meta.treatment_arm} - {meta.control_arm}), "
-               "odds ratio and number needed to treat.")
+    actives = meta.treatment_arms
+    if len(actives) == 1:
+        against = f"risk difference ({actives[0]} - {meta.control_arm})"
+    else:
+        against = (f"risk difference of each active arm against {meta.control_arm} "
+                   f"({', '.join(f'{a} - {meta.control_arm}' for a in actives)})")
+    summary = f"Population-level summary: {outcome} rate per arm, {against}, odds ratio and number needed to treat."
     return f"{population} Variable: {variable}. {events} {summary}"
 
 
@@ -407,20 +415,21 @@ def responder_table(idata: az.InferenceData, design: TrialDesign, remission_cuto
     hdi_prob          width of the intervals (columns hdi_<tail>%, e.g. hdi_3% and hdi_97% for 0.94)
     model             the registered model name (default: the fit's provenance)
 
-    One row per estimand (MAR, NRI) x outcome (response, remission) x week x quantity, quantity one of
-    rate_<control>, rate_<treatment>, risk_difference (treatment - control), odds_ratio, nnt. Columns:
-    estimand, estimand_text, outcome, week, quantity, arm, n (participants), n_missing (without a score at the
-    week), events (responders or remitters: the mean over draws of the completed data's count), mean, sd,
-    median, the HDI bounds, p_above_0 (risk difference: P(treatment better)) and note. How each is computed,
-    and why the NNT is reported as it is, is in the module doc.
+    One row per estimand (MAR, NRI) x outcome (response, remission) x week x quantity: rate_<arm> for every arm
+    (the control arm first, then the active arms in order), then for each active arm against the control arm
+    risk_difference (arm "<active> - <control>"), odds_ratio and nnt (arm "<active> vs <control>"). Columns:
+    estimand, estimand_text, outcome, week, quantity, arm, n (participants: of the arm, or of the two arms
+    compared), n_missing (without a score at the week), events (responders or remitters: the mean over draws of
+    the completed data's count), mean, sd, median, the HDI bounds, p_above_0 (risk difference: P(active arm
+    better)) and note. How each is computed, and why the NNT is reported as it is, is in the module doc.
     """
     meta = design.meta
     seeds = np.random.SeedSequence(seed).spawn(2)
     done = completed_scores(idata, design, weeks, seeds[0], model=model)
     lo_name, hi_name = hdi_names(hdi_prob)
     n_draws = done.scores.shape[0]
-    uniforms = np.random.default_rng(seeds[1]).random((len(OUTCOMES), len(done.weeks), 2, n_draws))
-    labels = (meta.control_arm, meta.treatment_arm)
+    labels = tuple(meta.arms)  # the control arm first: done.arm indexes it
+    uniforms = np.random.default_rng(seeds[1]).random((len(OUTCOMES), len(done.weeks), len(labels), n_draws))
     missing = done.missing
     threshold = {"response": (1.0 - RESPONSE_REDUCTION) * done.baseline[:, None], "remission": remission_cutoff}
     n_total = len(done.participants)
@@ -435,8 +444,8 @@ def responder_table(idata: az.InferenceData, design: TrialDesign, remission_cuto
                 text = estimand_text(estimand, outcome, int(week), meta, n_total, done.n_excluded, remission_cutoff)
                 head = {"estimand": estimand, "estimand_text": text, "outcome": outcome, "week": int(week)}
                 draws, moments = [], []
-                for arm in (0, 1):
-                    sel = done.treated == arm
+                for arm in range(len(labels)):
+                    sel = done.arm == arm
                     n = int(sel.sum())
                     events = hits[:, sel, k].sum(axis=1)
                     mean, var = beta_moments(events, n)
@@ -452,10 +461,12 @@ def responder_table(idata: az.InferenceData, design: TrialDesign, remission_cuto
                         "median": float(np.median(p)), lo_name: lo, hi_name: hi, "p_above_0": np.nan,
                         "note": f"{n_miss} of {n} without a score at week {int(week)}, {how}",
                     })
-                contrast = f"{labels[1]} - {labels[0]}"
-                for row in contrast_rows(draws[0], draws[1], moments[0], moments[1], hdi_prob):
-                    rows.append({**head, "arm": contrast if row["quantity"] == "risk_difference" else f"{labels[1]} vs {labels[0]}",
-                                 "n": n_total, "n_missing": int(missing[:, k].sum()), "events": np.nan, **row})
+                for a in range(1, len(labels)):
+                    pair = (done.arm == 0) | (done.arm == a)
+                    contrast = f"{labels[a]} - {labels[0]}"
+                    for row in contrast_rows(draws[0], draws[a], moments[0], moments[a], hdi_prob):
+                        rows.append({**head, "arm": contrast if row["quantity"] == "risk_difference" else f"{labels[a]} vs {labels[0]}",
+                                     "n": int(pair.sum()), "n_missing": int(missing[pair, k].sum()), "events": np.nan, **row})
     columns = ["estimand", "estimand_text", "outcome", "week", "quantity", "arm", "n", "n_missing", "events", "mean", "sd",
                "median", lo_name, hi_name, "p_above_0", "note"]
     return pd.DataFrame(rows)[columns]

@@ -23,7 +23,7 @@ from . import plots
 from .compare import ComparisonError, comparable_groups, compare, plain_language
 from .convergence import Verdict, verdict
 from .loo import KFOLD_K, LooResult, loo_participants, loo_visits
-from .ppc import REMISSION_CUTOFF, PPCResult, arm_labels, obs_index, run_ppc
+from .ppc import REMISSION_CUTOFF, PPCResult, arm_labels, obs_index, participant_arms, run_ppc
 from .remedies import apply_remedies
 from .sensitivity_analyses import ModelSensitivity
 from .summary import Answer, answer, observed_means_of
@@ -55,7 +55,7 @@ class RunDiagnostics:
     checksum: str
     generated: str
     data_summary: dict
-    labels: tuple[str, str]
+    labels: tuple[str, ...]  # every arm, the control first
     models: dict[str, ModelDiagnostics]
     comparisons: dict[str, pd.DataFrame]
     plain_language: dict[str, str]
@@ -63,7 +63,7 @@ class RunDiagnostics:
     figures: dict[str, bytes]
     versions: dict
     answers: dict[str, Answer] = field(default_factory=dict)  # every fitted model's answer, the report's first section
-    answer_figures: dict[str, dict[str, bytes]] = field(default_factory=dict)  # per model: effects, trajectory, markers
+    answer_figures: dict[str, dict[str, bytes]] = field(default_factory=dict)  # per model: effects, trajectory, contrasts, markers
     outcome: str = "score"
     sensitivity: dict[str, ModelSensitivity] = field(default_factory=dict)  # per model, with --sensitivity
 
@@ -95,17 +95,20 @@ def population_rows(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def diagnose_model(
-    name: str, idata: az.InferenceData, estimates=None, treated=None, labels=None, remission_cutoff: float = REMISSION_CUTOFF,
+    name: str, idata: az.InferenceData, estimates=None, arms=None, labels=None, remission_cutoff: float = REMISSION_CUTOFF,
     description: str = "", check=None,
 ) -> ModelDiagnostics:
-    """Convergence (unless its verdict `check` is given), PPC, both LOO levels and the figures of one fitted model (no refits)."""
+    """Convergence (unless its verdict `check` is given), PPC, both LOO levels and the figures of one fitted model (no refits).
+
+    arms  each participant's arm index (0 the control arm, a the a-th active arm; default: the fit's constant_data)
+    labels  every arm's label, the control first"""
     check = check if check is not None else verdict(idata)
     t0 = time.perf_counter()
-    ppc = run_ppc(idata, treated=treated, labels=labels, remission_cutoff=remission_cutoff)
+    ppc = run_ppc(idata, arms=arms, labels=labels, remission_cutoff=remission_cutoff)
     t1 = time.perf_counter()
     loo = {"participant": loo_participants(idata), "visit": loo_visits(idata)}
     t2 = time.perf_counter()
-    ix = obs_index(idata, treated, labels)
+    ix = obs_index(idata, arms, labels)
     figures = {
         "rank": plots.rank_plot(idata),
         "energy": plots.energy_plot(idata),
@@ -149,10 +152,10 @@ def score_model(name: str, idata: az.InferenceData, estimates=None, description:
     )
 
 
-def diagnose_any(name, idata, estimates=None, treated=None, labels=None, remission_cutoff=REMISSION_CUTOFF, description="", check=None):
+def diagnose_any(name, idata, estimates=None, arms=None, labels=None, remission_cutoff=REMISSION_CUTOFF, description="", check=None):
     """`diagnose_model` for a visit-score fit, `score_model` for another outcome with the integrated densities."""
     if "observed_data" in idata.groups() and "y" in idata.observed_data:
-        return diagnose_model(name, idata, estimates, treated, labels, remission_cutoff, description, check=check)
+        return diagnose_model(name, idata, estimates, arms, labels, remission_cutoff, description, check=check)
     return score_model(name, idata, estimates, description, check=check)
 
 
@@ -165,7 +168,7 @@ def diagnose_run(
     kfold: int = KFOLD_K,
     remedy_levels: tuple[str, ...] = ("participant",),
     remission_cutoff: float = REMISSION_CUTOFF,
-    treated=None,
+    arms=None,
     labels=None,
     descriptions: dict[str, str] | None = None,
     title: str = "",
@@ -180,23 +183,30 @@ def diagnose_run(
     """Everything the report needs; refits (for units with high Pareto k) only where builders are given.
 
     idatas: the visit-score fits (checks and comparison); answers: every fitted model's answer
-    (diagnostics/summary.py), drawn first in the report; without them, the visit-score fits' own."""
+    (diagnostics/summary.py), drawn first in the report; without them, the visit-score fits' own.
+    arms: each participant's arm index (default: the design's, else a visit-score fit's, else the dataset saved
+    with a fit); labels: every arm's label, the control first."""
     if not idatas and not answers:
         raise ValueError("no fitted models to diagnose")
     estimates, builders, descriptions = estimates or {}, builders or {}, descriptions or {}
     first = next(iter(idatas.values())) if idatas else None
-    if treated is None and design is not None:
-        treated = design.treated
-    if treated is None:  # a model without an arm term (e.g. null) borrows the arms from a visit-score model that has one
-        for idata in idatas.values():  # (not from the MMRM: its 'treated' covers only participants with a post-baseline visit)
+    if arms is None and design is not None:
+        arms = design.arm_idx
+    if arms is None:  # a model without an arm term (e.g. null) borrows the arms from a visit-score model that has one
+        for idata in idatas.values():  # (not from the MMRM: its arms cover only participants with a post-baseline visit)
             has_scores = "observed_data" in idata.groups() and "y" in idata.observed_data
-            if has_scores and "constant_data" in idata.groups() and "treated" in idata.constant_data:
-                treated = np.asarray(idata.constant_data["treated"].values)
+            arms = participant_arms(idata) if has_scores else None
+            if arms is not None:
                 break
+    if arms is None:  # no fit with an arm term: the dataset saved with the fits
+        from inference.storage import DATA_GROUP
+
+        arms = next((np.asarray(i[DATA_GROUP]["arm_index"].values, dtype=int) for i in idatas.values()
+                     if DATA_GROUP in i.groups() and "arm_index" in i[DATA_GROUP]), None)
     labels = labels or (arm_labels(first) if first is not None else ("control", "treatment"))
-    if observed is None and first is not None and treated is not None:
+    if observed is None and first is not None and arms is not None:
         try:
-            observed = observed_means_of(obs_index(first, treated, labels))
+            observed = observed_means_of(obs_index(first, arms, labels))
         except ValueError:
             observed = None
     if answers is None:
@@ -206,6 +216,7 @@ def diagnose_run(
         n: {k: v for k, v in {
             "effects": plots.effects_forest_plot(a, labels),
             "trajectory": plots.fitted_trajectory_plot(a, observed, outcome),
+            "contrasts": plots.contrasts_forest_plot(a),
             "markers": plots.marker_forest_plot(a),
         }.items() if v}
         for n, a in answers.items()
@@ -217,7 +228,7 @@ def diagnose_run(
             continue
         log(f"diagnostics: {name}")
         models[name] = diagnose_any(
-            name, idata, estimates.get(name), treated, labels, remission_cutoff, descriptions.get(name, "")
+            name, idata, estimates.get(name), arms, labels, remission_cutoff, descriptions.get(name, "")
         )
 
     groups = comparable_groups(idatas)

@@ -13,6 +13,7 @@ import pandas as pd
 
 from models import REGISTRY
 
+from .contrasts import CONTRASTS_FILE, contrasts_table, read_contrasts
 from .run import posterior_attr
 from .summary import Answer, answer, baseline_mean, observed_means
 
@@ -60,15 +61,18 @@ class SavedAnswers:
 
     answers: dict[str, Answer] = field(default_factory=dict)
     observed: pd.DataFrame | None = None  # observed means by arm and week
-    labels: tuple[str, str] | None = None  # (control, treatment)
+    labels: tuple[str, ...] | None = None  # every arm, the control first
     outcome: str = "score"
     title: str = ""
 
 
-def saved_answers(folder: str | Path, loaded: dict[str, az.InferenceData] | None = None) -> SavedAnswers:
-    """Every saved fit's answer (the report's first section), from its posterior and estimates.csv, in run.json's order.
+def saved_answers(folder: str | Path, loaded: dict[str, az.InferenceData] | None = None,
+                  contrasts: dict[str, pd.DataFrame] | None = None) -> SavedAnswers:
+    """Every saved fit's answer (the report's first section), from its posterior, estimates.csv and contrasts.csv, in
+    run.json's order.
 
-    loaded: fits already read from the folder (e.g. by `load_run`), not read again. The observed
+    loaded: fits already read from the folder (e.g. by `load_run`), not read again; contrasts: per model, contrast
+    tables computed anew (`saved_contrasts`), in place of the folder's contrasts.csv. The observed
     means, labels, outcome and title come from the dataset saved in the fits (empty without one)."""
     from data.schema import meta_of
     from inference.storage import DATA_GROUP, load_fit
@@ -82,7 +86,7 @@ def saved_answers(folder: str | Path, loaded: dict[str, az.InferenceData] | None
         return SavedAnswers()
     ds = with_data[DATA_GROUP]
     meta = meta_of(ds)
-    labels = (meta.control_arm, meta.treatment_arm)
+    labels = tuple(meta.arms)
     observed = observed_means(ds, labels)
     baseline = baseline_mean(ds)
     answers = {}
@@ -93,5 +97,29 @@ def saved_answers(folder: str | Path, loaded: dict[str, az.InferenceData] | None
             table["marker"] = table["marker"].astype("string").fillna("")
         model = str(posterior_attr(idata, "model", n))
         description = REGISTRY[model].description if model in REGISTRY else ""
-        answers[n] = answer(n, idata, table, labels, baseline, meta.outcome_label, description)
+        answers[n] = answer(n, idata, table, labels, baseline, meta.outcome_label, description,
+                            contrasts=(contrasts or {}).get(n, read_contrasts(folder / n / CONTRASTS_FILE)))
     return SavedAnswers(answers, observed, labels, meta.outcome_label, meta.title)
+
+
+def saved_contrasts(folder: str | Path, contrasts, loaded: dict[str, az.InferenceData] | None = None) -> dict[str, pd.DataFrame]:
+    """contrasts.csv of every saved fit that has per-arm means (diagnostics.contrasts.contrasts_table), with `contrasts`
+    (parsed); the MCID is the one of the fit's estimates.csv (its 'p_below_-MCID' column), else the default."""
+    from data.schema import meta_of
+    from inference.storage import load_fit, saved_dataset
+    from models.effects import DEFAULT_MCID
+
+    folder = Path(folder)
+    loaded = loaded or {}
+    out = {}
+    for n in saved_names(folder):
+        idata = loaded[n] if n in loaded else load_fit(folder / n / "idata.nc", complete=False)
+        model = str(posterior_attr(idata, "model", n))
+        est = folder / n / "estimates.csv"
+        columns = pd.read_csv(est, nrows=0).columns if est.is_file() else []
+        mcid = next((float(c.removeprefix("p_below_-")) for c in columns if c.startswith("p_below_-")), DEFAULT_MCID)
+        table = contrasts_table(idata, meta_of(saved_dataset(idata)), contrasts, mcid,
+                                change_scores=REGISTRY[model].scores_change if model in REGISTRY else False)
+        if table is not None:
+            out[n] = table
+    return out

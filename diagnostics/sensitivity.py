@@ -99,6 +99,7 @@ DECISION_THRESHOLD = 0.975  # P(benefit) below this: the conclusion of benefit i
 FLIP_INTERVAL_PROB = 0.95  # ... or this interval (HDI) reaching 0
 DELTA_FRACTIONS = (1 / 30, 1 / 15, 1 / 10)  # default delta rows, as fractions of the score range (2, 4, 6 MADRS points)
 GRID_POINTS = 30  # default tipping-point grid: about this many steps
+CONTRAST_COLUMN = "contrast"  # "<arm> - <control>": the first column of the tables of a trial with several active arms
 
 STRATEGY_TEXT = {
     "MAR": "dropout: hypothetical, missing at random (own arm's course given the observed scores)",
@@ -362,19 +363,21 @@ def summarise(draws: np.ndarray, hdi_prob: float = HDI_PROB) -> dict:
 
 
 def estimand_text(design: TrialDesign, pieces: ModelPieces, n: int, week: int, strategy: str, delta: float = 0.0,
-                  arms: str = "treatment", ice: IceTable | None = None) -> str:
-    """The estimand of one row in the ICH E9(R1) attributes: population; variable; intercurrent events; summary."""
+                  arms: str = "treatment", ice: IceTable | None = None, arm: str | None = None) -> str:
+    """The estimand of one row in the ICH E9(R1) attributes: population; variable; intercurrent events; summary.
+    `arm`: the active arm compared with the control arm (None: the trial's only active arm)."""
     meta = design.meta
+    active = pieces.arms[pieces.arm_position(arm)]
     end = meta.treatment_end
     phase = "end of treatment" if week == end else "off-treatment follow-up" if week > end else "during treatment"
     handling = STRATEGY_TEXT[strategy].format(control=meta.control_arm)
     if delta:
-        who = f"{meta.treatment_arm} arm's" if arms == "treatment" else "both arms'"
+        who = f"{active} arm's" if arms == "treatment" else "both arms'"
         handling += f", {who} missing scores after dropout {delta:g} points worse"
     if ice is not None and len(ice):
         handling += f"; intercurrent events of {ice.source} ({len(ice)} participants): the strategy listed, from the week listed"
     return (f"all randomised with a baseline score (n = {n}); {pieces.variable} at week {week} ({phase}); {handling}; "
-            f"difference in means ({meta.treatment_arm} - {meta.control_arm})")
+            f"difference in means ({active} - {meta.control_arm})")
 
 
 def default_deltas(design: TrialDesign) -> tuple[float, ...]:
@@ -394,13 +397,16 @@ def sensitivity_table(
     model: str | None = None,
     pieces: ModelPieces | None = None,
 ) -> pd.DataFrame:
-    """The NAC - placebo difference at each post-baseline week under each strategy, then MAR with each delta.
+    """Each active arm's difference from the control arm at each post-baseline week under each strategy, then MAR
+    with each delta: for each active arm in order, its rows (strategies, then deltas, each at every week).
 
     Columns: strategy (MAR, J2R, CR, CIR, `delta=<points>`), week, mean, sd, hdi_3%, hdi_97% (for
-    hdi_prob 0.94), p_below_0 (P(benefit)), delta, dropout_share (share of the treatment arm with an
-    imputed score after dropout or the event at that week), estimand. `deltas=None` takes
-    `default_deltas(design)`; `ice`: an IceTable, the path of ice.csv, or None; `pieces`: the fit's
-    `model_pieces`, when the caller has them already.
+    hdi_prob 0.94), p_below_0 (P(benefit)), delta, dropout_share (share of the active arm with an
+    imputed score after dropout or the event at that week), estimand (which ends with the arms
+    compared, "difference in means (<arm> - <control>)"). A trial with several active arms has a first
+    column `contrast` ("<arm> - <control>", CONTRAST_COLUMN) as well; a two-arm trial's table has none.
+    `deltas=None` takes `default_deltas(design)`; `ice`: an IceTable, the path of ice.csv, or None;
+    `pieces`: the fit's `model_pieces`, when the caller has them already.
     """
     pieces = pieces if pieces is not None else model_pieces(idata, design, model)
     pop = estimand_population(design, pieces)
@@ -410,18 +416,21 @@ def sensitivity_table(
     missing = [w for w in wanted if w not in pieces.visits or w == 0]
     if missing:
         raise ValueError(f"weeks {missing} are not post-baseline visits of the model ({pieces.visits[pieces.visits > 0].tolist()})")
-    effects = {s: strategy_effect(pieces, pop, s, ice) for s in dict.fromkeys([*strategies, "MAR"])}
-    n = len(pop.treated)
+    n = len(pop.arm)
+    several = len(pieces.arms) > 1
     rows = []
     plan = [(s, s, 0.0) for s in strategies] + [(f"delta={x:g}", "MAR", x) for x in deltas]
-    for label, s, delta in plan:
-        eff = effects[s]
-        draws = eff.delta_adjusted(delta, arms) if delta else eff.draws
-        for w in wanted:
-            j = int(np.searchsorted(pieces.visits, w))
-            rows.append({"strategy": label, "week": w, **summarise(draws[:, j], hdi_prob), "delta": delta,
-                         "dropout_share": float(eff.share_treatment[j]),
-                         "estimand": estimand_text(design, pieces, n, w, s, delta, arms, ice)})
+    for arm in pieces.arms:
+        effects = {s: strategy_effect(pieces, pop, s, ice, arm) for s in dict.fromkeys([*strategies, "MAR"])}
+        which = {CONTRAST_COLUMN: pieces.contrast(arm)} if several else {}
+        for label, s, delta in plan:
+            eff = effects[s]
+            draws = eff.delta_adjusted(delta, arms) if delta else eff.draws
+            for w in wanted:
+                j = int(np.searchsorted(pieces.visits, w))
+                rows.append({**which, "strategy": label, "week": w, **summarise(draws[:, j], hdi_prob), "delta": delta,
+                             "dropout_share": float(eff.share_treatment[j]),
+                             "estimand": estimand_text(design, pieces, n, w, s, delta, arms, ice, arm)})
     return pd.DataFrame(rows)
 
 
@@ -430,7 +439,7 @@ def sensitivity_table(
 
 @dataclass
 class TippingPoint:
-    """Delta adjustment on a grid at one week: where the conclusion of benefit is lost."""
+    """Delta adjustment on a grid at one week, one active arm against the control arm: where the conclusion of benefit is lost."""
 
     table: pd.DataFrame  # per delta: mean, sd, HDIs, p_below_0, flipped
     delta: float | None  # smallest grid delta at which the conclusion flips; None: not within the grid
@@ -442,6 +451,14 @@ class TippingPoint:
     share: float  # the effect moves by delta x share
     message: str
     figure: bytes | None = None  # effect and P(benefit) against delta, PNG
+    arm: str = ""  # the active arm
+    control: str = ""  # the control arm
+    n_active: int = 1  # active arms of the trial: with several, the message and the tables name the contrast
+
+    @property
+    def contrast(self) -> str:
+        """'<arm> - <control>'."""
+        return f"{self.arm} - {self.control}"
 
 
 def _nice_step(x: float) -> float:
@@ -476,24 +493,28 @@ def tipping_point(
     plot: bool = True,
     model: str | None = None,
     pieces: ModelPieces | None = None,
+    arm: str | None = None,
 ) -> TippingPoint:
-    """The smallest delta (points added to the imputed post-dropout scores) at which benefit is no longer concluded.
+    """The smallest delta (points added to the imputed post-dropout scores) at which benefit of active arm `arm`
+    (None: the trial's only active arm) over the control arm is no longer concluded.
 
     The conclusion flips when P(benefit) = P(difference < 0) falls below `threshold` or the
     `interval_prob` HDI reaches 0. `week` defaults to the end of treatment; `deltas` (a grid) to
-    `delta_grid` from 0 to 1.5 x |effect| / share of the treatment arm imputed at that week
+    `delta_grid` from 0 to 1.5 x |effect| / share of the active arm imputed at that week
     (`max_delta`, `step` set it); `strategy` is the base strategy the delta is added to.
     """
     if arms not in ARMS:
         raise ValueError(f"arms must be one of {ARMS}, not '{arms}'")
     pieces = pieces if pieces is not None else model_pieces(idata, design, model)
+    active = pieces.arms[pieces.arm_position(arm)]
+    several = len(pieces.arms) > 1
     pop = estimand_population(design, pieces)
     ice = _as_ice(ice, design)
     week = int(design.meta.treatment_end if week is None else week)
     if week not in pieces.visits or week == 0:
         raise ValueError(f"week {week} is not a post-baseline visit of the model ({pieces.visits[pieces.visits > 0].tolist()})")
     j = int(np.searchsorted(pieces.visits, week))
-    eff = strategy_effect(pieces, pop, strategy, ice)
+    eff = strategy_effect(pieces, pop, strategy, ice, active)
     x = eff.draws[:, j]
     share = float(net_share(eff, arms)[j])
     grid = delta_grid(float(x.mean()), share, design.score_range, max_delta, step) if deltas is None else np.asarray(deltas, dtype=float)
@@ -510,7 +531,9 @@ def tipping_point(
     flips = table.loc[table["flipped"], "delta"]
     hit = float(flips.min()) if len(flips) else None
     exact = _exact_flip(x, share, threshold, interval_prob)
-    where = f"at week {week} ({strategy}, delta added to the {'treatment arm' if arms == 'treatment' else 'both arms'})"
+    arm_name = f"{active} arm" if several else "treatment arm"
+    where = (f"{f'for {pieces.contrast(active)} ' if several else ''}at week {week} "
+             f"({strategy}, delta added to the {arm_name if arms == 'treatment' else 'both arms'})")
     p0, hi0 = float((x < 0).mean()), float(az.hdi(x, hdi_prob=interval_prob)[1])
     if p0 < threshold or hi0 >= 0:
         message = (f"no benefit concluded even without delta {where}: P(benefit) = {p0:.3f} "
@@ -522,8 +545,9 @@ def tipping_point(
                    f"it would at {exact:.2f} points")
     else:
         message = (f"the conclusion flips at delta = {hit:g} points on the grid (exactly {exact:.2f}) {where}: "
-                   f"{share:.1%} of the treatment arm imputed after dropout")
-    result = TippingPoint(table, hit, exact, week, strategy, arms, threshold, share, message)
+                   f"{share:.1%} of the {arm_name} imputed after dropout")
+    result = TippingPoint(table, hit, exact, week, strategy, arms, threshold, share, message, arm=active,
+                          control=pieces.control, n_active=len(pieces.arms))
     if plot:
         result.figure = tipping_plot(result, design, hdi_prob)
     return result
@@ -541,26 +565,40 @@ def _exact_flip(x: np.ndarray, share: float, threshold: float, interval_prob: fl
     return max(0.0, min(by_p, by_interval))
 
 
-def tipping_plot(result: TippingPoint, design: TrialDesign | None = None, hdi_prob: float = HDI_PROB) -> bytes:
-    """The difference (mean and HDI) and P(benefit) against delta, PNG bytes."""
-    t = result.table
+def tipping_plot(result: TippingPoint | list[TippingPoint], design: TrialDesign | None = None, hdi_prob: float = HDI_PROB) -> bytes:
+    """The difference (mean and HDI) and P(benefit) against delta, PNG bytes; given the tipping points of several
+    active arms (one week, strategy and threshold), one line and band per arm against the control arm."""
+    results = [result] if isinstance(result, TippingPoint) else list(result)
+    first = results[0]
+    several = len(results) > 1
     lo, hi = hdi_names(hdi_prob)
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(6.5, 5.5), sharex=True)
-    ax1.fill_between(t["delta"], t[lo], t[hi], alpha=0.3, label=f"{hdi_prob:.0%} HDI")
-    ax1.plot(t["delta"], t["mean"], label="posterior mean")
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for k, res in enumerate(results):
+        t = res.table
+        color = colors[k % len(colors)]
+        ax1.fill_between(t["delta"], t[lo], t[hi], alpha=0.3 if not several else 0.2, color=color,
+                         label=f"{hdi_prob:.0%} HDI" if not several else None)
+        ax1.plot(t["delta"], t["mean"], color=color, label="posterior mean" if not several else f"{res.contrast} (mean, {hdi_prob:.0%} HDI)")
+        ax2.plot(t["delta"], t["p_below_0"], color=color, label=res.contrast if several else None)
     ax1.axhline(0, color="black", lw=0.8)
     label = design.meta.outcome_label if design is not None else "score"
-    names = (design.meta.treatment_arm, design.meta.control_arm) if design is not None else ("treatment", "control")
-    ax1.set_ylabel(f"{names[0]} - {names[1]} at week {result.week}\n({label} points)")
+    if several:
+        ax1.set_ylabel(f"active arm - {first.control} at week {first.week}\n({label} points)")
+    else:
+        names = (first.arm, first.control) if first.arm else ("treatment", "control")
+        ax1.set_ylabel(f"{names[0]} - {names[1]} at week {first.week}\n({label} points)")
     ax1.legend(loc="upper left", fontsize=8)
-    ax2.plot(t["delta"], t["p_below_0"])
-    ax2.axhline(result.threshold, color="grey", ls="--", lw=0.8, label=f"threshold {result.threshold:g}")
+    ax2.axhline(first.threshold, color="grey", ls="--", lw=0.8, label=f"threshold {first.threshold:g}")
     ax2.set_ylabel("P(benefit)")
     ax2.set_ylim(-0.02, 1.02)
-    ax2.set_xlabel(f"delta: points added to imputed scores after dropout ({result.arms})")
-    if result.delta is not None:
-        for ax in (ax1, ax2):
-            ax.axvline(result.delta, color="tab:red", lw=0.8, label=f"flips at delta = {result.delta:g}" if ax is ax2 else None)
+    ax2.set_xlabel(f"delta: points added to imputed scores after dropout ({first.arms})")
+    for k, res in enumerate(results):
+        if res.delta is not None:
+            color = colors[k % len(colors)] if several else "tab:red"
+            flips = f"{res.arm + ' ' if several else ''}flips at delta = {res.delta:g}"
+            for ax in (ax1, ax2):
+                ax.axvline(res.delta, color=color, lw=0.8, ls=":" if several else "-", label=flips if ax is ax2 else None)
     ax2.legend(loc="lower left", fontsize=8)
-    fig.suptitle(f"Tipping point ({result.strategy} + delta)", fontsize=10)
+    fig.suptitle(f"Tipping point ({first.strategy} + delta)", fontsize=10)
     return to_png(fig)

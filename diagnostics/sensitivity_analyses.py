@@ -25,7 +25,15 @@ from inference.idata_io import provenance
 from .ppc import REMISSION_CUTOFF
 from .prior_sensitivity import prior_sensitivity_table
 from .responders import responder_table, scored_model
-from .sensitivity import DECISION_THRESHOLD, model_pieces, sensitivity_table, supported_model, tipping_point
+from .sensitivity import (
+    CONTRAST_COLUMN,
+    DECISION_THRESHOLD,
+    model_pieces,
+    sensitivity_table,
+    supported_model,
+    tipping_plot,
+    tipping_point,
+)
 
 SENSITIVITY_TABLES = ("sensitivity", "tipping_point", "responders", "prior_sensitivity")  # <model>/<name>.csv
 TIPPING_FIGURE = "tipping_point"  # <model>/figures/tipping_point.png
@@ -96,8 +104,9 @@ class ModelSensitivity:
     name: str
     end_week: int  # the end of treatment: the report's week
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)  # SENSITIVITY_TABLES computed for this model
-    tipping_message: str = ""
-    tipping_figure: bytes | None = None
+    tipping_message: str = ""  # the tipping point in words: tipping_messages joined by "; "
+    tipping_figure: bytes | None = None  # every active arm's tipping point in one figure
+    tipping_messages: tuple[str, ...] = ()  # per active arm (in order), the tipping point in words
     notes: dict[str, str] = field(default_factory=dict)  # table -> why this model has none
     saved: bool = False  # read back from the results folder (diagnose.py without --sensitivity), not recomputed
     timings: dict = field(default_factory=dict)
@@ -120,14 +129,19 @@ def unsupported(idata: az.InferenceData, design, model: str) -> dict[str, str]:
 def tipping_frame(tp) -> pd.DataFrame:
     """The tipping point's grid with what it found, repeated on every row: strategy, arms, threshold,
     tipping_delta (the smallest grid delta at which benefit is no longer concluded; empty if none),
-    tipping_exact (the exact flip point) and tipping_message."""
-    return tp.table.assign(strategy=tp.strategy, arms=tp.arms, threshold=tp.threshold, imputed_share=tp.share,
-                           tipping_delta=tp.delta if tp.delta is not None else np.nan,
-                           tipping_exact=tp.exact if tp.exact is not None else np.nan, tipping_message=tp.message)
+    tipping_exact (the exact flip point) and tipping_message; on a trial with several active arms a first
+    column `contrast` ("<arm> - <control>") too."""
+    frame = tp.table.assign(strategy=tp.strategy, arms=tp.arms, threshold=tp.threshold, imputed_share=tp.share,
+                            tipping_delta=tp.delta if tp.delta is not None else np.nan,
+                            tipping_exact=tp.exact if tp.exact is not None else np.nan, tipping_message=tp.message)
+    if tp.n_active > 1:
+        frame.insert(0, CONTRAST_COLUMN, tp.contrast)
+    return frame
 
 
 def model_sensitivity(name: str, idata: az.InferenceData, design, options: SensitivityOptions | None = None) -> ModelSensitivity:
-    """The four sensitivity tables of one fit, those its model supports, and notes for the others.
+    """The four sensitivity tables of one fit, those its model supports, and notes for the others; the strategies,
+    the tipping point and the responders for every active arm against the control arm.
 
     idata    the fit, whole (deptrial.load_fit reads a saved one back with its log-likelihood)
     design   the TrialDesign it was fitted to
@@ -140,9 +154,12 @@ def model_sensitivity(name: str, idata: az.InferenceData, design, options: Sensi
     if "sensitivity" not in result.notes:
         pieces = model_pieces(idata, design, model)  # d and Sigma once for both tables
         result.tables["sensitivity"] = sensitivity_table(idata, design, deltas=options.deltas, ice=options.ice, model=model, pieces=pieces)
-        tp = tipping_point(idata, design, threshold=options.threshold, ice=options.ice, model=model, pieces=pieces)
-        result.tables["tipping_point"] = tipping_frame(tp)
-        result.tipping_message, result.tipping_figure = tp.message, tp.figure
+        tps = [tipping_point(idata, design, threshold=options.threshold, ice=options.ice, model=model, pieces=pieces, arm=arm,
+                             plot=False) for arm in pieces.arms]
+        result.tables["tipping_point"] = pd.concat([tipping_frame(tp) for tp in tps], ignore_index=True)
+        result.tipping_messages = tuple(tp.message for tp in tps)
+        result.tipping_message = "; ".join(result.tipping_messages)
+        result.tipping_figure = tipping_plot(tps, design)
     t1 = time.perf_counter()
     if "responders" not in result.notes:
         seed = options.seed if options.seed is not None else int(provenance(idata).get("seed", 1))
@@ -172,7 +189,9 @@ def saved_sensitivity(folder: str | Path, idatas: dict[str, az.InferenceData]) -
                         if t not in result.tables}
         tp = result.tables.get("tipping_point")
         if tp is not None and len(tp) and "tipping_message" in tp:
-            result.tipping_message = str(tp["tipping_message"].iloc[0])
+            per_arm = tp.groupby(CONTRAST_COLUMN, sort=False) if CONTRAST_COLUMN in tp else [(None, tp)]
+            result.tipping_messages = tuple(str(rows["tipping_message"].iloc[0]) for _, rows in per_arm)
+            result.tipping_message = "; ".join(result.tipping_messages)
         png = folder / name / "figures" / f"{TIPPING_FIGURE}.png"
         result.tipping_figure = png.read_bytes() if png.is_file() else None
         out[name] = result

@@ -260,7 +260,8 @@ def build_design(ds: xr.Dataset) -> TrialDesign:
         participants=ds["participant"].values,
         sites=[str(s) for s in sites],
         weeks=weeks.astype(int),
-        arm_idx=ds["arm_index"].values.astype(int),
+        # a dataset saved with an older two-arm fit holds the 0/1 'treated' instead of 'arm_index' (the same coding)
+        arm_idx=(ds["arm_index"] if "arm_index" in ds else ds["treated"]).values.astype(int),
         site_idx=site_idx.astype(int),
         obs_participant=ii.astype(int),
         obs_week=weeks[jj],

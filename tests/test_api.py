@@ -49,6 +49,8 @@ def test_refusals_come_before_any_fit_and_write_nothing(nobio_trial, tmp_path, m
         deptrial.fit_trial(trial, ["treatment"], out=out, priors={"headline": {}})
     with pytest.raises(ValueError, match="kfold"):
         deptrial.fit_trial(trial, ["treatment"], out=out, kfold=1)
+    with pytest.raises(ValueError, match="contrast 'nac - active': unknown arm 'active'"):
+        deptrial.fit_trial(trial, ["treatment"], out=out, contrasts=["nac - placebo", "nac - active"])
     with pytest.raises(ValueError, match="pass sensitivity=True"):
         deptrial.fit_trial(trial, ["treatment"], out=out, deltas=[2, 4])
     with pytest.raises(ValueError, match="deltas must be finite"):
@@ -79,7 +81,7 @@ def test_a_run_returns_what_it_wrote_with_the_priors_given(small_trial, tmp_path
     settings = deptrial.SamplerSettings(draws=200, tune=300, chains=2, seed=4, prior_draws=10)
     tight = {"nac_change": {"params": {"mu": 0.0, "sigma": 0.05}}}  # pins the NAC effect near 0
     run = deptrial.fit_trial(small_trial, ["treatment"], settings, out=tmp_path / "out", jobs=1, priors={"treatment": tight},
-                             sensitivity=True, deltas=[1, 3], tipping_threshold=0.9)
+                             sensitivity=True, deltas=[1, 3], tipping_threshold=0.9, contrasts=["placebo - nac"])
     assert set(run.fits) == {"treatment"} and run.report == tmp_path / "out" / "report.html" and run.report.is_file()
     saved = json.loads(run.fits["treatment"].idata.posterior.attrs["priors"])
     assert saved["nac_change"]["params"]["sigma"] == pytest.approx(0.05) and saved["nac_change"]["reason"] == "user override"
@@ -92,6 +94,14 @@ def test_a_run_returns_what_it_wrote_with_the_priors_given(small_trial, tmp_path
     numbers = in_memory.select_dtypes("number").columns
     pd.testing.assert_frame_equal(on_disk[numbers], in_memory[numbers].reset_index(drop=True), check_dtype=False, atol=1e-9)
     assert json.loads((tmp_path / "out" / "run.json").read_text())["models"].keys() == run.run["models"].keys()
+    # the contrasts asked for: in memory as written, the reversed difference the negative of estimates.csv's
+    contrasts = run.contrasts
+    same_values(pd.read_csv(tmp_path / "out" / "treatment" / "contrasts.csv"), contrasts.drop(columns="model"))
+    reversed12 = contrasts[(contrasts["contrast"] == "placebo - nac") & (contrasts["week"] == 12)].iloc[0]
+    assert reversed12["mean"] == pytest.approx(-nac12["mean"], abs=1e-12) and reversed12["p_below_0"] == pytest.approx(1 - nac12["p_below_0"])
+    assert run.run["contrasts"] == ["placebo - nac"]
+    again = deptrial.api.contrast_table(run.fits["treatment"].idata, ["placebo - nac"], small_trial)  # the notebook function
+    pd.testing.assert_frame_equal(again, run.fits["treatment"].contrasts)
     # the sensitivity analyses: in memory as written, and again from the notebook function on the fit (same seed: same tables)
     tables = deptrial.api.sensitivity(run.fits["treatment"].idata, small_trial, deltas=[1, 3], tipping_threshold=0.9)
     assert set(tables) == {"sensitivity", "tipping_point", "responders", "prior_sensitivity", "notes"} and tables["notes"].empty

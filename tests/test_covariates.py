@@ -139,10 +139,10 @@ def test_trajectory_mean_holds_the_covariate_terms(design):
     outs = model.replace_rvs_by_values([model[n] for n in names] + [model["y"].owner.inputs[2]])
     values = model.compile_fn(outs, inputs=model.value_vars, point_fn=False, mode=mode, on_unused_input="ignore")(**point)
     a, site, beta, delta, lam, nu, b, mu = values
-    x, t, pid = design.covariates, design.treated, design.obs_participant
+    x, t, pid = design.covariates, design.arm_indicator(), design.obs_participant  # delta: active arm x phase
     level = a + site[design.site_idx] + x @ lam + b[:, 0]
-    change = beta[0] + delta[0] * t + x @ nu + b[:, 1]
-    want = level[pid] + change[pid] * design.t1 + (beta[1] + delta[1] * t)[pid] * design.t2
+    change = beta[0] + t @ delta[:, 0] + x @ nu + b[:, 1]
+    want = level[pid] + change[pid] * design.t1 + (beta[1] + t @ delta[:, 1])[pid] * design.t2
     np.testing.assert_allclose(mu, want, rtol=1e-12)
 
 
@@ -188,11 +188,11 @@ def test_biomarker_models_add_the_covariate_terms_to_the_right_means(name, compl
     logp = model.compile_logp()
     change = logp(moved) - logp(point)
 
-    x, t = design.covariates, design.treated
+    x, t = design.covariates, design.arm_indicator()  # participant x active arm
     z0, z1 = design.baseline.z, design.later[12].z
 
     def end_mean(p):
-        return p["end_intercept"] + z0 @ p["baseline_slope"].T + t[:, None] * p["nac_marker_effect"] + x @ p["covariate_marker_effect"].T
+        return p["end_intercept"] + z0 @ p["baseline_slope"].T + t @ p["nac_marker_effect"] + x @ p["covariate_marker_effect"].T
 
     def end_loglik(p):
         if name == "biomarker_change_median":
@@ -208,7 +208,7 @@ def test_biomarker_models_add_the_covariate_terms_to_the_right_means(name, compl
         y1 = design.y[design.obs_week == 12][np.argsort(design.obs_participant[design.obs_week == 12])]
 
         def outcome_loglik(p):
-            mean = (p["outcome_intercept"] + p["direct_effect"] * t + (z1 - z0) @ p["mediator_effect"] + p["baseline_score_slope"] * (y0 - y0.mean())
+            mean = (p["outcome_intercept"] + t @ p["direct_effect"] + (z1 - z0) @ p["mediator_effect"] + p["baseline_score_slope"] * (y0 - y0.mean())
                     + z0 @ p["outcome_marker_baseline"] + x @ p["covariate_effect"])
             return stats.norm.logpdf(y1 - y0, mean, np.exp(p["outcome_sd_log__"])).sum()
 

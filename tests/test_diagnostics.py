@@ -116,12 +116,13 @@ def test_autocorrelated_chains_flag_ess_and_mcse():
 WEEKS = np.array([0, 4, 8])
 
 
-def trial_idata(seed=0, n=120, sd=4.0, pred_sd=None, shift=None, chains=2, draws=400, checksum="abc", y=None):
-    """Scores y = 26 - 1.2 week - 1 week/8 (treatment) + N(0, sd) for n participants at weeks 0, 4, 8 with
-    10% later visits missing; posterior draws of (a, b, sd) near the truth; a predictive with SD `pred_sd`
-    (default: sd) and an optional mean shift {(treated, week): points}. log_likelihood matches the predictive."""
+def trial_idata(seed=0, n=120, sd=4.0, pred_sd=None, shift=None, chains=2, draws=400, checksum="abc", y=None, arms=("placebo", "nac")):
+    """Scores y = 26 - 1.2 week - a week/8 (participant i in arm a = i mod len(arms), 0 the control) + N(0, sd) for n
+    participants at weeks 0, 4, 8 with 10% later visits missing; posterior draws of (a, b, sd) near the truth; a
+    predictive with SD `pred_sd` (default: sd) and an optional mean shift {(arm index, week): points}. log_likelihood
+    matches the predictive; constant_data holds the arms as the models do ('arm_indicator', participant x active arm)."""
     rng = np.random.default_rng(seed)
-    treated = (np.arange(n) % 2).astype(float)
+    treated = (np.arange(n) % len(arms)).astype(float)  # the arm index
     pid = np.repeat(np.arange(n), len(WEEKS))
     week = np.tile(WEEKS, n).astype(float)
     keep = (week == 0) | (np.random.default_rng(n).random(len(week)) > 0.1)  # same visits whatever the seed
@@ -146,17 +147,27 @@ def trial_idata(seed=0, n=120, sd=4.0, pred_sd=None, shift=None, chains=2, draws
         log_likelihood=xr.Dataset({"y": (("chain", "draw", "obs"), ll.reshape(*shape, -1))}),
         observed_data=xr.Dataset({"y": ("obs", y)}),
         constant_data=xr.Dataset(
-            {"obs_participant": ("obs", pid), "obs_week": ("obs", week), "treated": ("participant", treated)},
-            coords={"participant": participants},
+            {"obs_participant": ("obs", pid), "obs_week": ("obs", week),
+             "arm_indicator": (("participant", "active_arm"), (treated[:, None] == np.arange(1, len(arms))[None, :]).astype(float))},
+            coords={"participant": participants, "active_arm": list(arms[1:])},
         ),
         sample_stats=xr.Dataset({k: (("chain", "draw"), v) for k, v in sampler_stats(rng, chains, draws).items()}),
     )
-    info = {"participants": n, "by_arm": {"nac": int(treated.sum()), "placebo": int(n - treated.sum())}, "arms": {"control": "placebo", "treatment": "nac"},
+    active = list(arms[1:])
+    by_arm = {a: int((treated == i).sum()) for i, a in enumerate(arms)}
+    info = {"participants": n, "by_arm": {a: by_arm[a] for a in (*active, arms[0])},  # as deptrial.console.data_summary
+            "arms": {"control": arms[0], "treatment": active[0] if len(active) == 1 else active},
             "sites": 1, "visits_observed": int(len(y)), "observed_by_week": {int(w): int((week == w).sum()) for w in WEEKS}}
     priors = {"intercept": {"dist": "Normal", "params": {"mu": 30.0, "sigma": 15.0}, "reason": "mid-scale"}}
     for g in idata.groups():
         idata[g].attrs.update(data_checksum=checksum, data_summary=json.dumps(info), priors=json.dumps(priors), model="hand", likelihood="normal", data_source="hand-built")
     return idata
+
+
+def arm_of(idata) -> np.ndarray:
+    """Each participant's arm index, from the arm indicator (participant x active arm) as in the models' constant_data."""
+    ind = idata.constant_data["arm_indicator"].values
+    return np.where(ind.max(axis=1) > 0.5, ind.argmax(axis=1) + 1, 0).astype(float)
 
 
 def test_calibrated_predictive_flags_nothing():
@@ -181,13 +192,34 @@ def test_shifted_mean_flags_exactly_that_arm_and_week():
     assert flagged["ppp"].iloc[0] > 1 - PPC_TAIL  # replications above the observed mean
 
 
+def test_three_arms_are_checked_arm_by_arm():
+    """PPC by arm on a three-arm fit: every arm's mean and rates at every week; a shift of one arm flags that arm only."""
+    arms = ("placebo", "low", "high")
+    res = run_ppc(trial_idata(seed=16, n=150, arms=arms, shift={(2.0, 8.0): 3.0}))
+    assert list(dict.fromkeys(res.trajectory["arm"])) == list(arms) and len(res.trajectory) == 9
+    flagged = res.trajectory[res.trajectory["flag"]]
+    assert list(zip(flagged["arm"], flagged["week"])) == [("high", 8)]
+    assert set(res.rates["arm"]) == set(arms) and len(res.rates) == 3 * 2 * 2  # arm x week x (response, remission)
+    idata = trial_idata(seed=16, n=150, arms=arms)
+    ix = obs_index(idata)
+    pid = idata.constant_data["obs_participant"].values
+    assert ix.arm_labels == arms and (ix.arm_index == pid % 3).all() and (ix.arm() == np.asarray(arms)[pid % 3]).all()
+    two = trial_idata(seed=16, n=40)  # a two-arm fit saved before the arm indicator: its 0/1 'treated'
+    legacy = two.constant_data.drop_vars("arm_indicator").assign(treated=("participant", (np.arange(40) % 2).astype(float)))
+    two.constant_data = legacy
+    assert (obs_index(two).arm_index == two.constant_data["obs_participant"].values % 2).all()
+    with pytest.raises(ValueError, match="arm_indicator"):
+        two.constant_data = legacy.drop_vars("treated")
+        obs_index(two)
+
+
 def test_rates_match_an_independent_count():
     idata = trial_idata(seed=14)
     table = rate_check(idata, remission_cutoff=10)
     c = idata.constant_data
     df = pd.DataFrame({"p": c["obs_participant"].values, "w": c["obs_week"].values, "y": idata.observed_data["y"].values})
     wide = df.pivot(index="p", columns="w", values="y")
-    arm = np.where(c["treated"].values[wide.index] > 0.5, "nac", "placebo")
+    arm = np.where(arm_of(idata)[wide.index] > 0.5, "nac", "placebo")
     for w in (4.0, 8.0):
         sub = wide[[0.0, w]].dropna()
         a = arm[np.isin(wide.index, sub.index)]
@@ -216,7 +248,7 @@ def test_participant_log_likelihood_equals_independent_joint_density():
     y = idata.observed_data["y"].values
     pid = idata.constant_data["obs_participant"].values
     week = idata.constant_data["obs_week"].values
-    treated = idata.constant_data["treated"].values
+    treated = arm_of(idata)
     mu_base = 26 - 1.2 * week - treated[pid] * week / 8
     for p in (0, 7, 39):
         rows = pid == p
@@ -238,7 +270,7 @@ def test_grouped_loo_is_psis_on_the_participant_sums():
     # the posterior is tight, so each participant's elpd is close to its log density at the posterior mean
     post = idata.posterior.mean(("chain", "draw"))
     y, pid = idata.observed_data["y"].values, idata.constant_data["obs_participant"].values
-    week, treated = idata.constant_data["obs_week"].values, idata.constant_data["treated"].values
+    week, treated = idata.constant_data["obs_week"].values, arm_of(idata)
     mu = float(post["intercept"]) - 26 + 26 - 1.2 * week - treated[pid] * week / 8
     point = pd.Series(stats.norm.logpdf(y, mu, float(post["residual_sd"]))).groupby(pid).sum().values
     np.testing.assert_allclose(res.elpd_i, point, atol=0.25)
@@ -262,7 +294,7 @@ def test_remedy_chooses_refits_or_kfold(monkeypatch):
     class Design:
         participants = np.array([f"P{i:03d}" for i in range(30)])
         obs_participant = idata.constant_data["obs_participant"].values
-        treated = idata.constant_data["treated"].values
+        arm_idx = arm_of(idata)
         y = idata.observed_data["y"].values
         n_participants = 30
 
@@ -280,13 +312,13 @@ def test_remedy_chooses_refits_or_kfold(monkeypatch):
 
 def test_kfold_groups_are_a_stratified_partition():
     class Design:
-        treated = np.array([0, 1] * 25, dtype=float)
-        n_participants = 50
+        arm_idx = np.array([0, 1, 2] * 20)
+        n_participants = 60
 
     folds = dl.kfold_groups(Design, 5, seed=3)
     allp = np.concatenate(folds)
-    assert sorted(allp) == list(range(50)) and len(folds) == 5
-    assert all(abs(Design.treated[f].sum() - len(f) / 2) <= 1 for f in folds)
+    assert sorted(allp) == list(range(60)) and len(folds) == 5
+    assert all(abs((Design.arm_idx[f] == a).sum() - len(f) / 3) <= 1 for f in folds for a in range(3))  # every arm in every fold
     assert [list(f) for f in folds] == [list(f) for f in dl.kfold_groups(Design, 5, seed=3)]
 
 
@@ -445,9 +477,10 @@ def test_integrated_results_with_high_k_are_replaced_by_integrated_kfold(monkeyp
 # ---------------------------------------------------------------- estimands of the effect rows, sensitivity options
 
 
-def effect_posterior(variables: dict, rng, weeks=(0, 2, 4, 6, 8, 12, 16), markers=("il6", "crp", "bdnf"), chains=2, draws=100):
+def effect_posterior(variables: dict, rng, weeks=(0, 2, 4, 6, 8, 12, 16), markers=("il6", "crp", "bdnf"), chains=2, draws=100,
+                     active=("nac",)):
     """A posterior of effect summaries: {name: dims after (chain, draw)} filled with normal draws."""
-    coords = {"week": list(weeks), "marker": list(markers)}
+    coords = {"week": list(weeks), "marker": list(markers), "active_arm": list(active)}
     data = {name: (("chain", "draw", *dims), rng.normal(size=(chains, draws, *[len(coords[d]) for d in dims])))
             for name, dims in variables.items()}
     return az.InferenceData(posterior=xr.Dataset(data, coords={k: v for k, v in coords.items() if any(k in d for d in variables.values())}))
@@ -462,7 +495,7 @@ def test_each_kind_of_effect_row_states_its_estimand(small_trial):
 
     design = build_design(small_trial)
     rng = np.random.default_rng(5)
-    idata = effect_posterior({"nac_effect": ("week",), "placebo_change": ("week",)}, rng)
+    idata = effect_posterior({"nac_effect": ("active_arm", "week"), "placebo_change": ("week",)}, rng)
     trajectory, mmrm = model_estimates(idata, get("treatment"), design), model_estimates(idata, get("mmrm"), design)
     assert list(trajectory.columns[-4:]) == list(ESTIMAND_COLUMNS) and list(trajectory.columns[:3]) == ["quantity", "week", "marker"]
     assert list(trajectory["variable"]) == ["MADRS score at week 12 (end of treatment)", "MADRS score at week 16 (off-treatment follow-up)",
@@ -474,15 +507,18 @@ def test_each_kind_of_effect_row_states_its_estimand(small_trial):
     assert pd.Series(trajectory["mean"]).tolist() == pytest.approx([idata.posterior["nac_effect"].sel(week=w).values.mean() for w in (12, 16)]
                                                                   + [idata.posterior["placebo_change"].sel(week=12).values.mean()])
 
-    moderation = model_estimates(effect_posterior({"nac_effect": ("week",), "placebo_change": ("week",), "nac_marker_moderation": ("marker",),
-                                                   "nac_moderation_per_doubling": ("marker",)}, rng), get("moderation"), design)
+    moderation = model_estimates(effect_posterior({"nac_effect": ("active_arm", "week"), "placebo_change": ("week",),
+                                                   "nac_marker_moderation": ("active_arm", "marker"),
+                                                   "nac_moderation_per_doubling": ("active_arm", "marker")}, rng), get("moderation"), design)
     assert list(moderation.columns[-4:]) == list(ESTIMAND_COLUMNS) and moderation[list(ESTIMAND_COLUMNS)].notna().all().all()
     level = moderation[moderation["quantity"].str.contains("baseline crp 3 mg/L")].iloc[0]
     assert level["summary"].startswith("difference in means (nac - placebo) at the row's level of baseline crp")
     assert moderation["summary"].iloc[-1] == "change in the nac - placebo difference in means per doubling of baseline bdnf"
 
-    mediation_vars = {"total_effect": (), "direct_effect": (), "indirect_effect_total": (), "indirect_effect": ("marker",),
-                      "mediator_per_log_unit": ("marker",), "proportion_mediated_total": (), "proportion_mediated": ("marker",), "nac_ratio": ("marker",)}
+    mediation_vars = {"total_effect": ("active_arm",), "direct_effect": ("active_arm",), "indirect_effect_total": ("active_arm",),
+                      "indirect_effect": ("active_arm", "marker"), "mediator_per_log_unit": ("marker",),
+                      "proportion_mediated_total": ("active_arm",), "proportion_mediated": ("active_arm", "marker"),
+                      "nac_ratio": ("active_arm", "marker")}
     med = model_estimates(effect_posterior(mediation_vars, rng), get("mediation"), design).set_index("quantity")
     assert list(med.columns[-4:]) == list(ESTIMAND_COLUMNS)
     summaries = med["summary"].tolist()
@@ -492,7 +528,7 @@ def test_each_kind_of_effect_row_states_its_estimand(small_trial):
     assert "natural indirect effect through il6 (nac - placebo)" in summaries and "proportion of the total effect mediated by crp" in summaries
     assert "ratio of geometric means (nac / placebo), given the baseline markers" in summaries
     assert (med["population"] == "participants with a biomarker value or a week-12 MADRS score").all()
-    ratios = model_estimates(effect_posterior({"nac_ratio": ("marker",)}, rng), get("biomarker_change"), design)
+    ratios = model_estimates(effect_posterior({"nac_ratio": ("active_arm", "marker")}, rng), get("biomarker_change"), design)
     assert ratios["variable"].tolist() == [f"{m} at week 12 (end of treatment), {u}" for m, u in (("il6", "pg/mL"), ("crp", "mg/L"), ("bdnf", "ng/mL"))]
     assert (ratios["population"] == "participants with at least one biomarker value (the biomarker sub-study)").all()
 

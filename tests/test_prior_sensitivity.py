@@ -266,6 +266,26 @@ def test_reported_effects_and_likelihood_terms_of_a_fit():
     assert table[["prior_sensitivity", "likelihood_sensitivity"]].notna().all().all()
 
 
+@pytest.mark.unit
+def test_reported_effects_of_several_active_arms_name_their_arm():
+    """A variable with an active_arm dim: one effect per arm, 'var[arm]' when there are several, 'var' alone for one
+    (a two-arm fit reads as before); a prior on a per-arm variable sums its density over the arms."""
+    rng = np.random.default_rng(1)
+    weeks = np.array([0, 12, 16])
+    effect = rng.normal(size=(2, 40, 2, 3))
+    post = xr.Dataset({"nac_effect": (("chain", "draw", "active_arm", "week"), effect),
+                       "total_effect": (("chain", "draw", "active_arm"), rng.normal(size=(2, 40, 2)))},
+                      coords={"week": weeks, "active_arm": ["low", "high"]})
+    effects = reported_effects(az.InferenceData(posterior=post), weeks=[12])
+    assert [e.effect for e in effects] == ["nac_effect[low] at week 12", "nac_effect[high] at week 12", "total_effect[low]", "total_effect[high]"]
+    assert np.array_equal(effects[1].draws, effect[:, :, 1, 1]) and effects[0].variable == "nac_effect" and effects[0].week == 12
+    one = reported_effects(az.InferenceData(posterior=post.sel(active_arm=["high"])), weeks=[12])
+    assert [e.effect for e in one] == ["nac_effect at week 12", "total_effect"] and np.array_equal(one[0].draws, effect[:, :, 1, 1])
+    change = rng.normal(size=(2, 40, 2, 2))  # nac_change (active_arm, phase): the prior applies to every arm and phase
+    lp = prior_log_density(Prior("Normal", {"mu": 0.0, "sigma": 6.0}, ""), change)
+    np.testing.assert_allclose(lp, stats.norm.logpdf(change, 0, 6).sum(axis=(2, 3)))
+
+
 # ---------------------------------------------------------------- where power-scaling fails
 
 

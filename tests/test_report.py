@@ -13,7 +13,7 @@ import subprocess
 import numpy as np
 import pandas as pd
 import pytest
-from test_diagnostics import trial_idata
+from test_diagnostics import arm_of, trial_idata
 
 import diagnose
 from diagnostics.convergence import RHAT_MAX
@@ -97,7 +97,7 @@ def _observed_means(idata) -> dict[tuple[str, int], float]:
     """Mean observed score by arm and week, straight from the fit's observed and constant data."""
     c = idata.constant_data
     y, week = idata.observed_data["y"].values, c["obs_week"].values
-    treated = c["treated"].values[c["obs_participant"].values.astype(int)]
+    treated = arm_of(idata)[c["obs_participant"].values.astype(int)]
     return {(arm, int(w)): float(y[(treated == t) & (week == w)].mean()) for t, arm in ((0, "placebo"), (1, "nac")) for w in np.unique(week)}
 
 
@@ -162,7 +162,7 @@ def test_the_figures_draw_the_estimates_the_posterior_means_and_the_observed_mea
     replicated = [line for line in ax.get_lines() if line.get_linestyle() == "--"]
     rep = truth.posterior_predictive["y"].values.reshape(-1, truth.observed_data["y"].size)
     c = truth.constant_data
-    treated = c["treated"].values[c["obs_participant"].values.astype(int)]
+    treated = arm_of(truth)[c["obs_participant"].values.astype(int)]
     for t, arm in ((0, "placebo"), (1, "nac")):
         np.testing.assert_allclose(lines[f"{arm}: observed"].get_ydata(), [observed[(arm, w)] for w in weeks], rtol=1e-12)
         means = [rep[:, (treated == t) & (c["obs_week"].values == w)].mean() for w in weeks]

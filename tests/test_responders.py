@@ -22,7 +22,7 @@ RATE_COLUMNS = ["events", "mean", "sd", "median", "hdi_3%", "hdi_97%", "p_above_
 
 def _trial(folder, **overrides):
     """A small trial without biomarkers: (loaded dataset, design)."""
-    trial = simulate_trial(TrialParameters(n_participants=40, seed=12, **overrides))
+    trial = simulate_trial(TrialParameters(**{"n_participants": 40, "seed": 12, **overrides}))
     trial.biomarkers = trial.biomarkers.iloc[0:0]
     trial.write(folder)
     ds = load_dataset(folder)
@@ -45,6 +45,27 @@ def dropout(tmp_path_factory):
     return ds, design
 
 
+THREE_ARMS = {"treatment_arm": "low", "more_arms": (("high", -3.0, -3.5),), "n_participants": 45}
+
+
+@pytest.fixture(scope="module")
+def three_arm_complete(tmp_path_factory):
+    ds, design = _trial(tmp_path_factory.mktemp("responders") / "k3complete", dropout_by_last_week=1e-9, intermittent_missing=0.0,
+                        **THREE_ARMS)
+    assert not np.isnan(ds["score"].values).any() and design.active_arms == ["low", "high"]
+    return ds, design
+
+
+@pytest.fixture(scope="module")
+def three_arm_dropout(tmp_path_factory):
+    ds, design = _trial(tmp_path_factory.mktemp("responders") / "k3dropout", dropout_by_last_week=0.4, intermittent_missing=0.1,
+                        **THREE_ARMS)
+    missing = np.isnan(ds["score"].values[:, 1:])
+    arm = ds["arm_index"].values
+    assert all(missing[arm == a].any() for a in (0, 1, 2)), "the fixture needs missing visits in every arm"
+    return ds, design
+
+
 def _dataset(variables: dict, model: str, coords: dict | None = None) -> xr.Dataset:
     """A posterior: every array is (draws, ...) with its dims; one chain."""
     data = {}
@@ -62,16 +83,17 @@ def trajectory_posterior(design, draws: int = 200, seed: int = 0, sigma: float =
     or (fixed=False) the plain model's free variables they come from; and the residual SD.
     Returns (posterior, coefficients c: draws x participant x K, effects b: draws x participant x 2)."""
     rng = np.random.default_rng(seed)
-    n, t = design.n_participants, design.treated
+    n, t = design.n_participants, design.arm_indicator()  # participant x active arm
     intercept = 28.0 + rng.normal(0, 0.5, draws)
     time_change = np.column_stack([-11.0 + rng.normal(0, 1, draws), -0.5 + rng.normal(0, 0.5, draws)])
-    nac_change = np.column_stack([-1.5 + rng.normal(0, 1, draws), -1.5 + rng.normal(0, 1, draws)])
+    nac_change = np.stack([np.column_stack([-1.5 * (a + 1) + rng.normal(0, 1, draws), -1.5 + rng.normal(0, 1, draws)])
+                           for a in range(design.n_active)], axis=1)  # draws x active arm x phase
     site = rng.normal(0, 1.5, (draws, len(design.sites)))
-    coefs = [intercept[:, None] + site[:, design.site_idx], time_change[:, [0]] + nac_change[:, [0]] * t,
-             time_change[:, [1]] + nac_change[:, [1]] * t]
-    bend = (rng.normal(2.0, 0.5, draws), rng.normal(0.5, 0.2, draws))  # time_curvature, nac_curvature
+    coefs = [intercept[:, None] + site[:, design.site_idx], time_change[:, [0]] + nac_change[..., 0] @ t.T,
+             time_change[:, [1]] + nac_change[..., 1] @ t.T]
+    bend = (rng.normal(2.0, 0.5, draws), rng.normal(0.5, 0.2, (draws, design.n_active)))  # time_curvature, nac_curvature
     if curved:
-        coefs.append(bend[0][:, None] + bend[1][:, None] * t)
+        coefs.append(bend[0][:, None] + bend[1] @ t.T)
     chol = np.array([[4.0, 0.0], [0.5, 5.0]])
     raw = rng.normal(0, 1, (draws, n, 2))
     effects = raw @ chol.T
@@ -81,28 +103,29 @@ def trajectory_posterior(design, draws: int = 200, seed: int = 0, sigma: float =
         variables["participant_effects"] = (("participant", "participant_effect"), effects)
     else:
         variables.update({
-            "intercept": ((), intercept), "time_change": (("phase",), time_change), "nac_change": (("phase",), nac_change),
+            "intercept": ((), intercept), "time_change": (("phase",), time_change), "nac_change": (("active_arm", "phase"), nac_change),
             "site_effect": (("site",), site), "participant_raw": (("participant", "participant_effect"), raw),
             "participant_chol": (("participant_chol_dim_0",), np.tile(chol[np.tril_indices(2)], (draws, 1))),
         })
         if curved:
-            variables.update({"time_curvature": ((), bend[0]), "nac_curvature": ((), bend[1])})
-    post = _dataset(variables, model, {"participant": design.participants})
+            variables.update({"time_curvature": ((), bend[0]), "nac_curvature": (("active_arm",), bend[1])})
+    post = _dataset(variables, model, {"participant": design.participants, "active_arm": design.active_arms})
     return post, np.stack(coefs, axis=-1), effects
 
 
 def mmrm_posterior(design, cov_sets, mean_sets, draws: int):
     """Hand-made MMRM draws cycling through parameter sets: draw d uses set d % len(cov_sets).
-    mean_sets: dicts of visit_mean, nac_visit_effect, baseline_slope (per visit) and site_effect (per site)."""
+    mean_sets: dicts of visit_mean, baseline_slope (per visit), nac_visit_effect (per active arm and visit) and
+    site_effect (per site)."""
     k = len(cov_sets)
     nv = cov_sets[0].shape[0]
     rows, cols = np.tril_indices(nv)
     packed = np.array([np.linalg.cholesky(c)[rows, cols] for c in cov_sets])
     pick = np.arange(draws) % k
-    dims = {"visit_mean": "visit", "nac_visit_effect": "visit", "baseline_slope": "visit", "site_effect": "site"}
-    variables = {name: ((dim,), np.array([m[name] for m in mean_sets])[pick]) for name, dim in dims.items()}
+    dims = {"visit_mean": ("visit",), "nac_visit_effect": ("active_arm", "visit"), "baseline_slope": ("visit",), "site_effect": ("site",)}
+    variables = {name: (dim, np.array([m[name] for m in mean_sets])[pick]) for name, dim in dims.items()}
     variables["visit_chol"] = (("visit_chol_dim_0",), packed[pick])
-    return _dataset(variables, "mmrm")
+    return _dataset(variables, "mmrm", {"active_arm": design.active_arms})
 
 
 def _idata(post):
@@ -116,29 +139,31 @@ def _ar1(nv: int, rho: float, sd: float) -> np.ndarray:
     return sd**2 * rho**lag
 
 
-def _means(nv: int, n_sites: int, rng=None, level: float = -10.0) -> dict:
+def _means(nv: int, n_sites: int, rng=None, level: float = -10.0, n_active: int = 1) -> dict:
     if rng is None:
-        return {"visit_mean": np.full(nv, level), "nac_visit_effect": np.zeros(nv), "baseline_slope": np.zeros(nv),
+        return {"visit_mean": np.full(nv, level), "nac_visit_effect": np.zeros((n_active, nv)), "baseline_slope": np.zeros(nv),
                 "site_effect": np.zeros(n_sites)}
     site = rng.normal(0, 1.5, n_sites)
-    return {"visit_mean": np.linspace(-4, -12, nv) + rng.normal(0, 1, nv), "nac_visit_effect": rng.normal(-1.5, 1, nv),
+    return {"visit_mean": np.linspace(-4, -12, nv) + rng.normal(0, 1, nv),
+            "nac_visit_effect": rng.normal(-1.5, 1, (n_active, nv)) * np.arange(1, n_active + 1)[:, None],
             "baseline_slope": rng.normal(-0.3, 0.1, nv), "site_effect": site - site.mean()}
 
 
 def direct_counts(ds, week: int, outcome: str):
-    """Per arm (control, treatment): (responders among those observed at `week`, participants), from the dataset itself."""
+    """Per arm (control first, then the active arms): (responders among those observed at `week`, participants), from
+    the dataset itself."""
     score = ds["score"].values
     col = list(ds["week"].values).index(week)
     y, base = score[:, col], score[:, 0]
     hit = y <= ((1 - RESPONSE_REDUCTION) * base if outcome == "response" else REMISSION_CUTOFF)
     hit &= ~np.isnan(y)
-    treated = ds["treated"].values > 0.5
-    return [(int(hit[arm].sum()), int(arm.sum())) for arm in (~treated, treated)]
+    arm = ds["arm_index"].values
+    return [(int(hit[arm == a].sum()), int((arm == a).sum())) for a in range(int(arm.max()) + 1)]
 
 
-def rate_rows(table, estimand, outcome, week):
+def rate_rows(table, estimand, outcome, week, n_arms: int = 2):
     rows = table[(table.estimand == estimand) & (table.outcome == outcome) & (table.week == week) & table.quantity.str.startswith("rate_")]
-    assert len(rows) == 2
+    assert len(rows) == n_arms
     return rows
 
 
@@ -251,13 +276,13 @@ def test_mmrm_imputations_follow_the_conditional_normal(dropout):
     np.testing.assert_array_equal(done.scores[:, seen], np.broadcast_to(score[:, 1:][seen], (draws, seen.sum())))
     base = score[:, 0]
     center = base[~np.isnan(score[:, 1:]).all(axis=1)].mean()  # over the participants in the MMRM fit
-    treated, site = ds["treated"].values, design.site_idx
+    treated, site = ds["arm_index"].values, design.site_idx
     worst = 0.0
     for i in np.flatnonzero(done.missing.any(axis=1)):
         o, m = np.flatnonzero(~done.missing[i]), np.flatnonzero(done.missing[i])
         for s in range(2):
             p = means[s]
-            mu = p["visit_mean"] + p["nac_visit_effect"] * treated[i] + p["baseline_slope"] * (base[i] - center) + p["site_effect"][site[i]]
+            mu = p["visit_mean"] + p["nac_visit_effect"][0] * treated[i] + p["baseline_slope"] * (base[i] - center) + p["site_effect"][site[i]]
             c = covs[s]
             change = score[i, 1:] - base[i]
             if len(o):
@@ -279,13 +304,15 @@ def test_mmrm_imputations_follow_the_conditional_normal(dropout):
 
 
 @pytest.mark.unit
-@pytest.mark.parametrize("model, curved, stored", [("treatment", False, False), ("treatment_curved", True, False),
-                                                   ("treatment_curved", True, True)])
-def test_trajectory_imputation_is_the_mean_at_the_unattended_week(dropout, model, curved, stored):
-    """With a tiny residual SD the imputed score is the participant's mean at that week: fixed part + effects at the
-    week's time codes, computed here from the schedule. stored=False: the model's graph computes the mean from its
-    free variables; stored=True: participant_fixed and participant_effects read from the posterior."""
-    ds, design = dropout
+@pytest.mark.parametrize("trial, model, curved, stored", [("dropout", "treatment", False, False), ("dropout", "treatment_curved", True, False),
+                                                          ("dropout", "treatment_curved", True, True),
+                                                          ("three_arm_dropout", "treatment", False, False)])
+def test_trajectory_imputation_is_the_mean_at_the_unattended_week(request, trial, model, curved, stored):
+    """With a tiny residual SD the imputed score is the participant's mean at that week: fixed part (their own arm's
+    changes) + effects at the week's time codes, computed here from the schedule. stored=False: the model's graph
+    computes the mean from its free variables; stored=True: participant_fixed and participant_effects read from the
+    posterior."""
+    ds, design = request.getfixturevalue(trial)
     meta = design.meta
     post, coefs, effects = trajectory_posterior(design, draws=30, sigma=1e-9, curved=curved, model=model, fixed=stored)
     done = completed_scores(_idata(post), design, weeks="all", seed=1, scale=False)
@@ -300,6 +327,74 @@ def test_trajectory_imputation_is_the_mean_at_the_unattended_week(dropout, model
     np.testing.assert_allclose(done.scores[:, miss], mu[:, miss], atol=1e-6)
     on_scale = completed_scores(_idata(post), design, weeks="all", seed=1).scores
     np.testing.assert_array_equal(on_scale[:, miss], np.clip(np.round(mu[:, miss]), meta.score_min, meta.score_max))
+
+
+# ---------------------------------------------------------------- three arms
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("kind", ["treatment", "mmrm"])
+def test_three_arm_rates_and_each_arms_risk_difference_against_direct_computation(three_arm_complete, kind):
+    """Complete data: every arm's rate is the Jeffreys posterior of its direct count; each active arm's risk difference
+    against placebo has mean (x_a + 1/2)/(n_a + 1) - (x_0 + 1/2)/(n_0 + 1), SD from the two Beta variances, and
+    P(better) the exact P(Beta_a > Beta_0) within Monte Carlo error."""
+    from scipy import integrate, stats
+
+    ds, design = three_arm_complete
+    meta = design.meta
+    nv = len(design.weeks) - 1
+    draws = 400
+    post = (trajectory_posterior(design, draws=draws)[0] if kind == "treatment" else
+            mmrm_posterior(design, [_ar1(nv, 0.6, 5.0)], [_means(nv, len(design.sites), n_active=2)], draws=draws))
+    table = responder_table(_idata(post), design, seed=4)
+    labels = ["placebo", "low", "high"]
+    for outcome in ("response", "remission"):
+        for week in (meta.treatment_end, meta.last_week):
+            counts = direct_counts(ds, week, outcome)
+            at = table[(table.estimand == "MAR") & (table.outcome == outcome) & (table.week == week)]
+            assert list(at.quantity) == ["rate_placebo", "rate_low", "rate_high", *["risk_difference", "odds_ratio", "nnt"] * 2]
+            assert list(at.arm) == [*labels, "low - placebo", "low vs placebo", "low vs placebo",
+                                    "high - placebo", "high vs placebo", "high vs placebo"]
+            assert "risk difference of each active arm against placebo (low - placebo, high - placebo)" in at.estimand_text.iloc[0]
+            rates = at[at.quantity.str.startswith("rate_")].set_index("arm")
+            for (x, n), arm in zip(counts, labels):
+                assert rates.loc[arm, "n"] == n and rates.loc[arm, "events"] == x
+                assert rates.loc[arm, "mean"] == pytest.approx((x + 0.5) / (n + 1), abs=1e-12)
+            (x0, n0) = counts[0]
+            beta0 = stats.beta(x0 + 0.5, n0 - x0 + 0.5)
+            for (xa, na), arm in zip(counts[1:], labels[1:]):
+                rd = at[(at.quantity == "risk_difference") & (at.arm == f"{arm} - placebo")].iloc[0]
+                betaa = stats.beta(xa + 0.5, na - xa + 0.5)
+                assert rd["n"] == na + n0 and rd["n_missing"] == 0
+                assert rd["mean"] == pytest.approx(betaa.mean() - beta0.mean(), abs=1e-12)
+                assert rd["sd"] == pytest.approx(np.sqrt(betaa.var() + beta0.var()), abs=1e-12)
+                better = integrate.quad(lambda p, a=betaa, c=beta0: a.pdf(p) * c.cdf(p), 0, 1)[0]  # P(Beta_a > Beta_0)
+                assert abs(rd["p_above_0"] - better) < 4 * np.sqrt(better * (1 - better) / draws) + 1e-3, (arm, rd["p_above_0"], better)
+                assert rd["hdi_3%"] < betaa.mean() - beta0.mean() < rd["hdi_97%"]
+
+
+@pytest.mark.unit
+def test_three_arm_mmrm_imputes_each_participant_from_their_own_arms_mean(three_arm_dropout):
+    """mmrm_mean is visit mean + the participant's own arm's visit effect (none for placebo) + baseline slope + site; with
+    a covariance near 0 the imputed change is that mean, so each arm's missing scores follow its own effect."""
+    ds, design = three_arm_dropout
+    nv = len(design.weeks) - 1
+    rng = np.random.default_rng(7)
+    means = _means(nv, len(design.sites), rng, n_active=2)
+    post = mmrm_posterior(design, [_ar1(nv, 0.0, 1e-6)], [means], draws=4)
+    d = mmrm_data(design)
+    score, arm = ds["score"].values, ds["arm_index"].values
+    effect = np.vstack([np.zeros(nv), means["nac_visit_effect"]])  # by arm index: placebo, low, high
+    rows = np.arange(design.n_participants)
+    mu = (means["visit_mean"] + effect[arm] + means["baseline_slope"] * (score[:, [0]] - d.baseline_center)
+          + means["site_effect"][design.site_idx][:, None])
+    np.testing.assert_allclose(mmrm_mean(post, design, rows, d.baseline_center), np.broadcast_to(mu, (4, *mu.shape)), rtol=0, atol=1e-12)
+    done = completed_scores(_idata(post), design, weeks="all", seed=1, scale=False)
+    np.testing.assert_array_equal(done.arm, arm)
+    miss = done.missing
+    expected = score[:, [0]] + mu
+    np.testing.assert_allclose(done.scores[:, miss], np.broadcast_to(expected[miss], (4, miss.sum())), atol=1e-4)
+    assert len(set(arm[miss.any(axis=1)])) == 3
 
 
 # ---------------------------------------------------------------- NNT, seeds, refusals

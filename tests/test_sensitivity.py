@@ -48,6 +48,13 @@ def complete_trial(tmp_path_factory):
     return _trial(tmp_path_factory.mktemp("sens") / "c", n_participants=30, seed=8, dropout_by_last_week=1e-12, intermittent_missing=0.15)
 
 
+@pytest.fixture(scope="module")
+def three_arm_trial(tmp_path_factory):
+    """45 participants in three arms (placebo, low, high), heavy dropout and intermittent gaps."""
+    return _trial(tmp_path_factory.mktemp("sens") / "k3", n_participants=45, seed=4, dropout_by_last_week=0.5, intermittent_missing=0.12,
+                  treatment_arm="low", more_arms=(("high", -3.0, -3.5),))
+
+
 def _wishart(rng, cov, n_draws, df=40):
     x = rng.multivariate_normal(np.zeros(len(cov)), cov, size=(n_draws, df))
     return np.einsum("sdi,sdj->sij", x, x) / df
@@ -62,47 +69,52 @@ def _dataset(values: dict, chains: int, draws: int, coords: dict) -> az.Inferenc
 
 
 def mmrm_posterior(design, seed=1, chains=2, draws=25, nac12=None) -> az.InferenceData:
-    """MMRM draws near the generator's values; `nac12` replaces the week-12 difference draws (flat)."""
+    """MMRM draws near the generator's values (active arm a: a times the first arm's effect); `nac12` replaces the
+    first active arm's week-12 difference draws (flat)."""
     rng = np.random.default_rng(seed)
     s = chains * draws
     visits = design.weeks[1:]
     t1 = np.minimum(visits, 12) / 12
     nv = len(visits)
-    nac = -1.5 * t1 + np.where(visits > 12, -1.5, 0.0) + rng.normal(0, 0.8, (s, nv))
+    nac = np.stack([(a + 1) * (-1.5 * t1 + np.where(visits > 12, -1.5, 0.0)) + rng.normal(0, 0.8, (s, nv))
+                    for a in range(design.n_active)], axis=1)  # draws x active arm x visit
     if nac12 is not None:
-        nac[:, list(visits).index(12)] = nac12
+        nac[:, 0, list(visits).index(12)] = nac12
     cov0 = 40 * np.outer(t1, t1) + 9 * (np.eye(nv) + 1)
     chol = np.linalg.cholesky(_wishart(rng, cov0, s))
     rows, cols = np.tril_indices(nv)
     values = {
         "visit_mean": (("visit",), -11 * t1 + rng.normal(0, 0.5, (s, nv))),
-        "nac_visit_effect": (("visit",), nac),
+        "nac_visit_effect": (("active_arm", "visit"), nac),
         "baseline_slope": (("visit",), -0.3 + rng.normal(0, 0.05, (s, nv))),
         "site_effect": (("site",), rng.normal(0, 1, (s, len(design.sites)))),
         "visit_chol": (("visit_chol_dim_0",), chol[:, rows, cols]),
-        "nac_effect": (("week",), np.concatenate([np.zeros((s, 1)), nac], axis=1)),
+        "nac_effect": (("active_arm", "week"), np.concatenate([np.zeros((s, design.n_active, 1)), nac], axis=2)),
     }
-    return _dataset(values, chains, draws, {"visit": visits, "week": design.weeks, "site": design.sites})
+    return _dataset(values, chains, draws, {"visit": visits, "week": design.weeks, "site": design.sites,
+                                            "active_arm": design.active_arms})
 
 
 def treatment_posterior(design, seed=2, chains=2, draws=25) -> az.InferenceData:
-    """Draws of the `treatment` model (straight lines, follow-up phase) near the generator's values."""
+    """Draws of the `treatment` model (straight lines, follow-up phase) near the generator's values (active arm a:
+    changes about a times the first arm's)."""
     rng = np.random.default_rng(seed)
     s = chains * draws
-    nac_change = np.column_stack([rng.normal(-1.5, 1, s), rng.normal(-1.5, 1, s)])
-    effect = nac_change[:, :1] * design.week_t1 + nac_change[:, 1:] * design.week_t2
+    nac_change = np.stack([np.column_stack([rng.normal(-1.5 * (a + 1), 1, s), rng.normal(-1.5, 1, s)])
+                           for a in range(design.n_active)], axis=1)  # draws x active arm x phase
+    effect = nac_change[..., :1] * design.week_t1 + nac_change[..., 1:] * design.week_t2
     values = {
         "intercept": ((), rng.normal(28, 0.5, s)),
         "time_change": (("phase",), np.column_stack([rng.normal(-11, 1, s), rng.normal(-0.5, 1, s)])),
-        "nac_change": (("phase",), nac_change),
+        "nac_change": (("active_arm", "phase"), nac_change),
         "site_effect": (("site",), rng.normal(0, 1, (s, len(design.sites)))),
         "participant_sd": (("participant_effect",), np.column_stack([rng.normal(6, 0.3, s), rng.normal(6, 0.3, s)])),
         "participant_corr": ((), rng.uniform(-0.5, 0.2, s)),
         "residual_sd": ((), rng.normal(3, 0.1, s)),
-        "nac_effect": (("week",), effect),
+        "nac_effect": (("active_arm", "week"), effect),
     }
     return _dataset(values, chains, draws, {"phase": ["treatment", "followup"], "participant_effect": ["intercept", "change"],
-                                            "week": design.weeks, "site": design.sites})
+                                            "week": design.weeks, "site": design.sites, "active_arm": design.active_arms})
 
 
 # ---------------------------------------------------------------- an independent computation
@@ -113,15 +125,16 @@ def _flat(post, name):
     return v.values.reshape((-1,) + v.shape[2:])
 
 
-def reference_effect(kind, idata, ds, strategy, ice=None):
-    """Delta^s per draw the long way: per draw and per treatment participant, the conditional means m^s and
-    m^MAR of the post-dropout (post-event) visits from the participant's full means mu^a, mu^r and actual
-    scores y, with np.linalg.inv of the observed block of the full covariance; then d + mean over the arm."""
+def reference_effect(kind, idata, ds, strategy, ice=None, arm=1):
+    """Delta^{s,a} per draw the long way for active arm `arm` (1: the first): per draw and per participant of the arm,
+    the conditional means m^s and m^MAR of the post-dropout (post-event) visits from the participant's full means
+    mu^a (their own arm's) and mu^r (the control arm's) and actual scores y, with np.linalg.inv of the observed block
+    of the full covariance; then d^a + mean over the arm."""
     ice = ice or {}
     post = idata.posterior
     score = ds["score"].values
     weeks = ds["week"].values.astype(int)
-    treated = ds["treated"].values == 1
+    treated = ds["arm_index"].values == arm
     sites = sorted(set(ds["site"].values))
     site_idx = np.array([sites.index(x) for x in ds["site"].values])
     pids = [str(p) for p in ds["participant"].values]
@@ -134,7 +147,7 @@ def reference_effect(kind, idata, ds, strategy, ice=None):
         visits = weeks
     nv = len(visits)
     nd = post.sizes["chain"] * post.sizes["draw"]
-    d = _flat(post, "nac_effect")[:, [list(weeks).index(w) for w in visits]]
+    d = _flat(post, "nac_effect")[:, arm - 1, [list(weeks).index(w) for w in visits]]
     site = _flat(post, "site_effect")
     out = np.zeros((nd, nv))
     for s in range(nd):
@@ -149,7 +162,7 @@ def reference_effect(kind, idata, ds, strategy, ice=None):
             sigma = L @ L.T
             mu_r = (_flat(post, "visit_mean")[s][None, :] + _flat(post, "baseline_slope")[s][None, :] * base[:, None]
                     + site[s][site_idx][:, None])
-            mu_a = mu_r + _flat(post, "nac_visit_effect")[s][None, :]
+            mu_a = mu_r + _flat(post, "nac_visit_effect")[s][arm - 1][None, :]
         else:
             e, f = 12, weeks.max()
             t1 = np.minimum(visits, e) / e
@@ -158,7 +171,7 @@ def reference_effect(kind, idata, ds, strategy, ice=None):
             r = _flat(post, "participant_corr")[s]
             res = _flat(post, "residual_sd")[s]
             sigma = sd0**2 + r * sd0 * sd1 * np.add.outer(t1, t1) + sd1**2 * np.outer(t1, t1) + res**2 * np.eye(nv)
-            tc, nc = _flat(post, "time_change")[s], _flat(post, "nac_change")[s]
+            tc, nc = _flat(post, "time_change")[s], _flat(post, "nac_change")[s][arm - 1]
             mu_r = _flat(post, "intercept")[s] + site[s][site_idx][:, None] + tc[0] * t1[None, :] + tc[1] * t2[None, :]
             mu_a = mu_r + nc[0] * t1[None, :] + nc[1] * t2[None, :]
         total = np.zeros(nv)
@@ -205,7 +218,7 @@ def test_trial_fixture_has_dropout_gaps_and_no_post_baseline_visit(dropout_trial
     observed = ~np.isnan(score)
     last = np.array([np.flatnonzero(o).max() for o in observed])
     gaps = [(~o[: k + 1]).any() for o, k in zip(observed, last)]
-    treated = ds["treated"].values == 1
+    treated = ds["arm_index"].values == 1
     assert (treated & (last < score.shape[1] - 1)).sum() >= 5 and any(gaps)
     assert (last == 0).any()  # someone without any post-baseline visit (left out of the MMRM's fit, not of the estimand)
 
@@ -219,12 +232,13 @@ def test_strategies_equal_the_conditional_mean_formula_on_actual_scores(dropout_
     ds, design = dropout_trial
     idata = mmrm_posterior(design) if kind == "mmrm" else treatment_posterior(design)
     expected, visits = reference_effect(kind, idata, ds, strategy)
-    got = strategy_effects(idata, design, strategies=(strategy,), model=kind).sel(strategy=strategy)
+    got = strategy_effects(idata, design, strategies=(strategy,), model=kind).sel(strategy=strategy, active_arm="nac")
     flat = got.values.reshape(-1, got.sizes["week"])
     post = [list(visits).index(w) for w in got["week"].values]
     np.testing.assert_allclose(flat, expected[:, post], rtol=0, atol=1e-10)
     # the strategy moved the effect (the check above is not vacuous)
-    assert np.abs(flat - idata.posterior["nac_effect"].sel(week=got["week"]).values.reshape(flat.shape)).max() > 0.05
+    own = idata.posterior["nac_effect"].sel(week=got["week"], active_arm="nac").values.reshape(flat.shape)
+    assert np.abs(flat - own).max() > 0.05
 
 
 @pytest.mark.unit
@@ -234,7 +248,7 @@ def test_ice_table_matches_the_long_computation(dropout_trial, kind, tmp_path):
     ds, design = dropout_trial
     score = ds["score"].values
     pids = [str(p) for p in ds["participant"].values]
-    treated = ds["treated"].values == 1
+    treated = ds["arm_index"].values == 1
     complete = np.flatnonzero(treated & ~np.isnan(score[:, -1]))
     dropped = np.flatnonzero(treated & np.isnan(score[:, -1]) & ~np.isnan(score[:, 2]))
     control = np.flatnonzero(~treated)
@@ -245,7 +259,7 @@ def test_ice_table_matches_the_long_computation(dropout_trial, kind, tmp_path):
     idata = mmrm_posterior(design) if kind == "mmrm" else treatment_posterior(design)
     for strategy in ("MAR", "CR"):
         expected, visits = reference_effect(kind, idata, ds, strategy, ice=events)
-        got = strategy_effects(idata, design, strategies=(strategy,), ice=ice, model=kind).sel(strategy=strategy)
+        got = strategy_effects(idata, design, strategies=(strategy,), ice=ice, model=kind).sel(strategy=strategy, active_arm="nac")
         flat = got.values.reshape(-1, got.sizes["week"])
         np.testing.assert_allclose(flat, expected[:, [list(visits).index(w) for w in got["week"].values]], rtol=0, atol=1e-10)
     # the path of the file works too, and the estimand says so
@@ -260,7 +274,7 @@ def test_mar_row_is_the_models_own_effect(dropout_trial, kind):
     idata = mmrm_posterior(design) if kind == "mmrm" else treatment_posterior(design)
     got = strategy_effects(idata, design, model=kind)
     weeks = got["week"].values
-    own = idata.posterior["nac_effect"].sel(week=weeks).transpose("chain", "draw", "week").values
+    own = idata.posterior["nac_effect"].sel(week=weeks).transpose("chain", "draw", "active_arm", "week").values
     assert np.array_equal(got.sel(strategy="MAR").values, own)
     table = sensitivity_table(idata, design, model=kind)
     mar = table[table["strategy"] == "MAR"].set_index("week")
@@ -292,7 +306,7 @@ def test_jump_to_reference_moves_the_effect_towards_zero_as_treatment_dropout_gr
     """More NAC dropouts after week 4: the J2R effect at weeks 12 and 16 shrinks towards 0, step by step."""
     ds, design = complete_trial
     idata = mmrm_posterior(design, nac12=np.full(50, -3.0))
-    treated = np.flatnonzero(ds["treated"].values == 1)
+    treated = np.flatnonzero(ds["arm_index"].values == 1)
     means, shares = [], []
     for m in range(0, 13, 3):
         ds2 = ds.copy(deep=True)
@@ -315,7 +329,7 @@ def test_delta_rows_are_mar_plus_delta_times_the_dropout_share(dropout_trial, ar
     table = sensitivity_table(idata, design, deltas=(2.0, 7.5), arms=arms, model="mmrm")
     score = ds["score"].values
     weeks = ds["week"].values
-    treated = ds["treated"].values == 1
+    treated = ds["arm_index"].values == 1
     last = np.array([weeks[np.flatnonzero(~np.isnan(r)).max()] for r in score])
     mar = table[table["strategy"] == "MAR"].set_index("week")
     for delta in (2.0, 7.5):
@@ -333,8 +347,8 @@ def test_delta_rows_are_mar_plus_delta_times_the_dropout_share(dropout_trial, ar
 def test_table_columns_and_estimand_text(dropout_trial):
     ds, design = dropout_trial
     table = sensitivity_table(treatment_posterior(design), design, model="treatment")
-    for col in ("strategy", "week", "mean", "sd", "hdi_3%", "hdi_97%", "p_below_0", "estimand"):
-        assert col in table.columns
+    # a two-arm trial's table: no contrast column (the arm is named in the estimand)
+    assert list(table.columns) == ["strategy", "week", "mean", "sd", "hdi_3%", "hdi_97%", "p_below_0", "delta", "dropout_share", "estimand"]
     assert list(dict.fromkeys(table["strategy"])) == ["MAR", "J2R", "CR", "CIR", "delta=2", "delta=4", "delta=6"]
     assert sorted(set(table["week"])) == [2, 4, 6, 8, 12, 16]
     row = table[(table["strategy"] == "J2R") & (table["week"] == 12)]["estimand"].iloc[0]
@@ -370,7 +384,7 @@ def test_tipping_point_on_a_case_with_a_known_answer(dropout_trial):
     x = -4 + stats.norm.ppf((np.arange(n) + 0.5) / n)
     idata = mmrm_posterior(design, draws=1000, nac12=x)
     score, weeks = ds["score"].values, ds["week"].values
-    treated = ds["treated"].values == 1
+    treated = ds["arm_index"].values == 1
     last = np.array([weeks[np.flatnonzero(~np.isnan(r)).max()] for r in score])
     p = (last[treated] < 12).mean()
     truth = (4 - 1.96) / p
@@ -394,6 +408,140 @@ def test_tipping_point_on_a_case_with_a_known_answer(dropout_trial):
     # no benefit to begin with, or a delta that cancels out between the arms
     none = tipping_point(mmrm_posterior(design, nac12=np.linspace(-1, 1, 50)), design, plot=False, model="mmrm")
     assert none.exact == 0.0 and none.delta == 0.0 and "no benefit concluded" in none.message
+
+
+# ---------------------------------------------------------------- three arms
+
+
+def _last_weeks(ds):
+    score, weeks = ds["score"].values, ds["week"].values
+    return np.array([weeks[np.flatnonzero(~np.isnan(r)).max()] for r in score])
+
+
+@pytest.mark.unit
+def test_three_arm_fixture_has_dropouts_in_every_arm(three_arm_trial):
+    ds, design = three_arm_trial
+    assert design.active_arms == ["low", "high"] and design.arms == ["placebo", "low", "high"]
+    last = _last_weeks(ds)
+    arm = ds["arm_index"].values
+    for a in (0, 1, 2):
+        assert ((arm == a) & (last < 16)).sum() >= 4, a
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("kind", ["mmrm", "treatment"])
+def test_three_arms_each_strategy_equals_the_long_computation_per_arm(three_arm_trial, kind):
+    """Per active arm and draw, J2R, CR and CIR equal the dense algebra in which a participant of that arm switches
+    to the control arm's mean (reference_effect, arm=a); the other active arm's draws do not enter its contrast."""
+    ds, design = three_arm_trial
+    idata = mmrm_posterior(design) if kind == "mmrm" else treatment_posterior(design)
+    strategies = ("J2R", "CR", "CIR")
+    got = strategy_effects(idata, design, strategies=strategies, model=kind)
+    assert list(got["active_arm"].values) == ["low", "high"] and got.dims == ("chain", "draw", "active_arm", "strategy", "week")
+    for a, arm in enumerate(design.active_arms, start=1):
+        for strategy in strategies:
+            expected, visits = reference_effect(kind, idata, ds, strategy, arm=a)
+            flat = got.sel(active_arm=arm, strategy=strategy).values.reshape(-1, got.sizes["week"])
+            np.testing.assert_allclose(flat, expected[:, [list(visits).index(w) for w in got["week"].values]], rtol=0, atol=1e-10)
+    # the two arms' J2R effects differ (not the same arm twice), and changing the high arm's draws leaves the low arm's alone
+    assert np.abs(got.sel(active_arm="low").values - got.sel(active_arm="high").values).max() > 0.5
+    post = idata.posterior.copy(deep=True)
+    for name in ("nac_effect", "nac_visit_effect", "nac_change"):
+        if name in post:
+            post[name].loc[{"active_arm": "high"}] = post[name].sel(active_arm="high") - 5.0
+    moved = strategy_effects(az.InferenceData(posterior=post), design, strategies=strategies, model=kind)
+    assert np.array_equal(moved.sel(active_arm="low").values, got.sel(active_arm="low").values)
+    assert not np.allclose(moved.sel(active_arm="high").values, got.sel(active_arm="high").values)
+
+
+@pytest.mark.unit
+def test_three_arms_ice_applies_to_each_listed_participant_of_its_own_arm(three_arm_trial, tmp_path):
+    ds, design = three_arm_trial
+    score, arm = ds["score"].values, ds["arm_index"].values
+    pids = [str(p) for p in ds["participant"].values]
+    complete = {a: np.flatnonzero((arm == a) & ~np.isnan(score[:, -1])) for a in (0, 1, 2)}
+    events = {pids[complete[1][0]]: (8, "J2R"), pids[complete[2][0]]: (4, "CIR"), pids[complete[2][1]]: (6, "CR"),
+              pids[complete[0][0]]: (4, "CR")}
+    (tmp_path / "ice.csv").write_text("participant_id,week,strategy\n" + "".join(f"{p},{w},{s}\n" for p, (w, s) in events.items()))
+    ice = load_ice(tmp_path / "ice.csv", ds)
+    idata = mmrm_posterior(design)
+    got = strategy_effects(idata, design, strategies=("MAR",), ice=ice, model="mmrm").sel(strategy="MAR")
+    for a, name in enumerate(design.active_arms, start=1):
+        expected, visits = reference_effect("mmrm", idata, ds, "MAR", ice=events, arm=a)
+        flat = got.sel(active_arm=name).values.reshape(-1, got.sizes["week"])
+        np.testing.assert_allclose(flat, expected[:, [list(visits).index(w) for w in got["week"].values]], rtol=0, atol=1e-10)
+        own = idata.posterior["nac_effect"].sel(active_arm=name, week=got["week"]).values.reshape(flat.shape)
+        assert np.abs(flat - own).max() > 0.01, name  # the listed participants moved their arm's effect
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("kind", ["mmrm", "treatment"])
+def test_three_arm_table_has_each_arms_rows_with_its_own_effect_and_dropout_share(three_arm_trial, kind):
+    """Rows for low - placebo, then high - placebo; MAR equals each arm's own nac_effect; the delta rows move by the
+    delta times that arm's share imputed after dropout (arms='both': minus the control arm's share)."""
+    ds, design = three_arm_trial
+    idata = mmrm_posterior(design) if kind == "mmrm" else treatment_posterior(design)
+    arm, last = ds["arm_index"].values, _last_weeks(ds)
+    for arms in ("treatment", "both"):
+        table = sensitivity_table(idata, design, deltas=(3.0,), arms=arms, model=kind)
+        assert table.columns[0] == "contrast" and list(table.columns[1:3]) == ["strategy", "week"]
+        assert list(dict.fromkeys(table["contrast"])) == ["low - placebo", "high - placebo"]
+        assert list(dict.fromkeys(table["strategy"])) == ["MAR", "J2R", "CR", "CIR", "delta=3"]
+        assert len(table) == 2 * 5 * 6
+        for a, name in enumerate(design.active_arms, start=1):
+            rows = table[table["contrast"] == f"{name} - placebo"]
+            assert rows["estimand"].str.endswith(f"difference in means ({name} - placebo)").all()
+            mar = rows[rows["strategy"] == "MAR"].set_index("week")
+            shifted = rows[rows["strategy"] == "delta=3"].set_index("week")
+            for w in mar.index:
+                draws = idata.posterior["nac_effect"].sel(active_arm=name, week=w).values.ravel()
+                assert mar.loc[w, "mean"] == pytest.approx(draws.mean(), abs=1e-12)
+                assert mar.loc[w, "p_below_0"] == pytest.approx((draws < 0).mean())
+                share = (last[arm == a] < w).mean()
+                assert mar.loc[w, "dropout_share"] == pytest.approx(share)
+                net = share - ((last[arm == 0] < w).mean() if arms == "both" else 0.0)
+                assert shifted.loc[w, "mean"] == pytest.approx(mar.loc[w, "mean"] + 3.0 * net, abs=1e-10)
+            if arms == "treatment":
+                assert f"{name} arm's missing scores after dropout 3 points worse" in shifted["estimand"].iloc[0]
+
+
+@pytest.mark.unit
+def test_three_arm_tipping_point_per_arm_and_the_analyses_tables(three_arm_trial, monkeypatch):
+    """Each active arm's tipping point against control, with its own share; without an arm on a three-arm trial,
+    a clear refusal; model_sensitivity writes both arms' grids with a contrast column, both messages, one figure."""
+    import diagnostics.sensitivity_analyses as analyses
+
+    ds, design = three_arm_trial
+    idata = mmrm_posterior(design)
+    idata.posterior.attrs["model"] = "mmrm"
+    with pytest.raises(ValueError, match=r"2 active arms \['low', 'high'\]; name the one to compare with placebo"):
+        tipping_point(idata, design, plot=False, model="mmrm")
+    with pytest.raises(ValueError, match="'medium' is not an active arm"):
+        tipping_point(idata, design, plot=False, model="mmrm", arm="medium")
+    arm, last = ds["arm_index"].values, _last_weeks(ds)
+    results = {}
+    for a, name in enumerate(design.active_arms, start=1):
+        res = tipping_point(idata, design, week=12, deltas=np.arange(0, 20, 0.5), plot=False, model="mmrm", arm=name)
+        x = idata.posterior["nac_effect"].sel(active_arm=name, week=12).values.ravel()
+        assert res.arm == name and res.contrast == f"{name} - placebo"
+        assert res.share == pytest.approx((last[arm == a] < 12).mean())
+        np.testing.assert_allclose(res.table["mean"], x.mean() + res.table["delta"] * res.share, rtol=0, atol=1e-10)
+        assert f"for {name} - placebo at week 12" in res.message and f"delta added to the {name} arm" in res.message
+        results[name] = res
+    assert results["low"].share != results["high"].share
+
+    monkeypatch.setattr(analyses, "prior_sensitivity_table", lambda idata: pd.DataFrame())  # not this module's subject
+    sens = analyses.model_sensitivity("mmrm", idata, design)
+    tip = sens.tables["tipping_point"]
+    assert tip.columns[0] == "contrast" and list(dict.fromkeys(tip["contrast"])) == ["low - placebo", "high - placebo"]
+    for name in design.active_arms:
+        rows = tip[tip["contrast"] == f"{name} - placebo"]
+        expected = tipping_point(idata, design, plot=False, model="mmrm", arm=name)
+        np.testing.assert_allclose(rows["mean"], expected.table["mean"])
+        assert rows["tipping_message"].nunique() == 1 and rows["tipping_message"].iloc[0] == expected.message
+        assert expected.message in sens.tipping_message
+    assert sens.tipping_message.count("; ") >= 1 and sens.tipping_figure[:8] == b"\x89PNG\r\n\x1a\n"
+    assert list(dict.fromkeys(sens.tables["sensitivity"]["contrast"])) == ["low - placebo", "high - placebo"]
 
 
 # ---------------------------------------------------------------- ice.csv
