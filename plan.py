@@ -1,13 +1,17 @@
 #!/usr/bin/env python
 """Plan the next trial: simulate future trials from a saved posterior (or a design prior) and report
-assurance, power, type I error and posterior interval width per design, with Monte Carlo SEs.
+assurance, power, type I error and posterior interval width per design and active arm, with Monte Carlo
+SEs. The trial has the fitted trial's arms (any number): every active arm is compared with the control
+arm, and a design with several active arms is also judged by "at least one arm succeeds" (arm "any").
 
     python plan.py --posterior results/headline/idata.nc                     # the default grid
     python plan.py --posterior results/mmrm/idata.nc --analysis mmrm --dropout-mechanism mnar --dropout 0.3,0.2
     python plan.py --posterior results/headline/idata.nc --n-per-arm 60 100 150 \\
                    --enrich crp:3 --dual --target-assurance 0.8 --out results/plan
     python plan.py --posterior results/mmrm/idata.nc --interim 0.5 --alpha 0.025  # interim look, calibrated thresholds
+    python plan.py --posterior dosefit/mmrm/idata.nc --allocation 1:1:1 --alpha 0.025 --interim 0.5  # a three-arm trial
     python plan.py --design-prior "Normal(-2, 1)" --sims 2000                  # no fit needed
+    python plan.py --design-prior "low=Normal(-1.5, 1)" "high=Normal(-3, 1)"  # a design prior per active arm
     python plan.py --posterior ... --scheduler tcp://10.0.0.5:8786             # on a Dask cluster
 
 Exit codes: 0 success; 2 bad input or arguments (nothing written).
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 import warnings
@@ -29,18 +34,47 @@ DEFAULT_EFFECTS = (-2.0, -3.0)
 AUTO_PARALLEL_WORK = 4e7  # simulated participants: ~20 s on one core, where 2 processes start paying off
 
 
-def _allocation(text: str) -> float:
+def parse_allocation(text: str, arms: tuple[str, ...]) -> float | tuple[float, ...]:
+    """--allocation over the arms: 'R1:...:R0' with one part per arm, the active arms in the trial's order and the
+    control arm LAST (as "drug:placebo 2:1" is said: 2:1 puts two participants on the active arm per control
+    participant), 'ARM=R,ARM=R,...' naming every arm once, or one number (participants of each active arm per control
+    participant). Returns the ratio of each active arm to control (one number for a single number)."""
+    from planning import PlanningError
+
+    ordered = (*arms[1:], arms[0])  # the active arms, then the control arm
+    order = ":".join(ordered)
+    how = (f"write one part per arm in the order {order} (e.g. {':'.join('1' for _ in arms)}), name each arm "
+           f"({','.join(f'{a}=1' for a in arms)}), or give one number (each active arm per {arms[0]} participant)")
     try:
-        if ":" in text:
-            a, b = text.split(":")
-            value = float(a) / float(b)
+        if "=" in text:
+            named = {}
+            for item in text.split(","):
+                arm, _, value = item.partition("=")
+                if arm.strip() in named:
+                    raise PlanningError(f"--allocation '{text}' names arm '{arm.strip()}' twice; {how}")
+                named[arm.strip()] = float(value)
+            if set(named) != set(arms):
+                unknown, missing = sorted(set(named) - set(arms)), [a for a in arms if a not in named]
+                raise PlanningError(f"--allocation '{text}' must name each arm of {list(arms)} once"
+                                    + (f"; unknown {unknown}" if unknown else "") + (f"; missing {missing}" if missing else ""))
+            parts = [named[a] for a in arms]
+        elif ":" in text:
+            given = [float(x) for x in text.split(":")]
+            if len(given) != len(arms):
+                raise PlanningError(f"--allocation '{text}' has {len(given)} parts for the {len(arms)} arms {order}; {how}")
+            parts = [given[-1], *given[:-1]]  # control first, as the named form
         else:
             value = float(text)
-    except (ValueError, ZeroDivisionError):
-        raise argparse.ArgumentTypeError(f"allocation '{text}' not understood; write NAC:placebo, e.g. 1:1 or 2:1") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"allocation '{text}' must be positive")
-    return value
+            if not (value > 0 and math.isfinite(value)):
+                raise PlanningError(f"--allocation '{text}' must be positive; {how}")
+            return value
+    except ValueError as exc:
+        if isinstance(exc, PlanningError):
+            raise
+        raise PlanningError(f"--allocation '{text}' not understood; {how}") from None
+    if not all(x > 0 and math.isfinite(x) for x in parts):
+        raise PlanningError(f"--allocation '{text}': every part must be positive; {how}")
+    return tuple(x / parts[0] for x in parts[1:])
 
 
 def _enrich(text: str) -> tuple[str, float]:
@@ -54,30 +88,36 @@ def _enrich(text: str) -> tuple[str, float]:
     return marker, threshold
 
 
-def _dropout(text: str) -> tuple[float, float]:
+def _dropout(text: str) -> tuple[float, ...]:
     try:
         values = [float(v) for v in text.split(",")]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--dropout '{text}' not understood; write one fraction (0.25) or placebo,NAC (0.2,0.3)") from None
-    if len(values) not in (1, 2) or not all(0 <= v < 1 for v in values):
-        raise argparse.ArgumentTypeError(f"--dropout '{text}': one or two fractions in [0, 1), placebo first")
-    return (values[0], values[-1])
+        raise argparse.ArgumentTypeError(f"--dropout '{text}' not understood; write one fraction (0.25) or one per arm, control first (0.2,0.3)") from None
+    if not all(0 <= v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"--dropout '{text}': fractions in [0, 1), one for every arm or one per arm, control first")
+    return tuple(values)
 
 
 def parse_args(argv):
     ap = argparse.ArgumentParser(prog="plan.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     src = ap.add_argument_group("where the parameters come from (at least one)")
     src.add_argument("--posterior", type=Path, help="a saved fit (idata.nc of the headline model, written by fit.py)")
-    src.add_argument("--design-prior", metavar="'Normal(M, SD)'", help="design prior on the NAC - placebo effect at the primary week (outcome points); "
-                     "with --posterior it replaces the posterior's effect, alone the other parameters take the published-trial calibration")
+    src.add_argument("--design-prior", nargs="+", metavar="'[ARM=]Normal(M, SD)'",
+                     help="design prior on each active arm's difference from control at the primary week (outcome points; negative = the arm better): "
+                     "one Normal(M, SD) for every active arm, or ARM=Normal(M, SD) for each (drawn independently per arm); with --posterior it "
+                     "replaces the posterior's effects, alone the other parameters take the published-trial calibration (control arm 'placebo'; "
+                     "one unnamed prior: the active arm 'nac', named priors: one active arm per name)")
     src.add_argument("--max-draws", type=int, default=None, help="use a random subset of this many posterior draws")
     des = ap.add_argument_group("designs")
-    des.add_argument("--n-per-arm", type=int, nargs="+", default=list(DEFAULT_GRID), metavar="N", help="placebo-arm sizes to simulate (the grid)")
-    des.add_argument("--allocation", type=_allocation, default=1.0, metavar="NAC:PLACEBO", help="allocation ratio, e.g. 1:1 (default) or 2:1")
+    des.add_argument("--n-per-arm", type=int, nargs="+", default=list(DEFAULT_GRID), metavar="N", help="control-arm sizes to simulate (the grid)")
+    des.add_argument("--allocation", default="1", metavar="RATIO",
+                     help="allocation over all arms, the active arms in the fitted trial's order and the control arm last (e.g. 1:1:1 for "
+                     "low:high:placebo, 2:1 for two participants on the active arm per control participant), or named (placebo=1,low=2,high=2), "
+                     "or one number: participants of each active arm per control participant (default 1)")
     des.add_argument("--weeks", type=int, nargs="+", default=None, help="visit schedule (default: the fitted trial's, up to the primary week)")
     des.add_argument("--primary-week", type=float, default=None, help="week of the primary comparison (default: the fitted end of treatment)")
-    des.add_argument("--dropout", type=_dropout, default=None, metavar="FRACTION[,FRACTION]",
-                     help="fraction lost by the primary week, one for both arms or placebo,NAC (default: the fitted trial's, by visit and arm; else 0.2)")
+    des.add_argument("--dropout", type=_dropout, default=None, metavar="FRACTION[,FRACTION...]",
+                     help="fraction lost by the primary week, one for every arm or one per arm, control first (default: the fitted trial's, by visit and arm; else 0.2)")
     des.add_argument("--dropout-mechanism", choices=("mcar", "mar", "mnar"), default="mar",
                      help="mcar: completely at random; mar: leaving depends on the last attended score; mnar: on the missed visit's score (default mar)")
     des.add_argument("--dropout-score-effect", type=float, default=0.3,
@@ -88,18 +128,19 @@ def parse_args(argv):
                      help="new sites per trial, each arm spread evenly over them (default: the fitted trial's number of sites; 1 with --design-prior alone)")
     des.add_argument("--site-sd", type=float, default=None,
                      help="SD of the new sites' offsets (default: each posterior draw's spread of the fitted site offsets; 1.5 points with --design-prior alone)")
-    des.add_argument("--effect-scale", type=float, default=1.0, help="multiply the NAC effect of every draw (e.g. 0.5 for a more sceptical plan)")
+    des.add_argument("--effect-scale", type=float, default=1.0, help="multiply every active arm's effect in every draw (e.g. 0.5 for a more sceptical plan)")
     des.add_argument("--enrich", type=_enrich, action="append", default=[], metavar="MARKER:THRESHOLD",
                      help="also plan an enriched trial enrolling only people whose baseline marker exceeds THRESHOLD (natural units); repeatable")
     dec = ap.add_argument_group("analysis and decision rule")
-    dec.add_argument("--threshold", type=float, default=0.975, help="success if P(effect < 0) > threshold")
+    dec.add_argument("--threshold", type=float, default=0.975, help="an active arm succeeds if P(its effect vs control < 0) > threshold")
     dec.add_argument("--mcid", type=float, default=2.0, help="minimal clinically important difference (outcome points)")
     dec.add_argument("--dual", action="store_true", help="dual criterion: also require P(effect < -MCID) > --mcid-prob")
     dec.add_argument("--mcid-prob", type=float, default=0.5)
     dec.add_argument("--prior-sd", type=float, default=None, help="SD of the analysis' Normal(0, SD) prior on the effect (default 0.1 x outcome range: 6 MADRS points)")
     dec.add_argument("--analysis", choices=("mmrm", "ancova"), default="mmrm",
                      help="analysis of each simulated trial: mmrm (all attended visits, REML, valid under MAR; default) or ancova (completers at the primary week)")
-    dec.add_argument("--effects", type=float, nargs="*", default=list(DEFAULT_EFFECTS), help="fixed effects for power (type I error at 0 is always added)")
+    dec.add_argument("--effects", type=float, nargs="*", default=list(DEFAULT_EFFECTS),
+                     help="fixed effects for power, each for every active arm (type I error at 0, the global null, is always added)")
     dec.add_argument("--robust-weight", type=float, default=0.2,
                      help="weight of the vague component of the robust design prior (0: plain assurance only; default 0.2)")
     dec.add_argument("--robust-sd", type=float, default=None,
@@ -111,16 +152,19 @@ def parse_args(argv):
                        help="interim looks when these fractions of participants have reached the primary visit, e.g. 0.5 0.75 (default: none)")
     looks.add_argument("--interim-weeks", type=float, nargs="+", default=None, metavar="WEEK",
                        help="or interim looks at these calendar weeks after the first participant's entry, e.g. 20 30")
-    itm.add_argument("--futility", type=float, default=0.1, help="stop for futility if the predictive probability of final success is below this (default 0.1)")
-    itm.add_argument("--efficacy", type=float, default=0.995, help="stop for efficacy if the interim P(effect < 0) is above this (default 0.995)")
+    itm.add_argument("--futility", type=float, default=0.1,
+                     help="drop an active arm for futility if its predictive probability of final success is below this; the others continue (default 0.1)")
+    itm.add_argument("--efficacy", type=float, default=0.995,
+                     help="stop an active arm for efficacy if its interim P(effect < 0) is above this (default 0.995)")
     itm.add_argument("--accrual-per-week", type=float, default=None,
                      help="participants enrolled per week, uniformly (default: n_total / primary week, so enrolment takes as long as the treatment period)")
     cal = ap.add_argument_group("type I error calibration")
     cal.add_argument("--alpha", type=float, default=None,
-                     help="calibrate each design's thresholds so its type I error (no effect; futility non-binding) is at most this, e.g. 0.025 (default: no calibration)")
+                     help="calibrate each design's thresholds, one for every active arm, so its family-wise type I error (some arm succeeding when "
+                     "no arm differs from control; futility non-binding) is at most this, e.g. 0.025 (default: no calibration)")
     cal.add_argument("--calibrate", choices=("final", "common"), default="final",
                      help="final: calibrate --threshold, keeping --efficacy (default); common: one threshold at every look and the final analysis")
-    cal.add_argument("--calibration-sims", type=int, default=5000, help="null trials per design for the calibration (default 5000)")
+    cal.add_argument("--calibration-sims", type=int, default=5000, help="global-null trials per design for the calibration (default 5000)")
     run = ap.add_argument_group("running")
     run.add_argument("--sims", type=int, default=1000, help="simulated trials per design and scenario")
     run.add_argument("--chunk-size", type=int, default=250, help="simulated trials per task (fixed: results do not depend on workers)")
@@ -129,7 +173,7 @@ def parse_args(argv):
                      help="local worker processes (a Dask LocalCluster); 1 = run in this process; default: one per core when the run is "
                      f"big enough to repay the cluster's start-up (over {AUTO_PARALLEL_WORK:.0e} simulated participants), else 1")
     run.add_argument("--scheduler", default=None, metavar="ADDRESS", help="run on the Dask cluster at this scheduler address instead")
-    run.add_argument("--mcmc-check", type=int, default=0, metavar="K", help="also analyse K simulated trials by MCMC and report the decision agreement")
+    run.add_argument("--mcmc-check", type=int, default=0, metavar="K", help="also analyse K simulated trials by MCMC and report the decision agreement (every arm)")
     run.add_argument("--out", type=Path, default=Path("results/plan"), help="output folder")
     run.add_argument("--force", action="store_true", help="replace an existing output folder")
     run.add_argument("--quiet", action="store_true")
@@ -176,12 +220,13 @@ def build(args):
         CalibrationSettings,
         InterimSettings,
         PlannedTrial,
+        PlanningError,
         PlanSpec,
         Scenario,
         calibrated_dropout,
         fixed_parameters,
         from_posterior,
-        parse_design_prior,
+        parse_design_priors,
         unit_information_sd,
     )
 
@@ -190,23 +235,37 @@ def build(args):
     else:
         params = fixed_parameters()
     if args.design_prior is not None:
-        params = params.with_effect_prior(*parse_design_prior(args.design_prior))
+        named, plain = parse_design_priors(args.design_prior)
+        if named is not None:
+            if args.posterior is None:
+                params = params.with_active_arms((params.control_arm, *named))
+            params = params.with_effect_prior(per_arm=named)
+        elif len(plain) == 1:
+            params = params.with_effect_prior(*plain[0])
+        elif len(plain) == params.n_active:
+            params = params.with_effect_prior(per_arm=dict(zip(params.active_arms, plain)))
+        else:
+            raise PlanningError(f"{len(plain)} design priors for the {params.n_active} active arm(s) {list(params.active_arms)}: give one for every "
+                                "arm, one per arm in that order, or name each (ARM=Normal(M, SD))")
+    arms = tuple(params.arms)
+    allocation = parse_allocation(args.allocation, arms)
     scale = params.scale
     primary = float(args.primary_week) if args.primary_week is not None else float(scale.treatment_end)
     weeks = tuple(sorted(set(args.weeks))) if args.weeks else tuple(w for w in scale.weeks if w <= primary)
-    rates, shape, dropout_source = calibrated_dropout(params.source, weeks, primary, args.dropout)
+    rates, shape, dropout_source = calibrated_dropout(params.source, weeks, primary, args.dropout, arms)
     entry = args.entry_min if args.entry_min is not None else params.source.get("entry_min")
     entry = None if entry is None or (scale.score_min is not None and entry <= scale.score_min) else float(entry)
     pops = [(None, None)] + list(args.enrich)
     fitted_sites = int(params.source.get("sites", 1))
 
-    def sites(n: int) -> int:  # the fitted trial's number of sites, at most the smaller arm's size
-        return args.sites if args.sites is not None else max(1, min(fitted_sites, n, int(round(n * args.allocation))))
+    def sites(n: int) -> int:  # the fitted trial's number of sites, at most the smallest arm's size
+        sizes = PlannedTrial(n, allocation=allocation, arms=arms).arm_sizes
+        return args.sites if args.sites is not None else max(1, min(fitted_sites, *sizes))
 
     designs = [
-        PlannedTrial(n, allocation=args.allocation, primary_week=primary, weeks=weeks, dropout=rates, dropout_mechanism=args.dropout_mechanism,
+        PlannedTrial(n, allocation=allocation, primary_week=primary, weeks=weeks, dropout=rates, dropout_mechanism=args.dropout_mechanism,
                      dropout_score_effect=args.dropout_score_effect, dropout_shape=shape, dropout_source=dropout_source, entry_min=entry,
-                     enrich_marker=m, enrich_threshold=t, sites=sites(n), site_sd=args.site_sd)
+                     enrich_marker=m, enrich_threshold=t, sites=sites(n), site_sd=args.site_sd, arms=arms)
         for m, t in pops
         for n in sorted(set(args.n_per_arm))
     ]
@@ -265,16 +324,16 @@ def main(argv=None) -> int:
         args.workers = (os.cpu_count() or 1) if work > AUTO_PARALLEL_WORK else 1
     log = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
     d0 = spec.designs[0]
-    rc, rt = d0.dropout_rates
     log(
         f"planning: {params.n_draws} parameter draws ({params.family} {params.source.get('kind')}{', effect ' + params.source['effect_prior'] if 'effect_prior' in params.source else ''}); "
-        f"{len(spec.designs)} designs x {len(spec.scenarios)} scenarios x {spec.sims} trials; primary week {d0.primary_week:g}, {spec.analysis.method} analysis, "
-        f"{d0.dropout_mechanism} dropout {rc:g} placebo / {rt:g} NAC by week {d0.primary_week:g} ({d0.dropout_source}), allocation {d0.allocation:g}:1, "
+        f"{len(spec.designs)} designs x {len(spec.scenarios)} scenarios x {spec.sims} trials; arms {', '.join(d0.arms)} (each active arm vs {d0.arms[0]}); "
+        f"primary week {d0.primary_week:g}, {spec.analysis.method} analysis, "
+        f"{d0.dropout_mechanism} dropout {dropout_text(d0)} by week {d0.primary_week:g} ({d0.dropout_source}), allocation {d0.allocation_text()}, "
         + (f"interim looks {spec.interim.describe()} (futility PPoS < {spec.interim.futility:g}, "
            f"efficacy P(benefit) > {spec.interim.efficacy:g}, accrual {'%g per week' % spec.interim.accrual_per_week if spec.interim.accrual_per_week else 'n_total / primary week per week'}), "
            if spec.interim is not None else "")
-        + (f"thresholds calibrated to type I error {spec.calibration.alpha:g} ({spec.calibration.mode}, {spec.calibration.sims} null trials per design), "
-           if spec.calibration is not None else "")
+        + (f"thresholds calibrated to {'family-wise ' if d0.n_active > 1 else ''}type I error {spec.calibration.alpha:g} "
+           f"({spec.calibration.mode}, {spec.calibration.sims} null trials per design), " if spec.calibration is not None else "")
         + ("local process" if args.workers <= 1 and not args.scheduler else f"Dask {'scheduler ' + args.scheduler if args.scheduler else f'LocalCluster, {args.workers} workers'}")
     )
     try:
@@ -297,18 +356,17 @@ def main(argv=None) -> int:
         "parameters": params.to_dict(),
         "analysis": spec.analysis.to_dict(),
         "designs": {
+            "arms": list(d0.arms),
             "primary_week": d0.primary_week,
             "weeks": list(d0.weeks),
             "dropout": d0.pooled_dropout,
-            "dropout_control": d0.dropout_rates[0],
-            "dropout_treatment": d0.dropout_rates[1],
-            "dropout_by_visit": {"weeks": list(d0.post_weeks), "control": d0.cumulative_dropout()[0].round(4).tolist(),
-                                 "treatment": d0.cumulative_dropout()[1].round(4).tolist()},
+            "dropout_by_arm": dict(zip(d0.arms, d0.dropout_rates)),
+            "dropout_by_visit": {"weeks": list(d0.post_weeks), **{arm: row.round(4).tolist() for arm, row in zip(d0.arms, d0.cumulative_dropout())}},
             "dropout_mechanism": d0.dropout_mechanism,
             "dropout_score_effect": d0.dropout_score_effect,
             "dropout_source": d0.dropout_source,
             "entry_min": d0.entry_min,
-            "allocation": d0.allocation,
+            "allocation": dict(zip(d0.arms, (1.0, *d0.ratios))),
             "sites": d0.sites,
             "site_sd": d0.site_sd if d0.site_sd is not None else "per parameter draw",
         },
@@ -319,6 +377,8 @@ def main(argv=None) -> int:
         },
         "calibration": None if spec.calibration is None else {
             "alpha": spec.calibration.alpha, "mode": spec.calibration.mode, "sims": spec.calibration.sims,
+            "error": "family-wise type I error under the global null (no active arm differs from control), one threshold for every arm"
+                     if d0.n_active > 1 else "type I error (no effect)",
             "thresholds": table.drop_duplicates(["population", "n_per_arm"])[
                 [c for c in ("population", "n_per_arm", "threshold", "efficacy_threshold", "calibration_type1", "calibration_type1_mcse") if c in table]
             ].to_dict(orient="records"),
@@ -333,11 +393,11 @@ def main(argv=None) -> int:
             table.to_csv(tmp / "plan.csv", index=False, float_format="%.6g")
             best.to_csv(tmp / "smallest_n.csv", index=False)
             threshold = "the design's calibrated threshold" if spec.calibration is not None else f"{spec.analysis.threshold:g}"
-            rule = f"{params.scale.outcome_label}: success if P(effect<0) > {threshold}" + (
-                f" and P(effect<-{spec.analysis.mcid:g}) > {spec.analysis.mcid_prob:g}" if spec.analysis.dual else "")
-            plot_plan(table, tmp / "plan.png", args.target_assurance, title=rule)
-            (tmp / "plan.html").write_text(render_plan_html(table, html_settings(args, params, spec, rule), (tmp / "plan.png").read_bytes(), best),
-                                           encoding="utf-8")
+            rule = f"{params.scale.outcome_label}: {'each active arm ' if d0.n_active > 1 else ''}success if P(effect<0) > {threshold}" + (
+                f" and P(effect<-{spec.analysis.mcid:g}) > {spec.analysis.mcid_prob:g}" if spec.analysis.dual else "") + f" (effect: arm - {d0.arms[0]})"
+            plot_plan(table, tmp / "plan.png", args.target_assurance, title=rule, control=d0.arms[0])
+            (tmp / "plan.html").write_text(render_plan_html(table, html_settings(args, params, spec, rule), (tmp / "plan.png").read_bytes(), best,
+                                                            control=d0.arms[0]), encoding="utf-8")
             if agreement is not None:
                 agree_table.to_csv(tmp / "mcmc_agreement.csv", index=False, float_format="%.6g")
             record["timings"]["total_s"] = time.perf_counter() - t_start
@@ -348,7 +408,9 @@ def main(argv=None) -> int:
         print(format_table(table))
         for row in best.itertuples():
             reached = f"n per arm {row.n_per_arm:g} (conservative, assurance - 2 MCSE: {row.n_per_arm_conservative:g})" if row.n_per_arm == row.n_per_arm else "not reached on this grid"
-            print(f"target assurance {row.target_assurance:g}, population {row.population}: {reached}; max assurance {row.max_assurance:.3f} at n per arm {row.at_n_per_arm:g}")
+            which = "at least one arm" if row.arm == "any" else f"arm {row.arm}"
+            print(f"target assurance {row.target_assurance:g}, population {row.population}, {which}: {reached}; "
+                  f"max assurance {row.max_assurance:.3f} at n per arm {row.at_n_per_arm:g}")
         if agreement is not None:
             print(f"fast analysis vs MCMC: decisions agree in {agreement['agreement_rate']:.1%} of {agreement['trials']} trials")
         print(f"{timings['trials']} simulated trials in {timings['wall_s']:.1f} s ({timings['trials_per_s']:.0f} per second)")
@@ -356,9 +418,15 @@ def main(argv=None) -> int:
     return 0
 
 
+def dropout_text(design) -> str:
+    """'0.2 placebo, 0.3 low, 0.25 high': the loss by the primary week per arm."""
+    return ", ".join(f"{r:g} {a}" for a, r in zip(design.arms, design.dropout_rates))
+
+
 def html_settings(args, params, spec, rule: str) -> list[tuple[str, str]]:
-    """The settings plan.html states, as (label, value) pairs."""
+    """The settings plan.html states, as (label, value) pairs (arm names from the data)."""
     d0 = spec.designs[0]
+    control = d0.arms[0]
     src = params.source
     if src.get("kind") == "posterior":
         source = f"posterior {src.get('path', '')} (model {src.get('model', '?')}, {params.n_draws} draws)"
@@ -366,22 +434,24 @@ def html_settings(args, params, spec, rule: str) -> list[tuple[str, str]]:
         source = f"{src.get('note', src.get('kind', ''))}"
     if "effect_prior" in src:
         source += f"; design prior on the effect {src['effect_prior']}"
-    rc, rt = d0.dropout_rates
     rows = [
         ("parameter source", source),
+        ("arms", f"{control} (control), active: {', '.join(d0.arms[1:])}; each active arm is compared with {control}"
+         + ("; a design succeeds for an arm, and for 'any' (at least one arm)" if d0.n_active > 1 else "")),
         ("analysis", f"{spec.analysis.method}; {rule}"),
         ("analysis prior on the effect", f"Normal(0, {spec.analysis.prior_sd:g})"),
         ("primary week", f"{d0.primary_week:g} (visits {', '.join(f'{w:g}' for w in d0.weeks)})"),
         ("dropout mechanism", f"{d0.dropout_mechanism} (score effect {d0.dropout_score_effect:g} log-odds per 5 points)"
          if d0.dropout_mechanism != "mcar" else "mcar"),
-        ("dropout by the primary week", f"{rc:g} placebo, {rt:g} NAC ({d0.dropout_source})"),
-        ("allocation NAC:placebo", f"{d0.allocation:g}:1"),
+        ("dropout by the primary week", f"{dropout_text(d0)} ({d0.dropout_source})"),
+        ("allocation " + ":".join(d0.arms), ":".join(f"{r:g}" for r in (1.0, *d0.ratios))),
         ("entry criterion", "none" if d0.entry_min is None else f"baseline score >= {d0.entry_min:g}"),
         ("sites", "1" if d0.sites == 1 else f"{d0.sites}, offsets Normal(0, SD) with SD "
          + (f"{d0.site_sd:g}" if d0.site_sd is not None else f"from the parameter draws (mean {float(sum(params.site_sd) / len(params.site_sd)):.3g})")),
-        ("participants per arm (placebo)", ", ".join(str(n) for n in sorted(set(args.n_per_arm)))),
+        (f"participants per arm ({control})", ", ".join(str(n) for n in sorted(set(args.n_per_arm)))),
         ("populations", ", ".join(dict.fromkeys(d.population for d in spec.designs))),
-        ("fixed effects (type I error at 0, power)", ", ".join(f"{sc.effect:g}" for sc in spec.scenarios if sc.kind == "fixed")),
+        ("fixed effects (type I error at 0, power)", ", ".join(sc.label.removeprefix("effect=") for sc in spec.scenarios if sc.kind == "fixed")
+         + (" (each for every active arm; 0 is the global null)" if d0.n_active > 1 else "")),
         ("effect scale", f"{spec.effect_scale:g}"),
         ("robust prior", "none" if spec.robust_weight == 0 else
          f"weight {spec.robust_weight:g} on Normal(0, {next(sc.sd for sc in spec.scenarios if sc.kind == 'vague'):g})"),
@@ -393,22 +463,30 @@ def html_settings(args, params, spec, rule: str) -> list[tuple[str, str]]:
         it = spec.interim
         rows += [
             ("interim looks", it.describe()),
-            ("interim thresholds", f"futility if PPoS < {it.futility:g}; efficacy if P(effect<0) > {it.efficacy:g}"),
+            ("interim thresholds", f"futility if PPoS < {it.futility:g}; efficacy if P(effect<0) > {it.efficacy:g}"
+             + ("; per active arm: a stopped arm enrols no more, the others continue" if d0.n_active > 1 else "")),
             ("accrual per week", f"{it.accrual_per_week:g}" if it.accrual_per_week else "n_total / primary week"),
         ]
     if spec.calibration is not None:
         c = spec.calibration
-        rows.append(("type I error calibration", f"at most {c.alpha:g} (futility non-binding), "
-                     + ("the final threshold, interim efficacy as given" if c.mode == "final" else "one threshold at every analysis")
-                     + f", {c.sims} null trials per design; thresholds per design in the tables"))
+        if d0.n_active > 1:
+            rows.append(("type I error calibration", f"family-wise type I error at most {c.alpha:g} under the global null (no active arm differs from "
+                         f"{control}): one threshold for every arm, calibrated on the largest P(benefit) over the arms (futility non-binding), "
+                         + ("the final threshold, interim efficacy as given" if c.mode == "final" else "one threshold at every analysis")
+                         + f", {c.sims} global-null trials per design; thresholds per design in the tables"))
+        else:
+            rows.append(("type I error calibration", f"at most {c.alpha:g} (futility non-binding), "
+                         + ("the final threshold, interim efficacy as given" if c.mode == "final" else "one threshold at every analysis")
+                         + f", {c.sims} null trials per design; thresholds per design in the tables"))
     rows += [("simulated trials per design and scenario", f"{spec.sims}"), ("seed", f"{spec.seed}")]
     return rows
 
 
 def format_table(table) -> str:
-    wide = table.pivot_table(index=["population", "n_per_arm"], columns="scenario", values="p_success", sort=False)
-    mcse = table.pivot_table(index=["population", "n_per_arm"], columns="scenario", values="p_success_mcse", sort=False)
-    first = table[table["scenario"] == "assurance"].set_index(["population", "n_per_arm"])
+    index = ["population", "n_per_arm", "arm"]
+    wide = table.pivot_table(index=index, columns="scenario", values="p_success", sort=False)
+    mcse = table.pivot_table(index=index, columns="scenario", values="p_success_mcse", sort=False)
+    first = table[table["scenario"] == "assurance"].set_index(index)
     out = wide.copy().astype(object)
     for col in wide.columns:
         out[col] = [f"{p:.3f} ({m:.3f})" for p, m in zip(wide[col], mcse[col])]

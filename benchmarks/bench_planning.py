@@ -13,9 +13,11 @@ for more than one worker both with the start-up of the local cluster (N single-t
 on the running cluster, and checks the tables are identical whatever the worker count. `--analysis ancova` times the completers' ANCOVA instead.
 `--interim 0.5 --alpha 0.025` times the same grid with an interim look (every trial analysed at the look and at the end,
 with the predictive probability of success) after calibrating the thresholds on --calibration-sims null trials (timed
-apart). Writes JSON to --json if given, with the date and the machine's load.
+apart). The trial has the posterior's arms (the bundled dose trial's fit: three, `--allocation 1:1:1`; every arm
+analysed against control in one MMRM). Writes JSON to --json if given, with the date and the machine's load.
 
     python benchmarks/bench_planning.py --posterior results/mmrm/idata.nc --interim 0.5 --alpha 0.025 --json benchmarks/results/planning_interim.json
+    python benchmarks/bench_planning.py --posterior results/dose/mmrm/idata.nc --allocation 1:1:1 --workers 1
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ def main(argv=None) -> int:
     ap.add_argument("--posterior", type=Path, default=Path("results/mmrm/idata.nc"))
     ap.add_argument("--sims", type=int, default=1000, help="simulated trials per scenario")
     ap.add_argument("--n-per-arm", type=int, default=100)
+    ap.add_argument("--allocation", default="1", help="allocation over the arms, control first (plan.py --allocation)")
     ap.add_argument("--analysis", choices=("mmrm", "ancova"), default="mmrm")
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--seed", type=int, default=1)
@@ -60,7 +63,7 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     params, spec = plan.build(plan.parse_args([
         *source, "--sims", str(args.sims), "--seed", str(args.seed), "--n-per-arm", str(args.n_per_arm), "--weeks", *WEEKS,
-        "--primary-week", "12", "--analysis", args.analysis, "--dropout-mechanism", "mar",
+        "--primary-week", "12", "--analysis", args.analysis, "--dropout-mechanism", "mar", "--allocation", args.allocation,
         *(["--interim", *map(str, args.interim)] if args.interim else []),
         *(["--alpha", str(args.alpha), "--calibration-sims", str(args.calibration_sims)] if args.alpha is not None else []),
     ]))
@@ -74,8 +77,10 @@ def main(argv=None) -> int:
         "draws": params.n_draws,
         "analysis": spec.analysis.method,
         "n_per_arm": d0.n_control,
+        "arms": list(d0.arms),
+        "allocation": d0.allocation_text(),
         "visits": len(d0.weeks),
-        "dropout": {"mechanism": d0.dropout_mechanism, "control": d0.dropout_rates[0], "treatment": d0.dropout_rates[1], "source": d0.dropout_source},
+        "dropout": {"mechanism": d0.dropout_mechanism, "by_arm": dict(zip(d0.arms, d0.dropout_rates)), "source": d0.dropout_source},
         "designs": len(spec.designs),
         "scenarios": [sc.label for sc in spec.scenarios],
         "interim": None if spec.interim is None else {"fractions": list(spec.interim.fractions), "futility": spec.interim.futility, "efficacy": spec.interim.efficacy},

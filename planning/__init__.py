@@ -1,5 +1,6 @@
-"""Trial planning: simulate future trials from a fitted posterior or a design prior, analyse each fast,
-and report assurance, power, type I error and interval width per design, in parallel (Dask)."""
+"""Trial planning: simulate future trials of any number of arms from a fitted posterior or a design prior,
+analyse each fast (every active arm against control), and report assurance, power, type I error (family-wise
+over the arms) and interval width per design and arm, in parallel (Dask)."""
 
 from .analysis import analyse
 from .analytic import analytic_power, conditional_change_sd
@@ -17,6 +18,7 @@ from .params import (
     from_posterior,
     implied_mmrm,
     parse_design_prior,
+    parse_design_priors,
     unit_information_sd,
 )
 from .runner import PlanSpec, execute, plan, smallest_n, summarise
@@ -46,6 +48,7 @@ __all__ = [
     "implied_mmrm",
     "mmrm_effect",
     "parse_design_prior",
+    "parse_design_priors",
     "plan",
     "ppos",
     "sequential",

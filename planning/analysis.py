@@ -1,18 +1,19 @@
 """Analyse simulated trials fast (no MCMC), by `AnalysisSettings.method`:
-- "mmrm" (default): the MMRM of change from baseline over all attended visits (treatment x visit,
+- "mmrm" (default): the MMRM of change from baseline over all attended visits (arm x visit,
   baseline x visit, unstructured covariance, REML; planning/mmrm_gls.py), valid under MAR;
 - "ancova": ANCOVA of change from baseline at the primary week on arm and baseline among completers.
-The posterior for the NAC - placebo effect at the primary week: for the MMRM, the Bayesian MMRM's
-(models/mmrm.py) exact posterior given Sigma at its REML estimate, with its normal priors on every
-mean coefficient (treatment effect at each visit Normal(0, prior_sd), visit means Normal(0,
-visit_mean_prior_sd), baseline slopes Normal(0, baseline_slope_prior_sd)); for the ANCOVA, the
-estimate and SE combined with the Normal(0, prior_sd) prior,
+Every active arm is compared with the control arm in the one model of all arms (A active arms: one
+indicator per active arm, Q = A + 2 regressors). The posterior for each active arm - control effect at
+the primary week: for the MMRM, the Bayesian MMRM's (models/mmrm.py) exact posterior given Sigma at
+its REML estimate, with its normal priors on every mean coefficient (each arm's effect at each visit
+Normal(0, prior_sd), visit means Normal(0, visit_mean_prior_sd), baseline slopes Normal(0,
+baseline_slope_prior_sd)); for the ANCOVA, the estimate and SE combined with the Normal(0, prior_sd) prior,
     precision = 1/se^2 + 1/prior_sd^2,  mean = (estimate/se^2)/precision,  sd = precision^-1/2.
-Both with Student-t tails on (participants at the primary visit - 3) degrees of freedom. Decision:
-success if P(effect < 0) > threshold, and with the dual criterion also P(effect < -MCID) > mcid_prob.
-`analyse` takes the attended visits as an argument, so an analysis of the data available at an
-interim look is the same call with fewer attended visits (planning/interim.py runs the looks and their
-stopping rules).
+Both with Student-t tails on (participants at the primary visit - Q) degrees of freedom. Decision, per
+active arm: success if P(effect < 0) > threshold, and with the dual criterion also P(effect < -MCID) >
+mcid_prob. Per-arm results are arrays (S, A). `analyse` takes the attended visits as an argument, so
+an analysis of the data available at an interim look is the same call with fewer attended visits
+(planning/interim.py runs the looks and their stopping rules).
 """
 
 from __future__ import annotations
@@ -26,36 +27,45 @@ from .params import PlanningError
 
 
 def ancova(sim: SimulatedTrials, completed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per trial: ANCOVA estimate of the NAC - placebo difference in change, its SE and residual df.
+    """Per trial: ANCOVA estimate of each active arm - control difference in change (S, A), its SE (S, A)
+    and the residual df (S,).
 
-    change = a + effect * T + b * (baseline - mean baseline) + e, fitted by least squares among completers.
-    Trials with fewer than 2 completers in an arm, or a singular design (all baselines equal, say),
-    get se = inf: no information, the decision fails.
+    change = a + sum_a effect_a T_a + b * (baseline - mean baseline) + e, fitted by least squares among
+    completers. An arm with no completers is left out of the fit (its column would be zero). An arm (or
+    the control arm) with fewer than 2 completers, or a singular design (all baselines equal, say), gives
+    se = inf: no information, that decision fails.
     """
     w = (sim.completed if completed is None else completed).astype(float)
     s, n = w.shape
-    t = np.broadcast_to(sim.treated, (s, n))
+    a_n = sim.n_active
+    q = a_n + 2
+    t = np.broadcast_to((sim.arm[:, None] == np.arange(1, a_n + 1)).astype(float), (s, n, a_n))
     n_obs = w.sum(axis=1)
     base_mean = (w * sim.y0).sum(axis=1) / np.maximum(n_obs, 1)
-    x = np.stack([np.ones((s, n)), t, sim.y0 - base_mean[:, None]], axis=2)
+    x = np.concatenate([np.ones((s, n, 1)), t, (sim.y0 - base_mean[:, None])[:, :, None]], axis=2)
     y = sim.yp - sim.y0
     xw = x * w[:, :, None]
     xtx = xw.transpose(0, 2, 1) @ x
     xty = (xw.transpose(0, 2, 1) @ y[:, :, None])[:, :, 0]
-    per_arm_t = (w * t).sum(axis=1)
-    ok = (per_arm_t >= 2) & (n_obs - per_arm_t >= 2) & (n_obs >= 5)
+    per_arm_t = np.einsum("sn,sna->sa", w, t)  # completers per active arm
+    n_control = n_obs - per_arm_t.sum(axis=1)
+    empty = per_arm_t == 0
+    if empty.any():  # nobody of that arm completed: its column is zero, so it is left out of the solve
+        idx = np.arange(1, a_n + 1)
+        xtx[:, idx, idx] += empty
+    ok_trial = (n_control >= 2) & (n_obs >= q + 2)
     # singular designs (e.g. every baseline clipped to the same score, or baseline collinear with arm)
     diag = np.einsum("sjj->sj", xtx)
-    ok &= np.linalg.det(xtx) > 1e-10 * np.prod(np.maximum(diag, 1e-300), axis=1)
-    xtx[~ok] = np.eye(3)
+    ok_trial &= np.linalg.det(xtx) > 1e-10 * np.prod(np.maximum(diag, 1e-300), axis=1)
+    xtx[~ok_trial] = np.eye(q)
     xtx_inv = np.linalg.inv(xtx)
     beta = np.einsum("sjk,sk->sj", xtx_inv, xty)
     resid = y - (x @ beta[:, :, None])[:, :, 0]
-    df = np.maximum(n_obs - 3, 1)
+    df = np.maximum(n_obs - q, 1)
     s2 = (w * resid**2).sum(axis=1) / df
-    se = np.sqrt(s2 * xtx_inv[:, 1, 1])
-    ok &= np.isfinite(se) & (se > 0)
-    est = np.where(ok, beta[:, 1], 0.0)
+    se = np.sqrt(s2[:, None] * xtx_inv[:, np.arange(1, a_n + 1), np.arange(1, a_n + 1)])
+    ok = ok_trial[:, None] & (per_arm_t >= 2) & np.isfinite(se) & (se > 0)
+    est = np.where(ok, beta[:, 1 : a_n + 1], 0.0)
     se = np.where(ok, se, np.inf)
     return est, se, df
 
@@ -81,23 +91,34 @@ def posterior_decisions(mean: np.ndarray, sd: np.ndarray, df: np.ndarray, analys
 def analyse(sim: SimulatedTrials, analysis: AnalysisSettings, attended: np.ndarray | None = None,
             final_counts: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Analyse every simulated trial with `analysis.method` on the visits attended (default: all the
-    participants attended by the end of the trial; an interim look passes those attended by then).
-    With `final_counts` (`expected_final_counts`), also the final analysis' predicted posterior SD and
-    degrees of freedom, `final_sd` and `final_df`."""
+    participants attended by the end of the trial; an interim look passes those attended by then; a
+    participant with 0 visits attended is not in the analysis). Per active arm (S, A): the posterior
+    summaries and decision, `estimate`, `se`, `df`, `ok`, `completers` (of the control arm and that arm
+    at the primary visit), `true_effect`; per trial `eligible`. With `final_counts`
+    (`expected_final_counts`), also the final analysis' predicted posterior SD and degrees of freedom,
+    `final_sd` and `final_df`."""
     attended = sim.attended if attended is None else attended
+    a_n = sim.n_active
+    completed = attended > sim.primary
+    per_arm = np.stack([completed[:, sim.arm == k].sum(axis=1) for k in range(a_n + 1)], axis=1)  # (S, K)
+    completers = per_arm[:, :1] + per_arm[:, 1:]  # control and each active arm
     extra = {}
     if analysis.method == "ancova":
-        est, se, df = ancova(sim, attended > sim.primary)
+        est, se, df = ancova(sim, completed)
+        df = np.broadcast_to(df[:, None], est.shape).copy()
         ok = np.isfinite(se)
         mean, sd = normal_update(est, se, analysis.prior_sd)
-        if final_counts is not None:  # the SE shrinks as 1 / sqrt(completers)
-            n_now = (attended > sim.primary).sum(axis=1)
-            n_final = final_counts[:, sim.primary :].sum(axis=(1, 2))
-            se_final = se * np.sqrt(n_now / np.maximum(n_final, 1e-9))
-            extra = {"final_sd": np.where(ok, normal_update(0.0, se_final, analysis.prior_sd)[1], np.inf), "final_df": np.maximum(n_final - 3, 1)}
+        if final_counts is not None:  # the SE shrinks as 1 / sqrt(completers of the two arms compared)
+            final_arm = final_counts[:, sim.primary :].sum(axis=1)  # (S, K)
+            n_final = final_arm[:, :1] + final_arm[:, 1:] if a_n > 1 else final_counts[:, sim.primary :].sum(axis=(1, 2))[:, None]
+            se_final = se * np.sqrt(completers / np.maximum(n_final, 1e-9))
+            n_all = final_counts[:, sim.primary :].sum(axis=(1, 2))
+            extra = {"final_sd": np.where(ok, normal_update(0.0, se_final, analysis.prior_sd)[1], np.inf),
+                     "final_df": np.broadcast_to(np.maximum(n_all - (a_n + 2), 1)[:, None], est.shape).copy()}
     elif analysis.method == "mmrm":
         priors = (analysis.visit_mean_prior_sd, analysis.prior_sd, analysis.baseline_slope_prior_sd)
-        fit = mmrm_effect(sim.y[:, :, 1:] - sim.y[:, :, :1], attended, sim.treated, sim.y0, sim.primary, prior_sd=priors, final_counts=final_counts)
+        fit = mmrm_effect(sim.y[:, :, 1:] - sim.y[:, :, :1], attended, sim.arm, sim.y0, sim.primary, prior_sd=priors, final_counts=final_counts,
+                          n_active=a_n)
         est, se, df, ok, mean, sd = (fit[k] for k in ("estimate", "se", "df", "ok", "post_mean", "post_sd"))
         if final_counts is not None:
             extra = {"final_sd": fit["final_sd"], "final_df": fit["final_df"]}
@@ -105,5 +126,5 @@ def analyse(sim: SimulatedTrials, analysis: AnalysisSettings, attended: np.ndarr
         raise PlanningError(f"unknown analysis '{analysis.method}'")
     out = posterior_decisions(mean, sd, df, analysis)
     out.update(extra)
-    out.update(estimate=est, se=se, df=df, ok=ok, completers=(attended > sim.primary).sum(axis=1), true_effect=sim.true_effect, eligible=sim.eligible)
+    out.update(estimate=est, se=se, df=df, ok=ok, completers=completers, true_effect=sim.true_effect, eligible=sim.eligible)
     return out

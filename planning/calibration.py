@@ -1,12 +1,17 @@
-"""Calibrate a design's decision thresholds so that its type I error stays at or below a target.
+"""Calibrate a design's decision thresholds so that its family-wise type I error stays at or below a target.
 
-For each design, `sims` trials are simulated under no effect (effect 0 at every visit, the nuisance
-parameters from the parameter draws, as the table's `effect=0` scenario) from random numbers of their
-own, and every analysis a trial could reach is run on each: the analysis at every look (whether or not
-the trial would have stopped before it) and the final one. Each gives the posterior probability of
-benefit, so trial i has stage probabilities q_i1, ..., q_iL (the looks) and q_iF (the final analysis;
-0 where the dual criterion fails, as that analysis cannot succeed). These do not depend on the
-thresholds, so the type I error is, for any thresholds, a count over the same trials:
+For each design, `sims` trials are simulated under the global null (every active arm equal to the
+control arm: effect 0 at every visit, the nuisance parameters from the parameter draws, as the table's
+`effect=0` scenario) from random numbers of their own, and every analysis a trial could reach is run on
+each: the analysis at every look (whether or not the trial or an arm would have stopped before it) and
+the final one. Each gives every active arm's posterior probability of benefit; the family rejects (some
+arm is declared better than control, wrongly) when any arm's probability passes its threshold at any
+analysis, so with one threshold for every arm the rejection depends on the largest probability over
+the arms at each analysis (the max statistic): trial i has stage maxima q_i1, ..., q_iL (the looks) and
+q_iF (the final analysis), q_ik = max over active arms a of q_iak (q_iaF = 0 where the arm's dual
+criterion fails, as that analysis cannot succeed). These do not depend on the thresholds, so the
+family-wise type I error is, for any thresholds, a count over the same trials (with one active arm
+this is the type I error):
 
 - `final` (the default): the interim efficacy threshold e stays as given and the final threshold c is
   calibrated. A trial rejects when some q_ik > e, or else when q_iF > c. With E the trials stopped for
@@ -17,11 +22,14 @@ thresholds, so the type I error is, for any thresholds, a count over the same tr
   posterior probability scale): a trial rejects when max(q_i1, ..., q_iL, q_iF) > c, and c is the
   (floor(alpha S) + 1)-th largest of those maxima.
 
-Futility stopping is ignored (non-binding futility, the regulatory convention): a trial that would have
-stopped for futility is still counted as rejecting if a later analysis would reject, so the calibrated
-design's type I error with futility stopping, in the table's `effect=0` row (simulated afresh), is at most
-the calibrated one. Without looks both modes calibrate the final threshold. The calibration's own type I
-error has Monte Carlo error sqrt(alpha (1 - alpha) / sims): the fresh `effect=0` row is its check.
+Futility stopping is ignored (non-binding futility, the regulatory convention): an arm that would have
+been dropped for futility still counts as rejecting if a later analysis would reject, so the calibrated
+design's type I error with futility stopping, in the table's `effect=0` rows (simulated afresh: per arm,
+and for the family in the "any" row of a multi-arm design), is at most the calibrated one, up to the
+small change that dropping an arm makes to the later analyses of the others (fewer participants of the
+dropped arm inform the shared covariance and baseline slopes; the fresh rows measure the whole effect).
+Without looks both modes calibrate the final threshold. The calibration's own type I error has Monte
+Carlo error sqrt(alpha (1 - alpha) / sims): the fresh `effect=0` row is its check.
 """
 
 from __future__ import annotations
@@ -62,9 +70,9 @@ class CalibrationSettings:
 class Thresholds:
     """A design's decision thresholds and, when calibrated, the type I error they give on the calibration trials."""
 
-    final: float  # success at the final analysis if P(effect < 0) > final
-    efficacy: float | None = None  # stop for efficacy at a look if P(effect < 0) > efficacy
-    type1: float | None = None  # rejections / sims on the calibration trials (futility non-binding)
+    final: float  # success at the final analysis if P(effect < 0) > final (every active arm)
+    efficacy: float | None = None  # stop an arm for efficacy at a look if its P(effect < 0) > efficacy
+    type1: float | None = None  # family-wise rejections / sims on the calibration trials (futility non-binding)
     sims: int | None = None
 
     @property
@@ -73,8 +81,9 @@ class Thresholds:
 
 
 def stage_probabilities(sim: SimulatedTrials, trial: PlannedTrial, analysis: AnalysisSettings, interim: InterimSettings | None) -> np.ndarray:
-    """(S, L + 1): P(benefit) at each of the L looks and at the final analysis, 0 where an analysis failed
-    (it cannot stop or succeed) and, at the final analysis, where the dual criterion fails."""
+    """(S, A, L + 1): each active arm's P(benefit) at each of the L looks and at the final analysis, 0 where
+    an analysis failed (it cannot stop or succeed) and, at the final analysis, where the dual criterion
+    fails. The family's stage maxima are its maximum over the arms (axis 1)."""
     if interim is None:
         final, looks = analyse(sim, analysis), []
     else:
@@ -82,11 +91,14 @@ def stage_probabilities(sim: SimulatedTrials, trial: PlannedTrial, analysis: Ana
     q_final = np.where(final["ok"], final["p_benefit"], 0.0)
     if analysis.dual:
         q_final = np.where(final["p_mcid"] > analysis.mcid_prob, q_final, 0.0)
-    return np.column_stack([np.where(lk["ok"], lk["p_benefit"], 0.0) for lk in looks] + [q_final])
+    return np.stack([np.where(lk["ok"], lk["p_benefit"], 0.0) for lk in looks] + [q_final], axis=2)
 
 
 def choose_thresholds(q: np.ndarray, settings: CalibrationSettings, efficacy: float | None) -> Thresholds:
-    """The calibrated thresholds (module docstring) from the stage probabilities q (S, L + 1) of null trials."""
+    """The calibrated thresholds (module docstring) from the stage probabilities q of null trials: (S, L + 1),
+    the family's maxima over the arms, or (S, A, L + 1) per arm (their maxima are taken here)."""
+    if q.ndim == 3:
+        q = q.max(axis=1)
     s, stages = q.shape
     allowed = math.floor(settings.alpha * s + 1e-9)
     if settings.mode == "common" and stages > 1:

@@ -1,9 +1,14 @@
 """What a planning run simulates and how it decides, as settings: the candidate design
-(`PlannedTrial`: arm sizes, allocation, visit schedule, dropout by visit and arm and its mechanism, entry
-screening, enrichment, sites), where the NAC effect comes from (`Scenario`), the analysis and its decision
-rule (`AnalysisSettings`), the interim looks (`InterimSettings`, with the accrual rate and the calendar
-week of the final analysis they imply), and the container of S simulated trials of one design
-(`SimulatedTrials`).
+(`PlannedTrial`: its arms, arm sizes, allocation, visit schedule, dropout by visit and arm and its
+mechanism, entry screening, enrichment, sites), where the active arms' effects come from (`Scenario`),
+the analysis and its decision rule (`AnalysisSettings`, applied to each active arm against control),
+the interim looks (`InterimSettings`, with the accrual rate and the calendar week of the final analysis
+they imply), and the container of S simulated trials of one design (`SimulatedTrials`).
+
+A design has K = A + 1 arms: the control arm (index 0, the reference of every comparison) and A active
+arms (indices 1..A), named in `PlannedTrial.arms`, control first (None: the parameter set's arms, set by
+`with_arms` when a plan runs). Participants are ordered by arm: the control arm's first, then each
+active arm's.
 
 planning/simulate.py draws the trials, planning/analysis.py analyses them, planning/interim.py runs the
 interim looks.
@@ -11,7 +16,7 @@ interim looks.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
@@ -27,10 +32,10 @@ class PlannedTrial:
     """One candidate design."""
 
     n_control: int
-    allocation: float = 1.0  # NAC participants per placebo participant
+    allocation: float | tuple[float, ...] = 1.0  # participants of each active arm per control participant: one ratio for all, or one per active arm
     primary_week: float = 12.0
     weeks: tuple[int, ...] = (0, 2, 4, 6, 8, 12)
-    dropout: float | tuple[float, float] = 0.2  # lost by the primary week: one rate, or (control, treatment)
+    dropout: float | tuple[float, ...] = 0.2  # lost by the primary week: one rate, or one per arm (control first)
     dropout_mechanism: str = "mar"  # mcar, mar (last attended score), mnar (the missed visit's score)
     dropout_score_effect: float = 0.3  # log-odds of leaving per 5 outcome points (mar, mnar)
     dropout_shape: tuple[float, ...] | None = None  # per post-baseline week: cumulative dropout / dropout by the primary week
@@ -40,14 +45,52 @@ class PlannedTrial:
     enrich_threshold: float | None = None  # natural units: enrol only if baseline marker > threshold
     sites: int = 1  # participants of each arm spread evenly over this many new sites
     site_sd: float | None = None  # SD of the new sites' offsets; None: each parameter draw's own
+    arms: tuple[str, ...] | None = None  # control first, then the active arms; None: the parameter set's
+
+    @property
+    def n_active(self) -> int:
+        if self.arms is not None:
+            return len(self.arms) - 1
+        return len(self.allocation) if np.ndim(self.allocation) else 1
+
+    @property
+    def arm_labels(self) -> tuple[str, ...]:
+        """The arms' names (generic ones until `with_arms` names them)."""
+        if self.arms is not None:
+            return tuple(self.arms)
+        return ("control", *(f"active {a}" for a in range(1, self.n_active + 1)))
+
+    def with_arms(self, params) -> PlannedTrial:
+        """The design with the parameter set's arms when it names none."""
+        return self if self.arms is not None else replace(self, arms=tuple(params.arms))
+
+    @property
+    def ratios(self) -> tuple[float, ...]:
+        """Participants of each active arm per control participant."""
+        a = self.allocation
+        return (float(a),) * self.n_active if np.ndim(a) == 0 else tuple(float(x) for x in a)
+
+    @property
+    def arm_sizes(self) -> tuple[int, ...]:
+        """Participants per arm, control first."""
+        return (self.n_control, *(int(round(self.n_control * r)) for r in self.ratios))
 
     @property
     def n_treatment(self) -> int:
-        return int(round(self.n_control * self.allocation))
+        """Participants in the active arms together (the active arm's, with one)."""
+        return sum(self.arm_sizes[1:])
 
     @property
     def n_total(self) -> int:
         return self.n_control + self.n_treatment
+
+    def arm_of(self) -> np.ndarray:
+        """(N,) arm index of each participant: control first, then each active arm in order."""
+        return np.repeat(np.arange(len(self.arm_sizes)), self.arm_sizes)
+
+    def allocation_text(self) -> str:
+        """'placebo:low:high 1:1:1'-style statement of the allocation (ratios relative to control)."""
+        return ":".join(self.arm_labels) + " " + ":".join(f"{r:g}" for r in (1.0, *self.ratios))
 
     @property
     def population(self) -> str:
@@ -56,15 +99,23 @@ class PlannedTrial:
         return f"{self.enrich_marker}>{self.enrich_threshold:g}"
 
     @property
-    def dropout_rates(self) -> tuple[float, float]:
-        """(control, treatment) loss by the primary week."""
+    def dropout_rates(self) -> tuple[float, ...]:
+        """Loss by the primary week per arm, control first."""
         d = self.dropout
-        return (float(d), float(d)) if np.ndim(d) == 0 else (float(d[0]), float(d[1]))
+        k = self.n_active + 1
+        if np.ndim(d) == 0:
+            return (float(d),) * k
+        d = tuple(float(x) for x in d)
+        return d * k if len(d) == 1 else d
+
+    def pooled_dropout_of(self, arms) -> float:
+        """Loss by the primary week over the arms (indices) given, weighted by their sizes."""
+        sizes, rates = self.arm_sizes, self.dropout_rates
+        return sum(sizes[a] * rates[a] for a in arms) / sum(sizes[a] for a in arms)
 
     @property
     def pooled_dropout(self) -> float:
-        c, t = self.dropout_rates
-        return (self.n_control * c + self.n_treatment * t) / self.n_total
+        return self.pooled_dropout_of(range(len(self.arms)))
 
     @property
     def post_weeks(self) -> tuple[int, ...]:
@@ -76,9 +127,9 @@ class PlannedTrial:
         return list(self.post_weeks).index(int(self.primary_week))
 
     def cumulative_dropout(self) -> np.ndarray:
-        """(2, V): fraction of each arm (control, treatment) lost by each post-baseline visit."""
+        """(K, V): fraction of each arm (control first) lost by each post-baseline visit."""
         v, k = len(self.post_weeks), self.primary_index + 1
-        out = np.zeros((2, v))
+        out = np.zeros((self.n_active + 1, v))
         for a, rate in enumerate(self.dropout_rates):
             if self.dropout_shape is not None:
                 out[a] = np.minimum(rate * np.asarray(self.dropout_shape, float), MAX_DROPOUT)
@@ -87,10 +138,20 @@ class PlannedTrial:
         return np.maximum.accumulate(np.minimum(out, MAX_DROPOUT), axis=1)
 
     def validate(self, params) -> None:
-        if self.n_control < 2 or self.n_treatment < 2:
-            raise PlanningError(f"each arm needs at least 2 participants (got {self.n_control} placebo, {self.n_treatment} NAC)")
-        if not self.allocation > 0:
-            raise PlanningError(f"allocation ratio must be positive, got {self.allocation}")
+        if self.arms is not None and tuple(self.arms) != tuple(params.arms):
+            raise PlanningError(f"the design's arms {list(self.arms)} are not the parameter set's {list(params.arms)}")
+        arms = tuple(params.arms)
+        if self.n_active != len(arms) - 1:
+            raise PlanningError(f"the design has {self.n_active} active arm(s); the parameter set's are {list(arms[1:])}")
+        if np.ndim(self.allocation) and len(self.ratios) != self.n_active:
+            raise PlanningError(f"the allocation gives {len(self.ratios)} ratio(s) for the {self.n_active} active arm(s) {list(arms[1:])}")
+        if not all(r > 0 and np.isfinite(r) for r in self.ratios):
+            raise PlanningError(f"allocation ratios must be positive, got {self.allocation}")
+        if min(self.arm_sizes) < 2:
+            sizes = ", ".join(f"{n} {a}" for n, a in zip(self.arm_sizes, arms))
+            raise PlanningError(f"each arm needs at least 2 participants (got {sizes})")
+        if np.ndim(self.dropout) and len(self.dropout) not in (1, len(arms)):
+            raise PlanningError(f"give one dropout rate for every arm or one per arm ({', '.join(arms)}); got {len(self.dropout)}")
         if not all(0 <= r < 1 for r in self.dropout_rates):
             raise PlanningError(f"dropout must be in [0, 1) in each arm, got {self.dropout}")
         if self.dropout_mechanism not in DROPOUT_MECHANISMS:
@@ -120,8 +181,8 @@ class PlannedTrial:
                     f"week(s) {missing} of the schedule are not visits of the fitted MMRM ({list(params.visit_weeks)}); "
                     "an MMRM describes its own visits only: choose --weeks among them"
                 )
-        if not (isinstance(self.sites, (int, np.integer)) and 1 <= self.sites <= min(self.n_control, self.n_treatment)):
-            raise PlanningError(f"--sites must be a whole number from 1 to the smaller arm's size ({min(self.n_control, self.n_treatment)}), got {self.sites}")
+        if not (isinstance(self.sites, (int, np.integer)) and 1 <= self.sites <= min(self.arm_sizes)):
+            raise PlanningError(f"--sites must be a whole number from 1 to the smallest arm's size ({min(self.arm_sizes)}), got {self.sites}")
         if self.site_sd is not None and not (np.isfinite(self.site_sd) and self.site_sd >= 0):
             raise PlanningError(f"--site-sd must be finite and >= 0, got {self.site_sd}")
         if self.entry_min is not None and not np.isfinite(self.entry_min):
@@ -132,22 +193,41 @@ class PlannedTrial:
 
 @dataclass(frozen=True)
 class Scenario:
-    """Where the NAC effect comes from: the parameter draws (assurance), a fixed value (power, type I
-    error), or the vague component of the robust design prior, Normal(0, sd)."""
+    """Where the active arms' effects come from: the parameter draws (assurance), fixed values (power,
+    type I error: one effect for every active arm, or one per active arm), or the vague component of the
+    robust design prior, Normal(0, sd) independently per arm."""
 
     kind: str  # "assurance", "fixed" or "vague"
-    effect: float | None = None
+    effect: float | tuple[float, ...] | None = None
     sd: float | None = None
 
     @property
     def label(self) -> str:
         if self.kind == "fixed":
-            return f"effect={self.effect:g}"
+            if np.ndim(self.effect) == 0:
+                return f"effect={self.effect:g}"
+            return "effect=" + ",".join(f"{e:g}" for e in self.effect)
         return self.kind
+
+    def effects(self, n_active: int) -> np.ndarray:
+        """(A,) fixed effects of the active arms."""
+        e = np.atleast_1d(np.asarray(self.effect, float))
+        if len(e) not in (1, n_active):
+            raise PlanningError(f"scenario '{self.label}': give one effect for every active arm or one per active arm ({n_active})")
+        return np.broadcast_to(e, (n_active,)).copy()
+
+    def arm_effect(self, a: int) -> float:
+        """The fixed effect of active arm a (0-based; NaN for other kinds)."""
+        if self.kind != "fixed":
+            return float("nan")
+        return float(self.effect) if np.ndim(self.effect) == 0 else float(self.effect[a])
 
 
 @dataclass(frozen=True)
 class AnalysisSettings:
+    """The analysis of a simulated trial and its decision rule, applied to each active arm's difference
+    from control (one threshold for every arm)."""
+
     threshold: float = 0.975  # success if P(effect < 0) > threshold
     mcid: float = 2.0
     dual: bool = False  # also require P(effect < -mcid) > mcid_prob
@@ -180,12 +260,26 @@ class SimulatedTrials:
 
     y: np.ndarray  # (S, N, W) scores at the design's weeks (week 0 first), before dropout
     attended: np.ndarray  # (S, N) post-baseline visits attended: a prefix of the schedule
-    treated: np.ndarray  # (N,) 0/1
+    arm: np.ndarray  # (N,) arm index: 0 control, a the a-th active arm
     primary: int  # index of the primary week among the post-baseline visits
-    true_effect: np.ndarray  # (S,) mean NAC - placebo effect at the primary week in the enrolled population
+    true_effect: np.ndarray  # (S, A) mean active arm - control effect at the primary week in the enrolled population
     eligible: np.ndarray  # (S,) fraction of screened people eligible (1 without screening or enrichment)
     site: np.ndarray | None = None  # (N,) site of each participant (None: one site)
     site_sd: np.ndarray | None = None  # (S,) SD the site offsets were drawn with (None: one site)
+
+    @property
+    def n_active(self) -> int:
+        return self.true_effect.shape[1]
+
+    @property
+    def treated(self) -> np.ndarray:
+        """(N,) 0/1: in an active arm."""
+        return (self.arm > 0).astype(float)
+
+    def take(self, rows: np.ndarray) -> SimulatedTrials:
+        """The trials `rows` only."""
+        return SimulatedTrials(self.y[rows], self.attended[rows], self.arm, self.primary, self.true_effect[rows], self.eligible[rows], self.site,
+                               None if self.site_sd is None else self.site_sd[rows])
 
     @property
     def y0(self) -> np.ndarray:
@@ -204,8 +298,8 @@ class SimulatedTrials:
 @dataclass(frozen=True)
 class InterimSettings:
     fractions: tuple[float, ...] = ()  # looks at information fractions: share of participants who have reached the primary visit
-    futility: float = 0.1  # stop if PPoS < futility
-    efficacy: float = 0.995  # stop if interim P(benefit) > efficacy
+    futility: float = 0.1  # an active arm stops (is dropped) if its PPoS < futility
+    efficacy: float = 0.995  # an active arm stops for efficacy if its interim P(benefit) > efficacy
     accrual_per_week: float | None = None  # default: n_total / primary week
     weeks: tuple[float, ...] = ()  # or looks at these calendar weeks from the first participant's entry
 

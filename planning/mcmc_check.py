@@ -19,12 +19,15 @@ is computed by the same `gls` as the closed form, so an error there would cancel
 serves as a variance-reduced cross-check of the draws, never as the agreement figure.
 
 The ANCOVA (`mcmc_agreement`): the same ANCOVA written as a PyMC model and sampled with NUTS (nutpie):
-    change_i ~ Normal(a + effect T_i + b (baseline_i - mean baseline), sigma)   (completers only)
-    effect ~ Normal(0, prior_sd), a ~ Normal(0, R), b ~ Normal(0, 10), sigma ~ HalfNormal(R)
+    change_i ~ Normal(a + sum_a effect_a T_ia + b (baseline_i - mean baseline), sigma)   (completers only)
+    effect_a ~ Normal(0, prior_sd), a ~ Normal(0, R), b ~ Normal(0, 10), sigma ~ HalfNormal(R)
 with R the outcome range. The model is compiled once; each simulated trial is swapped in as data
 (participants who dropped out get weight 0, so every trial has the same array shapes). The decision
 P(effect < 0) > threshold (and the dual criterion when set) is taken from the MCMC draws and compared
 with the fast analysis' decision for the same trial.
+
+Both compare every active arm of a multi-arm design with control: a row per trial and active arm
+(column `arm`), the summaries over all of them.
 """
 
 from __future__ import annotations
@@ -41,25 +44,25 @@ from maths.gaussian import sd_corr_to_cov
 
 from .analysis import analyse
 from .design import AnalysisSettings, PlannedTrial, Scenario, SimulatedTrials
-from .mmrm_gls import Q, gls, pattern_stats
+from .mmrm_gls import gls, pattern_stats
 from .params import ParameterSet
 from .simulate import simulate_trials
 
 
-def _ancova_model(n: int, prior_sd: float, score_range: float):
+def _ancova_model(n: int, prior_sd: float, score_range: float, n_active: int = 1):
     import pymc as pm
 
     zeros = np.zeros(n)
-    with pm.Model(coords={"participant": np.arange(n)}) as model:
+    with pm.Model(coords={"participant": np.arange(n), "active_arm": np.arange(n_active)}) as model:
         change = pm.Data("change", zeros, dims="participant")
         base = pm.Data("baseline_centred", zeros, dims="participant")
-        treated = pm.Data("treated", zeros, dims="participant")
+        arm = pm.Data("arm_indicator", np.zeros((n, n_active)), dims=("participant", "active_arm"))
         weight = pm.Data("weight", np.ones(n), dims="participant")
         a = pm.Normal("a", 0.0, score_range)
-        effect = pm.Normal("effect", 0.0, prior_sd)
+        effect = pm.Normal("effect", 0.0, prior_sd, dims="active_arm")
         b = pm.Normal("b", 0.0, 10.0)
         sigma = pm.HalfNormal("sigma", score_range)
-        mu = a + effect * treated + b * base
+        mu = a + (arm * effect[None, :]).sum(axis=1) + b * base
         pm.Potential("likelihood", (weight * pm.logp(pm.Normal.dist(mu, sigma), change)).sum())
     return model
 
@@ -81,39 +84,44 @@ def mcmc_agreement(
     scenario = scenario or Scenario("assurance")
     analysis = replace(analysis, method="ancova")
     rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(7919,)))
+    trial = trial.with_arms(params)
     sim = simulate_trials(params, trial, scenario, n_trials, rng)
     fast = analyse(sim, analysis)
-    model = _ancova_model(trial.n_total, analysis.prior_sd, params.scale.score_range)
+    model = _ancova_model(trial.n_total, analysis.prior_sd, params.scale.score_range, sim.n_active)
     compiled = nutpie.compile_pymc_model(model, backend="numba")
+    indicator = (sim.arm[:, None] == np.arange(1, sim.n_active + 1)).astype(float)
     rows = []
     for i in range(n_trials):
         w = sim.completed[i].astype(float)
         base = sim.y0[i] - (w * sim.y0[i]).sum() / w.sum()
-        data = compiled.with_data(change=sim.yp[i] - sim.y0[i], baseline_centred=base, treated=sim.treated, weight=w)
+        data = compiled.with_data(change=sim.yp[i] - sim.y0[i], baseline_centred=base, arm_indicator=indicator, weight=w)
         idata = nutpie.sample(data, draws=draws, tune=tune, chains=chains, cores=1, seed=int(rng.integers(2**31)), progress_bar=False)
-        eff = idata.posterior["effect"].values.ravel()
-        p_benefit = float(np.mean(eff < 0))
-        p_mcid = float(np.mean(eff < -analysis.mcid))
-        success = p_benefit > analysis.threshold and (not analysis.dual or p_mcid > analysis.mcid_prob)
-        rows.append(
-            {
-                "trial": i,
-                "true_effect": float(sim.true_effect[i]),
-                "fast_mean": float(fast["post_mean"][i]),
-                "mcmc_mean": float(eff.mean()),
-                "fast_sd": float(fast["post_sd"][i]),
-                "mcmc_sd": float(eff.std(ddof=1)),
-                "fast_p_benefit": float(fast["p_benefit"][i]),
-                "mcmc_p_benefit": p_benefit,
-                "fast_success": bool(fast["success"][i]),
-                "mcmc_success": bool(success),
-                "divergences": int(idata.sample_stats["diverging"].sum()),
-            }
-        )
+        for a in range(sim.n_active):
+            eff = idata.posterior["effect"].values[..., a].ravel()
+            p_benefit = float(np.mean(eff < 0))
+            p_mcid = float(np.mean(eff < -analysis.mcid))
+            success = p_benefit > analysis.threshold and (not analysis.dual or p_mcid > analysis.mcid_prob)
+            rows.append(
+                {
+                    "trial": i,
+                    "arm": trial.arms[a + 1],
+                    "true_effect": float(sim.true_effect[i, a]),
+                    "fast_mean": float(fast["post_mean"][i, a]),
+                    "mcmc_mean": float(eff.mean()),
+                    "fast_sd": float(fast["post_sd"][i, a]),
+                    "mcmc_sd": float(eff.std(ddof=1)),
+                    "fast_p_benefit": float(fast["p_benefit"][i, a]),
+                    "mcmc_p_benefit": p_benefit,
+                    "fast_success": bool(fast["success"][i, a]),
+                    "mcmc_success": bool(success),
+                    "divergences": int(idata.sample_stats["diverging"].sum()),
+                }
+            )
     table = pd.DataFrame(rows)
     agree = table["fast_success"] == table["mcmc_success"]
     summary = {
         "trials": int(n_trials),
+        "comparisons": int(len(table)),
         "agreement_rate": float(agree.mean()),
         "disagreements": int((~agree).sum()),
         "fast_success_rate": float(table["fast_success"].mean()),
@@ -132,7 +140,7 @@ def mcmc_agreement(
 
 def trial_dataset(sim: SimulatedTrials, i: int, weeks, scale, arms=("placebo", "nac")):
     """Simulated trial i as a validated dataset (what data.load_dataset returns): one site, the design's
-    schedule, scores of the attended visits only."""
+    schedule, scores of the attended visits only, the arms `arms` (control first, as `sim.arm` codes them)."""
     import xarray as xr
 
     from data import DatasetMeta
@@ -145,14 +153,13 @@ def trial_dataset(sim: SimulatedTrials, i: int, weeks, scale, arms=("placebo", "
         outcome="score", outcome_label=scale.outcome_label,
         score_min=scale.score_min if scale.score_min is not None else -1e6,
         score_max=scale.score_max if scale.score_max is not None else 1e6,
-        integer_scores=bool(scale.integer_scores), control_arm=arms[0], treatment_arm=arms[1],
+        integer_scores=bool(scale.integer_scores), control_arm=arms[0], treatment_arms=tuple(arms[1:]),
         weeks=weeks, treatment_end=int(min(scale.treatment_end, max(weeks))), biomarker_weeks=(), title=f"simulated trial {i}",
     )
-    treated = sim.treated.astype(np.int8)
     ds = xr.Dataset(
         {
-            "arm": ("participant", np.where(treated == 1, arms[1], arms[0])),
-            "treated": ("participant", treated),
+            "arm": ("participant", np.asarray(arms)[sim.arm]),
+            "arm_index": ("participant", sim.arm.astype(np.int8)),
             "site": ("participant", np.full(n, "new")),
             "score": (("participant", "week"), score),
         },
@@ -176,9 +183,9 @@ def nutpie_sampler(draws: int = 500, tune: int = 500, chains: int = 2) -> Callab
 
 
 def conditional_p_benefit(posterior, built, visit_week: int, mcid: float) -> tuple[np.ndarray, np.ndarray]:
-    """Per posterior draw of Sigma: P(effect < 0 | Sigma, data) and P(effect < -mcid | Sigma, data) at the
-    primary visit, from the exact normal conditional posterior of the MMRM's mean coefficients.
-    Needs a model without site and covariate terms (one site, no covariates)."""
+    """Per posterior draw of Sigma (rows) and active arm (columns): P(effect < 0 | Sigma, data) and
+    P(effect < -mcid | Sigma, data) at the primary visit, from the exact normal conditional posterior of
+    the MMRM's mean coefficients. Needs a model without site and covariate terms (one site, no covariates)."""
     from models.mmrm import mmrm_data
 
     if "site_effect" in posterior or "covariate_effect" in posterior:
@@ -189,19 +196,23 @@ def conditional_p_benefit(posterior, built, visit_week: int, mcid: float) -> tup
     attended = observed.sum(axis=1)
     if not np.array_equal(observed, np.arange(v)[None, :] < attended[:, None]):
         raise ValueError("the conditional form here covers drop-out (prefix) patterns only")
-    treated = built.design.treated[d.rows]
-    stats = pattern_stats(np.nan_to_num(d.change)[None], attended[None], treated[None], d.baseline[None])
+    arm = built.design.arm_idx[d.rows]
+    n_active = built.design.n_active
+    stats = pattern_stats(np.nan_to_num(d.change)[None], attended[None], arm[None], d.baseline[None], n_active)
     sd = posterior["visit_sd"].stack(sample=("chain", "draw")).transpose("sample", ...).values
     corr = posterior["visit_corr"].stack(sample=("chain", "draw")).transpose("sample", ...).values
     sigma = sd_corr_to_cov(sd, corr)
     k = len(sigma)
     many = type(stats)(*(np.broadcast_to(a, (k,) + a.shape[1:]) for a in (stats.n, stats.sxx, stats.scx, stats.scc, stats.n_arm)))
     pri = built.priors
-    scales = np.array([pri["visit_mean"].params["sigma"], pri["nac_visit_effect"].params["sigma"], pri["baseline_slope"].params["sigma"]], float)
-    means = np.array([pri["visit_mean"].params.get("mu", 0.0), pri["nac_visit_effect"].params.get("mu", 0.0), pri["baseline_slope"].params.get("mu", 0.0)], float)
+    parts = ("visit_mean", *("nac_visit_effect",) * n_active, "baseline_slope")
+    scales = np.array([pri[name].params["sigma"] for name in parts], float)
+    means = np.array([pri[name].params.get("mu", 0.0) for name in parts], float)
     fit = gls(many, sigma, prior_precision=np.tile(1 / scales**2, v), prior_mean=np.tile(means, v))
     j = list(d.visits).index(int(visit_week))
-    m, s = fit.beta[:, j, 1], np.sqrt(fit.cov[:, j * Q + 1, j * Q + 1])
+    q = stats.n_regressors
+    cols = j * q + 1 + np.arange(n_active)
+    m, s = fit.beta[:, j, 1 : 1 + n_active], np.sqrt(fit.cov[:, cols, cols])
     return special.ndtr(-m / s), special.ndtr((-mcid - m) / s)
 
 
@@ -239,51 +250,59 @@ def mmrm_agreement(
     scenario = scenario or Scenario("assurance")
     analysis = replace(analysis, method="mmrm")
     rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(7927,)))
+    trial = trial.with_arms(params)
     sim = simulate_trials(params, trial, scenario, n_trials, rng)
     fast = analyse(sim, analysis)
     primary = int(trial.primary_week)
     rows = []
     for i in range(n_trials):
-        design = build_design(trial_dataset(sim, i, trial.weeks, params.scale))
+        design = build_design(trial_dataset(sim, i, trial.weeks, params.scale, trial.arms))
         spec = get("mmrm")
         defaults = spec.default_priors(design)
         wanted = {"visit_mean": analysis.visit_mean_prior_sd, "nac_visit_effect": analysis.prior_sd, "baseline_slope": analysis.baseline_slope_prior_sd}
         priors = {k: {"params": {"sigma": sd}} for k, sd in wanted.items() if abs(defaults[k].params["sigma"] - sd) > 1e-12} or None
         built = spec.build(design, priors=priors)
         post = sample(built, int(rng.integers(2**31)))
-        draws = post["nac_visit_effect"].sel(visit=primary).transpose("chain", "draw").values
-        eff = draws.ravel()
-        p, p_mcse, ess = draw_probability(draws, 0.0)
-        p_mcid, p_mcid_mcse, _ = draw_probability(draws, -analysis.mcid)
-        p_rb, p_mcid_rb = (float(x.mean()) for x in conditional_p_benefit(post, built, primary, analysis.mcid))
-        success = p > analysis.threshold and (not analysis.dual or p_mcid > analysis.mcid_prob)
-        rows.append(
-            {
-                "trial": i,
-                "true_effect": float(sim.true_effect[i]),
-                "completers": int(sim.completed[i].sum()),
-                "fast_estimate": float(fast["estimate"][i]),
-                "fast_se": float(fast["se"][i]),
-                "fast_mean": float(fast["post_mean"][i]),
-                "mcmc_mean": float(eff.mean()),
-                "fast_sd": float(fast["post_sd"][i]),
-                "mcmc_sd": float(eff.std(ddof=1)),
-                "fast_df": float(fast["df"][i]),
-                "fast_p_benefit": float(fast["p_benefit"][i]),
-                "mcmc_p_benefit": p,
-                "mcmc_p_benefit_mcse": p_mcse,
-                "mcmc_ess_benefit": ess,
-                "mcmc_p_benefit_rb": p_rb,
-                "fast_p_mcid": float(fast["p_mcid"][i]),
-                "mcmc_p_mcid": p_mcid,
-                "mcmc_p_mcid_mcse": p_mcid_mcse,
-                "mcmc_p_mcid_rb": p_mcid_rb,
-                "fast_success": bool(fast["success"][i]),
-                "mcmc_success": bool(success),
-                "mcmc_success_rb": bool(p_rb > analysis.threshold and (not analysis.dual or p_mcid_rb > analysis.mcid_prob)),
-                "draws": int(eff.size),
-            }
-        )
+        effect = post["nac_visit_effect"].sel(visit=primary)
+        if "active_arm" not in effect.dims:
+            effect = effect.expand_dims("active_arm", axis=-1)
+        effect = effect.transpose("chain", "draw", "active_arm").values
+        p_rb_all, p_mcid_rb_all = conditional_p_benefit(post, built, primary, analysis.mcid)
+        for a in range(sim.n_active):
+            draws = effect[..., a]
+            eff = draws.ravel()
+            p, p_mcse, ess = draw_probability(draws, 0.0)
+            p_mcid, p_mcid_mcse, _ = draw_probability(draws, -analysis.mcid)
+            p_rb, p_mcid_rb = float(p_rb_all[:, a].mean()), float(p_mcid_rb_all[:, a].mean())
+            success = p > analysis.threshold and (not analysis.dual or p_mcid > analysis.mcid_prob)
+            rows.append(
+                {
+                    "trial": i,
+                    "arm": trial.arms[a + 1],
+                    "true_effect": float(sim.true_effect[i, a]),
+                    "completers": int(fast["completers"][i, a]),
+                    "fast_estimate": float(fast["estimate"][i, a]),
+                    "fast_se": float(fast["se"][i, a]),
+                    "fast_mean": float(fast["post_mean"][i, a]),
+                    "mcmc_mean": float(eff.mean()),
+                    "fast_sd": float(fast["post_sd"][i, a]),
+                    "mcmc_sd": float(eff.std(ddof=1)),
+                    "fast_df": float(fast["df"][i, a]),
+                    "fast_p_benefit": float(fast["p_benefit"][i, a]),
+                    "mcmc_p_benefit": p,
+                    "mcmc_p_benefit_mcse": p_mcse,
+                    "mcmc_ess_benefit": ess,
+                    "mcmc_p_benefit_rb": p_rb,
+                    "fast_p_mcid": float(fast["p_mcid"][i, a]),
+                    "mcmc_p_mcid": p_mcid,
+                    "mcmc_p_mcid_mcse": p_mcid_mcse,
+                    "mcmc_p_mcid_rb": p_mcid_rb,
+                    "fast_success": bool(fast["success"][i, a]),
+                    "mcmc_success": bool(success),
+                    "mcmc_success_rb": bool(p_rb > analysis.threshold and (not analysis.dual or p_mcid_rb > analysis.mcid_prob)),
+                    "draws": int(eff.size),
+                }
+            )
     table = pd.DataFrame(rows)
     agree = table["fast_success"] == table["mcmc_success"]
     diff = (table["fast_p_benefit"] - table["mcmc_p_benefit"]).abs()
@@ -292,6 +311,7 @@ def mmrm_agreement(
     bound_mcid = np.maximum(P_FLOOR, MCSE_MULTIPLE * table["mcmc_p_mcid_mcse"])
     summary = {
         "trials": int(n_trials),
+        "comparisons": int(len(table)),
         "analysis": "mmrm",
         "dropout_mechanism": trial.dropout_mechanism,
         "n_per_arm": trial.n_control,

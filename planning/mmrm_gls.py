@@ -3,8 +3,9 @@
 Model (the frequentist primary analysis of a depression trial; models/mmrm.py is its Bayesian form):
 
     c_iv = y_iv - y_i0,   v = 1..V the post-baseline visits of the schedule
-    c_i ~ MvNormal(B x_i, Sigma) over the visits participant i attended,   x_i = (1, T_i, y_i0 - ybar_0)
-    B (V x 3): visit means, treatment x visit, baseline x visit;  Sigma unstructured (V x V)
+    c_i ~ MvNormal(B x_i, Sigma) over the visits participant i attended,   x_i = (1, T_i1, ..., T_iA, y_i0 - ybar_0)
+    B (V x Q), Q = A + 2: visit means, each active arm x visit (its difference from the control arm),
+    baseline x visit;  Sigma unstructured (V x V)
 
 Participants attend a prefix of the visits (monotone dropout; at an interim look, the visits they
 have reached so far): pattern p holds those who attended the first p + 1 visits. Everything the
@@ -24,7 +25,9 @@ with Q_p[v, u] = tr(H^-1_{vu} Sxx_p) (the REML term). Newton steps on the distin
 pattern sums), halving a step that would leave Sigma not positive definite or lower l_R, from the
 available-case estimate, until the predicted gain in l_R is below 1e-10 (usually 5-8 steps). With
 complete data this is ordinary least squares at each visit and
-Sigma = residual cross-products / (n - 3), so the primary-visit estimate and SE equal the ANCOVA's.
+Sigma = residual cross-products / (n - Q), so the primary-visit estimates and SEs equal the ANCOVA's.
+A coefficient no participant informs (an arm with nobody at a visit) is left out of the solve (its row
+and column of H carry a 1 on the diagonal), and that arm's estimate there counts as a failed analysis.
 
 The posterior of the treatment difference (`mmrm_effect` with prior SDs) is the Bayesian MMRM's exact
 conditional posterior given Sigma = its REML estimate: the normal priors of all mean coefficients added
@@ -40,7 +43,7 @@ import numpy as np
 
 from maths.gaussian import duplication_matrix
 
-Q = 3  # regressors per visit: intercept, treatment, centred baseline
+Q = 3  # regressors per visit of a two-arm trial: intercept, treatment, centred baseline (A + 2 with A active arms)
 TOL = 1e-10  # converged when the largest step is below this fraction of the largest variance,
 DECREMENT = 1e-10  # or the step's predicted gain in the REML log-likelihood is below this
 MAX_ITER = 40
@@ -54,11 +57,16 @@ class PatternStats:
     sxx: np.ndarray  # (S, V, Q, Q)
     scx: np.ndarray  # (S, V, V, Q), rows beyond the pattern's visits are 0
     scc: np.ndarray  # (S, V, V, V), zero outside the pattern's block
-    n_arm: np.ndarray  # (S, V, 2): participants attending each visit, per arm (control, treatment)
+    n_arm: np.ndarray  # (S, V, K): participants attending each visit, per arm (control first)
 
     @property
     def n_visits(self) -> int:
         return self.n.shape[1]
+
+    @property
+    def n_regressors(self) -> int:
+        """Q = A + 2: intercept, one indicator per active arm, centred baseline."""
+        return self.sxx.shape[-1]
 
     def take(self, rows: np.ndarray) -> "PatternStats":
         return PatternStats(self.n[rows], self.sxx[rows], self.scx[rows], self.scc[rows], self.n_arm[rows])
@@ -68,18 +76,23 @@ class PatternStats:
         return self.n.shape[0]
 
 
-def pattern_stats(change: np.ndarray, attended: np.ndarray, treated: np.ndarray, baseline: np.ndarray) -> PatternStats:
+def pattern_stats(change: np.ndarray, attended: np.ndarray, arm: np.ndarray, baseline: np.ndarray, n_active: int | None = None) -> PatternStats:
     """change (S, N, V) post-baseline change from baseline (values past `attended` are ignored),
-    attended (S, N) number of post-baseline visits attended (a prefix: 0..V), treated (N,) or (S, N),
-    baseline (S, N) week-0 scores. Participants with no post-baseline visit are left out, and the
-    baseline is centred on the mean of those included, as in models/mmrm.py."""
+    attended (S, N) number of post-baseline visits attended (a prefix: 0..V), arm (N,) or (S, N) the arm
+    index (0 control, a the a-th of `n_active` active arms; default the largest index; a two-arm trial's
+    0/1 treatment indicator is its arm index), baseline (S, N) week-0 scores. Participants with no
+    post-baseline visit are left out, and the baseline is centred on the mean of those included, as in
+    models/mmrm.py."""
     s, n, v = change.shape
     attended = np.asarray(attended)
-    treated = np.broadcast_to(np.asarray(treated, float), (s, n))
+    arm = np.broadcast_to(np.asarray(arm).astype(int), (s, n))
+    n_active = max(int(arm.max()), 1) if n_active is None else int(n_active)
+    indicator = (arm[:, :, None] == np.arange(1, n_active + 1)).astype(float)  # (S, N, A)
     included = attended >= 1
     n_inc = included.sum(axis=1)
     centre = np.where(included, baseline, 0.0).sum(axis=1) / np.maximum(n_inc, 1)
-    x = np.stack([np.ones((s, n)), treated, baseline - centre[:, None]], axis=2)  # (S, N, Q)
+    x = np.concatenate([np.ones((s, n, 1)), indicator, (baseline - centre[:, None])[:, :, None]], axis=2)  # (S, N, Q)
+    Q = n_active + 2  # the regressors per visit (module docstring)
     seen = np.arange(v)[None, None, :] < attended[:, :, None]  # (S, N, V)
     c = np.where(seen, change, 0.0)
     onehot = (attended[:, :, None] - 1 == np.arange(v)[None, None, :]).astype(float)  # (S, N, V patterns)
@@ -88,8 +101,8 @@ def pattern_stats(change: np.ndarray, attended: np.ndarray, treated: np.ndarray,
     sxx = (ot @ (x[:, :, :, None] * x[:, :, None, :]).reshape(s, n, Q * Q)).reshape(s, v, Q, Q)
     scx = (ot @ (c[:, :, :, None] * x[:, :, None, :]).reshape(s, n, v * Q)).reshape(s, v, v, Q)
     scc = (ot @ (c[:, :, :, None] * c[:, :, None, :]).reshape(s, n, v * v)).reshape(s, v, v, v)
-    arm = np.stack([1.0 - treated, treated], axis=2)  # (S, N, 2)
-    n_arm = np.einsum("snv,sna->sva", seen.astype(float), arm)
+    arms = np.concatenate([1.0 - indicator.sum(axis=2, keepdims=True), indicator], axis=2)  # (S, N, K)
+    n_arm = np.einsum("snv,sna->sva", seen.astype(float), arms)
     return PatternStats(n_p, sxx, scx, scc, n_arm)
 
 
@@ -177,11 +190,16 @@ def gls(stats: PatternStats, sigma: np.ndarray, ok: np.ndarray | None = None, pr
     """Generalised least squares given Sigma (S, V, V); with `prior_precision` (V*Q,) a Normal(prior_mean,
     diag^-1) prior on vec(B) is added (then beta and cov are B's conditional posterior given Sigma)."""
     s, v = stats.n.shape
+    Q = stats.n_regressors
     ok = np.ones(s, bool) if ok is None else ok.copy()
     w, logdet_p, ok = _pattern_weights(sigma, ok)
     h = _kron_sum(w, stats.sxx)
     if prior_precision is not None:
         h = h + np.diag(prior_precision)[None]
+    diag = np.einsum("sjj->sj", h)
+    if not diag.all():  # coefficients no participant informs (module docstring): out of the solve
+        hole = diag == 0
+        h = h + hole[:, :, None] * np.eye(v * Q)[None]
     g = (w @ stats.scx).sum(axis=1).reshape(s, v * Q)
     if prior_precision is not None and prior_mean is not None:
         g = g + (prior_precision * prior_mean)[None]
@@ -212,6 +230,7 @@ def _start(stats: PatternStats) -> tuple[np.ndarray, np.ndarray]:
     """Available-case estimate: per-visit least squares among those attending it, and residual
     cross-products among those attending both visits; its diagonal where not positive definite."""
     s, v = stats.n.shape
+    Q = stats.n_regressors
     # participants attending visit u are patterns p >= u: reverse cumulative sums
     rc = lambda a: np.flip(np.cumsum(np.flip(a, axis=1), axis=1), axis=1)  # noqa: E731
     n_at, sxx_at, scx_at = rc(stats.n), rc(stats.sxx), rc(stats.scx)
@@ -219,6 +238,9 @@ def _start(stats: PatternStats) -> tuple[np.ndarray, np.ndarray]:
     idx = np.arange(v)
     sxx_v = sxx_at[:, idx]  # (S, V, Q, Q): at visit u, among attendees of u
     scx_v = scx_at[:, idx, idx]  # (S, V, Q)
+    hole = np.einsum("svjj->svj", sxx_v) == 0  # an arm with nobody at the visit: its coefficient left out (module docstring)
+    if hole.any():
+        sxx_v = sxx_v + hole[..., None] * np.eye(Q)
     good = ok & (np.linalg.det(sxx_v) > 1e-12 * np.prod(np.maximum(np.einsum("svjj->svj", sxx_v), 1e-300), axis=2)).all(axis=1)
     sxx_safe = np.where(good[:, None, None, None], sxx_v, np.eye(Q))
     beta = np.linalg.solve(sxx_safe, scx_v[..., None])[..., 0]  # (S, V, Q)
@@ -242,10 +264,10 @@ class MMRMFit:
     iterations: int
     loglik: np.ndarray  # (S,) REML log-likelihood (without the constant)
 
-    def effect(self, visit: int) -> tuple[np.ndarray, np.ndarray]:
-        """Treatment difference at post-baseline visit index `visit` and its model-based SE."""
-        j = visit * Q + 1
-        return self.beta[:, visit, 1], np.sqrt(self.cov[:, j, j])
+    def effect(self, visit: int, arm: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """Difference of active arm `arm` (0-based) from control at post-baseline visit index `visit` and its model-based SE."""
+        j = visit * self.beta.shape[2] + 1 + arm
+        return self.beta[:, visit, 1 + arm], np.sqrt(self.cov[:, j, j])
 
 
 def _newton_terms(stats: PatternStats, fit: GLS, r: np.ndarray, rx: np.ndarray, dup: np.ndarray):
@@ -255,6 +277,7 @@ def _newton_terms(stats: PatternStats, fit: GLS, r: np.ndarray, rx: np.ndarray, 
         grad_a = 1/2 (y'P S_a P y - tr(P S_a)),   AI_ab = 1/2 y'P S_a P S_b P y,   F_ab = 1/2 tr(P S_a P S_b),
     and the REML Hessian is -(2 AI - F) (Sigma is linear in theta)."""
     s, v = stats.n.shape
+    Q = stats.n_regressors
     w, cov = fit.w, fit.cov
     vq = v * Q
     c_vu = cov.reshape(s, v, Q, v, Q).transpose(0, 1, 3, 2, 4).reshape(s, v * v, Q * Q)
@@ -374,54 +397,69 @@ def fit_reml(stats: PatternStats, max_iter: int = MAX_ITER) -> MMRMFit:
 
 def predicted_final_posterior(stats: PatternStats, sigma: np.ndarray, ok: np.ndarray, final_counts: np.ndarray, visit: int,
                               prior_precision: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Posterior SD and degrees of freedom of the treatment difference at `visit` that an analysis of the
-    expected final data would have, given Sigma (an interim REML estimate): `final_counts` (S, V, 2) the
-    expected participants per pattern and arm. The regressors' moments per arm are those of randomised
-    arms: x = (1, T, centred baseline) with E[x x' | arm] = [[1, T, 0], [T, T, 0], [0, 0, var(baseline)]],
+    """Posterior SD (S, A) of each active arm's difference from control at `visit`, and the degrees of
+    freedom (S,), that an analysis of the expected final data would have, given Sigma (an interim REML
+    estimate): `final_counts` (S, V, K) the expected participants per pattern and arm. The regressors'
+    moments per arm are those of randomised arms: x = (1, T_1..T_A, centred baseline) with, in arm k,
+    E[x x'] = e e' + var(baseline) on the baseline's diagonal, e = (1, T_1..T_A, 0) the arm's indicators,
     the baseline variance from the data so far (H = sum_p W_p (x) E[Sxx_p] is linear in them)."""
     s, v = stats.n.shape
+    Q = stats.n_regressors
+    k = final_counts.shape[2]
     n_inc = stats.n.sum(axis=1)
-    var0 = stats.sxx[:, :, 2, 2].sum(axis=1) / np.maximum(n_inc - 1, 1)
-    moments = np.zeros((s, 2, Q, Q))
-    moments[:, :, 0, 0] = 1.0
-    moments[:, 1, 0, 1] = moments[:, 1, 1, 0] = moments[:, 1, 1, 1] = 1.0
-    moments[:, :, 2, 2] = var0[:, None]
+    var0 = stats.sxx[:, :, Q - 1, Q - 1].sum(axis=1) / np.maximum(n_inc - 1, 1)
+    e = np.zeros((k, Q))
+    e[:, 0] = 1.0
+    e[np.arange(1, k), np.arange(1, k)] = 1.0
+    moments = np.zeros((s, k, Q, Q))
+    moments[:] = e[:, :, None] * e[:, None, :]
+    moments[:, :, Q - 1, Q - 1] = var0[:, None]
     expected = PatternStats(final_counts.sum(axis=2), np.einsum("spa,saij->spij", final_counts, moments), np.zeros((s, v, v, Q)),
-                            np.zeros((s, v, v, v)), np.zeros((s, v, 2)))
+                            np.zeros((s, v, v, v)), np.zeros((s, v, k)))
     pred = gls(expected, sigma, ok, prior_precision=prior_precision)
-    j = visit * Q + 1
+    j = visit * Q + 1 + np.arange(Q - 2)
     var = pred.cov[:, j, j]
-    good = pred.ok & (var > 0)
+    good = pred.ok[:, None] & (var > 0)
     sd = np.where(good, np.sqrt(np.where(good, var, 1.0)), np.inf)
     return sd, np.maximum(final_counts[:, visit:].sum(axis=(1, 2)) - Q, 1)
 
 
-def mmrm_effect(change: np.ndarray, attended: np.ndarray, treated: np.ndarray, baseline: np.ndarray, visit: int,
-                prior_sd: tuple[float, float, float] | None = None, final_counts: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    """Per trial: the MMRM estimate of the treatment difference at post-baseline visit index `visit`, its SE,
-    residual degrees of freedom (participants attending that visit - 3) and whether the fit succeeded (at
-    least 2 participants per arm at that visit, a positive definite REML Sigma).
+def prior_precisions(prior_sd: tuple[float, float, float], n_active: int, n_visits: int) -> np.ndarray:
+    """(V*Q,) prior precision of vec(B): per visit, the visit mean's, each active arm's effect's, the baseline slope's."""
+    vm, eff, slope = (float(x) for x in prior_sd)
+    return np.tile(1 / np.array([vm, *(eff,) * n_active, slope]) ** 2, n_visits)
 
-    With `prior_sd` = (visit mean, treatment effect, baseline slope) prior SDs, also the posterior mean and
-    SD of that difference given Sigma at its REML estimate, under independent Normal(0, sd) priors on every
+
+def mmrm_effect(change: np.ndarray, attended: np.ndarray, arm: np.ndarray, baseline: np.ndarray, visit: int,
+                prior_sd: tuple[float, float, float] | None = None, final_counts: np.ndarray | None = None,
+                n_active: int | None = None) -> dict[str, np.ndarray]:
+    """Per trial and active arm (arrays (S, A); `arm` as `pattern_stats`): the MMRM estimate of the arm's
+    difference from control at post-baseline visit index `visit`, its SE, the residual degrees of freedom
+    (participants attending that visit - Q) and whether the fit succeeded (a positive definite REML Sigma,
+    at least 2 participants of the control arm and of that arm at that visit).
+
+    With `prior_sd` = (visit mean, arm effect, baseline slope) prior SDs, also the posterior mean and SD of
+    that difference given Sigma at its REML estimate, under independent Normal(0, sd) priors on every
     visit's coefficients (the Bayesian MMRM's, models/mmrm.py): `post_mean`, `post_sd`; with `final_counts`
     (an interim look's expected final pattern counts, planning.interim.expected_final_counts) also the
     final analysis' predicted posterior SD and degrees of freedom, `final_sd` and `final_df`
     (`predicted_final_posterior`)."""
-    stats = pattern_stats(change, attended, treated, baseline)
+    stats = pattern_stats(change, attended, arm, baseline, n_active)
+    a_n = stats.n_regressors - 2
     fit = fit_reml(stats)
-    est, se = fit.effect(visit)
+    est, se = (np.column_stack(x) for x in zip(*(fit.effect(visit, a) for a in range(a_n))))
     n_arm = stats.n_arm[:, visit]
-    ok = fit.ok & (n_arm.min(axis=1) >= 2) & np.isfinite(se) & (se > 0) & np.isfinite(est)
-    df = np.maximum(n_arm.sum(axis=1) - Q, 1)
+    ok = fit.ok[:, None] & (np.minimum(n_arm[:, :1], n_arm[:, 1:]) >= 2) & np.isfinite(se) & (se > 0) & np.isfinite(est)
+    df = np.broadcast_to(np.maximum(n_arm.sum(axis=1) - stats.n_regressors, 1)[:, None], ok.shape).copy()
     out = {"estimate": np.where(ok, est, 0.0), "se": np.where(ok, se, np.inf), "df": df, "ok": ok, "iterations": fit.iterations}
     if prior_sd is not None:
-        v = stats.n_visits
-        post = gls(stats, fit.sigma, fit.ok, prior_precision=np.tile(1 / np.asarray(prior_sd, float) ** 2, v), prior_mean=np.zeros(v * Q))
-        j = visit * Q + 1
-        ok &= post.ok
-        out.update(ok=ok, post_mean=np.where(ok, post.beta[:, visit, 1], 0.0), post_sd=np.where(ok, np.sqrt(post.cov[:, j, j]), np.inf))
+        v, Q = stats.n_visits, stats.n_regressors
+        precision = prior_precisions(prior_sd, a_n, v)
+        post = gls(stats, fit.sigma, fit.ok, prior_precision=precision, prior_mean=np.zeros(v * Q))
+        j = visit * Q + 1 + np.arange(a_n)
+        ok &= post.ok[:, None]
+        out.update(ok=ok, post_mean=np.where(ok, post.beta[:, visit, 1:1 + a_n], 0.0), post_sd=np.where(ok, np.sqrt(post.cov[:, j, j]), np.inf))
         if final_counts is not None:
-            final_sd, final_df = predicted_final_posterior(stats, fit.sigma, ok, final_counts, visit, np.tile(1 / np.asarray(prior_sd, float) ** 2, v))
-            out.update(final_sd=np.where(ok, final_sd, np.inf), final_df=final_df)
+            final_sd, final_df = predicted_final_posterior(stats, fit.sigma, fit.ok & ok.any(axis=1), final_counts, visit, precision)
+            out.update(final_sd=np.where(ok, final_sd, np.inf), final_df=np.broadcast_to(final_df[:, None], ok.shape).copy())
     return out

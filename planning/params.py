@@ -1,22 +1,27 @@
 """Parameter sets for simulating future trials: draws from a saved posterior, or a stated design prior.
 
+Both kinds hold a trial with any number of arms: `arms` names them, the control arm (the reference of
+every contrast) first, then the active arms a = 1..A in the fitted data's order; every per-arm parameter
+has a leading active-arm axis (size 1 for a two-arm trial). T_ia below is 1 when participant i is in
+active arm a.
+
 A `ParameterSet` holds D draws of every parameter the headline model's data-generating process needs,
 on the model's own time coding (t1 = min(w, E)/E, t2 = (w - E)^+/(F - E)):
 
     y_iw = intercept + b0_i + prognostic.z_i
-           + (time_change_1 + nac_change_1 T_i + moderation.z_i + T_i nac_moderation.z_i + b1_i) t1_w
-           + (time_curvature + nac_curvature T_i) q_w + (time_change_2 + nac_change_2 T_i) t2_w + e_iw
+           + (time_change_1 + sum_a T_ia (nac_change_a1 + nac_moderation_a.z_i) + moderation.z_i + b1_i) t1_w
+           + (time_curvature + sum_a T_ia nac_curvature_a) q_w + (time_change_2 + sum_a T_ia nac_change_a2) t2_w + e_iw
 
 with (b0_i, b1_i) ~ N(0, [[tau0^2, rho tau0 tau1], [., tau1^2]]), e_iw ~ N(0, residual_sd) and the
 standardised baseline log biomarkers z_i ~ MvNormal(marker_mean, marker_chol marker_chol^T) (the fitted
-marker block, a sequence of regressions, rewritten as a multivariate normal). `nac_moderation` (NAC x
-marker on the treatment-phase change) is zero unless the saved posterior has a variable of that name:
-the headline model's `marker_moderation` acts in both arms, so it shifts both arms alike.
+marker block, a sequence of regressions, rewritten as a multivariate normal). `nac_moderation` (active
+arm x marker on the treatment-phase change) is zero unless the saved posterior has a variable of that
+name: the headline model's `marker_moderation` acts in every arm, so it shifts every arm alike.
 
 An `MMRMParameters` holds D draws of the Bayesian MMRM (models/mmrm.py): the change from baseline at
 each fitted post-baseline visit given the baseline score,
 
-    c_i ~ MvNormal(visit_mean + nac_visit_effect T_i + baseline_slope (y_i0 - baseline_center), Sigma),
+    c_i ~ MvNormal(visit_mean + sum_a T_ia nac_visit_effect_a + baseline_slope (y_i0 - baseline_center), Sigma),
 
 with the baseline score itself Normal(baseline_mean, baseline_sd), the fitted trial's observed baseline
 scores (a conditional model says nothing about its covariate). `implied_mmrm` rewrites a trajectory
@@ -27,6 +32,9 @@ but their spread is: `site_sd` holds, per draw, the SD of the fitted site offset
 fit), from which a simulated trial with several sites draws its new sites' offsets (on the score level
 for a trajectory model, on the change from baseline for an MMRM, where the models put them). An MMRM's
 covariate effects (centred covariates) are left out, as for a participant at their means.
+
+A design prior (`with_effect_prior`) replaces the effects of the draws: Normal(mean_a, sd_a) on each
+active arm's difference from control at the primary week, drawn independently per arm.
 """
 
 from __future__ import annotations
@@ -41,6 +49,8 @@ import numpy as np
 from maths.gaussian import chol_to_cov, score_covariance, sd_corr_to_cov, sequential_moments
 
 NAC_MODERATION_VARS = ("nac_marker_moderation", "nac_moderation")  # the moderation model's name first
+ARM_DIM = "active_arm"  # the posterior's dim of the active arms (every model writes it; a fit without it has one active arm)
+DEFAULT_ARMS = ("placebo", "nac")  # the published-trial calibration's arms (fixed_parameters, data.TrialParameters)
 
 
 class PlanningError(ValueError):
@@ -77,36 +87,51 @@ class ParameterSet:
     """D draws (first axis) of every generative parameter; K markers."""
 
     intercept: np.ndarray  # (D,)
-    time_change: np.ndarray  # (D, 2) placebo change: treatment phase, follow-up
-    nac_change: np.ndarray  # (D, 2) NAC - placebo accumulated per phase
+    time_change: np.ndarray  # (D, 2) control arm's change: treatment phase, follow-up
+    nac_change: np.ndarray  # (D, A, 2) active arm - control accumulated per phase
     participant_sd: np.ndarray  # (D, 2) SD of participant baseline, of participant change
     participant_corr: np.ndarray  # (D,)
     residual_sd: np.ndarray  # (D,)
     marker_mean: np.ndarray  # (D, K) standardised log marker means
     marker_chol: np.ndarray  # (D, K, K) lower Cholesky factor of their covariance
     prognostic: np.ndarray  # (D, K)
-    moderation: np.ndarray  # (D, K) both arms
-    nac_moderation: np.ndarray  # (D, K) NAC arm only
+    moderation: np.ndarray  # (D, K) every arm
+    nac_moderation: np.ndarray  # (D, A, K) each active arm only
     time_curvature: np.ndarray  # (D,) departure from a straight line half-way through treatment
-    nac_curvature: np.ndarray  # (D,)
+    nac_curvature: np.ndarray  # (D, A)
     marker_names: tuple[str, ...]
     marker_units: tuple[str, ...]
     log_center: np.ndarray  # (K,) natural log value = log_center + log_scale * z
     log_scale: np.ndarray  # (K,)
     scale: Scale
     source: dict = field(default_factory=dict)
-    effect_prior: tuple[float, float] | None = None  # design prior Normal(mean, sd) on the primary-week effect
+    effect_prior: tuple[tuple[float, float], ...] | None = None  # design prior Normal(mean, sd) per active arm on its primary-week effect
     site_sd: np.ndarray | None = None  # (D,) SD of site offsets on the score level (None: 0, no site variation)
+    arms: tuple[str, ...] = DEFAULT_ARMS  # control first, then the active arms (the order of every per-arm axis)
 
     family = "trajectory"
+    per_arm = ("nac_change", "nac_moderation", "nac_curvature")
 
     def __post_init__(self):
         if self.site_sd is None:
             self.site_sd = np.zeros(len(self.intercept))
+        _check_arms(self)
 
     @property
     def per_draw(self) -> tuple[str, ...]:
         return PER_DRAW
+
+    @property
+    def control_arm(self) -> str:
+        return self.arms[0]
+
+    @property
+    def active_arms(self) -> tuple[str, ...]:
+        return tuple(self.arms[1:])
+
+    @property
+    def n_active(self) -> int:
+        return len(self.arms) - 1
 
     @property
     def n_draws(self) -> int:
@@ -129,18 +154,82 @@ class ParameterSet:
         k = self.marker_index(name)
         return float((np.log(threshold) - self.log_center[k]) / self.log_scale[k])
 
-    def with_effect_prior(self, mean: float, sd: float) -> "ParameterSet":
-        if not np.isfinite(mean) or not (np.isfinite(sd) and sd >= 0):
-            raise PlanningError(f"design prior Normal({mean}, {sd}): mean must be finite and sd >= 0")
-        return replace(self, effect_prior=(float(mean), float(sd)), source={**self.source, "effect_prior": f"Normal({mean:g}, {sd:g})"})
+    def with_effect_prior(self, mean: float | None = None, sd: float | None = None, *, per_arm: dict[str, tuple[float, float]] | None = None):
+        """The design prior on the active arms' effects: Normal(mean, sd) on every active arm, or `per_arm`
+        {arm: (mean, sd)} naming every active arm once (module docstring)."""
+        return with_effect_prior(self, mean, sd, per_arm)
+
+    def with_active_arms(self, arms: tuple[str, ...]):
+        """A parameter set of one active arm (not read from a fitted trial) as the same parameters for each
+        of the active arms `arms` (control first): what a design prior per arm needs."""
+        return with_active_arms(self, arms)
 
     def to_dict(self) -> dict:
         return _summary(self, skip=("marker_chol",))
 
 
+def _check_arms(params) -> None:
+    """Arm labels: at least one active arm, all different, one per slot of every per-arm axis."""
+    arms = tuple(params.arms)
+    if len(arms) < 2 or len(set(arms)) != len(arms):
+        raise PlanningError(f"a parameter set needs a control arm and at least one active arm, each named once; got {list(arms)}")
+    for name in params.per_arm:
+        shape = np.shape(getattr(params, name))
+        if len(shape) < 2 or shape[1] != len(arms) - 1:
+            raise PlanningError(f"'{name}' has shape {shape}; it needs (draws, {len(arms) - 1} active arms, ...) for the arms {list(arms)}")
+    prior = params.effect_prior
+    if prior is not None and len(prior) != len(arms) - 1:
+        raise PlanningError(f"the design prior gives {len(prior)} effect(s) for the {len(arms) - 1} active arm(s) {list(arms[1:])}")
+
+
+def with_effect_prior(params, mean=None, sd=None, per_arm: dict | None = None):
+    """`params` with a design prior Normal(mean_a, sd_a) on each active arm's primary-week effect."""
+    if per_arm is None:
+        if mean is None or sd is None:
+            raise PlanningError("give the design prior as a mean and an SD, or one (mean, sd) per active arm")
+        per_arm = {a: (mean, sd) for a in params.active_arms}
+    unknown = [a for a in per_arm if a not in params.active_arms]
+    missing = [a for a in params.active_arms if a not in per_arm]
+    if unknown or missing:
+        raise PlanningError(
+            f"the design prior must name each active arm of {list(params.active_arms)} once"
+            + (f"; unknown arm(s) {unknown}" if unknown else "") + (f"; no prior for {missing}" if missing else "")
+        )
+    prior = []
+    for arm in params.active_arms:
+        m, s = per_arm[arm]
+        if not np.isfinite(m) or not (np.isfinite(s) and s >= 0):
+            raise PlanningError(f"design prior Normal({m}, {s}) for arm '{arm}': the mean must be finite and the sd >= 0")
+        prior.append((float(m), float(s)))
+    if params.n_active == 1:
+        text = f"Normal({prior[0][0]:g}, {prior[0][1]:g})"
+    else:
+        text = "; ".join(f"{a} Normal({m:g}, {s:g})" for a, (m, s) in zip(params.active_arms, prior))
+    return replace(params, effect_prior=tuple(prior), source={**params.source, "effect_prior": text})
+
+
+def with_active_arms(params, arms) -> ParameterSet | MMRMParameters:
+    """One active arm's parameters repeated for each active arm of `arms` (control first); only for a
+    parameter set that does not describe a fitted trial's arms (fixed_parameters)."""
+    arms = tuple(str(a) for a in arms)
+    if arms == tuple(params.arms):
+        return params
+    if params.source.get("kind") == "posterior":
+        raise PlanningError(f"the fitted trial's arms are {list(params.arms)}; a plan from its posterior keeps them (got {list(arms)})")
+    if params.n_active != 1:
+        raise PlanningError(f"only a parameter set of one active arm can be repeated for several; this one has {list(params.active_arms)}")
+    if len(arms) < 2:
+        raise PlanningError(f"a trial needs a control arm and at least one active arm; got {list(arms)}")
+    k = len(arms) - 1
+    grown = {name: np.repeat(getattr(params, name), k, axis=1) for name in params.per_arm}
+    prior = None if params.effect_prior is None else params.effect_prior * k
+    return replace(params, arms=arms, effect_prior=prior, **grown)
+
+
 def _summary(params, skip=()) -> dict:
     """Plain JSON-able summary (means of each parameter), for the run record."""
-    out = {"family": params.family, "n_draws": params.n_draws, "markers": list(params.marker_names), "source": params.source}
+    out = {"family": params.family, "n_draws": params.n_draws, "markers": list(params.marker_names), "source": params.source,
+           "arms": list(params.arms)}
     for name in params.per_draw:
         if name not in skip:
             out[f"mean_{name}"] = np.round(np.mean(getattr(params, name), axis=0), 4).tolist()
@@ -153,7 +242,7 @@ class MMRMParameters:
 
     visit_weeks: tuple[int, ...]  # the fitted post-baseline weeks
     visit_mean: np.ndarray  # (D, V) control mean change at the centre baseline
-    nac_visit_effect: np.ndarray  # (D, V) NAC - placebo at each visit
+    nac_visit_effect: np.ndarray  # (D, A, V) active arm - control at each visit
     baseline_slope: np.ndarray  # (D, V) change per point of baseline
     visit_chol: np.ndarray  # (D, V, V) lower Cholesky factor of Sigma
     baseline_mean: np.ndarray  # (D,) baseline score distribution: Normal(mean, sd)
@@ -161,16 +250,23 @@ class MMRMParameters:
     baseline_center: np.ndarray  # (D,) the baseline the fit centred on
     scale: Scale
     source: dict = field(default_factory=dict)
-    effect_prior: tuple[float, float] | None = None
+    effect_prior: tuple[tuple[float, float], ...] | None = None  # design prior Normal(mean, sd) per active arm
     site_sd: np.ndarray | None = None  # (D,) SD of site offsets on the change from baseline (None: 0)
+    arms: tuple[str, ...] = DEFAULT_ARMS  # control first, then the active arms
 
     family = "mmrm"
     marker_names: tuple[str, ...] = ()
     per_draw = ("visit_mean", "nac_visit_effect", "baseline_slope", "visit_chol", "baseline_mean", "baseline_sd", "baseline_center", "site_sd")
+    per_arm = ("nac_visit_effect",)
 
     def __post_init__(self):
         if self.site_sd is None:
             self.site_sd = np.zeros(len(self.visit_mean))
+        _check_arms(self)
+
+    control_arm = ParameterSet.control_arm
+    active_arms = ParameterSet.active_arms
+    n_active = ParameterSet.n_active
 
     @property
     def n_draws(self) -> int:
@@ -186,8 +282,8 @@ class MMRMParameters:
     def z_threshold(self, name: str, threshold: float) -> float:
         return self.marker_index(name)
 
-    def with_effect_prior(self, mean: float, sd: float) -> "MMRMParameters":
-        return ParameterSet.with_effect_prior(self, mean, sd)
+    with_effect_prior = ParameterSet.with_effect_prior
+    with_active_arms = ParameterSet.with_active_arms
 
     def sigma(self) -> np.ndarray:
         return chol_to_cov(self.visit_chol)
@@ -212,6 +308,22 @@ def _stack(post, name: str, d: int, width: int | None = None, default: float | N
         return np.full((d, width) if width else (d,), default, dtype=float)
     da = post[name]
     arr = da.stack(sample=("chain", "draw")).transpose("sample", ...).values.astype(float)
+    return arr
+
+
+def _stack_arms(post, name: str, d: int, n_active: int, default: float | None = None, width: int | None = None) -> np.ndarray:
+    """(D, A, ...) draws of a per-arm variable, the active-arm axis second (a fit without the active-arm
+    dim has one active arm); `default` fills (D, A) or (D, A, width) when the posterior has no such variable."""
+    if name not in post:
+        if default is None:
+            _stack(post, name, d)  # raises, naming the variable
+        return np.full((d, n_active) + ((width,) if width else ()), default, dtype=float)
+    da = post[name]
+    if ARM_DIM not in da.dims:
+        da = da.expand_dims(ARM_DIM, axis=2)
+    arr = da.stack(sample=("chain", "draw")).transpose("sample", ARM_DIM, ...).values.astype(float)
+    if arr.shape[1] != n_active:
+        raise PlanningError(f"the saved posterior's '{name}' has {arr.shape[1]} active arm(s); the fitted trial has {n_active}")
     return arr
 
 
@@ -259,7 +371,8 @@ def design_constants(design) -> dict:
         "entry_min": _entry_min(meta),
         "baseline_mean": float(base.mean()) if len(base) else None,
         "baseline_sd": float(base.std(ddof=1)) if len(base) > 1 else None,
-        **dropout_by_week(last, design.treated, weeks),
+        "arms": [str(a) for a in meta.arms],
+        **dropout_by_week(last, design.arm_idx, weeks, meta.arms),
     }
     if design.baseline is not None:
         b = design.baseline
@@ -279,57 +392,91 @@ def _entry_min(meta) -> float | None:
     return None
 
 
-def dropout_by_week(last_week: np.ndarray, treated: np.ndarray, weeks: np.ndarray) -> dict:
-    """Observed loss by each scheduled week, overall and per arm: a participant is lost by week w when
-    they attend no visit at or after w (a missed visit followed by a later one is not dropout)."""
-    treated = np.asarray(treated)
-    out = {}
-    for key, rows in (("dropout_by_week", np.ones(len(last_week), bool)), ("dropout_by_week_control", treated == 0), ("dropout_by_week_treatment", treated == 1)):
+def dropout_by_week(last_week: np.ndarray, arm_idx: np.ndarray, weeks: np.ndarray, arms) -> dict:
+    """Observed loss by each scheduled week, overall (`dropout_by_week`) and per arm (`dropout_by_week_arm`,
+    {arm: {week: fraction}}, `arms` control first as `arm_idx` codes them): a participant is lost by week w
+    when they attend no visit at or after w (a missed visit followed by a later one is not dropout)."""
+    arm_idx = np.asarray(arm_idx).astype(int)
+
+    def curve(rows):
         n = max(int(rows.sum()), 1)
-        out[key] = {int(w): float((last_week[rows] < w).sum() / n) for w in weeks}
-    return out
+        return {int(w): float((last_week[rows] < w).sum() / n) for w in weeks}
+
+    return {"dropout_by_week": curve(np.ones(len(last_week), bool)),
+            "dropout_by_week_arm": {str(arm): curve(arm_idx == a) for a, arm in enumerate(arms)}}
 
 
-def _fitted_trial(idata, const: dict) -> dict:
-    """Baseline scores and dropout by week of the fitted trial, from the saved fit's own data.
+def _arm_index(data, n_active: int | None = None) -> np.ndarray | None:
+    """Per participant, 0 (control) or a (the a-th active arm), from a dataset or constant_data group: its
+    `arm_index`, its `arm_indicator` (participant x active arm), or a two-arm fit's 0/1 `treated`."""
+    if "arm_index" in data:
+        return np.asarray(data["arm_index"].values).astype(int)
+    if "arm_indicator" in data:
+        t = np.asarray(data["arm_indicator"].values, float).reshape(len(data["arm_indicator"]), -1)
+        return (t * np.arange(1, t.shape[1] + 1)).sum(axis=1).astype(int)
+    if "treated" in data:
+        return np.asarray(data["treated"].values).astype(int)
+    return None
 
-    A trajectory fit's observed_data (`y`) and constant_data (`obs_week`, `obs_participant`, `treated`)
-    hold every visit of every participant. The MMRM's constant data hold only centred baselines of
-    participants with a post-baseline visit, so for it the fit's trial_data group (the validated
-    dataset) is read; failing both, the design constants recorded with the fit."""
+
+def _fitted_arms(idata, const: dict) -> tuple[str, ...]:
+    """The fitted trial's arms, control first: recorded with the fit, else from its dataset (trial_data's
+    meta), else the posterior's active-arm labels after a control named 'control'."""
+    if const.get("arms"):
+        return tuple(str(a) for a in const["arms"])
+    if "trial_data" in idata.groups() and "meta" in idata.trial_data.attrs:
+        from data.schema import meta_of
+
+        return tuple(meta_of(idata.trial_data).arms)
+    post = idata.posterior
+    if ARM_DIM in post.coords:
+        return ("control", *(str(a) for a in post[ARM_DIM].values))
+    return ("control", "active")
+
+
+def _fitted_trial(idata, const: dict, arms: tuple[str, ...]) -> dict:
+    """Baseline scores and dropout by week and arm of the fitted trial, from the saved fit's own data.
+
+    A trajectory fit's observed_data (`y`) and constant_data (`obs_week`, `obs_participant` and the arm of
+    each participant) hold every visit of every participant. The MMRM's constant data hold only centred
+    baselines of participants with a post-baseline visit, so for it the fit's trial_data group (the
+    validated dataset) is read; failing both, the design constants recorded with the fit."""
     groups = set(idata.groups())
     facts: dict = {"entry_min": const.get("entry_min")}
     obs = idata.observed_data if "observed_data" in groups else {}
     cd = idata.constant_data if "constant_data" in groups else {}
-    if "y" in obs and "obs_week" in cd and "obs_participant" in cd and "treated" in cd:
+    arm_cd = _arm_index(cd) if cd else None
+    if "y" in obs and "obs_week" in cd and "obs_participant" in cd and arm_cd is not None:
         y, week = np.asarray(obs["y"].values, float), np.asarray(cd["obs_week"].values, float)
-        pid, treated = np.asarray(cd["obs_participant"].values, int), np.asarray(cd["treated"].values)
+        pid, arm = np.asarray(cd["obs_participant"].values, int), arm_cd
         facts["from"] = "observed_data and constant_data of the fit"
-    elif "trial_data" in groups and "score" in idata.trial_data:
+    elif "trial_data" in groups and "score" in idata.trial_data and _arm_index(idata.trial_data) is not None:
         ds = idata.trial_data
         score, weeks_ds = np.asarray(ds["score"].values, float), np.asarray(ds["week"].values, float)
         ii, jj = np.nonzero(~np.isnan(score))
-        y, week, pid, treated = score[ii, jj], weeks_ds[jj], ii, np.asarray(ds["treated"].values)
+        y, week, pid, arm = score[ii, jj], weeks_ds[jj], ii, _arm_index(ds)
         facts["from"] = "the fit's trial_data (the validated dataset)"
     else:
         y = None
     if y is not None:
         weeks = np.asarray(const.get("weeks") or np.unique(week), float)
-        last = np.full(len(treated), -np.inf)
+        last = np.full(len(arm), -np.inf)
         np.maximum.at(last, pid, week)
         base = y[week == 0]
         facts.update(baseline_mean=float(base.mean()), baseline_sd=float(base.std(ddof=1)), baseline_n=int(len(base)))
-        followed = np.zeros(len(treated), bool)
+        followed = np.zeros(len(arm), bool)
         followed[pid[week > 0]] = True
-        base_by = np.full(len(treated), np.nan)
+        base_by = np.full(len(arm), np.nan)
         base_by[pid[week == 0]] = y[week == 0]
         facts["baseline_center"] = float(np.nanmean(base_by[followed])) if followed.any() else facts["baseline_mean"]
-        facts.update(dropout_by_week(last, treated, weeks))
+        facts.update(dropout_by_week(last, arm, weeks, arms))
         return facts
     facts["from"] = "the design constants recorded with the fit"
-    for key in ("baseline_mean", "baseline_sd", "dropout_by_week", "dropout_by_week_control", "dropout_by_week_treatment"):
+    for key in ("baseline_mean", "baseline_sd", "dropout_by_week", "dropout_by_week_arm"):
         if const.get(key) is not None:
             facts[key] = const[key]
+    if "dropout_by_week_arm" not in facts and const.get("dropout_by_week_control") and const.get("dropout_by_week_treatment") and len(arms) == 2:
+        facts["dropout_by_week_arm"] = {arms[0]: const["dropout_by_week_control"], arms[1]: const["dropout_by_week_treatment"]}
     facts["baseline_center"] = facts.get("baseline_mean")
     return facts
 
@@ -353,9 +500,13 @@ def from_posterior(path_or_idata, max_draws: int | None = None, seed: int = 0) -
         raise PlanningError(f"{label} has no posterior group")
     post = idata.posterior
     const = _design_constants(idata)
-    facts = _fitted_trial(idata, const)
+    arms = _fitted_arms(idata, const)
+    if ARM_DIM in post.coords and tuple(str(a) for a in post[ARM_DIM].values) != tuple(arms[1:]):
+        raise PlanningError(f"{label}: the posterior's active arms {[str(a) for a in post[ARM_DIM].values]} are not the fitted trial's {list(arms[1:])}")
+    facts = _fitted_trial(idata, const, arms)
+    n_active = len(arms) - 1
     if "nac_visit_effect" in post:
-        params = _mmrm_from_posterior(post, const, facts, label)
+        params = _mmrm_from_posterior(post, const, facts, label, arms)
         if max_draws is not None and max_draws < params.n_draws:
             params = subset(params, np.sort(np.random.default_rng(seed).choice(params.n_draws, size=max_draws, replace=False)))
         return params
@@ -364,12 +515,12 @@ def from_posterior(path_or_idata, max_draws: int | None = None, seed: int = 0) -
     k = len(markers)
 
     time_change = _stack(post, "time_change", d)
-    nac_change = _stack(post, "nac_change", d)
+    nac_change = _stack_arms(post, "nac_change", d, n_active)
     time_change = time_change.reshape(d, -1)
-    nac_change = nac_change.reshape(d, -1)
+    nac_change = nac_change.reshape(d, n_active, -1)
     if time_change.shape[1] == 1:  # no follow-up phase
         time_change = np.column_stack([time_change, np.zeros(d)])
-        nac_change = np.column_stack([nac_change, np.zeros(d)])
+        nac_change = np.concatenate([nac_change, np.zeros((d, n_active, 1))], axis=2)
     psd = _stack(post, "participant_sd", d)
     if k:
         mmean, msd = _stack(post, "marker_mean", d), _stack(post, "marker_sd", d)
@@ -377,16 +528,17 @@ def from_posterior(path_or_idata, max_draws: int | None = None, seed: int = 0) -
         mu, chol = sequential_moments(mmean.reshape(d, k), msd.reshape(d, k), links.reshape(d, -1), k, factor=True)
         prognostic = _stack(post, "marker_prognostic", d, k, 0.0).reshape(d, k)
         moderation = _stack(post, "marker_moderation", d, k, 0.0).reshape(d, k)
-        nac_mod = np.zeros((d, k))
+        nac_mod = np.zeros((d, n_active, k))
         for name in NAC_MODERATION_VARS:
             if name in post:
-                nac_mod = _stack(post, name, d).reshape(d, k)
+                nac_mod = _stack_arms(post, name, d, n_active).reshape(d, n_active, k)
                 break
         centre, spread = np.asarray(const["log_center"], float), np.asarray(const["log_scale"], float)
         units = tuple(const.get("marker_units", [""] * k))
     else:
         mu, chol = np.zeros((d, 0)), np.zeros((d, 0, 0))
-        prognostic = moderation = nac_mod = np.zeros((d, 0))
+        prognostic = moderation = np.zeros((d, 0))
+        nac_mod = np.zeros((d, n_active, 0))
         centre = spread = np.zeros(0)
         units = ()
     params = ParameterSet(
@@ -402,7 +554,7 @@ def from_posterior(path_or_idata, max_draws: int | None = None, seed: int = 0) -
         moderation=moderation,
         nac_moderation=nac_mod,
         time_curvature=_stack(post, "time_curvature", d, default=0.0),
-        nac_curvature=_stack(post, "nac_curvature", d, default=0.0),
+        nac_curvature=_stack_arms(post, "nac_curvature", d, n_active, default=0.0),
         marker_names=markers,
         marker_units=units,
         log_center=centre,
@@ -410,6 +562,7 @@ def from_posterior(path_or_idata, max_draws: int | None = None, seed: int = 0) -
         scale=_scale_from(const),
         source=_posterior_source(post, label, facts),
         site_sd=_site_sd(post, d),
+        arms=arms,
     )
     if max_draws is not None and max_draws < d:
         params = subset(params, np.sort(np.random.default_rng(seed).choice(d, size=max_draws, replace=False)))
@@ -417,14 +570,14 @@ def from_posterior(path_or_idata, max_draws: int | None = None, seed: int = 0) -
 
 
 def _trial_source(facts: dict) -> dict:
-    keys = ("from", "entry_min", "baseline_mean", "baseline_sd", "dropout_by_week", "dropout_by_week_control", "dropout_by_week_treatment")
+    keys = ("from", "entry_min", "baseline_mean", "baseline_sd", "dropout_by_week", "dropout_by_week_arm")
     out = {k: facts[k] for k in keys if facts.get(k) is not None}
     if "from" in out:
         out["trial_facts_from"] = out.pop("from")
     return out
 
 
-def _mmrm_from_posterior(post, const: dict, facts: dict, label: str) -> MMRMParameters:
+def _mmrm_from_posterior(post, const: dict, facts: dict, label: str, arms: tuple[str, ...]) -> MMRMParameters:
     d = post.sizes["chain"] * post.sizes["draw"]
     weeks = tuple(int(w) for w in post["visit"].values) if "visit" in post.coords else tuple(int(w) for w in const["weeks"][1:])
     v = len(weeks)
@@ -443,7 +596,7 @@ def _mmrm_from_posterior(post, const: dict, facts: dict, label: str) -> MMRMPara
     return MMRMParameters(
         visit_weeks=weeks,
         visit_mean=_stack(post, "visit_mean", d).reshape(d, v),
-        nac_visit_effect=_stack(post, "nac_visit_effect", d).reshape(d, v),
+        nac_visit_effect=_stack_arms(post, "nac_visit_effect", d, len(arms) - 1).reshape(d, len(arms) - 1, v),
         baseline_slope=_stack(post, "baseline_slope", d).reshape(d, v),
         visit_chol=chol,
         baseline_mean=one(facts["baseline_mean"]),
@@ -452,6 +605,7 @@ def _mmrm_from_posterior(post, const: dict, facts: dict, label: str) -> MMRMPara
         scale=_scale_from(const),
         source=_posterior_source(post, label, facts),
         site_sd=_site_sd(post, d),
+        arms=arms,
     )
 
 
@@ -479,11 +633,11 @@ def _posterior_source(post, label: str, facts: dict) -> dict:
 def implied_mmrm(params: ParameterSet, weeks=None) -> MMRMParameters:
     """The MMRM a trajectory parameter set implies over `weeks` (default: its fitted schedule): with the
     participant effects and markers integrated out the scores are multivariate normal, so the change
-    from baseline given the baseline is exactly the MMRM's form. Needs no NAC x marker term (it would
-    make the NAC arm's covariance differ). Site offsets on the score level are not carried over (their
+    from baseline given the baseline is exactly the MMRM's form. Needs no active arm x marker term (it
+    would make that arm's covariance differ). Site offsets on the score level are not carried over (their
     MMRM form is not a site offset on the change): the result has site_sd 0."""
     if np.any(params.nac_moderation != 0):
-        raise PlanningError("a NAC x marker term makes the arms' covariances differ; the MMRM form does not hold")
+        raise PlanningError("an active arm x marker term makes the arms' covariances differ; the MMRM form does not hold")
     weeks = np.asarray(weeks if weeks is not None else params.scale.weeks, float)
     t1, t2 = np.array([params.scale.t_codes(w) for w in weeks]).T
     q = 4 * t1 * (1 - t1)
@@ -497,7 +651,7 @@ def implied_mmrm(params: ParameterSet, weeks=None) -> MMRMParameters:
     mean0 = params.intercept + zmean
     mod_mean = np.einsum("dk,dk->d", params.moderation, params.marker_mean)
     change_pl = (params.time_change[:, 0] + mod_mean)[:, None] * t1 + params.time_change[:, 1][:, None] * t2 + params.time_curvature[:, None] * q
-    effect = params.nac_change[:, 0][:, None] * t1 + params.nac_change[:, 1][:, None] * t2 + params.nac_curvature[:, None] * q
+    effect = params.nac_change[:, :, 0][:, :, None] * t1 + params.nac_change[:, :, 1][:, :, None] * t2 + params.nac_curvature[:, :, None] * q  # (D, A, W)
     k00 = k[:, 0, 0]
     cov_c = k[:, 1:, 1:] - k[:, 1:, :1] - k[:, :1, 1:] + k00[:, None, None]
     cov_cy = k[:, 1:, 0] - k00[:, None]
@@ -506,7 +660,7 @@ def implied_mmrm(params: ParameterSet, weeks=None) -> MMRMParameters:
     return MMRMParameters(
         visit_weeks=tuple(int(w) for w in weeks[1:]),
         visit_mean=change_pl[:, 1:],
-        nac_visit_effect=effect[:, 1:],
+        nac_visit_effect=effect[:, :, 1:],
         baseline_slope=slope,
         visit_chol=np.linalg.cholesky(sig),
         baseline_mean=mean0,
@@ -515,6 +669,7 @@ def implied_mmrm(params: ParameterSet, weeks=None) -> MMRMParameters:
         scale=params.scale,
         source={**params.source, "implied_from": "trajectory parameters"},
         effect_prior=params.effect_prior,
+        arms=params.arms,
     )
 
 
@@ -555,7 +710,7 @@ def fixed_parameters(
     *,
     intercept: float = 28.0,
     placebo_change: tuple[float, float] = (-11.0, -0.5),
-    nac_change: tuple[float, float] = (-1.5, -1.5),
+    nac_change=(-1.5, -1.5),
     participant_sd: tuple[float, float] = (4.9, 6.0),
     participant_corr: float = -0.2,
     residual_sd: float = 3.0,
@@ -566,11 +721,15 @@ def fixed_parameters(
     marker_corr=((1.0, 0.4, -0.1), (0.4, 1.0, -0.1), (-0.1, -0.1, 1.0)),
     prognostic: tuple[float, ...] = (0.0, 0.0, 0.0),
     moderation: tuple[float, ...] = (-1.5, 0.0, 0.0),
-    nac_moderation: tuple[float, ...] = (0.0, 0.0, 0.0),
+    nac_moderation=(0.0, 0.0, 0.0),
     site_sd: float = 1.5,
     scale: Scale | None = None,
+    arms: tuple[str, ...] = DEFAULT_ARMS,
 ) -> ParameterSet:
     """One fixed parameter set (a point design prior on the nuisance parameters).
+
+    `arms` names the arms, control first; `nac_change` (treatment phase, follow-up) and `nac_moderation`
+    (per marker) are one active arm's, used for every active arm, or one row per active arm.
 
     Defaults are the published-trial calibration of the bundled synthetic trial (data.TrialParameters):
     screened baseline mean 28 with SD 5.8 (= sqrt(4.9^2 + 3^2)), placebo change -11 by week 12, NAC effect
@@ -579,6 +738,15 @@ def fixed_parameters(
     standardised by their true log mean and SD, so marker_mean = 0 and the covariance is the correlation.
     """
     k = len(markers)
+    n_active = len(arms) - 1
+
+    def per_arm(value, width: int) -> np.ndarray:  # (A, width): one row for every active arm, or one row each
+        a = np.asarray(value, float)
+        a = a.reshape(-1, a.shape[-1])[:, :width]
+        if len(a) not in (1, n_active):
+            raise PlanningError(f"give one row for every active arm or one per active arm of {list(arms[1:])}; got {len(a)}")
+        return np.broadcast_to(a, (n_active, width)).copy()
+
     corr = np.asarray(marker_corr, float)[:k, :k]
     chol = np.linalg.cholesky(corr) if k else np.zeros((0, 0))
     one = lambda v: np.asarray([v], float)  # noqa: E731
@@ -586,7 +754,7 @@ def fixed_parameters(
     return ParameterSet(
         intercept=one(intercept),
         time_change=np.asarray(placebo_change, float)[None],
-        nac_change=np.asarray(nac_change, float)[None],
+        nac_change=per_arm(nac_change, 2)[None],
         participant_sd=np.asarray(participant_sd, float)[None],
         participant_corr=one(participant_corr),
         residual_sd=one(residual_sd),
@@ -594,9 +762,9 @@ def fixed_parameters(
         marker_chol=chol[None],
         prognostic=row(prognostic),
         moderation=row(moderation),
-        nac_moderation=row(nac_moderation),
+        nac_moderation=per_arm(nac_moderation, k)[None],
         time_curvature=np.zeros(1),
-        nac_curvature=np.zeros(1),
+        nac_curvature=np.zeros((1, n_active)),
         marker_names=tuple(markers),
         marker_units=tuple(marker_units[:k]),
         log_center=np.log(np.asarray(marker_median, float)[:k]),
@@ -604,6 +772,7 @@ def fixed_parameters(
         scale=scale or Scale(treatment_end=12, last_week=16, weeks=(0, 2, 4, 6, 8, 12, 16), score_min=0, score_max=60, integer_scores=True, outcome_label="MADRS"),
         source={"kind": "fixed", "note": "published-trial calibration (data.TrialParameters defaults)"},
         site_sd=one(site_sd),
+        arms=tuple(arms),
     )
 
 
@@ -611,11 +780,34 @@ _PRIOR_RE = re.compile(r"^\s*normal\s*\(\s*([-+0-9.eE]+)\s*,\s*([-+0-9.eE]+)\s*\
 
 
 def parse_design_prior(text: str) -> tuple[float, float]:
-    """'Normal(mean, sd)' on the NAC - placebo effect at the primary week (sd 0 = a fixed effect)."""
+    """'Normal(mean, sd)' on an active arm's difference from control at the primary week (sd 0 = a fixed effect)."""
     m = _PRIOR_RE.match(text or "")
     if not m:
-        raise PlanningError(f"design prior '{text}' not understood; write Normal(MEAN, SD), e.g. Normal(-2, 1.5) (outcome points; negative = NAC better)")
-    mean, sd = float(m.group(1)), float(m.group(2))
+        raise PlanningError(f"design prior '{text}' not understood; write Normal(MEAN, SD), e.g. Normal(-2, 1.5) "
+                            "(outcome points; negative = the active arm better), or ARM=Normal(MEAN, SD) for one arm")
+    try:
+        mean, sd = float(m.group(1)), float(m.group(2))
+    except ValueError:
+        raise PlanningError(f"design prior '{text}' not understood; MEAN and SD must be numbers, e.g. Normal(-2, 1.5)") from None
     if sd < 0:
         raise PlanningError(f"design prior '{text}': the SD must be >= 0")
     return mean, sd
+
+
+def parse_design_priors(texts) -> tuple[dict[str, tuple[float, float]] | None, list[tuple[float, float]]]:
+    """Design priors given as 'Normal(M, SD)' or 'ARM=Normal(M, SD)': ({arm: (mean, sd)}, []) when every one
+    names its arm, (None, [(mean, sd), ...]) when none does; mixing the two forms is refused."""
+    texts = [texts] if isinstance(texts, str) else list(texts)
+    named, plain = {}, []
+    for text in texts:
+        arm, eq, rest = text.partition("=")
+        if eq and not arm.strip().lower().startswith("normal"):
+            arm = arm.strip()
+            if arm in named:
+                raise PlanningError(f"design prior for arm '{arm}' given twice")
+            named[arm] = parse_design_prior(rest)
+        else:
+            plain.append(parse_design_prior(text))
+    if named and plain:
+        raise PlanningError("name the arm of every design prior (ARM=Normal(M, SD)) or of none")
+    return (named or None), plain

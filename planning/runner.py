@@ -12,15 +12,24 @@ Robust assurance: with weight w on a vague component, the design prior is the mi
 assurance and of the success rate of the "vague" scenario (effects drawn from Normal(0, sd), nuisance
 parameters from the posterior): assurance_robust = (1 - w) assurance + w P(success | vague).
 
-Interim looks (`PlanSpec.interim`, planning/interim.py): each trial's decision is the sequential one
+The table has a row per design, scenario and active arm (column `arm`): the arm's success (its
+difference from control passes the decision rule), its estimate's bias and interval width, its planned
+and expected size; a design with several active arms also has a row `arm` = "any": the success of at
+least one arm (the family's; at effect 0 the family-wise type I error), with the columns that describe
+the trial as a whole (and NaN for those of one arm's estimate). A two-arm design has no "any" row: at
+least one arm succeeding is its arm succeeding, so its rows are the arm's.
+
+Interim looks (`PlanSpec.interim`, planning/interim.py): each arm's decision is the sequential one
 (success = stopped for efficacy at a look or succeeded at the final analysis; the posterior summaries are
-those of the analysis that ended the trial), with the probabilities of stopping per look and overall,
-the expected number enrolled and the expected duration.
+those of the analysis that ended the arm), with the probabilities of stopping per look and overall (for
+the "any" row: the trial ending at a look, with an arm stopped for efficacy or with every arm dropped),
+the expected number enrolled (in all, in the control arm, in the row's arm) and the expected duration.
 
 Calibrated thresholds (`PlanSpec.calibration`, planning/calibration.py): before the grid runs, each
-design's thresholds are calibrated on null trials of their own (chunks seeded from SeedSequence(seed,
-spawn_key=(calibration.STREAM, chunk)), so again independent of the workers), and the grid then runs
-with each design's thresholds; the table states them.
+design's thresholds (common to its arms) are calibrated on global-null trials of their own (chunks
+seeded from SeedSequence(seed, spawn_key=(calibration.STREAM, chunk)), so again independent of the
+workers) to a family-wise type I error, and the grid then runs with each design's thresholds; the table
+states them.
 """
 
 from __future__ import annotations
@@ -65,6 +74,10 @@ class PlanSpec:
     interim: InterimSettings | None = None  # interim looks (planning/interim.py); None: the final analysis only
     calibration: CalibrationSettings | None = None  # calibrate each design's thresholds to a type I error
     thresholds: tuple[Thresholds, ...] | None = None  # per design (set by `plan` when calibrating)
+
+    def with_arms(self, params: ParameterSet) -> PlanSpec:
+        """The spec with every design naming the parameter set's arms (PlannedTrial.with_arms)."""
+        return replace(self, designs=[d.with_arms(params) for d in self.designs])
 
     def rules(self, design: int) -> tuple[AnalysisSettings, InterimSettings | None]:
         """The analysis settings and interim rules of design `design`, with its own thresholds if calibrated."""
@@ -121,7 +134,8 @@ class PlanSpec:
 
 
 def run_chunk(params: ParameterSet, spec: PlanSpec, chunk: Chunk) -> dict:
-    """Simulate and analyse one chunk; return sums (not means) so chunks add up exactly in order."""
+    """Simulate and analyse one chunk; return sums (not means) so chunks add up exactly in order: per
+    active arm (`arms`), for "at least one arm" (`any`) and for the trial (`trial`)."""
     rng = np.random.default_rng(np.random.SeedSequence(spec.seed, spawn_key=(chunk.scenario, chunk.index)))
     sim = simulate_trials(params, spec.designs[chunk.design], spec.scenarios[chunk.scenario], chunk.n_sims, rng, spec.effect_scale, spec.round_scores)
     design = spec.designs[chunk.design]
@@ -130,38 +144,48 @@ def run_chunk(params: ParameterSet, spec: PlanSpec, chunk: Chunk) -> dict:
     width = np.where(np.isfinite(res["width"]), res["width"], np.nan)
     ok = res["ok"]
     err = np.where(ok, res["estimate"] - res["true_effect"], 0.0)
-    arm = sim.treated.astype(bool)
     lost = ~sim.completed
-    out = {
-        "design": chunk.design,
-        "scenario": chunk.scenario,
-        "index": chunk.index,
-        "n": chunk.n_sims,
-        "success": int(res["success"].sum()),
-        "width_sum": float(np.nansum(width)),
-        "width_sq": float(np.nansum(width**2)),
-        "width_n": int(np.isfinite(width).sum()),
-        "p_benefit_sum": float(res["p_benefit"].sum()),
-        "true_effect_sum": float(res["true_effect"].sum()),
-        "completers_sum": float(res["completers"].sum()),
+    looks = 0 if spec.interim is None else spec.interim.n_looks
+    arms = []
+    for a in range(sim.n_active):
+        row = {
+            "success": int(res["success"][:, a].sum()),
+            "width_sum": float(np.nansum(width[:, a])),
+            "width_sq": float(np.nansum(width[:, a] ** 2)),
+            "width_n": int(np.isfinite(width[:, a]).sum()),
+            "p_benefit_sum": float(res["p_benefit"][:, a].sum()),
+            "true_effect_sum": float(res["true_effect"][:, a].sum()),
+            "completers_sum": float(res["completers"][:, a].sum()),
+            "ok": int(ok[:, a].sum()),
+            "error_sum": float(err[:, a].sum()),
+            "error_sq": float((err[:, a] ** 2).sum()),
+        }
+        if looks:
+            row.update(
+                stop_efficacy=[int((res["stop_efficacy"][:, a] & (res["stop_look"][:, a] == k)).sum()) for k in range(1, looks + 1)],
+                stop_futility=[int((res["stop_futility"][:, a] & (res["stop_look"][:, a] == k)).sum()) for k in range(1, looks + 1)],
+                enrolled_sum=float(res["enrolled_arm"][:, a + 1].sum()),
+                duration_sum=float(res["duration"][:, a].sum()),
+            )
+        arms.append(row)
+    trial = {
         "screened_per_enrolled_sum": float((1.0 / res["eligible"]).sum()),
-        "ok": int(ok.sum()),
-        "error_sum": float(err.sum()),
-        "error_sq": float((err**2).sum()),
-        "lost_control_sum": float(lost[:, ~arm].mean(axis=1).sum()),
-        "lost_treatment_sum": float(lost[:, arm].mean(axis=1).sum()),
+        "lost_sum": [float(lost[:, sim.arm == k].mean(axis=1).sum()) for k in range(sim.n_active + 1)],
         "site_sd_sum": 0.0 if sim.site_sd is None else float(sim.site_sd.sum()),
     }
-    if spec.interim is not None:
-        looks = spec.interim.n_looks
-        out.update(
-            stop_efficacy=[int((res["stop_efficacy"] & (res["stop_look"] == k)).sum()) for k in range(1, looks + 1)],
-            stop_futility=[int((res["stop_futility"] & (res["stop_look"] == k)).sum()) for k in range(1, looks + 1)],
-            enrolled_sum=float(res["enrolled"].sum()),
-            screened_sum=float((res["enrolled"] / res["eligible"]).sum()),
-            duration_sum=float(res["duration"].sum()),
+    anyone = {"success": int(res["success"].any(axis=1).sum()), "ok": int(ok.all(axis=1).sum()),
+              "completers_sum": float((~lost).sum() if looks == 0 else res["trial_completers"].sum())}
+    if looks:
+        trial.update(enrolled_sum=float(res["enrolled"].sum()), screened_sum=float((res["enrolled"] / res["eligible"]).sum()),
+                     control_sum=float(res["enrolled_arm"][:, 0].sum()), duration_sum=float(res["trial_duration"].sum()))
+        ended, eff = res["trial_stop_look"], res["trial_stop_efficacy"]
+        anyone.update(
+            stop_efficacy=[int((eff & (ended == k)).sum()) for k in range(1, looks + 1)],
+            stop_futility=[int((~eff & (ended == k)).sum()) for k in range(1, looks + 1)],
+            enrolled_sum=float(res["enrolled_arm"][:, 1:].sum()),
+            duration_sum=trial["duration_sum"],
         )
-    return out
+    return {"design": chunk.design, "scenario": chunk.scenario, "index": chunk.index, "n": chunk.n_sims, "arms": arms, "any": anyone, "trial": trial}
 
 
 def run_calibration_chunk(params: ParameterSet, spec: PlanSpec, chunk: Chunk) -> dict:
@@ -228,6 +252,7 @@ def map_chunks(fn, params: ParameterSet, spec: PlanSpec, chunks: list[Chunk], cl
 def execute(params: ParameterSet, spec: PlanSpec, workers: int = 1, scheduler: str | None = None, client=None) -> list[dict]:
     """Run every chunk; `client` (a dask.distributed Client) or `scheduler` (its address) or `workers`
     (a LocalCluster of that many single-threaded processes; 1 = this process, no Dask)."""
+    spec = spec.with_arms(params)
     with dask_client(workers, scheduler, client) as cl:
         return map_chunks(run_chunk, params, spec, spec.chunks(), cl)
 
@@ -238,7 +263,7 @@ def calibrate(params: ParameterSet, spec: PlanSpec, client=None) -> tuple[Thresh
     results = sorted(map_chunks(run_calibration_chunk, params, spec, spec.calibration_chunks(), client), key=lambda r: (r["design"], r["index"]))
     out = []
     for d, design in enumerate(spec.designs):
-        q = np.concatenate([r["q"] for r in results if r["design"] == d])
+        q = np.concatenate([r["q"] for r in results if r["design"] == d]).max(axis=1)  # the family's stage maxima over the arms
         try:
             out.append(choose_thresholds(q, spec.calibration, None if spec.interim is None else spec.interim.efficacy))
         except PlanningError as exc:
@@ -246,77 +271,111 @@ def calibrate(params: ParameterSet, spec: PlanSpec, client=None) -> tuple[Thresh
     return tuple(out)
 
 
+def _sum(part: list[dict], group: str, key: str, arm: int | None = None):
+    """A chunk quantity summed in chunk order (element by element for per-look lists)."""
+    values = [(r[group][arm] if arm is not None else r[group])[key] for r in part]
+    if isinstance(values[0], list):
+        return [sum(v[k] for v in values) for k in range(len(values[0]))]
+    return sum(values)
+
+
 def summarise(spec: PlanSpec, results: list[dict]) -> pd.DataFrame:
-    """One row per (design, scenario): success rate with binomial MCSE, interval width with its MCSE,
-    bias of the analysis' estimate, realised dropout; per design, plain and robust assurance."""
+    """One row per (design, scenario, active arm), and with several active arms one for "any" (module
+    docstring): success rate with binomial MCSE, interval width with its MCSE, bias of the analysis'
+    estimate, realised dropout; per design, plain and robust assurance."""
     results = sorted(results, key=lambda r: (r["design"], r["scenario"], r["index"]))
     rows = []
     keys = sorted({(r["design"], r["scenario"]) for r in results})
     for d, j in keys:
         part = [r for r in results if r["design"] == d and r["scenario"] == j]
-        tot = lambda k: sum(r[k] for r in part)  # noqa: E731 - summed in chunk order
-        n, wn, n_ok = tot("n"), tot("width_n"), tot("ok")
-        p = tot("success") / n
-        wmean = tot("width_sum") / wn if wn else float("nan")
-        wvar = max(tot("width_sq") / wn - wmean**2, 0.0) if wn else float("nan")
-        bias = tot("error_sum") / n_ok if n_ok else float("nan")
-        bvar = max(tot("error_sq") / n_ok - bias**2, 0.0) if n_ok else float("nan")
         design, scen = spec.designs[d], spec.scenarios[j]
-        lost_c, lost_t = tot("lost_control_sum") / n, tot("lost_treatment_sum") / n
-        rate_c, rate_t = design.dropout_rates
-        row = (
-            {
-                "population": design.population,
-                "n_per_arm": design.n_control,
-                "n_treatment": design.n_treatment,
-                "n_total": design.n_total,
-                "expected_n": tot("enrolled_sum") / n if spec.interim is not None else float(design.n_total),
-                "expected_screened": (design.n_total * tot("screened_per_enrolled_sum") if spec.interim is None else tot("screened_sum")) / n,  # n / P(eligible), averaged over draws
-                "entry_min": design.entry_min if design.entry_min is not None else float("nan"),
-                "sites": design.sites,
-                "site_sd": tot("site_sd_sum") / n,
-                "primary_week": design.primary_week,
-                "analysis": spec.analysis.method,
-                "dropout_mechanism": design.dropout_mechanism,
-                "dropout": design.pooled_dropout,
-                "dropout_control": rate_c,
-                "dropout_treatment": rate_t,
-                "dropout_source": design.dropout_source,
-                "realised_dropout": (design.n_control * lost_c + design.n_treatment * lost_t) / design.n_total,
-                "scenario": scen.label,
-                "effect": scen.effect if scen.kind == "fixed" else float("nan"),
-                "mean_true_effect": tot("true_effect_sum") / n,
-                "sims": n,
-                "p_success": p,
-                "p_success_mcse": math.sqrt(p * (1 - p) / n),
-                "mean_p_benefit": tot("p_benefit_sum") / n,
-                "interval_width": wmean,
-                "interval_width_mcse": math.sqrt(wvar / wn) if wn else float("nan"),
-                "bias": bias,
-                "bias_mcse": math.sqrt(bvar / n_ok) if n_ok else float("nan"),
-                "failed_analyses": n - n_ok,
-                "mean_completers": tot("completers_sum") / n,
-            }
-        )
-        th = spec.design_thresholds(d)
-        row["threshold"] = th.final
-        if spec.interim is not None:
-            row["efficacy_threshold"] = th.efficacy
-            row.update(_interim_columns(spec.interim, design, part, n))
-        if spec.calibration is not None:
-            row.update(calibration_alpha=spec.calibration.alpha, calibration_mode=spec.calibration.mode, calibration_sims=th.sims,
-                       calibration_type1=th.type1, calibration_type1_mcse=th.type1_mcse)
-        rows.append(row)
+        a_n = design.n_active
+        n = sum(r["n"] for r in part)
+        lost = [x / n for x in _sum(part, "trial", "lost_sum")]
+        sizes, rates = design.arm_sizes, design.dropout_rates
+        trial_cols = {
+            "expected_n": _sum(part, "trial", "enrolled_sum") / n if spec.interim is not None else float(design.n_total),
+            "expected_n_control": _sum(part, "trial", "control_sum") / n if spec.interim is not None else float(design.n_control),
+            "expected_screened": (design.n_total * _sum(part, "trial", "screened_per_enrolled_sum") if spec.interim is None
+                                  else _sum(part, "trial", "screened_sum")) / n,  # n / P(eligible), averaged over draws
+            "site_sd": _sum(part, "trial", "site_sd_sum") / n,
+        }
+        for a in [*range(a_n), *(["any"] if a_n > 1 else [])]:
+            group, idx = ("any", None) if a == "any" else ("arms", a)
+            tot = lambda k: _sum(part, group, k, idx)  # noqa: B023 - used at once, in this iteration
+            compared = range(len(sizes)) if a == "any" else (0, a + 1)  # the arms this row's dropout describes
+            actives = range(1, len(sizes)) if a == "any" else (a + 1,)
+            p = tot("success") / n
+            n_ok = tot("ok")
+            if a == "any":
+                wmean = wse = bias = bias_se = p_benefit = true_effect = float("nan")
+                effect = float(scen.effect) if scen.kind == "fixed" and np.ndim(scen.effect) == 0 else float("nan")
+            else:
+                wn = tot("width_n")
+                wmean = tot("width_sum") / wn if wn else float("nan")
+                wvar = max(tot("width_sq") / wn - wmean**2, 0.0) if wn else float("nan")
+                wse = math.sqrt(wvar / wn) if wn else float("nan")
+                bias = tot("error_sum") / n_ok if n_ok else float("nan")
+                bvar = max(tot("error_sq") / n_ok - bias**2, 0.0) if n_ok else float("nan")
+                bias_se = math.sqrt(bvar / n_ok) if n_ok else float("nan")
+                p_benefit, true_effect, effect = tot("p_benefit_sum") / n, tot("true_effect_sum") / n, scen.arm_effect(a)
+            n_active = sum(sizes[k] for k in actives)
+            row = (
+                {
+                    "population": design.population,
+                    "arm": "any" if a == "any" else design.arm_labels[a + 1],
+                    "n_per_arm": design.n_control,
+                    "n_treatment": n_active,
+                    "n_total": design.n_total,
+                    "expected_n": trial_cols["expected_n"],
+                    "expected_n_control": trial_cols["expected_n_control"],
+                    "expected_n_arm": tot("enrolled_sum") / n if spec.interim is not None else float(n_active),
+                    "expected_screened": trial_cols["expected_screened"],
+                    "entry_min": design.entry_min if design.entry_min is not None else float("nan"),
+                    "sites": design.sites,
+                    "site_sd": trial_cols["site_sd"],
+                    "primary_week": design.primary_week,
+                    "analysis": spec.analysis.method,
+                    "dropout_mechanism": design.dropout_mechanism,
+                    "dropout": design.pooled_dropout_of(compared),
+                    "dropout_control": rates[0],
+                    "dropout_treatment": design.pooled_dropout_of(actives) if a == "any" else rates[a + 1],
+                    "dropout_source": design.dropout_source,
+                    "realised_dropout": sum(sizes[k] * lost[k] for k in compared) / sum(sizes[k] for k in compared),
+                    "scenario": scen.label,
+                    "effect": effect,
+                    "mean_true_effect": true_effect,
+                    "sims": n,
+                    "p_success": p,
+                    "p_success_mcse": math.sqrt(p * (1 - p) / n),
+                    "mean_p_benefit": p_benefit,
+                    "interval_width": wmean,
+                    "interval_width_mcse": wse,
+                    "bias": bias,
+                    "bias_mcse": bias_se,
+                    "failed_analyses": n - n_ok,
+                    "mean_completers": tot("completers_sum") / n,
+                }
+            )
+            th = spec.design_thresholds(d)
+            row["threshold"] = th.final
+            if spec.interim is not None:
+                row["efficacy_threshold"] = th.efficacy
+                row.update(_interim_columns(spec.interim, design, tot("stop_efficacy"), tot("stop_futility"), tot("duration_sum"), n))
+            if spec.calibration is not None:
+                row.update(calibration_alpha=spec.calibration.alpha, calibration_mode=spec.calibration.mode, calibration_sims=th.sims,
+                           calibration_type1=th.type1, calibration_type1_mcse=th.type1_mcse)
+            rows.append(row)
     table = pd.DataFrame(rows)
     return _robust_columns(spec, table)
 
 
-def _interim_columns(interim: InterimSettings, design: PlannedTrial, part: list[dict], n: int) -> dict:
+def _interim_columns(interim: InterimSettings, design: PlannedTrial, efficacy: list[int], futility: list[int], duration_sum: float, n: int) -> dict:
     """Overall and per-look (look1, look2, ...) stopping probabilities, each look's calendar week and
     information (share of participants whose primary visit is scheduled by then), expected duration."""
     looks = interim.n_looks
-    eff = [sum(r["stop_efficacy"][k] for r in part) / n for k in range(looks)]
-    fut = [sum(r["stop_futility"][k] for r in part) / n for k in range(looks)]
+    eff = [efficacy[k] / n for k in range(looks)]
+    fut = [futility[k] / n for k in range(looks)]
     weeks, info = look_weeks(design, interim), look_information(design, interim)
     cols = {"p_stop_efficacy": sum(eff), "p_stop_futility": sum(fut)}
     for k in range(looks):
@@ -324,21 +383,21 @@ def _interim_columns(interim: InterimSettings, design: PlannedTrial, part: list[
         cols[f"p_stop_futility_look{k + 1}"] = fut[k]
         cols[f"look{k + 1}_week"] = float(weeks[k])
         cols[f"look{k + 1}_information"] = float(info[k])
-    cols["expected_duration_weeks"] = sum(r["duration_sum"] for r in part) / n
+    cols["expected_duration_weeks"] = duration_sum / n
     return cols
 
 
 def _robust_columns(spec: PlanSpec, table: pd.DataFrame) -> pd.DataFrame:
-    """Per design: `assurance` (the assurance scenario's success rate) and `assurance_robust`
-    ((1 - w) assurance + w P(success | vague)), with MCSEs, on every row of the design."""
+    """Per design and arm row: `assurance` (the assurance scenario's success rate) and `assurance_robust`
+    ((1 - w) assurance + w P(success | vague)), with MCSEs, on every row of the design and arm."""
     w = spec.robust_weight
-    key = ["population", "n_per_arm", "n_treatment"]
+    key = ["population", "n_per_arm", "arm"]
     plain = table[table["scenario"] == "assurance"].set_index(key)
     vague = table[table["scenario"] == "vague"].set_index(key)
     out = table.copy()
     cols = {"assurance": [], "assurance_mcse": [], "assurance_robust": [], "assurance_robust_mcse": []}
     for row in table.itertuples():
-        k = (row.population, row.n_per_arm, row.n_treatment)
+        k = (row.population, row.n_per_arm, row.arm)
         a = plain["p_success"].get(k, float("nan"))
         am = plain["p_success_mcse"].get(k, float("nan"))
         if w > 0:
@@ -355,16 +414,18 @@ def _robust_columns(spec: PlanSpec, table: pd.DataFrame) -> pd.DataFrame:
 
 
 def smallest_n(table: pd.DataFrame, target: float) -> pd.DataFrame:
-    """Per population: the smallest n per arm whose assurance reaches the target (point estimate), and
-    the smallest whose assurance minus 2 MCSE does (a conservative choice); NaN if the grid never does."""
+    """Per population and arm row (each active arm's success, and "any": at least one arm's): the smallest
+    n per arm whose assurance reaches the target (point estimate), and the smallest whose assurance minus
+    2 MCSE does (a conservative choice); NaN if the grid never does."""
     rows = []
-    for pop, part in table[table["scenario"] == "assurance"].groupby("population", sort=False):
+    for (pop, arm), part in table[table["scenario"] == "assurance"].groupby(["population", "arm"], sort=False):
         part = part.sort_values("n_per_arm")
         hit = part[part["p_success"] >= target]
         safe = part[part["p_success"] - 2 * part["p_success_mcse"] >= target]
         rows.append(
             {
                 "population": pop,
+                "arm": arm,
                 "target_assurance": target,
                 "n_per_arm": float(hit["n_per_arm"].iloc[0]) if len(hit) else float("nan"),
                 "n_per_arm_conservative": float(safe["n_per_arm"].iloc[0]) if len(safe) else float("nan"),
@@ -377,6 +438,7 @@ def smallest_n(table: pd.DataFrame, target: float) -> pd.DataFrame:
 
 def plan(params: ParameterSet, spec: PlanSpec, workers: int = 1, scheduler: str | None = None, client=None) -> tuple[pd.DataFrame, dict]:
     """Validate, run and summarise; returns (table, timings)."""
+    spec = spec.with_arms(params)
     spec.validate(params)
     t0 = time.perf_counter()
     with dask_client(workers, scheduler, client) as cl:

@@ -1,7 +1,7 @@
 """Simulate whole future trials of a design from a parameter set.
 
 Simulation (vectorised over S trials of one design): each simulated trial takes one parameter draw and
-enrols n_control + n_treatment new participants, who must pass the entry screening on their baseline
+enrols the design's participants of every arm (control first, then each active arm), who must pass the entry screening on their baseline
 score (and the enrichment threshold on a baseline biomarker, when the design enriches). Every scheduled
 visit of every participant is drawn:
 
@@ -42,8 +42,8 @@ SCORE_UNIT = 5.0  # dropout_score_effect is per this many outcome points (as dat
 
 
 def site_of(trial: PlannedTrial) -> np.ndarray:
-    """(N,) site of each participant (control first, then treatment): participant j of an arm at site j mod sites."""
-    return np.concatenate([np.arange(trial.n_control), np.arange(trial.n_treatment)]) % trial.sites
+    """(N,) site of each participant (ordered by arm, control first): participant j of an arm at site j mod sites."""
+    return np.concatenate([np.arange(n) for n in trial.arm_sizes]) % trial.sites
 
 
 def _site_offsets(params, idx: np.ndarray, trial: PlannedTrial, rng: np.random.Generator) -> tuple[np.ndarray | None, np.ndarray | None]:
@@ -94,14 +94,17 @@ def _curve(source: dict, key: str) -> dict[float, float] | None:
     return {float(k): float(v) for k, v in curve.items()} if curve else None
 
 
-def calibrated_dropout(source: dict, weeks: tuple[int, ...], primary: float, given) -> tuple[tuple[float, float], tuple[float, ...] | None, str]:
-    """Per-arm loss by the primary week, the shape of the cumulative loss over the post-baseline weeks
-    (relative to the primary week's) and a statement of where both come from.
+def calibrated_dropout(source: dict, weeks: tuple[int, ...], primary: float, given, arms: tuple[str, ...] = ("placebo", "nac")
+                       ) -> tuple[tuple[float, ...], tuple[float, ...] | None, str]:
+    """Per-arm loss by the primary week (`arms` control first), the shape of the cumulative loss over the
+    post-baseline weeks (relative to the primary week's) and a statement of where both come from.
 
-    Default: the fitted trial's observed loss by visit (per arm at the primary week; the shape from both
-    arms together), interpolated linearly in weeks. `given` (placebo, NAC) replaces the rates and keeps the
-    fitted shape; without a fitted trial the hazard is the same at every visit."""
+    Default: the fitted trial's observed loss by visit (per arm at the primary week; the shape from all
+    arms together), interpolated linearly in weeks. `given` (one rate, or one per arm, control first)
+    replaces the rates and keeps the fitted shape; without a fitted trial the hazard is the same at every
+    visit."""
     post = [w for w in sorted(weeks) if w > 0]
+    k = len(arms)
     pooled = _curve(source, "dropout_by_week")
 
     def at(curve, w):
@@ -112,15 +115,20 @@ def calibrated_dropout(source: dict, weeks: tuple[int, ...], primary: float, giv
     if pooled and at(pooled, primary) > 0:
         shape = tuple(round(at(pooled, w) / at(pooled, primary), 6) for w in post)
     if given is not None:
-        return tuple(given), shape, "given (--dropout); " + ("visit profile of the fitted trial" if shape else "same hazard at every visit")
-    control, treatment = _curve(source, "dropout_by_week_control"), _curve(source, "dropout_by_week_treatment")
-    if control and treatment:
-        rates = (round(at(control, primary), 4), round(at(treatment, primary), 4))
-        return rates, shape, "fitted trial: observed loss by visit and arm"
+        given = tuple(float(g) for g in np.atleast_1d(given))
+        if len(given) not in (1, k):
+            raise PlanningError(f"--dropout: give one fraction for every arm or one per arm in the order {', '.join(arms)}; got {len(given)}")
+        return given * k if len(given) == 1 else given, shape, "given (--dropout); " + ("visit profile of the fitted trial" if shape else "same hazard at every visit")
+    by_arm = source.get("dropout_by_week_arm") or {}
+    if len(arms) == 2 and not by_arm and source.get("dropout_by_week_control") and source.get("dropout_by_week_treatment"):
+        by_arm = {arms[0]: source["dropout_by_week_control"], arms[1]: source["dropout_by_week_treatment"]}
+    curves = [_curve(by_arm, a) for a in arms]
+    if all(curves):
+        return tuple(round(at(c, primary), 4) for c in curves), shape, "fitted trial: observed loss by visit and arm"
     if pooled:
         rate = round(at(pooled, primary), 4)
-        return (rate, rate), shape, "fitted trial: observed loss by visit"
-    return (0.2, 0.2), None, "default 0.2, same hazard at every visit"
+        return (rate,) * k, shape, "fitted trial: observed loss by visit"
+    return (0.2,) * k, None, "default 0.2, same hazard at every visit"
 
 
 def _effect_shape(params, trial: PlannedTrial) -> np.ndarray:
@@ -131,16 +139,18 @@ def _effect_shape(params, trial: PlannedTrial) -> np.ndarray:
 
 
 def _scenario_effect(params, scenario: Scenario, s: int, rng: np.random.Generator, effect_scale: float) -> np.ndarray | None:
-    """Primary-week effects of a fixed, vague or design-prior scenario (S,); None: the draws' own effects."""
+    """Primary-week effects (S, A) of a fixed, vague or design-prior scenario, independent across arms;
+    None: the draws' own effects."""
+    a = params.n_active
     if scenario.kind == "fixed":
-        return np.full(s, float(scenario.effect))
+        return np.broadcast_to(scenario.effects(a), (s, a)).copy()
     if scenario.kind == "vague":
-        return float(scenario.sd) * rng.standard_normal(s)
+        return float(scenario.sd) * rng.standard_normal((s, a))
     if scenario.kind != "assurance":
         raise PlanningError(f"unknown scenario kind '{scenario.kind}'")
     if params.effect_prior is not None:
-        mean, sd = params.effect_prior
-        return (mean + sd * rng.standard_normal(s)) * effect_scale
+        mean, sd = (np.array(x, float) for x in zip(*params.effect_prior))
+        return (mean + sd * rng.standard_normal((s, a))) * effect_scale
     return None
 
 
@@ -158,8 +168,14 @@ def _check_eligible(fraction: np.ndarray, trial: PlannedTrial) -> None:
         raise PlanningError(f"the entry criterion (baseline score >= {trial.entry_min:g}) leaves fewer than 1 in 10,000 people eligible; lower --entry-min")
 
 
-def _trajectory_scores(params: ParameterSet, idx, trial: PlannedTrial, scenario: Scenario, rng, effect_scale: float, treated: np.ndarray):
-    s, n = len(idx), len(treated)
+def _by_arm(values: np.ndarray, arm: np.ndarray) -> np.ndarray:
+    """(S, N) each participant's entry of per-arm values (S, A): 0 for the control arm."""
+    full = np.concatenate([np.zeros((values.shape[0], 1)), values], axis=1)
+    return full[:, arm]
+
+
+def _trajectory_scores(params: ParameterSet, idx, trial: PlannedTrial, scenario: Scenario, rng, effect_scale: float, arm: np.ndarray):
+    s, n = len(idx), len(arm)
     weeks = np.asarray(sorted(trial.weeks), float)
     t1, t2 = np.array([params.scale.t_codes(w) for w in weeks]).T
     q = 4 * t1 * (1 - t1)  # curved models' basis
@@ -200,20 +216,24 @@ def _trajectory_scores(params: ParameterSet, idx, trial: PlannedTrial, scenario:
     b1 = tau[:, 1:2] * (rho[:, None] * e0 + np.sqrt(1 - rho[:, None] ** 2) * e[:, :, 1])
 
     fixed = _scenario_effect(params, scenario, s, rng, effect_scale)
+    a_n = params.n_active
     if fixed is None:
-        d1 = params.nac_change[idx, 0] * effect_scale
-        d2 = params.nac_change[idx, 1] * effect_scale
+        d1 = params.nac_change[idx, :, 0] * effect_scale  # (S, A)
+        d2 = params.nac_change[idx, :, 1] * effect_scale
         k1 = params.nac_curvature[idx] * effect_scale
-        eta = params.nac_moderation[idx] * effect_scale
+        eta = params.nac_moderation[idx] * effect_scale  # (S, A, K)
     else:
-        d1, d2, k1 = fixed / p_t1, np.zeros(s), np.zeros(s)
+        d1, d2, k1 = fixed / p_t1, np.zeros((s, a_n)), np.zeros((s, a_n))
         eta = params.nac_moderation[idx] * (effect_scale if scenario.kind == "assurance" else 0.0)
     modr = np.einsum("snk,sk->sn", z, params.moderation[idx])
-    nac_mod = np.einsum("snk,sk->sn", z, eta)
+    arm_mod = [np.einsum("snk,sk->sn", z, eta[:, a]) for a in range(a_n)]  # (S, N) per active arm: its x marker term
+    nac_mod = np.zeros((s, n))
+    for a in range(a_n):
+        nac_mod = np.where(arm == a + 1, arm_mod[a], nac_mod)
     level = m0 + b0
-    slope1 = params.time_change[idx, 0][:, None] + d1[:, None] * treated + modr + treated * nac_mod + b1
-    slope2 = params.time_change[idx, 1][:, None] + d2[:, None] * treated
-    bend = params.time_curvature[idx][:, None] + k1[:, None] * treated
+    slope1 = params.time_change[idx, 0][:, None] + _by_arm(d1, arm) + modr + nac_mod + b1
+    slope2 = params.time_change[idx, 1][:, None] + _by_arm(d2, arm)
+    bend = params.time_curvature[idx][:, None] + _by_arm(k1, arm)
     eps = rng.standard_normal((s, n, len(weeks) - 1))
     y = np.empty((s, n, len(weeks)))
     y[:, :, 0] = y0
@@ -221,12 +241,12 @@ def _trajectory_scores(params: ParameterSet, idx, trial: PlannedTrial, scenario:
                    + sigma[:, None, None] * eps)
     p1, p2 = params.scale.t_codes(trial.primary_week)
     pq = 4 * p1 * (1 - p1)
-    true_effect = d1 * p1 + d2 * p2 + k1 * pq + p1 * nac_mod[:, treated == 1].mean(axis=1)
+    true_effect = d1 * p1 + d2 * p2 + k1 * pq + p1 * np.column_stack([arm_mod[a][:, arm == a + 1].mean(axis=1) for a in range(a_n)])
     return y, true_effect, eligible, site_sd
 
 
-def _mmrm_scores(params, idx, trial: PlannedTrial, scenario: Scenario, rng, effect_scale: float, treated: np.ndarray):
-    s, n = len(idx), len(treated)
+def _mmrm_scores(params, idx, trial: PlannedTrial, scenario: Scenario, rng, effect_scale: float, arm: np.ndarray):
+    s, n = len(idx), len(arm)
     offset, site_sd = _site_offsets(params, idx, trial, rng)
     sel = np.array([list(params.visit_weeks).index(w) for w in trial.post_weeks])
     bm, bs = params.baseline_mean[idx][:, None], params.baseline_sd[idx][:, None]
@@ -237,29 +257,30 @@ def _mmrm_scores(params, idx, trial: PlannedTrial, scenario: Scenario, rng, effe
     y0 = _truncated_normal(bm, bs, lower, rng, (s, n))
     fixed = _scenario_effect(params, scenario, s, rng, effect_scale)
     if fixed is None:
-        d = params.nac_visit_effect[idx][:, sel] * effect_scale
+        d = params.nac_visit_effect[idx][:, :, sel] * effect_scale  # (S, A, V)
     else:
-        d = fixed[:, None] * _effect_shape(params, trial)[None, :]
+        d = fixed[:, :, None] * _effect_shape(params, trial)[None, None, :]
     sig = params.sigma()[idx][:, sel][:, :, sel]
     chol = np.linalg.cholesky(sig)
-    mean = (params.visit_mean[idx][:, sel][:, None, :] + d[:, None, :] * treated[None, :, None]
+    by_arm = np.concatenate([np.zeros((s, 1, len(sel))), d], axis=1)[:, arm, :]  # (S, N, V): 0 for the control arm
+    mean = (params.visit_mean[idx][:, sel][:, None, :] + by_arm
             + params.baseline_slope[idx][:, sel][:, None, :] * (y0 - params.baseline_center[idx][:, None])[:, :, None])
     eps = rng.standard_normal((s, n, len(sel)))
     change = mean + eps @ np.swapaxes(chol, 1, 2)
     if offset is not None:
         change = change + offset[:, :, None]
     y = np.concatenate([y0[:, :, None], y0[:, :, None] + change], axis=2)
-    return y, d[:, trial.primary_index], eligible, site_sd
+    return y, d[:, :, trial.primary_index], eligible, site_sd
 
 
 def _solve_intercepts(x: np.ndarray, risk: np.ndarray, arm: np.ndarray, hazard: np.ndarray, beta: float) -> np.ndarray:
     """Per trial and arm, the logistic intercept a with mean_{at risk in arm} expit(a + beta x) = hazard[arm].
 
-    x, risk (S, N); arm (N,) 0/1; hazard (2,). Newton's method on a monotone function of a, from the
+    x, risk (S, N); arm (N,) arm index; hazard (K,). Newton's method on a monotone function of a, from the
     intercept that is exact when x is constant. Returns (S, N) intercepts placed per participant."""
     s = x.shape[0]
-    a = np.zeros((s, 2))
-    for k in (0, 1):
+    a = np.zeros((s, len(hazard)))
+    for k in range(len(hazard)):
         h = hazard[k]
         rows = arm == k
         xr, rr = x[:, rows], risk[:, rows].astype(float)
@@ -281,7 +302,7 @@ def _solve_intercepts(x: np.ndarray, risk: np.ndarray, arm: np.ndarray, hazard: 
     return a[:, arm.astype(int)]
 
 
-def simulate_dropout(y: np.ndarray, treated: np.ndarray, trial: PlannedTrial, rng: np.random.Generator) -> np.ndarray:
+def simulate_dropout(y: np.ndarray, arm: np.ndarray, trial: PlannedTrial, rng: np.random.Generator) -> np.ndarray:
     """Visits attended (S, N) under the design's dropout rates by visit and arm and its mechanism.
 
     Before post-baseline visit v, a participant still in the trial leaves with probability h_av (MCAR),
@@ -290,9 +311,9 @@ def simulate_dropout(y: np.ndarray, treated: np.ndarray, trial: PlannedTrial, rn
     1 - h_av = (1 - F_av) / (1 - F_a,v-1) and F_av is the design's cumulative dropout by visit v."""
     s, n, w = y.shape
     v = w - 1
-    arm = np.asarray(treated).astype(int)
-    surv = 1 - trial.cumulative_dropout()  # (2, V)
-    hazard = 1 - surv / np.concatenate([np.ones((2, 1)), surv[:, :-1]], axis=1)
+    arm = np.asarray(arm).astype(int)
+    surv = 1 - trial.cumulative_dropout()  # (K, V)
+    hazard = 1 - surv / np.concatenate([np.ones((len(surv), 1)), surv[:, :-1]], axis=1)
     u = rng.uniform(size=(s, n, v))
     beta = trial.dropout_score_effect / SCORE_UNIT
     inside = np.ones((s, n), bool)
@@ -319,16 +340,17 @@ def simulate_trials(
     round_scores: bool = True,
 ) -> SimulatedTrials:
     s = int(n_sims)
-    nc, nt = trial.n_control, trial.n_treatment
-    treated = np.concatenate([np.zeros(nc), np.ones(nt)])
+    if trial.n_active != params.n_active:
+        raise PlanningError(f"the design has {trial.n_active} active arm(s); the parameter set's are {list(params.active_arms)}")
+    arm = trial.arm_of()
     idx = rng.integers(params.n_draws, size=s)
     make = _mmrm_scores if params.family == "mmrm" else _trajectory_scores
-    y, true_effect, eligible, site_sd = make(params, idx, trial, scenario, rng, effect_scale, treated)
+    y, true_effect, eligible, site_sd = make(params, idx, trial, scenario, rng, effect_scale, arm)
     sc = params.scale
     if round_scores and sc.integer_scores:
         y = np.round(y)
     if round_scores and sc.score_min is not None and sc.score_max is not None:
         y = np.clip(y, sc.score_min, sc.score_max)
-    attended = simulate_dropout(y, treated, trial, rng)
-    return SimulatedTrials(y=y, attended=attended, treated=treated, primary=trial.primary_index, true_effect=true_effect, eligible=eligible,
+    attended = simulate_dropout(y, arm, trial, rng)
+    return SimulatedTrials(y=y, attended=attended, arm=arm, primary=trial.primary_index, true_effect=true_effect, eligible=eligible,
                            site=None if site_sd is None else site_of(trial), site_sd=site_sd)

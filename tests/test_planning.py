@@ -276,6 +276,8 @@ def test_parameters_of_other_model_fits():
 
     plain = from_posterior(_fake_fit(False, False))  # the treatment model: no biomarkers
     assert plain.n_draws == 10 and plain.marker_names == () and plain.marker_chol.shape == (10, 0, 0)
+    # a fit without the active-arm dim has one active arm; without recorded arms they get generic names
+    assert plain.nac_change.shape == (10, 1, 2) and plain.arms == ("control", "active")
     table, _ = plan(plain, PlanSpec([PlannedTrial(40)], [Scenario("assurance")], sims=50))
     assert table.analysis.iloc[0] == "mmrm" and table.failed_analyses.iloc[0] == 0
     assert table.mean_true_effect.iloc[0] == pytest.approx(-1.5)
@@ -283,7 +285,7 @@ def test_parameters_of_other_model_fits():
         PlannedTrial(40, enrich_marker="crp", enrich_threshold=3.0).validate(plain)
 
     moderated = from_posterior(_fake_fit(True, True))  # the moderation model's NAC x marker term is used
-    np.testing.assert_allclose(moderated.nac_moderation, np.tile([0.0, -2.0], (10, 1)))
+    np.testing.assert_allclose(moderated.nac_moderation[:, 0], np.tile([0.0, -2.0], (10, 1)))
     cov = moderated.marker_chol[0] @ moderated.marker_chol[0].T
     np.testing.assert_allclose(cov, [[1.0, 0.5], [0.5, 1.25]])
     enriched = PlannedTrial(40, enrich_marker="crp", enrich_threshold=3.0)

@@ -67,8 +67,9 @@ def save_mmrm_fit(data_dir, path, draws=40, seed=3):
         "visit_sd": np.broadcast_to(sd, (c, d, v)) * np.exp(0.05 * rng.standard_normal((c, d, v))),
         "visit_corr": np.broadcast_to(sigma / np.outer(sd, sd), (c, d, v, v)).copy(),
     }
-    dims = {"visit_mean": ["visit"], "nac_visit_effect": ["visit"], "baseline_slope": ["visit"], "visit_sd": ["visit"], "visit_corr": ["visit", "visit2"]}
-    coords = {"visit": list(weeks[1:]), "visit2": list(weeks[1:])}
+    dims = {"visit_mean": ["visit"], "nac_visit_effect": ["active_arm", "visit"], "baseline_slope": ["visit"], "visit_sd": ["visit"],
+            "visit_corr": ["visit", "visit2"]}
+    coords = {"visit": list(weeks[1:]), "visit2": list(weeks[1:]), "active_arm": list(design.active_arms)}
     idata = az.from_dict(posterior=post, dims=dims, coords=coords)
     idata.add_groups(trial_data=ds)
     stamp(idata, model="mmrm", data_checksum=design.checksum, data_source=str(data_dir), design_constants=design_constants(design))
@@ -94,7 +95,7 @@ def test_posterior_parameters_and_design_constants(posterior, small_trial, tmp_p
     idata = az.from_netcdf(posterior)
     assert params.n_draws == 100
     assert params.participant_sd.shape == (100, 2) and np.all(params.participant_sd > 0) and np.all(np.abs(params.participant_corr) < 1)
-    np.testing.assert_allclose(params.nac_change[:, 0], idata.posterior["nac_change"].isel(phase=0).values.ravel())
+    np.testing.assert_allclose(params.nac_change[:, 0, 0], idata.posterior["nac_change"].isel(phase=0).values.ravel())
     assert params.marker_names == tuple(design.baseline.names)
     np.testing.assert_allclose(params.log_center, design.baseline.log_center)
     np.testing.assert_allclose(params.log_scale, design.baseline.log_scale)
@@ -203,7 +204,7 @@ def test_plan_cli_from_an_mmrm_fit_with_the_new_options(mmrm_posterior, small_tr
     assert (a.dropout_source == "fitted trial: observed loss by visit and arm").all()
     # the truth at week 12 is the posterior's NAC effect there; robust assurance lies between plain and vague
     assurance = a[a.scenario == "assurance"]
-    np.testing.assert_allclose(assurance.mean_true_effect, params.nac_visit_effect[:, 4].mean(), atol=0.35)
+    np.testing.assert_allclose(assurance.mean_true_effect, params.nac_visit_effect[:, 0, 4].mean(), atol=0.35)
     vague = a[a.scenario == "vague"].set_index("n_per_arm").p_success
     for row in assurance.itertuples():
         assert min(row.assurance, vague[row.n_per_arm]) <= row.assurance_robust <= max(row.assurance, vague[row.n_per_arm])

@@ -104,7 +104,7 @@ def test_mmrm_equals_the_ancova_with_complete_data():
     est, se, df = ancova(sim)
     np.testing.assert_allclose(m["estimate"], est, rtol=1e-8, atol=1e-10)
     np.testing.assert_allclose(m["se"], se, rtol=1e-8)
-    np.testing.assert_array_equal(m["df"], df)
+    np.testing.assert_array_equal(m["df"][:, 0], df)
 
 
 @pytest.mark.unit
@@ -131,7 +131,7 @@ def test_trajectory_scores_given_the_baseline_follow_the_implied_mmrm_even_after
         coef, *_ = np.linalg.lstsq(x, change[rows], rcond=None)
         r = change[rows] - x @ coef
         se = np.sqrt(np.diag(np.linalg.inv(x.T @ x))[:, None] * r.var(axis=0)[None, :])  # (coefficient, visit)
-        expected = np.vstack([implied.visit_mean[0] + arm * implied.nac_visit_effect[0], implied.baseline_slope[0]])
+        expected = np.vstack([implied.visit_mean[0] + arm * implied.nac_visit_effect[0, 0], implied.baseline_slope[0]])
         assert np.all(np.abs(coef - expected) < 4 * se), (arm, coef, expected, se)
         resid.append(r)
     cov = np.cov(np.vstack(resid).T)
@@ -359,13 +359,13 @@ def test_ppos_is_a_probability_increasing_with_the_interim_benefit():
     sim = simulate_trials(params, trial, Scenario("fixed", -2.0), 40, np.random.default_rng(1))
     settings = InterimSettings((0.5,), futility=0.0, efficacy=1.0)
     res = sequential(sim, trial, AnalysisSettings(), settings)
-    pp = res["ppos"][:, 0]
+    pp = res["ppos"][:, 0, 0]  # look 1, the one active arm
     assert np.isfinite(pp).all() and ((pp >= 0) & (pp <= 1)).all()
     # across simulated trials, a larger interim benefit means a larger PPoS (rank correlation)
     at_look = attended_at(sim, trial, entry_weeks(trial, accrual_rate(trial, settings)), look_weeks(trial, settings)[0])
     assert (at_look <= sim.attended).all() and (at_look < sim.attended).any()
     interim = analyse(sim, AnalysisSettings(), attended=at_look)
-    assert stats.spearmanr(-interim["post_mean"], pp).statistic > 0.5
+    assert stats.spearmanr(-interim["post_mean"][:, 0], pp).statistic > 0.5
 
 
 @pytest.mark.slow  # beside the default tier's Dask tests it could not start its workers; alone it passes
