@@ -15,12 +15,20 @@ the sum-to-zero site offsets and the closed-form marginal likelihood. tests/test
 value, gradient and stored variables against PyTensor's own at random points on several designs
 and priors (constants agree to float32 rounding of PyMC's log prior scales; gradients to ~1e-13).
 Every member of the trajectory family is the same function with its blocks present or absent:
-biomarkers (headline, moderation), the arm (all but null), the biomarker x arm term of the
+biomarkers (headline, moderation), the arms (all but null), the biomarker x arm term of the
 moderation model (inside each participant's treatment-phase change), the curvature of
 treatment_curved (a 4th fixed coefficient per participant, on q = 4 t1 (1 - t1), with its own
 sufficient statistics) and the baseline covariates (data, like the completed markers: their
 effects `covariate_level` and `covariate_change` add to each participant's level and
 treatment-phase change).
+
+Any number of active arms: the arm blocks hold one set of terms per active arm, arm by arm
+(`nac_change` active_arm x phase, so arm a's phase p is x[o_nac + a * n_phases + p];
+`nac_curvature` active_arm; `nac_marker_moderation` active_arm x marker), and each participant's arm
+index (0 control, a for the a-th active arm) picks their own arm's terms. A participant's terms are
+added times their arm indicator, 1 (0 for a control participant, with the first arm's terms), and
+the gradient of each arm's terms is summed over participants in the order of the participants, so
+a two-arm trial (one active arm) is computed with exactly the operations of a one-arm formulation.
 
 The PyMC model still supplies the variable names, dims, transforms, initial points and the prior
 predictive: only the two functions nutpie calls (log density with gradient, and the expansion of a
@@ -100,18 +108,20 @@ E_BLOCKS = (
 (E_MSD, E_CENS, E_SITE, E_CHOL, E_RESID, E_PSD, E_CORR, E_FIXED, E_NAC, E_PLACEBO, E_MODD, E_PROGD, E_NMODD) = range(len(E_BLOCKS))
 # fields of the context array; F_XQ (per participant: sums of q, t1 q, t2 q, q^2), F_QY (sum of q y) and
 # F_WEEK_Q (q per scheduled week) are empty unless the model is curved
-(F_SIZES, F_XOFF, F_EOFF, F_PRIORS, F_TREATED, F_SITE_IDX, F_XX, F_XY, F_YY, F_NVIS, F_ZDATA, F_ZSTATUS, F_ZINDEX, F_ZUPPER,
+(F_SIZES, F_XOFF, F_EOFF, F_PRIORS, F_ARM, F_SITE_IDX, F_XX, F_XY, F_YY, F_NVIS, F_ZDATA, F_ZSTATUS, F_ZINDEX, F_ZUPPER,
  F_PER_DOUBLING, F_WEEK_T1, F_WEEK_T2, F_XQ, F_QY, F_WEEK_Q, F_NINT, F_COV, F_PHASE_LOC, F_IGROUP, F_IREP) = range(25)
 N_FIELDS = 25
+# F_ARM: per participant, its arm index (0 the control arm, a the a-th active arm)
 # F_NINT: per participant, the number of its missing markers integrated out (0 for most); F_IGROUP: its group of
 # participants sharing H (`_integrated_modes`), -1 if none; F_IREP: one participant per group
 # F_COV: the covariate columns the model adjusts for, participant x covariate (row-major; empty without covariates)
 # F_PHASE_LOC: the Normal priors of time_change and nac_change element by element, (mu, sigma) per phase, time_change's
-# first: [mu_t0, sigma_t0, mu_t1, sigma_t1, mu_n0, sigma_n0, mu_n1, sigma_n1] (a prior may give each phase its own mean)
+# first: [mu_t0, sigma_t0, mu_t1, sigma_t1, mu_n0, sigma_n0, mu_n1, sigma_n1] (a prior may give each phase its own mean;
+# nac_change's apply to every active arm)
 PHASE_LOC_TIME, PHASE_LOC_NAC = 0, 4
 # sizes (field F_SIZES): participants, markers, latent missing and censored marker entries, sites (0 for one), follow-up (0/1),
 # length of x, length of the expanded draw, scheduled weeks, curved (0/1), participants with integrated markers,
-# covariate columns
+# covariate columns, active arms
 # marker entry status (INTEGRATED: a missing value integrated out with the participant effects)
 OBSERVED, MISSING, CENSORED, INTEGRATED = 0, 1, 2, 3
 
@@ -127,6 +137,16 @@ _jit = numba.njit(error_model="numpy")
 def _field(ctx, k):
     off = int(ctx[2 + 2 * k])
     return ctx[off : off + int(ctx[3 + 2 * k])]
+
+
+@_jit
+def _arm_of(arm, i):
+    """(indicator, slot) of participant i: 1.0 and a - 1 in active arm a; 0.0 and 0 in the control arm (whose
+    terms are then the first arm's times 0: the same operations for every participant)."""
+    a = int(arm[i])
+    if a > 0:
+        return 1.0, a - 1
+    return 0.0, 0
 
 
 @_jit
@@ -385,24 +405,26 @@ def _fixed_part(x, ctx, z, site):
     sizes = _field(ctx, F_SIZES)
     n_p, m, followup, curved, n_cov = int(sizes[0]), int(sizes[1]), int(sizes[5]), int(sizes[9]), int(sizes[11])
     xo = _field(ctx, F_XOFF)
-    treated, site_idx, cov = _field(ctx, F_TREATED), _field(ctx, F_SITE_IDX), _field(ctx, F_COV)
+    arm, site_idx, cov = _field(ctx, F_ARM), _field(ctx, F_SITE_IDX), _field(ctx, F_COV)
     o_prog, o_mod, o_time, o_nac, o_nmod = int(xo[X_PROG]), int(xo[X_MOD]), int(xo[X_TIME]), int(xo[X_NAC]), int(xo[X_NMOD])
     o_tcurv, o_ncurv, o_clevel, o_cchange = int(xo[X_TCURV]), int(xo[X_NCURV]), int(xo[X_CLEVEL]), int(xo[X_CCHANGE])
+    n_ph = 1 + followup
     icpt = x[int(xo[X_ICPT])]
     fixed = np.empty((n_p, 3 + curved))
     for i in range(n_p):
+        treated, slot = _arm_of(arm, i)  # the participant's own arm's terms (times 0 in the control arm)
         level = icpt + site[int(site_idx[i])]
         ch1 = x[o_time]
         if o_nac >= 0:  # the null model has no arm
-            ch1 += x[o_nac] * treated[i]
+            ch1 += x[o_nac + slot * n_ph] * treated
         for k in range(m):
             level += z[i, k] * x[o_prog + k]
             ch1 += z[i, k] * x[o_mod + k]
         if o_nmod >= 0:  # biomarker x arm (moderation model)
             nmod = 0.0
             for k in range(m):
-                nmod += z[i, k] * x[o_nmod + k]
-            ch1 += nmod * treated[i]
+                nmod += z[i, k] * x[o_nmod + slot * m + k]
+            ch1 += nmod * treated
         for j in range(n_cov):  # baseline covariates: data, like the markers' prognostic and moderation terms
             v = cov[i * n_cov + j]
             level += v * x[o_clevel + j]
@@ -413,11 +435,11 @@ def _fixed_part(x, ctx, z, site):
         if followup:
             fixed[i, 2] = x[o_time + 1]
             if o_nac >= 0:
-                fixed[i, 2] += x[o_nac + 1] * treated[i]
-        if curved:  # the bend kappa_0 + kappa_1 T_i
+                fixed[i, 2] += x[o_nac + slot * n_ph + 1] * treated
+        if curved:  # the bend kappa_0 + kappa_a of the participant's arm a
             fixed[i, 3] = x[o_tcurv]
             if o_ncurv >= 0:
-                fixed[i, 3] += x[o_ncurv] * treated[i]
+                fixed[i, 3] += x[o_ncurv + slot] * treated
     return fixed
 
 
@@ -520,16 +542,17 @@ def _missing_set(ctx, i, m, miss):
 @_jit
 def _marker_loadings(x, ctx, i, miss, q, jac):
     """Columns 2.. of J = [L, A]: each integrated marker's coefficients on (level, change):
-    (prognostic_k, moderation_k + nac_moderation_k T_i)."""
+    (prognostic_k, moderation_k + nac_moderation_ak of the participant's active arm a)."""
     xo = _field(ctx, F_XOFF)
-    treated = _field(ctx, F_TREATED)
+    m = int(_field(ctx, F_SIZES)[1])
+    treated, slot = _arm_of(_field(ctx, F_ARM), i)
     o_prog, o_mod, o_nmod = int(xo[X_PROG]), int(xo[X_MOD]), int(xo[X_NMOD])
     for a in range(q):
         k = miss[a]
         jac[0, 2 + a] = x[o_prog + k]
         jac[1, 2 + a] = x[o_mod + k]
         if o_nmod >= 0:
-            jac[1, 2 + a] += x[o_nmod + k] * treated[i]
+            jac[1, 2 + a] += x[o_nmod + slot * m + k] * treated
 
 
 @_jit
@@ -560,7 +583,7 @@ def _integrated_modes(x, ctx, z0, fixed0, l00, l10, l11, inv_s2, uhat, hchol, hi
     f(u) = log N(y_i | X c(z) + Z L eps, s^2 I) + log N(eps | 0, I) + log p(z) is quadratic in u with
     H = -d2f = J' Z'Z J / s^2 + blockdiag(I_2, Q_MM), J = [L, A]; the mode solves H u = df(0) (u = 0 at
     z_M = 0, eps = 0). H depends on the participant only through the missing set, Z'Z and (with the
-    biomarker x arm term) the arm: participants sharing them form a group (F_IGROUP, one representative
+    biomarker x arm term) the arm index: participants sharing them form a group (F_IGROUP, one representative
     each in F_IREP), and H, its Cholesky factor, H^-1 and log det H are computed once per group.
     Writes uhat (eps, then z_M in the order of the missing markers) per participant, and hchol, hinv,
     logdet per group. Returns False if some H is not positive definite."""
@@ -664,7 +687,8 @@ def logp_grad(x, ctx, grad):
     n_p, m, n_s, followup, curved = int(sizes[0]), int(sizes[1]), int(sizes[4]), int(sizes[5]), int(sizes[9])
     xo = _field(ctx, F_XOFF)
     pri = _field(ctx, F_PRIORS)
-    treated, site_idx = _field(ctx, F_TREATED), _field(ctx, F_SITE_IDX)
+    arm, site_idx = _field(ctx, F_ARM), _field(ctx, F_SITE_IDX)
+    n_arm, n_ph = int(sizes[12]), 1 + followup
     xx, xy, yy, nvis = _field(ctx, F_XX), _field(ctx, F_XY), _field(ctx, F_YY), _field(ctx, F_NVIS)
     xq, qy = _field(ctx, F_XQ), _field(ctx, F_QY)
     for j in range(grad.shape[0]):
@@ -715,13 +739,15 @@ def logp_grad(x, ctx, grad):
     n_total = 0.0
 
     g00 = g10 = g11 = d_s2 = 0.0
-    d_icpt = d_t0 = d_t1 = d_n0 = d_n1 = d_tc = d_nc = 0.0
+    d_icpt = d_t0 = d_t1 = d_tc = 0.0
+    d_nac = np.zeros(max(n_arm, 1) * n_ph)  # per active arm and phase (nac_change's layout)
+    d_nc = np.zeros(max(n_arm, 1))  # per active arm (nac_curvature)
     d_site = np.zeros(max(n_s, 1))
     adj = np.empty((n_p, m))  # every entry is set in the participant loop below
     o_prog, o_mod, o_nmod = int(xo[X_PROG]), int(xo[X_MOD]), int(xo[X_NMOD])
     d_prog = np.zeros(m)
     d_mod = np.zeros(m)
-    d_nmod = np.zeros(m)
+    d_nmod = np.zeros(max(n_arm, 1) * m)  # per active arm and marker (nac_marker_moderation's layout)
     n_cov = int(sizes[11])
     cov = _field(ctx, F_COV)
     d_clevel = np.zeros(n_cov)
@@ -794,24 +820,26 @@ def logp_grad(x, ctx, grad):
             g10 += -(bl10 * ki00 + bl11 * ki01) * inv_s2 + r1 * k0 * inv_s4 - v1 * k0 * inv_s6
             g11 += -(bl10 * ki01 + bl11 * ki11) * inv_s2 + r1 * k1 * inv_s4 - v1 * k1 * inv_s6
             d_s2 += -0.5 * ((n - 2.0 + ki00 + ki11) * inv_s2 - rr * inv_s4 + (wkw + k0 * k0 + k1 * k1) * inv_s6)
-        # back to the population terms
+        # back to the population terms (the participant's own arm's: slot)
+        treated, slot = _arm_of(arm, i)
         d_icpt += dc0
         d_site[int(site_idx[i])] += dc0
         d_t0 += dc1
-        d_n0 += dc1 * treated[i]
+        d_nac[slot * n_ph] += dc1 * treated
         d_t1 += dc2
-        d_n1 += dc2 * treated[i]
+        if followup:
+            d_nac[slot * n_ph + 1] += dc2 * treated
         d_tc += dc3
-        d_nc += dc3 * treated[i]
+        d_nc[slot] += dc3 * treated
         for k in range(m):
             d_prog[k] += dc0 * z[i, k]
             d_mod[k] += dc1 * z[i, k]
             adj[i, k] = dc0 * x[o_prog + k] + dc1 * x[o_mod + k]
         if o_nmod >= 0:
-            dt = dc1 * treated[i]
+            dt = dc1 * treated
             for k in range(m):
-                d_nmod[k] += dt * z[i, k]
-                adj[i, k] += dt * x[o_nmod + k]
+                d_nmod[slot * m + k] += dt * z[i, k]
+                adj[i, k] += dt * x[o_nmod + slot * m + k]
         for j in range(n_cov):
             v = cov[i * n_cov + j]
             d_clevel[j] += dc0 * v
@@ -849,7 +877,8 @@ def logp_grad(x, ctx, grad):
             d_prog[k] += gmat[0, 2 + a]
             d_mod[k] += gmat[1, 2 + a]
             if o_nmod >= 0:
-                d_nmod[k] += gmat[1, 2 + a] * treated[i]
+                treated, slot = _arm_of(arm, i)
+                d_nmod[slot * m + k] += gmat[1, 2 + a] * treated
         for kk in range(m):  # Q_MM = sum_k R_kM' R_kM / s_k^2, with W = -H^-1_zz / 2
             for a in range(q):
                 ra = r_mk[kk, miss[a]]
@@ -890,18 +919,22 @@ def logp_grad(x, ctx, grad):
     grad[o] += d_t0 + dg
     o_nac = int(xo[X_NAC])
     if o_nac >= 0:
-        g, dg = _normal_at(phase_loc[nc], phase_loc[nc + 1], x[o_nac])
-        lp += g
-        grad[o_nac] += d_n0 + dg
+        for a in range(n_arm):
+            o = o_nac + a * n_ph
+            g, dg = _normal_at(phase_loc[nc], phase_loc[nc + 1], x[o])
+            lp += g
+            grad[o] += d_nac[a * n_ph] + dg
     if followup:
         o = int(xo[X_TIME]) + 1
         g, dg = _normal_at(phase_loc[t + 2], phase_loc[t + 3], x[o])
         lp += g
         grad[o] += d_t1 + dg
         if o_nac >= 0:
-            g, dg = _normal_at(phase_loc[nc + 2], phase_loc[nc + 3], x[o_nac + 1])
-            lp += g
-            grad[o_nac + 1] += d_n1 + dg
+            for a in range(n_arm):
+                o = o_nac + a * n_ph + 1
+                g, dg = _normal_at(phase_loc[nc + 2], phase_loc[nc + 3], x[o])
+                lp += g
+                grad[o] += d_nac[a * n_ph + 1] + dg
     for k in range(m):
         g, dg = _normal_prior(pri, P_PROG, x[o_prog + k])
         lp += g
@@ -910,10 +943,10 @@ def logp_grad(x, ctx, grad):
         lp += g
         grad[o_mod + k] += d_mod[k] + dg
     if o_nmod >= 0:
-        for k in range(m):
-            g, dg = _normal_prior(pri, P_NMOD, x[o_nmod + k])
+        for j in range(n_arm * m):  # arm by arm, marker by marker
+            g, dg = _normal_prior(pri, P_NMOD, x[o_nmod + j])
             lp += g
-            grad[o_nmod + k] += d_nmod[k] + dg
+            grad[o_nmod + j] += d_nmod[j] + dg
     if curved:
         o = int(xo[X_TCURV])
         g, dg = _normal_prior(pri, P_TCURV, x[o])
@@ -921,9 +954,10 @@ def logp_grad(x, ctx, grad):
         grad[o] += d_tc + dg
         o = int(xo[X_NCURV])
         if o >= 0:
-            g, dg = _normal_prior(pri, P_NCURV, x[o])
-            lp += g
-            grad[o] += d_nc + dg
+            for a in range(n_arm):
+                g, dg = _normal_prior(pri, P_NCURV, x[o + a])
+                lp += g
+                grad[o + a] += d_nc[a] + dg
     o_clevel, o_cchange = int(xo[X_CLEVEL]), int(xo[X_CCHANGE])
     for j in range(n_cov):
         g, dg = _normal_prior(pri, P_CLEVEL, x[o_clevel + j])
@@ -994,6 +1028,7 @@ def expand(x, ctx, out):
                 out[o + n_t * i + t] = fixed[i, t]
     wt1, wt2, wq = _field(ctx, F_WEEK_T1), _field(ctx, F_WEEK_T2), _field(ctx, F_WEEK_Q)
     o_time, o_nac, o_tcurv, o_ncurv = int(xo[X_TIME]), int(xo[X_NAC]), int(xo[X_TCURV]), int(xo[X_NCURV])
+    n_arm, n_ph = int(sizes[12]), 1 + followup
     for w in range(n_week):
         placebo = x[o_time] * wt1[w]
         if o_tcurv >= 0:
@@ -1002,21 +1037,23 @@ def expand(x, ctx, out):
             placebo += x[o_time + 1] * wt2[w]
         if eo[E_PLACEBO] >= 0:
             out[int(eo[E_PLACEBO]) + w] = placebo
-        if eo[E_NAC] >= 0 and o_nac >= 0:
-            nac = x[o_nac] * wt1[w]
-            if o_ncurv >= 0:
-                nac += x[o_ncurv] * wq[w]
-            if followup:
-                nac += x[o_nac + 1] * wt2[w]
-            out[int(eo[E_NAC]) + w] = nac
+        if eo[E_NAC] >= 0 and o_nac >= 0:  # active_arm x week
+            for a in range(n_arm):
+                nac = x[o_nac + a * n_ph] * wt1[w]
+                if o_ncurv >= 0:
+                    nac += x[o_ncurv + a] * wq[w]
+                if followup:
+                    nac += x[o_nac + a * n_ph + 1] * wt2[w]
+                out[int(eo[E_NAC]) + a * n_week + w] = nac
     per_doubling = _field(ctx, F_PER_DOUBLING)
     for k in range(m):
         if eo[E_MODD] >= 0:
             out[int(eo[E_MODD]) + k] = x[int(xo[X_MOD]) + k] * per_doubling[k]
         if eo[E_PROGD] >= 0:
             out[int(eo[E_PROGD]) + k] = x[int(xo[X_PROG]) + k] * per_doubling[k]
-        if eo[E_NMODD] >= 0:
-            out[int(eo[E_NMODD]) + k] = x[int(xo[X_NMOD]) + k] * per_doubling[k]
+        if eo[E_NMODD] >= 0:  # active_arm x marker
+            for a in range(n_arm):
+                out[int(eo[E_NMODD]) + a * m + k] = x[int(xo[X_NMOD]) + a * m + k] * per_doubling[k]
 
 
 # ---------------------------------------------------------------- the context (Python)
@@ -1158,13 +1195,14 @@ def _covariate_columns(model, design) -> list[int]:
     return [design.covariate_names.index(c) for c in names]
 
 
-def _integrated_groups(integrated: np.ndarray, xx: np.ndarray, treated: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+def _integrated_groups(integrated: np.ndarray, xx: np.ndarray, arm: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
     """Group of each participant with integrated markers (-1 for the others) and one representative per group: the
-    same missing set, the same Z'Z and, when the loadings depend on the arm, the same arm share one H."""
+    same missing set, the same Z'Z and, when the loadings depend on the arm (arm: each participant's arm index), the
+    same arm share one H."""
     keys = {}
     group = -np.ones(len(integrated))
     for i in np.flatnonzero(integrated.any(axis=1)):
-        key = (tuple(integrated[i]), xx[i, 0, 0], xx[i, 0, 1], xx[i, 1, 1], None if treated is None else treated[i])
+        key = (tuple(integrated[i]), xx[i, 0, 0], xx[i, 0, 1], xx[i, 1, 1], None if arm is None else int(arm[i]))
         group[i] = keys.setdefault(key, len(keys))
     rep = np.zeros(len(keys))
     for i in range(len(group) - 1, -1, -1):
@@ -1177,10 +1215,11 @@ def fused_layout(model, design, priors, shapes: dict) -> FusedLayout:
     """Layout and data of a marginal trajectory `model` (models/trajectory.build_trajectory_marginal) built from
     `design` with `priors`; `shapes` maps each stored variable to its shape (as nutpie computes them).
 
-    Covers every member of the trajectory family: the headline model (arm and baseline markers),
-    moderation (the headline model with the biomarker x arm term), treatment (arm, no markers),
-    treatment_curved (treatment with the curvature) and null (neither), each with or without
-    baseline covariates. Raises Unsupported when the model is not one this module computes exactly.
+    Covers every member of the trajectory family: the headline model (arms and baseline markers),
+    moderation (the headline model with the biomarker x arm term), treatment (arms, no markers),
+    treatment_curved (treatment with the curvature) and null (neither), each with any number of active
+    arms and with or without baseline covariates. Raises Unsupported when the model is not one this
+    module computes exactly.
     """
     names, slices, shape_list, xoff, eoff, n_dim, pos = block_layout(model, shapes, X_BLOCKS, E_BLOCKS)
     joined, remaining = names[: len(model.free_RVs)], names[len(model.free_RVs):]
@@ -1205,6 +1244,12 @@ def fused_layout(model, design, priors, shapes: dict) -> FusedLayout:
     if not with_covariates:
         absent |= {P_CLEVEL, P_CCHANGE}
     n_sites, n_phases = len(design.sites), len(design.phases())
+    n_arms = 0
+    if with_arm:  # the model's active arms must be the design's, in its order (x holds arm a's terms at block a)
+        n_arms = design.n_active
+        labels = [str(a) for a in model.coords.get("active_arm", ())]
+        if labels != [str(a) for a in design.active_arms]:
+            raise Unsupported(f"active_arm coordinate {labels} is not the design's active arms {design.active_arms}")
     pri = np.zeros(3 * N_PRIORS)
     phase_loc = np.zeros(8)
     for slot, (key, kind) in PRIOR_SLOTS.items():
@@ -1222,7 +1267,7 @@ def fused_layout(model, design, priors, shapes: dict) -> FusedLayout:
     if n_sites >= 2:
         expected["site_effect_zerosum__"] = n_sites - 1
     if with_arm:
-        expected["nac_change"] = n_phases
+        expected["nac_change"] = n_arms * n_phases
     if with_markers:
         expected.update({
             "marker_mean": m, "marker_sd_log__": m, "marker_prognostic": m, "marker_moderation": m,
@@ -1231,11 +1276,11 @@ def fused_layout(model, design, priors, shapes: dict) -> FusedLayout:
             **({"marker_censored_u_interval__": md.n_censored} if md.n_censored else {}),
         })
     if with_nac_moderation and with_markers and with_arm:
-        expected["nac_marker_moderation"] = m
+        expected["nac_marker_moderation"] = n_arms * m
     if curved:
         expected["time_curvature"] = 1
         if with_arm:
-            expected["nac_curvature"] = 1
+            expected["nac_curvature"] = n_arms
     columns = _covariate_columns(model, design) if with_covariates else []
     if with_covariates:
         expected["covariate_level"] = expected["covariate_change"] = len(columns)
@@ -1248,6 +1293,10 @@ def fused_layout(model, design, priors, shapes: dict) -> FusedLayout:
         raise Unsupported(f"participant_fixed has shape {tuple(shapes['participant_fixed'])}, not ({n_p}, {n_terms})")
     if ("nac_moderation_per_doubling" in remaining) != with_nac_moderation:
         raise Unsupported("nac_moderation_per_doubling without nac_marker_moderation, or the reverse")
+    arm_blocks = {"nac_effect": (n_arms, len(design.weeks)), "nac_moderation_per_doubling": (n_arms, m)}
+    for name, shape in arm_blocks.items():  # expand writes them active arm by active arm
+        if name in remaining and tuple(shapes[name]) != shape:
+            raise Unsupported(f"{name} has shape {tuple(shapes[name])}, not {shape}")
 
     stats = visit_stats(design, visit_columns(design, curved))
     xx = stats.xx[:, [0, 0, 0, 1, 1, 2], [0, 1, 2, 1, 2, 2]]
@@ -1263,7 +1312,7 @@ def fused_layout(model, design, priors, shapes: dict) -> FusedLayout:
         integrated = integrated_rows(md)
         status = np.where(md.missing, np.where(integrated[:, None], INTEGRATED, MISSING), np.where(md.censored, CENSORED, OBSERVED))
         n_int = (status == INTEGRATED).sum(axis=1)
-        igroup, irep = _integrated_groups(status == INTEGRATED, stats.xx, design.treated if with_nac_moderation else None)
+        igroup, irep = _integrated_groups(status == INTEGRATED, stats.xx, design.arm_idx if with_nac_moderation else None)
         mi, mk = np.nonzero(status == MISSING)
         index[mi, mk] = np.arange(len(mi))
         ci, ck = np.nonzero(md.censored)
@@ -1275,11 +1324,12 @@ def fused_layout(model, design, priors, shapes: dict) -> FusedLayout:
     n_cens = md.n_censored if md is not None else 0
     sizes = np.array([
         n_p, m, n_miss, n_cens, n_sites if n_sites >= 2 else 0, int(design.has_followup), n_dim, pos, len(design.weeks), int(curved),
-        int((n_int > 0).sum()), len(columns),
+        int((n_int > 0).sum()), len(columns), n_arms,
     ])
     fields = [
         sizes, xoff, eoff, pri,
-        design.treated, design.site_idx if n_sites >= 2 else np.zeros(n_p), xx, stats.xy[:, :3], stats.yy, stats.n,
+        design.arm_idx if with_arm else np.zeros(n_p), design.site_idx if n_sites >= 2 else np.zeros(n_p),
+        xx, stats.xy[:, :3], stats.yy, stats.n,
         zdata, status, index, zupper, per_doubling, design.week_t1, design.week_t2, xq, qy, week_q, n_int,
         design.covariates[:, columns] if len(columns) else np.zeros(0), phase_loc, igroup, irep,
     ]

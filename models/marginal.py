@@ -13,9 +13,10 @@ completed markers z the model is still Gaussian in b):
     X_i = [1, t1, t2, q]     c_i = (level_i, change_i, followup_change_i, curvature_i)   (curved treatment phase)
 
 with q = 4 t1 (1 - t1) the curvature basis of models/trajectory.py (t2 = 0 without a follow-up
-phase). The biomarker x arm term of the moderation model is part of change_i. Z_i is the first two
-columns of X_i whatever the model. With the Woodbury identity and the matrix determinant lemma,
-written with the Cholesky factor L so that S is never inverted,
+phase). The arm terms are those of the participant's own active arm (none in the control arm), in
+change_i, followup_change_i and curvature_i; the biomarker x arm term of the moderation model is part
+of change_i. Z_i is the first two columns of X_i whatever the model. With the Woodbury identity and
+the matrix determinant lemma, written with the Cholesky factor L so that S is never inverted,
 
     M_i        = I_2 + L' Z_i'Z_i L / sigma^2
     log|V_i|   = 2 n_i log sigma + log|M_i|

@@ -97,10 +97,12 @@ def latent_missing(md: MarkerData) -> np.ndarray:
 
 def integrated_marker_terms(post, design) -> list[dict]:
     """Per missing pattern of the integrated participants, per draw of a posterior (an xarray Dataset with the marker
-    block and `marker_prognostic`, `marker_moderation` [, `nac_marker_moderation`]): their rows, missing markers M,
-    conditional means m (chain, draw, rows, |M|), covariance C (chain, draw, |M|, |M|) and loadings A on the
-    participant's level and change (chain, draw, rows, 2, |M|); [] without integrated participants. The same
-    quantities the model adds to each participant's covariance (add_marker_block, models/trajectory.participant_cholesky)."""
+    block and `marker_prognostic`, `marker_moderation` [, `nac_marker_moderation`, active_arm x marker]): their rows,
+    missing markers M, conditional means m (chain, draw, rows, |M|), covariance C (chain, draw, |M|, |M|) and loadings A
+    on the participant's level and change (chain, draw, rows, 2, |M|: with the biomarker x arm term, a participant in
+    active arm a has nac_marker_moderation[a] added to the change's, a control participant nothing); [] without
+    integrated participants. The same quantities the model adds to each participant's covariance (add_marker_block,
+    models/trajectory.participant_cholesky)."""
     md = design.baseline
     if md is None or "marker_mean" not in post:
         return []
@@ -109,13 +111,15 @@ def integrated_marker_terms(post, design) -> list[dict]:
     links = draws("marker_regression") if m > 1 else None
     mu, cov = sequential_moments(draws("marker_mean"), draws("marker_sd"), links, m)
     prog, mod = draws("marker_prognostic"), draws("marker_moderation")
-    nmod = draws("nac_marker_moderation") if "nac_marker_moderation" in post else None
+    nmod = draws("nac_marker_moderation") if "nac_marker_moderation" in post else None  # chain, draw, active arm, marker
     out = []
     for rows, miss in missing_patterns(md):
         keep = np.setdiff1d(np.arange(m), miss)
         _, c, mean = conditional_normal(mu, cov, keep, miss, md.z[np.ix_(rows, keep)])
         a0 = np.broadcast_to(prog[:, :, None, miss], mean.shape)
-        a1 = mod[:, :, None, miss] + (nmod[:, :, None, miss] * design.treated[rows][:, None] if nmod is not None else 0.0)
+        a1 = mod[:, :, None, miss]
+        for arm in range(nmod.shape[2] if nmod is not None else 0):  # each active arm's terms, times its indicator
+            a1 = a1 + nmod[:, :, arm][:, :, None, miss] * (design.arm_idx[rows] == arm + 1).astype(float)[:, None]
         out.append({"rows": rows, "missing": miss, "mean": mean, "cov": c, "loadings": np.stack([a0, np.broadcast_to(a1, mean.shape)], axis=-2)})
     return out
 

@@ -251,9 +251,10 @@ def preset_priors(preset: str, model: str, design: TrialDesign, mcid: float) -> 
     sceptical     Normal(0, MCID / 1.645): P(|effect| > MCID) = 10%, so P(benefit > MCID) = 5%
     enthusiastic  Normal(-MCID, MCID / 1.645): centred on a benefit of one MCID (lower scores are better)
 
-    The trajectory models' nac_change holds the difference gained during treatment and the change of
-    the difference over follow-up: the enthusiastic mean is -MCID for the first and 0 for the second
-    (the benefit is kept, not doubled, by the last follow-up)."""
+    The trajectory models' nac_change holds, for each active arm, the difference gained during treatment
+    and the change of the difference over follow-up: the enthusiastic mean is -MCID for the first and 0
+    for the second (the benefit is kept, not doubled, by the last follow-up), the same for every active
+    arm (a prior on a block with an active_arm dim applies to each arm)."""
     _preset_name(preset, "prior preset")
     if not (isinstance(mcid, (int, float)) and math.isfinite(mcid) and mcid > 0):
         raise PriorFileError(f"prior preset '{preset}': the MCID must be a positive number of outcome points (got {mcid!r}); set --mcid")

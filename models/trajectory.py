@@ -1,22 +1,29 @@
 """The trajectory model family: null, treatment, treatment_curved, headline and moderation, one builder.
 
-For participant i at week w (T_i = 1 in the treatment arm, t1/t2 the phase times of design.py):
+For participant i at week w (T_ia = 1 if i is in active arm a, else 0, so a control participant has T_ia = 0
+for every a; t1/t2 the phase times of design.py):
 
     y_iw ~ Normal(mu_iw, sigma)         [or Student-t, or censored at the scale's floor and ceiling]
     mu_iw = alpha + site_s(i) + b0_i + [sum_k pi_k z_ik] + [sum_j lambda_j x_ij]
-            + (beta_1 + [delta_1 T_i] + [sum_k gamma_k z_ik] + [sum_k eta_k z_ik T_i] + [sum_j nu_j x_ij] + b1_i) t1_w
-            + [(kappa_0 + kappa_1 T_i) q_w]                                   (curved time course)
-            + (beta_2 + [delta_2 T_i]) t2_w
+            + (beta_1 + [sum_a delta_a1 T_ia] + [sum_k gamma_k z_ik] + [sum_a sum_k eta_ak z_ik T_ia]
+               + [sum_j nu_j x_ij] + b1_i) t1_w
+            + [(kappa_0 + sum_a kappa_a T_ia) q_w]                            (curved time course)
+            + (beta_2 + [sum_a delta_a2 T_ia]) t2_w
 
-Terms in brackets are switched on by the family member (FAMILY below): the arm (`arm`), the
+Terms in brackets are switched on by the family member (FAMILY below): the arms (`arm`), the
 baseline log biomarkers as prognostic effects and slope moderators (`markers`), the
 biomarker x arm x time interaction (`nac_moderation`), and the curvature of the treatment phase
 (`curved`), with the basis
 
     q_w = 4 t1_w (1 - t1_w)             0 at baseline and at the end of treatment, 1 half-way
 
-so beta_1 and delta_1 keep their meaning (change by the end of treatment) and kappa is the
+so beta_1 and delta_a1 keep their meaning (change by the end of treatment) and kappa is the
 departure from the straight line half-way through treatment, in outcome points.
+
+Every active arm a has its own terms (dim 'active_arm': the active arms in their declared order, each
+compared with the control arm): delta_a ('nac_change', dims active_arm x phase), kappa_a ('nac_curvature',
+active_arm) and eta_ak ('nac_marker_moderation', active_arm x marker); nothing is pooled over arms. A
+two-arm trial has one active arm (the dim has size 1).
 
 - z_ik: standardised baseline log biomarkers, imputed where missing and censored below the
   detection limit (models/marker_block.py).
@@ -28,11 +35,12 @@ departure from the straight line half-way through treatment, in outcome points.
 - (b0_i, b1_i): correlated participant effects, non-centred with an LKJ prior on their covariance.
 - site offsets sum to zero with a fixed scale (a site SD estimated from 3-4 sites creates a funnel
   and adds nothing).
-- The arm has no main effect: randomisation makes baseline means equal (constrained longitudinal
+- The arms have no main effect: randomisation makes baseline means equal (constrained longitudinal
   analysis).
 
-NAC - placebo at week w is 'nac_effect' (dims week): delta_1 t1_w [+ kappa_1 q_w] + delta_2 t2_w;
-'placebo_change' is the control arm's change from baseline.
+Active arm a - control at week w is 'nac_effect' (dims active_arm x week): delta_a1 t1_w [+ kappa_a q_w]
++ delta_a2 t2_w; 'placebo_change' (dims week) is the control arm's change from baseline, so arm a's mean
+change from baseline is placebo_change + nac_effect[a].
 
 With the Gaussian likelihood the participant effects enter the mean only through (1, t1), so they
 can be integrated out exactly for every member: the biomarker x arm term is part of each
@@ -69,13 +77,14 @@ FAMILY = {
         "time only (treatment phase, follow-up), no arm effect: the reference for comparison; no biomarkers needed",
         {"arm": False},
     ),
-    "treatment": ("arm x time (treatment phase, follow-up), no biomarkers: the NAC effect by week", {"arm": True}),
+    "treatment": ("arm x time (treatment phase, follow-up), no biomarkers: each active arm's effect by week", {"arm": True}),
     "treatment_curved": (
         "arm x time with a curved treatment phase (straight line + 4 t1 (1 - t1) bend, per arm), no biomarkers",
         {"arm": True, "curved": True},
     ),
     "moderation": (
-        "headline + biomarker x arm x time: the NAC effect as a function of baseline IL-6/CRP/BDNF, reported at chosen marker levels",
+        "headline + biomarker x arm x time: each active arm's effect as a function of baseline IL-6/CRP/BDNF, "
+        "reported at chosen marker levels",
         {"arm": True, "markers": True, "nac_moderation": True},
     ),
 }
@@ -104,11 +113,11 @@ def trajectory_priors(design: TrialDesign) -> dict[str, Prior]:
     )
     pri["nac_curvature"] = Prior(
         "Normal", {"mu": 0.0, "sigma": 0.05 * r},
-        "departure of the NAC-placebo difference from a straight line half-way through treatment (3 MADRS points = 1 SD)",
+        "departure of each active arm - control difference from a straight line half-way through treatment (3 MADRS points = 1 SD)",
     )
     pri["nac_marker_moderation"] = Prior(
         "Normal", {"mu": 0.0, "sigma": 0.05 * r},
-        "extra NAC-placebo difference by end of treatment per SD of baseline log marker (3 MADRS points = 1 SD)",
+        "extra difference of each active arm from control by end of treatment per SD of baseline log marker (3 MADRS points = 1 SD)",
     )
     if design.covariate_names:  # only for a dataset that declares covariates
         per = "per SD of a continuous covariate, or for a level of a categorical one against its first level"
@@ -146,13 +155,14 @@ def priors_used(pri: dict[str, Prior], *, arm: bool, markers: bool, nac_moderati
 
 
 def add_visit_data(design: TrialDesign, arm: bool):
-    """The visit data every family member stores (constant_data) and the arm."""
+    """The visit data every family member stores (constant_data) and, with the arms, T (participant x active arm,
+    `TrialDesign.arm_indicator`: 1 in the participant's active arm, a control participant's row 0)."""
     pid = pm.Data("obs_participant", design.obs_participant, dims="obs")
     t1 = pm.Data("t1", design.t1, dims="obs")
     t2 = pm.Data("t2", design.t2, dims="obs")
     pm.Data("obs_week", design.obs_week, dims="obs")
-    treated = pm.Data("treated", design.treated, dims="participant") if arm else None
-    return pid, t1, t2, treated
+    arms = pm.Data("arm_indicator", design.arm_indicator(), dims=("participant", "active_arm")) if arm else None
+    return pid, t1, t2, arms
 
 
 def add_site_effects(design: TrialDesign, priors: dict[str, Prior]):
@@ -174,10 +184,10 @@ def add_population_terms(design: TrialDesign, pri: dict[str, Prior], arm: bool, 
     z = add_marker_block(design.baseline, pri, integrate_missing=integrate_missing) if markers else None
     intercept = rv("intercept", pri["intercept"])
     time_change = rv("time_change", pri["time_change"], dims="phase")
-    nac_change = rv("nac_change", pri["nac_change"], dims="phase") if arm else None
+    nac_change = rv("nac_change", pri["nac_change"], dims=("active_arm", "phase")) if arm else None
     prognostic = rv("marker_prognostic", pri["marker_prognostic"], dims="marker") if markers else None
     moderation = rv("marker_moderation", pri["marker_moderation"], dims="marker") if markers else None
-    nac_mod = rv("nac_marker_moderation", pri["nac_marker_moderation"], dims="marker") if nac_moderation else None
+    nac_mod = rv("nac_marker_moderation", pri["nac_marker_moderation"], dims=("active_arm", "marker")) if nac_moderation else None
     site = add_site_effects(design, pri)
     return z, intercept, time_change, nac_change, prognostic, moderation, nac_mod, site
 
@@ -193,40 +203,47 @@ def add_covariate_terms(design: TrialDesign, pri: dict[str, Prior], columns: np.
     return pt.dot(x, level), pt.dot(x, change)
 
 
-def participant_coefficients(design: TrialDesign, terms, treated, covariate_shift=None):
+def participant_coefficients(design: TrialDesign, terms, arms, covariate_shift=None):
     """The fixed part of each participant's level, treatment-phase change and follow-up change
-    (covariate_shift: `add_covariate_terms`' shifts of the first two, or None)."""
+    (arms: T, participant x active arm; covariate_shift: `add_covariate_terms`' shifts of the first two, or None).
+
+    Each active arm's terms are added in turn, times its column of T: a participant gets their own arm's terms,
+    a control participant none."""
     z, intercept, time_change, nac_change, prognostic, moderation, nac_mod, site = terms
     zeros = pt.zeros(design.n_participants)
     level = intercept + site + zeros
     change1 = time_change[0] + zeros
     change2 = time_change[1] + zeros if design.has_followup else zeros
     if nac_change is not None:
-        change1 = change1 + nac_change[0] * treated
+        for a in range(design.n_active):
+            change1 = change1 + nac_change[a, 0] * arms[:, a]
         if design.has_followup:
-            change2 = change2 + nac_change[1] * treated
+            for a in range(design.n_active):
+                change2 = change2 + nac_change[a, 1] * arms[:, a]
     if z is not None:
         level = level + pt.dot(z, prognostic)
         change1 = change1 + pt.dot(z, moderation)
     if nac_mod is not None:
-        change1 = change1 + pt.dot(z, nac_mod) * treated
+        for a in range(design.n_active):
+            change1 = change1 + pt.dot(z, nac_mod[a]) * arms[:, a]
     if covariate_shift is not None:
         level = level + covariate_shift[0]
         change1 = change1 + covariate_shift[1]
     return level, change1, change2
 
 
-def add_curvature(design: TrialDesign, priors: dict[str, Prior], arm: bool, treated):
-    """kappa_0 (`time_curvature`) and, with the arm, kappa_1 (`nac_curvature`).
+def add_curvature(design: TrialDesign, priors: dict[str, Prior], arm: bool, arms):
+    """kappa_0 (`time_curvature`) and, with the arms, kappa_a per active arm (`nac_curvature`, dims active_arm).
 
-    Returns (kappa_0, kappa_1 or None without the arm, bend): bend_i = kappa_0 + kappa_1 T_i is each
+    Returns (kappa_0, kappa or None without the arms, bend): bend_i = kappa_0 + sum_a kappa_a T_ia is each
     participant's coefficient on q = curve_basis(t1)."""
     curvature = rv("time_curvature", priors["time_curvature"])
     bend = curvature + pt.zeros(design.n_participants)
     nac_curvature = None
     if arm:
-        nac_curvature = rv("nac_curvature", priors["nac_curvature"])
-        bend = bend + nac_curvature * treated
+        nac_curvature = rv("nac_curvature", priors["nac_curvature"], dims="active_arm")
+        for a in range(design.n_active):
+            bend = bend + nac_curvature[a] * arms[:, a]
     return curvature, nac_curvature, bend
 
 
@@ -247,12 +264,12 @@ def add_participant_covariance(priors: dict[str, Prior]):
     return chol
 
 
-def participant_cholesky(design: TrialDesign, chol, terms, treated, patterns):
+def participant_cholesky(design: TrialDesign, chol, terms, arms, patterns):
     """(l00, l10, l11): the Cholesky factor of each participant's covariance of (level, change) deviations.
 
     S = L L' for everyone; a participant whose missing markers M are integrated out
     (models/marker_block.py) adds A_i C A_i', where C = Var(z_M | z_K) and the columns of A_i are each
-    missing marker's coefficients on (level, change): (prognostic_k, moderation_k [+ nac_moderation_k T_i])."""
+    missing marker's coefficients on (level, change): (prognostic_k, moderation_k [+ sum_a nac_moderation_ak T_ia])."""
     l00, l10, l11 = chol[0, 0], chol[1, 0], chol[1, 1]
     if not patterns:
         return l00, l10, l11
@@ -265,7 +282,8 @@ def participant_cholesky(design: TrialDesign, chol, terms, treated, patterns):
         a0 = prognostic[pat.missing]  # |M|
         a1 = moderation[pat.missing][None, :] + pt.zeros((len(pat.rows), 1))
         if nac_mod is not None:
-            a1 = a1 + nac_mod[pat.missing][None, :] * treated[pat.rows][:, None]
+            for a in range(design.n_active):
+                a1 = a1 + nac_mod[a][pat.missing][None, :] * arms[pat.rows, a][:, None]
         ca0 = pt.dot(pat.cov, a0)  # C a0
         s00 = pt.inc_subtensor(s00[pat.rows], pt.dot(a0, ca0))
         s01 = pt.inc_subtensor(s01[pat.rows], pt.dot(a1, ca0))
@@ -280,7 +298,8 @@ def implied_covariance(posterior, design: TrialDesign) -> ImpliedCovariance:
     likelihood), the participant effects integrated out: Z (S + A_i C A_i') Z' + sigma^2 I with Z the rows (1, t1_w),
     S from `participant_sd` and `participant_corr`, sigma `residual_sd`. A_i C A_i' is the term of a participant whose
     missing baseline biomarkers are integrated out (participant_cholesky; given the observed ones): a group of its own
-    per missing pattern (and arm, with the biomarker x arm term); observed biomarkers are part of the mean, not the
+    per missing pattern and arm (the arms' loadings differ with the biomarker x arm term); observed biomarkers are part
+    of the mean, not the
     covariance. models/gaussian.score_covariance does the algebra."""
     draws = lambda name: posterior[name].transpose("chain", "draw", ...).values  # noqa: E731
     sd, rho = draws("participant_sd"), draws("participant_corr")
@@ -292,7 +311,7 @@ def implied_covariance(posterior, design: TrialDesign) -> ImpliedCovariance:
     groups = []
     for pat in integrated_marker_terms(posterior, design):
         a = pat["loadings"]  # chain, draw, rows, 2, |M|: the same within an arm
-        arm = design.treated[pat["rows"]] > 0.5
+        arm = design.arm_idx[pat["rows"]]
         for value in np.unique(arm):
             first = int(np.flatnonzero(arm == value)[0])
             groups.append((pat["rows"][arm == value], score_covariance(z, s, sigma, a[:, :, first], pat["cov"])))
@@ -320,16 +339,18 @@ def add_likelihood(mu, design: TrialDesign, priors: dict[str, Prior], likelihood
 
 
 def add_effect_summaries(design: TrialDesign, terms, curvature=None, nac_curvature=None) -> None:
-    """'nac_effect' (NAC - placebo, with the arm) and 'placebo_change' per scheduled week, dims week; per-doubling marker effects."""
+    """Per scheduled week: 'nac_effect' (with the arms: each active arm - control, dims active_arm x week) and
+    'placebo_change' (the control arm's change from baseline, dims week); the per-doubling marker effects
+    ('nac_moderation_per_doubling': active_arm x marker)."""
     z, _, time_change, nac_change, prognostic, moderation, nac_mod, _ = terms
     w1, w2, wq = design.week_t1, design.week_t2, curve_basis(design.week_t1)
     if nac_change is not None:
-        nac = nac_change[0] * w1
+        nac = nac_change[:, 0][:, None] * w1[None, :]
         if nac_curvature is not None:
-            nac = nac + nac_curvature * wq
+            nac = nac + nac_curvature[:, None] * wq[None, :]
         if design.has_followup:
-            nac = nac + nac_change[1] * w2
-        pm.Deterministic("nac_effect", nac, dims="week")
+            nac = nac + nac_change[:, 1][:, None] * w2[None, :]
+        pm.Deterministic("nac_effect", nac, dims=("active_arm", "week"))
     placebo = time_change[0] * w1
     if curvature is not None:
         placebo = placebo + curvature * wq
@@ -341,13 +362,15 @@ def add_effect_summaries(design: TrialDesign, terms, curvature=None, nac_curvatu
         pm.Deterministic("moderation_per_doubling", moderation * per_doubling, dims="marker")
         pm.Deterministic("prognostic_per_doubling", prognostic * per_doubling, dims="marker")
         if nac_mod is not None:
-            pm.Deterministic("nac_moderation_per_doubling", nac_mod * per_doubling, dims="marker")
+            pm.Deterministic("nac_moderation_per_doubling", nac_mod * per_doubling[None, :], dims=("active_arm", "marker"))
 
 
-def _coords(design: TrialDesign, markers: bool, columns: np.ndarray) -> dict:
+def _coords(design: TrialDesign, markers: bool, columns: np.ndarray, arm: bool = True) -> dict:
     coords = design.coords()
     if not markers:
         coords.pop("marker", None)  # a model without biomarkers has no marker dim
+    if not arm:
+        coords.pop("active_arm", None)  # nor one without the arms an active_arm dim
     if len(columns):
         coords[COVARIATE_DIM] = [design.covariate_names[j] for j in columns]
     return coords
@@ -380,17 +403,17 @@ def build_trajectory(
         design.require_markers(name)
     columns = select_covariates(design, covariates)
     pri = resolve(trajectory_priors(design), priors)
-    with pm.Model(coords=_coords(design, markers, columns)) as model:
-        pid, t1, t2, treated = add_visit_data(design, arm)
+    with pm.Model(coords=_coords(design, markers, columns, arm)) as model:
+        pid, t1, t2, arms = add_visit_data(design, arm)
         terms = add_population_terms(design, pri, arm, markers, nac_moderation)
         shift = add_covariate_terms(design, pri, columns)
         effects = add_participant_effects(pri)
-        level, change1, change2 = participant_coefficients(design, terms, treated, shift)
+        level, change1, change2 = participant_coefficients(design, terms, arms, shift)
         mu = (level + effects[:, 0])[pid] + (change1 + effects[:, 1])[pid] * t1
         curvature = nac_curvature = None
         if curved:
             q = pm.Data("t1_curve", curve_basis(design.t1), dims="obs")
-            curvature, nac_curvature, bend = add_curvature(design, pri, arm, treated)
+            curvature, nac_curvature, bend = add_curvature(design, pri, arm, arms)
             mu = mu + bend[pid] * q
         if design.has_followup:
             mu = mu + change2[pid] * t2
@@ -436,10 +459,10 @@ def build_trajectory_marginal(
     columns = select_covariates(design, covariates)
     pri = resolve(trajectory_priors(design), priors)
     stats = visit_stats(design, visit_columns(design, curved))
-    coords = _coords(design, markers, columns)
+    coords = _coords(design, markers, columns, arm)
     coords["participant_term"] = fixed_terms(curved)
     with pm.Model(coords=coords) as model:
-        _, _, _, treated = add_visit_data(design, arm)
+        _, _, _, arms = add_visit_data(design, arm)
         terms = add_population_terms(design, pri, arm, markers, nac_moderation, integrate_missing=True)
         patterns = []
         if markers:
@@ -447,15 +470,15 @@ def build_trajectory_marginal(
             terms = (z, *terms[1:])
         shift = add_covariate_terms(design, pri, columns)
         chol = add_participant_covariance(pri)
-        coefficients = list(participant_coefficients(design, terms, treated, shift))
+        coefficients = list(participant_coefficients(design, terms, arms, shift))
         curvature = nac_curvature = None
         if curved:
             pm.Data("t1_curve", curve_basis(design.t1), dims="obs")  # as in the plain model; the likelihood reads `stats`
-            curvature, nac_curvature, bend = add_curvature(design, pri, arm, treated)
+            curvature, nac_curvature, bend = add_curvature(design, pri, arm, arms)
             coefficients.append(bend)
         fixed = pm.Deterministic(FIXED_VAR, pt.stack(coefficients, axis=1), dims=("participant", "participant_term"))
         sigma = rv("residual_sd", pri["residual_sd"])
-        pm.Potential("y_marginal", marginal_loglik(stats, fixed, participant_cholesky(design, chol, terms, treated, patterns), sigma).sum())
+        pm.Potential("y_marginal", marginal_loglik(stats, fixed, participant_cholesky(design, chol, terms, arms, patterns), sigma).sum())
         add_effect_summaries(design, terms, curvature, nac_curvature)
     switches = {"arm": arm, "markers": markers, "nac_moderation": nac_moderation, "curved": curved}
     return BuiltModel(

@@ -19,6 +19,7 @@ from inference.sampling import SamplerSettings, sample_all
 from models import build_design, get
 from models.marginal import FIXED_VAR, marginal_loglik, visit_stats
 from models.trajectory import curve_basis, visit_columns
+from tests.test_fused import mixed_marker_patterns, three_arm_trial
 
 KEY = ["nac_effect", "moderation_per_doubling", "prognostic_per_doubling", "residual_sd", "participant_sd", "participant_corr", "placebo_change"]
 
@@ -26,6 +27,12 @@ KEY = ["nac_effect", "moderation_per_doubling", "prognostic_per_doubling", "resi
 @pytest.fixture(scope="module")
 def design(small_trial):
     return build_design(small_trial)
+
+
+@pytest.fixture(scope="module")
+def three_arm_design(tmp_path_factory):
+    """A small three-arm trial (control, 'low', 'high'; tests/test_fused.py)."""
+    return three_arm_trial(tmp_path_factory.mktemp("trials") / "three_arms")
 
 
 def _participant_blocks(design, i, curved=False):
@@ -93,15 +100,16 @@ def test_recovered_effects_follow_exact_conditional_posterior(design, curved):
 
 
 @pytest.mark.unit
-def test_recovered_effects_and_integrated_markers_follow_exact_conditional_posterior(design):
+@pytest.mark.parametrize("arms", ["two", "three"])
+def test_recovered_effects_and_integrated_markers_follow_exact_conditional_posterior(design, three_arm_design, arms):
     """With missing markers integrated out, (b_i, z_M) | y, z_K, theta drawn by the recovery has the dense-algebra
-    conditional mean and covariance: prior b ~ N(0, S), z_M ~ N(m_i, C), scores X c(m_i) + Z (b + A (z_M - m_i)) + e.
-    The drawn markers are read back from the completed marker_missing_std (the sequential innovations)."""
+    conditional mean and covariance: prior b ~ N(0, S), z_M ~ N(m_i, C), scores X c(m_i) + Z (b + A_i (z_M - m_i)) + e.
+    The drawn markers are read back from the completed marker_missing_std (the sequential innovations). On the
+    three-arm trial with the biomarker x arm term of the moderation model: A_i holds the participant's own arm's."""
     from maths.gaussian import conditional_normal, sequential_moments
     from models.marker_block import latent_missing
-    from tests.test_fused import mixed_marker_patterns
 
-    design = mixed_marker_patterns(design)
+    design = mixed_marker_patterns(design if arms == "two" else three_arm_design)
     md = design.baseline
     n_draw, n_p, m = 4000, design.n_participants, 3
     rng = np.random.default_rng(2)
@@ -120,6 +128,10 @@ def test_recovered_effects_and_integrated_markers_follow_exact_conditional_poste
         },
         coords={"chain": [0], "draw": np.arange(n_draw), "participant": design.participants},
     )
+    nac_mod = np.zeros((design.n_active, m))  # active arm x marker: the moderation model's, on the three-arm trial
+    if arms == "three":
+        nac_mod = np.array([[1.0, -0.5, 0.0], [-2.5, 0.8, 1.2]])
+        post["nac_marker_moderation"] = const(nac_mod, ("active_arm", "marker"))
     idata = az.InferenceData(posterior=post)
     completed = recover_participant_effects(idata, design, 3, np.broadcast_to(c, (1, n_draw, n_p, 3)).copy())
     out = idata.posterior
@@ -132,9 +144,10 @@ def test_recovered_effects_and_integrated_markers_follow_exact_conditional_poste
         z[:, i, k] = mean[k] + sum(links[k * (k - 1) // 2 + j] * z[:, i, j] for j in range(k)) + msd[k] * eta[:, e]
     mu, cov = sequential_moments(mean, msd, links, m)
     cov_b = np.diag(sd) @ np.array([[1, rho], [rho, 1]]) @ np.diag(sd)
-    a = np.vstack([prog, mod])
     checked = 0
     for i in np.flatnonzero(md.missing.any(axis=1) & ~md.censored.any(axis=1)):
+        arm = design.arm_idx[i]
+        a = np.vstack([prog, mod + (nac_mod[arm - 1] if arm > 0 else 0.0)])  # the markers' loadings on (level, change)
         miss = np.flatnonzero(md.missing[i])
         keep = np.setdiff1d(np.arange(m), miss)
         _, c_i, m_i = conditional_normal(mu, cov, keep, miss, md.z[i, keep][None, :])
@@ -153,6 +166,8 @@ def test_recovered_effects_and_integrated_markers_follow_exact_conditional_poste
         np.testing.assert_allclose(completed[0, :, i, :2] - c[i, :2], shift, atol=1e-9)
         checked += 1
     assert checked >= 8
+    if arms == "three":  # every arm has integrated participants, the control arm among them
+        assert set(design.arm_idx[md.missing.any(axis=1) & ~md.censored.any(axis=1)]) == {0, 1, 2}
     # participants without integrated markers: the plain recovery (their b only)
     assert np.allclose(completed[0][:, ~md.missing.any(axis=1)], c[~md.missing.any(axis=1)])
 
@@ -361,12 +376,14 @@ def test_integrated_loo_is_reliable_where_the_conditional_one_is_not(fast_fit, d
 
 
 @pytest.mark.smoke
-@pytest.mark.parametrize("name", ["treatment", "headline", "treatment_curved", "moderation"])
-def test_plain_path_integrated_densities_equal_the_fast_paths(design, name):
+@pytest.mark.parametrize("name, arms", [("treatment", "two"), ("headline", "two"), ("treatment_curved", "two"), ("moderation", "two"),
+                                        ("treatment_curved", "three"), ("moderation", "three")])
+def test_plain_path_integrated_densities_equal_the_fast_paths(design, three_arm_design, name, arms):
     """Same draws of the population parameters: the plain path (model mean minus the sampled effects) and the
     fast path (the marginal model's fixed part) give the same integrated densities; Student-t has none. With the
     same participant effects, the fast path's visit means (pointwise log-likelihood, predictions) are the plain
-    model's mean: the curvature column and the biomarker x arm term included."""
+    model's mean: the curvature column and the biomarker x arm term included, each active arm's own on the
+    three-arm trial."""
     import pymc as pm
 
     from inference.marginal import (
@@ -381,6 +398,7 @@ def test_plain_path_integrated_densities_equal_the_fast_paths(design, name):
         visit_means,
     )
 
+    design = design if arms == "two" else three_arm_design
     built = get(name).build(design)
     with built.model:
         prior = pm.sample_prior_predictive(draws=6, random_seed=2).prior
@@ -410,13 +428,14 @@ NEW_KEY = {
 
 
 @pytest.mark.smoke
-@pytest.mark.parametrize("name", NEW_FAST)
-def test_curved_and_moderation_fast_paths_complete_fits(design, name, monkeypatch):
+@pytest.mark.parametrize("name, arms", [(name, "two") for name in NEW_FAST] + [("treatment_curved", "three")])
+def test_curved_and_moderation_fast_paths_complete_fits(design, three_arm_design, name, arms, monkeypatch):
     """A short fit on the fast path through the fused log density: every variable of the plain model with its dims,
     participant effects recovered, predictions on the data's scale, no divergences (agreement with the plain path:
-    the slow test below; exactness: tests/test_fused.py and the unit tests above)."""
+    the slow test below; exactness: tests/test_fused.py and the unit tests above); with two active arms too."""
     from inference import compile as engine
 
+    design = design if arms == "two" else three_arm_design
     layouts = []
     real = engine.fused_layout
     monkeypatch.setattr(engine, "fused_layout", lambda built: layouts.append(real(built)) or layouts[-1])
@@ -433,7 +452,8 @@ def test_curved_and_moderation_fast_paths_complete_fits(design, name, monkeypatc
     yp = fit.posterior_predictive["y"].mean(("chain", "draw")).values
     assert np.corrcoef(yp, design.y)[0, 1] > 0.9
     assert {"y", "y_participant", "y_visit"} <= set(fit.log_likelihood.data_vars)
-    if name == "treatment_curved":  # nac_effect includes the bend kappa_1 q_w
+    assert list(fit.posterior["nac_effect"]["active_arm"].values) == design.active_arms
+    if name == "treatment_curved":  # nac_effect includes the bend kappa_a q_w
         post = fit.posterior
         q = curve_basis(design.week_t1)
         w = list(design.weeks).index(4)

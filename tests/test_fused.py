@@ -37,6 +37,24 @@ def small_design(small_trial):
     return build_design(small_trial)
 
 
+# a three-arm trial: control, 'low' and 'high' (20 participants each), with biomarkers (missing and censored values)
+THREE_ARMS = dict(treatment_arm="low", nac_effect_e=-1.5, nac_effect_f=-2.0, more_arms=(("high", -3.0, -3.5),))
+
+
+def three_arm_trial(folder):
+    """The design of a small three-arm trial written to `folder` (the three_arm_design fixtures)."""
+    write_trial(folder, n_participants=60, seed=8, **THREE_ARMS)
+    design = build_design(load_dataset(folder))
+    assert design.active_arms == ["low", "high"] and np.bincount(design.arm_idx).tolist() == [20, 20, 20]
+    assert design.baseline.n_missing > 0 and design.baseline.n_censored > 0
+    return design
+
+
+@pytest.fixture(scope="module")
+def three_arm_design(tmp_path_factory):
+    return three_arm_trial(tmp_path_factory.mktemp("trials") / "three_arms")
+
+
 @pytest.fixture(scope="module")
 def covariate_design(small_trial_dir, tmp_path_factory):
     """The small trial with baseline covariates: age (continuous), sex (2 levels) and education (3 levels)."""
@@ -160,51 +178,55 @@ def test_fused_density_with_every_marker_pattern(small_design):
 
 
 @pytest.mark.slow
-def test_fused_density_with_every_marker_pattern_moderation_and_covariates(small_design, covariate_design):
-    """As above for the moderation model with baseline covariates and other priors (the arm enters the loadings)."""
+def test_fused_density_with_every_marker_pattern_moderation_and_covariates(small_design, covariate_design, three_arm_design):
+    """As above for the moderation model with baseline covariates and other priors (the arm enters the loadings), and
+    on the three-arm trial (each active arm its own loadings; integrated participants grouped by arm)."""
     _check_against_pytensor(mixed_marker_patterns(covariate_design), OTHER_PRIORS, points=2, seed=6, build=_moderation)
+    _check_against_pytensor(mixed_marker_patterns(three_arm_design), OTHER_PRIORS, points=2, seed=26, build=_moderation)
 
 
 @pytest.mark.unit
-def test_integrated_markers_density_equals_joint_normal(small_design):
+@pytest.mark.parametrize("arms", ["two", "three"])
+def test_integrated_markers_density_equals_joint_normal(small_design, three_arm_design, arms):
     """The marginal model's likelihood terms at a random point == sum over participants of the dense joint normal
     log density of (their scores, their observed markers), the participant effects and missing markers integrated
-    out: y_i = X_i c0_i + Z_i (A z_i + b_i) + e, z_i ~ N(mu, Sigma), b_i ~ N(0, S) (an independent computation)."""
+    out: y_i = X_i c0_i + Z_i (A_i z_i + b_i) + e, z_i ~ N(mu, Sigma), b_i ~ N(0, S) (an independent computation).
+    The moderation model: A_i has the biomarker x arm term of the participant's own arm (none in the control arm)."""
     import dataclasses
 
     from scipy.stats import multivariate_normal
 
     from maths.gaussian import sequential_moments
 
-
-
-    design = mixed_marker_patterns(small_design)
+    design = mixed_marker_patterns(small_design if arms == "two" else three_arm_design)
     b = design.baseline
     # censored values made observed (just below their limit): every term is then a function of the parameters alone
     z = np.where(b.censored, b.z_upper - 0.5, b.z)
     b = dataclasses.replace(b, z=z, censored=np.zeros_like(b.censored), z_upper=np.full_like(b.z_upper, np.nan))
     design = dataclasses.replace(design, baseline=b)
-    model = build_trajectory_marginal(design, None, name="headline", arm=True, markers=True).model
+    model = build_trajectory_marginal(design, None, name="moderation", arm=True, markers=True, nac_moderation=True).model
     assert "marker_missing_std" not in [rv.name for rv in model.free_RVs]
     rng = np.random.default_rng(11)
     point = {k: v + 0.3 * rng.normal(size=np.shape(v)) for k, v in model.initial_point().items()}
     names = ["marker_mean", "marker_sd", "marker_regression", "intercept", "time_change", "nac_change", "marker_prognostic",
-             "marker_moderation", "site_effect", "participant_chol", "residual_sd"]
+             "marker_moderation", "nac_marker_moderation", "site_effect", "participant_chol", "residual_sd"]
     values = dict(zip(names, model.compile_fn(model.replace_rvs_by_values([model[n] for n in names]), inputs=model.value_vars, point_fn=False, mode=UNREWRITTEN, on_unused_input="ignore")(**point)))
     got = model.compile_fn(model.logp(vars=model.observed_RVs + model.potentials), inputs=model.value_vars, point_fn=False, mode=UNREWRITTEN, on_unused_input="ignore")(**point)
     mu, cov = sequential_moments(values["marker_mean"], values["marker_sd"], values["marker_regression"], 3)
     packed = values["participant_chol"]
     lchol = np.array([[packed[0], 0.0], [packed[1], packed[2]]])
     s_b, sigma = lchol @ lchol.T, float(values["residual_sd"])
-    a = np.vstack([values["marker_prognostic"], values["marker_moderation"]])  # 2 x m: the markers' loadings on (level, change)
+    nac, nac_mod = values["nac_change"], values["nac_marker_moderation"]  # active arm x phase, active arm x marker
+    assert nac.shape == (design.n_active, 2) and nac_mod.shape == (design.n_active, 3)
     site = values["site_effect"][design.site_idx]
     want = 0.0
     for i in range(design.n_participants):
         rows = design.obs_participant == i
         x = np.column_stack([np.ones(rows.sum()), design.t1[rows], design.t2[rows]])
-        t = design.treated[i]
-        c0 = np.array([values["intercept"] + site[i], values["time_change"][0] + values["nac_change"][0] * t,
-                       values["time_change"][1] + values["nac_change"][1] * t])
+        arm = design.arm_idx[i]  # 0 control, a the a-th active arm: row a - 1 of the arm terms
+        own_nac, own_mod = (nac[arm - 1], nac_mod[arm - 1]) if arm > 0 else (np.zeros(2), np.zeros(3))
+        c0 = np.array([values["intercept"] + site[i], values["time_change"][0] + own_nac[0], values["time_change"][1] + own_nac[1]])
+        a = np.vstack([values["marker_prognostic"], values["marker_moderation"] + own_mod])  # loadings on (level, change), 2 x m
         obs = np.flatnonzero(~b.missing[i])
         zmat = x[:, :2]
         cov_yy = zmat @ (a @ cov @ a.T + s_b) @ zmat.T + sigma**2 * np.eye(rows.sum())
@@ -218,6 +240,50 @@ def test_integrated_markers_density_equals_joint_normal(small_design):
 @pytest.mark.unit
 def test_fused_density_equals_pytensor(small_design):
     _check_against_pytensor(small_design, points=3)
+
+
+@pytest.mark.unit
+def test_fused_density_three_arms(three_arm_design):
+    """Two active arms, each with its own terms, indexed by the participant's arm: value, gradient and stored variables
+    (nac_effect active_arm x week ...). The moderation model (markers; its integrated participants, in every arm, are
+    grouped by arm) with other priors; treatment_curved under the enthusiastic preset (one mean per phase, the same for
+    every arm) with other curvature priors. Every marker pattern: the slow tier."""
+    from models.prior_file import preset_priors
+
+    design = three_arm_design
+    _, layout = _check_against_pytensor(design, OTHER_PRIORS, points=2, seed=21, build=_moderation)
+    names, _, shapes = layout.shape_info
+    assert shapes[names.index("nac_change")] == (2, 2) and shapes[names.index("nac_effect")] == (2, len(design.weeks))
+    assert shapes[names.index("nac_marker_moderation")] == shapes[names.index("nac_moderation_per_doubling")] == (2, 3)
+    priors = {**preset_priors("enthusiastic", "treatment_curved", design, 2.0), "nac_curvature": {"params": {"mu": 1.0, "sigma": 1.5}}}
+    _, layout = _check_against_pytensor(design, priors, points=2, seed=22, build=_treatment_curved)
+    assert layout.shape_info[2][layout.shape_info[0].index("nac_curvature")] == (2,)
+
+
+@pytest.mark.unit
+def test_fused_arm_blocks_move_their_own_arm_only(three_arm_design):
+    """Moving one active arm's treatment-phase change moves that arm's nac_effect by t1_w and the fixed change of that
+    arm's participants only: the other arm, the control arm and placebo_change stay (pins the layout x[o + a P + p]
+    independently of the comparison with PyTensor)."""
+    design = three_arm_design
+    built = _moderation(design, None)
+    layout = engine.fused_layout(built)
+    kernel = engine.KERNELS[layout.kernel]
+    names, slices, shapes = layout.shape_info
+    x = np.random.default_rng(25).normal(size=layout.n_dim) * 0.5
+    base, moved = np.zeros(layout.n_expanded), np.zeros(layout.n_expanded)
+    kernel.expand(x, layout.ctx, base)
+    y = x.copy()
+    y[slices[names.index("nac_change")].start + 1 * 2 + 0] += 2.0  # arm 'high' (the second), treatment phase
+    kernel.expand(y, layout.ctx, moved)
+    block = lambda out, name: out[slices[names.index(name)]].reshape(shapes[names.index(name)])  # noqa: E731
+    np.testing.assert_allclose(block(moved, "nac_effect")[1] - block(base, "nac_effect")[1], 2.0 * design.week_t1, atol=1e-12)
+    np.testing.assert_array_equal(block(moved, "nac_effect")[0], block(base, "nac_effect")[0])
+    np.testing.assert_array_equal(block(moved, "placebo_change"), block(base, "placebo_change"))
+    shift = block(moved, "participant_fixed") - block(base, "participant_fixed")
+    high = design.arm_idx == 2
+    np.testing.assert_allclose(shift[high, 1], 2.0, atol=1e-12)
+    assert not shift[~high].any() and not shift[:, [0, 2]].any()
 
 
 @pytest.mark.unit
@@ -302,7 +368,7 @@ def test_fused_curvature_changes_what_it_should(small_design):
     kernel.expand(y, layout.ctx, moved)
     q = 4 * small_design.week_t1 * (1 - small_design.week_t1)
     nac, placebo = slices[names.index("nac_effect")], slices[names.index("placebo_change")]
-    np.testing.assert_allclose(moved[nac] - base[nac], 2.0 * q, atol=1e-12)
+    np.testing.assert_allclose(moved[nac] - base[nac], 2.0 * q, atol=1e-12)  # the one active arm's nac_effect
     np.testing.assert_array_equal(moved[placebo], base[placebo])
     assert kernel.logp_grad(x, layout.ctx, np.zeros(layout.n_dim)) != kernel.logp_grad(y, layout.ctx, np.zeros(layout.n_dim))
 

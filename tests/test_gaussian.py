@@ -199,3 +199,47 @@ def test_models_answer_their_implied_covariance(small_trial):
     rows, cols = np.tril_indices(len(design.weeks) - 1)
     mm = get("mmrm").score_covariance(xr.Dataset({"visit_chol": one(chol[rows, cols], ("visit_chol_dim_0",))}), design)
     assert mm.outcome == "change" and np.array_equal(mm.weeks, design.weeks[1:]) and np.allclose(mm.cov[0, 0], chol @ chol.T)
+
+
+@pytest.mark.unit
+def test_moderation_implied_covariance_per_arm(tmp_path):
+    """The moderation model on a three-arm trial: an integrated participant's loadings hold their own arm's biomarker x
+    arm term (none in the control arm), so its covariance is Z (S + A_i C A_i') Z' + sigma^2 I with that A_i, and the
+    participants of one missing pattern form one group per arm."""
+    import xarray as xr
+
+    from models import get
+    from tests.test_fused import mixed_marker_patterns, three_arm_trial
+
+    design = mixed_marker_patterns(three_arm_trial(tmp_path / "t"))
+    md = design.baseline
+    mean, msd, links = np.array([0.1, -0.2, 0.3]), np.array([1.0, 0.8, 1.2]), np.array([0.5, -0.3, 0.4])
+    prog, mod, nac_mod = np.array([1.5, -1.0, 0.5]), np.array([-2.0, 1.0, 0.7]), np.array([[1.0, -0.5, 0.0], [-2.5, 0.8, 1.2]])
+    sd, rho, sigma = np.array([5.0, 4.0]), -0.3, 3.0
+    one = lambda v, dims: (("chain", "draw", *dims), np.broadcast_to(v, (1, 2) + np.shape(v)).copy())  # noqa: E731
+    post = xr.Dataset({
+        "participant_sd": one(sd, ("participant_effect",)), "participant_corr": one(rho, ()), "residual_sd": one(sigma, ()),
+        "marker_mean": one(mean, ("marker",)), "marker_sd": one(msd, ("marker",)), "marker_regression": one(links, ("marker_link",)),
+        "marker_prognostic": one(prog, ("marker",)), "marker_moderation": one(mod, ("marker",)),
+        "nac_marker_moderation": one(nac_mod, ("active_arm", "marker")),
+    })
+    implied = get("moderation").score_covariance(post, design)
+    z = np.column_stack([np.ones(len(design.weeks)), design.week_t1])
+    s = np.array([[sd[0] ** 2, rho * sd[0] * sd[1]], [rho * sd[0] * sd[1], sd[1] ** 2]])
+    base = z @ s @ z.T + sigma**2 * np.eye(len(design.weeks))
+    r = np.eye(3)
+    r[1, 0], r[2, 0], r[2, 1] = -links[0], -links[1], -links[2]
+    cz = np.linalg.inv(r) @ np.diag(msd**2) @ np.linalg.inv(r).T
+    group = implied.group_of(design.n_participants)
+    integrated = md.missing.any(axis=1) & ~md.censored.any(axis=1)
+    assert np.array_equal(group > 0, integrated)
+    for g in np.unique(group[integrated]):
+        assert len(set(design.arm_idx[group == g])) == 1  # a group is one pattern in one arm
+    assert set(design.arm_idx[integrated]) == {0, 1, 2}
+    for i in np.flatnonzero(integrated):
+        arm = design.arm_idx[i]
+        a = np.vstack([prog, mod + (nac_mod[arm - 1] if arm > 0 else 0.0)])
+        miss = np.flatnonzero(md.missing[i])
+        c = np.linalg.inv(np.linalg.inv(cz)[np.ix_(miss, miss)])
+        want = base + z @ a[:, miss] @ c @ a[:, miss].T @ z.T
+        assert np.allclose(implied.covariance(group[i])[0, 0], want), i

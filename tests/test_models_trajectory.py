@@ -63,13 +63,16 @@ def test_dims_and_finite_logp_every_likelihood(design, name):
         assert set(built.priors) <= set(model.named_vars) | {"participant_sd", "participant_corr", "site"}, "only the priors it uses"
     if name == "null":
         assert "nac_change" not in model.named_vars and "nac_effect" not in model.named_vars
-        assert "nac_change" not in built.priors
+        assert "nac_change" not in built.priors and "active_arm" not in model.coords
     else:
-        assert dims["nac_effect"] == ("week",) and dims["nac_change"] == ("phase",)
+        assert dims["nac_effect"] == ("active_arm", "week") and dims["nac_change"] == ("active_arm", "phase")
+        assert dims["arm_indicator"] == ("participant", "active_arm") and list(model.coords["active_arm"]) == ["nac"]
     assert ("time_curvature" in model.named_vars) == name.endswith("curved")
+    if name == "treatment_curved":
+        assert dims["nac_curvature"] == ("active_arm",)
     if name == "moderation":
-        assert dims["nac_marker_moderation"] == ("marker",)
-        assert dims["nac_moderation_per_doubling"] == ("marker",)
+        assert dims["nac_marker_moderation"] == ("active_arm", "marker")
+        assert dims["nac_moderation_per_doubling"] == ("active_arm", "marker")
         assert "nac_marker_moderation" in built.priors
     elif name == "headline":
         assert dims["moderation_per_doubling"] == ("marker",) and "marker_mean" in built.priors
@@ -122,7 +125,7 @@ def test_curve_basis_keeps_phase_meaning_and_nests_straight_model(design):
     curved = get("treatment_curved").build(design).model
     point = curved.initial_point()
     point["time_curvature"] = np.array(0.0)
-    point["nac_curvature"] = np.array(0.0)
+    point["nac_curvature"] = np.zeros(1)  # one active arm
     lp_c = curved.compile_logp(vars=[curved["y"]])(point)
     lp_s = straight.compile_logp(vars=[straight["y"]])({k: v for k, v in point.items() if k in straight.initial_point()})
     assert lp_c == pytest.approx(lp_s), "with zero curvature the curved model must equal the straight one"
@@ -142,25 +145,64 @@ def test_marker_levels_in_natural_units(design, small_trial_dir):
     assert [v for _, v in custom["bdnf"]] == [20.0, 30.0]
 
 
+def _moderation_draws(design, seed=0):
+    """Known draws of the moderation model's arm terms (active_arm x week, active_arm x marker), as an InferenceData."""
+    rng = np.random.default_rng(seed)
+    md = design.baseline
+    k = design.n_active
+    nac = rng.normal(-2, 1, size=(2, 50, k, len(design.weeks)))
+    eta = rng.normal(-1, 0.3, size=(2, 50, k, len(md.names)))
+    idata = az.from_dict(
+        posterior={"nac_effect": nac, "nac_marker_moderation": eta, "nac_moderation_per_doubling": eta * np.log(2) / md.log_scale},
+        coords={"week": design.weeks, "marker": md.names, "active_arm": design.active_arms},
+        dims={"nac_effect": ["active_arm", "week"], "nac_marker_moderation": ["active_arm", "marker"],
+              "nac_moderation_per_doubling": ["active_arm", "marker"]},
+    )
+    return idata, nac, eta
+
+
 @pytest.mark.unit
 def test_nac_effect_at_levels_formula(design):
     """Rows equal nac_effect + eta_k (ln x - m_k) / s_k by construction of known draws."""
-    rng = np.random.default_rng(0)
     md = design.baseline
-    nac = rng.normal(-2, 1, size=(2, 50, len(design.weeks)))
-    eta = rng.normal(-1, 0.3, size=(2, 50, len(md.names)))
-    idata = az.from_dict(
-        posterior={"nac_effect": nac, "nac_marker_moderation": eta, "nac_moderation_per_doubling": eta * np.log(2) / md.log_scale},
-        coords={"week": design.weeks, "marker": md.names},
-        dims={"nac_effect": ["week"], "nac_marker_moderation": ["marker"], "nac_moderation_per_doubling": ["marker"]},
-    )
+    idata, nac, eta = _moderation_draws(design)
     table = nac_effect_at_levels(idata, design, mcid=2.0)
     k = md.names.index("crp")
     z3 = (np.log(3.0) - md.log_center[k]) / md.log_scale[k]
     row = table[table["quantity"].str.contains("week 16, baseline crp 3 mg/L")].iloc[0]
-    assert row["mean"] == pytest.approx((nac[..., -1] + eta[..., k] * z3).mean())
+    assert row["quantity"] == "nac - placebo mean MADRS at week 16, baseline crp 3 mg/L"
+    assert row["mean"] == pytest.approx((nac[..., 0, -1] + eta[..., 0, k] * z3).mean())
     assert table["quantity"].str.contains("week 12, baseline il6").sum() == 3
     assert table["quantity"].str.contains("per doubling of baseline bdnf").sum() == 1
+    assert table["summary"].str.contains("nac - placebo", regex=False).all()
+
+
+@pytest.mark.unit
+def test_nac_effect_at_levels_per_active_arm(tmp_path):
+    """A three-arm trial: the rows of each active arm in turn ('low - placebo ...', then 'high - placebo ...'), each
+    from its own arm's draws, each row's estimand naming its arm."""
+    from data.synthetic import dose_trial_parameters
+
+    simulate_trial(dose_trial_parameters(n_participants=45, seed=3)).write(tmp_path / "t")
+    design = build_design(load_dataset(tmp_path / "t"))
+    assert design.active_arms == ["low", "high"]
+    md = design.baseline
+    idata, nac, eta = _moderation_draws(design, seed=1)
+    table = nac_effect_at_levels(idata, design, mcid=2.0)
+    half = len(table) // 2
+    assert table["quantity"].iloc[:half].str.startswith(("low - placebo", "extra low - placebo")).all()
+    assert table["quantity"].iloc[half:].str.startswith(("high - placebo", "extra high - placebo")).all()
+    k = md.names.index("crp")
+    z3 = (np.log(3.0) - md.log_center[k]) / md.log_scale[k]
+    for a, arm in enumerate(design.active_arms):
+        row = table[table["quantity"] == f"{arm} - placebo mean MADRS at week 12, baseline crp 3 mg/L"].iloc[0]
+        # week 12 is the end of treatment: t1 = 1
+        assert row["mean"] == pytest.approx((nac[..., a, list(design.weeks).index(12)] + eta[..., a, k] * z3).mean())
+        assert f"({arm} - placebo)" in row["summary"]
+        row = table[table["quantity"] == f"extra {arm} - placebo difference by week 12 per doubling of baseline il6"].iloc[0]
+        j = md.names.index("il6")
+        assert row["mean"] == pytest.approx((eta[..., a, j] * np.log(2) / md.log_scale[j]).mean())
+        assert f"{arm} - placebo difference" in row["summary"]
 
 
 @pytest.mark.unit
@@ -181,10 +223,10 @@ def test_treatment_model_recovers_nac_effect(tmp_path):
     idata, _ = sample_all(get("treatment").build(design), SamplerSettings(draws=300, tune=400, chains=2, seed=3, prior_draws=20), quiet=True)
     assert idata.posterior.attrs["fit_path"] == "marginal"
     for week, truth in ((12, -3.0), (16, -5.0)):
-        eff = idata.posterior["nac_effect"].sel(week=week).values.ravel()
+        eff = idata.posterior["nac_effect"].sel(active_arm="nac", week=week).values.ravel()
         lo, hi = az.hdi(eff, hdi_prob=0.99)
         assert lo < truth < hi, (week, lo, hi)
-    assert (idata.posterior["nac_effect"].sel(week=16).values < 0).mean() > 0.95
+    assert (idata.posterior["nac_effect"].sel(active_arm="nac", week=16).values < 0).mean() > 0.95
     assert int(idata.sample_stats["diverging"].sum()) == 0
 
 
@@ -196,7 +238,7 @@ def test_moderation_model_recovers_il6_interaction(tmp_path):
     simulate_trial(params).write(tmp_path / "t")
     design = build_design(load_dataset(tmp_path / "t"))
     idata = _short_fit(get("moderation").build(design).fast_variant(), seed=6)
-    eta = idata.posterior["nac_marker_moderation"]
+    eta = idata.posterior["nac_marker_moderation"].sel(active_arm="nac")
     # the design standardises by the sample SD of observed log values, the generator by the true SD
     k = design.baseline.names.index("il6")
     truth_il6 = -3.0 * design.baseline.log_scale[k] / params.marker_log_sd[k]
@@ -219,7 +261,7 @@ def test_treatment_model_zero_effect_covers_zero(tmp_path):
     design = build_design(load_dataset(tmp_path / "t"))
     idata = _short_fit(get("treatment").build(design), seed=8, draws=600, tune=600)
     for week in (12, 16):
-        lo, hi = az.hdi(idata.posterior["nac_effect"].sel(week=week).values.ravel(), hdi_prob=0.94)
+        lo, hi = az.hdi(idata.posterior["nac_effect"].sel(active_arm="nac", week=week).values.ravel(), hdi_prob=0.94)
         assert lo < 0.0 < hi, (week, lo, hi)
 
 
