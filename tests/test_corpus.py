@@ -172,7 +172,7 @@ ERRORS = [
     # participants
     Case("arm_wrong_case", cell("participants.csv", "arm", 4, "NAC"), ("participants.csv, column 'arm', line 6: unknown arm ['NAC']",)),
     Case("single_participant_arm", csv_edit("participants.csv", lambda d: d[(d["arm"] == "placebo") | (d["participant_id"] == NAC_IDS[0])]),
-         ("arm 'nac' has 1 participant(s)", "at least 2 per arm")),
+         ("arm 'nac' (declared in dataset.toml [arms]) has 1 participant(s)", "at least 2 per arm")),
     Case("conflicting_participant_rows", append_rows("participants.csv", lambda d: d.iloc[[0]].assign(site="other")),
          ("participants.csv, column 'participant_id', lines 2, 254: participant_id must be unique", "P0001")),
     Case("empty_participant_id", cell("participants.csv", "participant_id", 2, ""), ("participants.csv, column 'participant_id', line 4: participant_id is empty",)),
@@ -230,7 +230,7 @@ ERRORS = [
     Case("toml_range_quoted", toml_edit("max = 60", 'max = "60"'), ("outcome max must be a number, got '60'",)),
     Case("toml_integer_text", toml_edit("integer = true", 'integer = "yes"'), ("'integer' must be true or false",)),
     Case("toml_unknown_scale", toml_edit('name = "madrs"\nlabel = "MADRS"\nmin = 0\nmax = 60', 'name = "qids"'), ("'qids' is not a known scale", "valid range must be given")),
-    Case("toml_same_arms", toml_edit('treatment = "nac"', 'treatment = "placebo"'), ("control and treatment arm labels are both 'placebo'",)),
+    Case("toml_same_arms", toml_edit('treatment = "nac"', 'treatment = "placebo"'), ("arm 'placebo' is both the control and a treatment arm",)),
     Case("toml_bad_mapping", toml_edit("treatment_end = 12", 'treatment_end = 12\nmap_unscheduled = "closest"'), ("map_unscheduled must be one of ['none', 'nearest']",)),
     Case("toml_window_without_mapping", toml_edit("treatment_end = 12", "treatment_end = 12\nwindow = 1"), ("window is set but map_unscheduled",)),
     Case("toml_negative_lod", toml_edit("il6 = 0.7", "il6 = -0.7"), ("detection limit of 'il6' must be a positive number",)),
