@@ -14,7 +14,9 @@ attended, n_P of them). With residuals r_i = c_i - mu_i on V_P and Sigma_P = Sig
 
 - a drop-out pattern (V_P a leading block of the schedule) factors Sigma_P by the leading block of
   Sigma's own Cholesky factor L; an intermittent pattern factors its block once per evaluation;
-- d log p / d mu_i = Sigma_P^-1 r_i = u_i, which the mean's coefficients collect;
+- d log p / d mu_i = Sigma_P^-1 r_i = u_i, which the mean's coefficients collect; the arm x visit block
+  holds nac_visit_effect row by row (active arm a, visit v at a * nv + v), and a participant adds
+  x[a * nv + v] * t with t = 1.0 in active arm a and t = 0.0 (a = 0) in the control arm;
 - d log p / d Sigma (entries taken as free) = sum_P embed( (sum_i u_i u_i' - n_P Sigma_P^-1) / 2 ) = G,
   and with Sigma = L L', d log p / d L = 2 G L (its lower triangle).
 
@@ -36,7 +38,7 @@ import numba
 import numpy as np
 from scipy.special import gammaln
 
-from models.mmrm import mmrm_data
+from models.mmrm import arm_position, mmrm_data
 
 from .kernels import (
     LOG2PI,
@@ -74,10 +76,12 @@ E_BLOCKS = ("site_effect", "visit_chol", "visit_sd", "visit_corr", "nac_effect",
 (E_SITE, E_CHOL, E_SD, E_CORR, E_NAC, E_PLACEBO) = range(len(E_BLOCKS))
 # fields of the context array
 (F_SIZES, F_XOFF, F_EOFF, F_PRIORS, F_TREATED, F_BASE, F_SITE_IDX, F_PATTERNS, F_PATTERN_VISITS, F_OBS_ROW, F_OBS_CHANGE,
- F_COV) = range(12)
-N_FIELDS = 12  # F_COV: the covariate columns adjusted for, included participant x covariate (row-major; empty without)
+ F_COV, F_ARM) = range(13)
+N_FIELDS = 13  # F_COV: the covariate columns adjusted for, included participant x covariate (row-major; empty without)
+# F_TREATED: per included participant 1.0 in an active arm, 0.0 in the control arm; F_ARM: the position of its
+# active arm among the active arms (0 for a control participant)
 # sizes (field F_SIZES): participants, sites (0 for one), visits, length of x, length of the expanded draw, weeks,
-# patterns, observations, covariate columns
+# patterns, observations, covariate columns, active arms
 PATTERN_WIDTH = 5  # per pattern: start in the long arrays, participants, visits, is a drop-out pattern, offset of its visits
 
 
@@ -136,11 +140,11 @@ def _lower_inverse(c, k):
 def logp_grad(x, ctx, grad):
     """Log density of the MMRM at unconstrained x; its gradient into grad."""
     sizes = _field(ctx, F_SIZES)
-    n_s, nv, n_pat, n_cov = int(sizes[1]), int(sizes[2]), int(sizes[6]), int(sizes[8])
+    n_s, nv, n_pat, n_cov, n_arm = int(sizes[1]), int(sizes[2]), int(sizes[6]), int(sizes[8]), int(sizes[9])
     xo = _field(ctx, F_XOFF)
     pri = _field(ctx, F_PRIORS)
     cov = _field(ctx, F_COV)
-    treated, base, site_idx = _field(ctx, F_TREATED), _field(ctx, F_BASE), _field(ctx, F_SITE_IDX)
+    treated, arm, base, site_idx = _field(ctx, F_TREATED), _field(ctx, F_ARM), _field(ctx, F_BASE), _field(ctx, F_SITE_IDX)
     patterns, pattern_visits = _field(ctx, F_PATTERNS), _field(ctx, F_PATTERN_VISITS)
     obs_row, obs_change = _field(ctx, F_OBS_ROW), _field(ctx, F_OBS_CHANGE)
     for j in range(grad.shape[0]):
@@ -188,12 +192,13 @@ def logp_grad(x, ctx, grad):
             s0 = start + q * k
             i = int(obs_row[s0])
             t, bi, si = treated[i], base[i], int(site_idx[i])
+            o_arm = o_nac + int(arm[i]) * nv  # the participant's row of the arm x visit block
             shift = site[si]  # the site and the covariates: the same at every visit
             for j in range(n_cov):
                 shift += cov[i * n_cov + j] * x[o_cov + j]
             for j in range(k):
                 v = vis[j]
-                r[j] = obs_change[s0 + j] - (x[o_mean + v] + x[o_nac + v] * t + x[o_slope + v] * bi + shift)
+                r[j] = obs_change[s0 + j] - (x[o_mean + v] + x[o_arm + v] * t + x[o_slope + v] * bi + shift)
             for a in range(k):
                 s = 0.0
                 for b in range(k):
@@ -206,7 +211,7 @@ def logp_grad(x, ctx, grad):
                 ua = u[a]
                 u_sum += ua
                 grad[o_mean + v] += ua
-                grad[o_nac + v] += ua * t
+                grad[o_arm + v] += ua * t
                 grad[o_slope + v] += ua * bi
                 d_site[si] += ua
                 for b in range(k):
@@ -244,9 +249,10 @@ def logp_grad(x, ctx, grad):
         g, dg = _normal_prior(pri, P_VMEAN, x[o_mean + v])
         lp += g
         grad[o_mean + v] += dg
-        g, dg = _normal_prior(pri, P_NAC, x[o_nac + v])
-        lp += g
-        grad[o_nac + v] += dg
+        for a in range(n_arm):
+            g, dg = _normal_prior(pri, P_NAC, x[o_nac + a * nv + v])
+            lp += g
+            grad[o_nac + a * nv + v] += dg
         g, dg = _normal_prior(pri, P_SLOPE, x[o_slope + v])
         lp += g
         grad[o_slope + v] += dg
@@ -264,7 +270,7 @@ def logp_grad(x, ctx, grad):
 def expand(x, ctx, out):
     """Write the draw's stored variables: x itself, then each block at its offset in ctx."""
     sizes = _field(ctx, F_SIZES)
-    n_s, nv, n_dim = int(sizes[1]), int(sizes[2]), int(sizes[3])
+    n_s, nv, n_dim, n_arm = int(sizes[1]), int(sizes[2]), int(sizes[3]), int(sizes[9])
     xo, eo = _field(ctx, F_XOFF), _field(ctx, F_EOFF)
     for j in range(n_dim):
         out[j] = x[j]
@@ -292,8 +298,9 @@ def expand(x, ctx, out):
             for j in range(nv):
                 out[int(eo[E_CORR]) + i * nv + j] = sigma[i, j] / (sd[i] * sd[j])
     for w in range(nv + 1):
-        if eo[E_NAC] >= 0:
-            out[int(eo[E_NAC]) + w] = 0.0 if w == 0 else x[int(xo[X_NAC]) + w - 1]
+        if eo[E_NAC] >= 0:  # active_arm x week
+            for a in range(n_arm):
+                out[int(eo[E_NAC]) + a * (nv + 1) + w] = 0.0 if w == 0 else x[int(xo[X_NAC]) + a * nv + w - 1]
         if eo[E_PLACEBO] >= 0:
             out[int(eo[E_PLACEBO]) + w] = 0.0 if w == 0 else x[int(xo[X_VMEAN]) + w - 1]
 
@@ -349,7 +356,8 @@ def fused_layout(model, design, priors, shapes: dict) -> FusedLayout:
     d = mmrm_data(design)
     nv = len(d.visits)
     n_sites = len(design.sites)
-    expected = {"visit_mean": nv, "nac_visit_effect": nv, "baseline_slope": nv, "visit_chol_cholesky-cov-packed__": nv * (nv + 1) // 2}
+    n_arm = design.n_active
+    expected = {"visit_mean": nv, "nac_visit_effect": n_arm * nv, "baseline_slope": nv, "visit_chol_cholesky-cov-packed__": nv * (nv + 1) // 2}
     if n_sites >= 2:
         expected["site_effect_zerosum__"] = n_sites - 1
     with_covariates = "covariate_effect" in joined
@@ -378,11 +386,13 @@ def fused_layout(model, design, priors, shapes: dict) -> FusedLayout:
     site_idx = design.site_idx[d.rows] if n_sites >= 2 else np.zeros(len(d.rows))
     sizes = np.array([
         len(d.rows), n_sites if n_sites >= 2 else 0, nv, n_dim, pos, nv + 1, len(d.patterns), len(d.obs_change), len(columns),
+        n_arm,
     ])
+    position, active = arm_position(design, d.rows)
     fields = [
-        sizes, xoff, eoff, pri, design.treated[d.rows], d.baseline - d.baseline_center, site_idx,
+        sizes, xoff, eoff, pri, active, d.baseline - d.baseline_center, site_idx,
         np.array(pattern_rows, dtype=float), np.array(pattern_visits, dtype=float), d.obs_row, d.obs_change,
-        design.covariates[np.ix_(d.rows, columns)] if len(columns) else np.zeros(0),
+        design.covariates[np.ix_(d.rows, columns)] if len(columns) else np.zeros(0), position.astype(float),
     ]
     assert len(fields) == N_FIELDS
     return FusedLayout(ctx=_pack(fields), n_dim=n_dim, n_expanded=pos, shape_info=(names, slices, shape_list), kernel=KERNEL)

@@ -3,10 +3,11 @@
 Hasebe et al. (2017) used quantile regression for the biomarker changes. Its Bayesian form
 uses the asymmetric Laplace likelihood, whose q-quantile is its location; at q = 0.5 it is
 the Laplace distribution, so for each marker k separately
-    z1_ik ~ Laplace(a_k + B_k . z0_i + theta_k T_i,  b_k)          (median regression)
-with z0_i, z1_i the standardised log markers at baseline and at the end of treatment. The
-median of a monotone transform is the transform of the median, so exp(theta_k SD_k) is the
-NAC / placebo ratio of the median marker values (natural units) at given baseline values.
+    z1_ik ~ Laplace(a_k + B_k . z0_i + sum_a theta_ak T_ia,  b_k)   (median regression)
+with z0_i, z1_i the standardised log markers at baseline and at the end of treatment and T_ia = 1
+when participant i is in active arm a (one active arm in a two-arm trial). The median of a monotone
+transform is the transform of the median, so exp(theta_ak SD_k) is the active arm a / control ratio
+of the median marker values (natural units) at given baseline values, for each active arm.
 
 - Baseline markers are covariates: missing ones are imputed and censored ones bounded
   in the same latent multivariate-normal block as the mean model (marker_change_block).
@@ -38,6 +39,7 @@ from .design import COVARIATE_DIM, TrialDesign, select_covariates
 from .marker_change_block import (
     COVARIATE_MARKER_PRIOR,
     add_change_regression,
+    arm_data,
     block_coords,
     change_data,
     change_priors,
@@ -68,8 +70,7 @@ def build_biomarker_change_median(design: TrialDesign, priors: dict | None = Non
     pri = resolve(default_priors(design), priors)
     end = cd.later
     with pm.Model(coords=block_coords(cd, design, columns)) as model:
-        treated = pm.Data("treated", design.treated[cd.rows], dims="participant")
-        _, mu, nac = add_change_regression(cd, pri, treated, design, columns)
+        _, mu, nac = add_change_regression(cd, pri, arm_data(cd, design), design, columns)
         scale = rv("laplace_scale", pri["laplace_scale"], dims="marker")
         outcome_vars = []
         for k, mk in enumerate(cd.names):
@@ -91,8 +92,8 @@ def build_biomarker_change_median(design: TrialDesign, priors: dict | None = Non
                 dims=f"week{cd.week}_observed_{mk}",
             )
             outcome_vars.append(name)
-        log_ratio = pm.Deterministic("nac_log_ratio", nac * cd.baseline.log_scale, dims="marker")
-        pm.Deterministic("nac_ratio", pt.exp(log_ratio), dims="marker")
+        log_ratio = pm.Deterministic("nac_log_ratio", nac * cd.baseline.log_scale, dims=("active_arm", "marker"))
+        pm.Deterministic("nac_ratio", pt.exp(log_ratio), dims=("active_arm", "marker"))
     notes = cd.notes()
     w = cd.week
     notes[f"week{w}_missing_no_likelihood"] = notes[f"week{w}_imputed"]  # not imputed here: no likelihood term
@@ -103,38 +104,43 @@ def build_biomarker_change_median(design: TrialDesign, priors: dict | None = Non
     return BuiltModel(NAME, model, design, used_priors(pri, columns, COVARIATE_MARKER_PRIOR), tuple(outcome_vars), MARKER_VALUES, notes=with_text(notes))
 
 
-def interval_scale(idata, design: TrialDesign) -> dict[str, float]:
-    """Per marker, the factor that widens the working posterior of theta_k to its adjusted spread.
+def interval_scale(idata, design: TrialDesign) -> dict[str, dict[str, float]]:
+    """Per active arm and marker ({arm: {marker: factor}}), the factor that widens the working posterior of theta_ak
+    to its adjusted spread.
 
     Yang, Wang & He (2016): with the asymmetric Laplace exp(-rho_q((y - x'beta) / s)), the
     posterior covariance S of beta is corrected to n q (1 - q) / s^2 * S D0 S, D0 = X'X / n; at
     q = 0.5 the Laplace scale b is 2 s, so the correction is n / b^2 * S D0 S. On normal residuals
     the factor is about sqrt(pi / 2) = 1.25. Latent baseline covariates enter D0 at their mean (0,
     missing) or at the detection limit (censored); the arm is randomised, so theta barely depends on them.
-    Baseline covariates the fit adjusted for enter X as they entered the model.
+    Baseline covariates the fit adjusted for enter X as they entered the model; X ends with the
+    participant x active arm indicator, one column (one theta_ak) per active arm.
     """
     cd = change_data(design, NAME)
     post = idata.posterior.stack(sample=("chain", "draw"))
     b0 = cd.baseline
     z0 = np.where(b0.censored, b0.z_upper, np.nan_to_num(b0.z, nan=0.0))
-    treated = design.treated[cd.rows]
+    arm = design.arm_indicator()[cd.rows]
+    arms = [str(a) for a in post["nac_marker_effect"]["active_arm"].values]
     names = [str(c) for c in post[COVARIATE_MARKER_PRIOR][COVARIATE_DIM].values] if COVARIATE_MARKER_PRIOR in post else []
     cov = design.covariates[np.ix_(cd.rows, [design.covariate_names.index(c) for c in names])] if names else np.zeros((cd.n, 0))
-    out = {}
+    out = {a: {} for a in arms}
     for k, mk in enumerate(cd.names):
         rows = ~cd.later.missing[:, k]
-        x = np.column_stack([np.ones(rows.sum()), z0[rows], cov[rows], treated[rows]])  # theta last
+        x = np.column_stack([np.ones(rows.sum()), z0[rows], cov[rows], arm[rows]])  # the thetas last
         d0 = x.T @ x / len(x)
         coefs = np.vstack(
             [post["end_intercept"].sel(marker=mk).values]
             + [post["baseline_slope"].sel(marker=mk, baseline_marker=j).values for j in cd.names]
             + [post[COVARIATE_MARKER_PRIOR].sel({"marker": mk, COVARIATE_DIM: c}).values for c in names]
-            + [post["nac_marker_effect"].sel(marker=mk).values]
+            + [post["nac_marker_effect"].sel(marker=mk, active_arm=a).values for a in arms]
         )
         s_post = np.cov(coefs)
         b = float(post["laplace_scale"].sel(marker=mk).mean())
         s_adj = len(x) / b**2 * s_post @ d0 @ s_post
-        out[mk] = float(np.sqrt(s_adj[-1, -1] / s_post[-1, -1]))
+        for j, a in enumerate(arms):
+            last = len(coefs) - len(arms) + j
+            out[a][mk] = float(np.sqrt(s_adj[last, last] / s_post[last, last]))
     return out
 
 
@@ -143,11 +149,13 @@ def extra_estimates(idata, design: TrialDesign, mcid=None) -> pd.DataFrame:
     scale = interval_scale(idata, design)
     post = idata.posterior
     adjusted = post["nac_log_ratio"].copy()
-    for mk, c in scale.items():
-        d = post["nac_log_ratio"].sel(marker=mk)
-        adjusted.loc[{"marker": mk}] = d.mean() + (d - d.mean()) * c
+    for arm, by_marker in scale.items():
+        for mk, c in by_marker.items():
+            d = post["nac_log_ratio"].sel(active_arm=arm, marker=mk)
+            adjusted.loc[{"active_arm": arm, "marker": mk}] = d.mean() + (d - d.mean()) * c
     view = idata.posterior.assign(nac_ratio_adjusted=np.exp(adjusted))
-    table = ratio_rows(view, design, var="nac_ratio_adjusted", what="medians")
+    table = ratio_rows(view, design, var="nac_ratio_adjusted", what="medians", kind="ratio_median", model=NAME)
     table["quantity"] = table["quantity"] + " (interval adjusted for the working likelihood)"
-    table["interval_scale"] = [scale[m] for m in table["marker"]]
+    # ratio_rows' order: each active arm, then each marker
+    table["interval_scale"] = [scale[str(a)][str(m)] for a in adjusted["active_arm"].values for m in adjusted["marker"].values]
     return table

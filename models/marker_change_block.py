@@ -109,12 +109,11 @@ def change_data(design: TrialDesign, model_name: str, also_keep: np.ndarray | No
     if also_keep is not None:
         keep = keep | np.asarray(also_keep, dtype=bool)
     rows = np.flatnonzero(keep)
-    treated = design.treated[rows]
-    if min(int(treated.sum()), int((1 - treated).sum())) < 2:
-        raise ModelDataError(
-            f"model '{model_name}' needs biomarker values from at least 2 participants per arm; "
-            f"biomarkers.csv has {int(treated.sum())} in the treatment arm and {int((1 - treated).sum())} in the control arm"
-        )
+    counts = np.bincount(design.arm_idx[rows], minlength=len(design.arms))
+    if counts.min() < 2:
+        has = (f"{counts[1]} in the treatment arm and {counts[0]} in the control arm" if len(counts) == 2
+               else ", ".join(f"{n} in arm '{arm}'" for arm, n in zip(design.arms, counts)))
+        raise ModelDataError(f"model '{model_name}' needs biomarker values from at least 2 participants per arm; biomarkers.csv has {has}")
     observed_later = ~later.missing[rows] & ~later.censored[rows]
     if not observed_later.any():
         raise ModelDataError(f"model '{model_name}' needs some week-{week} biomarker values above the detection limit; biomarkers.csv has none")
@@ -234,17 +233,40 @@ def used_priors(pri: dict[str, Prior], columns: np.ndarray, *names: str) -> dict
     return {k: v for k, v in pri.items() if len(columns) or k not in names}
 
 
-def add_change_regression(cd: ChangeData, pri: dict[str, Prior], treated, design: TrialDesign | None = None, columns=()):
-    """Baseline block and the mean of the end-week markers: returns (z0, mu_end, nac_effect_std). With covariate
-    `columns` of `design.covariates`, adds their shift G x_i (pm.Data 'covariates', 'covariate_marker_effect')."""
+def arm_data(cd: ChangeData, design: TrialDesign):
+    """pm.Data 'arm_indicator' (participant x active_arm) of the participants entering the model: T_ia."""
+    return pm.Data("arm_indicator", design.arm_indicator()[cd.rows], dims=("participant", "active_arm"))
+
+
+def arm_sum(arm, effect, n_active: int):
+    """sum_a T_ia effect[a] (participant, or participant x marker): arm the participant x active arm indicator, effect
+    (active arm) or (active arm x marker). One product per active arm, so a two-arm trial computes T_i effect; with one
+    active arm, a marker effect is broadcast against the indicator's single column (no indexing, so the graph and its
+    gradient are those of T_i theta)."""
+    def term(a):
+        return arm[:, a][:, None] * effect[a][None, :] if effect.ndim > 1 else arm[:, a] * effect[a]
+
+    if n_active == 1 and effect.ndim > 1:
+        return pt.specify_broadcastable(arm, 1) * pt.specify_broadcastable(effect, 0)
+    total = term(0)
+    for a in range(1, n_active):
+        total = total + term(a)
+    return total
+
+
+def add_change_regression(cd: ChangeData, pri: dict[str, Prior], arm, design: TrialDesign | None = None, columns=()):
+    """Baseline block and the mean of the end-week markers: returns (z0, mu_end, nac_effect_std), the last per active arm
+    and marker ('nac_marker_effect', active_arm x marker: theta_a, the shift in active arm a against control). arm: the
+    participant x active arm indicator (`arm_data`). With covariate `columns` of `design.covariates`, adds their shift
+    G x_i (pm.Data 'covariates', 'covariate_marker_effect')."""
     names = cd.names
     base_mean = rv("baseline_mean", pri["marker_mean"], dims="marker")
     base_chol = add_residual_chol("baseline", names, pri["marker_sd"], pri["marker_corr"].params["eta"])
     z0 = add_latent_block("baseline", cd.baseline, cd.participants, base_mean[None, :] + pt.zeros((cd.n, 1)), base_chol)
     intercept = rv("end_intercept", pri["end_intercept"], dims="marker")
     slope = rv("baseline_slope", pri["baseline_slope"], dims=("marker", "baseline_marker"))
-    nac = rv("nac_marker_effect", pri["nac_marker_effect"], dims="marker")
-    mu = intercept[None, :] + pt.dot(z0, slope.T) + treated[:, None] * nac[None, :]
+    nac = rv("nac_marker_effect", pri["nac_marker_effect"], dims=("active_arm", "marker"))
+    mu = intercept[None, :] + pt.dot(z0, slope.T) + arm_sum(arm, nac, len(pm.modelcontext(None).coords["active_arm"]))
     if len(columns):
         x = pm.Data("covariates", design.covariates[np.ix_(cd.rows, np.asarray(columns))], dims=("participant", COVARIATE_DIM))
         effect = rv(COVARIATE_MARKER_PRIOR, pri[COVARIATE_MARKER_PRIOR], dims=("marker", COVARIATE_DIM))
@@ -254,6 +276,8 @@ def add_change_regression(cd: ChangeData, pri: dict[str, Prior], treated, design
 
 def block_coords(cd: ChangeData, design: TrialDesign | None = None, columns=()) -> dict:
     coords = {"participant": cd.participants, "marker": cd.names, "marker_other": cd.names, "baseline_marker": cd.names}
+    if design is not None:
+        coords["active_arm"] = design.active_arms
     if len(columns):
         coords[COVARIATE_DIM] = [design.covariate_names[j] for j in columns]
     return coords

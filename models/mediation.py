@@ -1,19 +1,22 @@
 """Do the biomarkers carry NAC's effect? Arm -> change in log biomarker -> MADRS change.
 
 A joint model of the mediators (the three markers' log change, baseline to end of treatment
-E) and of the outcome (MADRS change from baseline at E). With T_i the arm, z0_i / z1_i the
-standardised log markers at baseline / E (standardised by the baseline SD of each log
+E) and of the outcome (MADRS change from baseline at E). With T_ia = 1 when participant i is in
+active arm a (one active arm in a two-arm trial; 0 for every a in the control arm), z0_i / z1_i
+the standardised log markers at baseline / E (standardised by the baseline SD of each log
 marker) and d_i = z1_i - z0_i their change:
     z0_i ~ MvNormal(m, Sigma_0)
-    z1_i ~ MvNormal(a + B z0_i + theta T_i, Sigma_1)               mediator model (LKJ residuals)
-    dY_i ~ Normal(c0 + c' T_i + sum_k beta_k d_ik
+    z1_i ~ MvNormal(a + B z0_i + sum_a theta_a T_ia, Sigma_1)      mediator model (LKJ residuals)
+    dY_i ~ Normal(c0 + sum_a c'_a T_ia + sum_k beta_k d_ik
                   + g (Y0_i - mean Y0) + sum_k h_k z0_ik, sigma)   outcome model [or Student-t]
-Given z0, the change d_k shifts with the arm by theta_k (baseline SDs). With no arm x
-mediator interaction, the natural effects at E, in outcome points, are
-    indirect via marker k   NIE_k = theta_k beta_k        (parallel mediators)
-    indirect, all markers   NIE   = sum_k theta_k beta_k
-    direct                  NDE   = c'
-    total                   TE    = c' + NIE,   proportion mediated NIE_k / TE.
+Given z0, the change d_k shifts in active arm a by theta_ak (baseline SDs) against the control arm.
+With no arm x mediator interaction, the natural effects at E of active arm a against the control
+arm, in outcome points, are (each variable with a leading 'active_arm' dim)
+    indirect via marker k   NIE_ak = theta_ak beta_k      (parallel mediators)   'indirect_effect'
+    indirect, all markers   NIE_a  = sum_k theta_ak beta_k                       'indirect_effect_total'
+    direct                  NDE_a  = c'_a                                        'direct_effect'
+    total                   TE_a   = c'_a + NIE_a,   proportion mediated NIE_ak / TE_a.
+The marker -> outcome path beta_k ('mediator_per_log_unit' per log unit) is common to every arm.
 They are causal effects under the usual sequential ignorability: randomisation covers the arm;
 for the marker -> MADRS path it assumes no unmeasured confounding beyond baseline MADRS,
 baseline markers and the declared baseline covariates (which are adjusted for, and which drive
@@ -43,12 +46,14 @@ import pytensor.tensor as pt
 from .biomarker_change import ratio_rows
 from .contract import MARKER_VALUES, BuiltModel
 from .design import COVARIATE_DIM, ModelDataError, TrialDesign, select_covariates
-from .effects import effect_row
+from .effects import effect_row, with_estimands
 from .marker_change_block import (
     COVARIATE_MARKER_PRIOR,
     add_change_regression,
     add_latent_block,
     add_residual_chol,
+    arm_data,
+    arm_sum,
     block_coords,
     change_data,
     change_priors,
@@ -124,21 +129,20 @@ def build_mediation(design: TrialDesign, priors: dict | None = None, likelihood:
     change_name = f"{design.meta.outcome}_change"
     coords = {**block_coords(cd, design, columns), "outcome_participant": cd.participants[with_y]}
     with pm.Model(coords=coords) as model:
-        treated = pm.Data("treated", design.treated[cd.rows], dims="participant")
+        arm = arm_data(cd, design)
         base_score = pm.Data("baseline_score", y0[with_y] - y0_centre, dims="outcome_participant")
-        z0, mu, nac = add_change_regression(cd, pri, treated, design, columns)
+        z0, mu, nac = add_change_regression(cd, pri, arm, design, columns)
         chol = add_residual_chol("residual", cd.names, pri["residual_sd"], pri["residual_corr"].params["eta"])
         z1 = add_latent_block(f"week{week}", cd.later, cd.participants, mu, chol)
         dz = z1 - z0
 
         intercept = rv("outcome_intercept", pri["outcome_intercept"])
-        direct = rv("direct_effect", pri["direct_effect"])
+        direct = rv("direct_effect", pri["direct_effect"], dims="active_arm")
         beta = rv("mediator_effect", pri["mediator_effect"], dims="marker")
         g = rv("baseline_score_slope", pri["baseline_score_slope"])
         h = rv("outcome_marker_baseline", pri["outcome_marker_baseline"], dims="marker")
         sigma = rv("outcome_sd", pri["outcome_sd"])
-        t = treated[with_y]
-        mean = intercept + direct * t + pt.dot(dz[with_y], beta) + g * base_score + pt.dot(z0[with_y], h)
+        mean = intercept + arm_sum(arm[with_y], direct, design.n_active) + pt.dot(dz[with_y], beta) + g * base_score + pt.dot(z0[with_y], h)
         if len(columns):  # the pm.Data 'covariates' of the mediator model, at the participants with an outcome
             x = model["covariates"]
             mean = mean + pt.dot(x[with_y], rv("covariate_effect", pri["covariate_effect"], dims=COVARIATE_DIM))
@@ -149,14 +153,14 @@ def build_mediation(design: TrialDesign, priors: dict | None = None, likelihood:
             pm.StudentT(change_name, nu=nu, mu=mean, sigma=sigma, observed=y1[with_y] - y0[with_y], dims="outcome_participant")
 
         scale = cd.baseline.log_scale
-        log_ratio = pm.Deterministic("nac_log_ratio", nac * scale, dims="marker")
-        pm.Deterministic("nac_ratio", pt.exp(log_ratio), dims="marker")
+        log_ratio = pm.Deterministic("nac_log_ratio", nac * scale, dims=("active_arm", "marker"))
+        pm.Deterministic("nac_ratio", pt.exp(log_ratio), dims=("active_arm", "marker"))
         pm.Deterministic("mediator_per_log_unit", beta / scale, dims="marker")
-        indirect = pm.Deterministic("indirect_effect", nac * beta, dims="marker")
-        indirect_total = pm.Deterministic("indirect_effect_total", indirect.sum())
-        total = pm.Deterministic("total_effect", direct + indirect_total)
-        pm.Deterministic("proportion_mediated", indirect / total, dims="marker")
-        pm.Deterministic("proportion_mediated_total", indirect_total / total)
+        indirect = pm.Deterministic("indirect_effect", nac * beta[None, :], dims=("active_arm", "marker"))
+        indirect_total = pm.Deterministic("indirect_effect_total", indirect.sum(axis=1), dims="active_arm")
+        total = pm.Deterministic("total_effect", direct + indirect_total, dims="active_arm")
+        pm.Deterministic("proportion_mediated", indirect / total[:, None], dims=("active_arm", "marker"))
+        pm.Deterministic("proportion_mediated_total", indirect_total / total, dims="active_arm")
     notes = cd.notes()
     notes["outcome_observed"] = int(len(with_y))
     notes["outcome_missing_no_likelihood"] = int(cd.n - len(with_y))
@@ -170,42 +174,64 @@ def _near_zero(draws: np.ndarray) -> bool:
 
 
 def extra_estimates(idata, design: TrialDesign, mcid=None) -> pd.DataFrame:
+    """For each active arm in order, its effects against the control arm at the end of treatment (total, direct,
+    indirect through all markers and through each, the proportions mediated, the ratios of geometric means of the
+    markers); the marker -> outcome path, common to every arm, beside the indirect effect through the marker in a
+    two-arm trial and after every arm's rows otherwise. Every row with its estimand."""
     post = idata.posterior
     meta = design.meta
     week = end_week(design, NAME)
     label = meta.outcome_label
     unit = f"{label} points"
-    arms = f"{meta.treatment_arm} - {meta.control_arm}"
-    rows = []
-    total = post["total_effect"].values
-    caveat = (
-        "unstable: total effect near 0 (94% HDI includes 0); read the indirect effect"
-        if _near_zero(total)
-        else ""
-    )
-    rows.append(effect_row(f"{arms} total effect on {label} change at week {week}", total, mcid, week=week, marker="", unit=unit))
-    rows.append(effect_row(f"{arms} direct effect (not through the markers) at week {week}", post["direct_effect"].values, mcid, week=week, marker="", unit=unit))
-    rows.append(effect_row(f"{arms} indirect effect through all markers at week {week}", post["indirect_effect_total"].values, None, week=week, marker="", unit=unit))
-    for mk in post["marker"].values:
-        mk = str(mk)
-        rows.append(effect_row(f"{arms} indirect effect through {mk} at week {week}", post["indirect_effect"].sel(marker=mk).values, None, week=week, marker=mk, unit=unit))
-        rows.append(
-            effect_row(
-                f"{label} change per unit change in log {mk} (x e) at week {week}",
-                post["mediator_per_log_unit"].sel(marker=mk).values,
-                None,
-                week=week,
-                marker=mk,
-                unit=f"{unit} per log unit",
-            )
+    active = [str(a) for a in post["total_effect"]["active_arm"].values]
+    single = len(active) == 1
+    markers = [str(mk) for mk in post["marker"].values]
+    paths = []
+    for mk in markers:
+        paths.append((effect_row(
+            f"{label} change per unit change in log {mk} (x e) at week {week}",
+            post["mediator_per_log_unit"].sel(marker=mk).values,
+            None,
+            week=week,
+            marker=mk,
+            unit=f"{unit} per log unit",
+        ), "mediator_path"))
+    ratios = ratio_rows(post, design, model=NAME)
+    blocks = []
+    for j, arm in enumerate(active):
+        at = {"active_arm": arm}
+        arms = f"{arm} - {meta.control_arm}"
+        rows = []
+        total = post["total_effect"].sel(at).values
+        caveat = (
+            "unstable: total effect near 0 (94% HDI includes 0); read the indirect effect"
+            if _near_zero(total)
+            else ""
         )
-    proportions = [("all markers", post["proportion_mediated_total"].values, "")] + [
-        (str(mk), post["proportion_mediated"].sel(marker=mk).values, str(mk)) for mk in post["marker"].values
-    ]
-    for what, draws, mk in proportions:
-        row = effect_row(f"proportion of the total effect mediated by {what} at week {week}", draws, None, week=week, marker=mk, unit="fraction")
-        row["median"] = float(np.median(draws))
-        row["note"] = caveat
-        rows.append(row)
-    table = pd.DataFrame(rows)
-    return pd.concat([table, ratio_rows(idata.posterior, design)], ignore_index=True)
+        rows.append((effect_row(f"{arms} total effect on {label} change at week {week}", total, mcid, week=week, marker="", unit=unit),
+                     "mediation_total"))
+        rows.append((effect_row(f"{arms} direct effect (not through the markers) at week {week}", post["direct_effect"].sel(at).values, mcid,
+                                week=week, marker="", unit=unit), "mediation_direct"))
+        rows.append((effect_row(f"{arms} indirect effect through all markers at week {week}", post["indirect_effect_total"].sel(at).values, None,
+                                week=week, marker="", unit=unit), "mediation_indirect"))
+        for k, mk in enumerate(markers):
+            rows.append((effect_row(f"{arms} indirect effect through {mk} at week {week}", post["indirect_effect"].sel(active_arm=arm, marker=mk).values, None,
+                                    week=week, marker=mk, unit=unit), "mediation_indirect"))
+            if single:
+                rows.append(paths[k])
+        whose = "" if single else f"{arms} "
+        proportions = [("all markers", post["proportion_mediated_total"].sel(at).values, "")] + [
+            (mk, post["proportion_mediated"].sel(active_arm=arm, marker=mk).values, mk) for mk in markers
+        ]
+        for what, draws, mk in proportions:
+            row = effect_row(f"proportion of the {whose}total effect mediated by {what} at week {week}", draws, None, week=week, marker=mk,
+                             unit="fraction")
+            row["median"] = float(np.median(draws))
+            row["note"] = caveat
+            rows.append((row, "proportion_mediated"))
+        table = pd.DataFrame([r for r, _ in rows])
+        blocks.append(with_estimands(table, meta, [k for _, k in rows], model=NAME, arms=[arm] * len(rows)))
+        blocks.append(ratios.iloc[j * len(markers) : (j + 1) * len(markers)])
+    if not single:
+        blocks.append(with_estimands(pd.DataFrame([r for r, _ in paths]), meta, [k for _, k in paths], model=NAME, arms=active[:1] * len(paths)))
+    return pd.concat(blocks, ignore_index=True)

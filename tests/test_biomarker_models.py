@@ -3,7 +3,8 @@
 The default run fits one simulated trial in which NAC raises week-12 log IL-6 by 0.4 (ratio
 1.49) and the IL-6 change carries -5 MADRS points per log unit (a true indirect effect of
 -2 points), with no NAC effect on CRP or BDNF: so one fit checks an effect where one is
-simulated and none where none is. Larger and null scenarios are marked slow.
+simulated and none where none is. Larger and null scenarios are marked slow, as is the
+recovery of each arm's effects on a three-arm trial; the three-arm structure and tables are unit-tested.
 """
 
 from __future__ import annotations
@@ -57,7 +58,8 @@ def test_builds_with_named_dims_and_finite_logp(built, design, name):
     b = built[name]
     model = b.model
     dims = model.named_vars_to_dims
-    assert dims["nac_ratio"] == ("marker",) and dims["nac_marker_effect"] == ("marker",)
+    assert dims["nac_ratio"] == ("active_arm", "marker") and dims["nac_marker_effect"] == ("active_arm", "marker")
+    assert list(model.coords["active_arm"]) == ["nac"] and dims["arm_indicator"] == ("participant", "active_arm")
     assert dims["baseline_slope"] == ("marker", "baseline_marker")
     assert list(model.coords["marker"]) == design.baseline.names
     for var in model.free_RVs + model.deterministics + model.observed_RVs:
@@ -71,8 +73,11 @@ def test_builds_with_named_dims_and_finite_logp(built, design, name):
     assert b.observations == MARKER_VALUES and not get(name).comparable
     if name == "mediation":
         assert b.outcome_vars == ("madrs_change",)
-        for v in ("indirect_effect", "proportion_mediated", "mediator_per_log_unit"):
-            assert dims[v] == ("marker",)
+        for v in ("indirect_effect", "proportion_mediated"):
+            assert dims[v] == ("active_arm", "marker")
+        for v in ("direct_effect", "indirect_effect_total", "total_effect", "proportion_mediated_total"):
+            assert dims[v] == ("active_arm",)
+        assert dims["mediator_per_log_unit"] == ("marker",)  # the marker -> outcome path is common to every arm
     else:
         assert b.outcome_vars == tuple(f"week12_{m}" for m in design.baseline.names)  # per marker, for LOO
 
@@ -158,6 +163,165 @@ def test_likelihood_options(design):
             get(name).build(design, likelihood="student")
 
 
+def _prior_idata(built, draws=40, seed=6):
+    """Prior draws as a posterior: enough to tabulate a model's estimates without sampling."""
+    with built.model:
+        prior = pm.sample_prior_predictive(draws=draws, random_seed=seed).prior
+    return az.InferenceData(posterior=prior)
+
+
+@pytest.mark.unit
+def test_two_arm_tables_read_as_they_always_have(design, built):
+    """A two-arm trial's rows: the arm / control ratios per marker, and mediation's effects with the marker -> outcome
+    path beside each marker's indirect effect, then the proportions and the ratios; each row with its estimand."""
+    from diagnostics.estimates import model_estimates
+
+    week, markers = 12, design.baseline.names
+    ratio = [f"nac / placebo ratio of geometric means of {mk} at week {week}" for mk in markers]
+    expected = {
+        "biomarker_change": ratio,
+        "biomarker_change_median": [f"nac / placebo ratio of medians of {mk} at week {week} (interval adjusted for the working likelihood)"
+                                    for mk in markers],
+        "mediation": [f"nac - placebo total effect on MADRS change at week {week}", f"nac - placebo direct effect (not through the markers) at week {week}",
+                      f"nac - placebo indirect effect through all markers at week {week}"]
+        + [q for mk in markers for q in (f"nac - placebo indirect effect through {mk} at week {week}",
+                                         f"MADRS change per unit change in log {mk} (x e) at week {week}")]
+        + [f"proportion of the total effect mediated by {what} at week {week}" for what in ["all markers", *markers]] + ratio,
+    }
+    for name, quantities in expected.items():
+        idata = _prior_idata(built[name])
+        table = model_estimates(idata, get(name), design)
+        assert list(table["quantity"]) == quantities, name
+        assert table["summary"].str.len().gt(0).all() and not table["summary"].str.contains("low|high").any()
+        ratios = table[table["unit"].str.startswith("ratio")]
+        assert ratios["summary"].str.contains(r"\(nac / placebo\)").all() and (ratios["p_above_1"] >= 0).all()
+
+
+THREE = dict(treatment_arm="low", more_arms=(("high", -3.0, -3.5),), n_participants=90, seed=14, serum_fraction=0.8)
+
+
+@pytest.fixture(scope="module")
+def design_three(tmp_path_factory):
+    design = _design(tmp_path_factory.mktemp("bio") / "three", **THREE)
+    assert design.active_arms == ["low", "high"]
+    return design
+
+
+@pytest.fixture(scope="module")
+def built_three(design_three):
+    return {name: get(name).build(design_three) for name in MODELS}
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("name", MODELS)
+def test_three_arms_one_effect_per_active_arm(design_three, built_three, name):
+    """Each active arm has its own effect on every marker (and, in mediation, its own direct, indirect and total
+    effects): the end-week mean of a participant is the control arm's plus their own arm's theta, nothing pooled."""
+    from models.marker_change_block import change_data
+    from models.mediation import mediation_data
+
+    model = built_three[name].model
+    dims = model.named_vars_to_dims
+    assert list(model.coords["active_arm"]) == ["low", "high"]
+    assert dims["nac_marker_effect"] == ("active_arm", "marker") and dims["nac_ratio"] == ("active_arm", "marker")
+    cd = mediation_data(design_three)[1] if name == "mediation" else change_data(design_three, name)
+    np.testing.assert_array_equal(model["arm_indicator"].get_value(), design_three.arm_indicator()[cd.rows])
+    assert all(np.isfinite(v) for v in model.point_logps().values())
+    rng = np.random.default_rng(2)
+    point = {k: v + rng.normal(0, 0.5, size=np.shape(v)) for k, v in model.initial_point().items()}
+    if name != "biomarker_change_median":
+        # the first marker's end-week mean at participants with every baseline marker observed: a + B z0 + theta_arm
+        mk = cd.names[0]
+        mean = model.replace_rvs_by_values([model[f"week{cd.week}_{mk}"].owner.inputs[2]])[0]  # the observed RV's mu
+        mu = model.compile_fn(mean, inputs=model.value_vars, on_unused_input="ignore")(point)
+        observed = np.flatnonzero(~cd.later.missing[:, 0] & ~cd.later.censored[:, 0])
+        complete = ~np.isnan(cd.baseline.z[observed]).any(axis=1)
+        arm = design_three.arm_idx[cd.rows[observed]]
+        theta = np.vstack([np.zeros(len(cd.names)), point["nac_marker_effect"]])
+        want = point["end_intercept"][0] + cd.baseline.z[observed] @ point["baseline_slope"][0] + theta[arm, 0]
+        np.testing.assert_allclose(mu[complete], want[complete], rtol=1e-10, atol=1e-10)
+        assert len(set(arm[complete])) == 3
+    if name == "mediation":
+        names = ["nac_marker_effect", "mediator_effect", "direct_effect", "indirect_effect", "indirect_effect_total", "total_effect",
+                 "proportion_mediated"]
+        nac, beta, direct, indirect, indirect_total, total, proportion = model.compile_fn(
+            model.replace_rvs_by_values([model[v] for v in names]), inputs=model.value_vars, on_unused_input="ignore")(point)
+        np.testing.assert_allclose(indirect, nac * beta[None, :])
+        np.testing.assert_allclose(total, direct + indirect.sum(axis=1))
+        np.testing.assert_allclose(proportion, indirect / total[:, None])
+        assert direct.shape == (2,) and indirect.shape == (2, len(cd.names))
+
+
+@pytest.mark.unit
+def test_arm_sum_is_the_arm_design_times_the_effects(design_three):
+    import pytensor.tensor as pt
+
+    from models.marker_change_block import arm_sum
+
+    arm = design_three.arm_indicator()
+    effect = np.random.default_rng(3).normal(size=(2, 3))
+    np.testing.assert_allclose(arm_sum(pt.as_tensor(arm), pt.as_tensor(effect), 2).eval(), arm @ effect, rtol=1e-14)
+    np.testing.assert_allclose(arm_sum(pt.as_tensor(arm), pt.as_tensor(effect[:, 1]), 2).eval(), arm @ effect[:, 1], rtol=1e-14)
+
+
+@pytest.mark.unit
+def test_three_arm_tables_name_each_arm(design_three, built_three):
+    """Per active arm in order, the rows a two-arm trial has, named with the arm and stating its estimand; mediation's
+    marker -> outcome paths (common to every arm) follow every arm's rows; the median model's interval factors are
+    per arm and marker."""
+    from diagnostics.estimates import model_estimates
+    from models.biomarker_change_median import interval_scale
+
+    markers = design_three.baseline.names
+    m = len(markers)
+    for name in MODELS:
+        idata = _prior_idata(built_three[name])
+        table = model_estimates(idata, get(name), design_three)
+        ratios = table[table["unit"].str.startswith("ratio")]
+        assert len(ratios) == 2 * m
+        for j, arm in enumerate(("low", "high")):
+            part = ratios.iloc[j * m : (j + 1) * m]
+            assert part["quantity"].str.startswith(f"{arm} / placebo ratio of").all(), name
+            assert part["summary"].str.contains(f"({arm} / placebo)", regex=False).all()
+            assert list(part["marker"]) == markers
+            draws = idata.posterior["nac_ratio"].sel(active_arm=arm, marker=markers[0]).values
+            if name != "biomarker_change_median":
+                assert part["mean"].iloc[0] == pytest.approx(draws.mean())
+        if name == "biomarker_change_median":
+            scale = interval_scale(idata, design_three)
+            assert set(scale) == {"low", "high"} and all(set(v) == set(markers) for v in scale.values())
+            assert list(table["interval_scale"]) == [scale[a][mk] for a in ("low", "high") for mk in markers]
+        if name == "mediation":
+            per_arm = 3 + m + (1 + m) + m  # total, direct, indirect (all, each), proportions (all, each), ratios
+            for j, arm in enumerate(("low", "high")):
+                block = table.iloc[j * per_arm : (j + 1) * per_arm]
+                assert block["quantity"].iloc[0] == f"{arm} - placebo total effect on MADRS change at week 12"
+                assert block["mean"].iloc[0] == pytest.approx(idata.posterior["total_effect"].sel(active_arm=arm).values.mean())
+                effects = block[block["unit"] == "MADRS points"]
+                assert effects["quantity"].str.startswith(f"{arm} - placebo").all() and len(effects) == 3 + m
+                assert effects["summary"].str.contains(f"{arm} - placebo").all()
+                proportions = block[block["unit"] == "fraction"]
+                assert proportions["quantity"].str.startswith(f"proportion of the {arm} - placebo total effect mediated by").all()
+            paths = table.iloc[2 * per_arm :]
+            assert list(paths["quantity"]) == [f"MADRS change per unit change in log {mk} (x e) at week 12" for mk in markers]
+            assert (paths["unit"] == "MADRS points per log unit").all()
+
+
+@pytest.mark.unit
+def test_every_arm_needs_biomarker_values(design_three):
+    """An active arm with fewer than 2 participants with biomarker values is refused, naming each arm's count."""
+    ds = design_three.dataset.copy(deep=True)
+    high = ds["arm_index"].values == 2
+    values = ds["marker_value"].values.copy()
+    values[high] = np.nan
+    ds["marker_value"] = (ds["marker_value"].dims, values)
+    ds["below_lod"] = (ds["below_lod"].dims, np.where(high[:, None, None], False, ds["below_lod"].values))
+    design = build_design(ds)
+    for name in ("biomarker_change", "biomarker_change_median"):
+        with pytest.raises(ModelDataError, match=r"at least 2 participants per arm; biomarkers.csv has \d+ in arm 'placebo', \d+ in arm 'low', 0 in arm 'high'"):
+            get(name).require(design)
+
+
 def _joint_prior_predictive(prior, markers, rng, n=50):
     """Week-12 standardised log markers of n new participants per prior draw (half per arm)."""
     p = prior.stack(sample=("chain", "draw"))
@@ -171,7 +335,7 @@ def _joint_prior_predictive(prior, markers, rng, n=50):
             return d[f"{name}_corr"].values * np.outer(sd, sd)
 
         z0 = rng.multivariate_normal(d["baseline_mean"].values, cov("baseline"), size=n)
-        mu = d["end_intercept"].values + z0 @ d["baseline_slope"].values.T + treated[:, None] * d["nac_marker_effect"].values
+        mu = d["end_intercept"].values + z0 @ d["baseline_slope"].values.T + treated[:, None] * d["nac_marker_effect"].values[0]
         out.append(mu + rng.multivariate_normal(np.zeros(len(markers)), cov("residual"), size=n))
     return np.concatenate(out)
 
@@ -233,7 +397,7 @@ def _complete_case(design, estimator):
     out = {}
     for k, mk in enumerate(b.names):
         ok = ~np.isnan(b.z).any(axis=1) & ~np.isnan(w.z[:, k])
-        x = np.column_stack([np.ones(ok.sum()), design.treated[ok], b.z[ok]])
+        x = np.column_stack([np.ones(ok.sum()), design.arm_idx[ok] > 0, b.z[ok]])
         out[mk] = estimator(w.z[ok, k], x) * b.log_scale[k]
     return out
 
@@ -387,3 +551,29 @@ def test_diagnose_reruns_a_folder_of_biomarker_fits_only(small_trial_dir, tmp_pa
     assert diagnose.main([str(out), "--kfold", "2", "--quiet"]) == 2
     assert "holds none (only models of other outcomes)" in capsys.readouterr().err
     assert report.read_text() == again
+
+
+@pytest.mark.slow
+def test_three_arm_trial_recovers_each_arms_effects(tmp_path):
+    """A three-arm trial (150 per arm) in which both active arms raise week-12 log IL-6 by 0.4 and the IL-6 change
+    carries -5 MADRS points per log unit (the generator gives every active arm the biomarker terms), with direct
+    effects -1.5 (low) and -3 (high): each arm's ratio, indirect, direct and total effects cover the truth."""
+    spec = {**THREE, "n_participants": 450, "seed": 71, "nac_marker_log_ratio": (0.4, 0.0, 0.0), "mediation": (-5.0, 0.0, 0.0)}
+    params, design = TrialParameters(**spec), _design(tmp_path / "three", **spec)
+    settings = SamplerSettings(draws=800, tune=600, chains=2, seed=9)
+    mean, _ = sample_posterior(get("biomarker_change").build(design), settings, quiet=True)
+    med, _ = sample_posterior(get("mediation").build(design), settings, quiet=True)
+    for idata in (mean, med):
+        assert int(idata.sample_stats["diverging"].sum()) == 0
+    for j, arm in enumerate(("low", "high")):
+        log_ratio = mean.posterior["nac_log_ratio"].sel(active_arm=arm)
+        assert covers(log_ratio.sel(marker="il6"), 0.4) and hdi(log_ratio.sel(marker="il6"))[0] > 0, arm
+        for mk in ("crp", "bdnf"):
+            assert covers(log_ratio.sel(marker=mk), 0.0), (arm, mk)
+        post = med.posterior.sel(active_arm=arm)
+        assert covers(post["indirect_effect"].sel(marker="il6"), -2.0), arm
+        assert covers(post["direct_effect"], params.arm_effects()[j][0]), arm
+        assert covers(post["total_effect"], params.effect_at(12, j)), arm
+    # the two arms' direct effects differ by 1.5 points: the model keeps them apart
+    gap = med.posterior["direct_effect"].sel(active_arm="high") - med.posterior["direct_effect"].sel(active_arm="low")
+    assert covers(gap, -1.5)

@@ -1,4 +1,5 @@
-"""Bayesian MMRM: data layout, exact marginal likelihood, priors, and agreement with a REML MMRM."""
+"""Bayesian MMRM: data layout, exact marginal likelihood, priors, and agreement with a REML MMRM (two arms here; the
+k-arm REML check is tests/test_multiarm_reml.py)."""
 
 from __future__ import annotations
 
@@ -15,8 +16,12 @@ import fit
 from data import DEFAULT_DATASET, TrialParameters, load_dataset, simulate_trial
 from inference.sampling import SamplerSettings, sample_all
 from models import build_design, get
+from models import ModelDataError
 from models.contract import VISIT_CHANGES
 from models.mmrm import mmrm_data
+
+THREE_ARMS = TrialParameters(treatment_arm="low", more_arms=(("high", -3.0, -3.5),), n_participants=60, seed=12,
+                             dropout_by_last_week=0.4, intermittent_missing=0.1, serum_fraction=0.0)
 
 
 @pytest.fixture(scope="module")
@@ -30,6 +35,22 @@ def design_cov(small_trial_dir, tmp_path_factory):
     from tests.test_covariates import with_covariates
 
     return build_design(load_dataset(with_covariates(small_trial_dir, tmp_path_factory.mktemp("mmrm_cov") / "t")))
+
+
+@pytest.fixture(scope="module")
+def design_three(tmp_path_factory):
+    """A small three-arm trial (placebo, low, high; 20 per arm) with drop-out and intermittent gaps, no biomarkers."""
+    folder = tmp_path_factory.mktemp("three_mmrm") / "t"
+    simulate_trial(THREE_ARMS).write(folder)
+    design = build_design(load_dataset(folder))
+    assert design.active_arms == ["low", "high"] and np.bincount(design.arm_idx).tolist() == [20, 20, 20]
+    return design
+
+
+def _arm_term(nac, design, r):
+    """d_av T_ia summed over a for design participant r: nac (active arm x visit)."""
+    a = int(design.arm_idx[r])
+    return nac[a - 1] if a > 0 else np.zeros(nac.shape[-1])
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +76,8 @@ def reml_mmrm(ds, covariates=None):
     change = score[:, 1:] - score[:, [0]]
     keep = ~np.isnan(change).all(axis=1)
     change, base = change[keep], score[keep, 0]
-    treated = ds["treated"].values[keep].astype(float)
+    assert ds["arm_index"].values.max() == 1, "two arms here (tests/test_multiarm_reml.py: k arms)"
+    treated = (ds["arm_index"].values[keep] > 0).astype(float)
     sites, site_idx = np.unique(ds["site"].values[keep], return_inverse=True)
     n, nv = change.shape
     eye = np.eye(nv)
@@ -127,36 +149,40 @@ def test_mmrm_data_layout(design_nobio):
 
 
 @pytest.mark.unit
-def test_log_likelihood_is_the_marginal_normal_of_attended_visits(design_nobio):
-    """Sum over a participant's observations = scipy's multivariate normal over their attended visits."""
-    model = get("mmrm").build(design_nobio).model
-    d = mmrm_data(design_nobio)
-    rng = np.random.default_rng(1)
-    point = {k: v + rng.normal(0, 0.4, size=np.shape(v)) for k, v in model.initial_point().items()}
-    per_obs = model.compile_fn(model.logp(vars=[model["change"]], sum=False)[0], inputs=model.value_vars, on_unused_input="ignore")(point)
-    names = ["visit_sd", "visit_corr", "visit_mean", "nac_visit_effect", "baseline_slope", "site_effect"]
-    sd, corr, vm, nac, slope, site = model.compile_fn(model.replace_rvs_by_values([model[v] for v in names]), inputs=model.value_vars, on_unused_input="ignore")(point)
-    cov = np.outer(sd, sd) * corr
-    base = d.baseline - d.baseline.mean()
-    for i in range(len(d.rows)):
-        o = ~np.isnan(d.change[i])
-        r = d.rows[i]
-        mu = vm + nac * design_nobio.treated[r] + slope * base[i] + site[design_nobio.site_idx[r]]
-        expected = multivariate_normal(mu[o], cov[np.ix_(o, o)]).logpdf(d.change[i][o])
-        assert per_obs[d.obs_row == i].sum() == pytest.approx(expected, rel=1e-9, abs=1e-9)
+def test_log_likelihood_is_the_marginal_normal_of_attended_visits(design_nobio, design_three):
+    """Sum over a participant's observations = scipy's multivariate normal over their attended visits (two arms and
+    three: each active arm's participants get their own arm's row of nac_visit_effect, the control arm's none)."""
+    for design in (design_nobio, design_three):
+        model = get("mmrm").build(design).model
+        d = mmrm_data(design)
+        rng = np.random.default_rng(1)
+        point = {k: v + rng.normal(0, 0.4, size=np.shape(v)) for k, v in model.initial_point().items()}
+        per_obs = model.compile_fn(model.logp(vars=[model["change"]], sum=False)[0], inputs=model.value_vars, on_unused_input="ignore")(point)
+        names = ["visit_sd", "visit_corr", "visit_mean", "nac_visit_effect", "baseline_slope", "site_effect"]
+        sd, corr, vm, nac, slope, site = model.compile_fn(model.replace_rvs_by_values([model[v] for v in names]), inputs=model.value_vars, on_unused_input="ignore")(point)
+        assert nac.shape == (design.n_active, len(d.visits))
+        cov = np.outer(sd, sd) * corr
+        base = d.baseline - d.baseline.mean()
+        for i in range(len(d.rows)):
+            o = ~np.isnan(d.change[i])
+            r = d.rows[i]
+            mu = vm + _arm_term(nac, design, r) + slope * base[i] + site[design.site_idx[r]]
+            expected = multivariate_normal(mu[o], cov[np.ix_(o, o)]).logpdf(d.change[i][o])
+            assert per_obs[d.obs_row == i].sum() == pytest.approx(expected, rel=1e-9, abs=1e-9)
 
 
 @pytest.mark.unit
-def test_numpy_pointwise_log_likelihood_equals_pymc(design_nobio, design_cov):
+def test_numpy_pointwise_log_likelihood_equals_pymc(design_nobio, design_cov, design_three):
     """BuiltModel.pointwise (used instead of compiling the graph) gives PyMC's own pointwise densities, and
     models.mmrm.mean_change PyMC's own mean, without baseline covariates and with some of those declared (the
-    covariate columns found by the fit's coordinate; all of them: tests/test_fused.py, tests/test_covariates.py)."""
+    covariate columns found by the fit's coordinate; all of them: tests/test_fused.py, tests/test_covariates.py),
+    and on a three-arm trial."""
     import arviz as az
     import pymc as pm
 
     from models.mmrm import mean_change
 
-    for dsg, covariates in ((design_nobio, True), (design_cov, ["education", "age"])):
+    for dsg, covariates in ((design_nobio, True), (design_cov, ["education", "age"]), (design_three, True)):
         built = get("mmrm").build(dsg, covariates=covariates)
         assert ("covariate_effect" in built.model.named_vars) == (dsg is design_cov)
         prior = pm.sample_prior_predictive(draws=6, model=built.model, random_seed=3).prior
@@ -178,8 +204,10 @@ def test_dims_priors_and_prior_predictive(design_nobio, design):
         model = built.model
         assert np.isfinite(model.point_logps()["change"])
     dims = model.named_vars_to_dims
-    assert dims["nac_effect"] == ("week",) and dims["change"] == ("obs",)
-    assert dims["nac_visit_effect"] == ("visit",) and dims["visit_corr"] == ("visit", "visit2")
+    assert dims["nac_effect"] == ("active_arm", "week") and dims["change"] == ("obs",)
+    assert dims["nac_visit_effect"] == ("active_arm", "visit") and dims["visit_corr"] == ("visit", "visit2")
+    assert dims["placebo_change"] == ("week",) and dims["arm_indicator"] == ("participant", "active_arm")
+    assert list(model.coords["active_arm"]) == ["nac"]
     assert built.outcome_vars == ("change",) and built.observations == VISIT_CHANGES and not get("mmrm").comparable
     assert set(built.priors) == {"visit_mean", "nac_visit_effect", "baseline_slope", "site", "visit_sd", "visit_corr"}
     with model:
@@ -189,6 +217,42 @@ def test_dims_priors_and_prior_predictive(design_nobio, design):
     inside = np.mean((score >= -10) & (score <= 70))
     assert inside > 0.9, f"only {inside:.0%} of prior predictive scores near the 0-60 range"
     assert (prior.prior["nac_effect"].sel(week=0).values == 0).all()
+
+
+@pytest.mark.unit
+def test_three_arms_dims_and_fused_density_equals_pytensor(design_three):
+    """Arm x visit on a three-arm trial: one row of nac_visit_effect and nac_effect per active arm; the fused log
+    density (inference/kernels_mmrm.py) equals PyTensor's, its gradient and every stored variable, at random points,
+    with other priors too."""
+    from tests.test_fused import MMRM_PRIORS, _check_against_pytensor, _mmrm
+
+    built = get("mmrm").build(design_three)
+    dims = built.model.named_vars_to_dims
+    assert dims["nac_visit_effect"] == ("active_arm", "visit") and dims["nac_effect"] == ("active_arm", "week")
+    assert list(built.model.coords["active_arm"]) == ["low", "high"]
+    arm = built.model["arm_indicator"].get_value()
+    np.testing.assert_array_equal(arm, design_three.arm_indicator()[mmrm_data(design_three).rows])
+    patterns = mmrm_data(design_three).patterns
+    assert any(not prefix for *_, prefix in patterns), "the fixture must have intermittent gaps"
+    for priors, seed in ((None, 3), (MMRM_PRIORS, 4)):
+        _, layout = _check_against_pytensor(design_three, priors, points=3, seed=seed, build=_mmrm)
+        names, _, shapes = layout.shape_info
+        assert layout.kernel == "mmrm" and shapes[names.index("nac_visit_effect")] == (2, len(design_three.weeks) - 1)
+
+
+@pytest.mark.unit
+def test_an_arm_without_post_baseline_visits_is_refused(design_three):
+    """Every arm needs post-baseline visits: the MMRM names the arm that has none, before any fit."""
+    ds = design_three.dataset.copy(deep=True)
+    high = ds["arm_index"].values == 2
+    score = ds["score"].values.copy()
+    score[np.ix_(high, np.arange(1, score.shape[1]))] = np.nan
+    ds["score"] = (ds["score"].dims, score)
+    design = build_design(ds)
+    with pytest.raises(ModelDataError, match=r"every arm; arm\(s\) \['high'\] have none"):
+        mmrm_data(design)
+    with pytest.raises(ModelDataError, match="every arm"):
+        get("mmrm").build(design)
 
 
 @pytest.mark.unit
@@ -225,7 +289,7 @@ def default_fit():
 
 def _check_agreement(design, idata, ds, tol, weeks, slope_tol):
     beta, cov, names = reml_mmrm(ds)
-    post = idata.posterior["nac_effect"]
+    post = idata.posterior["nac_effect"].sel(active_arm="nac")
     for w in weeks:
         j = names.index(f"nac_{w}")
         se = np.sqrt(cov[j, j])
@@ -271,7 +335,8 @@ def test_short_fit_agrees_with_reml(tmp_path):
     for i, w in enumerate(ds["week"].values[1:]):
         for term, var, tol in (("nac", "nac_visit_effect", 0.25), ("baseline", "baseline_slope", 1.0)):
             j = names.index(f"{term}_{w}")
-            mean = float(post[var].isel(visit=i).mean())
+            draws = post[var].sel(active_arm="nac") if term == "nac" else post[var]
+            mean = float(draws.isel(visit=i).mean())
             assert abs(mean - beta[j]) < tol * np.sqrt(cov[j, j]), (term, w, mean, beta[j], np.sqrt(cov[j, j]))
 
 
@@ -286,7 +351,7 @@ def test_small_bayesian_mmrm_agrees_with_reml_and_covers_truth(small_fit):
     # covariance's uncertainty, sits up to ~0.7 SE from the plug-in REML estimate; about 0.3 SE at n = 252 (slow)
     _check_agreement(design, idata, ds, tol=0.3, weeks=(12, 16), slope_tol=1.0)
     for w, t in {12: -3.0, 16: -5.0}.items():
-        lo, hi = az.hdi(idata.posterior["nac_effect"].sel(week=w).values.ravel(), hdi_prob=0.99)
+        lo, hi = az.hdi(idata.posterior["nac_effect"].sel(active_arm="nac", week=w).values.ravel(), hdi_prob=0.99)
         assert lo < t < hi, (w, lo, hi)
     _check_groups(idata)
 
@@ -301,7 +366,7 @@ def test_bayesian_mmrm_agrees_with_reml_on_bundled_trial(default_fit):
     ds, design, idata = default_fit
     _check_agreement(design, idata, ds, tol=0.25, weeks=design.weeks[1:], slope_tol=0.35)
     for w, t in {12: -1.5, 16: -3.0}.items():  # data/default/truth.json
-        lo, hi = az.hdi(idata.posterior["nac_effect"].sel(week=w).values.ravel(), hdi_prob=0.99)
+        lo, hi = az.hdi(idata.posterior["nac_effect"].sel(active_arm="nac", week=w).values.ravel(), hdi_prob=0.99)
         assert lo < t < hi, (w, lo, hi)
     _check_groups(idata)
 
@@ -315,7 +380,7 @@ def test_bayesian_mmrm_zero_effect_covers_zero(tmp_path):
     idata, _ = sample_all(get("mmrm").build(design), SamplerSettings(draws=800, tune=600, chains=2, seed=5, prior_draws=20), quiet=True)
     beta, cov, names = reml_mmrm(ds)
     for w in (12, 16):
-        draws = idata.posterior["nac_effect"].sel(week=w).values.ravel()
+        draws = idata.posterior["nac_effect"].sel(active_arm="nac", week=w).values.ravel()
         lo, hi = az.hdi(draws, hdi_prob=0.94)
         assert lo < 0.0 < hi, (w, lo, hi)
         j = names.index(f"nac_{w}")
