@@ -15,8 +15,7 @@ from scipy.stats import multivariate_normal
 import fit
 from data import DEFAULT_DATASET, TrialParameters, load_dataset, simulate_trial
 from inference.sampling import SamplerSettings, sample_all
-from models import build_design, get
-from models import ModelDataError
+from models import ModelDataError, build_design, get
 from models.contract import VISIT_CHANGES
 from models.mmrm import mmrm_data
 
