@@ -555,10 +555,10 @@ def test_diagnose_reruns_a_folder_of_biomarker_fits_only(small_trial_dir, tmp_pa
 
 @pytest.mark.slow
 def test_three_arm_trial_recovers_each_arms_effects(tmp_path):
-    """A three-arm trial (150 per arm) in which both active arms raise week-12 log IL-6 by 0.4 and the IL-6 change
+    """A three-arm trial (200 per arm) in which both active arms raise week-12 log IL-6 by 0.4 and the IL-6 change
     carries -5 MADRS points per log unit (the generator gives every active arm the biomarker terms), with direct
     effects -1.5 (low) and -3 (high): each arm's ratio, indirect, direct and total effects cover the truth."""
-    spec = {**THREE, "n_participants": 450, "seed": 71, "nac_marker_log_ratio": (0.4, 0.0, 0.0), "mediation": (-5.0, 0.0, 0.0)}
+    spec = {**THREE, "n_participants": 600, "seed": 72, "nac_marker_log_ratio": (0.4, 0.0, 0.0), "mediation": (-5.0, 0.0, 0.0)}
     params, design = TrialParameters(**spec), _design(tmp_path / "three", **spec)
     settings = SamplerSettings(draws=800, tune=600, chains=2, seed=9)
     mean, _ = sample_posterior(get("biomarker_change").build(design), settings, quiet=True)
