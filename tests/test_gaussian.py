@@ -153,6 +153,40 @@ def test_no_copy_of_the_algebra_outside_maths():
     assert not offenders, offenders
 
 
+# a fixed posterior point of a biomarker trajectory model (one chain, two identical draws) and its dense pieces
+MARKER_MEAN, MARKER_SD, MARKER_LINKS = np.array([0.1, -0.2, 0.3]), np.array([1.0, 0.8, 1.2]), np.array([0.5, -0.3, 0.4])
+PROGNOSTIC, MODERATION = np.array([1.5, -1.0, 0.5]), np.array([-2.0, 1.0, 0.7])
+PARTICIPANT_SD, PARTICIPANT_RHO, RESIDUAL_SD = np.array([5.0, 4.0]), -0.3, 3.0
+
+
+def _one(v, dims):
+    return ("chain", "draw", *dims), np.broadcast_to(v, (1, 2) + np.shape(v)).copy()
+
+
+def _marker_model_point(**extra):
+    """The posterior point as an xarray Dataset (extra: more variables as (value, dims))."""
+    import xarray as xr
+
+    return xr.Dataset({
+        "participant_sd": _one(PARTICIPANT_SD, ("participant_effect",)), "participant_corr": _one(PARTICIPANT_RHO, ()),
+        "residual_sd": _one(RESIDUAL_SD, ()), "marker_mean": _one(MARKER_MEAN, ("marker",)), "marker_sd": _one(MARKER_SD, ("marker",)),
+        "marker_regression": _one(MARKER_LINKS, ("marker_link",)), "marker_prognostic": _one(PROGNOSTIC, ("marker",)),
+        "marker_moderation": _one(MODERATION, ("marker",)), **{k: _one(v, dims) for k, (v, dims) in extra.items()},
+    })
+
+
+def _dense_pieces(design):
+    """(Z, Z S Z' + sigma^2 I, the markers' joint covariance z = R^-1 (a + diag(s) e) with R = I - B) at the point."""
+    z = np.column_stack([np.ones(len(design.weeks)), design.week_t1])
+    sd, rho = PARTICIPANT_SD, PARTICIPANT_RHO
+    s = np.array([[sd[0] ** 2, rho * sd[0] * sd[1]], [rho * sd[0] * sd[1], sd[1] ** 2]])
+    base = z @ s @ z.T + RESIDUAL_SD**2 * np.eye(len(design.weeks))
+    r = np.eye(3)
+    r[1, 0], r[2, 0], r[2, 1] = -MARKER_LINKS[0], -MARKER_LINKS[1], -MARKER_LINKS[2]
+    cz = np.linalg.inv(r) @ np.diag(MARKER_SD**2) @ np.linalg.inv(r).T
+    return z, base, cz
+
+
 @pytest.mark.unit
 def test_models_answer_their_implied_covariance(small_trial):
     """ModelSpec.score_covariance of the headline model at a fixed posterior point == the dense covariance of a
@@ -166,29 +200,14 @@ def test_models_answer_their_implied_covariance(small_trial):
 
     design = mixed_marker_patterns(build_design(small_trial))
     md = design.baseline
-    mean, msd, links = np.array([0.1, -0.2, 0.3]), np.array([1.0, 0.8, 1.2]), np.array([0.5, -0.3, 0.4])
-    prog, mod = np.array([1.5, -1.0, 0.5]), np.array([-2.0, 1.0, 0.7])
-    sd, rho, sigma = np.array([5.0, 4.0]), -0.3, 3.0
-    one = lambda v, dims: (("chain", "draw", *dims), np.broadcast_to(v, (1, 2) + np.shape(v)).copy())  # noqa: E731
-    post = xr.Dataset({
-        "participant_sd": one(sd, ("participant_effect",)), "participant_corr": one(rho, ()), "residual_sd": one(sigma, ()),
-        "marker_mean": one(mean, ("marker",)), "marker_sd": one(msd, ("marker",)), "marker_regression": one(links, ("marker_link",)),
-        "marker_prognostic": one(prog, ("marker",)), "marker_moderation": one(mod, ("marker",)),
-    })
-    implied = get("headline").score_covariance(post, design)
-    z = np.column_stack([np.ones(len(design.weeks)), design.week_t1])
-    s = np.array([[sd[0] ** 2, rho * sd[0] * sd[1]], [rho * sd[0] * sd[1], sd[1] ** 2]])
-    base = z @ s @ z.T + sigma**2 * np.eye(len(design.weeks))
+    implied = get("headline").score_covariance(_marker_model_point(), design)
+    z, base, cz = _dense_pieces(design)
     assert np.array_equal(implied.weeks, design.weeks) and implied.outcome == "score"
     assert np.allclose(implied.cov[0, 1], base)
-    # the dense joint covariance of the markers: z = R^-1 (a + diag(s) e), R = I - B
-    r = np.eye(3)
-    r[1, 0], r[2, 0], r[2, 1] = -links[0], -links[1], -links[2]
-    cz = np.linalg.inv(r) @ np.diag(msd**2) @ np.linalg.inv(r).T
     group = implied.group_of(design.n_participants)
     integrated = md.missing.any(axis=1) & ~md.censored.any(axis=1)
     assert np.array_equal(group > 0, integrated)  # observed and censored-beside-missing participants: the base covariance
-    a = np.vstack([prog, mod])
+    a = np.vstack([PROGNOSTIC, MODERATION])
     for i in np.flatnonzero(integrated):
         miss = np.flatnonzero(md.missing[i])
         c = np.linalg.inv(np.linalg.inv(cz)[np.ix_(miss, miss)])  # Var(z_M | z_K)
@@ -197,7 +216,7 @@ def test_models_answer_their_implied_covariance(small_trial):
     # the MMRM: Sigma from the packed factor
     chol = np.linalg.cholesky(_spd(np.random.default_rng(7), len(design.weeks) - 1))
     rows, cols = np.tril_indices(len(design.weeks) - 1)
-    mm = get("mmrm").score_covariance(xr.Dataset({"visit_chol": one(chol[rows, cols], ("visit_chol_dim_0",))}), design)
+    mm = get("mmrm").score_covariance(xr.Dataset({"visit_chol": _one(chol[rows, cols], ("visit_chol_dim_0",))}), design)
     assert mm.outcome == "change" and np.array_equal(mm.weeks, design.weeks[1:]) and np.allclose(mm.cov[0, 0], chol @ chol.T)
 
 
@@ -206,30 +225,15 @@ def test_moderation_implied_covariance_per_arm(tmp_path):
     """The moderation model on a three-arm trial: an integrated participant's loadings hold their own arm's biomarker x
     arm term (none in the control arm), so its covariance is Z (S + A_i C A_i') Z' + sigma^2 I with that A_i, and the
     participants of one missing pattern form one group per arm."""
-    import xarray as xr
 
     from models import get
     from tests.test_fused import mixed_marker_patterns, three_arm_trial
 
     design = mixed_marker_patterns(three_arm_trial(tmp_path / "t"))
     md = design.baseline
-    mean, msd, links = np.array([0.1, -0.2, 0.3]), np.array([1.0, 0.8, 1.2]), np.array([0.5, -0.3, 0.4])
-    prog, mod, nac_mod = np.array([1.5, -1.0, 0.5]), np.array([-2.0, 1.0, 0.7]), np.array([[1.0, -0.5, 0.0], [-2.5, 0.8, 1.2]])
-    sd, rho, sigma = np.array([5.0, 4.0]), -0.3, 3.0
-    one = lambda v, dims: (("chain", "draw", *dims), np.broadcast_to(v, (1, 2) + np.shape(v)).copy())  # noqa: E731
-    post = xr.Dataset({
-        "participant_sd": one(sd, ("participant_effect",)), "participant_corr": one(rho, ()), "residual_sd": one(sigma, ()),
-        "marker_mean": one(mean, ("marker",)), "marker_sd": one(msd, ("marker",)), "marker_regression": one(links, ("marker_link",)),
-        "marker_prognostic": one(prog, ("marker",)), "marker_moderation": one(mod, ("marker",)),
-        "nac_marker_moderation": one(nac_mod, ("active_arm", "marker")),
-    })
-    implied = get("moderation").score_covariance(post, design)
-    z = np.column_stack([np.ones(len(design.weeks)), design.week_t1])
-    s = np.array([[sd[0] ** 2, rho * sd[0] * sd[1]], [rho * sd[0] * sd[1], sd[1] ** 2]])
-    base = z @ s @ z.T + sigma**2 * np.eye(len(design.weeks))
-    r = np.eye(3)
-    r[1, 0], r[2, 0], r[2, 1] = -links[0], -links[1], -links[2]
-    cz = np.linalg.inv(r) @ np.diag(msd**2) @ np.linalg.inv(r).T
+    nac_mod = np.array([[1.0, -0.5, 0.0], [-2.5, 0.8, 1.2]])
+    implied = get("moderation").score_covariance(_marker_model_point(nac_marker_moderation=(nac_mod, ("active_arm", "marker"))), design)
+    z, base, cz = _dense_pieces(design)
     group = implied.group_of(design.n_participants)
     integrated = md.missing.any(axis=1) & ~md.censored.any(axis=1)
     assert np.array_equal(group > 0, integrated)
@@ -238,7 +242,7 @@ def test_moderation_implied_covariance_per_arm(tmp_path):
     assert set(design.arm_idx[integrated]) == {0, 1, 2}
     for i in np.flatnonzero(integrated):
         arm = design.arm_idx[i]
-        a = np.vstack([prog, mod + (nac_mod[arm - 1] if arm > 0 else 0.0)])
+        a = np.vstack([PROGNOSTIC, MODERATION + (nac_mod[arm - 1] if arm > 0 else 0.0)])
         miss = np.flatnonzero(md.missing[i])
         c = np.linalg.inv(np.linalg.inv(cz)[np.ix_(miss, miss)])
         want = base + z @ a[:, miss] @ c @ a[:, miss].T @ z.T

@@ -43,10 +43,12 @@ def posterior(small_trial_dir, tmp_path_factory):
     return save_prior_as_fit(small_trial_dir, tmp_path_factory.mktemp("planfit") / "idata.nc")
 
 
-def save_mmrm_fit(data_dir, path, draws=40, seed=3):
+def save_mmrm_fit(data_dir, path, draws=40, seed=3, params=None, effect_jitter=0.5):
     """A saved fit of the MMRM built by hand: the Bayesian MMRM's posterior variables (visit_mean,
-    nac_visit_effect, baseline_slope, visit_sd, visit_corr) around the MMRM implied by the published-trial
-    calibration, with the fit's trial_data (the validated dataset) and provenance, as fit.py writes them."""
+    nac_visit_effect (active_arm x visit), baseline_slope, visit_sd, visit_corr) around the MMRM implied by
+    `params` (default: the published-trial calibration; one change per active arm of the data), with the fit's
+    trial_data (the validated dataset, its meta naming the arms) and provenance, as fit.py writes them.
+    effect_jitter: the SD of the draws of nac_visit_effect about the truth."""
     from data import load_dataset
     from inference.idata_io import save_idata, stamp
     from planning import design_constants, fixed_parameters, implied_mmrm
@@ -54,7 +56,7 @@ def save_mmrm_fit(data_dir, path, draws=40, seed=3):
     ds = load_dataset(data_dir)
     design = build_design(ds)
     weeks = tuple(int(w) for w in design.weeks)
-    truth = implied_mmrm(fixed_parameters(), weeks)
+    truth = implied_mmrm(params if params is not None else fixed_parameters(), weeks)
     rng = np.random.default_rng(seed)
     c, d, v = 2, draws // 2, len(weeks) - 1
     jitter = lambda a, sd: np.broadcast_to(a, (c, d) + a.shape[1:]) + sd * rng.standard_normal((c, d) + a.shape[1:])  # noqa: E731
@@ -62,7 +64,7 @@ def save_mmrm_fit(data_dir, path, draws=40, seed=3):
     sd = np.sqrt(np.diag(sigma))
     post = {
         "visit_mean": jitter(truth.visit_mean, 0.5),
-        "nac_visit_effect": jitter(truth.nac_visit_effect, 0.5),
+        "nac_visit_effect": jitter(truth.nac_visit_effect, effect_jitter),
         "baseline_slope": jitter(truth.baseline_slope, 0.05),
         "visit_sd": np.broadcast_to(sd, (c, d, v)) * np.exp(0.05 * rng.standard_normal((c, d, v))),
         "visit_corr": np.broadcast_to(sigma / np.outer(sd, sd), (c, d, v, v)).copy(),

@@ -39,32 +39,32 @@ def small_trial(seed=3, n=60, weeks=(0, 4, 8, 12), mechanism="mar", dropout=0.4)
     return simulate_trials(params, trial, Scenario("fixed", -2.0), 1, np.random.default_rng(seed), round_scores=False)
 
 
-def direct_reml(change, attended, treated, baseline, n_visits):
-    """REML of the MMRM maximised directly (scipy BFGS on the log-Cholesky factor of Sigma), participant by
-    participant with explicit design matrices X_i (visits x 3V):
+def direct_reml(change, attended, arm, baseline, n_visits, n_active=1):
+    """The MMRM's REML maximised directly (scipy BFGS on the log-Cholesky factor of Sigma), participant
+    by participant with explicit design matrices X_i (visits x V Q, Q = A + 2: intercept, arm indicators,
+    centred baseline; arm: 0 control, a the a-th active arm).
     -1/2 [sum_i log|Sigma_i| + log|sum_i X_i' Sigma_i^-1 X_i| + sum_i r_i' Sigma_i^-1 r_i]."""
     keep = attended >= 1
-    change, attended, treated, baseline = change[keep], attended[keep], treated[keep], baseline[keep]
-    x = np.column_stack([np.ones(len(baseline)), treated, baseline - baseline.mean()])
-    groups = []  # participants with k visits: y (n_k, k), X (n_k, k, 3V)
+    change, attended, arm, baseline = change[keep], attended[keep], arm[keep], baseline[keep]
+    q = n_active + 2
+    x = np.column_stack([np.ones(len(baseline)), *(arm == a for a in range(1, n_active + 1)), baseline - baseline.mean()]).astype(float)
+    groups = []
     for k in range(1, n_visits + 1):
         rows = attended == k
         if rows.any():
-            design = np.zeros((rows.sum(), k, 3 * n_visits))
+            design = np.zeros((rows.sum(), k, q * n_visits))
             for v in range(k):
-                design[:, v, 3 * v : 3 * v + 3] = x[rows]
-            groups.append((k, change[rows, :k], design))
+                design[:, v, q * v : q * v + q] = x[rows]
+            groups.append((change[rows, :k], design))
     tril = np.tril_indices(n_visits)
 
-    def unpack(theta):
+    def reml(theta):
         lower = np.zeros((n_visits, n_visits))
         lower[tril] = np.where(tril[0] == tril[1], np.exp(theta), theta)
-        return lower @ lower.T
-
-    def reml(theta):
-        sigma = unpack(theta)
+        sigma = lower @ lower.T
         h, g, logdet, parts = 0.0, 0.0, 0.0, []
-        for k, y, design in groups:
+        for y, design in groups:
+            k = y.shape[1]
             w = np.linalg.inv(sigma[:k, :k])
             logdet += len(y) * np.linalg.slogdet(sigma[:k, :k])[1]
             h = h + np.einsum("nvp,vu,nuq->pq", design, w, design)

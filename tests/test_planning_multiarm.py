@@ -44,6 +44,7 @@ from planning import (
 )
 from planning.analysis import analyse, ancova
 from planning.mmrm_gls import fit_reml, pattern_stats
+from tests.test_planning_mmrm import direct_reml
 
 DOSE = ("placebo", "low", "high")
 DOSE_DIR = __import__("pathlib").Path(__file__).resolve().parents[1] / "data" / "dose"
@@ -145,41 +146,11 @@ def test_two_arm_tables_are_those_of_the_two_arm_code():
 
 
 def save_k_arm_mmrm_fit(path, draws: int = 40, seed: int = 3, effects=((-1.5, -2.0), (-3.0, -3.5))):
-    """A saved MMRM fit of the bundled three-arm dose trial built by hand, as fit.py writes one under the
-    posterior contract: visit_mean, nac_visit_effect (active_arm x visit), baseline_slope, visit_sd,
-    visit_corr around the MMRM implied by the published-trial calibration with a change per arm, the fit's
-    trial_data (the validated dataset, its meta naming the arms) and provenance."""
-    import arviz as az
+    """A saved MMRM fit of the bundled three-arm dose trial built by hand (test_planning_cli.save_mmrm_fit), around
+    the MMRM implied by the published-trial calibration with a change per arm (`effects`)."""
+    from tests.test_planning_cli import save_mmrm_fit
 
-    from data import load_dataset
-    from inference.idata_io import save_idata, stamp
-    from models.design import build_design
-    from planning import design_constants
-
-    ds = load_dataset(DOSE_DIR)
-    design = build_design(ds)
-    weeks = tuple(int(w) for w in design.weeks)
-    truth = implied_mmrm(dose_parameters(effects), weeks)
-    rng = np.random.default_rng(seed)
-    c, d, v = 2, draws // 2, len(weeks) - 1
-    jitter = lambda a, sd: np.broadcast_to(a, (c, d) + a.shape[1:]) + sd * rng.standard_normal((c, d) + a.shape[1:])
-    sigma = truth.sigma()[0]
-    sd = np.sqrt(np.diag(sigma))
-    post = {
-        "visit_mean": jitter(truth.visit_mean, 0.5),
-        "nac_visit_effect": jitter(truth.nac_visit_effect, 0.3),
-        "baseline_slope": jitter(truth.baseline_slope, 0.05),
-        "visit_sd": np.broadcast_to(sd, (c, d, v)) * np.exp(0.05 * rng.standard_normal((c, d, v))),
-        "visit_corr": np.broadcast_to(sigma / np.outer(sd, sd), (c, d, v, v)).copy(),
-    }
-    dims = {"visit_mean": ["visit"], "nac_visit_effect": ["active_arm", "visit"], "baseline_slope": ["visit"], "visit_sd": ["visit"],
-            "visit_corr": ["visit", "visit2"]}
-    coords = {"visit": list(weeks[1:]), "visit2": list(weeks[1:]), "active_arm": list(design.active_arms)}
-    idata = az.from_dict(posterior=post, dims=dims, coords=coords)
-    idata.add_groups(trial_data=ds)
-    stamp(idata, model="mmrm", data_checksum=design.checksum, data_source=str(DOSE_DIR), design_constants=design_constants(design))
-    save_idata(idata, path)
-    return path
+    return save_mmrm_fit(DOSE_DIR, path, draws=draws, seed=seed, params=dose_parameters(effects), effect_jitter=0.3)
 
 
 @pytest.fixture(scope="module")
@@ -297,44 +268,6 @@ def test_rows_per_arm_and_for_at_least_one_arm():
 # ---------------------------------------------------------------- the k-arm MMRM
 
 
-def direct_reml_k(change, attended, arm, baseline, n_visits, n_active):
-    """The k-arm MMRM's REML maximised directly (scipy BFGS on the log-Cholesky factor of Sigma), participant
-    by participant with explicit design matrices X_i (visits x V Q, Q = A + 2: intercept, arm indicators,
-    centred baseline)."""
-    keep = attended >= 1
-    change, attended, arm, baseline = change[keep], attended[keep], arm[keep], baseline[keep]
-    q = n_active + 2
-    x = np.column_stack([np.ones(len(baseline)), *(arm == a for a in range(1, n_active + 1)), baseline - baseline.mean()]).astype(float)
-    groups = []
-    for k in range(1, n_visits + 1):
-        rows = attended == k
-        if rows.any():
-            design = np.zeros((rows.sum(), k, q * n_visits))
-            for v in range(k):
-                design[:, v, q * v : q * v + q] = x[rows]
-            groups.append((change[rows, :k], design))
-    tril = np.tril_indices(n_visits)
-
-    def reml(theta):
-        lower = np.zeros((n_visits, n_visits))
-        lower[tril] = np.where(tril[0] == tril[1], np.exp(theta), theta)
-        sigma = lower @ lower.T
-        h, g, logdet, parts = 0.0, 0.0, 0.0, []
-        for y, design in groups:
-            k = y.shape[1]
-            w = np.linalg.inv(sigma[:k, :k])
-            logdet += len(y) * np.linalg.slogdet(sigma[:k, :k])[1]
-            h = h + np.einsum("nvp,vu,nuq->pq", design, w, design)
-            g = g + np.einsum("nvp,vu,nu->p", design, w, y)
-            parts.append((y, design, w))
-        beta = np.linalg.solve(h, g)
-        quad = sum(np.einsum("nv,vu,nu->", y - design @ beta, w, y - design @ beta) for y, design, w in parts)
-        return -0.5 * (logdet + np.linalg.slogdet(h)[1] + quad), beta, np.linalg.inv(h)
-
-    res = optimize.minimize(lambda th: -reml(th)[0], np.zeros(len(tril[0])), method="BFGS", options={"gtol": 1e-9, "maxiter": 3000})
-    return reml(res.x)
-
-
 @pytest.mark.unit
 def test_closed_form_k_arm_mmrm_matches_a_direct_reml_maximisation():
     """One simulated three-arm trial with MAR dropout at every visit: REML log-likelihood, every arm's
@@ -345,7 +278,7 @@ def test_closed_form_k_arm_mmrm_matches_a_direct_reml_maximisation():
     sim = simulate_trials(params, trial.with_arms(params), Scenario("assurance"), 1, np.random.default_rng(3), round_scores=False)
     change = sim.y[0, :, 1:] - sim.y[0, :, :1]
     assert 0 < (sim.attended[0] < 3).mean() < 0.7 and set(sim.arm) == {0, 1, 2}
-    ll, beta, cov = direct_reml_k(change, sim.attended[0], sim.arm, sim.y0[0], 3, 2)
+    ll, beta, cov = direct_reml(change, sim.attended[0], sim.arm, sim.y0[0], 3, 2)
     fit = fit_reml(pattern_stats(change[None], sim.attended, sim.arm, sim.y0))
     assert fit.ok[0] and fit.loglik[0] == pytest.approx(ll, abs=1e-7)
     for visit in range(3):
