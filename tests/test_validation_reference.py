@@ -6,7 +6,16 @@ from __future__ import annotations
 import pytest
 
 from models import registry
-from validation.reference import REFERENCE_DIR, TOLERANCE_MCSE, check_reference, compare_to_reference, load_reference, reference_path
+from validation.reference import (
+    REFERENCE_DIR,
+    TOLERANCE_MCSE,
+    check_reference,
+    compare_to_reference,
+    declared_names,
+    is_declared,
+    load_reference,
+    reference_path,
+)
 
 FILES = sorted(REFERENCE_DIR.glob("default-*.json"))
 
@@ -23,6 +32,23 @@ def test_reference_files_are_complete():
         for name, p in ref["parameters"].items():
             assert p["sd"] > 0 and 0 < p["mcse_mean"] < p["sd"], (path.name, name)
         assert ref["divergences"] == 0, f"{path.name}: the reference fit had divergences"
+
+
+@pytest.mark.unit
+def test_reference_names_are_the_names_the_models_declare():
+    """The slow refit compares by name: a renamed variable or a new dimension (an arm axis) must show here,
+    in the default tier, from the model declarations alone."""
+    from data import load_dataset
+    from models.design import build_design
+    from validation.reference import DEFAULT_DATA
+
+    design = build_design(load_dataset(DEFAULT_DATA))
+    for path in FILES:
+        ref = load_reference(path)
+        model = registry.get(ref["model"]).build(design).model
+        declared = declared_names(model)
+        unknown = sorted(n for n in ref["parameters"] if not is_declared(n, declared, model))
+        assert not unknown, f"{path.name}: {unknown[:5]} are not declared by the model; regenerate or rename the reference"
 
 
 @pytest.mark.unit

@@ -140,3 +140,27 @@ def check_reference(path: Path, data_dir: Path = DEFAULT_DATA, seed: int = CHECK
     idata, _ = fit_model(ref["model"], data_dir, settings)
     new = summarise_posterior(idata.posterior)
     return compare_to_reference(ref, new), new
+
+
+def declared_names(model) -> set[str]:
+    """Every 'var[coord,...]' name a posterior of this `pm.Model` can hold, from its dims and coords (no fit)."""
+    import itertools
+
+    names = set()
+    for var, dims in model.named_vars_to_dims.items():
+        if not dims:
+            names.add(var)
+            continue
+        labels = [[str(c) for c in model.coords[d]] for d in dims]
+        names.update(f"{var}[{','.join(key)}]" for key in itertools.product(*labels))
+    return names
+
+
+def is_declared(name: str, declared: set[str], model) -> bool:
+    """`name` is declared, or indexes by position (ArviZ's default dims) a variable declared without dims."""
+    var, _, rest = name.partition("[")
+    if name in declared:
+        return True
+    undimmed = {v.name for v in model.free_RVs + model.deterministics} - set(model.named_vars_to_dims)
+    undimmed |= {v.name for v in model.value_vars}  # the sampler's unconstrained values
+    return var in undimmed and (not rest or all(k.isdigit() for k in rest.rstrip("]").split(",")))
