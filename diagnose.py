@@ -7,6 +7,8 @@
     python diagnose.py results --kfold 5 --refit-levels participant visit
     python diagnose.py results --sensitivity          # J2R, CR, CIR, tipping point, responders, prior sensitivity
     python diagnose.py results --contrast "high - low" # contrasts.csv again, with this contrast
+    python diagnose.py results --sensitivity --adam adsl.xpt adqs.xpt --ice-strategy "ADVERSE EVENT=J2R,*=MAR"
+                                                      # intercurrent events from the ADSL of ADaM datasets (docs/adam.md)
 
 Everything is recomputed from each <model>/idata.nc and written back into the folder (each file
 atomically): convergence, PPC and LOO tables, figures, comparison_*.csv, comparison.txt, report.html.
@@ -16,7 +18,9 @@ With --sensitivity, every saved model's sensitivity analyses are (re)computed fr
 written beside it (sensitivity.csv, tipping_point.csv, responders.csv, prior_sensitivity.csv); without
 it, such tables already in the folder are shown in the report as they are. With --contrast (as for
 fit.py), every saved model's contrasts.csv is recomputed with those contrasts; without it, the saved
-contrasts.csv files are shown as they are.
+contrasts.csv files are shown as they are. With --adam (and --sensitivity), the intercurrent events come from the ADSL
+of the ADaM datasets the fits were made from (EOTSTT, DCTREAS, TRTEDT, mapped to strategies by --ice-strategy or the
+[adam] table), checked to give the fits' participants, arms and scores.
 
 Exit codes: 0 success; 1 a convergence verdict failed under --strict; 2 bad arguments, or a folder that
 cannot be read (or is being written by another run), refused before any work; 3 a failure once the saved
@@ -35,7 +39,7 @@ warnings.filterwarnings("ignore", category=FutureWarning, module="arviz")
 
 
 def parse_args(argv):
-    from deptrial.cli import add_sensitivity_arguments, check_sensitivity_arguments
+    from deptrial.cli import add_adam_arguments, add_sensitivity_arguments, check_adam_arguments, check_sensitivity_arguments
     from diagnostics.ppc import REMISSION_CUTOFF
 
     ap = argparse.ArgumentParser(prog="diagnose.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -49,9 +53,16 @@ def parse_args(argv):
     ap.add_argument("--contrast", action="append", default=None, metavar='"A - B"', help="recompute every model's contrasts.csv "
                     "with this contrast of the arm means (repeat for several; syntax as for fit.py --contrast)")
     add_sensitivity_arguments(ap)
+    add_adam_arguments(ap)
     args = ap.parse_args(argv)
     if args.kfold < 0 or args.kfold == 1:
         ap.error("--kfold must be 0 (no refits) or at least 2")
+    check_adam_arguments(ap, args)
+    if args.adam_options is not None and not args.sensitivity:
+        ap.error("--adam in diagnose.py gives the intercurrent events of the sensitivity analyses: pass --sensitivity "
+                 "(with --ice-strategy, or ice_strategy in the [adam] table)")
+    if args.adam_options is not None and args.ice is not None:
+        ap.error("--ice and --adam are alternatives: give an ice.csv or the ADaM files whose ADSL gives the intercurrent events")
     check_sensitivity_arguments(ap, args)
     return args
 
@@ -67,7 +78,8 @@ def main(argv=None) -> int:
     try:
         run, report = rediagnose(args.results, kfold=args.kfold, refit_levels=args.refit_levels, seed=args.seed,
                                  remission_cutoff=args.remission_cutoff, quiet=args.quiet, sensitivity=args.sensitivity,
-                                 ice=args.ice, deltas=args.deltas, tipping_threshold=args.tipping_threshold, contrasts=args.contrast)
+                                 ice=args.ice, deltas=args.deltas, tipping_threshold=args.tipping_threshold, contrasts=args.contrast,
+                                 adam=args.adam_options)
     except RunFailed as exc:  # once the saved fits are read: the stage that failed, and what the folder holds
         print(f"error: {exc}", file=sys.stderr)
         return 3

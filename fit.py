@@ -5,6 +5,9 @@
     python fit.py --data my_trial --model headline --out results/my_trial
     python fit.py --model mmrm treatment --sensitivity     # also J2R, CR, CIR, tipping point, responders, prior sensitivity
     python fit.py --data data/dose --model mmrm --contrast "high - low" --contrast "pooled active - placebo"
+    python fit.py --adam adsl.xpt adqs.xpt --param HAMD17 --reference Placebo --model mmrm   # CDISC ADaM datasets (docs/adam.md)
+    python fit.py --adam data/adam_trials/default/adsl.xpt data/adam_trials/default/adqs.xpt --model mmrm --sensitivity \
+        --ice-strategy "ADVERSE EVENT=J2R,LACK OF EFFICACY=J2R,*=MAR"
     python fit.py --list-models
 
 Exit codes: 0 success; 1 convergence verdict failed under --strict; 2 bad input or arguments, refused
@@ -24,7 +27,7 @@ warnings.filterwarnings("ignore", category=FutureWarning, module="arviz")
 
 from deptrial import api  # noqa: E402
 from deptrial.api import DEFAULT_MODELS  # noqa: E402
-from deptrial.cli import add_sensitivity_arguments, check_sensitivity_arguments  # noqa: E402
+from deptrial.cli import add_adam_arguments, add_sensitivity_arguments, check_adam_arguments, check_sensitivity_arguments  # noqa: E402
 
 
 def parse_args(argv):
@@ -37,7 +40,8 @@ def parse_args(argv):
 
     d = SamplerSettings()
     ap = argparse.ArgumentParser(prog="fit.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", type=Path, default=DEFAULT_DATASET, help="dataset folder (default: the bundled synthetic trial)")
+    ap.add_argument("--data", type=Path, default=None, help="dataset folder (default: the bundled synthetic trial); --adam reads "
+                    "CDISC ADaM datasets instead")
     ap.add_argument("--model", nargs="+", default=[m for m in DEFAULT_MODELS if m in REGISTRY], metavar="NAME", help=f"model(s) to fit; registered: {', '.join(REGISTRY)}")
     ap.add_argument("--likelihood", default="normal", choices=("normal", "student", "censored"), help="outcome likelihood")
     ap.add_argument("--draws", type=int, default=d.draws, help="posterior draws per chain")
@@ -64,6 +68,7 @@ def parse_args(argv):
                     "(slope per dose unit, needs [arms.dose] in dataset.toml); arm labels as in dataset.toml. contrasts.csv always has "
                     "each arm's mean change, each active arm vs control and P(each arm is best)")
     add_sensitivity_arguments(ap)
+    add_adam_arguments(ap)
     ap.add_argument("--kfold", type=int, default=0, help=f"refit units with Pareto k too high: grouped K-fold by participant (e.g. {KFOLD_K}; "
                     "K x models extra fits). Default 0: no refits, such elpd values are marked unreliable and diagnose.py --kfold K runs them later on the saved fits")
     ap.add_argument("--out", type=Path, default=Path("results"), help="output folder")
@@ -81,6 +86,11 @@ def parse_args(argv):
             ap.error(f"--{name.replace('_', '-')} must be at least 1")
     if not 0.5 <= args.target_accept < 1:
         ap.error("--target-accept must be in [0.5, 1)")
+    check_adam_arguments(ap, args)
+    if args.adam_options is not None and args.data is not None:
+        ap.error("--data and --adam are alternatives: give the dataset folder or the ADaM files, not both")
+    if args.data is None:
+        args.data = DEFAULT_DATASET
     check_sensitivity_arguments(ap, args)
     return args
 
@@ -109,7 +119,7 @@ def main(argv=None) -> int:
     try:
         priors = read_prior_file(args.priors) if args.priors is not None else None  # refused before the data are read
         run = api.fit_trial(
-            args.data, args.model, settings, out=args.out, likelihood=args.likelihood, mcid=args.mcid,
+            args.adam_options or args.data, args.model, settings, out=args.out, likelihood=args.likelihood, mcid=args.mcid,
             remission_cutoff=args.remission_cutoff, kfold=args.kfold, jobs=args.jobs, force=args.force,
             quiet=args.quiet, echo=print, priors=priors, prior_preset=args.prior_preset,
             sensitivity=args.sensitivity, ice=args.ice, deltas=args.deltas, tipping_threshold=args.tipping_threshold,

@@ -1,7 +1,7 @@
 """deptrial: Bayesian analysis of depression trials with biomarkers (the Python entry points).
 
     import deptrial
-    trial = deptrial.load_dataset(deptrial.DEFAULT_DATASET)
+    trial = deptrial.load_dataset(deptrial.DEFAULT_DATASET)   # or deptrial.from_adam("adsl.xpt", "adqs.xpt", "MADRS")
     run = deptrial.fit_trial(trial, ["null", "treatment", "headline"], deptrial.SamplerSettings(seed=1), out="results")
     print(run.estimates)                        # each row with its estimand (population, variable, intercurrent events, summary)
     print(run.contrasts)                        # per-arm means, each arm vs control, contrasts asked for (contrasts=[...]), P(best)
@@ -11,6 +11,7 @@ See README.md and docs/ for the models, the data format and the outputs.
 """
 
 from data import DEFAULT_DATASET, DatasetError, load_dataset
+from data.adam import AdamOptions
 from data.atomic import OutputBusy
 from inference.sampling import SamplerSettings
 from inference.storage import SavedFitError, load_fit
@@ -24,12 +25,14 @@ from .api import (
     RunResult,
     SamplingFailed,
     fit_trial,
+    from_adam,
     list_models,
     rediagnose,
     sensitivity,
 )
 
 __all__ = [
+    "AdamOptions",
     "DEFAULT_DATASET",
     "DEFAULT_MODELS",
     "DatasetError",
@@ -43,6 +46,7 @@ __all__ = [
     "SamplingFailed",
     "SavedFitError",
     "fit_trial",
+    "from_adam",
     "list_models",
     "load_dataset",
     "load_fit",

@@ -9,6 +9,7 @@ one fit's sensitivity analyses in a notebook.
     run.report                          # path of report.html
 
     deptrial.api.sensitivity("results/mmrm/idata.nc")   # estimands under other assumptions, as tables
+    trial = deptrial.from_adam("adsl.xpt", "adqs.xpt", "HAMD17", reference="Placebo")   # CDISC ADaM datasets (docs/adam.md)
     deptrial.api.contrast_table("results/mmrm/idata.nc", ["high - low"])   # contrasts.csv of a fit, with other contrasts
 
 fit.py and diagnose.py are thin command lines over `fit_trial` and `rediagnose`. Everything the
@@ -27,13 +28,16 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from data import DatasetError, changes_of, load_dataset  # noqa: F401 (DatasetError, load_dataset: re-exported)
+from data.adam import AdamOptions, load_adam
 from data.atomic import OutputBusy, locked_output
 from data.ice import IceTable
 from diagnostics.ppc import REMISSION_CUTOFF
 from diagnostics.run import RunDiagnostics
+from diagnostics.saved import saved_names
 from diagnostics.sensitivity import DECISION_THRESHOLD
 from diagnostics.sensitivity_analyses import SensitivityOptions, check_sensitivity_options, model_sensitivity
 from inference.idata_io import provenance
@@ -95,7 +99,9 @@ def fit_trial(
 ) -> RunResult:
     """Fit `models` to a trial and write InferenceData, tables, the comparison and report.html into `out`.
 
-    data      a dataset folder (docs/data.md) or a dataset returned by `load_dataset`
+    data      a dataset folder (docs/data.md), a dataset returned by `load_dataset` or `from_adam`, or the AdamOptions of
+              CDISC ADaM datasets (data.adam, docs/adam.md): read before any fit; with `sensitivity` and a strategy map
+              (ice_strategy), their intercurrent events are the default `ice`
     models    registered model names (`list_models()`)
     settings  sampler settings (chains, draws, seed...); the same seed gives the same numbers
     kfold     refit units with high Pareto k by grouped K-fold (K >= 2; 0: no refits)
@@ -145,6 +151,9 @@ def fit_trial(
     specs = model_specs(models, likelihood)
     if out.exists() and not force:
         raise FileExistsError(f"output folder {out} already exists; choose another --out or pass --force to replace it")
+    if isinstance(data, AdamOptions):  # converted to the folder format and loaded by the same loader
+        data, adam_ice = load_adam(data, intercurrent_events=sensitivity)
+        ice = adam_ice if ice is None else ice
     ds, source = dataset_of(data)
     changes = changes_of(ds)
     if changes:  # what the loader accepted but altered is never silent
@@ -185,13 +194,17 @@ def fit_trial(
 def rediagnose(results: str | Path, *, kfold: int = 0, refit_levels: Sequence[str] = ("participant",), seed: int | None = None,
                remission_cutoff: float = REMISSION_CUTOFF, quiet: bool = True, sensitivity: bool = False,
                ice: str | Path | IceTable | None = None, deltas: Sequence[float] | None = None,
-               tipping_threshold: float | None = None, contrasts: Sequence[str] | str | None = None) -> tuple[RunDiagnostics, Path]:
+               tipping_threshold: float | None = None, contrasts: Sequence[str] | str | None = None,
+               adam: AdamOptions | None = None) -> tuple[RunDiagnostics, Path]:
     """Recompute PPC, LOO, the comparison and report.html from a saved results folder (no refit unless kfold >= 2).
 
     sensitivity  also (re)compute every saved model's sensitivity analyses (as `fit_trial(..., sensitivity=True)`;
                  `ice` defaults to ice.csv in the folder of the dataset the fits were made from, when it is there;
                  `seed`, else each fit's own seed, seeds the responder imputations). Without it, sensitivity tables
                  already in the folder are shown in the report as they are.
+    adam         with `sensitivity`, instead of `ice`: the intercurrent events of CDISC ADaM datasets (their ADSL's EOTSTT,
+                 DCTREAS and TRTEDT with the options' ice_strategy; docs/adam.md), whose analysed participants, arms and
+                 scores must be those of the saved fits (ValueError otherwise)
     contrasts    recompute every saved model's contrasts.csv with these contrasts (as for `fit_trial`); None: the
                  contrasts.csv files in the folder are shown as they are.
 
@@ -203,10 +216,63 @@ def rediagnose(results: str | Path, *, kfold: int = 0, refit_levels: Sequence[st
         raise ValueError("kfold must be 0 (no refits) or at least 2")
     deltas, threshold = check_sensitivity_options(deltas, tipping_threshold, sensitivity=sensitivity, ice=ice)
     results = Path(results)
+    if adam is not None:
+        if not sensitivity or ice is not None:
+            raise ValueError("adam gives the intercurrent events of the sensitivity analyses: pass it with sensitivity=True "
+                             "and without ice")
+        ice = adam_events(results, adam)
     options = saved_sensitivity_options(results, ice, deltas, threshold, remission_cutoff, seed) if sensitivity else None
     parsed = saved_contrasts(results, contrasts) if contrasts is not None else None
     return orchestrate.rediagnose_folder(results, kfold=kfold, refit_levels=refit_levels, seed=seed, remission_cutoff=remission_cutoff,
                                          quiet=quiet, options=options, contrasts=parsed)
+
+
+def from_adam(adsl: str | Path, bds: str | Path, param: str | None = None, *, with_ice: bool = False,
+              max_file_bytes: int | None = None, **options):
+    """CDISC ADaM datasets as the project's validated dataset (what `load_dataset` returns for a folder), for `fit_trial`.
+
+    adsl, bds  the subject-level dataset and the BDS dataset of the outcome (.xpt, .sas7bdat, .csv or .parquet)
+    param      the outcome's PARAMCD (default: the BDS's only parameter)
+    options    the other fields of data.adam.AdamOptions: reference, arms, doses, scale=(min, max), markers (the ADLB
+               path) with marker_params (its PARAMCDs), covariates, keep, population_flag, variables (role -> variable),
+               visit_map, treatment_end, ice_strategy ({"ADVERSE EVENT": "J2R", "*": "MAR"}), title; an [adam] table in a
+               dataset.toml beside the ADSL file gives the ones not passed (docs/adam.md)
+    with_ice   return (dataset, IceTable or None): the intercurrent events from the ADSL by ice_strategy, for
+               fit_trial(..., sensitivity=True, ice=...) and `sensitivity`
+
+    ds.attrs["source"] names the ADaM files; what the conversion excluded (derived records, records not flagged for
+    analysis, subjects outside the population) is in data.changes_of(ds). Raises DatasetError naming the file, variable,
+    subjects or records, why and the fix."""
+    ds, ice = load_adam(AdamOptions(adsl, bds, param=param, **options), max_file_bytes)
+    return (ds, ice) if with_ice else ds
+
+
+def adam_events(results: str | Path, options: AdamOptions) -> IceTable:
+    """The intercurrent events of ADaM datasets (their strategy map) for the saved fits of `results`, after checking that
+    the ADaM files give the fits' trial: the same participants, arms and scores (ValueError, FileNotFoundError)."""
+    results = Path(results)
+    names = saved_names(results) if results.is_dir() else []
+    if not names:
+        raise FileNotFoundError(f"{results} holds no fitted model (no <model>/idata.nc): run fit.py first")
+    ds, ice = load_adam(options)
+    if ice is None:
+        raise ValueError("the ADaM files give intercurrent events only with a strategy map: pass --ice-strategy "
+                         "\"ADVERSE EVENT=J2R,*=MAR\" (or ice_strategy in the [adam] table; docs/adam.md)")
+    saved = saved_dataset(load_fit(results / names[0] / "idata.nc", complete=False))
+    fitted, read = [str(p) for p in saved["participant"].values], [str(p) for p in ds["participant"].values]
+    where = f"the ADaM files ({options.adsl.name}, {options.bds.name}) are not the trial of the fits in {results}"
+    if set(fitted) != set(read):
+        gone, new = sorted(set(fitted) - set(read)), sorted(set(read) - set(fitted))
+        parts = [f"{len(gone)} participant(s) of the fits are not analysed in them (e.g. {gone[:4]})" if gone else "",
+                 f"{len(new)} participant(s) analysed in them are not in the fits (e.g. {new[:4]})" if new else ""]
+        raise ValueError(f"{where}: {'; '.join(x for x in parts if x)}; give the files the fits were made from")
+    other = ds.sel(participant=fitted)
+    if list(saved["week"].values) != list(other["week"].values):
+        raise ValueError(f"{where}: their visit weeks {list(other['week'].values)} are not the fits' {list(saved['week'].values)}")
+    arms = [str(a) for a in saved["arm"].values] != [str(a) for a in other["arm"].values]
+    if arms or not np.array_equal(saved["score"].values, other["score"].values, equal_nan=True):
+        raise ValueError(f"{where}: the {'arms' if arms else 'scores'} of some participants differ; give the files the fits were made from")
+    return ice
 
 
 def sensitivity(fit, design=None, *, ice: str | Path | IceTable | None = None, deltas: Sequence[float] | None = None,
@@ -264,5 +330,5 @@ def contrast_table(fit, contrasts: Sequence[str] | str | None = None, design=Non
 
 __all__ = [
     "DEFAULT_MODELS", "FinishingFailed", "ModelDataError", "ModelFit", "OutputBusy", "RunFailed", "RunResult", "SamplingFailed",
-    "contrast_table", "fit_trial", "list_models", "rediagnose", "sensitivity",
+    "adam_events", "contrast_table", "fit_trial", "from_adam", "list_models", "rediagnose", "sensitivity",
 ]

@@ -1,13 +1,18 @@
 """Command-line options shared by fit.py and diagnose.py: --sensitivity and its options, checked by the one
-check of those options (diagnostics.sensitivity_analyses.check_sensitivity_options), spelled as flags."""
+check of those options (diagnostics.sensitivity_analyses.check_sensitivity_options), spelled as flags; and the ADaM
+input options (data.adam_options.add_adam_arguments, also those of `python -m data.adam`), checked by
+`check_adam_arguments`."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
+from data.adam_options import add_adam_arguments, options_from_args
 from diagnostics.sensitivity import DECISION_THRESHOLD
 from diagnostics.sensitivity_analyses import check_sensitivity_options
+
+__all__ = ["CLI_NAMES", "add_adam_arguments", "add_sensitivity_arguments", "check_adam_arguments", "check_sensitivity_arguments"]
 
 CLI_NAMES = {"sensitivity": "--sensitivity", "ice": "--ice", "deltas": "--deltas", "threshold": "--tipping-threshold"}
 
@@ -38,3 +43,18 @@ def check_sensitivity_arguments(ap: argparse.ArgumentParser, args) -> None:
                                                    names=CLI_NAMES)
     except ValueError as exc:
         ap.error(str(exc))
+
+
+def check_adam_arguments(ap: argparse.ArgumentParser, args) -> None:
+    """Read the ADaM options into args.adam_options (data.adam.AdamOptions, or None without --adam); refuse (argparse usage
+    error, exit 2) a malformed one, ADaM options without --adam, and --ice-strategy without --sensitivity or beside --ice."""
+    try:
+        args.adam_options = options_from_args(args)
+    except ValueError as exc:
+        ap.error(str(exc))
+    if args.ice_strategy is not None:
+        if not getattr(args, "sensitivity", False):
+            ap.error("--ice-strategy applies only with --sensitivity: the intercurrent events feed the sensitivity analyses; "
+                     "pass --sensitivity or leave it out")
+        if getattr(args, "ice", None) is not None:
+            ap.error("--ice and --ice-strategy are alternatives: give an ice.csv or the strategy map of the ADSL's reasons, not both")

@@ -22,6 +22,7 @@ from data import DatasetError, load_dataset
 from data.atomic import atomic_write_bytes, output_lock, usual_permissions
 from diagnostics.contrasts import CONTRASTS_FILE, contrasts_table
 from diagnostics.convergence import verdict
+from diagnostics.csr_tables import saved_submission_tables, submission_tables
 from diagnostics.estimates import format_estimates, model_estimates
 from diagnostics.outputs import write_outputs
 from diagnostics.remedies import REFIT_MIN_DRAWS
@@ -99,10 +100,14 @@ def finish_fit(name: str, idata, built, *, out: str, data_source: str, likelihoo
     t2 = time.perf_counter()
     with finishing("running the sensitivity analyses of", name):
         sens = model_sensitivity(name, idata, design, sensitivity) if sensitivity is not None else None
+    t3 = time.perf_counter()
+    with finishing("tabulating the submission tables of", name):  # the ARD; diagnostics.outputs renders the RTF and DOCX
+        tables = submission_tables(name, idata, design.dataset, mcid, name, sens, data_source=data_source)
     return {"check": check, "table": table, "contrasts": compared, "notes": built.notes, "diagnostics": diagnosed, "sensitivity": sens,
+            "submission": tables, "tables_s": time.perf_counter() - t3,
             "finish_s": t1 - t0, "diagnose_s": t2 - t1, "verdict_s": verdict_s,
             **(diagnosed.timings if diagnosed is not None else {}),
-            **({"sensitivity_s": time.perf_counter() - t2} if sens is not None else {}),
+            **({"sensitivity_s": t3 - t2} if sens is not None else {}),
             "idata_bytes": written["bytes"], "write_s": written["write_s"]}
 
 
@@ -121,11 +126,13 @@ def run_models(specs, ds, design, source, changes, settings, tmp: Path, out: Pat
     (fits, the content of run.json, the run's diagnostics, the report's path). Raises SamplingFailed,
     FinishingFailed or RunFailed (naming the stage) for a failure once sampling has started."""
     fits: dict[str, ModelFit] = {}
-    sensitivities = {}
+    sensitivities, submissions = {}, {}
     diagnosed, diagnose_s = {}, 0.0  # per-model diagnostics of the visit-score fits
     run = {"data": source, "checksum": design.checksum, "data_changes": changes, "models": {}, "settings": settings.__dict__,
            "versions": versions(), "storage": STORAGE}
     info = data_summary(design)
+    if changes:  # what the loader (and an ADaM conversion) changed or left out: the report's data section lists it
+        info["changes"] = [str(c.get("text", "")) for c in changes]
     log(info_text(info))
     names = [s.name for s in specs]
     jobs = jobs if jobs is not None else default_jobs(len(names))
@@ -161,7 +168,7 @@ def run_models(specs, ds, design, source, changes, settings, tmp: Path, out: Pat
                     log(f"  {notes['text']}")
                 wall = timings.get("worker_wall_s", timings.get("total_s", 0.0))  # fit only; finishing is timed apart
                 timings.update(wall_s=wall, **{k: done[k] for k in ("finish_s", "diagnose_s", "write_s", "verdict_s", "ppc_s", "loo_s",
-                                                                     "figures_s", "sensitivity_s") if k in done})
+                                                                     "figures_s", "sensitivity_s", "tables_s") if k in done})
                 run["models"][name] = {"converged": check.ok, "timings": timings, "divergences": check.divergences,
                                        "idata_bytes": done["idata_bytes"]}
                 if notes:
@@ -176,6 +183,7 @@ def run_models(specs, ds, design, source, changes, settings, tmp: Path, out: Pat
                 if key:
                     say(key)
                 say(check.text())
+                submissions[name] = done["submission"]
                 if done.get("sensitivity") is not None:
                     sensitivities[name] = done["sensitivity"]
                     say(sensitivity_text(done["sensitivity"]))
@@ -232,8 +240,11 @@ def run_models(specs, ds, design, source, changes, settings, tmp: Path, out: Pat
                 data_summary=info,
             )
         diag.sensitivity = sensitivities
+        diag.submission = submissions
         with stage("writing the report and tables"):
             report = write_outputs(diag, tmp)
+        for n, tables in submissions.items():  # the submission tables' seconds: the ARD (in finish_fit) and rendering
+            run["models"][n]["timings"]["tables_render_s"] = tables.timings.get("render_s", 0.0)
         with stage("reporting the comparison"):
             say("")
             for level, sentence in diag.plain_language.items():
@@ -351,6 +362,8 @@ def rediagnose_folder(results: Path, *, kfold: int, refit_levels, seed: int | No
                            answers=saved.answers or None, observed=saved.observed, labels=saved.labels, outcome=saved.outcome,
                            title=saved.title)
     run.sensitivity = sens
+    with stage("tabulating the submission tables of the saved fits", kept=unchanged, when=""):
+        run.submission = saved_submission_tables(results, idatas, sens)
     partly = f"the saved fits in {results} are unchanged; each file is whole, but some may be from this run and others from before"
     with output_lock(results), stage(f"writing the diagnostics into {results}", kept=partly, when=""):  # the lock: never interleave
         for name, table in (tables or {}).items():
