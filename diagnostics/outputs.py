@@ -4,18 +4,22 @@ over it) with the usual permissions:
     <model>/diagnostics.txt, <model>/convergence.csv, <model>/convergence.txt, <model>/figures/*.png,
     with the sensitivity analyses <model>/sensitivity.csv, tipping_point.csv, responders.csv, prior_sensitivity.csv
     and <model>/figures/tipping_point.png, summary/<model>_<figure>.png,
+    the submission tables (diagnostics/csr_tables.py) <model>/ard.csv, <model>/efficacy_table.rtf and .docx and with the
+    sensitivity analyses <model>/sensitivity_table.rtf and .docx,
     comparison_participant.csv, comparison_visit.csv, comparison.txt, report.html
 """
 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pandas as pd
 
 from data.atomic import atomic_write_bytes, usual_permissions
 
+from .csr_tables import FORMATS, SENSITIVITY_FILE
 from .report import render_report
 from .run import RunDiagnostics
 from .sensitivity_analyses import TIPPING_FIGURE
@@ -58,6 +62,17 @@ def write_outputs(run: RunDiagnostics, folder: str | Path) -> Path:
             _csv(df, folder / name / f"{table}.csv")
         if sens.tipping_figure:
             _write(folder / name / "figures" / f"{TIPPING_FIGURE}.png", sens.tipping_figure)
+    for name, tables in run.submission.items():  # the ARD, then each table rendered from it
+        t0 = time.perf_counter()
+        files = tables.files()
+        (folder / name).mkdir(parents=True, exist_ok=True)
+        for file, payload in files.items():
+            _write(folder / name / file, payload)
+        for ext in FORMATS:  # a sensitivity table of an earlier run that this ARD no longer holds would contradict it
+            stale = folder / name / f"{SENSITIVITY_FILE}.{ext}"
+            if stale.name not in files and stale.is_file():
+                stale.unlink()
+        tables.timings["render_s"] = time.perf_counter() - t0
     for name, figs in run.answer_figures.items():  # the report's first section, also as PNG files beside it
         (folder / "summary").mkdir(exist_ok=True)
         for key, png in figs.items():

@@ -8,7 +8,8 @@ figure with one plain sentence, and the estimand of every row; diagnostics/summa
 summary, the model comparison, and per model the effect estimates with probability statements and
 their estimands, the sensitivity analyses when the run made them (strategies at the end of
 treatment, the tipping point, responders and remission, prior sensitivity; diagnostics/sensitivity_analyses.py
-`model_sensitivity`), convergence, posterior predictive checks and priors.
+`model_sensitivity`), convergence, posterior predictive checks and priors; last the submission tables (the efficacy
+and sensitivity tables of diagnostics/csr_tables.py, as in <model>/efficacy_table.rtf) and the software versions.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from .convergence import EBFMI_MIN, ESS_BULK_MIN, ESS_TAIL_MIN, MCSE_SD_RATIO_MA
 from .loo import PARETO_K_MAX, QUANTITY
 from .ppc import PPC_TAIL
 from .prior_sensitivity import PRIOR_SENSITIVITY_THRESHOLD
+from .table_formats import html as table_html_csr
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222;line-height:1.4}
@@ -37,6 +39,8 @@ th{background:#eef}td:first-child,th:first-child{text-align:left}
 .pass{color:#161;font-weight:bold}.fail{color:#a11;font-weight:bold}.note{background:#f6f6fb;border-left:4px solid #88a;padding:.5em 1em}
 .warn{background:#fff4e5;border-left:4px solid #e90;padding:.5em 1em}img{max-width:100%;height:auto;border:1px solid #ddd;margin:.4em 0}
 .estimand{font-size:.85em;color:#445}details{margin:.4em 0}.text td{text-align:left}.pair{display:flex;gap:1em;align-items:flex-start}.pair figure{flex:1;min-width:0}figure{margin:0 0 1em 0}figcaption{font-size:.9em}
+.csr caption{text-align:left;caption-side:top;padding:.3em 0}.csr tr.group td{border-top:2px solid #889}.csr td,.csr th{text-align:center;white-space:nowrap}.csr td.label,.csr th:first-child{text-align:left;white-space:normal}
+ol.footnotes,p.source{font-size:.8em;color:#445;max-width:1000px}
 code,pre{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:.85em}pre{background:#f6f6f6;padding:.6em;overflow-x:auto}
 """
 
@@ -93,6 +97,9 @@ def data_section(info: dict, labels: tuple[str, ...]) -> str:
         "<h3>Visits observed and dropout by week</h3>",
         table_html(pd.DataFrame(rows), floatfmt="{:.1f}"),
     ]
+    if info.get("changes"):
+        out.append("<h3>What was changed or left out when the data were read</h3><ul>"
+                   + "".join(f"<li>{esc(t)}</li>" for t in info["changes"]) + "</ul>")
     if "baseline_markers_observed" in info:
         out.append(
             "<h3>Biomarker availability (baseline participant x marker values)</h3>"
@@ -384,6 +391,26 @@ def comparison_section(run) -> str:
     return "\n".join(out)
 
 
+def submission_section(run) -> str:
+    """Every model's submission tables (diagnostics/csr_tables.py), rendered from its ARD as in its RTF and DOCX files;
+    a note for a model without them."""
+    tables = getattr(run, "submission", None) or {}
+    if not tables:
+        return ""
+    out = ['<h2 id="submission">Submission tables</h2>',
+           '<p class="note">The efficacy and sensitivity tables as written for a clinical study report: '
+           "<code>&lt;model&gt;/efficacy_table.rtf</code> and <code>.docx</code>, <code>sensitivity_table.rtf</code> and "
+           "<code>.docx</code>; every number is a row of <code>&lt;model&gt;/ard.csv</code>, the analysis results dataset. "
+           "Credible intervals are 95% equal-tailed (posterior quantiles), not the 94% HDIs of the sections above.</p>"]
+    for name, t in tables.items():
+        out.append(f'<h3 id="submission-{esc(name)}">{esc(name)}</h3>')
+        for stem, layout in t.layouts().items():
+            out.append(table_html_csr(layout, f"{stem}-{name}"))
+        for table, why in t.notes.items():
+            out.append(f'<p class="note">No {esc(table)} table: {esc(why)}.</p>')
+    return "\n".join(out)
+
+
 def render_report(run) -> str:
     title = f"Trial analysis report: {run.title}"
     sensitivity = getattr(run, "sensitivity", None) or {}
@@ -401,6 +428,7 @@ def render_report(run) -> str:
         comparison_section(run),
         *[model_section(m, sensitivity.get(m.name)) for m in run.models.values()],
         *[sensitivity_section(s, "h2", f"Model: {s.name}: sensitivity and estimands") for n, s in sensitivity.items() if n not in run.models],
+        submission_section(run),
         f"<h2>Software</h2><p><code>{esc(json.dumps(run.versions, sort_keys=True))}</code></p>",
         "</body></html>",
     ]

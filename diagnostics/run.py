@@ -66,6 +66,7 @@ class RunDiagnostics:
     answer_figures: dict[str, dict[str, bytes]] = field(default_factory=dict)  # per model: effects, trajectory, contrasts, markers
     outcome: str = "score"
     sensitivity: dict[str, ModelSensitivity] = field(default_factory=dict)  # per model, with --sensitivity
+    submission: dict = field(default_factory=dict)  # per model, diagnostics.csr_tables.SubmissionTables (ARD, efficacy, sensitivity)
 
     def comparison_text(self) -> str:
         lines = []

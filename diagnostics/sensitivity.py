@@ -335,6 +335,14 @@ def strategy_effect(pieces: ModelPieces, pop: Population, strategy: str, ice: Ic
     return StrategyEffect(strategy, pieces.visits, total, share_t, share_c, pieces.arms[a])
 
 
+def arm_strategy_effects(pieces: ModelPieces, design: TrialDesign, strategies=STRATEGIES, ice=None) -> dict[tuple[str, str], StrategyEffect]:
+    """Every active arm's StrategyEffect under each of `strategies` (and MAR, the base of the delta rows), keyed
+    (arm, strategy): the draws `sensitivity_table` summarises, computed once (diagnostics.csr_tables reads them too)."""
+    pop = estimand_population(design, pieces)
+    ice = _as_ice(ice, design)
+    return {(arm, s): strategy_effect(pieces, pop, s, ice, arm) for arm in pieces.arms for s in dict.fromkeys([*strategies, "MAR"])}
+
+
 def strategy_effects(idata: az.InferenceData, design: TrialDesign, strategies=STRATEGIES, ice=None,
                      model: str | None = None) -> xr.DataArray:
     """Each active arm's difference from control under each strategy: DataArray (chain, draw, active_arm, strategy,
@@ -396,6 +404,7 @@ def sensitivity_table(
     weeks=None,
     model: str | None = None,
     pieces: ModelPieces | None = None,
+    effects: dict[tuple[str, str], StrategyEffect] | None = None,
 ) -> pd.DataFrame:
     """Each active arm's difference from the control arm at each post-baseline week under each strategy, then MAR
     with each delta: for each active arm in order, its rows (strategies, then deltas, each at every week).
@@ -406,7 +415,8 @@ def sensitivity_table(
     compared, "difference in means (<arm> - <control>)"). A trial with several active arms has a first
     column `contrast` ("<arm> - <control>", CONTRAST_COLUMN) as well; a two-arm trial's table has none.
     `deltas=None` takes `default_deltas(design)`; `ice`: an IceTable, the path of ice.csv, or None;
-    `pieces`: the fit's `model_pieces`, when the caller has them already.
+    `pieces`: the fit's `model_pieces`, when the caller has them already; `effects`: their `arm_strategy_effects`
+    with the same `ice` (computed here when not given).
     """
     pieces = pieces if pieces is not None else model_pieces(idata, design, model)
     pop = estimand_population(design, pieces)
@@ -421,10 +431,11 @@ def sensitivity_table(
     rows = []
     plan = [(s, s, 0.0) for s in strategies] + [(f"delta={x:g}", "MAR", x) for x in deltas]
     for arm in pieces.arms:
-        effects = {s: strategy_effect(pieces, pop, s, ice, arm) for s in dict.fromkeys([*strategies, "MAR"])}
+        by_strategy = {s: (effects[(arm, s)] if effects is not None else strategy_effect(pieces, pop, s, ice, arm))
+                       for s in dict.fromkeys([*strategies, "MAR"])}
         which = {CONTRAST_COLUMN: pieces.contrast(arm)} if several else {}
         for label, s, delta in plan:
-            eff = effects[s]
+            eff = by_strategy[s]
             draws = eff.delta_adjusted(delta, arms) if delta else eff.draws
             for w in wanted:
                 j = int(np.searchsorted(pieces.visits, w))

@@ -28,6 +28,8 @@ from .responders import responder_table, scored_model
 from .sensitivity import (
     CONTRAST_COLUMN,
     DECISION_THRESHOLD,
+    arm_strategy_effects,
+    default_deltas,
     model_pieces,
     sensitivity_table,
     supported_model,
@@ -110,6 +112,11 @@ class ModelSensitivity:
     notes: dict[str, str] = field(default_factory=dict)  # table -> why this model has none
     saved: bool = False  # read back from the results folder (diagnose.py without --sensitivity), not recomputed
     timings: dict = field(default_factory=dict)
+    # the draws behind the "sensitivity" table (not of a saved one), for the submission tables (diagnostics.csr_tables):
+    effects: dict = field(default_factory=dict)  # (active arm, strategy) -> diagnostics.sensitivity.StrategyEffect
+    deltas: tuple[float, ...] = ()  # the delta rows' deltas
+    tipping_points: tuple = ()  # per active arm, diagnostics.sensitivity.TippingPoint (without its figure)
+    ice_source: str = ""  # the intercurrent-event table the strategies followed ('' for none)
 
 
 def unsupported(idata: az.InferenceData, design, model: str) -> dict[str, str]:
@@ -153,10 +160,15 @@ def model_sensitivity(name: str, idata: az.InferenceData, design, options: Sensi
     t0 = time.perf_counter()
     if "sensitivity" not in result.notes:
         pieces = model_pieces(idata, design, model)  # d and Sigma once for both tables
-        result.tables["sensitivity"] = sensitivity_table(idata, design, deltas=options.deltas, ice=options.ice, model=model, pieces=pieces)
+        result.effects = arm_strategy_effects(pieces, design, ice=options.ice)  # the strategies' draws, once
+        result.deltas = default_deltas(design) if options.deltas is None else tuple(float(x) for x in options.deltas)
+        result.ice_source = options.ice.source if options.ice is not None and len(options.ice) else ""
+        result.tables["sensitivity"] = sensitivity_table(idata, design, deltas=result.deltas, ice=options.ice, model=model, pieces=pieces,
+                                                         effects=result.effects)
         tps = [tipping_point(idata, design, threshold=options.threshold, ice=options.ice, model=model, pieces=pieces, arm=arm,
                              plot=False) for arm in pieces.arms]
         result.tables["tipping_point"] = pd.concat([tipping_frame(tp) for tp in tps], ignore_index=True)
+        result.tipping_points = tuple(tps)
         result.tipping_messages = tuple(tp.message for tp in tps)
         result.tipping_message = "; ".join(result.tipping_messages)
         result.tipping_figure = tipping_plot(tps, design)
@@ -168,6 +180,14 @@ def model_sensitivity(name: str, idata: az.InferenceData, design, options: Sensi
     result.tables["prior_sensitivity"] = prior_sensitivity_table(idata)
     result.timings = {"strategies_s": t1 - t0, "responders_s": t2 - t1, "prior_sensitivity_s": time.perf_counter() - t2}
     return result
+
+
+def _read_table(path: Path) -> pd.DataFrame:
+    """A saved table; a file with no columns (a table with no rows written by hand or truncated) reads as empty."""
+    try:
+        return pd.read_csv(path)
+    except pd.errors.EmptyDataError:
+        return pd.DataFrame()
 
 
 def saved_sensitivity(folder: str | Path, idatas: dict[str, az.InferenceData]) -> dict[str, ModelSensitivity]:
@@ -184,7 +204,7 @@ def saved_sensitivity(folder: str | Path, idatas: dict[str, az.InferenceData]) -
             continue
         ds = saved_dataset(idata)
         result = ModelSensitivity(name, int(meta_of(ds).treatment_end), saved=True)
-        result.tables = {t: pd.read_csv(f) for t, f in files.items() if f.is_file()}
+        result.tables = {t: _read_table(f) for t, f in files.items() if f.is_file()}
         result.notes = {t: n for t, n in unsupported(idata, build_design(ds), str(provenance(idata).get("model") or name)).items()
                         if t not in result.tables}
         tp = result.tables.get("tipping_point")

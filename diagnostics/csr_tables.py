@@ -1,0 +1,637 @@
+"""Submission tables: the efficacy and sensitivity tables of a clinical study report, and the analysis results dataset
+(ARD) every number of them comes from, computed from a fit's posterior draws.
+
+For each fitted model with each arm's mean change from baseline by visit (diagnostics.contrasts.arm_means: the
+trajectory models and the MMRM), written by diagnostics.outputs.write_outputs into <model>/:
+
+    ard.csv                      the analysis results dataset: one row per statistic (ARD_COLUMNS, STATISTICS)
+    efficacy_table.rtf, .docx    per arm N and baseline mean (SD); at each post-baseline visit n observed, the mean change
+                                 from baseline with its 95% credible interval, each active arm - the control arm with its
+                                 95% CrI, P(benefit) and P(benefit > MCID)
+    sensitivity_table.rtf, .docx with the sensitivity analyses (--sensitivity, or saved ones that can be recomputed): each
+                                 active arm - control at the primary visit under MAR, J2R, CR, CIR and each delta, with 95%
+                                 CrI and P(benefit), and the tipping point
+
+The ARD is built first (`efficacy_ard`, `sensitivity_ard`) and the tables are laid out from it (`efficacy_layout`,
+`sensitivity_layout`, rendered by diagnostics.table_formats), so a downstream tool can rebuild any table from ard.csv.
+The credible intervals are equal-tailed (the 2.5% and 97.5% posterior quantiles, numpy's default linear interpolation),
+not the 94% HDIs of estimates.csv; means, P(benefit) (= estimates.csv's p_below_0) and P(benefit > MCID)
+(= p_below_-MCID) are the same quantities as there. Lower scores are better: benefit is a difference below 0.
+
+The words of the titles and footnotes are the project's own: the estimand attributes of models.effects.estimand
+(population, variable, intercurrent events, summary), the strategies of diagnostics.sensitivity.STRATEGY_TEXT and the
+model's registered description.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from models.effects import DEFAULT_MCID, estimand, flat_draws, phase
+
+from . import table_formats as fmt
+from .contrasts import arm_means, primary_week
+from .sensitivity import CONTRAST_COLUMN, FLIP_INTERVAL_PROB, STRATEGIES, STRATEGY_TEXT
+from .summary import dataset_arms
+
+CRI_PROB = 0.95
+ARD_FILE = "ard.csv"
+EFFICACY_FILE = "efficacy_table"  # .rtf and .docx
+SENSITIVITY_FILE = "sensitivity_table"
+FORMATS = ("rtf", "docx")
+ARD_COLUMNS = ("table", "analysis", "model", "population", "arm_or_contrast", "visit", "statistic", "value")
+KEY = ("analysis", "arm_or_contrast", "visit", "statistic")  # one row per key
+STATISTICS = {
+    "n": "participants of the arm in the analysis population (randomised, with a baseline score)",
+    "baseline_mean": "mean of their observed baseline scores",
+    "baseline_sd": "SD of their observed baseline scores (n - 1 denominator)",
+    "n_observed": "participants of the arm in the analysis population with an observed score at the visit",
+    "mean": "posterior mean: of the arm's mean change from baseline (an arm), of the difference (a contrast)",
+    "cri_lower": "lower end of the equal-tailed credible interval: the (1 - cri_level) / 2 posterior quantile",
+    "cri_upper": "upper end: the (1 + cri_level) / 2 posterior quantile",
+    "p_benefit": "P(difference < 0): the posterior probability that the active arm is better (lower scores are better)",
+    "p_benefit_mcid": "P(difference < -mcid): the probability that the benefit exceeds the MCID",
+    "cri_level": "the credible intervals' probability (0.95)",
+    "mcid": "the minimal clinically important difference of p_benefit_mcid, outcome points (fit.py --mcid)",
+    "n_draws": "posterior draws the summaries are computed from (chains x draws)",
+    "delta": "a delta analysis: points added to the active arm's scores imputed after dropout",
+    "tipping_delta": "the smallest delta at which benefit is no longer concluded (exact; empty when it never flips)",
+    "tipping_threshold": "the decision threshold of the tipping point: P(benefit) below it, benefit is not concluded",
+    "tipping_interval": "the tipping point's interval: benefit is not concluded once this HDI of the difference reaches 0",
+}
+SHORT = {"MAR": "MAR (primary)", "J2R": "J2R: jump to reference", "CR": "CR: copy reference", "CIR": "CIR: copy increments in reference"}
+
+
+@dataclass
+class SensitivityDraws:
+    """What the sensitivity table needs: the strategies' draws per active arm, the deltas, the tipping points."""
+
+    effects: dict  # (active arm, strategy) -> diagnostics.sensitivity.StrategyEffect (flat draws x the model's visits)
+    deltas: tuple[float, ...]
+    tipping: dict  # active arm -> (exact tipping delta or nan, threshold, interval probability, week)
+    ice_source: str = ""
+
+
+@dataclass
+class SubmissionTables:
+    """One model's submission tables: the ARD, the words of titles and footnotes, and why a table is missing."""
+
+    name: str
+    ard: pd.DataFrame  # ARD_COLUMNS; empty when the model has no efficacy table
+    texts: dict = field(default_factory=dict)  # titles' and footnotes' words (no numbers: those are in the ARD)
+    notes: dict[str, str] = field(default_factory=dict)  # 'efficacy' / 'sensitivity' -> why this model has none
+    timings: dict = field(default_factory=dict)  # seconds: ard_s (here), render_s (diagnostics.outputs)
+    _layouts: dict | None = field(default=None, repr=False, compare=False)
+
+    def efficacy(self) -> fmt.TableLayout | None:
+        return efficacy_layout(self.ard, self.texts) if "efficacy" not in self.notes and len(self.ard) else None
+
+    def sensitivity(self) -> fmt.TableLayout | None:
+        if "sensitivity" in self.notes or not len(self.ard) or not (self.ard["table"] == "sensitivity").any():
+            return None
+        return sensitivity_layout(self.ard, self.texts)
+
+    def layouts(self) -> dict[str, fmt.TableLayout]:
+        """{file stem: layout} of the tables this model has (laid out once)."""
+        if self._layouts is None:
+            out = {EFFICACY_FILE: self.efficacy(), SENSITIVITY_FILE: self.sensitivity()}
+            self._layouts = {k: v for k, v in out.items() if v is not None}
+        return self._layouts
+
+    def files(self) -> dict[str, bytes]:
+        """{file name: bytes} of <model>/: ard.csv and each table as RTF and DOCX ({} without an efficacy table)."""
+        if not len(self.ard):
+            return {}
+        out = {ARD_FILE: self.ard.to_csv(index=False).encode()}
+        for stem, layout in self.layouts().items():
+            out[f"{stem}.rtf"] = fmt.rtf(layout)
+            out[f"{stem}.docx"] = fmt.docx(layout)
+        return out
+
+
+# ---------------------------------------------------------------- the ARD
+
+
+def _quantiles(draws: np.ndarray, prob: float = CRI_PROB) -> tuple[np.ndarray, np.ndarray]:
+    """The equal-tailed interval over the first axis (flat draws)."""
+    lo, hi = np.quantile(draws, [(1 - prob) / 2, (1 + prob) / 2], axis=0)
+    return lo, hi
+
+
+def _rows(table: str, analysis: str, model: str, population: str):
+    """A row adder for one analysis: add(arm_or_contrast, visit, statistic, value)."""
+    rows = []
+
+    def add(who: str, visit, statistic: str, value) -> None:
+        rows.append({"table": table, "analysis": analysis, "model": model, "population": population, "arm_or_contrast": who,
+                     "visit": pd.NA if visit is None else int(visit), "statistic": statistic, "value": float(value)})
+
+    return rows, add
+
+
+def _frame(rows: list[dict]) -> pd.DataFrame:
+    frame = pd.DataFrame(rows, columns=list(ARD_COLUMNS))
+    frame["visit"] = frame["visit"].astype("Int64")
+    frame["value"] = frame["value"].astype(float)
+    return frame
+
+
+def efficacy_analysis(name: str) -> str:
+    return f"{name}: primary (MAR)"
+
+
+def sensitivity_analysis(name: str, strategy: str, delta: float = 0.0) -> str:
+    return f"{name}: {strategy} + delta {delta:g}" if delta else f"{name}: {strategy}"
+
+
+def tipping_analysis(name: str) -> str:
+    return f"{name}: tipping point (MAR + delta)"
+
+
+def efficacy_ard(name: str, posterior, dataset, meta, mcid: float = DEFAULT_MCID, population: str = "",
+                 means=None) -> pd.DataFrame | None:
+    """The efficacy table's statistics (None for a model without per-arm means): per arm n, baseline mean and SD; at each
+    post-baseline visit per arm n observed, mean change and its CrI; per active arm - control the mean difference, CrI,
+    P(benefit) and P(benefit > MCID); and the analysis' cri_level, mcid and n_draws. `means`: arm_means(posterior, meta)
+    when the caller has it."""
+    means = arm_means(posterior, meta) if means is None else means
+    if means is None:
+        return None
+    arms = [str(a) for a in means["arm"].values]
+    weeks = [int(w) for w in means["week"].values]
+    m = flat_draws(means)  # draws x arm x week
+    effect = posterior["nac_effect"]
+    if "active_arm" not in effect.dims:
+        effect = effect.expand_dims(active_arm=arms[1:])
+    d = flat_draws(effect.sel(active_arm=arms[1:], week=weeks).transpose("chain", "draw", "active_arm", "week"))
+    m_lo, m_hi = _quantiles(m)
+    d_lo, d_hi = _quantiles(d)
+    scores = np.asarray(dataset["score"].values, dtype=float)
+    week_col = {int(w): j for j, w in enumerate(dataset["week"].values)}
+    arm_index = dataset_arms(dataset)
+    in_population = ~np.isnan(scores[:, 0])
+    rows, add = _rows("efficacy", efficacy_analysis(name), name, population)
+    add("", None, "cri_level", CRI_PROB)
+    add("", None, "mcid", mcid)
+    add("", None, "n_draws", m.shape[0])
+    members = {}
+    for a, arm in enumerate(arms):
+        members[arm] = in_population & (arm_index == a)
+        base = scores[members[arm], 0]
+        add(arm, None, "n", len(base))
+        add(arm, None, "baseline_mean", base.mean() if len(base) else np.nan)
+        add(arm, None, "baseline_sd", base.std(ddof=1) if len(base) > 1 else np.nan)
+    for j, w in enumerate(weeks):
+        for a, arm in enumerate(arms):
+            add(arm, w, "n_observed", int((~np.isnan(scores[members[arm], week_col[w]])).sum()))
+            add(arm, w, "mean", m[:, a, j].mean())
+            add(arm, w, "cri_lower", m_lo[a, j])
+            add(arm, w, "cri_upper", m_hi[a, j])
+        for k, arm in enumerate(arms[1:]):
+            x = d[:, k, j]
+            who = f"{arm} - {arms[0]}"
+            add(who, w, "mean", x.mean())
+            add(who, w, "cri_lower", d_lo[k, j])
+            add(who, w, "cri_upper", d_hi[k, j])
+            add(who, w, "p_benefit", (x < 0).mean())
+            add(who, w, "p_benefit_mcid", (x < -mcid).mean())
+    return _frame(rows)
+
+
+def sensitivity_ard(name: str, draws: SensitivityDraws, control: str, mcid: float = DEFAULT_MCID, population: str = "") -> pd.DataFrame:
+    """The sensitivity table's statistics: per active arm - control at every post-baseline visit, under each strategy
+    (MAR, J2R, CR, CIR) and MAR + each delta, the mean difference, CrI, P(benefit) and P(benefit > MCID); each delta
+    analysis' delta; per active arm the tipping point (tipping_delta, tipping_threshold, tipping_interval)."""
+    frames = []
+    arms = list(dict.fromkeys(arm for arm, _ in draws.effects))
+    plan = [(s, s, 0.0) for s in STRATEGIES] + [(f"MAR + delta {x:g}", "MAR", float(x)) for x in draws.deltas]
+    for label, strategy, delta in plan:
+        rows, add = _rows("sensitivity", sensitivity_analysis(name, strategy, delta), name, population)
+        if delta:
+            add("", None, "delta", delta)
+        for arm in arms:
+            eff = draws.effects[(arm, strategy)]
+            x = eff.delta_adjusted(delta) if delta else eff.draws  # flat draws x the model's visits
+            keep = np.asarray(eff.weeks) > 0
+            x, weeks = x[:, keep], np.asarray(eff.weeks)[keep]
+            lo, hi = _quantiles(x)
+            who = f"{arm} - {control}"
+            for j, w in enumerate(weeks):
+                add(who, w, "mean", x[:, j].mean())
+                add(who, w, "cri_lower", lo[j])
+                add(who, w, "cri_upper", hi[j])
+                add(who, w, "p_benefit", (x[:, j] < 0).mean())
+                add(who, w, "p_benefit_mcid", (x[:, j] < -mcid).mean())
+        frames.append(_frame(rows))
+    rows, add = _rows("sensitivity", tipping_analysis(name), name, population)
+    for arm in arms:
+        if arm in draws.tipping:
+            exact, threshold, interval, week = draws.tipping[arm]
+            who = f"{arm} - {control}"
+            add(who, week, "tipping_delta", np.nan if exact is None else exact)
+            add(who, week, "tipping_threshold", threshold)
+            add(who, week, "tipping_interval", interval)
+    frames.append(_frame(rows))
+    return pd.concat(frames, ignore_index=True)
+
+
+def fresh_sensitivity_draws(sens) -> SensitivityDraws | None:
+    """The draws a ModelSensitivity computed (diagnostics.sensitivity_analyses.model_sensitivity), None for a saved one."""
+    if sens is None or not sens.effects:
+        return None
+    tipping = {tp.arm: (tp.exact, tp.threshold, FLIP_INTERVAL_PROB, int(tp.week)) for tp in sens.tipping_points}
+    return SensitivityDraws(dict(sens.effects), tuple(sens.deltas), tipping, sens.ice_source)
+
+
+# ---------------------------------------------------------------- the words
+
+
+def _texts(name: str, meta, model: str, description: str, change_scores: bool, weeks, data_source: str) -> dict:
+    """The words of the titles and footnotes, from the project's estimand attributes (models.effects.estimand)."""
+    kind = "difference_change" if change_scores else "difference"
+    several = len(meta.treatment_arms) > 1
+    week = primary_week(meta, weeks)
+    stated = estimand(meta, week, kind, arm="each active arm" if several else None)
+    handling: dict[str, list[int]] = {}
+    for w in weeks:
+        handling.setdefault(estimand(meta, w, kind, arm=meta.treatment_arms[0])["intercurrent_events"], []).append(int(w))  # any arm
+    return {
+        "model": name, "registered_model": model, "description": description, "outcome": meta.outcome_label,
+        "arms": list(meta.arms), "control": meta.control_arm, "primary_week": int(week),
+        "phases": {int(w): phase(w, meta) for w in weeks},
+        "population": stated["population"], "summary": stated["summary"],
+        "variable": {a: estimand(meta, week, kind, arm=a)["variable"] for a in meta.treatment_arms},
+        "intercurrent_events": [[ws, text] for text, ws in handling.items()],
+        "data_source": data_source,
+    }
+
+
+def _weeks_text(weeks) -> str:
+    weeks = [int(w) for w in weeks]
+    return f"week {weeks[0]}" if len(weeks) == 1 else "weeks " + ", ".join(str(w) for w in weeks[:-1]) + f" and {weeks[-1]}"
+
+
+def _visit_label(week: int, texts: dict) -> str:
+    where = texts["phases"].get(int(week), texts["phases"].get(str(week), ""))
+    extra = {"end of treatment": " (end of treatment)", "off-treatment follow-up": " (follow-up)"}.get(where, "")
+    return f"Week {int(week)}{extra}"
+
+
+# ---------------------------------------------------------------- layouts (from the ARD only)
+
+
+class _Lookup:
+    """ARD values by (arm_or_contrast, visit, statistic) within one analysis."""
+
+    def __init__(self, ard: pd.DataFrame, analysis: str):
+        rows = ard[ard["analysis"] == analysis]
+        visits = [None if pd.isna(v) else int(v) for v in rows["visit"]]
+        self.values = dict(zip(zip(rows["arm_or_contrast"].astype(str), visits, rows["statistic"].astype(str)), rows["value"].astype(float)))
+
+    def __call__(self, who: str, visit, statistic: str) -> float:
+        return self.values.get((who, None if visit is None else int(visit), statistic), float("nan"))
+
+    def visits(self, statistic: str = "mean") -> list[int]:
+        return sorted({v for (_, v, s) in self.values if v is not None and s == statistic})
+
+
+def _percent(level: float) -> str:
+    return f"{100 * level:g}%"
+
+
+def efficacy_layout(ard: pd.DataFrame, texts: dict) -> fmt.TableLayout:
+    """The efficacy table from the ARD: arms as columns (N in the header), per visit n observed, mean change (CrI),
+    difference vs control (CrI), P(benefit), P(benefit > MCID)."""
+    name, arms, control = texts["model"], texts["arms"], texts["control"]
+    get = _Lookup(ard, efficacy_analysis(name))
+    level, mcid, draws = get("", None, "cri_level"), get("", None, "mcid"), get("", None, "n_draws")
+    cri = f"{_percent(level)} CrI"
+    header = ((("Visit", 1), ("Statistic", 1), *[(f"{a} (N = {fmt.count(get(a, None, 'n'))})", 1) for a in arms]),)
+    body = [("Baseline", "Mean (SD)", *[fmt.mean_sd(get(a, None, "baseline_mean"), get(a, None, "baseline_sd")) for a in arms])]
+    groups = [0]
+    blank = ("",)
+    for w in get.visits():
+        groups.append(len(body))
+        diff = [f"{a} - {control}" for a in arms[1:]]
+        body += [
+            (_visit_label(w, texts), "n observed", *[fmt.count(get(a, w, "n_observed")) for a in arms]),
+            ("", f"Mean change from baseline ({cri})", *[fmt.mean_cri(get(a, w, "mean"), get(a, w, "cri_lower"), get(a, w, "cri_upper")) for a in arms]),
+            ("", f"Difference vs {control} ({cri})", *blank, *[fmt.mean_cri(get(c, w, "mean"), get(c, w, "cri_lower"), get(c, w, "cri_upper")) for c in diff]),
+            ("", "P(benefit)", *blank, *[fmt.probability(get(c, w, "p_benefit")) for c in diff]),
+            ("", "P(benefit > MCID)", *blank, *[fmt.probability(get(c, w, "p_benefit_mcid")) for c in diff]),
+        ]
+    tails = (100 * (1 - level) / 2, 100 * (1 + level) / 2)
+    label = texts["outcome"]
+    footnotes = [
+        f"N: {texts['population']}, by randomised arm. Baseline: mean (SD) of their observed baseline {label} scores. "
+        f"n observed: those with a {label} score at the visit.",
+        f"Mean change from baseline: the posterior mean of the arm's mean change from baseline under the model. {cri}: "
+        f"{_percent(level)} equal-tailed credible interval (the {tails[0]:g}% and {tails[1]:g}% posterior quantiles).",
+        f"Difference: each active arm minus {control}; lower {label} scores are better. P(benefit): the posterior probability "
+        f"that the difference is below 0. P(benefit > MCID): the posterior probability that it is below -{fmt.setting(mcid)} points, "
+        f"the minimal clinically important difference (MCID = {fmt.setting(mcid)} points).",
+        *[f"Intercurrent events and missing data, {_weeks_text(ws)}: {text}." for ws, text in texts["intercurrent_events"]],
+        f"Model: {name} ({texts['description']}); posterior summaries from {fmt.count(draws)} posterior draws.",
+    ]
+    return fmt.TableLayout(
+        title=(f"Change from baseline in {label} score by visit", f"Population: {texts['population']}",
+               f"Model: {name}", f"Estimand: {texts['summary']}"),
+        header=header, body=tuple(body), widths=(2.0, 2.9, *[2.0] * len(arms)), footnotes=tuple(footnotes),
+        source=_source(name, texts), group_rows=tuple(groups), left=2, landscape=len(arms) > 2,  # a column per arm
+    )
+
+
+def _source(name: str, texts: dict) -> str:
+    data = f"; data: {texts['data_source']}" if texts.get("data_source") else ""
+    return f"Source: {name}/idata.nc (posterior draws), {name}/{ARD_FILE} (analysis results dataset){data}."
+
+
+def sensitivity_layout(ard: pd.DataFrame, texts: dict, week: int | None = None) -> fmt.TableLayout:
+    """The sensitivity table from the ARD at `week` (default the primary visit): one row per analysis (MAR, J2R, CR, CIR,
+    MAR + each delta) and the tipping point; per active arm - control the difference (CrI) and P(benefit)."""
+    name, arms, control = texts["model"], texts["arms"], texts["control"]
+    week = int(texts["primary_week"] if week is None else week)
+    primary = _Lookup(ard, efficacy_analysis(name))
+    level, draws = primary("", None, "cri_level"), primary("", None, "n_draws")
+    cri = f"{_percent(level)} CrI"
+    contrasts = [f"{a} - {control}" for a in arms[1:]]
+    rows = ard[ard["table"] == "sensitivity"]
+    analyses = [a for a in dict.fromkeys(rows["analysis"]) if a != tipping_analysis(name)]
+    body = []
+    for analysis in analyses:
+        get = _Lookup(ard, analysis)
+        strategy = analysis.removeprefix(f"{name}: ")
+        delta = get("", None, "delta")
+        label = f"MAR + delta {fmt.setting(delta)} points" if np.isfinite(delta) else SHORT.get(strategy, strategy)
+        cells = []
+        for c in contrasts:
+            cells += [fmt.mean_cri(get(c, week, "mean"), get(c, week, "cri_lower"), get(c, week, "cri_upper")),
+                      fmt.probability(get(c, week, "p_benefit"))]
+        body.append((label, *cells))
+    tip = _Lookup(ard, tipping_analysis(name))
+    tipping = [tip(c, week, "tipping_delta") for c in contrasts]
+    threshold = next((tip(c, week, "tipping_threshold") for c in contrasts if np.isfinite(tip(c, week, "tipping_threshold"))), np.nan)
+    interval = next((tip(c, week, "tipping_interval") for c in contrasts if np.isfinite(tip(c, week, "tipping_interval"))), np.nan)
+    label = texts["outcome"]
+    footnotes = [*[f"{s}: {STRATEGY_TEXT[s].format(control=control)}." for s in STRATEGIES],
+                 "MAR + delta: as MAR, with the active arm's scores imputed after dropout made delta points worse (higher)."]
+    if np.isfinite(threshold):  # the tipping point was computed (at the primary visit)
+        body.append(("Tipping point: delta (points)", *[x for t in tipping for x in (fmt.points(t), "")]))
+        footnotes.append(f"Tipping point: the smallest delta at which benefit is no longer concluded, that is P(benefit) below "
+                         f"{fmt.setting(threshold)} or the {_percent(interval)} highest-density interval of the difference reaching 0 "
+                         f"(MAR + delta, exact).")
+        if any(not np.isfinite(t) for t in tipping):
+            footnotes.append(f"{fmt.MISSING}: the conclusion does not flip at any delta (no scores imputed after dropout in that arm "
+                             "at this visit).")
+        if any(np.isfinite(t) and t == 0 for t in tipping):
+            footnotes.append(f"{fmt.points(0)}: benefit is not concluded even without delta.")
+    if texts.get("ice_source"):
+        footnotes.append(f"Participants listed in {texts['ice_source']} follow the strategy listed there from the week listed, "
+                         "in every row; the others follow the row's strategy after their last observed visit.")
+    footnotes += [
+        f"Difference: each active arm minus {control}; lower {label} scores are better. {cri}: {_percent(level)} equal-tailed "
+        "credible interval (posterior quantiles). P(benefit): the posterior probability that the difference is below 0.",
+        f"Population: {texts['population']}. Model: {name} ({texts['description']}); each row is computed from the same "
+        f"{fmt.count(draws)} posterior draws (no refit).",
+    ]
+    variable = "; ".join(dict.fromkeys(texts["variable"].values())) if len(arms) > 2 else next(iter(texts["variable"].values()))
+    return fmt.TableLayout(
+        title=(f"Sensitivity of the difference vs {control} to the handling of missing {label} scores after dropout",
+               f"Variable: {variable}" if week == texts["primary_week"] else f"Variable: {label} at week {week}",
+               f"Population: {texts['population']}", f"Model: {name}"),
+        header=((("", 1), *[(c, 2) for c in contrasts]),
+                (("Analysis (missing scores after dropout)", 1), *[x for _ in contrasts for x in ((f"Difference ({cri})", 1), ("P(benefit)", 1))])),
+        body=tuple(body), widths=(3.2, *[w for _ in contrasts for w in (2.2, 1.1)]), footnotes=tuple(footnotes),
+        source=_source(name, texts), landscape=len(contrasts) > 2,
+    )
+
+
+# ---------------------------------------------------------------- one model
+
+
+def submission_tables(name: str, idata, dataset, mcid: float = DEFAULT_MCID, model: str | None = None, sensitivity=None,
+                      draws: SensitivityDraws | None = None, data_source: str = "") -> SubmissionTables:
+    """One fitted model's submission tables (its ARD; the layouts follow from it).
+
+    idata        the fit (only its posterior is read)
+    dataset      the validated dataset it was fitted to (inference.storage.saved_dataset, or design.dataset)
+    mcid         the run's MCID (fit.py --mcid)
+    model        the registered model name (default: the fit's provenance, else `name`)
+    sensitivity  the model's ModelSensitivity (diagnostics.sensitivity_analyses), or None when not run
+    draws        the sensitivity draws when `sensitivity` does not carry them (a saved one, recomputed)"""
+    from data.schema import meta_of
+    from models import REGISTRY
+
+    t0 = time.perf_counter()
+    post = idata.posterior if hasattr(idata, "posterior") else idata
+    model = model or str(post.attrs.get("model", "") or name).strip('"')
+    spec = REGISTRY.get(model)
+    meta = meta_of(dataset)
+    result = SubmissionTables(name, _frame([]))
+    means_weeks = arm_means(post, meta)
+    if means_weeks is None:
+        result.notes["efficacy"] = (f"{name} has no mean {meta.outcome_label} change from baseline per arm and visit (its posterior has "
+                                    "no 'placebo_change' and 'nac_effect' by week), so no efficacy or sensitivity table")
+        result.timings["ard_s"] = time.perf_counter() - t0
+        return result
+    weeks = [int(w) for w in means_weeks["week"].values]
+    texts = _texts(name, meta, model, spec.description if spec else "", bool(spec and spec.scores_change), weeks, data_source)
+    frames = [efficacy_ard(name, post, dataset, meta, mcid, texts["population"], means=means_weeks)]
+    draws = draws if draws is not None else fresh_sensitivity_draws(sensitivity)
+    if draws is not None:
+        frames.append(sensitivity_ard(name, draws, meta.control_arm, mcid, texts["population"]))
+        texts["ice_source"] = draws.ice_source
+    elif sensitivity is None:
+        result.notes["sensitivity"] = "the sensitivity analyses were not run (fit.py or diagnose.py with --sensitivity)"
+    elif "sensitivity" in sensitivity.notes:
+        result.notes["sensitivity"] = sensitivity.notes["sensitivity"]
+    else:
+        result.notes["sensitivity"] = "the saved sensitivity tables could not be recomputed from the fit"
+    result.ard = pd.concat(frames, ignore_index=True)
+    result.texts = texts
+    result.timings["ard_s"] = time.perf_counter() - t0
+    return result
+
+
+def check_ard(ard: pd.DataFrame) -> None:
+    """ValueError when a statistic appears twice (the ARD has one row per KEY) or is not a documented one."""
+    dup = ard.duplicated(list(KEY), keep=False)
+    if dup.any():
+        raise ValueError(f"the ARD has {int(dup.sum())} rows with the same analysis, arm_or_contrast, visit and statistic, e.g. "
+                         f"{ard.loc[dup, list(KEY)].iloc[0].to_dict()}")
+    unknown = sorted(set(ard["statistic"]) - set(STATISTICS))
+    if unknown:
+        raise ValueError(f"the ARD has undocumented statistics {unknown}")
+
+
+# ---------------------------------------------------------------- saved results folders
+
+
+def _saved_draws(folder: Path, name: str, idata, dataset, sens, model: str) -> tuple[SensitivityDraws | None, str]:
+    """The draws behind a saved sensitivity.csv, recomputed from the fit with the deltas it lists and the intercurrent
+    events run.json records (the dataset folder's ice.csv), accepted only when every recomputed mean equals the saved one;
+    else (None, why)."""
+    from data import DatasetError
+    from data.ice import load_ice
+    from models import build_design
+
+    from .sensitivity import arm_strategy_effects, model_pieces
+
+    saved = sens.tables.get("sensitivity")
+    if saved is None or not len(saved):
+        return None, sens.notes.get("sensitivity", "the results folder holds no sensitivity.csv for this model")
+    record = {}
+    run_json = folder / "run.json"
+    if run_json.is_file():
+        try:
+            record = json.loads(run_json.read_text()).get("sensitivity") or {}
+        except (json.JSONDecodeError, OSError):
+            record = {}
+    source = str(dataset.attrs.get("source") or "")
+    folder_ice = None
+    if source and Path(source).is_dir():
+        try:
+            folder_ice = load_ice(source, dataset)
+        except DatasetError:
+            folder_ice = None
+    if "ice" in record:
+        candidates = [folder_ice] if record["ice"] else [None]
+    else:
+        candidates = [None] + ([folder_ice] if folder_ice is not None else [])
+    deltas = tuple(float(x) for x in dict.fromkeys(saved.loc[saved["delta"] > 0, "delta"])) if "delta" in saved else ()
+    design = build_design(dataset)
+    pieces = model_pieces(idata, design, model)
+    for ice in candidates:
+        if ice is None and record.get("ice"):
+            continue
+        effects = arm_strategy_effects(pieces, design, ice=ice)
+        if _same_means(saved, effects, pieces):
+            return SensitivityDraws(effects, deltas, _saved_tipping(sens, pieces), ice.source if ice is not None and len(ice) else ""), ""
+    return None, (f"the saved {name}/sensitivity.csv was made with options this folder does not record (e.g. another --ice), "
+                  "so its draws cannot be recomputed: run diagnose.py RESULTS --sensitivity (with the same --ice, --deltas) to "
+                  "recompute it and its table")
+
+
+def _same_means(saved: pd.DataFrame, effects: dict, pieces) -> bool:
+    """Whether every row of a saved sensitivity.csv (diagnostics.sensitivity.sensitivity_table) has the mean of the
+    recomputed draws: the same strategies, deltas and intercurrent events."""
+    try:
+        for r in saved.to_dict("records"):
+            arm = str(r[CONTRAST_COLUMN]).removesuffix(f" - {pieces.control}") if CONTRAST_COLUMN in r else pieces.arms[0]
+            strategy = "MAR" if str(r["strategy"]).startswith("delta=") else str(r["strategy"])
+            eff = effects[(arm, strategy)]
+            j = int(np.searchsorted(eff.weeks, int(r["week"])))
+            mean = eff.draws[:, j].mean() + float(r.get("delta", 0.0) or 0.0) * eff.share_treatment[j]
+            if not np.isclose(mean, float(r["mean"]), rtol=1e-9, atol=1e-9):
+                return False
+    except (KeyError, IndexError, TypeError, ValueError):
+        return False
+    return len(saved) > 0
+
+
+def _saved_tipping(sens, pieces) -> dict:
+    """Per active arm (exact delta or nan, threshold, interval, week) from a saved tipping_point.csv."""
+    table = sens.tables.get("tipping_point")
+    out = {}
+    if table is None or not len(table):
+        return out
+    for arm in pieces.arms:
+        rows = table[table["contrast"] == pieces.contrast(arm)] if "contrast" in table else table
+        if len(rows):
+            r = rows.iloc[0]
+            exact = float(r["tipping_exact"]) if pd.notna(r.get("tipping_exact")) else np.nan
+            out[arm] = (exact, float(r["threshold"]), FLIP_INTERVAL_PROB, int(r["week"]))
+    return out
+
+
+def saved_submission_tables(folder: str | Path, loaded: dict | None = None, sensitivity: dict | None = None) -> dict[str, SubmissionTables]:
+    """Every saved fit's submission tables (diagnose.py): the efficacy table from its posterior and trial_data; the
+    sensitivity table from freshly run analyses (diagnose.py --sensitivity), else from saved ones recomputed
+    (`_saved_draws`). The MCID is the fit's estimates.csv's (its p_below_-MCID column), else the default."""
+    from inference.storage import DATA_GROUP, load_fit, saved_dataset
+
+    from .saved import saved_names
+
+    folder = Path(folder)
+    loaded, sensitivity = loaded or {}, sensitivity or {}
+    out = {}
+    for name in saved_names(folder):
+        t0 = time.perf_counter()
+        idata = loaded[name] if name in loaded else load_fit(folder / name / "idata.nc", complete=False)
+        if DATA_GROUP not in idata.groups():
+            out[name] = SubmissionTables(name, _frame([]), notes={"efficacy": "the saved fit holds no trial data (made by an older "
+                                                                  "version), so the baseline of each arm is not known: refit it"})
+            continue
+        dataset = saved_dataset(idata)
+        est = folder / name / "estimates.csv"
+        columns = pd.read_csv(est, nrows=0).columns if est.is_file() else []
+        mcid = next((float(c.removeprefix("p_below_-")) for c in columns if c.startswith("p_below_-")), DEFAULT_MCID)
+        model = str(idata.posterior.attrs.get("model", "") or name).strip('"')
+        sens = sensitivity.get(name)
+        draws, why = None, ""
+        if sens is not None and sens.saved and "sensitivity" not in sens.notes:
+            draws, why = _saved_draws(folder, name, idata, dataset, sens, model)
+        source = str(idata.posterior.attrs.get("data_source", "")).strip('"')
+        result = submission_tables(name, idata, dataset, mcid, model, sens, draws, source)
+        kept = _kept_rows(folder / name / ARD_FILE, sens, name) if why and len(result.ard) else None
+        if kept is not None:  # the draws are gone but the earlier ARD holds the saved table's numbers: keep them
+            result.ard = pd.concat([result.ard, kept], ignore_index=True)
+            result.notes.pop("sensitivity", None)
+            result.texts["ice_source"] = _ice_source(sens.tables["sensitivity"])
+        elif why and "sensitivity" in result.notes:
+            result.notes["sensitivity"] = why
+        result.timings["ard_s"] = time.perf_counter() - t0
+        out[name] = result
+    return out
+
+
+def read_ard(path: str | Path) -> pd.DataFrame:
+    """An ard.csv as written (ARD_COLUMNS; arm_or_contrast '' where empty, visit Int64 with <NA> where empty)."""
+    ard = pd.read_csv(path, keep_default_na=False, na_values={"visit": [""], "value": [""]})
+    missing = [c for c in ARD_COLUMNS if c not in ard]
+    if missing:
+        raise ValueError(f"{path}: not an analysis results dataset (no column {', '.join(missing)})")
+    ard = ard[list(ARD_COLUMNS)].astype({c: str for c in ARD_COLUMNS if c not in ("visit", "value")})
+    ard["visit"] = ard["visit"].astype("Int64")
+    ard["value"] = ard["value"].astype(float)
+    return ard
+
+
+def _kept_rows(path: Path, sens, name: str) -> pd.DataFrame | None:
+    """The sensitivity rows of an earlier ard.csv when they hold exactly the means of the saved sensitivity.csv (the
+    numbers of the same analyses, from the draws of that time); else None."""
+    saved = sens.tables.get("sensitivity") if sens is not None else None
+    if saved is None or not len(saved) or not path.is_file():
+        return None
+    try:
+        old = read_ard(path)
+    except (ValueError, OSError, pd.errors.ParserError):
+        return None
+    rows = old[old["table"] == "sensitivity"].reset_index(drop=True)
+    means = {(a, c, int(v)): x for a, c, v, st, x in zip(rows["analysis"], rows["arm_or_contrast"], rows["visit"], rows["statistic"],
+                                                         rows["value"]) if st == "mean" and not pd.isna(v)}
+    contrasts = sorted({c for _, c, _ in means})
+    for r in saved.to_dict("records"):
+        strategy = str(r["strategy"])
+        analysis = sensitivity_analysis(name, "MAR", float(strategy.removeprefix("delta="))) if strategy.startswith("delta=") else \
+            sensitivity_analysis(name, strategy)
+        contrast = str(r[CONTRAST_COLUMN]) if CONTRAST_COLUMN in r else (contrasts[0] if len(contrasts) == 1 else "")
+        x = means.get((analysis, contrast, int(r["week"])))
+        if x is None or not np.isclose(x, float(r["mean"]), rtol=1e-12, atol=1e-12):
+            return None
+    return rows if len(rows) else None
+
+
+def _ice_source(saved: pd.DataFrame) -> str:
+    """The intercurrent-event table a saved sensitivity.csv followed, from its estimand text ('' for none)."""
+    texts = saved["estimand"].astype(str) if "estimand" in saved else []
+    found = next((m.group(1) for t in texts if (m := re.search(r"intercurrent events of (.+?) \(\d+ participants\)", t))), "")
+    return found
+
