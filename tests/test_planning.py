@@ -179,7 +179,7 @@ def test_same_seed_same_table_in_process_and_on_a_dask_cluster():
     scenarios = [Scenario("assurance"), Scenario("vague", sd=8.0), Scenario("fixed", 0.0)]
     spec = PlanSpec(designs, scenarios, AnalysisSettings(dual=True), sims=60, seed=8, chunk_size=25, robust_weight=0.2)
     local, _ = plan(params, spec, workers=1)
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as cluster, Client(cluster) as client:
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster, Client(cluster) as client:
         distributed, _ = plan(params, spec, client=client)
     pd.testing.assert_frame_equal(local, distributed, check_exact=True)
     other, _ = plan(params, replace(spec, seed=9), workers=1)

@@ -234,7 +234,7 @@ def test_plan_cli_on_a_dask_scheduler_matches_local(posterior, tmp_path):
 
     args = ["--posterior", str(posterior), "--design-prior", "Normal(-2, 1)", *BASE, *ANCOVA, "--robust-weight", "0"]
     assert plan.main([*args, "--out", str(tmp_path / "local")]) == 0
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster:
         assert plan.main([*args, "--scheduler", cluster.scheduler_address, "--out", str(tmp_path / "dask")]) == 0
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "local" / "plan.csv"), pd.read_csv(tmp_path / "dask" / "plan.csv"))
 

@@ -505,7 +505,7 @@ def test_same_seed_same_k_arm_table_on_one_process_and_two_dask_workers():
                     [Scenario("assurance"), Scenario("vague", sd=6.0), Scenario("fixed", 0.0)], AnalysisSettings(), sims=60, seed=8, chunk_size=25,
                     robust_weight=0.2, interim=InterimSettings((0.5,), futility=0.2, accrual_per_week=3.0), calibration=CalibrationSettings(0.1, sims=200))
     local, _ = plan(params, spec, workers=1)
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as cluster, Client(cluster) as client:
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster, Client(cluster) as client:
         distributed, _ = plan(params, spec, client=client)
     pd.testing.assert_frame_equal(local, distributed, check_exact=True)
     assert set(local.arm) == {"low", "high", "any"}
