@@ -174,12 +174,12 @@ def test_short_three_arm_fit_agrees_with_reml(tmp_path):
 
 @pytest.mark.slow
 def test_three_arm_bayesian_mmrm_agrees_with_reml(tmp_path):
-    """Three simulated three-arm trials (90 per arm, the bundled dose design's effects, MAR dropout and intermittent
+    """Two simulated three-arm trials (90 per arm, the bundled dose design's effects, MAR dropout and intermittent
     misses), 4 chains x 1000 draws each: with WEAK priors every contrast (low and high - placebo at each of the 6
     post-baseline weeks) has its posterior mean within 0.2 posterior SD of the REML estimate (measured: at most 0.03,
-    0.04, 0.04); with the default priors within 0.35 (measured: 0.15, 0.28, 0.16; the module docstring says why)."""
+    0.04); with the default priors within 0.35 (measured: 0.15, 0.28; the module docstring says why)."""
     worst = {}
-    for seed in (101, 202, 303):
+    for seed in (101, 202):
         params = three_arms(seed=seed, n=270)
         for label, priors, bound in (("weak", WEAK, 0.2), ("default", None, 0.35)):
             ds, idata = _fit(tmp_path / f"t{seed}", params, SamplerSettings(draws=1000, tune=1000, chains=4, seed=seed), priors)
