@@ -21,7 +21,12 @@ workers included) can use it cheaply.
   visits (rows (1, t1_w)), S the covariance of the participant effects, A C A' the covariance the
   participant's unobserved biomarkers add to those effects (A their loadings on level and change, C
   their covariance) and sigma the residual SD;
-- `duplication_matrix(n)`: D with vec(S) = D vech(S) for symmetric S.
+- `duplication_matrix(n)`: D with vec(S) = D vech(S) for symmetric S;
+- `conjugate_normal(prior_mean, prior_var, estimate, estimate_var)`: the normal-normal update of a
+  Normal(m, v) prior by an estimate y ~ Normal(theta, e): precision 1/v + 1/e, mean the
+  precision-weighted m and y (the posterior of a control mean given its estimate; the mean of a
+  random-effects model given the weighted mean of the trials; checked against `conditional_normal` in
+  tests/test_map_prior.py).
 
 tests/test_gaussian.py checks each against dense numpy or scipy.
 """
@@ -176,3 +181,12 @@ def duplication_matrix(n: int) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray
         d[a * n + b, j] = 1.0
         d[b * n + a, j] = 1.0
     return d, (rows, cols)
+
+
+def conjugate_normal(prior_mean, prior_var, estimate, estimate_var) -> tuple[np.ndarray, np.ndarray]:
+    """(posterior mean, posterior variance) of theta with theta ~ Normal(prior_mean, prior_var) and
+    estimate ~ Normal(theta, estimate_var); broadcasts over every argument."""
+    prior_var = np.asarray(prior_var, dtype=float)
+    estimate_var = np.asarray(estimate_var, dtype=float)
+    var = 1.0 / (1.0 / prior_var + 1.0 / estimate_var)
+    return var * (np.asarray(prior_mean, dtype=float) / prior_var + np.asarray(estimate, dtype=float) / estimate_var), var
