@@ -6,6 +6,7 @@
     python diagnose.py results --kfold 5              # also run the refits for high Pareto k (needs the data)
     python diagnose.py results --kfold 5 --refit-levels participant visit
     python diagnose.py results --sensitivity          # J2R, CR, CIR, tipping point, responders, prior sensitivity
+    python diagnose.py results --sensitivity --sensitivity-weeks 16   # ... reported at week 16 (the follow-up)
     python diagnose.py results --contrast "high - low" # contrasts.csv again, with this contrast
     python diagnose.py results --sensitivity --adam adsl.xpt adqs.xpt --ice-strategy "ADVERSE EVENT=J2R,*=MAR"
                                                       # intercurrent events from the ADSL of ADaM datasets (docs/adam.md)
@@ -79,7 +80,7 @@ def main(argv=None) -> int:
         run, report = rediagnose(args.results, kfold=args.kfold, refit_levels=args.refit_levels, seed=args.seed,
                                  remission_cutoff=args.remission_cutoff, quiet=args.quiet, sensitivity=args.sensitivity,
                                  ice=args.ice, deltas=args.deltas, tipping_threshold=args.tipping_threshold, contrasts=args.contrast,
-                                 adam=args.adam_options)
+                                 adam=args.adam_options, sensitivity_weeks=args.sensitivity_weeks)
     except RunFailed as exc:  # once the saved fits are read: the stage that failed, and what the folder holds
         print(f"error: {exc}", file=sys.stderr)
         return 3

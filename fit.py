@@ -4,6 +4,7 @@
     python fit.py                                  # null, treatment and headline models on the bundled trial, compared
     python fit.py --data my_trial --model headline --out results/my_trial
     python fit.py --model mmrm treatment --sensitivity     # also J2R, CR, CIR, tipping point, responders, prior sensitivity
+    python fit.py --model mmrm --sensitivity --sensitivity-weeks 12 16   # ... reported at the end of treatment and follow-up
     python fit.py --data data/dose --model mmrm --contrast "high - low" --contrast "pooled active - placebo"
     python fit.py --adam adsl.xpt adqs.xpt --param HAMD17 --reference Placebo --model mmrm   # CDISC ADaM datasets (docs/adam.md)
     python fit.py --adam data/adam_trials/default/adsl.xpt data/adam_trials/default/adqs.xpt --model mmrm --sensitivity \
@@ -123,7 +124,7 @@ def main(argv=None) -> int:
             remission_cutoff=args.remission_cutoff, kfold=args.kfold, jobs=args.jobs, force=args.force,
             quiet=args.quiet, echo=print, priors=priors, prior_preset=args.prior_preset,
             sensitivity=args.sensitivity, ice=args.ice, deltas=args.deltas, tipping_threshold=args.tipping_threshold,
-            contrasts=args.contrast,
+            contrasts=args.contrast, sensitivity_weeks=args.sensitivity_weeks,
         )
     except api.RunFailed as exc:  # once sampling has started: the stage that failed, and what is left at --out
         print(f"error: {exc}", file=sys.stderr)

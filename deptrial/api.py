@@ -39,7 +39,7 @@ from diagnostics.ppc import REMISSION_CUTOFF
 from diagnostics.run import RunDiagnostics
 from diagnostics.saved import saved_names
 from diagnostics.sensitivity import DECISION_THRESHOLD
-from diagnostics.sensitivity_analyses import SensitivityOptions, check_sensitivity_options, model_sensitivity
+from diagnostics.sensitivity_analyses import SensitivityOptions, check_sensitivity_options, check_sensitivity_weeks, model_sensitivity
 from inference.idata_io import provenance
 from inference.sampling import SamplerSettings
 from inference.storage import load_fit, saved_dataset
@@ -68,6 +68,7 @@ from .preflight import (  # noqa: F401 (MIN_DRAWS_PER_CHAIN, MIN_DRAWS_TOTAL: re
 from .results import ModelFit, RunResult
 
 DEFAULT_MODELS = ("null", "treatment", "headline")  # the main job's comparison
+WEEKS_NAMES = {"weeks": "--sensitivity-weeks / sensitivity_weeks"}  # checked against the data here, for both spellings
 
 
 def list_models() -> dict[str, str]:
@@ -96,6 +97,7 @@ def fit_trial(
     deltas: Sequence[float] | None = None,
     tipping_threshold: float | None = None,
     contrasts: Sequence[str] | str | None = None,
+    sensitivity_weeks: Sequence[int] | None = None,
 ) -> RunResult:
     """Fit `models` to a trial and write InferenceData, tables, the comparison and report.html into `out`.
 
@@ -125,6 +127,10 @@ def fit_trial(
     deltas    with `sensitivity`: the delta rows of sensitivity.csv, outcome points (default 1/30, 1/15 and
               1/10 of the score range: 2, 4 and 6 MADRS points)
     tipping_threshold  with `sensitivity`: benefit is concluded while P(benefit) is at least this (default 0.975)
+    sensitivity_weeks  with `sensitivity`: the post-baseline scheduled visits the analyses report (sensitivity.csv's rows,
+              a tipping point per active arm and week, the report, the submission sensitivity table), e.g. (12, 16);
+              None: sensitivity.csv at every post-baseline week, the rest at the end of treatment. Checked against the
+              trial's schedule before any fit (ValueError listing the valid weeks)
     contrasts  linear contrasts of the arm means to add to each model's contrasts.csv, as text: "high - low",
               "pooled active - placebo" (active arms weighted by their size), "mean active - placebo" (equally),
               "0.5*low + 0.5*high - placebo", "dose trend" (needs [arms.dose]); arm labels as in dataset.toml.
@@ -147,7 +153,8 @@ def fit_trial(
     if jobs is not None and jobs < 1:
         raise ValueError("jobs must be at least 1")
     check_settings(settings)
-    deltas, tipping_threshold = check_sensitivity_options(deltas, tipping_threshold, sensitivity=sensitivity, ice=ice)
+    deltas, tipping_threshold = check_sensitivity_options(deltas, tipping_threshold, sensitivity=sensitivity, ice=ice,
+                                                          weeks=sensitivity_weeks)
     specs = model_specs(models, likelihood)
     if out.exists() and not force:
         raise FileExistsError(f"output folder {out} already exists; choose another --out or pass --force to replace it")
@@ -161,6 +168,7 @@ def fit_trial(
         for change in changes:
             print(f"  - {change['text']}", file=sys.stderr)
     design = build_design(ds)
+    weeks = check_sensitivity_weeks(sensitivity_weeks, design.weeks, str(ds.attrs.get("source") or source), WEEKS_NAMES)
     for spec in specs:  # data a model cannot use, or priors it does not have: refused before the first fit
         spec.require(design)
     priors = model_priors(specs, design, priors, preset=prior_preset, mcid=mcid, likelihood=likelihood)
@@ -169,7 +177,7 @@ def fit_trial(
     options = None
     if sensitivity:  # ice.csv is read and checked against the data here, before any fit
         options = SensitivityOptions(read_ice(ice, ds, str(ds.attrs.get("source") or source)), deltas, tipping_threshold,
-                                     remission_cutoff, settings.seed)
+                                     remission_cutoff, settings.seed, weeks)
     kept = f"{out} still holds the previous results (nothing was replaced)" if out.exists() else f"nothing was written to {out}"
     finished = False
     try:
@@ -195,7 +203,7 @@ def rediagnose(results: str | Path, *, kfold: int = 0, refit_levels: Sequence[st
                remission_cutoff: float = REMISSION_CUTOFF, quiet: bool = True, sensitivity: bool = False,
                ice: str | Path | IceTable | None = None, deltas: Sequence[float] | None = None,
                tipping_threshold: float | None = None, contrasts: Sequence[str] | str | None = None,
-               adam: AdamOptions | None = None) -> tuple[RunDiagnostics, Path]:
+               adam: AdamOptions | None = None, sensitivity_weeks: Sequence[int] | None = None) -> tuple[RunDiagnostics, Path]:
     """Recompute PPC, LOO, the comparison and report.html from a saved results folder (no refit unless kfold >= 2).
 
     sensitivity  also (re)compute every saved model's sensitivity analyses (as `fit_trial(..., sensitivity=True)`;
@@ -207,6 +215,8 @@ def rediagnose(results: str | Path, *, kfold: int = 0, refit_levels: Sequence[st
                  scores must be those of the saved fits (ValueError otherwise)
     contrasts    recompute every saved model's contrasts.csv with these contrasts (as for `fit_trial`); None: the
                  contrasts.csv files in the folder are shown as they are.
+    sensitivity_weeks  with `sensitivity`: the weeks the analyses report (as for `fit_trial`), checked against the saved
+                 trial's schedule before any work.
 
     Raises, before any work: FileNotFoundError / ValueError (bad folder, data unavailable for refits, bad ice.csv or
     options) and OutputBusy; RunFailed naming the stage if diagnosing or writing fails (the saved fits are never changed).
@@ -214,14 +224,16 @@ def rediagnose(results: str | Path, *, kfold: int = 0, refit_levels: Sequence[st
     """
     if kfold < 0 or kfold == 1:
         raise ValueError("kfold must be 0 (no refits) or at least 2")
-    deltas, threshold = check_sensitivity_options(deltas, tipping_threshold, sensitivity=sensitivity, ice=ice)
+    deltas, threshold = check_sensitivity_options(deltas, tipping_threshold, sensitivity=sensitivity, ice=ice,
+                                                  weeks=sensitivity_weeks)
     results = Path(results)
     if adam is not None:
         if not sensitivity or ice is not None:
             raise ValueError("adam gives the intercurrent events of the sensitivity analyses: pass it with sensitivity=True "
                              "and without ice")
         ice = adam_events(results, adam)
-    options = saved_sensitivity_options(results, ice, deltas, threshold, remission_cutoff, seed) if sensitivity else None
+    options = (saved_sensitivity_options(results, ice, deltas, threshold, remission_cutoff, seed, sensitivity_weeks, WEEKS_NAMES)
+               if sensitivity else None)
     parsed = saved_contrasts(results, contrasts) if contrasts is not None else None
     return orchestrate.rediagnose_folder(results, kfold=kfold, refit_levels=refit_levels, seed=seed, remission_cutoff=remission_cutoff,
                                          quiet=quiet, options=options, contrasts=parsed)
@@ -277,7 +289,7 @@ def adam_events(results: str | Path, options: AdamOptions) -> IceTable:
 
 def sensitivity(fit, design=None, *, ice: str | Path | IceTable | None = None, deltas: Sequence[float] | None = None,
                 tipping_threshold: float = DECISION_THRESHOLD, remission_cutoff: float = REMISSION_CUTOFF,
-                seed: int | None = None) -> dict[str, pd.DataFrame]:
+                seed: int | None = None, weeks: Sequence[int] | None = None) -> dict[str, pd.DataFrame]:
     """One fit's sensitivity analyses as tables, for notebooks: what `fit.py --sensitivity` writes in <out>/<model>/.
 
     fit      a fit (InferenceData, whole: as fit_trial returns it or deptrial.load_fit reads it) or the path of an idata.nc
@@ -285,6 +297,7 @@ def sensitivity(fit, design=None, *, ice: str | Path | IceTable | None = None, d
              saved in the fit
     ice      an ice.csv path or an IceTable (None: no intercurrent events table)
     deltas, tipping_threshold, remission_cutoff, seed   as for `fit_trial` (seed None: the fit's own seed)
+    weeks    the weeks reported, as `fit_trial`'s sensitivity_weeks (None: its defaults)
 
     Returns {"sensitivity", "tipping_point", "responders", "prior_sensitivity": DataFrame} for the tables the
     fit's model supports, and "notes": one row (table, note) per table it does not support, with the reason.
@@ -299,11 +312,12 @@ def sensitivity(fit, design=None, *, ice: str | Path | IceTable | None = None, d
         ds, _ = dataset_of(design)
         design = build_design(ds)
     deltas, threshold = check_sensitivity_options(deltas, tipping_threshold)
+    weeks = check_sensitivity_weeks(weeks, design.weeks, names={"weeks": "weeks"})
     if ice is not None and ds is None:
         raise ValueError("reading ice.csv needs the design's dataset: pass design=models.build_design(deptrial.load_dataset(folder))")
     table = read_ice(ice, ds) if ice is not None else None
     name = str(provenance(idata).get("model") or "model")
-    result = model_sensitivity(name, idata, design, SensitivityOptions(table, deltas, threshold, remission_cutoff, seed))
+    result = model_sensitivity(name, idata, design, SensitivityOptions(table, deltas, threshold, remission_cutoff, seed, weeks))
     return {**result.tables, "notes": pd.DataFrame({"table": list(result.notes), "note": list(result.notes.values())})}
 
 

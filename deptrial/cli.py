@@ -10,11 +10,12 @@ from pathlib import Path
 
 from data.adam_options import add_adam_arguments, options_from_args
 from diagnostics.sensitivity import DECISION_THRESHOLD
-from diagnostics.sensitivity_analyses import check_sensitivity_options
+from diagnostics.sensitivity_analyses import check_sensitivity_options, sensitivity_weeks
 
 __all__ = ["CLI_NAMES", "add_adam_arguments", "add_sensitivity_arguments", "check_adam_arguments", "check_sensitivity_arguments"]
 
-CLI_NAMES = {"sensitivity": "--sensitivity", "ice": "--ice", "deltas": "--deltas", "threshold": "--tipping-threshold"}
+CLI_NAMES = {"sensitivity": "--sensitivity", "ice": "--ice", "deltas": "--deltas", "threshold": "--tipping-threshold",
+             "weeks": "--sensitivity-weeks"}
 
 
 def add_sensitivity_arguments(ap: argparse.ArgumentParser) -> None:
@@ -29,6 +30,10 @@ def add_sensitivity_arguments(ap: argparse.ArgumentParser) -> None:
                     "score range: 2,4,6 on MADRS)")
     ap.add_argument("--tipping-threshold", type=float, default=None, metavar="P", help="with --sensitivity: benefit is concluded "
                     f"while P(benefit) is at least this (default {DECISION_THRESHOLD})")
+    ap.add_argument("--sensitivity-weeks", nargs="+", default=None, metavar="W", help="with --sensitivity: the post-baseline "
+                    "visits the analyses report: sensitivity.csv's rows, a tipping point per week, the report and the submission "
+                    "sensitivity table, e.g. 12 16 (default: sensitivity.csv at every post-baseline week, the rest at the end "
+                    "of treatment); a week the trial does not schedule is refused before any work")
 
 
 def _deltas(text: str) -> tuple[str, ...]:
@@ -37,10 +42,12 @@ def _deltas(text: str) -> tuple[str, ...]:
 
 
 def check_sensitivity_arguments(ap: argparse.ArgumentParser, args) -> None:
-    """Refuse (argparse usage error, exit 2) sensitivity options that mean nothing; args.deltas becomes numbers."""
+    """Refuse (argparse usage error, exit 2) sensitivity options that mean nothing; args.deltas becomes numbers and
+    args.sensitivity_weeks whole numbers (whether the trial schedules them is checked with the data, before any work)."""
     try:
         args.deltas, _ = check_sensitivity_options(args.deltas, args.tipping_threshold, sensitivity=args.sensitivity, ice=args.ice,
-                                                   names=CLI_NAMES)
+                                                   weeks=args.sensitivity_weeks, names=CLI_NAMES)
+        args.sensitivity_weeks = sensitivity_weeks(args.sensitivity_weeks, CLI_NAMES)
     except ValueError as exc:
         ap.error(str(exc))
 

@@ -18,15 +18,15 @@ def sensitivity_text(result) -> str:
     lines = []
     table = result.tables.get("sensitivity")
     if table is not None:
-        end = table[table["week"] == result.end_week]
-        if "contrast" in end:  # several active arms: a line per arm against control
-            for contrast, rows in end.groupby("contrast", sort=False):
-                parts = [f"{r.strategy} {r.mean:.2f} (P(benefit) {r.p_below_0:.2f})" for r in rows.itertuples(index=False)]
-                lines.append(f"sensitivity at week {result.end_week}, {contrast}: " + "; ".join(parts))
+        weeks = getattr(result, "report_weeks", (result.end_week,))
+        for week in weeks:
+            end = table[table["week"] == week]
+            groups = end.groupby("contrast", sort=False) if "contrast" in end else [(None, end)]  # several active arms: a line each
+            for contrast, rows in groups:
+                lines.append(f"sensitivity at week {week}{f', {contrast}' if contrast else ''}: " + "; ".join(_strategy_parts(rows)))
+        if "contrast" in table or len(weeks) > 1:
             lines.extend(f"tipping point: {message}" for message in result.tipping_messages)
         else:
-            parts = [f"{r.strategy} {r.mean:.2f} (P(benefit) {r.p_below_0:.2f})" for r in end.itertuples(index=False)]
-            lines.append(f"sensitivity at week {result.end_week}: " + "; ".join(parts))
             lines.append(f"tipping point: {result.tipping_message}")
     prior = result.tables.get("prior_sensitivity")
     if prior is not None and len(prior) and prior["prior_sensitive"].any():
@@ -35,6 +35,19 @@ def sensitivity_text(result) -> str:
         if table_name != "tipping_point":
             lines.append(f"no {table_name}.csv: {why}")
     return "\n".join(lines)
+
+
+def _strategy_parts(rows) -> list[str]:
+    """'J2R -1.24 (P(benefit) 0.96; information anchored 0.93)': a strategy's mean and P(benefit), with the information-
+    anchored P(benefit) (the same mean, the MAR analysis' variance) when sensitivity.csv has it."""
+    parts, anchored = [], {}
+    if "variance" in rows:
+        anchored = {r.strategy: r.p_below_0 for r in rows.itertuples(index=False) if r.variance == "information_anchored"}
+        rows = rows[rows["variance"] != "information_anchored"]
+    for r in rows.itertuples(index=False):
+        extra = f"; information anchored {anchored[r.strategy]:.2f}" if r.strategy in anchored else ""
+        parts.append(f"{r.strategy} {r.mean:.2f} (P(benefit) {r.p_below_0:.2f}{extra})")
+    return parts
 
 
 def contrasts_text(table, n_arms: int) -> str:

@@ -274,6 +274,7 @@ def sensitivity_record(options: SensitivityOptions, results: dict) -> dict:
         "ice": {"source": ice.source, "participants": len(ice)} if ice is not None else None,
         "deltas": list(options.deltas) if options.deltas is not None else "default",
         "tipping_threshold": options.threshold,
+        "weeks": list(options.weeks) if options.weeks is not None else "default",
         "remission_cutoff": options.remission_cutoff,
         "seed": options.seed,
         "models": {n: {"tables": [f"{t}.csv" for t in r.tables], "not_supported": r.notes, "timings": r.timings} for n, r in results.items()},

@@ -16,7 +16,7 @@ from data import load_dataset, meta_of
 from data.ice import ICE_FILE, IceTable, check_ice, load_ice
 from diagnostics.contrasts import Contrast, arm_sizes, parse_contrasts
 from diagnostics.saved import saved_names
-from diagnostics.sensitivity_analyses import SensitivityOptions
+from diagnostics.sensitivity_analyses import SensitivityOptions, check_sensitivity_weeks
 from inference.idata_io import provenance
 from inference.sampling import SamplerSettings
 from inference.storage import load_fit, saved_dataset
@@ -136,15 +136,20 @@ def saved_contrasts(results: Path, contrasts) -> list[Contrast]:
     return parse_contrasts(texts, meta, arm_sizes(meta, dataset_arms(ds)))
 
 
-def saved_sensitivity_options(results: Path, ice, deltas, threshold, remission_cutoff, seed) -> SensitivityOptions:
-    """The sensitivity options for a saved results folder, read and checked before any work (FileNotFoundError, DatasetError).
+def saved_sensitivity_options(results: Path, ice, deltas, threshold, remission_cutoff, seed, weeks=None,
+                              option_names: dict[str, str] | None = None) -> SensitivityOptions:
+    """The sensitivity options for a saved results folder, read and checked before any work (FileNotFoundError, DatasetError,
+    ValueError for weeks the saved trial does not schedule after baseline).
 
-    deltas, threshold  as checked by diagnostics.sensitivity_analyses.check_sensitivity_options"""
+    deltas, threshold  as checked by diagnostics.sensitivity_analyses.check_sensitivity_options
+    weeks              the weeks to report (None: the defaults), checked against the saved dataset's schedule
+    option_names       how the caller spells the options (check_sensitivity_weeks)"""
     names = saved_names(results) if results.is_dir() else []
     if not names:
         raise FileNotFoundError(f"{results} holds no fitted model (no <model>/idata.nc): run fit.py first")
     first = load_fit(results / names[0] / "idata.nc", complete=False)
     ds = saved_dataset(first)
     source = str(ds.attrs.get("source") or provenance(first).get("data_source") or "")  # the folder the data were read from
+    weeks = check_sensitivity_weeks(weeks, ds["week"].values, source, option_names)
     table = read_ice(ice, ds, source)
-    return SensitivityOptions(table, deltas, threshold, remission_cutoff, seed)
+    return SensitivityOptions(table, deltas, threshold, remission_cutoff, seed, weeks)

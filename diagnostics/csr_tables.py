@@ -9,8 +9,9 @@ trajectory models and the MMRM), written by diagnostics.outputs.write_outputs in
                                  from baseline with its 95% credible interval, each active arm - the control arm with its
                                  95% CrI, P(benefit) and P(benefit > MCID)
     sensitivity_table.rtf, .docx with the sensitivity analyses (--sensitivity, or saved ones that can be recomputed): each
-                                 active arm - control at the primary visit under MAR, J2R, CR, CIR and each delta, with 95%
-                                 CrI and P(benefit), and the tipping point
+                                 active arm - control at the primary visit (or at each week of --sensitivity-weeks) under
+                                 MAR, J2R, CR, CIR (each with its conditional-mean and its information-anchored variance)
+                                 and each delta, with 95% CrI and P(benefit), and the tipping point
 
 The ARD is built first (`efficacy_ard`, `sensitivity_ard`) and the tables are laid out from it (`efficacy_layout`,
 `sensitivity_layout`, rendered by diagnostics.table_formats), so a downstream tool can rebuild any table from ard.csv.
@@ -38,7 +39,7 @@ from models.effects import DEFAULT_MCID, estimand, flat_draws, phase
 
 from . import table_formats as fmt
 from .contrasts import arm_means, primary_week
-from .sensitivity import CONTRAST_COLUMN, FLIP_INTERVAL_PROB, STRATEGIES, STRATEGY_TEXT
+from .sensitivity import CONTRAST_COLUMN, FLIP_INTERVAL_PROB, REFERENCE_BASED, STRATEGIES, STRATEGY_TEXT, information_anchored
 from .summary import dataset_arms
 
 CRI_PROB = 0.95
@@ -62,11 +63,14 @@ STATISTICS = {
     "mcid": "the minimal clinically important difference of p_benefit_mcid, outcome points (fit.py --mcid)",
     "n_draws": "posterior draws the summaries are computed from (chains x draws)",
     "delta": "a delta analysis: points added to the active arm's scores imputed after dropout",
+    "anchoring_delta": "an information-anchored analysis: the delta (points) whose MAR + delta analysis has the reference-based "
+                       "posterior mean; its draws are the MAR draws moved by it (diagnostics.sensitivity.information_anchored)",
     "tipping_delta": "the smallest delta at which benefit is no longer concluded (exact; empty when it never flips)",
     "tipping_threshold": "the decision threshold of the tipping point: P(benefit) below it, benefit is not concluded",
     "tipping_interval": "the tipping point's interval: benefit is not concluded once this HDI of the difference reaches 0",
 }
 SHORT = {"MAR": "MAR (primary)", "J2R": "J2R: jump to reference", "CR": "CR: copy reference", "CIR": "CIR: copy increments in reference"}
+ANCHORED = "information anchored"  # the analysis name's and the table row's mark of the information-anchored variance
 
 
 @dataclass
@@ -75,8 +79,9 @@ class SensitivityDraws:
 
     effects: dict  # (active arm, strategy) -> diagnostics.sensitivity.StrategyEffect (flat draws x the model's visits)
     deltas: tuple[float, ...]
-    tipping: dict  # active arm -> (exact tipping delta or nan, threshold, interval probability, week)
+    tipping: dict  # (active arm, week) -> (exact tipping delta or nan, threshold, interval probability, week)
     ice_source: str = ""
+    weeks: tuple[int, ...] | None = None  # the visits of the ARD's sensitivity rows (None: every post-baseline visit)
 
 
 @dataclass
@@ -147,8 +152,11 @@ def efficacy_analysis(name: str) -> str:
     return f"{name}: primary (MAR)"
 
 
-def sensitivity_analysis(name: str, strategy: str, delta: float = 0.0) -> str:
-    return f"{name}: {strategy} + delta {delta:g}" if delta else f"{name}: {strategy}"
+def sensitivity_analysis(name: str, strategy: str, delta: float = 0.0, variance: str = "conditional_mean") -> str:
+    """The ARD's analysis name: '<model>: J2R', '<model>: J2R (information anchored)', '<model>: MAR + delta 2'."""
+    if delta:
+        return f"{name}: {strategy} + delta {delta:g}"
+    return f"{name}: {strategy} ({ANCHORED})" if variance == "information_anchored" else f"{name}: {strategy}"
 
 
 def tipping_analysis(name: str) -> str:
@@ -206,21 +214,29 @@ def efficacy_ard(name: str, posterior, dataset, meta, mcid: float = DEFAULT_MCID
 
 
 def sensitivity_ard(name: str, draws: SensitivityDraws, control: str, mcid: float = DEFAULT_MCID, population: str = "") -> pd.DataFrame:
-    """The sensitivity table's statistics: per active arm - control at every post-baseline visit, under each strategy
-    (MAR, J2R, CR, CIR) and MAR + each delta, the mean difference, CrI, P(benefit) and P(benefit > MCID); each delta
-    analysis' delta; per active arm the tipping point (tipping_delta, tipping_threshold, tipping_interval)."""
+    """The sensitivity table's statistics: per active arm - control at every post-baseline visit (or at `draws.weeks`),
+    under each strategy (MAR, J2R, CR, CIR; each reference-based one also with its information-anchored variance, with
+    its anchoring_delta) and MAR + each delta, the mean difference, CrI, P(benefit) and P(benefit > MCID); each delta
+    analysis' delta; per active arm and reported week the tipping point (tipping_delta, tipping_threshold,
+    tipping_interval)."""
     frames = []
     arms = list(dict.fromkeys(arm for arm, _ in draws.effects))
-    plan = [(s, s, 0.0) for s in STRATEGIES] + [(f"MAR + delta {x:g}", "MAR", float(x)) for x in draws.deltas]
-    for label, strategy, delta in plan:
-        rows, add = _rows("sensitivity", sensitivity_analysis(name, strategy, delta), name, population)
+    plan = [(s, v, 0.0) for s in STRATEGIES for v in ("conditional_mean", "information_anchored")
+            if v == "conditional_mean" or s in REFERENCE_BASED]
+    plan += [("MAR", "conditional_mean", float(x)) for x in draws.deltas]
+    for strategy, variance, delta in plan:
+        rows, add = _rows("sensitivity", sensitivity_analysis(name, strategy, delta, variance), name, population)
         if delta:
             add("", None, "delta", delta)
         for arm in arms:
             eff = draws.effects[(arm, strategy)]
+            if variance == "information_anchored":
+                eff = information_anchored(eff, draws.effects[(arm, "MAR")])
             x = eff.delta_adjusted(delta) if delta else eff.draws  # flat draws x the model's visits
-            keep = np.asarray(eff.weeks) > 0
-            x, weeks = x[:, keep], np.asarray(eff.weeks)[keep]
+            weeks = np.asarray(eff.weeks)
+            keep = (weeks > 0) & (np.isin(weeks, draws.weeks) if draws.weeks is not None else True)
+            x, weeks = x[:, keep], weeks[keep]
+            anchoring = eff.anchoring_delta[keep] if eff.anchoring_delta is not None else None
             lo, hi = _quantiles(x)
             who = f"{arm} - {control}"
             for j, w in enumerate(weeks):
@@ -229,15 +245,15 @@ def sensitivity_ard(name: str, draws: SensitivityDraws, control: str, mcid: floa
                 add(who, w, "cri_upper", hi[j])
                 add(who, w, "p_benefit", (x[:, j] < 0).mean())
                 add(who, w, "p_benefit_mcid", (x[:, j] < -mcid).mean())
+                if anchoring is not None:
+                    add(who, w, "anchoring_delta", anchoring[j])
         frames.append(_frame(rows))
     rows, add = _rows("sensitivity", tipping_analysis(name), name, population)
-    for arm in arms:
-        if arm in draws.tipping:
-            exact, threshold, interval, week = draws.tipping[arm]
-            who = f"{arm} - {control}"
-            add(who, week, "tipping_delta", np.nan if exact is None else exact)
-            add(who, week, "tipping_threshold", threshold)
-            add(who, week, "tipping_interval", interval)
+    for (arm, _), (exact, threshold, interval, week) in draws.tipping.items():
+        who = f"{arm} - {control}"
+        add(who, week, "tipping_delta", np.nan if exact is None else exact)
+        add(who, week, "tipping_threshold", threshold)
+        add(who, week, "tipping_interval", interval)
     frames.append(_frame(rows))
     return pd.concat(frames, ignore_index=True)
 
@@ -246,8 +262,8 @@ def fresh_sensitivity_draws(sens) -> SensitivityDraws | None:
     """The draws a ModelSensitivity computed (diagnostics.sensitivity_analyses.model_sensitivity), None for a saved one."""
     if sens is None or not sens.effects:
         return None
-    tipping = {tp.arm: (tp.exact, tp.threshold, FLIP_INTERVAL_PROB, int(tp.week)) for tp in sens.tipping_points}
-    return SensitivityDraws(dict(sens.effects), tuple(sens.deltas), tipping, sens.ice_source)
+    tipping = {(tp.arm, int(tp.week)): (tp.exact, tp.threshold, FLIP_INTERVAL_PROB, int(tp.week)) for tp in sens.tipping_points}
+    return SensitivityDraws(dict(sens.effects), tuple(sens.deltas), tipping, sens.ice_source, sens.row_weeks)
 
 
 # ---------------------------------------------------------------- the words
@@ -353,37 +369,65 @@ def _source(name: str, texts: dict) -> str:
     return f"Source: {name}/idata.nc (posterior draws), {name}/{ARD_FILE} (analysis results dataset){data}."
 
 
+def reported_weeks(ard: pd.DataFrame, name: str) -> list[int]:
+    """The weeks the sensitivity table shows: those of the tipping point's rows (the weeks the sensitivity analyses
+    report: the end of treatment, or fit.py / diagnose.py --sensitivity-weeks), in order; [] when it has none."""
+    rows = ard[(ard["analysis"] == tipping_analysis(name)) & ard["visit"].notna()]
+    return sorted({int(v) for v in rows["visit"]})
+
+
+def _analysis_label(strategy: str, delta: float) -> str:
+    """A row's label from its analysis name (without the model): 'J2R: jump to reference', 'J2R, information anchored'."""
+    if np.isfinite(delta):
+        return f"MAR + delta {fmt.setting(delta)} points"
+    if strategy.endswith(f" ({ANCHORED})"):
+        return f"{strategy.removesuffix(f' ({ANCHORED})')}, {ANCHORED}"
+    return SHORT.get(strategy, strategy)
+
+
 def sensitivity_layout(ard: pd.DataFrame, texts: dict, week: int | None = None) -> fmt.TableLayout:
-    """The sensitivity table from the ARD at `week` (default the primary visit): one row per analysis (MAR, J2R, CR, CIR,
-    MAR + each delta) and the tipping point; per active arm - control the difference (CrI) and P(benefit)."""
+    """The sensitivity table from the ARD at `week` (default: `reported_weeks`, else the primary visit): one row per
+    analysis (MAR, J2R, CR, CIR each followed by its information-anchored row, MAR + each delta) and the tipping point;
+    per active arm - control the difference (CrI) and P(benefit). With several weeks, a first column names the visit and
+    each visit's rows form a group."""
     name, arms, control = texts["model"], texts["arms"], texts["control"]
-    week = int(texts["primary_week"] if week is None else week)
+    weeks = [int(week)] if week is not None else (reported_weeks(ard, name) or [int(texts["primary_week"])])
+    several = len(weeks) > 1
     primary = _Lookup(ard, efficacy_analysis(name))
     level, draws = primary("", None, "cri_level"), primary("", None, "n_draws")
     cri = f"{_percent(level)} CrI"
     contrasts = [f"{a} - {control}" for a in arms[1:]]
     rows = ard[ard["table"] == "sensitivity"]
     analyses = [a for a in dict.fromkeys(rows["analysis"]) if a != tipping_analysis(name)]
-    body = []
-    for analysis in analyses:
-        get = _Lookup(ard, analysis)
-        strategy = analysis.removeprefix(f"{name}: ")
-        delta = get("", None, "delta")
-        label = f"MAR + delta {fmt.setting(delta)} points" if np.isfinite(delta) else SHORT.get(strategy, strategy)
-        cells = []
-        for c in contrasts:
-            cells += [fmt.mean_cri(get(c, week, "mean"), get(c, week, "cri_lower"), get(c, week, "cri_upper")),
-                      fmt.probability(get(c, week, "p_benefit"))]
-        body.append((label, *cells))
-    tip = _Lookup(ard, tipping_analysis(name))
-    tipping = [tip(c, week, "tipping_delta") for c in contrasts]
-    threshold = next((tip(c, week, "tipping_threshold") for c in contrasts if np.isfinite(tip(c, week, "tipping_threshold"))), np.nan)
-    interval = next((tip(c, week, "tipping_interval") for c in contrasts if np.isfinite(tip(c, week, "tipping_interval"))), np.nan)
+    lookups = {a: _Lookup(ard, a) for a in [*analyses, tipping_analysis(name)]}
+    tip = lookups[tipping_analysis(name)]
+    body, groups, tipping, threshold, interval = [], [], [], np.nan, np.nan
+    for w in weeks:
+        groups.append(len(body))
+        visit = [_visit_label(w, texts)] if several else []
+        for analysis in analyses:
+            get = lookups[analysis]
+            cells = []
+            for c in contrasts:
+                cells += [fmt.mean_cri(get(c, w, "mean"), get(c, w, "cri_lower"), get(c, w, "cri_upper")),
+                          fmt.probability(get(c, w, "p_benefit"))]
+            body.append((*visit, _analysis_label(analysis.removeprefix(f"{name}: "), get("", None, "delta")), *cells))
+            visit = [""] * several
+        at = [tip(c, w, "tipping_delta") for c in contrasts]
+        found = next((tip(c, w, "tipping_threshold") for c in contrasts if np.isfinite(tip(c, w, "tipping_threshold"))), np.nan)
+        if np.isfinite(found):  # the tipping point was computed at this week
+            threshold = found
+            interval = next((tip(c, w, "tipping_interval") for c in contrasts if np.isfinite(tip(c, w, "tipping_interval"))), np.nan)
+            tipping += at
+            body.append((*visit, "Tipping point: delta (points)", *[x for t in at for x in (fmt.points(t), "")]))
     label = texts["outcome"]
     footnotes = [*[f"{s}: {STRATEGY_TEXT[s].format(control=control)}." for s in STRATEGIES],
+                 f"{', '.join(REFERENCE_BASED)}: the posterior of the conditional-mean estimator, whose variance is its repeated-sampling "
+                 f"variance (smaller the more is imputed). {ANCHORED.capitalize()}: the same mean with the variance of the MAR "
+                 "analysis (the MAR posterior moved by the delta that gives the row above's mean), which keeps the information of "
+                 "the MAR analysis, as regulators usually ask.",
                  "MAR + delta: as MAR, with the active arm's scores imputed after dropout made delta points worse (higher)."]
-    if np.isfinite(threshold):  # the tipping point was computed (at the primary visit)
-        body.append(("Tipping point: delta (points)", *[x for t in tipping for x in (fmt.points(t), "")]))
+    if np.isfinite(threshold):
         footnotes.append(f"Tipping point: the smallest delta at which benefit is no longer concluded, that is P(benefit) below "
                          f"{fmt.setting(threshold)} or the {_percent(interval)} highest-density interval of the difference reaching 0 "
                          f"(MAR + delta, exact).")
@@ -402,14 +446,19 @@ def sensitivity_layout(ard: pd.DataFrame, texts: dict, week: int | None = None) 
         f"{fmt.count(draws)} posterior draws (no refit).",
     ]
     variable = "; ".join(dict.fromkeys(texts["variable"].values())) if len(arms) > 2 else next(iter(texts["variable"].values()))
+    if weeks == [int(texts["primary_week"])]:
+        stated = f"Variable: {variable}"
+    else:  # the variable of the primary visit, at these weeks: "MADRS change from baseline at weeks 12 and 16"
+        stated = f"Variable: {variable.split(' at week ')[0] if variable.count(' at week ') == 1 else label} at {_weeks_text(weeks)}"
+    columns = [x for _ in contrasts for x in ((f"Difference ({cri})", 1), ("P(benefit)", 1))]
     return fmt.TableLayout(
         title=(f"Sensitivity of the difference vs {control} to the handling of missing {label} scores after dropout",
-               f"Variable: {variable}" if week == texts["primary_week"] else f"Variable: {label} at week {week}",
-               f"Population: {texts['population']}", f"Model: {name}"),
-        header=((("", 1), *[(c, 2) for c in contrasts]),
-                (("Analysis (missing scores after dropout)", 1), *[x for _ in contrasts for x in ((f"Difference ({cri})", 1), ("P(benefit)", 1))])),
-        body=tuple(body), widths=(3.2, *[w for _ in contrasts for w in (2.2, 1.1)]), footnotes=tuple(footnotes),
-        source=_source(name, texts), landscape=len(contrasts) > 2,
+               stated, f"Population: {texts['population']}", f"Model: {name}"),
+        header=((("", 1 + several), *[(c, 2) for c in contrasts]),
+                (*[("Visit", 1)] * several, ("Analysis (missing scores after dropout)", 1), *columns)),
+        body=tuple(body), widths=(*[2.0] * several, 3.2, *[w for _ in contrasts for w in (2.2, 1.1)]), footnotes=tuple(footnotes),
+        source=_source(name, texts), landscape=len(contrasts) > 2 or (several and len(contrasts) > 1),
+        group_rows=tuple(groups) if several else (), left=1 + several,
     )
 
 
@@ -513,7 +562,9 @@ def _saved_draws(folder: Path, name: str, idata, dataset, sens, model: str) -> t
             continue
         effects = arm_strategy_effects(pieces, design, ice=ice)
         if _same_means(saved, effects, pieces):
-            return SensitivityDraws(effects, deltas, _saved_tipping(sens, pieces), ice.source if ice is not None and len(ice) else ""), ""
+            weeks = tuple(int(w) for w in dict.fromkeys(saved["week"])) if "week" in saved else None
+            return SensitivityDraws(effects, deltas, _saved_tipping(sens, pieces), ice.source if ice is not None and len(ice) else "",
+                                    weeks), ""
     return None, (f"the saved {name}/sensitivity.csv was made with options this folder does not record (e.g. another --ice), "
                   "so its draws cannot be recomputed: run diagnose.py RESULTS --sensitivity (with the same --ice, --deltas) to "
                   "recompute it and its table")
@@ -521,11 +572,14 @@ def _saved_draws(folder: Path, name: str, idata, dataset, sens, model: str) -> t
 
 def _same_means(saved: pd.DataFrame, effects: dict, pieces) -> bool:
     """Whether every row of a saved sensitivity.csv (diagnostics.sensitivity.sensitivity_table) has the mean of the
-    recomputed draws: the same strategies, deltas and intercurrent events."""
+    recomputed draws: the same strategies, deltas and intercurrent events (an information-anchored row's mean is its
+    strategy's)."""
     try:
         for r in saved.to_dict("records"):
             arm = str(r[CONTRAST_COLUMN]).removesuffix(f" - {pieces.control}") if CONTRAST_COLUMN in r else pieces.arms[0]
             strategy = "MAR" if str(r["strategy"]).startswith("delta=") else str(r["strategy"])
+            if r.get("variance", "conditional_mean") not in ("conditional_mean", "information_anchored"):
+                return False
             eff = effects[(arm, strategy)]
             j = int(np.searchsorted(eff.weeks, int(r["week"])))
             mean = eff.draws[:, j].mean() + float(r.get("delta", 0.0) or 0.0) * eff.share_treatment[j]
@@ -537,17 +591,17 @@ def _same_means(saved: pd.DataFrame, effects: dict, pieces) -> bool:
 
 
 def _saved_tipping(sens, pieces) -> dict:
-    """Per active arm (exact delta or nan, threshold, interval, week) from a saved tipping_point.csv."""
+    """Per active arm and week, (exact delta or nan, threshold, interval, week) from a saved tipping_point.csv."""
     table = sens.tables.get("tipping_point")
     out = {}
     if table is None or not len(table):
         return out
     for arm in pieces.arms:
         rows = table[table["contrast"] == pieces.contrast(arm)] if "contrast" in table else table
-        if len(rows):
-            r = rows.iloc[0]
+        for week, at in rows.groupby("week", sort=False):
+            r = at.iloc[0]
             exact = float(r["tipping_exact"]) if pd.notna(r.get("tipping_exact")) else np.nan
-            out[arm] = (exact, float(r["threshold"]), FLIP_INTERVAL_PROB, int(r["week"]))
+            out[(arm, int(week))] = (exact, float(r["threshold"]), FLIP_INTERVAL_PROB, int(week))
     return out
 
 
@@ -621,7 +675,7 @@ def _kept_rows(path: Path, sens, name: str) -> pd.DataFrame | None:
     for r in saved.to_dict("records"):
         strategy = str(r["strategy"])
         analysis = sensitivity_analysis(name, "MAR", float(strategy.removeprefix("delta="))) if strategy.startswith("delta=") else \
-            sensitivity_analysis(name, strategy)
+            sensitivity_analysis(name, strategy, variance=str(r.get("variance", "conditional_mean")))
         contrast = str(r[CONTRAST_COLUMN]) if CONTRAST_COLUMN in r else (contrasts[0] if len(contrasts) == 1 else "")
         x = means.get((analysis, contrast, int(r["week"])))
         if x is None or not np.isclose(x, float(r["mean"]), rtol=1e-12, atol=1e-12):

@@ -6,9 +6,9 @@ week, the fitted trajectories of every arm against the observed means, every con
 with P(each arm is best) (contrasts.csv, diagnostics/contrasts.py) and the biomarker effects, each a
 figure with one plain sentence, and the estimand of every row; diagnostics/summary.py), then the data
 summary, the model comparison, and per model the effect estimates with probability statements and
-their estimands, the sensitivity analyses when the run made them (strategies at the end of
-treatment, the tipping point, responders and remission, prior sensitivity; diagnostics/sensitivity_analyses.py
-`model_sensitivity`), convergence, posterior predictive checks and priors; last the submission tables (the efficacy
+their estimands, the sensitivity analyses when the run made them (strategies with both variances and the tipping
+point at the end of treatment or at each week of --sensitivity-weeks, responders and remission, prior sensitivity;
+diagnostics/sensitivity_analyses.py `model_sensitivity`), convergence, posterior predictive checks and priors; last the submission tables (the efficacy
 and sensitivity tables of diagnostics/csr_tables.py, as in <model>/efficacy_table.rtf) and the software versions.
 """
 
@@ -29,6 +29,7 @@ from .convergence import EBFMI_MIN, ESS_BULK_MIN, ESS_TAIL_MIN, MCSE_SD_RATIO_MA
 from .loo import PARETO_K_MAX, QUANTITY
 from .ppc import PPC_TAIL
 from .prior_sensitivity import PRIOR_SENSITIVITY_THRESHOLD
+from .sensitivity import REFERENCE_BASED
 from .table_formats import html as table_html_csr
 
 CSS = """
@@ -163,9 +164,12 @@ def _pct(x) -> str:
     return "" if x is None or pd.isna(x) else f"{100 * x:.1f}%"
 
 
+VARIANCE_NAMES = {"conditional_mean": "conditional mean", "information_anchored": "information anchored"}
+
+
 def strategies_table(table: pd.DataFrame, week: int) -> pd.DataFrame:
-    """sensitivity.csv's rows at one week: [contrast, for a trial of several active arms,] strategy, mean, 94% interval,
-    P(benefit)."""
+    """sensitivity.csv's rows at one week: [contrast, for a trial of several active arms,] strategy, [variance, when the
+    table has the column,] mean, 94% interval, P(benefit)."""
     rows = table[table["week"] == week]
     lo, hi = [c for c in table.columns if c.startswith("hdi_")][:2]
     out = pd.DataFrame({
@@ -173,6 +177,9 @@ def strategies_table(table: pd.DataFrame, week: int) -> pd.DataFrame:
         "94% interval": [f"{a:.2f} to {b:.2f}" for a, b in zip(rows[lo], rows[hi])],
         "P(benefit)": rows["p_below_0"], "share imputed after dropout": [_pct(x) for x in rows.get("dropout_share", [])],
     })
+    if "variance" in rows:  # shown for J2R, CR and CIR only: MAR's and the delta rows' variance is MAR's either way
+        reference = rows["strategy"].astype(str).isin(REFERENCE_BASED)
+        out.insert(1, "variance", [VARIANCE_NAMES.get(str(v), str(v)) if r else "" for v, r in zip(rows["variance"], reference)])
     if "contrast" in rows:
         out.insert(0, "contrast", rows["contrast"].astype(str))
     return out
@@ -208,6 +215,7 @@ def responders_summary(table: pd.DataFrame, week: int) -> pd.DataFrame:
 def sensitivity_section(s, heading: str = "h3", title: str = "Sensitivity and estimands") -> str:
     """One model's sensitivity analyses (diagnostics/sensitivity_analyses.py ModelSensitivity); a note for what the model does not support."""
     week = s.end_week
+    weeks = getattr(s, "report_weeks", (week,))  # the weeks the analyses report (--sensitivity-weeks), else the end of treatment
     out = [f'<{heading} id="sensitivity-{esc(s.name)}">{esc(title)}</{heading}>']
     if s.saved:
         out.append(f'<p class="note">Read from the tables in <code>{esc(s.name)}/</code>, as last computed '
@@ -215,16 +223,27 @@ def sensitivity_section(s, heading: str = "h3", title: str = "Sensitivity and es
     notes = dict(s.notes)
     strategies = s.tables.get("sensitivity")
     if strategies is not None and len(strategies):
-        at = strategies[(strategies["week"] == week) & (strategies["strategy"] == "MAR")]
+        shown = [w for w in weeks if (strategies["week"] == w).any()] or [int(strategies["week"].iloc[-1])]
         which = ("Each active arm's difference from the control arm" if "contrast" in strategies
                  else "The treatment - control difference")
-        out.append(f"<p>{which} at week {week} (end of treatment) when the scores missing after "
+        out.append(f"<p>{which} when the scores missing after "
                    "dropout follow the model's own arm (MAR), jump to the reference arm (J2R), copy it throughout (CR), copy its "
                    "changes from the last visit (CIR), or are made delta points worse (delta rows). Lower is better.</p>")
-        if len(at) and "estimand" in at:
-            for text in at["estimand"]:
-                out.append(f'<p class="estimand">Estimand: {esc(text)}</p>')
-        out.append(table_html(strategies_table(strategies, week), floatfmt="{:.2f}"))
+        if "variance" in strategies:
+            out.append("<p>J2R, CR and CIR come with two variances. <b>Conditional mean</b>: the repeated-sampling variance of "
+                       "the conditional-mean estimator, smaller the more is imputed. <b>Information anchored</b>: the MAR "
+                       "posterior moved by the anchoring delta (the delta adjustment whose mean is the strategy's, column "
+                       "<code>anchoring_delta</code>), which keeps the information of the MAR analysis; it is what regulators "
+                       "usually ask for.</p>")
+        for w in shown:
+            phase = ("end of treatment" if int(w) == int(week) else "off-treatment follow-up" if int(w) > int(week)
+                     else "during treatment")
+            out.append(f"<p><b>Week {int(w)} ({phase})</b></p>")
+            at = strategies[(strategies["week"] == w) & (strategies["strategy"] == "MAR")]
+            if len(at) and "estimand" in at:
+                for text in at["estimand"]:
+                    out.append(f'<p class="estimand">Estimand: {esc(text)}</p>')
+            out.append(table_html(strategies_table(strategies, w), floatfmt="{:.2f}"))
     elif "sensitivity" in notes:
         out.append(f'<p class="note">No reference-based strategies, delta adjustment or tipping point for this model: '
                    f'{esc(notes.pop("sensitivity"))}</p>')

@@ -59,6 +59,24 @@ by the same amount, so the tipping point (the smallest delta at which P(benefit)
 decision threshold or the 95% interval reaches 0) is found exactly, besides on the grid, for each
 active arm against the control arm.
 
+Two variances of a reference-based strategy (J2R, CR, CIR), both in sensitivity.csv's `variance` column:
+- `conditional_mean`: the posterior of Delta^{s,a} above. As with rbmi's conditional mean imputation and the
+  jackknife, it is the repeated-sampling variance of the conditional-mean estimator: for J2R exactly
+  Delta^{J2R,a}_v = (1 - p^a_v) d^a_v (e^J2R is 0 at the observed visits), so its SD is (1 - p^a_v) times the MAR
+  SD, smaller the more is imputed; CIR mixes d^a_v with the earlier d^a_k, CR with the regression of v on the
+  observed d^a_O, with the same effect when those are no more uncertain than d^a_v.
+- `information_anchored` (Cro, Carpenter and Kenward 2019, J R Stat Soc A 182:1-26): the variance that keeps the
+  information of the MAR analysis, the share of information lost to the missing data being the same under the
+  strategy as under MAR. As rbmi and Lu (2021) obtain it, the strategy is matched by a delta adjustment of MAR: per
+  active arm a and visit v the anchoring delta
+      delta^{s,a}_v = (E[Delta^{s,a}_v] - E[Delta^{MAR,a}_v]) / p^a_v      (0 where p^a_v = 0: then Delta^s = Delta^MAR)
+  (E the posterior mean) is the delta whose delta-adjusted MAR analysis (below, arms="treatment") has the
+  strategy's posterior mean, and the information-anchored draws are Delta^{MAR,a}_v + delta^{s,a}_v p^a_v, draw by
+  draw. Every draw moves by the same amount, so their mean is the strategy's and their SD is exactly the MAR SD:
+  on complete data the difference in means has the same variance whatever the assumption about the missing
+  scores, so keeping the MAR analysis' share of information keeps its variance. (Rubin's rules applied to a
+  reference-based multiple imputation give approximately this variance, as Cro et al. 2019 show.)
+
 Intercurrent events (`data/ice.py`, ice.csv): a listed participant follows the listed strategy
 from the listed week on (the visits from that week are post-event, the visit before it plays k_i),
 whatever the analysis' strategy; for a strategy other than MAR, scores observed from that week on
@@ -93,6 +111,14 @@ from models.registry import fitted_model_name, get  # noqa: E402
 from .plots import to_png  # noqa: E402
 
 STRATEGIES = ICE_STRATEGIES  # MAR, J2R, CR, CIR
+REFERENCE_BASED = ("J2R", "CR", "CIR")  # the strategies with an information-anchored variance besides the conditional-mean one
+VARIANCES = ("conditional_mean", "information_anchored")  # sensitivity.csv's `variance` column
+VARIANCE_TEXT = {
+    "conditional_mean": "conditional mean: the repeated-sampling variance of the conditional-mean estimator, smaller the more "
+                        "is imputed",
+    "information_anchored": "information anchored: the MAR posterior shifted by the anchoring delta, keeping the information "
+                            "of the MAR analysis (what regulators usually ask for)",
+}
 SUPPORTED_MODELS = ("mmrm", "treatment", "treatment_curved", "headline")
 ARMS = ("treatment", "both")
 DECISION_THRESHOLD = 0.975  # P(benefit) below this: the conclusion of benefit is lost
@@ -175,9 +201,30 @@ class StrategyEffect:
     share_treatment: np.ndarray  # per visit: share of the active arm with an imputed post-dropout score
     share_control: np.ndarray
     arm: str = ""  # the active arm
+    variance: str = "conditional_mean"  # or "information_anchored" (`information_anchored`)
+    anchoring_delta: np.ndarray | None = None  # per visit, the information-anchored draws' delta (None: conditional mean)
 
-    def delta_adjusted(self, delta: float, arms: str = "treatment") -> np.ndarray:
-        return self.draws + delta * net_share(self, arms)[None, :]
+    def delta_adjusted(self, delta, arms: str = "treatment") -> np.ndarray:
+        """The draws with the imputed scores of the active arm (arms="both": and of the control arm) delta points worse;
+        delta a number, or one per visit."""
+        return self.draws + np.asarray(delta, dtype=float) * net_share(self, arms)[None, :]
+
+
+def information_anchored(effect: StrategyEffect, mar: StrategyEffect) -> StrategyEffect:
+    """The information-anchored posterior of a reference-based strategy's effect (module docstring): the MAR draws of
+    the same active arm plus, per visit, the anchoring delta x the arm's imputed share, where the anchoring delta
+    makes the delta-adjusted MAR analysis' posterior mean the strategy's. Its `anchoring_delta` holds the deltas
+    (points; 0 at visits where nobody of the arm is imputed, where the strategy is MAR); its SD is the MAR SD."""
+    if mar.strategy != "MAR" or mar.variance != "conditional_mean":
+        raise ValueError(f"the information-anchored draws shift the MAR draws, not those of {mar.strategy} ({mar.variance})")
+    if effect.arm != mar.arm or effect.draws.shape != mar.draws.shape or not np.array_equal(effect.weeks, mar.weeks):
+        raise ValueError(f"{effect.strategy} of arm '{effect.arm}' and MAR of arm '{mar.arm}' are not the same arm's draws over the "
+                         "same visits")
+    share = mar.share_treatment
+    gap = effect.draws.mean(axis=0) - mar.draws.mean(axis=0)
+    delta = np.divide(gap, share, out=np.zeros_like(gap), where=share > 0)
+    return StrategyEffect(effect.strategy, effect.weeks, mar.delta_adjusted(delta), effect.share_treatment, effect.share_control,
+                          effect.arm, "information_anchored", delta)
 
 
 def net_share(effect: StrategyEffect, arms: str) -> np.ndarray:
@@ -405,23 +452,32 @@ def sensitivity_table(
     model: str | None = None,
     pieces: ModelPieces | None = None,
     effects: dict[tuple[str, str], StrategyEffect] | None = None,
+    variances=VARIANCES,
 ) -> pd.DataFrame:
-    """Each active arm's difference from the control arm at each post-baseline week under each strategy, then MAR
-    with each delta: for each active arm in order, its rows (strategies, then deltas, each at every week).
+    """Each active arm's difference from the control arm at each week under each strategy, then MAR with each delta:
+    for each active arm in order, its rows (strategies, then deltas, each at every week); a reference-based strategy
+    (J2R, CR, CIR) has its conditional-mean rows, then its information-anchored rows (`variances`).
 
-    Columns: strategy (MAR, J2R, CR, CIR, `delta=<points>`), week, mean, sd, hdi_3%, hdi_97% (for
-    hdi_prob 0.94), p_below_0 (P(benefit)), delta, dropout_share (share of the active arm with an
-    imputed score after dropout or the event at that week), estimand (which ends with the arms
-    compared, "difference in means (<arm> - <control>)"). A trial with several active arms has a first
-    column `contrast` ("<arm> - <control>", CONTRAST_COLUMN) as well; a two-arm trial's table has none.
-    `deltas=None` takes `default_deltas(design)`; `ice`: an IceTable, the path of ice.csv, or None;
-    `pieces`: the fit's `model_pieces`, when the caller has them already; `effects`: their `arm_strategy_effects`
-    with the same `ice` (computed here when not given).
+    Columns: strategy (MAR, J2R, CR, CIR, `delta=<points>`), variance (`conditional_mean`, or
+    `information_anchored`: the MAR draws shifted by the anchoring delta, see `information_anchored`; the MAR and
+    delta rows are `conditional_mean`, their variance being MAR's either way), week, mean, sd, hdi_3%, hdi_97% (for
+    hdi_prob 0.94), p_below_0 (P(benefit)), delta, anchoring_delta (the information-anchored rows' delta, points;
+    empty on the other rows), dropout_share (share of the active arm with an imputed score after dropout or the event
+    at that week), estimand (which ends with the arms compared, "difference in means (<arm> - <control>)"; the
+    same for both variances of a strategy). A trial with several active arms has a first column `contrast`
+    ("<arm> - <control>", CONTRAST_COLUMN) as well; a two-arm trial's table has none.
+    `weeks`: the weeks reported (None: every post-baseline week of the model); `deltas=None` takes
+    `default_deltas(design)`; `ice`: an IceTable, the path of ice.csv, or None; `pieces`: the fit's `model_pieces`,
+    when the caller has them already; `effects`: their `arm_strategy_effects` with the same `ice` (computed here when
+    not given).
     """
     pieces = pieces if pieces is not None else model_pieces(idata, design, model)
     pop = estimand_population(design, pieces)
     ice = _as_ice(ice, design)
     deltas = default_deltas(design) if deltas is None else tuple(float(x) for x in deltas)
+    unknown = [v for v in variances if v not in VARIANCES]
+    if unknown or "conditional_mean" not in variances:
+        raise ValueError(f"variances must include 'conditional_mean' and be among {list(VARIANCES)} (got {list(variances)})")
     wanted = [int(w) for w in (pieces.visits[pieces.visits > 0] if weeks is None else weeks)]
     missing = [w for w in wanted if w not in pieces.visits or w == 0]
     if missing:
@@ -429,18 +485,22 @@ def sensitivity_table(
     n = len(pop.arm)
     several = len(pieces.arms) > 1
     rows = []
-    plan = [(s, s, 0.0) for s in strategies] + [(f"delta={x:g}", "MAR", x) for x in deltas]
+    plan = [(s, s, v, 0.0) for s in strategies for v in variances if v == "conditional_mean" or s in REFERENCE_BASED]
+    plan += [(f"delta={x:g}", "MAR", "conditional_mean", x) for x in deltas]
     for arm in pieces.arms:
         by_strategy = {s: (effects[(arm, s)] if effects is not None else strategy_effect(pieces, pop, s, ice, arm))
                        for s in dict.fromkeys([*strategies, "MAR"])}
         which = {CONTRAST_COLUMN: pieces.contrast(arm)} if several else {}
-        for label, s, delta in plan:
+        for label, s, variance, delta in plan:
             eff = by_strategy[s]
+            if variance == "information_anchored":
+                eff = information_anchored(eff, by_strategy["MAR"])
             draws = eff.delta_adjusted(delta, arms) if delta else eff.draws
             for w in wanted:
                 j = int(np.searchsorted(pieces.visits, w))
-                rows.append({**which, "strategy": label, "week": w, **summarise(draws[:, j], hdi_prob), "delta": delta,
-                             "dropout_share": float(eff.share_treatment[j]),
+                anchoring = float(eff.anchoring_delta[j]) if eff.anchoring_delta is not None else np.nan
+                rows.append({**which, "strategy": label, "variance": variance, "week": w, **summarise(draws[:, j], hdi_prob),
+                             "delta": delta, "anchoring_delta": anchoring, "dropout_share": float(eff.share_treatment[j]),
                              "estimand": estimand_text(design, pieces, n, w, s, delta, arms, ice, arm)})
     return pd.DataFrame(rows)
 
@@ -578,10 +638,13 @@ def _exact_flip(x: np.ndarray, share: float, threshold: float, interval_prob: fl
 
 def tipping_plot(result: TippingPoint | list[TippingPoint], design: TrialDesign | None = None, hdi_prob: float = HDI_PROB) -> bytes:
     """The difference (mean and HDI) and P(benefit) against delta, PNG bytes; given the tipping points of several
-    active arms (one week, strategy and threshold), one line and band per arm against the control arm."""
+    active arms or weeks (one strategy and threshold), one line and band per arm and week against the control arm."""
     results = [result] if isinstance(result, TippingPoint) else list(result)
     first = results[0]
     several = len(results) > 1
+    arms_differ = len({res.arm for res in results}) > 1
+    weeks = list(dict.fromkeys(res.week for res in results))
+    name = lambda res: ", ".join([res.contrast] * arms_differ + [f"week {res.week}"] * (len(weeks) > 1))  # noqa: E731
     lo, hi = hdi_names(hdi_prob)
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(6.5, 5.5), sharex=True)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -590,15 +653,16 @@ def tipping_plot(result: TippingPoint | list[TippingPoint], design: TrialDesign 
         color = colors[k % len(colors)]
         ax1.fill_between(t["delta"], t[lo], t[hi], alpha=0.3 if not several else 0.2, color=color,
                          label=f"{hdi_prob:.0%} HDI" if not several else None)
-        ax1.plot(t["delta"], t["mean"], color=color, label="posterior mean" if not several else f"{res.contrast} (mean, {hdi_prob:.0%} HDI)")
-        ax2.plot(t["delta"], t["p_below_0"], color=color, label=res.contrast if several else None)
+        ax1.plot(t["delta"], t["mean"], color=color, label="posterior mean" if not several else f"{name(res)} (mean, {hdi_prob:.0%} HDI)")
+        ax2.plot(t["delta"], t["p_below_0"], color=color, label=name(res) if several else None)
     ax1.axhline(0, color="black", lw=0.8)
     label = design.meta.outcome_label if design is not None else "score"
-    if several:
-        ax1.set_ylabel(f"active arm - {first.control} at week {first.week}\n({label} points)")
+    at = f"week {first.week}" if len(weeks) == 1 else "weeks " + ", ".join(str(w) for w in weeks)
+    if arms_differ:
+        ax1.set_ylabel(f"active arm - {first.control} at {at}\n({label} points)")
     else:
         names = (first.arm, first.control) if first.arm else ("treatment", "control")
-        ax1.set_ylabel(f"{names[0]} - {names[1]} at week {first.week}\n({label} points)")
+        ax1.set_ylabel(f"{names[0]} - {names[1]} at {at}\n({label} points)")
     ax1.legend(loc="upper left", fontsize=8)
     ax2.axhline(first.threshold, color="grey", ls="--", lw=0.8, label=f"threshold {first.threshold:g}")
     ax2.set_ylabel("P(benefit)")
@@ -607,7 +671,7 @@ def tipping_plot(result: TippingPoint | list[TippingPoint], design: TrialDesign 
     for k, res in enumerate(results):
         if res.delta is not None:
             color = colors[k % len(colors)] if several else "tab:red"
-            flips = f"{res.arm + ' ' if several else ''}flips at delta = {res.delta:g}"
+            flips = f"{name(res) + ' ' if several else ''}flips at delta = {res.delta:g}"
             for ax in (ax1, ax2):
                 ax.axvline(res.delta, color=color, lw=0.8, ls=":" if several else "-", label=flips if ax is ax2 else None)
     ax2.legend(loc="lower left", fontsize=8)

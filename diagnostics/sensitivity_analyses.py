@@ -41,12 +41,13 @@ SENSITIVITY_TABLES = ("sensitivity", "tipping_point", "responders", "prior_sensi
 TIPPING_FIGURE = "tipping_point"  # <model>/figures/tipping_point.png
 # how the options are spelled where they are given: the Python keywords (deptrial.fit_trial, rediagnose,
 # sensitivity) by default; deptrial.cli passes the command-line flags
-OPTION_NAMES = {"sensitivity": "sensitivity=True", "ice": "ice", "deltas": "deltas", "threshold": "tipping_threshold"}
+OPTION_NAMES = {"sensitivity": "sensitivity=True", "ice": "ice", "deltas": "deltas", "threshold": "tipping_threshold",
+                "weeks": "sensitivity_weeks"}
 
 
 @dataclass(frozen=True)
 class SensitivityOptions:
-    """How the sensitivity analyses are run: intercurrent events, delta rows, decision threshold, remission, seed.
+    """How the sensitivity analyses are run: intercurrent events, delta rows, decision threshold, remission, seed, weeks.
 
     ice               validated intercurrent events (data.ice.load_ice), or None: every participant follows the
                       strategy of the analysis after their last observed visit
@@ -54,6 +55,9 @@ class SensitivityOptions:
     threshold         the decision threshold of the tipping point: P(benefit) below it, benefit is not concluded
     remission_cutoff  remission: score at or below this
     seed              the responder imputations' seed (None: each fit's own seed)
+    weeks             the post-baseline visits the analyses report, checked against the trial (`check_sensitivity_weeks`):
+                      sensitivity.csv's rows, a tipping point per active arm and week, the report and the submission
+                      sensitivity table. None: sensitivity.csv at every post-baseline week, the rest at the end of treatment
     """
 
     ice: IceTable | None = None
@@ -61,22 +65,27 @@ class SensitivityOptions:
     threshold: float = DECISION_THRESHOLD
     remission_cutoff: float = REMISSION_CUTOFF
     seed: int | None = None
+    weeks: tuple[int, ...] | None = None
 
 
-def check_sensitivity_options(deltas=None, threshold=None, *, sensitivity: bool = True, ice=None,
+def check_sensitivity_options(deltas=None, threshold=None, *, sensitivity: bool = True, ice=None, weeks=None,
                               names: dict[str, str] | None = None) -> tuple[tuple[float, ...] | None, float]:
     """The one check of the sensitivity analyses' options, before any fit or work: (deltas as floats, threshold).
 
     deltas       delta rows, outcome points (None: the defaults); numbers or texts of numbers
     threshold    the tipping point's decision threshold (None: DECISION_THRESHOLD)
-    sensitivity  whether the analyses are asked for: without them, `ice`, `deltas` or `threshold` given is refused
+    sensitivity  whether the analyses are asked for: without them, `ice`, `deltas`, `threshold` or `weeks` given is
+                 refused
+    weeks        the weeks to report (None: the defaults); whole numbers, at least one, each once
+                 (`sensitivity_weeks` reads them; `check_sensitivity_weeks` checks them against the trial)
     names        how the caller spells the options in its messages (default OPTION_NAMES, the Python keywords;
                  deptrial.cli.CLI_NAMES for the command lines)
     Raises ValueError saying what is wrong, why, and how to fix it.
     """
     names = {**OPTION_NAMES, **(names or {})}
     if not sensitivity:
-        given = [names[key] for key, value in (("ice", ice), ("deltas", deltas), ("threshold", threshold)) if value is not None]
+        given = [names[key] for key, value in (("ice", ice), ("deltas", deltas), ("threshold", threshold), ("weeks", weeks))
+                 if value is not None]
         if given:
             one = len(given) == 1
             raise ValueError(f"{' and '.join(given)} {'applies' if one else 'apply'} only with {names['sensitivity']}: "
@@ -96,7 +105,53 @@ def check_sensitivity_options(deltas=None, threshold=None, *, sensitivity: bool 
     if not 0.5 <= threshold < 1:
         raise ValueError(f"{names['threshold']}: the tipping-point threshold is a posterior probability of benefit in [0.5, 1), "
                          f"e.g. 0.975 (got {threshold:g})")
+    sensitivity_weeks(weeks, names)
     return deltas, threshold
+
+
+def sensitivity_weeks(weeks, names: dict[str, str] | None = None) -> tuple[int, ...] | None:
+    """The weeks the sensitivity analyses report as whole numbers (None stays None: the defaults); ValueError for
+    anything else than at least one whole number, each once. Whether the trial has them: `check_sensitivity_weeks`."""
+    if weeks is None:
+        return None
+    names = {**OPTION_NAMES, **(names or {})}
+    items = [weeks] if isinstance(weeks, (int, float, str, np.integer)) else list(weeks)
+    out = []
+    for x in items:
+        try:
+            value = float(x)
+        except (TypeError, ValueError):
+            value = float("nan")
+        if not np.isfinite(value) or value != round(value) or isinstance(x, bool):
+            raise ValueError(f"{names['weeks']} must be weeks of the trial's schedule, whole numbers such as 12 16 (got {x!r})")
+        out.append(int(round(value)))
+    if not out:
+        raise ValueError(f"{names['weeks']} needs at least one week, e.g. 12 16")
+    twice = sorted({w for w in out if out.count(w) > 1})
+    if twice:
+        raise ValueError(f"{names['weeks']} lists week {', '.join(map(str, twice))} more than once; give each week once")
+    return tuple(out)
+
+
+def check_sensitivity_weeks(weeks, design_weeks, where: str = "", names: dict[str, str] | None = None) -> tuple[int, ...] | None:
+    """The weeks the sensitivity analyses report (`sensitivity_weeks`), each a post-baseline scheduled visit of the
+    trial (`design_weeks`, the design's weeks, baseline first), in the order of the schedule; ValueError listing the
+    weeks that are not and the valid ones. `where` names the trial in the message (its data source)."""
+    weeks = sensitivity_weeks(weeks, names)
+    if weeks is None:
+        return None
+    names = {**OPTION_NAMES, **(names or {})}
+    scheduled = [int(w) for w in design_weeks]
+    valid = scheduled[1:]
+    bad = [w for w in weeks if w not in valid]
+    if bad:
+        if len(bad) == 1:
+            what = f"week {bad[0]} is {'the baseline visit, not' if bad[0] == scheduled[0] else 'not'}"
+        else:
+            what = f"weeks {', '.join(map(str, bad))} are not"
+        raise ValueError(f"{names['weeks']}: {what} a post-baseline scheduled visit of the trial{f' ({where})' if where else ''}; "
+                         f"the sensitivity analyses can report weeks {', '.join(map(str, valid))}")
+    return tuple(sorted(weeks, key=valid.index))
 
 
 @dataclass
@@ -104,19 +159,26 @@ class ModelSensitivity:
     """One model's sensitivity analyses: the tables written to <model>/<name>.csv and what the report shows."""
 
     name: str
-    end_week: int  # the end of treatment: the report's week
+    end_week: int  # the end of treatment: the week of the responders in the report (and of the rest by default)
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)  # SENSITIVITY_TABLES computed for this model
     tipping_message: str = ""  # the tipping point in words: tipping_messages joined by "; "
-    tipping_figure: bytes | None = None  # every active arm's tipping point in one figure
-    tipping_messages: tuple[str, ...] = ()  # per active arm (in order), the tipping point in words
+    tipping_figure: bytes | None = None  # every active arm's tipping point at every reported week in one figure
+    tipping_messages: tuple[str, ...] = ()  # per active arm (in order) and reported week, the tipping point in words
     notes: dict[str, str] = field(default_factory=dict)  # table -> why this model has none
     saved: bool = False  # read back from the results folder (diagnose.py without --sensitivity), not recomputed
     timings: dict = field(default_factory=dict)
     # the draws behind the "sensitivity" table (not of a saved one), for the submission tables (diagnostics.csr_tables):
     effects: dict = field(default_factory=dict)  # (active arm, strategy) -> diagnostics.sensitivity.StrategyEffect
     deltas: tuple[float, ...] = ()  # the delta rows' deltas
-    tipping_points: tuple = ()  # per active arm, diagnostics.sensitivity.TippingPoint (without its figure)
+    tipping_points: tuple = ()  # per active arm and reported week, diagnostics.sensitivity.TippingPoint (without its figure)
     ice_source: str = ""  # the intercurrent-event table the strategies followed ('' for none)
+    weeks: tuple[int, ...] = ()  # the weeks reported (tipping points, report, submission table); () for end_week
+    row_weeks: tuple[int, ...] | None = None  # the weeks of sensitivity.csv's rows (None: every post-baseline week)
+
+    @property
+    def report_weeks(self) -> tuple[int, ...]:
+        """The weeks the report and the console show: `weeks`, else the end of treatment."""
+        return tuple(self.weeks) or (int(self.end_week),)
 
 
 def unsupported(idata: az.InferenceData, design, model: str) -> dict[str, str]:
@@ -163,10 +225,12 @@ def model_sensitivity(name: str, idata: az.InferenceData, design, options: Sensi
         result.effects = arm_strategy_effects(pieces, design, ice=options.ice)  # the strategies' draws, once
         result.deltas = default_deltas(design) if options.deltas is None else tuple(float(x) for x in options.deltas)
         result.ice_source = options.ice.source if options.ice is not None and len(options.ice) else ""
+        result.row_weeks = tuple(options.weeks) if options.weeks is not None else None
+        result.weeks = result.row_weeks or (result.end_week,)
         result.tables["sensitivity"] = sensitivity_table(idata, design, deltas=result.deltas, ice=options.ice, model=model, pieces=pieces,
-                                                         effects=result.effects)
-        tps = [tipping_point(idata, design, threshold=options.threshold, ice=options.ice, model=model, pieces=pieces, arm=arm,
-                             plot=False) for arm in pieces.arms]
+                                                         effects=result.effects, weeks=result.row_weeks)
+        tps = [tipping_point(idata, design, week=week, threshold=options.threshold, ice=options.ice, model=model, pieces=pieces,
+                             arm=arm, plot=False) for arm in pieces.arms for week in result.weeks]
         result.tables["tipping_point"] = pd.concat([tipping_frame(tp) for tp in tps], ignore_index=True)
         result.tipping_points = tuple(tps)
         result.tipping_messages = tuple(tp.message for tp in tps)
@@ -209,9 +273,15 @@ def saved_sensitivity(folder: str | Path, idatas: dict[str, az.InferenceData]) -
                         if t not in result.tables}
         tp = result.tables.get("tipping_point")
         if tp is not None and len(tp) and "tipping_message" in tp:
-            per_arm = tp.groupby(CONTRAST_COLUMN, sort=False) if CONTRAST_COLUMN in tp else [(None, tp)]
+            keys = [c for c in (CONTRAST_COLUMN, "week") if c in tp]
+            per_arm = tp.groupby(keys, sort=False) if keys else [(None, tp)]
             result.tipping_messages = tuple(str(rows["tipping_message"].iloc[0]) for _, rows in per_arm)
             result.tipping_message = "; ".join(result.tipping_messages)
+            if "week" in tp:
+                result.weeks = tuple(int(w) for w in dict.fromkeys(tp["week"]))
+        rows = result.tables.get("sensitivity")
+        if rows is not None and len(rows) and "week" in rows:
+            result.row_weeks = tuple(int(w) for w in dict.fromkeys(rows["week"]))
         png = folder / name / "figures" / f"{TIPPING_FIGURE}.png"
         result.tipping_figure = png.read_bytes() if png.is_file() else None
         out[name] = result

@@ -348,7 +348,13 @@ def test_table_columns_and_estimand_text(dropout_trial):
     ds, design = dropout_trial
     table = sensitivity_table(treatment_posterior(design), design, model="treatment")
     # a two-arm trial's table: no contrast column (the arm is named in the estimand)
-    assert list(table.columns) == ["strategy", "week", "mean", "sd", "hdi_3%", "hdi_97%", "p_below_0", "delta", "dropout_share", "estimand"]
+    assert list(table.columns) == ["strategy", "variance", "week", "mean", "sd", "hdi_3%", "hdi_97%", "p_below_0", "delta",
+                                   "anchoring_delta", "dropout_share", "estimand"]
+    # each reference-based strategy's conditional-mean rows, then its information-anchored rows
+    assert list(dict.fromkeys(zip(table["strategy"], table["variance"])))[:7] == [
+        ("MAR", "conditional_mean"), ("J2R", "conditional_mean"), ("J2R", "information_anchored"), ("CR", "conditional_mean"),
+        ("CR", "information_anchored"), ("CIR", "conditional_mean"), ("CIR", "information_anchored")]
+    assert table.loc[table["variance"] == "conditional_mean", "anchoring_delta"].isna().all()
     assert list(dict.fromkeys(table["strategy"])) == ["MAR", "J2R", "CR", "CIR", "delta=2", "delta=4", "delta=6"]
     assert sorted(set(table["week"])) == [2, 4, 6, 8, 12, 16]
     row = table[(table["strategy"] == "J2R") & (table["week"] == 12)]["estimand"].iloc[0]
@@ -484,10 +490,10 @@ def test_three_arm_table_has_each_arms_rows_with_its_own_effect_and_dropout_shar
     arm, last = ds["arm_index"].values, _last_weeks(ds)
     for arms in ("treatment", "both"):
         table = sensitivity_table(idata, design, deltas=(3.0,), arms=arms, model=kind)
-        assert table.columns[0] == "contrast" and list(table.columns[1:3]) == ["strategy", "week"]
+        assert table.columns[0] == "contrast" and list(table.columns[1:4]) == ["strategy", "variance", "week"]
         assert list(dict.fromkeys(table["contrast"])) == ["low - placebo", "high - placebo"]
         assert list(dict.fromkeys(table["strategy"])) == ["MAR", "J2R", "CR", "CIR", "delta=3"]
-        assert len(table) == 2 * 5 * 6
+        assert len(table) == 2 * (5 + 3) * 6  # J2R, CR and CIR twice: conditional mean, information anchored
         for a, name in enumerate(design.active_arms, start=1):
             rows = table[table["contrast"] == f"{name} - placebo"]
             assert rows["estimand"].str.endswith(f"difference in means ({name} - placebo)").all()

@@ -194,19 +194,32 @@ def check_efficacy(doc: dict, ard: pd.DataFrame, name: str, arms: list[str]) -> 
     return checked
 
 
-def check_sensitivity(doc: dict, ard: pd.DataFrame, name: str, arms: list[str], week: int) -> int:
+def check_sensitivity(doc: dict, ard: pd.DataFrame, name: str, arms: list[str], week) -> int:
+    """Every number of a sensitivity table equals its ARD row; `week` the visit shown, or a list of visits (a table with a
+    Visit column, a group of rows per visit). Returns how many numbers were compared."""
     a, control = Ard(ard), arms[0]
+    weeks = [week] if isinstance(week, int) else list(week)
+    several = len(weeks) > 1
     contrasts = [f"{arm} - {control}" for arm in arms[1:]]
     spans, header, *body = doc["rows"]
-    assert spans == ["", *contrasts] and header == ["Analysis (missing scores after dropout)", *["Difference (95% CrI)", "P(benefit)"] * len(contrasts)]
+    assert spans == ["", *contrasts]
+    assert header == [*["Visit"] * several, "Analysis (missing scores after dropout)", *["Difference (95% CrI)", "P(benefit)"] * len(contrasts)]
     checked = 0
-    labels = {"MAR (primary)": "MAR", "J2R: jump to reference": "J2R", "CR: copy reference": "CR", "CIR: copy increments in reference": "CIR"}
+    labels = {"MAR (primary)": "MAR", "J2R: jump to reference": "J2R", "CR: copy reference": "CR", "CIR: copy increments in reference": "CIR",
+              **{f"{s}, information anchored": f"{s} (information anchored)" for s in ("J2R", "CR", "CIR")}}
+    seen = []
+    at = weeks[0]
     for row in body:
+        if several:
+            if row[0]:
+                at = int(re.match(r"Week (\d+)", row[0]).group(1))
+                seen.append(at)
+            row = row[1:]
         label, cells = row[0], row[1:]
         pairs = list(zip(cells[::2], cells[1::2]))
         if label.startswith("Tipping point"):
             for contrast, (delta, blank) in zip(contrasts, pairs):
-                value = a.value(f"{name}: tipping point (MAR + delta)", contrast, week, "tipping_delta")
+                value = a.value(f"{name}: tipping point (MAR + delta)", contrast, at, "tipping_delta")
                 if np.isnan(value):
                     assert delta == fmt.MISSING
                 else:
@@ -220,11 +233,12 @@ def check_sensitivity(doc: dict, ard: pd.DataFrame, name: str, arms: list[str], 
             assert a.value(analysis, "", None, "delta") == float(delta.group(1))
         for contrast, (difference, p) in zip(contrasts, pairs):
             for text, stat in zip(_mean_cri(difference), ("mean", "cri_lower", "cri_upper")):
-                _close(text, a.value(analysis, contrast, week, stat))
-            _check_probability(p, a.value(analysis, contrast, week, "p_benefit"))
+                _close(text, a.value(analysis, contrast, at, stat))
+            _check_probability(p, a.value(analysis, contrast, at, "p_benefit"))
             checked += 2
+    assert seen == (weeks if several else [])
     n_analyses = ard.loc[(ard["table"] == "sensitivity") & ~ard["analysis"].str.contains("tipping"), "analysis"].nunique()
-    assert checked == len(contrasts) * (2 * n_analyses + 1)
+    assert checked == len(weeks) * len(contrasts) * (2 * n_analyses + 1)
     return checked
 
 
@@ -291,17 +305,24 @@ def check_ard_against_sensitivity(ard: pd.DataFrame, sensitivity: pd.DataFrame, 
         c = r.get("contrast", f"{arms[1]} - {arms[0]}")
         s = r["strategy"]
         analysis = f"{name}: MAR + delta {float(s.removeprefix('delta=')):g}" if s.startswith("delta=") else f"{name}: {s}"
+        if r["variance"] == "information_anchored":
+            analysis += " (information anchored)"
+            assert a.value(analysis, c, int(r["week"]), "anchoring_delta") == pytest.approx(r["anchoring_delta"], abs=1e-9)
+        else:
+            assert r["variance"] == "conditional_mean" and pd.isna(r["anchoring_delta"])
         assert a.value(analysis, c, int(r["week"]), "mean") == pytest.approx(r["mean"], abs=1e-9)
         assert a.value(analysis, c, int(r["week"]), "p_benefit") == pytest.approx(r["p_below_0"], abs=1e-12)
         if s == "MAR":
             for stat in ("mean", "cri_lower", "cri_upper", "p_benefit", "p_benefit_mcid"):
                 assert a.value(analysis, c, int(r["week"]), stat) == a.value(f"{name}: primary (MAR)", c, int(r["week"]), stat)
-    groups = tipping.groupby("contrast", sort=False) if "contrast" in tipping else [(f"{arms[1]} - {arms[0]}", tipping)]
-    for c, rows in groups:
-        value = a.value(f"{name}: tipping point (MAR + delta)", c, int(rows["week"].iloc[0]), "tipping_delta")
+    tipping = tipping if "contrast" in tipping else tipping.assign(contrast=f"{arms[1]} - {arms[0]}")
+    for (c, week), rows in tipping.groupby(["contrast", "week"], sort=False):  # one tipping point per contrast and reported week
+        value = a.value(f"{name}: tipping point (MAR + delta)", c, int(week), "tipping_delta")
         saved = rows["tipping_exact"].iloc[0]
         assert (np.isnan(value) and pd.isna(saved)) or value == pytest.approx(saved, abs=1e-9)
-        assert a.value(f"{name}: tipping point (MAR + delta)", c, int(rows["week"].iloc[0]), "tipping_threshold") == rows["threshold"].iloc[0]
+        assert a.value(f"{name}: tipping point (MAR + delta)", c, int(week), "tipping_threshold") == rows["threshold"].iloc[0]
+    n_tipping = ard.loc[(ard["analysis"] == f"{name}: tipping point (MAR + delta)") & (ard["statistic"] == "tipping_delta")]
+    assert len(n_tipping) == tipping.groupby(["contrast", "week"]).ngroups
 
 
 def check_files(folder, name: str, arms: list[str], week: int, sensitivity: bool = True) -> pd.DataFrame:
@@ -399,7 +420,8 @@ def test_the_ard_has_one_row_per_statistic_and_documents_every_statistic(three_a
     efficacy = ard[ard["table"] == "efficacy"]
     assert len(efficacy) == 3 + arms * 3 + weeks * (arms * 4 + (arms - 1) * 5)
     sensitivity = ard[ard["table"] == "sensitivity"]
-    assert len(sensitivity) == (4 + 2) * weeks * (arms - 1) * 5 + 2 + (arms - 1) * 3  # strategies and deltas, deltas, tipping
+    # strategies and deltas (5 statistics), the information-anchored J2R, CR and CIR (6: and the anchoring delta), deltas, tipping
+    assert len(sensitivity) == (4 + 2) * weeks * (arms - 1) * 5 + 3 * weeks * (arms - 1) * 6 + 2 + (arms - 1) * 3
     check_ard(ard)
     with pytest.raises(ValueError, match="rows with the same analysis"):
         check_ard(pd.concat([ard, ard.iloc[[5]]], ignore_index=True))
