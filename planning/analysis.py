@@ -21,6 +21,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import special
 
+from maths.gaussian import conjugate_normal
+
 from .design import AnalysisSettings, SimulatedTrials
 from .mmrm_gls import mmrm_effect
 from .params import PlanningError
@@ -72,8 +74,8 @@ def ancova(sim: SimulatedTrials, completed: np.ndarray | None = None) -> tuple[n
 
 def normal_update(est: np.ndarray, se: np.ndarray, prior_sd: float) -> tuple[np.ndarray, np.ndarray]:
     """Posterior mean and SD of the effect: the estimate with its SE combined with a Normal(0, prior_sd) prior."""
-    prec = 1.0 / se**2 + 1.0 / prior_sd**2
-    return (est / se**2) / prec, 1.0 / np.sqrt(prec)
+    mean, var = conjugate_normal(0.0, prior_sd**2, est, se**2)
+    return mean, np.sqrt(var)
 
 
 def posterior_decisions(mean: np.ndarray, sd: np.ndarray, df: np.ndarray, analysis: AnalysisSettings) -> dict[str, np.ndarray]:
