@@ -17,6 +17,7 @@ from .adam_files import AdamTable, read_table, records_text
 from .adam_options import AdamOptions, norm_label, parse_covariate
 from .adam_parts import biomarkers as _biomarkers
 from .adam_parts import intercurrent_events as _ice_rows
+from .adam_parts import off_treatment as _off_treatment
 from .errors import Change, DatasetError, Problem, ProblemList
 from .ice import ICE_FILE
 from .meta import META_FILE, DatasetMeta, parse_meta
@@ -41,6 +42,7 @@ ROLE_WHAT = {
     "paramcd": "the parameter code", "visit": "the analysis visit", "visitn": "the analysis visit number", "aval": "the analysis value",
     "avalu": "the unit", "eotstt": "the end-of-treatment status", "dctreas": "the reason for discontinuing treatment",
     "trtsdt": "the date of the first dose", "trtedt": "the date of the last dose",
+    "ontrtfl": "the on-treatment record flag",
 }
 ADAM_NOTE = "adam.json"  # in a written folder: the ADaM files read and what was excluded
 _WEEK = re.compile(r"\b(?:week|wk|w)\s*(\d+)\b")
@@ -446,6 +448,9 @@ class _Conversion:
             rec = rec[~gone]
         adt = self.o.role("adt")
         rec["adt"] = t.days(adt, p)[rec.index] if t.has(adt) else np.nan
+        self.bds_name, self.ontrtfl_var = t.name, (self.o.role("ontrtfl") if t.has(self.o.role("ontrtfl")) else "")
+        if self.ontrtfl_var:
+            rec["ontrtfl"] = t.text(self.ontrtfl_var)[rec.index]
         p.raise_if_any()
         self._duplicates(t, rec, ["usubjid", "week"], "visit")
         base = rec.loc[rec["week"] == 0].set_index("usubjid")["aval"]
@@ -536,10 +541,16 @@ class _Conversion:
         weeks, tend = self.schedule(bds.name, rec)
         pid = subj["participant_id"]
         visits = pd.DataFrame({"participant_id": rec["usubjid"].map(pid), "week": rec["week"].astype(int), name: rec["aval"]})
-        order = {u: i for i, u in enumerate(subj.index)}
-        visits = visits.assign(_o=rec["usubjid"].map(order)).sort_values(["_o", "week"], kind="stable").drop(columns="_o")
+        off = _off_treatment(self, adsl, subj, rec, weeks, tend)
+        if off is not None:  # the visits after stopping treatment early, and those missed after stopping (empty score)
+            flags, missed = off
+            visits["off_treatment"] = flags
+            visits = pd.concat([visits, pd.DataFrame({"participant_id": missed["usubjid"].map(pid), "week": missed["week"].astype(int),
+                                                      name: np.nan, "off_treatment": 1})], ignore_index=True)
+        order = {p: i for i, p in enumerate(pid)}
+        visits = visits.assign(_o=visits["participant_id"].map(order)).sort_values(["_o", "week"], kind="stable").drop(columns="_o")
         self.notes.append(f"{bds.name}: PARAMCD {self.param}" + (f" ({self.param_label})" if self.param_label else "")
-                          + f" -> {name}, {label} {lo:g}-{hi:g}{', integer' if integer else ''}; {len(visits)} analysed visits at "
+                          + f" -> {name}, {label} {lo:g}-{hi:g}{', integer' if integer else ''}; {int(visits[name].notna().sum())} analysed visits at "
                           f"weeks {list(weeks)}, treatment end week {tend}"
                           + (f" (AVISIT says follow-up at week {self.follow})" if self.follow else ""))
         bio = _biomarkers(self, subj) if o.markers is not None else None

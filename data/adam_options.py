@@ -47,6 +47,7 @@ ROLES = {
     "dctreas": "DCTREAS",          # ADSL reason for discontinuing treatment
     "trtsdt": "TRTSDT",
     "trtedt": "TRTEDT",
+    "ontrtfl": "ONTRTFL",          # BDS: 'Y' on a record on treatment (off_treatment: docs/adam.md)
 }
 DEFAULT_POPULATION_FLAG = "ITTFL"
 VISIT_RULES = ("auto", "avisitn")  # auto: weeks parsed from AVISIT ("Baseline", "Week 6", "Day 1"); avisitn: AVISITN is the week

@@ -191,3 +191,84 @@ def intercurrent_events(conv, adsl, subj: pd.DataFrame, rec: pd.DataFrame, weeks
     conv.changes.append(Change(adsl.name, "intercurrent_events", detail + ".", variables["eotstt"], count=len(frame)))
     conv.notes.append(f"intercurrent events: {len(frame)} (" + (", ".join(f"{s} {k}" for s, k in by.items()) or "none") + ")")
     return frame
+
+
+def off_treatment(conv, adsl, subj: pd.DataFrame, rec: pd.DataFrame, weeks: tuple[int, ...], tend: int) -> tuple[pd.Series, pd.DataFrame] | None:
+    """visits.csv's off_treatment column (docs/adam.md): (per analysed record of `rec`, 1 after the participant stopped the
+    randomised treatment early, else 0; the visits missed after stopping, as (usubjid, week) rows), or None when the data
+    cannot tell (neither ONTRTFL in the BDS nor TRTEDT with ADT) or show no visit attended after stopping early.
+
+    A post-baseline record is after the treatment when ONTRTFL is not 'Y' (rec's `ontrtfl`), else when its ADT is after the
+    ADSL's TRTEDT. A participant stopped early when such a record lies in the treatment phase (week <= tend); with EOTSTT,
+    a participant whose status is COMPLETED (or ONGOING, blank) never did, and one who discontinued is also off at the
+    visits they missed after the last dose (the first scheduled visit whose target day, 7 x week + 1 from TRTSDT, follows
+    the last dose's day, as for the intercurrent events). Visits after the treatment end of a participant who did not stop
+    early are on treatment (the planned follow-up). A record on treatment after one off treatment is refused."""
+    o = conv.o
+    t_name, flag_var = conv.bds_name, conv.ontrtfl_var
+    p = ProblemList()
+    ids = adsl.text(o.role("usubjid"))
+
+    def adsl_days(role):
+        var = o.role(role)
+        return pd.Series(adsl.days(var, p).to_numpy(), index=ids) if adsl.has(var) else None
+
+    last_dose, first_dose = adsl_days("trtedt"), adsl_days("trtsdt")
+    p.raise_if_any()
+    post = rec["week"] > 0
+    if "ontrtfl" in rec:
+        after = post & ~rec["ontrtfl"].str.upper().eq("Y")
+        source = f"{flag_var} of {t_name}"
+    elif last_dose is not None and rec["adt"].notna().any():
+        end = rec["usubjid"].map(last_dose)
+        undated = post & end.notna() & rec["adt"].isna()
+        if undated.any():
+            raise DatasetError([Problem(t_name, f"{int(undated.sum())} post-baseline record(s) without {o.role('adt')}: whether they "
+                                        f"came after the last dose ({o.role('trtedt')} of {adsl.name}) is not known "
+                                        f"({records_text(rec.index[undated])}).", o.role("adt"),
+                                        fix=f"give every analysed record its {o.role('adt')}, or flag the on-treatment records with "
+                                        "ONTRTFL = 'Y' (--adam-var ontrtfl=VARIABLE names another flag)")])
+        after = post & end.notna() & (rec["adt"] > end)
+        source = f"{o.role('adt')} of {t_name} after {o.role('trtedt')} of {adsl.name}"
+    else:
+        return None
+    status_var = o.role("eotstt")
+    status = pd.Series(adsl.text(status_var).str.upper().to_numpy(), index=ids) if adsl.has(status_var) else None
+    completed = rec["usubjid"].map(status).isin(ONGOING) if status is not None else pd.Series(False, index=rec.index)
+    after &= ~completed
+    early = set(rec.loc[after & (rec["week"] <= tend), "usubjid"])
+    if status is not None:
+        early |= {u for u in subj.index if status.get(u, "") not in ONGOING}
+    off = after & rec["usubjid"].isin(early)
+    if not (off & (rec["week"] > 0)).any():
+        return None
+    first = rec[off].groupby("usubjid")["week"].min()
+    back = ~off & (rec["week"] > rec["usubjid"].map(first))
+    if back.any():
+        who = sorted(set(rec.loc[back, "usubjid"]))
+        raise DatasetError([Problem(t_name, f"record(s) on treatment after one off treatment ({source}) for subject(s) {who[:6]}"
+                                    f"{' ...' if len(who) > 6 else ''} ({records_text(rec.index[back])}); the treatment-policy "
+                                    "analysis takes the first stop of the randomised treatment as permanent.", flag_var or o.role("adt"),
+                                    fix="correct the flag or the dates; a resumed treatment still counts as stopped from the first "
+                                    "stop (flag the later records as off treatment), or name another flag with --adam-var ontrtfl=VAR")])
+    stop = first.to_dict()
+    if status is not None and last_dose is not None and first_dose is not None:  # discontinued: the visits missed after the last dose
+        seen = {u: set(g["week"]) for u, g in rec.groupby("usubjid", sort=False)}
+        on_weeks = rec[~off].groupby("usubjid")["week"].max().to_dict()
+        for u in subj.index:
+            if status.get(u, "") in ONGOING or not (np.isfinite(last_dose.get(u, np.nan)) and np.isfinite(first_dose.get(u, np.nan))):
+                continue
+            day = last_dose[u] - first_dose[u] + 1
+            for w in weeks[1:]:
+                if w > tend or w >= stop.get(u, np.inf):
+                    break
+                if w > on_weeks.get(u, 0) and w not in seen.get(u, ()) and 7 * w + 1 > day:
+                    stop[u] = w
+                    break
+    missed = [(u, w) for u, s in stop.items() for w in weeks[1:] if w >= s and w not in set(rec.loc[rec["usubjid"] == u, "week"])]
+    flags = off.astype(int)
+    conv.changes.append(Change(t_name, "off_treatment", f"off_treatment from {source}: {len(stop)} participant(s) stopped the "
+                               f"randomised treatment early; {int(flags.sum())} visit(s) attended after stopping (retrieved), "
+                               f"{len(missed)} missed after stopping (empty score, off_treatment 1).", flag_var or o.role("adt"),
+                               count=int(flags.sum())))
+    return flags, pd.DataFrame(missed, columns=["usubjid", "week"])

@@ -7,7 +7,7 @@ error names the file, column, CSV lines and the rule broken.
 Layout of a dataset folder (see README, 'Data interface'):
     dataset.toml       outcome scale, arms, visit schedule, marker units
     participants.csv   participant_id, arm, site, [baseline covariates, those used declared in dataset.toml]
-    visits.csv         participant_id, week, <outcome>
+    visits.csv         participant_id, week, <outcome>, [off_treatment]
     biomarkers.csv     participant_id, week, marker, value, [below_lod], [unit]   (optional)
 """
 
@@ -36,6 +36,7 @@ TRUE_WORDS = {"1", "true", "yes", "y", "t"}
 FALSE_WORDS = {"0", "false", "no", "n", "f", ""}
 NA_WORDS = {"na", "n/a", "nan", "null", "none", "missing", ".", "-", "#n/a"}
 CONSENT_COLUMN = "withdrew_consent"  # optional participants.csv flag: 1 drops the participant's data
+OFF_TREATMENT_COLUMN = "off_treatment"  # optional visits.csv flag: 1 after the participant stopped the randomised treatment early
 DECIMAL_COMMA = re.compile(r"^[-+]?\d+,\d+$")
 
 
@@ -432,11 +433,14 @@ def _extra_columns(df, file, expected, changes) -> None:
         changes.append(Change(file, "ignored_columns", f"column(s) {extra} are not used and were ignored.", count=len(extra)))
 
 
-def _load_visits(folder: Path, meta: DatasetMeta, ids: set[str], withdrawn: set[str], limit, changes: list) -> pd.DataFrame:
+def _load_visits(folder: Path, meta: DatasetMeta, ids: set[str], withdrawn: set[str], limit,
+                 changes: list) -> tuple[pd.DataFrame, pd.Series | None]:
+    """The attended visits (participant_id, week, score) and, with an off_treatment column, each participant's first
+    week off treatment (`_off_treatment`; None without the column)."""
     file = VISITS_FILE
     out = meta.outcome
     df = read_csv_strict(folder / file, ["participant_id", "week", out], limit, changes)
-    _extra_columns(df, file, ["participant_id", "week", out], changes)
+    _extra_columns(df, file, ["participant_id", "week", out, OFF_TREATMENT_COLUMN], changes)
     df = _drop_withdrawn(df, file, withdrawn, changes)
     p = ProblemList()
     _check_ids(df, file, ids, p)
@@ -465,6 +469,7 @@ def _load_visits(folder: Path, meta: DatasetMeta, ids: set[str], withdrawn: set[
     if blank.any():
         changes.append(Change(file, "missed_visit", f"{int(blank.sum())} row(s) with an empty {meta.outcome_label} score treated as missed visits.",
                               out, tuple(_lines(df, blank)), int(blank.sum())))
+    off = _off_treatment(df, file, meta, p) if OFF_TREATMENT_COLUMN in df.columns else None
     df = df[~blank]
     has_base = set(df.loc[df["week"] == 0, "participant_id"])
     no_base = sorted(ids - has_base)
@@ -476,7 +481,46 @@ def _load_visits(folder: Path, meta: DatasetMeta, ids: set[str], withdrawn: set[
             fix="every analysed participant needs a week-0 score; remove them from participants.csv if not analysed",
         )
     p.raise_if_any()
-    return df[["participant_id", "week", "score"]]
+    return df[["participant_id", "week", "score"]], off
+
+
+def _off_treatment(df: pd.DataFrame, file: str, meta: DatasetMeta, p: ProblemList) -> pd.DataFrame:
+    """The off_treatment column of visits.csv (after duplicates are resolved, missed visits included): per participant the
+    first week off treatment, NaN when never. Accepted: 1/0, true/false, yes/no; blank at baseline is 0, and blank at a
+    missed visit (empty score) says nothing. Refused: another value, blank at an attended post-baseline visit, the baseline
+    marked off, and a visit marked on treatment after one marked off (a stop of the randomised treatment is for good)."""
+    col = OFF_TREATMENT_COLUMN
+    text = df[col].str.lower()
+    blank = text.eq("").to_numpy()
+    base = (df["week"] == meta.weeks[0]).to_numpy()
+    attended = df["score"].notna().to_numpy()
+    bad = ~text.isin(TRUE_WORDS | FALSE_WORDS).to_numpy()
+    if bad.any():
+        na = text[bad].isin(NA_WORDS).any()
+        p.add(file, f"{col} must be 1 (off treatment) or 0 (on treatment), got {sorted(set(df.loc[bad, col]))[:4]}.", col, _lines(df, bad),
+              "write 1 from the first visit after the participant stopped the randomised treatment, 0 before"
+              + ("; leave the cell empty only at a missed visit, not NA" if na else " (true/false and yes/no are read too)"))
+    unknown = blank & attended & ~base
+    if unknown.any():
+        p.add(file, f"{col} is empty at an attended post-baseline visit; whether the participant was still on the randomised "
+              "treatment defines the treatment-policy analysis.", col, _lines(df, unknown),
+              "write 1 if the participant had stopped the randomised treatment before this visit, 0 if not")
+    off = text.isin(TRUE_WORDS).to_numpy() & ~bad
+    if (off & base).any():
+        p.add(file, f"{col} is 1 at the baseline visit (week {meta.weeks[0]}), which comes before the randomised treatment starts.",
+              col, _lines(df, off & base), "write 0 (or leave empty) at baseline; mark the visits after the treatment stopped")
+    known = ~blank & ~bad
+    frame = pd.DataFrame({"participant_id": df["participant_id"], "week": df["week"], "off": off}, index=df.index)[known]
+    first = frame[frame["off"]].groupby("participant_id")["week"].min()
+    back = frame["week"] > frame["participant_id"].map(first)
+    back &= ~frame["off"]
+    if back.any():
+        who = sorted(set(frame.loc[back, "participant_id"]))
+        p.add(file, f"{col} is 0 at a visit after one marked 1 (participant(s) {who[:6]}{' ...' if len(who) > 6 else ''}); the "
+              "analysis takes a stop of the randomised treatment before its planned end as permanent (treatment policy: every later "
+              "visit counts as after discontinuation, even if the treatment was resumed).", col, _lines(frame, back.to_numpy()),
+              "write 1 at every visit from the first one after the treatment stopped, or correct the flag marked 1")
+    return first.astype(float)
 
 
 def _load_biomarkers(folder: Path, meta: DatasetMeta, ids: set[str], withdrawn: set[str], limit, changes: list) -> pd.DataFrame | None:
@@ -576,7 +620,8 @@ def load_dataset(folder: str | Path, max_file_bytes: int | None = None) -> xr.Da
     """Validate a dataset folder and return it as one xarray Dataset.
 
     Dims: participant, week (the scheduled visit weeks), and when biomarkers are present,
-    marker and biomarker_week. Raises DatasetError listing every broken rule. What the loader
+    marker and biomarker_week. With an off_treatment column in visits.csv, `off_treatment` (participant x week, int8)
+    is 1 at every week from the participant's first visit after stopping the randomised treatment early, else 0. Raises DatasetError listing every broken rule. What the loader
     accepts but alters (duplicates removed, consent withdrawals, missed visits, remapped weeks)
     is listed in `ds.attrs["changes"]` (JSON; read it with `changes_of(ds)`).
     `max_file_bytes` overrides the size guard (default: $DEPTRIAL_MAX_FILE_BYTES or 200 MB).
@@ -591,7 +636,7 @@ def load_dataset(folder: str | Path, max_file_bytes: int | None = None) -> xr.Da
     changes: list[Change] = []
     parts, withdrawn = _load_participants(folder, meta, limit, changes)
     ids = set(parts["participant_id"])
-    visits = _load_visits(folder, meta, ids, withdrawn, limit, changes)
+    visits, off_from = _load_visits(folder, meta, ids, withdrawn, limit, changes)
     bio = _load_biomarkers(folder, meta, ids, withdrawn, limit, changes)
 
     pid = parts["participant_id"].to_numpy(dtype=str)
@@ -613,6 +658,9 @@ def load_dataset(folder: str | Path, max_file_bytes: int | None = None) -> xr.Da
     )
     for name, values in _covariates(parts, meta).items():
         ds[f"covariate_{name}"] = ("participant", values)
+    if off_from is not None:  # 1 from the participant's first visit after stopping the randomised treatment early
+        first = off_from.reindex(pid).to_numpy(dtype=float)
+        ds["off_treatment"] = (("participant", "week"), (weeks[None, :] >= first[:, None]).astype(np.int8))
     if bio is not None:
         markers = list(meta.marker_units)
         bweeks = np.asarray(meta.biomarker_weeks)

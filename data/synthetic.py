@@ -25,6 +25,17 @@ that about `dropout_by_last_week` have left by the last visit at the average sco
 - `"mnar_treatment"`: y_ij in the treatment arm, y_i,j-1 in the control arm (e.g. leaving for lack of
   efficacy on the drug).
 The complete scores before any deletion are kept in `SyntheticTrial.complete` (not written).
+
+Treatment discontinuation and retrieved dropouts (`discontinuation_by_end` > 0): before each treatment-phase visit
+(after baseline, up to the end of treatment E) a participant still on treatment stops the randomised treatment with a
+constant probability, so that `discontinuation_by_end` have stopped by E; stopping does not depend on the scores. From
+the first visit after stopping, the participant's mean loses the arm's (direct) effect and moves by
+`off_treatment_shift` points: the active arm's course becomes the control arm's, in every arm plus the shift. A share
+`retrieved_fraction` of those who stop keep attending their visits (retrieved dropouts; later dropout as above); the
+others leave the trial at stopping. visits.csv then has the column off_treatment (1 from the first visit after
+stopping, also on empty-score rows of the visits missed after stopping), and truth.json the treatment-policy effect
+(every randomised participant's expected change whatever happened to treatment): at week w, with pi_w the share stopped
+by w, effect_w (1 - pi_w) for each active arm (the shift, the same in every arm, cancels).
 """
 
 from __future__ import annotations
@@ -95,12 +106,22 @@ class TrialParameters:
     more_arms: tuple[tuple[str, float, float], ...] = ()
     allocation: tuple[float, ...] = ()  # multi-arm: randomisation weights (control, then each active arm); empty: equal
     doses: tuple[tuple[str, float], ...] = ()  # [arms.dose] of dataset.toml: (arm, dose) for every arm, or empty
+    # Treatment discontinuation (module docstring): share stopped by the end of treatment (0: nobody stops, no off_treatment
+    # column), share of them who keep attending, and the off-treatment shift from the control arm's course (points)
+    discontinuation_by_end: float = 0.0
+    retrieved_fraction: float = 0.5
+    off_treatment_shift: float = 0.0
 
     def with_(self, **changes) -> "TrialParameters":
         return replace(self, **changes)
 
     def to_dict(self) -> dict:
-        return json.loads(json.dumps(asdict(self)))
+        """Every field; the discontinuation fields only for a trial with discontinuation (discontinuation_by_end > 0)."""
+        out = json.loads(json.dumps(asdict(self)))
+        if not self.discontinuation_by_end:
+            for key in ("discontinuation_by_end", "retrieved_fraction", "off_treatment_shift"):
+                out.pop(key)
+        return out
 
     @property
     def active_arms(self) -> tuple[str, ...]:
@@ -136,6 +157,21 @@ class TrialParameters:
         effect = self.nac_effect_e * t1 + (self.nac_effect_f - self.nac_effect_e) * t2
         indirect = sum(self.nac_indirect_effects())
         return effect + indirect * t1 if indirect else effect
+
+    def stopped_share(self, week: float) -> float:
+        """Share of participants who have stopped the randomised treatment by a scheduled week (module docstring)."""
+        weeks = np.asarray(self.weeks, dtype=float)
+        chances = int(((weeks > weeks[0]) & (weeks <= min(week, self.treatment_end))).sum())
+        return 1.0 - (1.0 - self._stop_hazard()) ** chances
+
+    def _stop_hazard(self) -> float:
+        k = int(((np.asarray(self.weeks) > self.weeks[0]) & (np.asarray(self.weeks) <= self.treatment_end)).sum())
+        return 1.0 - (1.0 - self.discontinuation_by_end) ** (1.0 / k)
+
+    def treatment_policy_effect(self, week: float, arm: int = 0) -> float:
+        """True treatment-policy difference of active arm `arm` from control at a week: the arm's effect kept by those on
+        treatment, lost by those who stopped (the off-treatment shift is the same in every arm)."""
+        return self.effect_at(week, arm) * (1.0 - self.stopped_share(week))
 
     def _g(self, t):
         c = self.curvature
@@ -267,6 +303,17 @@ def simulate_trial(params: TrialParameters | None = None, **overrides) -> Synthe
     mean = (
         p.baseline_mean + ab[:, 0] + site_offsets[site] + z @ np.asarray(p.prognostic)
     )[:, None] + slope_e[:, None] * t1[None, :] + slope_f[:, None] * t2[None, :]
+    # Treatment discontinuation (module docstring), from its own stream so that trials without it are unchanged
+    stopped = np.zeros((n, len(weeks)), dtype=bool)
+    retrieved = np.zeros(n, dtype=bool)
+    if p.discontinuation_by_end > 0:
+        rng_stop = np.random.default_rng([p.seed, 28])
+        phase = (weeks > weeks[0]) & (weeks <= e)
+        for j in range(1, len(weeks)):
+            stopped[:, j] = stopped[:, j - 1] | (phase[j] & (rng_stop.random(n) < p._stop_hazard()))
+        retrieved = rng_stop.random(n) < p.retrieved_fraction
+        direct = effect_e[:, None] * t1[None, :] + (effect_f - effect_e)[:, None] * t2[None, :]
+        mean = mean + np.where(stopped, p.off_treatment_shift - direct, 0.0)
     y = np.clip(np.round(mean + noise), p.score_min, p.score_max)
 
     # Monotone dropout after baseline, driven by the last observed score (MAR) or by the score of the
@@ -285,6 +332,7 @@ def simulate_trial(params: TrialParameters | None = None, **overrides) -> Synthe
     intermittent[:, 0] = False
     intermittent[:, -1] = False  # a final visit, when attended, is recorded
     observed &= ~intermittent
+    observed &= ~(stopped & ~retrieved[:, None])  # those who stop and are not retrieved leave the trial
     last_seen = np.array([weeks[np.flatnonzero(o)[-1]] for o in observed])
 
     ids = np.array([f"P{i + 1:04d}" for i in range(n)])
@@ -297,8 +345,14 @@ def simulate_trial(params: TrialParameters | None = None, **overrides) -> Synthe
             "sex": np.where(rng.random(n) < 0.8, "F", "M"),
         }
     )
-    ii, jj = np.nonzero(observed)
-    visits = pd.DataFrame({"participant_id": ids[ii], "week": weeks[jj].astype(int), p.outcome: y[ii, jj].astype(int)})
+    if p.discontinuation_by_end > 0:  # every attended visit with its flag, and the visits missed after stopping (empty score)
+        ii, jj = np.nonzero(observed | stopped)
+        score = pd.array(np.where(observed[ii, jj], y[ii, jj], np.nan), dtype="Int64")
+        visits = pd.DataFrame({"participant_id": ids[ii], "week": weeks[jj].astype(int), p.outcome: score,
+                               "off_treatment": stopped[ii, jj].astype(int)})
+    else:
+        ii, jj = np.nonzero(observed)
+        visits = pd.DataFrame({"participant_id": ids[ii], "week": weeks[jj].astype(int), p.outcome: y[ii, jj].astype(int)})
 
     # Serum sub-study: a subset at baseline; week 12 only if still in the trial at week 12.
     serum = rng.random(n) < p.serum_fraction
@@ -335,6 +389,13 @@ def simulate_trial(params: TrialParameters | None = None, **overrides) -> Synthe
         "n_enrolled": int(n),
         "dropout_by_last_week": float(1 - observed[:, -1].mean()),
         "dropout_mechanism": p.dropout_mechanism,
+        **({"treatment_policy_effect_by_week": {str(int(w)): p.treatment_policy_effect(w) for w in weeks},
+            "stopped_share_by_week": {str(int(w)): p.stopped_share(w) for w in weeks},
+            "n_stopped": int(stopped[:, -1].sum()), "n_retrieved_visits": int((stopped & observed).sum())}
+           if p.discontinuation_by_end > 0 else {}),
+        **({"treatment_policy_by_arm_week": {arm: {str(int(w)): p.treatment_policy_effect(w, a) for w in weeks}
+                                             for a, arm in enumerate(p.active_arms)}}
+           if p.discontinuation_by_end > 0 and p.more_arms else {}),
         "n_below_lod": int(sum(int(b["below_lod"].sum()) for b in bio_rows)),
         "generator": "data.synthetic.simulate_trial",
     }

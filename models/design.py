@@ -95,6 +95,9 @@ class TrialDesign:
     covariate_names: list[str] = field(default_factory=list)  # per column: 'age', 'sex[M]'
     covariate_sources: list[str] = field(default_factory=list)  # per column: the declared covariate it codes ('age', 'sex')
     covariate_coding: dict = field(default_factory=dict)  # per covariate: kind, and mean and SD (continuous) or levels (categorical)
+    # participant x scheduled week, True from the participant's first visit after stopping the randomised treatment early
+    # (visits.csv's off_treatment column, data/schema.py); None when the dataset has no such column
+    off_treatment: np.ndarray | None = None
 
     @property
     def n_participants(self) -> int:
@@ -273,6 +276,7 @@ def build_design(ds: xr.Dataset) -> TrialDesign:
         has_followup=bool(meta.last_week > meta.treatment_end),
         checksum=str(ds.attrs.get("checksum", "")),
         dataset=ds,
+        off_treatment=ds["off_treatment"].values.astype(bool) if "off_treatment" in ds else None,
     )
     design.covariates, design.covariate_names, design.covariate_sources, design.covariate_coding = covariate_matrix(ds, meta)
     if "marker_value" in ds:
