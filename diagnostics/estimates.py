@@ -19,8 +19,10 @@ from data.meta import DatasetMeta
 from models.effects import DEFAULT_MCID, ESTIMAND_COLUMNS, effect_row, with_estimands
 
 
-def estimates_table(idata: az.InferenceData, meta: DatasetMeta, mcid: float = DEFAULT_MCID, change_scores: bool = False) -> pd.DataFrame:
-    """The generic rows; change_scores: the model's outcome is the change from baseline (the MMRM)."""
+def estimates_table(idata: az.InferenceData, meta: DatasetMeta, mcid: float = DEFAULT_MCID, change_scores: bool = False,
+                    model: str = "") -> pd.DataFrame:
+    """The generic rows; change_scores: the model's outcome is the change from baseline (the MMRM); model: the registered
+    model's name, for the estimand wording of a model whose differences are on treatment (models.effects.ON_TREATMENT_MODELS)."""
     post = idata.posterior
     label = meta.outcome_label
     rows, kinds, arms = [], [], []
@@ -64,12 +66,12 @@ def estimates_table(idata: az.InferenceData, meta: DatasetMeta, mcid: float = DE
     table = pd.DataFrame(rows)
     if table.empty:
         return pd.DataFrame(columns=list(ESTIMAND_COLUMNS))
-    return with_estimands(table, meta, kinds, arms=arms)
+    return with_estimands(table, meta, kinds, model=model, arms=arms)
 
 
 def model_estimates(idata: az.InferenceData, spec, design, mcid: float = DEFAULT_MCID) -> pd.DataFrame:
     """The generic rows plus the model's own (spec: a models.registry.ModelSpec), every row with its estimand."""
-    table = estimates_table(idata, design.meta, mcid=mcid, change_scores=spec.scores_change)
+    table = estimates_table(idata, design.meta, mcid=mcid, change_scores=spec.scores_change, model=spec.name)
     if spec.extra_estimates is not None:
         extra = spec.extra_estimates(idata, design, mcid)
         if not set(ESTIMAND_COLUMNS) <= set(extra.columns):

@@ -84,6 +84,7 @@ from models.effects import HDI_PROB, flat_draws, hdi_names
 from models.marginal import FIXED_VAR
 from models.mmrm import NAME as MMRM_NAME
 from models.mmrm import covariate_shift, mmrm_data
+from models.mmrm_retrieved import NAME as RETRIEVED_NAME
 from models.registry import REGISTRY, fitted_model_name, get
 from models.trajectory import curve_basis
 
@@ -122,6 +123,10 @@ def scored_model(idata: az.InferenceData, model: str | None = None) -> str:
     scored = ", ".join(n for n, spec in REGISTRY.items() if spec.score_covariance is not None)
     if name not in REGISTRY:
         raise ValueError(f"unknown model '{name}'; responder and remission estimands need one of: {scored}")
+    if name == RETRIEVED_NAME:
+        raise ValueError(f"responder and remission rates are not computed for '{name}': completing its scores would need each "
+                         "participant's off-treatment shift; its treatment-policy effect is in estimates.csv, and 'mmrm' gives "
+                         "the responder rates under missing at random")
     if get(name).score_covariance is not None:
         return name
     raise ValueError(

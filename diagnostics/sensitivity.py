@@ -83,6 +83,13 @@ whatever the analysis' strategy; for a strategy other than MAR, scores observed 
 are set aside (as rbmi does) and the MAR comparison is conditioned on the same pre-event visits.
 Unlisted participants follow the strategy of the analysis after their last observed visit.
 
+Retrieved dropouts (`mmrm_retrieved`, models/mmrm_retrieved.py): its d is the arm difference had every participant stayed
+on treatment, so its strategy and delta rows are about that hypothetical effect; its table adds the treatment-policy rows
+(strategy `treatment_policy`): d^a_v + pi^a_v theta^a_v - pi^c_v theta^c_v per draw, pi the share of the arm off
+treatment at v (from the off_treatment flags and, here, from the listed week of an intercurrent event of ice.csv on),
+dropout_share the share of the active arm whose missing visit after stopping treatment is imputed from the
+off-treatment model.
+
 Lower scores are better: P(benefit) = P(Delta < 0) = `p_below_0` (models/effects.py).
 """
 
@@ -105,7 +112,9 @@ import xarray as xr  # noqa: E402
 from data.ice import ICE_STRATEGIES, IceTable, check_ice, load_ice  # noqa: E402
 from maths.gaussian import conditional_normal  # noqa: E402
 from models.design import TrialDesign  # noqa: E402
-from models.effects import HDI_PROB, flat_draws, hdi_names  # noqa: E402
+from models.effects import HDI_PROB, TREATMENT_POLICY, flat_draws, hdi_names  # noqa: E402
+from models.mmrm import OFF_EFFECT  # noqa: E402
+from models.mmrm_retrieved import policy_draws, policy_shares  # noqa: E402
 from models.registry import fitted_model_name, get  # noqa: E402
 
 from .plots import to_png  # noqa: E402
@@ -119,7 +128,8 @@ VARIANCE_TEXT = {
     "information_anchored": "information anchored: the MAR posterior shifted by the anchoring delta, keeping the information "
                             "of the MAR analysis (what regulators usually ask for)",
 }
-SUPPORTED_MODELS = ("mmrm", "treatment", "treatment_curved", "headline")
+SUPPORTED_MODELS = ("mmrm", "treatment", "treatment_curved", "headline", "mmrm_retrieved")
+POLICY = "treatment_policy"  # the strategy label of the treatment-policy rows of a retrieved-dropout fit
 ARMS = ("treatment", "both")
 DECISION_THRESHOLD = 0.975  # P(benefit) below this: the conclusion of benefit is lost
 FLIP_INTERVAL_PROB = 0.95  # ... or this interval (HDI) reaching 0
@@ -154,6 +164,7 @@ class ModelPieces:
     group_sigma: tuple = ()  # draws x visits x visits per further group (ImpliedCovariance.groups)
     arms: tuple[str, ...] = ()  # the active arms (design.active_arms), in the order of d's second axis
     control: str = ""  # the control arm, the reference of every strategy
+    off_effect: np.ndarray | None = None  # draws x arm (control first) x visits: mmrm_retrieved's theta; None for other models
 
     @property
     def baseline_anchor(self) -> bool:
@@ -276,9 +287,10 @@ def model_pieces(idata: az.InferenceData, design: TrialDesign, model: str | None
     flat = lambda cov: cov.reshape((chains * draws,) + cov.shape[2:])  # noqa: E731
     d = flat_draws(post["nac_effect"].sel(week=implied.weeks).transpose("chain", "draw", "active_arm", "week"))
     what = "change from baseline" if implied.outcome == "change" else "score"
+    off = flat_draws(post[OFF_EFFECT].sel(visit=implied.weeks).transpose("chain", "draw", "arm", "visit")) if OFF_EFFECT in post else None
     return ModelPieces(name, np.asarray(implied.weeks, dtype=int), d, flat(implied.cov), chains, draws,
                        f"{design.meta.outcome_label} {what}", implied.group_of(design.n_participants),
-                       tuple(flat(cov) for _, cov in implied.groups), tuple(design.active_arms), design.meta.control_arm)
+                       tuple(flat(cov) for _, cov in implied.groups), tuple(design.active_arms), design.meta.control_arm, off)
 
 
 def estimand_population(design: TrialDesign, pieces: ModelPieces) -> Population:
@@ -384,10 +396,29 @@ def strategy_effect(pieces: ModelPieces, pop: Population, strategy: str, ice: Ic
 
 def arm_strategy_effects(pieces: ModelPieces, design: TrialDesign, strategies=STRATEGIES, ice=None) -> dict[tuple[str, str], StrategyEffect]:
     """Every active arm's StrategyEffect under each of `strategies` (and MAR, the base of the delta rows), keyed
-    (arm, strategy): the draws `sensitivity_table` summarises, computed once (diagnostics.csr_tables reads them too)."""
+    (arm, strategy): the draws `sensitivity_table` summarises, computed once (diagnostics.csr_tables reads them too); for a
+    retrieved-dropout fit also (arm, POLICY), the treatment-policy effect (`policy_effect`)."""
     pop = estimand_population(design, pieces)
     ice = _as_ice(ice, design)
-    return {(arm, s): strategy_effect(pieces, pop, s, ice, arm) for arm in pieces.arms for s in dict.fromkeys([*strategies, "MAR"])}
+    out = {(arm, s): strategy_effect(pieces, pop, s, ice, arm) for arm in pieces.arms for s in dict.fromkeys([*strategies, "MAR"])}
+    if pieces.off_effect is not None:
+        out.update({(arm, POLICY): policy_effect(pieces, design, ice, arm) for arm in pieces.arms})
+    return out
+
+
+def policy_effect(pieces: ModelPieces, design: TrialDesign, ice: IceTable | None = None, arm: str | None = None) -> StrategyEffect:
+    """The treatment-policy effect of active arm `arm` against the control arm per draw (models/mmrm_retrieved.py), with
+    ice.csv's events as discontinuations from their week on; its shares: those of each arm imputed from the off-treatment
+    model (a delta moves the imputed post-discontinuation scores)."""
+    if pieces.off_effect is None:
+        raise ValueError(f"the treatment-policy effect needs a fit of 'mmrm_retrieved', not of '{pieces.model}'")
+    a = pieces.arm_position(arm)
+    keep = pieces.visits > 0
+    shares = policy_shares(design, ice)
+    tp = np.zeros_like(pieces.d[:, a])
+    tp[:, keep] = policy_draws(pieces.d[:, :, keep], pieces.off_effect[:, :, keep], shares.off)[:, a]
+    pad = lambda x: np.concatenate([np.zeros(int((~keep).sum())), x])  # noqa: E731
+    return StrategyEffect(POLICY, pieces.visits, tp, pad(shares.imputed[a + 1]), pad(shares.imputed[0]), pieces.arms[a])
 
 
 def strategy_effects(idata: az.InferenceData, design: TrialDesign, strategies=STRATEGIES, ice=None,
@@ -425,12 +456,15 @@ def estimand_text(design: TrialDesign, pieces: ModelPieces, n: int, week: int, s
     active = pieces.arms[pieces.arm_position(arm)]
     end = meta.treatment_end
     phase = "end of treatment" if week == end else "off-treatment follow-up" if week > end else "during treatment"
-    handling = STRATEGY_TEXT[strategy].format(control=meta.control_arm)
+    handling = TREATMENT_POLICY if strategy == POLICY else STRATEGY_TEXT[strategy].format(control=meta.control_arm)
+    if strategy != POLICY and pieces.off_effect is not None:  # mmrm_retrieved's d: the effect had everyone stayed on treatment
+        handling = "treatment discontinuation: hypothetical, as if every participant had stayed on treatment; " + handling
     if delta:
         who = f"{active} arm's" if arms == "treatment" else "both arms'"
         handling += f", {who} missing scores after dropout {delta:g} points worse"
     if ice is not None and len(ice):
-        handling += f"; intercurrent events of {ice.source} ({len(ice)} participants): the strategy listed, from the week listed"
+        handling += (f"; intercurrent events of {ice.source} ({len(ice)} participants): "
+                     + ("off treatment from the week listed" if strategy == POLICY else "the strategy listed, from the week listed"))
     return (f"all randomised with a baseline score (n = {n}); {pieces.variable} at week {week} ({phase}); {handling}; "
             f"difference in means ({active} - {meta.control_arm})")
 
@@ -502,6 +536,14 @@ def sensitivity_table(
                 rows.append({**which, "strategy": label, "variance": variance, "week": w, **summarise(draws[:, j], hdi_prob),
                              "delta": delta, "anchoring_delta": anchoring, "dropout_share": float(eff.share_treatment[j]),
                              "estimand": estimand_text(design, pieces, n, w, s, delta, arms, ice, arm)})
+        if pieces.off_effect is not None:  # a retrieved-dropout fit: the treatment-policy rows
+            eff = effects[(arm, POLICY)] if effects is not None and (arm, POLICY) in effects else policy_effect(pieces, design, ice, arm)
+            for w in wanted:
+                j = int(np.searchsorted(pieces.visits, w))
+                rows.append({**which, "strategy": POLICY, "variance": "conditional_mean", "week": w,
+                             **summarise(eff.draws[:, j], hdi_prob), "delta": 0.0, "anchoring_delta": np.nan,
+                             "dropout_share": float(eff.share_treatment[j]),
+                             "estimand": estimand_text(design, pieces, n, w, POLICY, ice=ice, arm=arm)})
     return pd.DataFrame(rows)
 
 

@@ -62,13 +62,14 @@ ESTIMAND_COLUMNS = ("population", "variable", "intercurrent_events", "summary")
 # What an effect row estimates, by kind. Score models (trajectory family, MMRM):
 #   difference            treatment - control mean score at a week (the trajectory models' nac_effect)
 #   difference_change     treatment - control mean change from baseline at a week (the MMRM's nac_effect)
+#   difference_treatment_policy  the same under the treatment policy for treatment discontinuation (mmrm_retrieved)
 #   control_change        the control arm's mean change from baseline
 #   difference_at_level   treatment - control at a chosen baseline biomarker level (moderation)
 #   moderation_per_doubling, nac_moderation_per_doubling, prognostic_per_doubling   biomarker coefficients
 # Biomarker models: ratio_geometric, ratio_median (NAC / control ratio of a marker at the biomarker week);
 # mediation: mediation_total, mediation_direct, mediation_indirect, mediator_path, proportion_mediated.
 ESTIMAND_KINDS = (
-    "difference", "difference_change", "control_change", "difference_at_level", "moderation_per_doubling",
+    "difference", "difference_change", "difference_treatment_policy", "control_change", "difference_at_level", "moderation_per_doubling",
     "nac_moderation_per_doubling", "prognostic_per_doubling", "ratio_geometric", "ratio_median",
     "mediation_total", "mediation_direct", "mediation_indirect", "mediator_path", "proportion_mediated",
 )
@@ -86,10 +87,24 @@ def phase(week, meta) -> str:
     return "off-treatment follow-up" if week > meta.treatment_end else "during treatment"
 
 
-def _scores_handling(meta, week: int) -> str:
+# models whose arm differences are those had every participant stayed on the randomised treatment (the off-treatment shift
+# of the visits after stopping treatment early is a term of the model: models/mmrm_retrieved.py)
+ON_TREATMENT_MODELS = ("mmrm_retrieved",)
+TREATMENT_POLICY = ("treatment policy: the change whatever happened to the randomised treatment, regardless of treatment "
+                    "discontinuation (visits attended after stopping treatment are used as observed); missing post-discontinuation "
+                    "visits imputed from retrieved dropouts (missing at random given the arm, the observed scores and being off "
+                    "treatment: the off-treatment model estimated from the visits attended after stopping); other missing visits: "
+                    "missing at random on treatment")
+
+
+def _scores_handling(meta, week: int, model: str = "") -> str:
     """How a score model handles intercurrent events at `week`."""
     mar = ("dropout and other missing visits: hypothetical strategy under missing at random (the participant's own "
            "arm's course given their observed scores)")
+    if model in ON_TREATMENT_MODELS:
+        return ("treatment discontinuation: hypothetical strategy, as if every participant had stayed on the randomised treatment "
+                "to its planned end (the visits after stopping early enter the model with their off-treatment shift); "
+                + mar.replace("dropout and other", "other"))
     if week > meta.treatment_end:
         return (f"end of treatment (week {meta.treatment_end}): treatment policy, the off-treatment follow-up score is used "
                 f"whatever happened on treatment; {mar}")
@@ -148,7 +163,7 @@ def estimand(meta, week, kind: str, *, marker: str = "", model: str = "", arm: s
             "proportion_mediated": f"proportion of the total effect mediated by {marker or 'all markers'}",
         }[kind]
         return dict(zip(ESTIMAND_COLUMNS, (population, variable, handling, summary)))
-    handling = _scores_handling(meta, week)
+    handling = TREATMENT_POLICY if kind == "difference_treatment_policy" else _scores_handling(meta, week, model)
     if kind == "prognostic_per_doubling":
         return dict(zip(ESTIMAND_COLUMNS, (
             population, f"baseline {label} score (week {week})", "none: measured before randomisation",
@@ -161,6 +176,8 @@ def estimand(meta, week, kind: str, *, marker: str = "", model: str = "", arm: s
     summary = {
         "difference": f"difference in means ({arms})",
         "difference_change": f"difference in mean change from baseline ({arms}), adjusted for the baseline score",
+        "difference_treatment_policy": f"difference in mean change from baseline ({arms}) over all randomised participants, "
+                                       "adjusted for the baseline score",
         "control_change": f"mean change from baseline in the {c} arm (within one arm, not a randomised comparison)",
         "difference_at_level": f"difference in means ({arms}) at the row's level of {what}, other markers at their geometric means",
         "moderation_per_doubling": f"difference in mean change from baseline per doubling of {what} (both arms)",

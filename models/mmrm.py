@@ -54,6 +54,7 @@ NAME = "mmrm"
 DESCRIPTION = "Bayesian MMRM: change from baseline by visit, arm x visit, baseline x visit, unstructured covariance (LKJ); no biomarkers needed"
 LIKELIHOODS = ("normal",)
 _LOG_2PI = float(np.log(2 * np.pi))
+OFF_EFFECT = "off_treatment_effect"  # the retrieved-dropout term (models/mmrm_retrieved.py), dims arm x visit
 
 
 def default_priors(design: TrialDesign) -> dict[str, Prior]:
@@ -88,6 +89,7 @@ class MMRMData:
     obs_change: np.ndarray  # long: the change from baseline
     patterns: list  # (visit indices, start in long arrays, participants, is_prefix)
     n_excluded: int  # participants with no post-baseline visit
+    obs_off: np.ndarray | None = None  # long: 1.0 at a visit after the participant stopped treatment early (None without flags)
 
 
 def mmrm_data(design: TrialDesign) -> MMRMData:
@@ -125,17 +127,20 @@ def mmrm_data(design: TrialDesign) -> MMRMData:
         patterns.append((vis, start, len(members), bool(np.array_equal(vis, np.arange(len(vis))))))
         start += len(rr)
     base = wide[keep, 0]
+    obs_row, obs_visit = np.concatenate(obs_row), np.concatenate(obs_visit)
+    off = None if design.off_treatment is None else design.off_treatment[rows[obs_row], obs_visit + 1].astype(float)
     return MMRMData(
         visits=weeks[1:],
         rows=rows,
         baseline=base,
         baseline_center=float(base.mean()),
         change=change,
-        obs_row=np.concatenate(obs_row),
-        obs_visit=np.concatenate(obs_visit),
+        obs_row=obs_row,
+        obs_visit=obs_visit,
         obs_change=np.concatenate(obs_change),
         patterns=patterns,
         n_excluded=int(n - keep.sum()),
+        obs_off=off,
     )
 
 
@@ -233,6 +238,11 @@ def mean_change(posterior, design: TrialDesign, d: MMRMData | None = None) -> np
     shift = covariate_shift(posterior, design, d.rows)
     if np.ndim(shift):
         mu = mu + shift[..., d.obs_row]
+    if OFF_EFFECT in posterior:  # mmrm_retrieved: the off-treatment shift of arm x visit at visits after stopping treatment
+        if d.obs_off is None:
+            raise ValueError(f"the fit has '{OFF_EFFECT}' but the design has no off_treatment flags: fit and data differ")
+        off = posterior[OFF_EFFECT].transpose("chain", "draw", "arm", ...).values
+        mu = mu + off[..., design.arm_idx[d.rows][d.obs_row], v] * d.obs_off
     return mu
 
 
@@ -289,9 +299,11 @@ def pointwise_logp(posterior, design: TrialDesign) -> dict[str, np.ndarray]:
 
 
 def build_mmrm(design: TrialDesign, priors: dict | None = None, likelihood: str = "normal",
-               covariates: bool | list[str] | None = True) -> BuiltModel:
+               covariates: bool | list[str] | None = True, off_treatment: Prior | None = None) -> BuiltModel:
     """The MMRM of the module docstring. covariates: the baseline covariates declared in dataset.toml to adjust for:
-    True (the default) all of them, False none, or a list of their names (models/design.select_covariates)."""
+    True (the default) all of them, False none, or a list of their names (models/design.select_covariates).
+    off_treatment: the prior of OFF_EFFECT, which adds theta[arm, visit] at the visits after a participant stopped the
+    randomised treatment early (models/mmrm_retrieved.py builds it so); None: no such term."""
     if likelihood not in LIKELIHOODS:
         raise ValueError(f"the MMRM supports likelihoods {LIKELIHOODS}, not '{likelihood}'")
     d = mmrm_data(design)
@@ -310,6 +322,8 @@ def build_mmrm(design: TrialDesign, priors: dict | None = None, likelihood: str 
     }
     if len(columns):
         coords[COVARIATE_DIM] = [design.covariate_names[j] for j in columns]
+    if off_treatment is not None:
+        coords["arm"] = design.arms
     with pm.Model(coords=coords) as model:
         pid = pm.Data("obs_participant", d.obs_row, dims="obs")
         vid = pm.Data("obs_visit", d.obs_visit, dims="obs")
@@ -328,6 +342,9 @@ def build_mmrm(design: TrialDesign, priors: dict | None = None, likelihood: str 
             x = pm.Data("covariates", design.covariates[np.ix_(d.rows, columns)], dims=("participant", COVARIATE_DIM))
             effect = rv("covariate_effect", pri["covariate_effect"], dims=COVARIATE_DIM)
             mu = mu + pt.dot(x, effect)[pid]
+        if off_treatment is not None:  # retrieved dropouts: arm x visit shift of the visits after stopping treatment early
+            off = pm.Data("obs_off_treatment", d.obs_off, dims="obs")
+            mu = mu + rv(OFF_EFFECT, off_treatment, dims=("arm", "visit"))[design.arm_idx[d.rows][d.obs_row], vid] * off
         sd_prior = pri["visit_sd"]
         chol, corr, sds = pm.LKJCholeskyCov(
             "visit_chol",

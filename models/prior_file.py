@@ -56,6 +56,7 @@ TREATMENT_EFFECT_PRIORS = {
     "headline": "nac_change",
     "moderation": "nac_change",
     "mmrm": "nac_visit_effect",
+    "mmrm_retrieved": "nac_visit_effect",
     "mediation": "direct_effect",
 }
 NO_TREATMENT_EFFECT_IN_POINTS = ("null", "biomarker_change", "biomarker_change_median")

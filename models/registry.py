@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Callable
 
-from . import biomarker_change, biomarker_change_median, mediation, mmrm, moderation, trajectory
+from . import biomarker_change, biomarker_change_median, mediation, mmrm, mmrm_retrieved, moderation, trajectory
 from .contract import BuiltModel
 from .design import TrialDesign
 from .marker_change_block import change_data
@@ -90,6 +90,8 @@ def fitted_model_name(idata, model: str | None = None) -> str:
     if name:
         return name
     post = idata.posterior
+    if mmrm.OFF_EFFECT in post:
+        return mmrm_retrieved.NAME
     if "visit_chol" in post or "visit_corr" in post:
         return mmrm.NAME
     if "nac_marker_moderation" in post:
@@ -160,6 +162,22 @@ register(
         check_data=mmrm.mmrm_data,
         comparable=False,  # change from baseline, not the visit scores
         scores_change=True,  # ... given the baseline: the post-baseline scores' densities, as the trajectory models'
+        covariates=True,
+        score_covariance=mmrm.implied_covariance,
+    )
+)
+register(
+    ModelSpec(
+        mmrm_retrieved.NAME,
+        mmrm_retrieved.DESCRIPTION,
+        mmrm_retrieved.build_mmrm_retrieved,
+        mmrm_retrieved.default_priors,
+        likelihoods=mmrm_retrieved.LIKELIHOODS,
+        needs="visits.csv's off_treatment column, with visits attended after stopping treatment",
+        check_data=mmrm_retrieved.check_data,
+        comparable=False,
+        scores_change=True,
+        extra_estimates=mmrm_retrieved.extra_estimates,
         covariates=True,
         score_covariance=mmrm.implied_covariance,
     )
