@@ -550,8 +550,8 @@ class _Conversion:
         order = {p: i for i, p in enumerate(pid)}
         visits = visits.assign(_o=visits["participant_id"].map(order)).sort_values(["_o", "week"], kind="stable").drop(columns="_o")
         self.notes.append(f"{bds.name}: PARAMCD {self.param}" + (f" ({self.param_label})" if self.param_label else "")
-                          + f" -> {name}, {label} {lo:g}-{hi:g}{', integer' if integer else ''}; {int(visits[name].notna().sum())} analysed visits at "
-                          f"weeks {list(weeks)}, treatment end week {tend}"
+                          + f" -> {name}, {label} {lo:g}-{hi:g}{', integer' if integer else ''}; "
+                          f"{int(visits[name].notna().sum())} analysed visits at weeks {list(weeks)}, treatment end week {tend}"
                           + (f" (AVISIT says follow-up at week {self.follow})" if self.follow else ""))
         bio = _biomarkers(self, subj) if o.markers is not None else None
         ice = _ice_rows(self, adsl, subj, rec, weeks) if o.ice_strategy and self.events else None

@@ -193,7 +193,8 @@ def intercurrent_events(conv, adsl, subj: pd.DataFrame, rec: pd.DataFrame, weeks
     return frame
 
 
-def off_treatment(conv, adsl, subj: pd.DataFrame, rec: pd.DataFrame, weeks: tuple[int, ...], tend: int) -> tuple[pd.Series, pd.DataFrame] | None:
+def off_treatment(conv, adsl, subj: pd.DataFrame, rec: pd.DataFrame, weeks: tuple[int, ...],
+                  tend: int) -> tuple[pd.Series, pd.DataFrame] | None:
     """visits.csv's off_treatment column (docs/adam.md): (per analysed record of `rec`, 1 after the participant stopped the
     randomised treatment early, else 0; the visits missed after stopping, as (usubjid, week) rows), or None when the data
     cannot tell (neither ONTRTFL in the BDS nor TRTEDT with ADT) or show no visit attended after stopping early.

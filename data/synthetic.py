@@ -34,15 +34,20 @@ the first visit after stopping, the participant's mean loses the arm's (direct) 
 `retrieved_fraction` of those who stop keep attending their visits (retrieved dropouts; later dropout as above); the
 others leave the trial at stopping. visits.csv then has the column off_treatment (1 from the first visit after
 stopping, also on empty-score rows of the visits missed after stopping), and truth.json the treatment-policy effect
-(every randomised participant's expected change whatever happened to treatment): at week w, with pi_w the share stopped
-by w, effect_w (1 - pi_w) for each active arm (the shift, the same in every arm, cancels).
+(every randomised participant's expected change whatever happened to treatment) of each active arm by week: the mean
+change of TRUTH_DRAWS participants' complete scores, clipped and rounded to the scale as the trial's, at a fixed seed
+(`treatment_policy_truth`). Without the scale's bounds it would be effect_w (1 - pi_w), pi_w the share stopped by w
+(`TrialParameters.treatment_policy_effect`; the shift, the same in every arm, cancels); the clipping at the scale's
+floor moves it by about a tenth of a point when the active arm's mean change is large.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field, replace
+from functools import lru_cache
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -169,8 +174,9 @@ class TrialParameters:
         return 1.0 - (1.0 - self.discontinuation_by_end) ** (1.0 / k)
 
     def treatment_policy_effect(self, week: float, arm: int = 0) -> float:
-        """True treatment-policy difference of active arm `arm` from control at a week: the arm's effect kept by those on
-        treatment, lost by those who stopped (the off-treatment shift is the same in every arm)."""
+        """Treatment-policy difference of active arm `arm` from control at a week without the scale's bounds: the arm's effect
+        kept by those on treatment, lost by those who stopped (the off-treatment shift is the same in every arm). truth.json
+        has the exact one, of the clipped scores (`treatment_policy_truth`)."""
         return self.effect_at(week, arm) * (1.0 - self.stopped_share(week))
 
     def _g(self, t):
@@ -229,13 +235,11 @@ def _dropout_intercept(p: TrialParameters) -> float:
         return float(np.log(per_visit / (1 - per_visit)))
 
 
-def simulate_trial(params: TrialParameters | None = None, **overrides) -> SyntheticTrial:
-    """Simulate one trial. Deterministic given params.seed."""
-    p = (params or TrialParameters()).with_(**overrides) if overrides else (params or TrialParameters())
-    if p.dropout_mechanism not in DROPOUT_MECHANISMS:
-        raise ValueError(f"unknown dropout_mechanism '{p.dropout_mechanism}'; choose one of {', '.join(DROPOUT_MECHANISMS)}")
-    rng = np.random.default_rng(p.seed)
-    n = p.n_participants
+def _complete_scores(p: TrialParameters, rng: np.random.Generator, rng_stop: np.random.Generator, n: int,
+                     screen: int = 4) -> SimpleNamespace:
+    """Every participant's score at every scheduled week before any visit is missed (the generative model of the module
+    docstring, screening included, `screen` x n candidates at a time), with what the rest of the simulation needs;
+    `rng_stop` draws the discontinuation."""
     weeks = np.asarray(p.weeks, dtype=float)
     e, f = float(p.treatment_end), float(weeks.max())
     t1 = p._g(np.minimum(weeks, e) / e)
@@ -252,7 +256,7 @@ def simulate_trial(params: TrialParameters | None = None, **overrides) -> Synthe
     rows = []
     n_screened = 0
     while sum(len(r[0]) for r in rows) < n:
-        m = 4 * n
+        m = screen * n
         n_screened += m
         z = rng.multivariate_normal(np.zeros(nm), corr, size=m)
         cov_ab = np.array(
@@ -307,7 +311,6 @@ def simulate_trial(params: TrialParameters | None = None, **overrides) -> Synthe
     stopped = np.zeros((n, len(weeks)), dtype=bool)
     retrieved = np.zeros(n, dtype=bool)
     if p.discontinuation_by_end > 0:
-        rng_stop = np.random.default_rng([p.seed, 28])
         phase = (weeks > weeks[0]) & (weeks <= e)
         for j in range(1, len(weeks)):
             stopped[:, j] = stopped[:, j - 1] | (phase[j] & (rng_stop.random(n) < p._stop_hazard()))
@@ -315,6 +318,53 @@ def simulate_trial(params: TrialParameters | None = None, **overrides) -> Synthe
         direct = effect_e[:, None] * t1[None, :] + (effect_f - effect_e)[:, None] * t2[None, :]
         mean = mean + np.where(stopped, p.off_treatment_shift - direct, 0.0)
     y = np.clip(np.round(mean + noise), p.score_min, p.score_max)
+    return SimpleNamespace(weeks=weeks, e=e, markers=markers, log_med=log_med, log_sd=log_sd, site_offsets=site_offsets,
+                           n_screened=n_screened, site=site, arm_index=arm_index, treated=treated, log0=log0, log12=log12, y=y,
+                           stopped=stopped, retrieved=retrieved)
+
+
+TRUTH_DRAWS = 1_000_000  # participants simulated for the treatment-policy truth
+TRUTH_SEED = 20260228
+
+
+@lru_cache(maxsize=8)
+def _policy_truth(p: TrialParameters) -> dict[str, dict[str, float]]:
+    """Per active arm and week, the treatment-policy difference from control in mean change: TRUTH_DRAWS participants'
+    complete scores (clipped and rounded to the scale as the trial's) at a fixed seed, in chunks; MC SE about 0.01-0.02."""
+    chunk = 200_000
+    sums = counts = 0
+    for k in range(TRUTH_DRAWS // chunk):
+        c = _complete_scores(p, np.random.default_rng([TRUTH_SEED, k]), np.random.default_rng([TRUTH_SEED, k, 28]), chunk, screen=2)
+        change = c.y - c.y[:, :1]
+        arms = np.arange(1 + len(p.active_arms))
+        sums = sums + np.stack([change[c.arm_index == a].sum(axis=0) for a in arms])
+        counts = counts + np.array([(c.arm_index == a).sum() for a in arms])[:, None]
+    mean = sums / counts
+    return {arm: {str(int(w)): float(mean[a + 1, j] - mean[0, j]) for j, w in enumerate(p.weeks)} for a, arm in enumerate(p.active_arms)}
+
+
+def treatment_policy_truth(p: TrialParameters) -> dict[str, dict[str, float]]:
+    """The treatment-policy effect of each active arm by week (truth.json): of the complete scores, so whatever the trial's
+    seed and size, who keeps attending, dropout and biomarker sampling (computed once per process for the rest)."""
+    d = TrialParameters()
+    return _policy_truth(p.with_(seed=0, n_participants=0, retrieved_fraction=d.retrieved_fraction, serum_fraction=d.serum_fraction,
+                                 week12_sample_missing=d.week12_sample_missing, dropout_by_last_week=d.dropout_by_last_week,
+                                 dropout_score_effect=d.dropout_score_effect, dropout_mechanism=d.dropout_mechanism,
+                                 intermittent_missing=d.intermittent_missing))
+
+
+def simulate_trial(params: TrialParameters | None = None, policy_truth: bool = True, **overrides) -> SyntheticTrial:
+    """Simulate one trial. Deterministic given params.seed. policy_truth=False: a trial with discontinuation without the
+    treatment-policy effect in truth.json (a Monte Carlo of TRUTH_DRAWS participants: seconds)."""
+    p = (params or TrialParameters()).with_(**overrides) if overrides else (params or TrialParameters())
+    if p.dropout_mechanism not in DROPOUT_MECHANISMS:
+        raise ValueError(f"unknown dropout_mechanism '{p.dropout_mechanism}'; choose one of {', '.join(DROPOUT_MECHANISMS)}")
+    rng = np.random.default_rng(p.seed)
+    n = p.n_participants
+    c = _complete_scores(p, rng, np.random.default_rng([p.seed, 28]), n)
+    weeks, e, markers, log_med, log_sd, site_offsets = c.weeks, c.e, c.markers, c.log_med, c.log_sd, c.site_offsets
+    site, arm_index, treated, log0, log12, y = c.site, c.arm_index, c.treated, c.log0, c.log12, c.y
+    n_screened, stopped, retrieved = c.n_screened, c.stopped, c.retrieved
 
     # Monotone dropout after baseline, driven by the last observed score (MAR) or by the score of the
     # visit being missed (MNAR, in both arms or the treatment arm only); rare intermittent misses.
@@ -389,13 +439,13 @@ def simulate_trial(params: TrialParameters | None = None, **overrides) -> Synthe
         "n_enrolled": int(n),
         "dropout_by_last_week": float(1 - observed[:, -1].mean()),
         "dropout_mechanism": p.dropout_mechanism,
-        **({"treatment_policy_effect_by_week": {str(int(w)): p.treatment_policy_effect(w) for w in weeks},
-            "stopped_share_by_week": {str(int(w)): p.stopped_share(w) for w in weeks},
+        **({"treatment_policy_effect_by_week": treatment_policy_truth(p)[p.treatment_arm]}
+           if p.discontinuation_by_end > 0 and policy_truth else {}),
+        **({"stopped_share_by_week": {str(int(w)): p.stopped_share(w) for w in weeks},
             "n_stopped": int(stopped[:, -1].sum()), "n_retrieved_visits": int((stopped & observed).sum())}
            if p.discontinuation_by_end > 0 else {}),
-        **({"treatment_policy_by_arm_week": {arm: {str(int(w)): p.treatment_policy_effect(w, a) for w in weeks}
-                                             for a, arm in enumerate(p.active_arms)}}
-           if p.discontinuation_by_end > 0 and p.more_arms else {}),
+        **({"treatment_policy_by_arm_week": treatment_policy_truth(p)}
+           if p.discontinuation_by_end > 0 and p.more_arms and policy_truth else {}),
         "n_below_lod": int(sum(int(b["below_lod"].sum()) for b in bio_rows)),
         "generator": "data.synthetic.simulate_trial",
     }
@@ -414,7 +464,8 @@ def dose_trial_parameters(**overrides) -> TrialParameters:
 
 
 def main(argv=None) -> int:
-    """Write a synthetic dataset folder: python -m data.synthetic OUT [--seed S] [--n N] [--dropout mar|mnar|mnar_treatment]."""
+    """Write a synthetic dataset folder: python -m data.synthetic OUT [--seed S] [--n N] [--dropout mar|mnar|mnar_treatment]
+    [--discontinuation SHARE [--retrieved SHARE]]."""
     import argparse
 
     ap = argparse.ArgumentParser(description=main.__doc__)
@@ -423,12 +474,17 @@ def main(argv=None) -> int:
     ap.add_argument("--n", type=int, default=TrialParameters.n_participants, help="participants")
     ap.add_argument("--dropout", choices=DROPOUT_MECHANISMS, default=TrialParameters.dropout_mechanism,
                     help="what dropout depends on: the last observed score (mar) or the missed visit's (mnar, mnar_treatment)")
+    ap.add_argument("--discontinuation", type=float, default=0.0, metavar="SHARE",
+                    help="share who stop the randomised treatment by the end of treatment (off_treatment column; 0: none)")
+    ap.add_argument("--retrieved", type=float, default=TrialParameters.retrieved_fraction, metavar="SHARE",
+                    help="with --discontinuation: share of those who stop who keep attending (retrieved dropouts)")
     ap.add_argument("--force", action="store_true", help="replace an existing folder")
     ap.add_argument("--dose-example", action="store_true",
                     help="the three-arm dose trial of data/dose/ (placebo, low, high) instead of the two-arm NAC trial")
     args = ap.parse_args(argv)
     base = dose_trial_parameters() if args.dose_example else TrialParameters()
-    changes = {k: v for k, v in (("seed", args.seed), ("n_participants", args.n), ("dropout_mechanism", args.dropout))
+    changes = {k: v for k, v in (("seed", args.seed), ("n_participants", args.n), ("dropout_mechanism", args.dropout),
+                                 ("discontinuation_by_end", args.discontinuation), ("retrieved_fraction", args.retrieved))
                if v != getattr(TrialParameters(), k)}
     trial = simulate_trial(base.with_(**changes))
     try:

@@ -24,7 +24,9 @@ No Cholesky factor is differentiated: the gradient goes through Sigma directly. 
 LKJCholeskyCov density on the packed factor (the LKJ density of the correlation, the scale prior
 on the SDs and their Jacobian, its normalising constant), the log transform of L's diagonal, the
 location priors and the sum-to-zero site offsets, exactly as PyMC writes them. Baseline covariates
-(data) add their effects `covariate_effect` to every visit's mean, like the site offset.
+(data) add their effects `covariate_effect` to every visit's mean, like the site offset. The retrieved-dropout MMRM
+(models/mmrm_retrieved.py) adds off_treatment_effect[arm, v] to the mean of a visit after stopping treatment early
+(gradient u_iv there) and its Normal prior.
 tests/test_fused.py checks value, gradient and every stored variable against PyTensor's at random
 points (drop-out and intermittent patterns, one site and several, other priors).
 """
