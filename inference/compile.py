@@ -35,10 +35,10 @@ import numpy as np
 
 from models.contract import BuiltModel
 
-from . import kernels, kernels_mmrm
+from . import kernels, kernels_mmrm, kernels_mmrm_retrieved
 
 # the hand-written log densities, by the name a model declares (BuiltModel.fused_kernel)
-KERNELS = {kernels.KERNEL: kernels, kernels_mmrm.KERNEL: kernels_mmrm}
+KERNELS = {kernels.KERNEL: kernels, kernels_mmrm.KERNEL: kernels_mmrm, kernels_mmrm_retrieved.KERNEL: kernels_mmrm_retrieved}
 
 # the versions whose internals this module was written against: (lowest, first excluded) per package
 TESTED_VERSIONS = {"nutpie": ((0, 16), (0, 17)), "numba": ((0, 61), (0, 66)), "pytensor": ((2, 31), (2, 39))}

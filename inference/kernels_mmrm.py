@@ -24,9 +24,7 @@ No Cholesky factor is differentiated: the gradient goes through Sigma directly. 
 LKJCholeskyCov density on the packed factor (the LKJ density of the correlation, the scale prior
 on the SDs and their Jacobian, its normalising constant), the log transform of L's diagonal, the
 location priors and the sum-to-zero site offsets, exactly as PyMC writes them. Baseline covariates
-(data) add their effects `covariate_effect` to every visit's mean, like the site offset. The retrieved-dropout MMRM
-(models/mmrm_retrieved.py) adds off_treatment_effect[arm, v] to the mean of a visit after stopping treatment early
-(gradient u_iv there) and its Normal prior.
+(data) add their effects `covariate_effect` to every visit's mean, like the site offset.
 tests/test_fused.py checks value, gradient and every stored variable against PyTensor's at random
 points (drop-out and intermittent patterns, one site and several, other priors).
 """
@@ -40,7 +38,7 @@ import numba
 import numpy as np
 from scipy.special import gammaln
 
-from models.mmrm import OFF_EFFECT, arm_position, mmrm_data
+from models.mmrm import arm_position, mmrm_data
 
 from .kernels import (
     LOG2PI,
@@ -72,8 +70,8 @@ PRIOR_SLOTS = {
     P_COV: ("covariate_effect", "location"),
 }
 X_BLOCKS = ("visit_mean", "nac_visit_effect", "baseline_slope", "site_effect_zerosum__", "visit_chol_cholesky-cov-packed__",
-            "covariate_effect", OFF_EFFECT)
-(X_VMEAN, X_NAC, X_SLOPE, X_SITE, X_CHOL, X_COV, X_OFF) = range(len(X_BLOCKS))
+            "covariate_effect")
+(X_VMEAN, X_NAC, X_SLOPE, X_SITE, X_CHOL, X_COV) = range(len(X_BLOCKS))
 E_BLOCKS = ("site_effect", "visit_chol", "visit_sd", "visit_corr", "nac_effect", "placebo_change")
 (E_SITE, E_CHOL, E_SD, E_CORR, E_NAC, E_PLACEBO) = range(len(E_BLOCKS))
 # fields of the context array
@@ -85,10 +83,6 @@ N_FIELDS = 13  # F_COV: the covariate columns adjusted for, included participant
 # sizes (field F_SIZES): participants, sites (0 for one), visits, length of x, length of the expanded draw, weeks,
 # patterns, observations, covariate columns, active arms
 PATTERN_WIDTH = 5  # per pattern: start in the long arrays, participants, visits, is a drop-out pattern, offset of its visits
-# the retrieved-dropout term (mmrm_retrieved): its own field, the prior triple of OFF_EFFECT then per observation 1.0 at a visit
-# after the participant stopped treatment early ([0, 0, 0] alone without the term); its block holds arm x visit row by row
-F_OFF = N_FIELDS
-N_FIELDS += 1
 
 
 def lkj_normalizing_constant(eta: float, n: int) -> float:
@@ -157,7 +151,6 @@ def logp_grad(x, ctx, grad):
         grad[j] = 0.0
     o_mean, o_nac, o_slope, o_site, o_chol = int(xo[X_VMEAN]), int(xo[X_NAC]), int(xo[X_SLOPE]), int(xo[X_SITE]), int(xo[X_CHOL])
     o_cov = int(xo[X_COV])
-    o_off, off = int(xo[X_OFF]), _field(ctx, F_OFF)  # off[0:3] the prior, off[3 + s] the flag of observation s
     chol = _unpack_chol(x, o_chol, nv)
     sigma = chol @ chol.T
     site = zerosum_values(x, o_site, n_s)
@@ -203,12 +196,9 @@ def logp_grad(x, ctx, grad):
             shift = site[si]  # the site and the covariates: the same at every visit
             for j in range(n_cov):
                 shift += cov[i * n_cov + j] * x[o_cov + j]
-            o_own = o_off + (int(arm[i]) + 1 if t > 0.5 else 0) * nv  # the participant's row of the arm x visit shift
             for j in range(k):
                 v = vis[j]
                 r[j] = obs_change[s0 + j] - (x[o_mean + v] + x[o_arm + v] * t + x[o_slope + v] * bi + shift)
-                if o_off >= 0:
-                    r[j] -= x[o_own + v] * off[3 + s0 + j]
             for a in range(k):
                 s = 0.0
                 for b in range(k):
@@ -224,8 +214,6 @@ def logp_grad(x, ctx, grad):
                 grad[o_arm + v] += ua * t
                 grad[o_slope + v] += ua * bi
                 d_site[si] += ua
-                if o_off >= 0:
-                    grad[o_own + v] += ua * off[3 + s0 + a]
                 for b in range(k):
                     uu[a, b] += ua * u[b]
             for j in range(n_cov):
@@ -272,11 +260,6 @@ def logp_grad(x, ctx, grad):
         g, dg = _normal_prior(pri, P_COV, x[o_cov + j])
         lp += g
         grad[o_cov + j] += dg
-    if o_off >= 0:
-        for j in range((n_arm + 1) * nv):
-            g, dg = _normal_prior(off, 0, x[o_off + j])
-            lp += g
-            grad[o_off + j] += dg
 
     if o_site >= 0:
         lp += zerosum_density(site, d_site, pri[3 * P_SITE + 1], n_s, o_site, grad)
@@ -381,9 +364,6 @@ def fused_layout(model, design, priors, shapes: dict) -> FusedLayout:
     columns = _covariate_columns(model, design) if with_covariates else []
     if with_covariates:
         expected["covariate_effect"] = len(columns)
-    with_off = OFF_EFFECT in joined
-    if with_off:
-        expected[OFF_EFFECT] = (n_arm + 1) * nv
     found = {name: sl.stop - sl.start for name, sl in zip(names[: len(joined)], slices)}
     if found != expected:
         raise Unsupported(f"free variables {found} are not the expected {expected}")
@@ -414,7 +394,6 @@ def fused_layout(model, design, priors, shapes: dict) -> FusedLayout:
         np.array(pattern_rows, dtype=float), np.array(pattern_visits, dtype=float), d.obs_row, d.obs_change,
         design.covariates[np.ix_(d.rows, columns)] if len(columns) else np.zeros(0), position.astype(float),
     ]
-    fields.append(np.concatenate([_prior_triple(priors[OFF_EFFECT], "location"), d.obs_off]) if with_off else np.zeros(3))
     assert len(fields) == N_FIELDS
     return FusedLayout(ctx=_pack(fields), n_dim=n_dim, n_expanded=pos, shape_info=(names, slices, shape_list), kernel=KERNEL)
 

@@ -233,7 +233,7 @@ def test_fused_density_equals_the_graph(tmp_path):
     assert (get(NAME).check_data(design).obs_off > 0).any()
     _, layout = _check_against_pytensor(design, {"off_treatment_effect": {"params": {"mu": 1.0, "sigma": 3.0}}}, points=2, seed=2,
                                         build=lambda d, p: get(NAME).build(d, p))
-    assert "off_treatment_effect" in layout.shape_info[0]
+    assert "off_treatment_effect" in layout.shape_info[0] and layout.kernel == "mmrm_retrieved"
     # every prior the model uses is stated for a variable it stores (what the power-scaling prior sensitivity scales)
     from diagnostics.prior_sensitivity import prior_variable
 
