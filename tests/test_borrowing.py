@@ -189,12 +189,12 @@ def test_map_fit_agrees_with_reweighting_and_writes_its_record(small_trial_dir, 
 @pytest.mark.slow
 @pytest.mark.parametrize("model", ["mmrm", "treatment"])
 def test_map_fit_agrees_with_reweighting_on_the_bundled_trial(model, tmp_path):
-    """The bundled trial, 4 x 2,000 draws: the MMRM (visit_mean at week 12) and the trajectory model (time_change of
+    """The bundled trial, 4 x 1,500 draws: the MMRM (visit_mean at week 12) and the trajectory model (time_change of
     the treatment phase), both on the fused kernel, against the reweighted fits without the prior; a past-trial table
     in conflict (control means about 4 points better than this trial's) so that the prior moves the posterior."""
     hist = tmp_path / "conflict.csv"
     hist.write_text("study,n,mean,sd\nA,110,-15.0,7.4\nB,121,-16.1,7.9\nC,96,-14.6,6.9\nD,150,-15.8,8.1\n")
-    settings = SamplerSettings(draws=2000, tune=1000, chains=4, seed=9)
+    settings = SamplerSettings(draws=1500, tune=1000, chains=4, seed=9)
     borrowed, record, worst = check_against_reweighting(DEFAULT_DATASET, model, hist, tmp_path, settings, tolerance=3.5)
     assert record["conflict"]["p_value"] < 0.2  # the new control arm sits in the tail of the MAP prior
     assert record["conflict"]["vague_weight_posterior"] > record["conflict"]["vague_weight_prior"]
