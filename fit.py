@@ -69,6 +69,14 @@ def parse_args(argv):
                     "(slope per dose unit, needs [arms.dose] in dataset.toml); arm labels as in dataset.toml. contrasts.csv always has "
                     "each arm's mean change, each active arm vs control and P(each arm is best)")
     add_sensitivity_arguments(ap)
+    ap.add_argument("--historical-control", nargs="+", type=Path, default=None, metavar="PATH", help="past trials' control arms: "
+                    "a historical.csv (study, n, mean, sd: mean change from baseline at the primary visit and its SD) or two or "
+                    "more trial folders; their robust MAP prior goes on the control arm's change at the end of treatment of the "
+                    "MMRM and trajectory models (map_prior.json, a report section; docs/models.md)")
+    ap.add_argument("--map-robust-weight", type=float, default=0.2, help="weight of the MAP prior's vague component (0: none; "
+                    "default 0.2)")
+    ap.add_argument("--map-tau-scale", type=float, default=None, help="HalfNormal scale of the between-trial SD (default: half "
+                    "the past trials' unit SD)")
     add_adam_arguments(ap)
     ap.add_argument("--kfold", type=int, default=0, help=f"refit units with Pareto k too high: grouped K-fold by participant (e.g. {KFOLD_K}; "
                     "K x models extra fits). Default 0: no refits, such elpd values are marked unreliable and diagnose.py --kfold K runs them later on the saved fits")
@@ -87,6 +95,10 @@ def parse_args(argv):
             ap.error(f"--{name.replace('_', '-')} must be at least 1")
     if not 0.5 <= args.target_accept < 1:
         ap.error("--target-accept must be in [0.5, 1)")
+    if not 0 <= args.map_robust_weight < 1:
+        ap.error("--map-robust-weight must be in [0, 1)")
+    if args.map_tau_scale is not None and not args.map_tau_scale > 0:
+        ap.error("--map-tau-scale must be positive")
     check_adam_arguments(ap, args)
     if args.adam_options is not None and args.data is not None:
         ap.error("--data and --adam are alternatives: give the dataset folder or the ADaM files, not both")
@@ -124,7 +136,8 @@ def main(argv=None) -> int:
             remission_cutoff=args.remission_cutoff, kfold=args.kfold, jobs=args.jobs, force=args.force,
             quiet=args.quiet, echo=print, priors=priors, prior_preset=args.prior_preset,
             sensitivity=args.sensitivity, ice=args.ice, deltas=args.deltas, tipping_threshold=args.tipping_threshold,
-            contrasts=args.contrast, sensitivity_weeks=args.sensitivity_weeks,
+            contrasts=args.contrast, sensitivity_weeks=args.sensitivity_weeks, historical_control=args.historical_control,
+            map_robust_weight=args.map_robust_weight, map_tau_scale=args.map_tau_scale,
         )
     except api.RunFailed as exc:  # once sampling has started: the stage that failed, and what is left at --out
         print(f"error: {exc}", file=sys.stderr)

@@ -12,6 +12,7 @@ arm, and a design with several active arms is also judged by "at least one arm s
     python plan.py --posterior dosefit/mmrm/idata.nc --allocation 1:1:1 --alpha 0.025 --interim 0.5  # a three-arm trial
     python plan.py --design-prior "Normal(-2, 1)" --sims 2000                  # no fit needed
     python plan.py --design-prior "low=Normal(-1.5, 1)" "high=Normal(-3, 1)"  # a design prior per active arm
+    python plan.py --design-prior "Normal(-2, 1)" --historical-control data/historical_example.csv --allocation 2:1  # borrow a control arm
     python plan.py --posterior ... --scheduler tcp://10.0.0.5:8786             # on a Dask cluster
 
 Exit codes: 0 success; 2 bad input or arguments (nothing written).
@@ -146,6 +147,18 @@ def parse_args(argv):
     dec.add_argument("--robust-sd", type=float, default=None,
                      help="SD of the vague component Normal(0, SD) (default: the unit-information SD, one participant's change from baseline at the primary week)")
     dec.add_argument("--target-assurance", type=float, default=0.8)
+    hc = ap.add_argument_group("borrowing a control arm from past trials (docs/planning.md)")
+    hc.add_argument("--historical-control", type=Path, default=None, metavar="CSV",
+                    help="historical control arms (columns study, n, mean, sd: each past trial's control arm's mean change from baseline at the "
+                    "primary visit); the analysis puts their robust meta-analytic-predictive (MAP) prior on the control arm's mean change at the "
+                    "primary visit, and the plan adds type I error and power against drift, with and without borrowing")
+    hc.add_argument("--map-robust-weight", type=float, default=0.2,
+                    help="weight of the MAP prior's vague component, Normal(MAP mean, unit SD^2) (0: the MAP mixture alone; default 0.2)")
+    hc.add_argument("--map-tau-scale", type=float, default=None,
+                    help="scale of the HalfNormal prior on the between-trial SD tau (default: sigma / 2, sigma the historical trials' pooled SD)")
+    hc.add_argument("--drift", type=float, nargs="+", default=None, metavar="D",
+                    help="drifts to simulate: the new trial's true control mean change at the primary visit minus the MAP mean, in outcome points "
+                    "(default: 7 values from -2 to +2 MAP SDs; 0 is always added)")
     itm = ap.add_argument_group("interim looks")
     looks = itm.add_mutually_exclusive_group()
     looks.add_argument("--interim", type=float, nargs="+", default=None, metavar="FRACTION",
@@ -199,6 +212,25 @@ def parse_args(argv):
         ap.error("--sites must be at least 1")
     if args.calibration_sims < 1:
         ap.error("--calibration-sims must be at least 1")
+    if args.historical_control is None:
+        given = [name for name, v in (("--drift", args.drift), ("--map-tau-scale", args.map_tau_scale)) if v is not None]
+        if args.map_robust_weight != 0.2:
+            given.append("--map-robust-weight")
+        if given:
+            ap.error(f"{', '.join(given)} need(s) --historical-control (the historical control arms' CSV)")
+    else:
+        if not 0 <= args.map_robust_weight < 1:
+            ap.error(f"--map-robust-weight must be in [0, 1), got {args.map_robust_weight}")
+        if args.map_tau_scale is not None and not (args.map_tau_scale > 0 and math.isfinite(args.map_tau_scale)):
+            ap.error(f"--map-tau-scale must be positive, got {args.map_tau_scale}")
+        if args.drift is not None and not all(math.isfinite(d) for d in args.drift):
+            ap.error("--drift values must be finite numbers (outcome points)")
+        clash = [name for name, v in (("--interim", args.interim), ("--interim-weeks", args.interim_weeks), ("--enrich", args.enrich),
+                                      ("--mcmc-check", args.mcmc_check)) if v]
+        if clash:
+            ap.error(f"--historical-control cannot be combined with {', '.join(clash)}: interim looks' predictive probabilities assume a normal "
+                     "posterior, an enriched population's control response is not the historical trials', and the MCMC check fits the model "
+                     "without borrowing; plan those in a separate run")
     return args
 
 
@@ -214,7 +246,14 @@ def project_sampler(draws: int = 500, tune: int = 500, chains: int = 2):
 
 
 def build(args):
-    """ParameterSet and PlanSpec from the arguments (raises PlanningError on bad input)."""
+    """ParameterSet and PlanSpec from the arguments (raises PlanningError, or DatasetError for a bad historical CSV)."""
+    params, spec, _ = build_plan(args)
+    return params, spec
+
+
+def build_plan(args):
+    """ParameterSet, PlanSpec and, with --historical-control, the fitted MapPrior (else None). The historical CSV is
+    read first and the MAP prior fitted after every other check, all before any simulation."""
     from planning import (
         AnalysisSettings,
         CalibrationSettings,
@@ -230,6 +269,11 @@ def build(args):
         unit_information_sd,
     )
 
+    historical = None
+    if args.historical_control is not None:
+        from data.historical import read_historical
+
+        historical = read_historical(args.historical_control)
     if args.posterior is not None:
         params = from_posterior(args.posterior, max_draws=args.max_draws, seed=args.seed)
     else:
@@ -293,7 +337,43 @@ def build(args):
     spec = PlanSpec(designs, scenarios, analysis, sims=args.sims, seed=args.seed, chunk_size=args.chunk_size, effect_scale=args.effect_scale,
                     robust_weight=args.robust_weight, interim=interim, calibration=calibration)
     spec.validate(params)
-    return params, spec
+    map_prior = None
+    if historical is not None:
+        map_prior, spec = with_borrowing(args, historical, params, spec, effects)
+        spec.validate(params)
+    return params, spec, map_prior
+
+
+def with_borrowing(args, historical, params, spec, effects):
+    """Fit the MAP prior of the historical control arms (with the plan's seed) and give the spec its robust mixture as the
+    analysis' control prior, the drift scenarios (every fixed effect at every drift, one seed stream) and the null at
+    drift 0 for the calibration."""
+    from dataclasses import replace
+
+    import numpy as np
+
+    from maths.map_prior import fit_map_prior
+    from planning import PlanningError, Scenario
+    from planning.runner import DRIFT_STREAM
+
+    try:
+        mp = fit_map_prior(historical.study, historical.n, historical.mean, historical.sd, tau_scale=args.map_tau_scale,
+                           robust_weight=args.map_robust_weight, seed=args.seed, source=str(args.historical_control))
+    except ValueError as exc:
+        raise PlanningError(f"--historical-control {args.historical_control}: {exc}") from None
+    centre, spread = mp.mixture.mean, mp.mixture.sd
+    scale = params.scale
+    if abs(centre) > scale.score_range:
+        raise PlanningError(f"--historical-control {args.historical_control}: the MAP mean change {centre:.3g} is larger than the outcome's whole range "
+                            f"({scale.score_range:g} {scale.outcome_label} points); give the control arms' mean change from baseline at the primary "
+                            f"visit on the plan's outcome scale")
+    drifts = [round(float(d), 2) for d in spread * np.linspace(-2, 2, 7)] if args.drift is None else list(args.drift)
+    drifts = sorted(set(drifts) | {0.0})
+    drift_scenarios = [Scenario("fixed", e, control_mean=centre + d, drift=d, stream=DRIFT_STREAM) for e in effects for d in drifts]
+    prior = tuple(tuple(float(x) for x in v) for v in (mp.robust.weights, mp.robust.means, mp.robust.sds))
+    spec = replace(spec, scenarios=[*spec.scenarios, *drift_scenarios], analysis=replace(spec.analysis, control_prior=prior),
+                   calibration_scenario=Scenario("fixed", 0.0, control_mean=centre, drift=0.0))
+    return mp, spec
 
 
 def main(argv=None) -> int:
@@ -302,6 +382,7 @@ def main(argv=None) -> int:
     except SystemExit as exc:
         return int(exc.code or 0)
     from data.atomic import OutputBusy, locked_output
+    from data.errors import DatasetError
     from planning import PlanningError, plan, smallest_n
     from planning.design import accrual_rate
     from planning.report import plot_plan, render_plan_html
@@ -314,8 +395,8 @@ def main(argv=None) -> int:
         return fail(f"output folder {args.out} already exists; choose another --out or pass --force to replace it")
     t_start = time.perf_counter()
     try:
-        params, spec = build(args)
-    except PlanningError as exc:
+        params, spec, map_prior = build_plan(args)
+    except (PlanningError, DatasetError) as exc:
         return fail(str(exc))
     if args.workers is None:
         import os
@@ -333,7 +414,12 @@ def main(argv=None) -> int:
            f"efficacy P(benefit) > {spec.interim.efficacy:g}, accrual {'%g per week' % spec.interim.accrual_per_week if spec.interim.accrual_per_week else 'n_total / primary week per week'}), "
            if spec.interim is not None else "")
         + (f"thresholds calibrated to {'family-wise ' if d0.n_active > 1 else ''}type I error {spec.calibration.alpha:g} "
-           f"({spec.calibration.mode}, {spec.calibration.sims} null trials per design), " if spec.calibration is not None else "")
+           f"({spec.calibration.mode}, {spec.calibration.sims} null trials per design{', under no drift' if map_prior else ''}), "
+           if spec.calibration is not None else "")
+        + (f"robust MAP prior on the {d0.arms[0]} mean change (mean {map_prior.mixture.mean:.3g}, SD {map_prior.mixture.sd:.3g}, ESS "
+           f"{map_prior.ess['robust']['elir']:.0f} by ELIR; {len(map_prior.studies)} historical trials), drifts "
+           f"{', '.join(f'{sc.drift:g}' for sc in spec.scenarios if sc.drift is not None and sc.effect == 0)}, "
+           if map_prior is not None else "")
         + ("local process" if args.workers <= 1 and not args.scheduler else f"Dask {'scheduler ' + args.scheduler if args.scheduler else f'LocalCluster, {args.workers} workers'}")
     )
     try:
@@ -384,6 +470,7 @@ def main(argv=None) -> int:
             ].to_dict(orient="records"),
         },
         "robust_prior": {"weight": spec.robust_weight, "vague_sd": next((sc.sd for sc in spec.scenarios if sc.kind == "vague"), None)},
+        "borrowing": None if map_prior is None else borrowing_record(map_prior, params, spec, table),
         "smallest_n": best.to_dict(orient="records"),
         "timings": timings,
         "mcmc_agreement": agreement,
@@ -396,8 +483,10 @@ def main(argv=None) -> int:
             rule = f"{params.scale.outcome_label}: {'each active arm ' if d0.n_active > 1 else ''}success if P(effect<0) > {threshold}" + (
                 f" and P(effect<-{spec.analysis.mcid:g}) > {spec.analysis.mcid_prob:g}" if spec.analysis.dual else "") + f" (effect: arm - {d0.arms[0]})"
             plot_plan(table, tmp / "plan.png", args.target_assurance, title=rule, control=d0.arms[0])
+            if map_prior is not None:
+                (tmp / "map_prior.json").write_text(map_prior.to_json() + "\n")
             (tmp / "plan.html").write_text(render_plan_html(table, html_settings(args, params, spec, rule), (tmp / "plan.png").read_bytes(), best,
-                                                            control=d0.arms[0]), encoding="utf-8")
+                                                            control=d0.arms[0], borrowing=record["borrowing"]), encoding="utf-8")
             if agreement is not None:
                 agree_table.to_csv(tmp / "mcmc_agreement.csv", index=False, float_format="%.6g")
             record["timings"]["total_s"] = time.perf_counter() - t_start
@@ -406,6 +495,8 @@ def main(argv=None) -> int:
         return fail(str(exc))
     if not args.quiet:
         print(format_table(table))
+        if map_prior is not None:
+            print(format_drift_table(table))
         for row in best.itertuples():
             reached = f"n per arm {row.n_per_arm:g} (conservative, assurance - 2 MCSE: {row.n_per_arm_conservative:g})" if row.n_per_arm == row.n_per_arm else "not reached on this grid"
             which = "at least one arm" if row.arm == "any" else f"arm {row.arm}"
@@ -450,7 +541,8 @@ def html_settings(args, params, spec, rule: str) -> list[tuple[str, str]]:
          + (f"{d0.site_sd:g}" if d0.site_sd is not None else f"from the parameter draws (mean {float(sum(params.site_sd) / len(params.site_sd)):.3g})")),
         (f"participants per arm ({control})", ", ".join(str(n) for n in sorted(set(args.n_per_arm)))),
         ("populations", ", ".join(dict.fromkeys(d.population for d in spec.designs))),
-        ("fixed effects (type I error at 0, power)", ", ".join(sc.label.removeprefix("effect=") for sc in spec.scenarios if sc.kind == "fixed")
+        ("fixed effects (type I error at 0, power)", ", ".join(sc.label.removeprefix("effect=") for sc in spec.scenarios
+                                                              if sc.kind == "fixed" and sc.drift is None)
          + (" (each for every active arm; 0 is the global null)" if d0.n_active > 1 else "")),
         ("effect scale", f"{spec.effect_scale:g}"),
         ("robust prior", "none" if spec.robust_weight == 0 else
@@ -467,9 +559,18 @@ def html_settings(args, params, spec, rule: str) -> list[tuple[str, str]]:
              + ("; per active arm: a stopped arm enrols no more, the others continue" if d0.n_active > 1 else "")),
             ("accrual per week", f"{it.accrual_per_week:g}" if it.accrual_per_week else "n_total / primary week"),
         ]
+    if spec.borrowing:
+        prior = spec.analysis.control_mixture()
+        rows.append(("control prior (borrowing)", f"robust MAP prior from {args.historical_control} on the {control} arm's mean change at week "
+                     f"{d0.primary_week:g}: a mixture of {len(prior)} normals, mean {prior.mean:.3g}, SD {prior.sd:.3g} (vague component weight "
+                     f"{args.map_robust_weight:g}); the rows with a drift also analysed without it"))
     if spec.calibration is not None:
         c = spec.calibration
-        if d0.n_active > 1:
+        if spec.borrowing:
+            rows.append(("type I error calibration", f"at most {c.alpha:g} under no drift (the {control} arm's true mean change at the MAP mean), "
+                         f"{c.sims} null trials per design, each analysis (with and without borrowing) its own threshold on the same trials; "
+                         "the drift rows give the type I error under drift with those thresholds"))
+        elif d0.n_active > 1:
             rows.append(("type I error calibration", f"family-wise type I error at most {c.alpha:g} under the global null (no active arm differs from "
                          f"{control}): one threshold for every arm, calibrated on the largest P(benefit) over the arms (futility non-binding), "
                          + ("the final threshold, interim efficacy as given" if c.mode == "final" else "one threshold at every analysis")
@@ -482,7 +583,60 @@ def html_settings(args, params, spec, rule: str) -> list[tuple[str, str]]:
     return rows
 
 
+def borrowing_record(map_prior, params, spec, table) -> dict:
+    """plan.json's `borrowing` (and plan.html's section): the MAP prior's summary, the historical trials, the drifts,
+    the control response of the parameter draws (the other scenarios') and the thresholds of both analyses."""
+    import numpy as np
+
+    from planning.simulate import control_mean_change
+
+    d0 = spec.designs[0]
+    draws = np.unique(np.linspace(0, params.n_draws - 1, min(params.n_draws, 1000)).astype(int))
+    own = float(control_mean_change(params, d0, draws).mean())
+    centre = map_prior.mixture.mean
+    settings = map_prior.settings
+    cal = spec.calibration
+    return {
+        "file": "map_prior.json",
+        "source": settings.get("source"),
+        "historical": [{"study": s, "n": int(n), "mean": float(m), "sd": float(sd)}
+                       for s, n, m, sd in zip(map_prior.studies, map_prior.n, map_prior.mean, map_prior.sd)],
+        "control_arm": d0.arms[0],
+        "outcome": params.scale.outcome_label,
+        "primary_week": d0.primary_week,
+        "map_mean": centre,
+        "map_sd": map_prior.mixture.sd,
+        "components": len(map_prior.mixture),
+        "robust_weight": settings["robust_weight"],
+        "vague_sd": settings["vague_sd"],
+        "sigma": settings["sigma"],
+        "tau_scale": settings["tau_scale"],
+        "tau_median": map_prior.tau["median"],
+        "ess": map_prior.ess,
+        "drifts": sorted({sc.drift for sc in spec.scenarios if sc.drift is not None}),
+        "draws_control_mean": own,
+        "draws_drift": own - centre,
+        "calibrated": None if cal is None else {"alpha": cal.alpha, "sims": cal.sims, "under": "no drift (control arm at the MAP mean)"},
+        "thresholds": table.drop_duplicates(["population", "n_per_arm", "borrowing"])[["population", "n_per_arm", "borrowing", "threshold"]]
+        .loc[lambda t: t["borrowing"].notna()].to_dict(orient="records"),
+    }
+
+
+def format_drift_table(table) -> str:
+    """Type I error and power against drift, with (map) and without (none) borrowing, per design (the family's rows with
+    several active arms)."""
+    rows = table[table["drift"].notna()]
+    if "any" in set(rows["arm"]):
+        rows = rows[rows["arm"] == "any"]
+    rows = rows.assign(what=[("type I" if e == 0 else f"power {e:g}") + f" {b}" for e, b in zip(rows["effect"].fillna(0), rows["borrowing"])],
+                       cell=[f"{p:.3f} ({m:.3f})" for p, m in zip(rows["p_success"], rows["p_success_mcse"])])
+    wide = rows.pivot_table(index=["population", "n_per_arm", "drift"], columns="what", values="cell", aggfunc="first", sort=False)
+    return "P(success) (MCSE) against drift (true control mean change - MAP mean), with (map) and without (none) borrowing\n" + wide.to_string()
+
+
 def format_table(table) -> str:
+    if "drift" in table:
+        table = table[table["drift"].isna()]
     index = ["population", "n_per_arm", "arm"]
     wide = table.pivot_table(index=index, columns="scenario", values="p_success", sort=False)
     mcse = table.pivot_table(index=index, columns="scenario", values="p_success_mcse", sort=False)

@@ -481,8 +481,15 @@ def header(meta: dict) -> str:
 
 
 def render(meta: dict, results: list[dict]) -> str:
-    """results.md from what results.json holds."""
-    text = header(meta) + "\n\n" + table(results)
+    """results.md from what results.json holds (ratios recomputed: only between runs of equal settings)."""
+    for r in results:  # rows saved before rows recorded their own settings ran with the run's
+        r.setdefault("model", meta.get("model", "headline"))
+        for k in ("chains", "draws", "tune"):
+            r.setdefault(k, meta.get(k))
+    add_ratios(results, meta)
+    text = header(meta) + "\n\n" + table(results) + (
+        "\n\nA ratio 'x tool' is ESS/s over that tool's ESS/s in a run with the same chains, draws and tuning steps; "
+        "'-' means no such run.")
     scaling = scaling_table(results)
     if scaling:
         text += "\n\nScaling (time at this scale over time at scale 1):\n\n" + scaling
@@ -527,12 +534,22 @@ def scaling_table(results: list[dict]) -> str:
     return "\n".join(lines) if len(lines) > 2 else ""
 
 
-def add_ratios(results: list[dict]) -> None:
-    """ESS/s (key effects, sampling time) relative to bambi, PyMC default, numpyro and Stan, same scale and run."""
+SAME_SETTINGS = ("model", "scale", "run", "chains", "draws", "tune")  # a ratio compares runs equal in all of these
+
+
+def add_ratios(results: list[dict], meta: dict | None = None) -> None:
+    """ESS/s (key effects, sampling time) relative to bambi, PyMC default, numpyro and Stan: only against a run of the
+    same model, scale and run with the same chains, draws and tuning steps (a run with fewer draws or tuning steps has
+    an ESS/s that is not comparable: a short warm-up adapts badly). Ratios without such a base are left out."""
+    defaults = {"model": "headline", **{k: (meta or {}).get(k) for k in ("chains", "draws", "tune")}}
+
+    def key(r):
+        return tuple(r.get(k, defaults.get(k)) for k in SAME_SETTINGS)
+
     for r in results:
         for ref, col in RATIO_BASES:
-            base = next((b for b in results if b.get("path") == ref and b.get("scale") == r.get("scale") and b.get("run") == r.get("run")
-                         and b.get("model", "headline") == r.get("model", "headline") and "error" not in b), None)
+            r.pop(col, None)
+            base = next((b for b in results if b.get("path") == ref and key(b) == key(r) and "error" not in b), None)
             if base and "error" not in r and base["ess_per_s_sampling"] > 0:
                 r[col] = r["ess_per_s_sampling"] / base["ess_per_s_sampling"]
 

@@ -14,6 +14,8 @@ table of fewer than 2 trials is refused (a between-trial SD needs at least two).
 
 from __future__ import annotations
 
+import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import Change, DatasetError, Problem, ProblemList
+from .meta import DatasetMeta
 from .schema import NA_WORDS, _lines, _not_number, _parse_numbers, read_csv_strict
 
 HISTORICAL_COLUMNS = ["study", "n", "mean", "sd"]
@@ -126,4 +129,93 @@ def read_historical(path: str | Path, max_file_bytes: int | None = None) -> Hist
     )
 
 
-__all__ = ["HISTORICAL_COLUMNS", "HistoricalControls", "read_historical"]
+@dataclass(frozen=True)
+class ControlSummary:
+    """A trial's control arm at one visit, summarised as historical.csv holds past trials: the participants observed
+    there, their mean change from baseline and its SD (observed cases)."""
+
+    arm: str
+    week: int
+    n: int
+    mean: float
+    sd: float
+
+    @property
+    def se(self) -> float:
+        return self.sd / math.sqrt(self.n)
+
+
+def control_summary(ds, week: int | None = None) -> ControlSummary:
+    """The control arm's observed change from baseline at `week` (default: the end of treatment) of a loaded dataset
+    (data.load_dataset): participants with both the baseline and that visit, their mean change and its SD.
+    Raises ValueError when fewer than 2 control participants were observed there."""
+    meta = DatasetMeta.from_dict(json.loads(ds.attrs["meta"]))
+    week = meta.treatment_end if week is None else int(week)
+    weeks = [int(w) for w in ds["week"].values]
+    if week not in weeks or 0 not in weeks:
+        raise ValueError(f"week {week} (or the baseline, week 0) is not a scheduled visit of {ds.attrs.get('source', 'the trial')}")
+    score = ds["score"].values
+    change = score[:, weeks.index(week)] - score[:, weeks.index(0)]
+    control = (ds["arm_index"].values == 0) & ~np.isnan(change)
+    if control.sum() < 2:
+        raise ValueError(f"{ds.attrs.get('source', 'the trial')}: fewer than 2 participants of the control arm "
+                         f"({meta.control_arm}) have both the baseline and week {week}")
+    x = change[control]
+    return ControlSummary(str(meta.control_arm), week, int(control.sum()), float(x.mean()), float(x.std(ddof=1)))
+
+
+def read_historical_folders(folders, scale: tuple[float, float] | None = None, max_file_bytes: int | None = None) -> HistoricalControls:
+    """Historical control arms from trial folders in the project's format (docs/data.md): each trial's control arm at
+    its own end of treatment (`control_summary`), named by its dataset title, or its folder name. `scale`: (min, max)
+    of the new trial's outcome; a trial on another scale is refused (a MAP prior is on one scale's points).
+    Raises DatasetError naming every folder that cannot be used, and why."""
+    from .schema import load_dataset
+
+    folders = [Path(f) for f in folders]
+    p = ProblemList()
+    rows = []
+    for folder in folders:
+        try:
+            ds = load_dataset(folder, max_file_bytes)
+        except DatasetError as exc:
+            p.items.extend(exc.problems)
+            continue
+        meta = DatasetMeta.from_dict(json.loads(ds.attrs["meta"]))
+        if scale is not None and (meta.score_min, meta.score_max) != tuple(scale):
+            p.add(str(folder / "dataset.toml"), f"the outcome {meta.outcome_label} is scored {meta.score_min:g}-{meta.score_max:g}, "
+                  f"the new trial's {scale[0]:g}-{scale[1]:g}: a MAP prior is on one scale's points.",
+                  fix="use past trials scored on the new trial's scale, or convert them and give a historical.csv")
+            continue
+        try:
+            summary = control_summary(ds)
+        except ValueError as exc:
+            p.add(str(folder), f"{exc}.", fix="leave the trial out, or give its control arm as a row of a historical.csv")
+            continue
+        rows.append((meta.title or folder.name, summary))
+    names = [r[0] for r in rows]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        p.add(", ".join(str(f) for f in folders), f"trials {twice} appear more than once.", fix="give each past trial once")
+    if len(folders) < MIN_TRIALS:
+        p.add(", ".join(str(f) for f in folders), f"{len(folders)} trial folder(s); a MAP prior needs at least {MIN_TRIALS}.",
+              fix="add the folders of other comparable trials")
+    p.raise_if_any()
+    summaries = [r[1] for r in rows]
+    return HistoricalControls(tuple(names), tuple(c.n for c in summaries), tuple(c.mean for c in summaries),
+                              tuple(c.sd for c in summaries), ", ".join(str(f) for f in folders))
+
+
+def read_historical_source(paths, scale: tuple[float, float] | None = None, max_file_bytes: int | None = None) -> HistoricalControls:
+    """One historical.csv, or two or more trial folders (`read_historical_folders`)."""
+    paths = [Path(x) for x in ([paths] if isinstance(paths, (str, Path)) else paths)]
+    if len(paths) == 1 and not paths[0].is_dir():
+        return read_historical(paths[0], max_file_bytes)
+    files = [x for x in paths if not x.is_dir()]
+    if files:
+        raise DatasetError([Problem(str(files[0]), "is not a trial folder; a historical control is one CSV, or two or more "
+                                    "trial folders.", fix="give either the CSV alone, or only trial folders")])
+    return read_historical_folders(paths, scale, max_file_bytes)
+
+
+__all__ = ["HISTORICAL_COLUMNS", "ControlSummary", "HistoricalControls", "control_summary", "read_historical",
+           "read_historical_folders", "read_historical_source"]

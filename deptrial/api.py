@@ -34,7 +34,10 @@ import pandas as pd
 from data import DatasetError, changes_of, load_dataset  # noqa: F401 (DatasetError, load_dataset: re-exported)
 from data.adam import AdamOptions, load_adam
 from data.atomic import OutputBusy, locked_output
+from data.historical import HistoricalControls, read_historical_source
 from data.ice import IceTable
+from diagnostics.borrowing import prepare as prepare_borrowing
+from diagnostics.borrowing import with_control_prior
 from diagnostics.ppc import REMISSION_CUTOFF
 from diagnostics.run import RunDiagnostics
 from diagnostics.saved import saved_names
@@ -43,6 +46,7 @@ from diagnostics.sensitivity_analyses import SensitivityOptions, check_sensitivi
 from inference.idata_io import provenance
 from inference.sampling import SamplerSettings
 from inference.storage import load_fit, saved_dataset
+from maths.map_prior import ROBUST_WEIGHT
 from models import REGISTRY, ModelDataError, build_design
 from models.design import TrialDesign
 from models.effects import DEFAULT_MCID
@@ -98,6 +102,9 @@ def fit_trial(
     tipping_threshold: float | None = None,
     contrasts: Sequence[str] | str | None = None,
     sensitivity_weeks: Sequence[int] | None = None,
+    historical_control: str | Path | Sequence[str | Path] | HistoricalControls | None = None,
+    map_robust_weight: float = ROBUST_WEIGHT,
+    map_tau_scale: float | None = None,
 ) -> RunResult:
     """Fit `models` to a trial and write InferenceData, tables, the comparison and report.html into `out`.
 
@@ -137,6 +144,15 @@ def fit_trial(
               Every model with per-arm means by week writes contrasts.csv (per-arm mean change from baseline, each
               active arm - control, these contrasts, the dose trend when doses are declared, P(each arm is best) at
               the end of treatment) whether or not contrasts are given (docs/diagnostics.md#contrasts-between-arms)
+    historical_control  past trials' control arms: a historical.csv (columns study, n, mean, sd: the control arm's mean
+              change from baseline at the primary visit and its SD), two or more trial folders in the project's format
+              (their control arms' observed change at their end of treatment), or HistoricalControls. Their (robust)
+              MAP prior goes on the control arm's mean change at the end of treatment of the MMRM and the trajectory
+              models (every model fitted must be one of them); map_prior.json and the report's section give the prior, its
+              ESS, the prior-data conflict check and each model's posterior (docs/models.md#borrowing-from-past-trials-map-priors).
+              Read, checked and fitted before any model is
+    map_robust_weight  the weight of the MAP prior's vague component (0: no robustification; default 0.2)
+    map_tau_scale  the HalfNormal scale of the between-trial SD tau (default: half the unit SD of the past trials)
 
     Raises, before any fit: DatasetError (bad data or ice.csv), ModelDataError (data a model cannot use), KeyError
     (unknown model), ValueError (bad argument; diagnostics.contrasts.ContrastError for a contrast naming an arm the
@@ -174,6 +190,17 @@ def fit_trial(
     priors = model_priors(specs, design, priors, preset=prior_preset, mcid=mcid, likelihood=likelihood)
     check_priors(priors, specs, design)
     parsed = check_contrasts(contrasts, design)
+    borrowing = None
+    if historical_control is not None:  # past trials read and their MAP prior fitted before any fit
+        if not 0 <= map_robust_weight < 1:
+            raise ValueError(f"map_robust_weight (--map-robust-weight) must be in [0, 1), got {map_robust_weight}")
+        if map_tau_scale is not None and not map_tau_scale > 0:
+            raise ValueError(f"map_tau_scale (--map-tau-scale) must be positive, got {map_tau_scale}")
+        past = historical_control if isinstance(historical_control, HistoricalControls) else read_historical_source(
+            historical_control, (design.meta.score_min, design.meta.score_max))
+        borrowing = prepare_borrowing(past, ds, [s.name for s in specs], robust_weight=map_robust_weight, tau_scale=map_tau_scale,
+                                      seed=settings.seed)
+        priors = with_control_prior(priors, borrowing)
     options = None
     if sensitivity:  # ice.csv is read and checked against the data here, before any fit
         options = SensitivityOptions(read_ice(ice, ds, str(ds.attrs.get("source") or source)), deltas, tipping_threshold,
@@ -185,7 +212,7 @@ def fit_trial(
             fits, run, diag, report = orchestrate.run_models(
                 specs, ds, design, source, changes, settings, tmp, out, likelihood=likelihood, mcid=mcid,
                 remission_cutoff=remission_cutoff, kfold=kfold, jobs=jobs, quiet=quiet, log=log, say=say, priors=priors,
-                sensitivity=options, contrasts=parsed)
+                sensitivity=options, contrasts=parsed, borrowing=borrowing)
             finished = True
     except RunFailed as exc:  # the temporary folder is gone: say what is at `out`
         exc.kept = kept

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from data import DatasetError, load_dataset
 from data.atomic import atomic_write_bytes, output_lock, usual_permissions
+from diagnostics.borrowing import MAP_FILE, Borrowing, posterior_summary
 from diagnostics.contrasts import CONTRASTS_FILE, contrasts_table
 from diagnostics.convergence import verdict
 from diagnostics.csr_tables import saved_submission_tables, submission_tables
@@ -121,7 +122,8 @@ def finish_or_failure(name: str, idata, built, **kwargs) -> dict | FinishingFail
 
 
 def run_models(specs, ds, design, source, changes, settings, tmp: Path, out: Path, *, likelihood, mcid, remission_cutoff, kfold,
-               jobs, quiet, log, say, priors=None, sensitivity: SensitivityOptions | None = None, contrasts=()):
+               jobs, quiet, log, say, priors=None, sensitivity: SensitivityOptions | None = None, contrasts=(),
+               borrowing: Borrowing | None = None):
     """Fit `specs` and write everything into `tmp` (the results folder `out` being written); returns
     (fits, the content of run.json, the run's diagnostics, the report's path). Raises SamplingFailed,
     FinishingFailed or RunFailed (naming the stage) for a failure once sampling has started."""
@@ -241,6 +243,19 @@ def run_models(specs, ds, design, source, changes, settings, tmp: Path, out: Pat
             )
         diag.sensitivity = sensitivities
         diag.submission = submissions
+        if borrowing is not None:
+            with stage("summarising the MAP prior and the control arm's posteriors"):
+                for n in borrowing.models:
+                    borrowing.posteriors[n] = posterior_summary(fits[n].idata, borrowing.control.week, borrowing.prior.robust)
+                diag.borrowing = borrowing.record()
+                check = diag.borrowing["conflict"]
+                run["historical_control"] = {"source": borrowing.historical.source, "trials": len(borrowing.historical),
+                                             "models": borrowing.models, "ess_elir": borrowing.prior.ess, "conflict_p": check["p_value"],
+                                             "vague_weight_posterior": check["vague_weight_posterior"], "file": MAP_FILE}
+                say(f"\nMAP prior from {len(borrowing.historical)} past trials on the control change at week {borrowing.control.week}: "
+                    f"ESS {borrowing.prior.ess['robust']['elir']:.1f} (ELIR); prior-data conflict p = {check['p_value']:.3f}"
+                    + (f"; vague weight {check['vague_weight_prior']:.2f} -> {check['vague_weight_posterior']:.2f}"
+                       if check["vague_weight_prior"] is not None else ""))
         with stage("writing the report and tables"):
             report = write_outputs(diag, tmp)
         for n, tables in submissions.items():  # the submission tables' seconds: the ARD (in finish_fit) and rendering
@@ -363,6 +378,8 @@ def rediagnose_folder(results: Path, *, kfold: int, refit_levels, seed: int | No
                            answers=saved.answers or None, observed=saved.observed, labels=saved.labels, outcome=saved.outcome,
                            title=saved.title)
     run.sensitivity = sens
+    if (results / MAP_FILE).is_file():  # a fit with a MAP prior from past trials: its section stays in the report
+        run.borrowing = json.loads((results / MAP_FILE).read_text())
     with stage("tabulating the submission tables of the saved fits", kept=unchanged, when=""):
         run.submission = saved_submission_tables(results, idatas, sens)
     partly = f"the saved fits in {results} are unchanged; each file is whole, but some may be from this run and others from before"

@@ -11,7 +11,8 @@ trajectory models and the MMRM), written by diagnostics.outputs.write_outputs in
     sensitivity_table.rtf, .docx with the sensitivity analyses (--sensitivity, or saved ones that can be recomputed): each
                                  active arm - control at the primary visit (or at each week of --sensitivity-weeks) under
                                  MAR, J2R, CR, CIR (each with its conditional-mean and its information-anchored variance)
-                                 and each delta, with 95% CrI and P(benefit), and the tipping point
+                                 and each delta, with 95% CrI and P(benefit), and the tipping points (additive delta,
+                                 multiplicative factor)
 
 The ARD is built first (`efficacy_ard`, `sensitivity_ard`) and the tables are laid out from it (`efficacy_layout`,
 `sensitivity_layout`, rendered by diagnostics.table_formats), so a downstream tool can rebuild any table from ard.csv.
@@ -39,7 +40,16 @@ from models.effects import DEFAULT_MCID, estimand, flat_draws, phase
 
 from . import table_formats as fmt
 from .contrasts import arm_means, primary_week
-from .sensitivity import CONTRAST_COLUMN, FLIP_INTERVAL_PROB, REFERENCE_BASED, STRATEGIES, STRATEGY_TEXT, information_anchored
+from .sensitivity import (
+    CONTRAST_COLUMN,
+    DELTA_KIND_COLUMN,
+    DELTA_KINDS,
+    FLIP_INTERVAL_PROB,
+    REFERENCE_BASED,
+    STRATEGIES,
+    STRATEGY_TEXT,
+    information_anchored,
+)
 from .summary import dataset_arms
 
 CRI_PROB = 0.95
@@ -66,6 +76,8 @@ STATISTICS = {
     "anchoring_delta": "an information-anchored analysis: the delta (points) whose MAR + delta analysis has the reference-based "
                        "posterior mean; its draws are the MAR draws moved by it (diagnostics.sensitivity.information_anchored)",
     "tipping_delta": "the smallest delta at which benefit is no longer concluded (exact; empty when it never flips)",
+    "tipping_factor": "the largest factor on the active arm's imputed change from baseline after dropout (1: MAR) at which "
+                      "benefit is no longer concluded (exact; empty when it never flips)",
     "tipping_threshold": "the decision threshold of the tipping point: P(benefit) below it, benefit is not concluded",
     "tipping_interval": "the tipping point's interval: benefit is not concluded once this HDI of the difference reaches 0",
 }
@@ -79,7 +91,7 @@ class SensitivityDraws:
 
     effects: dict  # (active arm, strategy) -> diagnostics.sensitivity.StrategyEffect (flat draws x the model's visits)
     deltas: tuple[float, ...]
-    tipping: dict  # (active arm, week) -> (exact tipping delta or nan, threshold, interval probability, week)
+    tipping: dict  # (active arm, week, kind) -> (exact tipping delta or factor, or nan; threshold, interval probability, week)
     ice_source: str = ""
     weeks: tuple[int, ...] | None = None  # the visits of the ARD's sensitivity rows (None: every post-baseline visit)
 
@@ -159,8 +171,12 @@ def sensitivity_analysis(name: str, strategy: str, delta: float = 0.0, variance:
     return f"{name}: {strategy} ({ANCHORED})" if variance == "information_anchored" else f"{name}: {strategy}"
 
 
-def tipping_analysis(name: str) -> str:
-    return f"{name}: tipping point (MAR + delta)"
+TIPPING_STATISTIC = {"additive": "tipping_delta", "multiplicative": "tipping_factor"}  # the ARD's statistic per kind
+
+
+def tipping_analysis(name: str, kind: str = "additive") -> str:
+    """The ARD's analysis name of a tipping point: '<model>: tipping point (MAR + delta)', '... (MAR x factor)'."""
+    return f"{name}: tipping point (MAR + delta)" if kind == "additive" else f"{name}: tipping point (MAR x factor)"
 
 
 def efficacy_ard(name: str, posterior, dataset, meta, mcid: float = DEFAULT_MCID, population: str = "",
@@ -217,8 +233,8 @@ def sensitivity_ard(name: str, draws: SensitivityDraws, control: str, mcid: floa
     """The sensitivity table's statistics: per active arm - control at every post-baseline visit (or at `draws.weeks`),
     under each strategy (MAR, J2R, CR, CIR; each reference-based one also with its information-anchored variance, with
     its anchoring_delta) and MAR + each delta, the mean difference, CrI, P(benefit) and P(benefit > MCID); each delta
-    analysis' delta; per active arm and reported week the tipping point (tipping_delta, tipping_threshold,
-    tipping_interval)."""
+    analysis' delta; per active arm and reported week the tipping points: additive (tipping_delta) and multiplicative
+    (tipping_factor), each with tipping_threshold and tipping_interval."""
     frames = []
     arms = list(dict.fromkeys(arm for arm, _ in draws.effects))
     plan = [(s, v, 0.0) for s in STRATEGIES for v in ("conditional_mean", "information_anchored")
@@ -248,13 +264,16 @@ def sensitivity_ard(name: str, draws: SensitivityDraws, control: str, mcid: floa
                 if anchoring is not None:
                     add(who, w, "anchoring_delta", anchoring[j])
         frames.append(_frame(rows))
-    rows, add = _rows("sensitivity", tipping_analysis(name), name, population)
-    for (arm, _), (exact, threshold, interval, week) in draws.tipping.items():
-        who = f"{arm} - {control}"
-        add(who, week, "tipping_delta", np.nan if exact is None else exact)
-        add(who, week, "tipping_threshold", threshold)
-        add(who, week, "tipping_interval", interval)
-    frames.append(_frame(rows))
+    for kind in DELTA_KINDS:
+        rows, add = _rows("sensitivity", tipping_analysis(name, kind), name, population)
+        for (arm, _, of), (exact, threshold, interval, week) in draws.tipping.items():
+            if of == kind:
+                who = f"{arm} - {control}"
+                add(who, week, TIPPING_STATISTIC[kind], np.nan if exact is None else exact)
+                add(who, week, "tipping_threshold", threshold)
+                add(who, week, "tipping_interval", interval)
+        if rows or kind == "additive":
+            frames.append(_frame(rows))
     return pd.concat(frames, ignore_index=True)
 
 
@@ -262,7 +281,7 @@ def fresh_sensitivity_draws(sens) -> SensitivityDraws | None:
     """The draws a ModelSensitivity computed (diagnostics.sensitivity_analyses.model_sensitivity), None for a saved one."""
     if sens is None or not sens.effects:
         return None
-    tipping = {(tp.arm, int(tp.week)): (tp.exact, tp.threshold, FLIP_INTERVAL_PROB, int(tp.week)) for tp in sens.tipping_points}
+    tipping = {(tp.arm, int(tp.week), tp.kind): (tp.exact, tp.threshold, FLIP_INTERVAL_PROB, int(tp.week)) for tp in sens.tipping_points}
     return SensitivityDraws(dict(sens.effects), tuple(sens.deltas), tipping, sens.ice_source, sens.row_weeks)
 
 
@@ -398,10 +417,12 @@ def sensitivity_layout(ard: pd.DataFrame, texts: dict, week: int | None = None) 
     cri = f"{_percent(level)} CrI"
     contrasts = [f"{a} - {control}" for a in arms[1:]]
     rows = ard[ard["table"] == "sensitivity"]
-    analyses = [a for a in dict.fromkeys(rows["analysis"]) if a != tipping_analysis(name)]
-    lookups = {a: _Lookup(ard, a) for a in [*analyses, tipping_analysis(name)]}
+    tippings = {kind: tipping_analysis(name, kind) for kind in DELTA_KINDS}
+    analyses = [a for a in dict.fromkeys(rows["analysis"]) if a not in tippings.values()]
+    lookups = {a: _Lookup(ard, a) for a in [*analyses, *tippings.values()]}
     tip = lookups[tipping_analysis(name)]
-    body, groups, tipping, threshold, interval = [], [], [], np.nan, np.nan
+    factors = lookups[tippings["multiplicative"]]
+    body, groups, tipping, threshold, interval, by_factor = [], [], [], np.nan, np.nan, []
     for w in weeks:
         groups.append(len(body))
         visit = [_visit_label(w, texts)] if several else []
@@ -420,6 +441,11 @@ def sensitivity_layout(ard: pd.DataFrame, texts: dict, week: int | None = None) 
             interval = next((tip(c, w, "tipping_interval") for c in contrasts if np.isfinite(tip(c, w, "tipping_interval"))), np.nan)
             tipping += at
             body.append((*visit, "Tipping point: delta (points)", *[x for t in at for x in (fmt.points(t), "")]))
+            visit = [""] * several
+        if any(np.isfinite(factors(c, w, "tipping_threshold")) for c in contrasts):  # the multiplicative one at this week
+            at = [factors(c, w, "tipping_factor") for c in contrasts]
+            by_factor += at
+            body.append((*visit, "Tipping point: factor on the change", *[x for t in at for x in (fmt.points(t, 2), "")]))
     label = texts["outcome"]
     footnotes = [*[f"{s}: {STRATEGY_TEXT[s].format(control=control)}." for s in STRATEGIES],
                  f"{', '.join(REFERENCE_BASED)}: the posterior of the conditional-mean estimator, whose variance is its repeated-sampling "
@@ -436,6 +462,16 @@ def sensitivity_layout(ard: pd.DataFrame, texts: dict, week: int | None = None) 
                              "at this visit).")
         if any(np.isfinite(t) and t == 0 for t in tipping):
             footnotes.append(f"{fmt.points(0)}: benefit is not concluded even without delta.")
+    if by_factor:
+        footnotes.append("Tipping point: factor on the change: the largest factor f at which benefit is no longer concluded (the "
+                         "same threshold and interval, exact) when the active arm's imputed change from baseline after dropout is "
+                         "multiplied by f (1: MAR; 0: no change from baseline; below 0: worsening). A factor on the change, not "
+                         "on the score, because a rating scale has no natural zero.")
+        if any(not np.isfinite(t) for t in by_factor):
+            footnotes.append(f"{fmt.MISSING} (factor): the conclusion does not flip at any factor below 1 (no improvement "
+                             "imputed after dropout in that arm at this visit).")
+        if any(np.isfinite(t) and t == 1 for t in by_factor):
+            footnotes.append(f"{fmt.points(1, 2)}: benefit is not concluded even at factor 1 (MAR).")
     if texts.get("ice_source"):
         footnotes.append(f"Participants listed in {texts['ice_source']} follow the strategy listed there from the week listed, "
                          "in every row; the others follow the row's strategy after their last observed visit.")
@@ -591,17 +627,21 @@ def _same_means(saved: pd.DataFrame, effects: dict, pieces) -> bool:
 
 
 def _saved_tipping(sens, pieces) -> dict:
-    """Per active arm and week, (exact delta or nan, threshold, interval, week) from a saved tipping_point.csv."""
+    """Per active arm, week and kind, (exact delta or factor, or nan; threshold, interval, week) from a saved
+    tipping_point.csv (a file without `delta_kind` holds the additive one only)."""
     table = sens.tables.get("tipping_point")
     out = {}
     if table is None or not len(table):
         return out
-    for arm in pieces.arms:
-        rows = table[table["contrast"] == pieces.contrast(arm)] if "contrast" in table else table
-        for week, at in rows.groupby("week", sort=False):
-            r = at.iloc[0]
-            exact = float(r["tipping_exact"]) if pd.notna(r.get("tipping_exact")) else np.nan
-            out[(arm, int(week))] = (exact, float(r["threshold"]), FLIP_INTERVAL_PROB, int(week))
+    kinds = table[DELTA_KIND_COLUMN].astype(str) if DELTA_KIND_COLUMN in table else pd.Series("additive", index=table.index)
+    for kind in DELTA_KINDS:
+        for arm in pieces.arms:
+            rows = table[kinds == kind]
+            rows = rows[rows[CONTRAST_COLUMN] == pieces.contrast(arm)] if CONTRAST_COLUMN in rows else rows
+            for week, at in rows.groupby("week", sort=False):
+                r = at.iloc[0]
+                exact = float(r["tipping_exact"]) if pd.notna(r.get("tipping_exact")) else np.nan
+                out[(arm, int(week), kind)] = (exact, float(r["threshold"]), FLIP_INTERVAL_PROB, int(week))
     return out
 
 

@@ -19,6 +19,8 @@ import pandas as pd
 
 from data.atomic import atomic_write_bytes, usual_permissions
 
+from .borrowing import MAP_FILE
+from .borrowing import figure as borrowing_figure
 from .csr_tables import FORMATS, SENSITIVITY_FILE
 from .report import render_report
 from .run import RunDiagnostics
@@ -77,6 +79,11 @@ def write_outputs(run: RunDiagnostics, folder: str | Path) -> Path:
         (folder / "summary").mkdir(exist_ok=True)
         for key, png in figs.items():
             _write(folder / "summary" / f"{name}_{key}.png", png)
+    if run.borrowing is not None:  # the MAP prior, the conflict check and each model's posterior of the control change
+        _write(folder / MAP_FILE, (json.dumps(run.borrowing, indent=2, default=float) + "\n").encode())
+        (folder / "summary").mkdir(exist_ok=True)
+        run.figures["map_prior"] = borrowing_figure(run.borrowing)  # drawn once: the file and the report's section
+        _write(folder / "summary" / "map_prior.png", run.figures["map_prior"])
     for level, table in run.comparisons.items():
         _csv(table, folder / f"comparison_{level}.csv", index=True)
     _write(folder / "comparison.txt", (run.comparison_text() + "\n").encode())

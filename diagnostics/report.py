@@ -410,6 +410,52 @@ def comparison_section(run) -> str:
     return "\n".join(out)
 
 
+def borrowing_section(run) -> str:
+    """The MAP prior from past trials (diagnostics/borrowing.py's record, map_prior.json): the prior, its ESS, the
+    prior-data conflict check and each model's posterior of the control change at the end of treatment."""
+    b = getattr(run, "borrowing", None)
+    if not b:
+        return ""
+    s, new, conflict, ess = b["settings"], b["new_trial"], b["conflict"], b["ess"]
+    robust = s["robust_weight"] > 0
+    hist = pd.DataFrame(b["historical"])
+    mix = b["robust_mixture"] if robust else b["mixture"]
+    comps = pd.DataFrame({"weight": mix["weights"], "mean": mix["means"], "sd": mix["sds"]})
+    if robust:
+        comps["component"] = ["MAP"] * (len(comps) - 1) + ["vague"]
+    models = pd.DataFrame([{"model": n, **v} for n, v in b.get("models", {}).items()])
+    p = conflict["p_value"]
+    out = [
+        '<h2 id="borrowing">Borrowing the control arm from past trials (MAP prior)</h2>',
+        f"<p>The control arm's mean change from baseline at the end of treatment (week {new['week']}) has a "
+        f"meta-analytic-predictive prior from {len(hist)} past trials ({esc(str(s.get('source') or ''))}): the prediction of a new "
+        f"trial's control mean from a hierarchical normal model of theirs (between-trial SD tau ~ HalfNormal({s['tau_scale']:.3g}), "
+        f"i.e. {s['tau_scale_over_sigma']:.2g} x the unit SD {s['sigma']:.3g}), approximated by a mixture of "
+        f"{len(b['mixture']['weights'])} normal(s)"
+        + (f", robustified with a vague component of weight {s['robust_weight']:g} (Normal({s['vague_mean']:.3g}, {s['vague_sd']:.3g}): one participant's information)" if robust else "")
+        + f". It is put on: {esc(b['parameter'].split('models: ')[-1])}.</p>",
+        f"<p>Effective sample size of the prior: {ess['robust' if robust else 'map']['elir']:.1f} participants (ELIR; "
+        f"{ess['robust' if robust else 'map']['moment']:.1f} by moments"
+        + (f"; {ess['map']['elir']:.1f} without the vague component" if robust else "")
+        + f"), against {ess['historical_total_n']:.0f} control participants in the past trials: the between-trial "
+        "variation is what discounts them.</p>",
+        f"<p>Prior-data conflict: the new trial's control arm (observed cases at week {new['week']}: n = {new['n_observed']}, "
+        f"mean change {new['mean']:.2f}, SE {new['se']:.2f}) has predictive p-value {p:.3f} under the MAP prior "
+        + ("(below 0.05: the new control arm differs from what past trials predict; the robust prior's vague component then "
+           "takes over, and results that lean on the borrowing deserve caution)" if p < 0.05 else "(no sign of conflict)")
+        + (f". The vague component's weight goes from {conflict['vague_weight_prior']:.2f} before these data to "
+           f"{conflict['vague_weight_posterior']:.2f} after them." if robust else ".") + "</p>",
+        table_html(comps.round(3)),
+        "<p>Past trials' control arms (mean change and SD of the change at their primary visit):</p>",
+        table_html(hist),
+    ]
+    if len(models):
+        out += [f"<p>Each model's control change at week {new['week']}: the prior's mean and SD, the posterior's mean, SD and "
+                "94% HDI.</p>", table_html(models.round(3))]
+    out.append(img(run.figures.get("map_prior"), "MAP prior, new control data and posteriors"))
+    return "\n".join(out)
+
+
 def submission_section(run) -> str:
     """Every model's submission tables (diagnostics/csr_tables.py), rendered from its ARD as in its RTF and DOCX files;
     a note for a model without them."""
@@ -444,6 +490,7 @@ def render_report(run) -> str:
         f"<ul>{toc}</ul>" if toc else "",
         summary_section(run),
         data_section(run.data_summary, run.labels),
+        borrowing_section(run),
         comparison_section(run),
         *[model_section(m, sensitivity.get(m.name)) for m in run.models.values()],
         *[sensitivity_section(s, "h2", f"Model: {s.name}: sensitivity and estimands") for n, s in sensitivity.items() if n not in run.models],

@@ -67,6 +67,7 @@ class RunDiagnostics:
     outcome: str = "score"
     sensitivity: dict[str, ModelSensitivity] = field(default_factory=dict)  # per model, with --sensitivity
     submission: dict = field(default_factory=dict)  # per model, diagnostics.csr_tables.SubmissionTables (ARD, efficacy, sensitivity)
+    borrowing: dict | None = None  # with a MAP prior from past trials: map_prior.json's record (diagnostics/borrowing.py)
 
     def comparison_text(self) -> str:
         lines = []

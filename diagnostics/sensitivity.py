@@ -59,6 +59,23 @@ by the same amount, so the tipping point (the smallest delta at which P(benefit)
 decision threshold or the 95% interval reaches 0) is found exactly, besides on the grid, for each
 active arm against the control arm.
 
+Multiplicative delta: the imputed *change from baseline* of the active arm's missing scores is multiplied by a
+factor f (f = 1: MAR; f < 1: the missing participants improve less than MAR predicts; f = 0: no change from
+baseline at all, a "baseline carried forward"-like value; f < 0: they worsen). A rating scale has no natural zero,
+so a factor on the raw score would mean nothing; a factor on the change from baseline does. Per draw s, with
+c^a_iv(s) the expected change from baseline of participant i's missing score at v given the draw (MAR),
+
+    Delta^{s,a,f}_v = Delta^{s,a}_v + (f - 1) C^{s,a}_v,    C^{s,a}_v = (1/n_a) sum over participants i of arm a
+                                                                       imputed at v of (c^a_iv + m^s_iv - m^MAR_iv)
+
+(the strategy's imputed change; C^{MAR,a} sums the c^a_iv; with arms="both" the control arm's imputed changes too:
+- (f - 1) C^C_v). It is the delta adjustment with a per-draw delta, (f - 1) C^{s,a}_v / p^a_v, so the
+tipping factor is found on the same grid-and-refine search; as the draws no longer move by one amount, the exact
+point is refined by bisection. c^a_iv(s) (`imputed_changes`): the MMRM's conditional mean of the missing change given
+the participant's changes at the visits the imputation conditions on (the draw's mean and Sigma, as in responders.py);
+for the trajectory models the participant's own mean at the draw's participant effects (and latent biomarkers),
+drawn with the fit given all of the participant's observed scores, minus their baseline score.
+
 Two variances of a reference-based strategy (J2R, CR, CIR), both in sensitivity.csv's `variance` column:
 - `conditional_mean`: the posterior of Delta^{s,a} above. As with rbmi's conditional mean imputation and the
   jackknife, it is the repeated-sampling variance of the conditional-mean estimator: for J2R exactly
@@ -113,11 +130,12 @@ from data.ice import ICE_STRATEGIES, IceTable, check_ice, load_ice  # noqa: E402
 from maths.gaussian import conditional_normal  # noqa: E402
 from models.design import TrialDesign  # noqa: E402
 from models.effects import HDI_PROB, TREATMENT_POLICY, flat_draws, hdi_names  # noqa: E402
-from models.mmrm import OFF_EFFECT  # noqa: E402
-from models.mmrm_retrieved import policy_draws, policy_shares  # noqa: E402
+from models.mmrm import OFF_EFFECT, mmrm_data  # noqa: E402
+from models.mmrm_retrieved import off_status, policy_draws, policy_shares  # noqa: E402
 from models.registry import fitted_model_name, get  # noqa: E402
 
 from .plots import to_png  # noqa: E402
+from .responders import mmrm_mean, trajectory_means  # noqa: E402
 
 STRATEGIES = ICE_STRATEGIES  # MAR, J2R, CR, CIR
 REFERENCE_BASED = ("J2R", "CR", "CIR")  # the strategies with an information-anchored variance besides the conditional-mean one
@@ -135,7 +153,10 @@ DECISION_THRESHOLD = 0.975  # P(benefit) below this: the conclusion of benefit i
 FLIP_INTERVAL_PROB = 0.95  # ... or this interval (HDI) reaching 0
 DELTA_FRACTIONS = (1 / 30, 1 / 15, 1 / 10)  # default delta rows, as fractions of the score range (2, 4, 6 MADRS points)
 GRID_POINTS = 30  # default tipping-point grid: about this many steps
+MMRM_MEAN_VARS = ("visit_mean", "nac_visit_effect", "baseline_slope")  # the MMRM's mean change (responders.mmrm_mean)
 CONTRAST_COLUMN = "contrast"  # "<arm> - <control>": the first column of the tables of a trial with several active arms
+DELTA_KINDS = ("additive", "multiplicative")  # tipping_point.csv's `delta_kind`: delta points added, or a factor on the change
+DELTA_KIND_COLUMN = "delta_kind"
 
 STRATEGY_TEXT = {
     "MAR": "dropout: hypothetical, missing at random (own arm's course given the observed scores)",
@@ -200,6 +221,7 @@ class Population:
     last: np.ndarray  # index of the last observed visit, -1 when none (MMRM: no post-baseline visit)
     participants: np.ndarray
     group: np.ndarray  # per participant: their covariance group (ModelPieces.group)
+    rows: np.ndarray | None = None  # per participant: their index in the design
 
 
 @dataclass
@@ -214,11 +236,52 @@ class StrategyEffect:
     arm: str = ""  # the active arm
     variance: str = "conditional_mean"  # or "information_anchored" (`information_anchored`)
     anchoring_delta: np.ndarray | None = None  # per visit, the information-anchored draws' delta (None: conditional mean)
+    # draws x visits, C^{s,a} of the module docstring: the active arm's imputed changes from baseline under this strategy,
+    # summed over its participants imputed at the visit and divided by the arm's size (None: not computed, see
+    # `imputed_changes`); and the control arm's (MAR), for arms="both"
+    imputed_change: np.ndarray | None = None
+    imputed_change_control: np.ndarray | None = None
+
+    def slope(self, kind: str = "additive", arms: str = "treatment") -> np.ndarray:
+        """Draws x visits: how far each draw moves per unit of departure from MAR (`departure`): the net imputed share
+        (additive, the same in every draw), or minus the net mean imputed change from baseline (multiplicative)."""
+        share = net_share(self, arms)
+        if check_kind(kind) == "additive":
+            return np.broadcast_to(share[None, :], self.draws.shape)
+        if self.imputed_change is None or (arms == "both" and self.imputed_change_control is None):
+            raise ValueError(f"the multiplicative delta needs the imputed changes from baseline of {self.strategy} (arm "
+                             f"'{self.arm}'): strategy_effect(..., changes=imputed_changes(idata, design, pieces))")
+        control = self.imputed_change_control if arms == "both" else 0.0
+        return -(self.imputed_change - control)
+
+    def adjusted(self, value, kind: str = "additive", arms: str = "treatment") -> np.ndarray:
+        """The draws with the delta of `kind` applied to the imputed scores of the active arm (arms="both": and of the
+        control arm): `value` points added (additive) or the imputed change from baseline multiplied by the factor
+        `value` (multiplicative); a number, or one per visit."""
+        return self.draws + departure(value, kind) * self.slope(kind, arms)
 
     def delta_adjusted(self, delta, arms: str = "treatment") -> np.ndarray:
         """The draws with the imputed scores of the active arm (arms="both": and of the control arm) delta points worse;
         delta a number, or one per visit."""
-        return self.draws + np.asarray(delta, dtype=float) * net_share(self, arms)[None, :]
+        return self.adjusted(delta, "additive", arms)
+
+    def factor_adjusted(self, factor, arms: str = "treatment") -> np.ndarray:
+        """The draws with the imputed change from baseline of the active arm (arms="both": and of the control arm)
+        multiplied by `factor` (1: these draws); a number, or one per visit."""
+        return self.adjusted(factor, "multiplicative", arms)
+
+
+def check_kind(kind: str) -> str:
+    if kind not in DELTA_KINDS:
+        raise ValueError(f"the delta's kind must be one of {DELTA_KINDS}, not '{kind}'")
+    return kind
+
+
+def departure(value, kind: str = "additive"):
+    """How far a delta of `kind` is from MAR, the unit the draws move by (StrategyEffect.slope): the delta itself
+    (additive, points), or 1 - factor (multiplicative). Its own inverse: the delta at departure t is departure(t, kind)."""
+    value = np.asarray(value, dtype=float)
+    return value if check_kind(kind) == "additive" else 1.0 - value
 
 
 def information_anchored(effect: StrategyEffect, mar: StrategyEffect) -> StrategyEffect:
@@ -302,7 +365,8 @@ def estimand_population(design: TrialDesign, pieces: ModelPieces) -> Population:
     idx = np.arange(observed.shape[1])
     last = np.where(observed.any(axis=1), np.max(np.where(observed, idx, -1), axis=1), -1)
     group = pieces.group[keep] if pieces.group is not None else np.zeros(int(keep.sum()), dtype=int)
-    return Population(np.asarray(design.arm_idx)[keep].astype(int), observed, last, design.participants[keep], group)
+    return Population(np.asarray(design.arm_idx)[keep].astype(int), observed, last, design.participants[keep], group,
+                      np.flatnonzero(keep))
 
 
 # ---------------------------------------------------------------- the strategies
@@ -363,9 +427,11 @@ def _shift(strategy: str, d: np.ndarray, first: int) -> np.ndarray:
 
 
 def strategy_effect(pieces: ModelPieces, pop: Population, strategy: str, ice: IceTable | None = None,
-                    arm: str | None = None) -> StrategyEffect:
+                    arm: str | None = None, changes: np.ndarray | None = None) -> StrategyEffect:
     """Delta^{s,a} per draw over the model's visits for active arm `arm` (None: the trial's only active arm) against
-    the control arm (see the module docstring), grouped by (strategy, O_i, k_i)."""
+    the control arm (see the module docstring), grouped by (strategy, O_i, k_i). `changes`: `imputed_changes` of the
+    same fit and `ice`, for the multiplicative delta (C^{s,a} = C^{MAR,a} + Delta^{s,a} - d^a: the strategy's
+    imputations differ from MAR's by what moves Delta^{s,a} away from d^a)."""
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy '{strategy}'; choose from {', '.join(STRATEGIES)}")
     a = pieces.arm_position(arm)
@@ -391,16 +457,83 @@ def strategy_effect(pieces: ModelPieces, pop: Population, strategy: str, ice: Ic
         total[:, e_first:] += count / n_t * contrib
     share_t = imputed[members].sum(axis=0) / max(n_t, 1)
     share_c = imputed[control].sum(axis=0) / max(n_c, 1)
-    return StrategyEffect(strategy, pieces.visits, total, share_t, share_c, pieces.arms[a])
+    mine = theirs = None
+    if changes is not None:
+        if changes.shape != (len(d), len(pieces.arms) + 1, nv):
+            raise ValueError(f"changes has shape {changes.shape}, not (draws, arms, visits) = {(len(d), len(pieces.arms) + 1, nv)}: "
+                             "pass imputed_changes of the same fit")
+        mine, theirs = changes[:, a + 1] + (total - d), changes[:, 0]
+    return StrategyEffect(strategy, pieces.visits, total, share_t, share_c, pieces.arms[a], imputed_change=mine,
+                          imputed_change_control=theirs)
 
 
-def arm_strategy_effects(pieces: ModelPieces, design: TrialDesign, strategies=STRATEGIES, ice=None) -> dict[tuple[str, str], StrategyEffect]:
-    """Every active arm's StrategyEffect under each of `strategies` (and MAR, the base of the delta rows), keyed
-    (arm, strategy): the draws `sensitivity_table` summarises, computed once (diagnostics.csr_tables reads them too); for a
-    retrieved-dropout fit also (arm, POLICY), the treatment-policy effect (`policy_effect`)."""
+def imputed_changes(idata: az.InferenceData, design: TrialDesign, pieces: ModelPieces, ice=None) -> np.ndarray:
+    """C^{MAR} of the module docstring per arm: draws x arm (0 the control arm, a the a-th active arm) x the model's
+    visits, the expected change from baseline of each missing score given the draw (MAR; c_iv), summed over the arm's
+    participants imputed at the visit (after dropout, or from their intercurrent event) and divided by the arm's size
+    (0 where nobody is imputed).
+
+    The MMRM: c_iv = mu_iv + Sigma_vO Sigma_OO^-1 (y_O - mu_O), the participant's own mean change (responders.mmrm_mean)
+    and their changes at the visits the imputation conditions on (O: before dropout or the event); for mmrm_retrieved mu is
+    the on-treatment mean, and an observed change after stopping treatment has its arm's off-treatment shift added. The trajectory
+    models: c_iv = the participant's own mean score at v at the draw's participant effects (responders.trajectory_means)
+    minus their baseline score."""
     pop = estimand_population(design, pieces)
     ice = _as_ice(ice, design)
-    out = {(arm, s): strategy_effect(pieces, pop, s, ice, arm) for arm in pieces.arms for s in dict.fromkeys([*strategies, "MAR"])}
+    _, _, cond, imputed = _plan(pop, pieces, "MAR", ice)
+    n_draws, nv, n_arms = pieces.d.shape[0], len(pieces.visits), len(pieces.arms) + 1
+    out = np.zeros((n_draws, n_arms, nv))
+    who = np.flatnonzero(imputed.any(axis=1))
+    if not len(who):
+        return out
+    rows = pop.rows[who]
+    wide = design.wide_scores()[rows]
+    if pieces.baseline_anchor:  # the MMRM: changes at the post-baseline visits
+        lacking = [v for v in MMRM_MEAN_VARS if v not in idata.posterior]
+        if lacking:
+            raise ValueError(f"the multiplicative delta needs each participant's own mean change, and the posterior of "
+                             f"'{pieces.model}' lacks {lacking} (a fit of the MMRM has them)")
+        mu = mmrm_mean(idata.posterior, design, rows, mmrm_data(design).baseline_center)  # draws x who x visits
+        y = wide[:, 1:] - wide[:, [0]]
+        change = mu.copy()
+        patterns: dict[tuple, list[int]] = {}
+        for k, i in enumerate(who):
+            patterns.setdefault((tuple(np.flatnonzero(cond[i])), int(pop.group[i])), []).append(k)
+        for (o, g), members in patterns.items():
+            if not o:
+                continue  # nothing to condition on: the participant's own mean
+            o, m = np.asarray(o, dtype=int), np.asarray(members)
+            t = np.setdiff1d(np.arange(nv), o)
+            coef, _, _ = conditional_normal(np.zeros(nv), pieces.covariance(g), o, t)  # draws x T x O
+            resid = y[m][:, o][None] - mu[:, m][:, :, o]
+            if pieces.off_effect is not None:  # mmrm_retrieved: an observed off-treatment visit's mean adds its arm's shift
+                off = off_status(design)[rows[m]][:, o]
+                resid = resid - pieces.off_effect[:, pop.arm[who[m]]][:, :, o] * off[None]
+            change[:, m[:, None], t[None, :]] = mu[:, m][:, :, t] + np.einsum("sto,smo->smt", coef, resid)
+    else:
+        week_idx = np.searchsorted(design.weeks, pieces.visits)
+        change = trajectory_means(idata, design, pieces.model, rows, week_idx) - wide[:, 0][None, :, None]
+    if change.shape[0] != n_draws:
+        raise ValueError(f"the posterior has {change.shape[0]} draws of the participants' means, not the {n_draws} of its effects")
+    change = np.where(imputed[who][None], change, 0.0)
+    sizes = np.bincount(pop.arm, minlength=n_arms)
+    for g in range(n_arms):
+        mine = pop.arm[who] == g
+        if mine.any():
+            out[:, g] = change[:, mine].sum(axis=1) / sizes[g]
+    return out
+
+
+def arm_strategy_effects(pieces: ModelPieces, design: TrialDesign, strategies=STRATEGIES, ice=None,
+                         changes: np.ndarray | None = None) -> dict[tuple[str, str], StrategyEffect]:
+    """Every active arm's StrategyEffect under each of `strategies` (and MAR, the base of the delta rows), keyed
+    (arm, strategy): the draws `sensitivity_table` summarises, computed once (diagnostics.csr_tables reads them too);
+    `changes`: `imputed_changes` with the same `ice`, for the multiplicative delta; for a retrieved-dropout fit also
+    (arm, POLICY), the treatment-policy effect (`policy_effect`)."""
+    pop = estimand_population(design, pieces)
+    ice = _as_ice(ice, design)
+    out = {(arm, s): strategy_effect(pieces, pop, s, ice, arm, changes) for arm in pieces.arms
+           for s in dict.fromkeys([*strategies, "MAR"])}
     if pieces.off_effect is not None:
         out.update({(arm, POLICY): policy_effect(pieces, design, ice, arm) for arm in pieces.arms})
     return out
@@ -552,21 +685,26 @@ def sensitivity_table(
 
 @dataclass
 class TippingPoint:
-    """Delta adjustment on a grid at one week, one active arm against the control arm: where the conclusion of benefit is lost."""
+    """A delta (additive or multiplicative) on a grid at one week, one active arm against the control arm: where the
+    conclusion of benefit is lost."""
 
-    table: pd.DataFrame  # per delta: mean, sd, HDIs, p_below_0, flipped
-    delta: float | None  # smallest grid delta at which the conclusion flips; None: not within the grid
-    exact: float | None  # the exact flip point (each draw moves by delta x share); None: it never flips
+    table: pd.DataFrame  # per grid value (`delta`: points added, or the factor): mean, sd, HDIs, p_below_0, flipped
+    delta: float | None  # the grid value nearest MAR at which the conclusion flips (additive: the smallest delta;
+    #                      multiplicative: the largest factor); None: not within the grid
+    exact: float | None  # the exact flip point (delta, or factor); None: it never flips
     week: int
     strategy: str
     arms: str
     threshold: float
-    share: float  # the effect moves by delta x share
+    share: float  # the share of the arm imputed at the week (arms="both": minus the control arm's)
     message: str
-    figure: bytes | None = None  # effect and P(benefit) against delta, PNG
+    figure: bytes | None = None  # effect and P(benefit) against the delta, PNG
     arm: str = ""  # the active arm
     control: str = ""  # the control arm
     n_active: int = 1  # active arms of the trial: with several, the message and the tables name the contrast
+    kind: str = "additive"  # or "multiplicative" (DELTA_KINDS)
+    change: float | None = None  # multiplicative: the posterior mean of the imputed participants' mean imputed change from
+    #                              baseline at the week (points; arms="both": net of the control arm's)
 
     @property
     def contrast(self) -> str:
@@ -581,13 +719,27 @@ def _nice_step(x: float) -> float:
     return next(m * p for m in (1, 2, 2.5, 5, 10) if m * p >= x)
 
 
+def _departure_grid(base_mean: float, slope: float, least: float, most: float | None = None, step: float | None = None) -> np.ndarray:
+    """Departures from MAR 0 to `most` (default 1.5 |effect| / mean slope: where the mean reaches half the effect
+    beyond 0; at least `least`) in nice steps."""
+    if most is None:
+        most = 1.5 * abs(base_mean) / slope if slope > 0 else 0.0
+        most = max(most, least)
+    step = _nice_step(most / GRID_POINTS) if step is None else float(step)
+    return np.round(np.arange(0.0, most + step / 2, step), 10)
+
+
 def delta_grid(base_mean: float, share: float, score_range: float, max_delta: float | None = None, step: float | None = None) -> np.ndarray:
     """0 to max_delta (default 1.5 |effect| / share, at least a tenth of the score range) in nice steps."""
-    if max_delta is None:
-        max_delta = 1.5 * abs(base_mean) / share if share > 0 else 0.0
-        max_delta = max(max_delta, 0.1 * score_range)
-    step = _nice_step(max_delta / GRID_POINTS) if step is None else float(step)
-    return np.round(np.arange(0.0, max_delta + step / 2, step), 10)
+    return _departure_grid(base_mean, share, 0.1 * score_range, max_delta, step)
+
+
+def factor_grid(base_mean: float, slope: float, min_factor: float | None = None, step: float | None = None) -> np.ndarray:
+    """Factors from 1 down to min_factor (default 1 - 1.5 |effect| / slope, slope the posterior mean of the net mean
+    imputed change with its sign turned, so that the mean effect moves by half its size beyond 0; at most 0, so
+    that 'no change from baseline' is on the grid) in nice steps."""
+    most = None if min_factor is None else 1.0 - float(min_factor)
+    return np.round(1.0 - _departure_grid(base_mean, slope, 1.0, most, step), 10)
 
 
 def tipping_point(
@@ -607,17 +759,24 @@ def tipping_point(
     model: str | None = None,
     pieces: ModelPieces | None = None,
     arm: str | None = None,
+    kind: str = "additive",
+    min_factor: float | None = None,
+    changes: np.ndarray | None = None,
 ) -> TippingPoint:
-    """The smallest delta (points added to the imputed post-dropout scores) at which benefit of active arm `arm`
-    (None: the trial's only active arm) over the control arm is no longer concluded.
+    """Where benefit of active arm `arm` (None: the trial's only active arm) over the control arm is no longer
+    concluded as the imputed post-dropout scores depart from `strategy`: the smallest delta (kind="additive": points
+    added to them) or the largest factor (kind="multiplicative": on their change from baseline; 1 is `strategy`).
 
     The conclusion flips when P(benefit) = P(difference < 0) falls below `threshold` or the
-    `interval_prob` HDI reaches 0. `week` defaults to the end of treatment; `deltas` (a grid) to
-    `delta_grid` from 0 to 1.5 x |effect| / share of the active arm imputed at that week
-    (`max_delta`, `step` set it); `strategy` is the base strategy the delta is added to.
+    `interval_prob` HDI reaches 0. `week` defaults to the end of treatment; `deltas`, the grid in the kind's units
+    (points, or factors), to `delta_grid` from 0 to 1.5 x |effect| / share of the active arm imputed at that week
+    (`max_delta`, `step` set it), or to `factor_grid` from 1 down to 1 - 1.5 x |effect| / (share x the mean imputed
+    change), at most 0 (`min_factor`, `step` set it). `changes`: `imputed_changes` of the fit with this `ice`
+    (multiplicative; computed here when not given).
     """
     if arms not in ARMS:
         raise ValueError(f"arms must be one of {ARMS}, not '{arms}'")
+    multiplicative = check_kind(kind) == "multiplicative"
     pieces = pieces if pieces is not None else model_pieces(idata, design, model)
     active = pieces.arms[pieces.arm_position(arm)]
     several = len(pieces.arms) > 1
@@ -627,95 +786,177 @@ def tipping_point(
     if week not in pieces.visits or week == 0:
         raise ValueError(f"week {week} is not a post-baseline visit of the model ({pieces.visits[pieces.visits > 0].tolist()})")
     j = int(np.searchsorted(pieces.visits, week))
-    eff = strategy_effect(pieces, pop, strategy, ice, active)
+    if multiplicative and changes is None:
+        changes = imputed_changes(idata, design, pieces, ice)
+    eff = strategy_effect(pieces, pop, strategy, ice, active, changes if multiplicative else None)
     x = eff.draws[:, j]
     share = float(net_share(eff, arms)[j])
-    grid = delta_grid(float(x.mean()), share, design.score_range, max_delta, step) if deltas is None else np.asarray(deltas, dtype=float)
+    slope = np.array(eff.slope(kind, arms)[:, j])
+    if deltas is not None:
+        grid = np.asarray(deltas, dtype=float)
+    elif multiplicative:
+        grid = factor_grid(float(x.mean()), float(slope.mean()), min_factor, step)
+    else:
+        grid = delta_grid(float(x.mean()), share, design.score_range, max_delta, step)
+    away = departure(grid, kind)
     lo95, hi95 = hdi_names(interval_prob)
     rows = []
-    for delta in grid:
-        y = x + delta * share
-        row = {"delta": float(delta), "week": week, **summarise(y, hdi_prob)}
+    for value, t in zip(grid, away):
+        y = x + t * slope
+        row = {"delta": float(value), "week": week, **summarise(y, hdi_prob)}
         lo, hi = az.hdi(y, hdi_prob=interval_prob)
         row[lo95], row[hi95] = float(lo), float(hi)
         row["flipped"] = bool(row["p_below_0"] < threshold or hi >= 0)
         rows.append(row)
     table = pd.DataFrame(rows)
-    flips = table.loc[table["flipped"], "delta"]
-    hit = float(flips.min()) if len(flips) else None
-    exact = _exact_flip(x, share, threshold, interval_prob)
-    arm_name = f"{active} arm" if several else "treatment arm"
-    where = (f"{f'for {pieces.contrast(active)} ' if several else ''}at week {week} "
-             f"({strategy}, delta added to the {arm_name if arms == 'treatment' else 'both arms'})")
-    p0, hi0 = float((x < 0).mean()), float(az.hdi(x, hdi_prob=interval_prob)[1])
-    if p0 < threshold or hi0 >= 0:
-        message = (f"no benefit concluded even without delta {where}: P(benefit) = {p0:.3f} "
-                   f"(threshold {threshold:g}), {interval_prob:.0%} interval upper end {hi0:.2f}")
-    elif share <= 0:
-        message = f"the conclusion never flips {where}: delta moves the difference by delta x {share:.3f} (no net imputed dropouts)"
-    elif hit is None:
-        message = (f"the conclusion does not flip within the grid (0 to {grid.max():g} points) {where}; "
-                   f"it would at {exact:.2f} points")
-    else:
-        message = (f"the conclusion flips at delta = {hit:g} points on the grid (exactly {exact:.2f}) {where}: "
-                   f"{share:.1%} of the {arm_name} imputed after dropout")
+    flipped = table["flipped"].to_numpy(dtype=bool) if len(table) else np.zeros(0, dtype=bool)
+    hit = float(grid[flipped][np.argmin(away[flipped])]) if flipped.any() else None
+    start = float(away.max()) if len(away) and away.max() > 0 else 1.0
+    found = _exact_flip(x, slope, threshold, interval_prob, start)
+    exact = None if found is None else float(departure(found, kind))
+    change = None
+    if multiplicative:
+        own = float(eff.share_treatment[j])
+        change = float(eff.imputed_change[:, j].mean() / own) if own > 0 else 0.0
+        if arms == "both":
+            change = float(-slope.mean() / share) if share > 0 else 0.0
+    message = _tipping_message(kind, x, share, grid, hit, exact, change, threshold, interval_prob, strategy, arms, week,
+                               active, pieces.contrast(active) if several else "")
     result = TippingPoint(table, hit, exact, week, strategy, arms, threshold, share, message, arm=active,
-                          control=pieces.control, n_active=len(pieces.arms))
+                          control=pieces.control, n_active=len(pieces.arms), kind=kind, change=change)
     if plot:
         result.figure = tipping_plot(result, design, hdi_prob)
     return result
 
 
-def _exact_flip(x: np.ndarray, share: float, threshold: float, interval_prob: float) -> float | None:
-    """Smallest delta >= 0 with P(x + delta share < 0) < threshold or the HDI of x + delta share reaching 0."""
-    if share <= 0:
-        p0, hi0 = (x < 0).mean(), az.hdi(x, hdi_prob=interval_prob)[1]
-        return 0.0 if (p0 < threshold or hi0 >= 0) else None
-    srt = np.sort(x)
-    k = math.ceil(threshold * len(x)) - 1  # P < threshold  <=>  at most k draws below -delta share  <=>  -delta share <= srt[k]
-    by_p = -srt[k] / share
-    by_interval = -float(az.hdi(x, hdi_prob=interval_prob)[1]) / share
-    return max(0.0, min(by_p, by_interval))
+def _tipping_message(kind, x, share, grid, hit, exact, change, threshold, interval_prob, strategy, arms, week, active,
+                     contrast) -> str:
+    """The tipping point in words (TippingPoint.message)."""
+    arm_name = f"{active} arm" if contrast else "treatment arm"
+    at = f"{f'for {contrast} ' if contrast else ''}at week {week}"
+    p0, hi0 = float((x < 0).mean()), float(az.hdi(x, hdi_prob=interval_prob)[1])
+    not_even = f"P(benefit) = {p0:.3f} (threshold {threshold:g}), {interval_prob:.0%} interval upper end {hi0:.2f}"
+    if kind == "additive":
+        where = f"{at} ({strategy}, delta added to the {arm_name if arms == 'treatment' else 'both arms'})"
+        if p0 < threshold or hi0 >= 0:
+            return f"no benefit concluded even without delta {where}: {not_even}"
+        if share <= 0:
+            return f"the conclusion never flips {where}: delta moves the difference by delta x {share:.3f} (no net imputed dropouts)"
+        if hit is None:
+            return (f"the conclusion does not flip within the grid (0 to {grid.max():g} points) {where}; "
+                    f"it would at {exact:.2f} points")
+        return (f"the conclusion flips at delta = {hit:g} points on the grid (exactly {exact:.2f}) {where}: "
+                f"{share:.1%} of the {arm_name} imputed after dropout")
+    where = f"{at} ({strategy}, the imputed change from baseline of the {arm_name if arms == 'treatment' else 'both arms'} times a factor)"
+    if p0 < threshold or hi0 >= 0:
+        return f"no benefit concluded even at factor 1 {where}: {not_even}"
+    if exact is None:
+        why = ("nobody is imputed after dropout (net)" if share <= 0 else
+               f"the imputed change from baseline is {change:+.2f} points on average, no improvement that a smaller factor "
+               "takes away")
+        return f"the conclusion never flips at a factor below 1 {where}: {why}"
+    if hit is None:
+        return (f"the conclusion does not flip within the grid (factor 1 down to {grid.min():g}) {where}; "
+                f"it would at factor {exact:.2f}")
+    return (f"the conclusion flips at factor = {hit:g} on the grid (exactly {exact:.2f}) {where}: {share:.1%} of the "
+            f"{arm_name} imputed after dropout, their imputed change from baseline {change:.2f} points on average")
+
+
+def _exact_flip(x: np.ndarray, slope, threshold: float, interval_prob: float, start: float = 1.0) -> float | None:
+    """The smallest departure t >= 0 (StrategyEffect.slope) at which y = x + t slope has P(y < 0) < threshold or its
+    HDI reaching 0; None when it never does. `slope`: one number, or one per draw. With one slope for every draw
+    (the additive delta) it is exact, from the order statistics; otherwise it is bracketed by doubling from `start`
+    (up to 2^40 x start) and found by bisection to 1e-10 relative."""
+    slope = np.broadcast_to(np.asarray(slope, dtype=float), x.shape)
+
+    def flips(t: float) -> bool:
+        y = x + t * slope
+        return bool((y < 0).mean() < threshold or az.hdi(y, hdi_prob=interval_prob)[1] >= 0)
+
+    if flips(0.0):
+        return 0.0
+    if np.ptp(slope) == 0:  # every draw moves by the same amount
+        share = float(slope[0])
+        if share <= 0:
+            return None
+        srt = np.sort(x)
+        k = math.ceil(threshold * len(x)) - 1  # P < threshold  <=>  at most k draws below -t share  <=>  -t share <= srt[k]
+        by_p = -srt[k] / share
+        by_interval = -float(az.hdi(x, hdi_prob=interval_prob)[1]) / share
+        return max(0.0, min(by_p, by_interval))
+    lo, hi = 0.0, float(start) if start > 0 else 1.0
+    for _ in range(40):
+        if flips(hi):
+            break
+        lo, hi = hi, 2 * hi
+    else:
+        return None
+    while hi - lo > 1e-10 * hi:
+        mid = 0.5 * (lo + hi)
+        lo, hi = (lo, mid) if flips(mid) else (mid, hi)
+    return hi
+
+
+def _xlabel(kind: str, strategy: str, arms: str) -> str:
+    if kind == "additive":
+        return f"delta: points added to imputed scores after dropout ({arms})"
+    return f"factor on the imputed change from baseline after dropout ({arms}; 1 = {strategy})"
 
 
 def tipping_plot(result: TippingPoint | list[TippingPoint], design: TrialDesign | None = None, hdi_prob: float = HDI_PROB) -> bytes:
-    """The difference (mean and HDI) and P(benefit) against delta, PNG bytes; given the tipping points of several
-    active arms or weeks (one strategy and threshold), one line and band per arm and week against the control arm."""
+    """The difference (mean and HDI) and P(benefit) against the delta, PNG bytes; given the tipping points of several
+    active arms or weeks (one strategy and threshold), one line and band per arm and week against the control arm;
+    with both kinds, a column of panels each (additive: against delta; multiplicative: against the factor, from 1)."""
     results = [result] if isinstance(result, TippingPoint) else list(result)
+    kinds = [k for k in DELTA_KINDS if any(res.kind == k for res in results)]
     first = results[0]
-    several = len(results) > 1
-    arms_differ = len({res.arm for res in results}) > 1
-    weeks = list(dict.fromkeys(res.week for res in results))
-    name = lambda res: ", ".join([res.contrast] * arms_differ + [f"week {res.week}"] * (len(weeks) > 1))  # noqa: E731
     lo, hi = hdi_names(hdi_prob)
-    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(6.5, 5.5), sharex=True)
+    fig, axes = plt.subplots(2, len(kinds), figsize=(6.5 * len(kinds), 5.5), sharex="col", squeeze=False)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for k, res in enumerate(results):
-        t = res.table
-        color = colors[k % len(colors)]
-        ax1.fill_between(t["delta"], t[lo], t[hi], alpha=0.3 if not several else 0.2, color=color,
-                         label=f"{hdi_prob:.0%} HDI" if not several else None)
-        ax1.plot(t["delta"], t["mean"], color=color, label="posterior mean" if not several else f"{name(res)} (mean, {hdi_prob:.0%} HDI)")
-        ax2.plot(t["delta"], t["p_below_0"], color=color, label=name(res) if several else None)
-    ax1.axhline(0, color="black", lw=0.8)
     label = design.meta.outcome_label if design is not None else "score"
-    at = f"week {first.week}" if len(weeks) == 1 else "weeks " + ", ".join(str(w) for w in weeks)
-    if arms_differ:
-        ax1.set_ylabel(f"active arm - {first.control} at {at}\n({label} points)")
+    for c, kind in enumerate(kinds):
+        ax1, ax2 = axes[0, c], axes[1, c]
+        mine = [res for res in results if res.kind == kind]
+        several = len(mine) > 1
+        arms_differ = len({res.arm for res in mine}) > 1
+        weeks = list(dict.fromkeys(res.week for res in mine))
+        name = lambda res: ", ".join([res.contrast] * arms_differ + [f"week {res.week}"] * (len(weeks) > 1))  # noqa: E731
+        for k, res in enumerate(mine):
+            t = res.table
+            color = colors[k % len(colors)]
+            ax1.fill_between(t["delta"], t[lo], t[hi], alpha=0.3 if not several else 0.2, color=color,
+                             label=f"{hdi_prob:.0%} HDI" if not several else None)
+            ax1.plot(t["delta"], t["mean"], color=color, label="posterior mean" if not several else f"{name(res)} (mean, {hdi_prob:.0%} HDI)")
+            ax2.plot(t["delta"], t["p_below_0"], color=color, label=name(res) if several else None)
+        ax1.axhline(0, color="black", lw=0.8)
+        at = f"week {mine[0].week}" if len(weeks) == 1 else "weeks " + ", ".join(str(w) for w in weeks)
+        if arms_differ:
+            ax1.set_ylabel(f"active arm - {mine[0].control} at {at}\n({label} points)")
+        else:
+            names = (mine[0].arm, mine[0].control) if mine[0].arm else ("treatment", "control")
+            ax1.set_ylabel(f"{names[0]} - {names[1]} at {at}\n({label} points)")
+        ax1.legend(loc="upper left", fontsize=8)
+        ax2.axhline(mine[0].threshold, color="grey", ls="--", lw=0.8, label=f"threshold {mine[0].threshold:g}")
+        ax2.set_ylabel("P(benefit)")
+        ax2.set_ylim(-0.02, 1.02)
+        ax2.set_xlabel(_xlabel(kind, mine[0].strategy, mine[0].arms))
+        what = "delta" if kind == "additive" else "factor"
+        for k, res in enumerate(mine):
+            if res.delta is not None:
+                color = colors[k % len(colors)] if several else "tab:red"
+                flips = f"{name(res) + ' ' if several else ''}flips at {what} = {res.delta:g}"
+                for ax in (ax1, ax2):
+                    ax.axvline(res.delta, color=color, lw=0.8, ls=":" if several else "-", label=flips if ax is ax2 else None)
+        ax2.legend(loc="lower left", fontsize=8)
+        if kind == "multiplicative":
+            ax1.invert_xaxis()  # from 1 (MAR) towards less improvement, as delta grows to the right
+        if len(kinds) > 1:
+            ax1.set_title(f"{first.strategy} + delta (additive)" if kind == "additive"
+                          else f"{first.strategy}, imputed change x factor (multiplicative)", fontsize=9)
+    if kinds == ["additive"]:
+        fig.suptitle(f"Tipping point ({first.strategy} + delta)", fontsize=10)
+    elif kinds == ["multiplicative"]:
+        fig.suptitle(f"Tipping point ({first.strategy}, imputed change from baseline x factor)", fontsize=10)
     else:
-        names = (first.arm, first.control) if first.arm else ("treatment", "control")
-        ax1.set_ylabel(f"{names[0]} - {names[1]} at {at}\n({label} points)")
-    ax1.legend(loc="upper left", fontsize=8)
-    ax2.axhline(first.threshold, color="grey", ls="--", lw=0.8, label=f"threshold {first.threshold:g}")
-    ax2.set_ylabel("P(benefit)")
-    ax2.set_ylim(-0.02, 1.02)
-    ax2.set_xlabel(f"delta: points added to imputed scores after dropout ({first.arms})")
-    for k, res in enumerate(results):
-        if res.delta is not None:
-            color = colors[k % len(colors)] if several else "tab:red"
-            flips = f"{name(res) + ' ' if several else ''}flips at delta = {res.delta:g}"
-            for ax in (ax1, ax2):
-                ax.axvline(res.delta, color=color, lw=0.8, ls=":" if several else "-", label=flips if ax is ax2 else None)
-    ax2.legend(loc="lower left", fontsize=8)
-    fig.suptitle(f"Tipping point ({first.strategy} + delta)", fontsize=10)
+        fig.suptitle("Tipping point", fontsize=10)
     return to_png(fig)

@@ -28,8 +28,11 @@ from .responders import responder_table, scored_model
 from .sensitivity import (
     CONTRAST_COLUMN,
     DECISION_THRESHOLD,
+    DELTA_KIND_COLUMN,
+    DELTA_KINDS,
     arm_strategy_effects,
     default_deltas,
+    imputed_changes,
     model_pieces,
     sensitivity_table,
     supported_model,
@@ -162,15 +165,17 @@ class ModelSensitivity:
     end_week: int  # the end of treatment: the week of the responders in the report (and of the rest by default)
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)  # SENSITIVITY_TABLES computed for this model
     tipping_message: str = ""  # the tipping point in words: tipping_messages joined by "; "
-    tipping_figure: bytes | None = None  # every active arm's tipping point at every reported week in one figure
-    tipping_messages: tuple[str, ...] = ()  # per active arm (in order) and reported week, the tipping point in words
+    tipping_figure: bytes | None = None  # every active arm's tipping points at every reported week in one figure
+    # per active arm (in order) and reported week, the tipping points in words: the additive one's message, then the
+    # multiplicative one's, joined by "; "
+    tipping_messages: tuple[str, ...] = ()
     notes: dict[str, str] = field(default_factory=dict)  # table -> why this model has none
     saved: bool = False  # read back from the results folder (diagnose.py without --sensitivity), not recomputed
     timings: dict = field(default_factory=dict)
     # the draws behind the "sensitivity" table (not of a saved one), for the submission tables (diagnostics.csr_tables):
     effects: dict = field(default_factory=dict)  # (active arm, strategy) -> diagnostics.sensitivity.StrategyEffect
     deltas: tuple[float, ...] = ()  # the delta rows' deltas
-    tipping_points: tuple = ()  # per active arm and reported week, diagnostics.sensitivity.TippingPoint (without its figure)
+    tipping_points: tuple = ()  # per kind, active arm and reported week, diagnostics.sensitivity.TippingPoint (no figure)
     ice_source: str = ""  # the intercurrent-event table the strategies followed ('' for none)
     weeks: tuple[int, ...] = ()  # the weeks reported (tipping points, report, submission table); () for end_week
     row_weeks: tuple[int, ...] | None = None  # the weeks of sensitivity.csv's rows (None: every post-baseline week)
@@ -196,16 +201,30 @@ def unsupported(idata: az.InferenceData, design, model: str) -> dict[str, str]:
 
 
 def tipping_frame(tp) -> pd.DataFrame:
-    """The tipping point's grid with what it found, repeated on every row: strategy, arms, threshold,
-    tipping_delta (the smallest grid delta at which benefit is no longer concluded; empty if none),
-    tipping_exact (the exact flip point) and tipping_message; on a trial with several active arms a first
-    column `contrast` ("<arm> - <control>") too."""
+    """The tipping point's grid with what it found, repeated on every row: a first column `delta_kind` (`additive`:
+    `delta` is the points added; `multiplicative`: `delta` is the factor on the imputed change from baseline), then
+    the grid and strategy, arms, threshold, imputed_share, imputed_change (multiplicative: the imputed participants'
+    mean imputed change from baseline, points; empty for additive), tipping_delta (the grid value nearest MAR at which
+    benefit is no longer concluded: the smallest delta, or the largest factor; empty if none), tipping_exact (the exact
+    flip point, in the same unit) and tipping_message; on a trial with several active arms a first column `contrast`
+    ("<arm> - <control>") before it."""
     frame = tp.table.assign(strategy=tp.strategy, arms=tp.arms, threshold=tp.threshold, imputed_share=tp.share,
+                            imputed_change=tp.change if tp.change is not None else np.nan,
                             tipping_delta=tp.delta if tp.delta is not None else np.nan,
                             tipping_exact=tp.exact if tp.exact is not None else np.nan, tipping_message=tp.message)
+    frame.insert(0, DELTA_KIND_COLUMN, tp.kind)
     if tp.n_active > 1:
         frame.insert(0, CONTRAST_COLUMN, tp.contrast)
     return frame
+
+
+def tipping_messages(tps) -> tuple[str, ...]:
+    """Per active arm and reported week (in the order of their first tipping point), the messages of its tipping points
+    (additive, then multiplicative) joined by "; "."""
+    by: dict[tuple, list[str]] = {}
+    for tp in sorted(tps, key=lambda tp: DELTA_KINDS.index(tp.kind)):
+        by.setdefault((tp.arm, int(tp.week)), []).append(tp.message)
+    return tuple("; ".join(dict.fromkeys(messages)) for messages in by.values())
 
 
 def model_sensitivity(name: str, idata: az.InferenceData, design, options: SensitivityOptions | None = None) -> ModelSensitivity:
@@ -229,11 +248,13 @@ def model_sensitivity(name: str, idata: az.InferenceData, design, options: Sensi
         result.weeks = result.row_weeks or (result.end_week,)
         result.tables["sensitivity"] = sensitivity_table(idata, design, deltas=result.deltas, ice=options.ice, model=model, pieces=pieces,
                                                          effects=result.effects, weeks=result.row_weeks)
+        changes = imputed_changes(idata, design, pieces, options.ice)  # the multiplicative delta's imputed changes, once
         tps = [tipping_point(idata, design, week=week, threshold=options.threshold, ice=options.ice, model=model, pieces=pieces,
-                             arm=arm, plot=False) for arm in pieces.arms for week in result.weeks]
+                             arm=arm, plot=False, kind=kind, changes=changes)
+               for kind in DELTA_KINDS for arm in pieces.arms for week in result.weeks]
         result.tables["tipping_point"] = pd.concat([tipping_frame(tp) for tp in tps], ignore_index=True)
         result.tipping_points = tuple(tps)
-        result.tipping_messages = tuple(tp.message for tp in tps)
+        result.tipping_messages = tipping_messages(tps)
         result.tipping_message = "; ".join(result.tipping_messages)
         result.tipping_figure = tipping_plot(tps, design)
     t1 = time.perf_counter()
@@ -275,7 +296,8 @@ def saved_sensitivity(folder: str | Path, idatas: dict[str, az.InferenceData]) -
         if tp is not None and len(tp) and "tipping_message" in tp:
             keys = [c for c in (CONTRAST_COLUMN, "week") if c in tp]
             per_arm = tp.groupby(keys, sort=False) if keys else [(None, tp)]
-            result.tipping_messages = tuple(str(rows["tipping_message"].iloc[0]) for _, rows in per_arm)
+            # each kind's message once (a file without `delta_kind` has one message per arm and week)
+            result.tipping_messages = tuple("; ".join(dict.fromkeys(str(m) for m in rows["tipping_message"])) for _, rows in per_arm)
             result.tipping_message = "; ".join(result.tipping_messages)
             if "week" in tp:
                 result.weeks = tuple(int(w) for w in dict.fromkeys(tp["week"]))

@@ -51,6 +51,7 @@ import numpy as np
 
 from models.marginal import fixed_terms, visit_stats
 from models.marker_block import integrated_rows, latent_missing
+from models.priors import CONTROL_CHANGE
 from models.trajectory import curve_basis, visit_columns
 
 KERNEL = "trajectory"
@@ -109,8 +110,10 @@ E_BLOCKS = (
 # fields of the context array; F_XQ (per participant: sums of q, t1 q, t2 q, q^2), F_QY (sum of q y) and
 # F_WEEK_Q (q per scheduled week) are empty unless the model is curved
 (F_SIZES, F_XOFF, F_EOFF, F_PRIORS, F_ARM, F_SITE_IDX, F_XX, F_XY, F_YY, F_NVIS, F_ZDATA, F_ZSTATUS, F_ZINDEX, F_ZUPPER,
- F_PER_DOUBLING, F_WEEK_T1, F_WEEK_T2, F_XQ, F_QY, F_WEEK_Q, F_NINT, F_COV, F_PHASE_LOC, F_IGROUP, F_IREP) = range(25)
-N_FIELDS = 25
+ F_PER_DOUBLING, F_WEEK_T1, F_WEEK_T2, F_XQ, F_QY, F_WEEK_Q, F_NINT, F_COV, F_PHASE_LOC, F_IGROUP, F_IREP, F_CONTROL) = range(26)
+N_FIELDS = 26
+# F_CONTROL: a NormalMixture (MAP) prior on time_change[0], the control arm's change by the end of treatment, in place
+# of its F_PHASE_LOC Normal (`mixture_field`; [-1] without)
 # F_ARM: per participant, its arm index (0 the control arm, a the a-th active arm)
 # F_NINT: per participant, the number of its missing markers integrated out (0 for most); F_IGROUP: its group of
 # participants sharing H (`_integrated_modes`), -1 if none; F_IREP: one participant per group
@@ -154,6 +157,27 @@ def _normal_at(mu, sigma, x):
     """log Normal(x | mu, sigma) and its derivative in x."""
     z = (x - mu) / sigma
     return -0.5 * z * z - math.log(sigma) - HALF_LOG_2PI, -z / sigma
+
+
+@_jit
+def _mixture_at(mix, x):
+    """log NormalMixture(x | w, mu, sigma) as PyMC writes it (logsumexp over k of log w_k + log Normal(x | mu_k,
+    sigma_k)) and its derivative in x. mix = [K, w_1..w_K, mu_1..mu_K, sigma_1..sigma_K] (`mixture_field`)."""
+    k = int(mix[0])
+    terms = np.empty(k)
+    top = -np.inf
+    for j in range(k):
+        lp, _ = _normal_at(mix[1 + k + j], mix[1 + 2 * k + j], x)
+        terms[j] = math.log(mix[1 + j]) + lp
+        if terms[j] > top:
+            top = terms[j]
+    total, slope = 0.0, 0.0
+    for j in range(k):
+        e = math.exp(terms[j] - top)
+        total += e
+        sj = mix[1 + 2 * k + j]
+        slope += e * (-(x - mix[1 + k + j]) / (sj * sj))
+    return top + math.log(total), slope / total
 
 
 @_jit
@@ -914,7 +938,11 @@ def logp_grad(x, ctx, grad):
     lp += g
     grad[o] += d_icpt + dg
     o = int(xo[X_TIME])
-    g, dg = _normal_at(phase_loc[t], phase_loc[t + 1], x[o])
+    control = _field(ctx, F_CONTROL)
+    if control[0] == 0.0:
+        g, dg = _mixture_at(control[1:], x[o])
+    else:
+        g, dg = _normal_at(phase_loc[t], phase_loc[t + 1], x[o])
     lp += g
     grad[o] += d_t0 + dg
     o_nac = int(xo[X_NAC])
@@ -1136,6 +1164,19 @@ PRIOR_SLOTS = {
 }
 
 
+def mixture_field(prior, index: int) -> np.ndarray:
+    """The context field of a NormalMixture prior on element `index` of a location vector (models.priors.rv_with_element):
+    [index, K, w.., mu.., sigma..]; an empty prior (None) gives [-1] (no element has one)."""
+    if prior is None:
+        return np.array([-1.0])
+    if prior.dist != "NormalMixture" or set(prior.params) != {"w", "mu", "sigma"}:
+        raise Unsupported(f"prior {prior.describe()} is not one the fused function computes")
+    w, mu, sd = (np.atleast_1d(np.asarray(prior.params[k], dtype=float)) for k in ("w", "mu", "sigma"))
+    if not (w.shape == mu.shape == sd.shape) or w.ndim != 1:
+        raise Unsupported(f"prior {prior.describe()}: one weight, mean and SD per component are needed")
+    return np.concatenate([[float(index), float(len(w))], w, mu, sd])
+
+
 def _pack(fields: list[np.ndarray]) -> np.ndarray:
     """One float64 array: [total length, number of fields, (offset, length) per field, the fields]."""
     head = 2 + 2 * len(fields)
@@ -1332,6 +1373,7 @@ def fused_layout(model, design, priors, shapes: dict) -> FusedLayout:
         xx, stats.xy[:, :3], stats.yy, stats.n,
         zdata, status, index, zupper, per_doubling, design.week_t1, design.week_t2, xq, qy, week_q, n_int,
         design.covariates[:, columns] if len(columns) else np.zeros(0), phase_loc, igroup, irep,
+        mixture_field(priors.get(CONTROL_CHANGE), 0),
     ]
     assert len(fields) == N_FIELDS
     return FusedLayout(ctx=_pack(fields), n_dim=n_dim, n_expanded=pos, shape_info=(names, slices, shape_list))

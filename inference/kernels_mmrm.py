@@ -38,7 +38,8 @@ import numba
 import numpy as np
 from scipy.special import gammaln
 
-from models.mmrm import arm_position, mmrm_data
+from models.mmrm import arm_position, control_visit, mmrm_data
+from models.priors import CONTROL_CHANGE
 
 from .kernels import (
     LOG2PI,
@@ -48,11 +49,13 @@ from .kernels import (
     _covariate_columns,
     _field,
     _jit,
+    _mixture_at,
     _normal_prior,
     _pack,
     _prior_triple,
     _scale_prior,
     block_layout,
+    mixture_field,
     zerosum_density,
     zerosum_values,
 )
@@ -76,8 +79,8 @@ E_BLOCKS = ("site_effect", "visit_chol", "visit_sd", "visit_corr", "nac_effect",
 (E_SITE, E_CHOL, E_SD, E_CORR, E_NAC, E_PLACEBO) = range(len(E_BLOCKS))
 # fields of the context array
 (F_SIZES, F_XOFF, F_EOFF, F_PRIORS, F_TREATED, F_BASE, F_SITE_IDX, F_PATTERNS, F_PATTERN_VISITS, F_OBS_ROW, F_OBS_CHANGE,
- F_COV, F_ARM) = range(13)
-N_FIELDS = 13  # F_COV: the covariate columns adjusted for, included participant x covariate (row-major; empty without)
+ F_COV, F_ARM, F_CONTROL) = range(14)
+N_FIELDS = 14  # F_CONTROL: a NormalMixture prior on one visit's visit_mean (kernels.mixture_field; [-1] without); F_COV: the covariate columns adjusted for, included participant x covariate (row-major; empty without)
 # F_TREATED: per included participant 1.0 in an active arm, 0.0 in the control arm; F_ARM: the position of its
 # active arm among the active arms (0 for a control participant)
 # sizes (field F_SIZES): participants, sites (0 for one), visits, length of x, length of the expanded draw, weeks,
@@ -245,8 +248,12 @@ def logp_grad(x, ctx, grad):
                 grad[p + j] += g
         p += i + 1
 
+    control = _field(ctx, F_CONTROL)
     for v in range(nv):
-        g, dg = _normal_prior(pri, P_VMEAN, x[o_mean + v])
+        if v == int(control[0]):  # the MAP prior on the control arm's change at the end of treatment
+            g, dg = _mixture_at(control[1:], x[o_mean + v])
+        else:
+            g, dg = _normal_prior(pri, P_VMEAN, x[o_mean + v])
         lp += g
         grad[o_mean + v] += dg
         for a in range(n_arm):
@@ -393,6 +400,7 @@ def fused_layout(model, design, priors, shapes: dict) -> FusedLayout:
         sizes, xoff, eoff, pri, active, d.baseline - d.baseline_center, site_idx,
         np.array(pattern_rows, dtype=float), np.array(pattern_visits, dtype=float), d.obs_row, d.obs_change,
         design.covariates[np.ix_(d.rows, columns)] if len(columns) else np.zeros(0), position.astype(float),
+        mixture_field(priors.get(CONTROL_CHANGE), control_visit(design, d) if CONTROL_CHANGE in priors else -1),
     ]
     assert len(fields) == N_FIELDS
     return FusedLayout(ctx=_pack(fields), n_dim=n_dim, n_expanded=pos, shape_info=(names, slices, shape_list), kernel=KERNEL)

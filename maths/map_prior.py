@@ -55,6 +55,30 @@ vague component after the new data is its reweighted share in `NormalMixture.pos
 
 `fit_map_prior(...)` does it all and returns a `MapPrior` (`to_json()`: the content of map_prior.json).
 data/historical.py reads and validates the historical trials; tests/test_map_prior.py checks each piece.
+
+A mixture prior on the control mean in a trial's analysis (`control_prior_posterior`, `MixtureArray`; used by
+planning/analysis.py, checked against 2-D numerical integration in tests/test_planning_map.py). A trial's analysis
+gives, per trial (any leading axes), an estimate (c_hat, d_hat) of the control arm's mean change c at the primary
+visit and of an active arm's difference from control d, with covariance S = [[S_cc, S_cd], [S_cd, S_dd]]: the
+normal posterior of (c, d) under a flat prior on c and the analysis' priors on every other coefficient (in the
+MMRM: the GLS given Sigma with the prior precision of that one coefficient set to 0; or the likelihood itself).
+Since that flat-c posterior is proportional to the likelihood times the priors on everything but c, the posterior
+under a prior p(c) on c as well is p(c) N((c, d); (c_hat, d_hat), S) up to a constant: the other priors enter once,
+through S, and p(c) is the only new factor. With p(c) = sum_k w_k N(m_k, s_k^2):
+
+    P(k | data)  proportional to  w_k N(c_hat; m_k, s_k^2 + S_cc)           (c_hat's prior predictive under component k)
+    c | k, data  = the conjugate normal update of N(m_k, s_k^2) by c_hat with variance S_cc   (maths.gaussian.conjugate_normal)
+    d | c, data  ~ N(d_hat + (S_cd / S_cc)(c - c_hat), S_dd - S_cd^2 / S_cc)   (the conditional of the bivariate normal)
+    d | k, data  ~ N(d_hat + (S_cd / S_cc)(E[c | k] - c_hat), S_dd - S_cd^2 / S_cc + (S_cd / S_cc)^2 Var[c | k])
+
+so d's posterior is the normal mixture with the weights P(k | data). When (c_hat, d_hat, S) is the likelihood of
+(c, d) and d has its own Normal(0, effect_prior_sd^2) prior not yet in S (the completers' ANCOVA, which updates
+each arm's estimate by its prior), that prior is applied first: d's marginal is updated by it (conjugate_normal),
+and c | d keeps the likelihood's regression on d, so the flat-c posterior has
+E[d] = mu_d, Var[d] = V_d, Cov(c, d) = b V_d, E[c] = c_hat + b (mu_d - d_hat), Var[c] = S_cc - b^2 S_dd + b^2 V_d,
+b = S_cd / S_dd. With a single component N(m, s^2) and s -> infinity the result is the flat-c posterior itself.
+`MixtureArray` holds such mixtures for a whole batch: CDF (normal, or each component with Student-t tails on
+given degrees of freedom), moments and quantiles (bisection on the CDF).
 """
 
 from __future__ import annotations
@@ -624,3 +648,86 @@ def fit_map_prior(study, n, mean, sd, *, sigma: float | None = None, tau_scale: 
                "grid": {"mean": exact.mean, "sd": exact.sd}}
     return MapPrior(study, n, y, sd, settings, post.summary(), post.mu_summary(), moments, mix, robust, ess, accuracy,
                     draws, exact)
+
+
+# ---------------------------------------------------------------- a mixture prior on the control mean in an analysis
+
+
+@dataclass(frozen=True, eq=False)
+class MixtureArray:
+    """A batch of normal mixtures: weights, means and sds of shape (..., K), the weights summing to 1 over the last axis
+    (the posterior of one quantity in each of many trials; module docstring)."""
+
+    weights: np.ndarray
+    means: np.ndarray
+    sds: np.ndarray
+
+    def cdf(self, x, df=None) -> np.ndarray:
+        """P(X <= x) per mixture; with `df` (broadcasting to the batch shape) each component has Student-t tails on df
+        degrees of freedom: sum_k w_k T_df((x - m_k) / s_k)."""
+        z = (np.asarray(x, dtype=float)[..., None] - self.means) / self.sds
+        p = special.ndtr(z) if df is None else special.stdtr(np.asarray(df, dtype=float)[..., None], z)
+        return (self.weights * p).sum(axis=-1)
+
+    @property
+    def mean(self) -> np.ndarray:
+        return (self.weights * self.means).sum(axis=-1)
+
+    @property
+    def var(self) -> np.ndarray:
+        return (self.weights * (self.sds**2 + self.means**2)).sum(axis=-1) - self.mean**2
+
+    @property
+    def sd(self) -> np.ndarray:
+        return np.sqrt(np.maximum(self.var, 0.0))
+
+    def quantile(self, q: float, df=None, iterations: int = 60) -> np.ndarray:
+        """The q-quantile of each mixture by bisection between the components' smallest and largest q-quantiles
+        (60 halvings: to about 1e-18 of that bracket); `df` as in `cdf`."""
+        if not 0 < q < 1:
+            raise ValueError(f"quantile level must be in (0, 1), got {q}")
+        z = special.ndtri(q) if df is None else special.stdtrit(np.asarray(df, dtype=float)[..., None], q)
+        ends = self.means + self.sds * z
+        lo, hi = ends.min(axis=-1), ends.max(axis=-1)
+        for _ in range(iterations):
+            mid = 0.5 * (lo + hi)
+            below = self.cdf(mid, df) < q
+            lo, hi = np.where(below, mid, lo), np.where(below, hi, mid)
+        return 0.5 * (lo + hi)
+
+
+def control_prior_posterior(prior: NormalMixture, c_hat, d_hat, s_cc, s_cd, s_dd, effect_prior_sd: float | None = None
+                            ) -> tuple[MixtureArray, MixtureArray]:
+    """The posterior of a control mean c and an effect d under the mixture prior `prior` on c (module docstring):
+    (c_hat, d_hat) with covariance [[s_cc, s_cd], [s_cd, s_dd]] is the normal posterior of (c, d) with a flat prior on
+    c (or their likelihood, with `effect_prior_sd` the SD of a Normal(0, sd^2) prior on d to add first). The inputs
+    broadcast to one batch shape; returns (c's posterior, d's posterior), mixtures of len(prior) components each."""
+    c_hat, d_hat, s_cc, s_cd, s_dd = np.broadcast_arrays(*(np.asarray(v, dtype=float) for v in (c_hat, d_hat, s_cc, s_cd, s_dd)))
+
+    def joint(c, d, vcc, vcd, vdd):  # (c, d) as a bivariate normal: mean (..., 2), covariance (..., 2, 2)
+        return np.stack([c, d], axis=-1), np.stack([np.stack([vcc, vcd], axis=-1), np.stack([vcd, vdd], axis=-1)], axis=-2)
+
+    if effect_prior_sd is not None:  # d's own prior first: its marginal updated, c | d kept
+        mu_d, v_d = conjugate_normal(0.0, float(effect_prior_sd) ** 2, d_hat, s_dd)
+        coef, resid, _ = conditional_normal(*joint(c_hat, d_hat, s_cc, s_cd, s_dd), [1], [0])
+        b, resid = coef[..., 0, 0], resid[..., 0, 0]
+        c_hat, s_cc, s_cd = c_hat + b * (mu_d - d_hat), resid + b * b * v_d, b * v_d
+        d_hat, s_dd = mu_d, v_d
+    m, s2 = prior.means, prior.sds**2
+    c, vc = c_hat[..., None], s_cc[..., None]
+    log_w = _batch_logw(prior, c, vc)
+    weights = np.exp(log_w - special.logsumexp(log_w, axis=-1, keepdims=True))
+    mc, vck = conjugate_normal(m, s2, c, vc)
+    slope, resid, cond_mean = conditional_normal(*joint(c_hat, d_hat, s_cc, s_cd, s_dd), [0], [1], mc[..., None])
+    slope, resid = slope[..., 0, 0][..., None], resid[..., 0, 0][..., None]
+    vd = resid + slope**2 * vck
+    return MixtureArray(weights, mc, np.sqrt(vck)), MixtureArray(weights, cond_mean[..., 0], np.sqrt(np.maximum(vd, 0.0)))
+
+
+def _batch_logw(prior: NormalMixture, c, vc) -> np.ndarray:
+    """(..., K): log w_k + log Normal(c; m_k, s_k^2 + vc) for a batch of estimates c (..., 1) with variances vc (..., 1)
+    (what `NormalMixture.convolve(se).component_logpdf` gives for one estimate)."""
+    with np.errstate(divide="ignore"):
+        logw = np.log(prior.weights)
+    total = prior.sds**2 + vc
+    return logw - 0.5 * (np.log(total) + _LOG_2PI) - 0.5 * (c - prior.means) ** 2 / total

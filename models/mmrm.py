@@ -48,7 +48,7 @@ from maths.gaussian import chol_to_cov, packed_chol_to_cov, sd_corr_to_cov, tril
 
 from .contract import VISIT_CHANGES, BuiltModel, ImpliedCovariance
 from .design import COVARIATE_DIM, ModelDataError, TrialDesign, select_covariates
-from .priors import Prior, points, resolve, rv
+from .priors import CONTROL_CHANGE, Prior, points, rv, rv_with_element, split_control
 
 NAME = "mmrm"
 DESCRIPTION = "Bayesian MMRM: change from baseline by visit, arm x visit, baseline x visit, unstructured covariance (LKJ); no biomarkers needed"
@@ -196,6 +196,16 @@ def _random(n_rows: int, obs_row: np.ndarray, obs_visit: np.ndarray):
     return random
 
 
+def control_visit(design: TrialDesign, d: MMRMData | None = None) -> int:
+    """Position among the post-baseline visits (dim 'visit') of the end of treatment, where a prior on the control
+    arm's mean change (models.priors.CONTROL_CHANGE) applies."""
+    visits = (mmrm_data(design) if d is None else d).visits
+    hit = np.flatnonzero(visits == design.meta.treatment_end)
+    if not len(hit):
+        raise ModelDataError(f"the end of treatment (week {design.meta.treatment_end}) is not a post-baseline visit of the MMRM")
+    return int(hit[0])
+
+
 def covariate_columns(posterior, design: TrialDesign) -> np.ndarray:
     """The columns of `design.covariates` a fit adjusted for, from its 'covariate' coordinate (none without it)."""
     if "covariate_effect" not in posterior:
@@ -308,8 +318,9 @@ def build_mmrm(design: TrialDesign, priors: dict | None = None, likelihood: str 
         raise ValueError(f"the MMRM supports likelihoods {LIKELIHOODS}, not '{likelihood}'")
     d = mmrm_data(design)
     columns = select_covariates(design, covariates)
-    pri = resolve(default_priors(design), priors)
+    pri, control = split_control(default_priors(design), priors)
     nv = len(d.visits)
+    primary = control_visit(design, d) if control is not None else None
     site_idx = design.site_idx[d.rows]
     coords = {
         "participant": design.participants[d.rows],
@@ -331,7 +342,10 @@ def build_mmrm(design: TrialDesign, priors: dict | None = None, likelihood: str 
         arm = pm.Data("arm_indicator", design.arm_indicator()[d.rows], dims=("participant", "active_arm"))
         base = pm.Data("baseline_centered", d.baseline - d.baseline_center, dims="participant")
 
-        visit_mean = rv("visit_mean", pri["visit_mean"], dims="visit")
+        if control is None:
+            visit_mean = rv("visit_mean", pri["visit_mean"], dims="visit")
+        else:  # a MAP prior on the control arm's mean change at the end of treatment (models.priors.CONTROL_CHANGE)
+            visit_mean = rv_with_element("visit_mean", pri["visit_mean"], control, primary, nv, dims="visit")
         nac = rv("nac_visit_effect", pri["nac_visit_effect"], dims=("active_arm", "visit"))
         slope = rv("baseline_slope", pri["baseline_slope"], dims="visit")
         mu = visit_mean[vid] + (nac.T[vid] * arm[pid]).sum(axis=1) + slope[vid] * base[pid]
@@ -371,6 +385,8 @@ def build_mmrm(design: TrialDesign, priors: dict | None = None, likelihood: str 
         pm.Deterministic("placebo_change", pt.concatenate([zero, visit_mean]), dims="week")
     unused = ({"site"} if len(design.sites) < 2 else set()) | ({"covariate_effect"} if not len(columns) else set())
     used = {k: v for k, v in pri.items() if k not in unused}
+    if control is not None:
+        used[CONTROL_CHANGE] = control
     return BuiltModel(
         NAME, model, design, used, ("change",), VISIT_CHANGES, fused_kernel="mmrm", pointwise=partial(pointwise_logp, design=design)
     )

@@ -11,7 +11,9 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import pymc as pm
+import pytensor.tensor as pt
 
 
 @dataclass(frozen=True)
@@ -97,6 +99,58 @@ def rv(name: str, prior: Prior, **kwargs):
         return pm.ZeroSumNormal(name, **prior.params, **kwargs)
     dist = getattr(pm, prior.dist)
     return dist(name, **prior.params, **kwargs)
+
+
+CONTROL_CHANGE = "control_change"  # prior key: the control arm's mean change at the end of treatment (a MAP prior)
+
+
+def split_control(defaults: dict[str, Prior], overrides: dict | None) -> tuple[dict[str, Prior], Prior | None]:
+    """`resolve(defaults, overrides)` and the CONTROL_CHANGE prior of the overrides (a Prior, or a dict of dist/params),
+    None without one. That prior is no default: it is given by a MAP prior from historical trials (deptrial.borrowing)."""
+    rest = dict(overrides or {})
+    control = rest.pop(CONTROL_CHANGE, None)
+    if isinstance(control, dict):
+        control = Prior(control["dist"], control["params"], control.get("reason", "user override"))
+    return resolve(defaults, rest), control
+
+
+def mixture_prior(weights, means, sds, reason: str) -> Prior:
+    """A NormalMixture Prior (sum_k w_k Normal(mu_k, sigma_k)), e.g. a MAP prior of maths/map_prior.py."""
+    return Prior("NormalMixture", {"w": [float(v) for v in weights], "mu": [float(v) for v in means],
+                                   "sigma": [float(v) for v in sds]}, reason)
+
+
+def rv_with_element(name: str, base: Prior, element: Prior, index: int, length: int, **kwargs):
+    """A vector of `length` location parameters with prior `base` elementwise, except element `index`, whose prior is
+    `element` (a NormalMixture: a MAP prior on one visit's or one phase's control change). One random variable, so the
+    model's parameter vector is the one `rv(name, base, ...)` makes. Its log density is PyMC's: base's elementwise, with
+    element `index` replaced by the mixture's."""
+    if base.dist != "Normal" or element.dist != "NormalMixture":
+        raise ValueError(f"prior '{name}': a mixture on one element needs the Normal family for the others, not {base.describe()}")
+    if set(base.params) - {"mu", "sigma"}:
+        raise ValueError(f"prior '{name}': a mixture on one element needs Normal(mu, sigma) for the others, not {base.describe()}")
+    mu = np.broadcast_to(np.asarray(base.params.get("mu", 0.0), dtype=float), (length,)).copy()
+    sigma = np.broadcast_to(np.asarray(base.params.get("sigma", 1.0), dtype=float), (length,)).copy()
+    w, m, s = (np.asarray(element.params[k], dtype=float) for k in ("w", "mu", "sigma"))
+
+    def logp(value):
+        lp = pm.logp(pm.Normal.dist(mu, sigma, shape=length), value)
+        return pt.set_subtensor(lp[index], pm.logp(pm.NormalMixture.dist(w=w, mu=m, sigma=s), value[index]))
+
+    def random(rng=None, size=None):
+        out = rng.normal(mu, sigma, size=size)
+        lead = out.shape[:-1]
+        k = rng.choice(len(w), p=w / w.sum(), size=lead)
+        out[..., index] = rng.normal(m[k], s[k])
+        return out
+
+    start = mu.copy()
+    start[index] = float((w * m).sum() / w.sum())  # the mixture's mean
+
+    def support_point(rv, size):
+        return pt.as_tensor(start)
+
+    return pm.CustomDist(name, logp=logp, random=random, support_point=support_point, **kwargs)
 
 
 def dist(prior: Prior):

@@ -63,7 +63,7 @@ from .contract import VISIT_SCORES, BuiltModel, ImpliedCovariance
 from .design import COVARIATE_DIM, TrialDesign, select_covariates
 from .marginal import FIXED_VAR, fixed_columns, fixed_terms, marginal_loglik, visit_stats
 from .marker_block import add_marker_block, integrated_marker_terms
-from .priors import Prior, dist, points, resolve, rv, scaled_defaults
+from .priors import CONTROL_CHANGE, Prior, dist, points, rv, rv_with_element, scaled_defaults, split_control
 
 LIKELIHOODS = ("normal", "student", "censored")
 
@@ -175,15 +175,19 @@ def add_site_effects(design: TrialDesign, priors: dict[str, Prior]):
 
 
 def add_population_terms(design: TrialDesign, pri: dict[str, Prior], arm: bool, markers: bool, nac_moderation: bool,
-                         integrate_missing: bool = False):
+                         integrate_missing: bool = False, control: Prior | None = None):
     """Population-level terms in a fixed order (the order of the sampler's parameter vector).
 
     Returns (z, intercept, time_change, nac_change, prognostic, moderation, nac_mod, site); absent terms are None.
-    With integrate_missing (the fast path), z is (z, patterns): models/marker_block.py.
+    With integrate_missing (the fast path), z is (z, patterns): models/marker_block.py. `control`: a prior (a MAP
+    NormalMixture, models.priors.CONTROL_CHANGE) of the control arm's change by the end of treatment, time_change[0].
     """
     z = add_marker_block(design.baseline, pri, integrate_missing=integrate_missing) if markers else None
     intercept = rv("intercept", pri["intercept"])
-    time_change = rv("time_change", pri["time_change"], dims="phase")
+    if control is None:
+        time_change = rv("time_change", pri["time_change"], dims="phase")
+    else:
+        time_change = rv_with_element("time_change", pri["time_change"], control, 0, len(design.phases()), dims="phase")
     nac_change = rv("nac_change", pri["nac_change"], dims=("active_arm", "phase")) if arm else None
     prognostic = rv("marker_prognostic", pri["marker_prognostic"], dims="marker") if markers else None
     moderation = rv("marker_moderation", pri["marker_moderation"], dims="marker") if markers else None
@@ -402,10 +406,10 @@ def build_trajectory(
     if markers:
         design.require_markers(name)
     columns = select_covariates(design, covariates)
-    pri = resolve(trajectory_priors(design), priors)
+    pri, control = split_control(trajectory_priors(design), priors)
     with pm.Model(coords=_coords(design, markers, columns, arm)) as model:
         pid, t1, t2, arms = add_visit_data(design, arm)
-        terms = add_population_terms(design, pri, arm, markers, nac_moderation)
+        terms = add_population_terms(design, pri, arm, markers, nac_moderation, control=control)
         shift = add_covariate_terms(design, pri, columns)
         effects = add_participant_effects(pri)
         level, change1, change2 = participant_coefficients(design, terms, arms, shift)
@@ -427,7 +431,8 @@ def build_trajectory(
         name=name,
         model=model,
         design=design,
-        priors=priors_used(pri, **switches, likelihood=likelihood, covariates=bool(len(columns))),
+        priors={**priors_used(pri, **switches, likelihood=likelihood, covariates=bool(len(columns))),
+                **({CONTROL_CHANGE: control} if control is not None else {})},
         outcome_vars=("y",),
         observations=VISIT_SCORES,
         fast_variant=fast,
@@ -457,13 +462,13 @@ def build_trajectory_marginal(
     if markers:
         design.require_markers(name)
     columns = select_covariates(design, covariates)
-    pri = resolve(trajectory_priors(design), priors)
+    pri, control = split_control(trajectory_priors(design), priors)
     stats = visit_stats(design, visit_columns(design, curved))
     coords = _coords(design, markers, columns, arm)
     coords["participant_term"] = fixed_terms(curved)
     with pm.Model(coords=coords) as model:
         _, _, _, arms = add_visit_data(design, arm)
-        terms = add_population_terms(design, pri, arm, markers, nac_moderation, integrate_missing=True)
+        terms = add_population_terms(design, pri, arm, markers, nac_moderation, integrate_missing=True, control=control)
         patterns = []
         if markers:
             z, patterns = terms[0]
@@ -485,7 +490,8 @@ def build_trajectory_marginal(
         name=name,
         model=model,
         design=design,
-        priors=priors_used(pri, **switches, likelihood="normal", covariates=bool(len(columns))),
+        priors={**priors_used(pri, **switches, likelihood="normal", covariates=bool(len(columns))),
+                **({CONTROL_CHANGE: control} if control is not None else {})},
         outcome_vars=("y",),
         observations=VISIT_SCORES,
         marginal=True,

@@ -80,6 +80,15 @@ class Thresholds:
         return None if self.type1 is None else math.sqrt(self.type1 * (1 - self.type1) / self.sims)
 
 
+def final_probabilities(final: dict, analysis: AnalysisSettings) -> np.ndarray:
+    """(S, A, 1): each active arm's P(benefit) at the final analysis (`analyse`'s results), 0 where the analysis
+    failed or, with the dual criterion, where P(effect < -MCID) does not pass."""
+    q = np.where(final["ok"], final["p_benefit"], 0.0)
+    if analysis.dual:
+        q = np.where(final["p_mcid"] > analysis.mcid_prob, q, 0.0)
+    return q[:, :, None]
+
+
 def stage_probabilities(sim: SimulatedTrials, trial: PlannedTrial, analysis: AnalysisSettings, interim: InterimSettings | None) -> np.ndarray:
     """(S, A, L + 1): each active arm's P(benefit) at each of the L looks and at the final analysis, 0 where
     an analysis failed (it cannot stop or succeed) and, at the final analysis, where the dual criterion
@@ -88,10 +97,8 @@ def stage_probabilities(sim: SimulatedTrials, trial: PlannedTrial, analysis: Ana
         final, looks = analyse(sim, analysis), []
     else:
         final, looks = stage_results(sim, trial, analysis, interim)
-    q_final = np.where(final["ok"], final["p_benefit"], 0.0)
-    if analysis.dual:
-        q_final = np.where(final["p_mcid"] > analysis.mcid_prob, q_final, 0.0)
-    return np.stack([np.where(lk["ok"], lk["p_benefit"], 0.0) for lk in looks] + [q_final], axis=2)
+    return np.concatenate([np.stack([np.where(lk["ok"], lk["p_benefit"], 0.0) for lk in looks], axis=2) if looks else
+                           np.zeros(final["ok"].shape + (0,)), final_probabilities(final, analysis)], axis=2)
 
 
 def choose_thresholds(q: np.ndarray, settings: CalibrationSettings, efficacy: float | None) -> Thresholds:

@@ -20,6 +20,8 @@ from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
+from maths.map_prior import NormalMixture
+
 from .params import PlanningError
 
 DROPOUT_MECHANISMS = ("mcar", "mar", "mnar")
@@ -200,13 +202,18 @@ class Scenario:
     kind: str  # "assurance", "fixed" or "vague"
     effect: float | tuple[float, ...] | None = None
     sd: float | None = None
+    control_mean: float | None = None  # the control arm's true mean change at the primary week (None: the parameter draws')
+    drift: float | None = None  # control_mean minus the MAP prior's mean (the label's and the table's)
+    stream: int | None = None  # the chunks' seed stream (None: the scenario's position); scenarios sharing it share their trials
 
     @property
     def label(self) -> str:
         if self.kind == "fixed":
             if np.ndim(self.effect) == 0:
-                return f"effect={self.effect:g}"
-            return "effect=" + ",".join(f"{e:g}" for e in self.effect)
+                text = f"effect={self.effect:g}"
+            else:
+                text = "effect=" + ",".join(f"{e:g}" for e in self.effect)
+            return text if self.drift is None else f"drift={self.drift:+g},{text}"
         return self.kind
 
     def effects(self, n_active: int) -> np.ndarray:
@@ -237,6 +244,10 @@ class AnalysisSettings:
     method: str = "mmrm"  # "mmrm" (all attended visits, REML) or "ancova" (completers at the primary week)
     visit_mean_prior_sd: float = 15.0  # the MMRM's other priors (models/mmrm.py; 0.25 x the outcome range)
     baseline_slope_prior_sd: float = 0.5
+    # a (robust) MAP prior on the control arm's mean change at the primary visit, as (weights, means, sds) of its
+    # normal mixture (None: no borrowing); planning/analysis.py then also gives the analysis without it
+    control_prior: tuple[tuple[float, ...], tuple[float, ...], tuple[float, ...]] | None = None
+    reference_threshold: float | None = None  # the analysis without borrowing's threshold (None: `threshold`)
 
     def validate(self) -> None:
         if not 0.5 <= self.threshold < 1:
@@ -249,6 +260,23 @@ class AnalysisSettings:
             raise PlanningError(f"--mcid must be >= 0, got {self.mcid}")
         if self.method not in ANALYSES:
             raise PlanningError(f"unknown analysis '{self.method}'; choose one of {', '.join(ANALYSES)}")
+        if self.control_prior is not None:
+            w, m, sd = (np.asarray(v, float) for v in self.control_prior)
+            if not (w.ndim == 1 and len(w) and w.shape == m.shape == sd.shape and np.isfinite([w, m, sd]).all()
+                    and (w >= 0).all() and w.sum() > 0 and (sd > 0).all()):
+                raise PlanningError("the control prior must be a normal mixture: as many finite weights (>= 0, not all 0), means and "
+                                    f"positive SDs, got {self.control_prior}")
+        if self.reference_threshold is not None and not 0.5 <= self.reference_threshold < 1:
+            raise PlanningError(f"the threshold without borrowing must be in [0.5, 1), got {self.reference_threshold}")
+
+    def control_mixture(self):
+        """The control prior as a maths.map_prior.NormalMixture (None without borrowing)."""
+        return None if self.control_prior is None else NormalMixture(*self.control_prior)
+
+    def without_borrowing(self) -> AnalysisSettings:
+        """The same analysis without the control prior, with the threshold for it."""
+        threshold = self.threshold if self.reference_threshold is None else self.reference_threshold
+        return replace(self, control_prior=None, reference_threshold=None, threshold=threshold)
 
     def to_dict(self) -> dict:
         return asdict(self)

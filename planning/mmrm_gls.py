@@ -432,7 +432,7 @@ def prior_precisions(prior_sd: tuple[float, float, float], n_active: int, n_visi
 
 def mmrm_effect(change: np.ndarray, attended: np.ndarray, arm: np.ndarray, baseline: np.ndarray, visit: int,
                 prior_sd: tuple[float, float, float] | None = None, final_counts: np.ndarray | None = None,
-                n_active: int | None = None) -> dict[str, np.ndarray]:
+                n_active: int | None = None, flat_control: bool = False) -> dict[str, np.ndarray]:
     """Per trial and active arm (arrays (S, A); `arm` as `pattern_stats`): the MMRM estimate of the arm's
     difference from control at post-baseline visit index `visit`, its SE, the residual degrees of freedom
     (participants attending that visit - Q) and whether the fit succeeded (a positive definite REML Sigma,
@@ -443,7 +443,12 @@ def mmrm_effect(change: np.ndarray, attended: np.ndarray, arm: np.ndarray, basel
     visit's coefficients (the Bayesian MMRM's, models/mmrm.py): `post_mean`, `post_sd`; with `final_counts`
     (an interim look's expected final pattern counts, planning.interim.expected_final_counts) also the
     final analysis' predicted posterior SD and degrees of freedom, `final_sd` and `final_df`
-    (`predicted_final_posterior`)."""
+    (`predicted_final_posterior`). With `flat_control` (and `prior_sd`), also the same posterior with a flat prior on
+    the control arm's mean change at `visit` (that one coefficient's prior precision 0, every other prior kept), as
+    the estimate of (control mean c, each arm's difference d) that a prior on c combines with
+    (maths.map_prior.control_prior_posterior): `control_mean` (S,), `control_var` (S,), `control_effect_cov` (S, A),
+    `flat_effect_mean` (S, A), `flat_effect_var` (S, A); c is the control arm's mean change at the centre baseline (the
+    mean baseline of the participants in the analysis)."""
     stats = pattern_stats(change, attended, arm, baseline, n_active)
     a_n = stats.n_regressors - 2
     fit = fit_reml(stats)
@@ -459,6 +464,19 @@ def mmrm_effect(change: np.ndarray, attended: np.ndarray, arm: np.ndarray, basel
         j = visit * Q + 1 + np.arange(a_n)
         ok &= post.ok[:, None]
         out.update(ok=ok, post_mean=np.where(ok, post.beta[:, visit, 1:1 + a_n], 0.0), post_sd=np.where(ok, np.sqrt(post.cov[:, j, j]), np.inf))
+        if flat_control:
+            flat = precision.copy()
+            jc = visit * Q  # the control arm's mean at `visit` (at the centre baseline)
+            flat[jc] = 0.0
+            free = gls(stats, fit.sigma, fit.ok, prior_precision=flat, prior_mean=np.zeros(v * Q))
+            ok &= free.ok[:, None]
+            good = ok.any(axis=1)  # the control arm's estimate stands when any arm's analysis does
+            out.update(ok=ok,
+                       control_mean=np.where(good, free.beta[:, visit, 0], 0.0),
+                       control_var=np.where(good, free.cov[:, jc, jc], 1.0),
+                       control_effect_cov=np.where(ok, free.cov[:, jc, j], 0.0),
+                       flat_effect_mean=np.where(ok, free.beta[:, visit, 1:1 + a_n], 0.0),
+                       flat_effect_var=np.where(ok, free.cov[:, j, j], 1.0))
         if final_counts is not None:
             final_sd, final_df = predicted_final_posterior(stats, fit.sigma, fit.ok & ok.any(axis=1), final_counts, visit, precision)
             out.update(final_sd=np.where(ok, final_sd, np.inf), final_df=np.broadcast_to(final_df[:, None], ok.shape).copy())

@@ -30,6 +30,19 @@ design's thresholds (common to its arms) are calibrated on global-null trials of
 seeded from SeedSequence(seed, spawn_key=(calibration.STREAM, chunk)), so again independent of the
 workers) to a family-wise type I error, and the grid then runs with each design's thresholds; the table
 states them.
+
+Borrowing a control arm (`AnalysisSettings.control_prior`, a MAP prior; planning/analysis.py): every scenario is
+analysed with it. Drift scenarios (`Scenario.control_mean`, `drift`) set the control arm's true mean change at the
+primary week to the MAP mean plus the drift (planning/simulate.py); they share one seed stream (`DRIFT_STREAM`), so
+every drift and effect is simulated on the same random numbers (common random numbers: the curves against drift
+are smooth and their differences carry little Monte Carlo noise), and each drift scenario's trials are also
+analysed without borrowing (the analysis with the analysis' own priors only): the table has a row per design,
+drift scenario and arm for each, `borrowing` = "map" and "none", beside `drift` and `control_mean` (NaN on the rows
+of the other scenarios, which take the control arm from the parameter draws). Calibration with a control prior
+(`calibration_scenario`: the null at drift 0, the control arm at the MAP mean) calibrates both analyses' thresholds
+on the same null trials, each to the same alpha (`reference_thresholds` for the analysis without borrowing), so
+their power is compared at the same type I error under no drift; the drift rows then show each one's type I error
+under drift with that threshold.
 """
 
 from __future__ import annotations
@@ -43,11 +56,13 @@ import numpy as np
 import pandas as pd
 
 from .analysis import analyse
-from .calibration import STREAM, CalibrationSettings, Thresholds, choose_thresholds, stage_probabilities
+from .calibration import STREAM, CalibrationSettings, Thresholds, choose_thresholds, final_probabilities, stage_probabilities
 from .design import AnalysisSettings, InterimSettings, PlannedTrial, Scenario
 from .interim import look_information, look_weeks, sequential
 from .params import ParameterSet, PlanningError
 from .simulate import simulate_trials
+
+DRIFT_STREAM = 1 << 21  # the drift scenarios' one seed stream: SeedSequence(seed, spawn_key=(DRIFT_STREAM, chunk))
 
 
 @dataclass(frozen=True)
@@ -74,6 +89,13 @@ class PlanSpec:
     interim: InterimSettings | None = None  # interim looks (planning/interim.py); None: the final analysis only
     calibration: CalibrationSettings | None = None  # calibrate each design's thresholds to a type I error
     thresholds: tuple[Thresholds, ...] | None = None  # per design (set by `plan` when calibrating)
+    calibration_scenario: Scenario = field(default_factory=lambda: Scenario("fixed", 0.0))  # the null the calibration simulates
+    reference_thresholds: tuple[Thresholds, ...] | None = None  # per design, the analysis without borrowing's (with a control prior)
+
+    @property
+    def borrowing(self) -> bool:
+        """Whether the analysis puts a prior on the control arm (planning/analysis.py)."""
+        return self.analysis.control_prior is not None
 
     def with_arms(self, params: ParameterSet) -> PlanSpec:
         """The spec with every design naming the parameter set's arms (PlannedTrial.with_arms)."""
@@ -85,12 +107,25 @@ class PlanSpec:
             return self.analysis, self.interim
         t = self.thresholds[design]
         interim = None if self.interim is None else replace(self.interim, efficacy=t.efficacy)
-        return replace(self.analysis, threshold=t.final), interim
+        analysis = replace(self.analysis, threshold=t.final)
+        if self.reference_thresholds is not None:
+            analysis = replace(analysis, reference_threshold=self.reference_thresholds[design].final)
+        return analysis, interim
 
-    def design_thresholds(self, design: int) -> Thresholds:
+    def design_thresholds(self, design: int, reference: bool = False) -> Thresholds:
+        """The design's thresholds (`reference`: those of the analysis without borrowing)."""
+        if reference:
+            if self.reference_thresholds is not None:
+                return self.reference_thresholds[design]
+            return Thresholds(self.analysis.without_borrowing().threshold)
         if self.thresholds is not None:
             return self.thresholds[design]
         return Thresholds(self.analysis.threshold, None if self.interim is None else self.interim.efficacy)
+
+    def seed_key(self, scenario: int) -> int:
+        """The first spawn key of a scenario's chunks: its stream if it has one, else its position."""
+        stream = self.scenarios[scenario].stream if scenario >= 0 else None
+        return scenario if stream is None else stream
 
     def calibration_chunks(self) -> list[Chunk]:
         """Chunks of each design's null trials (scenario -1: the calibration's own, seeded from calibration.STREAM)."""
@@ -131,21 +166,41 @@ class PlanSpec:
             design.validate(params)
             if self.interim is not None:
                 self.interim.check_design(design)
+        drifts = any(sc.control_mean is not None for sc in [*self.scenarios, self.calibration_scenario])
+        if self.borrowing and self.interim is not None:
+            raise PlanningError("interim looks are not available with a control prior (--historical-control): the predictive probability of "
+                                "success assumes a normal posterior; plan the looks without borrowing")
+        if drifts and any(d.enrich_marker is not None for d in self.designs):
+            raise PlanningError("drift scenarios (--historical-control) cannot be simulated for enriched designs (--enrich): the enriched "
+                                "population's control response depends on the marker; plan them in a run without --historical-control")
+        for sc in self.scenarios:
+            if sc.control_mean is not None and not np.isfinite(sc.control_mean):
+                raise PlanningError(f"scenario '{sc.label}': the control mean must be finite, got {sc.control_mean}")
 
 
 def run_chunk(params: ParameterSet, spec: PlanSpec, chunk: Chunk) -> dict:
     """Simulate and analyse one chunk; return sums (not means) so chunks add up exactly in order: per
     active arm (`arms`), for "at least one arm" (`any`) and for the trial (`trial`)."""
-    rng = np.random.default_rng(np.random.SeedSequence(spec.seed, spawn_key=(chunk.scenario, chunk.index)))
-    sim = simulate_trials(params, spec.designs[chunk.design], spec.scenarios[chunk.scenario], chunk.n_sims, rng, spec.effect_scale, spec.round_scores)
+    rng = np.random.default_rng(np.random.SeedSequence(spec.seed, spawn_key=(spec.seed_key(chunk.scenario), chunk.index)))
+    scenario = spec.scenarios[chunk.scenario]
+    sim = simulate_trials(params, spec.designs[chunk.design], scenario, chunk.n_sims, rng, spec.effect_scale, spec.round_scores)
     design = spec.designs[chunk.design]
     analysis, interim = spec.rules(chunk.design)
     res = analyse(sim, analysis) if interim is None else sequential(sim, design, analysis, interim)
+    looks = 0 if spec.interim is None else spec.interim.n_looks
+    arms, anyone, trial = _chunk_sums(res, sim, looks)
+    out = {"design": chunk.design, "scenario": chunk.scenario, "index": chunk.index, "n": chunk.n_sims, "arms": arms, "any": anyone, "trial": trial}
+    if "reference" in res and scenario.control_mean is not None:  # the same trials analysed without borrowing
+        out["arms_reference"], out["any_reference"], _ = _chunk_sums({**res, **res["reference"]}, sim, looks)
+    return out
+
+
+def _chunk_sums(res: dict, sim, looks: int) -> tuple[list[dict], dict, dict]:
+    """A chunk's sums per active arm, for "at least one arm" and for the trial, from its analysis results."""
     width = np.where(np.isfinite(res["width"]), res["width"], np.nan)
     ok = res["ok"]
     err = np.where(ok, res["estimate"] - res["true_effect"], 0.0)
     lost = ~sim.completed
-    looks = 0 if spec.interim is None else spec.interim.n_looks
     arms = []
     for a in range(sim.n_active):
         row = {
@@ -185,15 +240,22 @@ def run_chunk(params: ParameterSet, spec: PlanSpec, chunk: Chunk) -> dict:
             enrolled_sum=float(res["enrolled_arm"][:, 1:].sum()),
             duration_sum=trial["duration_sum"],
         )
-    return {"design": chunk.design, "scenario": chunk.scenario, "index": chunk.index, "n": chunk.n_sims, "arms": arms, "any": anyone, "trial": trial}
+    return arms, anyone, trial
 
 
 def run_calibration_chunk(params: ParameterSet, spec: PlanSpec, chunk: Chunk) -> dict:
     """Simulate one chunk of null trials of a design and return their stage probabilities (planning/calibration.py)."""
     rng = np.random.default_rng(np.random.SeedSequence(spec.seed, spawn_key=(STREAM, chunk.index)))
     design = spec.designs[chunk.design]
-    sim = simulate_trials(params, design, Scenario("fixed", 0.0), chunk.n_sims, rng, spec.effect_scale, spec.round_scores)
-    return {"design": chunk.design, "index": chunk.index, "q": stage_probabilities(sim, design, spec.analysis, spec.interim)}
+    sim = simulate_trials(params, design, spec.calibration_scenario, chunk.n_sims, rng, spec.effect_scale, spec.round_scores)
+    out = {"design": chunk.design, "index": chunk.index}
+    if spec.borrowing:  # both analyses on the same null trials (no looks with a control prior)
+        res = analyse(sim, spec.analysis)
+        out["q"] = final_probabilities(res, spec.analysis)
+        out["q_reference"] = final_probabilities({**res, **res["reference"]}, spec.analysis)
+    else:
+        out["q"] = stage_probabilities(sim, design, spec.analysis, spec.interim)
+    return out
 
 
 def local_cluster(workers: int):
@@ -257,18 +319,20 @@ def execute(params: ParameterSet, spec: PlanSpec, workers: int = 1, scheduler: s
         return map_chunks(run_chunk, params, spec, spec.chunks(), cl)
 
 
-def calibrate(params: ParameterSet, spec: PlanSpec, client=None) -> tuple[Thresholds, ...]:
+def calibrate(params: ParameterSet, spec: PlanSpec, client=None) -> tuple[tuple[Thresholds, ...], tuple[Thresholds, ...] | None]:
     """Each design's calibrated thresholds (planning/calibration.py), the null trials' stage probabilities
-    gathered in chunk order."""
+    gathered in chunk order; with a control prior also the analysis without borrowing's (else None)."""
     results = sorted(map_chunks(run_calibration_chunk, params, spec, spec.calibration_chunks(), client), key=lambda r: (r["design"], r["index"]))
-    out = []
+    keys = ("q", "q_reference") if spec.borrowing else ("q",)
+    out = {k: [] for k in keys}
     for d, design in enumerate(spec.designs):
-        q = np.concatenate([r["q"] for r in results if r["design"] == d]).max(axis=1)  # the family's stage maxima over the arms
-        try:
-            out.append(choose_thresholds(q, spec.calibration, None if spec.interim is None else spec.interim.efficacy))
-        except PlanningError as exc:
-            raise PlanningError(f"{design.n_control} per arm ({design.population}): {exc}") from None
-    return tuple(out)
+        for key in keys:
+            q = np.concatenate([r[key] for r in results if r["design"] == d]).max(axis=1)  # the family's stage maxima over the arms
+            try:
+                out[key].append(choose_thresholds(q, spec.calibration, None if spec.interim is None else spec.interim.efficacy))
+            except PlanningError as exc:
+                raise PlanningError(f"{design.n_control} per arm ({design.population}): {exc}") from None
+    return tuple(out["q"]), (tuple(out["q_reference"]) if spec.borrowing else None)
 
 
 def _sum(part: list[dict], group: str, key: str, arm: int | None = None):
@@ -300,8 +364,9 @@ def summarise(spec: PlanSpec, results: list[dict]) -> pd.DataFrame:
                                   else _sum(part, "trial", "screened_sum")) / n,  # n / P(eligible), averaged over draws
             "site_sd": _sum(part, "trial", "site_sd_sum") / n,
         }
-        for a in [*range(a_n), *(["any"] if a_n > 1 else [])]:
-            group, idx = ("any", None) if a == "any" else ("arms", a)
+        variants = [("", spec.borrowing)] + ([("_reference", False)] if "arms_reference" in part[0] else [])
+        for (suffix, borrowed), a in ((v, a) for v in variants for a in [*range(a_n), *(["any"] if a_n > 1 else [])]):
+            group, idx = ("any" + suffix, None) if a == "any" else ("arms" + suffix, a)
             tot = lambda k: _sum(part, group, k, idx)  # noqa: B023 - used at once, in this iteration
             compared = range(len(sizes)) if a == "any" else (0, a + 1)  # the arms this row's dropout describes
             actives = range(1, len(sizes)) if a == "any" else (a + 1,)
@@ -357,7 +422,10 @@ def summarise(spec: PlanSpec, results: list[dict]) -> pd.DataFrame:
                     "mean_completers": tot("completers_sum") / n,
                 }
             )
-            th = spec.design_thresholds(d)
+            if spec.borrowing or scen.control_mean is not None:
+                row.update(borrowing="map" if borrowed else "none", drift=float("nan") if scen.drift is None else float(scen.drift),
+                           control_mean=float("nan") if scen.control_mean is None else float(scen.control_mean))
+            th = spec.design_thresholds(d, reference=suffix != "")
             row["threshold"] = th.final
             if spec.interim is not None:
                 row["efficacy_threshold"] = th.efficacy
@@ -443,12 +511,13 @@ def plan(params: ParameterSet, spec: PlanSpec, workers: int = 1, scheduler: str 
     t0 = time.perf_counter()
     with dask_client(workers, scheduler, client) as cl:
         if spec.calibration is not None:
-            spec = replace(spec, thresholds=calibrate(params, spec, cl))
+            thresholds, reference = calibrate(params, spec, cl)
+            spec = replace(spec, thresholds=thresholds, reference_thresholds=reference)
         t1 = time.perf_counter()
         results = map_chunks(run_chunk, params, spec, spec.chunks(), cl)
     wall = time.perf_counter() - t1
     table = summarise(spec, results)
-    n_trials = int(table["sims"].sum())
+    n_trials = int(table.loc[table["borrowing"] != "none", "sims"].sum() if "borrowing" in table else table["sims"].sum())  # analysed twice, simulated once
     timings = {"wall_s": wall, "trials": n_trials, "trials_per_s": n_trials / wall if wall > 0 else float("nan")}
     if spec.calibration is not None:
         timings["calibration_s"] = t1 - t0

@@ -27,16 +27,31 @@ MAR and MNAR the logistic intercept is solved in each simulated trial, arm and v
 expected number leaving equals the design's rate exactly; the slope is `dropout_score_effect` log-odds
 per 5 outcome points (worse scores leave more often when positive).
 
+Drift (a scenario's `control_mean`, for planning with a MAP prior on the control arm): the control arm's true
+mean change from baseline at the primary week, in the population the design enrols, is set to `control_mean` in
+every simulated trial. Each parameter draw's own is computed in closed form (`control_mean_change`: the visit
+mean plus the baseline slope times the eligible baseline's mean minus the centre, from the MMRM or, for a
+trajectory model, from the MMRM it implies, `implied_mmrm`), and the difference is added to every participant's
+score at each post-baseline week w in proportion to min(w, primary week) / primary week: growing linearly from
+baseline to the full shift at the primary week, and the same shift after it. Every arm moves with the control
+arm, so the active arms' differences from control (the effects) stay as the scenario states them. The shift is
+made before scores are rounded and clipped to the scale (which can move the observed mean a little near the
+scale's ends); site offsets are left out of the closed form (they cancel in the change from baseline; with entry
+screening on a trajectory model they move it slightly). Enriched designs are refused (the population's control
+mean would depend on the marker).
+
 The trials are analysed by planning/analysis.py; interim looks are in planning/interim.py.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 from scipy import special
 
 from .design import PlannedTrial, Scenario, SimulatedTrials
-from .params import ParameterSet, PlanningError
+from .params import ParameterSet, PlanningError, implied_mmrm, subset
 
 SCORE_UNIT = 5.0  # dropout_score_effect is per this many outcome points (as data.TrialParameters)
 
@@ -330,6 +345,42 @@ def simulate_dropout(y: np.ndarray, arm: np.ndarray, trial: PlannedTrial, rng: n
     return attended
 
 
+def control_mean_change(params, trial: PlannedTrial, idx: np.ndarray) -> np.ndarray:
+    """(S,) the control arm's mean change from baseline at the primary week among the people the design enrols, for
+    the parameter draws idx (module docstring: visit mean + baseline slope x (E[baseline | eligible] - centre))."""
+    if trial.enrich_marker is not None:
+        raise PlanningError("a control mean (drift) scenario cannot be simulated for an enriched design: the enriched population's control "
+                            "response depends on the marker; plan the enriched designs without --historical-control")
+    idx = np.asarray(idx)
+    week = int(trial.primary_week)
+    if params.family == "mmrm":
+        j = list(params.visit_weeks).index(week)
+        visit_mean, slope = params.visit_mean[idx, j], params.baseline_slope[idx, j]
+        mean0, sd0, centre = params.baseline_mean[idx], params.baseline_sd[idx], params.baseline_center[idx]
+    else:
+        draws, back = np.unique(idx, return_inverse=True)
+        sub = subset(params, draws)
+        m = implied_mmrm(replace(sub, nac_moderation=np.zeros_like(sub.nac_moderation)), (0, week))
+        visit_mean, slope = m.visit_mean[back, 0], m.baseline_slope[back, 0]
+        mean0, sd0, centre = m.baseline_mean[back], m.baseline_sd[back], m.baseline_center[back]
+    eligible_mean = mean0
+    if trial.entry_min is not None:  # the mean of Normal(mean0, sd0) above entry_min
+        a = (trial.entry_min - mean0) / sd0
+        eligible_mean = mean0 + sd0 * np.exp(_log_mills(a))
+    return visit_mean + slope * (eligible_mean - centre)
+
+
+def _log_mills(a: np.ndarray) -> np.ndarray:
+    """log(phi(a) / (1 - Phi(a))): the standard normal's inverse Mills ratio above a, on the log scale (stable far in the tail)."""
+    return -0.5 * a * a - 0.5 * np.log(2 * np.pi) - special.log_ndtr(-a)
+
+
+def drift_shape(trial: PlannedTrial) -> np.ndarray:
+    """(V,) the share of a control mean shift at each post-baseline week: min(w, primary) / primary."""
+    post = np.asarray(trial.post_weeks, float)
+    return np.minimum(post, trial.primary_week) / trial.primary_week
+
+
 def simulate_trials(
     params,
     trial: PlannedTrial,
@@ -346,6 +397,9 @@ def simulate_trials(
     idx = rng.integers(params.n_draws, size=s)
     make = _mmrm_scores if params.family == "mmrm" else _trajectory_scores
     y, true_effect, eligible, site_sd = make(params, idx, trial, scenario, rng, effect_scale, arm)
+    if scenario.control_mean is not None:  # drift: the control arm's (and with it every arm's) mean moved (module docstring)
+        shift = float(scenario.control_mean) - control_mean_change(params, trial, idx)
+        y[:, :, 1:] += shift[:, None, None] * drift_shape(trial)[None, None, :]
     sc = params.scale
     if round_scores and sc.integer_scores:
         y = np.round(y)

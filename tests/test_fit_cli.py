@@ -124,9 +124,13 @@ def test_sensitivity_writes_four_tables_and_a_report_section(fitted):
                 assert mar[col] == pytest.approx(row[col], abs=1e-9), (name, week, col)
         tip = tables["tipping_point"]
         assert {"delta", "mean", "p_below_0", "flipped", "tipping_delta", "tipping_message"} <= set(tip.columns)
-        assert (tip["week"] == 12).all() and tip["tipping_message"].nunique() == 1 and (out / name / "figures" / "tipping_point.png").is_file()
-        found = tip.loc[tip["flipped"], "delta"]
-        assert (tip["tipping_delta"].iloc[0] == found.min()) if len(found) else tip["tipping_delta"].isna().all()
+        assert (tip["week"] == 12).all() and (out / name / "figures" / "tipping_point.png").is_file()
+        assert list(dict.fromkeys(tip["delta_kind"])) == ["additive", "multiplicative"]  # delta points; a factor on the change
+        for kind, rows in tip.groupby("delta_kind"):
+            assert rows["tipping_message"].nunique() == 1
+            found = rows.loc[rows["flipped"], "delta"]
+            nearest = found.min() if kind == "additive" else found.max()  # the grid value nearest MAR that flips
+            assert (rows["tipping_delta"].iloc[0] == nearest) if len(found) else rows["tipping_delta"].isna().all()
         resp = tables["responders"]
         assert set(resp["estimand"]) == {"MAR", "NRI"} and set(resp["week"]) == {12, 16} and set(resp["outcome"]) == {"response", "remission"}
         assert resp["estimand_text"].str.contains("remission \\(score <= 7\\)").any()  # the default --remission-cutoff
@@ -159,7 +163,8 @@ def test_sensitivity_writes_four_tables_and_a_report_section(fitted):
     # read back for the report by diagnose.py without --sensitivity: the same tables, the same notes
     back = saved_sensitivity(out, {n: deptrial.load_fit(out / n / "idata.nc", complete=False) for n in ("null", "treatment")})
     tip = pd.read_csv(out / "treatment" / "tipping_point.csv")
-    assert back["treatment"].saved and back["treatment"].tipping_message == tip["tipping_message"].iloc[0]
+    assert back["treatment"].saved
+    assert back["treatment"].tipping_message == "; ".join(tip.groupby("delta_kind", sort=False)["tipping_message"].first())
     pd.testing.assert_frame_equal(back["treatment"].tables["sensitivity"], pd.read_csv(out / "treatment" / "sensitivity.csv"))
     assert set(back["null"].tables) == {"responders", "prior_sensitivity"} and "no arm effect" in back["null"].notes["sensitivity"]
 

@@ -501,6 +501,34 @@ def test_fused_mmrm_density_equals_pytensor(covariate_design, lean_design):
 
 
 @pytest.mark.unit
+def test_fused_mmrm_with_a_map_prior_equals_pytensor(covariate_design):
+    """A NormalMixture (MAP) prior on the control arm's change at the end of treatment (models.priors.CONTROL_CHANGE):
+    value and gradient as PyTensor's, including far in a component's tail (the log-sum-exp)."""
+    from models.mmrm import control_visit
+    from models.priors import CONTROL_CHANGE, mixture_prior
+
+    control = mixture_prior([0.5, 0.3, 0.2], [-9.0, -12.0, -9.0], [1.5, 2.5, 12.0], "MAP prior")
+    _, layout = _check_against_pytensor(covariate_design, {**MMRM_PRIORS, CONTROL_CHANGE: control}, points=3, seed=12,
+                                        build=_mmrm)
+    assert CONTROL_CHANGE in _mmrm(covariate_design, {CONTROL_CHANGE: control}).priors and layout.kernel == "mmrm"
+    ctx_map = layout.ctx[int(layout.ctx[2 + 2 * 13]):][:8]
+    assert ctx_map[0] == control_visit(covariate_design) and ctx_map[1] == 3
+    # a different mixture changes the density: the field is read
+    other = mixture_prior([1.0], [0.0], [30.0], "vague")
+    _check_against_pytensor(covariate_design, {CONTROL_CHANGE: other}, points=2, seed=13, build=_mmrm)
+
+
+@pytest.mark.unit
+def test_fused_trajectory_with_a_map_prior_equals_pytensor(small_design):
+    """The MAP prior on time_change[0] (the control arm's change by the end of treatment) in the trajectory kernel."""
+    from models.priors import CONTROL_CHANGE, mixture_prior
+
+    control = mixture_prior([0.6, 0.4], [-10.0, -14.0], [2.0, 15.0], "MAP prior")
+    _, layout = _check_against_pytensor(small_design, {CONTROL_CHANGE: control}, points=3, seed=14)
+    assert layout.kernel == "trajectory"
+
+
+@pytest.mark.unit
 def test_mmrm_lkj_constant_matches_pymc():
     import pytensor.tensor as pt  # noqa: F401 - PyMC's helper builds a PyTensor expression
     from pymc.distributions.multivariate import _lkj_normalizing_constant

@@ -376,6 +376,34 @@ def test_a_tiny_fit_writes_the_treatment_policy_rows(retrieved_dir, tmp_path):
     assert int(idata.sample_stats["diverging"].sum()) == 0
     design = build_design(saved_dataset(idata))
     assert json.loads((out / "run.json").read_text())["models"][NAME]["timings"]["fused_log_density"] == 1.0
+    # the multiplicative tipping point's imputed changes (the on-treatment MAR imputation of the model's d), per participant by
+    # hand: an observed change after stopping is compared with its own mean, the on-treatment one plus the arm's shift
+    from diagnostics.sensitivity import imputed_changes
+    from models.mmrm import mmrm_data, visit_covariance
+
+    post = idata.posterior
+    flat = lambda name: post[name].transpose("chain", "draw", ...).values.reshape((-1,) + post[name].shape[2:])  # noqa: E731
+    vm, nac, slope, site, theta = (flat(v) for v in ("visit_mean", "nac_visit_effect", "baseline_slope", "site_effect",
+                                                      "off_treatment_effect"))
+    cov = visit_covariance(post).reshape((len(vm),) + (vm.shape[1],) * 2)
+    wide = design.wide_scores()
+    change, base = wide[:, 1:] - wide[:, [0]], wide[:, 0] - mmrm_data(design).baseline_center
+    off = design.off_treatment[:, 1:]
+    expected = np.zeros((len(vm), 2, vm.shape[1]))
+    for i in range(design.n_participants):
+        seen = np.flatnonzero(~np.isnan(change[i]))
+        later = np.arange(seen.max() + 1 if len(seen) else 0, vm.shape[1])
+        if not len(later):
+            continue
+        a = design.arm_idx[i]
+        mu = vm + (nac[:, 0] if a else 0.0) + slope * base[i] + site[:, [design.site_idx[i]]]
+        c = mu[:, later]
+        if len(seen):
+            resid = change[i, seen] - mu[:, seen] - theta[:, a][:, seen] * off[i, seen]
+            gain = np.linalg.solve(cov[:, seen][:, :, seen], cov[:, seen][:, :, later])  # draws x O x T
+            c = c + np.einsum("so,sot->st", resid, gain)
+        expected[:, a, later] += c / (design.arm_idx == a).sum()
+    np.testing.assert_allclose(imputed_changes(idata, design, model_pieces(idata, design)), expected, rtol=1e-8, atol=1e-8)
     # nobody off treatment: the treatment-policy draws are the MAR draws exactly, in estimates and in sensitivity.csv
     nobody = dataclasses.replace(design, off_treatment=np.zeros_like(design.off_treatment))
     d = idata.posterior["nac_visit_effect"].transpose("chain", "draw", "active_arm", "visit").values

@@ -539,13 +539,15 @@ def test_three_arm_tipping_point_per_arm_and_the_analyses_tables(three_arm_trial
     monkeypatch.setattr(analyses, "prior_sensitivity_table", lambda idata: pd.DataFrame())  # not this module's subject
     sens = analyses.model_sensitivity("mmrm", idata, design)
     tip = sens.tables["tipping_point"]
-    assert tip.columns[0] == "contrast" and list(dict.fromkeys(tip["contrast"])) == ["low - placebo", "high - placebo"]
+    assert list(tip.columns[:2]) == ["contrast", "delta_kind"] and list(dict.fromkeys(tip["contrast"])) == ["low - placebo", "high - placebo"]
+    assert list(dict.fromkeys(tip["delta_kind"])) == ["additive", "multiplicative"]
     for name in design.active_arms:
-        rows = tip[tip["contrast"] == f"{name} - placebo"]
-        expected = tipping_point(idata, design, plot=False, model="mmrm", arm=name)
-        np.testing.assert_allclose(rows["mean"], expected.table["mean"])
-        assert rows["tipping_message"].nunique() == 1 and rows["tipping_message"].iloc[0] == expected.message
-        assert expected.message in sens.tipping_message
+        for kind in ("additive", "multiplicative"):
+            rows = tip[(tip["contrast"] == f"{name} - placebo") & (tip["delta_kind"] == kind)]
+            expected = tipping_point(idata, design, plot=False, model="mmrm", arm=name, kind=kind)
+            np.testing.assert_allclose(rows["mean"], expected.table["mean"])
+            assert rows["tipping_message"].nunique() == 1 and rows["tipping_message"].iloc[0] == expected.message
+            assert expected.message in sens.tipping_message
     assert sens.tipping_message.count("; ") >= 1 and sens.tipping_figure[:8] == b"\x89PNG\r\n\x1a\n"
     assert list(dict.fromkeys(sens.tables["sensitivity"]["contrast"])) == ["low - placebo", "high - placebo"]
 

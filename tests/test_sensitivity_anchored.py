@@ -50,6 +50,7 @@ from diagnostics.sensitivity_analyses import (
 )
 from inference.idata_io import save_idata
 from models import build_design
+from models.mmrm import mmrm_data
 
 # ---------------------------------------------------------------- the MMRM's posterior given its covariance
 
@@ -75,7 +76,8 @@ def gls_posterior(design, draws: int = 2000, chains: int = 2, seed: int = 1):
     """The MMRM (change from baseline at each post-baseline visit ~ visit x (1, arm, centred baseline), unstructured
     Sigma) as a posterior: Sigma a pairwise estimate, held fixed; the mean parameters drawn from their exact posterior
     given Sigma under a flat prior, N(beta_GLS, (sum X_i' Sigma_OO^-1 X_i)^-1), over the participants' observed visits.
-    Returns (InferenceData with nac_effect, placebo_change, visit_sd, visit_corr; the pieces for `rubin`)."""
+    Returns (InferenceData with nac_effect, placebo_change, visit_sd, visit_corr and the MMRM's mean parameters
+    visit_mean, nac_visit_effect, baseline_slope (about the MMRM's baseline centre); the pieces for `rubin`)."""
     wide = design.wide_scores()
     keep = ~np.isnan(wide[:, 0])
     base, change = wide[keep, 0], wide[keep, 1:] - wide[keep, :1]
@@ -100,7 +102,12 @@ def gls_posterior(design, draws: int = 2000, chains: int = 2, seed: int = 1):
     nac = np.transpose(beta[:, :, 1:1 + n_active], (0, 2, 1))  # draws x active arm x visit
     sd = np.sqrt(np.diag(sigma))
     shape = lambda a: a.reshape((chains, draws) + a.shape[1:])  # noqa: E731
+    slope = beta[:, :, -1]
+    visit_mean = beta[:, :, 0] + slope * (mmrm_data(design).baseline_center - base.mean())  # the same mean, the MMRM's centre
     post = xr.Dataset({
+        "visit_mean": (("chain", "draw", "visit"), shape(visit_mean)),
+        "nac_visit_effect": (("chain", "draw", "active_arm", "visit"), shape(nac)),
+        "baseline_slope": (("chain", "draw", "visit"), shape(slope)),
         "nac_effect": (("chain", "draw", "active_arm", "week"), shape(np.concatenate([np.zeros((s, n_active, 1)), nac], axis=2))),
         "placebo_change": (("chain", "draw", "week"), shape(np.concatenate([np.zeros((s, 1)), beta[:, :, 0]], axis=1))),
         "visit_sd": (("chain", "draw", "visit"), shape(np.broadcast_to(sd, (s, nv)).copy())),
@@ -368,7 +375,8 @@ def test_chosen_weeks_give_the_rows_tipping_points_report_console_and_table(thre
     assert reported_weeks(tables.ard, "mmrm") == [12, 16]
     assert set(tables.ard.loc[tables.ard["table"] == "sensitivity", "visit"].dropna()) == {12, 16}
     layout = tables.sensitivity()
-    assert layout.header[1][0] == ("Visit", 1) and layout.left == 2 and layout.group_rows == (0, 9)
+    # per week 8 analyses and 2 tipping points (delta, factor)
+    assert layout.header[1][0] == ("Visit", 1) and layout.left == 2 and layout.group_rows == (0, 10)
     assert layout.title[1] == "Variable: MADRS change from baseline at weeks 12 and 16"
     run = RunDiagnostics(title="t", data_source="k3", checksum="", generated="", data_summary={}, labels=("placebo", "low", "high"),
                          models={}, comparisons={}, plain_language={}, comparison_notes=[], figures={}, versions={},
@@ -407,7 +415,7 @@ def test_fit_and_diagnose_report_the_weeks_asked_for(small_trial_dir, tmp_path):
     assert code == 0
     sens, tipping = pd.read_csv(out / "mmrm" / "sensitivity.csv"), pd.read_csv(out / "mmrm" / "tipping_point.csv")
     assert sorted(set(sens["week"])) == [12, 16] and sorted(set(tipping["week"])) == [12, 16]
-    assert tipping.groupby("week")["tipping_message"].nunique().tolist() == [1, 1]
+    assert tipping.groupby(["week", "delta_kind"])["tipping_message"].nunique().tolist() == [1, 1, 1, 1]
     for week in (12, 16):
         at = sens[sens["week"] == week].set_index(["strategy", "variance"])
         for strategy in REFERENCE_BASED:

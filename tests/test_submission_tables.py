@@ -218,8 +218,12 @@ def check_sensitivity(doc: dict, ard: pd.DataFrame, name: str, arms: list[str], 
         label, cells = row[0], row[1:]
         pairs = list(zip(cells[::2], cells[1::2]))
         if label.startswith("Tipping point"):
+            factor = label == "Tipping point: factor on the change"
+            assert factor or label == "Tipping point: delta (points)"
+            analysis, stat = ((f"{name}: tipping point (MAR x factor)", "tipping_factor") if factor else
+                              (f"{name}: tipping point (MAR + delta)", "tipping_delta"))
             for contrast, (delta, blank) in zip(contrasts, pairs):
-                value = a.value(f"{name}: tipping point (MAR + delta)", contrast, at, "tipping_delta")
+                value = a.value(analysis, contrast, at, stat)
                 if np.isnan(value):
                     assert delta == fmt.MISSING
                 else:
@@ -238,7 +242,8 @@ def check_sensitivity(doc: dict, ard: pd.DataFrame, name: str, arms: list[str], 
             checked += 2
     assert seen == (weeks if several else [])
     n_analyses = ard.loc[(ard["table"] == "sensitivity") & ~ard["analysis"].str.contains("tipping"), "analysis"].nunique()
-    assert checked == len(weeks) * len(contrasts) * (2 * n_analyses + 1)
+    n_tipping = ard.loc[ard["analysis"].str.contains("tipping point"), "analysis"].nunique()  # additive, multiplicative
+    assert checked == len(weeks) * len(contrasts) * (2 * n_analyses + n_tipping)
     return checked
 
 
@@ -316,13 +321,19 @@ def check_ard_against_sensitivity(ard: pd.DataFrame, sensitivity: pd.DataFrame, 
             for stat in ("mean", "cri_lower", "cri_upper", "p_benefit", "p_benefit_mcid"):
                 assert a.value(analysis, c, int(r["week"]), stat) == a.value(f"{name}: primary (MAR)", c, int(r["week"]), stat)
     tipping = tipping if "contrast" in tipping else tipping.assign(contrast=f"{arms[1]} - {arms[0]}")
-    for (c, week), rows in tipping.groupby(["contrast", "week"], sort=False):  # one tipping point per contrast and reported week
-        value = a.value(f"{name}: tipping point (MAR + delta)", c, int(week), "tipping_delta")
+    tipping = tipping if "delta_kind" in tipping else tipping.assign(delta_kind="additive")
+    analyses = {"additive": (f"{name}: tipping point (MAR + delta)", "tipping_delta"),
+                "multiplicative": (f"{name}: tipping point (MAR x factor)", "tipping_factor")}
+    # one tipping point per kind, contrast and reported week
+    for (kind, c, week), rows in tipping.groupby(["delta_kind", "contrast", "week"], sort=False):
+        analysis, stat = analyses[kind]
+        value = a.value(analysis, c, int(week), stat)
         saved = rows["tipping_exact"].iloc[0]
         assert (np.isnan(value) and pd.isna(saved)) or value == pytest.approx(saved, abs=1e-9)
-        assert a.value(f"{name}: tipping point (MAR + delta)", c, int(week), "tipping_threshold") == rows["threshold"].iloc[0]
-    n_tipping = ard.loc[(ard["analysis"] == f"{name}: tipping point (MAR + delta)") & (ard["statistic"] == "tipping_delta")]
-    assert len(n_tipping) == tipping.groupby(["contrast", "week"]).ngroups
+        assert a.value(analysis, c, int(week), "tipping_threshold") == rows["threshold"].iloc[0]
+    for kind, (analysis, stat) in analyses.items():
+        n_tipping = ard.loc[(ard["analysis"] == analysis) & (ard["statistic"] == stat)]
+        assert len(n_tipping) == tipping[tipping["delta_kind"] == kind].groupby(["contrast", "week"]).ngroups
 
 
 def check_files(folder, name: str, arms: list[str], week: int, sensitivity: bool = True) -> pd.DataFrame:
@@ -420,8 +431,9 @@ def test_the_ard_has_one_row_per_statistic_and_documents_every_statistic(three_a
     efficacy = ard[ard["table"] == "efficacy"]
     assert len(efficacy) == 3 + arms * 3 + weeks * (arms * 4 + (arms - 1) * 5)
     sensitivity = ard[ard["table"] == "sensitivity"]
-    # strategies and deltas (5 statistics), the information-anchored J2R, CR and CIR (6: and the anchoring delta), deltas, tipping
-    assert len(sensitivity) == (4 + 2) * weeks * (arms - 1) * 5 + 3 * weeks * (arms - 1) * 6 + 2 + (arms - 1) * 3
+    # strategies and deltas (5 statistics), the information-anchored J2R, CR and CIR (6: and the anchoring delta), deltas,
+    # tipping points (additive and multiplicative: 3 each)
+    assert len(sensitivity) == (4 + 2) * weeks * (arms - 1) * 5 + 3 * weeks * (arms - 1) * 6 + 2 + 2 * (arms - 1) * 3
     check_ard(ard)
     with pytest.raises(ValueError, match="rows with the same analysis"):
         check_ard(pd.concat([ard, ard.iloc[[5]]], ignore_index=True))
