@@ -283,7 +283,7 @@ def write_agreement(table: pd.DataFrame, summary: dict, path: Path) -> None:
 
 @pytest.mark.slow
 def test_mmrm_decisions_agree_with_the_bayesian_mmrm():
-    """100 simulated trials (trajectory-model truth, MAR dropout 25%, 100 per arm, effects from a design
+    """60 simulated trials (trajectory-model truth, MAR dropout 25%, 100 per arm, effects from a design
     prior so that decisions fall on both sides; 2 chains x 500 draws each): the closed-form MMRM's
     P(effect < 0) and P(effect < -MCID) and the fractions of the project's Bayesian MMRM's draws below 0
     and -MCID differ on every trial by at most max(0.03, 4 MCSE), MCSE = sqrt(p (1 - p) / ESS) of the
@@ -292,7 +292,7 @@ def test_mmrm_decisions_agree_with_the_bayesian_mmrm():
     import plan as plan_cli
     from planning.mcmc_check import mmrm_validation
 
-    table, summary = mmrm_validation(plan_cli.project_sampler(500, 500, 2), n_trials=100)
+    table, summary = mmrm_validation(plan_cli.project_sampler(500, 500, 2), n_trials=60)
     write_agreement(table, summary, AGREEMENT_RESULT)
     print(summary)
     assert 0.2 < summary["mcmc_success_rate"] < 0.8
