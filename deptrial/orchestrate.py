@@ -22,7 +22,7 @@ from data import DatasetError, load_dataset
 from data.atomic import atomic_write_bytes, output_lock, usual_permissions
 from diagnostics.borrowing import MAP_FILE, Borrowing, posterior_summary
 from diagnostics.contrasts import CONTRASTS_FILE, contrasts_table
-from diagnostics.convergence import verdict
+from diagnostics.convergence import parameter_summary, verdict
 from diagnostics.csr_tables import saved_submission_tables, submission_tables
 from diagnostics.estimates import format_estimates, model_estimates
 from diagnostics.outputs import write_outputs
@@ -33,19 +33,20 @@ from diagnostics.sensitivity_analyses import SensitivityOptions, model_sensitivi
 from diagnostics.summary import answer, baseline_mean, observed_means
 from inference.idata_io import provenance, stamp, versions
 from inference.jobs import AfterFitError, WorkerFailed, default_jobs, fit_models
-from inference.sampling import SamplerSettings
+from inference.sampling import SamplerSettings, one_blas_thread
 from inference.storage import DATA_GROUP, STORAGE, build_arguments, load_fit, save_fit, saved_dataset
 from models import REGISTRY, build_design, get
 from models.priors import to_json
 from planning.params import design_constants
 
-from .console import contrasts_text, data_summary, info_text, sensitivity_text, summary_table
+from .console import contrasts_text, data_summary, info_text, sensitivity_text
 from .errors import FinishingFailed, SamplingFailed, stage
 from .results import ModelFit
 
 finishing = partial(stage, error=FinishingFailed)
 
 
+@one_blas_thread
 def finish_fit(name: str, idata, built, *, out: str, data_source: str, likelihood: str, settings: SamplerSettings,
                info: dict, changes: list, mcid: float, remission_cutoff: float, sensitivity: SensitivityOptions | None = None,
                contrasts=()) -> dict:
@@ -85,7 +86,7 @@ def finish_fit(name: str, idata, built, *, out: str, data_source: str, likelihoo
         folder.mkdir()
         written = save_fit(idata, folder / "idata.nc", dataset=design.dataset)
         check.table.to_csv(folder / "convergence.csv")
-        summary_table(idata).to_csv(folder / "summary.csv")
+        parameter_summary(idata, check.stats).to_csv(folder / "summary.csv")  # az.summary's table, from the verdict's statistics
         table.to_csv(folder / "estimates.csv", index=False)
         if compared is not None:
             compared.to_csv(folder / CONTRASTS_FILE, index=False)

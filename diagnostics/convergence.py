@@ -44,6 +44,7 @@ class Verdict:
     treedepth_saturated: float = float("nan")  # fraction of draws at the maximum tree depth
     ebfmi: list[float] = field(default_factory=list)  # per chain
     max_mcse_ratio: float = float("nan")  # largest mcse_mean / sd over parameters
+    stats: pd.DataFrame | None = None  # every scalar judged, unfiltered (`convergence_stats`): reused, never recomputed
 
     def text(self) -> str:
         head = "PASS" if self.ok else "FAIL"
@@ -113,16 +114,30 @@ def scalar_draws(posterior, var_names: list[str] | None = None) -> tuple[np.ndar
     return np.concatenate(blocks, axis=2), labels
 
 
-def convergence_table(idata: az.InferenceData, var_names: list[str] | None = None) -> pd.DataFrame:
-    """R-hat, bulk/tail ESS and MCSE per scalar parameter (as az.summary(kind="diagnostics", round_to="none")),
-    plus mcse_mean / posterior SD, computed for all parameters at once (mcmc_stats). Unrounded: the
-    verdict compares the exact values with its thresholds."""
+STATS_COLUMNS = (*mcmc_stats.DIAGNOSTICS, "ess_mean", "mean", "sd")  # `convergence_stats`
+
+
+def convergence_stats(idata: az.InferenceData, var_names: list[str] | None = None) -> pd.DataFrame:
+    """Every scalar of the selected posterior variables (`scalar_draws`), unfiltered: R-hat, bulk/tail ESS and MCSE
+    (as az.summary(kind="diagnostics", round_to="none")), the ESS for the mean ('ess_mean', az.ess(method="mean"):
+    PSIS's relative efficiency, diagnostics.loo), the posterior mean and SD (ddof=1); all parameters at once
+    (mcmc_stats). The verdict's table, summary.csv and r_eff are read from it: computed once per fit."""
     draws, labels = scalar_draws(idata.posterior, var_names)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        diag, sd = mcmc_stats.diagnostics(draws), mcmc_stats.posterior_sd(draws)
-    summ = pd.DataFrame(diag, index=labels, columns=list(mcmc_stats.DIAGNOSTICS))
-    sd = pd.Series(sd, index=summ.index)
+        diag = mcmc_stats.diagnostics(draws)
+        diag["mean"] = draws.reshape(-1, draws.shape[2]).mean(axis=0) if draws.size else np.full(draws.shape[2], np.nan)
+        diag["sd"] = mcmc_stats.posterior_sd(draws)
+    return pd.DataFrame(diag, index=labels, columns=list(STATS_COLUMNS))
+
+
+def convergence_table(idata: az.InferenceData, var_names: list[str] | None = None, stats: pd.DataFrame | None = None) -> pd.DataFrame:
+    """R-hat, bulk/tail ESS and MCSE per scalar parameter (as az.summary(kind="diagnostics", round_to="none")),
+    plus mcse_mean / posterior SD, computed for all parameters at once (mcmc_stats). Unrounded: the
+    verdict compares the exact values with its thresholds. stats: `convergence_stats` of the same variables."""
+    stats = convergence_stats(idata, var_names) if stats is None else stats
+    summ = stats[list(mcmc_stats.DIAGNOSTICS)]
+    sd = stats["sd"]
     # constants (e.g. the effect at baseline, fixed at 0) have no meaningful diagnostics; with one chain
     # R-hat is undefined for every parameter (it compares chains) while ESS and MCSE are not
     one_chain = idata.posterior.sizes.get("chain", 1) < 2
@@ -131,6 +146,49 @@ def convergence_table(idata: az.InferenceData, var_names: list[str] | None = Non
     sd = sd[keep.to_numpy()]
     summ["mcse_sd_ratio"] = summ["mcse_mean"] / sd.where(sd > 0)
     return summ
+
+
+SUMMARY_HDI_PROB = 0.94  # summary.csv's interval
+SUMMARY_DECIMALS = {"ess_bulk": 0, "ess_tail": 0, "r_hat": 2}  # az.summary's rounding; every other column 3
+
+
+def summary_names(posterior) -> list[str]:
+    """The variables of summary.csv: the population-level ones (not per participant, not biomarker values)."""
+    return [v for v in posterior.data_vars if v not in ("participant_raw", "participant_effects")
+            and not v.startswith("marker_missing") and not v.startswith("marker_censored")]
+
+
+def hdi_columns(draws: np.ndarray, prob: float) -> tuple[np.ndarray, np.ndarray]:
+    """The narrowest interval holding `prob` of the draws of each column of `draws` (draws, n), as az.hdi
+    (unimodal): of the intervals between the i-th and (i + floor(prob S))-th sorted draws, the first narrowest."""
+    ordered = np.sort(draws, axis=0)
+    size = ordered.shape[0]
+    inc = int(np.floor(prob * size))
+    width = ordered[inc:] - ordered[: size - inc]
+    lo = np.argmin(width, axis=0)
+    cols = np.arange(ordered.shape[1])
+    return ordered[lo, cols], ordered[lo + inc, cols]
+
+
+def parameter_summary(idata: az.InferenceData, stats: pd.DataFrame | None = None, var_names: list[str] | None = None,
+                      hdi_prob: float = SUMMARY_HDI_PROB) -> pd.DataFrame:
+    """az.summary(idata, var_names, hdi_prob) (summary.csv): mean, sd, the HDI, mcse_mean, mcse_sd, ess_bulk, ess_tail,
+    r_hat, rounded as ArviZ rounds them, with the convergence statistics read from `stats` (the verdict's
+    `convergence_stats`, covering at least these variables) instead of computed again. var_names: `summary_names`."""
+    post = idata.posterior
+    names = summary_names(post) if var_names is None else list(var_names)
+    draws, labels = scalar_draws(post, names)
+    if stats is None or not set(labels) <= set(stats.index):
+        stats = convergence_stats(idata, names)
+    rows = stats.loc[labels]
+    lo, hi = hdi_columns(draws.reshape(-1, draws.shape[2]), hdi_prob) if draws.size else (np.array([]), np.array([]))
+    alpha = 1 - hdi_prob
+    table = pd.DataFrame({
+        "mean": rows["mean"].to_numpy(), "sd": rows["sd"].to_numpy(),
+        f"hdi_{100 * alpha / 2:g}%": lo, f"hdi_{100 * (1 - alpha / 2):g}%": hi,
+        **{c: rows[c].to_numpy() for c in mcmc_stats.DIAGNOSTICS},
+    }, index=labels)
+    return table.round({c: SUMMARY_DECIMALS.get(c, 3) for c in table.columns})
 
 
 def _stat(stats, names):
@@ -170,7 +228,8 @@ def ebfmi(idata: az.InferenceData) -> np.ndarray:
 
 
 def verdict(idata: az.InferenceData, var_names: list[str] | None = None) -> Verdict:
-    table = convergence_table(idata, var_names)
+    scalars = convergence_stats(idata, var_names)
+    table = convergence_table(idata, var_names, scalars)
     stats = idata.sample_stats
     div = int(stats["diverging"].sum()) if "diverging" in stats else 0
     draws = int(np.prod([stats.sizes[d] for d in ("chain", "draw")]))
@@ -223,4 +282,5 @@ def verdict(idata: az.InferenceData, var_names: list[str] | None = None) -> Verd
         treedepth_saturated=saturated,
         ebfmi=[float(b) for b in bfmi],
         max_mcse_ratio=float(ratio.max()) if len(ratio) else float("nan"),
+        stats=scalars,
     )

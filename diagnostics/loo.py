@@ -1,8 +1,13 @@
 """Leave-one-out predictive accuracy at two levels, with Pareto-k checks and remedies that run.
 
-- visit level (pointwise PSIS-LOO, `az.loo`): predicting a new visit of a known participant;
+- visit level (pointwise PSIS-LOO): predicting a new visit of a known participant;
 - participant level: the log-likelihood summed over each participant's visits, then PSIS-LOO
   on the participant x draw matrix: predicting a new patient, the unit a trial generalises to.
+
+PSIS and PSIS-LOO are az.psislw's and az.loo's arithmetic in numpy, over all units at once (`psis`, `psis_loo`),
+with ArviZ's relative efficiency (`relative_efficiency`, from the convergence verdict's ESS when given): the same
+elpd, p_loo and Pareto k. The weights of the pointwise log-likelihood 'y' are computed once per fit
+(`pointwise_psis`) for the visit-level LOO without the integrated densities and the LOO-PIT (diagnostics.ppc).
 
 PSIS is unreliable where the Pareto shape k exceeds PARETO_K_MAX. Those units are never reported
 silently: `remedy` recomputes them by refitting. With at most REFIT_MAX problem units each is left
@@ -112,18 +117,231 @@ def _integrated(idata: az.InferenceData, level: str, var_name: str) -> xr.DataAr
     return None
 
 
-def _psis(idata: az.InferenceData, ll: xr.DataArray, level: str, units, integrated: bool = False) -> LooResult:
-    data = az.InferenceData(posterior=idata.posterior, log_likelihood=xr.Dataset({"y": ll}))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        res = az.loo(data, pointwise=True, var_name="y")
+# ---------------------------------------------------------------- PSIS (numpy, vectorised over units)
+GPD_PRIOR_B = 3  # Zhang and Stephens' prior on the GPD's b (ArviZ's _gpdfit: prior_bs)
+GPD_PRIOR_K = 10  # weakly informative prior pulling k towards 0.5 (ArviZ's _gpdfit: prior_k)
+PSIS_BLOCK = 128  # units fitted together (the GPD fit holds units x grid x tail values)
+
+
+def _logsumexp_rows(x: np.ndarray, plus: np.ndarray | None = None, block: int = 64) -> np.ndarray:
+    """ArviZ's _logsumexp of each row of x (+ plus): max, exp of the difference, sum, log, max added back; a block
+    of rows at a time in one buffer (the rows stay in the cache)."""
+    x = np.atleast_2d(x)
+    out = np.empty(x.shape[0])
+    buf = np.empty((min(block, x.shape[0]), x.shape[1]))
+    with np.errstate(invalid="ignore"):
+        for lo in range(0, x.shape[0], block):
+            rows = slice(lo, min(lo + block, x.shape[0]))
+            part = buf[: rows.stop - lo]
+            np.add(x[rows], plus[rows], out=part) if plus is not None else np.copyto(part, x[rows])
+            top = part.max(axis=1)
+            part -= top[:, None]
+            np.exp(part, out=part)
+            out[rows] = np.log(part.sum(axis=1)) + top
+    return out
+
+
+def _gpdfit_rows(tail: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Zhang and Stephens' empirical Bayes fit of the generalized Pareto (ArviZ's _gpdfit) to every row of
+    `tail` (rows, n), each sorted ascending: (k with the weakly informative prior, sigma) per row."""
+    rows, n = tail.shape
+    m_est = 30 + int(n**0.5)
+    grid = 1 - np.sqrt(m_est / (np.arange(1, m_est + 1, dtype=float) - 0.5))
+    b = grid[None, :] / (GPD_PRIOR_B * tail[:, int(n / 4 + 0.5) - 1 : int(n / 4 + 0.5)])
+    b += 1 / tail[:, -1:]
+    k = np.log1p(-b[:, :, None] * tail[:, None, :]).mean(axis=2)  # rows, grid
+    len_scale = n * (np.log(-(b / k)) - k - 1)
+    weights = 1 / np.exp(len_scale[:, None, :] - len_scale[:, :, None]).sum(axis=2)
+    weights = np.where(weights >= 10 * np.finfo(float).eps, weights, 0.0)  # negligible weights dropped
+    weights /= weights.sum(axis=1, keepdims=True)
+    b_post = (b * weights).sum(axis=1)
+    k_post = np.log1p(-b_post[:, None] * tail).mean(axis=1)
+    sigma = -k_post / b_post
+    return (n * k_post + GPD_PRIOR_K * 0.5) / (n + GPD_PRIOR_K), sigma
+
+
+def _psis_row(x: np.ndarray, cutoff_ind: int, cutoffmin: float) -> tuple[np.ndarray, float]:
+    """ArviZ's _psislw of one row, step by step (ties, tiny tails, failed fits): the rows `psis` cannot batch."""
+    from arviz.stats.stats import _gpdfit, _gpinv
+
+    x = np.array(x, dtype=float)
+    x -= np.max(x)
+    order = np.argsort(x)
+    xcutoff = max(x[order[cutoff_ind]], cutoffmin)
+    expxcutoff = np.exp(xcutoff)
+    (tailinds,) = np.where(x > xcutoff)
+    x_tail = x[tailinds]
+    k = np.inf
+    if len(x_tail) > 4:
+        tail_order = np.argsort(x_tail)
+        x_tail = np.exp(x_tail) - expxcutoff
+        k, sigma = _gpdfit(x_tail[tail_order])
+        if np.isfinite(k):
+            smoothed = np.log(_gpinv(np.arange(0.5, len(x_tail)) / len(x_tail), k, sigma) + expxcutoff)
+            x[tailinds[tail_order]] = smoothed
+            x[x > 0] = 0
+    return x - _logsumexp_rows(x), k
+
+
+def psis(log_ratios, r_eff: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """Pareto smoothed importance sampling of every row of `log_ratios` (units, draws): the smoothed, truncated and
+    normalised log weights (units, draws) and the Pareto shape k-hat of each row, as az.psislw(log_ratios, r_eff)
+    (Vehtari et al. 2024): the largest ceil(min(S / 5, 3 sqrt(S / r_eff))) ratios of each row are replaced by the
+    quantiles of a generalized Pareto fitted to them (Zhang and Stephens' estimator, k shrunk towards 0.5), capped at
+    the largest raw ratio. Only the largest ratios of each row are sorted, and the fits run over a block of rows at
+    once; a row with a tie at the cut-off, a tail of 4 draws or fewer, or a failed fit goes through ArviZ's steps
+    one by one (`_psis_row`). Agrees with az.psislw to rounding (tests/test_loo_psis.py)."""
+    return _psis_inplace(np.array(log_ratios, dtype=float, ndmin=2), r_eff)
+
+
+def _psis_inplace(x: np.ndarray, r_eff: float) -> tuple[np.ndarray, np.ndarray]:
+    """`psis` of a float array (units, draws) that it may overwrite."""
+    n_units, n_draws = x.shape
+    m = int(np.ceil(min(n_draws / 5.0, 3 * (n_draws / r_eff) ** 0.5)))
+    cutoff_ind = -m - 1
+    cutoffmin = np.log(np.finfo(float).tiny)
+    k_hat = np.empty(n_units)
+    x -= x.max(axis=1, keepdims=True)
+    lone = np.zeros(n_units, dtype=bool)
+    if m + 1 <= n_draws and m > 4:
+        for lo in range(0, n_units, PSIS_BLOCK):
+            rows = slice(lo, min(lo + PSIS_BLOCK, n_units))
+            block = x[rows]
+            # the m + 1 largest of each row, sorted: the cut-off and the tail
+            top = np.argpartition(block, n_draws - m - 1, axis=1)[:, n_draws - m - 1 :]
+            top = np.take_along_axis(top, np.argsort(np.take_along_axis(block, top, axis=1), axis=1), axis=1)
+            values = np.take_along_axis(block, top, axis=1)
+            cutoff = values[:, 0]
+            # batched when the tail is exactly the m largest (the cut-off below them all)
+            ok = (cutoff >= cutoffmin) & (values[:, 1] > cutoff)
+            for i in np.flatnonzero(ok & (np.diff(values[:, 1:], axis=1) == 0).any(axis=1)):
+                # ties in the tail: the smoothed values go to the tied draws in the order ArviZ's argsort of the
+                # tail (in draw order) gives them
+                tail_idx = np.sort(top[i, 1:])
+                top[i, 1:] = tail_idx[np.argsort(block[i, tail_idx])]
+            expcut = np.exp(cutoff)
+            tail = np.exp(values[:, 1:]) - expcut[:, None]
+            with np.errstate(all="ignore"):  # rows that failed are redone one by one
+                k, sigma = _gpdfit_rows(tail)
+            ok &= np.isfinite(k) & (sigma > 0)
+            lone[rows] = ~ok
+            k_hat[rows] = k
+            p = np.arange(0.5, m) / m
+            tiny = np.abs(k) < np.finfo(float).eps
+            with np.errstate(divide="ignore", invalid="ignore"):
+                quantiles = np.where(tiny[:, None], -np.log1p(-p)[None, :],
+                                     np.expm1(-k[:, None] * np.log1p(-p)[None, :]) / np.where(tiny, 1.0, k)[:, None])
+                smoothed = np.log(quantiles * sigma[:, None] + expcut[:, None])
+            idx = np.flatnonzero(ok)
+            sub = block[idx]
+            np.put_along_axis(sub, top[idx, 1:], smoothed[idx], axis=1)
+            np.minimum(sub, 0.0, out=sub, where=sub > 0)
+            block[idx] = sub
+    else:
+        lone[:] = True
+    with np.errstate(invalid="ignore"):
+        total = _logsumexp_rows(x)
+    total[lone] = 0.0
+    x -= total[:, None]
+    for i in np.flatnonzero(lone):
+        x[i], k_hat[i] = _psis_row(x[i], cutoff_ind, cutoffmin)
+    return x, k_hat
+
+
+@dataclass
+class PsisLoo:
+    """PSIS-LOO of one log-likelihood matrix (units, draws)."""
+
+    elpd_i: np.ndarray
+    pareto_k: np.ndarray
+    p_loo: float
+    log_weights: np.ndarray  # the smoothed, normalised log weights of -log-likelihood (the LOO-PIT's too)
+
+
+def psis_loo(log_lik: np.ndarray, r_eff: float) -> PsisLoo:
+    """elpd_i = log sum_s w_is p(y_i | theta_s) with PSIS weights of 1 / p(y_i | theta_s); p_loo = lppd - elpd
+    (az.loo's arithmetic: log_lik (units, draws))."""
+    log_lik = np.array(log_lik, dtype=float, ndmin=2, copy=None)
+    weights, k = _psis_inplace(-log_lik, r_eff)
+    elpd_i = _logsumexp_rows(weights, log_lik)
+    lppd = float((_logsumexp_rows(log_lik) - np.log(log_lik.shape[1])).sum())
+    return PsisLoo(elpd_i=elpd_i, pareto_k=k, p_loo=lppd - float(elpd_i.sum()), log_weights=weights)
+
+
+def as_units_by_draws(ll: xr.DataArray) -> np.ndarray:
+    """A (chain, draw, unit) log-likelihood as (unit, chain x draw), draws in ArviZ's stacking order."""
+    unit = [d for d in ll.dims if d not in ("chain", "draw")]
+    values = np.asarray(ll.transpose("chain", "draw", *unit).values, dtype=float)
+    return values.reshape(values.shape[0] * values.shape[1], -1).T
+
+
+_CACHE: dict[tuple[int, str], tuple] = {}  # (id(idata), what) -> (weak reference to idata, the groups read, value)
+
+
+def _groups_read(idata: az.InferenceData) -> tuple:
+    return (idata.posterior, idata.log_likelihood if "log_likelihood" in idata.groups() else None)
+
+
+def _cached(idata: az.InferenceData, what: str, compute):
+    """compute() once per InferenceData and its posterior and log-likelihood groups (a group replaced: computed
+    again): r_eff and the PSIS of 'y' serve the LOO, the LOO-PIT and its figure. An entry goes with its InferenceData."""
+    import weakref
+
+    key = (id(idata), what)
+    hit = _CACHE.get(key)
+    groups = _groups_read(idata)
+    if hit is not None and hit[0]() is idata and all(a is b for a, b in zip(hit[1], groups)):
+        return hit[2]
+    value = compute()
+    _CACHE[key] = (weakref.ref(idata, lambda _ref, key=key: _CACHE.pop(key, None)), groups, value)
+    return value
+
+
+def release(idata: az.InferenceData, var_name: str = "y") -> None:
+    """Drop the cached PSIS weights of `var_name` (units x draws, the size of the log-likelihood) once its users are done."""
+    _CACHE.pop((id(idata), f"psis:{var_name}"), None)
+
+
+def relative_efficiency(idata: az.InferenceData, stats: pd.DataFrame | None = None) -> float:
+    """PSIS's relative efficiency r_eff as az.loo takes it: the mean over every posterior scalar of its ESS for the
+    mean (split chains, not rank-normalised) over the number of draws; 1 with one chain. `stats`: the convergence
+    verdict's per-scalar statistics (diagnostics.convergence.Verdict.stats, column 'ess_mean'), used when they cover
+    every posterior scalar, so that nothing is computed twice; computed here otherwise (once per InferenceData)."""
+    post = idata.posterior
+    chains, draws = post.sizes.get("chain", 1), post.sizes.get("draw", 0)
+    if chains < 2:
+        return 1.0
+    total = sum(int(np.prod([da.sizes[d] for d in da.dims if d not in ("chain", "draw")])) for da in post.data_vars.values())
+    if stats is not None and "ess_mean" in stats and len(stats) == total:
+        return _cached(idata, "r_eff", lambda: float(np.asarray(stats["ess_mean"], dtype=float).mean() / (chains * draws)))
+
+    def compute():
+        from .convergence import scalar_draws
+        from .mcmc_stats import ess_mean
+
+        values, _ = scalar_draws(post)
+        return float(ess_mean(values).mean() / (chains * draws))
+
+    return _cached(idata, "r_eff", compute)
+
+
+def pointwise_psis(idata: az.InferenceData, var_name: str = "y") -> PsisLoo:
+    """PSIS-LOO of the pointwise log-likelihood `var_name`, once per InferenceData: the visit-level LOO of a fit
+    without the integrated densities and the LOO-PIT (and its figure) share its weights."""
+    _check(idata, var_name)
+    return _cached(idata, f"psis:{var_name}",
+                   lambda: psis_loo(as_units_by_draws(idata.log_likelihood[var_name]), relative_efficiency(idata)))
+
+
+def _psis(idata: az.InferenceData, ll: xr.DataArray | PsisLoo, level: str, units, integrated: bool = False) -> LooResult:
+    res = ll if isinstance(ll, PsisLoo) else psis_loo(as_units_by_draws(ll), relative_efficiency(idata))
     return LooResult(
         level=level,
         units=np.asarray(units),
-        elpd_i=np.asarray(res.loo_i.values, dtype=float),
-        pareto_k=np.asarray(res.pareto_k.values, dtype=float),
+        elpd_i=res.elpd_i,
+        pareto_k=res.pareto_k,
         method=np.array(["psis"] * len(units), dtype=object),
-        p_loo=float(res.p_loo),
+        p_loo=res.p_loo,
         integrated=integrated,
     )
 
@@ -135,9 +353,8 @@ def loo_visits(idata: az.InferenceData, var_name: str = "y", integrated: bool = 
     if ll is not None:
         return _psis(idata, ll, "visit", ll["scored_visit"].values, integrated=True)
     _check(idata, var_name)
-    ll = idata.log_likelihood[var_name]
-    obs_dim = [d for d in ll.dims if d not in ("chain", "draw")][0]
-    return _psis(idata, ll, "visit", np.arange(ll.sizes[obs_dim]))
+    n_obs = int(np.prod([n for d, n in idata.log_likelihood[var_name].sizes.items() if d not in ("chain", "draw")]))
+    return _psis(idata, pointwise_psis(idata, var_name), "visit", np.arange(n_obs))
 
 
 def loo_participants(idata: az.InferenceData, var_name: str = "y", integrated: bool = True) -> LooResult:
@@ -145,7 +362,7 @@ def loo_participants(idata: az.InferenceData, var_name: str = "y", integrated: b
     them, else on the participant-summed log-likelihood conditional on the participant effects."""
     ll = _integrated(idata, "participant", var_name) if integrated else None
     if ll is not None:
-        return _psis(idata, ll.rename(scored_participant="participant"), "participant", ll["scored_participant"].values, integrated=True)
+        return _psis(idata, ll, "participant", ll["scored_participant"].values, integrated=True)
     ll = participant_log_likelihood(idata, var_name)
     return _psis(idata, ll, "participant", ll["participant"].values)
 

@@ -54,10 +54,11 @@ def diagnostics(samples, block: int = BLOCK) -> dict[str, np.ndarray]:
 
     Each value is an array of shape (n,), as `az.summary(kind="diagnostics", round_to="none")` reports
     them. Draws are taken as float64 (ArviZ keeps float32 draws in float32 for part of the arithmetic).
+    With them, under the key 'ess_mean', the ESS for the mean behind mcse_mean (`ess_mean`).
     """
     x = _as_draws(samples)
     n = x.shape[2]
-    out = {name: np.full(n, np.nan) for name in DIAGNOSTICS}
+    out = {name: np.full(n, np.nan) for name in (*DIAGNOSTICS, "ess_mean")}
     if x.shape[1] < MIN_DRAWS or x.shape[0] < 1:
         return out
     for lo in range(0, n, block):
@@ -66,7 +67,7 @@ def diagnostics(samples, block: int = BLOCK) -> dict[str, np.ndarray]:
         if not valid.any():
             continue
         values = _block_diagnostics(part if valid.all() else part[valid])
-        for name in DIAGNOSTICS:
+        for name in out:
             out[name][lo : lo + part.shape[0]][valid] = values[name]
     return out
 
@@ -98,6 +99,22 @@ def ess(samples) -> np.ndarray:
 
 
 # --- internals: arrays of shape (scalar, chain, draw), C-contiguous ------------------------------
+
+
+def ess_mean(samples, block: int = BLOCK) -> np.ndarray:
+    """ArviZ's ESS for the mean (`az.ess(method="mean")`: split chains, not rank-normalised) of each scalar, shape (n,):
+    the ESS behind mcse_mean, and PSIS's relative efficiency (diagnostics.loo.relative_efficiency)."""
+    x = _as_draws(samples)
+    out = np.full(x.shape[2], np.nan)
+    if x.shape[1] < MIN_DRAWS or x.shape[0] < 1:
+        return out
+    with np.errstate(divide="ignore", invalid="ignore"):
+        for lo in range(0, x.shape[2], block):
+            part = _scalars_first(x[:, :, lo : lo + block])
+            valid = ~np.isnan(part).any(axis=(1, 2))
+            if valid.any():
+                out[lo : lo + part.shape[0]][valid] = _ess(_split(part if valid.all() else part[valid]))
+    return out
 
 
 def _as_draws(samples) -> np.ndarray:
@@ -321,4 +338,5 @@ def _block_diagnostics(x: np.ndarray) -> dict[str, np.ndarray]:
         # now and then; float_power calls pow too
         varvar = ((sims_c2**2).mean(axis=(1, 2)) - np.float_power(evar, 2)) / ess_sims
         mcse_sd = np.sqrt(varvar / evar / 4)
-    return {"mcse_mean": mcse_mean, "mcse_sd": mcse_sd, "ess_bulk": ess_bulk, "ess_tail": ess_tail, "r_hat": r_hat}
+    return {"mcse_mean": mcse_mean, "mcse_sd": mcse_sd, "ess_bulk": ess_bulk, "ess_tail": ess_tail, "r_hat": r_hat,
+            "ess_mean": ess_mean}

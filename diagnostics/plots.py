@@ -1,13 +1,13 @@
 """Figures for the diagnostics (matplotlib, Agg backend): each function returns PNG bytes.
 
 Plotting is a separate layer from the tables in convergence, ppc and loo: every figure here
-draws a table those modules computed (or the InferenceData directly for rank, energy and LOO-PIT).
+draws a table or values those modules computed (the draws themselves for the rank and energy plots),
+with plain matplotlib, each drawn once per run.
 """
 
 from __future__ import annotations
 
 import io
-import warnings
 
 import matplotlib
 
@@ -17,19 +17,39 @@ import arviz as az  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.collections import LineCollection  # noqa: E402
+from scipy import stats  # noqa: E402
 
+from .convergence import ebfmi, scalar_draws  # noqa: E402
 from .loo import PARETO_K_MAX, LooResult  # noqa: E402
 from .ppc import INTERVAL_PROB, ObsIndex, replicated  # noqa: E402
 
 SKIP_PREFIXES = ("participant_raw", "participant_effects", "marker_missing", "marker_censored", "marker_latent")
 MAX_RANK_VARS = 6
+RANK_COLUMNS = 4  # panels per row of the rank plot
+LOO_PIT_BAND = 0.94  # the LOO-PIT figure's band: central interval of a uniform sample's ECDF difference
 
 
-def to_png(fig) -> bytes:
+def to_png(fig, crop: bool = True) -> bytes:
+    """The figure as PNG bytes, cropped to its content (crop=False for a figure laid out already: one drawing pass fewer)."""
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight" if crop else None)
     plt.close(fig)
     return buf.getvalue()
+
+
+def _margins(fig, left: float = 0.7, bottom: float = 0.55, right: float = 0.15, top: float = 0.4) -> None:
+    """Fixed margins in inches around the axes (room for tick labels, axis labels and the title): the figure is laid
+    out without measuring its text, and saved without cropping (`to_png(fig, crop=False)`), one drawing pass."""
+    width, height = fig.get_size_inches()
+    fig.subplots_adjust(left=left / width, bottom=bottom / height, right=1 - right / width, top=1 - top / height)
+
+
+def _steps_post(x: np.ndarray, heights: np.ndarray) -> np.ndarray:
+    """The vertices of plt.step(x, h, where="post") for each row of `heights`: (rows, 2 len(x) - 1, 2)."""
+    xs = np.repeat(x, 2)[1:]
+    ys = np.repeat(heights, 2, axis=-1)[..., :-1]
+    return np.stack(np.broadcast_arrays(xs, ys), axis=-1)
 
 
 def population_vars(idata: az.InferenceData, limit: int = MAX_RANK_VARS) -> list[str]:
@@ -46,26 +66,66 @@ def population_vars(idata: az.InferenceData, limit: int = MAX_RANK_VARS) -> list
 
 
 def rank_plot(idata: az.InferenceData, var_names: list[str] | None = None) -> bytes | None:
-    """Rank plots of a few population parameters (None when the model has none small enough, e.g. an MMRM of many visits)."""
+    """Rank plots of a few population parameters (None when the model has none small enough, e.g. an MMRM of many visits):
+    per scalar, the histogram of each chain's ranks among all draws (average ranks over every chain), one row per chain,
+    with ArviZ's number of bins (ceil(2 log2(draws)) + 1) and its dashed line at the uniform height."""
     names = var_names or population_vars(idata)
     if not names:
         return None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        axes = az.plot_rank(idata, var_names=names, kind="bars")
-    fig = np.asarray(axes).ravel()[0].figure
-    fig.suptitle("Rank plots (uniform across chains when chains mix)", y=1.01)
-    return to_png(fig)
+    draws, labels = scalar_draws(idata.posterior, names)
+    chains, n_draw, n = draws.shape
+    ranks = stats.rankdata(draws.reshape(chains * n_draw, n), axis=0).reshape(chains, n_draw, n)
+    edges = np.linspace(0, chains * n_draw, int(np.ceil(2 * np.log2(n_draw)) + 1) + 1)
+    gap = 2 / (chains * n_draw)  # one chain's row: uniform ranks have density 1 / (chains x draws), half a row
+    ncol = min(RANK_COLUMNS, n)
+    nrow = int(np.ceil(n / ncol))
+    height = 0.6 + 1.7 * nrow
+    fig, axes = plt.subplots(nrow, ncol, figsize=(2.9 * ncol, height), squeeze=False)
+    _margins(fig, left=0.55, bottom=0.45, right=0.1, top=0.6)
+    fig.subplots_adjust(hspace=0.5, wspace=0.12)
+    for j, (ax, label) in enumerate(zip(axes.ravel(), labels)):
+        for c in range(chains):
+            counts, _ = np.histogram(ranks[c, :, j], bins=edges)
+            density = counts / (counts.sum() * np.diff(edges))
+            ax.stairs(c * gap + density, edges, baseline=c * gap, fill=True, color=f"C{c}")
+            ax.axhline(c * gap + density.mean(), color="k", ls="--", lw=0.8)
+        ax.set_yticks(np.arange(chains) * gap, [str(c) for c in range(chains)] if j % ncol == 0 else [], fontsize=7)
+        bottom = j + ncol >= n  # the lowest panel of its column
+        ax.set_xticks([0, chains * n_draw // 2, chains * n_draw], None if bottom else [])
+        ax.tick_params(axis="x", labelsize=7)
+        ax.set_title(label, fontsize=8, pad=3)
+        if j % ncol == 0:
+            ax.set_ylabel("chain", fontsize=8)
+        if bottom:
+            ax.set_xlabel("rank (all chains)", fontsize=8)
+    for ax in axes.ravel()[n:]:
+        ax.axis("off")
+    fig.suptitle("Rank plots (uniform across chains when chains mix)", fontsize=10)
+    return to_png(fig, crop=False)
 
 
-def energy_plot(idata: az.InferenceData) -> bytes | None:
+def energy_plot(idata: az.InferenceData, bfmi: list[float] | None = None) -> bytes | None:
+    """The marginal energy (centred) and the energy transitions (differences between successive draws) as densities,
+    with each chain's E-BFMI (`bfmi`: the verdict's, else computed)."""
     if "energy" not in idata.sample_stats:
         return None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ax = az.plot_energy(idata, figsize=(6, 3.5))
-    ax.set_title("Energy: marginal vs transition (similar widths when E-BFMI is healthy)")
-    return to_png(ax.figure)
+    energy = np.asarray(idata.sample_stats["energy"].transpose("chain", "draw").values, dtype=float)
+    marginal, transition = (energy - energy.mean()).ravel(), np.diff(energy, axis=1).ravel()
+    bfmi = list(ebfmi(idata)) if bfmi is None else bfmi
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    both = np.concatenate([marginal, transition])
+    edges = np.histogram_bin_edges(both[np.isfinite(both)], bins=60)
+    for values, color, label in ((marginal, "C0", "Marginal energy"), (transition, "C5", "Energy transition")):
+        density, _ = np.histogram(values, bins=edges, density=True)
+        ax.stairs(density, edges, fill=True, color=color, alpha=0.6, label=label)
+    for c, b in enumerate(bfmi):
+        ax.plot([], [], alpha=0, label=f"chain {c:>2} BFMI = {b:.2f}")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.legend(fontsize=8)
+    ax.set_title("Energy: marginal vs transition (similar widths when E-BFMI is healthy)", fontsize=10)
+    _margins(fig, left=0.1, bottom=0.1, right=0.1, top=0.35)
+    return to_png(fig, crop=False)
 
 
 def trajectory_plot(table: pd.DataFrame, outcome: str = "score") -> bytes:
@@ -77,11 +137,14 @@ def trajectory_plot(table: pd.DataFrame, outcome: str = "score") -> bytes:
         ax.plot(sub["week"], sub["observed"], "o-", color=color, label=f"{arm}: observed")
     ax.set(xlabel="week", ylabel=f"mean {outcome}", title="Observed vs replicated mean trajectory by arm")
     ax.legend(fontsize=8)
-    return to_png(fig)
+    _margins(fig)
+    return to_png(fig, crop=False)
 
 
-def visit_distribution_plot(idata: az.InferenceData, index: ObsIndex, n_rep: int = 40, seed: int = 0, outcome: str = "score") -> bytes:
-    rep = replicated(idata)
+def visit_distribution_plot(idata: az.InferenceData, index: ObsIndex, n_rep: int = 40, seed: int = 0, outcome: str = "score",
+                            rep: np.ndarray | None = None) -> bytes:
+    """Observed scores at each visit against `n_rep` replicated data sets (rep: `replicated(idata)` if at hand)."""
+    rep = replicated(idata) if rep is None else rep
     rng = np.random.default_rng(seed)
     pick = rng.choice(rep.shape[0], size=min(n_rep, rep.shape[0]), replace=False)
     weeks = index.weeks
@@ -93,10 +156,11 @@ def visit_distribution_plot(idata: az.InferenceData, index: ObsIndex, n_rep: int
     bins = np.linspace(lo - (hi - lo) / 20, hi + (hi - lo) / 20, 25)
     for ax, w in zip(axes.ravel(), weeks):
         sel = index.week == w
-        for s in pick:
-            counts, _ = np.histogram(rep[s, sel], bins=bins)
-            if counts.sum():
-                ax.step(bins[:-1], counts / counts.sum() / np.diff(bins), where="post", color="C0", alpha=0.12, lw=0.8)
+        counts = np.array([np.histogram(rep[s, sel], bins=bins)[0] for s in pick], dtype=float)
+        counts = counts[counts.sum(axis=1) > 0]
+        # one collection of step lines (each drawn on its own, as separate lines would be: the overlaps darken)
+        ax.add_collection(LineCollection(_steps_post(bins[:-1], counts / counts.sum(axis=1, keepdims=True) / np.diff(bins)),
+                                         colors="C0", alpha=0.12, lw=0.8))
         h, _ = np.histogram(index.y[sel], bins=bins, density=True)
         ax.step(bins[:-1], h, where="post", color="k", lw=1.6)
         ax.set_title(f"week {int(w)} (n={int(sel.sum())})", fontsize=9)
@@ -104,8 +168,9 @@ def visit_distribution_plot(idata: az.InferenceData, index: ObsIndex, n_rep: int
     for ax in axes.ravel()[len(weeks):]:
         ax.axis("off")
     fig.suptitle(f"{outcome} at each visit: observed (black) vs {len(pick)} replicated data sets (blue)", fontsize=10)
-    fig.tight_layout()
-    return to_png(fig)
+    _margins(fig, left=0.15, bottom=0.35, right=0.15, top=0.6)
+    fig.subplots_adjust(hspace=0.4, wspace=0.06)
+    return to_png(fig, crop=False)
 
 
 def rates_plot(table: pd.DataFrame) -> bytes:
@@ -120,18 +185,33 @@ def rates_plot(table: pd.DataFrame) -> bytes:
             ax.plot(x, s["observed"], "o", color=f"C{i}", mec="k", label=f"{arm}: observed")
         ax.set(xlabel="week", ylabel="rate", title=f"{stat} rate by arm")
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    return to_png(fig)
+    _margins(fig)
+    fig.subplots_adjust(wspace=0.25)
+    return to_png(fig, crop=False)
 
 
-def loo_pit_plot(idata: az.InferenceData) -> bytes:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        from .ppc import loo_pit_log_weights
+def loo_pit_plot(pit) -> bytes:
+    """The ECDF of the LOO-PIT values minus the uniform CDF, in the pointwise central LOO_PIT_BAND interval of that
+    difference for a uniform sample of the same size (Beta quantiles of the order statistics), as az.plot_loo_pit(ecdf=True).
+    pit: the LOO-PIT values (diagnostics.ppc.PPCResult.pit), or a fit to compute them from."""
+    if not isinstance(pit, np.ndarray):
+        from .ppc import loo_pit_values
 
-        ax = az.plot_loo_pit(idata, y="y", log_weights=loo_pit_log_weights(idata), ecdf=True, figsize=(5.5, 3.5))
-    ax.set_title("LOO-PIT ECDF difference (inside the band when calibrated)")
-    return to_png(ax.figure)
+        pit = loo_pit_values(pit)
+    pit = np.sort(np.asarray(pit, dtype=float).ravel())
+    n = pit.size
+    ecdf = np.arange(n) / n
+    grid = np.arange(n + 1)
+    hi = stats.beta.ppf(0.5 + LOO_PIT_BAND / 2, grid + 1, n - grid + 1)
+    lo = stats.beta.ppf(0.5 - LOO_PIT_BAND / 2, grid + 1, n - grid + 1)
+    fig, ax = plt.subplots(figsize=(5.5, 3.5))
+    ax.plot(np.hstack((0, pit, 1)), np.hstack((0, pit - ecdf, 0)), color="C0", lw=1.5, label="LOO-PIT ECDF", zorder=5)
+    ax.fill_between(grid / n, hi - grid / n, lo - grid / n, color="C0", alpha=0.25, lw=0, label=f"{LOO_PIT_BAND:.0%} credible interval")
+    ax.set_xlabel("y")
+    ax.legend(fontsize=8)
+    ax.set_title("LOO-PIT ECDF difference (inside the band when calibrated)", fontsize=10)
+    _margins(fig, left=0.75)
+    return to_png(fig, crop=False)
 
 
 def pareto_k_plot(results: dict[str, LooResult]) -> bytes:
@@ -143,7 +223,8 @@ def pareto_k_plot(results: dict[str, LooResult]) -> bytes:
     level = next(iter(results.values())).level if results else ""
     ax.set(xlabel=level, ylabel="Pareto k", title=f"PSIS Pareto k per {level}")
     ax.legend(fontsize=7)
-    return to_png(fig)
+    _margins(fig)
+    return to_png(fig, crop=False)
 
 
 # ---------------------------------------------------------------- the answer first (diagnostics/summary.py)
@@ -236,7 +317,8 @@ def fitted_trajectory_plot(answer, observed: pd.DataFrame | None, outcome: str =
         ax.plot(seen["week"], seen["mean"], "o", color=f"C{i}", mec="k", label=f"{arm}: observed mean")
     ax.set(xlabel="week", ylabel=f"mean {outcome}", title=f"{answer.model}: fitted mean trajectory by arm")
     ax.legend(fontsize=7)
-    return to_png(fig)
+    _margins(fig)
+    return to_png(fig, crop=False)
 
 
 def marker_forest_plot(answer) -> bytes | None:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import warnings
-import weakref
 from dataclasses import dataclass
 
 import arviz as az
@@ -28,12 +27,15 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from .loo import pointwise_psis
+
 PPC_TAIL = 0.005  # flag when P(T_rep >= T_obs) < PPC_TAIL or > 1 - PPC_TAIL (outside the central 99%)
 INTERVAL_PROB = 0.94  # width of the replicated intervals shown in tables and figures
 RESPONSE_REDUCTION = 0.5  # response: at least this fractional reduction from baseline
 REMISSION_CUTOFF = 7.0  # remission: score at or below this (MADRS <= 7 as in the NAC trial; others use 10 or 12)
 LOO_PIT_P_MIN = 0.01  # flag LOO-PIT when the KS test of uniformity gives p below this
 QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)  # replicated score distribution at each visit
+PIT_BLOCK = 256  # observations per block of the LOO-PIT sums
 
 
 @dataclass
@@ -103,11 +105,12 @@ def obs_index(idata: az.InferenceData, arms: np.ndarray | None = None, labels: t
 
 
 def replicated(idata: az.InferenceData) -> np.ndarray:
-    """Replicated scores as (draws, n_obs)."""
+    """Replicated scores as (draws, n_obs), draws chain by chain (the order of the log-likelihood's stacked draws)."""
     if "posterior_predictive" not in idata.groups() or "y" not in idata.posterior_predictive:
         raise ValueError("the fit has no posterior_predictive['y']")
     rep = idata.posterior_predictive["y"]
-    return np.asarray(rep.stack(sample=("chain", "draw")).transpose("sample", ...).values, dtype=float)
+    values = np.asarray(rep.transpose("chain", "draw", ...).values, dtype=float)
+    return values.reshape(values.shape[0] * values.shape[1], -1)
 
 
 def _summarise(obs: float, rep: np.ndarray, prob: float = INTERVAL_PROB) -> dict:
@@ -138,10 +141,12 @@ def visit_distribution(idata: az.InferenceData, index: ObsIndex | None = None, r
     rows = []
     for w in ix.weeks:
         sel = ix.week == w
-        row = {"week": int(w), "n_obs": int(sel.sum()), "statistic": "sd", **_summarise(float(ix.y[sel].std(ddof=1)), rep[:, sel].std(axis=1, ddof=1))}
-        for q in QUANTILES:
-            row[f"observed_q{q:g}"] = float(np.quantile(ix.y[sel], q))
-            row[f"replicated_q{q:g}"] = float(np.quantile(rep[:, sel], q))
+        at_week = rep[:, sel]
+        row = {"week": int(w), "n_obs": int(sel.sum()), "statistic": "sd", **_summarise(float(ix.y[sel].std(ddof=1)), at_week.std(axis=1, ddof=1))}
+        observed, replicas = np.quantile(ix.y[sel], QUANTILES), np.quantile(at_week, QUANTILES)  # one sort for all quantiles
+        for q, o, r in zip(QUANTILES, observed, replicas):
+            row[f"observed_q{q:g}"] = float(o)
+            row[f"replicated_q{q:g}"] = float(r)
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -169,46 +174,43 @@ def rate_check(idata: az.InferenceData, index: ObsIndex | None = None, remission
             if not sel.any():
                 continue
             v, b = visit[sel], base[sel]
+            at_visit = rep[:, v]
             for name, obs_hit, rep_hit in (
-                ("response", ix.y[v] <= (1 - RESPONSE_REDUCTION) * ix.y[b], rep[:, v] <= (1 - RESPONSE_REDUCTION) * rep[:, b]),
-                (f"remission (<= {remission_cutoff:g})", ix.y[v] <= remission_cutoff, rep[:, v] <= remission_cutoff),
+                ("response", ix.y[v] <= (1 - RESPONSE_REDUCTION) * ix.y[b], at_visit <= (1 - RESPONSE_REDUCTION) * rep[:, b]),
+                (f"remission (<= {remission_cutoff:g})", ix.y[v] <= remission_cutoff, at_visit <= remission_cutoff),
             ):
                 rows.append({"arm": label, "week": int(w), "n_obs": int(sel.sum()), "statistic": name, **_summarise(float(obs_hit.mean()), rep_hit.mean(axis=1))})
     return pd.DataFrame(rows)
 
 
-_LOG_WEIGHTS: dict[int, tuple] = {}  # id(idata) -> (weak reference, weights); InferenceData is not hashable
-
-
 def loo_pit_log_weights(idata: az.InferenceData) -> np.ndarray:
-    """PSIS log weights of `y` exactly as az.loo_pit computes them (relative efficiency from the mean
-    ESS of every posterior variable), computed once per InferenceData: the LOO-PIT check and its
-    plot both need them, and the ESS of a posterior with participant-level variables is not cheap."""
-    cached = _LOG_WEIGHTS.get(id(idata))
-    if cached is not None and cached[0]() is idata:
-        return cached[1]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        log_lik = idata.log_likelihood["y"].stack(__sample__=("chain", "draw"))
-        n_chains, n_samples = idata.posterior.sizes["chain"], log_lik.sizes["__sample__"]
-        ess_p = az.ess(idata.posterior, method="mean")
-        reff = np.hstack([ess_p[v].values.ravel() for v in ess_p.data_vars]).mean() / n_samples if n_chains > 1 else 1.0
-        weights = az.psislw(-log_lik, reff=reff)[0].values
-    key = id(idata)
-    _LOG_WEIGHTS[key] = (weakref.ref(idata, lambda _ref: _LOG_WEIGHTS.pop(key, None)), weights)
-    return weights
+    """PSIS log weights of `y` (observations, draws) as az.loo_pit computes them (normalised, relative efficiency
+    from the mean ESS of every posterior variable): those of the visit-level LOO on `y` (diagnostics.loo
+    `pointwise_psis`), computed once per InferenceData."""
+    return pointwise_psis(idata, "y").log_weights
 
 
-def loo_pit_values(idata: az.InferenceData) -> np.ndarray:
-    """LOO-PIT of every observation (PSIS-weighted fraction of replications at or below it)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return np.asarray(az.loo_pit(idata, y="y", log_weights=loo_pit_log_weights(idata)), dtype=float).ravel()
+def loo_pit_values(idata: az.InferenceData, rep: np.ndarray | None = None) -> np.ndarray:
+    """LOO-PIT of every observation: the PSIS-weighted fraction of replications at or below it, min(1, sum_s w_is
+    [y_rep_is <= y_i]) (az.loo_pit's arithmetic, for all observations at once). rep: `replicated(idata)`."""
+    y = np.asarray(idata.observed_data["y"].values)
+    rep = replicated(idata) if rep is None else rep
+    if y.dtype.kind == "i" or idata.posterior_predictive["y"].dtype.kind == "i":  # ArviZ smooths integer data first
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return np.asarray(az.loo_pit(idata, y="y", log_weights=loo_pit_log_weights(idata)), dtype=float).ravel()
+    weights = loo_pit_log_weights(idata)
+    y = y.astype(float)
+    pit = np.empty(len(y))
+    for lo in range(0, len(y), PIT_BLOCK):  # the normalised weights of the replications at or below y_i, summed
+        cols = slice(lo, lo + PIT_BLOCK)
+        below = (rep[:, cols] <= y[cols]).T.astype(float)
+        pit[cols] = np.einsum("ij,ij->i", below, np.exp(weights[cols]))
+    return np.minimum(1.0, pit)
 
 
-def loo_pit_check(idata: az.InferenceData) -> dict:
+def loo_pit_summary(pit: np.ndarray) -> dict:
     """Uniformity of the LOO-PIT values: KS statistic and p-value, share in the outer 5% tails, flag."""
-    pit = loo_pit_values(idata)
     ks = stats.kstest(pit, "uniform")
     return {
         "n_obs": int(pit.size),
@@ -220,12 +222,18 @@ def loo_pit_check(idata: az.InferenceData) -> dict:
     }
 
 
+def loo_pit_check(idata: az.InferenceData, rep: np.ndarray | None = None) -> dict:
+    """`loo_pit_summary` of the fit's LOO-PIT values."""
+    return loo_pit_summary(loo_pit_values(idata, rep))
+
+
 @dataclass
 class PPCResult:
     trajectory: pd.DataFrame
     visits: pd.DataFrame
     rates: pd.DataFrame
     loo_pit: dict
+    pit: np.ndarray | None = None  # the LOO-PIT values (the figure's ECDF)
 
     def flags(self) -> list[str]:
         """Plain-language list of every flagged check (empty: the model reproduces these features)."""
@@ -248,13 +256,15 @@ class PPCResult:
 
 
 def run_ppc(idata: az.InferenceData, arms: np.ndarray | None = None, labels: tuple[str, ...] | None = None,
-            remission_cutoff: float = REMISSION_CUTOFF) -> PPCResult:
-    """Every check; arms, labels: as for `obs_index`."""
-    ix = obs_index(idata, arms, labels)
-    rep = replicated(idata)
+            remission_cutoff: float = REMISSION_CUTOFF, index: ObsIndex | None = None, rep: np.ndarray | None = None) -> PPCResult:
+    """Every check; arms, labels: as for `obs_index` (or the `index` itself); rep: `replicated(idata)` if at hand."""
+    ix = index or obs_index(idata, arms, labels)
+    rep = replicated(idata) if rep is None else rep
+    pit = loo_pit_values(idata, rep)
     return PPCResult(
         trajectory=trajectory_check(idata, ix, rep),
         visits=visit_distribution(idata, ix, rep),
         rates=rate_check(idata, ix, remission_cutoff, rep),
-        loo_pit=loo_pit_check(idata),
+        loo_pit=loo_pit_summary(pit),
+        pit=pit,
     )

@@ -22,8 +22,8 @@ import pandas as pd
 from . import plots
 from .compare import ComparisonError, comparable_groups, compare, plain_language
 from .convergence import Verdict, verdict
-from .loo import KFOLD_K, LooResult, loo_participants, loo_visits
-from .ppc import REMISSION_CUTOFF, PPCResult, arm_labels, obs_index, participant_arms, run_ppc
+from .loo import KFOLD_K, LooResult, loo_participants, loo_visits, relative_efficiency, release
+from .ppc import REMISSION_CUTOFF, PPCResult, arm_labels, obs_index, participant_arms, replicated, run_ppc
 from .remedies import apply_remedies
 from .sensitivity_analyses import ModelSensitivity
 from .summary import Answer, answer, observed_means_of
@@ -103,21 +103,26 @@ def diagnose_model(
     """Convergence (unless its verdict `check` is given), PPC, both LOO levels and the figures of one fitted model (no refits).
 
     arms  each participant's arm index (0 the control arm, a the a-th active arm; default: the fit's constant_data)
-    labels  every arm's label, the control first"""
+    labels  every arm's label, the control first
+    Each quantity is computed once: PSIS's relative efficiency from the verdict's ESS, the PSIS weights of 'y' for
+    the LOO-PIT (and the visit-level LOO without the integrated densities), the replicated scores for every check."""
     check = check if check is not None else verdict(idata)
+    relative_efficiency(idata, check.stats)
     t0 = time.perf_counter()
-    ppc = run_ppc(idata, arms=arms, labels=labels, remission_cutoff=remission_cutoff)
+    ix = obs_index(idata, arms, labels)
+    rep = replicated(idata)
+    ppc = run_ppc(idata, remission_cutoff=remission_cutoff, index=ix, rep=rep)
     t1 = time.perf_counter()
     loo = {"participant": loo_participants(idata), "visit": loo_visits(idata)}
+    release(idata)  # the weights of 'y' have served the LOO-PIT (its values) and the visit-level LOO
     t2 = time.perf_counter()
-    ix = obs_index(idata, arms, labels)
     figures = {
         "rank": plots.rank_plot(idata),
-        "energy": plots.energy_plot(idata),
+        "energy": plots.energy_plot(idata, check.ebfmi),
         "trajectory": plots.trajectory_plot(ppc.trajectory),
-        "visits": plots.visit_distribution_plot(idata, ix),
+        "visits": plots.visit_distribution_plot(idata, ix, rep=rep),
         "rates": plots.rates_plot(ppc.rates) if len(ppc.rates) else None,
-        "loo_pit": plots.loo_pit_plot(idata),
+        "loo_pit": plots.loo_pit_plot(ppc.pit),
     }
     timings = {"ppc_s": t1 - t0, "loo_s": t2 - t1, "figures_s": time.perf_counter() - t2}
     priors = posterior_attr(idata, "priors", {}) or {}
@@ -142,12 +147,13 @@ def score_model(name: str, idata: az.InferenceData, estimates=None, description:
     """Convergence and the integrated LOO of a model whose outcome is not the visit scores but that predicts the
     same post-baseline scores given the baseline (the MMRM): it joins the comparison, without the score checks."""
     check = check if check is not None else verdict(idata)
+    relative_efficiency(idata, check.stats)
     priors = posterior_attr(idata, "priors", {}) or {}
     return ModelDiagnostics(
         name=name, verdict=check, ppc=None,
         loo={"participant": loo_participants(idata), "visit": loo_visits(idata)},
         estimates=estimates,
-        figures={k: v for k, v in {"rank": plots.rank_plot(idata), "energy": plots.energy_plot(idata)}.items() if v},
+        figures={k: v for k, v in {"rank": plots.rank_plot(idata), "energy": plots.energy_plot(idata, check.ebfmi)}.items() if v},
         convergence_rows=population_rows(check.table), description=description,
         likelihood=str(posterior_attr(idata, "likelihood", "")), created=str(idata.posterior.attrs.get("created", "")),
         settings=posterior_attr(idata, "settings", {}) or {}, priors=priors if isinstance(priors, dict) else {},

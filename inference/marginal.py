@@ -378,6 +378,35 @@ def python_mode():
     return Mode(linker="py", optimizer="fast_run").excluding("fusion", "cxx_only")
 
 
+def _binary_chains():
+    """A rewrite splitting an elementwise sum or product of three or more tensors into binary operations, left to
+    right. PyTensor's Python implementation of such a node has no numpy ufunc and calls Python's sum (or np.prod) on
+    every element; numpy's add (multiply) on whole arrays in the same order gives the same numbers."""
+    import pytensor.scalar.basic as ps
+    import pytensor.tensor as pt
+    from pytensor.graph.rewriting.basic import in2out, node_rewriter
+    from pytensor.tensor.elemwise import Elemwise
+
+    binary = {ps.Add: pt.add, ps.Mul: pt.mul}
+
+    @node_rewriter([Elemwise])
+    def split(fgraph, node):
+        op = binary.get(type(node.op.scalar_op))
+        if op is None or len(node.inputs) < 3:
+            return None
+        out = node.inputs[0]
+        for x in node.inputs[1:]:
+            out = op(out, x)
+        return [out] if out.type == node.outputs[0].type else None
+
+    return in2out(split, name="binary_chains")
+
+
+def vectorised_mode():
+    """`python_mode` for graphs vectorised over draws (`per_draw`), with every elementwise sum or product binary."""
+    return python_mode().register((_binary_chains(), 48.9))  # after the graph's own rewrites, before the in-place ones
+
+
 def per_draw(model: pm.Model, out, post: xr.Dataset) -> np.ndarray:
     """A tensor of the model's free variables evaluated at every posterior draw: (chain, draw, ...).
 
@@ -390,7 +419,7 @@ def per_draw(model: pm.Model, out, post: xr.Dataset) -> np.ndarray:
 
     free = list(model.free_RVs)
     batched = {rv: rv.type.clone(shape=(None, *rv.type.shape))(name=f"{rv.name}_draws") for rv in free}
-    fn = pytensor.function(list(batched.values()), vectorize_graph(out, replace=batched), mode=python_mode(), on_unused_input="ignore")
+    fn = pytensor.function(list(batched.values()), vectorize_graph(out, replace=batched), mode=vectorised_mode(), on_unused_input="ignore")
     n_draw = post.sizes["draw"]
     chains = []
     for ch in range(post.sizes["chain"]):

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import arviz as az
 import numpy as np
 import pymc as pm
+from threadpoolctl import threadpool_limits
 
 from models.contract import VISIT_CHANGES, VISIT_SCORES, BuiltModel
 
@@ -37,6 +38,14 @@ from .marginal import (
 )
 
 SAMPLERS = ("nutpie", "pymc")
+AFTER_FIT_BLAS_THREADS = 1  # the work after sampling calls BLAS on tiny matrices (3 x 3 solves per draw): one thread
+
+
+def one_blas_thread(func):
+    """Run `func` with AFTER_FIT_BLAS_THREADS BLAS threads. Tiny BLAS calls repeated per draw spend more on waking and
+    synchronising a second thread than on arithmetic (twice the CPU time on a busy machine); the results are the
+    same (no operation of these sizes is split between threads)."""
+    return threadpool_limits.wrap(limits=AFTER_FIT_BLAS_THREADS, user_api="blas")(func)
 
 
 @dataclass(frozen=True)
@@ -156,6 +165,7 @@ def sample_all(built: BuiltModel, settings: SamplerSettings, quiet: bool = False
     return idata, timings
 
 
+@one_blas_thread
 def complete_fit(idata: az.InferenceData, built: BuiltModel, seed: int, fast: BuiltModel | None = None) -> dict[str, float]:
     """Add what is computed from the posterior draws: log_likelihood and posterior_predictive of the
     outcome, and on the fast path (posterior.attrs['fit_path'] == 'marginal') the participant effects.

@@ -108,9 +108,9 @@ def drawn(monkeypatch):
 
     figures, to_png = [], plots.to_png
 
-    def keep(fig):
+    def keep(fig, **kwargs):
         figures.append(fig)
-        return to_png(fig)
+        return to_png(fig, **kwargs)
 
     monkeypatch.setattr(plots, "to_png", keep)
     return figures
