@@ -11,6 +11,15 @@ process wall time, whether the log density was the fused one (inference/kernels*
 compiled graph, divergences and the minimum bulk and tail ESS over the model's parameters. The
 targets the project holds itself to (docs/performance.md) are checked in the last column: cold
 compile at most 15 s, sampling at most 5 s, no divergence, minimum bulk ESS at least 400.
+
+    python benchmarks/bench_models.py --models mmrm --trial bcva --out /tmp/bench   # a simulated trial instead
+
+--trial fits a simulated trial instead of the bundled one (TRIALS: participants, post-baseline visits,
+sites, drop-out and intermittent missingness, drawn by data.simulate_trial with seed 11):
+`bcva` the size of the mmrm package's BCVA benchmark (1,000 participants, 10 post-baseline visits,
+20 sites, about 9,840 post-baseline scores), `bcva10` ten times its participants, `visits20` 300
+participants and 20 post-baseline visits. Each run also reports its peak memory (the largest
+resident set of the fit.py process and the processes it waited for).
 """
 
 from __future__ import annotations
@@ -32,17 +41,41 @@ sys.path.insert(0, str(ROOT))
 from inference.idata_io import load_average, machine_record  # noqa: E402
 
 TARGETS = {"compile_s": 15.0, "sample_s": 5.0, "divergences": 0, "min_bulk_ess": 400.0}
+# simulated trials: participants, post-baseline weeks (every 2 weeks, or weekly), sites, drop-out by the last visit,
+# intermittent missed visits
+TRIALS = {
+    "bcva": (1000, tuple(range(0, 21, 2)), 20, 0.01, 0.01),
+    "bcva10": (10000, tuple(range(0, 21, 2)), 20, 0.01, 0.01),
+    "visits20": (300, tuple(range(0, 21)), 4, 0.25, 0.03),
+}
+
+
+def make_trial(name: str, folder: Path) -> Path:
+    """The simulated trial TRIALS[name], written under `folder` (data.simulate_trial, seed 11)."""
+    from data import TrialParameters, simulate_trial
+
+    n, weeks, sites, dropout, intermittent = TRIALS[name]
+    out = folder / f"trial_{name}"
+    labels = tuple(f"site{j + 1:02d}" for j in range(sites))
+    simulate_trial(TrialParameters(n_participants=n, seed=11, weeks=weeks, sites=labels, site_weights=(1.0 / sites,) * sites,
+                                   dropout_by_last_week=dropout, intermittent_missing=intermittent)).write(out)
+    return out
 
 
 def run_model(name: str, work: Path, label: str, env: dict, args) -> dict:
     out = work / f"{name}_{label}"
     cmd = [sys.executable, str(ROOT / "fit.py"), "--model", name, "--out", str(out), "--quiet", "--seed", str(args.seed),
            "--draws", str(args.draws), "--tune", str(args.tune), "--chains", str(args.chains)]
+    if args.data is not None:
+        cmd += ["--data", str(args.data)]
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True)
+    with open(work / "stderr.txt", "w") as err:
+        proc = subprocess.Popen(cmd, cwd=work, env=env, stdout=subprocess.DEVNULL, stderr=err)
+        _, status, usage = os.wait4(proc.pid, 0)  # the rusage of the fit and the processes it waited for
+    proc.returncode = os.waitstatus_to_exitcode(status)
     wall = time.perf_counter() - t0
     if proc.returncode not in (0, 1) or not (out / "run.json").exists():
-        return {"model": name, "run": label, "error": f"exit {proc.returncode}: {proc.stderr.strip()[-300:]}"}
+        return {"model": name, "run": label, "error": f"exit {proc.returncode}: {(work / 'stderr.txt').read_text().strip()[-300:]}"}
     run = json.loads((out / "run.json").read_text())
     m = run["models"][name]
     t = m["timings"]
@@ -62,6 +95,7 @@ def run_model(name: str, work: Path, label: str, env: dict, args) -> dict:
         "min_bulk_ess": min(bulk) if bulk else float("nan"),
         "min_tail_ess": min(tail) if tail else float("nan"),
         "converged": bool(m.get("converged")),
+        "peak_mb": round(usage.ru_maxrss / 1024.0, 1),
     }
 
 
@@ -82,15 +116,16 @@ def render(meta: dict, rows: list[dict]) -> str:
     load = lambda key: ", ".join(f"{x:.2f}" for x in meta[key]) + " (1, 5, 15 min)"  # noqa: E731
     lines = [
         f"Measured {meta['date']} on {meta['machine']}, {meta['cpus']} CPUs; load average at the start {load('load_start')}, "
-        f"at the end {load('load_end')}. Each model: `python fit.py --model NAME` on the bundled trial, {meta['chains']} chains x "
+        f"at the end {load('load_end')}. Each model: `python fit.py --model NAME` on the {'bundled' if meta.get('trial', 'bundled') == 'bundled' else 'simulated'} trial, {meta['chains']} chains x "
         f"{meta['draws']} draws after {meta['tune']} tuning steps, seed {meta['seed']}, from empty caches and cached. "
-        "Regenerate with `python benchmarks/bench_models.py` (docs/performance.md)."
+        + (f"Trial: {meta['trial']} {meta['trial_size']}. " if meta.get("trial", "bundled") != "bundled" else "")
+        + "Regenerate with `python benchmarks/bench_models.py` (docs/performance.md)."
         + (f" Updated: {meta['updated']}." if meta.get("updated") else ""),
         "",
         "Targets: compile from empty caches at most 15 s, sampling at most 5 s, 0 divergences, minimum bulk ESS at least 400.",
         "",
-        "| model | run | log density | compile s | sampling s | model wall s | process s | divergences | min bulk ESS | min tail ESS | targets met |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| model | run | log density | compile s | sampling s | model wall s | process s | divergences | min bulk ESS | min tail ESS | peak MB | targets met |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         if "error" in r:
@@ -98,7 +133,7 @@ def render(meta: dict, rows: list[dict]) -> str:
             continue
         lines.append(
             f"| {r['model']} | {r['run']} | {r['log_density']} | {r['compile_s']} | {r['sample_s']} | {r['model_wall_s']} | {r['process_s']} | "
-            f"{r['divergences']} | {r['min_bulk_ess']:.0f} | {r['min_tail_ess']:.0f} | {meets(r)} |"
+            f"{r['divergences']} | {r['min_bulk_ess']:.0f} | {r['min_tail_ess']:.0f} | {r.get('peak_mb', '-')} | {meets(r)} |"
         )
     return "\n".join(lines)
 
@@ -113,12 +148,21 @@ def main(argv=None) -> int:
     ap.add_argument("--chains", type=int, default=4)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--out", type=Path, default=HERE / "results", help="folder for models.json and models.md")
+    ap.add_argument("--trial", choices=["bundled", *TRIALS], default="bundled",
+                    help="the bundled trial (default) or a simulated one (TRIALS); results go to models_TRIAL.json/.md")
     ap.add_argument("--update", action="store_true", help="replace only these models' rows in the existing models.json (same settings)")
     args = ap.parse_args(argv)
-    meta = {**machine_record(), "draws": args.draws, "tune": args.tune, "chains": args.chains, "seed": args.seed}
+    meta = {**machine_record(), "draws": args.draws, "tune": args.tune, "chains": args.chains, "seed": args.seed, "trial": args.trial}
+    stem = "models" if args.trial == "bundled" else f"models_{args.trial}"
     rows = []
     work = Path(tempfile.mkdtemp(prefix="deptrial-models-"))
+    args.data = None
     try:
+        if args.trial != "bundled":
+            args.data = make_trial(args.trial, work)
+            n, weeks, sites, dropout, intermittent = TRIALS[args.trial]
+            meta["trial_size"] = (f"({n:,} participants, {len(weeks) - 1} post-baseline visits, {sites} sites, "
+                                  f"drop-out {dropout:g} by the last visit, intermittent {intermittent:g}; data.simulate_trial seed 11)")
         for name in args.models:
             caches = work / f"caches_{name}"
             env = {**os.environ, "DEPTRIAL_CACHE": str(caches / "deptrial"), "PYTENSOR_FLAGS": f"base_compiledir={caches / 'pytensor'}",
@@ -131,8 +175,8 @@ def main(argv=None) -> int:
         shutil.rmtree(work, ignore_errors=True)
     meta["load_end"] = load_average()
     args.out.mkdir(parents=True, exist_ok=True)
-    if args.update and (args.out / "models.json").exists():
-        saved = json.loads((args.out / "models.json").read_text())
+    if args.update and (args.out / f"{stem}.json").exists():
+        saved = json.loads((args.out / f"{stem}.json").read_text())
         same = {k: saved["settings"].get(k) for k in ("draws", "tune", "chains", "seed")} == {k: meta[k] for k in ("draws", "tune", "chains", "seed")}
         if not same:
             raise SystemExit("--update needs the settings of the saved models.json (draws, tune, chains, seed)")
@@ -142,9 +186,9 @@ def main(argv=None) -> int:
         rows.sort(key=lambda r: (order.index(r["model"]) if r["model"] in order else len(order), r["run"] != "empty caches"))
         meta["updated"] = f"{', '.join(sorted(redone))} measured {meta['date']}; the others {saved['settings']['date']}"
         meta["date"], meta["load_start"] = saved["settings"]["date"], saved["settings"]["load_start"]
-    (args.out / "models.json").write_text(json.dumps({"settings": meta, "runs": rows}, indent=2) + "\n")
+    (args.out / f"{stem}.json").write_text(json.dumps({"settings": meta, "runs": rows}, indent=2) + "\n")
     text = render(meta, rows)
-    (args.out / "models.md").write_text(text + "\n")
+    (args.out / f"{stem}.md").write_text(text + "\n")
     print(text)
     return 0 if all("error" not in r for r in rows) else 1
 

@@ -511,11 +511,66 @@ def test_fused_mmrm_with_a_map_prior_equals_pytensor(covariate_design):
     _, layout = _check_against_pytensor(covariate_design, {**MMRM_PRIORS, CONTROL_CHANGE: control}, points=3, seed=12,
                                         build=_mmrm)
     assert CONTROL_CHANGE in _mmrm(covariate_design, {CONTROL_CHANGE: control}).priors and layout.kernel == "mmrm"
-    ctx_map = layout.ctx[int(layout.ctx[2 + 2 * 13]):][:8]
+    from inference import kernels_mmrm
+
+    ctx_map = kernels_mmrm._field(layout.ctx, kernels_mmrm.F_CONTROL)[:8]
     assert ctx_map[0] == control_visit(covariate_design) and ctx_map[1] == 3
     # a different mixture changes the density: the field is read
     other = mixture_prior([1.0], [0.0], [30.0], "vague")
     _check_against_pytensor(covariate_design, {CONTROL_CHANGE: other}, points=2, seed=13, build=_mmrm)
+
+
+@pytest.fixture(scope="module")
+def many_sites_design(tmp_path_factory):
+    """Three arms, eight sites, baseline covariates (continuous and categorical), four post-baseline visits, drop-out and
+    frequent intermittent gaps (patterns missing one, two and three visits before their last one)."""
+    folder = tmp_path_factory.mktemp("trials") / "many_sites"
+    sites = tuple(f"site{j}" for j in range(8))
+    write_trial(folder, n_participants=90, seed=22, weeks=(0, 2, 4, 8, 12), sites=sites, site_weights=(1 / 8,) * 8,
+                intermittent_missing=0.15, dropout_by_last_week=0.3, **THREE_ARMS)
+    design = build_design(load_dataset(with_covariates(folder, folder.parent / "many_sites_covariates")))
+    assert design.active_arms == ["low", "high"] and len(design.sites) == 8 and design.covariates.shape[1] == 4
+    return design
+
+
+@pytest.mark.unit
+def test_fused_mmrm_sums_and_rows_equal_pytensor(many_sites_design, monkeypatch):
+    """The likelihood from each pattern's sums of cross-products (K_SUMS), participant by participant (K_ROWS), and the
+    default mix of the two, against PyTensor at the same points: three arms, eight sites, covariates, drop-out and
+    intermittent patterns (the precision of a pattern with gaps from that of the leading block of Sigma, one to three
+    visits missed)."""
+    from inference import kernels_mmrm
+    from models.mmrm import mmrm_data
+
+    patterns = mmrm_data(many_sites_design).patterns
+    missed = [int(vis[-1]) + 1 - len(vis) for vis, *_ in patterns]
+    assert max(missed) == 3 and sum(m == 2 for m in missed) >= 2 and sum(m == 1 for m in missed) >= 2 and sum(m == 0 for m in missed) >= 2
+    built = _mmrm(many_sites_design, {**MMRM_PRIORS, "covariate_effect": {"params": {"mu": 0.5, "sigma": 3.0}}})
+    assert {"covariate_effect", "site_effect_zerosum__"} <= set(engine.fused_layout(built).shape_info[0])
+    layouts = {}
+    for kind, forced in (("mixed", None), ("sums", True), ("rows", False)):
+        if forced is not None:
+            monkeypatch.setattr(kernels_mmrm, "uses_sums", lambda *args, forced=forced: forced)
+        layouts[kind] = engine.fused_layout(built)
+        table = kernels_mmrm._field(layouts[kind].ctx, kernels_mmrm.F_PATTERNS).reshape(-1, kernels_mmrm.PATTERN_WIDTH)
+        expected = {"mixed": {kernels_mmrm.K_ROWS, kernels_mmrm.K_SUMS}, "sums": {kernels_mmrm.K_SUMS}, "rows": {kernels_mmrm.K_ROWS}}
+        assert set(table[:, 0].tolist()) == expected[kind]
+    values, density, _, _ = _reference(built.model)
+    rng = np.random.default_rng(31)
+    lps = {kind: [] for kind in layouts}
+    refs = []
+    for _ in range(2):
+        x = rng.normal(size=layouts["mixed"].n_dim) * 0.7
+        out = density(*_split(x, layouts["mixed"], len(values)))
+        ref_grad = np.concatenate([np.ravel(g) for g in out[1:]])
+        refs.append(float(out[0]))
+        for kind, layout in layouts.items():
+            grad = np.full(layout.n_dim, np.nan)
+            lps[kind].append(kernels_mmrm.logp_grad(x, layout.ctx, grad))
+            np.testing.assert_allclose(grad, ref_grad, rtol=1e-8, atol=1e-9 * np.abs(ref_grad).max(), err_msg=kind)
+    for kind in layouts:  # as _check_against_pytensor: differences exact, the level within PyMC's float32 constants
+        np.testing.assert_allclose(np.diff(lps[kind]), np.diff(refs), rtol=1e-10, atol=1e-8, err_msg=kind)
+        assert np.abs(np.array(lps[kind]) - refs).max() < 1e-5
 
 
 @pytest.mark.unit
@@ -554,12 +609,11 @@ def test_guard_detects_a_fused_function_that_no_longer_matches_the_model(small_d
     built = _mmrm(small_design)
     layout = engine.fused_layout(built)
     assert engine.fused_disagreement(built, layout, engine.fused_functions("mmrm", engine.cache_dir())[0]) is None
-    from inference import kernels_mmrm
+    import dataclasses
 
-    ctx = layout.ctx.copy()
-    treated = kernels_mmrm._field(ctx, kernels_mmrm.F_TREATED)
-    treated[:] = 1.0 - treated
-    drifted = engine.kernels.FusedLayout(ctx, layout.n_dim, layout.n_expanded, layout.shape_info, layout.kernel)
+    swapped = dataclasses.replace(small_design, arm_idx=1 - small_design.arm_idx)
+    drifted = engine.fused_layout(_mmrm(swapped))
+    assert drifted.n_dim == layout.n_dim and not np.array_equal(drifted.ctx, layout.ctx)
     assert engine.fused_disagreement(built, drifted, engine.fused_functions("mmrm", engine.cache_dir())[0]) is not None
 
 
