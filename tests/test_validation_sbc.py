@@ -1,5 +1,6 @@
-"""Simulation-based calibration: the rank statistics, the data swap, and a small SBC that must pass for
-the right model and fail for a model whose prior is mis-scaled tenfold (the full run: python -m validation.run)."""
+"""Simulation-based calibration: the rank statistics, the data swap, and a small SBC on the fused path that must
+pass for the right model and fail for a model whose prior is mis-scaled tenfold (the full run: python -m validation.run;
+the fused path and Dask: tests/test_validation_fused.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 from models import registry
 from validation.designs import sbc_design
 from validation.sbc import N_RANK_DRAWS, bin_counts, default_bins, identifiable, ranks_of, run_sbc, uniformity
-from validation.swap import SwappableModel, observed_data_name, with_shared_observations
+from validation.swap import observed_data_name, with_shared_observations
 
 SMALL_REPS = 20
 PARAMS = ["nac_change", "time_change", "residual_sd", "participant_sd", "intercept"]
@@ -74,16 +75,9 @@ def test_shared_observations_leave_the_log_density_unchanged(design):
     assert not np.isclose(model.compile_logp()(point), shared.compile_logp()(point))
 
 
-@pytest.fixture(scope="module")
-def compiled(design):
-    return SwappableModel.build(registry.get("treatment").build(design).model)
-
-
 @pytest.mark.slow
-def test_small_sbc_is_calibrated(design, compiled):
-    model = compiled.model
-    res = run_sbc("treatment", model, registry.get("treatment").build(design).model, PARAMS, n_reps=SMALL_REPS, seed=3,
-                  draws=200, tune=200, cores=1, swappable=compiled)
+def test_small_sbc_is_calibrated(design):
+    res = run_sbc("treatment", "treatment", design, PARAMS, n_reps=SMALL_REPS, seed=3, draws=200, tune=200, cores=1)
     uni = res.uniformity
     print(uni.to_string())
     assert len(res.ranks["replicate"].unique()) == SMALL_REPS
@@ -95,11 +89,10 @@ def test_small_sbc_is_calibrated(design, compiled):
 
 
 @pytest.mark.slow
-def test_small_sbc_fails_when_the_prior_is_mis_scaled_tenfold(design, compiled):
+def test_small_sbc_fails_when_the_prior_is_mis_scaled_tenfold(design):
     """Data simulated with a NAC prior 10x wider than the fitted model's: the fitted prior is 10x too narrow."""
-    wide = registry.get("treatment").build(design, priors={"nac_change": {"params": {"sigma": 60.0}}}).model
-    res = run_sbc("treatment (mis-scaled prior)", compiled.model, wide, PARAMS, n_reps=SMALL_REPS, seed=3,
-                  draws=200, tune=200, cores=1, swappable=compiled)
+    res = run_sbc("treatment (mis-scaled prior)", "treatment", design, PARAMS, n_reps=SMALL_REPS, seed=3, draws=200, tune=200, cores=1,
+                  sim_priors={"nac_change": {"params": {"sigma": 60.0}}})
     uni = res.uniformity.set_index("parameter")
     print(uni.to_string())
     for name in ("nac_change[nac,treatment]", "nac_change[nac,followup]"):

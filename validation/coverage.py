@@ -6,23 +6,33 @@ format and fitted by the `treatment` model compiled once. The generator is not t
 screens on the entry score, rounds and clips scores, and has an IL-6 moderation the `treatment`
 model does not include, so this checks the whole analysis, not only the sampler.
 
-With fast=True each trial is instead fitted as `fit.py` fits it: the model's fast variant (participant
-effects integrated out) through inference.compile (the fused log density, checked against the graph
-for each trial). No compile per trial, so a handful of trials costs seconds; for hundreds of trials
-the compiled-once model is cheaper per fit.
+With fast=True (what `python -m validation.run --coverage` runs) each trial is instead fitted as
+`fit.py` fits it: the model's fast variant (participant effects integrated out) through its fused
+log density (inference/kernels.py), compiled once and given each trial's context array
+(validation/swap.FusedRefit; checked against the graph when first compiled). fast=False fits the
+plain model's compiled graph with each trial's data swapped in.
+
+Trial r is simulated from the r-th seed of validation/swap.replicate_seeds(seed) and fitted with the
+r-th of replicate_seeds(seed + 1), in this process or on a Dask cluster (validation/parallel.py):
+the table does not depend on where it ran.
 """
 
 from __future__ import annotations
 
+import json
 import time
+import warnings
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
 from data import TrialParameters
+from models.design import TrialDesign
 
 from .designs import design_of
-from .swap import SwappableModel, replicate_seeds
+from .parallel import describe, run_tasks
+from .swap import FusedRefit, SwappableModel, cached_refit, replicate_seeds
 from .trials import interval, trial_data
 
 INTERVAL_PROB = 0.90
@@ -36,38 +46,52 @@ def simulate_designs(n: int, seed: int, params: TrialParameters | None = None):
         yield s, design, truth
 
 
-def _fit_fast(built, *, seed: int, draws: int, tune: int, chains: int, cores: int, target_accept: float = 0.9):
-    """Posterior draws of a built model as fit.py samples it: its fast variant, when it has one, through inference.compile."""
-    import nutpie
+@dataclass(frozen=True)
+class CoverageSetup:
+    """What every coverage task needs besides its trials (sent once to each Dask worker)."""
 
-    from inference.compile import compile_nutpie
+    model_name: str
+    template: TrialDesign  # the first trial's design: the model is built and compiled for it once
+    params: TrialParameters
+    draws: int
+    tune: int
+    chains: int
+    cores: int
+    fast: bool
 
-    compiled, _ = compile_nutpie(built.fast_variant() if built.fast_variant is not None else built)
-    return nutpie.sample(compiled, draws=draws, tune=tune, chains=chains, cores=cores, seed=int(seed),
-                         target_accept=target_accept, progress_bar=False, save_warmup=False)
+    def refit_key(self) -> str:
+        return json.dumps(["coverage", self.model_name, self.fast, self.template.checksum], sort_keys=True)
 
 
-def run_coverage(n_trials: int, seed: int, model_name: str = "treatment", draws: int = 500, tune: int = 400, chains: int = 2,
-                 cores: int = 2, params: TrialParameters | None = None, log=None, progress=None,
-                 fast: bool = False) -> tuple[pd.DataFrame, dict]:
+@dataclass(frozen=True)
+class CoverageTask:
+    trials: tuple[int, ...]
+    trial_seeds: tuple[int, ...]
+    fit_seeds: tuple[int, ...]
+
+
+def _refit(setup: CoverageSetup):
+    """The model compiled once per process: its fused log density (fast), or its compiled graph with swappable data."""
     from models import registry
 
-    t_start = time.perf_counter()
-    base = params or TrialParameters()
-    weeks = [base.treatment_end, max(base.weeks)]
-    designs = simulate_designs(n_trials, seed, base)
-    fit_seeds = replicate_seeds(seed + 1, n_trials)
-    rows, sw, template = [], None, None
-    for r, (trial_seed, design, truth) in enumerate(designs):
+    if setup.fast:
+        return cached_refit(setup.refit_key(), lambda: FusedRefit.build(setup.model_name, setup.template))
+    return cached_refit(setup.refit_key(), lambda: SwappableModel.build(registry.get(setup.model_name).build(setup.template).model))
+
+
+def coverage_task(setup: CoverageSetup, task: CoverageTask) -> dict:
+    """Simulate and fit each trial of `task`; {'rows', 'compile_s'}."""
+    refit = _refit(setup)
+    weeks = [setup.params.treatment_end, max(setup.params.weeks)]
+    rows = []
+    for r, trial_seed, fit_seed in zip(task.trials, task.trial_seeds, task.fit_seeds):
+        design, truth = design_of(setup.params.with_(seed=trial_seed))
         t0 = time.perf_counter()
-        if fast:
-            idata = _fit_fast(registry.get(model_name).build(design), seed=fit_seeds[r], draws=draws, tune=tune, chains=chains, cores=cores)
-        else:
-            if sw is None:
-                template = design
-                sw = SwappableModel.build(registry.get(model_name).build(design).model)
-                t0 = time.perf_counter()
-            idata = sw.fit(trial_data(design, template, sw), seed=fit_seeds[r], draws=draws, tune=tune, chains=chains, cores=cores)
+        data = design if setup.fast else trial_data(design, setup.template, refit)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # ArviZ's announcements of its next API
+            idata = refit.fit(data, seed=fit_seed, draws=setup.draws, tune=setup.tune, chains=setup.chains, cores=setup.cores)
+        fit_s = time.perf_counter() - t0
         div = int(idata.sample_stats["diverging"].sum())
         by_arm = truth.get("effect_by_arm_week") or {design.active_arms[0]: truth["nac_effect_by_week"]}
         for arm, w in ((arm, w) for arm in design.active_arms for w in weeks):
@@ -76,19 +100,46 @@ def run_coverage(n_trials: int, seed: int, model_name: str = "treatment", draws:
             lo, hi = interval(d, INTERVAL_PROB)
             rows.append({"trial": r, "trial_seed": trial_seed, "arm": arm, "week": w, "true": true, "post_mean": float(d.mean()),
                          "post_sd": float(d.std(ddof=1)), "lower": lo, "upper": hi, "covered": bool(lo <= true <= hi),
-                         "divergences": div, "fit_s": time.perf_counter() - t0})
+                         "divergences": div, "fit_s": fit_s})
+    return {"rows": rows, "compile_s": refit.compile_s}
+
+
+def run_coverage(n_trials: int, seed: int, model_name: str = "treatment", draws: int = 500, tune: int = 400, chains: int = 2,
+                 cores: int = 2, params: TrialParameters | None = None, log=None, progress=None,
+                 fast: bool = False, chunk_size: int = 10, client=None) -> tuple[pd.DataFrame, dict]:
+    """Coverage over `n_trials` simulated trials. fast=True: each fitted as fit.py fits it (the fast variant through
+    its fused log density, compiled once: validation/swap.FusedRefit); else the plain model's compiled graph with the
+    trial's data swapped in (validation/swap.SwappableModel). `client`: a Dask client to run the trials on (tasks of
+    `chunk_size` trials; None: this process); the table is the same either way."""
+    t_start = time.perf_counter()
+    base = params or TrialParameters()
+    trial_seeds = replicate_seeds(seed, n_trials)
+    fit_seeds = replicate_seeds(seed + 1, n_trials)
+    template, _ = design_of(base.with_(seed=trial_seeds[0]))
+    setup = CoverageSetup(model_name, template, base, draws, tune, chains, cores, fast)
+    tasks = [CoverageTask(tuple(range(a, min(n_trials, a + chunk_size))), tuple(trial_seeds[a : a + chunk_size]), tuple(fit_seeds[a : a + chunk_size]))
+             for a in range(0, n_trials, chunk_size)]
+    rows, compile_s = [], [0.0]
+    where = describe(client)
+
+    def collect(i, out):
+        rows.extend(out["rows"])
+        compile_s.append(out["compile_s"])
         if log:
-            log(f"[coverage] trial {r + 1}/{n_trials}: {time.perf_counter() - t0:.1f} s, {div} divergences")
+            log(f"[coverage] {len({r['trial'] for r in rows})}/{n_trials} trials on {where}")
         if progress:
-            progress(*_result(rows, model_name, n_trials, seed, draws, tune, chains, base, sw.compile_s if sw else 0.0, t_start))
-    return _result(rows, model_name, n_trials, seed, draws, tune, chains, base, sw.compile_s if sw else 0.0, t_start)
+            progress(*_result(rows, model_name, n_trials, seed, draws, tune, chains, base, max(compile_s), t_start, fast, where))
+
+    run_tasks(coverage_task, setup, tasks, client, collect)
+    return _result(rows, model_name, n_trials, seed, draws, tune, chains, base, max(compile_s), t_start, fast, where)
 
 
-def _result(rows, model_name, n_trials, seed, draws, tune, chains, base, compile_s, t_start):
-    table = pd.DataFrame(rows)
+def _result(rows, model_name, n_trials, seed, draws, tune, chains, base, compile_s, t_start, fast=False, where="this process"):
+    table = pd.DataFrame(rows).sort_values(["trial"], kind="stable").reset_index(drop=True)
     info = {"model": model_name, "n_trials": int(table["trial"].nunique()), "target_trials": n_trials, "seed": seed, "draws": draws, "tune": tune, "chains": chains,
             "interval_prob": INTERVAL_PROB, "participants": base.n_participants, "compile_s": compile_s,
-            "seconds": time.perf_counter() - t_start}
+            "seconds": time.perf_counter() - t_start, "fit_path": "fused" if fast else "graph", "ran_on": where,
+            "fit_s_per_trial": float(table.groupby("trial")["fit_s"].first().mean())}
     return table, info
 
 

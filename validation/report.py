@@ -35,6 +35,22 @@ def _minutes(s: float) -> str:
     return f"{s / 60:.1f} min" if s >= 60 else f"{s:.0f} s"
 
 
+def _path(s: dict) -> str:
+    """How the replicates were fitted and where, when the summary says."""
+    if s.get("fit_path") != "fused":
+        return ""
+    kernel = f" (`{', '.join(s['fused_kernel'])}`)" if s.get("fused_kernel") else ""
+    return (f" on the fused path, as `fit.py` fits: the fast variant through its fused log density{kernel}, compiled once and given "
+            f"each replicate's data; run on {s.get('ran_on', 'this process')}")
+
+
+def _per_fit(s: dict) -> str:
+    if "fit_s_per_replicate" not in s:
+        return ""
+    cpu = f", {s['fit_cpu_s_per_replicate']:.2f} s CPU" if "fit_cpu_s_per_replicate" in s else ""
+    return f" ({s['fit_s_per_replicate']:.2f} s wall{cpu} per replicate's fit)"
+
+
 def sbc_section(out: Path) -> list[str]:
     lines = ["## Simulation-based calibration", ""]
     found = False
@@ -47,8 +63,9 @@ def sbc_section(out: Path) -> list[str]:
             "",
             f"{_count(s['n_reps'], s.get('target_reps'), 'replicates')} on a {s['participants']}-participant design ({s['observations']} visits); "
             f"each replicate draws parameters and data from the prior predictive and fits {s['chains']} chains x "
-            f"{s['draws']} draws ({s['tune']} tuning), ranks among {s['n_rank_draws']} thinned draws. "
-            f"Compile {_minutes(s['compile_s'])} (once), whole check {_minutes(s['seconds'])}. "
+            f"{s['draws']} draws ({s['tune']} tuning){_path(s)}, ranks among {s['n_rank_draws']} thinned draws. "
+            f"Compile {_minutes(s['compile_s'])} (once{' per worker' if s.get('ran_on', 'this process') != 'this process' else ''}), "
+            f"whole check {_minutes(s['seconds'])}{_per_fit(s)}. "
             f"Replicates with any divergence: {s['divergent_replicates']}.",
             "",
             _table(uni[["parameter", "replicates", "bins", "chi2", "p_value", "p_extreme", "mean_z", "sd_z", "extreme_rank_share", "min_ess_bulk"]]),
@@ -65,6 +82,14 @@ def sbc_section(out: Path) -> list[str]:
     return lines
 
 
+def _coverage_path(info: dict) -> str:
+    if info.get("fit_path") == "fused":
+        return f"as `fit.py` fits it, the fast variant through its fused log density, on {info.get('ran_on', 'this process')}; "
+    if info.get("fit_path") == "graph":
+        return "the plain model's compiled graph with each trial's data swapped in; "
+    return ""
+
+
 def coverage_section(out: Path) -> list[str]:
     lines = ["## Coverage at fixed true values", ""]
     info = _load(out, "coverage")
@@ -74,7 +99,7 @@ def coverage_section(out: Path) -> list[str]:
     lines += [
         f"{_count(info['n_trials'], info.get('target_trials'), 'trials')} of {info['participants']} participants simulated by `data.synthetic` at its default true values "
         f"(seeds from {info['seed']}), each fitted by the `{info['model']}` model ({info['chains']} chains x {info['draws']} draws, "
-        f"{info['tune']} tuning; compiled once in {_minutes(info['compile_s'])}). Whole check {_minutes(info['seconds'])}. "
+        f"{info['tune']} tuning; {_coverage_path(info)}compiled once in {_minutes(info['compile_s'])}). Whole check {_minutes(info['seconds'])}. "
         f"Intervals are equal-tailed {info['interval_prob']:.0%} posterior intervals of the NAC - placebo difference; "
         "`coverage_mcse` is the binomial Monte Carlo SE of the coverage at its nominal value.",
         "",

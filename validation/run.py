@@ -3,8 +3,12 @@
     python -m validation.run --all                 # everything (hours on 2 busy cores)
     python -m validation.run --sbc headline        # one check; RESULTS.md is rebuilt from all saved results
     python -m validation.run --sbc-reps 20 --coverage-reps 40 --all --out /tmp/val   # a quick look
+    python -m validation.run --sbc headline mmrm --sbc-reps 1000 --workers 2          # a local Dask cluster
+    python -m validation.run --sbc headline mmrm --coverage --scheduler tcp://10.0.0.5:8786   # any Dask cluster
 
-Every check saves a JSON summary and CSVs under --out (default validation/results); RESULTS.md is
+SBC and coverage run their replicates in this process (default), on a LocalCluster of --workers
+processes, or on the Dask cluster at --scheduler; the same seed gives the same numbers on any of them
+(validation/parallel.py). Every check saves a JSON summary and CSVs under --out (default validation/results); RESULTS.md is
 rebuilt from whatever summaries exist there, so checks can be rerun one at a time.
 """
 
@@ -15,6 +19,8 @@ import json
 import sys
 import time
 from pathlib import Path
+
+from .parallel import CONNECT_TIMEOUT_S, ClusterError, dask_client, describe
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_OUT = HERE / "results"
@@ -54,33 +60,27 @@ SBC_PARAMETERS = {
 }
 
 
-def sbc_spec(name: str):
-    """(builder(design, priors) -> model, parameters ranked) for the models SBC covers."""
-    from models import registry
-
-    if name not in SBC_PARAMETERS:
-        raise KeyError(f"no SBC set-up for model '{name}'; choose from {sorted(SBC_PARAMETERS)}")
-    spec = registry.get(name)
-    return (lambda design, priors=None: spec.build(design, priors=priors).model), SBC_PARAMETERS[name]
+SAVE_EVERY_S = 60.0  # a running check rewrites its results at most this often (and at the end)
 
 
-def check_sbc(name: str, reps: int, seed: int, out: Path, cores: int, report: Path | None = None) -> dict:
+def check_sbc(name: str, reps: int, seed: int, out: Path, cores: int, report: Path | None = None, client=None) -> dict:
     from .designs import SBC_PARTICIPANTS, sbc_design
     from .sbc import rank_plot, run_sbc
 
-    build, params = sbc_spec(name)
+    params = SBC_PARAMETERS[name]
     design = sbc_design()
-    model = build(design)
     n_obs = int(len(design.y))
-    log(f"SBC {name}: {reps} replicates, {SBC_PARTICIPANTS} participants, compiling once")
+    log(f"SBC {name}: {reps} replicates, {SBC_PARTICIPANTS} participants, the fused path compiled once per process")
     from inference.idata_io import machine_record
 
     start = machine_record()
+    last = [time.perf_counter()]
 
     def save(res, final=False):
         n_done = res.settings["n_reps"]
-        if not final and n_done % 5:
+        if not final and time.perf_counter() - last[0] < SAVE_EVERY_S:
             return
+        last[0] = time.perf_counter()
         save_csv(res.ranks, out / f"sbc_{name}_ranks.csv")
         save_csv(res.uniformity, out / f"sbc_{name}_uniformity.csv")
         rank_plot(res, out / f"sbc_{name}_ranks.png")
@@ -96,24 +96,26 @@ def check_sbc(name: str, reps: int, seed: int, out: Path, cores: int, report: Pa
             write_report(out, report)
         return summary
 
-    res = run_sbc(name, model, model, params, n_reps=reps, seed=seed, draws=SBC_DRAWS, tune=SBC_TUNE, cores=cores, log=log,
-                  progress=save)
+    res = run_sbc(name, name, design, params, n_reps=reps, seed=seed, draws=SBC_DRAWS, tune=SBC_TUNE, cores=cores, log=log,
+                  progress=save, client=client)
     summary = save(res, final=True)
     log(f"SBC {name} done in {res.seconds:.0f} s")
     return summary
 
 
-def check_coverage(reps: int, seed: int, out: Path, cores: int, report: Path | None = None) -> dict:
+def check_coverage(reps: int, seed: int, out: Path, cores: int, report: Path | None = None, client=None) -> dict:
     from .coverage import run_coverage, summarise
 
-    log(f"coverage: {reps} trials of the default design, model 'treatment'")
+    log(f"coverage: {reps} trials of the default design, model 'treatment' on the fused path")
     from inference.idata_io import machine_record
 
     start = machine_record()
+    last = [time.perf_counter()]
 
     def save(table, info, final=False):
-        if not final and info["n_trials"] % 5:
+        if not final and time.perf_counter() - last[0] < SAVE_EVERY_S:
             return
+        last[0] = time.perf_counter()
         save_csv(table, out / "coverage_trials.csv")
         save_csv(summarise(table), out / "coverage_summary.csv")
         info.update(check="coverage", complete=info["n_trials"] == reps, measured=measured_since(start))
@@ -121,7 +123,8 @@ def check_coverage(reps: int, seed: int, out: Path, cores: int, report: Path | N
         if report:
             write_report(out, report)
 
-    table, info = run_coverage(reps, seed, draws=COVERAGE_DRAWS, tune=COVERAGE_TUNE, cores=cores, log=log, progress=save)
+    table, info = run_coverage(reps, seed, draws=COVERAGE_DRAWS, tune=COVERAGE_TUNE, cores=cores, log=log, progress=save, fast=True,
+                               client=client)
     save(table, info, final=True)
     log(f"coverage done in {info['seconds']:.0f} s")
     return info
@@ -206,18 +209,55 @@ def main(argv=None) -> int:
     ap.add_argument("--coverage-reps", type=int, default=200)
     ap.add_argument("--agreement-reps", type=int, default=10)
     ap.add_argument("--seed", type=int, default=2026)
-    ap.add_argument("--cores", type=int, default=2)
+    ap.add_argument("--cores", type=int, default=2, help="chains sampled in parallel per fit in this process (1 on Dask workers)")
+    ap.add_argument("--workers", type=int, default=1, help="SBC and coverage on a local Dask cluster of this many processes (1: this process)")
+    ap.add_argument("--scheduler", default=None, metavar="ADDRESS", help="SBC and coverage on the Dask cluster at this scheduler address")
+    ap.add_argument("--connect-timeout", type=float, default=CONNECT_TIMEOUT_S, metavar="SECONDS", help="how long to try to reach --scheduler")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = ap.parse_args(argv)
-    args.out.mkdir(parents=True, exist_ok=True)
+    problem = refusal(args)
+    if problem:
+        log(f"validation.run: {problem}")
+        return 2
     if args.report_only:
+        args.out.mkdir(parents=True, exist_ok=True)
         refresh_sbc(args.out)
         write_report(args.out, RESULTS_MD if args.out == DEFAULT_OUT else args.out / "RESULTS.md")
         return 0
     sbc_models = args.sbc if args.sbc is not None else (available_sbc_models() if args.all else [])
     report = RESULTS_MD if args.out == DEFAULT_OUT else args.out / "RESULTS.md"
+    distributed = bool(sbc_models) or args.coverage or args.all
+    try:
+        with dask_client(args.workers if distributed else 1, args.scheduler if distributed else None, timeout=args.connect_timeout) as client:
+            return run_checks(args, sbc_models, report, client)
+    except ClusterError as exc:
+        log(f"validation.run: {exc}")
+        return 2
+
+
+def refusal(args) -> str | None:
+    """What is wrong with the command line (None: nothing), before anything is computed."""
+    unknown = [m for m in args.sbc or [] if m not in SBC_PARAMETERS]
+    if unknown:
+        return f"no SBC set-up for {unknown}; choose from {sorted(SBC_PARAMETERS)}"
+    for flag in ("sbc_reps", "coverage_reps", "agreement_reps", "cores", "workers"):
+        if getattr(args, flag) < 1:
+            return f"--{flag.replace('_', '-')} must be at least 1, not {getattr(args, flag)}"
+    if args.scheduler is not None and args.workers > 1:
+        return "give --scheduler (an existing cluster) or --workers (a local one), not both"
+    if args.connect_timeout <= 0:
+        return f"--connect-timeout must be positive, not {args.connect_timeout}"
+    return None
+
+
+def run_checks(args, sbc_models: list[str], report: Path, client) -> int:
+    """Every check asked for; SBC and coverage on `client` (None: this process)."""
+    cores = args.cores if client is None else 1  # a Dask worker is one process on one core
+    args.out.mkdir(parents=True, exist_ok=True)
+    if client is not None:
+        log(f"SBC and coverage on {describe(client)}")
     if args.coverage or args.all:
-        check_coverage(args.coverage_reps, args.seed, args.out, args.cores, report)
+        check_coverage(args.coverage_reps, args.seed, args.out, cores, report, client)
     if args.agreement or args.all:
         check_agreement(args.agreement_reps, args.seed, args.out, args.cores)
         write_report(args.out, report)
@@ -227,7 +267,7 @@ def main(argv=None) -> int:
     if args.reference is not None or args.all:
         check_reference(args.reference or [], report, args.out)
     for name in sbc_models or []:
-        check_sbc(name, args.sbc_reps, args.seed, args.out, args.cores, report)
+        check_sbc(name, args.sbc_reps, args.seed, args.out, cores, report, client)
     return 0
 
 

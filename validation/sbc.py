@@ -9,13 +9,27 @@ power against true values falling outside the posterior altogether, a binomial t
 of extreme ranks (0 or L; probability 2 / (L + 1) each when calibrated). A parameter is flagged
 when either p-value is below P_FLAG.
 
+The path checked is the one `fit.py` runs. The parameters and data are drawn from the prior
+predictive of the model in its plain form (participant effects explicit: the generative model),
+with every baseline biomarker value latent so that the markers and the scores are drawn together
+(validation/designs.latent_markers); each replicate's data (visit scores, and the headline model's
+baseline biomarkers at the template's observed entries) replace those of the template design, and the replicate is fitted by the model's fast variant (participant
+effects integrated out, models/marginal.py) through its fused log density (inference/kernels*.py),
+compiled once and given each replicate's context array (validation/swap.FusedRefit). The ranked
+population parameters are variables of that fit's posterior.
+
 The prior predictive is the model's generative model only when the model has no Potentials:
 PyMC ignores Potentials when sampling the prior predictive, and the headline model adds one for
 each biomarker value below a detection limit. SBC designs therefore have no censored values.
+
+Replicates run as tasks in this process or on a Dask cluster (validation/parallel.py); replicate r's
+data are the r-th prior predictive draw of the run's seed and its fit seed is the r-th of
+validation/swap.replicate_seeds, so the ranks do not depend on where or in how many tasks it ran.
 """
 
 from __future__ import annotations
 
+import json
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -26,7 +40,11 @@ import pandas as pd
 import pymc as pm
 from scipy import stats
 
-from .swap import SwappableModel, observed_data_name, replicate_seeds
+from models.design import TrialDesign
+
+from .designs import MARKER_DRAWS, latent_markers, simulated_arrays, with_data
+from .parallel import describe, run_tasks
+from .swap import FusedRefit, cached_refit, replicate_seeds
 
 N_RANK_DRAWS = 99  # thinned posterior draws per replicate: ranks take L + 1 = 100 values
 P_FLAG = 0.01  # a parameter whose uniformity p-value falls below this is flagged
@@ -79,15 +97,88 @@ def ranks_of(truth: float, draws: np.ndarray, n_rank_draws: int = N_RANK_DRAWS) 
 
 
 def prior_draws(model: pm.Model, n: int, seed: int):
+    """n prior and prior predictive draws, drawn one after another from one stream: the first k of n draws are the
+    k draws of the same seed, so replicate r's parameters and data depend on the seed and r only."""
+    from inference.marginal import python_mode
+
     with model, warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        return pm.sample_prior_predictive(draws=n, random_seed=seed)
+        # PyTensor's Python implementations: nothing to compile, the same numbers
+        return pm.sample_prior_predictive(draws=n, random_seed=seed, compile_kwargs={"mode": python_mode()})
+
+
+@dataclass(frozen=True)
+class SBCSetup:
+    """What every SBC task needs besides its replicates (sent once to each Dask worker)."""
+
+    name: str  # registry name of the fitted model
+    design: TrialDesign  # the template: visits, arms, sites, missing-value pattern
+    fit_priors: dict | None
+    params: tuple[str, ...]
+    draws: int
+    tune: int
+    chains: int
+    cores: int
+    n_rank_draws: int
+    target_accept: float = 0.9
+
+    def refit_key(self) -> str:
+        return json.dumps(["sbc", self.name, self.design.checksum, self.design.n_participants, self.fit_priors], sort_keys=True, default=str)
+
+
+@dataclass(frozen=True)
+class SBCTask:
+    """Replicates fitted by one task: their indices, fit seeds, simulated design arrays and true values."""
+
+    replicates: tuple[int, ...]
+    seeds: tuple[int, ...]
+    arrays: tuple[dict, ...]  # validation.designs.with_data's y and z
+    truth: tuple[dict, ...]  # {'parameter[coords]': true value}
+
+
+def fused_refit(setup: SBCSetup):
+    """The fitted model's fused log density, compiled once per process."""
+    return cached_refit(setup.refit_key(), lambda: FusedRefit.build(setup.name, setup.design, setup.fit_priors))
+
+
+def sbc_task(setup: SBCSetup, task: SBCTask) -> dict:
+    """Fit each replicate of `task` on the fused path and rank its true values; {'rows', 'compile_s'}."""
+    refit = fused_refit(setup)
+    rows = []
+    for r, seed, arrays, truth in zip(task.replicates, task.seeds, task.arrays, task.truth):
+        design = with_data(setup.design, **arrays)
+        t0, c0 = time.perf_counter(), time.process_time()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # ArviZ's announcements of its next API
+            idata = refit.fit(design, seed=seed, draws=setup.draws, tune=setup.tune, chains=setup.chains, cores=setup.cores,
+                              target_accept=setup.target_accept)
+        fit_s, cpu_s = time.perf_counter() - t0, time.process_time() - c0
+        rows += replicate_rows(r, truth, idata, setup.params, setup.chains, setup.n_rank_draws, fit_s, cpu_s)
+    return {"rows": rows, "compile_s": refit.compile_s, "kernel": refit.kernel_version}
+
+
+def replicate_rows(r: int, truth: dict, idata, params, chains: int, n_rank_draws: int, fit_s: float, cpu_s: float) -> list[dict]:
+    """One row per ranked parameter of replicate r: its rank among the thinned posterior draws and summaries; fit_s
+    the fit's wall time, fit_cpu_s the CPU time of its process meanwhile (both chains)."""
+    post = parameter_values(idata.posterior, list(params))
+    div = int(idata.sample_stats["diverging"].sum())
+    rows = []
+    for name, true in truth.items():
+        draws_ = post[name]
+        rows.append({
+            "replicate": r, "parameter": name, "true": true,
+            "rank": ranks_of(true, draws_, n_rank_draws),
+            "post_mean": float(draws_.mean()), "post_sd": float(draws_.std(ddof=1)),
+            "ess_bulk": float(az.ess(np.asarray(draws_).reshape(chains, -1))),
+            "divergences": div, "fit_s": fit_s, "fit_cpu_s": cpu_s,
+        })
+    return rows
 
 
 def run_sbc(
     label: str,
-    fit_model: pm.Model,
-    sim_model: pm.Model,
+    name: str,
+    design: TrialDesign,
     params: list[str],
     n_reps: int,
     seed: int,
@@ -95,47 +186,74 @@ def run_sbc(
     tune: int = 300,
     chains: int = 2,
     cores: int = 2,
+    fit_priors: dict | None = None,
+    sim_priors: dict | None = None,
     n_rank_draws: int = N_RANK_DRAWS,
-    swappable: SwappableModel | None = None,
+    chunk_size: int = 10,
+    client=None,
     log=None,
     progress=None,
 ) -> SBCResult:
-    """SBC of `fit_model` on data from `sim_model`'s prior predictive (the same model unless testing a wrong one)."""
+    """SBC of model `name` (the registry's) on the fused path, as `fit.py` fits it.
+
+    Parameters and data come from the prior predictive of the model itself (its plain form, participant effects
+    explicit) built from `design` (its baseline biomarkers latent: validation/designs.latent_markers) with
+    `sim_priors`; each replicate's data become a design (the template with its
+    scores and biomarker values replaced, validation/designs.with_data) fitted by the model's fast variant with
+    `fit_priors` through its fused log density, compiled once (validation/swap.FusedRefit). The same priors give
+    the calibrated check; different ones a model the check must flag. `client`: a Dask client to run the
+    replicates on (tasks of `chunk_size` replicates; None: this process); the ranks are the same either way.
+    """
+    from models import registry
+
     t_start = time.perf_counter()
-    sw = swappable or SwappableModel.build(fit_model)
+    sim = registry.get(name).build(latent_markers(design), priors=sim_priors)
     sim_seed, *fit_seeds = replicate_seeds(seed, n_reps + 1)
-    prior = prior_draws(sim_model, n_reps, sim_seed)
+    prior = prior_draws(sim.model, n_reps, sim_seed)
     truth = identifiable(parameter_values(prior.prior, params))
-    observed = [v.name for v in fit_model.observed_RVs]
-    rows = []
-    for r in range(n_reps):
-        data = {observed_data_name(v): prior.prior_predictive[v].values[0, r] for v in observed}
-        t0 = time.perf_counter()
-        idata = sw.fit(data, seed=fit_seeds[r], draws=draws, tune=tune, chains=chains, cores=cores)
-        fit_s = time.perf_counter() - t0
-        post = parameter_values(idata.posterior, params)
-        div = int(idata.sample_stats["diverging"].sum())
-        for name, true_values in truth.items():
-            draws_ = post[name]
-            true = float(true_values.reshape(-1)[r])
-            rows.append({
-                "replicate": r, "parameter": name, "true": true,
-                "rank": ranks_of(true, draws_, n_rank_draws),
-                "post_mean": float(draws_.mean()), "post_sd": float(draws_.std(ddof=1)),
-                "ess_bulk": float(az.ess(np.asarray(draws_).reshape(chains, -1))),
-                "divergences": div, "fit_s": fit_s,
-            })
+    observed = [v.name for v in sim.model.observed_RVs]
+    latent = [v for v in MARKER_DRAWS if v in prior.prior]
+
+    def draw(r):
+        return {**{v: prior.prior_predictive[v].values[0, r] for v in observed}, **{v: prior.prior[v].values[0, r] for v in latent}}
+
+    setup = SBCSetup(name, design, fit_priors, tuple(params), draws, tune, chains, cores, n_rank_draws)
+    tasks = []
+    for start in range(0, n_reps, chunk_size):
+        reps = range(start, min(n_reps, start + chunk_size))
+        tasks.append(SBCTask(
+            tuple(reps), tuple(fit_seeds[r] for r in reps),
+            tuple(simulated_arrays(sim, draw(r), design) for r in reps),
+            tuple({k: float(np.asarray(v).reshape(-1)[r]) for k, v in truth.items()} for r in reps),
+        ))
+    rows, compile_s, kernels = [], [0.0], set()
+    where = describe(client)
+    if log:
+        log(f"[{label}] {n_reps} replicates in {len(tasks)} tasks on {where}")
+
+    def collect(i, out):
+        rows.extend(out["rows"])
+        compile_s.append(out["compile_s"])
+        kernels.add(out["kernel"])
         if log:
-            log(f"[{label}] replicate {r + 1}/{n_reps}: {fit_s:.1f} s, {div} divergences")
+            fits = [r["fit_s"] for r in out["rows"] if r["parameter"] == out["rows"][0]["parameter"]]
+            n_done = len({r["replicate"] for r in rows})
+            log(f"[{label}] {n_done}/{n_reps} replicates ({len(tasks[i].replicates)} in {sum(fits):.1f} s of fitting)")
         if progress:
-            progress(_result(label, rows, n_rank_draws, n_reps, seed, draws, tune, chains, sw.compile_s, t_start))
-    return _result(label, rows, n_rank_draws, n_reps, seed, draws, tune, chains, sw.compile_s, t_start)
+            progress(_result(label, rows, n_rank_draws, n_reps, seed, draws, tune, chains, max(compile_s), t_start, where, kernels))
+
+    run_tasks(sbc_task, setup, tasks, client, collect)
+    return _result(label, rows, n_rank_draws, n_reps, seed, draws, tune, chains, max(compile_s), t_start, where, kernels)
 
 
-def _result(label, rows, n_rank_draws, n_reps, seed, draws, tune, chains, compile_s, t_start) -> SBCResult:
-    ranks = pd.DataFrame(rows)
+def _result(label, rows, n_rank_draws, n_reps, seed, draws, tune, chains, compile_s, t_start, where="this process",
+            kernels=()) -> SBCResult:
+    ranks = pd.DataFrame(rows).sort_values(["replicate"], kind="stable").reset_index(drop=True)
+    per_rep = ranks.groupby("replicate")[["fit_s", "fit_cpu_s"]].first()
     settings = {"n_reps": int(ranks["replicate"].nunique()), "target_reps": n_reps, "seed": seed, "draws": draws, "tune": tune,
-                "chains": chains, "n_rank_draws": n_rank_draws}
+                "chains": chains, "n_rank_draws": n_rank_draws, "fit_path": "fused", "ran_on": where,
+                "fit_s_per_replicate": float(per_rep["fit_s"].mean()), "fit_cpu_s_per_replicate": float(per_rep["fit_cpu_s"].mean()),
+                "fused_kernel": sorted(kernels)}
     res = SBCResult(label, ranks, n_rank_draws, settings, compile_s, time.perf_counter() - t_start)
     res.uniformity = uniformity(ranks, n_rank_draws)
     return res
