@@ -5,6 +5,7 @@
     python benchmarks/bench_fit.py --model mmrm --scales 1 --paths ours,graph,pymc,numpyro   # the MMRM
     python benchmarks/bench_fit.py --tiny                # smoke test of the harness (minutes)
     python benchmarks/bench_fit.py --paths ours,pymc --scales 1
+    python benchmarks/bench_fit.py --model mmrm --trial bcva --paths ours,pymc,reml   # a large simulated trial
 
 The headline model's figures go to results.json/.md, the MMRM's to results_mmrm.json/.md. For the
 MMRM, `ours` is nutpie on its fused log density (inference/kernels_mmrm.py), `graph` nutpie on the
@@ -22,6 +23,14 @@ Paths (each fit runs in its own subprocess, twice: cold then warm):
   numpyro   PyMC's model sampled by numpyro (pm.sample(nuts_sampler="numpyro"); needs jax)
   bambi     bambi, formula y ~ 1 + site + z + t1 + t1:treated + t1:z + t2 + t2:treated + (1 + t1 | participant)
   stan      Stan (pystan) with the same model as ours, latent biomarker block included
+  reml      (MMRM) the closed-form REML MMRM of planning/mmrm_gls.py (Newton on Sigma, then GLS) on
+            the same data: a same-machine frequentist reference. It has no site term (the Bayesian
+            MMRM has one) and needs drop-out (prefix) patterns; it reports time and the estimates.
+
+--trial NAME fits a simulated trial of benchmarks/bench_models.TRIALS instead of the bundled one
+(bcva: the size of the mmrm package's BCVA benchmark, 1,000 participants x 10 post-baseline visits,
+20 sites; bcva10: ten times its participants; visits20: 300 participants x 20 visits); its results
+go to results_MODEL_NAME.json/.md.
 
 Cold: fresh PyTensor compile folder, fresh model cache and fresh Stan model cache (nothing compiled
 before); warm: the same fit again in a new process with those caches. Reported per fit: wall time
@@ -57,8 +66,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 warnings.filterwarnings("ignore")
 
-PATHS = ("ours", "graph", "plain", "pymc", "numpyro", "bambi", "stan")
-MMRM_PATHS = ("ours", "graph", "pymc", "numpyro")
+PATHS = ("ours", "graph", "plain", "pymc", "numpyro", "bambi", "stan", "reml")
+MMRM_PATHS = ("ours", "graph", "pymc", "numpyro", "reml")
 KEY_EFFECTS = ("nac_w12", "nac_w16", "moderation_il6", "moderation_crp", "moderation_bdnf", "residual_sd", "participant_sd_intercept", "participant_sd_change")
 
 
@@ -358,6 +367,30 @@ def fit_stan(design, args) -> dict:
     return {"idata": idata, "key": key, "compile_s": compile_s, "sample_s": sample_s, "wall_s": time.perf_counter() - t0}
 
 
+def fit_reml_reference(design) -> dict:
+    """The closed-form REML MMRM (planning/mmrm_gls.py) on the design's changes from baseline: time and estimates."""
+    import numpy as np
+
+    from models.mmrm import mmrm_data
+    from planning.mmrm_gls import fit_reml, pattern_stats
+
+    t0 = time.perf_counter()
+    d = mmrm_data(design)
+    observed = ~np.isnan(d.change)
+    attended = observed.sum(axis=1)
+    if not np.array_equal(observed, np.arange(observed.shape[1])[None, :] < attended[:, None]):
+        raise SystemExit("the closed-form REML covers drop-out (prefix) patterns only; this trial has intermittent gaps")
+    stats = pattern_stats(np.nan_to_num(d.change)[None], attended[None], design.arm_idx[d.rows][None], d.baseline[None], design.n_active)
+    fit = fit_reml(stats)
+    wall = time.perf_counter() - t0
+    key = {}
+    for j, w in enumerate(d.visits):
+        est, se = fit.effect(j)
+        key[f"nac_w{int(w)}"] = {"estimate": float(est[0]), "se": float(se[0])}
+    return {"wall_s": wall, "sample_s": None, "compile_s": None, "iterations": int(fit.iterations), "converged": bool(fit.ok[0]),
+            "reml_effects": key}
+
+
 def worker(args) -> dict:
     """One fit in this process; returns the measurements (JSON-able)."""
     import arviz as az
@@ -368,6 +401,11 @@ def worker(args) -> dict:
 
     t_proc = time.perf_counter()
     design = build_design(load_dataset(args.data))
+    if args.worker == "reml":
+        res = fit_reml_reference(design)
+        res.update(model=args.model, path="reml", participants=int(design.n_participants), visits=int(len(design.y)),
+                   peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, process_s=time.perf_counter() - t_proc)
+        return res
     if args.worker in ("ours", "plain", "graph"):
         res = fit_ours(design, args, plain=args.worker == "plain", fused=args.worker != "graph")
     elif args.worker in ("pymc", "numpyro"):
@@ -470,7 +508,9 @@ def header(meta: dict) -> str:
 
     memory = f", {meta['memory_gb']} GiB" if meta.get("memory_gb") else ""
     return (
-        f"Model: {meta.get('model', 'headline')}. Measured {meta.get('date', 'date not recorded')} on {meta.get('machine') or 'a machine not recorded'}, "
+        f"Model: {meta.get('model', 'headline')}"
+        + (f", trial {meta['trial']} {meta.get('trial_size', '')}" if meta.get("trial", "bundled") != "bundled" else "")
+        + f". Measured {meta.get('date', 'date not recorded')} on {meta.get('machine') or 'a machine not recorded'}, "
         f"{meta.get('cpus', '?')} CPUs{memory}; "
         f"load average at the start {load('load_start')}, at the end {load('load_end')}. "
         + ("chains, draws and tuning steps as each row states (rows added with --append), "
@@ -490,6 +530,14 @@ def render(meta: dict, results: list[dict]) -> str:
     text = header(meta) + "\n\n" + table(results) + (
         "\n\nA ratio 'x tool' is ESS/s over that tool's ESS/s in a run with the same chains, draws and tuning steps; "
         "'-' means no such run.")
+    reml = [r for r in results if r.get("path") == "reml" and "reml_effects" in r]
+    bayes = [r for r in results if r.get("path") == "ours" and "key_means" in r]
+    if reml and bayes:
+        lines = ["| visit | REML estimate | REML SE | ours posterior mean |", "|---|---|---|---|"]
+        for k, v in reml[-1]["reml_effects"].items():
+            lines.append(f"| {k.removeprefix('nac_w')} | {v['estimate']:.3f} | {v['se']:.3f} | {fmt(bayes[-1]['key_means'].get(k), 3)} |")
+        text += ("\n\nTreatment difference by visit, closed-form REML (no site term) and our posterior mean (site effects included):\n\n"
+                 + "\n".join(lines))
     scaling = scaling_table(results)
     if scaling:
         text += "\n\nScaling (time at this scale over time at scale 1):\n\n" + scaling
@@ -564,6 +612,7 @@ def main(argv=None) -> int:
     ap.add_argument("--chains", type=int, default=4)
     ap.add_argument("--cores", type=int, default=2)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--trial", default=None, help="a simulated trial of benchmarks/bench_models.TRIALS (bcva, bcva10, visits20) instead of the bundled one")
     ap.add_argument("--tiny", action="store_true", help="smoke test: 40 participants per scale unit, 2 chains x 60 draws")
     ap.add_argument("--timeout", type=float, default=3600.0, help="seconds per fit")
     ap.add_argument("--runs", default="cold,warm", help="which runs per path (cold, warm or both)")
@@ -586,7 +635,13 @@ def main(argv=None) -> int:
         res = worker(args)
         args.result.write_text(json.dumps(res, default=float))
         return 0
-    stem = "results" if args.model == "headline" else f"results_{args.model}"
+    stem = ("results" if args.model == "headline" else f"results_{args.model}") + (f"_{args.trial}" if args.trial else "")
+    if args.trial:
+        from bench_models import TRIALS
+
+        if args.trial not in TRIALS:
+            ap.error(f"unknown --trial {args.trial}; choose from {sorted(TRIALS)}")
+        args.scales = "1"
     if args.render:
         saved = json.loads((args.out / f"{stem}.json").read_text())
         (args.out / f"{stem}.md").write_text(render(saved["settings"], saved["results"]) + "\n")
@@ -610,7 +665,7 @@ def main(argv=None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     from inference.idata_io import load_average, machine_record
 
-    meta = {"model": args.model, "appended": appended, "draws": args.draws, "tune": args.tune, "chains": args.chains, "cores": args.cores, "seed": args.seed, "tiny": args.tiny, **machine_record()}
+    meta = {"model": args.model, "trial": args.trial or "bundled", "appended": appended, "draws": args.draws, "tune": args.tune, "chains": args.chains, "cores": args.cores, "seed": args.seed, "tiny": args.tiny, **machine_record()}
     print(f"benchmark: paths {paths}, scales {scales}, {args.chains} chains x {args.draws} draws after {args.tune}; scratch {work}", file=sys.stderr)
 
     def write_results() -> str:  # after every fit, so an interrupted run keeps what it measured
@@ -624,7 +679,13 @@ def main(argv=None) -> int:
         return text
 
     for scale in scales:
-        data = make_data(scale, args.tiny, work)
+        if args.trial:
+            from bench_models import make_trial, trial_size
+
+            data = make_trial(args.trial, work)
+            meta["trial_size"] = trial_size(args.trial)
+        else:
+            data = make_data(scale, args.tiny, work)
         for path in paths:
             reason = available(path, args.model)
             if reason:
