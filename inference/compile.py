@@ -35,10 +35,10 @@ import numpy as np
 
 from models.contract import BuiltModel
 
-from . import kernels, kernels_mmrm, kernels_mmrm_retrieved
+from . import kernels, kernels_mmrm
 
 # the hand-written log densities, by the name a model declares (BuiltModel.fused_kernel)
-KERNELS = {kernels.KERNEL: kernels, kernels_mmrm.KERNEL: kernels_mmrm, kernels_mmrm_retrieved.KERNEL: kernels_mmrm_retrieved}
+KERNELS = {kernels.KERNEL: kernels, kernels_mmrm.KERNEL: kernels_mmrm}
 
 # the versions whose internals this module was written against: (lowest, first excluded) per package
 TESTED_VERSIONS = {"nutpie": ((0, 16), (0, 17)), "numba": ((0, 61), (0, 66)), "pytensor": ((2, 31), (2, 39))}
@@ -399,7 +399,7 @@ def compile_nutpie(built: BuiltModel, fused: bool = True):
     """nutpie's compiled model of `built` with the on-disk cache of the numba functions; returns (compiled, was_cached).
 
     A model that declares a fused kernel (BuiltModel.fused_kernel: the marginal trajectory models,
-    inference/kernels.py; the MMRM, inference/kernels_mmrm.py) gets that hand-written log density
+    inference/kernels.py; the MMRMs, inference/kernels_mmrm.py) gets that hand-written log density
     instead of the compiled graph, unless fused=False, its priors are outside what the fused
     function computes, or the fused function disagrees with the graph at the initial point
     (fused_disagreement; a warning says so). was_cached is True when the compile added no new cache entry (it loaded

@@ -1,4 +1,5 @@
-"""The fused log density of the Bayesian MMRM (models/mmrm.py): log density and gradient as one numba function.
+"""The fused log density of the Bayesian MMRM (models/mmrm.py) and of the retrieved-dropout MMRM (models/mmrm_retrieved.py):
+log density and gradient as one numba function.
 
 Why: the MMRM's PyTensor graph carries one Cholesky factor (and its gradient) per intermittent
 missingness pattern; nutpie compiles it node by node (over a minute from empty caches) and each
@@ -27,9 +28,17 @@ A~ = [A_V, 1]:
     d log p / d Sigma = sum_P (Sigma_P^-1 R_P Sigma_P^-1 - n_P Sigma_P^-1) / 2, placed on V_P x V_P   (= G)
     d log p / d L     = 2 G L (its lower triangle), Sigma = L L'
 
-so a pattern costs O(|V_P|^3) a gradient whatever its size. A pattern of few participants is
-cheaper participant by participant (u_i = Sigma_P^-1 r_i, the same terms with sum_i u_i u_i' for
-Sigma_P^-1 R_P Sigma_P^-1): each pattern is computed the cheaper way (uses_sums; K_SUMS keeps the
+so a pattern costs O(|V_P|^3) a gradient whatever its size.
+
+The retrieved-dropout MMRM adds theta[arm, v] (off_treatment_effect) to the mean at the visits a participant attended
+after stopping treatment early. Participants are grouped by pattern x off-treatment visits x arm (one group per pattern
+where nobody is off treatment: the plain MMRM's grouping): in a group with off-treatment visits O and arm a the shift is
+the constant delta = theta[a, O] on O, and as z_i starts with 1 it moves the intercept column, A_V[:, 0] + delta. The
+group is a pattern of its own with that A_V, and d log p / d theta[a, O] = (Sigma_P^-1 Y_P)[O, 0], the group's part of
+d log p / d visit_mean there. Below, "pattern" means such a group.
+
+A pattern of few participants is cheaper participant by participant (u_i = Sigma_P^-1 r_i, the same terms with
+sum_i u_i u_i' for Sigma_P^-1 R_P Sigma_P^-1): each pattern is computed the cheaper way (uses_sums; K_SUMS keeps the
 sums, K_ROWS its participants' rows), and the context holds no other per-participant data.
 
 Sigma_P^-1 comes from Omega_T = (Sigma[:T, :T])^-1, T the visits up to the pattern's last attended
@@ -46,7 +55,8 @@ on the SDs and their Jacobian, its normalising constant), the log transform of L
 location priors (a NormalMixture on one visit's visit_mean for a MAP prior) and the sum-to-zero site
 offsets, exactly as PyMC writes them. tests/test_fused.py checks value, gradient and every stored
 variable against PyTensor's at random points (drop-out and intermittent patterns, one site and
-several, three arms, covariates, other priors; the sums, the rows and their mix).
+several, three arms, covariates, other priors; the sums, the rows and their mix); tests/test_retrieved_dropouts.py
+the same with the off-treatment shift.
 """
 
 from __future__ import annotations
@@ -58,7 +68,7 @@ import numba
 import numpy as np
 from scipy.special import gammaln
 
-from models.mmrm import arm_position, control_visit, mmrm_data
+from models.mmrm import OFF_EFFECT, arm_position, control_visit, mmrm_data
 from models.priors import CONTROL_CHANGE
 
 from .kernels import (
@@ -82,8 +92,8 @@ from .kernels import (
 
 KERNEL = "mmrm"
 # prior slots (3 numbers each: family, p1, p2)
-P_VMEAN, P_NAC, P_SLOPE, P_SITE, P_VSD, P_CORR, P_COV = range(7)
-N_PRIORS = 7
+P_VMEAN, P_NAC, P_SLOPE, P_SITE, P_VSD, P_CORR, P_COV, P_OFF = range(8)
+N_PRIORS = 8
 PRIOR_SLOTS = {
     P_VMEAN: ("visit_mean", "location"),
     P_NAC: ("nac_visit_effect", "location"),
@@ -91,10 +101,11 @@ PRIOR_SLOTS = {
     P_SITE: ("site", "zerosum"),
     P_VSD: ("visit_sd", "scale"),
     P_COV: ("covariate_effect", "location"),
+    P_OFF: (OFF_EFFECT, "location"),
 }
 X_BLOCKS = ("visit_mean", "nac_visit_effect", "baseline_slope", "site_effect_zerosum__", "visit_chol_cholesky-cov-packed__",
-            "covariate_effect")
-(X_VMEAN, X_NAC, X_SLOPE, X_SITE, X_CHOL, X_COV) = range(len(X_BLOCKS))
+            "covariate_effect", OFF_EFFECT)
+(X_VMEAN, X_NAC, X_SLOPE, X_SITE, X_CHOL, X_COV, X_OFF) = range(len(X_BLOCKS))
 E_BLOCKS = ("site_effect", "visit_chol", "visit_sd", "visit_corr", "nac_effect", "placebo_change")
 (E_SITE, E_CHOL, E_SD, E_CORR, E_NAC, E_PLACEBO) = range(len(E_BLOCKS))
 # fields of the context array
@@ -104,8 +115,9 @@ N_FIELDS = 8  # F_CONTROL: a NormalMixture prior on one visit's visit_mean (kern
 # patterns, observations, covariate columns, active arms
 # per pattern (field F_PATTERNS): its kind (K_SUMS or K_ROWS), participants n_P, attended visits k, T (the visits up to
 # its last attended one), visits missed before T, offset of those missed visits in F_PATTERN_VISITS, offset of its data
-# in F_STATS. Everything of a pattern lives on its first T visits, zero at the missed ones.
-PATTERN_WIDTH = 7
+# in F_STATS, off-treatment visits (after the missed ones in F_PATTERN_VISITS), the arm of their shift. Everything of a
+# pattern lives on its first T visits, zero at the missed ones.
+PATTERN_WIDTH = 9
 K_ROWS, K_SUMS = 0.0, 1.0
 CHUNK = 200_000  # at most this many multiply-adds in one BLAS product (below OpenBLAS's threshold for threads)
 BLAS_ROWS = 8  # fewer participants in a chunk: loops instead of BLAS products (whose call costs more than it saves)
@@ -180,9 +192,10 @@ def _pattern_precision(omega, mis, t_last, mm, sinv, work):
 
 
 @_jit
-def _sums_pattern(stats, so, tl, nq, n_s, n_cov, sp, amat, gam, d_amat, d_gam, uu):
+def _sums_pattern(stats, so, tl, nq, n_s, n_cov, sp, amat, gam, d_amat, d_gam, uu, d_int):
     """A K_SUMS pattern: returns tr(Sigma_P^-1 R) and adds d/dA (to d_amat), d/d gam (to d_gam) and Sigma_P^-1 R Sigma_P^-1
-    (to uu's lower triangle), R = sum_i r_i r_i' from the pattern's sums at stats[so:] and sp = Sigma_P^-1 (embedded)."""
+    (to uu's lower triangle), R = sum_i r_i r_i' from the pattern's sums at stats[so:] and sp = Sigma_P^-1 (embedded);
+    writes the pattern's own d/dA[:, 0] (the intercept column) into d_int[:T]."""
     nw, na = n_s + n_cov, nq + 1
     # Scc (T x T), Scz (T x nq), Szz (nq x nq), Swc (nw x T), Swz (nw x nq), then of Sww the site counts (n_s), the
     # site x covariate block (n_s x n_cov) and the covariate block (n_cov x n_cov)
@@ -262,6 +275,7 @@ def _sums_pattern(stats, so, tl, nq, n_s, n_cov, sp, amat, gam, d_amat, d_gam, u
             h[a] += s_am
     sy = np.dot(spc, y)
     for a in range(tl):
+        d_int[a] = sy[a, 0]
         for b in range(nq):
             d_amat[a, b] += sy[a, b]
     h_a = np.zeros(nq)
@@ -350,8 +364,9 @@ def _rows_group(stats, patterns, pattern_visits, p0, p1, tl, nv, n_s, n_cov, ome
     density (nan if a block of Sigma is not positive definite) and adds d/d mean to grad, d/d gam to d_gam,
     sum_i u_i u_i' to u_full and sum_P n_P Sigma_P^-1 to sn (lower triangle). u_i = Sigma_P^-1 r_i = Omega r_i - W'W r_i
     (r_i zero at the missed visits): Omega r_i for a chunk of participants at a time in one BLAS product (at most CHUNK
-    multiply-adds, below OpenBLAS's threshold for threads; loops for fewer than BLAS_ROWS), as is sum_i u_i u_i'."""
-    o_mean, o_nac, o_slope, o_cov = int(xo[X_VMEAN]), int(xo[X_NAC]), int(xo[X_SLOPE]), int(xo[X_COV])
+    multiply-adds, below OpenBLAS's threshold for threads; loops for fewer than BLAS_ROWS), as is sum_i u_i u_i'. A pattern
+    with off-treatment visits has its shift in its visit means and adds its gradient to grad."""
+    o_mean, o_nac, o_slope, o_cov, o_off = int(xo[X_VMEAN]), int(xo[X_NAC]), int(xo[X_SLOPE]), int(xo[X_COV]), int(xo[X_OFF])
     # views, so that indices from range() need no check for negative values
     x_mean, x_slope, x_cov = x[o_mean : o_mean + nv], x[o_slope : o_slope + nv], x[o_cov : o_cov + n_cov]
     g_mean, g_slope = grad[o_mean : o_mean + nv], grad[o_slope : o_slope + nv]
@@ -361,6 +376,7 @@ def _rows_group(stats, patterns, pattern_visits, p0, p1, tl, nv, n_s, n_cov, ome
         for b in range(tl):
             om[a, b] = omega[a, b]
     mis = np.empty(tl, dtype=np.int64)
+    mean = np.empty(tl)  # a pattern's visit means, the off-treatment shift included
     max_rows = max(1, CHUNK // (tl * tl))
     lp = 0.0
     p = p0
@@ -380,6 +396,11 @@ def _rows_group(stats, patterns, pattern_visits, p0, p1, tl, nv, n_s, n_cov, ome
         for pp in range(p, q):
             row = PATTERN_WIDTH * pp
             n_p, mm, vo, so = int(patterns[row + 1]), int(patterns[row + 4]), int(patterns[row + 5]), int(patterns[row + 6])
+            for v in range(tl):
+                mean[v] = x_mean[v]
+            for m in range(int(patterns[row + 7])):
+                v = int(pattern_visits[vo + mm + m])
+                mean[v] += x[o_off + int(patterns[row + 8]) * nv + v]
             for j in range(n_p):
                 rec = stats[so + j * width : so + (j + 1) * width]  # active-arm position, in an active arm, centred
                 # baseline, site, covariates, changes
@@ -392,7 +413,7 @@ def _rows_group(stats, patterns, pattern_visits, p0, p1, tl, nv, n_s, n_cov, ome
                 change = rec[ROW_HEAD + n_cov :]
                 r = rbar[i]
                 for v in range(tl):
-                    r[v] = change[v] - (x_mean[v] + x_arm[v] * t + x_slope[v] * bi + shift)
+                    r[v] = change[v] - (mean[v] + x_arm[v] * t + x_slope[v] * bi + shift)
                 for m in range(mm):
                     rbar[i, int(pattern_visits[vo + m])] = 0.0
                 i += 1
@@ -402,6 +423,7 @@ def _rows_group(stats, patterns, pattern_visits, p0, p1, tl, nv, n_s, n_cov, ome
             row = PATTERN_WIDTH * pp
             n_p, k, mm, vo, so = (int(patterns[row + 1]), int(patterns[row + 2]), int(patterns[row + 4]), int(patterns[row + 5]),
                                   int(patterns[row + 6]))
+            n_off, o_shift = int(patterns[row + 7]), o_off + int(patterns[row + 8]) * nv
             half_logdet = half_logdet_t
             if mm > 0:
                 for m in range(mm):
@@ -438,6 +460,9 @@ def _rows_group(stats, patterns, pattern_visits, p0, p1, tl, nv, n_s, n_cov, ome
                     g_mean[v] += uv
                     g_arm[v] += uv * t
                     g_slope[v] += uv * bi
+                for m in range(n_off):  # the off-treatment shift
+                    v = int(pattern_visits[vo + mm + m])
+                    grad[o_shift + v] += ui[v]
                 if n_s > 0:
                     d_gam[si] += u_sum
                 for c in range(n_cov):
@@ -463,7 +488,7 @@ def logp_grad(x, ctx, grad):
     for j in range(grad.shape[0]):
         grad[j] = 0.0
     o_mean, o_nac, o_slope, o_site, o_chol = int(xo[X_VMEAN]), int(xo[X_NAC]), int(xo[X_SLOPE]), int(xo[X_SITE]), int(xo[X_CHOL])
-    o_cov = int(xo[X_COV])
+    o_cov, o_off = int(xo[X_COV]), int(xo[X_OFF])
     nq, nw = 2 + n_arm, n_s + n_cov  # regressors with a coefficient per visit (1, the active arms, baseline); common ones
     chol = _unpack_chol(x, o_chol, nv)
     linv = _lower_inverse(chol, nv)
@@ -479,6 +504,8 @@ def logp_grad(x, ctx, grad):
         for j in range(n_arm):
             amat[v, 1 + j] = x[o_nac + j * nv + v]
         amat[v, nq - 1] = x[o_slope + v]
+    am = np.empty((nv, nq))
+    d_int = np.empty(nv)
     d_gam = np.zeros(max(nw, 1))
     d_amat = np.zeros((nv, nq))
     uu = np.zeros((nv, nv))  # sum_i u_i u_i' of the K_SUMS patterns (lower triangle), u_i = Sigma_P^-1 r_i embedded
@@ -494,7 +521,7 @@ def logp_grad(x, ctx, grad):
     while p < n_pat:
         row = PATTERN_WIDTH * p
         kind, n_p, k, tl = patterns[row], int(patterns[row + 1]), int(patterns[row + 2]), int(patterns[row + 3])
-        mm, vo, so = int(patterns[row + 4]), int(patterns[row + 5]), int(patterns[row + 6])
+        mm, vo, so, n_off = int(patterns[row + 4]), int(patterns[row + 5]), int(patterns[row + 6]), int(patterns[row + 7])
         while t_done < tl:  # Omega of the leading t_done + 1 visits: add the outer product of row t_done of L^-1
             for a in range(t_done + 1):
                 la = linv[t_done, a]
@@ -522,7 +549,17 @@ def logp_grad(x, ctx, grad):
             half_logdet = half_logdet_t + _pattern_precision(omega, mis, tl, mm, sinv, work)
             if not half_logdet == half_logdet:
                 return np.nan
-        quad = _sums_pattern(stats, so, tl, nq, n_s, n_cov, sp, amat, gam, d_amat, d_gam, uu)
+        o_shift = o_off + int(patterns[row + 8]) * nv
+        for a in range(tl):  # the pattern's A: its off-treatment shift in the intercept column
+            for b in range(nq):
+                am[a, b] = amat[a, b]
+        for m in range(n_off):
+            v = int(pattern_visits[vo + mm + m])
+            am[v, 0] += x[o_shift + v]
+        quad = _sums_pattern(stats, so, tl, nq, n_s, n_cov, sp, am, gam, d_amat, d_gam, uu, d_int)
+        for m in range(n_off):
+            v = int(pattern_visits[vo + mm + m])
+            grad[o_shift + v] += d_int[v]
         lp += -0.5 * quad - n_p * half_logdet - 0.5 * n_p * k * LOG2PI
         for a in range(tl):
             for b in range(a + 1):
@@ -585,6 +622,11 @@ def logp_grad(x, ctx, grad):
         g, dg = _normal_prior(pri, P_COV, x[o_cov + j])
         lp += g
         grad[o_cov + j] += dg
+    if o_off >= 0:  # the off-treatment shifts, arm x visit
+        for j in range((n_arm + 1) * nv):
+            g, dg = _normal_prior(pri, P_OFF, x[o_off + j])
+            lp += g
+            grad[o_off + j] += dg
 
     if o_site >= 0:
         lp += zerosum_density(site, d_site, pri[3 * P_SITE + 1], n_s, o_site, grad)
@@ -677,10 +719,28 @@ def uses_sums(n_p: int, t_last: int, n_q: int, n_w: int) -> bool:
     return n_p * (1.5 * t * t + 6 * t + n_w) > 2.0 * (1.5 * t**3 + 2 * t * t * n_q + (t + n_q) * (n_w + n_q))
 
 
-def _pattern_data(d, position, active, site_idx, covariates, n_s: int, n_arm: int):
-    """Per pattern (fields F_PATTERNS, F_PATTERN_VISITS, F_STATS), ordered by T (the visits up to its last attended one)
-    and kind: its sums (K_SUMS) or its participants' rows (K_ROWS), whichever a gradient computes faster (uses_sums), on its first
-    T visits with zeros at the missed ones."""
+def _groups(d, arm, off: bool) -> list:
+    """(attended visits, off-treatment visits, arm of the shift (-1 without), members, changes on the first T visits) per
+    pattern x off-treatment visits x arm (off: with the shift; else, and where nobody is off treatment, one per pattern)."""
+    out = []
+    for vis, start, n_p, _ in d.patterns:
+        k, t_last = len(vis), int(vis[-1]) + 1
+        members = d.obs_row[start : start + n_p * k : k]
+        c = np.zeros((n_p, t_last))
+        c[:, vis] = d.obs_change[start : start + n_p * k].reshape(n_p, k)
+        flags = d.obs_off[start : start + n_p * k].reshape(n_p, k) > 0 if off else np.zeros((n_p, k), dtype=bool)
+        keys = [(tuple(int(v) for v in vis[f]), int(a) if f.any() else -1) for f, a in zip(flags, arm[members])]
+        for key in sorted(set(keys)):
+            sel = np.array([key == other for other in keys])
+            out.append((vis, *key, members, c) if sel.all() else (vis, *key, members[sel], c[sel]))
+    return out
+
+
+def _pattern_data(d, position, active, site_idx, covariates, n_s: int, n_arm: int, arm, off: bool):
+    """Per pattern (fields F_PATTERNS, F_PATTERN_VISITS, F_STATS; with the off-treatment shift, per pattern x off-treatment
+    visits x arm: _groups), ordered by T (the visits up to its last attended one) and kind: its sums (K_SUMS) or its
+    participants' rows (K_ROWS), whichever a gradient computes faster (uses_sums), on its first T visits with zeros at the
+    missed ones."""
     n_cov = covariates.shape[1]
     n_q, n_w = 2 + n_arm, n_s + n_cov
     z_all = np.zeros((len(position), n_q))  # 1, the active arm's indicator, the centred baseline
@@ -689,13 +749,11 @@ def _pattern_data(d, position, active, site_idx, covariates, n_s: int, n_arm: in
     z_all[:, n_q - 1] = d.baseline - d.baseline_center
     w_all = np.concatenate([np.eye(n_s)[site_idx] if n_s else np.zeros((len(position), 0)), covariates], axis=1)
     rows, visits, blocks, offset = [], [], [], 0
-    order = sorted(d.patterns, key=lambda q: (int(q[0][-1]), uses_sums(q[2], int(q[0][-1]) + 1, n_q, n_w), -len(q[0]), tuple(q[0])))
-    for vis, start, n_p, _ in order:  # by T, then the K_ROWS patterns of the same T together
-        k, t_last = len(vis), int(vis[-1]) + 1
+    order = sorted(_groups(d, arm, off), key=lambda q: (int(q[0][-1]), uses_sums(len(q[3]), int(q[0][-1]) + 1, n_q, n_w), -len(q[0]),
+                                                        tuple(q[0]), q[1], q[2]))
+    for vis, off_visits, shifted, members, c in order:  # by T, then the K_ROWS patterns of the same T together
+        n_p, k, t_last = len(members), len(vis), int(vis[-1]) + 1
         missed = np.setdiff1d(np.arange(t_last), vis)
-        members = d.obs_row[start : start + n_p * k : k]
-        c = np.zeros((n_p, t_last))
-        c[:, vis] = d.obs_change[start : start + n_p * k].reshape(n_p, k)
         if uses_sums(n_p, t_last, n_q, n_w):
             z, w = z_all[members], w_all[members]
             ws, wc = w[:, :n_s], w[:, n_s:]
@@ -706,15 +764,16 @@ def _pattern_data(d, position, active, site_idx, covariates, n_s: int, n_arm: in
             block = [np.concatenate([head, covariates[members], c], axis=1)]
             kind = K_ROWS
         block = np.concatenate([np.ravel(b) for b in block])
-        rows += [kind, n_p, k, t_last, len(missed), len(visits), offset]
-        visits += [int(v) for v in missed]
+        rows += [kind, n_p, k, t_last, len(missed), len(visits), offset, len(off_visits), shifted]
+        visits += [int(v) for v in missed] + list(off_visits)
         blocks.append(block)
         offset += block.size
-    return rows, visits, np.concatenate(blocks)
+    return rows, visits, np.concatenate(blocks), len(order)
 
 
 def fused_layout(model, design, priors, shapes: dict) -> FusedLayout:
-    """Layout and data of an MMRM `model` (models/mmrm.build_mmrm) built from `design` with `priors`.
+    """Layout and data of an MMRM `model` (models/mmrm.build_mmrm, with or without the off-treatment shift) built from
+    `design` with `priors`.
 
     Raises Unsupported when the model is not one this module computes exactly.
     """
@@ -733,13 +792,18 @@ def fused_layout(model, design, priors, shapes: dict) -> FusedLayout:
     columns = _covariate_columns(model, design) if with_covariates else []
     if with_covariates:
         expected["covariate_effect"] = len(columns)
+    with_off = OFF_EFFECT in joined
+    if with_off:
+        expected[OFF_EFFECT] = (n_arm + 1) * nv
+        if d.obs_off is None:
+            raise Unsupported(f"'{OFF_EFFECT}' without the design's off_treatment flags")
     found = {name: sl.stop - sl.start for name, sl in zip(names[: len(joined)], slices)}
     if found != expected:
         raise Unsupported(f"free variables {found} are not the expected {expected}")
 
     pri = np.zeros(3 * N_PRIORS)
     for slot, (key, kind) in PRIOR_SLOTS.items():
-        if (slot == P_SITE and n_sites < 2) or (slot == P_COV and not with_covariates):
+        if (slot == P_SITE and n_sites < 2) or (slot == P_COV and not with_covariates) or (slot == P_OFF and not with_off):
             continue
         pri[3 * slot : 3 * slot + 3] = _prior_triple(priors[key], kind)
     corr = priors["visit_corr"]
@@ -751,10 +815,10 @@ def fused_layout(model, design, priors, shapes: dict) -> FusedLayout:
     site_idx = design.site_idx[d.rows] if n_sites >= 2 else np.zeros(len(d.rows), dtype=int)
     position, active = arm_position(design, d.rows)
     covariates = design.covariates[np.ix_(d.rows, columns)] if len(columns) else np.zeros((len(d.rows), 0))
-    pattern_rows, pattern_visits, stats = _pattern_data(d, position, active, site_idx, covariates,
-                                                        n_sites if n_sites >= 2 else 0, n_arm)
+    pattern_rows, pattern_visits, stats, n_patterns = _pattern_data(d, position, active, site_idx, covariates,
+                                                                    n_sites if n_sites >= 2 else 0, n_arm, design.arm_idx[d.rows], with_off)
     sizes = np.array([
-        len(d.rows), n_sites if n_sites >= 2 else 0, nv, n_dim, pos, nv + 1, len(d.patterns), len(d.obs_change), len(columns),
+        len(d.rows), n_sites if n_sites >= 2 else 0, nv, n_dim, pos, nv + 1, n_patterns, len(d.obs_change), len(columns),
         n_arm,
     ])
     fields = [

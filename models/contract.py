@@ -39,7 +39,7 @@ class BuiltModel:
     marginal      True for such a variant: the engine recovers the participant effects and the
                   pointwise log-likelihood after sampling (inference/marginal.py)
     fused_kernel  the name of a hand-written log density that computes this model exactly
-                  (inference/compile.KERNELS: 'trajectory', 'mmrm', 'mmrm_retrieved'), or None: the graph is compiled
+                  (inference/compile.KERNELS: 'trajectory', 'mmrm'), or None: the graph is compiled
     pointwise     a numpy function of the posterior (an xarray Dataset) returning {outcome var: chain x draw x
                   observation array} of the pointwise log-likelihood, exactly the model's own densities
                   (tested against PyMC's), used instead of compiling the graph's; or None

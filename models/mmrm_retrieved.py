@@ -118,7 +118,8 @@ def build_mmrm_retrieved(design: TrialDesign, priors: dict | None = None, likeli
                       for a, arm in enumerate(design.arms) if counts[a].any())
     notes = {"retrieved_visits": {arm: {str(int(w)): int(k) for w, k in zip(d.visits, counts[a])} for a, arm in enumerate(design.arms)},
              "text": f"{int(counts.sum())} visit(s) attended after stopping treatment early ({shown})"}
-    return replace(built, name=NAME, priors={**built.priors, OFF_EFFECT: off}, notes=notes, fused_kernel="mmrm_retrieved")
+    # built.fused_kernel is the MMRM's (inference/kernels_mmrm.py), which computes the off-treatment term too
+    return replace(built, name=NAME, priors={**built.priors, OFF_EFFECT: off}, notes=notes)
 
 
 # ---------------------------------------------------------------- the treatment-policy estimate

@@ -539,7 +539,6 @@ def test_fused_mmrm_sums_and_rows_equal_pytensor(many_sites_design, monkeypatch)
     default mix of the two, against PyTensor at the same points: three arms, eight sites, covariates, drop-out and
     intermittent patterns (the precision of a pattern with gaps from that of the leading block of Sigma, one to three
     visits missed)."""
-    from inference import kernels_mmrm
     from models.mmrm import mmrm_data
 
     patterns = mmrm_data(many_sites_design).patterns
@@ -547,16 +546,26 @@ def test_fused_mmrm_sums_and_rows_equal_pytensor(many_sites_design, monkeypatch)
     assert max(missed) == 3 and sum(m == 2 for m in missed) >= 2 and sum(m == 1 for m in missed) >= 2 and sum(m == 0 for m in missed) >= 2
     built = _mmrm(many_sites_design, {**MMRM_PRIORS, "covariate_effect": {"params": {"mu": 0.5, "sigma": 3.0}}})
     assert {"covariate_effect", "site_effect_zerosum__"} <= set(engine.fused_layout(built).shape_info[0])
-    layouts = {}
+    mmrm_sums_and_rows_agree(built, monkeypatch, seed=31)
+
+
+def mmrm_sums_and_rows_agree(built, monkeypatch, seed: int) -> dict:
+    """Check the MMRM's fused density of `built` with every pattern from its sums (K_SUMS), from its rows (K_ROWS) and
+    the default mix (which must hold both), value and gradient against PyTensor at two random points; returns the
+    pattern table (inference/kernels_mmrm.F_PATTERNS) of each: 'mixed', 'sums', 'rows'."""
+    from inference import kernels_mmrm
+
+    layouts, tables = {}, {}
     for kind, forced in (("mixed", None), ("sums", True), ("rows", False)):
         if forced is not None:
             monkeypatch.setattr(kernels_mmrm, "uses_sums", lambda *args, forced=forced: forced)
         layouts[kind] = engine.fused_layout(built)
-        table = kernels_mmrm._field(layouts[kind].ctx, kernels_mmrm.F_PATTERNS).reshape(-1, kernels_mmrm.PATTERN_WIDTH)
+        assert layouts[kind].kernel == kernels_mmrm.KERNEL
+        tables[kind] = kernels_mmrm._field(layouts[kind].ctx, kernels_mmrm.F_PATTERNS).reshape(-1, kernels_mmrm.PATTERN_WIDTH)
         expected = {"mixed": {kernels_mmrm.K_ROWS, kernels_mmrm.K_SUMS}, "sums": {kernels_mmrm.K_SUMS}, "rows": {kernels_mmrm.K_ROWS}}
-        assert set(table[:, 0].tolist()) == expected[kind]
+        assert set(tables[kind][:, 0].tolist()) == expected[kind]
     values, density, _, _ = _reference(built.model)
-    rng = np.random.default_rng(31)
+    rng = np.random.default_rng(seed)
     lps = {kind: [] for kind in layouts}
     refs = []
     for _ in range(2):
@@ -571,6 +580,7 @@ def test_fused_mmrm_sums_and_rows_equal_pytensor(many_sites_design, monkeypatch)
     for kind in layouts:  # as _check_against_pytensor: differences exact, the level within PyMC's float32 constants
         np.testing.assert_allclose(np.diff(lps[kind]), np.diff(refs), rtol=1e-10, atol=1e-8, err_msg=kind)
         assert np.abs(np.array(lps[kind]) - refs).max() < 1e-5
+    return tables
 
 
 @pytest.mark.unit

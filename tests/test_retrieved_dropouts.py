@@ -233,13 +233,34 @@ def test_fused_density_equals_the_graph(tmp_path):
     assert (get(NAME).check_data(design).obs_off > 0).any()
     _, layout = _check_against_pytensor(design, {"off_treatment_effect": {"params": {"mu": 1.0, "sigma": 3.0}}}, points=2, seed=2,
                                         build=lambda d, p: get(NAME).build(d, p))
-    assert "off_treatment_effect" in layout.shape_info[0] and layout.kernel == "mmrm_retrieved"
+    assert "off_treatment_effect" in layout.shape_info[0] and layout.kernel == "mmrm"
     # every prior the model uses is stated for a variable it stores (what the power-scaling prior sensitivity scales)
     from diagnostics.prior_sensitivity import prior_variable
 
     built = get(NAME).build(design)
     stored = {v.name for v in built.model.free_RVs} | {v.name for v in built.model.deterministics}
     assert "off_treatment_effect" in built.priors and all(prior_variable(p, stored) for p in built.priors)
+
+
+@pytest.mark.unit
+def test_fused_density_with_gaps_from_sums_and_rows(tmp_path, monkeypatch):
+    """The off-treatment shift in the MMRM's fused density (inference/kernels_mmrm.py groups participants by missingness
+    pattern x off-treatment visits x arm) from each group's sums (K_SUMS), its rows (K_ROWS) and the default mix, against
+    PyTensor at the same points: intermittent gaps before off-treatment visits, three arms, several sites, covariates and a
+    MAP prior on the control arm's change."""
+    from models.priors import CONTROL_CHANGE, mixture_prior
+    from tests.test_fused import mmrm_sums_and_rows_agree
+
+    folder = tmp_path / "gaps"
+    simulate_trial(TrialParameters(n_participants=90, seed=11, intermittent_missing=0.15, weeks=(0, 2, 4, 8, 12), treatment_end=8,
+                                   treatment_arm="low", more_arms=(("high", -5.0, -5.0),), **RETRIEVED), policy_truth=False).write(folder)
+    design = build_design(load_dataset(with_covariates(folder, tmp_path / "cov")))
+    assert design.covariates.shape[1] == 4 and len(design.sites) > 1 and len(design.arms) == 3
+    control = mixture_prior([0.6, 0.4], [-9.0, -12.0], [2.0, 10.0], "MAP prior")
+    built = get(NAME).build(design, {"off_treatment_effect": {"params": {"mu": 1.0, "sigma": 3.0}}, CONTROL_CHANGE: control})
+    for table in mmrm_sums_and_rows_agree(built, monkeypatch, seed=5).values():
+        shifted = table[:, 7] > 0  # groups with off-treatment visits: of every arm, some with visits missed before them
+        assert set(table[shifted, 8].tolist()) == {0, 1, 2} and (table[shifted, 4] > 0).sum() >= 2
 
 
 def _posterior(d, theta, active=("nac",), arms=("placebo", "nac"), visits=(4, 8)) -> az.InferenceData:
