@@ -10,14 +10,22 @@ Files:
               (TRT01P "Screen Failure", ITTFL "N") who have no other records
     adqs.xpt  the outcome (PARAMCD from the outcome's name, e.g. MADRS): one record per observed visit (AVISIT "Baseline",
               "Week 2", ..., "Week 16 (Follow-up)" after the treatment end), AVISITN, ADT, ADY, AVAL, BASE, CHG, ABLFL,
-              ANL01FL, DTYPE, TRTP; after a participant's last visit, LOCF records (DTYPE "LOCF", or "BOCF" when only the
-              baseline was seen) for the missed scheduled visits; and a few unscheduled visits without ANL01FL
+              ANL01FL, DTYPE, TRTP (and ONTRTFL with off_treatment flags, below); after a participant's last visit, LOCF
+              records (DTYPE "LOCF", or "BOCF" when only the baseline was seen) for the missed scheduled visits; and a few
+              unscheduled visits without ANL01FL
     adlb.xpt  the biomarkers (PARAMCD IL6, CRP, BDNF): AVAL, AVALC ("<0.7" below the limit), AVALU, LLOQ, AVISIT, AVISITN
 
 Everything is deterministic: the study starts on START and participant i takes the first dose 3 x i days later; the
 visit of week w is on day 7w + 1; a participant whose last visit is before the treatment end discontinued treatment
 3 days after it, for a reason (REASONS) chosen in turn among those who left the study. The files' creation stamps are
 fixed (XPT_STAMP), so the same folder gives the same bytes.
+
+A folder with visits.csv's off_treatment column (retrieved dropouts) is written so that data/adam.py reads the same flags
+back (docs/adam.md): a participant flagged off treatment discontinued treatment (EOTSTT, a DCTREAS in turn), the last dose
+TRTEDT 3 days after the visit before the first one off treatment; one never flagged who left before the treatment end
+discontinued too, TRTEDT empty (the folder does not say when: their missed visits stay on treatment); the others completed
+it. ONTRTFL is "Y" on a post-baseline record whose visit's target day (7 x week after TRTSDT; an unscheduled visit's own
+day) is not after the last dose (without TRTEDT: not after the end of treatment), blank otherwise.
 """
 
 from __future__ import annotations
@@ -57,6 +65,7 @@ LABELS = {
     "ADY": "Analysis Relative Day", "AVAL": "Analysis Value", "AVALC": "Analysis Value (C)", "AVALU": "Analysis Value Unit",
     "LLOQ": "Lower Limit of Quantitation", "BASE": "Baseline Value", "CHG": "Change from Baseline",
     "ABLFL": "Baseline Record Flag", "ANL01FL": "Analysis Flag 01", "DTYPE": "Derivation Type",
+    "ONTRTFL": "On Treatment Record Flag",
 }
 
 
@@ -92,6 +101,11 @@ def adam_tables(folder: str | Path, studyid: str | None = None, screen_failures:
         reason.append(REASONS[k % len(REASONS)] if gone else "")
         k += gone
     stopped = [w < tend for w in last]
+    last_dose = [7 * w + 3 if stop else 7 * tend for w, stop in zip(last, stopped)]  # days after the first dose
+    treatment_reason = [r if stop else "" for r, stop in zip(reason, stopped)]
+    off = ds["off_treatment"].values.astype(bool) if "off_treatment" in ds else None
+    if off is not None:  # the treatment status of the folder (module docstring)
+        last_dose, treatment_reason, stopped = _treatment_end(off, weeks, tend, last, reason)
     adsl = {
         "STUDYID": [study] * n, "USUBJID": usubjid, "SUBJID": pids, "SITEID": [str(s) for s in ds["site"].values],
         "TRT01P": arms, "TRT01PN": [float(a) for a in ds["arm_index"].values], "ITTFL": ["Y"] * n, "FASFL": ["Y"] * n,
@@ -106,9 +120,9 @@ def adam_tables(folder: str | Path, studyid: str | None = None, screen_failures:
         adsl[name] = [float(v) for v in values] if values.dtype.kind in "fiu" else [str(v) for v in values]
     adsl.update({
         "TRTSDT": starts,
-        "TRTEDT": [s + dt.timedelta(days=7 * w + 3 if stop else 7 * tend) for s, w, stop in zip(starts, last, stopped)],
+        "TRTEDT": [None if day is None else s + dt.timedelta(days=day) for s, day in zip(starts, last_dose)],
         "EOTSTT": ["DISCONTINUED" if stop else "COMPLETED" for stop in stopped],
-        "DCTREAS": [r if stop else "" for r, stop in zip(reason, stopped)],
+        "DCTREAS": treatment_reason,
         "EOSSTT": ["DISCONTINUED" if gone else "COMPLETED" for gone in left],
         "DCSREAS": reason,
     })
@@ -127,10 +141,14 @@ def adam_tables(folder: str | Path, studyid: str | None = None, screen_failures:
     paramcd = re.sub(r"[^A-Z0-9]", "", meta.outcome.upper())[:8]
     param = f"{meta.outcome_label} Total Score"
     rows = []
+    # ONTRTFL (with the folder's off_treatment only): 'Y' on a post-baseline record whose visit's target day is not after the
+    # last dose (TRTEDT; when that is not known, the end of treatment), blank at baseline and after the last dose
+    on_until = [7 * tend if day is None else day for day in last_dose]
     for i in range(n):
         seen = np.isfinite(score[i])
         base = score[i, 0]
         last_j = int(np.flatnonzero(seen)[-1])
+        flag = (lambda days, i=i: "Y" if 0 < days <= on_until[i] else "") if off is not None else None
         for j, w in enumerate(weeks):
             common = {"USUBJID": usubjid[i], "TRTP": arms[i], "AVISIT": visit_label(w, tend), "AVISITN": float(w), "BASE": base}
             if seen[j]:
@@ -141,16 +159,18 @@ def adam_tables(folder: str | Path, studyid: str | None = None, screen_failures:
                 continue
             rows.append({**common, "ADT": starts[i] + dt.timedelta(days=day), "ADY": float(day + 1), "AVAL": value,
                          "CHG": value - base if w > 0 else np.nan, "ABLFL": "Y" if w == 0 and not dtype else "", "ANL01FL": "Y",
-                         "DTYPE": dtype})
+                         "DTYPE": dtype, **({"ONTRTFL": flag(7 * w)} if flag else {})})
             if i % UNSCHEDULED_EVERY == 7 and j == 2 and seen[2] and len(weeks) > 3 and seen[3]:
                 rows.append({**common, "AVISIT": "Unscheduled", "AVISITN": float(w) + 0.5, "ADT": starts[i] + dt.timedelta(days=day + 4),
-                             "ADY": float(day + 5), "AVAL": value, "CHG": value - base, "ABLFL": "", "ANL01FL": "", "DTYPE": ""})
+                             "ADY": float(day + 5), "AVAL": value, "CHG": value - base, "ABLFL": "", "ANL01FL": "", "DTYPE": "",
+                             **({"ONTRTFL": flag(day + 4)} if flag else {})})
     adqs = pd.DataFrame(rows)
     adqs.insert(0, "STUDYID", study)
     adqs.insert(3, "PARAMCD", paramcd)
     adqs.insert(4, "PARAM", param)
-    tables = {"adsl": adsl, "adqs": adqs[["STUDYID", "USUBJID", "TRTP", "PARAMCD", "PARAM", "AVISIT", "AVISITN", "ADT", "ADY", "AVAL",
-                                          "BASE", "CHG", "ABLFL", "ANL01FL", "DTYPE"]]}
+    columns = ["STUDYID", "USUBJID", "TRTP", "PARAMCD", "PARAM", "AVISIT", "AVISITN", "ADT", "ADY", "AVAL", "BASE", "CHG", "ABLFL",
+               *(["ONTRTFL"] if off is not None else []), "ANL01FL", "DTYPE"]
+    tables = {"adsl": adsl, "adqs": adqs[columns]}
 
     markers = [str(m) for m in ds["marker"].values] if "marker_value" in ds else []
     if markers:
@@ -172,6 +192,26 @@ def adam_tables(folder: str | Path, studyid: str | None = None, screen_failures:
                                  "DTYPE": ""})
         tables["adlb"] = pd.DataFrame(rows)
     return tables, _config(meta, paramcd, markers, ds)
+
+
+def _treatment_end(off: np.ndarray, weeks: list[int], tend: int, last: list[int], reason: list[str]):
+    """With the folder's off_treatment flags (participant x week): per participant the last dose (days after the first dose;
+    None when not known), DCTREAS and whether the treatment was discontinued (module docstring)."""
+    days, why, stopped = [], [], []
+    k = 0
+    for i, row in enumerate(off):
+        first = np.flatnonzero(row)
+        if len(first):  # stopped early: 3 days after the visit before the first one off treatment
+            days.append(7 * weeks[first[0] - 1] + 3)
+        else:  # on treatment at every visit: to the end of treatment, or left the trial before it (last dose not known)
+            days.append(7 * tend if last[i] >= tend else None)
+        stopped.append(bool(len(first)) or last[i] < tend)
+        if stopped[-1] and not reason[i]:
+            why.append(REASONS[k % len(REASONS)])
+            k += 1
+        else:
+            why.append(reason[i] if stopped[-1] else "")
+    return days, why, stopped
 
 
 def _config(meta, paramcd: str, markers: list[str], ds) -> str:

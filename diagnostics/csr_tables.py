@@ -14,6 +14,13 @@ trajectory models and the MMRM), written by diagnostics.outputs.write_outputs in
                                  and each delta, with 95% CrI and P(benefit), and the tipping points (additive delta,
                                  multiplicative factor)
 
+A retrieved-dropout fit (`mmrm_retrieved`, models/mmrm_retrieved.py) has the treatment policy (ICH E9(R1)) as its primary
+estimand: its efficacy table's primary rows are the treatment-policy arm means and differences (ARD analysis
+'<model>: primary (treatment policy, retrieved dropouts)', the draws of its treatment-policy rows of estimates.csv), with
+per visit the participants off treatment and those of them who attended; the model's own difference, had everyone stayed
+on treatment, follows as supportive rows ('<model>: supportive (while on treatment, hypothetical)'). Its sensitivity table
+opens with the treatment-policy row ('<model>: treatment_policy') and names MAR "while on treatment (hypothetical)".
+
 The ARD is built first (`efficacy_ard`, `sensitivity_ard`) and the tables are laid out from it (`efficacy_layout`,
 `sensitivity_layout`, rendered by diagnostics.table_formats), so a downstream tool can rebuild any table from ard.csv.
 The credible intervals are equal-tailed (the 2.5% and 97.5% posterior quantiles, numpy's default linear interpolation),
@@ -36,7 +43,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from models.effects import DEFAULT_MCID, estimand, flat_draws, phase
+from models.effects import DEFAULT_MCID, TREATMENT_POLICY, estimand, flat_draws, phase
+from models.mmrm import OFF_EFFECT
+from models.mmrm_retrieved import off_status, posterior_policy
 
 from . import table_formats as fmt
 from .contrasts import arm_means, primary_week
@@ -45,6 +54,7 @@ from .sensitivity import (
     DELTA_KIND_COLUMN,
     DELTA_KINDS,
     FLIP_INTERVAL_PROB,
+    POLICY,
     REFERENCE_BASED,
     STRATEGIES,
     STRATEGY_TEXT,
@@ -64,6 +74,9 @@ STATISTICS = {
     "baseline_mean": "mean of their observed baseline scores",
     "baseline_sd": "SD of their observed baseline scores (n - 1 denominator)",
     "n_observed": "participants of the arm in the analysis population with an observed score at the visit",
+    "n_off_treatment": "treatment-policy analysis: participants of the arm off the randomised treatment at the visit (stopped early; "
+                       "attended or not)",
+    "n_retrieved": "treatment-policy analysis: of them, those who attended the visit (retrieved dropouts)",
     "mean": "posterior mean: of the arm's mean change from baseline (an arm), of the difference (a contrast)",
     "cri_lower": "lower end of the equal-tailed credible interval: the (1 - cri_level) / 2 posterior quantile",
     "cri_upper": "upper end: the (1 + cri_level) / 2 posterior quantile",
@@ -81,7 +94,13 @@ STATISTICS = {
     "tipping_threshold": "the decision threshold of the tipping point: P(benefit) below it, benefit is not concluded",
     "tipping_interval": "the tipping point's interval: benefit is not concluded once this HDI of the difference reaches 0",
 }
-SHORT = {"MAR": "MAR (primary)", "J2R": "J2R: jump to reference", "CR": "CR: copy reference", "CIR": "CIR: copy increments in reference"}
+SHORT = {"MAR": "MAR (primary)", "J2R": "J2R: jump to reference", "CR": "CR: copy reference", "CIR": "CIR: copy increments in reference",
+         POLICY: "Treatment policy, retrieved dropouts (primary)"}
+# a retrieved-dropout fit (models/mmrm_retrieved.py): its primary estimand is the treatment policy; the model's own arm
+# difference (MAR and the analyses built on it) is the supportive estimand while on treatment
+POLICY_ESTIMAND = "treatment policy, retrieved dropouts"
+ON_TREATMENT_ESTIMAND = "while on treatment, hypothetical"
+ON_TREATMENT_MAR = "MAR, while on treatment (hypothetical)"
 ANCHORED = "information anchored"  # the analysis name's and the table row's mark of the information-anchored variance
 
 
@@ -160,8 +179,22 @@ def _frame(rows: list[dict]) -> pd.DataFrame:
     return frame
 
 
-def efficacy_analysis(name: str) -> str:
-    return f"{name}: primary (MAR)"
+def efficacy_analysis(name: str, policy: bool = False) -> str:
+    """The ARD's analysis name of the efficacy table's primary analysis: '<model>: primary (MAR)'; of a retrieved-dropout
+    fit (policy), '<model>: primary (treatment policy, retrieved dropouts)'."""
+    return f"{name}: primary ({POLICY_ESTIMAND if policy else 'MAR'})"
+
+
+def supportive_analysis(name: str) -> str:
+    """The ARD's analysis name of a retrieved-dropout fit's supportive efficacy analysis: the model's arm difference had
+    every participant stayed on the randomised treatment."""
+    return f"{name}: supportive ({ON_TREATMENT_ESTIMAND})"
+
+
+def primary_analysis(ard: pd.DataFrame, name: str) -> str:
+    """The efficacy table's primary analysis in an ARD (the treatment-policy one when the ARD has it)."""
+    policy = efficacy_analysis(name, policy=True)
+    return policy if (ard["analysis"] == policy).any() else efficacy_analysis(name)
 
 
 def sensitivity_analysis(name: str, strategy: str, delta: float = 0.0, variance: str = "conditional_mean") -> str:
@@ -184,7 +217,15 @@ def efficacy_ard(name: str, posterior, dataset, meta, mcid: float = DEFAULT_MCID
     """The efficacy table's statistics (None for a model without per-arm means): per arm n, baseline mean and SD; at each
     post-baseline visit per arm n observed, mean change and its CrI; per active arm - control the mean difference, CrI,
     P(benefit) and P(benefit > MCID); and the analysis' cri_level, mcid and n_draws. `means`: arm_means(posterior, meta)
-    when the caller has it."""
+    when the caller has it.
+
+    A retrieved-dropout fit (its posterior has the off-treatment shift, models/mmrm_retrieved.py) has two analyses: the
+    primary one is the treatment policy (`efficacy_analysis(name, policy=True)`): per draw each arm's mean change over all
+    its randomised participants, the on-treatment mean plus pi_a theta_a (pi_a the share of the arm off treatment at the
+    visit, theta_a its off-treatment shift), and per active arm the difference d + pi_a theta_a - pi_c theta_c, the draws of
+    its treatment-policy rows of estimates.csv (`posterior_policy`), with per arm and visit n_off_treatment and n_retrieved;
+    the supportive one (`supportive_analysis`) is the model's on-treatment arm means and difference d (hypothetical
+    strategy), the statistics of the MAR analysis without the counts."""
     means = arm_means(posterior, meta) if means is None else means
     if means is None:
         return None
@@ -195,44 +236,83 @@ def efficacy_ard(name: str, posterior, dataset, meta, mcid: float = DEFAULT_MCID
     if "active_arm" not in effect.dims:
         effect = effect.expand_dims(active_arm=arms[1:])
     d = flat_draws(effect.sel(active_arm=arms[1:], week=weeks).transpose("chain", "draw", "active_arm", "week"))
-    m_lo, m_hi = _quantiles(m)
-    d_lo, d_hi = _quantiles(d)
     scores = np.asarray(dataset["score"].values, dtype=float)
     week_col = {int(w): j for j, w in enumerate(dataset["week"].values)}
     arm_index = dataset_arms(dataset)
     in_population = ~np.isnan(scores[:, 0])
-    rows, add = _rows("efficacy", efficacy_analysis(name), name, population)
-    add("", None, "cri_level", CRI_PROB)
-    add("", None, "mcid", mcid)
-    add("", None, "n_draws", m.shape[0])
-    members = {}
-    for a, arm in enumerate(arms):
-        members[arm] = in_population & (arm_index == a)
-        base = scores[members[arm], 0]
-        add(arm, None, "n", len(base))
-        add(arm, None, "baseline_mean", base.mean() if len(base) else np.nan)
-        add(arm, None, "baseline_sd", base.std(ddof=1) if len(base) > 1 else np.nan)
-    for j, w in enumerate(weeks):
-        for a, arm in enumerate(arms):
-            add(arm, w, "n_observed", int((~np.isnan(scores[members[arm], week_col[w]])).sum()))
-            add(arm, w, "mean", m[:, a, j].mean())
-            add(arm, w, "cri_lower", m_lo[a, j])
-            add(arm, w, "cri_upper", m_hi[a, j])
-        for k, arm in enumerate(arms[1:]):
-            x = d[:, k, j]
-            who = f"{arm} - {arms[0]}"
-            add(who, w, "mean", x.mean())
-            add(who, w, "cri_lower", d_lo[k, j])
-            add(who, w, "cri_upper", d_hi[k, j])
-            add(who, w, "p_benefit", (x < 0).mean())
-            add(who, w, "p_benefit_mcid", (x < -mcid).mean())
-    return _frame(rows)
+    members = {arm: in_population & (arm_index == a) for a, arm in enumerate(arms)}
+    policy = _policy(posterior, dataset, arms, weeks) if OFF_EFFECT in posterior else None
+
+    def head(add) -> None:
+        add("", None, "cri_level", CRI_PROB)
+        add("", None, "mcid", mcid)
+        add("", None, "n_draws", m.shape[0])
+        for arm in arms:
+            base = scores[members[arm], 0]
+            add(arm, None, "n", len(base))
+            add(arm, None, "baseline_mean", base.mean() if len(base) else np.nan)
+            add(arm, None, "baseline_sd", base.std(ddof=1) if len(base) > 1 else np.nan)
+
+    def visits(add, m, d, counts=None) -> None:
+        m_lo, m_hi = _quantiles(m)
+        d_lo, d_hi = _quantiles(d)
+        for j, w in enumerate(weeks):
+            for a, arm in enumerate(arms):
+                if counts is not None:
+                    add(arm, w, "n_observed", int((~np.isnan(scores[members[arm], week_col[w]])).sum()))
+                    for statistic, n in counts.items():
+                        add(arm, w, statistic, n[a, j])
+                add(arm, w, "mean", m[:, a, j].mean())
+                add(arm, w, "cri_lower", m_lo[a, j])
+                add(arm, w, "cri_upper", m_hi[a, j])
+            for k, arm in enumerate(arms[1:]):
+                x = d[:, k, j]
+                who = f"{arm} - {arms[0]}"
+                add(who, w, "mean", x.mean())
+                add(who, w, "cri_lower", d_lo[k, j])
+                add(who, w, "cri_upper", d_hi[k, j])
+                add(who, w, "p_benefit", (x < 0).mean())
+                add(who, w, "p_benefit_mcid", (x < -mcid).mean())
+
+    rows, add = _rows("efficacy", efficacy_analysis(name, policy is not None), name, population)
+    head(add)
+    if policy is None:
+        visits(add, m, d, {})
+        return _frame(rows)
+    shift, tp, counts = policy
+    visits(add, m + shift, tp, counts)
+    supportive, add = _rows("efficacy", supportive_analysis(name), name, population)
+    visits(add, m, d)
+    return _frame(rows + supportive)
+
+
+def _policy(posterior, dataset, arms: list[str], weeks: list[int]):
+    """A retrieved-dropout fit's treatment policy at `weeks` (models/mmrm_retrieved.py): (per draw and arm the shift of the
+    arm's mean change, pi_a theta_a: draws x arm x week; the treatment-policy difference of each active arm: draws x active
+    arm x week, `posterior_policy`'s draws; {n_off_treatment, n_retrieved: arm x week})."""
+    from models import build_design
+
+    design = build_design(dataset)
+    if [str(a) for a in design.arms] != arms:
+        raise ValueError(f"the fit's arms {arms} are not the dataset's {list(design.arms)}")
+    tp, shares = posterior_policy(posterior, design)  # flat draws x active arm x post-baseline visit
+    visit = {int(w): v for v, w in enumerate(design.weeks[1:])}
+    cols = [visit[w] for w in weeks]
+    theta = flat_draws(posterior[OFF_EFFECT].transpose("chain", "draw", "arm", "visit"))[:, :, cols]
+    shift = theta * shares.off[None][:, :, cols]
+    off = off_status(design)[:, cols]
+    seen = ~np.isnan(design.wide_scores()[:, 1:][:, cols])
+    by_arm = np.asarray(design.arm_idx)
+    counts = {"n_off_treatment": np.stack([off[by_arm == a].sum(axis=0) for a in range(len(arms))]),
+              "n_retrieved": np.stack([(off & seen)[by_arm == a].sum(axis=0) for a in range(len(arms))])}
+    return shift, tp[:, :, cols], counts
 
 
 def sensitivity_ard(name: str, draws: SensitivityDraws, control: str, mcid: float = DEFAULT_MCID, population: str = "") -> pd.DataFrame:
     """The sensitivity table's statistics: per active arm - control at every post-baseline visit (or at `draws.weeks`),
     under each strategy (MAR, J2R, CR, CIR; each reference-based one also with its information-anchored variance, with
-    its anchoring_delta) and MAR + each delta, the mean difference, CrI, P(benefit) and P(benefit > MCID); each delta
+    its anchoring_delta; a retrieved-dropout fit's treatment policy first, analysis '<model>: treatment_policy', the rows
+    of its sensitivity.csv) and MAR + each delta, the mean difference, CrI, P(benefit) and P(benefit > MCID); each delta
     analysis' delta; per active arm and reported week the tipping points: additive (tipping_delta) and multiplicative
     (tipping_factor), each with tipping_threshold and tipping_interval."""
     frames = []
@@ -240,6 +320,8 @@ def sensitivity_ard(name: str, draws: SensitivityDraws, control: str, mcid: floa
     plan = [(s, v, 0.0) for s in STRATEGIES for v in ("conditional_mean", "information_anchored")
             if v == "conditional_mean" or s in REFERENCE_BASED]
     plan += [("MAR", "conditional_mean", float(x)) for x in draws.deltas]
+    if all((arm, POLICY) in draws.effects for arm in arms):  # a retrieved-dropout fit: its primary estimand first
+        plan.insert(0, (POLICY, "conditional_mean", 0.0))
     for strategy, variance, delta in plan:
         rows, add = _rows("sensitivity", sensitivity_analysis(name, strategy, delta, variance), name, population)
         if delta:
@@ -288,16 +370,27 @@ def fresh_sensitivity_draws(sens) -> SensitivityDraws | None:
 # ---------------------------------------------------------------- the words
 
 
-def _texts(name: str, meta, model: str, description: str, change_scores: bool, weeks, data_source: str) -> dict:
-    """The words of the titles and footnotes, from the project's estimand attributes (models.effects.estimand)."""
-    kind = "difference_change" if change_scores else "difference"
+def _texts(name: str, meta, model: str, description: str, change_scores: bool, weeks, data_source: str,
+           policy: bool = False) -> dict:
+    """The words of the titles and footnotes, from the project's estimand attributes (models.effects.estimand); `policy`:
+    a retrieved-dropout fit, whose primary estimand is the treatment policy (its on-treatment one: `supportive_events`)."""
+    kind = "difference_treatment_policy" if policy else "difference_change" if change_scores else "difference"
     several = len(meta.treatment_arms) > 1
     week = primary_week(meta, weeks)
     stated = estimand(meta, week, kind, arm="each active arm" if several else None)
     handling: dict[str, list[int]] = {}
     for w in weeks:
         handling.setdefault(estimand(meta, w, kind, arm=meta.treatment_arms[0])["intercurrent_events"], []).append(int(w))  # any arm
+    extra = {}
+    if policy:
+        supportive: dict[str, list[int]] = {}
+        for w in weeks:
+            supportive.setdefault(estimand(meta, w, "difference_change", model=model, arm=meta.treatment_arms[0])["intercurrent_events"],
+                                  []).append(int(w))
+        extra = {"primary_analysis": efficacy_analysis(name, policy=True), "supportive_analysis": supportive_analysis(name),
+                 "supportive_events": [[ws, text] for text, ws in supportive.items()]}
     return {
+        **extra,
         "model": name, "registered_model": model, "description": description, "outcome": meta.outcome_label,
         "arms": list(meta.arms), "control": meta.control_arm, "primary_week": int(week),
         "phases": {int(w): phase(w, meta) for w in weeks},
@@ -343,42 +436,72 @@ def _percent(level: float) -> str:
 
 def efficacy_layout(ard: pd.DataFrame, texts: dict) -> fmt.TableLayout:
     """The efficacy table from the ARD: arms as columns (N in the header), per visit n observed, mean change (CrI),
-    difference vs control (CrI), P(benefit), P(benefit > MCID)."""
+    difference vs control (CrI), P(benefit), P(benefit > MCID). A retrieved-dropout fit's table (its ARD has the
+    treatment-policy analysis) shows the treatment policy as the primary rows, with per visit the participants off
+    treatment (attended), and its on-treatment difference and P(benefit) as supportive rows (hypothetical strategy)."""
     name, arms, control = texts["model"], texts["arms"], texts["control"]
-    get = _Lookup(ard, efficacy_analysis(name))
+    analysis = primary_analysis(ard, name)
+    policy = analysis == efficacy_analysis(name, policy=True)
+    get = _Lookup(ard, analysis)
     level, mcid, draws = get("", None, "cri_level"), get("", None, "mcid"), get("", None, "n_draws")
     cri = f"{_percent(level)} CrI"
     header = ((("Visit", 1), ("Statistic", 1), *[(f"{a} (N = {fmt.count(get(a, None, 'n'))})", 1) for a in arms]),)
     body = [("Baseline", "Mean (SD)", *[fmt.mean_sd(get(a, None, "baseline_mean"), get(a, None, "baseline_sd")) for a in arms])]
     groups = [0]
     blank = ("",)
+    by = "Primary, treatment policy: " if policy else ""
+    on = _Lookup(ard, supportive_analysis(name)) if policy else None
+    hypothetical = "Supportive, while on treatment / hypothetical: "
     for w in get.visits():
         groups.append(len(body))
         diff = [f"{a} - {control}" for a in arms[1:]]
+        body.append((_visit_label(w, texts), "n observed", *[fmt.count(get(a, w, "n_observed")) for a in arms]))
+        if policy:
+            body.append(("", "n off treatment (attended)",
+                         *[f"{fmt.count(get(a, w, 'n_off_treatment'))} ({fmt.count(get(a, w, 'n_retrieved'))})" for a in arms]))
         body += [
-            (_visit_label(w, texts), "n observed", *[fmt.count(get(a, w, "n_observed")) for a in arms]),
-            ("", f"Mean change from baseline ({cri})", *[fmt.mean_cri(get(a, w, "mean"), get(a, w, "cri_lower"), get(a, w, "cri_upper")) for a in arms]),
-            ("", f"Difference vs {control} ({cri})", *blank, *[fmt.mean_cri(get(c, w, "mean"), get(c, w, "cri_lower"), get(c, w, "cri_upper")) for c in diff]),
+            ("", f"{by}{'m' if by else 'M'}ean change from baseline ({cri})",
+             *[fmt.mean_cri(get(a, w, "mean"), get(a, w, "cri_lower"), get(a, w, "cri_upper")) for a in arms]),
+            ("", f"{by}{'d' if by else 'D'}ifference vs {control} ({cri})", *blank, *[fmt.mean_cri(get(c, w, "mean"), get(c, w, "cri_lower"), get(c, w, "cri_upper")) for c in diff]),
             ("", "P(benefit)", *blank, *[fmt.probability(get(c, w, "p_benefit")) for c in diff]),
             ("", "P(benefit > MCID)", *blank, *[fmt.probability(get(c, w, "p_benefit_mcid")) for c in diff]),
         ]
+        if policy:
+            body += [
+                ("", f"{hypothetical}difference vs {control} ({cri})", *blank,
+                 *[fmt.mean_cri(on(c, w, "mean"), on(c, w, "cri_lower"), on(c, w, "cri_upper")) for c in diff]),
+                ("", f"{hypothetical}P(benefit)", *blank, *[fmt.probability(on(c, w, "p_benefit")) for c in diff]),
+            ]
     tails = (100 * (1 - level) / 2, 100 * (1 + level) / 2)
     label = texts["outcome"]
+    if policy:
+        counted = (f"n observed: those with a {label} score at the visit. n off treatment (attended): those who had stopped the "
+                   "randomised treatment early by the visit (in brackets, those of them who attended it: retrieved dropouts).")
+        mean = ("Mean change from baseline, treatment policy: the posterior mean of the arm's mean change from baseline over all its "
+                "randomised participants, on or off treatment (the model's on-treatment mean plus the share of the arm off "
+                "treatment at the visit times the arm's off-treatment shift).")
+        events = [*[f"Primary estimand, treatment policy (ICH E9(R1)), {_weeks_text(ws)}: {text}." for ws, text in texts["intercurrent_events"]],
+                  *[f"Supportive estimand, while on treatment / hypothetical: the difference had every participant stayed on the randomised "
+                    f"treatment, {_weeks_text(ws)}: {text}." for ws, text in texts.get("supportive_events", [])]]
+    else:
+        counted = f"n observed: those with a {label} score at the visit."
+        mean = "Mean change from baseline: the posterior mean of the arm's mean change from baseline under the model."
+        events = [f"Intercurrent events and missing data, {_weeks_text(ws)}: {text}." for ws, text in texts["intercurrent_events"]]
     footnotes = [
-        f"N: {texts['population']}, by randomised arm. Baseline: mean (SD) of their observed baseline {label} scores. "
-        f"n observed: those with a {label} score at the visit.",
-        f"Mean change from baseline: the posterior mean of the arm's mean change from baseline under the model. {cri}: "
-        f"{_percent(level)} equal-tailed credible interval (the {tails[0]:g}% and {tails[1]:g}% posterior quantiles).",
+        f"N: {texts['population']}, by randomised arm. Baseline: mean (SD) of their observed baseline {label} scores. {counted}",
+        f"{mean} {cri}: {_percent(level)} equal-tailed credible interval (the {tails[0]:g}% and {tails[1]:g}% posterior quantiles).",
         f"Difference: each active arm minus {control}; lower {label} scores are better. P(benefit): the posterior probability "
         f"that the difference is below 0. P(benefit > MCID): the posterior probability that it is below -{fmt.setting(mcid)} points, "
         f"the minimal clinically important difference (MCID = {fmt.setting(mcid)} points).",
-        *[f"Intercurrent events and missing data, {_weeks_text(ws)}: {text}." for ws, text in texts["intercurrent_events"]],
+        *events,
         f"Model: {name} ({texts['description']}); posterior summaries from {fmt.count(draws)} posterior draws.",
     ]
+    estimand_line = (f"Primary estimand: treatment policy (ICH E9(R1)), retrieved dropouts: {texts['summary']}" if policy
+                     else f"Estimand: {texts['summary']}")
     return fmt.TableLayout(
         title=(f"Change from baseline in {label} score by visit", f"Population: {texts['population']}",
-               f"Model: {name}", f"Estimand: {texts['summary']}"),
-        header=header, body=tuple(body), widths=(2.0, 2.9, *[2.0] * len(arms)), footnotes=tuple(footnotes),
+               f"Model: {name}", estimand_line),
+        header=header, body=tuple(body), widths=(2.0, 3.6 if policy else 2.9, *[2.0] * len(arms)), footnotes=tuple(footnotes),
         source=_source(name, texts), group_rows=tuple(groups), left=2, landscape=len(arms) > 2,  # a column per arm
     )
 
@@ -412,13 +535,14 @@ def sensitivity_layout(ard: pd.DataFrame, texts: dict, week: int | None = None) 
     name, arms, control = texts["model"], texts["arms"], texts["control"]
     weeks = [int(week)] if week is not None else (reported_weeks(ard, name) or [int(texts["primary_week"])])
     several = len(weeks) > 1
-    primary = _Lookup(ard, efficacy_analysis(name))
+    primary = _Lookup(ard, primary_analysis(ard, name))
     level, draws = primary("", None, "cri_level"), primary("", None, "n_draws")
     cri = f"{_percent(level)} CrI"
     contrasts = [f"{a} - {control}" for a in arms[1:]]
     rows = ard[ard["table"] == "sensitivity"]
     tippings = {kind: tipping_analysis(name, kind) for kind in DELTA_KINDS}
     analyses = [a for a in dict.fromkeys(rows["analysis"]) if a not in tippings.values()]
+    policy = sensitivity_analysis(name, POLICY) in analyses  # a retrieved-dropout fit: MAR is its on-treatment estimand
     lookups = {a: _Lookup(ard, a) for a in [*analyses, *tippings.values()]}
     tip = lookups[tipping_analysis(name)]
     factors = lookups[tippings["multiplicative"]]
@@ -432,7 +556,8 @@ def sensitivity_layout(ard: pd.DataFrame, texts: dict, week: int | None = None) 
             for c in contrasts:
                 cells += [fmt.mean_cri(get(c, w, "mean"), get(c, w, "cri_lower"), get(c, w, "cri_upper")),
                           fmt.probability(get(c, w, "p_benefit"))]
-            body.append((*visit, _analysis_label(analysis.removeprefix(f"{name}: "), get("", None, "delta")), *cells))
+            shown = _analysis_label(analysis.removeprefix(f"{name}: "), get("", None, "delta"))
+            body.append((*visit, ON_TREATMENT_MAR if policy and shown == SHORT["MAR"] else shown, *cells))
             visit = [""] * several
         at = [tip(c, w, "tipping_delta") for c in contrasts]
         found = next((tip(c, w, "tipping_threshold") for c in contrasts if np.isfinite(tip(c, w, "tipping_threshold"))), np.nan)
@@ -447,7 +572,11 @@ def sensitivity_layout(ard: pd.DataFrame, texts: dict, week: int | None = None) 
             by_factor += at
             body.append((*visit, "Tipping point: factor on the change", *[x for t in at for x in (fmt.points(t, 2), "")]))
     label = texts["outcome"]
-    footnotes = [*[f"{s}: {STRATEGY_TEXT[s].format(control=control)}." for s in STRATEGIES],
+    footnotes = [f"Treatment policy, retrieved dropouts (primary): {TREATMENT_POLICY}. The other rows, the tipping points "
+                 "included, are analyses of the model's difference while on treatment (hypothetical strategy: as if every "
+                 "participant had stayed on the randomised treatment), the missing scores after dropout following the row's "
+                 "assumption."] if policy else []
+    footnotes += [*[f"{s}: {STRATEGY_TEXT[s].format(control=control)}." for s in STRATEGIES],
                  f"{', '.join(REFERENCE_BASED)}: the posterior of the conditional-mean estimator, whose variance is its repeated-sampling "
                  f"variance (smaller the more is imputed). {ANCHORED.capitalize()}: the same mean with the variance of the MAR "
                  "analysis (the MAR posterior moved by the delta that gives the row above's mean), which keeps the information of "
@@ -527,7 +656,8 @@ def submission_tables(name: str, idata, dataset, mcid: float = DEFAULT_MCID, mod
         result.timings["ard_s"] = time.perf_counter() - t0
         return result
     weeks = [int(w) for w in means_weeks["week"].values]
-    texts = _texts(name, meta, model, spec.description if spec else "", bool(spec and spec.scores_change), weeks, data_source)
+    texts = _texts(name, meta, model, spec.description if spec else "", bool(spec and spec.scores_change), weeks, data_source,
+                   policy=OFF_EFFECT in post)
     frames = [efficacy_ard(name, post, dataset, meta, mcid, texts["population"], means=means_weeks)]
     draws = draws if draws is not None else fresh_sensitivity_draws(sensitivity)
     if draws is not None:

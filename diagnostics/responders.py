@@ -14,7 +14,12 @@ needed to treat, under two estimands named in the ICH E9(R1) attributes (populat
   (withdrawal, missed visit) gets, in each posterior draw, a score drawn from that draw's
   predictive distribution conditional on their observed visits;
 - `NRI`, composite strategy, non-responder imputation: a participant without a score at the visit
-  counts as a non-responder (not remitted).
+  counts as a non-responder (not remitted);
+- for a retrieved-dropout fit (`mmrm_retrieved`) `treatment_policy` takes the place of `MAR`: the
+  treatment policy for treatment discontinuation, as its estimates.csv (models/mmrm_retrieved.py):
+  scores attended after stopping treatment count as observed, a score missing after stopping is
+  drawn from the off-treatment model (its mean includes the arm's off-treatment shift theta), any
+  other missing score from the on-treatment model, each given the participant's observed visits.
 
 Population: every randomised participant with a baseline score (others are excluded, and the
 estimand text says how many; the loader requires a baseline score, so normally none).
@@ -59,7 +64,9 @@ Imputation per model family (the only place the model enters; NRI does not use t
   draw's unstructured covariance; the missing visits are drawn jointly from the conditional normal
   given the participant's observed changes (grouped by missingness pattern), score = baseline +
   change. Participants with a baseline only (left out of the MMRM fit) get the unconditional normal
-  with their own mean (visit mean, their arm's effect, baseline x visit, site).
+  with their own mean (visit mean, their arm's effect, baseline x visit, site). The retrieved-dropout
+  MMRM: the same, with theta[arm, v] added to the mean of every visit v, observed or missing, at which
+  the participant is off treatment (models.mmrm_retrieved.off_status), as in its likelihood.
 Imputed scores are put on the scale as observed ones are: clipped to [score_min, score_max] and,
 on an integer scale, rounded (a continuous prediction of a recorded integer score: unrounded, a
 draw of 7.3 would not count as MADRS <= 7 although it stands for a recorded 7).
@@ -83,8 +90,9 @@ from models.design import TrialDesign
 from models.effects import HDI_PROB, flat_draws, hdi_names
 from models.marginal import FIXED_VAR
 from models.mmrm import NAME as MMRM_NAME
-from models.mmrm import covariate_shift, mmrm_data
+from models.mmrm import OFF_EFFECT, covariate_shift, mmrm_data
 from models.mmrm_retrieved import NAME as RETRIEVED_NAME
+from models.mmrm_retrieved import off_status
 from models.registry import REGISTRY, fitted_model_name, get
 from models.trajectory import curve_basis
 
@@ -92,6 +100,7 @@ from .ppc import REMISSION_CUTOFF, RESPONSE_REDUCTION
 
 DEFAULT_SEED = 1
 ESTIMANDS = ("MAR", "NRI")
+POLICY = "treatment_policy"  # the imputed estimand of a retrieved-dropout fit, in place of MAR
 OUTCOMES = ("response", "remission")
 FAILURE = {"response": ("a non-responder", "non-responders"), "remission": ("not remitted", "not remitted")}  # NRI: one, several
 
@@ -123,10 +132,6 @@ def scored_model(idata: az.InferenceData, model: str | None = None) -> str:
     scored = ", ".join(n for n, spec in REGISTRY.items() if spec.score_covariance is not None)
     if name not in REGISTRY:
         raise ValueError(f"unknown model '{name}'; responder and remission estimands need one of: {scored}")
-    if name == RETRIEVED_NAME:
-        raise ValueError(f"responder and remission rates are not computed for '{name}': completing its scores would need each "
-                         "participant's off-treatment shift; its treatment-policy effect is in estimates.csv, and 'mmrm' gives "
-                         "the responder rates under missing at random")
     if get(name).score_covariance is not None:
         return name
     raise ValueError(
@@ -252,6 +257,9 @@ def _mmrm_draws(idata, design: TrialDesign, rows: np.ndarray, week_idx: np.ndarr
     implied = get(MMRM_NAME).score_covariance(post, design)
     cov = implied.cov.reshape((-1,) + implied.cov.shape[2:])
     mu = mmrm_mean(post, design, rows, d.baseline_center)
+    if OFF_EFFECT in post:  # mmrm_retrieved: + theta[arm, v] wherever the participant is off treatment, observed or missing
+        theta = flat_draws(post[OFF_EFFECT].transpose("chain", "draw", "arm", ...))  # draws x arm x visit
+        mu = mu + theta[:, np.asarray(design.arm_idx)[rows]] * off_status(design)[rows][None]
     wide = design.wide_scores()[rows]
     change = wide[:, 1:] - wide[:, [0]]
     target = np.asarray(week_idx) - 1  # reported weeks among the post-baseline visits
@@ -302,7 +310,7 @@ def completed_scores(idata: az.InferenceData, design: TrialDesign, weeks=None, s
     has_base = ~np.isnan(wide[:, 0])
     rows = np.flatnonzero(has_base)
     rng = np.random.default_rng(seed)
-    if name == MMRM_NAME:
+    if name in (MMRM_NAME, RETRIEVED_NAME):
         drawn = _mmrm_draws(idata, design, rows, week_idx, rng)
     else:
         drawn = _trajectory_draws(idata, design, name, rows, week_idx, rng)
@@ -395,6 +403,12 @@ def estimand_text(estimand: str, outcome: str, week: int, meta: DatasetMeta, n: 
         events = ("Intercurrent events (treatment discontinuation, withdrawal, missed visit): hypothetical strategy, the outcome "
                   "had the participant been assessed at the visit; missing scores imputed under missing at random from the "
                   "model's posterior predictive given the participant's observed visits.")
+    elif estimand == POLICY:
+        events = ("Intercurrent events: treatment discontinuation: treatment policy, the outcome whatever happened to the randomised "
+                  "treatment (visits attended after stopping treatment used as observed); missing scores after stopping treatment "
+                  "imputed from the model's off-treatment course (retrieved dropouts: missing at random given the arm, the observed "
+                  "visits and being off treatment), other missing scores under missing at random on treatment, each from the "
+                  "model's posterior predictive given the participant's observed visits.")
     else:
         events = ("Intercurrent events (treatment discontinuation, withdrawal, missed visit): composite strategy, a participant "
                   f"without a score at the visit counts as {FAILURE[outcome][0]} (non-responder imputation).")
@@ -410,7 +424,8 @@ def estimand_text(estimand: str, outcome: str, week: int, meta: DatasetMeta, n: 
 
 def responder_table(idata: az.InferenceData, design: TrialDesign, remission_cutoff: float = REMISSION_CUTOFF, weeks=None,
                     seed=DEFAULT_SEED, hdi_prob: float = HDI_PROB, *, model: str | None = None) -> pd.DataFrame:
-    """Response and remission rates per arm, risk difference, odds ratio and NNT under the MAR and NRI estimands.
+    """Response and remission rates per arm, risk difference, odds ratio and NNT under the MAR (a retrieved-dropout fit:
+    treatment_policy) and NRI estimands.
 
     idata             a fitted trajectory model or MMRM (read a saved fit with deptrial.load_fit)
     design            the TrialDesign the model was fitted to
@@ -420,7 +435,7 @@ def responder_table(idata: az.InferenceData, design: TrialDesign, remission_cuto
     hdi_prob          width of the intervals (columns hdi_<tail>%, e.g. hdi_3% and hdi_97% for 0.94)
     model             the registered model name (default: the fit's provenance)
 
-    One row per estimand (MAR, NRI) x outcome (response, remission) x week x quantity: rate_<arm> for every arm
+    One row per estimand (MAR or treatment_policy, NRI) x outcome (response, remission) x week x quantity: rate_<arm> for every arm
     (the control arm first, then the active arms in order), then for each active arm against the control arm
     risk_difference (arm "<active> - <control>"), odds_ratio and nnt (arm "<active> vs <control>"). Columns:
     estimand, estimand_text, outcome, week, quantity, arm, n (participants: of the arm, or of the two arms
@@ -439,9 +454,10 @@ def responder_table(idata: az.InferenceData, design: TrialDesign, remission_cuto
     threshold = {"response": (1.0 - RESPONSE_REDUCTION) * done.baseline[:, None], "remission": remission_cutoff}
     n_total = len(done.participants)
     rows = []
-    for estimand in ESTIMANDS:
+    imputed = POLICY if fitted_model_name(idata, model) == RETRIEVED_NAME else "MAR"
+    for estimand in (imputed, "NRI"):
         for o, outcome in enumerate(OUTCOMES):
-            if estimand == "MAR":
+            if estimand != "NRI":
                 hits = done.scores <= threshold[outcome]  # draws x n x k
             else:
                 hits = np.broadcast_to(~missing & (np.nan_to_num(done.observed, nan=np.inf) <= threshold[outcome]), done.scores.shape)
@@ -459,7 +475,8 @@ def responder_table(idata: az.InferenceData, design: TrialDesign, remission_cuto
                     moments.append((mean, var))
                     lo, hi = _hdi(p, hdi_prob)
                     n_miss = int(missing[sel, k].sum())
-                    how = "imputed under MAR" if estimand == "MAR" else f"counted as {FAILURE[outcome][1]}"
+                    how = {"MAR": "imputed under MAR", POLICY: "imputed (after stopping treatment: off-treatment model)"}.get(
+                        estimand, f"counted as {FAILURE[outcome][1]}")
                     rows.append({
                         **head, "quantity": f"rate_{labels[arm]}", "arm": labels[arm], "n": n, "n_missing": n_miss,
                         "events": float(events.mean()), "mean": float(mean.mean()), "sd": float(np.sqrt(var.mean() + mean.var())),
