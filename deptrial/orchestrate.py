@@ -75,7 +75,7 @@ def finish_fit(name: str, idata, built, *, out: str, data_source: str, likelihoo
         )
     tv = time.perf_counter()
     with finishing("checking the convergence of", name):
-        check = verdict(idata)
+        check = verdict(idata, design=design)  # fast path: the population parameters (diagnostics.convergence.judged_posterior)
     verdict_s = time.perf_counter() - tv
     with finishing("tabulating the estimates of", name):
         table = model_estimates(idata, spec, design, mcid)
@@ -173,7 +173,7 @@ def run_models(specs, ds, design, source, changes, settings, tmp: Path, out: Pat
                 timings.update(wall_s=wall, **{k: done[k] for k in ("finish_s", "diagnose_s", "write_s", "verdict_s", "ppc_s", "loo_s",
                                                                      "figures_s", "sensitivity_s", "tables_s") if k in done})
                 run["models"][name] = {"converged": check.ok, "timings": timings, "divergences": check.divergences,
-                                       "idata_bytes": done["idata_bytes"]}
+                                       "convergence_judged": check.scope, "idata_bytes": done["idata_bytes"]}
                 if notes:
                     run["models"][name]["data_notes"] = notes
                 fits[name] = ModelFit(name, idata, table, check, timings, notes, done["contrasts"])

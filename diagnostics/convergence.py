@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import arviz as az
 import numpy as np
 import pandas as pd
+import xarray as xr
 from arviz.utils import _var_names
 
 from . import mcmc_stats
@@ -36,7 +37,7 @@ FLAGS = ("rhat", "ess", "mcse", "divergences", "treedepth", "ebfmi")  # what a v
 @dataclass
 class Verdict:
     ok: bool
-    table: pd.DataFrame  # one row per parameter: r_hat, ess_bulk, ess_tail, mcse_mean
+    table: pd.DataFrame  # one row per parameter judged: r_hat, ess_bulk, ess_tail, mcse_mean
     divergences: int
     draws: int
     messages: list[str]
@@ -45,12 +46,15 @@ class Verdict:
     ebfmi: list[float] = field(default_factory=list)  # per chain
     max_mcse_ratio: float = float("nan")  # largest mcse_mean / sd over parameters
     stats: pd.DataFrame | None = None  # every scalar judged, unfiltered (`convergence_stats`): reused, never recomputed
+    scope: str = ""  # which parameters were judged (`judged_posterior`), in words
+    population_only: bool = False  # judged on the population parameters alone (fast path: participant-level values drawn after)
 
     def text(self) -> str:
         head = "PASS" if self.ok else "FAIL"
         lines = [
             f"convergence: {head}  (R-hat <= {RHAT_MAX}, bulk and tail ESS >= {ESS_BULK_MIN}, divergences = {DIVERGENCES_MAX}, "
             f"MCSE/SD <= {MCSE_SD_RATIO_MAX}, max-tree-depth draws <= {TREEDEPTH_SATURATED_MAX:.0%}, E-BFMI >= {EBFMI_MIN})",
+            *([f"  judged: {self.scope}"] if self.scope else []),
             f"  worst R-hat {_extreme(self.table, 'r_hat', max)}, min bulk ESS {_extreme(self.table, 'ess_bulk', min, '.0f')}, "
             f"min tail ESS {_extreme(self.table, 'ess_tail', min, '.0f')}, divergences {self.divergences} of {self.draws} draws",
             f"  max MCSE/SD {self.max_mcse_ratio:.3f}, draws at max tree depth {self.treedepth_saturated:.1%}, "
@@ -73,6 +77,57 @@ def sampled_variables(idata: az.InferenceData, free: list[str] | None = None) ->
     """Variables judged: the free parameters (given) or every posterior variable."""
     names = list(idata.posterior.data_vars)
     return [v for v in names if free is None or v in free]
+
+
+RECOVERED_VARS = ("participant_raw", "participant_effects")  # fast path: drawn after sampling (inference/marginal.py)
+MISSING_MARKERS = "marker_missing_std"  # fast path: some entries sampled (latent), the others drawn after sampling
+
+
+def fast_path(idata: az.InferenceData) -> bool:
+    """Whether the fit sampled the model with its participant effects integrated out (inference.sampling, fast path)."""
+    return idata.posterior.attrs.get("fit_path") == "marginal"
+
+
+def _latent_markers(idata: az.InferenceData, design) -> np.ndarray | None:
+    """Which entries of a fast-path fit's `marker_missing_std` the sampler drew (models.marker_block.latent_missing),
+    from `design` or the dataset saved with the fit; None when neither tells (then every entry is judged)."""
+    from models.marker_block import latent_missing
+
+    if design is None:
+        from inference.storage import DATA_GROUP, saved_dataset
+        from models import build_design
+
+        if DATA_GROUP not in idata.groups():
+            return None
+        design = build_design(saved_dataset(idata))
+    md = design.baseline
+    if md is None or idata.posterior[MISSING_MARKERS].size // (idata.posterior.sizes["chain"] * idata.posterior.sizes["draw"]) != md.n_missing:
+        return None
+    return latent_missing(md)
+
+
+def judged_posterior(idata: az.InferenceData, design=None) -> tuple[xr.Dataset, str]:
+    """The posterior variables the verdict judges, and in words which.
+
+    Plain path: every variable. Fast path (participant effects integrated out while sampling, then drawn for each
+    posterior draw from their exact conditional posterior given it): the sampled population parameters and the
+    quantities derived from them, which the estimates use; the participant effects (`RECOVERED_VARS`) and the missing
+    biomarker values drawn with them are exact conditional draws given each population draw, so they inherit its
+    mixing and are not judged. The missing biomarker values the sampler drew itself (those of participants with a
+    censored marker) are judged. design: the fit's TrialDesign (else read from the dataset saved with the fit)."""
+    post = idata.posterior
+    if not fast_path(idata):
+        return post, "every parameter (participant-level included)"
+    post = post.drop_vars([v for v in RECOVERED_VARS if v in post.data_vars])
+    drawn = ["the participant effects"]
+    if MISSING_MARKERS in post.data_vars:
+        latent = _latent_markers(idata, design)
+        if latent is not None:
+            dim = [d for d in post[MISSING_MARKERS].dims if d not in ("chain", "draw")][0]
+            post = post.isel({dim: latent}) if len(latent) else post.drop_vars(MISSING_MARKERS)
+            drawn.append("the missing biomarker values integrated out with them")
+    return post, ("the population parameters and the quantities derived from them (fast path: "
+                  f"{' and '.join(drawn)}, drawn exactly from their conditional posterior given each draw, inherit its mixing)")
 
 
 @contextmanager
@@ -98,31 +153,41 @@ def scalar_draws(posterior, var_names: list[str] | None = None) -> tuple[np.ndar
     """
     names = _var_names(var_names, posterior)
     data = posterior if names is None else posterior[names]
-    blocks, labels = [], []
-    for name, da in data.data_vars.items():
-        dims = [d for d in da.dims if d not in ("chain", "draw")]
-        values = da.transpose("chain", "draw", *dims).values
+    blocks = []
+    for da in data.data_vars.values():
+        values = da.transpose("chain", "draw", ...).values
         blocks.append(values.reshape(values.shape[0], values.shape[1], -1))
-        if not dims:
-            labels.append(name)
-            continue
-        coords = [list(da[d].values) for d in dims]
-        labels += [f"{name}[{', '.join(f'{v}' for v in sel)}]" for sel in itertools.product(*coords)]
+    labels = scalar_labels(data)
     if not blocks:
         chains, draws = posterior.sizes.get("chain", 1), posterior.sizes.get("draw", 0)
         return np.empty((chains, draws, 0)), labels
     return np.concatenate(blocks, axis=2), labels
 
 
+def scalar_labels(posterior, var_names: list[str] | None = None) -> list[str]:
+    """The labels `scalar_draws` gives the scalars of these variables (`name[coord, coord]`), without reading draws."""
+    names = _var_names(var_names, posterior)
+    labels = []
+    for name, da in (posterior if names is None else posterior[names]).data_vars.items():
+        dims = [d for d in da.dims if d not in ("chain", "draw")]
+        if not dims:
+            labels.append(name)
+            continue
+        coords = [list(da[d].values) for d in dims]
+        labels += [f"{name}[{', '.join(f'{v}' for v in sel)}]" for sel in itertools.product(*coords)]
+    return labels
+
+
 STATS_COLUMNS = (*mcmc_stats.DIAGNOSTICS, "ess_mean", "mean", "sd")  # `convergence_stats`
 
 
-def convergence_stats(idata: az.InferenceData, var_names: list[str] | None = None) -> pd.DataFrame:
+def convergence_stats(idata: az.InferenceData, var_names: list[str] | None = None, posterior: xr.Dataset | None = None) -> pd.DataFrame:
     """Every scalar of the selected posterior variables (`scalar_draws`), unfiltered: R-hat, bulk/tail ESS and MCSE
     (as az.summary(kind="diagnostics", round_to="none")), the ESS for the mean ('ess_mean', az.ess(method="mean"):
     PSIS's relative efficiency, diagnostics.loo), the posterior mean and SD (ddof=1); all parameters at once
-    (mcmc_stats). The verdict's table, summary.csv and r_eff are read from it: computed once per fit."""
-    draws, labels = scalar_draws(idata.posterior, var_names)
+    (mcmc_stats). The verdict's table, summary.csv and r_eff are read from it: computed once per fit.
+    posterior: a selection of idata's posterior to read instead of the whole (`judged_posterior`)."""
+    draws, labels = scalar_draws(idata.posterior if posterior is None else posterior, var_names)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         diag = mcmc_stats.diagnostics(draws)
@@ -227,8 +292,11 @@ def ebfmi(idata: az.InferenceData) -> np.ndarray:
     return np.square(np.diff(energy, axis=1)).sum(axis=1) / np.square(energy - energy.mean(axis=1, keepdims=True)).sum(axis=1)
 
 
-def verdict(idata: az.InferenceData, var_names: list[str] | None = None) -> Verdict:
-    scalars = convergence_stats(idata, var_names)
+def verdict(idata: az.InferenceData, var_names: list[str] | None = None, design=None) -> Verdict:
+    """The convergence verdict over `var_names`, by default over `judged_posterior` (design: the fit's TrialDesign, which
+    tells a fast-path fit's sampled missing biomarker values from the drawn ones; else read from the saved dataset)."""
+    post, scope = judged_posterior(idata, design) if var_names is None else (idata.posterior, "")
+    scalars = convergence_stats(idata, var_names, posterior=post)
     table = convergence_table(idata, var_names, scalars)
     stats = idata.sample_stats
     div = int(stats["diverging"].sum()) if "diverging" in stats else 0
@@ -283,4 +351,6 @@ def verdict(idata: az.InferenceData, var_names: list[str] | None = None) -> Verd
         ebfmi=[float(b) for b in bfmi],
         max_mcse_ratio=float(ratio.max()) if len(ratio) else float("nan"),
         stats=scalars,
+        scope=f"{scope}: {len(scalars)} scalars" if scope else "",
+        population_only=var_names is None and fast_path(idata),
     )

@@ -232,11 +232,10 @@ def _psis_inplace(x: np.ndarray, r_eff: float) -> tuple[np.ndarray, np.ndarray]:
                 quantiles = np.where(tiny[:, None], -np.log1p(-p)[None, :],
                                      np.expm1(-k[:, None] * np.log1p(-p)[None, :]) / np.where(tiny, 1.0, k)[:, None])
                 smoothed = np.log(quantiles * sigma[:, None] + expcut[:, None])
+            # ArviZ's x[x > 0] = 0 after smoothing: only a smoothed value can exceed 0 (every x minus its row's maximum is <= 0)
+            smoothed = np.where(smoothed > 0, 0.0, smoothed)
             idx = np.flatnonzero(ok)
-            sub = block[idx]
-            np.put_along_axis(sub, top[idx, 1:], smoothed[idx], axis=1)
-            np.minimum(sub, 0.0, out=sub, where=sub > 0)
-            block[idx] = sub
+            block[idx[:, None], top[idx, 1:]] = smoothed[idx]
     else:
         lone[:] = True
     with np.errstate(invalid="ignore"):
@@ -250,28 +249,80 @@ def _psis_inplace(x: np.ndarray, r_eff: float) -> tuple[np.ndarray, np.ndarray]:
 
 @dataclass
 class PsisLoo:
-    """PSIS-LOO of one log-likelihood matrix (units, draws)."""
+    """PSIS-LOO of one log-likelihood (units x draws): each unit's elpd and Pareto k, p_loo; with the replicated
+    values, each unit's LOO-PIT."""
 
     elpd_i: np.ndarray
     pareto_k: np.ndarray
     p_loo: float
-    log_weights: np.ndarray  # the smoothed, normalised log weights of -log-likelihood (the LOO-PIT's too)
+    pit: np.ndarray | None = None  # min(1, sum_s w_is [y_rep_is <= y_i]) (diagnostics.ppc's LOO-PIT), when asked for
+
+
+LOO_BLOCK = PSIS_BLOCK  # units per block of a PSIS-LOO pass: memory of a few (block x draws) arrays, whatever the trial's size
+
+
+def _loo_rows(log_lik: np.ndarray, r_eff: float, rep: np.ndarray | None = None, y: np.ndarray | None = None):
+    """elpd_i, k, lppd_i (and the LOO-PIT with `rep`, `y`) of the rows of a float64 (units, draws) C-order array."""
+    weights, k = _psis_inplace(np.negative(log_lik), r_eff)
+    elpd_i = _logsumexp_rows(weights, log_lik)
+    lppd_i = _logsumexp_rows(log_lik) - np.log(log_lik.shape[1])
+    pit = None
+    if rep is not None:  # the normalised weights of the replications at or below y_i, summed (az.loo_pit)
+        np.exp(weights, out=weights)
+        pit = np.minimum(1.0, np.einsum("ij,ij->i", (rep <= y[:, None]).astype(float), weights))
+    return elpd_i, k, lppd_i, pit
+
+
+def _gather(parts: list) -> PsisLoo:
+    elpd_i, k, lppd_i, pit = (np.concatenate(p) if p[0] is not None else None for p in zip(*parts))
+    return PsisLoo(elpd_i=elpd_i, pareto_k=k, p_loo=float(lppd_i.sum()) - float(elpd_i.sum()), pit=pit)
 
 
 def psis_loo(log_lik: np.ndarray, r_eff: float) -> PsisLoo:
     """elpd_i = log sum_s w_is p(y_i | theta_s) with PSIS weights of 1 / p(y_i | theta_s); p_loo = lppd - elpd
-    (az.loo's arithmetic: log_lik (units, draws))."""
+    (az.loo's arithmetic: log_lik (units, draws)), LOO_BLOCK units at a time."""
     log_lik = np.array(log_lik, dtype=float, ndmin=2, copy=None)
-    weights, k = _psis_inplace(-log_lik, r_eff)
-    elpd_i = _logsumexp_rows(weights, log_lik)
-    lppd = float((_logsumexp_rows(log_lik) - np.log(log_lik.shape[1])).sum())
-    return PsisLoo(elpd_i=elpd_i, pareto_k=k, p_loo=lppd - float(elpd_i.sum()), log_weights=weights)
+    return _gather([_loo_rows(np.ascontiguousarray(log_lik[lo : lo + LOO_BLOCK]), r_eff)
+                    for lo in range(0, log_lik.shape[0], LOO_BLOCK)])
+
+
+def unit_rows(values: np.ndarray, lo: int, hi: int, tile: int = 512) -> np.ndarray:
+    """Units lo:hi of a (chain, draw, unit) or (chain x draw, unit) array as a float64 (units, chain x draw) C-order
+    array, draws in ArviZ's stacking order (chain by chain); a view when they are stored so. The transposed copy is
+    made `tile` draws at a time (they stay in the cache: three times as fast as numpy's strided copy)."""
+    part = values[..., lo:hi]
+    part = part.reshape(-1, part.shape[-1])
+    if part.dtype == np.float64 and part.T.flags.c_contiguous:
+        return part.T
+    out = np.empty(part.shape[::-1])
+    for s in range(0, part.shape[0], tile):
+        out[:, s : s + tile] = part[s : s + tile].T
+    return out
+
+
+def draws_last(da: xr.DataArray) -> np.ndarray:
+    """A (chain, draw, unit) DataArray's values in that order (no copy when they are stored so)."""
+    unit = [d for d in da.dims if d not in ("chain", "draw")]
+    return da.transpose("chain", "draw", *unit).values
+
+
+def psis_loo_draws(log_lik, r_eff: float, rep=None, y: np.ndarray | None = None) -> PsisLoo:
+    """`psis_loo` of a (chain, draw, unit) log-likelihood (a DataArray or an array of any float type), read LOO_BLOCK
+    units at a time: no copy of the whole is made. rep ((chain, draw, unit) or (chain x draw, unit)) and y (unit): the
+    replicated and observed values, for each unit's LOO-PIT from the same weights."""
+    values = draws_last(log_lik) if isinstance(log_lik, xr.DataArray) else np.asarray(log_lik)
+    reps = (draws_last(rep) if isinstance(rep, xr.DataArray) else np.asarray(rep)) if rep is not None else None
+    parts = []
+    for lo in range(0, values.shape[2], LOO_BLOCK):
+        hi = min(lo + LOO_BLOCK, values.shape[2])
+        parts.append(_loo_rows(unit_rows(values, lo, hi), r_eff, unit_rows(reps, lo, hi) if reps is not None else None,
+                               None if y is None else np.asarray(y[lo:hi], dtype=float)))
+    return _gather(parts)
 
 
 def as_units_by_draws(ll: xr.DataArray) -> np.ndarray:
     """A (chain, draw, unit) log-likelihood as (unit, chain x draw), draws in ArviZ's stacking order."""
-    unit = [d for d in ll.dims if d not in ("chain", "draw")]
-    values = np.asarray(ll.transpose("chain", "draw", *unit).values, dtype=float)
+    values = np.asarray(draws_last(ll), dtype=float)
     return values.reshape(values.shape[0] * values.shape[1], -1).T
 
 
@@ -279,10 +330,10 @@ _CACHE: dict[tuple[int, str], tuple] = {}  # (id(idata), what) -> (weak referenc
 
 
 def _groups_read(idata: az.InferenceData) -> tuple:
-    return (idata.posterior, idata.log_likelihood if "log_likelihood" in idata.groups() else None)
+    return tuple(idata[g] if g in idata.groups() else None for g in ("posterior", "log_likelihood", "posterior_predictive", "observed_data"))
 
 
-def _cached(idata: az.InferenceData, what: str, compute):
+def per_fit(idata: az.InferenceData, what: str, compute):
     """compute() once per InferenceData and its posterior and log-likelihood groups (a group replaced: computed
     again): r_eff and the PSIS of 'y' serve the LOO, the LOO-PIT and its figure. An entry goes with its InferenceData."""
     import weakref
@@ -298,43 +349,62 @@ def _cached(idata: az.InferenceData, what: str, compute):
 
 
 def release(idata: az.InferenceData, var_name: str = "y") -> None:
-    """Drop the cached PSIS weights of `var_name` (units x draws, the size of the log-likelihood) once its users are done."""
-    _CACHE.pop((id(idata), f"psis:{var_name}"), None)
+    """Drop what is cached of the size of the log-likelihood (units x draws) once its users are done: the PSIS weights
+    of `var_name` (diagnostics.ppc `loo_pit_log_weights`, integer scores) and the replicated scores (`replicated`)."""
+    for what in (f"weights:{var_name}", "replicated"):
+        _CACHE.pop((id(idata), what), None)
 
 
 def relative_efficiency(idata: az.InferenceData, stats: pd.DataFrame | None = None) -> float:
-    """PSIS's relative efficiency r_eff as az.loo takes it: the mean over every posterior scalar of its ESS for the
-    mean (split chains, not rank-normalised) over the number of draws; 1 with one chain. `stats`: the convergence
-    verdict's per-scalar statistics (diagnostics.convergence.Verdict.stats, column 'ess_mean'), used when they cover
-    every posterior scalar, so that nothing is computed twice; computed here otherwise (once per InferenceData)."""
+    """PSIS's relative efficiency r_eff: the mean, over the population-level scalars of the posterior
+    (diagnostics.convergence.summary_names: neither participant-level values nor biomarker values), of their ESS for
+    the mean (split chains, not rank-normalised, as az.loo takes it) over the number of draws; 1 with one chain.
+    (az.loo takes the mean over every posterior scalar; on the fast path the participant-level draws are exact
+    conditional draws given each population draw, so the population parameters carry the sampler's efficiency.)
+    `stats`: the convergence verdict's per-scalar statistics (diagnostics.convergence.Verdict.stats, column
+    'ess_mean'), read when they cover those scalars, so that nothing is computed twice; computed here otherwise
+    (once per InferenceData)."""
+    from .convergence import scalar_draws, scalar_labels, summary_names
+
     post = idata.posterior
     chains, draws = post.sizes.get("chain", 1), post.sizes.get("draw", 0)
     if chains < 2:
         return 1.0
-    total = sum(int(np.prod([da.sizes[d] for d in da.dims if d not in ("chain", "draw")])) for da in post.data_vars.values())
-    if stats is not None and "ess_mean" in stats and len(stats) == total:
-        return _cached(idata, "r_eff", lambda: float(np.asarray(stats["ess_mean"], dtype=float).mean() / (chains * draws)))
+    names = summary_names(post)
+    labels = scalar_labels(post, names)
+    if stats is not None and "ess_mean" in stats and len(labels) and set(labels) <= set(stats.index):
+        return per_fit(idata, "r_eff", lambda: float(np.asarray(stats.loc[labels, "ess_mean"], dtype=float).mean() / (chains * draws)))
 
     def compute():
-        from .convergence import scalar_draws
         from .mcmc_stats import ess_mean
 
-        values, _ = scalar_draws(post)
+        values, _ = scalar_draws(post, names)
         return float(ess_mean(values).mean() / (chains * draws))
 
-    return _cached(idata, "r_eff", compute)
+    return per_fit(idata, "r_eff", compute)
 
 
-def pointwise_psis(idata: az.InferenceData, var_name: str = "y") -> PsisLoo:
-    """PSIS-LOO of the pointwise log-likelihood `var_name`, once per InferenceData: the visit-level LOO of a fit
-    without the integrated densities and the LOO-PIT (and its figure) share its weights."""
+def pointwise_psis(idata: az.InferenceData, var_name: str = "y", pit=None) -> PsisLoo:
+    """PSIS-LOO of the pointwise log-likelihood `var_name`, once per InferenceData, read a block of units at a time
+    (`psis_loo_draws`): the visit-level LOO of a fit without the integrated densities, the LOO-PIT and its figure
+    share it. pit: a function giving (replicated values, observed values) (diagnostics.ppc `pit_inputs`), whose LOO-PIT
+    is then summed from the same weights in the same pass."""
     _check(idata, var_name)
-    return _cached(idata, f"psis:{var_name}",
-                   lambda: psis_loo(as_units_by_draws(idata.log_likelihood[var_name]), relative_efficiency(idata)))
+
+    def compute():
+        rep, y = pit() if pit is not None else (None, None)
+        return psis_loo_draws(idata.log_likelihood[var_name], relative_efficiency(idata), rep, y)
+
+    key = f"psis:{var_name}"
+    done = per_fit(idata, key, compute)
+    if pit is not None and done.pit is None:  # computed before without the LOO-PIT (the LOO first): again, with it
+        _CACHE.pop((id(idata), key), None)
+        done = per_fit(idata, key, compute)
+    return done
 
 
 def _psis(idata: az.InferenceData, ll: xr.DataArray | PsisLoo, level: str, units, integrated: bool = False) -> LooResult:
-    res = ll if isinstance(ll, PsisLoo) else psis_loo(as_units_by_draws(ll), relative_efficiency(idata))
+    res = ll if isinstance(ll, PsisLoo) else psis_loo_draws(ll, relative_efficiency(idata))
     return LooResult(
         level=level,
         units=np.asarray(units),

@@ -17,7 +17,8 @@ import arviz as az  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-from matplotlib.collections import LineCollection  # noqa: E402
+from matplotlib.collections import LineCollection, PolyCollection  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 from scipy import stats  # noqa: E402
 
 from .convergence import ebfmi, scalar_draws  # noqa: E402
@@ -83,15 +84,24 @@ def rank_plot(idata: az.InferenceData, var_names: list[str] | None = None) -> by
     fig, axes = plt.subplots(nrow, ncol, figsize=(2.9 * ncol, height), squeeze=False)
     _margins(fig, left=0.55, bottom=0.45, right=0.1, top=0.6)
     fig.subplots_adjust(hspace=0.5, wspace=0.12)
+    total = chains * n_draw
+    xs = np.repeat(edges, 2)  # a histogram's outline: up and across each bin, down to the baseline at both ends
     for j, (ax, label) in enumerate(zip(axes.ravel(), labels)):
+        outlines, means = [], []
         for c in range(chains):
             counts, _ = np.histogram(ranks[c, :, j], bins=edges)
             density = counts / (counts.sum() * np.diff(edges))
-            ax.stairs(c * gap + density, edges, baseline=c * gap, fill=True, color=f"C{c}")
-            ax.axhline(c * gap + density.mean(), color="k", ls="--", lw=0.8)
-        ax.set_yticks(np.arange(chains) * gap, [str(c) for c in range(chains)] if j % ncol == 0 else [], fontsize=7)
-        bottom = j + ncol >= n  # the lowest panel of its column
-        ax.set_xticks([0, chains * n_draw // 2, chains * n_draw], None if bottom else [])
+            outlines.append(np.column_stack([xs, np.concatenate([[c * gap], np.repeat(c * gap + density, 2), [c * gap]])]))
+            means.append(c * gap + density.mean())
+        # one filled shape per chain and one dashed line at its uniform height, in two collections (limits set, not measured)
+        ax.add_collection(PolyCollection(outlines, facecolors=[f"C{c}" for c in range(chains)], edgecolors="none"), autolim=False)
+        ax.hlines(means, 0, total, colors="k", linestyles="--", lw=0.8)
+        ax.set_xlim(0, total)
+        ax.set_ylim(0, max(o[:, 1].max() for o in outlines) * 1.05)
+        # ticks only where they are labelled: the chains on the first column, the ranks on the lowest panel of each column
+        ax.set_yticks(np.arange(chains) * gap, [str(c) for c in range(chains)], fontsize=7) if j % ncol == 0 else ax.set_yticks([])
+        bottom = j + ncol >= n
+        ax.set_xticks([0, total // 2, total]) if bottom else ax.set_xticks([])
         ax.tick_params(axis="x", labelsize=7)
         ax.set_title(label, fontsize=8, pad=3)
         if j % ncol == 0:
@@ -154,7 +164,12 @@ def visit_distribution_plot(idata: az.InferenceData, index: ObsIndex, n_rep: int
     q_lo, q_hi = np.quantile(rep[pick], [0.005, 0.995])
     lo, hi = min(np.nanmin(index.y), q_lo), max(np.nanmax(index.y), q_hi)
     bins = np.linspace(lo - (hi - lo) / 20, hi + (hi - lo) / 20, 25)
-    for ax, w in zip(axes.ravel(), weeks):
+    # every panel has the same bins: the score axis is labelled on the lowest panel of each column only (ticks elsewhere
+    # would repeat it), at the positions matplotlib's default locator picks for that range
+    span = (bins[0], bins[-2])  # the steps start at each bin's left edge
+    xlim = (span[0] - 0.05 * (span[1] - span[0]), span[1] + 0.05 * (span[1] - span[0]))
+    ticks = [t for t in MaxNLocator("auto", steps=[1, 2, 2.5, 5, 10]).tick_values(*xlim) if xlim[0] <= t <= xlim[1]]
+    for j, (ax, w) in enumerate(zip(axes.ravel(), weeks)):
         sel = index.week == w
         counts = np.array([np.histogram(rep[s, sel], bins=bins)[0] for s in pick], dtype=float)
         counts = counts[counts.sum(axis=1) > 0]
@@ -165,6 +180,8 @@ def visit_distribution_plot(idata: az.InferenceData, index: ObsIndex, n_rep: int
         ax.step(bins[:-1], h, where="post", color="k", lw=1.6)
         ax.set_title(f"week {int(w)} (n={int(sel.sum())})", fontsize=9)
         ax.set_yticks([])
+        ax.set_xlim(*xlim)
+        ax.set_xticks(ticks if j + ncol >= len(weeks) else [])
     for ax in axes.ravel()[len(weeks):]:
         ax.axis("off")
     fig.suptitle(f"{outcome} at each visit: observed (black) vs {len(pick)} replicated data sets (blue)", fontsize=10)

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .loo import pointwise_psis
+from .loo import as_units_by_draws, per_fit, pointwise_psis, psis, relative_efficiency
 
 PPC_TAIL = 0.005  # flag when P(T_rep >= T_obs) < PPC_TAIL or > 1 - PPC_TAIL (outside the central 99%)
 INTERVAL_PROB = 0.94  # width of the replicated intervals shown in tables and figures
@@ -35,7 +35,6 @@ RESPONSE_REDUCTION = 0.5  # response: at least this fractional reduction from ba
 REMISSION_CUTOFF = 7.0  # remission: score at or below this (MADRS <= 7 as in the NAC trial; others use 10 or 12)
 LOO_PIT_P_MIN = 0.01  # flag LOO-PIT when the KS test of uniformity gives p below this
 QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)  # replicated score distribution at each visit
-PIT_BLOCK = 256  # observations per block of the LOO-PIT sums
 
 
 @dataclass
@@ -104,13 +103,37 @@ def obs_index(idata: az.InferenceData, arms: np.ndarray | None = None, labels: t
     return ObsIndex(y=y, participant=pid, week=week, arm_index=arms[pid], weeks=np.unique(week), arm_labels=labels)
 
 
+OBSERVATION_MAJOR_MAX = 2**28  # bytes: replicated scores up to this size are held observation by observation (`replicated`)
+
+
 def replicated(idata: az.InferenceData) -> np.ndarray:
-    """Replicated scores as (draws, n_obs), draws chain by chain (the order of the log-likelihood's stacked draws)."""
+    """Replicated scores as (draws, n_obs) float64, draws chain by chain (the order of the log-likelihood's stacked draws),
+    once per InferenceData. Up to OBSERVATION_MAJOR_MAX bytes they are held observation by observation (Fortran order:
+    each observation's draws contiguous), so that the checks' selections of observations (by week, arm, visit) and the
+    LOO-PIT's blocks of observations are contiguous copies; numpy gives a selection of columns of either order the same
+    layout, so every statistic is the same to the last bit. Larger: the stored values as they are (no copy)."""
     if "posterior_predictive" not in idata.groups() or "y" not in idata.posterior_predictive:
         raise ValueError("the fit has no posterior_predictive['y']")
-    rep = idata.posterior_predictive["y"]
-    values = np.asarray(rep.transpose("chain", "draw", ...).values, dtype=float)
-    return values.reshape(values.shape[0] * values.shape[1], -1)
+
+    def compute():
+        rep = idata.posterior_predictive["y"]
+        values = rep.transpose("chain", "draw", ...).values
+        values = values.reshape(values.shape[0] * values.shape[1], -1)
+        if values.shape[0] * values.shape[1] * 8 > OBSERVATION_MAJOR_MAX:
+            return np.asarray(values, dtype=float)
+        return observation_major(values)
+
+    return per_fit(idata, "replicated", compute)
+
+
+def observation_major(values: np.ndarray, rows: int = 512, cols: int = 16) -> np.ndarray:
+    """`values` (draws, obs) as a float64 Fortran-order array: the transposed copy, made tile by tile (rows x cols
+    tiles stay in the cache: twice as fast as numpy's strided copy)."""
+    out = np.empty(values.shape[::-1])
+    for lo in range(0, values.shape[0], rows):
+        for c in range(0, values.shape[1], cols):
+            out[c : c + cols, lo : lo + rows] = values[lo : lo + rows, c : c + cols].T
+    return out.T
 
 
 def _summarise(obs: float, rep: np.ndarray, prob: float = INTERVAL_PROB) -> dict:
@@ -143,7 +166,9 @@ def visit_distribution(idata: az.InferenceData, index: ObsIndex | None = None, r
         sel = ix.week == w
         at_week = rep[:, sel]
         row = {"week": int(w), "n_obs": int(sel.sum()), "statistic": "sd", **_summarise(float(ix.y[sel].std(ddof=1)), at_week.std(axis=1, ddof=1))}
-        observed, replicas = np.quantile(ix.y[sel], QUANTILES), np.quantile(at_week, QUANTILES)  # one sort for all quantiles
+        # the quantiles of every replicated score at the week: numpy's, from the sorted scores (one sort is quicker than
+        # the selection np.quantile makes; the same order statistics, the same numbers)
+        observed, replicas = np.quantile(ix.y[sel], QUANTILES), np.quantile(np.sort(at_week, axis=None), QUANTILES)
         for q, o, r in zip(QUANTILES, observed, replicas):
             row[f"observed_q{q:g}"] = float(o)
             row[f"replicated_q{q:g}"] = float(r)
@@ -183,30 +208,38 @@ def rate_check(idata: az.InferenceData, index: ObsIndex | None = None, remission
     return pd.DataFrame(rows)
 
 
-def loo_pit_log_weights(idata: az.InferenceData) -> np.ndarray:
-    """PSIS log weights of `y` (observations, draws) as az.loo_pit computes them (normalised, relative efficiency
-    from the mean ESS of every posterior variable): those of the visit-level LOO on `y` (diagnostics.loo
-    `pointwise_psis`), computed once per InferenceData."""
-    return pointwise_psis(idata, "y").log_weights
-
-
-def loo_pit_values(idata: az.InferenceData, rep: np.ndarray | None = None) -> np.ndarray:
-    """LOO-PIT of every observation: the PSIS-weighted fraction of replications at or below it, min(1, sum_s w_is
-    [y_rep_is <= y_i]) (az.loo_pit's arithmetic, for all observations at once). rep: `replicated(idata)`."""
+def pit_inputs(idata: az.InferenceData):
+    """(replicated 'y' (draws, obs) as `replicated` holds them, observed 'y') for the LOO-PIT of continuous scores, summed
+    in the pass of diagnostics.loo `pointwise_psis`; (None, None) without them, or for integer scores (ArviZ smooths
+    those first: `loo_pit_values`)."""
+    if "posterior_predictive" not in idata.groups() or "y" not in idata.posterior_predictive or "observed_data" not in idata.groups():
+        return None, None
     y = np.asarray(idata.observed_data["y"].values)
-    rep = replicated(idata) if rep is None else rep
-    if y.dtype.kind == "i" or idata.posterior_predictive["y"].dtype.kind == "i":  # ArviZ smooths integer data first
+    if y.dtype.kind == "i" or idata.posterior_predictive["y"].dtype.kind == "i":
+        return None, None
+    return replicated(idata), y
+
+
+def loo_pit_log_weights(idata: az.InferenceData) -> np.ndarray:
+    """PSIS log weights of `y` (observations, draws) as az.loo_pit computes them (normalised; the relative efficiency
+    of diagnostics.loo `relative_efficiency`), computed once per InferenceData: what az.loo_pit is given for integer
+    scores, which it smooths first. Continuous scores never hold them whole (`loo_pit_values`)."""
+    return per_fit(idata, "weights:y", lambda: psis(-as_units_by_draws(idata.log_likelihood["y"]), relative_efficiency(idata))[0])
+
+
+def loo_pit_values(idata: az.InferenceData) -> np.ndarray:
+    """LOO-PIT of every observation: the PSIS-weighted fraction of replications at or below it, min(1, sum_s w_is
+    [y_rep_is <= y_i]) (az.loo_pit's arithmetic), summed in the pass that computes the weights of the visit-level LOO
+    on `y` (diagnostics.loo `pointwise_psis`, a block of observations at a time). Integer scores: az.loo_pit itself,
+    given those weights."""
+    rep, _ = pit_inputs(idata)
+    if rep is None:  # ArviZ smooths integer data first
+        if "posterior_predictive" not in idata.groups() or "y" not in idata.posterior_predictive:
+            raise ValueError("the fit has no posterior_predictive['y']")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return np.asarray(az.loo_pit(idata, y="y", log_weights=loo_pit_log_weights(idata)), dtype=float).ravel()
-    weights = loo_pit_log_weights(idata)
-    y = y.astype(float)
-    pit = np.empty(len(y))
-    for lo in range(0, len(y), PIT_BLOCK):  # the normalised weights of the replications at or below y_i, summed
-        cols = slice(lo, lo + PIT_BLOCK)
-        below = (rep[:, cols] <= y[cols]).T.astype(float)
-        pit[cols] = np.einsum("ij,ij->i", below, np.exp(weights[cols]))
-    return np.minimum(1.0, pit)
+    return pointwise_psis(idata, "y", pit=lambda: pit_inputs(idata)).pit
 
 
 def loo_pit_summary(pit: np.ndarray) -> dict:
@@ -222,9 +255,9 @@ def loo_pit_summary(pit: np.ndarray) -> dict:
     }
 
 
-def loo_pit_check(idata: az.InferenceData, rep: np.ndarray | None = None) -> dict:
+def loo_pit_check(idata: az.InferenceData) -> dict:
     """`loo_pit_summary` of the fit's LOO-PIT values."""
-    return loo_pit_summary(loo_pit_values(idata, rep))
+    return loo_pit_summary(loo_pit_values(idata))
 
 
 @dataclass
@@ -260,7 +293,7 @@ def run_ppc(idata: az.InferenceData, arms: np.ndarray | None = None, labels: tup
     """Every check; arms, labels: as for `obs_index` (or the `index` itself); rep: `replicated(idata)` if at hand."""
     ix = index or obs_index(idata, arms, labels)
     rep = replicated(idata) if rep is None else rep
-    pit = loo_pit_values(idata, rep)
+    pit = loo_pit_values(idata)
     return PPCResult(
         trajectory=trajectory_check(idata, ix, rep),
         visits=visit_distribution(idata, ix, rep),

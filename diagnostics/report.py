@@ -185,7 +185,8 @@ def strategies_table(table: pd.DataFrame, week: int) -> pd.DataFrame:
     return out
 
 
-ESTIMAND_NAMES = {"MAR": "hypothetical (MAR imputation)", "NRI": "composite (missing = failure)"}
+ESTIMAND_NAMES = {"MAR": "hypothetical (MAR imputation)", "NRI": "composite (missing = failure)",
+                  "treatment_policy": "treatment policy (retrieved dropouts)"}
 
 
 def responders_summary(table: pd.DataFrame, week: int) -> pd.DataFrame:
@@ -316,7 +317,10 @@ def model_section(m, sensitivity=None) -> str:
         f"MCSE &le; {MCSE_SD_RATIO_MAX} posterior SD, at most {TREEDEPTH_SATURATED_MAX:.0%} of draws at the maximum tree depth, E-BFMI &ge; {EBFMI_MIN} in every chain.</p>"
     )
     out.append(f"<pre>{esc(v.text())}</pre>")
-    out.append("<p>Population-level parameters (participant-level and latent biomarker values are included in the verdict but not listed):</p>")
+    judged = ("participant-level and latent biomarker values are included in the verdict but not listed" if not v.population_only
+              else "on this fit's fast path the verdict judges these and the quantities derived from them; the participant-level values, "
+                   "drawn exactly from their conditional posterior given each draw, inherit their mixing")
+    out.append(f"<p>Population-level parameters ({judged}):</p>")
     out.append(table_html(m.convergence_rows, index=True))
     out.append(img(m.figures.get("rank"), "rank plot") + img(m.figures.get("energy"), "energy plot"))
     if m.ppc is None:

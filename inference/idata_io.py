@@ -66,17 +66,26 @@ def stamp(idata: az.InferenceData, **attrs) -> az.InferenceData:
     return idata
 
 
-COMPRESSION = {"compression": "gzip", "compression_opts": 4, "shuffle": True}  # lossless; HDF5 filters h5netcdf has built in
+# HDF5 filters on the numeric variables: none. Posterior and predictive draws are random to their last bits, so lossless
+# compression shrinks them little (the bundled trial's fits: gzip level 1 to 9 with byte shuffle made the files 10 to 15%
+# smaller and took 1.5 to 4 times as long to write; docs/diagnostics.md, saved fits); None writes them as they are.
+COMPRESSION: dict | None = None
 
 
 def _write_netcdf(idata: az.InferenceData, path: str) -> None:
-    """Every group of `idata` into one netCDF4 file, numeric variables compressed (az.from_netcdf reads it)."""
-    mode = "w"
-    for group in idata.groups():
-        data = idata[group]
-        encoding = {name: dict(COMPRESSION) for name, var in data.variables.items() if var.dtype.kind in "biuf" and var.ndim > 0}
-        data.to_netcdf(path, mode=mode, group=group, engine="h5netcdf", encoding=encoding)
-        mode = "a"
+    """Every group of `idata` into one netCDF4 file (az.from_netcdf reads it), written as `Dataset.to_netcdf(path,
+    group=..., engine="h5netcdf")` writes each group but in one session of the file: the file is opened once, and
+    no dask scheduler is looked up (to_netcdf's lookup imports dask.distributed, half a second)."""
+    import h5netcdf
+    from xarray.backends import H5NetCDFStore
+    from xarray.backends.writers import dump_to_store
+
+    with h5netcdf.File(path, "w") as file:
+        for group in idata.groups():
+            data = idata[group]
+            encoding = ({name: dict(COMPRESSION) for name, var in data.variables.items() if var.dtype.kind in "biuf" and var.ndim > 0}
+                        if COMPRESSION else {})
+            dump_to_store(data, H5NetCDFStore(file.create_group(group)), encoding=encoding)
 
 
 def save_idata(idata: az.InferenceData, path: str | Path) -> Path:

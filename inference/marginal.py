@@ -488,40 +488,63 @@ def _integrated_from_residuals(post: xr.Dataset, design: TrialDesign, residuals)
 
 
 def mmrm_integrated_log_likelihood(idata: az.InferenceData, built: BuiltModel) -> dict[str, xr.DataArray]:
-    """'y_participant' and 'y_visit' of an MMRM fit, on the units of the trajectory models' (see `scored_units`).
+    """'y_participant' and 'y_visit' of an MMRM fit (`mmrm_log_likelihood`, which computes its pointwise 'change' with them)."""
+    out = mmrm_log_likelihood(idata, built)
+    return {k: v for k, v in out.items() if k in INTEGRATED_NOTES}
+
+
+def mmrm_log_likelihood(idata: az.InferenceData, built: BuiltModel) -> dict[str, xr.DataArray]:
+    """The pointwise log-likelihood 'change' of an MMRM fit (models/mmrm.py `pointwise_logp`) with 'y_participant' and
+    'y_visit' on the units of the trajectory models' (see `scored_units`), DRAW_BLOCK draws of one chain at a time from
+    one mean (`mean_change`), so memory beyond the results is that of one block whatever the trial's size.
 
     The MMRM models post-baseline change given the baseline, so its densities are those of the
     post-baseline scores given the baseline score (the shift by the baseline has Jacobian 1):
     per participant, log MvNormal(change_i | mu_i, Sigma_i) (the sum of its sequential pointwise
-    log-likelihood); per visit, the exact leave-one-visit-out density from Sigma's block of the
-    participant's attended visits, as for the trajectory models."""
-    from models.mmrm import mean_change, mmrm_data, visit_covariance
+    log-likelihood, in visit order); per visit, the exact leave-one-visit-out density from Sigma's block of the
+    participant's attended visits, as for the trajectory models. Every number is the one the whole-array
+    computation gives (each draw's arithmetic is the same)."""
+    from models.mmrm import mean_change, mmrm_data, pointwise_logp, visit_covariance
 
     post, design = idata.posterior, built.design
     d = mmrm_data(design)
-    n_ch, n_dr = post.sizes["chain"], post.sizes["draw"]
-    mus = mean_change(post, design, d)  # numpy, the model's own mean (tests/test_mmrm.py checks it against PyMC's)
-    cov = visit_covariance(post, len(d.visits))  # chain, draw, visit, visit
-    e = d.obs_change[None, None, :] - mus
-    visit = np.empty_like(e)
-    for vis, start, n_p, _ in d.patterns:
-        k = len(vis)
-        block = slice(start, start + n_p * k)
-        prec = np.linalg.inv(cov[..., vis[:, None], vis[None, :]])  # chain, draw, k, k
-        r = e[..., block].reshape(n_ch, n_dr, n_p, k)
-        pr = np.einsum("cdjk,cdpk->cdpj", prec, r)
-        pjj = np.diagonal(prec, axis1=-2, axis2=-1)[:, :, None, :]
-        visit[..., block] = (0.5 * (np.log(pjj) - LOG2PI) - 0.5 * pr**2 / pjj).reshape(n_ch, n_dr, n_p * k)
-    pointwise = idata.log_likelihood["change"].transpose("chain", "draw", ...).values
-    participant = np.zeros((n_ch, n_dr, len(d.rows)))
-    np.add.at(participant, (slice(None), slice(None), d.obs_row), pointwise)
+    n_ch, n_dr, n_obs = post.sizes["chain"], post.sizes["draw"], len(d.obs_change)
     # the trajectory models' labels: participants by id, visits by their index among the design's observations
     index = {(int(p), int(w)): i for i, (p, w) in enumerate(zip(design.obs_participant, design.obs_week))}
     labels = np.array([index[(int(d.rows[r]), int(d.visits[v]))] for r, v in zip(d.obs_row, d.obs_visit)])
     order = np.argsort(labels)
+    pointwise = np.empty((n_ch, n_dr, n_obs))
+    visit = np.empty((n_ch, n_dr, n_obs))
+    participant = np.empty((n_ch, n_dr, len(d.rows)))
+    # blocks of DRAW_BLOCK draws, a last block of one draw joined to the one before (numpy's einsum takes another path
+    # for a single draw, which can differ from the whole array's in the last bit)
+    bounds = [*range(0, n_dr, DRAW_BLOCK), n_dr]
+    if len(bounds) > 2 and bounds[-1] - bounds[-2] == 1:
+        del bounds[-2]
+    for ch in range(n_ch):
+        for lo, hi in zip(bounds[:-1], bounds[1:]):
+            part = post.isel(chain=[ch], draw=slice(lo, hi))
+            mus = mean_change(part, design, d)  # numpy, the model's own mean (tests/test_mmrm.py checks it against PyMC's)
+            lp = pointwise_logp(part, design, mu=mus, d=d)["change"][0]
+            cov = visit_covariance(part, len(d.visits))[0]  # draw, visit, visit
+            e = d.obs_change[None, :] - mus[0]
+            vis_block = np.empty_like(e)
+            for vis, start, n_p, _ in d.patterns:
+                k = len(vis)
+                block = slice(start, start + n_p * k)
+                prec = np.linalg.inv(cov[..., vis[:, None], vis[None, :]])  # draw, k, k
+                r = e[..., block].reshape(hi - lo, n_p, k)
+                pr = np.einsum("djk,dpk->dpj", prec, r)
+                pjj = np.diagonal(prec, axis1=-2, axis2=-1)[:, None, :]
+                vis_block[..., block] = (0.5 * (np.log(pjj) - LOG2PI) - 0.5 * pr**2 / pjj).reshape(hi - lo, n_p * k)
+                # a participant's sum in visit order, as a running sum (np.add.at's order of additions)
+                participant[ch, lo:hi][:, d.obs_row[start : start + n_p * k : k]] = np.cumsum(lp[:, block].reshape(hi - lo, n_p, k), axis=-1)[..., -1]
+            pointwise[ch, lo:hi] = lp
+            visit[ch, lo:hi] = vis_block[:, order]
     cd = {"chain": post["chain"].values, "draw": post["draw"].values}
     return {
+        "change": xr.DataArray(pointwise, dims=("chain", "draw", "obs"), coords={**cd, "obs": np.arange(n_obs)}),
         "y_participant": xr.DataArray(participant, dims=("chain", "draw", "scored_participant"),
                                       coords={**cd, "scored_participant": design.participants[d.rows]}),
-        "y_visit": xr.DataArray(visit[..., order], dims=("chain", "draw", "scored_visit"), coords={**cd, "scored_visit": labels[order]}),
+        "y_visit": xr.DataArray(visit, dims=("chain", "draw", "scored_visit"), coords={**cd, "scored_visit": labels[order]}),
     }

@@ -33,6 +33,7 @@ from .marginal import (
     compile_kwargs,
     finish_marginal_fit,
     mmrm_integrated_log_likelihood,
+    mmrm_log_likelihood,
     plain_integrated_log_likelihood,
     python_mode,
 )
@@ -184,13 +185,8 @@ def complete_fit(idata: az.InferenceData, built: BuiltModel, seed: int, fast: Bu
     for group in ("log_likelihood", "posterior_predictive"):
         if group in idata.groups():
             del idata[group]
-    t0 = time.perf_counter()
     with built.model:
-        if built.pointwise is not None:  # the model's own numpy densities: no graph to compile
-            idata.add_groups({"log_likelihood": _pointwise_dataset(built, idata.posterior)})
-        else:
-            pm.compute_log_likelihood(idata, var_names=list(built.outcome_vars), extend_inferencedata=True, progressbar=False)
-        timings["log_likelihood_s"] = time.perf_counter() - t0
+        # the predictions first: the log-likelihood's arrays (as large) do not exist yet while PyMC stacks its draws
         t0 = time.perf_counter()
         with warnings.catch_warnings():
             # The graph models' Potentials are likelihood terms of the biomarkers (censored values' probabilities of
@@ -203,6 +199,20 @@ def complete_fit(idata: az.InferenceData, built: BuiltModel, seed: int, fast: Bu
                 compile_kwargs=compile_kwargs(),
             )
         timings["posterior_predictive_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        if built.observations == VISIT_CHANGES and built.pointwise is not None:
+            # the MMRM: its pointwise densities and the integrated ones from one mean, a block of draws at a time
+            computed = mmrm_log_likelihood(idata, built)
+            idata.add_groups({"log_likelihood": _pointwise_dataset(built, idata.posterior, {v: computed.pop(v).values for v in built.outcome_vars})})
+            idata.log_likelihood = idata.log_likelihood.assign(computed)
+            idata.log_likelihood.attrs.update(INTEGRATED_NOTES)
+            timings["log_likelihood_s"] = time.perf_counter() - t0
+            return timings
+        if built.pointwise is not None:  # the model's own numpy densities: no graph to compile
+            idata.add_groups({"log_likelihood": _pointwise_dataset(built, idata.posterior)})
+        else:
+            pm.compute_log_likelihood(idata, var_names=list(built.outcome_vars), extend_inferencedata=True, progressbar=False)
+        timings["log_likelihood_s"] = time.perf_counter() - t0
     if built.observations in (VISIT_SCORES, VISIT_CHANGES):  # the densities the comparison scores (inference/marginal.py)
         t0 = time.perf_counter()
         score = plain_integrated_log_likelihood if built.observations == VISIT_SCORES else mmrm_integrated_log_likelihood
@@ -214,13 +224,14 @@ def complete_fit(idata: az.InferenceData, built: BuiltModel, seed: int, fast: Bu
     return timings
 
 
-def _pointwise_dataset(built: BuiltModel, posterior):
-    """The log_likelihood group from BuiltModel.pointwise, with the outcome variables' dims and coords."""
+def _pointwise_dataset(built: BuiltModel, posterior, values: dict | None = None):
+    """The log_likelihood group from BuiltModel.pointwise (or its `values`, computed already), with the outcome
+    variables' dims and coords."""
     import xarray as xr
 
     model = built.model
     out = {}
-    for name, values in built.pointwise(posterior).items():
+    for name, values in (built.pointwise(posterior) if values is None else values).items():
         dims = ("chain", "draw", *model.named_vars_to_dims[name])
         coords = {"chain": posterior["chain"].values, "draw": posterior["draw"].values}
         coords.update({dim: np.asarray(model.coords[dim]) for dim in dims[2:]})

@@ -277,18 +277,18 @@ def implied_covariance(posterior, design: TrialDesign) -> ImpliedCovariance:
     return ImpliedCovariance(weeks, "change", visit_covariance(posterior, len(weeks)))
 
 
-def pointwise_logp(posterior, design: TrialDesign) -> dict[str, np.ndarray]:
+def pointwise_logp(posterior, design: TrialDesign, mu: np.ndarray | None = None, d: MMRMData | None = None) -> dict[str, np.ndarray]:
     """The pointwise log-likelihood of 'change' (chain x draw x obs) from the posterior, in numpy.
 
     The same densities as the model's CustomDist (`_conditional_logp`): per observation, the
     conditional normal density of the visit given the participant's earlier attended visits, from the
     Cholesky factor of the pattern's block of Sigma (for a drop-out pattern, the leading block of
     Sigma's own factor); the mean from the same coefficients. tests/test_mmrm.py checks it against
-    PyMC's compute_log_likelihood.
+    PyMC's compute_log_likelihood. mu: `mean_change` of the same posterior, when at hand; d: `mmrm_data(design)`.
     """
-    d = mmrm_data(design)
+    d = mmrm_data(design) if d is None else d
     nv = len(d.visits)
-    mu = mean_change(posterior, design, d)
+    mu = mean_change(posterior, design, d) if mu is None else mu
     chol = tril_unpack(posterior["visit_chol"].transpose("chain", "draw", ...).values, nv)
     resid = d.obs_change - mu
     out = np.empty_like(resid)

@@ -426,6 +426,47 @@ def test_integrated_densities_are_those_of_post_baseline_scores_given_baseline(d
                 assert got["y_visit"].values[0, k, pos] == pytest.approx(dens, abs=1e-8)
 
 
+@pytest.mark.unit
+def test_log_likelihood_in_blocks_of_draws_is_the_whole_array_computation(design_three, monkeypatch):
+    """complete_fit's MMRM densities ('change', 'y_participant', 'y_visit'), computed a block of draws of one chain at a
+    time from one mean, are those of the whole-array computation bit for bit: models.mmrm.pointwise_logp on every draw,
+    each participant's sum added in visit order (np.add.at), the leave-one-visit-out densities from the inverse of
+    each pattern's block of Sigma."""
+    import inference.marginal as im
+    from models.marginal import LOG2PI
+    from models.mmrm import mean_change, pointwise_logp, visit_covariance
+
+    built = get("mmrm").build(design_three)
+    prior = pm.sample_prior_predictive(draws=10, model=built.model, random_seed=7).prior
+    post = prior.isel(chain=0, drop=True).rename(draw="flat").drop_vars("flat")
+    post = post.coarsen(flat=5).construct(flat=("chain", "draw")).assign_coords(chain=[0, 1], draw=np.arange(5))  # 2 chains x 5 draws
+    idata = az.InferenceData(posterior=post)
+    monkeypatch.setattr(im, "DRAW_BLOCK", 2)  # blocks of 2 and 3 draws (not 2, 2 and 1: numpy takes another path for one draw)
+    got = im.mmrm_log_likelihood(idata, built)
+    d = mmrm_data(design_three)
+    whole = pointwise_logp(post, design_three)["change"]
+    np.testing.assert_array_equal(got["change"].values, whole)
+    participant = np.zeros(whole.shape[:2] + (len(d.rows),))
+    np.add.at(participant, (slice(None), slice(None), d.obs_row), whole)
+    np.testing.assert_array_equal(got["y_participant"].values, participant)
+    e = d.obs_change - mean_change(post, design_three, d)
+    cov = visit_covariance(post, len(d.visits))
+    visit = np.empty_like(e)
+    for vis, start, n_p, _ in d.patterns:
+        k = len(vis)
+        block = slice(start, start + n_p * k)
+        prec = np.linalg.inv(cov[..., vis[:, None], vis[None, :]])
+        pr = np.einsum("cdjk,cdpk->cdpj", prec, e[..., block].reshape(2, 5, n_p, k))
+        pjj = np.diagonal(prec, axis1=-2, axis2=-1)[:, :, None, :]
+        visit[..., block] = (0.5 * (np.log(pjj) - LOG2PI) - 0.5 * pr**2 / pjj).reshape(2, 5, n_p * k)
+    order = np.argsort(got["y_visit"]["scored_visit"].values)
+    np.testing.assert_array_equal(np.sort(got["y_visit"]["scored_visit"].values), got["y_visit"]["scored_visit"].values)
+    index = {(int(p), int(w)): i for i, (p, w) in enumerate(zip(design_three.obs_participant, design_three.obs_week))}
+    labels = np.array([index[(int(d.rows[r]), int(d.visits[v]))] for r, v in zip(d.obs_row, d.obs_visit)])
+    np.testing.assert_array_equal(got["y_visit"].values, visit[..., np.argsort(labels)])
+    assert (order == np.arange(len(order))).all()
+
+
 @pytest.mark.smoke
 def test_planning_mmrm_agrees_with_this_bayesian_mmrm_on_simulated_trials():
     """The small version of planning's MMRM-vs-MCMC check (the full one, 100 trials, is slow): on 3
