@@ -60,12 +60,25 @@ HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 LOG2PI = math.log(2.0 * math.pi)
 SQRT2 = math.sqrt(2.0)
 LOGCDF_SWITCH = -20.0  # as models/marker_block.py
+# False in the callbacks' variant for models without baseline markers (`callback_functions`): numba removes the
+# branches on it before typing, so that variant compiles none of the marker block (half the compile time)
+MARKERS = True
+
+
+def constants(n: int) -> tuple:
+    """0, 1, ..., n - 1 as numpy integers: the constants passed to compiled functions (a context field, a prior slot).
+
+    numba compiles a function once per argument types, and types a Python int constant by its value, so
+    `_field(ctx, F_ARM)` and `_field(ctx, F_XX)` would be two compiled functions (26 of `_field` alone). A numpy
+    integer is typed int64 whatever its value: each helper is compiled once."""
+    return tuple(np.int64(k) for k in range(n))
+
 
 # prior families
 NORMAL, HALFNORMAL, EXPONENTIAL, GAMMA, HALFCAUCHY, ZEROSUM, LKJ = 1, 2, 3, 4, 5, 6, 7
 # prior slots (3 numbers each: family, p1, p2)
 (P_INTERCEPT, P_TIME, P_NAC, P_PROG, P_MOD, P_SITE, P_PSD, P_CORR, P_RESID, P_MMEAN, P_MSD, P_MREG,
- P_NMOD, P_TCURV, P_NCURV, P_CLEVEL, P_CCHANGE) = range(17)
+ P_NMOD, P_TCURV, P_NCURV, P_CLEVEL, P_CCHANGE) = constants(17)
 N_PRIORS = 17
 # blocks of the unconstrained vector (value variables of the PyMC model)
 X_BLOCKS = (
@@ -110,7 +123,7 @@ E_BLOCKS = (
 # fields of the context array; F_XQ (per participant: sums of q, t1 q, t2 q, q^2), F_QY (sum of q y) and
 # F_WEEK_Q (q per scheduled week) are empty unless the model is curved
 (F_SIZES, F_XOFF, F_EOFF, F_PRIORS, F_ARM, F_SITE_IDX, F_XX, F_XY, F_YY, F_NVIS, F_ZDATA, F_ZSTATUS, F_ZINDEX, F_ZUPPER,
- F_PER_DOUBLING, F_WEEK_T1, F_WEEK_T2, F_XQ, F_QY, F_WEEK_Q, F_NINT, F_COV, F_PHASE_LOC, F_IGROUP, F_IREP, F_CONTROL) = range(26)
+ F_PER_DOUBLING, F_WEEK_T1, F_WEEK_T2, F_XQ, F_QY, F_WEEK_Q, F_NINT, F_COV, F_PHASE_LOC, F_IGROUP, F_IREP, F_CONTROL) = constants(26)
 N_FIELDS = 26
 # F_CONTROL: a NormalMixture (MAP) prior on time_change[0], the control arm's change by the end of treatment, in place
 # of its F_PHASE_LOC Normal (`mixture_field`; [-1] without)
@@ -132,8 +145,10 @@ OBSERVED, MISSING, CENSORED, INTEGRATED = 0, 1, 2, 3
 # ---------------------------------------------------------------- scalar pieces (numba)
 
 # error_model="numpy": a division by zero gives inf/nan (caught by the caller's finiteness check)
-# instead of raising, which a C callback could not report
-_jit = numba.njit(error_model="numpy")
+# instead of raising, which a C callback could not report. no_cfunc_wrapper: these functions are called from
+# compiled code (and from Python), never through a C pointer of their own, which numba would otherwise
+# generate and optimise for each of them (a quarter of the compile time)
+_jit = numba.njit(error_model="numpy", no_cfunc_wrapper=True)
 
 
 @_jit
@@ -255,8 +270,8 @@ def _softplus(v):
 
 
 @_jit
-def _complete_markers(x, ctx, with_density, zfill):
-    """Completed standardised markers z (participant x marker) and, if asked, their log density.
+def _complete_markers(x, ctx, zfill):
+    """Completed standardised markers z (participant x marker) and their log density.
 
     Integrated entries take their value from zfill (participant x marker) and are scored like
     observed ones there. Also returns what the backward pass needs per entry: for censored entries
@@ -285,16 +300,14 @@ def _complete_markers(x, ctx, with_density, zfill):
             if status == OBSERVED or status == INTEGRATED:
                 value = zdata[e] if status == OBSERVED else zfill[i, k]
                 z[i, k] = value
-                if with_density:
-                    r = (value - mu) * inv_sd
-                    lp += -0.5 * r * r
-                    aux[i, k, 0] = r
-                    n_observed += 1
+                r = (value - mu) * inv_sd
+                lp += -0.5 * r * r
+                aux[i, k, 0] = r
+                n_observed += 1
             elif status == MISSING:
                 eta = x[o_miss + int(zindex[e])]
                 z[i, k] = mu + sd * eta
-                if with_density:
-                    lp += -0.5 * eta * eta - HALF_LOG_2PI
+                lp += -0.5 * eta * eta - HALF_LOG_2PI
             else:
                 v = x[o_cens + int(zindex[e])]
                 u = _sigmoid(v)
@@ -305,28 +318,25 @@ def _complete_markers(x, ctx, with_density, zfill):
                 p = min(max(p, 1e-300), 1.0 - 1e-16)
                 q = ndtri(p)
                 z[i, k] = mu + sd * q
-                if with_density:
-                    lp += log_below - 2.0 * _softplus(-v) - v  # probability below the limit; U(0, 1) and its logit Jacobian
-                    inv_pdf_q = math.exp(0.5 * q * q + HALF_LOG_2PI)  # dq/dp
-                    aux[i, k, 0] = q
-                    aux[i, k, 1] = c
-                    aux[i, k, 2] = dlog_below
-                    aux[i, k, 3] = 0.0  # PyTensor's clip passes no gradient outside its range
-                    aux[i, k, 4] = 0.0
-                    if not clipped:
-                        aux[i, k, 3] = p * dlog_below * inv_pdf_q  # dq/dc
-                        aux[i, k, 4] = math.exp(log_below) * inv_pdf_q  # dq/du
-        if with_density:
-            lp -= n_observed * (x[o_sd + k] + HALF_LOG_2PI)  # log sd = x, the unconstrained value
-    if with_density:
-        for k in range(m):
-            w = x[o_sd + k]
-            f, _ = _scale_prior(pri, P_MSD, math.exp(w))
-            g, _ = _normal_prior(pri, P_MMEAN, x[o_mean + k])
-            lp += f + w + g
-        for l in range(m * (m - 1) // 2):
-            g, _ = _normal_prior(pri, P_MREG, x[o_reg + l])
-            lp += g
+                lp += log_below - 2.0 * _softplus(-v) - v  # probability below the limit; U(0, 1) and its logit Jacobian
+                inv_pdf_q = math.exp(0.5 * q * q + HALF_LOG_2PI)  # dq/dp
+                aux[i, k, 0] = q
+                aux[i, k, 1] = c
+                aux[i, k, 2] = dlog_below
+                aux[i, k, 3] = 0.0  # PyTensor's clip passes no gradient outside its range
+                aux[i, k, 4] = 0.0
+                if not clipped:
+                    aux[i, k, 3] = p * dlog_below * inv_pdf_q  # dq/dc
+                    aux[i, k, 4] = math.exp(log_below) * inv_pdf_q  # dq/du
+        lp -= n_observed * (x[o_sd + k] + HALF_LOG_2PI)  # log sd = x, the unconstrained value
+    for k in range(m):
+        w = x[o_sd + k]
+        f, _ = _scale_prior(pri, P_MSD, math.exp(w))
+        g, _ = _normal_prior(pri, P_MMEAN, x[o_mean + k])
+        lp += f + w + g
+    for l in range(m * (m - 1) // 2):
+        g, _ = _normal_prior(pri, P_MREG, x[o_reg + l])
+        lp += g
     return z, aux, lp
 
 
@@ -704,10 +714,25 @@ def _conditional_means(x, ctx, z0):
     return z
 
 
-@_jit
-def logp_grad(x, ctx, grad):
-    """Log density of a marginal trajectory model at unconstrained x; its gradient into grad."""
+def _logp_c(dim, x_, out_, logp_, ctx_):
+    """The C callback nutpie calls: the log density of a marginal trajectory model at unconstrained x into logp[0],
+    its gradient into out. Returns 0; -1 when dim is not the model's (or the context has markers and this is the
+    variant without, `callback_functions`), 3 for a non-finite gradient, 4 for a non-finite log density.
+
+    One function, not a call of a compiled `logp_grad`: numba optimises and emits a compiled function on its own and
+    again inside each caller, so the body of the largest function is compiled once this way. Nothing in it raises
+    (error_model="numpy"; every size comes from the context array, checked against dim): an exception would leave
+    logp[0] NaN, which the sampler rejects. `logp_grad` calls it from Python."""
+    head = numba.carray(ctx_, (2,), np.float64)
+    ctx = numba.carray(ctx_, (int(head[0]),), np.float64)
+    n_x = int(dim)
+    logp = numba.carray(logp_, (1,))
+    logp[0] = math.nan
     sizes = _field(ctx, F_SIZES)
+    if n_x != int(sizes[6]) or (not MARKERS and int(sizes[1]) > 0):
+        return -1
+    x = numba.carray(x_, (n_x,))
+    grad = numba.carray(out_, (n_x,))
     n_p, m, n_s, followup, curved = int(sizes[0]), int(sizes[1]), int(sizes[4]), int(sizes[5]), int(sizes[9])
     xo = _field(ctx, F_XOFF)
     pri = _field(ctx, F_PRIORS)
@@ -736,10 +761,11 @@ def logp_grad(x, ctx, grad):
     group_size = np.zeros(n_groups)
     zfill = np.zeros((n_p, m))
     miss = np.zeros(max(m, 1), dtype=np.int64)
-    if with_integrated:  # their markers: observed values, 0 at the integrated ones (they have no latent value)
+    if MARKERS and with_integrated:  # their markers: observed values, 0 at the integrated ones (they have no latent value)
         z0 = _field(ctx, F_ZDATA).reshape((n_p, m))
         if not _integrated_modes(x, ctx, z0, _fixed_part(x, ctx, z0, site), l00, l10, l11, inv_s2, uhat, hchol, hinv, logdet):
-            return -math.inf
+            logp[0] = -math.inf
+            return 4
         for i in range(n_p):
             q = _missing_set(ctx, i, m, miss)
             for a in range(q):
@@ -753,7 +779,10 @@ def logp_grad(x, ctx, grad):
     bj = np.zeros((2, dmax))
     gmat = np.zeros((2, dmax))
 
-    z, aux, lp = _complete_markers(x, ctx, True, zfill)
+    if MARKERS:
+        z, aux, lp = _complete_markers(x, ctx, zfill)
+    else:
+        z, aux, lp = np.zeros((n_p, m)), np.zeros((n_p, m, 5)), 0.0
     fixed = _fixed_part(x, ctx, z, site)
     inv_s4 = inv_s2 * inv_s2
     inv_s6 = inv_s4 * inv_s2
@@ -873,44 +902,45 @@ def logp_grad(x, ctx, grad):
 
     # - log det H / 2 per group of integrated participants (times its size), H = J' B J / s2 + blockdiag(I, Q_MM):
     # d/dJ = -B J H^-1 / s2 (into L and the loadings A), d/ds2 = tr(H^-1 J' B J) / (2 s4), and through Q_MM
-    irep = _field(ctx, F_IREP)
-    for grp in range(n_groups):
-        i = int(irep[grp])
-        size = group_size[grp]
-        q = _missing_set(ctx, i, m, miss)
-        d = 2 + q
-        _jacobian(x, ctx, i, miss, q, l00, l10, l11, jac)
-        a00, a01, a11 = xx[6 * i], xx[6 * i + 1], xx[6 * i + 3]
-        for b in range(d):
-            bj[0, b] = a00 * jac[0, b] + a01 * jac[1, b]
-            bj[1, b] = a01 * jac[0, b] + a11 * jac[1, b]
-        trace = 0.0  # tr(H^-1 J' B J)
-        for a in range(2):
+    if MARKERS:  # (the variant without markers has no group)
+        irep = _field(ctx, F_IREP)
+        for grp in range(n_groups):
+            i = int(irep[grp])
+            size = group_size[grp]
+            q = _missing_set(ctx, i, m, miss)
+            d = 2 + q
+            _jacobian(x, ctx, i, miss, q, l00, l10, l11, jac)
+            a00, a01, a11 = xx[6 * i], xx[6 * i + 1], xx[6 * i + 3]
             for b in range(d):
-                v = 0.0
-                for e in range(d):
-                    v += bj[a, e] * hinv[grp, e, b]
-                gmat[a, b] = -v * inv_s2 * size
-                trace += v * jac[a, b]
-        d_s2 += 0.5 * trace * inv_s4 * size
-        g00 += gmat[0, 0]
-        g10 += gmat[1, 0]
-        g11 += gmat[1, 1]
-        for a in range(q):
-            k = miss[a]
-            d_prog[k] += gmat[0, 2 + a]
-            d_mod[k] += gmat[1, 2 + a]
-            if o_nmod >= 0:
-                treated, slot = _arm_of(arm, i)
-                d_nmod[slot * m + k] += gmat[1, 2 + a] * treated
-        for kk in range(m):  # Q_MM = sum_k R_kM' R_kM / s_k^2, with W = -H^-1_zz / 2
+                bj[0, b] = a00 * jac[0, b] + a01 * jac[1, b]
+                bj[1, b] = a01 * jac[0, b] + a11 * jac[1, b]
+            trace = 0.0  # tr(H^-1 J' B J)
+            for a in range(2):
+                for b in range(d):
+                    v = 0.0
+                    for e in range(d):
+                        v += bj[a, e] * hinv[grp, e, b]
+                    gmat[a, b] = -v * inv_s2 * size
+                    trace += v * jac[a, b]
+            d_s2 += 0.5 * trace * inv_s4 * size
+            g00 += gmat[0, 0]
+            g10 += gmat[1, 0]
+            g11 += gmat[1, 1]
             for a in range(q):
-                ra = r_mk[kk, miss[a]]
-                for b in range(q):
-                    w = -0.5 * hinv[grp, 2 + a, 2 + b] * size
-                    rb = r_mk[kk, miss[b]]
-                    d_inv_ms2[kk] += w * ra * rb
-                    d_r[kk, miss[a]] += 2.0 * w * rb * inv_ms2[kk]
+                k = miss[a]
+                d_prog[k] += gmat[0, 2 + a]
+                d_mod[k] += gmat[1, 2 + a]
+                if o_nmod >= 0:
+                    treated, slot = _arm_of(arm, i)
+                    d_nmod[slot * m + k] += gmat[1, 2 + a] * treated
+            for kk in range(m):  # Q_MM = sum_k R_kM' R_kM / s_k^2, with W = -H^-1_zz / 2
+                for a in range(q):
+                    ra = r_mk[kk, miss[a]]
+                    for b in range(q):
+                        w = -0.5 * hinv[grp, 2 + a, 2 + b] * size
+                        rb = r_mk[kk, miss[b]]
+                        d_inv_ms2[kk] += w * ra * rb
+                        d_r[kk, miss[a]] += 2.0 * w * rb * inv_ms2[kk]
 
     # residual SD (log transform)
     f, df = _scale_prior(pri, P_RESID, sigma)
@@ -999,8 +1029,9 @@ def logp_grad(x, ctx, grad):
     if o >= 0:
         lp += zerosum_density(site, d_site, pri[3 * P_SITE + 1], n_s, o, grad)
 
-    _markers_backward(x, ctx, z, aux, adj, grad)
-    if with_integrated:  # - log det H / 2 through Q_MM: 1/s_k^2 = exp(-2 x), R_kj = -regression
+    if MARKERS:
+        _markers_backward(x, ctx, z, aux, adj, grad)
+    if MARKERS and with_integrated:  # - log det H / 2 through Q_MM: 1/s_k^2 = exp(-2 x), R_kj = -regression
         o_sd, o_reg = int(xo[X_MSD]), int(xo[X_MREG])
         pos = 0
         for k in range(m):
@@ -1008,19 +1039,36 @@ def logp_grad(x, ctx, grad):
             for j in range(k):
                 grad[o_reg + pos] -= d_r[k, j]
                 pos += 1
-    return lp
+    logp[0] = lp
+    for j in range(n_x):
+        if not math.isfinite(grad[j]):
+            return 3
+    if not math.isfinite(lp):
+        return 4
+    return 0
 
 
-@_jit
-def expand(x, ctx, out):
-    """Write the draw's stored variables: x itself, then each block at its offset in ctx."""
+def _expand_c(dim, expanded, x_, out_, ctx_):
+    """The C callback nutpie calls to store a draw: x itself, then each other stored variable at its offset in ctx.
+    Returns 0, or -1 when dim or expanded is not the model's (or as `_logp_c`). One function for the reason of `_logp_c`; out is
+    NaN first, so that an exception (nothing raises for a context from `fused_layout`) stores no stale value."""
+    head = numba.carray(ctx_, (2,), np.float64)
+    ctx = numba.carray(ctx_, (int(head[0]),), np.float64)
     sizes = _field(ctx, F_SIZES)
+    if int(dim) != int(sizes[6]) or int(expanded) != int(sizes[7]) or (not MARKERS and int(sizes[1]) > 0):
+        return -1
+    x = numba.carray(x_, (int(dim),))
+    out = numba.carray(out_, (int(expanded),))
+    for j in range(int(expanded)):
+        out[j] = math.nan
     n_p, m, n_s, followup, n_dim, n_week = int(sizes[0]), int(sizes[1]), int(sizes[4]), int(sizes[5]), int(sizes[6]), int(sizes[8])
     xo, eo = _field(ctx, F_XOFF), _field(ctx, F_EOFF)
     for j in range(n_dim):
         out[j] = x[j]
-    z, _, _ = _complete_markers(x, ctx, False, np.zeros((n_p, m)))
-    if int(sizes[10]) > 0:  # integrated markers: the fixed part holds their conditional means
+    z = np.zeros((n_p, m))
+    if MARKERS:
+        z, _, _ = _complete_markers(x, ctx, z)
+    if MARKERS and int(sizes[10]) > 0:  # integrated markers: the fixed part holds their conditional means
         z = _conditional_means(x, ctx, z)
     site = _site_values(x, ctx)
     fixed = _fixed_part(x, ctx, z, site)
@@ -1082,6 +1130,7 @@ def expand(x, ctx, out):
         if eo[E_NMODD] >= 0:  # active_arm x marker
             for a in range(n_arm):
                 out[int(eo[E_NMODD]) + a * m + k] = x[int(xo[X_NMOD]) + a * m + k] * per_doubling[k]
+    return 0
 
 
 # ---------------------------------------------------------------- the context (Python)
@@ -1196,6 +1245,7 @@ class FusedLayout:
     n_expanded: int
     shape_info: tuple  # (names, slices, shapes), as nutpie's own compile produces
     kernel: str = "trajectory"  # which fused functions read ctx (inference/compile.KERNELS)
+    variant: str = ""  # which of the kernel's compiled variants computes this model ("" the general one; `callback_functions`)
 
 
 def block_layout(model, shapes: dict, x_blocks: tuple, e_blocks: tuple):
@@ -1376,46 +1426,76 @@ def fused_layout(model, design, priors, shapes: dict) -> FusedLayout:
         mixture_field(priors.get(CONTROL_CHANGE), 0),
     ]
     assert len(fields) == N_FIELDS
-    return FusedLayout(ctx=_pack(fields), n_dim=n_dim, n_expanded=pos, shape_info=(names, slices, shape_list))
+    return FusedLayout(ctx=_pack(fields), n_dim=n_dim, n_expanded=pos, shape_info=(names, slices, shape_list),
+                       variant="" if with_markers else NO_MARKERS)
 
 
 # ---------------------------------------------------------------- nutpie (Python)
 
 
-def _logp_c(dim, x_, out_, logp_, ctx_):
-    head = numba.carray(ctx_, (2,), np.float64)
-    ctx = numba.carray(ctx_, (int(head[0]),), np.float64)
-    n = int(dim)
-    if n != int(_field(ctx, F_SIZES)[6]):
-        return -1
-    x = numba.carray(x_, (n,))
-    out = numba.carray(out_, (n,))
-    logp = numba.carray(logp_, (1,))
-    try:
-        value = logp_grad(x, ctx, out)
-    except Exception:  # noqa: BLE001 - reported to the sampler as a failed evaluation
-        return 1
-    logp[0] = value
-    if not np.all(np.isfinite(out)):
-        return 3
-    if not np.isfinite(value):
-        return 4
-    return 0
+# nutpie's C interface: log density and gradient; expansion of a draw into the stored variables
+LOGP_SIG = numba.types.int64(numba.types.uint64, numba.types.CPointer(numba.types.double), numba.types.CPointer(numba.types.double),
+                             numba.types.CPointer(numba.types.double), numba.types.voidptr)
+EXPAND_SIG = numba.types.int64(numba.types.uint64, numba.types.uint64, numba.types.CPointer(numba.types.double),
+                               numba.types.CPointer(numba.types.double), numba.types.voidptr)
+CFUNC_OPTIONS = {"error_model": "numpy"}  # the callbacks' arithmetic as `_jit`'s
 
 
-def _expand_c(dim, expanded, x_, out_, ctx_):
-    head = numba.carray(ctx_, (2,), np.float64)
-    ctx = numba.carray(ctx_, (int(head[0]),), np.float64)
-    sizes = _field(ctx, F_SIZES)
-    if int(dim) != int(sizes[6]) or int(expanded) != int(sizes[7]):
-        return -1
-    x = numba.carray(x_, (int(dim),))
-    out = numba.carray(out_, (int(expanded),))
-    try:
-        expand(x, ctx, out)
-    except Exception:  # noqa: BLE001
-        return -2
-    return 0
+NO_MARKERS = "no_markers"  # the variant for models without baseline markers (MARKERS False)
+
+
+@lru_cache(maxsize=None)
+def callback_functions(variant: str = "") -> tuple:
+    """The Python functions (logp, expand) that numba compiles into the C callbacks of `variant` (FusedLayout.variant):
+    "" the general ones; NO_MARKERS the same code with MARKERS False, which compiles in half the time and serves
+    the models without baseline markers (it refuses, with code -1, a context array that has markers)."""
+    if variant == "":
+        return _logp_c, _expand_c
+    if variant != NO_MARKERS:
+        raise ValueError(f"unknown variant {variant!r} of the trajectory kernel")
+    import types
+
+    namespace = {**globals(), "MARKERS": False}
+    return tuple(types.FunctionType(f.__code__, namespace, f.__name__, f.__defaults__, f.__closure__) for f in (_logp_c, _expand_c))
+
+
+@lru_cache(maxsize=1)
+def callbacks():
+    """(`_logp_c`, `_expand_c`) compiled as C callbacks in this process, for `logp_grad` and `expand` (without the
+    disk cache that inference/compile.fused_functions gives nutpie's)."""
+    return numba.cfunc(LOGP_SIG, **CFUNC_OPTIONS)(_logp_c), numba.cfunc(EXPAND_SIG, **CFUNC_OPTIONS)(_expand_c)
+
+
+def _pointer(a: np.ndarray, what: str, size: int):
+    import ctypes
+
+    if a.dtype != np.float64 or not a.flags.c_contiguous or a.size != size:
+        raise ValueError(f"{what}: a contiguous float64 array of {size} values is needed")
+    return a.ctypes.data_as(ctypes.POINTER(ctypes.c_double))
+
+
+def logp_grad(x: np.ndarray, ctx: np.ndarray, grad: np.ndarray) -> float:
+    """The log density at unconstrained x (its gradient into grad): `_logp_c`, what nutpie calls, from Python."""
+    import ctypes
+
+    x = np.ascontiguousarray(x, dtype=np.float64)
+    lp = np.zeros(1)
+    code = callbacks()[0].ctypes(x.size, _pointer(x, "x", x.size), _pointer(grad, "grad", x.size), _pointer(lp, "logp", 1),
+                                 ctx.ctypes.data_as(ctypes.c_void_p))
+    if code == -1:
+        raise ValueError(f"x has {x.size} values; the model of this context array has {int(_field(ctx, F_SIZES)[6])}")
+    return float(lp[0])
+
+
+def expand(x: np.ndarray, ctx: np.ndarray, out: np.ndarray) -> None:
+    """Write the draw x's stored variables into out: `_expand_c`, what nutpie calls, from Python."""
+    import ctypes
+
+    x = np.ascontiguousarray(x, dtype=np.float64)
+    code = callbacks()[1].ctypes(x.size, out.size, _pointer(x, "x", x.size), _pointer(out, "out", out.size), ctx.ctypes.data_as(ctypes.c_void_p))
+    if code != 0:
+        sizes = _field(ctx, F_SIZES)
+        raise ValueError(f"x has {x.size} values and out {out.size}; the model of this context array has {int(sizes[6])} and {int(sizes[7])}")
 
 
 @lru_cache(maxsize=1)
