@@ -329,6 +329,7 @@ def mmrm_agreement(
         "p_outside_bound": int(((diff > bound) | (diff_mcid > bound_mcid)).sum()),
         "max_abs_diff_mean_in_sd": float(((table["fast_mean"] - table["mcmc_mean"]).abs() / table["fast_sd"]).max()),
         "max_rel_diff_sd": float(((table["fast_sd"] - table["mcmc_sd"]).abs() / table["fast_sd"]).max()),
+        "disagreements_outside_band": int((~agree & ((table["fast_p_benefit"] - analysis.threshold).abs() > bound)).sum()),
         "agreement_rate_rb": float((table["fast_success"] == table["mcmc_success_rb"]).mean()),
         "max_abs_diff_p_benefit_rb": float((table["fast_p_benefit"] - table["mcmc_p_benefit_rb"]).abs().max()),
     }

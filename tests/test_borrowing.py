@@ -170,7 +170,7 @@ def check_against_reweighting(data, model, hist, tmp_path, settings, tolerance: 
 def test_map_fit_agrees_with_reweighting_and_writes_its_record(small_trial_dir, hist_csv, tmp_path):
     """A tiny MMRM fit: with the MAP prior its posterior agrees with the reweighted plain fit; map_prior.json, run.json
     and the report hold the prior, ESS, conflict check and posteriors; diagnose.py keeps the section."""
-    settings = SamplerSettings(draws=400, tune=300, chains=2, seed=5)
+    settings = SamplerSettings(draws=400, tune=300, chains=2, seed=5, prior_draws=20)
     borrowed, record, _ = check_against_reweighting(small_trial_dir, "mmrm", hist_csv, tmp_path, settings, tolerance=4.0)
     assert set(record) >= {"mixture", "robust_mixture", "ess", "conflict", "new_trial", "models", "settings", "historical"}
     assert record["settings"]["robust_weight"] == 0.2 and 0 < record["conflict"]["p_value"] <= 1

@@ -1,5 +1,6 @@
-"""fit.py end to end on tiny draws: outputs, groups, provenance, estimands, the sensitivity analyses, refusals and exit codes;
-a three-arm trial's estimates, contrasts.csv and report."""
+"""fit.py end to end on tiny draws: outputs, groups, provenance, estimands, the sensitivity analyses, refusals and exit codes.
+(A three-arm trial's estimates, contrasts.csv and report: tests/test_submission_tables.py, whose one fit of the bundled
+three-arm trial serves its tables and those checks.)"""
 
 from __future__ import annotations
 
@@ -14,9 +15,7 @@ import pytest
 import deptrial
 import diagnose
 import fit
-from data import DOSE_DATASET
 from deptrial import orchestrate
-from diagnostics.contrasts import CONTRASTS_FILE
 from diagnostics.sensitivity_analyses import SENSITIVITY_TABLES, saved_sensitivity
 from inference.storage import STORAGE
 from models.effects import ESTIMAND_COLUMNS
@@ -389,52 +388,3 @@ def test_comparison_is_reliable_without_refits_on_a_small_single_site_trial(tmp_
         for level in ("participant", "visit"):
             k = pd.read_csv(out / name / f"loo_{level}.csv")["pareto_k"]
             assert (k > 0.7).mean() <= 0.01, (name, level, (k > 0.7).sum())
-
-
-# ---------------------------------------------------------------- a three-arm trial
-
-
-@pytest.fixture(scope="module")
-def three_arm_run(fitted, tmp_path_factory):
-    """The bundled three-arm dose trial (data/dose), tiny draws; after `fitted`, whose two-arm fit of the same model
-    has compiled the log density this one reuses."""
-    out = tmp_path_factory.mktemp("dose") / "out"
-    code = fit.main(["--data", str(DOSE_DATASET), "--model", "treatment", "--draws", "20", "--tune", "30", "--chains", "2", "--prior-draws", "10",
-                     "--seed", "2", "--jobs", "1", "--out", str(out), "--quiet", "--contrast", "high - low", "--contrast",
-                     "pooled active - placebo"])
-    return code, out
-
-
-@pytest.mark.smoke
-def test_a_three_arm_fit_writes_contrasts_and_a_report_of_every_arm(three_arm_run):
-    code, out = three_arm_run
-    assert code == 0
-    table = pd.read_csv(out / "treatment" / CONTRASTS_FILE)
-    assert set(table["kind"]) == {"arm_mean", "vs_control", "contrast", "dose_trend", "p_best"}
-    assert {"high - low", "pooled active - placebo", "low - placebo", "high - placebo", "dose trend"} <= set(table["contrast"])
-    assert table.loc[table["kind"] == "p_best", "mean"].sum() == pytest.approx(1.0)
-    est = pd.read_csv(out / "treatment" / "estimates.csv")
-    assert est["quantity"].tolist()[:4] == [f"{a} - placebo mean MADRS at week {w}" for a in ("low", "high") for w in (12, 16)]
-    ppc = pd.read_csv(out / "treatment" / "ppc_trajectory.csv")
-    assert list(dict.fromkeys(ppc["arm"])) == ["placebo", "low", "high"]  # the checks of every arm
-    report = (out / "report.html").read_text()
-    for figure in ("treatment: contrasts", "treatment: trajectory", "treatment: effects"):
-        assert f'alt="{figure}"' in report, figure
-    assert (out / "summary" / "treatment_contrasts.png").is_file()
-    assert "2 active arms, each compared with it: <b>low</b>, <b>high</b>" in report and "P(best arm at week 12" in report
-
-
-@pytest.mark.slow
-def test_diagnose_recomputes_the_contrasts_of_a_three_arm_folder(three_arm_run, tmp_path, capsys):
-    _, out = three_arm_run
-    copy = tmp_path / "copy"
-    shutil.copytree(out, copy)
-    before = (copy / "treatment" / CONTRASTS_FILE).read_bytes()
-    assert diagnose.main([str(copy), "--quiet"]) == 0  # without --contrast: the saved table, untouched
-    assert (copy / "treatment" / CONTRASTS_FILE).read_bytes() == before
-    assert diagnose.main([str(copy), "--quiet", "--contrast", "bogus - low"]) == 2 and "unknown arm 'bogus'" in capsys.readouterr().err
-    assert diagnose.main([str(copy), "--quiet", "--contrast", "mean active - placebo"]) == 0
-    table = pd.read_csv(copy / "treatment" / CONTRASTS_FILE)
-    assert "mean active - placebo" in set(table["contrast"]) and "high - low" not in set(table["contrast"])
-    same = table[table["kind"] == "vs_control"].reset_index(drop=True)
-    pd.testing.assert_frame_equal(same, pd.read_csv(out / "treatment" / CONTRASTS_FILE).query("kind == 'vs_control'").reset_index(drop=True))

@@ -3,6 +3,8 @@ gradient and deterministics; the guard that compares them before sampling."""
 
 from __future__ import annotations
 
+import ctypes
+
 import numpy as np
 import pytensor
 import pytest
@@ -104,6 +106,35 @@ def _split(x, layout, n):
     return [x[s].reshape(sh) for s, sh in zip(slices[:n], shapes[:n])]
 
 
+def fused_callbacks(layout):
+    """The C callbacks (log density and gradient; expand) that nutpie calls for `layout`, its kernel's and variant's,
+    from the run's compile cache as a fit loads them: each kernel is compiled once per test run, not again in each
+    worker that calls it from Python."""
+    variant = getattr(layout, "variant", "")
+    return engine.fused_functions(layout.kernel, engine.cache_dir(), *((variant,) if variant else ()))
+
+
+def _ptr(a):
+    return a.ctypes.data_as(ctypes.POINTER(ctypes.c_double))
+
+
+def fused_logp_grad(layout, x, grad):
+    """The fused log density at unconstrained x, its gradient into grad (the callback must report success, code 0)."""
+    x, lp = np.ascontiguousarray(x, dtype=np.float64), np.full(1, np.nan)
+    assert grad.dtype == np.float64 and grad.flags.c_contiguous and x.size == grad.size == layout.n_dim
+    code = fused_callbacks(layout)[0].ctypes(layout.n_dim, _ptr(x), _ptr(grad), _ptr(lp), layout.ctx.ctypes.data_as(ctypes.c_void_p))
+    assert code == 0, f"the fused log density returned code {code}"
+    return float(lp[0])
+
+
+def fused_expand(layout, x, out):
+    """Every stored variable of the draw x into out (the expand callback must report success, code 0)."""
+    x = np.ascontiguousarray(x, dtype=np.float64)
+    assert out.dtype == np.float64 and out.flags.c_contiguous and out.size == layout.n_expanded
+    code = fused_callbacks(layout)[1].ctypes(layout.n_dim, layout.n_expanded, _ptr(x), _ptr(out), layout.ctx.ctypes.data_as(ctypes.c_void_p))
+    assert code == 0, f"the fused expand returned code {code}"
+
+
 def _headline(design, priors=None):
     return build_trajectory_marginal(design, priors, name="headline", arm=True, markers=True)
 
@@ -122,16 +153,15 @@ def _check_against_pytensor(design, priors=None, points=4, seed=0, shift=None, b
             x = shift(x, layout)
         out = density(*_split(x, layout, len(values)))
         ref_grad = np.concatenate([np.ravel(g) for g in out[1:]])
-        kernel = engine.KERNELS[layout.kernel]
         grad = np.full(layout.n_dim, np.nan)
-        lp = kernel.logp_grad(x, layout.ctx, grad)
+        lp = fused_logp_grad(layout, x, grad)
         assert np.all(np.isfinite(grad)) and np.isfinite(lp)
         np.testing.assert_allclose(grad, ref_grad, rtol=1e-8, atol=1e-9 * np.abs(ref_grad).max())
         lps.append(lp)
         refs.append(float(out[0]))
         # every stored variable: x itself, constrained values and deterministics
         full = np.full(layout.n_expanded, np.nan)
-        kernel.expand(x, layout.ctx, full)
+        fused_expand(layout, x, full)
         np.testing.assert_array_equal(full[: layout.n_dim], x)
         names, slices, shapes = layout.shape_info
         for var, value in zip(stored, stored_fn(*_split(x, layout, len(values)))):
@@ -268,14 +298,13 @@ def test_fused_arm_blocks_move_their_own_arm_only(three_arm_design):
     design = three_arm_design
     built = _moderation(design, None)
     layout = engine.fused_layout(built)
-    kernel = engine.KERNELS[layout.kernel]
     names, slices, shapes = layout.shape_info
     x = np.random.default_rng(25).normal(size=layout.n_dim) * 0.5
     base, moved = np.zeros(layout.n_expanded), np.zeros(layout.n_expanded)
-    kernel.expand(x, layout.ctx, base)
+    fused_expand(layout, x, base)
     y = x.copy()
     y[slices[names.index("nac_change")].start + 1 * 2 + 0] += 2.0  # arm 'high' (the second), treatment phase
-    kernel.expand(y, layout.ctx, moved)
+    fused_expand(layout, y, moved)
     block = lambda out, name: out[slices[names.index(name)]].reshape(shapes[names.index(name)])  # noqa: E731
     np.testing.assert_allclose(block(moved, "nac_effect")[1] - block(base, "nac_effect")[1], 2.0 * design.week_t1, atol=1e-12)
     np.testing.assert_array_equal(block(moved, "nac_effect")[0], block(base, "nac_effect")[0])
@@ -288,10 +317,10 @@ def test_fused_arm_blocks_move_their_own_arm_only(three_arm_design):
 
 @pytest.mark.unit
 def test_fused_density_other_priors_and_lean_design(covariate_design, lean_design):
-    """Other prior families, per-phase location priors and baseline covariates; the lean design's shapes."""
+    """Other prior families, per-phase location priors and baseline covariates; the lean design's shapes (with the
+    default priors too: test_fused_density_more_combinations, slow)."""
     _, layout = _check_against_pytensor(covariate_design, {**OTHER_PRIORS, **PHASE_PRIORS}, points=2, seed=1)
     assert "covariate_level" in layout.shape_info[0]
-    _check_against_pytensor(lean_design, points=2, seed=2)
     _check_against_pytensor(lean_design, OTHER_PRIORS, points=2, seed=3)
 
 
@@ -305,15 +334,19 @@ def _treatment(design, priors):
 
 @pytest.mark.unit
 def test_fused_density_null_and_treatment_models(covariate_design, lean_design):
-    """The models without biomarkers (no marker block; the null model has no arm either), with baseline covariates
-    and without; the treatment model under the enthusiastic preset (one mean per phase)."""
+    """The models without biomarkers (no marker block; the null model has no arm either): the null model on the lean
+    design with other priors, the treatment model with baseline covariates under the enthusiastic preset (one mean per
+    phase). (Each model on the other design too: test_fused_density_more_combinations, slow.)"""
+    _check_against_pytensor(lean_design, OTHER_PRIORS, points=2, seed=6, build=_null)
+    _check_against_pytensor(covariate_design, _enthusiastic(covariate_design), points=2, seed=5, build=_treatment)
+
+
+def _enthusiastic(design):
     from models.prior_file import preset_priors
 
-    enthusiastic = preset_priors("enthusiastic", "treatment", covariate_design, 2.0)
+    enthusiastic = preset_priors("enthusiastic", "treatment", design, 2.0)
     assert enthusiastic["nac_change"]["params"]["mu"] == [-2.0, 0.0]
-    for build, priors in ((_null, None), (_treatment, enthusiastic)):
-        _check_against_pytensor(covariate_design, priors, points=2, seed=5, build=build)
-        _check_against_pytensor(lean_design, OTHER_PRIORS, points=2, seed=6, build=build)
+    return enthusiastic
 
 
 def _moderation(design, priors):
@@ -329,10 +362,10 @@ def _null_curved(design, priors):  # not registered; the curvature without the a
 
 
 @pytest.mark.unit
-def test_fused_density_moderation_model(small_design, covariate_design, lean_design):
+def test_fused_density_moderation_model(covariate_design, lean_design):
     """The biomarker x arm term inside each participant's treatment-phase change (and its per-doubling summary);
-    with baseline covariates beside it."""
-    _check_against_pytensor(small_design, points=2, seed=10, build=_moderation)
+    with baseline covariates beside it (the small trial's markers: missing, censored and integrated ones); the lean
+    design. (Under the default priors: test_fused_density_more_combinations, slow.)"""
     _check_against_pytensor(covariate_design, {**OTHER_PRIORS, "nac_marker_moderation": {"params": {"mu": -1.0, "sigma": 2.0}}},
                             points=2, seed=11, build=_moderation)
     _check_against_pytensor(lean_design, OTHER_PRIORS, points=2, seed=13, build=_moderation)
@@ -341,15 +374,30 @@ def test_fused_density_moderation_model(small_design, covariate_design, lean_des
 @pytest.mark.unit
 def test_fused_density_curved_models(small_design, covariate_design, lean_design):
     """The 4th fixed coefficient on q = 4 t1 (1 - t1), its sufficient statistics, and the bend in nac_effect/placebo_change;
-    with baseline covariates and per-phase priors."""
-    curvature_priors = {"time_curvature": {"params": {"mu": -2.0, "sigma": 4.0}}, "nac_curvature": {"params": {"mu": 1.0, "sigma": 1.5}}}
-    _, layout = _check_against_pytensor(small_design, points=2, seed=14, build=_treatment_curved)
-    assert layout.shape_info[2][layout.shape_info[0].index("participant_fixed")] == (small_design.n_participants, 4)
-    _check_against_pytensor(covariate_design, {**OTHER_PRIORS, **curvature_priors, **PHASE_PRIORS}, points=2, seed=15,
-                            build=_treatment_curved)
-    _check_against_pytensor(lean_design, points=2, seed=16, build=_treatment_curved)
+    with baseline covariates and per-phase priors; the lean design; the curvature without the arm. (Under the default
+    priors: test_fused_density_more_combinations, slow.)"""
+    _, layout = _check_against_pytensor(covariate_design, {**OTHER_PRIORS, **CURVATURE_PRIORS, **PHASE_PRIORS}, points=2, seed=15,
+                                        build=_treatment_curved)
+    assert layout.shape_info[2][layout.shape_info[0].index("participant_fixed")] == (covariate_design.n_participants, 4)
     _check_against_pytensor(lean_design, OTHER_PRIORS, points=2, seed=17, build=_treatment_curved)
     _check_against_pytensor(small_design, points=2, seed=18, build=_null_curved)
+
+
+CURVATURE_PRIORS = {"time_curvature": {"params": {"mu": -2.0, "sigma": 4.0}}, "nac_curvature": {"params": {"mu": 1.0, "sigma": 1.5}}}
+
+
+@pytest.mark.slow
+def test_fused_density_more_combinations(small_design, covariate_design, lean_design):
+    """The default tier's checks above under the default priors and on the other design: the headline, moderation and
+    treatment_curved models under their default priors (on the small trial and the lean design), the null model with
+    baseline covariates, the treatment model on the lean design with other priors."""
+    _check_against_pytensor(lean_design, points=2, seed=2)
+    _check_against_pytensor(small_design, points=2, seed=10, build=_moderation)
+    _, layout = _check_against_pytensor(small_design, points=2, seed=14, build=_treatment_curved)
+    assert layout.shape_info[2][layout.shape_info[0].index("participant_fixed")] == (small_design.n_participants, 4)
+    _check_against_pytensor(lean_design, points=2, seed=16, build=_treatment_curved)
+    _check_against_pytensor(covariate_design, points=2, seed=5, build=_null)
+    _check_against_pytensor(lean_design, OTHER_PRIORS, points=2, seed=6, build=_treatment)
 
 
 @pytest.mark.unit
@@ -358,19 +406,18 @@ def test_fused_curvature_changes_what_it_should(small_design):
     moves too (the test above compares with PyTensor; this one pins the meaning of the blocks independently)."""
     built = _treatment_curved(small_design, None)
     layout = engine.fused_layout(built)
-    kernel = engine.KERNELS[layout.kernel]
     names, slices, _ = layout.shape_info
     x = np.random.default_rng(19).normal(size=layout.n_dim) * 0.5
     base, moved = np.zeros(layout.n_expanded), np.zeros(layout.n_expanded)
-    kernel.expand(x, layout.ctx, base)
+    fused_expand(layout, x, base)
     y = x.copy()
     y[slices[names.index("nac_curvature")]] += 2.0
-    kernel.expand(y, layout.ctx, moved)
+    fused_expand(layout, y, moved)
     q = 4 * small_design.week_t1 * (1 - small_design.week_t1)
     nac, placebo = slices[names.index("nac_effect")], slices[names.index("placebo_change")]
     np.testing.assert_allclose(moved[nac] - base[nac], 2.0 * q, atol=1e-12)  # the one active arm's nac_effect
     np.testing.assert_array_equal(moved[placebo], base[placebo])
-    assert kernel.logp_grad(x, layout.ctx, np.zeros(layout.n_dim)) != kernel.logp_grad(y, layout.ctx, np.zeros(layout.n_dim))
+    assert fused_logp_grad(layout, x, np.zeros(layout.n_dim)) != fused_logp_grad(layout, y, np.zeros(layout.n_dim))
 
 
 @pytest.mark.unit
@@ -575,7 +622,7 @@ def mmrm_sums_and_rows_agree(built, monkeypatch, seed: int) -> dict:
         refs.append(float(out[0]))
         for kind, layout in layouts.items():
             grad = np.full(layout.n_dim, np.nan)
-            lps[kind].append(kernels_mmrm.logp_grad(x, layout.ctx, grad))
+            lps[kind].append(fused_logp_grad(layout, x, grad))
             np.testing.assert_allclose(grad, ref_grad, rtol=1e-8, atol=1e-9 * np.abs(ref_grad).max(), err_msg=kind)
     for kind in layouts:  # as _check_against_pytensor: differences exact, the level within PyMC's float32 constants
         np.testing.assert_allclose(np.diff(lps[kind]), np.diff(refs), rtol=1e-10, atol=1e-8, err_msg=kind)
@@ -627,10 +674,19 @@ def test_guard_detects_a_fused_function_that_no_longer_matches_the_model(small_d
     assert engine.fused_disagreement(built, drifted, engine.fused_functions("mmrm", engine.cache_dir())[0]) is not None
 
 
+def _callbacks_of_this_run(monkeypatch):
+    """compile_nutpie under another DEPTRIAL_CACHE (off, or an empty folder) still gets the callbacks compiled for this
+    run: a compile into a new folder costs a cold compile, and what the tests below check is the guard around it (the
+    cache itself: tests/test_fast_path.py::test_seed_reproducible_and_cache_reused)."""
+    run_cache, compiled = engine.cache_dir(), engine.fused_functions
+    monkeypatch.setattr(engine, "fused_functions", lambda kernel, cache_folder=None, *variant: compiled(kernel, run_cache, *variant))
+
+
 @pytest.mark.unit
 def test_guard_failure_falls_back_to_the_graph_with_a_warning(small_design, monkeypatch):
     import nutpie
 
+    _callbacks_of_this_run(monkeypatch)
     monkeypatch.setenv("DEPTRIAL_CACHE", "off")
     monkeypatch.setattr(engine, "fused_disagreement", lambda *args: "gradient entry 3 differs")
     monkeypatch.setattr(nutpie, "compile_pymc_model", lambda model, backend: "the graph")
@@ -641,6 +697,7 @@ def test_guard_failure_falls_back_to_the_graph_with_a_warning(small_design, monk
 
 @pytest.mark.unit
 def test_guard_verdict_is_cached_per_model_and_code(small_design, tmp_path, monkeypatch):
+    _callbacks_of_this_run(monkeypatch)
     monkeypatch.setenv("DEPTRIAL_CACHE", str(tmp_path))
     calls = []
     real = engine.fused_disagreement

@@ -287,8 +287,11 @@ def test_mmrm_decisions_agree_with_the_bayesian_mmrm():
     prior so that decisions fall on both sides; 2 chains x 500 draws each): the closed-form MMRM's
     P(effect < 0) and P(effect < -MCID) and the fractions of the project's Bayesian MMRM's draws below 0
     and -MCID differ on every trial by at most max(0.03, 4 MCSE), MCSE = sqrt(p (1 - p) / ESS) of the
-    draws, and at least 95% of decisions (the MCMC side's from its draws) agree. Writes the figures to
-    benchmarks/results/planning_mmrm_agreement.{json,md} (docs/planning.md)."""
+    draws; a decision taken from the draws differs from the closed form's only on a trial whose closed-form
+    P(effect < 0) lies within that bound of the threshold (Monte Carlo error of 1,000 draws, not a
+    disagreement of the models); the Rao-Blackwell decisions (no Monte Carlo error in the indicator) agree
+    on at least 95% of trials. Writes the figures to benchmarks/results/planning_mmrm_agreement.{json,md}
+    (docs/planning.md)."""
     import plan as plan_cli
     from planning.mcmc_check import mmrm_validation
 
@@ -297,7 +300,8 @@ def test_mmrm_decisions_agree_with_the_bayesian_mmrm():
     print(summary)
     assert 0.2 < summary["mcmc_success_rate"] < 0.8
     assert summary["p_outside_bound"] == 0, table[["fast_p_benefit", "mcmc_p_benefit", "mcmc_p_benefit_mcse", "fast_p_mcid", "mcmc_p_mcid"]]
-    assert summary["agreement_rate"] >= 0.95
+    assert summary["disagreements_outside_band"] == 0, table.loc[table["fast_success"] != table["mcmc_success"]]
+    assert summary["agreement_rate_rb"] >= 0.95
     assert summary["max_abs_diff_mean_in_sd"] < 0.2 and summary["max_rel_diff_sd"] < 0.15, summary
 
 

@@ -1,16 +1,14 @@
 """Retrieved dropouts and the treatment-policy estimand (models/mmrm_retrieved.py, docs/diagnostics.md): visits.csv's
 off_treatment column and its refusals; the flag from ADaM data (ONTRTFL, or ADT after TRTEDT); the fused density against
 the graph; the treatment-policy estimate against a hand computation and, by simulation from the model, against the
-completed-data conditional-mean imputation it summarises; with nobody off treatment it is the MAR estimate exactly; a
-tiny fit through fit.py writes its rows; the slow tier checks calibration on simulated trials whose treatment-policy
-effect is known, and that the plain MAR MMRM misses it."""
+completed-data conditional-mean imputation it summarises; with nobody off treatment it is the MAR estimate exactly (on a
+tiny fit through fit.py: tests/test_retrieved_tables.py, whose one fit serves both files); the slow tier checks calibration
+on simulated trials whose treatment-policy effect is known, and that the plain MAR MMRM misses it."""
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import json
-import shutil
 import time
 from pathlib import Path
 
@@ -87,14 +85,6 @@ def refused(folder: Path, *words) -> str:
     for word in words:
         assert word in text, (word, text)
     return text
-
-
-@pytest.fixture(scope="module")
-def retrieved_dir(tmp_path_factory):
-    """A small trial with discontinuation and retrieved dropouts in both arms."""
-    folder = tmp_path_factory.mktemp("retrieved") / "trial"
-    simulate_trial(TrialParameters(n_participants=90, seed=5, **RETRIEVED)).write(folder)
-    return folder
 
 
 # ---------------------------------------------------------------- the column of visits.csv
@@ -370,69 +360,6 @@ def test_the_generator_truth_is_the_mean_of_its_complete_scores():
 
 
 # ---------------------------------------------------------------- a tiny fit, end to end
-
-
-@pytest.mark.smoke
-def test_a_tiny_fit_writes_the_treatment_policy_rows(retrieved_dir, tmp_path):
-    from diagnostics.sensitivity import POLICY, arm_strategy_effects, model_pieces
-    from inference.storage import load_fit, saved_dataset
-
-    out = tmp_path / "results"
-    t0 = time.perf_counter()
-    assert fit.main(["--data", str(retrieved_dir), "--model", NAME, "--draws", "200", "--tune", "300", "--chains", "2",
-                     "--prior-draws", "20", "--seed", "3", "--jobs", "1", "--sensitivity", "--quiet", "--out", str(out)]) == 0
-    print(f"fit.py {time.perf_counter() - t0:.1f} s")
-    est = pd.read_csv(out / NAME / "estimates.csv")
-    tp = est[est["quantity"].str.contains("treatment policy")]
-    assert tp["week"].tolist() == [2, 4, 6, 8, 12, 16]
-    assert tp["intercurrent_events"].str.contains("regardless of treatment discontinuation").all()
-    on = est[est["quantity"] == "nac - placebo mean MADRS at week 12"]
-    assert on["intercurrent_events"].iloc[0].startswith("treatment discontinuation: hypothetical strategy, as if every participant")
-    sens = pd.read_csv(out / NAME / "sensitivity.csv")
-    rows = sens[sens["strategy"] == POLICY].set_index("week")
-    np.testing.assert_allclose(rows.loc[tp["week"], "mean"], tp["mean"].to_numpy(), rtol=1e-12)
-    assert (rows["dropout_share"] > 0).all() and rows["estimand"].str.contains("treatment policy").all()
-    assert {"MAR", "J2R", "CR", "CIR"} <= set(sens["strategy"])  # the other analyses are still there
-    idata = load_fit(out / NAME / "idata.nc")
-    assert int(idata.sample_stats["diverging"].sum()) == 0
-    design = build_design(saved_dataset(idata))
-    assert json.loads((out / "run.json").read_text())["models"][NAME]["timings"]["fused_log_density"] == 1.0
-    # the multiplicative tipping point's imputed changes (the on-treatment MAR imputation of the model's d), per participant by
-    # hand: an observed change after stopping is compared with its own mean, the on-treatment one plus the arm's shift
-    from diagnostics.sensitivity import imputed_changes
-    from models.mmrm import mmrm_data, visit_covariance
-
-    post = idata.posterior
-    flat = lambda name: post[name].transpose("chain", "draw", ...).values.reshape((-1,) + post[name].shape[2:])  # noqa: E731
-    vm, nac, slope, site, theta = (flat(v) for v in ("visit_mean", "nac_visit_effect", "baseline_slope", "site_effect",
-                                                      "off_treatment_effect"))
-    cov = visit_covariance(post).reshape((len(vm),) + (vm.shape[1],) * 2)
-    wide = design.wide_scores()
-    change, base = wide[:, 1:] - wide[:, [0]], wide[:, 0] - mmrm_data(design).baseline_center
-    off = design.off_treatment[:, 1:]
-    expected = np.zeros((len(vm), 2, vm.shape[1]))
-    for i in range(design.n_participants):
-        seen = np.flatnonzero(~np.isnan(change[i]))
-        later = np.arange(seen.max() + 1 if len(seen) else 0, vm.shape[1])
-        if not len(later):
-            continue
-        a = design.arm_idx[i]
-        mu = vm + (nac[:, 0] if a else 0.0) + slope * base[i] + site[:, [design.site_idx[i]]]
-        c = mu[:, later]
-        if len(seen):
-            resid = change[i, seen] - mu[:, seen] - theta[:, a][:, seen] * off[i, seen]
-            gain = np.linalg.solve(cov[:, seen][:, :, seen], cov[:, seen][:, :, later])  # draws x O x T
-            c = c + np.einsum("so,sot->st", resid, gain)
-        expected[:, a, later] += c / (design.arm_idx == a).sum()
-    np.testing.assert_allclose(imputed_changes(idata, design, model_pieces(idata, design)), expected, rtol=1e-8, atol=1e-8)
-    # nobody off treatment: the treatment-policy draws are the MAR draws exactly, in estimates and in sensitivity.csv
-    nobody = dataclasses.replace(design, off_treatment=np.zeros_like(design.off_treatment))
-    d = idata.posterior["nac_visit_effect"].transpose("chain", "draw", "active_arm", "visit").values
-    np.testing.assert_array_equal(posterior_policy(idata.posterior, nobody)[0], d.reshape((-1,) + d.shape[2:]))
-    effects = arm_strategy_effects(model_pieces(idata, nobody), nobody)
-    np.testing.assert_array_equal(effects[("nac", POLICY)].draws, effects[("nac", "MAR")].draws)
-    assert not effects[("nac", POLICY)].share_treatment.any()
-    shutil.rmtree(out)
 
 
 # ---------------------------------------------------------------- calibration (slow)

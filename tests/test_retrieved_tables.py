@@ -5,12 +5,15 @@ table opens with the treatment-policy row; its responder rates impute the visits
 off-treatment model (against the conditional normal computed here); and its off_treatment flags survive an ADaM round
 trip (data/adam_export.py writes ONTRTFL and TRTEDT, data/adam.py reads them back).
 
-The smoke tier fits one small trial once (2 chains x 150 draws, fit.py with --sensitivity); the unit tier builds draws by
-hand or only writes and reads files."""
+The smoke tier fits one small trial once (2 chains x 150 draws, fit.py with --sensitivity), for these checks and for the
+retrieved-dropout model's own rows (tests/test_retrieved_dropouts.py's subject); the unit tier builds draws by hand or only
+writes and reads files."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import json
 import re
 from pathlib import Path
 
@@ -30,7 +33,7 @@ from diagnostics.csr_tables import ARD_FILE, check_ard, read_ard
 from diagnostics.responders import completed_scores, responder_table
 from models import build_design
 from models.mmrm import OFF_EFFECT, mmrm_data
-from models.mmrm_retrieved import NAME
+from models.mmrm_retrieved import NAME, posterior_policy
 from tests.test_responders import _idata, _means, mmrm_posterior
 from tests.test_retrieved_dropouts import RETRIEVED, toy
 from tests.test_submission_tables import read_docx, read_rtf
@@ -211,6 +214,65 @@ def test_the_fit_writes_treatment_policy_responder_rates(fitted):
     policy = table[table["estimand"] == "treatment_policy"]
     assert policy["estimand_text"].str.contains("treatment discontinuation: treatment policy").all()
     assert policy["note"].str.contains("imputed (after stopping treatment: off-treatment model)", regex=False).any()
+
+
+@pytest.mark.smoke
+def test_a_tiny_fit_writes_the_treatment_policy_rows(fitted):
+    """The fit's treatment-policy rows of estimates.csv and sensitivity.csv (the same draws), the other analyses beside
+    them; the multiplicative tipping point's imputations by hand; with nobody off treatment, exactly the MAR draws."""
+    from diagnostics.sensitivity import POLICY, arm_strategy_effects, model_pieces
+    from inference.storage import load_fit, saved_dataset
+
+    est = pd.read_csv(fitted / "estimates.csv")
+    tp = est[est["quantity"].str.contains("treatment policy")]
+    assert tp["week"].tolist() == [2, 4, 6, 8, 12, 16]
+    assert tp["intercurrent_events"].str.contains("regardless of treatment discontinuation").all()
+    on = est[est["quantity"] == "nac - placebo mean MADRS at week 12"]
+    assert on["intercurrent_events"].iloc[0].startswith("treatment discontinuation: hypothetical strategy, as if every participant")
+    sens = pd.read_csv(fitted / "sensitivity.csv")
+    rows = sens[sens["strategy"] == POLICY].set_index("week")
+    np.testing.assert_allclose(rows.loc[tp["week"], "mean"], tp["mean"].to_numpy(), rtol=1e-12)
+    assert (rows["dropout_share"] > 0).all() and rows["estimand"].str.contains("treatment policy").all()
+    assert {"MAR", "J2R", "CR", "CIR"} <= set(sens["strategy"])  # the other analyses are still there
+    idata = load_fit(fitted / "idata.nc")
+    assert int(idata.sample_stats["diverging"].sum()) == 0
+    design = build_design(saved_dataset(idata))
+    assert json.loads((fitted.parent / "run.json").read_text())["models"][NAME]["timings"]["fused_log_density"] == 1.0
+    # the multiplicative tipping point's imputed changes (the on-treatment MAR imputation of the model's d), per participant by
+    # hand: an observed change after stopping is compared with its own mean, the on-treatment one plus the arm's shift
+    from diagnostics.sensitivity import imputed_changes
+    from models.mmrm import mmrm_data, visit_covariance
+
+    post = idata.posterior
+    flat = lambda name: post[name].transpose("chain", "draw", ...).values.reshape((-1,) + post[name].shape[2:])  # noqa: E731
+    vm, nac, slope, site, theta = (flat(v) for v in ("visit_mean", "nac_visit_effect", "baseline_slope", "site_effect",
+                                                      "off_treatment_effect"))
+    cov = visit_covariance(post).reshape((len(vm),) + (vm.shape[1],) * 2)
+    wide = design.wide_scores()
+    change, base = wide[:, 1:] - wide[:, [0]], wide[:, 0] - mmrm_data(design).baseline_center
+    off = design.off_treatment[:, 1:]
+    expected = np.zeros((len(vm), 2, vm.shape[1]))
+    for i in range(design.n_participants):
+        seen = np.flatnonzero(~np.isnan(change[i]))
+        later = np.arange(seen.max() + 1 if len(seen) else 0, vm.shape[1])
+        if not len(later):
+            continue
+        a = design.arm_idx[i]
+        mu = vm + (nac[:, 0] if a else 0.0) + slope * base[i] + site[:, [design.site_idx[i]]]
+        c = mu[:, later]
+        if len(seen):
+            resid = change[i, seen] - mu[:, seen] - theta[:, a][:, seen] * off[i, seen]
+            gain = np.linalg.solve(cov[:, seen][:, :, seen], cov[:, seen][:, :, later])  # draws x O x T
+            c = c + np.einsum("so,sot->st", resid, gain)
+        expected[:, a, later] += c / (design.arm_idx == a).sum()
+    np.testing.assert_allclose(imputed_changes(idata, design, model_pieces(idata, design)), expected, rtol=1e-8, atol=1e-8)
+    # nobody off treatment: the treatment-policy draws are the MAR draws exactly, in estimates and in sensitivity.csv
+    nobody = dataclasses.replace(design, off_treatment=np.zeros_like(design.off_treatment))
+    d = idata.posterior["nac_visit_effect"].transpose("chain", "draw", "active_arm", "visit").values
+    np.testing.assert_array_equal(posterior_policy(idata.posterior, nobody)[0], d.reshape((-1,) + d.shape[2:]))
+    effects = arm_strategy_effects(model_pieces(idata, nobody), nobody)
+    np.testing.assert_array_equal(effects[("nac", POLICY)].draws, effects[("nac", "MAR")].draws)
+    assert not effects[("nac", POLICY)].share_treatment.any()
 
 
 # ---------------------------------------------------------------- responders: the off-treatment imputation

@@ -7,14 +7,13 @@ x the imputed share, so their mean is the strategy's and their SD the MAR SD; th
 trial and on a simulated trial with heavy dropout, with the MMRM's exact posterior of its mean parameters given its
 covariance (flat prior; no sampling), and checks the anchoring against an independent computation: Rubin's rules on a
 multiple imputation under J2R from the same posterior (what Cro, Carpenter and Kenward 2019 show to be approximately
-information anchored). The smoke tier runs one tiny fit with --sensitivity-weeks and diagnose.py on it; the slow
-tier repeats the theory on real MMRM fits.
+information anchored). A tiny fit with --sensitivity-weeks and diagnose.py on it: tests/test_submission_tables.py (the
+fit its two-arm tables come from); the slow tier repeats the theory on real MMRM fits.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 
 import arviz as az
 import numpy as np
@@ -404,35 +403,6 @@ def test_chosen_weeks_give_the_rows_tipping_points_report_console_and_table(thre
 
 
 # ---------------------------------------------------------------- the command lines (one tiny fit)
-
-
-@pytest.mark.smoke
-def test_fit_and_diagnose_report_the_weeks_asked_for(small_trial_dir, tmp_path):
-    out = tmp_path / "out"
-    code = fit.main(["--data", str(small_trial_dir), "--model", "mmrm", "--draws", "100", "--tune", "200", "--chains", "2",
-                     "--prior-draws", "10", "--seed", "3", "--jobs", "1", "--sensitivity", "--sensitivity-weeks", "16", "12",
-                     "--out", str(out), "--quiet"])
-    assert code == 0
-    sens, tipping = pd.read_csv(out / "mmrm" / "sensitivity.csv"), pd.read_csv(out / "mmrm" / "tipping_point.csv")
-    assert sorted(set(sens["week"])) == [12, 16] and sorted(set(tipping["week"])) == [12, 16]
-    assert tipping.groupby(["week", "delta_kind"])["tipping_message"].nunique().tolist() == [1, 1, 1, 1]
-    for week in (12, 16):
-        at = sens[sens["week"] == week].set_index(["strategy", "variance"])
-        for strategy in REFERENCE_BASED:
-            assert at.loc[(strategy, "information_anchored"), "sd"] == pytest.approx(at.loc[("MAR", "conditional_mean"), "sd"], rel=1e-9)
-            assert at.loc[(strategy, "information_anchored"), "mean"] == pytest.approx(at.loc[(strategy, "conditional_mean"), "mean"])
-    assert json.loads((out / "run.json").read_text())["sensitivity"]["weeks"] == [12, 16]
-    report = (out / "report.html").read_text()
-    assert "<b>Week 12 (end of treatment)</b>" in report and "<b>Week 16 (off-treatment follow-up)</b>" in report
-    ard = check_files(out, "mmrm", ["placebo", "nac"], [12, 16])
-    check_ard_against_sensitivity(ard, sens, tipping, "mmrm", ["placebo", "nac"])
-    # diagnose.py: the follow-up only
-    copy = tmp_path / "copy"
-    shutil.copytree(out, copy)
-    assert diagnose.main([str(copy), "--sensitivity", "--sensitivity-weeks", "16", "--quiet"]) == 0
-    assert set(pd.read_csv(copy / "mmrm" / "sensitivity.csv")["week"]) == {16}
-    assert set(pd.read_csv(copy / "mmrm" / "tipping_point.csv")["week"]) == {16}
-    check_files(copy, "mmrm", ["placebo", "nac"], 16)
 
 
 # ---------------------------------------------------------------- the slow tier: real fits

@@ -4,8 +4,9 @@ sensitivity.csv; the efficacy and sensitivity tables read back from their RTF (c
 (python-docx) files, every number compared with the ARD.
 
 The unit tier builds MMRM draws by hand on a small simulated three-arm trial (no sampling); the smoke tier runs
-fit.py (tiny fits: a two-arm MMRM with --mcid 3, the bundled three-arm trial with the `treatment` model) and
-diagnose.py on the saved folder; the slow tier renders the tables to PDF with LibreOffice when it is installed.
+fit.py (tiny fits: a two-arm MMRM with --mcid 3 and the sensitivity analyses at two weeks, the bundled three-arm trial with the `treatment` model, whose fit also
+serves the three-arm estimates, contrasts.csv and report) and diagnose.py on the saved folder; the slow tier recomputes the
+three-arm contrasts with diagnose.py and renders the tables to PDF with LibreOffice when it is installed.
 """
 
 from __future__ import annotations
@@ -525,9 +526,12 @@ def test_numbers_are_formatted_as_a_study_report_prints_them_and_rtf_text_is_esc
 
 @pytest.fixture(scope="module")
 def two_arm_run(small_trial_dir, tmp_path_factory):
+    """The small trial's MMRM with --mcid 3 and the sensitivity analyses at weeks 16 and 12 (--sensitivity-weeks): one fit
+    for the two-arm tables and for the weeks asked for (tests/test_sensitivity_anchored.py's subject)."""
     out = tmp_path_factory.mktemp("csr2") / "out"
     code = fit.main(["--data", str(small_trial_dir), "--model", "mmrm", "--draws", "100", "--tune", "200", "--chains", "2",
-                     "--prior-draws", "10", "--seed", "3", "--jobs", "1", "--mcid", "3", "--sensitivity", "--out", str(out), "--quiet"])
+                     "--prior-draws", "10", "--seed", "3", "--jobs", "1", "--mcid", "3", "--sensitivity", "--sensitivity-weeks", "16",
+                     "12", "--out", str(out), "--quiet"])
     return code, out
 
 
@@ -535,7 +539,7 @@ def two_arm_run(small_trial_dir, tmp_path_factory):
 def test_a_two_arm_fit_writes_tables_that_read_back_as_its_draws_and_estimates(two_arm_run, small_trial, tmp_path):
     code, out = two_arm_run
     assert code == 0
-    ard = check_files(out, "mmrm", ["placebo", "nac"], 12)
+    ard = check_files(out, "mmrm", ["placebo", "nac"], [12, 16])
     idata = load_fit(out / "mmrm" / "idata.nc", complete=False)
     check_ard_against_draws(ard, idata, small_trial, "mmrm", 3.0)
     check_ard_against_tables(ard, pd.read_csv(out / "mmrm" / "estimates.csv"), pd.read_csv(out / "mmrm" / CONTRASTS_FILE), "mmrm", 3.0)
@@ -555,11 +559,44 @@ def test_a_two_arm_fit_writes_tables_that_read_back_as_its_draws_and_estimates(t
     assert (copy / "mmrm" / "sensitivity_table.docx").is_file()
 
 
+@pytest.mark.smoke
+def test_fit_and_diagnose_report_the_weeks_asked_for(two_arm_run, tmp_path):
+    """--sensitivity-weeks 16 12: the sensitivity and tipping-point rows, run.json, the report and the tables of both weeks,
+    each reference-based strategy's information-anchored SD the MAR SD; diagnose.py with the follow-up only."""
+    from diagnostics.sensitivity import REFERENCE_BASED
+
+    code, out = two_arm_run
+    assert code == 0
+    sens, tipping = pd.read_csv(out / "mmrm" / "sensitivity.csv"), pd.read_csv(out / "mmrm" / "tipping_point.csv")
+    assert sorted(set(sens["week"])) == [12, 16] and sorted(set(tipping["week"])) == [12, 16]
+    assert tipping.groupby(["week", "delta_kind"])["tipping_message"].nunique().tolist() == [1, 1, 1, 1]
+    for week in (12, 16):
+        at = sens[sens["week"] == week].set_index(["strategy", "variance"])
+        for strategy in REFERENCE_BASED:
+            assert at.loc[(strategy, "information_anchored"), "sd"] == pytest.approx(at.loc[("MAR", "conditional_mean"), "sd"], rel=1e-9)
+            assert at.loc[(strategy, "information_anchored"), "mean"] == pytest.approx(at.loc[(strategy, "conditional_mean"), "mean"])
+    assert json.loads((out / "run.json").read_text())["sensitivity"]["weeks"] == [12, 16]
+    report = (out / "report.html").read_text()
+    assert "<b>Week 12 (end of treatment)</b>" in report and "<b>Week 16 (off-treatment follow-up)</b>" in report
+    ard = check_files(out, "mmrm", ["placebo", "nac"], [12, 16])
+    check_ard_against_sensitivity(ard, sens, tipping, "mmrm", ["placebo", "nac"])
+    # diagnose.py: the follow-up only
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    assert diagnose.main([str(copy), "--sensitivity", "--sensitivity-weeks", "16", "--quiet"]) == 0
+    assert set(pd.read_csv(copy / "mmrm" / "sensitivity.csv")["week"]) == {16}
+    assert set(pd.read_csv(copy / "mmrm" / "tipping_point.csv")["week"]) == {16}
+    check_files(copy, "mmrm", ["placebo", "nac"], 16)
+
+
 @pytest.fixture(scope="module")
 def three_arm_run(tmp_path_factory):
+    """The bundled three-arm dose trial (data/dose) with the sensitivity analyses and two contrasts beside the arms' own:
+    one fit for its tables and for the three-arm estimates, contrasts.csv and report below."""
     out = tmp_path_factory.mktemp("csr3") / "out"
     code = fit.main(["--data", str(DOSE_DATASET), "--model", "treatment", "--draws", "100", "--tune", "200", "--chains", "2",
-                     "--prior-draws", "10", "--seed", "2", "--jobs", "1", "--sensitivity", "--out", str(out), "--quiet"])
+                     "--prior-draws", "10", "--seed", "2", "--jobs", "1", "--sensitivity", "--out", str(out), "--quiet",
+                     "--contrast", "high - low", "--contrast", "pooled active - placebo"])
     return code, out
 
 
@@ -578,6 +615,41 @@ def test_a_three_arm_fit_writes_tables_of_every_arm(three_arm_run):
     check_ard_against_sensitivity(ard, pd.read_csv(out / "treatment" / "sensitivity.csv"),
                                   pd.read_csv(out / "treatment" / "tipping_point.csv"), "treatment", arms)
     assert set(ard.loc[ard["statistic"] == "n", "value"]) == {90.0}
+
+
+@pytest.mark.smoke
+def test_a_three_arm_fit_writes_contrasts_and_a_report_of_every_arm(three_arm_run):
+    code, out = three_arm_run
+    assert code == 0
+    table = pd.read_csv(out / "treatment" / CONTRASTS_FILE)
+    assert set(table["kind"]) == {"arm_mean", "vs_control", "contrast", "dose_trend", "p_best"}
+    assert {"high - low", "pooled active - placebo", "low - placebo", "high - placebo", "dose trend"} <= set(table["contrast"])
+    assert table.loc[table["kind"] == "p_best", "mean"].sum() == pytest.approx(1.0)
+    est = pd.read_csv(out / "treatment" / "estimates.csv")
+    assert est["quantity"].tolist()[:4] == [f"{a} - placebo mean MADRS at week {w}" for a in ("low", "high") for w in (12, 16)]
+    ppc = pd.read_csv(out / "treatment" / "ppc_trajectory.csv")
+    assert list(dict.fromkeys(ppc["arm"])) == ["placebo", "low", "high"]  # the checks of every arm
+    report = (out / "report.html").read_text()
+    for figure in ("treatment: contrasts", "treatment: trajectory", "treatment: effects"):
+        assert f'alt="{figure}"' in report, figure
+    assert (out / "summary" / "treatment_contrasts.png").is_file()
+    assert "2 active arms, each compared with it: <b>low</b>, <b>high</b>" in report and "P(best arm at week 12" in report
+
+
+@pytest.mark.slow
+def test_diagnose_recomputes_the_contrasts_of_a_three_arm_folder(three_arm_run, tmp_path, capsys):
+    _, out = three_arm_run
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    before = (copy / "treatment" / CONTRASTS_FILE).read_bytes()
+    assert diagnose.main([str(copy), "--quiet"]) == 0  # without --contrast: the saved table, untouched
+    assert (copy / "treatment" / CONTRASTS_FILE).read_bytes() == before
+    assert diagnose.main([str(copy), "--quiet", "--contrast", "bogus - low"]) == 2 and "unknown arm 'bogus'" in capsys.readouterr().err
+    assert diagnose.main([str(copy), "--quiet", "--contrast", "mean active - placebo"]) == 0
+    table = pd.read_csv(copy / "treatment" / CONTRASTS_FILE)
+    assert "mean active - placebo" in set(table["contrast"]) and "high - low" not in set(table["contrast"])
+    same = table[table["kind"] == "vs_control"].reset_index(drop=True)
+    pd.testing.assert_frame_equal(same, pd.read_csv(out / "treatment" / CONTRASTS_FILE).query("kind == 'vs_control'").reset_index(drop=True))
 
 
 # ---------------------------------------------------------------- the slow tier: a rendered page
