@@ -85,6 +85,7 @@ from .kernels import (
     _prior_triple,
     _scale_prior,
     block_layout,
+    constants,
     mixture_field,
     zerosum_density,
     zerosum_values,
@@ -92,7 +93,7 @@ from .kernels import (
 
 KERNEL = "mmrm"
 # prior slots (3 numbers each: family, p1, p2)
-P_VMEAN, P_NAC, P_SLOPE, P_SITE, P_VSD, P_CORR, P_COV, P_OFF = range(8)
+P_VMEAN, P_NAC, P_SLOPE, P_SITE, P_VSD, P_CORR, P_COV, P_OFF = constants(8)
 N_PRIORS = 8
 PRIOR_SLOTS = {
     P_VMEAN: ("visit_mean", "location"),
@@ -109,7 +110,7 @@ X_BLOCKS = ("visit_mean", "nac_visit_effect", "baseline_slope", "site_effect_zer
 E_BLOCKS = ("site_effect", "visit_chol", "visit_sd", "visit_corr", "nac_effect", "placebo_change")
 (E_SITE, E_CHOL, E_SD, E_CORR, E_NAC, E_PLACEBO) = range(len(E_BLOCKS))
 # fields of the context array
-(F_SIZES, F_XOFF, F_EOFF, F_PRIORS, F_PATTERNS, F_PATTERN_VISITS, F_STATS, F_CONTROL) = range(8)
+(F_SIZES, F_XOFF, F_EOFF, F_PRIORS, F_PATTERNS, F_PATTERN_VISITS, F_STATS, F_CONTROL) = constants(8)
 N_FIELDS = 8  # F_CONTROL: a NormalMixture prior on one visit's visit_mean (kernels.mixture_field; [-1] without)
 # sizes (field F_SIZES): participants, sites (0 for one), visits, length of x, length of the expanded draw, weeks,
 # patterns, observations, covariate columns, active arms
@@ -477,9 +478,16 @@ def _rows_group(stats, patterns, pattern_visits, p0, p1, tl, nv, n_s, n_cov, ome
     return lp
 
 
-@_jit
-def logp_grad(x, ctx, grad):
-    """Log density of the MMRM at unconstrained x; its gradient into grad."""
+def _logp_c(dim, x_, out_, logp_, ctx_):
+    head = numba.carray(ctx_, (2,), np.float64)
+    ctx = numba.carray(ctx_, (int(head[0]),), np.float64)
+    n_x = int(dim)
+    logp = numba.carray(logp_, (1,))
+    logp[0] = math.nan
+    if n_x != int(_field(ctx, F_SIZES)[3]):
+        return -1
+    x = numba.carray(x_, (n_x,))
+    grad = numba.carray(out_, (n_x,))
     sizes = _field(ctx, F_SIZES)
     n_s, nv, n_pat, n_cov, n_arm = int(sizes[1]), int(sizes[2]), int(sizes[6]), int(sizes[8]), int(sizes[9])
     xo = _field(ctx, F_XOFF)
@@ -517,7 +525,7 @@ def logp_grad(x, ctx, grad):
     lp = 0.0
     mis = np.empty(nv, dtype=np.int64)
     sinv, work = np.empty((nv, nv)), np.empty((2 * nv, nv))
-    p = 0
+    p = np.int64(0)  # not the literal 0: _rows_group would be compiled for p = 0 as well as for an int64 p
     while p < n_pat:
         row = PATTERN_WIDTH * p
         kind, n_p, k, tl = patterns[row], int(patterns[row + 1]), int(patterns[row + 2]), int(patterns[row + 3])
@@ -536,7 +544,8 @@ def logp_grad(x, ctx, grad):
             lp += _rows_group(stats, patterns, pattern_visits, p, q, tl, nv, n_s, n_cov, omega, half_logdet_t, x, xo, site,
                               grad, d_gam, u_full, sn, work)
             if not lp == lp:
-                return np.nan
+                logp[0] = math.nan
+                return 4
             p = q
             continue
         if mm == 0:
@@ -548,7 +557,8 @@ def logp_grad(x, ctx, grad):
             sp = sinv
             half_logdet = half_logdet_t + _pattern_precision(omega, mis, tl, mm, sinv, work)
             if not half_logdet == half_logdet:
-                return np.nan
+                logp[0] = math.nan
+                return 4
         o_shift = o_off + int(patterns[row + 8]) * nv
         for a in range(tl):  # the pattern's A: its off-treatment shift in the intercept column
             for b in range(nq):
@@ -630,12 +640,22 @@ def logp_grad(x, ctx, grad):
 
     if o_site >= 0:
         lp += zerosum_density(site, d_site, pri[3 * P_SITE + 1], n_s, o_site, grad)
-    return lp
+    logp[0] = lp
+    for j in range(n_x):
+        if not math.isfinite(grad[j]):
+            return 3
+    if not math.isfinite(lp):
+        return 4
+    return 0
 
 
-@_jit
-def expand(x, ctx, out):
-    """Write the draw's stored variables: x itself, then each block at its offset in ctx."""
+def _expand_c(dim, expanded, x_, out_, ctx_):
+    head = numba.carray(ctx_, (2,), np.float64)
+    ctx = numba.carray(ctx_, (int(head[0]),), np.float64)
+    if int(dim) != int(_field(ctx, F_SIZES)[3]) or int(expanded) != int(_field(ctx, F_SIZES)[4]):
+        return -1
+    x = numba.carray(x_, (int(dim),))
+    out = numba.carray(out_, (int(expanded),))
     sizes = _field(ctx, F_SIZES)
     n_s, nv, n_dim, n_arm = int(sizes[1]), int(sizes[2]), int(sizes[3]), int(sizes[9])
     xo, eo = _field(ctx, F_XOFF), _field(ctx, F_EOFF)
@@ -670,41 +690,6 @@ def expand(x, ctx, out):
                 out[int(eo[E_NAC]) + a * (nv + 1) + w] = 0.0 if w == 0 else x[int(xo[X_NAC]) + a * nv + w - 1]
         if eo[E_PLACEBO] >= 0:
             out[int(eo[E_PLACEBO]) + w] = 0.0 if w == 0 else x[int(xo[X_VMEAN]) + w - 1]
-
-
-def _logp_c(dim, x_, out_, logp_, ctx_):
-    head = numba.carray(ctx_, (2,), np.float64)
-    ctx = numba.carray(ctx_, (int(head[0]),), np.float64)
-    n = int(dim)
-    if n != int(_field(ctx, F_SIZES)[3]):
-        return -1
-    x = numba.carray(x_, (n,))
-    out = numba.carray(out_, (n,))
-    logp = numba.carray(logp_, (1,))
-    try:
-        value = logp_grad(x, ctx, out)
-    except Exception:  # noqa: BLE001 - reported to the sampler as a failed evaluation
-        return 1
-    logp[0] = value
-    if not np.all(np.isfinite(out)):
-        return 3
-    if not np.isfinite(value):
-        return 4
-    return 0
-
-
-def _expand_c(dim, expanded, x_, out_, ctx_):
-    head = numba.carray(ctx_, (2,), np.float64)
-    ctx = numba.carray(ctx_, (int(head[0]),), np.float64)
-    sizes = _field(ctx, F_SIZES)
-    if int(dim) != int(sizes[3]) or int(expanded) != int(sizes[4]):
-        return -1
-    x = numba.carray(x_, (int(dim),))
-    out = numba.carray(out_, (int(expanded),))
-    try:
-        expand(x, ctx, out)
-    except Exception:  # noqa: BLE001
-        return -2
     return 0
 
 

@@ -95,10 +95,11 @@ N_TRIALS = 200  # 3 binomial SD of 90% coverage: +-0.064, so 0.80 and 0.97 both 
 
 @pytest.mark.slow
 def test_coverage_of_200_trials_is_within_3_binomial_sd_of_nominal():
-    """200 trials of 60 participants through the compiled-once `treatment` model, one chain of 300 draws each
-    (about 1 s per trial: 4 minutes on two cores with the compile, more when they are busy)."""
+    """200 trials of 60 participants, each fitted as fit.py fits it (the `treatment` model's fast variant through its
+    fused log density, compiled once), one chain of 300 draws each."""
     n = N_TRIALS
-    table, info = run_coverage(n, seed=99, draws=300, tune=300, chains=1, cores=1, params=TrialParameters(n_participants=60))
+    table, info = run_coverage(n, seed=99, draws=300, tune=300, chains=1, cores=1, params=TrialParameters(n_participants=60),
+                               fast=True)
     summ = summarise(table).set_index("week")
     print(summ.to_string())
     assert set(summ["arm"]) == {"nac"}
@@ -132,11 +133,12 @@ def test_two_three_arm_trials_hold_each_arm_s_truth():
 
 @pytest.mark.slow
 def test_coverage_of_each_arm_in_120_three_arm_trials():
-    """120 three-arm trials (30 per arm, the bundled dose design's effects) through the compiled-once `treatment`
-    model: the 90% interval of each active arm's effect at weeks 12 and 16 covers its truth within 3 binomial SD."""
+    """120 three-arm trials (30 per arm, the bundled dose design's effects), each fitted as fit.py fits it (the
+    `treatment` model's fused log density, compiled once): the 90% interval of each active arm's effect at weeks 12
+    and 16 covers its truth within 3 binomial SD."""
     n = 120
     table, info = run_coverage(n, seed=11, draws=300, tune=300, chains=1, cores=1,
-                               params=dose_trial_parameters(n_participants=90))
+                               params=dose_trial_parameters(n_participants=90), fast=True)
     summ = summarise(table)
     print(summ.to_string())
     band = 3 * np.sqrt(INTERVAL_PROB * (1 - INTERVAL_PROB) / n)
