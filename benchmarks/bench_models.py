@@ -40,7 +40,20 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 from inference.idata_io import load_average, machine_record  # noqa: E402
 
-TARGETS = {"compile_s": 15.0, "sample_s": 5.0, "divergences": 0, "min_bulk_ess": 400.0}
+# the targets each trial's runs are held to (docs/performance.md): compile from empty caches, sampling, divergences,
+# minimum bulk ESS; the simulated trials also the whole process cached and the peak memory
+TARGETS = {"compile_s": 10.0, "sample_s": 5.0, "divergences": 0, "min_bulk_ess": 400.0}
+TRIAL_TARGETS = {
+    "bundled": TARGETS,
+    "bcva": {**TARGETS, "sample_s": 3.0, "process_cached_s": 10.0},
+    "bcva10": {**TARGETS, "sample_s": 10.0, "peak_mb": 4096.0},
+    "visits20": {**TARGETS, "sample_s": 5.0},
+}
+TARGET_WORDS = {
+    "compile_s": "compile from empty caches at most {:g} s", "sample_s": "sampling at most {:g} s", "divergences": "{:g} divergences",
+    "min_bulk_ess": "minimum bulk ESS at least {:g}", "process_cached_s": "the whole process cached at most {:g} s",
+    "peak_mb": "peak memory under {:g} MB",
+}
 # simulated trials: participants, post-baseline weeks (every 2 weeks, or weekly), sites, drop-out by the last visit,
 # intermittent missed visits
 TRIALS = {
@@ -106,16 +119,21 @@ def run_model(name: str, work: Path, label: str, env: dict, args) -> dict:
     }
 
 
-def meets(r: dict) -> str:
+def meets(r: dict, trial: str = "bundled") -> str:
+    t = TRIAL_TARGETS[trial]
     missed = []
-    if r["run"] == "empty caches" and r["compile_s"] > TARGETS["compile_s"]:
+    if r["run"] == "empty caches" and r["compile_s"] > t["compile_s"]:
         missed.append("compile")
-    if r["sample_s"] > TARGETS["sample_s"]:
+    if r["sample_s"] > t["sample_s"]:
         missed.append("sampling")
-    if r["divergences"] != TARGETS["divergences"]:
+    if r["divergences"] != t["divergences"]:
         missed.append("divergences")
-    if not r["min_bulk_ess"] >= TARGETS["min_bulk_ess"]:
+    if not r["min_bulk_ess"] >= t["min_bulk_ess"]:
         missed.append("ESS")
+    if "process_cached_s" in t and r["run"] == "cached" and r["process_s"] > t["process_cached_s"]:
+        missed.append("whole run")
+    if "peak_mb" in t and not r.get("peak_mb", float("inf")) < t["peak_mb"]:
+        missed.append("memory")
     return "yes" if not missed else "no: " + ", ".join(missed)
 
 
@@ -129,7 +147,7 @@ def render(meta: dict, rows: list[dict]) -> str:
         + "Regenerate with `python benchmarks/bench_models.py` (docs/performance.md)."
         + (f" Updated: {meta['updated']}." if meta.get("updated") else ""),
         "",
-        "Targets: compile from empty caches at most 15 s, sampling at most 5 s, 0 divergences, minimum bulk ESS at least 400.",
+        "Targets: " + ", ".join(TARGET_WORDS[k].format(v) for k, v in TRIAL_TARGETS[meta.get("trial", "bundled")].items()) + ".",
         "",
         "| model | run | log density | compile s | sampling s | model wall s | process s | divergences | min bulk ESS | min tail ESS | peak MB | targets met |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
@@ -140,7 +158,7 @@ def render(meta: dict, rows: list[dict]) -> str:
             continue
         lines.append(
             f"| {r['model']} | {r['run']} | {r['log_density']} | {r['compile_s']} | {r['sample_s']} | {r['model_wall_s']} | {r['process_s']} | "
-            f"{r['divergences']} | {r['min_bulk_ess']:.0f} | {r['min_tail_ess']:.0f} | {r.get('peak_mb', '-')} | {meets(r)} |"
+            f"{r['divergences']} | {r['min_bulk_ess']:.0f} | {r['min_tail_ess']:.0f} | {r.get('peak_mb', '-')} | {meets(r, meta.get('trial', 'bundled'))} |"
         )
     return "\n".join(lines)
 
@@ -158,7 +176,13 @@ def main(argv=None) -> int:
     ap.add_argument("--trial", choices=["bundled", *TRIALS], default="bundled",
                     help="the bundled trial (default) or a simulated one (TRIALS); results go to models_TRIAL.json/.md")
     ap.add_argument("--update", action="store_true", help="replace only these models' rows in the existing models.json (same settings)")
+    ap.add_argument("--render", action="store_true", help="only rewrite the .md from the saved .json of --trial (no fits)")
     args = ap.parse_args(argv)
+    if args.render:
+        stem = "models" if args.trial == "bundled" else f"models_{args.trial}"
+        saved = json.loads((args.out / f"{stem}.json").read_text())
+        (args.out / f"{stem}.md").write_text(render(saved["settings"], saved["runs"]) + "\n")
+        return 0
     meta = {**machine_record(), "draws": args.draws, "tune": args.tune, "chains": args.chains, "seed": args.seed, "trial": args.trial}
     stem = "models" if args.trial == "bundled" else f"models_{args.trial}"
     rows = []
