@@ -134,22 +134,22 @@ def test_same_ranks_and_coverage_in_process_and_on_one_and_two_dask_workers(desi
     from dask.distributed import Client, LocalCluster
 
     def sbc(name, client=None):
-        return run_sbc(name, name, design, SBC_PARAMETERS[name], n_reps=3, seed=8, cores=1, chunk_size=1, client=client, **TINY).ranks
+        return run_sbc(name, name, design, SBC_PARAMETERS[name], n_reps=2, seed=8, cores=1, chunk_size=1, client=client, **TINY).ranks
 
     def coverage(client=None):
-        table, _ = run_coverage(3, seed=5, draws=60, tune=80, chains=2, cores=1, params=TrialParameters(n_participants=60), fast=True,
+        table, _ = run_coverage(2, seed=5, draws=60, tune=80, chains=2, cores=1, params=TrialParameters(n_participants=60), fast=True,
                                 chunk_size=1, client=client)
         return table.drop(columns=["fit_s"])
 
     here, here_cov = sbc("mmrm"), coverage()
-    assert here["replicate"].tolist() == sorted(here["replicate"]) and here["replicate"].nunique() == 3
+    assert here["replicate"].tolist() == sorted(here["replicate"]) and here["replicate"].nunique() == 2
     for workers in (1, 2):
         with LocalCluster(n_workers=workers, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster, Client(cluster) as client:
             pd.testing.assert_frame_equal(_comparable(sbc("mmrm", client)), _comparable(here), check_exact=True)
             if workers == 2:
                 pd.testing.assert_frame_equal(coverage(client), here_cov, check_exact=True)
     # another seed, other ranks
-    other = run_sbc("mmrm", "mmrm", design, SBC_PARAMETERS["mmrm"], n_reps=3, seed=9, cores=1, **TINY).ranks
+    other = run_sbc("mmrm", "mmrm", design, SBC_PARAMETERS["mmrm"], n_reps=2, seed=9, cores=1, **TINY).ranks
     assert not np.array_equal(other["rank"].to_numpy(), here["rank"].to_numpy())
 
 
