@@ -152,6 +152,19 @@ _jit = numba.njit(error_model="numpy", no_cfunc_wrapper=True)
 
 
 @_jit
+def _callback_status(lp, grad, n_x, logp):
+    """The end of every kernel's log-density callback: the value into logp, and nutpie's return code, 3 for a
+    non-finite gradient, 4 for a non-finite log density, else 0."""
+    logp[0] = lp
+    for j in range(n_x):
+        if not math.isfinite(grad[j]):
+            return 3
+    if not math.isfinite(lp):
+        return 4
+    return 0
+
+
+@_jit
 def _field(ctx, k):
     off = int(ctx[2 + 2 * k])
     return ctx[off : off + int(ctx[3 + 2 * k])]
@@ -1039,13 +1052,7 @@ def _logp_c(dim, x_, out_, logp_, ctx_):
             for j in range(k):
                 grad[o_reg + pos] -= d_r[k, j]
                 pos += 1
-    logp[0] = lp
-    for j in range(n_x):
-        if not math.isfinite(grad[j]):
-            return 3
-    if not math.isfinite(lp):
-        return 4
-    return 0
+    return _callback_status(lp, grad, n_x, logp)
 
 
 def _expand_c(dim, expanded, x_, out_, ctx_):

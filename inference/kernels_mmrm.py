@@ -75,6 +75,7 @@ from .kernels import (
     LOG2PI,
     FusedLayout,
     Unsupported,
+    _callback_status,
     _cholesky_inplace,
     _covariate_columns,
     _field,
@@ -640,13 +641,7 @@ def _logp_c(dim, x_, out_, logp_, ctx_):
 
     if o_site >= 0:
         lp += zerosum_density(site, d_site, pri[3 * P_SITE + 1], n_s, o_site, grad)
-    logp[0] = lp
-    for j in range(n_x):
-        if not math.isfinite(grad[j]):
-            return 3
-    if not math.isfinite(lp):
-        return 4
-    return 0
+    return _callback_status(lp, grad, n_x, logp)
 
 
 def _expand_c(dim, expanded, x_, out_, ctx_):
