@@ -178,13 +178,12 @@ def main(argv=None) -> int:
     ap.add_argument("--update", action="store_true", help="replace only these models' rows in the existing models.json (same settings)")
     ap.add_argument("--render", action="store_true", help="only rewrite the .md from the saved .json of --trial (no fits)")
     args = ap.parse_args(argv)
+    stem = "models" if args.trial == "bundled" else f"models_{args.trial}"
     if args.render:
-        stem = "models" if args.trial == "bundled" else f"models_{args.trial}"
         saved = json.loads((args.out / f"{stem}.json").read_text())
         (args.out / f"{stem}.md").write_text(render(saved["settings"], saved["runs"]) + "\n")
         return 0
     meta = {**machine_record(), "draws": args.draws, "tune": args.tune, "chains": args.chains, "seed": args.seed, "trial": args.trial}
-    stem = "models" if args.trial == "bundled" else f"models_{args.trial}"
     rows = []
     work = Path(tempfile.mkdtemp(prefix="deptrial-models-"))
     args.data = None

@@ -544,8 +544,7 @@ def _logp_c(dim, x_, out_, logp_, ctx_):
                 q += 1
             lp += _rows_group(stats, patterns, pattern_visits, p, q, tl, nv, n_s, n_cov, omega, half_logdet_t, x, xo, site,
                               grad, d_gam, u_full, sn, work)
-            if not lp == lp:
-                logp[0] = math.nan
+            if not lp == lp:  # logp holds NaN from the start
                 return 4
             p = q
             continue
@@ -558,7 +557,6 @@ def _logp_c(dim, x_, out_, logp_, ctx_):
             sp = sinv
             half_logdet = half_logdet_t + _pattern_precision(omega, mis, tl, mm, sinv, work)
             if not half_logdet == half_logdet:
-                logp[0] = math.nan
                 return 4
         o_shift = o_off + int(patterns[row + 8]) * nv
         for a in range(tl):  # the pattern's A: its off-treatment shift in the intercept column
