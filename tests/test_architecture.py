@@ -1,5 +1,5 @@
 """The house: layers depend one way, no import cycles (imports inside functions count), models/ declares
-only (no numba, no nutpie), the README's module map names every module, and its Python example runs."""
+only (no numba, no nutpie), the module maps (README: every package; docs/architecture.md: every module) match the tree, and the README's Python example runs."""
 
 from __future__ import annotations
 
@@ -136,19 +136,40 @@ def test_models_declare_only():
     assert not offenders, offenders
 
 
-def readme_block(title: str, lang: str) -> str:
-    text = (ROOT / "README.md").read_text()
-    section = text.split(f"## {title}\n", 1)[1].split("\n## ", 1)[0]
+def doc_block(path: str, title: str | None, lang: str) -> str:
+    """The first ```lang block of a markdown file (under the section `## title` when given)."""
+    text = (ROOT / path).read_text()
+    section = text.split(f"## {title}\n", 1)[1].split("\n## ", 1)[0] if title else text
     return re.search(rf"```{lang}\n(.*?)```", section, re.S).group(1)
 
 
+def readme_block(title: str, lang: str) -> str:
+    return doc_block("README.md", title, lang)
+
+
+def _tree_dirs() -> set[str]:
+    return {p.name for p in ROOT.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
+
+
 @pytest.mark.unit
-def test_readme_module_map_matches_the_tree():
+def test_readme_module_map_names_every_package():
+    """The README's module map: every package, one line each, and nothing that does not exist."""
     block = readme_block("Module map", "text")
     listed_dirs = set(re.findall(r"^(\w+)/", block, re.M))
-    tree_dirs = {p.name for p in ROOT.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
-    assert tree_dirs <= listed_dirs, f"packages missing from the module map: {tree_dirs - listed_dirs}"
-    for extra in listed_dirs - tree_dirs:
+    assert _tree_dirs() <= listed_dirs, f"packages missing from the README's module map: {_tree_dirs() - listed_dirs}"
+    for extra in listed_dirs - _tree_dirs():
+        assert (ROOT / extra).is_dir(), f"the README's module map lists {extra}/, which does not exist"
+    scripts = set(re.findall(r"\b(\w+\.py)\b", block))
+    assert scripts == {f"{s}.py" for s in SCRIPTS}, scripts
+
+
+@pytest.mark.unit
+def test_architecture_module_map_matches_the_tree():
+    """docs/architecture.md's module map names every package and every module, and nothing else."""
+    block = doc_block("docs/architecture.md", None, "text")
+    listed_dirs = set(re.findall(r"^(\w+)/", block, re.M))
+    assert _tree_dirs() <= listed_dirs, f"packages missing from the module map: {_tree_dirs() - listed_dirs}"
+    for extra in listed_dirs - _tree_dirs():
         assert (ROOT / extra).is_dir(), f"the module map lists {extra}/, which does not exist"
     named = set(re.findall(r"\b(\w+\.py)\b", block))
     files = {f"{s}.py" for s in SCRIPTS} | {p.name for pkg in PACKAGES for p in (ROOT / pkg).glob("*.py") if p.name != "__init__.py"}
