@@ -403,7 +403,8 @@ def _binary_chains():
 
 
 def vectorised_mode():
-    """`python_mode` for graphs vectorised over draws (`per_draw`), with every elementwise sum or product binary."""
+    """`python_mode` with every elementwise sum or product binary (`_binary_chains`): for graphs over many observations
+    or vectorised over draws (`per_draw`, the prior predictive); the same numbers as `python_mode`."""
     return python_mode().register((_binary_chains(), 48.9))  # after the graph's own rewrites, before the in-place ones
 
 
@@ -493,10 +494,12 @@ def mmrm_integrated_log_likelihood(idata: az.InferenceData, built: BuiltModel) -
     return {k: v for k, v in out.items() if k in INTEGRATED_NOTES}
 
 
-def mmrm_log_likelihood(idata: az.InferenceData, built: BuiltModel) -> dict[str, xr.DataArray]:
+def mmrm_log_likelihood(idata: az.InferenceData, built: BuiltModel, rng: np.random.Generator | None = None) -> dict[str, xr.DataArray]:
     """The pointwise log-likelihood 'change' of an MMRM fit (models/mmrm.py `pointwise_logp`) with 'y_participant' and
     'y_visit' on the units of the trajectory models' (see `scored_units`), DRAW_BLOCK draws of one chain at a time from
-    one mean (`mean_change`), so memory beyond the results is that of one block whatever the trial's size.
+    one mean (`mean_change`), so memory beyond the results is that of one block whatever the trial's size. With `rng`,
+    also 'predictive': the posterior predictive of 'change' (models/mmrm.py `draw_changes`, the model's own random) from
+    the same mean and Sigma, chains and blocks in order from that one stream, stored as float32 as the prior predictive is.
 
     The MMRM models post-baseline change given the baseline, so its densities are those of the
     post-baseline scores given the baseline score (the shift by the baseline has Jacobian 1):
@@ -504,7 +507,7 @@ def mmrm_log_likelihood(idata: az.InferenceData, built: BuiltModel) -> dict[str,
     log-likelihood, in visit order); per visit, the exact leave-one-visit-out density from Sigma's block of the
     participant's attended visits, as for the trajectory models. Every number is the one the whole-array
     computation gives (each draw's arithmetic is the same)."""
-    from models.mmrm import mean_change, mmrm_data, pointwise_logp, visit_covariance
+    from models.mmrm import draw_changes, mean_change, mmrm_data, pointwise_logp, visit_covariance
 
     post, design = idata.posterior, built.design
     d = mmrm_data(design)
@@ -516,6 +519,7 @@ def mmrm_log_likelihood(idata: az.InferenceData, built: BuiltModel) -> dict[str,
     pointwise = np.empty((n_ch, n_dr, n_obs))
     visit = np.empty((n_ch, n_dr, n_obs))
     participant = np.empty((n_ch, n_dr, len(d.rows)))
+    predictive = np.empty((n_ch, n_dr, n_obs), dtype=np.float32) if rng is not None else None
     # blocks of DRAW_BLOCK draws, a last block of one draw joined to the one before (numpy's einsum takes another path
     # for a single draw, which can differ from the whole array's in the last bit)
     bounds = [*range(0, n_dr, DRAW_BLOCK), n_dr]
@@ -534,15 +538,24 @@ def mmrm_log_likelihood(idata: az.InferenceData, built: BuiltModel) -> dict[str,
                 block = slice(start, start + n_p * k)
                 prec = np.linalg.inv(cov[..., vis[:, None], vis[None, :]])  # draw, k, k
                 r = e[..., block].reshape(hi - lo, n_p, k)
-                pr = np.einsum("djk,dpk->dpj", prec, r)
+                pr = r @ prec  # prec symmetric: (prec r_p)' for each participant p, a BLAS product per draw
                 pjj = np.diagonal(prec, axis1=-2, axis2=-1)[:, None, :]
-                vis_block[..., block] = (0.5 * (np.log(pjj) - LOG2PI) - 0.5 * pr**2 / pjj).reshape(hi - lo, n_p * k)
+                # 0.5 (log P_jj - log 2 pi) - 0.5 (P r)_j^2 / P_jj, in place
+                pr *= pr
+                pr *= 0.5
+                pr /= pjj
+                np.subtract(0.5 * (np.log(pjj) - LOG2PI), pr, out=pr)
+                vis_block[..., block] = pr.reshape(hi - lo, n_p * k)
                 # a participant's sum in visit order, as a running sum (np.add.at's order of additions)
                 participant[ch, lo:hi][:, d.obs_row[start : start + n_p * k : k]] = np.cumsum(lp[:, block].reshape(hi - lo, n_p, k), axis=-1)[..., -1]
             pointwise[ch, lo:hi] = lp
             visit[ch, lo:hi] = vis_block[:, order]
+            if predictive is not None:
+                predictive[ch, lo:hi] = draw_changes(mus[0], np.linalg.cholesky(cov), len(d.rows), d.obs_row, d.obs_visit, rng)
     cd = {"chain": post["chain"].values, "draw": post["draw"].values}
+    extra = {} if predictive is None else {"predictive": xr.DataArray(predictive, dims=("chain", "draw", "obs"), coords={**cd, "obs": np.arange(n_obs)})}
     return {
+        **extra,
         "change": xr.DataArray(pointwise, dims=("chain", "draw", "obs"), coords={**cd, "obs": np.arange(n_obs)}),
         "y_participant": xr.DataArray(participant, dims=("chain", "draw", "scored_participant"),
                                       coords={**cd, "scored_participant": design.participants[d.rows]}),

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import arviz as az
 import numpy as np
 import pymc as pm
+import xarray as xr
 from threadpoolctl import threadpool_limits
 
 from models.contract import VISIT_CHANGES, VISIT_SCORES, BuiltModel
@@ -35,7 +36,7 @@ from .marginal import (
     mmrm_integrated_log_likelihood,
     mmrm_log_likelihood,
     plain_integrated_log_likelihood,
-    python_mode,
+    vectorised_mode,
 )
 
 SAMPLERS = ("nutpie", "pymc")
@@ -140,9 +141,9 @@ def sample_all(built: BuiltModel, settings: SamplerSettings, quiet: bool = False
     _log("  sampling prior predictive", quiet)
     with model, warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        # a few hundred draws: PyTensor's Python implementations (marginal.python_mode) are as fast as compiled C
+        # a few hundred draws: PyTensor's Python implementations (marginal.vectorised_mode) are as fast as compiled C
         # (1-2 s on the bundled trial's models) and there is nothing to compile (C: 15-22 s from an empty compile folder)
-        prior = pm.sample_prior_predictive(draws=settings.prior_draws, random_seed=prior_seed, compile_kwargs={"mode": python_mode()})
+        prior = pm.sample_prior_predictive(draws=settings.prior_draws, random_seed=prior_seed, compile_kwargs={"mode": vectorised_mode()})
     prior_s = time.perf_counter() - t_start
     fast = None
     if settings.fast and built.fast_variant is not None:
@@ -185,6 +186,16 @@ def complete_fit(idata: az.InferenceData, built: BuiltModel, seed: int, fast: Bu
     for group in ("log_likelihood", "posterior_predictive"):
         if group in idata.groups():
             del idata[group]
+    if built.observations == VISIT_CHANGES and built.pointwise is not None:
+        # the MMRM: its pointwise and integrated densities and its predictions from one mean, a block of draws at a time
+        t0 = time.perf_counter()
+        computed = mmrm_log_likelihood(idata, built, rng=np.random.default_rng(pred_seed))
+        idata.add_groups({"posterior_predictive": xr.Dataset({built.outcome_vars[0]: computed.pop("predictive")})})
+        idata.add_groups({"log_likelihood": _pointwise_dataset(built, idata.posterior, {v: computed.pop(v).values for v in built.outcome_vars})})
+        idata.log_likelihood = idata.log_likelihood.assign(computed)
+        idata.log_likelihood.attrs.update(INTEGRATED_NOTES)
+        timings["log_likelihood_s"] = time.perf_counter() - t0  # with the predictions
+        return timings
     with built.model:
         # the predictions first: the log-likelihood's arrays (as large) do not exist yet while PyMC stacks its draws
         t0 = time.perf_counter()
@@ -200,14 +211,6 @@ def complete_fit(idata: az.InferenceData, built: BuiltModel, seed: int, fast: Bu
             )
         timings["posterior_predictive_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        if built.observations == VISIT_CHANGES and built.pointwise is not None:
-            # the MMRM: its pointwise densities and the integrated ones from one mean, a block of draws at a time
-            computed = mmrm_log_likelihood(idata, built)
-            idata.add_groups({"log_likelihood": _pointwise_dataset(built, idata.posterior, {v: computed.pop(v).values for v in built.outcome_vars})})
-            idata.log_likelihood = idata.log_likelihood.assign(computed)
-            idata.log_likelihood.attrs.update(INTEGRATED_NOTES)
-            timings["log_likelihood_s"] = time.perf_counter() - t0
-            return timings
         if built.pointwise is not None:  # the model's own numpy densities: no graph to compile
             idata.add_groups({"log_likelihood": _pointwise_dataset(built, idata.posterior)})
         else:

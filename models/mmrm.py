@@ -183,15 +183,25 @@ def _conditional_logp(patterns, n_visits: int):
     return logp
 
 
+def draw_changes(mu: np.ndarray, lower: np.ndarray, n_rows: int, obs_row: np.ndarray, obs_visit: np.ndarray,
+                 rng: np.random.Generator) -> np.ndarray:
+    """Draws of every attended visit from each participant's joint normal N(mu_i, L L') over the visits: mu (..., obs)
+    in the long order of `mmrm_data`, lower (..., visit, visit) Sigma's Cholesky factor; leading dims are draws. A
+    participant's attended visits are the matching entries of one draw of the whole vector, so each pattern's
+    draws have Sigma's block of its visits as their covariance. The model's random (prior and posterior predictive)."""
+    nv = lower.shape[-1]
+    z = rng.standard_normal(lower.shape[:-2] + (n_rows, nv))
+    eps = z @ np.swapaxes(lower, -1, -2)
+    return mu + np.take(eps.reshape(eps.shape[:-2] + (n_rows * nv,)), obs_row * nv + obs_visit, axis=-1)
+
+
 def _random(n_rows: int, obs_row: np.ndarray, obs_visit: np.ndarray):
-    """Draws of every attended visit from the joint normal of each participant."""
+    """The CustomDist's random: `draw_changes` of one draw (PyMC passes Sigma's factor with a length-1 batch dim)."""
 
     def random(mu, chol, rng=None, size=None):
-        rng = rng if rng is not None else np.random.default_rng()
         chol = np.asarray(chol)
-        chol = chol.reshape(chol.shape[-2:])
-        eps = rng.standard_normal((n_rows, chol.shape[-1])) @ chol.T
-        return np.asarray(mu) + eps[obs_row, obs_visit]
+        return draw_changes(np.asarray(mu), chol.reshape(chol.shape[-2:]), n_rows, obs_row, obs_visit,
+                            rng if rng is not None else np.random.default_rng())
 
     return random
 
@@ -302,8 +312,12 @@ def pointwise_logp(posterior, design: TrialDesign, mu: np.ndarray | None = None,
             lower = np.linalg.cholesky(cov[..., vis[:, None], vis[None, :]])
         block = slice(start, start + n_p * k)
         r = resid[..., block].reshape(resid.shape[:-1] + (n_p, k))
-        e = np.einsum("...jk,...pk->...pj", np.linalg.inv(lower), r)
-        lp = -0.5 * e**2 - np.log(np.diagonal(lower, axis1=-2, axis2=-1))[..., None, :] - 0.5 * _LOG_2PI
+        lp = r @ np.swapaxes(np.linalg.inv(lower), -1, -2)  # e = L^-1 r per participant (a BLAS product per draw)
+        # -0.5 e^2 - log L_jj - 0.5 log 2 pi, in place
+        lp *= lp
+        lp *= -0.5
+        lp -= np.log(np.diagonal(lower, axis1=-2, axis2=-1))[..., None, :]
+        lp -= 0.5 * _LOG_2PI
         out[..., block] = lp.reshape(resid.shape[:-1] + (n_p * k,))
     return {"change": out}
 

@@ -457,7 +457,7 @@ def test_log_likelihood_in_blocks_of_draws_is_the_whole_array_computation(design
         k = len(vis)
         block = slice(start, start + n_p * k)
         prec = np.linalg.inv(cov[..., vis[:, None], vis[None, :]])
-        pr = np.einsum("cdjk,cdpk->cdpj", prec, e[..., block].reshape(2, 5, n_p, k))
+        pr = e[..., block].reshape(2, 5, n_p, k) @ prec
         pjj = np.diagonal(prec, axis1=-2, axis2=-1)[:, :, None, :]
         visit[..., block] = (0.5 * (np.log(pjj) - LOG2PI) - 0.5 * pr**2 / pjj).reshape(2, 5, n_p * k)
     order = np.argsort(got["y_visit"]["scored_visit"].values)

@@ -99,12 +99,12 @@ def ranks_of(truth: float, draws: np.ndarray, n_rank_draws: int = N_RANK_DRAWS) 
 def prior_draws(model: pm.Model, n: int, seed: int):
     """n prior and prior predictive draws, drawn one after another from one stream: the first k of n draws are the
     k draws of the same seed, so replicate r's parameters and data depend on the seed and r only."""
-    from inference.marginal import python_mode
+    from inference.marginal import vectorised_mode
 
     with model, warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         # PyTensor's Python implementations: nothing to compile, the same numbers
-        return pm.sample_prior_predictive(draws=n, random_seed=seed, compile_kwargs={"mode": python_mode()})
+        return pm.sample_prior_predictive(draws=n, random_seed=seed, compile_kwargs={"mode": vectorised_mode()})
 
 
 @dataclass(frozen=True)
