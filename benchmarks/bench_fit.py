@@ -598,7 +598,8 @@ def add_ratios(results: list[dict], meta: dict | None = None) -> None:
         for ref, col in RATIO_BASES:
             r.pop(col, None)
             base = next((b for b in results if b.get("path") == ref and key(b) == key(r) and "error" not in b), None)
-            if base and "error" not in r and base["ess_per_s_sampling"] > 0:
+            # rows without ESS (errors, the REML reference) have no ratio and are no base
+            if base and "ess_per_s_sampling" in r and base.get("ess_per_s_sampling", 0) > 0:
                 r[col] = r["ess_per_s_sampling"] / base["ess_per_s_sampling"]
 
 
@@ -623,7 +624,7 @@ def main(argv=None) -> int:
         "to one fit per tool",
     )
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="folder for results.json and results.md")
-    ap.add_argument("--render", action="store_true", help="only rewrite results.md from the results.json in --out (no fits)")
+    ap.add_argument("--render", action="store_true", help="only recompute the ratios and rewrite results.json and results.md in --out (no fits)")
     ap.add_argument("--append", action="store_true",
                     help="add these fits to the results already in --out (e.g. a slow path run with fewer draws; each row records its own settings)")
     # worker mode (internal)
@@ -642,8 +643,10 @@ def main(argv=None) -> int:
         if args.trial not in TRIALS:
             ap.error(f"unknown --trial {args.trial}; choose from {sorted(TRIALS)}")
         args.scales = "1"
-    if args.render:
+    if args.render:  # the ratios again (only between runs of equal settings), the JSON and the table rewritten
         saved = json.loads((args.out / f"{stem}.json").read_text())
+        add_ratios(saved["results"], saved["settings"])
+        (args.out / f"{stem}.json").write_text(json.dumps(saved, indent=2, default=float) + "\n")
         (args.out / f"{stem}.md").write_text(render(saved["settings"], saved["results"]) + "\n")
         return 0
     if args.tiny:

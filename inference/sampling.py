@@ -15,6 +15,7 @@ Compiling (the on-disk cache and the fused log density) is inference/compile.py.
 
 from __future__ import annotations
 
+import resource
 import sys
 import time
 import warnings
@@ -154,6 +155,9 @@ def sample_all(built: BuiltModel, settings: SamplerSettings, quiet: bool = False
     else:
         idata, timings = sample_posterior(built, settings, quiet)
         idata.posterior.attrs["fit_path"] = "plain"
+    # the process's peak memory by the end of sampling (MB): before the groups computed from the draws, whose
+    # (chain x draw x observation) arrays dominate a large trial's memory afterwards
+    timings["peak_rss_sampling_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     for group in ("prior", "prior_predictive"):
         if group in prior.groups():
             # predictive draws as float32 (7 significant digits for a score: nothing a check can see is lost)

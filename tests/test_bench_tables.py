@@ -36,6 +36,19 @@ def test_ratios_compare_like_with_like():
 
 
 @pytest.mark.unit
+def test_rows_without_ess_take_no_ratio_and_give_none():
+    """The REML reference (times and estimates, no ESS) beside the samplers of equal settings: no ratio, no failure."""
+    results = [
+        {"path": "reml", "scale": 1, "run": "cold", "wall_s": 0.02},
+        _res("ours", 1, "cold", 230.0, 9.0, 1.3),
+        _res("pymc", 1, "cold", 2.3, 840.0, 780.0),
+    ]
+    bench_fit.add_ratios(results)
+    assert results[1]["vs_pymc"] == pytest.approx(100.0)
+    assert "vs_pymc" not in results[0] and "| reml | 1 | cold |" in bench_fit.table(results)
+
+
+@pytest.mark.unit
 def test_scaling_table_divides_by_scale_one():
     results = [_res("ours", 1, "cold", 600.0, 70.0, 4.0, peak_rss_mb=1500.0), _res("ours", 10, "cold", 300.0, 140.0, 40.0, peak_rss_mb=3000.0)]
     text = bench_fit.scaling_table(results)
