@@ -35,7 +35,7 @@ def parse_args(argv):
     from data import DEFAULT_DATASET
     from diagnostics.loo import KFOLD_K
     from diagnostics.ppc import REMISSION_CUTOFF
-    from inference.sampling import SAMPLERS, SamplerSettings
+    from inference.sampling import MASS_MATRICES, SAMPLERS, SamplerSettings
     from models import REGISTRY
     from models.prior_file import PRESETS
 
@@ -50,6 +50,8 @@ def parse_args(argv):
     ap.add_argument("--chains", type=int, default=d.chains)
     ap.add_argument("--cores", type=int, default=d.cores)
     ap.add_argument("--target-accept", type=float, default=d.target_accept)
+    ap.add_argument("--mass-matrix", default=d.mass_matrix, choices=MASS_MATRICES,
+                    help="nutpie's mass-matrix adaptation: low_rank (diagonal plus the draws' leading correlations; the default) or diag")
     ap.add_argument("--prior-draws", type=int, default=d.prior_draws, help="prior predictive draws")
     ap.add_argument("--seed", type=int, default=d.seed)
     ap.add_argument("--sampler", default=d.sampler, choices=SAMPLERS)
@@ -127,7 +129,7 @@ def main(argv=None) -> int:
 
     settings = SamplerSettings(
         sampler=args.sampler, draws=args.draws, tune=args.tune, chains=args.chains, cores=args.cores,
-        target_accept=args.target_accept, prior_draws=args.prior_draws, seed=args.seed, fast=not args.plain,
+        target_accept=args.target_accept, mass_matrix=args.mass_matrix, prior_draws=args.prior_draws, seed=args.seed, fast=not args.plain,
     )
     try:
         priors = read_prior_file(args.priors) if args.priors is not None else None  # refused before the data are read

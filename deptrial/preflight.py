@@ -18,7 +18,7 @@ from diagnostics.contrasts import Contrast, arm_sizes, parse_contrasts
 from diagnostics.saved import saved_names
 from diagnostics.sensitivity_analyses import SensitivityOptions, check_sensitivity_weeks
 from inference.idata_io import provenance
-from inference.sampling import SamplerSettings
+from inference.sampling import MASS_MATRICES, SamplerSettings
 from inference.storage import load_fit, saved_dataset
 from models import get
 from models.design import TrialDesign
@@ -83,6 +83,8 @@ def check_settings(settings: SamplerSettings) -> None:
         raise ValueError(f"tune must be at least 0 (got {settings.tune})")
     if not 0 < settings.target_accept < 1:
         raise ValueError(f"target_accept must be between 0 and 1 (got {settings.target_accept})")
+    if settings.mass_matrix not in MASS_MATRICES:
+        raise ValueError(f"mass_matrix must be one of {MASS_MATRICES} (got '{settings.mass_matrix}')")
     if settings.draws < MIN_DRAWS_PER_CHAIN:
         raise ValueError(
             f"draws = {settings.draws} per chain is too few to check the fit: effective sample size, MCSE and R-hat need "

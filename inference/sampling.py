@@ -41,6 +41,17 @@ from .marginal import (
 )
 
 SAMPLERS = ("nutpie", "pymc")
+MASS_MATRICES = ("low_rank", "diag")
+
+
+def nutpie_adaptation(mass_matrix: str = "low_rank") -> dict:
+    """nutpie.sample's mass-matrix options: "low_rank" (the default) adapts a diagonal plus the leading eigenvectors of the
+    draws' and gradients' covariance (nutpie's low-rank modified mass matrix), which follows the correlation of a
+    control mean with the treatment differences and of the visits' parameters with each other; "diag" the diagonal
+    only. Every nutpie fit of a model (fit.py, SBC and coverage refits) takes its options from here."""
+    if mass_matrix not in MASS_MATRICES:
+        raise ValueError(f"unknown mass matrix '{mass_matrix}'; choose from {MASS_MATRICES}")
+    return {"low_rank_modified_mass_matrix": mass_matrix == "low_rank"}
 AFTER_FIT_BLAS_THREADS = 1  # the work after sampling calls BLAS on tiny matrices (3 x 3 solves per draw): one thread
 
 
@@ -59,6 +70,7 @@ class SamplerSettings:
     chains: int = 4
     cores: int = 2
     target_accept: float = 0.9
+    mass_matrix: str = "low_rank"  # nutpie's mass-matrix adaptation (`nutpie_adaptation`)
     prior_draws: int = 500
     seed: int = 1
     fast: bool = True  # sample a model's exact fast variant when it has one (models/marginal.py)
@@ -103,6 +115,7 @@ def sample_posterior(built: BuiltModel, settings: SamplerSettings, quiet: bool =
             target_accept=settings.target_accept,
             progress_bar=not quiet and sys.stderr.isatty(),
             save_warmup=False,
+            **nutpie_adaptation(settings.mass_matrix),
         )
         timings["sample_s"] = time.perf_counter() - t0
     elif settings.sampler == "pymc":

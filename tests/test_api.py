@@ -49,6 +49,8 @@ def test_refusals_come_before_any_fit_and_write_nothing(nobio_trial, tmp_path, m
         deptrial.fit_trial(trial, ["treatment"], out=out, priors={"headline": {}})
     with pytest.raises(ValueError, match="kfold"):
         deptrial.fit_trial(trial, ["treatment"], out=out, kfold=1)
+    with pytest.raises(ValueError, match="mass_matrix must be one of"):
+        deptrial.fit_trial(trial, ["treatment"], deptrial.SamplerSettings(mass_matrix="dense"), out=out)
     with pytest.raises(ValueError, match="contrast 'nac - active': unknown arm 'active'"):
         deptrial.fit_trial(trial, ["treatment"], out=out, contrasts=["nac - placebo", "nac - active"])
     with pytest.raises(ValueError, match="pass sensitivity=True"):

@@ -236,3 +236,26 @@ def test_readme_python_example_runs_with_fewer_draws(tmp_path):
     assert "draws=1000" in code and 'out="results/example")' in code
     code = code.replace("draws=1000", "draws=50, tune=100").replace('out="results/example")', 'out="results/example", jobs=1)')
     _run_readme_example(tmp_path, code)
+
+
+@pytest.mark.unit
+def test_every_fit_by_nutpie_takes_the_one_mass_matrix_adaptation():
+    """fit.py's fits and the SBC and coverage refits sample with the same adaptation: every nutpie.sample call in
+    inference/ and validation/ passes **nutpie_adaptation(...) (planning's MCMC check of its closed forms is its own)."""
+    from inference.sampling import nutpie_adaptation
+
+    assert nutpie_adaptation() == nutpie_adaptation("low_rank") == {"low_rank_modified_mass_matrix": True}
+    assert nutpie_adaptation("diag") == {"low_rank_modified_mass_matrix": False}
+    with pytest.raises(ValueError, match="unknown mass matrix 'dense'"):
+        nutpie_adaptation("dense")
+    calls, without = 0, []
+    for pkg in ("inference", "validation"):
+        for path in sorted((ROOT / pkg).glob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "sample" \
+                        and isinstance(node.func.value, ast.Name) and node.func.value.id == "nutpie":
+                    calls += 1
+                    spread = [k.value for k in node.keywords if k.arg is None]
+                    if not any(isinstance(v, ast.Call) and getattr(v.func, "id", "") == "nutpie_adaptation" for v in spread):
+                        without.append(f"{path.name}:{node.lineno}")
+    assert calls >= 3 and not without, (calls, without)

@@ -45,6 +45,7 @@ def test_fit_writes_every_group_with_provenance(fitted, small_trial):
     assert attrs["model"] == "headline"
     assert attrs["data_checksum"] == small_trial.attrs["checksum"]
     assert int(attrs["seed"]) == 3
+    assert json.loads(attrs["settings"])["mass_matrix"] == "low_rank"  # nutpie's default adaptation, recorded with the fit
     assert "pymc" in json.loads(attrs["versions"])
     priors = json.loads(attrs["priors"])
     assert priors["nac_change"]["params"]["sigma"] == pytest.approx(6.0)

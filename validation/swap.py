@@ -66,16 +66,18 @@ class SwappableModel:
         return cls(shared_model, compiled, time.perf_counter() - t0, sorted(compiled.shared_data))
 
     def fit(self, data: dict[str, np.ndarray], *, seed: int, draws: int = 300, tune: int = 300, chains: int = 2,
-            cores: int = 1, target_accept: float = 0.9) -> az.InferenceData:
+            cores: int = 1, target_accept: float = 0.9, mass_matrix: str = "low_rank") -> az.InferenceData:
         unknown = sorted(set(data) - set(self.data_names))
         if unknown:
             raise KeyError(f"cannot swap {unknown}: the compiled model's data are {self.data_names}")
         import nutpie
 
+        from inference.sampling import nutpie_adaptation
+
         compiled = self.compiled.with_data(**data)
         return nutpie.sample(
             compiled, draws=draws, tune=tune, chains=chains, cores=cores, seed=int(seed),
-            target_accept=target_accept, progress_bar=False, save_warmup=False,
+            target_accept=target_accept, progress_bar=False, save_warmup=False, **nutpie_adaptation(mass_matrix),
         )
 
 
@@ -149,12 +151,14 @@ class FusedRefit:
         return FusedRefit.build(self.name, design, self.priors).compiled
 
     def fit(self, design, *, seed: int, draws: int = 300, tune: int = 300, chains: int = 2, cores: int = 1,
-            target_accept: float = 0.9) -> az.InferenceData:
+            target_accept: float = 0.9, mass_matrix: str = "low_rank") -> az.InferenceData:
         import nutpie
+
+        from inference.sampling import nutpie_adaptation
 
         return nutpie.sample(
             self.compiled_for(design), draws=draws, tune=tune, chains=chains, cores=cores, seed=int(seed),
-            target_accept=target_accept, progress_bar=False, save_warmup=False,
+            target_accept=target_accept, progress_bar=False, save_warmup=False, **nutpie_adaptation(mass_matrix),
         )
 
 
