@@ -550,7 +550,7 @@ def table(results: list[dict]) -> str:
         ("key_min_bulk_ess", "key bulk ESS"), ("key_min_tail_ess", "key tail ESS"), ("all_min_bulk_ess", "all bulk ESS"),
         ("all_min_tail_ess", "all tail ESS"), ("ess_per_s_sampling", "ESS/s sampling"), ("ess_per_s_wall", "ESS/s wall"),
         ("vs_bambi", "x bambi"), ("vs_pymc", "x pymc"), ("vs_numpyro", "x numpyro"), ("vs_stan", "x stan"),
-        ("divergences", "div"), ("peak_rss_mb", "peak MB"),
+        ("divergences", "div"), ("peak_rss_mb", "peak MB"), ("measured", "measured (UTC, 1-min load)"),
     ]
     cols = [("model", "model"), *cols[:3], ("chains", "chains"), ("draws", "draws"), ("tune", "tune"), *cols[3:]]
     lines = ["| " + " | ".join(c[1] for c in cols) + " |", "|" + "---|" * len(cols)]
@@ -702,8 +702,9 @@ def main(argv=None) -> int:
                 path_runs = ["cold", "warm"]  # a warm run needs the cold one before it
             for run in path_runs:
                 print(f"  {path} x{scale} {run} ...", file=sys.stderr, flush=True)
+                started = f"{machine_record()['date'][:16]} ({load_average()[0]:.2f})"  # each row's own date and load
                 res = run_worker(path, data, args, env, args.timeout)
-                res.update(scale=scale, run=run, draws=args.draws, tune=args.tune, chains=args.chains)
+                res.update(scale=scale, run=run, draws=args.draws, tune=args.tune, chains=args.chains, measured=started)
                 results.append(res)
                 print(f"    {fmt(res.get('wall_s'))} s wall" if "error" not in res else f"    {res['error']}", file=sys.stderr, flush=True)
                 write_results()
