@@ -24,7 +24,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
-from inference.idata_io import load_average, machine_record  # noqa: E402
+from inference.idata_io import load_average, machine_record, measured_on  # noqa: E402
 
 STEM = "sampler_adaptation"
 
@@ -76,12 +76,10 @@ def run(trial: str, models: list[str], draws: int, tune: int, chains: int, seed:
 
 
 def render(meta: dict, rows: list[dict]) -> str:
-    load = lambda key: ", ".join(f"{x:.2f}" for x in meta[key]) + " (1, 5, 15 min)"  # noqa: E731
     lines = [
-        f"Measured {meta['date']} on {meta['machine']}, {meta['cpus']} CPUs; load average at the start {load('load_start')}, "
-        f"at the end {load('load_end')} (the latest run; each row states when it was measured and the load then). Each model compiled once and sampled by nutpie with each mass-matrix adaptation, "
-        f"same seed, chains, draws and tuning steps (as each row states); ESS is the smallest over the population "
-        f"parameters. Regenerate with `python benchmarks/bench_adaptation.py` (docs/performance.md).",
+        measured_on(meta) + " (the latest run; each row states when it was measured and the load then). Each model compiled once and sampled by nutpie with each mass-matrix adaptation, "
+        "same seed, chains, draws and tuning steps (as each row states); ESS is the smallest over the population "
+        "parameters. Regenerate with `python benchmarks/bench_adaptation.py` (docs/performance.md).",
         "",
         "| trial | model | mass matrix | chains | draws | tune | sampling s | min bulk ESS | min tail ESS | bulk ESS/s | leapfrog steps per draw | divergences | measured |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",

@@ -39,7 +39,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
-from inference.idata_io import load_average, machine_record  # noqa: E402
+from inference.idata_io import load_average, machine_record, measured_on  # noqa: E402
 
 # the targets each trial's runs are held to (docs/performance.md): compile from empty caches, sampling, divergences,
 # minimum bulk ESS; the simulated trials also the whole process cached and the peak memory
@@ -140,10 +140,8 @@ def meets(r: dict, trial: str = "bundled") -> str:
 
 
 def render(meta: dict, rows: list[dict]) -> str:
-    load = lambda key: ", ".join(f"{x:.2f}" for x in meta[key]) + " (1, 5, 15 min)"  # noqa: E731
     lines = [
-        f"Measured {meta['date']} on {meta['machine']}, {meta['cpus']} CPUs; load average at the start {load('load_start')}, "
-        f"at the end {load('load_end')}. Each model: `python fit.py --model NAME` on the {'bundled' if meta.get('trial', 'bundled') == 'bundled' else 'simulated'} trial, {meta['chains']} chains x "
+        measured_on(meta) + f". Each model: `python fit.py --model NAME` on the {'bundled' if meta.get('trial', 'bundled') == 'bundled' else 'simulated'} trial, {meta['chains']} chains x "
         f"{meta['draws']} draws after {meta['tune']} tuning steps, seed {meta['seed']}, from empty caches and cached. "
         + (f"Trial: {meta['trial']} {meta['trial_size']}. " if meta.get("trial", "bundled") != "bundled" else "")
         + "Regenerate with `python benchmarks/bench_models.py` (docs/performance.md)."

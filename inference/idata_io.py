@@ -53,6 +53,14 @@ def machine_record() -> dict:
     }
 
 
+def measured_on(meta: dict) -> str:
+    """The opening of a benchmark table: when, on what, and the load at the start and end of `machine_record`'s run
+    (meta['load_end'] set when it ended)."""
+    load = lambda key: ", ".join(f"{x:.2f}" for x in meta[key]) + " (1, 5, 15 min)" if meta.get(key) else "not recorded"  # noqa: E731
+    return (f"Measured {meta['date']} on {meta['machine']}, {meta['cpus']} CPUs; load average at the start {load('load_start')}, "
+            f"at the end {load('load_end')}")
+
+
 
 def stamp(idata: az.InferenceData, **attrs) -> az.InferenceData:
     """Record provenance on every group (netCDF keeps per-group attrs)."""
