@@ -468,6 +468,41 @@ def test_log_likelihood_in_blocks_of_draws_is_the_whole_array_computation(design
     assert (order == np.arange(len(order))).all()
 
 
+@pytest.mark.unit
+def test_posterior_predictive_draws_each_participants_attended_visits_from_their_normal(design_three):
+    """The MMRM's posterior predictive (complete_fit's, through mmrm_log_likelihood with an rng): at a posterior of one
+    point repeated, the draws of every observation have the model's mean, and the draws of a participant's attended
+    visits have Sigma's block of those visits as their covariance (distinct SDs per visit, so a visit or participant
+    mixed up fails); one draw of `draw_changes` is the CustomDist's random of before, number for number."""
+    import inference.marginal as im
+    from models.mmrm import _random, draw_changes, mean_change, visit_covariance
+
+    built = get("mmrm").build(design_three)
+    one = pm.sample_prior_predictive(draws=1, model=built.model, random_seed=5).prior.isel(chain=0, draw=0, drop=True)
+    n = 4000
+    post = one.expand_dims(chain=[0], draw=np.arange(n)).copy(deep=True)
+    idata = az.InferenceData(posterior=post)
+    got = im.mmrm_log_likelihood(idata, built, rng=np.random.default_rng(3))["predictive"].values[0]
+    assert got.dtype == np.float32
+    d = mmrm_data(design_three)
+    mu = mean_change(post.isel(draw=[0]), design_three, d)[0, 0]
+    cov = visit_covariance(post.isel(draw=[0]), len(d.visits))[0, 0]
+    sd = np.sqrt(np.diag(cov))[d.obs_visit]
+    np.testing.assert_array_less(np.abs(got.mean(axis=0) - mu), 5 * sd / np.sqrt(n))
+    for vis, start, n_p, _ in d.patterns[:3] + d.patterns[-2:]:  # drop-out patterns and ones with gaps
+        k = len(vis)
+        block = got[:, start : start + k]  # the pattern's first participant
+        emp = np.cov(block.T.astype(float)).reshape(k, k)
+        want = cov[np.ix_(vis, vis)]
+        tol = 5 * np.sqrt((want**2 + np.outer(np.diag(want), np.diag(want))) / n)
+        assert (np.abs(emp - want) < tol).all(), (vis, emp, want)
+    # one draw: the random PyMC calls, as it was (standard normals times L', indexed by row and visit)
+    lower = np.linalg.cholesky(cov)
+    old = mu + (np.random.default_rng(9).standard_normal((len(d.rows), len(d.visits))) @ lower.T)[d.obs_row, d.obs_visit]
+    np.testing.assert_array_equal(_random(len(d.rows), d.obs_row, d.obs_visit)(mu, lower[None], rng=np.random.default_rng(9)), old)
+    np.testing.assert_array_equal(draw_changes(mu, lower, len(d.rows), d.obs_row, d.obs_visit, np.random.default_rng(9)), old)
+
+
 @pytest.mark.smoke
 def test_planning_mmrm_agrees_with_this_bayesian_mmrm_on_simulated_trials():
     """The small version of planning's MMRM-vs-MCMC check (the full one, 100 trials, is slow): on 3
